@@ -1,0 +1,1 @@
+"""Command-line faces: ``ioasidsd`` (the daemon) and ``ioasidctl`` (the admin CLI)."""

@@ -1,0 +1,849 @@
+"""The IOASID core (``drivers/iommu/ioasid.c`` of the V4 series), as one object.
+
+``IoasidCore`` holds the system-wide capacity, the IOASID sets, every live IOASID with its state,
+reference count, private data and set-private ID, the notifier chains and the shared ordered work
+queue. Method names follow the kernel's without the ``ioasid_`` prefix (``ioasid_set_alloc`` is
+``set_alloc``, ``ioasid_get_locked`` is ``get_locked``), so spec section 2 maps onto the code.
+
+Conventions:
+
+* Failures raise ``IoasidError`` with the kernel's errno and change nothing. Where the kernel
+  returns ``INVALID_IOASID`` or only logs (``ioasid_alloc``, ``ioasid_free``), the model raises
+  the errno that names the cause; faces that must behave like V4 map it back (for example the
+  ``v4`` user API answers ``-EINVAL`` for every ALLOC failure).
+* "The calling task" of the kernel (``current``) is the ``task`` argument: a ``Process`` of the
+  cgroup controller, or ``None`` for kernel context (a worker thread in the root cgroup).
+* One re-entrant lock (``core.lock``) protects the core and the cgroup controller; the daemon
+  uses the same lock. Notifier callbacks run under it, as under the kernel's spinlock: from a
+  callback only the ``*_locked`` forms may be called, the others raise ``EDEADLK``.
+* Behaviour that differs between the ``fixed`` and ``v4`` profiles is chosen by ``core.knobs``.
+"""
+
+from __future__ import annotations
+
+import collections
+import enum
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from errno import EACCES, EAGAIN, EBUSY, EDEADLK, EDQUOT, EEXIST, EINVAL, ENOENT, ENOSPC, EPERM
+from typing import TYPE_CHECKING, Any
+
+from ioasidsd.model.errors import IoasidError
+from ioasidsd.model.idspace import IdSpace
+from ioasidsd.model.knobs import Knobs
+from ioasidsd.model.notifier import (
+    IOASID_NOTIFY_FLAG_ALL,
+    IOASID_NOTIFY_FLAG_SET,
+    IoasidNbArgs,
+    IoasidNotify,
+    NotifierBlock,
+    NotifierChain,
+)
+from ioasidsd.model.workqueue import OrderedWorkQueue, Work
+
+if TYPE_CHECKING:
+    from ioasidsd.model.cgroup import Cgroup, IoasidsController
+
+INVALID_IOASID = 0xFFFFFFFF
+PCI_PASID_MAX = 0x100000
+IOASID_MAX_VALUE = 0xFFFFFFFE
+
+
+class IoasidState(enum.IntEnum):
+    """``enum ioasid_state``."""
+
+    IDLE = 0
+    ACTIVE = 1
+    FREE_PENDING = 2
+
+
+class IoasidSetType(enum.IntEnum):
+    """``enum ioasid_set_type``; 0 is not a valid type."""
+
+    NULL = 1
+    MM = 2
+    NR = 3
+
+
+class IoasidSet:
+    """``struct ioasid_set``: a pool of IOASIDs with a token, a type, a quota and a chain.
+
+    ``xa`` maps each IOASID of the set to its ``IoasidData``; ``nr_ioasids`` counts the IDs that
+    still hold the set alive (it includes FREE_PENDING ones). ``reserved`` is the capacity this
+    set took from the pool (its quota). A set is valid while the core still registers it.
+    """
+
+    __slots__ = (
+        "free_requested",
+        "id",
+        "nh",
+        "nr_ioasids",
+        "quota",
+        "reserved",
+        "token",
+        "type",
+        "xa",
+    )
+
+    def __init__(self, set_id: int, token: Any, quota: int, set_type: IoasidSetType) -> None:
+        self.id = set_id
+        self.token = token
+        self.type = set_type
+        self.quota = quota
+        self.reserved = quota
+        self.nr_ioasids = 0
+        self.nh = NotifierChain()
+        self.xa: dict[int, IoasidData] = {}
+        self.free_requested = False
+
+    def __repr__(self) -> str:
+        return (
+            f"IoasidSet(id={self.id}, type={self.type.name}, quota={self.quota}, "
+            f"nr_ioasids={self.nr_ioasids})"
+        )
+
+
+class IoasidData:
+    """``struct ioasid_data``: one live IOASID.
+
+    ``cgroup`` is the cgroup charged for it (``None`` when nothing was charged) and ``pooled``
+    says whether it drew one unit from the capacity pool at allocation (see ``IoasidCore.alloc``).
+    """
+
+    __slots__ = ("cgroup", "id", "pooled", "private", "refs", "set", "spid", "state")
+
+    def __init__(self, ioasid: int, ioasid_set: IoasidSet, private: Any) -> None:
+        self.id = ioasid
+        self.set = ioasid_set
+        self.private = private
+        self.refs = 1
+        self.state = IoasidState.IDLE
+        self.spid = INVALID_IOASID
+        self.cgroup: Cgroup | None = None
+        self.pooled = False
+
+    def __repr__(self) -> str:
+        return (
+            f"IoasidData(id={self.id}, set={self.set.id}, state={self.state.name}, "
+            f"refs={self.refs}, spid={self.spid:#x})"
+        )
+
+
+@dataclass(eq=False)
+class AllocatorOps:
+    """``struct ioasid_allocator_ops``: a custom allocator.
+
+    ``alloc(min, max, pdata)`` returns an ID in ``[min, max]`` or ``INVALID_IOASID``;
+    ``free(id, pdata)`` gives one back. Allocators whose two functions are the same objects share
+    one ID space (they are grouped).
+    """
+
+    alloc: Callable[[int, int, Any], int]
+    free: Callable[[int, Any], None]
+    pdata: Any = None
+
+
+@dataclass(eq=False)
+class _AllocatorGroup:
+    alloc: Callable[[int, int, Any], int]
+    free: Callable[[int, Any], None]
+    ops: list[AllocatorOps] = field(default_factory=list)
+
+
+@dataclass(eq=False)
+class SetNb:
+    """``struct ioasid_set_nb``: a registration by mm token, attached to a set when one exists."""
+
+    token: Any
+    nb: NotifierBlock
+    set: IoasidSet | None = None
+    active: bool = False
+
+
+class IoasidCore:
+    """The IOASID core: capacity, sets, IOASIDs, notifiers, the work queue.
+
+    ``knobs`` chooses the semantics (see ``ioasidsd.model.knobs``). ``wq`` may be passed in
+    (tests pass a step-mode queue). ``cgroups`` is attached by ``IoasidsController`` when one is
+    created over this core; without it allocation is bounded only by quotas and capacity.
+    """
+
+    def __init__(self, knobs: Knobs | None = None, *, wq: OrderedWorkQueue | None = None) -> None:
+        self.knobs = knobs or Knobs()
+        self.lock = threading.RLock()
+        self.capacity = PCI_PASID_MAX
+        self.capacity_avail = PCI_PASID_MAX
+        self._capacity_installed = False
+        self._sets: dict[int, IoasidSet] = {}
+        self._set_ids = IdSpace()
+        self._ids: dict[int, IoasidData] = {}
+        self._space = IdSpace()
+        self._groups: list[_AllocatorGroup] = []
+        self._active: _AllocatorGroup | None = None  # None: the default allocator
+        self.notifier = NotifierChain()  # the global chain
+        self._nb_pending: list[SetNb] = []
+        self.wq = wq or OrderedWorkQueue()
+        self.cgroups: IoasidsController | None = None
+        self.messages: collections.deque[str] = collections.deque(maxlen=512)
+        self._in_notifier = 0
+
+    # ------------------------------------------------------------------ helpers
+    def _warn(self, message: str) -> None:
+        """Record what the kernel would log; the daemon forwards these to its log."""
+        self.messages.append(message)
+
+    def _enter(self) -> None:
+        """Refuse a lock-taking API from inside a notifier callback (the kernel would deadlock)."""
+        if self._in_notifier:
+            raise IoasidError(EDEADLK, "called from a notifier callback: use the _locked form")
+
+    def _data(self, ioasid: int, errno: int = ENOENT) -> IoasidData:
+        data = self._ids.get(ioasid)
+        if data is None:
+            raise IoasidError(errno, f"IOASID {ioasid} is not allocated")
+        return data
+
+    def set_valid(self, ioasid_set: IoasidSet | None) -> bool:
+        """Whether ``ioasid_set`` is still registered (a destroyed set is stale)."""
+        return ioasid_set is not None and self._sets.get(ioasid_set.id) is ioasid_set
+
+    def __contains__(self, ioasid: int) -> bool:
+        return ioasid in self._ids
+
+    def __len__(self) -> int:
+        """The number of live IOASIDs (FREE_PENDING included)."""
+        return len(self._ids)
+
+    def data(self, ioasid: int) -> IoasidData:
+        """The record of a live IOASID, for inspection; ``ENOENT`` if there is none."""
+        return self._data(ioasid)
+
+    def ioasids(self) -> Iterator[IoasidData]:
+        """Every live IOASID record, in ascending order."""
+        for key in sorted(self._ids):
+            yield self._ids[key]
+
+    @property
+    def sets(self) -> list[IoasidSet]:
+        """The registered sets, by set id."""
+        return [self._sets[k] for k in sorted(self._sets)]
+
+    @property
+    def reserved(self) -> int:
+        """Capacity taken from the pool: set quotas, cgroup reservations, pooled IOASIDs."""
+        return self.capacity - self.capacity_avail
+
+    # ------------------------------------------------------------------ capacity (2.3)
+    def install_capacity(self, total: int) -> None:
+        """Set the system capacity (``ioasid_install_capacity``).
+
+        ``v4`` (quirk 17): ignored with a warning once the capacity differs from the default
+        0x100000; otherwise capacity and available both become ``total``, which discards earlier
+        reservations. ``fixed``: possible once; available becomes ``total`` minus what is
+        already reserved. Raises ``EINVAL`` for a negative or too large total, ``EBUSY`` if
+        already installed (fixed) and ``ENOSPC`` if reservations exceed ``total`` (fixed).
+        """
+        with self.lock:
+            self._enter()
+            if not 0 <= total <= IOASID_MAX_VALUE + 1:
+                raise IoasidError(EINVAL, f"capacity {total} out of range")
+            if self.knobs.install_capacity_resets:
+                if self.capacity and self.capacity != PCI_PASID_MAX:
+                    self._warn(f"capacity already set to {self.capacity}")
+                    return
+                self.capacity = self.capacity_avail = total
+                return
+            if self._capacity_installed:
+                raise IoasidError(EBUSY, f"capacity already installed ({self.capacity})")
+            reserved = self.capacity - self.capacity_avail
+            if reserved > total:
+                raise IoasidError(ENOSPC, f"{reserved} already reserved, more than {total}")
+            self.capacity = total
+            self.capacity_avail = total - reserved
+            self._capacity_installed = True
+
+    def reserve_capacity(self, nr: int) -> int:
+        """Take ``nr`` from the available capacity (0: all of it); returns the amount taken.
+
+        Raises ``ENOSPC`` if fewer than ``nr`` are available, ``EINVAL`` if ``nr`` < 0.
+        """
+        with self.lock:
+            self._enter()
+            return self.reserve_capacity_locked(nr)
+
+    def reserve_capacity_locked(self, nr: int) -> int:
+        """``reserve_capacity`` for a caller that holds ``core.lock``."""
+        if nr < 0:
+            raise IoasidError(EINVAL, f"cannot reserve {nr}")
+        if nr > self.capacity_avail:
+            raise IoasidError(ENOSPC, f"{nr} requested, {self.capacity_avail} available")
+        if nr == 0:
+            nr = self.capacity_avail
+        self.capacity_avail -= nr
+        return nr
+
+    def cancel_capacity(self, nr: int) -> int:
+        """Give ``nr`` back to the pool; returns the new available count.
+
+        Raises ``EINVAL`` if that would exceed the capacity or ``nr`` < 0.
+        """
+        with self.lock:
+            self._enter()
+            return self.cancel_capacity_locked(nr)
+
+    def cancel_capacity_locked(self, nr: int) -> int:
+        """``cancel_capacity`` for a caller that holds ``core.lock``."""
+        if nr < 0 or nr + self.capacity_avail > self.capacity:
+            raise IoasidError(
+                EINVAL, f"cannot return {nr}: {self.capacity_avail} of {self.capacity} available"
+            )
+        self.capacity_avail += nr
+        return self.capacity_avail
+
+    # ------------------------------------------------------------------ sets (2.4)
+    def set_alloc(self, token: Any, quota: int, set_type: int) -> IoasidSet:
+        """Create a set (``ioasid_set_alloc``).
+
+        Errors, checked in the kernel's order: ``EINVAL`` for a type outside NULL/MM; ``ENOSPC``
+        if ``quota`` exceeds the available capacity; ``EINVAL`` for an MM set without a token or
+        a NULL set with one; ``EEXIST`` for a second MM set with the same token; ``ENOSPC`` if no
+        set index is free. Quota 0 means, in ``v4`` (quirk 2), "take everything available" (and
+        set indexes are bounded by the capacity available); in ``fixed``, "no quota of its own":
+        the set reserves nothing and its IDs are bounded by capacity and cgroups.
+        """
+        with self.lock:
+            self._enter()
+            if not isinstance(set_type, int) or set_type >= IoasidSetType.NR:
+                raise IoasidError(EINVAL, f"invalid set type {set_type}")
+            if quota < 0:
+                raise IoasidError(EINVAL, f"invalid quota {quota}")
+            takes_all = self.knobs.set_quota_zero_takes_all
+            if quota == 0 and takes_all:
+                quota = self.capacity_avail
+            if quota > self.capacity_avail:
+                self._warn(f"set quota {quota} exceeds available {self.capacity_avail}")
+                raise IoasidError(ENOSPC, f"quota {quota}, {self.capacity_avail} available")
+            if set_type == IoasidSetType.MM:
+                if token is None:
+                    raise IoasidError(EINVAL, "an MM set needs a token")
+                if self._find_mm_set(token) is not None:
+                    raise IoasidError(EEXIST, "an MM set for this mm exists")
+            elif set_type == IoasidSetType.NULL:
+                if token is not None:
+                    raise IoasidError(EINVAL, "a NULL set takes no token")
+            else:
+                raise IoasidError(EINVAL, f"invalid set type {set_type}")
+            set_id = self._set_ids.alloc(0, self.capacity_avail if takes_all else IOASID_MAX_VALUE)
+            if set_id < 0:
+                raise IoasidError(ENOSPC, "no free set index")
+            ioasid_set = IoasidSet(set_id, token, quota, IoasidSetType(set_type))
+            self._sets[set_id] = ioasid_set
+            self.capacity_avail -= quota
+            if ioasid_set.type == IoasidSetType.MM:
+                for rec in self._nb_pending:
+                    if not rec.active and rec.token == token:
+                        ioasid_set.nh.register(rec.nb)
+                        rec.set = ioasid_set
+                        rec.active = True
+            return ioasid_set
+
+    def set_free(self, ioasid_set: IoasidSet, *, when_empty: bool = False) -> bool:
+        """Destroy an empty set (``ioasid_set_free``); returns whether it is gone now.
+
+        Raises ``EINVAL`` for a stale set and ``EBUSY`` if it still counts IOASIDs. With
+        ``when_empty=True`` (the later Intel tree's ``free_pending``, used by release paths in the
+        ``fixed`` profile) a busy set is instead marked and destroyed when its count reaches 0.
+        """
+        with self.lock:
+            self._enter()
+            if not self.set_valid(ioasid_set):
+                raise IoasidError(EINVAL, "stale or unknown set")
+            if ioasid_set.nr_ioasids:
+                if when_empty:
+                    ioasid_set.free_requested = True
+                    return False
+                raise IoasidError(EBUSY, f"set {ioasid_set.id} holds {ioasid_set.nr_ioasids}")
+            self._destroy_set(ioasid_set)
+            return True
+
+    def _destroy_set(self, ioasid_set: IoasidSet) -> None:
+        if ioasid_set.xa:
+            self._warn(f"set {ioasid_set.id} destroyed with IDs in its index")
+        for rec in self._nb_pending:
+            if rec.active and rec.set is ioasid_set:
+                rec.active = False
+                rec.set = None
+        del self._sets[ioasid_set.id]
+        self._set_ids.release(ioasid_set.id)
+        if not self.knobs.set_quota_leak and ioasid_set.reserved:
+            self.capacity_avail += ioasid_set.reserved
+            ioasid_set.reserved = 0
+
+    def _find_mm_set(self, token: Any) -> IoasidSet | None:
+        for ioasid_set in self._sets.values():
+            if ioasid_set.type == IoasidSetType.MM and ioasid_set.token == token:
+                return ioasid_set
+        return None
+
+    def find_mm_set(self, token: Any) -> IoasidSet | None:
+        """The MM set whose token is ``token``, or ``None`` (``ioasid_find_mm_set``)."""
+        with self.lock:
+            return self._find_mm_set(token)
+
+    def find_set(self, ioasid: int) -> IoasidSet:
+        """The set of a live IOASID (``ioasid_find_set``); ``ENOENT`` if unknown."""
+        return self._data(ioasid).set
+
+    def set_for_each_ioasid(
+        self, ioasid_set: IoasidSet, fn: Callable[[int, Any], None], data: Any = None
+    ) -> None:
+        """Call ``fn(id, data)`` for every IOASID in the set's index, ascending. Takes no lock."""
+        for ioasid in sorted(ioasid_set.xa):
+            fn(ioasid, data)
+
+    # ------------------------------------------------------------------ allocation (2.5)
+    def alloc(
+        self,
+        ioasid_set: IoasidSet | None,
+        lo: int,
+        hi: int,
+        private: Any = None,
+        *,
+        task: Any = None,
+    ) -> int:
+        """Allocate the lowest free IOASID in ``[lo, hi]`` for ``ioasid_set`` (``ioasid_alloc``).
+
+        For an MM set the calling ``task`` is charged to its cgroup first. Raises, changing
+        nothing: ``EINVAL`` for a missing or stale set or a bad range; the charge's ``EINVAL``
+        (no task), ``EPERM`` (the task does not own the set) or ``EAGAIN`` (a cgroup limit);
+        ``EDQUOT`` when the set's quota is used up; ``ENOSPC`` when no capacity is left or no
+        value in the range is free. In ``v4`` a quota refusal keeps the charge (quirk 8).
+        Emits ALLOC on the set's chain.
+        """
+        with self.lock:
+            self._enter()
+            return self.alloc_locked(ioasid_set, lo, hi, private, task=task)
+
+    def alloc_locked(
+        self,
+        ioasid_set: IoasidSet | None,
+        lo: int,
+        hi: int,
+        private: Any = None,
+        *,
+        task: Any = None,
+    ) -> int:
+        """``alloc`` for a caller that holds ``core.lock`` (and is not a notifier callback)."""
+        if ioasid_set is None or self._sets.get(ioasid_set.id) is not ioasid_set:
+            raise IoasidError(EINVAL, "no such set (NULL or destroyed)")
+        if lo < 0 or hi < lo or lo > IOASID_MAX_VALUE:
+            raise IoasidError(EINVAL, f"bad range [{lo}, {hi}]")
+        cg = None
+        covered = ioasid_set.reserved > 0
+        cgroups = self.cgroups
+        if cgroups is not None and ioasid_set.type == IoasidSetType.MM:
+            cg, cg_covered = cgroups.charge_alloc(ioasid_set, task)
+            covered = covered or cg_covered
+        quota = ioasid_set.quota
+        if (quota or self.knobs.set_quota_zero_takes_all) and quota <= ioasid_set.nr_ioasids:
+            if cg is not None and not self.knobs.charge_leak_on_failure:
+                cgroups.uncharge(cg, 1)  # type: ignore[union-attr]
+            self._warn(f"set {ioasid_set.id} out of quota {quota}")
+            raise IoasidError(EDQUOT, f"set {ioasid_set.id} quota {quota} used up")
+        pooled = not covered and self.knobs.capacity_model != "reserve-v4"
+        if pooled and self.capacity_avail <= 0:
+            if cg is not None:
+                cgroups.uncharge(cg, 1)  # type: ignore[union-attr]
+            raise IoasidError(ENOSPC, "no IOASID capacity available")
+        ioasid = self._allocate_value(lo, hi)
+        if ioasid < 0:
+            if cg is not None:
+                cgroups.uncharge(cg, 1)  # type: ignore[union-attr]
+            raise IoasidError(ENOSPC, f"no free IOASID in [{lo}, {hi}]")
+        data = IoasidData(ioasid, ioasid_set, private)
+        data.cgroup = cg
+        if pooled:
+            data.pooled = True
+            self.capacity_avail -= 1
+        self._ids[ioasid] = data
+        ioasid_set.xa[ioasid] = data
+        ioasid_set.nr_ioasids += 1
+        if ioasid_set.nh:
+            self._notify(IoasidNotify.ALLOC, data, IOASID_NOTIFY_FLAG_SET)
+        return ioasid
+
+    def _allocate_value(self, lo: int, hi: int) -> int:
+        group = self._active
+        if group is None:
+            return self._space.alloc(lo, hi)
+        value = group.alloc(lo, hi, group.ops[0].pdata)
+        if value == INVALID_IOASID or not lo <= value <= hi or not self._space.take(value):
+            return -1
+        return value
+
+    # ------------------------------------------------------------------ references (2.6, 2.7)
+    def get(self, ioasid_set: IoasidSet | None, ioasid: int) -> None:
+        """Take a reference (``ioasid_get``).
+
+        Raises ``EINVAL`` for an unknown ID, ``EBUSY`` if it is FREE_PENDING, ``EACCES`` if
+        ``ioasid_set`` is given and does not own it (checked in that order).
+        """
+        with self.lock:
+            self._enter()
+            self.get_locked(ioasid_set, ioasid)
+
+    def get_locked(self, ioasid_set: IoasidSet | None, ioasid: int) -> None:
+        """``get`` for a caller holding ``core.lock``, e.g. a notifier callback."""
+        data = self._data(ioasid, EINVAL)
+        if data.state == IoasidState.FREE_PENDING:
+            raise IoasidError(EBUSY, f"IOASID {ioasid} is being freed")
+        if ioasid_set is not None and data.set is not ioasid_set:
+            raise IoasidError(EACCES, f"IOASID {ioasid} belongs to another set")
+        data.refs += 1
+        if not self.knobs.active_state_unused:
+            data.state = IoasidState.ACTIVE
+
+    def get_if_owned(self, ioasid: int, task: Any) -> None:
+        """Take a reference if ``task`` owns the ID's MM set (``ioasid_get_if_owned``).
+
+        Raises ``ENOENT`` (unknown), ``EINVAL`` (not an MM set), ``EPERM`` (``task``'s mm is not
+        the set's token), then what ``get_locked`` raises (``EBUSY``).
+        """
+        with self.lock:
+            self._enter()
+            data = self._data(ioasid, ENOENT)
+            if data.set.type != IoasidSetType.MM:
+                raise IoasidError(EINVAL, f"IOASID {ioasid} is not in an MM set")
+            if task is None or data.set.token != getattr(task, "mm", None):
+                raise IoasidError(EPERM, f"IOASID {ioasid} is not owned by the caller")
+            self.get_locked(data.set, ioasid)
+
+    def put(self, ioasid_set: IoasidSet | None, ioasid: int, *, task: Any = None) -> bool:
+        """Drop a reference (``ioasid_put``); ``True`` if that reclaimed the ID.
+
+        Unknown IDs and a mismatching non-None set return ``False`` and change nothing (the
+        kernel only logs). Reaching zero reclaims without any notification.
+        """
+        with self.lock:
+            self._enter()
+            return self.put_locked(ioasid_set, ioasid, task=task)
+
+    def put_locked(self, ioasid_set: IoasidSet | None, ioasid: int, *, task: Any = None) -> bool:
+        """``put`` for a caller holding ``core.lock``, e.g. a notifier callback."""
+        data = self._ids.get(ioasid)
+        if data is None:
+            self._warn(f"put of unknown IOASID {ioasid}")
+            return False
+        if ioasid_set is not None and data.set is not ioasid_set:
+            self._warn(f"put of IOASID {ioasid} through a set that does not own it")
+            return False
+        data.refs -= 1
+        if data.refs == 0:
+            self._reclaim(data, task)
+            return True
+        if data.refs == 1 and data.state == IoasidState.ACTIVE:
+            data.state = IoasidState.IDLE
+        return False
+
+    def free(self, ioasid_set: IoasidSet | None, ioasid: int, *, task: Any = None) -> None:
+        """Request the release of an ID (``ioasid_free``).
+
+        The core drops its own reference: if it was the last, the ID is reclaimed at once with no
+        notification; otherwise it becomes FREE_PENDING and FREE is emitted on the global chain,
+        then on the set's chain. A second free of a FREE_PENDING ID does nothing. Raises
+        ``ENOENT`` for an unknown ID, ``EACCES`` when ``ioasid_set`` does not own it (in ``v4``
+        a ``None`` set never matches, quirk 12; in ``fixed`` it skips the check) and ``EINVAL``
+        when the owning set is no longer registered.
+        """
+        with self.lock:
+            self._enter()
+            self.free_locked(ioasid_set, ioasid, task=task)
+
+    def free_locked(self, ioasid_set: IoasidSet | None, ioasid: int, *, task: Any = None) -> None:
+        """``free`` for a caller holding ``core.lock``."""
+        data = self._ids.get(ioasid)
+        if data is None:
+            self._warn(f"free of unknown IOASID {ioasid}")
+            raise IoasidError(ENOENT, f"IOASID {ioasid} is not allocated")
+        foreign = ioasid_set is not None or self.knobs.free_null_set_fails
+        if data.set is not ioasid_set and foreign:
+            self._warn(f"free of IOASID {ioasid} by a set that does not own it")
+            raise IoasidError(EACCES, f"IOASID {ioasid} belongs to another set")
+        if not self.set_valid(data.set):
+            self._warn(f"free of IOASID {ioasid} whose set is gone")
+            raise IoasidError(EINVAL, f"the set of IOASID {ioasid} is no longer registered")
+        self._free(data, task)
+
+    def _free(self, data: IoasidData, task: Any) -> None:
+        if data.state == IoasidState.FREE_PENDING:
+            return
+        data.state = IoasidState.FREE_PENDING
+        data.refs -= 1
+        if data.refs == 0:
+            self._reclaim(data, task)
+        else:
+            self._notify(IoasidNotify.FREE, data, IOASID_NOTIFY_FLAG_ALL | IOASID_NOTIFY_FLAG_SET)
+
+    def free_all_in_set(self, ioasid_set: IoasidSet, *, task: Any = None) -> None:
+        """Free every ID of the set's index, ascending (``ioasid_free_all_in_set``).
+
+        Returns silently for a stale or empty set. In ``v4`` (quirk 14) IDs that stay
+        FREE_PENDING are removed from the index while they still count against the set.
+        """
+        with self.lock:
+            self._enter()
+            if not self.set_valid(ioasid_set) or not ioasid_set.xa or not ioasid_set.nr_ioasids:
+                return
+            hide = self.knobs.free_all_hides_pending
+            for ioasid in sorted(ioasid_set.xa):
+                data = ioasid_set.xa.get(ioasid)
+                if data is None:
+                    continue
+                self._free(data, task)
+                if hide:
+                    ioasid_set.xa.pop(ioasid, None)
+
+    def _reclaim(self, data: IoasidData, task: Any) -> None:
+        """``ioasid_do_free_locked``: the last reference is gone."""
+        ioasid = data.id
+        ioasid_set = data.set
+        group = self._active
+        if group is not None:
+            group.free(ioasid, group.ops[0].pdata)
+        self._space.release(ioasid)
+        del self._ids[ioasid]
+        data.state = IoasidState.FREE_PENDING
+        ioasid_set.nr_ioasids -= 1
+        if data.pooled:
+            self.capacity_avail += 1
+        if ioasid_set.type == IoasidSetType.MM and self.cgroups is not None:
+            self.cgroups.uncharge_reclaim(data, task)
+        ioasid_set.xa.pop(ioasid, None)
+        if ioasid_set.nr_ioasids == 0 and self.set_valid(ioasid_set) and (
+            self.knobs.set_lifetime == "auto" or ioasid_set.free_requested
+        ):
+            self._destroy_set(ioasid_set)
+
+    # ------------------------------------------------------------------ private data (2.8)
+    def attach_data(self, ioasid: int, private: Any) -> None:
+        """Attach private data (``ioasid_attach_data``).
+
+        ``ENOENT`` for an unknown ID, ``EBUSY`` if non-None data is already attached.
+        """
+        with self.lock:
+            self._enter()
+            data = self._data(ioasid)
+            if data.private is not None:
+                raise IoasidError(EBUSY, f"IOASID {ioasid} already has private data")
+            data.private = private
+
+    def detach_data(self, ioasid: int) -> None:
+        """Clear private data (``ioasid_detach_data``). May sleep in the kernel, so it refuses
+        to run from a notifier callback (``EDEADLK``). ``ENOENT`` for an unknown ID."""
+        with self.lock:
+            self._enter()
+            self._data(ioasid).private = None
+
+    def find(
+        self,
+        ioasid_set: IoasidSet | None,
+        ioasid: int,
+        getter: Callable[[Any], bool] | None = None,
+    ) -> Any:
+        """The private data of an ID (``ioasid_find``), or ``None`` if unset or rejected by
+        ``getter``. ``ENOENT`` for an unknown ID, ``EACCES`` for a foreign set."""
+        data = self._data(ioasid)
+        if ioasid_set is not None and data.set is not ioasid_set:
+            raise IoasidError(EACCES, f"IOASID {ioasid} belongs to another set")
+        private = data.private
+        if private is not None and getter is not None and not getter(private):
+            return None
+        return private
+
+    # ------------------------------------------------------------------ set-private IDs (2.9)
+    def attach_spid(self, ioasid: int, spid: int) -> None:
+        """Attach a set-private ID (``ioasid_attach_spid``) and emit BIND on the set's chain.
+
+        ``EINVAL`` for ``INVALID_IOASID`` or a SPID already used in the set (by any ID of its
+        index, this one included); ``ENOENT`` for an unknown ID.
+        """
+        if spid == INVALID_IOASID or not 0 <= spid <= INVALID_IOASID:
+            raise IoasidError(EINVAL, f"invalid SPID {spid:#x}")
+        with self.lock:
+            self._enter()
+            data = self._data(ioasid)
+            for other in data.set.xa.values():
+                if other.spid == spid:
+                    raise IoasidError(EINVAL, f"SPID {spid} already used in set {data.set.id}")
+            data.spid = spid
+            self._notify(IoasidNotify.BIND, data, IOASID_NOTIFY_FLAG_SET)
+
+    def detach_spid(self, ioasid: int) -> None:
+        """Emit UNBIND on the set's chain (with the old SPID), then clear the SPID
+        (``ioasid_detach_spid``). ``ENOENT`` for an unknown ID or one without a SPID."""
+        with self.lock:
+            self._enter()
+            data = self._data(ioasid)
+            if data.spid == INVALID_IOASID:
+                self._warn(f"IOASID {ioasid} has no SPID to detach")
+                raise IoasidError(ENOENT, f"IOASID {ioasid} has no SPID")
+            self._notify(IoasidNotify.UNBIND, data, IOASID_NOTIFY_FLAG_SET)
+            data.spid = INVALID_IOASID
+
+    def find_by_spid(self, ioasid_set: IoasidSet, spid: int, get: bool = False) -> int:
+        """The ID of the set's index carrying ``spid``, or ``INVALID_IOASID``
+        (``ioasid_find_by_spid``); a stale set also gives ``INVALID_IOASID``.
+
+        With ``get`` a reference is taken on the match. In ``v4`` (quirk 13) that happens even for
+        a FREE_PENDING ID; in ``fixed`` such a match raises ``EBUSY``.
+        """
+        with self.lock:
+            self._enter()
+            if not self.set_valid(ioasid_set):
+                self._warn("find_by_spid on a stale set")
+                return INVALID_IOASID
+            for data in ioasid_set.xa.values():
+                if data.spid == spid:
+                    if get:
+                        pending = data.state == IoasidState.FREE_PENDING
+                        if pending and not self.knobs.find_by_spid_get_pending:
+                            raise IoasidError(EBUSY, f"IOASID {data.id} is being freed")
+                        data.refs += 1
+                    return data.id
+            return INVALID_IOASID
+
+    # ------------------------------------------------------------------ notifiers (2.11)
+    def _notify(self, event: IoasidNotify, data: IoasidData, flags: int) -> int:
+        if flags & ~(IOASID_NOTIFY_FLAG_ALL | IOASID_NOTIFY_FLAG_SET):
+            raise IoasidError(EINVAL, f"bad notify flags {flags:#x}")
+        args = IoasidNbArgs(data.id, data.spid, data.set, data.private)
+        ret = 0
+        self._in_notifier += 1
+        try:
+            if flags & IOASID_NOTIFY_FLAG_ALL:
+                ret = self.notifier.call(event, args)
+            if flags & IOASID_NOTIFY_FLAG_SET:
+                ret = data.set.nh.call(event, args)
+        finally:
+            self._in_notifier -= 1
+        return ret
+
+    def register_notifier(self, ioasid_set: IoasidSet | None, nb: NotifierBlock) -> int:
+        """Subscribe ``nb`` to a set's chain, or to the global chain when ``ioasid_set`` is None.
+        Always returns 0 (a duplicate is refused with a warning on the chain)."""
+        with self.lock:
+            self._enter()
+            chain = self.notifier if ioasid_set is None else ioasid_set.nh
+            return chain.register(nb)
+
+    def unregister_notifier(self, ioasid_set: IoasidSet | None, nb: NotifierBlock) -> None:
+        """The mirror of ``register_notifier``; unknown blocks are ignored."""
+        with self.lock:
+            self._enter()
+            (self.notifier if ioasid_set is None else ioasid_set.nh).unregister(nb)
+
+    def register_notifier_mm(self, token: Any, nb: NotifierBlock) -> int:
+        """Subscribe ``nb`` to the MM set of ``token``, now or when it is created.
+
+        ``EINVAL`` for a None token; ``EBUSY`` if the same (token, nb) is registered already. If
+        the set exists and holds IDs: ``v4`` (quirk 19) refuses with ``EBUSY``; ``fixed``
+        subscribes and replays ALLOC (and BIND for IDs with a SPID) to ``nb`` alone.
+        """
+        with self.lock:
+            self._enter()
+            if token is None:
+                raise IoasidError(EINVAL, "no mm token")
+            for rec in self._nb_pending:
+                if rec.token == token and rec.nb is nb:
+                    raise IoasidError(EBUSY, "already registered for this mm")
+            ioasid_set = self._find_mm_set(token)
+            rec = SetNb(token, nb)
+            if ioasid_set is not None:
+                if ioasid_set.nr_ioasids and self.knobs.mm_notifier_needs_empty_set:
+                    raise IoasidError(EBUSY, "the mm's set already holds IOASIDs")
+                ioasid_set.nh.register(nb)
+                rec.set, rec.active = ioasid_set, True
+                self._nb_pending.append(rec)
+                self._replay(ioasid_set, nb)
+            else:
+                self._nb_pending.append(rec)
+            return 0
+
+    def _replay(self, ioasid_set: IoasidSet, nb: NotifierBlock) -> None:
+        self._in_notifier += 1
+        try:
+            for ioasid in sorted(ioasid_set.xa):
+                data = ioasid_set.xa[ioasid]
+                args = IoasidNbArgs(data.id, data.spid, ioasid_set, data.private)
+                nb.callback(nb, IoasidNotify.ALLOC, args)
+                if data.spid != INVALID_IOASID:
+                    nb.callback(nb, IoasidNotify.BIND, args)
+        finally:
+            self._in_notifier -= 1
+
+    def unregister_notifier_mm(self, token: Any, nb: NotifierBlock) -> None:
+        """Drop the (token, nb) registration; ``ENOENT`` if there is none."""
+        with self.lock:
+            self._enter()
+            for i, rec in enumerate(self._nb_pending):
+                if rec.token == token and rec.nb is nb:
+                    if rec.active and rec.set is not None:
+                        rec.set.nh.unregister(nb)
+                    del self._nb_pending[i]
+                    return
+            raise IoasidError(ENOENT, "no such mm registration")
+
+    def pending_registrations(self) -> list[SetNb]:
+        """The mm-keyed registrations, active or waiting for their set."""
+        return list(self._nb_pending)
+
+    # ------------------------------------------------------------------ work queue (2.11)
+    def queue_work(self, work: Work) -> bool:
+        """Queue ``work`` on the shared ordered queue; ``False`` if it is already pending."""
+        return self.wq.queue(work)
+
+    # ------------------------------------------------------------------ custom allocators (2.13)
+    def register_allocator(self, ops: AllocatorOps) -> None:
+        """Register a custom allocator (``ioasid_register_allocator``).
+
+        ``EEXIST`` if ``ops`` is registered already; ``EAGAIN`` if it would become the active
+        allocator while the default one holds IDs. Ops with the same functions as a registered
+        group join it and share its ID space.
+        """
+        with self.lock:
+            self._enter()
+            for group in self._groups:
+                if any(o is ops for o in group.ops):
+                    raise IoasidError(EEXIST, "allocator already registered")
+            if self._active is None:
+                if self._ids:
+                    raise IoasidError(EAGAIN, "the default allocator holds IOASIDs")
+                group = _AllocatorGroup(ops.alloc, ops.free, [ops])
+                self._groups.append(group)
+                self._active = group
+                return
+            for group in self._groups:
+                if group.alloc is ops.alloc and group.free is ops.free:
+                    group.ops.append(ops)
+                    return
+            self._groups.append(_AllocatorGroup(ops.alloc, ops.free, [ops]))
+
+    def unregister_allocator(self, ops: AllocatorOps) -> None:
+        """Remove a custom allocator; the next group, or the default allocator, takes over."""
+        with self.lock:
+            self._enter()
+            for group in self._groups:
+                if any(o is ops for o in group.ops):
+                    group.ops = [o for o in group.ops if o is not ops]
+                    if not group.ops:
+                        self._groups.remove(group)
+                        if self._active is group:
+                            self._active = self._groups[0] if self._groups else None
+                    return
+            self._warn("unregister of an unknown allocator")
+
+    @property
+    def custom_allocator_active(self) -> bool:
+        """Whether a custom allocator is in charge."""
+        return self._active is not None

@@ -1,0 +1,28 @@
+"""The one exception type of the model: an error that carries a kernel errno.
+
+Every face maps it to its own form: the FUSE layer returns ``-errno`` to the kernel, the
+user-API socket puts ``-errno`` in its reply, the CLI prints the message and exits non-zero.
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+import os
+
+
+class IoasidError(OSError):
+    """An operation of the model was refused; ``errno`` says why, as the kernel would.
+
+    A refused operation has changed nothing (the model rolls back before raising).
+    """
+
+    def __init__(self, code: int, detail: str = "") -> None:
+        super().__init__(code, detail or os.strerror(code))
+
+    @property
+    def name(self) -> str:
+        """The symbolic errno name, e.g. ``"ENOSPC"``."""
+        return _errno.errorcode.get(self.errno or 0, str(self.errno))
+
+    def __str__(self) -> str:
+        return f"{self.name}: {self.strerror}"

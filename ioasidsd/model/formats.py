@@ -1,0 +1,142 @@
+"""The text formats of the cgroup files: parsing as the kernel does, rendering exactly.
+
+Parsing follows ``pids_max_write`` (``kernel/cgroup/pids.c``): strip surrounding white space,
+accept the literal ``max``, otherwise ``kstrtoll(buf, 0, ...)``: an optional sign, automatic base
+(``0x`` hexadecimal, a leading ``0`` octal, else decimal), one optional trailing newline. Junk is
+``EINVAL``, a value outside signed 64 bits is ``ERANGE``, a negative limit is ``EINVAL``.
+"""
+
+from __future__ import annotations
+
+from errno import EINVAL, ERANGE
+
+from ioasidsd.model.errors import IoasidError
+
+MAX = "max"
+S64_MAX = (1 << 63) - 1
+U64_MAX = (1 << 64) - 1
+_WHITESPACE = " \t\n\v\f\r"
+
+
+def _kstrtoull(text: str) -> int:
+    """``_kstrtoull(s, 0)``: digits in the automatic base, then at most one newline."""
+    base = 10
+    if text[:1] == "0":
+        if text[1:2] in ("x", "X") and text[2:3] and text[2:3] in "0123456789abcdefABCDEF":
+            base = 16
+            text = text[2:]
+        else:
+            base = 8
+    digits = "0123456789abcdef"[:base]
+    i = 0
+    value = 0
+    overflow = False
+    while i < len(text) and text[i].lower() in digits:
+        value = value * base + digits.index(text[i].lower())
+        if value > U64_MAX:
+            overflow = True
+        i += 1
+    if overflow:
+        raise IoasidError(ERANGE, "number out of range")
+    if i == 0:
+        raise IoasidError(EINVAL, "not a number")
+    rest = text[i:]
+    if rest[:1] == "\n":
+        rest = rest[1:]
+    if rest:
+        raise IoasidError(EINVAL, "junk after the number")
+    return value
+
+
+def kstrtoll(text: str) -> int:
+    """The kernel's ``kstrtoll(text, 0)``: a signed 64-bit integer in automatic base.
+
+    Raises ``EINVAL`` for malformed text and ``ERANGE`` for overflow.
+    """
+    if text[:1] == "-":
+        value = _kstrtoull(text[1:])
+        if value > S64_MAX + 1:
+            raise IoasidError(ERANGE, "number out of range")
+        return -value
+    if text[:1] == "+":
+        text = text[1:]
+    value = _kstrtoull(text)
+    if value > S64_MAX:
+        raise IoasidError(ERANGE, "number out of range")
+    return value
+
+
+def decode(data: bytes | str) -> str:
+    """Bytes written to a file as text; undecodable bytes are junk (``EINVAL``)."""
+    if isinstance(data, str):
+        return data
+    try:
+        return data.decode("ascii")
+    except UnicodeDecodeError:
+        raise IoasidError(EINVAL, "not ASCII text") from None
+
+
+def parse_limit(data: bytes | str) -> int | None:
+    """Parse a write to ``ioasids.max``: ``None`` for ``max``, else a limit >= 0.
+
+    ``EINVAL`` for junk or a negative number, ``ERANGE`` beyond signed 64 bits.
+    """
+    text = decode(data).strip(_WHITESPACE)
+    if text == MAX:
+        return None
+    value = kstrtoll(text)
+    if value < 0:
+        raise IoasidError(EINVAL, f"negative limit {value}")
+    return value
+
+
+def parse_flag(data: bytes | str) -> bool:
+    """Parse a write to ``notify_on_release`` or ``cgroup.clone_children`` (a u64, nonzero
+    is true, like ``cgroup_write_u64``: ``kstrtoull`` after stripping). ``EINVAL``/``ERANGE``."""
+    text = decode(data).strip(_WHITESPACE)
+    if text[:1] == "+":
+        text = text[1:]
+    return _kstrtoull(text) != 0
+
+
+def parse_pid(data: bytes | str) -> int:
+    """Parse a write to ``cgroup.procs`` or ``tasks``: ``kstrtoint`` of the stripped text, a
+    pid >= 0 (0 means the writer itself). ``EINVAL`` for junk or a negative pid, ``ERANGE``
+    beyond a signed 32-bit int."""
+    text = decode(data).strip(_WHITESPACE)
+    value = kstrtoll(text)
+    if not -(1 << 31) <= value < (1 << 31):
+        raise IoasidError(ERANGE, "pid out of range")
+    if value < 0:
+        raise IoasidError(EINVAL, f"invalid pid {value}")
+    return value
+
+
+def render_limit(limit: int | None) -> str:
+    """``ioasids.max``: ``max`` or the decimal limit, with a newline."""
+    return f"{MAX}\n" if limit is None else f"{limit}\n"
+
+
+def render_count(value: int) -> str:
+    """A counter file (``ioasids.current``, ``ioasids.peak``): decimal and a newline."""
+    return f"{value}\n"
+
+
+def render_events(refusals: int) -> str:
+    """``ioasids.events`` and ``ioasids.events.local``: ``max N``."""
+    return f"max {refusals}\n"
+
+
+def render_flag(value: bool) -> str:
+    """``notify_on_release``, ``cgroup.clone_children``, ``cgroup.sane_behavior``."""
+    return "1\n" if value else "0\n"
+
+
+def render_ids(ids: list[int]) -> str:
+    """``cgroup.procs`` and ``tasks``: one id a line, ascending."""
+    return "".join(f"{i}\n" for i in sorted(ids))
+
+
+def render_capacity(capacity: int, available: int) -> str:
+    """``ioasids.capacity`` on the root (fixed profile): two keyed lines."""
+    return f"capacity {capacity}\navailable {available}\n"
