@@ -1,0 +1,208 @@
+"""The system: the model objects every face shares, and the operations faces perform on them.
+
+A ``System`` holds the IOASID core, the cgroup controller, the semantics knobs, one lock and a
+source of facts about real processes. Faces (the FUSE file system, the user-API socket, the
+control API, experiments) call its methods for every change, so that each change is made in one
+place, under the lock, and then handed to ``on_change`` (the daemon's durable store) before the
+face answers. Reads may use the model objects directly while holding ``system.lock``.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from errno import EINVAL, ESRCH
+from typing import Any
+
+from ioasidsd.model.cgroup import Cgroup, IoasidsController, Process
+from ioasidsd.model.core import IoasidCore
+from ioasidsd.model.errors import IoasidError
+from ioasidsd.model.formats import decode, parse_flag, parse_limit, parse_pid
+from ioasidsd.model.knobs import Knobs
+from ioasidsd.model.workqueue import OrderedWorkQueue
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessFacts:
+    """What the system needs to know about a real process."""
+
+    pid: int
+    start_time: float
+    uids: tuple[int, ...]  # real, effective, saved
+    tgid: int
+    threads: int = 1
+
+
+class ProcessSource:
+    """Facts about real processes, from ``psutil``. Tests may substitute their own."""
+
+    def facts(self, pid: int) -> ProcessFacts:
+        """Facts about ``pid`` (a process or a thread id); ``ESRCH`` if there is none."""
+        import psutil
+
+        try:
+            proc = psutil.Process(pid)
+            with proc.oneshot():
+                uids = proc.uids()
+                start = proc.create_time()
+                threads = proc.num_threads()
+            tgid = _tgid(pid)
+        except (psutil.NoSuchProcess, psutil.ZombieProcess, FileNotFoundError):
+            raise IoasidError(ESRCH, f"no process {pid}") from None
+        return ProcessFacts(pid, start, (uids.real, uids.effective, uids.saved), tgid, threads)
+
+    def alive(self, pid: int, start_time: float) -> bool:
+        """Whether the process ``pid`` that started at ``start_time`` still runs."""
+        try:
+            return self.facts(pid).start_time == start_time
+        except IoasidError:
+            return False
+
+    def all_pids(self) -> list[int]:
+        """Every process id on the machine."""
+        import psutil
+
+        return psutil.pids()
+
+    def thread_ids(self, pid: int) -> list[int]:
+        """The thread ids of process ``pid`` (empty if it is gone)."""
+        try:
+            return [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+        except OSError:
+            return []
+
+
+def _tgid(pid: int) -> int:
+    """The thread-group id of ``pid`` (``pid`` itself for a process)."""
+    with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as status:
+        for line in status:
+            if line.startswith("Tgid:"):
+                return int(line.split()[1])
+    return pid
+
+
+class System:
+    """The shared model and the changes faces make to it.
+
+    ``on_change(kind, detail)`` is called under the lock after every change succeeds and before
+    the method returns (the daemon makes the change durable there). A method that raises has
+    changed nothing.
+    """
+
+    def __init__(
+        self,
+        knobs: Knobs | None = None,
+        *,
+        processes: ProcessSource | None = None,
+        wq: OrderedWorkQueue | None = None,
+        on_change: Callable[[str, dict[str, Any]], None] | None = None,
+    ) -> None:
+        self.core = IoasidCore(knobs, wq=wq)
+        self.cgroups = IoasidsController(self.core)
+        self.knobs = self.core.knobs
+        self.lock: threading.RLock = self.core.lock
+        self.processes = processes or ProcessSource()
+        self.on_change = on_change or (lambda kind, detail: None)
+
+    def _changed(self, kind: str, **detail: Any) -> None:
+        self.on_change(kind, detail)
+
+    # ------------------------------------------------------------------ hierarchy
+    def mkdir(self, path: str, *, reserved_names: frozenset[str] = frozenset()) -> Cgroup:
+        """Create the cgroup at ``path``; see ``IoasidsController.mkdir`` for errors."""
+        parent_path, _, name = path.strip("/").rpartition("/")
+        with self.lock:
+            parent = self.cgroups.lookup(parent_path)
+            cg = self.cgroups.mkdir(parent, name, reserved_names=reserved_names)
+            self._changed("mkdir", cgroup=cg)
+            return cg
+
+    def rmdir(self, path: str) -> None:
+        """Remove the cgroup at ``path``; see ``IoasidsController.rmdir``."""
+        with self.lock:
+            cg = self.cgroups.lookup(path)
+            self.cgroups.rmdir(cg)
+            self._changed("rmdir", cgroup=cg, path=path)
+
+    def rename(self, old: str, new: str, *, reserved_names: frozenset[str] = frozenset()) -> None:
+        """Rename ``old`` to ``new`` (same parent only); see ``IoasidsController.rename``."""
+        new_parent_path, _, new_name = new.strip("/").rpartition("/")
+        with self.lock:
+            cg = self.cgroups.lookup(old)
+            new_parent = self.cgroups.lookup(new_parent_path)
+            old_path = cg.path
+            self.cgroups.rename(cg, new_parent, new_name, reserved_names=reserved_names)
+            self._changed("rename", cgroup=cg, old_path=old_path)
+
+    def write_max(self, path: str, data: bytes | str) -> None:
+        """A write to ``ioasids.max``: parse (``EINVAL``/``ERANGE``) and grant it."""
+        limit = parse_limit(data)
+        with self.lock:
+            cg = self.cgroups.lookup(path)
+            self.cgroups.set_max(cg, limit)
+            self._changed("limit", cgroup=cg)
+
+    def write_flag(self, path: str, name: str, data: bytes | str) -> None:
+        """A write to ``notify_on_release`` or ``cgroup.clone_children``."""
+        value = parse_flag(data)
+        attr = {"notify_on_release": "notify_on_release",
+                "cgroup.clone_children": "clone_children"}.get(name)
+        if attr is None:
+            raise IoasidError(EINVAL, f"{name} is not a flag")
+        with self.lock:
+            cg = self.cgroups.lookup(path)
+            setattr(cg, attr, value)
+            self._changed("flag", cgroup=cg, name=name)
+
+    def write_release_agent(self, data: bytes | str) -> None:
+        """A write to the root's ``release_agent``: the path, trailing white space stripped."""
+        text = decode(data).rstrip()
+        with self.lock:
+            self.cgroups.release_agent = text
+            self._changed("release_agent", value=text)
+
+    # ------------------------------------------------------------------ processes
+    def process(self, pid: int) -> Process:
+        """The model's process for a real ``pid`` (tracked in the root if new). ``ESRCH``."""
+        facts = self.processes.facts(pid)
+        with self.lock:
+            proc = self.cgroups.process(facts.tgid)
+            if proc is not None and proc.start_time == facts.start_time:
+                return proc
+            leader = facts if facts.tgid == pid else self.processes.facts(facts.tgid)
+            return self.cgroups.track(leader.pid, leader.start_time, None, leader.threads)
+
+    def write_procs(self, path: str, data: bytes | str, *, writer_pid: int, writer_uid: int,
+                    ) -> Process:
+        """A write to ``cgroup.procs`` or ``tasks``: move a real process (0: the writer).
+
+        ``EINVAL`` for junk, ``ESRCH`` for no such process, ``EACCES`` when a non-root writer's
+        euid matches neither the target's uid nor its suid.
+        """
+        pid = parse_pid(data) or writer_pid
+        facts = self.processes.facts(pid)
+        self.cgroups.check_owner(writer_uid, (facts.uids[0], facts.uids[2]))
+        with self.lock:
+            dst = self.cgroups.lookup(path)
+            proc = self.process(pid)
+            src = proc.cgroup
+            self.cgroups.attach(proc, dst)
+            self._changed("attach", process=proc, src=src)
+            return proc
+
+    def fork(self, parent_pid: int, pid: int, start_time: float) -> None:
+        """A real process forked (from the process tracker)."""
+        with self.lock:
+            child = self.cgroups.fork(parent_pid, pid, start_time)
+            if child is not None:
+                self._changed("fork", process=child)
+
+    def exit(self, pid: int) -> None:
+        """A real process exited (from the process tracker): release what it held."""
+        with self.lock:
+            proc = self.cgroups.process(pid)
+            if proc is not None:
+                self.cgroups.exit(proc)
+                self._changed("exit", process=proc)
