@@ -91,9 +91,11 @@ def parse_limit(data: bytes | str) -> int | None:
 
 
 def parse_flag(data: bytes | str) -> bool:
-    """Parse a write to ``notify_on_release`` or ``cgroup.clone_children`` (a u64, nonzero
-    is true, like ``cgroup_write_u64``: ``kstrtoull`` after stripping). ``EINVAL``/``ERANGE``."""
-    text = decode(data).strip(_WHITESPACE)
+    """Parse a write to ``notify_on_release`` or ``cgroup.clone_children``: a u64, nonzero is
+    true. Like ``cgroup_file_write`` with a ``write_u64`` handler it does **not** strip: only an
+    optional ``+`` and one trailing newline are accepted around the digits. ``EINVAL``/``ERANGE``.
+    """
+    text = decode(data)
     if text[:1] == "+":
         text = text[1:]
     return _kstrtoull(text) != 0
