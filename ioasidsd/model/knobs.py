@@ -50,8 +50,10 @@ class Knobs:
     ancestors, ``ioasids.events.local`` at the refusing level. ``v4``: always ``max 0``
     (quirk 4)."""
     user_errors: UserErrors = "distinct"
-    """``distinct``: ``/dev/ioasid`` ALLOC tells causes apart and FREE reports unknown or foreign
-    IDs. ``v4``: every ALLOC failure is ``EINVAL``, FREE always returns 0 (quirk 11)."""
+    """``distinct``: ``/dev/ioasid`` ALLOC tells causes apart, FREE reports unknown or foreign
+    IDs, an unknown command is ``ENOTTY`` and a file used by a process other than its opener is
+    refused with ``EPERM``. ``v4``: every ALLOC failure is ``EINVAL``, FREE always returns 0, an
+    unknown command is ``EINVAL`` and only the cgroup charge stops another process (quirk 11)."""
     set_lifetime: SetLifetime = "explicit"
     """``explicit``: a set lives until it is freed (a free of a busy set may be deferred until it
     empties). ``auto``: a set is destroyed when its last IOASID is reclaimed (quirk 3)."""
@@ -87,6 +89,10 @@ class Knobs:
     existing IDs are replayed to the new block as ALLOC, and BIND where a SPID is attached)."""
     user_min_zero: bool = False
     """Quirk 11: ``/dev/ioasid`` may hand out IOASID 0 (VT-d's RID_PASID)."""
+    user_reopen_eexist: bool = False
+    """Behaviour 84: opening ``/dev/ioasid`` fails with EEXIST while an MM set of the process
+    still exists (left by a release with FREE_PENDING IDs, or by a daemon restart). Fixed: the
+    open adopts that set."""
     vtd_quirks: bool = False
     """Quirk 16: VT-d attaches the SPID before private data, registers at priority 0, ignores
     attach_spid failures and restricts page-response lookups to the host set."""
@@ -157,6 +163,7 @@ _V4 = Knobs(
     active_state_unused=True,
     mm_notifier_needs_empty_set=True,
     user_min_zero=True,
+    user_reopen_eexist=True,
     vtd_quirks=True,
 )
 
