@@ -1,0 +1,472 @@
+"""The ``/dev/ioasid`` misc device (``drivers/iommu/ioasid_user.c`` of the series), as a model.
+
+``IoasidDevice`` is the driver: ``open`` creates the opener's ``IoasidUser`` (one per process,
+holding the process's MM set), ``ioctl`` runs one command of ``uapi`` on an open file,
+``release`` drops the file's reference and, with the last one, frees every IOASID of the set.
+``user_get_from_task``/``user_put``/``user_for_each_id`` are the exports the series gives VFIO.
+
+Pure model: no I/O, no threads. Every method takes ``core.lock`` (the model's one lock). Errors
+raise ``IoasidError`` with the errno the ioctl returns, and change nothing; a successful ioctl
+returns ``(result, output bytes)``. The ``task`` argument is the calling process (the kernel's
+``current``): a ``Process`` of the cgroup controller.
+
+Profiles (spec ``ioasid-v4.md`` 4.4-4.7, 6.7 item 11):
+
+* ``user_errors``: ``v4`` answers ``EINVAL`` for every ALLOC failure and for unknown commands,
+  and 0 for every FREE. ``distinct`` keeps the core's errno (``EAGAIN`` cgroup limit, ``ENOSPC``
+  capacity or range exhausted, ``EDQUOT`` set quota, ``EINVAL`` bad arguments), reports
+  ``ENOENT``/``EACCES`` from FREE for unknown (or already freed) and foreign IDs, ``ENOTTY`` for
+  unknown commands, ``EBADF`` on a released file, and refuses ALLOC, FREE and the extensions
+  with ``EPERM`` when the caller is not the process that opened the file (the series enforces
+  that only through the cgroup charge, i.e. for ALLOC).
+* ``user_min_zero``: ``v4`` may hand out IOASID 0; ``fixed`` starts every range at 1.
+* ``user_reopen_eexist``: an open while the process's MM set still exists gives ``EEXIST`` in
+  ``v4``; ``fixed`` adopts the set (after a daemon restart, or a release that left IOASIDs
+  FREE_PENDING).
+* The set quota (``set_quota_zero_takes_all``) and the set's lifetime (``set_lifetime``) are
+  the core's: in ``v4`` the first opener's quota-0 set takes the whole pool (spec 4.6) and a set
+  whose last IOASID is reclaimed is gone, so later ALLOCs on that file fail.
+
+Every MM set whose token is a process is the set of that process's ``/dev/ioasid`` (nothing else
+in this emulator creates MM sets for real processes). When a process exits, its file is released
+and a set that no file holds any more (left by a daemon restart) is released the same way.
+"""
+
+from __future__ import annotations
+
+import struct
+from array import array
+from collections.abc import Callable
+from errno import EACCES, EBADF, EBUSY, EEXIST, EFAULT, EINVAL, ENODEV, ENOENT, ENOTTY, EPERM
+from typing import TYPE_CHECKING, Protocol
+
+from ioasidsd.model.core import IoasidSetType, IoasidState
+from ioasidsd.model.errors import IoasidError
+from ioasidsd.userapi import uapi
+
+if TYPE_CHECKING:
+    from ioasidsd.model.cgroup import Cgroup, Process
+    from ioasidsd.model.core import IoasidCore, IoasidSet
+
+ID_LIMIT = 1 << uapi.IOASID_BITS
+"""User-space IDs are below 2^31: an ID is the non-negative ``int`` result of the ioctl."""
+
+
+class GuestBinder(Protocol):
+    """The IOMMU side of the bind extension (the VT-d driver facade), as the generic layer
+    (``iommu_uapi_sva_bind_gpasid``) calls it: ownership is checked by the binder through
+    ``core.get_if_owned``. Both raise ``IoasidError`` with the errno to report."""
+
+    def bind_gpasid(self, task: Process, hpasid: int, gpasid: int | None, devid: int, *,
+                    addr_width: int, gpgd: int) -> None: ...
+
+    def unbind_gpasid(self, task: Process, hpasid: int, devid: int) -> None: ...
+
+
+class IoasidUser:
+    """``struct ioasid_user``: one process's handle, its MM set and a reference count."""
+
+    __slots__ = ("ioasid_set", "refs", "token")
+
+    def __init__(self, token: Process, ioasid_set: IoasidSet) -> None:
+        self.token = token
+        self.ioasid_set = ioasid_set
+        self.refs = 1
+
+    def __repr__(self) -> str:
+        return f"IoasidUser(pid={self.token.pid}, set={self.ioasid_set.id}, refs={self.refs})"
+
+
+class IoasidFile:
+    """One open file of ``/dev/ioasid``; ``user`` is its private data (``None`` once released)."""
+
+    __slots__ = ("opener", "user")
+
+    def __init__(self, user: IoasidUser, opener: Process) -> None:
+        self.user: IoasidUser | None = user
+        self.opener = opener
+
+    @property
+    def released(self) -> bool:
+        return self.user is None
+
+    def __repr__(self) -> str:
+        return f"IoasidFile(pid={self.opener.pid}, released={self.released})"
+
+
+class Touched:
+    """What the operations since the last ``IoasidDevice.take_touched()`` changed: the IOASIDs
+    (allocated, freed, referenced), the sets and the cgroups (counters, events). The daemon's
+    store persists these records."""
+
+    __slots__ = ("cgroups", "ids", "sets")
+
+    def __init__(self) -> None:
+        self.ids: list[int] = []
+        self.sets: list[IoasidSet] = []
+        self.cgroups: set[Cgroup] = set()
+
+    def __bool__(self) -> bool:
+        return bool(self.ids or self.sets or self.cgroups)
+
+    def cgroup_walk(self, cg: Cgroup | None) -> None:
+        while cg is not None and cg.parent is not None:
+            self.cgroups.add(cg)
+            cg = cg.parent
+
+
+_Handler = Callable[["IoasidDevice", IoasidUser, bytes, "Process"], tuple[int, bytes]]
+
+
+class IoasidDevice:
+    """The ``/dev/ioasid`` driver over an ``IoasidCore`` with its cgroup controller.
+
+    ``binder`` serves the bind extension (``ENODEV`` without one). ``users`` is the series'
+    ``ioasid_user_list``, by process.
+    """
+
+    def __init__(self, core: IoasidCore, binder: GuestBinder | None = None) -> None:
+        self.core = core
+        self.knobs = core.knobs
+        self.lock = core.lock
+        self.binder = binder
+        self.users: dict[Process, IoasidUser] = {}
+        self._files: dict[Process, IoasidFile] = {}
+        self._touched = Touched()
+
+    # ------------------------------------------------------------------ bookkeeping
+    def take_touched(self) -> Touched:
+        """The records changed since the last call (and start a new record)."""
+        touched, self._touched = self._touched, Touched()
+        return touched
+
+    def _touch_ids(self, ids: list[int], task: Process | None) -> None:
+        """Record ``ids`` (before the change, so charged cgroups are still known)."""
+        touched = self._touched
+        touched.ids.extend(ids)
+        ids_map = self.core
+        seen: set[int] = set()
+        for ioasid in ids:
+            if ioasid in ids_map:
+                cg = ids_map.data(ioasid).cgroup
+                if cg is not None and id(cg) not in seen:
+                    seen.add(id(cg))
+                    touched.cgroup_walk(cg)
+        if task is not None:
+            touched.cgroup_walk(task.cgroup)
+
+    def _touch_set(self, ioasid_set: IoasidSet) -> None:
+        if not self._touched.sets or self._touched.sets[-1] is not ioasid_set:
+            self._touched.sets.append(ioasid_set)
+
+    def file_of(self, task: Process) -> IoasidFile | None:
+        """The open file of ``task``, if it has one."""
+        return self._files.get(task)
+
+    # ------------------------------------------------------------------ open / release
+    def open(self, task: Process) -> IoasidFile:
+        """``open("/dev/ioasid")`` by ``task``: create its ``IoasidUser`` and MM set.
+
+        ``EINVAL`` for an exited task; ``EBUSY`` if the process has it open already; for an MM
+        set that already exists ``EEXIST`` (``user_reopen_eexist``) or adoption; then the
+        errors of ``set_alloc`` (``ENOSPC`` when, in ``v4``, no capacity or set index is left).
+        """
+        with self.lock:
+            self.core._enter()
+            if task is None or not task.alive:
+                raise IoasidError(EINVAL, "the opener has no mm")
+            if task in self.users:
+                raise IoasidError(EBUSY, f"process {task.pid} has /dev/ioasid open already")
+            ioasid_set = self.core.find_mm_set(task.mm)
+            if ioasid_set is not None and self.core.set_valid(ioasid_set):
+                if self.knobs.user_reopen_eexist:
+                    raise IoasidError(EEXIST, f"an IOASID set of process {task.pid} exists")
+                ioasid_set.free_requested = False  # adopt: cancel the deferred free
+            else:
+                ioasid_set = self.core.set_alloc(task.mm, 0, IoasidSetType.MM)
+            user = IoasidUser(task, ioasid_set)
+            self.users[task] = user
+            file = IoasidFile(user, task)
+            self._files[task] = file
+            self._touch_set(ioasid_set)
+            return file
+
+    def release(self, file: IoasidFile, task: Process | None = None) -> None:
+        """``close()``: drop the file's reference on its user; the last reference frees every
+        IOASID of the set (FREE_PENDING where others hold references) and then the set.
+        ``task`` is the closing process (default: the opener). Releasing twice does nothing."""
+        with self.lock:
+            self.core._enter()
+            user = file.user
+            if user is None:
+                return
+            file.user = None
+            if self._files.get(file.opener) is file:
+                del self._files[file.opener]
+            self._put(user, task if task is not None else file.opener)
+
+    def process_exit(self, proc: Process) -> None:
+        """A process exited: its file is closed, and a set no file holds (left by a daemon
+        restart) is released as that file would have been. The cgroup controller's exit hook."""
+        with self.lock:
+            file = self._files.get(proc)
+            if file is not None:
+                self.release(file, proc)
+            if proc in self.users:
+                return  # another holder (``user_get_from_task``) keeps it
+            ioasid_set = self.core.find_mm_set(proc.mm)
+            if ioasid_set is not None and self.core.set_valid(ioasid_set):
+                self._free_set(ioasid_set, proc)
+
+    def _put(self, user: IoasidUser, task: Process) -> None:
+        user.refs -= 1
+        if user.refs:
+            return
+        if self.users.get(user.token) is user:
+            del self.users[user.token]
+        self._free_set(user.ioasid_set, task)
+
+    def _free_set(self, ioasid_set: IoasidSet, task: Process) -> None:
+        core = self.core
+        self._touch_ids(sorted(ioasid_set.xa), task)
+        self._touch_set(ioasid_set)
+        core.free_all_in_set(ioasid_set, task=task)
+        if not core.set_valid(ioasid_set):
+            return  # auto-destroyed (v4) when its last IOASID went
+        if self.knobs.set_lifetime == "explicit":
+            core.set_free(ioasid_set, when_empty=True)
+        else:
+            try:
+                core.set_free(ioasid_set)
+            except IoasidError as exc:  # the series ignores it: EBUSY while IDs are pending
+                core._warn(f"ioasid_user: set {ioasid_set.id} not freed: {exc}")
+
+    # ------------------------------------------------------------------ kernel-facing exports
+    def user_get_from_task(self, task: Process) -> IoasidUser | None:
+        """The user of ``task``'s mm with a reference taken, or ``None``."""
+        with self.lock:
+            user = self.users.get(task)
+            if user is not None:
+                user.refs += 1
+            return user
+
+    def user_put(self, user: IoasidUser, task: Process | None = None) -> None:
+        """Drop a reference taken by ``user_get_from_task``; the last one releases."""
+        with self.lock:
+            self.core._enter()
+            self._put(user, task if task is not None else user.token)
+
+    def user_for_each_id(self, user: IoasidUser, fn: Callable[[int, object], None],
+                         data: object = None) -> None:
+        """Call ``fn(id, data)`` for every IOASID of the user's set, ascending."""
+        with self.lock:
+            self.core.set_for_each_ioasid(user.ioasid_set, fn, data)
+
+    # ------------------------------------------------------------------ ioctl
+    def ioctl(self, file: IoasidFile, cmd: int, arg: bytes, task: Process) -> tuple[int, bytes]:
+        """Run command ``cmd`` with argument bytes ``arg`` for ``task`` on ``file``.
+
+        Returns ``(result, output bytes)``; the output is copied over the start of the caller's
+        argument (``GET_INFO``) or is the reply's data (batch allocation: the IDs). Raises
+        ``IoasidError``: ``EFAULT`` when ``arg`` is shorter than the command reads, ``EINVAL``
+        (``EBADF`` in ``distinct``) on a released file, ``EINVAL``/``ENOTTY`` for an unknown
+        command, and each command's own errors (see the handlers).
+        """
+        distinct = self.knobs.user_errors == "distinct"
+        with self.lock:
+            self.core._enter()
+            user = file.user
+            if user is None:
+                raise IoasidError(EBADF if distinct else EINVAL, "the file was released")
+            handler = _HANDLERS.get(cmd)
+            if handler is None:
+                self.core._warn(f"ioasid_user: Unsupported cmd {cmd}")
+                raise IoasidError(ENOTTY if distinct else EINVAL, f"unknown command {cmd:#x}")
+            if distinct and cmd in _OWNER_ONLY and task != user.token:
+                raise IoasidError(
+                    EPERM, f"process {task.pid} did not open this file (pid {user.token.pid} did)"
+                )
+            return handler(self, user, arg, task)
+
+    def _get_api_version(self, user: IoasidUser, arg: bytes, task: Process) -> tuple[int, bytes]:
+        return uapi.IOASID_API_VERSION, b""
+
+    def _get_info(self, user: IoasidUser, arg: bytes, task: Process) -> tuple[int, bytes]:
+        argsz, flags, _bits = _copy_in(uapi.INFO, arg)
+        if argsz < uapi.INFO.size or flags:
+            raise IoasidError(EINVAL, "GET_INFO: argsz below 12 or flags set")
+        return 0, uapi.INFO.pack(argsz, flags, uapi.IOASID_BITS)
+
+    def _range(self, lo: int, hi: int) -> tuple[int, int]:
+        if lo > hi or lo >= ID_LIMIT or hi >= ID_LIMIT:
+            raise IoasidError(EINVAL, f"bad range [{lo}, {hi}]")
+        if not self.knobs.user_min_zero and lo == 0:
+            lo = 1  # IOASID 0 is VT-d's RID_PASID: never a user's
+            if hi == 0:
+                raise IoasidError(EINVAL, "IOASID 0 is reserved")
+        return lo, hi
+
+    def _alloc_error(self, exc: IoasidError) -> IoasidError:
+        if self.knobs.user_errors == "distinct":
+            return exc
+        return IoasidError(EINVAL, f"allocation failed ({exc.name})")
+
+    def _alloc(self, user: IoasidUser, arg: bytes, task: Process) -> tuple[int, bytes]:
+        """``IOASID_REQUEST_ALLOC``: the lowest free ID in the range, as the result."""
+        argsz, flags, lo, hi = _copy_in(uapi.ALLOC_REQUEST, arg)
+        if argsz < uapi.ALLOC_REQUEST.size or flags:
+            raise IoasidError(EINVAL, "ALLOC: argsz below 16 or flags set")
+        lo, hi = self._range(lo, hi)
+        self._touch_ids([], task)
+        try:
+            ioasid = self.core.alloc_locked(user.ioasid_set, lo, hi, None, task=task)
+        except IoasidError as exc:
+            raise self._alloc_error(exc) from None
+        self._touched.ids.append(ioasid)
+        self._touch_set(user.ioasid_set)
+        return ioasid, b""
+
+    def _check_free(self, user: IoasidUser, ioasid: int) -> None:
+        """``distinct``: why freeing ``ioasid`` through ``user`` cannot work, if it cannot."""
+        if ioasid not in self.core:
+            raise IoasidError(ENOENT, f"IOASID {ioasid} is not allocated")
+        data = self.core.data(ioasid)
+        if data.set is not user.ioasid_set:
+            raise IoasidError(EACCES, f"IOASID {ioasid} belongs to another process")
+        if data.state == IoasidState.FREE_PENDING:
+            raise IoasidError(ENOENT, f"IOASID {ioasid} was freed already (FREE_PENDING)")
+
+    def _free_one(self, user: IoasidUser, ioasid: int, task: Process) -> None:
+        core = self.core
+        if self.knobs.user_errors == "distinct":
+            self._check_free(user, ioasid)
+            self._touch_ids([ioasid], task)
+            core.free_locked(user.ioasid_set, ioasid, task=task)
+            return
+        if ioasid in core:
+            self._touch_ids([ioasid], task)
+        try:
+            core.free_locked(user.ioasid_set, ioasid, task=task)
+        except IoasidError as exc:  # the series only logs
+            core._warn(f"ioasid_user: free of {ioasid}: {exc}")
+
+    def _free(self, user: IoasidUser, arg: bytes, task: Process) -> tuple[int, bytes]:
+        """``IOASID_REQUEST_FREE``: result 0; ``EINVAL`` for a negative ID."""
+        (ioasid,) = _copy_in(uapi.FREE_ARG, arg)
+        if ioasid < 0:
+            raise IoasidError(EINVAL, f"negative IOASID {ioasid}")
+        self._free_one(user, ioasid, task)
+        self._touch_set(user.ioasid_set)
+        return 0, b""
+
+    # ------------------------------------------------------------------ extensions
+    def _alloc_batch(self, user: IoasidUser, arg: bytes, task: Process) -> tuple[int, bytes]:
+        """``IOASID_REQUEST_ALLOC_BATCH``: ``count`` IDs, each the lowest free in the range, or
+        none: on the first failure those already allocated are freed again and the failure is
+        reported as ALLOC would report it. ``EINVAL`` for a count of 0 or above the maximum."""
+        argsz, flags, lo, hi, count = _copy_in(uapi.ALLOC_BATCH, arg)
+        if argsz < uapi.ALLOC_BATCH.size or flags:
+            raise IoasidError(EINVAL, "ALLOC_BATCH: argsz below 20 or flags set")
+        if not 0 < count <= uapi.IOASID_BATCH_MAX:
+            raise IoasidError(EINVAL, f"ALLOC_BATCH: count {count} not in 1..65536")
+        lo, hi = self._range(lo, hi)
+        core = self.core
+        ioasid_set = user.ioasid_set
+        self._touch_ids([], task)
+        self._touch_set(ioasid_set)
+        ids = array("I")
+        alloc = core.alloc_locked
+        try:
+            for _ in range(count):
+                ids.append(alloc(ioasid_set, lo, hi, None, task=task))
+        except IoasidError as exc:
+            for ioasid in reversed(ids):
+                core.free_locked(ioasid_set, ioasid, task=task)
+            raise self._alloc_error(exc) from None
+        self._touched.ids.extend(ids)
+        return count, ids.tobytes()
+
+    def _free_batch(self, user: IoasidUser, arg: bytes, task: Process) -> tuple[int, bytes]:
+        """``IOASID_REQUEST_FREE_BATCH``: free ``count`` IDs; the result is ``count``.
+        ``distinct``: every ID is checked first (``ENOENT``, ``EACCES``, ``EINVAL`` for one
+        given twice) and nothing is freed unless all can be. ``v4``: each as FREE would."""
+        argsz, flags, count = _copy_in(uapi.FREE_BATCH, arg)
+        if argsz < uapi.FREE_BATCH.size or flags:
+            raise IoasidError(EINVAL, "FREE_BATCH: argsz below 12 or flags set")
+        if not 0 < count <= uapi.IOASID_BATCH_MAX:
+            raise IoasidError(EINVAL, f"FREE_BATCH: count {count} not in 1..65536")
+        end = uapi.FREE_BATCH.size + 4 * count
+        if argsz < end:
+            raise IoasidError(EINVAL, f"FREE_BATCH: argsz {argsz} does not cover {count} IDs")
+        if len(arg) < end:
+            raise IoasidError(EFAULT, f"FREE_BATCH: {count} IDs announced, fewer sent")
+        ids = array("I")
+        ids.frombytes(arg[uapi.FREE_BATCH.size:end])
+        if max(ids) >= ID_LIMIT:
+            raise IoasidError(EINVAL, "FREE_BATCH: an ID is negative as an int")
+        core = self.core
+        ioasid_set = user.ioasid_set
+        self._touch_set(ioasid_set)
+        if self.knobs.user_errors == "distinct":
+            if len(set(ids)) != count:
+                raise IoasidError(EINVAL, "FREE_BATCH: an ID is given twice")
+            for ioasid in ids:
+                self._check_free(user, ioasid)
+            self._touch_ids(list(ids), task)
+            free = core.free_locked
+            for ioasid in ids:
+                free(ioasid_set, ioasid, task=task)
+        else:
+            for ioasid in ids:
+                self._free_one(user, ioasid, task)
+        return count, b""
+
+    def _binder(self) -> GuestBinder:
+        if self.binder is None:
+            raise IoasidError(ENODEV, "no IOMMU to bind to (no VT-d unit configured)")
+        return self.binder
+
+    def _bind(self, user: IoasidUser, arg: bytes, task: Process) -> tuple[int, bytes]:
+        """``IOASID_BIND_GPASID``: bind ``hpasid`` on device ``devid`` for the guest, with
+        ``gpasid`` as its SPID when ``IOASID_BIND_GPASID_VAL`` is set. Errors: ``EINVAL`` for
+        argsz or unknown flags, ``ENODEV`` without an IOMMU, then the binder's (ownership:
+        ``ENOENT``, ``EINVAL``, ``EPERM``, ``EBUSY``)."""
+        argsz, flags, hpasid, gpasid, devid, addr_width, gpgd = _copy_in(uapi.BIND_GPASID, arg)
+        if argsz < uapi.BIND_GPASID.size or flags & ~uapi.IOASID_BIND_GPASID_VAL:
+            raise IoasidError(EINVAL, "BIND_GPASID: argsz below 32 or unknown flags")
+        binder = self._binder()
+        guest = gpasid if flags & uapi.IOASID_BIND_GPASID_VAL else None
+        self._touch_ids([hpasid] if hpasid in self.core else [], task)
+        binder.bind_gpasid(task, hpasid, guest, devid, addr_width=addr_width, gpgd=gpgd)
+        return 0, b""
+
+    def _unbind(self, user: IoasidUser, arg: bytes, task: Process) -> tuple[int, bytes]:
+        """``IOASID_UNBIND_GPASID``: undo a bind of ``hpasid`` on ``devid``; the binder's errors."""
+        argsz, flags, hpasid, devid = _copy_in(uapi.UNBIND_GPASID, arg)
+        if argsz < uapi.UNBIND_GPASID.size or flags:
+            raise IoasidError(EINVAL, "UNBIND_GPASID: argsz below 16 or flags set")
+        binder = self._binder()
+        self._touch_ids([hpasid] if hpasid in self.core else [], task)
+        binder.unbind_gpasid(task, hpasid, devid)
+        return 0, b""
+
+
+def _copy_in(layout: struct.Struct, arg: bytes) -> tuple[int, ...]:
+    """``copy_from_user`` of ``layout``: ``EFAULT`` when fewer bytes were passed."""
+    if len(arg) < layout.size:
+        raise IoasidError(EFAULT, f"argument of {len(arg)} bytes, {layout.size} needed")
+    return layout.unpack_from(arg)
+
+
+_HANDLERS: dict[int, _Handler] = {
+    uapi.IOASID_GET_API_VERSION: IoasidDevice._get_api_version,
+    uapi.IOASID_GET_INFO: IoasidDevice._get_info,
+    uapi.IOASID_REQUEST_ALLOC: IoasidDevice._alloc,
+    uapi.IOASID_REQUEST_FREE: IoasidDevice._free,
+    uapi.IOASID_REQUEST_ALLOC_BATCH: IoasidDevice._alloc_batch,
+    uapi.IOASID_REQUEST_FREE_BATCH: IoasidDevice._free_batch,
+    uapi.IOASID_BIND_GPASID: IoasidDevice._bind,
+    uapi.IOASID_UNBIND_GPASID: IoasidDevice._unbind,
+}
+
+_OWNER_ONLY = frozenset(_HANDLERS) - {uapi.IOASID_GET_API_VERSION, uapi.IOASID_GET_INFO}
