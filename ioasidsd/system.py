@@ -22,6 +22,7 @@ from ioasidsd.model.errors import IoasidError
 from ioasidsd.model.formats import decode, parse_flag, parse_limit, parse_pid
 from ioasidsd.model.knobs import Knobs
 from ioasidsd.model.workqueue import OrderedWorkQueue
+from ioasidsd.userapi.device import IoasidDevice, IoasidFile
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +106,7 @@ class System:
         self.lock: threading.RLock = self.core.lock
         self.processes = processes or ProcessSource()
         self.on_change = on_change or (lambda kind, detail: None)
+        self._init_userapi()
 
     def _changed(self, kind: str, **detail: Any) -> None:
         self.on_change(kind, detail)
@@ -206,3 +208,57 @@ class System:
             if proc is not None:
                 self.cgroups.exit(proc)
                 self._changed("exit", process=proc)
+
+    # ------------------------------------------------------------------ /dev/ioasid (issue 5)
+    # The user API's changes: an open file per connection of a real process. Each method reports
+    # what it changed as kind "set" (open, release) or "ioasid" (ioctl, exit) with the records
+    # touched: ``ids`` (IOASIDs allocated, freed or referenced: still in ``core`` means upsert,
+    # absent means delete), ``sets`` (check ``core.set_valid``), ``cgroups`` (counters, events)
+    # and ``process``. A refused ioctl may still have changed cgroup events: it reports too.
+    def _init_userapi(self) -> None:
+        self.ioasid_device = IoasidDevice(self.core)
+        self.cgroups.exit_hooks.append(self._ioasid_exit_hook)
+
+    def _ioasid_changed(self, kind: str, **detail: Any) -> None:
+        touched = self.ioasid_device.take_touched()
+        if touched:
+            self._changed(kind, ids=touched.ids, sets=touched.sets,
+                          cgroups=list(touched.cgroups), **detail)
+
+    def _ioasid_exit_hook(self, proc: Process) -> None:
+        self.ioasid_device.process_exit(proc)
+        self._ioasid_changed("ioasid", process=proc)
+
+    def ioasid_open(self, pid: int) -> IoasidFile:
+        """``open("/dev/ioasid")`` by the real process ``pid`` (tracked in the root if new).
+
+        ``ESRCH`` for no such process, then the errors of ``IoasidDevice.open``.
+        """
+        proc = self.process(pid)
+        with self.lock:
+            try:
+                return self.ioasid_device.open(proc)
+            finally:
+                self._ioasid_changed("set", process=proc)
+
+    def ioasid_ioctl(self, file: IoasidFile, cmd: int, arg: bytes, *,
+                     pid: int | None = None) -> tuple[int, bytes]:
+        """An ioctl on ``file`` by the real process ``pid`` (default: the opener); returns the
+        result and the output bytes, or raises the ``IoasidError`` the ioctl fails with."""
+        task = file.opener if pid is None or pid == file.opener.pid else self.process(pid)
+        with self.lock:
+            try:
+                return self.ioasid_device.ioctl(file, cmd, arg, task)
+            finally:
+                self._ioasid_changed("ioasid", process=task)
+
+    def ioasid_release(self, file: IoasidFile, *, exited: bool = False) -> None:
+        """The last close of ``file``. ``exited``: its opener is exiting, so this is the
+        process's exit (as ``exit``, which also closes the file). Releasing twice does nothing."""
+        with self.lock:
+            if exited and file.opener.alive:
+                self.cgroups.exit(file.opener)
+                self._changed("exit", process=file.opener)
+                return
+            self.ioasid_device.release(file)
+            self._ioasid_changed("set", process=file.opener)
