@@ -86,3 +86,125 @@ class FakeProcesses:
 
     def alive(self, pid: int, start_time: float) -> bool:
         return pid in self.live and self.live[pid].start_time == start_time
+
+
+# ---------------------------------------------------------------------------------- server
+AGENT = str(__import__("pathlib").Path(__file__).with_name("agent.py"))
+
+
+class Changes:
+    """An ``on_change`` that records every change and lets a test wait for a condition."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.log: list[tuple[str, dict]] = []
+        self.cond = threading.Condition()
+
+    def __call__(self, kind: str, detail: dict) -> None:
+        with self.cond:
+            self.log.append((kind, detail))
+            self.cond.notify_all()
+
+    def wait_for(self, predicate, timeout: float = 10.0) -> bool:
+        """Wait until ``predicate()`` holds (it must not take ``system.lock``)."""
+        with self.cond:
+            return self.cond.wait_for(predicate, timeout)
+
+    def kinds(self) -> list[str]:
+        with self.cond:
+            return [k for k, _ in self.log]
+
+
+class Agent:
+    """A real client process (``agent.py``) driven line by line."""
+
+    def __init__(self, runtime: str) -> None:
+        import subprocess
+        import sys
+
+        self.proc = subprocess.Popen([sys.executable, AGENT, runtime], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True, bufsize=1)
+        self.pid = self.proc.pid
+
+    def __call__(self, line: str, timeout: float = 20.0) -> str:
+        import select
+
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(line + "\n")
+        self.proc.stdin.flush()
+        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
+        assert ready, f"agent did not answer {line!r} within {timeout}s"
+        return self.proc.stdout.readline().strip()
+
+    def ok(self, line: str) -> list[int]:
+        """Run ``line``; it must succeed: the integers it answered."""
+        answer = self(line)
+        assert answer.startswith("ok"), f"{line!r}: {answer}"
+        return [int(w) for w in answer.split()[1:]]
+
+    def err(self, line: str) -> int:
+        """Run ``line``; it must fail: the errno."""
+        answer = self(line)
+        assert answer.startswith("err"), f"{line!r} succeeded: {answer}"
+        return int(answer.split()[1])
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.stdin.close()
+            try:
+                self.proc.wait(10)
+            except Exception:
+                self.kill()
+
+
+class Served:
+    """A System in one profile with its /dev/ioasid server on a temporary runtime dir."""
+
+    def __init__(self, profile_name: str, runtime: str, **knobs: object) -> None:
+        from ioasidsd.system import System
+        from ioasidsd.userapi.server import UserApiServer
+
+        self.changes = Changes()
+        self.system = System(profile(profile_name, **knobs), on_change=self.changes,
+                             wq=OrderedWorkQueue(step_mode=True))
+        self.runtime = runtime
+        self.server = UserApiServer(self.system, runtime)
+        self.server.start()
+        self.agents: list[Agent] = []
+
+    def agent(self, cgroup: str | None = None) -> Agent:
+        """A real client process, moved into ``cgroup`` first when given."""
+        a = Agent(self.runtime)
+        self.agents.append(a)
+        if cgroup is not None:
+            self.system.write_procs(cgroup, str(a.pid), writer_pid=a.pid, writer_uid=0)
+        return a
+
+    def cgroup(self, name: str, limit: int) -> object:
+        cg = self.system.mkdir(name)
+        self.system.write_max(name, str(limit))
+        return cg
+
+    def close(self) -> None:
+        for a in self.agents:
+            a.stop()
+        self.server.stop()
+
+
+@pytest.fixture(params=["fixed", "v4"])
+def served(request: pytest.FixtureRequest, tmp_path) -> Served:
+    s = Served(request.param, str(tmp_path))
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def served_fixed(tmp_path) -> Served:
+    s = Served("fixed", str(tmp_path))
+    yield s
+    s.close()

@@ -1,0 +1,112 @@
+"""The System's /dev/ioasid methods: what they change and what they report to on_change."""
+
+from __future__ import annotations
+
+from errno import EAGAIN, EPERM, ESRCH
+
+import pytest
+
+from ioasidsd.model import IoasidError, profile
+from ioasidsd.system import System
+from ioasidsd.userapi import uapi
+from tests.userapi.conftest import Changes, FakeProcesses
+
+
+@pytest.fixture
+def system() -> tuple[System, FakeProcesses, Changes]:
+    procs = FakeProcesses()
+    changes = Changes()
+    return System(profile("fixed"), processes=procs, on_change=changes), procs, changes
+
+
+def alloc_arg(lo: int = 1, hi: int = 100) -> bytes:
+    return uapi.ALLOC_REQUEST.pack(16, 0, lo, hi)
+
+
+def test_open_reports_the_set_and_process(system) -> None:
+    s, procs, changes = system
+    procs.add(10)
+    f = s.ioasid_open(10)
+    kind, detail = changes.log[-1]
+    assert kind == "set" and detail["sets"] == [f.user.ioasid_set]
+    assert detail["process"] is f.opener and f.opener.pid == 10
+    assert s.cgroups.process(10) is f.opener  # tracked (in the root) from now on
+
+
+def test_open_of_unknown_pid_esrch(system) -> None:
+    s, _procs, changes = system
+    with pytest.raises(IoasidError) as info:
+        s.ioasid_open(4242)
+    assert info.value.errno == ESRCH and changes.log == []
+
+
+def test_alloc_and_refusal_report_ids_and_cgroups(system) -> None:
+    s, procs, changes = system
+    procs.add(10)
+    s.mkdir("a")
+    s.mkdir("a/b")
+    s.write_max("a", "5")
+    s.write_max("a/b", "1")
+    s.write_procs("a/b", "10", writer_pid=10, writer_uid=0)
+    f = s.ioasid_open(10)
+    ret, _ = s.ioasid_ioctl(f, uapi.IOASID_REQUEST_ALLOC, alloc_arg())
+    kind, detail = changes.log[-1]
+    b, a = s.cgroups.lookup("a/b"), s.cgroups.lookup("a")
+    assert kind == "ioasid" and detail["ids"] == [ret] and set(detail["cgroups"]) == {a, b}
+    n = len(changes.log)
+    with pytest.raises(IoasidError) as info:
+        s.ioasid_ioctl(f, uapi.IOASID_REQUEST_ALLOC, alloc_arg())
+    assert info.value.errno == EAGAIN
+    assert len(changes.log) == n + 1  # the refusal changed the events counters
+    assert b.events == 1 and set(changes.log[-1][1]["cgroups"]) == {a, b}
+
+
+def test_read_only_ioctls_report_nothing(system) -> None:
+    s, procs, changes = system
+    procs.add(10)
+    f = s.ioasid_open(10)
+    n = len(changes.log)
+    assert s.ioasid_ioctl(f, uapi.IOASID_GET_API_VERSION, b"") == (0, b"")
+    s.ioasid_ioctl(f, uapi.IOASID_GET_INFO, uapi.INFO.pack(12, 0, 0))
+    assert len(changes.log) == n
+
+
+def test_ioctl_by_another_process(system) -> None:
+    s, procs, _changes = system
+    procs.add(10)
+    procs.add(11)
+    f = s.ioasid_open(10)
+    with pytest.raises(IoasidError) as info:
+        s.ioasid_ioctl(f, uapi.IOASID_REQUEST_ALLOC, alloc_arg(), pid=11)
+    assert info.value.errno == EPERM
+    assert s.ioasid_ioctl(f, uapi.IOASID_REQUEST_ALLOC, alloc_arg(), pid=10)[0] == 1
+
+
+def test_release_and_exit_paths(system) -> None:
+    s, procs, changes = system
+    procs.add(10)
+    procs.add(11)
+    f10, f11 = s.ioasid_open(10), s.ioasid_open(11)
+    id10 = s.ioasid_ioctl(f10, uapi.IOASID_REQUEST_ALLOC, alloc_arg())[0]
+    id11 = s.ioasid_ioctl(f11, uapi.IOASID_REQUEST_ALLOC, alloc_arg())[0]
+    s.ioasid_release(f10)
+    assert id10 not in s.core and s.cgroups.process(10) is not None
+    assert changes.log[-1][0] == "set" and changes.log[-1][1]["ids"] == [id10]
+    s.ioasid_release(f11, exited=True)  # the connection ended because 11 is exiting
+    assert id11 not in s.core and s.cgroups.process(11) is None
+    assert [k for k, _ in changes.log[-2:]] == ["ioasid", "exit"]
+    n = len(changes.log)
+    s.ioasid_release(f11)
+    s.exit(11)
+    assert len(changes.log) == n  # released once
+
+
+def test_tracker_exit_closes_the_file(system) -> None:
+    s, procs, _changes = system
+    procs.add(10)
+    f = s.ioasid_open(10)
+    s.ioasid_ioctl(f, uapi.IOASID_REQUEST_ALLOC, alloc_arg())
+    s.exit(10)
+    assert f.released and len(s.core) == 0
+    s.ioasid_release(f, exited=True)  # the connection's end after the tracker's report
+    assert len(s.core) == 0
