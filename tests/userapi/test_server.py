@@ -192,15 +192,6 @@ def test_kill_9_frees_everything(served: Served) -> None:
     assert cg.counter == (4 if served.system.knobs.uncharge_skips_defunct_mm else 0)
 
 
-@pytest.fixture(params=["fixed", "v4"])
-def served_two(request: pytest.FixtureRequest, tmp_path) -> Served:
-    """Served where two processes can open: in v4 with the quota-0 grab switched off."""
-    knobs = {"set_quota_zero_takes_all": False} if request.param == "v4" else {}
-    s = Served(request.param, str(tmp_path), **knobs)
-    yield s
-    s.close()
-
-
 def test_two_processes_cannot_free_each_others(served_two: Served) -> None:
     a, b = served_two.agent(), served_two.agent()
     a.ok("open")
