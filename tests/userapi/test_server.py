@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import stat
+import subprocess
 from errno import (
     EACCES,
     EAGAIN,
@@ -18,6 +20,7 @@ from errno import (
     ENOTTY,
     EPERM,
 )
+from pathlib import Path
 
 import pytest
 
@@ -269,3 +272,20 @@ def test_stop_keeps_the_files(served_fixed: Served) -> None:
     assert not os.path.exists(served_fixed.server.path)
     assert served_fixed.server.connections == 0
     assert ioasid in served_fixed.system.core
+
+
+def test_a_c_program_speaks_the_documented_protocol(served: Served, tmp_path) -> None:
+    """c_client.c is written from docs/ioasid-protocol.md alone."""
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        pytest.skip("no C compiler on this machine")
+    exe = tmp_path / "c_client"
+    subprocess.run([cc, "-Wall", "-Werror", "-o", str(exe),
+                    str(Path(__file__).with_name("c_client.c"))], check=True, timeout=60)
+    done = subprocess.run([str(exe), served.server.path, "5", "9"], capture_output=True,
+                          text=True, timeout=30, check=True)
+    second_free = -ENOENT if served.system.knobs.user_errors == "distinct" else 0
+    assert done.stdout.splitlines() == [
+        "open 0", "version 0", "info 0 31", "alloc 5", f"badflags {-EINVAL}", "free 0",
+        f"free {second_free}",
+    ]
