@@ -222,8 +222,8 @@ class System:
     def _ioasid_changed(self, kind: str, **detail: Any) -> None:
         touched = self.ioasid_device.take_touched()
         if touched:
-            self._changed(kind, ids=touched.ids, sets=touched.sets,
-                          cgroups=list(touched.cgroups), **detail)
+            detail.update(ids=touched.ids, sets=touched.sets, cgroups=touched.cgroups)
+            self.on_change(kind, detail)
 
     def _ioasid_exit_hook(self, proc: Process) -> None:
         self.ioasid_device.process_exit(proc)

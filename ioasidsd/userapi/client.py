@@ -88,7 +88,7 @@ class IoasidClient:
     # ------------------------------------------------------------------ frames
     def _recv(self, n: int) -> None:
         while len(self._buf) < n:
-            chunk = self._sock.recv(max(n - len(self._buf), 65536))
+            chunk = self._sock.recv(65536)
             if not chunk:
                 raise ConnectionResetError("the daemon closed the connection")
             self._buf += chunk

@@ -46,7 +46,7 @@ from ioasidsd.userapi import uapi
 
 if TYPE_CHECKING:
     from ioasidsd.model.cgroup import Cgroup, Process
-    from ioasidsd.model.core import IoasidCore, IoasidSet
+    from ioasidsd.model.core import IoasidCore, IoasidData, IoasidSet
 
 ID_LIMIT = 1 << uapi.IOASID_BITS
 """User-space IDs are below 2^31: an ID is the non-negative ``int`` result of the ioctl."""
@@ -99,20 +99,21 @@ class Touched:
     (allocated, freed, referenced), the sets and the cgroups (counters, events). The daemon's
     store persists these records."""
 
-    __slots__ = ("cgroups", "ids", "sets")
+    __slots__ = ("ids", "leaves", "sets")
 
     def __init__(self) -> None:
         self.ids: list[int] = []
         self.sets: list[IoasidSet] = []
-        self.cgroups: set[Cgroup] = set()
+        self.leaves: set[Cgroup] = set()
 
     def __bool__(self) -> bool:
-        return bool(self.ids or self.sets or self.cgroups)
+        return bool(self.ids or self.sets or self.leaves)
 
-    def cgroup_walk(self, cg: Cgroup | None) -> None:
-        while cg is not None and cg.parent is not None:
-            self.cgroups.add(cg)
-            cg = cg.parent
+    @property
+    def cgroups(self) -> set[Cgroup]:
+        """The cgroups whose counters or events may have changed: the charge walks (up to, not
+        including, the root) of the cgroups that were charged, uncharged or refused."""
+        return {cg for leaf in self.leaves if leaf.parent is not None for cg in leaf.walk()}
 
 
 _Handler = Callable[["IoasidDevice", IoasidUser, bytes, "Process"], tuple[int, bytes]]
@@ -140,20 +141,19 @@ class IoasidDevice:
         touched, self._touched = self._touched, Touched()
         return touched
 
-    def _touch_ids(self, ids: list[int], task: Process | None) -> None:
+    def _touch_ids(self, ids: list[int] | array, task: Process | None) -> None:
         """Record ``ids`` (before the change, so charged cgroups are still known)."""
         touched = self._touched
         touched.ids.extend(ids)
-        ids_map = self.core
-        seen: set[int] = set()
+        leaves = touched.leaves
+        core = self.core
         for ioasid in ids:
-            if ioasid in ids_map:
-                cg = ids_map.data(ioasid).cgroup
-                if cg is not None and id(cg) not in seen:
-                    seen.add(id(cg))
-                    touched.cgroup_walk(cg)
+            if ioasid in core:
+                cg = core.data(ioasid).cgroup
+                if cg is not None:
+                    leaves.add(cg)
         if task is not None:
-            touched.cgroup_walk(task.cgroup)
+            leaves.add(task.cgroup)
 
     def _touch_set(self, ioasid_set: IoasidSet) -> None:
         if not self._touched.sets or self._touched.sets[-1] is not ioasid_set:
@@ -274,7 +274,8 @@ class IoasidDevice:
         """
         distinct = self.knobs.user_errors == "distinct"
         with self.lock:
-            self.core._enter()
+            if self.core._in_notifier:
+                self.core._enter()  # EDEADLK
             user = file.user
             if user is None:
                 raise IoasidError(EBADF if distinct else EINVAL, "the file was released")
@@ -282,9 +283,10 @@ class IoasidDevice:
             if handler is None:
                 self.core._warn(f"ioasid_user: Unsupported cmd {cmd}")
                 raise IoasidError(ENOTTY if distinct else EINVAL, f"unknown command {cmd:#x}")
-            if distinct and cmd in _OWNER_ONLY and task != user.token:
+            owner = user.token
+            if task is not owner and distinct and cmd in _OWNER_ONLY and task != owner:
                 raise IoasidError(
-                    EPERM, f"process {task.pid} did not open this file (pid {user.token.pid} did)"
+                    EPERM, f"process {task.pid} did not open this file (pid {owner.pid} did)"
                 )
             return handler(self, user, arg, task)
 
@@ -298,6 +300,7 @@ class IoasidDevice:
         return 0, uapi.INFO.pack(argsz, flags, uapi.IOASID_BITS)
 
     def _range(self, lo: int, hi: int) -> tuple[int, int]:
+        """The range to allocate from: ``EINVAL`` for a bad one; 0 is left out in ``fixed``."""
         if lo > hi or lo >= ID_LIMIT or hi >= ID_LIMIT:
             raise IoasidError(EINVAL, f"bad range [{lo}, {hi}]")
         if not self.knobs.user_min_zero and lo == 0:
@@ -313,34 +316,42 @@ class IoasidDevice:
 
     def _alloc(self, user: IoasidUser, arg: bytes, task: Process) -> tuple[int, bytes]:
         """``IOASID_REQUEST_ALLOC``: the lowest free ID in the range, as the result."""
-        argsz, flags, lo, hi = _copy_in(uapi.ALLOC_REQUEST, arg)
-        if argsz < uapi.ALLOC_REQUEST.size or flags:
+        if len(arg) < 16:
+            _copy_in(uapi.ALLOC_REQUEST, arg)  # EFAULT
+        argsz, flags, lo, hi = _unpack_alloc(arg)
+        if argsz < 16 or flags:
             raise IoasidError(EINVAL, "ALLOC: argsz below 16 or flags set")
-        lo, hi = self._range(lo, hi)
-        self._touch_ids([], task)
+        if not 0 < lo <= hi < ID_LIMIT:
+            lo, hi = self._range(lo, hi)
+        touched = self._touched
+        touched.leaves.add(task.cgroup)
         try:
             ioasid = self.core.alloc_locked(user.ioasid_set, lo, hi, None, task=task)
         except IoasidError as exc:
             raise self._alloc_error(exc) from None
-        self._touched.ids.append(ioasid)
+        touched.ids.append(ioasid)
         self._touch_set(user.ioasid_set)
         return ioasid, b""
 
-    def _check_free(self, user: IoasidUser, ioasid: int) -> None:
-        """``distinct``: why freeing ``ioasid`` through ``user`` cannot work, if it cannot."""
-        if ioasid not in self.core:
-            raise IoasidError(ENOENT, f"IOASID {ioasid} is not allocated")
-        data = self.core.data(ioasid)
+    def _check_free(self, user: IoasidUser, ioasid: int) -> IoasidData:
+        """``distinct``: why freeing ``ioasid`` through ``user`` cannot work, if it cannot;
+        else its record."""
+        data = self.core.data(ioasid)  # ENOENT if it is not allocated
         if data.set is not user.ioasid_set:
             raise IoasidError(EACCES, f"IOASID {ioasid} belongs to another process")
         if data.state == IoasidState.FREE_PENDING:
             raise IoasidError(ENOENT, f"IOASID {ioasid} was freed already (FREE_PENDING)")
+        return data
 
     def _free_one(self, user: IoasidUser, ioasid: int, task: Process) -> None:
         core = self.core
         if self.knobs.user_errors == "distinct":
-            self._check_free(user, ioasid)
-            self._touch_ids([ioasid], task)
+            charged = self._check_free(user, ioasid).cgroup
+            touched = self._touched
+            touched.ids.append(ioasid)
+            if charged is not None:
+                touched.leaves.add(charged)
+            touched.leaves.add(task.cgroup)
             core.free_locked(user.ioasid_set, ioasid, task=task)
             return
         if ioasid in core:
@@ -369,10 +380,11 @@ class IoasidDevice:
             raise IoasidError(EINVAL, "ALLOC_BATCH: argsz below 20 or flags set")
         if not 0 < count <= uapi.IOASID_BATCH_MAX:
             raise IoasidError(EINVAL, f"ALLOC_BATCH: count {count} not in 1..65536")
-        lo, hi = self._range(lo, hi)
+        if not 0 < lo <= hi < ID_LIMIT:
+            lo, hi = self._range(lo, hi)
         core = self.core
         ioasid_set = user.ioasid_set
-        self._touch_ids([], task)
+        self._touched.leaves.add(task.cgroup)
         self._touch_set(ioasid_set)
         ids = array("I")
         alloc = core.alloc_locked
@@ -410,9 +422,15 @@ class IoasidDevice:
         if self.knobs.user_errors == "distinct":
             if len(set(ids)) != count:
                 raise IoasidError(EINVAL, "FREE_BATCH: an ID is given twice")
+            touched = self._touched
+            leaves = touched.leaves
+            check = self._check_free
             for ioasid in ids:
-                self._check_free(user, ioasid)
-            self._touch_ids(list(ids), task)
+                charged = check(user, ioasid).cgroup
+                if charged is not None:
+                    leaves.add(charged)
+            leaves.add(task.cgroup)
+            touched.ids.extend(ids)
             free = core.free_locked
             for ioasid in ids:
                 free(ioasid_set, ioasid, task=task)
@@ -457,6 +475,8 @@ def _copy_in(layout: struct.Struct, arg: bytes) -> tuple[int, ...]:
         raise IoasidError(EFAULT, f"argument of {len(arg)} bytes, {layout.size} needed")
     return layout.unpack_from(arg)
 
+
+_unpack_alloc = uapi.ALLOC_REQUEST.unpack_from
 
 _HANDLERS: dict[int, _Handler] = {
     uapi.IOASID_GET_API_VERSION: IoasidDevice._get_api_version,

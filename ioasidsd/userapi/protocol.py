@@ -57,7 +57,7 @@ class RequestReader:
         self._buf = bytearray()
         self._skip = 0
 
-    def feed(self, data: bytes) -> list[tuple[int, bytes | None]]:
+    def feed(self, data: bytes | memoryview) -> list[tuple[int, bytes | None]]:
         if self._skip:
             n = min(self._skip, len(data))
             self._skip -= n

@@ -181,10 +181,13 @@ class UserApiServer:
     def _request_loop(self, conn: socket.socket, file: IoasidFile, pid: int) -> None:
         reader = protocol.RequestReader()
         ioctl = self.system.ioasid_ioctl
+        buf = bytearray(RECV_SIZE)  # reused: a fresh 256 KiB bytes per recv costs page faults
+        view = memoryview(buf)
         while True:
-            data, ancdata, _flags, _addr = conn.recvmsg(RECV_SIZE, _CMSG_SPACE)
-            if not data:
+            n, ancdata, _flags, _addr = conn.recvmsg_into([buf], _CMSG_SPACE)
+            if not n:
                 return
+            data = view[:n]
             sender = pid
             for level, kind, cdata in ancdata:
                 if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:

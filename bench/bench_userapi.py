@@ -1,0 +1,232 @@
+"""Benchmark of the /dev/ioasid socket against a trivial echo server on the same kind of socket.
+
+Run: ``.venv/bin/python bench/bench_userapi.py [--seconds S] [--rounds R]``.
+
+Both servers run in this process on unix stream sockets with one thread per connection; the
+clients are separate processes (spawned before either server starts) with the same minimal
+loop: send a frame, read the reply. Each measurement alternates echo and ioasid runs ``rounds``
+times and reports medians, so the ratio compares runs made side by side on the same machine.
+
+* round trips: each client alternates ``IOASID_REQUEST_ALLOC`` and ``IOASID_REQUEST_FREE``
+  (24 and 12 byte frames); the echo client sends the same frames and reads them back. One client
+  and four. Target: one client at least half the echo server's rate.
+* batch: one client allocates 65,536 IDs with one ``IOASID_REQUEST_ALLOC_BATCH`` and frees them
+  with one ``IOASID_REQUEST_FREE_BATCH``; the echo client echoes frames of the same sizes. Target:
+  at least 200,000 IDs/s.
+
+The server side is the model plus the socket (``System`` with no store attached): what a
+client of the daemon costs before persistence.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import socket
+import statistics
+import struct
+import tempfile
+import threading
+import time
+
+from ioasidsd.model import profile
+from ioasidsd.system import System
+from ioasidsd.userapi import protocol, uapi
+from ioasidsd.userapi.server import UserApiServer
+
+BATCH = uapi.IOASID_BATCH_MAX
+
+
+# ---------------------------------------------------------------------------------- servers
+class EchoServer:
+    """The reference: echo every byte back, one thread per connection."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.bind(path)
+        self.sock.listen(16)
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    @staticmethod
+    def _serve(conn: socket.socket) -> None:
+        with conn:
+            while data := conn.recv(65536):
+                conn.sendall(data)
+
+    def stop(self) -> None:
+        self.sock.close()
+        os.unlink(self.path)
+
+
+# ---------------------------------------------------------------------------------- clients
+def _recv_exact(sock: socket.socket, n: int) -> bytes:
+    buf = bytearray(n)
+    view = memoryview(buf)
+    got = 0
+    while got < n:
+        k = sock.recv_into(view[got:], n - got)
+        if not k:
+            raise ConnectionResetError
+        got += k
+    return bytes(buf)
+
+
+ALLOC_FRAME = protocol.request(uapi.IOASID_REQUEST_ALLOC,
+                               uapi.ALLOC_REQUEST.pack(16, 0, 1, (1 << 31) - 1))
+FREE_HEADER = protocol.REQUEST.pack(uapi.IOASID_REQUEST_FREE, 4)
+BATCH_FRAME = protocol.request(uapi.IOASID_REQUEST_ALLOC_BATCH,
+                               uapi.ALLOC_BATCH.pack(20, 0, 1, (1 << 31) - 1, BATCH))
+FREE_BATCH_HEADER = protocol.REQUEST.pack(uapi.IOASID_REQUEST_FREE_BATCH, 12 + 4 * BATCH) + \
+    uapi.FREE_BATCH.pack(12 + 4 * BATCH, 0, BATCH)
+REPLY = struct.Struct("=iI")
+
+
+def _connect(path: str, greeting: bool) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.connect(path)
+    if greeting:
+        ret, _ = REPLY.unpack(_recv_exact(sock, 8))
+        assert ret == 0, f"open failed: {ret}"
+    return sock
+
+
+def round_trip_client(path: str, echo: bool, seconds: float, ready, go, results) -> None:
+    sock = _connect(path, greeting=not echo)
+    ready.put(os.getpid())
+    go.wait()
+    n = 0
+    free_frame = FREE_HEADER + b"\0\0\0\0"
+    t0 = time.perf_counter()
+    deadline = t0 + seconds
+    while True:
+        sock.sendall(ALLOC_FRAME)
+        if echo:
+            _recv_exact(sock, len(ALLOC_FRAME))
+            sock.sendall(free_frame)
+            _recv_exact(sock, len(free_frame))
+        else:
+            ret, _ = REPLY.unpack(_recv_exact(sock, 8))
+            assert ret >= 0, ret
+            sock.sendall(FREE_HEADER + struct.pack("=i", ret))
+            ret, _ = REPLY.unpack(_recv_exact(sock, 8))
+            assert ret == 0, ret
+        n += 2
+        if n % 64 == 0 and time.perf_counter() >= deadline:
+            break
+    results.put((n, time.perf_counter() - t0))
+    sock.close()
+
+
+def batch_client(path: str, echo: bool, seconds: float, ready, go, results) -> None:
+    sock = _connect(path, greeting=not echo)
+    ready.put(os.getpid())
+    go.wait()
+    ids = b"\0" * (4 * BATCH)
+    t_alloc = t_free = 0.0
+    cycles = 0
+    t0 = time.perf_counter()
+    deadline = t0 + seconds
+    while time.perf_counter() < deadline or cycles == 0:
+        a = time.perf_counter()
+        sock.sendall(BATCH_FRAME)
+        if echo:
+            _recv_exact(sock, len(BATCH_FRAME))
+            sock.sendall(protocol.REPLY.pack(BATCH, len(ids)) + ids)  # the reply's size, back
+            _recv_exact(sock, 8 + len(ids))
+        else:
+            ret, length = REPLY.unpack(_recv_exact(sock, 8))
+            assert ret == BATCH, ret
+            ids = _recv_exact(sock, length)
+        b = time.perf_counter()
+        sock.sendall(FREE_BATCH_HEADER + ids)
+        if echo:
+            _recv_exact(sock, len(FREE_BATCH_HEADER) + len(ids))
+        else:
+            ret, _ = REPLY.unpack(_recv_exact(sock, 8))
+            assert ret == BATCH, ret
+        c = time.perf_counter()
+        t_alloc += b - a
+        t_free += c - b
+        cycles += 1
+    results.put((cycles * BATCH, t_alloc, t_free))
+    sock.close()
+
+
+# ---------------------------------------------------------------------------------- driver
+def run_clients(ctx, target, path: str, echo: bool, clients: int, seconds: float) -> list:
+    ready, results, go = ctx.Queue(), ctx.Queue(), ctx.Event()
+    procs = [ctx.Process(target=target, args=(path, echo, seconds, ready, go, results))
+             for _ in range(clients)]
+    for p in procs:
+        p.start()
+    for _ in procs:
+        ready.get(timeout=60)
+    go.set()
+    out = [results.get(timeout=seconds * 10 + 60) for _ in procs]
+    for p in procs:
+        p.join()
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=1.0, help="per measurement")
+    parser.add_argument("--rounds", type=int, default=5, help="alternations of echo and ioasid")
+    args = parser.parse_args()
+    ctx = mp.get_context("spawn")
+    with tempfile.TemporaryDirectory() as tmp:
+        echo = EchoServer(os.path.join(tmp, "echo.sock"))
+        system = System(profile("fixed"))
+        server = UserApiServer(system, tmp)
+        server.start()
+        rates: dict[str, list[float]] = {}
+        for _ in range(args.rounds):
+            for clients in (1, 4):
+                for name, path, is_echo in (("echo", echo.path, True),
+                                            ("ioasid", server.path, False)):
+                    res = run_clients(ctx, round_trip_client, path, is_echo, clients,
+                                      args.seconds)
+                    rate = sum(n / t for n, t in res)
+                    rates.setdefault(f"{name} x{clients} round trips/s", []).append(rate)
+            for name, path, is_echo in (("echo", echo.path, True), ("ioasid", server.path, False)):
+                (ids, t_alloc, t_free), = run_clients(ctx, batch_client, path, is_echo, 1,
+                                                       args.seconds)
+                rates.setdefault(f"{name} batch IDs/s (alloc+free)", []).append(
+                    ids / (t_alloc + t_free))
+                rates.setdefault(f"{name} batch IDs/s (alloc)", []).append(ids / t_alloc)
+                rates.setdefault(f"{name} batch IDs/s (free)", []).append(ids / t_free)
+        server.stop()
+        echo.stop()
+        assert len(system.core) == 0, "every ID was freed"
+    med = {k: statistics.median(v) for k, v in rates.items()}
+    width = max(map(len, med))
+    for key, value in med.items():
+        runs = ", ".join(f"{v:,.0f}" for v in rates[key])
+        print(f"{key:<{width}}  {value:>14,.0f}   (runs: {runs})")
+
+    def ratio(mine: str, ref: str) -> float:
+        """The median over rounds of the ratio of two runs made side by side."""
+        return statistics.median(a / b for a, b in zip(rates[mine], rates[ref], strict=True))
+
+    single = ratio("ioasid x1 round trips/s", "echo x1 round trips/s")
+    four = ratio("ioasid x4 round trips/s", "echo x4 round trips/s")
+    print(f"ratio ioasid/echo round trips, 1 client: {single:.2f}; 4 clients: {four:.2f}")
+    for kind in ("alloc+free", "alloc", "free"):
+        r = ratio(f"ioasid batch IDs/s ({kind})", f"echo batch IDs/s ({kind})")
+        print(f"ratio ioasid/echo, batch {kind}: {r:.4f}")
+    batch = med["ioasid batch IDs/s (alloc+free)"]
+    print(f"targets: 1-client ratio {single:.2f} >= 0.5: {'met' if single >= 0.5 else 'MISSED'}; "
+          f"batch {batch:,.0f} IDs/s >= 200,000: {'met' if batch >= 200_000 else 'MISSED'}")
+
+if __name__ == "__main__":
+    main()
