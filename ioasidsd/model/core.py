@@ -183,7 +183,7 @@ class IoasidCore:
         self._active: _AllocatorGroup | None = None  # None: the default allocator
         self.notifier = NotifierChain()  # the global chain
         self._nb_pending: list[SetNb] = []
-        self.wq = wq or OrderedWorkQueue()
+        self.wq = wq if wq is not None else OrderedWorkQueue()  # an empty queue is falsy
         self.cgroups: IoasidsController | None = None
         self.messages: collections.deque[str] = collections.deque(maxlen=512)
         self._in_notifier = 0
