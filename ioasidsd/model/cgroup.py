@@ -298,7 +298,8 @@ class IoasidsController:
 
         On refusal every level is restored, the refusal is counted (``events`` knob) and
         ``EAGAIN`` is raised. Returns whether some level of the walk has a numeric limit (its
-        reservation then covers the charge).
+        reservation then covers the charge). Peaks are left to ``update_peak``, called once the
+        charged allocation has committed, so that a refused allocation leaves them unchanged.
         """
         charged: list[Cgroup] = []
         covered = False
@@ -316,10 +317,13 @@ class IoasidsController:
                         for above in node.walk():
                             above.events += 1
                     raise IoasidError(EAGAIN, f"{node.path}: ioasids.max {limit} reached")
-        for node in charged:
+        return covered and self.knobs.capacity_model != "overcommit"
+
+    def update_peak(self, cg: Cgroup) -> None:
+        """Raise the peak of each level of the walk from ``cg`` to its counter."""
+        for node in cg.walk():
             if node.counter > node.peak:
                 node.peak = node.counter
-        return covered and self.knobs.capacity_model != "overcommit"
 
     def charge(self, cg: Cgroup, n: int) -> None:
         """Charge ``n`` along the walk with no limit check (migration)."""

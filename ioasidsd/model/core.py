@@ -449,6 +449,8 @@ class IoasidCore:
         if (quota or self.knobs.set_quota_zero_takes_all) and quota <= ioasid_set.nr_ioasids:
             if cg is not None and not self.knobs.charge_leak_on_failure:
                 cgroups.uncharge(cg, 1)  # type: ignore[union-attr]
+            elif cg is not None:
+                cgroups.update_peak(cg)  # type: ignore[union-attr]  # the leaked charge stays
             self._warn(f"set {ioasid_set.id} out of quota {quota}")
             raise IoasidError(EDQUOT, f"set {ioasid_set.id} quota {quota} used up")
         pooled = not covered and self.knobs.capacity_model != "reserve-v4"
@@ -469,6 +471,8 @@ class IoasidCore:
         self._ids[ioasid] = data
         ioasid_set.xa[ioasid] = data
         ioasid_set.nr_ioasids += 1
+        if cg is not None:
+            cgroups.update_peak(cg)  # type: ignore[union-attr]
         if ioasid_set.nh:
             self._notify(IoasidNotify.ALLOC, data, IOASID_NOTIFY_FLAG_SET)
         return ioasid
