@@ -714,6 +714,8 @@ class IoasidCore:
                         if pending and not self.knobs.find_by_spid_get_pending:
                             raise IoasidError(EBUSY, f"IOASID {data.id} is being freed")
                         data.refs += 1
+                        if not pending and not self.knobs.active_state_unused:
+                            data.state = IoasidState.ACTIVE
                     return data.id
             return INVALID_IOASID
 
