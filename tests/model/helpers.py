@@ -64,11 +64,11 @@ class World:
             self.ctl.set_max(node, limit)  # type: ignore[arg-type]
         return node
 
-    def spawn(self, cgroup: Cgroup | str | None = None) -> Process:
-        """A new process, tracked in ``cgroup`` (default: the root)."""
+    def spawn(self, cgroup: Cgroup | str | None = None, threads: int = 1) -> Process:
+        """A new process with ``threads`` threads, tracked in ``cgroup`` (default: the root)."""
         cg = self.cgroup(cgroup) if isinstance(cgroup, str) else cgroup
         self._next_pid += 1
-        return self.ctl.track(self._next_pid, float(self._next_pid), cg)
+        return self.ctl.track(self._next_pid, float(self._next_pid), cg, threads)
 
     # ------------------------------------------------------------------ sets
     def mm_set(self, proc: Process, quota: int = 0) -> IoasidSet:
