@@ -103,13 +103,14 @@ def parse_flag(data: bytes | str) -> bool:
 
 def parse_pid(data: bytes | str) -> int:
     """Parse a write to ``cgroup.procs`` or ``tasks``: ``kstrtoint`` of the stripped text, a
-    pid >= 0 (0 means the writer itself). ``EINVAL`` for junk or a negative pid, ``ERANGE``
-    beyond a signed 32-bit int."""
+    pid >= 0 (0 means the writer itself). Like ``cgroup_procs_write_start``, every failure is
+    ``EINVAL``: junk, a negative pid and a value beyond a signed 32-bit int alike."""
     text = decode(data).strip(_WHITESPACE)
-    value = kstrtoll(text)
-    if not -(1 << 31) <= value < (1 << 31):
-        raise IoasidError(ERANGE, "pid out of range")
-    if value < 0:
+    try:
+        value = kstrtoll(text)
+    except IoasidError as exc:
+        raise IoasidError(EINVAL, f"invalid pid: {exc.strerror}") from None
+    if not 0 <= value < (1 << 31):
         raise IoasidError(EINVAL, f"invalid pid {value}")
     return value
 
