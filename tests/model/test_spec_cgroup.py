@@ -173,6 +173,8 @@ def test_73_allocation_charges_every_non_root_level(world: World) -> None:
 @pytest.mark.spec(74)
 @profiles()
 def test_74_ancestor_limit_refuses_and_restores(world: World) -> None:
+    """The kernel's ``ioasid_alloc`` returns ``INVALID_IOASID``; the model raises the charge's
+    ``EAGAIN``."""
     a, b, c = world.cgroup("a", 1), world.cgroup("a/b", 10), world.cgroup("a/b/c", 10)
     proc = world.spawn(c)
     s = world.mm_set(proc)
@@ -236,6 +238,8 @@ def test_77_null_sets_are_never_charged(world: World) -> None:
 @pytest.mark.spec(78)
 @profiles()
 def test_78_allocation_by_a_non_owner(world: World) -> None:
+    """The charge's ``-EPERM`` makes the kernel's ``ioasid_alloc`` return ``INVALID_IOASID``;
+    the model raises ``EPERM``."""
     cg = world.cgroup("vm", 10)
     owner, intruder = world.spawn(cg), world.spawn(cg)
     s = world.mm_set(owner)
@@ -267,6 +271,7 @@ def test_79_migration_moves_the_charges(world: World) -> None:
 @pytest.mark.spec(80)
 @profiles()
 def test_80_over_limit_after_a_move(world: World) -> None:
+    """Refusals are the charge's ``EAGAIN`` (the kernel returns ``INVALID_IOASID``)."""
     src, dst = world.cgroup("src", 10), world.cgroup("dst", 2)
     proc = world.spawn(src)
     s = world.mm_set(proc)

@@ -23,6 +23,7 @@ from ioasidsd.model import (
     IoasidCore,
     IoasidNotify,
     IoasidPrio,
+    IoasidSet,
     IoasidSetType,
     IoasidState,
     NotifierBlock,
@@ -217,6 +218,8 @@ def test_16_set_free_busy_empty_stale(world: World) -> None:
     assert not core.set_valid(empty)
     with refused(EINVAL, world):
         core.set_free(empty)  # stale
+    with refused(EINVAL, world):
+        core.set_free(IoasidSet(7, None, 0, NULL))  # never registered
     core.put(s, ioasid)
 
 
@@ -577,6 +580,7 @@ def test_40_get_if_owned(world: World) -> None:
 @pytest.mark.spec(41)
 @profiles()
 def test_41_find(world: World) -> None:
+    """The kernel returns error pointers; the model raises ``ENOENT`` / ``EACCES``."""
     core = world.core
     a, b = world.null_set(2), world.null_set(2)
     ioasid = core.alloc(a, 1, 10, "p")
@@ -591,6 +595,7 @@ def test_41_find(world: World) -> None:
 @pytest.mark.spec(42)
 @profiles()
 def test_42_find_set(world: World) -> None:
+    """The kernel returns an error pointer; the model raises ``ENOENT``."""
     s = world.null_set(2)
     ioasid = world.core.alloc(s, 1, 10)
     assert world.core.find_set(ioasid) is s
