@@ -180,13 +180,14 @@ class IoasidsController:
         """Create a child cgroup (``mkdir``).
 
         ``EEXIST`` if the name is taken by a cgroup or one of ``reserved_names`` (the face's
-        files); ``EINVAL`` for an empty name, ``.``, ``..`` or one with ``/`` or NUL;
+        files); ``EINVAL`` for an empty name, ``.``, ``..`` or one with ``/``, NUL or a newline
+        (which would make ``/proc/<pid>/cgroup`` unparsable);
         ``ENAMETOOLONG`` over 255 bytes. The new cgroup's limit follows ``new_cgroup_max``;
         ``notify_on_release`` and ``cgroup.clone_children`` are inherited from the parent.
         """
         with self.lock:
             self.core._enter()
-            if not name or name in (".", "..") or "/" in name or "\0" in name:
+            if not name or name in (".", "..") or any(c in name for c in "/\0\n"):
                 raise IoasidError(EINVAL, f"invalid cgroup name {name!r}")
             if len(name.encode()) > NAME_MAX:
                 raise IoasidError(36, "cgroup name too long")  # ENAMETOOLONG
@@ -230,9 +231,12 @@ class IoasidsController:
     def rename(self, cg: Cgroup, new_parent: Cgroup, new_name: str, *,
                reserved_names: frozenset[str] = frozenset()) -> None:
         """Rename a cgroup within its parent: ``EIO`` for a move to another parent (cgroup-v1
-        refuses that), ``EEXIST`` onto an existing name, ``EINVAL`` for a bad name or the root."""
+        refuses that), ``EEXIST`` onto an existing name, ``EINVAL`` for a bad name (a newline is
+        refused first, as ``cgroup1_rename`` does), ``EBUSY`` for the root."""
         with self.lock:
             self.core._enter()
+            if "\n" in new_name:
+                raise IoasidError(EINVAL, f"invalid cgroup name {new_name!r}")
             if cg.parent is None:
                 raise IoasidError(EBUSY, "cannot rename the root")
             if new_parent is not cg.parent:
@@ -303,7 +307,8 @@ class IoasidsController:
 
         On refusal every level is restored, the refusal is counted (``events`` knob) and
         ``EAGAIN`` is raised. Returns whether some level of the walk has a numeric limit (its
-        reservation then covers the charge).
+        reservation then covers the charge). Peaks are left to ``update_peak``, called once the
+        charged allocation has committed, so that a refused allocation leaves them unchanged.
         """
         covered = False
         chain = cg.chain
@@ -314,9 +319,6 @@ class IoasidsController:
                 covered = True
                 if node.counter > limit:
                     self._refuse(chain, node, n)
-        for node in chain:
-            if node.counter > node.peak:
-                node.peak = node.counter
         return covered and self._limits_reserve
 
     def _refuse(self, chain: tuple[Cgroup, ...], refusing: Cgroup, n: int) -> None:
@@ -329,6 +331,12 @@ class IoasidsController:
             for above in refusing.chain:
                 above.events += 1
         raise IoasidError(EAGAIN, f"{refusing.path}: ioasids.max {refusing.limit} reached")
+
+    def update_peak(self, cg: Cgroup) -> None:
+        """Raise the peak of each level of the walk from ``cg`` to its counter."""
+        for node in cg.chain:
+            if node.counter > node.peak:
+                node.peak = node.counter
 
     def charge(self, cg: Cgroup, n: int) -> None:
         """Charge ``n`` along the walk with no limit check (migration)."""
