@@ -79,6 +79,18 @@ def test_84_open_with_existing_mm_set(world: World) -> None:
         assert world.free(f, held) == 0 and held not in world.core
 
 
+@pytest.mark.parametrize(("base", "quirk"), [("fixed", True), ("v4", False)])
+def test_user_reopen_eexist_knob_alone(base: str, quirk: bool) -> None:
+    """``user_reopen_eexist`` switched alone over the other profile."""
+    w = World(base, user_reopen_eexist=quirk)
+    p = w.proc()
+    w.core.set_alloc(p.mm, 0, IoasidSetType.MM)
+    if quirk:
+        assert errno_of(w.device.open, p) == EEXIST
+    else:
+        assert w.device.open(p).user.ioasid_set is w.core.find_mm_set(p.mm)
+
+
 def test_open_adoption_cancels_a_deferred_set_free(fixed: World) -> None:
     """fixed: a release that leaves a referenced ID FREE_PENDING defers the set's free; a
     reopen adopts the set, which then survives the pending ID's final put."""
