@@ -1,0 +1,1 @@
+"""A simulated Intel VT-d unit (hardware side): registers, memory-resident tables, queues."""
