@@ -32,7 +32,6 @@ from errno import EBUSY, EINVAL, EIO, ENODEV, ENOSPC
 from typing import TYPE_CHECKING, Any, Literal
 
 from ioasidsd.model.errors import IoasidError
-from ioasidsd.model.idspace import IdSpace
 from ioasidsd.vtd import descriptors as d
 from ioasidsd.vtd import registers as r
 from ioasidsd.vtd.caps import Capabilities
@@ -148,9 +147,7 @@ class IntelIommu:
         self.caps = Capabilities.decode(self.regs.read("CAP"), self.regs.read("ECAP"))
         self.gcmd = 0
         self.agaw = 3 if self.caps.sagaw & 0b01000 and not self.caps.sagaw & 0b00100 else 2
-        self._dids = IdSpace()
-        self._dids.take(0)
-        self._dids.take(FLPT_DEFAULT_DID)
+        self._dids = {0, FLPT_DEFAULT_DID}  # domain ids in use; 0 and 1 are reserved
         self.devices: dict[int, DeviceInfo] = {}
         self.root = 0
         self._context_tables: dict[tuple[int, bool], int] = {}
@@ -327,16 +324,17 @@ class IntelIommu:
     # ------------------------------------------------------------------ domains
     def domain_alloc(self, *, nesting: bool = False, owner: Any = None) -> Domain:
         """A second-level domain with a fresh DID; ``ENOSPC`` when the DIDs run out."""
-        did = self._dids.alloc(2, self.caps.domain_ids - 1)
+        did = next((i for i in range(2, self.caps.domain_ids) if i not in self._dids), -1)
         if did < 0:
             raise IoasidError(ENOSPC, f"{self.name}: no free domain id")
+        self._dids.add(did)
         pgd = self.mem.alloc("sl_pgd", 1, owner=owner)
         max_addr = (1 << (ADDR_WIDTH_5LEVEL if self.agaw == 3 else ADDR_WIDTH_4LEVEL)) - 1
         return Domain(self, did, pgd, self.agaw, max_addr, nesting, owner)
 
     def domain_free(self, domain: Domain) -> None:
         self.mem.free(domain.pgd)
-        self._dids.release(domain.did)
+        self._dids.discard(domain.did)
 
     # ------------------------------------------------------------------ devices
     def probe_device(self, device: PciDevice, pasid_max: int) -> DeviceInfo:
@@ -686,7 +684,13 @@ class IntelIommu:
                                        d.MAX_AGAW_PFN_WIDTH)]
         rounds = 0
         while True:
-            self.qi_submit_sync(descs, drain=True)
+            try:
+                self.qi_submit_sync(descs, drain=True)
+            except IoasidError as exc:  # Linux ignores the result here
+                self.counters.inc("drain.submit_failed")
+                self.trace.emit("warn", unit=self.name, msg="drain submission failed",
+                                error=exc.name)
+                break
             if not self.regs.read("PRS") & r.PRS_PRO:
                 break
             rounds += 1
