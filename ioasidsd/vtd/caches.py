@@ -2,7 +2,9 @@
 
 * ``ContextCache``: context entries by source id.
 * ``PasidCache``: PASID-table entries by (source id, PASID), each tagged with the entry's DID,
-  so a PASID-selective invalidation with the wrong DID leaves it in place, as on hardware.
+  so a PASID-selective invalidation with the wrong DID leaves it in place, as on hardware. A
+  not-present entry (cached only in caching mode) has no DID: a PASID-selective invalidation
+  of its PASID drops it whatever DID it names.
 * ``Iotlb``: translations by (DID, PASID, page).
 * ``DeviceTlb``: one per ATS device, by (PASID or ``None``, page).
 
@@ -90,7 +92,8 @@ class PasidCache(_Cache[tuple[int, int]]):
         return self._drop(lambda k, v: v.did != did)
 
     def invalidate_pasid(self, did: int, pasid: int) -> int:
-        return self._drop(lambda k, v: not (v.did == did and k[1] == pasid))
+        return self._drop(
+            lambda k, v: not (k[1] == pasid and (v.did == did or not v.words[0] & 1)))
 
 
 class Iotlb(_Cache[tuple[int, int, int]]):

@@ -13,8 +13,8 @@ no longer holds, or holds differently, is reported as a ``hazard`` ("stale trans
 free" when the PASID entry is gone): the symptom of a driver that invalidates in the wrong
 order or not at all.
 
-With CAP.CM the unit may also cache not-present PASID entries (under DID 0), which is why a
-driver must invalidate after setting an entry up in caching mode.
+With CAP.CM the unit may also cache not-present PASID entries, which is why a driver must
+invalidate after setting an entry up in caching mode.
 """
 
 from __future__ import annotations
@@ -76,11 +76,13 @@ class Translator:
 
     def __init__(self, unit: Unit) -> None:
         self.unit = unit
+        self._hazards: list[str] = []
 
     def dma(self, sid: int, pasid: int | None, addr: int, *, write: bool = False,
             ats: bool = False, priv: bool = False) -> DmaResult:
         """Translate one request; faults are recorded (or suppressed) and returned."""
         unit = self.unit
+        self._hazards = []
         if not unit.regs.value("GSTS") & r.GSTS_TES:
             return DmaResult(True, "untranslated")
         page = addr >> 12
@@ -109,7 +111,8 @@ class Translator:
             recorded_pasid = pasid
             unit.faults.report(sid, recorded_pasid, addr, fault.reason, write=write,
                                fpd=fault.fpd)
-            return DmaResult(False, "fault", fault=fault.reason, suppressed=fault.fpd)
+            return DmaResult(False, "fault", fault=fault.reason, suppressed=fault.fpd,
+                             hazards=tuple(self._hazards))
         key = (did, pasid, page)
         cached = unit.iotlb.lookup(key)
         if cached is not None:
@@ -252,4 +255,5 @@ class Translator:
         what = "stale translation after free" if gone else "stale translation"
         unit.counters.inc(f"hazard.stale_{cache}")
         unit.trace.emit("hazard", unit=unit.name, cache=cache, sid=sid, pasid=pasid, what=what)
+        self._hazards.append(f"stale_{cache}")
         return (f"stale_{cache}",)
