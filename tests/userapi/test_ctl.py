@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.userapi.conftest import Served
+from .helpers import Served
 
 IOASIDCTL = str(Path(sys.executable).with_name("ioasidctl"))
 

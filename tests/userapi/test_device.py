@@ -24,7 +24,8 @@ import pytest
 
 from ioasidsd.model import IoasidError, IoasidNotify, IoasidSetType, IoasidState, NotifierBlock
 from ioasidsd.userapi import uapi
-from tests.userapi.conftest import MAX31, World
+
+from .helpers import MAX31, World
 
 
 def recorder(log: list, tag: str | None = None) -> NotifierBlock:

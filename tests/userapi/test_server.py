@@ -26,7 +26,8 @@ import pytest
 
 from ioasidsd.userapi import protocol, uapi
 from ioasidsd.userapi.client import IoasidClient
-from tests.userapi.conftest import MAX31, Served
+
+from .helpers import MAX31, Served
 
 
 class RawConn:

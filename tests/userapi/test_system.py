@@ -9,7 +9,8 @@ import pytest
 from ioasidsd.model import IoasidError, profile
 from ioasidsd.system import System
 from ioasidsd.userapi import uapi
-from tests.userapi.conftest import Changes, FakeProcesses
+
+from .helpers import Changes, FakeProcesses
 
 
 @pytest.fixture

@@ -1,0 +1,175 @@
+"""Helpers of the user-API tests: a model world (core, controller, /dev/ioasid device) per
+profile, real client processes (``agent.py``) and a served System."""
+
+from __future__ import annotations
+
+import select
+import subprocess
+import sys
+import threading
+from errno import ESRCH
+from pathlib import Path
+
+from ioasidsd.model import IoasidCore, IoasidsController, OrderedWorkQueue, profile
+from ioasidsd.model.cgroup import Process
+from ioasidsd.model.errors import IoasidError
+from ioasidsd.system import ProcessFacts, System
+from ioasidsd.userapi import uapi
+from ioasidsd.userapi.device import IoasidDevice, IoasidFile
+from ioasidsd.userapi.server import UserApiServer
+
+MAX31 = (1 << 31) - 1
+
+
+class World:
+    """A core, its controller and the device, in one profile, with step-mode work queue."""
+
+    def __init__(self, profile_name: str, **knobs: object) -> None:
+        self.core = IoasidCore(profile(profile_name, **knobs),
+                               wq=OrderedWorkQueue(step_mode=True))
+        self.cgroups = IoasidsController(self.core)
+        self.device = IoasidDevice(self.core)
+        self.cgroups.exit_hooks.append(self.device.process_exit)
+        self._next_pid = 1000
+
+    def proc(self, cgroup_path: str = "/") -> Process:
+        self._next_pid += 1
+        cg = self.cgroups.lookup(cgroup_path)
+        return self.cgroups.track(self._next_pid, float(self._next_pid), cg)
+
+    def cgroup(self, name: str, limit: int | None) -> object:
+        cg = self.cgroups.mkdir(self.cgroups.root, name)
+        self.cgroups.set_max(cg, limit)
+        return cg
+
+    def ioctl(self, file: IoasidFile, cmd: int, arg: bytes = b"", task: Process | None = None):
+        return self.device.ioctl(file, cmd, arg, task or file.opener)
+
+    def alloc(self, file: IoasidFile, lo: int = 1, hi: int = MAX31, task: Process | None = None,
+              argsz: int = 16, flags: int = 0) -> int:
+        arg = uapi.ALLOC_REQUEST.pack(argsz, flags, lo, hi)
+        ret, out = self.ioctl(file, uapi.IOASID_REQUEST_ALLOC, arg, task)
+        assert out == b""
+        return ret
+
+    def free(self, file: IoasidFile, ioasid: int, task: Process | None = None) -> int:
+        ret, _ = self.ioctl(file, uapi.IOASID_REQUEST_FREE, uapi.FREE_ARG.pack(ioasid), task)
+        return ret
+
+
+class FakeProcesses:
+    """A ``ProcessSource`` over made-up processes: ``add(pid)`` makes one exist."""
+
+    def __init__(self) -> None:
+        self.live: dict[int, ProcessFacts] = {}
+
+    def add(self, pid: int, uid: int = 0) -> None:
+        self.live[pid] = ProcessFacts(pid, float(pid), (uid, uid, uid), pid)
+
+    def facts(self, pid: int) -> ProcessFacts:
+        if pid not in self.live:
+            raise IoasidError(ESRCH, f"no process {pid}")
+        return self.live[pid]
+
+    def alive(self, pid: int, start_time: float) -> bool:
+        return pid in self.live and self.live[pid].start_time == start_time
+
+
+# ---------------------------------------------------------------------------------- server
+AGENT = str(Path(__file__).with_name("agent.py"))
+
+
+class Changes:
+    """An ``on_change`` that records every change and lets a test wait for a condition."""
+
+    def __init__(self) -> None:
+        self.log: list[tuple[str, dict]] = []
+        self.cond = threading.Condition()
+
+    def __call__(self, kind: str, detail: dict) -> None:
+        with self.cond:
+            self.log.append((kind, detail))
+            self.cond.notify_all()
+
+    def wait_for(self, predicate, timeout: float = 10.0) -> bool:
+        """Wait until ``predicate()`` holds (it must not take ``system.lock``)."""
+        with self.cond:
+            return self.cond.wait_for(predicate, timeout)
+
+    def kinds(self) -> list[str]:
+        with self.cond:
+            return [k for k, _ in self.log]
+
+
+class Agent:
+    """A real client process (``agent.py``) driven line by line."""
+
+    def __init__(self, runtime: str) -> None:
+        self.proc = subprocess.Popen([sys.executable, AGENT, runtime], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True, bufsize=1)
+        self.pid = self.proc.pid
+
+    def __call__(self, line: str, timeout: float = 20.0) -> str:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(line + "\n")
+        self.proc.stdin.flush()
+        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
+        assert ready, f"agent did not answer {line!r} within {timeout}s"
+        return self.proc.stdout.readline().strip()
+
+    def ok(self, line: str) -> list[int]:
+        """Run ``line``; it must succeed: the integers it answered."""
+        answer = self(line)
+        assert answer.startswith("ok"), f"{line!r}: {answer}"
+        return [int(w) for w in answer.split()[1:]]
+
+    def err(self, line: str) -> int:
+        """Run ``line``; it must fail: the errno."""
+        answer = self(line)
+        assert answer.startswith("err"), f"{line!r} succeeded: {answer}"
+        return int(answer.split()[1])
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.stdin.close()
+            try:
+                self.proc.wait(10)
+            except Exception:
+                self.kill()
+
+
+class Served:
+    """A System in one profile with its /dev/ioasid server on a temporary runtime dir."""
+
+    def __init__(self, profile_name: str, runtime: str, **knobs: object) -> None:
+        self.changes = Changes()
+        self.system = System(profile(profile_name, **knobs), on_change=self.changes,
+                             wq=OrderedWorkQueue(step_mode=True))
+        self.runtime = runtime
+        self.server = UserApiServer(self.system, runtime)
+        self.server.start()
+        self.agents: list[Agent] = []
+
+    def agent(self, cgroup: str | None = None) -> Agent:
+        """A real client process, moved into ``cgroup`` first when given."""
+        a = Agent(self.runtime)
+        self.agents.append(a)
+        if cgroup is not None:
+            self.system.write_procs(cgroup, str(a.pid), writer_pid=a.pid, writer_uid=0)
+        return a
+
+    def cgroup(self, name: str, limit: int) -> object:
+        cg = self.system.mkdir(name)
+        self.system.write_max(name, str(limit))
+        return cg
+
+    def close(self) -> None:
+        for a in self.agents:
+            a.stop()
+        self.server.stop()
+
+
