@@ -14,7 +14,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from errno import EINVAL, ESRCH
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ioasidsd.model.cgroup import Cgroup, IoasidsController, Process
 from ioasidsd.model.core import IoasidCore
@@ -23,6 +23,10 @@ from ioasidsd.model.formats import decode, parse_flag, parse_limit, parse_pid
 from ioasidsd.model.knobs import Knobs
 from ioasidsd.model.workqueue import OrderedWorkQueue
 from ioasidsd.userapi.device import IoasidDevice, IoasidFile
+from ioasidsd.userapi.vtd_binder import VtdGuestBinder
+
+if TYPE_CHECKING:
+    from ioasidsd.vtd import VtdDriver
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,6 +232,12 @@ class System:
     def _ioasid_exit_hook(self, proc: Process) -> None:
         self.ioasid_device.process_exit(proc)
         self._ioasid_changed("ioasid", process=proc)
+
+    def ioasid_use_vtd(self, driver: VtdDriver) -> None:
+        """Serve the bind extension of ``/dev/ioasid`` with ``driver`` (a booted VT-d driver
+        over this system's core); without one, binds answer ``ENODEV``."""
+        with self.lock:
+            self.ioasid_device.binder = VtdGuestBinder(driver)
 
     def ioasid_open(self, pid: int) -> IoasidFile:
         """``open("/dev/ioasid")`` by the real process ``pid`` (tracked in the root if new).
