@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 from collections import deque
 from collections.abc import Callable, Iterator
-from errno import EAGAIN, EBUSY, EEXIST, EINVAL, EIO, ENOENT, ENOSPC, EPERM, ESRCH
+from errno import EAGAIN, EBUSY, EEXIST, EINVAL, EIO, ENODEV, ENOENT, ENOSPC, EPERM, ESRCH
 from typing import TYPE_CHECKING, Any
 
 from ioasidsd.model.errors import IoasidError
@@ -194,7 +194,7 @@ class IoasidsController:
             if name in parent.children or name in reserved_names:
                 raise IoasidError(EEXIST, f"{name} exists")
             if self.parent_gone(parent):
-                raise IoasidError(ENOENT, f"{parent.path} was removed")
+                raise IoasidError(ENODEV, f"{parent.path} was removed")
             limit = None if self.knobs.new_cgroup_max == "max" else 0
             cg = Cgroup(name, parent, limit)
             cg.notify_on_release = parent.notify_on_release
@@ -500,14 +500,14 @@ class IoasidsController:
     def attach(self, proc: Process, dst: Cgroup) -> None:
         """Move a process into ``dst`` (a write to ``cgroup.procs``), with its charges.
 
-        ``ESRCH`` if the process has exited, ``ENOENT`` if ``dst`` was removed.
+        ``ESRCH`` if the process has exited, ``ENODEV`` if ``dst`` was removed.
         """
         with self.lock:
             self.core._enter()
             if not proc.alive:
                 raise IoasidError(ESRCH, f"process {proc.pid} has exited")
             if self.parent_gone(dst):
-                raise IoasidError(ENOENT, f"{dst.path} was removed")
+                raise IoasidError(ENODEV, f"{dst.path} was removed")
             src = proc.cgroup
             if src is dst:
                 return

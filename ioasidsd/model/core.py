@@ -453,6 +453,8 @@ class IoasidCore:
         """``alloc`` for a caller that holds ``core.lock`` (and is not a notifier callback)."""
         if ioasid_set is None or self._sets.get(ioasid_set.id) is not ioasid_set:
             raise IoasidError(EINVAL, "no such set (NULL or destroyed)")
+        if ioasid_set.free_requested:
+            raise IoasidError(EINVAL, f"set {ioasid_set.id} is being freed")
         if lo < 0 or hi < lo or lo > IOASID_MAX_VALUE:
             raise IoasidError(EINVAL, f"bad range [{lo}, {hi}]")
         cg = None
@@ -751,9 +753,9 @@ class IoasidCore:
         self._in_notifier += 1
         try:
             if flags & IOASID_NOTIFY_FLAG_ALL:
-                ret = self.notifier.call(event, args)
+                ret = self.notifier.call(event, args, self._warn)
             if flags & IOASID_NOTIFY_FLAG_SET:
-                ret = data.set.nh.call(event, args)
+                ret = data.set.nh.call(event, args, self._warn)
         finally:
             self._in_notifier -= 1
         return ret
@@ -803,6 +805,8 @@ class IoasidCore:
         self._in_notifier += 1
         try:
             for data in self.set_members(ioasid_set):
+                if data.state is _FREE_PENDING:
+                    continue  # already being freed: a new subscriber has nothing to set up
                 args = IoasidNbArgs(data.id, data.spid, ioasid_set, data.private)
                 nb.callback(nb, IoasidNotify.ALLOC, args)
                 if data.spid != INVALID_IOASID:

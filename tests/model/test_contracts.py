@@ -162,3 +162,55 @@ def test_system_refusals_change_nothing() -> None:
         with pytest.raises(IoasidError):
             system.write_max("vm", data)
     assert snapshot(world) == before
+
+
+# --------------------------------------------------------------------------- lead's review fixes
+
+
+def test_removed_cgroups_answer_enodev() -> None:
+    """cgroup-v1 answers ENODEV for a cgroup that is already removed (mkdir below it, moving a
+    process into it), not ENOENT (cgroup-and-tools.md 1.4)."""
+    w = World("fixed")
+    gone = w.cgroup("gone")
+    proc = w.spawn()
+    w.ctl.rmdir(gone)
+    with refused(errno.ENODEV, w):
+        w.ctl.mkdir(gone, "child")
+    with refused(errno.ENODEV, w):
+        w.ctl.attach(proc, gone)
+
+
+def test_a_set_being_freed_takes_no_new_ids() -> None:
+    """After ``set_free(when_empty=True)`` on a busy set, allocation into it is refused."""
+    w = World("fixed")
+    s = w.null_set(4)
+    held = w.core.alloc(s, 1, 10)
+    assert w.core.set_free(s, when_empty=True) is False
+    with refused(EINVAL, w):
+        w.core.alloc(s, 1, 10)
+    w.core.free(s, held)
+    assert not w.core.set_valid(s)  # destroyed once empty
+
+
+def test_mm_registration_replays_no_dying_ids(rec: Any) -> None:
+    """In ``fixed``, registering by mm replays the set's live IDs, but not FREE_PENDING ones."""
+    w = World("fixed")
+    proc = w.spawn(w.cgroup("vm", 10))
+    s = w.mm_set(proc)
+    live = w.core.alloc(s, 1, 10, task=proc)
+    dying = w.core.alloc(s, 1, 10, task=proc)
+    w.core.get(None, dying)
+    w.core.free(s, dying, task=proc)
+    w.core.register_notifier_mm(proc.mm, rec.block("kvm"))
+    assert [(ev.name, args.id) for _, ev, args in rec.seen] == [("ALLOC", live)]
+
+
+@pytest.mark.parametrize(
+    ("written", "stored"),
+    [(b"  /sbin/agent \n", "/sbin/agent"), (b"/bin/a\0junk", "/bin/a"), (b"\n", "")],
+)
+def test_release_agent_is_stripped_like_the_kernel(written: bytes, stored: str) -> None:
+    """``cgroup_release_agent_write``: ``strstrip`` of the C string (cut at the first NUL)."""
+    system = System(profile("fixed"))
+    system.write_release_agent(written)
+    assert system.cgroups.release_agent == stored
