@@ -216,10 +216,11 @@ class System:
 
     # ------------------------------------------------------------------ /dev/ioasid (issue 5)
     # The user API's changes: an open file per connection of a real process. Each method reports
-    # what it changed as kind "set" (open, release) or "ioasid" (ioctl, exit) with the records
-    # touched: ``ids`` (IOASIDs allocated, freed or referenced: still in ``core`` means upsert,
-    # absent means delete), ``sets`` (check ``core.set_valid``), ``cgroups`` (counters, events)
-    # and ``process``. A refused ioctl may still have changed cgroup events: it reports too.
+    # what it changed, as kind "set" (open, release) or "ioasid" (ioctl, exit), with the records
+    # touched: ``ids`` (IOASIDs changed one by one: still in ``core`` means upsert, absent
+    # delete), ``sets`` (sets changed as a whole or in bulk, with all their IOASIDs),
+    # ``cgroups`` (counters, events) and, for open and exit, ``process``. A refused ioctl may
+    # still have changed cgroup events: it reports them too.
     def _init_userapi(self) -> None:
         self.ioasid_device = IoasidDevice(self.core)
         self.cgroups.exit_hooks.append(self._ioasid_exit_hook)
@@ -261,7 +262,7 @@ class System:
             try:
                 return self.ioasid_device.ioctl(file, cmd, arg, task)
             finally:
-                self._ioasid_changed("ioasid", process=task)
+                self._ioasid_changed("ioasid")
 
     def ioasid_release(self, file: IoasidFile, *, exited: bool = False) -> None:
         """The last close of ``file``. ``exited``: its opener is exiting, so this is the
@@ -272,4 +273,4 @@ class System:
                 self._changed("exit", process=file.opener)
                 return
             self.ioasid_device.release(file)
-            self._ioasid_changed("set", process=file.opener)
+            self._ioasid_changed("set")

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import struct
 from array import array
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from errno import EACCES, EBADF, EBUSY, EEXIST, EFAULT, EINVAL, ENODEV, ENOENT, ENOTTY, EPERM
 from typing import TYPE_CHECKING, Protocol
 
@@ -95,9 +95,10 @@ class IoasidFile:
 
 
 class Touched:
-    """What the operations since the last ``IoasidDevice.take_touched()`` changed: the IOASIDs
-    (allocated, freed, referenced), the sets and the cgroups (counters, events). The daemon's
-    store persists these records."""
+    """What the operations since the last ``IoasidDevice.take_touched()`` changed, for the
+    daemon's store: ``ids``, IOASIDs changed one by one (allocated, freed, referenced);
+    ``sets``, sets changed as a whole (created, adopted, released) or whose IOASIDs changed in
+    bulk (batches); ``cgroups``, the cgroups whose counters or events changed."""
 
     __slots__ = ("ids", "leaves", "sets")
 
@@ -141,11 +142,14 @@ class IoasidDevice:
         touched, self._touched = self._touched, Touched()
         return touched
 
-    def _touch_ids(self, ids: list[int] | array, task: Process | None) -> None:
+    def _touch_ids(self, ids: list[int], task: Process | None) -> None:
         """Record ``ids`` (before the change, so charged cgroups are still known)."""
-        touched = self._touched
-        touched.ids.extend(ids)
-        leaves = touched.leaves
+        self._touched.ids.extend(ids)
+        self._touch_charged(ids, task)
+
+    def _touch_charged(self, ids: Iterable[int], task: Process | None) -> None:
+        """Record the cgroups charged for ``ids`` and ``task``'s (before the change)."""
+        leaves = self._touched.leaves
         core = self.core
         for ioasid in ids:
             if ioasid in core:
@@ -228,7 +232,7 @@ class IoasidDevice:
 
     def _free_set(self, ioasid_set: IoasidSet, task: Process) -> None:
         core = self.core
-        self._touch_ids(sorted(ioasid_set.xa), task)
+        self._touch_charged(ioasid_set.xa, task)
         self._touch_set(ioasid_set)
         core.free_all_in_set(ioasid_set, task=task)
         if not core.set_valid(ioasid_set):
@@ -330,7 +334,6 @@ class IoasidDevice:
         except IoasidError as exc:
             raise self._alloc_error(exc) from None
         touched.ids.append(ioasid)
-        self._touch_set(user.ioasid_set)
         return ioasid, b""
 
     def _check_free(self, user: IoasidUser, ioasid: int) -> IoasidData:
@@ -367,7 +370,6 @@ class IoasidDevice:
         if ioasid < 0:
             raise IoasidError(EINVAL, f"negative IOASID {ioasid}")
         self._free_one(user, ioasid, task)
-        self._touch_set(user.ioasid_set)
         return 0, b""
 
     # ------------------------------------------------------------------ extensions
@@ -395,7 +397,6 @@ class IoasidDevice:
             for ioasid in reversed(ids):
                 core.free_locked(ioasid_set, ioasid, task=task)
             raise self._alloc_error(exc) from None
-        self._touched.ids.extend(ids)
         return count, ids.tobytes()
 
     def _free_batch(self, user: IoasidUser, arg: bytes, task: Process) -> tuple[int, bytes]:
@@ -430,7 +431,6 @@ class IoasidDevice:
                 if charged is not None:
                     leaves.add(charged)
             leaves.add(task.cgroup)
-            touched.ids.extend(ids)
             free = core.free_locked
             for ioasid in ids:
                 free(ioasid_set, ioasid, task=task)

@@ -88,11 +88,13 @@ def test_release_and_exit_paths(system) -> None:
     procs.add(10)
     procs.add(11)
     f10, f11 = s.ioasid_open(10), s.ioasid_open(11)
+    set10 = f10.user.ioasid_set
     id10 = s.ioasid_ioctl(f10, uapi.IOASID_REQUEST_ALLOC, alloc_arg())[0]
     id11 = s.ioasid_ioctl(f11, uapi.IOASID_REQUEST_ALLOC, alloc_arg())[0]
     s.ioasid_release(f10)
     assert id10 not in s.core and s.cgroups.process(10) is not None
-    assert changes.log[-1][0] == "set" and changes.log[-1][1]["ids"] == [id10]
+    assert changes.log[-1][0] == "set" and changes.log[-1][1]["sets"] == [set10]
+    assert not s.core.set_valid(set10)  # the store deletes its row and its IOASIDs' rows
     s.ioasid_release(f11, exited=True)  # the connection ended because 11 is exiting
     assert id11 not in s.core and s.cgroups.process(11) is None
     assert [k for k, _ in changes.log[-2:]] == ["ioasid", "exit"]
@@ -111,3 +113,16 @@ def test_tracker_exit_closes_the_file(system) -> None:
     assert f.released and len(s.core) == 0
     s.ioasid_release(f, exited=True)  # the connection's end after the tracker's report
     assert len(s.core) == 0
+
+
+def test_single_requests_report_ids_batches_report_the_set(system) -> None:
+    """The store syncs a set with all its IOASIDs: single requests name only their ID."""
+    s, procs, changes = system
+    procs.add(10)
+    f = s.ioasid_open(10)
+    s.ioasid_ioctl(f, uapi.IOASID_REQUEST_ALLOC, alloc_arg())
+    assert changes.log[-1][1]["sets"] == [] and changes.log[-1][1]["ids"] == [1]
+    assert "process" not in changes.log[-1][1]
+    _, out = s.ioasid_ioctl(f, uapi.IOASID_REQUEST_ALLOC_BATCH,
+                            uapi.ALLOC_BATCH.pack(20, 0, 1, 100, 3))
+    assert changes.log[-1][1]["sets"] == [f.user.ioasid_set] and changes.log[-1][1]["ids"] == []
