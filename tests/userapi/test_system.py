@@ -123,6 +123,7 @@ def test_single_requests_report_ids_batches_report_the_set(system) -> None:
     s.ioasid_ioctl(f, uapi.IOASID_REQUEST_ALLOC, alloc_arg())
     assert changes.log[-1][1]["sets"] == [] and changes.log[-1][1]["ids"] == [1]
     assert "process" not in changes.log[-1][1]
-    _, out = s.ioasid_ioctl(f, uapi.IOASID_REQUEST_ALLOC_BATCH,
+    ret, _ = s.ioasid_ioctl(f, uapi.IOASID_REQUEST_ALLOC_BATCH,
                             uapi.ALLOC_BATCH.pack(20, 0, 1, 100, 3))
+    assert ret == 3
     assert changes.log[-1][1]["sets"] == [f.user.ioasid_set] and changes.log[-1][1]["ids"] == []
