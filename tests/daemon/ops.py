@@ -97,7 +97,7 @@ def _apply(system: System, op: tuple[int, int, int, int], touched: list[Touched]
         parent = path.rpartition("/")[0]
         system.rename(path, parent + "/" + NAMES[y % len(NAMES)])
     elif kind == "max":
-        system.write_max(_pick(paths, x), "max" if z == 9 else str(z * y))
+        system.write_max(_pick(paths[1:] or paths, x), "max" if z == 9 else str(z + y))
     elif kind == "flag":
         system.write_flag(_pick(paths, x), ("notify_on_release", "cgroup.clone_children")[y % 2],
                           str(z % 2))
@@ -107,7 +107,8 @@ def _apply(system: System, op: tuple[int, int, int, int], touched: list[Touched]
         pid = 100 + x
         if pid not in procs.live:
             procs.live[pid] = float(1000 + len(procs.live))
-        system.write_procs(_pick(paths, y), str(pid), writer_pid=1, writer_uid=0)
+        system.write_procs(_pick(paths if y == 7 else paths[1:] or paths, y), str(pid),
+                           writer_pid=1, writer_uid=0)
     elif kind == "fork":
         parent = _pick(pids, x)
         if parent is not None:
@@ -127,11 +128,17 @@ def _apply(system: System, op: tuple[int, int, int, int], touched: list[Touched]
             set_type = IoasidSetType.MM if kind == "set_mm" else IoasidSetType.NULL
             new = core.set_alloc(token, z * (1 if token else 3), set_type)
             touched.append(("set", {"sets": [new]}))
-    elif s is not None and kind in ("alloc", "set_free", "free_all"):
+    elif s is not None and kind == "alloc":
+        # what the user API reports: the new IOASID, or on refusal the caller (events, leaks)
+        owner = s.token if s.type == IoasidSetType.MM and s.token.alive else None
+        if owner is not None and y % 4 != 3:
+            task = owner  # mostly the owner allocates; sometimes another process tries
+        touched.append(("refused", {"task": task}))
+        new_id = core.alloc(s, 1, 40 + z, private=None if z % 3 else {"z": z}, task=task)
+        touched[0] = ("ioasid", {"ids": [new_id], "task": task})
+    elif s is not None and kind in ("set_free", "free_all"):
         touched.append(("set", {"sets": [s], "task": task}))
-        if kind == "alloc":
-            core.alloc(s, 1, 40 + z, private=None if z % 3 else {"z": z}, task=task)
-        elif kind == "set_free":
+        if kind == "set_free":
             core.set_free(s, when_empty=bool(y % 2))
         else:
             core.free_all_in_set(s, task=task)
