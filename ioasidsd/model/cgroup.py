@@ -72,6 +72,7 @@ class Cgroup:
     """
 
     __slots__ = (
+        "chain",
         "children",
         "clone_children",
         "counter",
@@ -99,6 +100,9 @@ class Cgroup:
         self.events_local = 0
         self.notify_on_release = False
         self.clone_children = False
+        # The charge walk: this cgroup and its ancestors below the root. The tree only ever
+        # renames within a parent, so the walk of a cgroup never changes.
+        self.chain: tuple[Cgroup, ...] = () if parent is None else (self, *parent.chain)
 
     @property
     def is_root(self) -> bool:
@@ -116,10 +120,7 @@ class Cgroup:
 
     def walk(self) -> Iterator[Cgroup]:
         """This cgroup and its ancestors, stopping before the root (the charge walk)."""
-        node: Cgroup | None = self
-        while node is not None and node.parent is not None:
-            yield node
-            node = node.parent
+        return iter(self.chain)
 
     def descendants(self) -> Iterator[Cgroup]:
         """This cgroup and everything below it, parents before children, by name."""
@@ -150,6 +151,10 @@ class IoasidsController:
         self.release_agent = ""
         self.sane_behavior = False
         self._warned_negative = False
+        # Knobs are fixed for the life of the controller; hot paths read these copies.
+        self._limits_reserve = self.knobs.capacity_model != "overcommit"
+        self._skip_defunct = self.knobs.uncharge_skips_defunct_mm
+        self._uncharge_current = self.knobs.uncharge_target == "current"
         core.cgroups = self
 
     # ------------------------------------------------------------------ the tree
@@ -300,37 +305,41 @@ class IoasidsController:
         ``EAGAIN`` is raised. Returns whether some level of the walk has a numeric limit (its
         reservation then covers the charge).
         """
-        charged: list[Cgroup] = []
         covered = False
-        for node in cg.walk():
+        chain = cg.chain
+        for node in chain:
             node.counter += n
-            charged.append(node)
             limit = node.limit
             if limit is not None:
                 covered = True
                 if node.counter > limit:
-                    for done in charged:
-                        done.counter -= n
-                    if self.knobs.events == "hierarchical":
-                        node.events_local += 1
-                        for above in node.walk():
-                            above.events += 1
-                    raise IoasidError(EAGAIN, f"{node.path}: ioasids.max {limit} reached")
-        for node in charged:
+                    self._refuse(chain, node, n)
+        for node in chain:
             if node.counter > node.peak:
                 node.peak = node.counter
-        return covered and self.knobs.capacity_model != "overcommit"
+        return covered and self._limits_reserve
+
+    def _refuse(self, chain: tuple[Cgroup, ...], refusing: Cgroup, n: int) -> None:
+        for done in chain:
+            done.counter -= n
+            if done is refusing:
+                break
+        if self.knobs.events == "hierarchical":
+            refusing.events_local += 1
+            for above in refusing.chain:
+                above.events += 1
+        raise IoasidError(EAGAIN, f"{refusing.path}: ioasids.max {refusing.limit} reached")
 
     def charge(self, cg: Cgroup, n: int) -> None:
         """Charge ``n`` along the walk with no limit check (migration)."""
-        for node in cg.walk():
+        for node in cg.chain:
             node.counter += n
             if node.counter > node.peak:
                 node.peak = node.counter
 
     def uncharge(self, cg: Cgroup, n: int) -> None:
         """Uncharge ``n`` along the walk. Going below zero is logged once (and still done)."""
-        for node in cg.walk():
+        for node in cg.chain:
             node.counter -= n
             if node.counter < 0 and not self._warned_negative:
                 self._warned_negative = True
@@ -345,7 +354,8 @@ class IoasidsController:
         """
         if task is None or not task.alive:
             raise IoasidError(EINVAL, "no mm to charge")
-        if ioasid_set.token != task.mm:
+        token = ioasid_set.token
+        if token is not task and token != task.mm:
             self.core._warn(f"ioasids_cg: pid {task.pid} does not own set {ioasid_set.id}")
             raise IoasidError(EPERM, "the calling process does not own the set")
         cg = task.cgroup
@@ -358,17 +368,22 @@ class IoasidsController:
         reclaiming task's cgroup (nothing for kernel context); with ``uncharge_skips_defunct_mm``
         nothing when the owner has exited.
         """
-        if self.knobs.uncharge_skips_defunct_mm:
+        if self._skip_defunct:
             owner = data.set.token
             if isinstance(owner, Process) and not owner.alive:
                 self.core._warn(f"ioasids_cg: MM defunct, IOASID {data.id} not uncharged")
                 return
-        if self.knobs.uncharge_target == "current":
+        if self._uncharge_current:
             if task is not None:
                 self.uncharge(task.cgroup, 1)
-        elif data.cgroup is not None:
-            self.uncharge(data.cgroup, 1)
-        data.cgroup = None
+            return
+        cg = data.cgroup
+        if cg is not None:
+            data.cgroup = None
+            for node in cg.chain:
+                node.counter -= 1
+                if node.counter < 0:
+                    self.uncharge(node, 0)  # logs the negative counter once
 
     # ------------------------------------------------------------------ processes
     def process(self, pid: int) -> Process | None:
@@ -472,7 +487,7 @@ class IoasidsController:
                     data.cgroup = src
 
     def _charged_ids(self, ioasid_set: IoasidSet) -> list[IoasidData]:
-        return [d for d in self.core._ids.values() if d.set is ioasid_set and d.cgroup is not None]
+        return [d for d in self.core.set_members(ioasid_set) if d.cgroup is not None]
 
     def attach(self, proc: Process, dst: Cgroup) -> None:
         """Move a process into ``dst`` (a write to ``cgroup.procs``), with its charges.

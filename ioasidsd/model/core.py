@@ -66,12 +66,19 @@ class IoasidSetType(enum.IntEnum):
     NR = 3
 
 
+_MM = IoasidSetType.MM
+_IDLE = IoasidState.IDLE
+_ACTIVE = IoasidState.ACTIVE
+_FREE_PENDING = IoasidState.FREE_PENDING
+
+
 class IoasidSet:
     """``struct ioasid_set``: a pool of IOASIDs with a token, a type, a quota and a chain.
 
-    ``xa`` maps each IOASID of the set to its ``IoasidData``; ``nr_ioasids`` counts the IDs that
-    still hold the set alive (it includes FREE_PENDING ones). ``reserved`` is the capacity this
-    set took from the pool (its quota). A set is valid while the core still registers it.
+    ``xa`` is the set's index: the IOASIDs listed in it (their records are in the core);
+    ``nr_ioasids`` counts the IDs that still hold the set alive (it includes FREE_PENDING ones).
+    ``reserved`` is the capacity this set took from the pool (its quota). A set is valid while
+    the core still registers it.
     """
 
     __slots__ = (
@@ -94,7 +101,7 @@ class IoasidSet:
         self.reserved = quota
         self.nr_ioasids = 0
         self.nh = NotifierChain()
-        self.xa: dict[int, IoasidData] = {}
+        self.xa: set[int] = set()
         self.free_requested = False
 
     def __repr__(self) -> str:
@@ -118,7 +125,7 @@ class IoasidData:
         self.set = ioasid_set
         self.private = private
         self.refs = 1
-        self.state = IoasidState.IDLE
+        self.state = _IDLE
         self.spid = INVALID_IOASID
         self.cgroup: Cgroup | None = None
         self.pooled = False
@@ -176,9 +183,8 @@ class IoasidCore:
         self.capacity_avail = PCI_PASID_MAX
         self._capacity_installed = False
         self._sets: dict[int, IoasidSet] = {}
-        self._set_ids = IdSpace()
-        self._ids: dict[int, IoasidData] = {}
-        self._space = IdSpace()
+        self._set_ids = IdSpace()  # set index allocation
+        self._ids = IdSpace()  # every live IOASID -> its IoasidData (the active allocator's xa)
         self._groups: list[_AllocatorGroup] = []
         self._active: _AllocatorGroup | None = None  # None: the default allocator
         self.notifier = NotifierChain()  # the global chain
@@ -187,6 +193,11 @@ class IoasidCore:
         self.cgroups: IoasidsController | None = None
         self.messages: collections.deque[str] = collections.deque(maxlen=512)
         self._in_notifier = 0
+        # Knobs are fixed for the life of a core; the hot paths read these copies.
+        self._quota_zero_takes_all = self.knobs.set_quota_zero_takes_all
+        self._pool_per_id = self.knobs.capacity_model != "reserve-v4"
+        self._free_null_set_fails = self.knobs.free_null_set_fails
+        self._auto_destroy = self.knobs.set_lifetime == "auto"
 
     # ------------------------------------------------------------------ helpers
     def _warn(self, message: str) -> None:
@@ -199,7 +210,7 @@ class IoasidCore:
             raise IoasidError(EDEADLK, "called from a notifier callback: use the _locked form")
 
     def _data(self, ioasid: int, errno: int = ENOENT) -> IoasidData:
-        data = self._ids.get(ioasid)
+        data = self._ids.get(ioasid) if 0 <= ioasid < INVALID_IOASID else None
         if data is None:
             raise IoasidError(errno, f"IOASID {ioasid} is not allocated")
         return data
@@ -209,7 +220,7 @@ class IoasidCore:
         return ioasid_set is not None and self._sets.get(ioasid_set.id) is ioasid_set
 
     def __contains__(self, ioasid: int) -> bool:
-        return ioasid in self._ids
+        return 0 <= ioasid < INVALID_IOASID and ioasid in self._ids
 
     def __len__(self) -> int:
         """The number of live IOASIDs (FREE_PENDING included)."""
@@ -221,8 +232,7 @@ class IoasidCore:
 
     def ioasids(self) -> Iterator[IoasidData]:
         """Every live IOASID record, in ascending order."""
-        for key in sorted(self._ids):
-            yield self._ids[key]
+        yield from self._ids.values()
 
     @property
     def sets(self) -> list[IoasidSet]:
@@ -334,7 +344,8 @@ class IoasidCore:
                     raise IoasidError(EINVAL, "a NULL set takes no token")
             else:
                 raise IoasidError(EINVAL, f"invalid set type {set_type}")
-            set_id = self._set_ids.alloc(0, self.capacity_avail if takes_all else IOASID_MAX_VALUE)
+            bound = self.capacity_avail if takes_all else IOASID_MAX_VALUE
+            set_id = self._set_ids.alloc(0, bound, True)
             if set_id < 0:
                 raise IoasidError(ENOSPC, "no free set index")
             ioasid_set = IoasidSet(set_id, token, quota, IoasidSetType(set_type))
@@ -375,7 +386,7 @@ class IoasidCore:
                 rec.active = False
                 rec.set = None
         del self._sets[ioasid_set.id]
-        self._set_ids.release(ioasid_set.id)
+        self._set_ids.remove(ioasid_set.id)
         if not self.knobs.set_quota_leak and ioasid_set.reserved:
             self.capacity_avail += ioasid_set.reserved
             ioasid_set.reserved = 0
@@ -401,6 +412,11 @@ class IoasidCore:
         """Call ``fn(id, data)`` for every IOASID in the set's index, ascending. Takes no lock."""
         for ioasid in sorted(ioasid_set.xa):
             fn(ioasid, data)
+
+    def set_members(self, ioasid_set: IoasidSet) -> list[IoasidData]:
+        """The records of the IOASIDs in the set's index, ascending."""
+        ids = self._ids
+        return [ids.get(i) for i in sorted(ioasid_set.xa)]
 
     # ------------------------------------------------------------------ allocation (2.5)
     def alloc(
@@ -442,43 +458,48 @@ class IoasidCore:
         cg = None
         covered = ioasid_set.reserved > 0
         cgroups = self.cgroups
-        if cgroups is not None and ioasid_set.type == IoasidSetType.MM:
+        if ioasid_set.type is _MM and cgroups is not None:
             cg, cg_covered = cgroups.charge_alloc(ioasid_set, task)
             covered = covered or cg_covered
         quota = ioasid_set.quota
-        if (quota or self.knobs.set_quota_zero_takes_all) and quota <= ioasid_set.nr_ioasids:
+        if (quota or self._quota_zero_takes_all) and quota <= ioasid_set.nr_ioasids:
             if cg is not None and not self.knobs.charge_leak_on_failure:
                 cgroups.uncharge(cg, 1)  # type: ignore[union-attr]
             self._warn(f"set {ioasid_set.id} out of quota {quota}")
             raise IoasidError(EDQUOT, f"set {ioasid_set.id} quota {quota} used up")
-        pooled = not covered and self.knobs.capacity_model != "reserve-v4"
+        pooled = not covered and self._pool_per_id
         if pooled and self.capacity_avail <= 0:
             if cg is not None:
                 cgroups.uncharge(cg, 1)  # type: ignore[union-attr]
             raise IoasidError(ENOSPC, "no IOASID capacity available")
-        ioasid = self._allocate_value(lo, hi)
+        data = IoasidData(-1, ioasid_set, private)
+        if self._active is None:
+            ioasid = self._ids.alloc(lo, hi, data)
+        else:
+            ioasid = self._custom_alloc(lo, hi, data)
         if ioasid < 0:
             if cg is not None:
                 cgroups.uncharge(cg, 1)  # type: ignore[union-attr]
             raise IoasidError(ENOSPC, f"no free IOASID in [{lo}, {hi}]")
-        data = IoasidData(ioasid, ioasid_set, private)
+        data.id = ioasid
         data.cgroup = cg
         if pooled:
             data.pooled = True
             self.capacity_avail -= 1
-        self._ids[ioasid] = data
-        ioasid_set.xa[ioasid] = data
+        ioasid_set.xa.add(ioasid)
         ioasid_set.nr_ioasids += 1
         if ioasid_set.nh:
             self._notify(IoasidNotify.ALLOC, data, IOASID_NOTIFY_FLAG_SET)
         return ioasid
 
-    def _allocate_value(self, lo: int, hi: int) -> int:
+    def _custom_alloc(self, lo: int, hi: int, data: IoasidData) -> int:
         group = self._active
-        if group is None:
-            return self._space.alloc(lo, hi)
+        assert group is not None
         value = group.alloc(lo, hi, group.ops[0].pdata)
-        if value == INVALID_IOASID or not lo <= value <= hi or not self._space.take(value):
+        if value == INVALID_IOASID or not lo <= value <= hi:
+            return -1
+        if not self._ids.insert(value, data):
+            group.free(value, group.ops[0].pdata)
             return -1
         return value
 
@@ -531,7 +552,7 @@ class IoasidCore:
 
     def put_locked(self, ioasid_set: IoasidSet | None, ioasid: int, *, task: Any = None) -> bool:
         """``put`` for a caller holding ``core.lock``, e.g. a notifier callback."""
-        data = self._ids.get(ioasid)
+        data = self._ids.get(ioasid) if 0 <= ioasid < INVALID_IOASID else None
         if data is None:
             self._warn(f"put of unknown IOASID {ioasid}")
             return False
@@ -562,23 +583,23 @@ class IoasidCore:
 
     def free_locked(self, ioasid_set: IoasidSet | None, ioasid: int, *, task: Any = None) -> None:
         """``free`` for a caller holding ``core.lock``."""
-        data = self._ids.get(ioasid)
+        data = self._ids.get(ioasid) if 0 <= ioasid < INVALID_IOASID else None
         if data is None:
             self._warn(f"free of unknown IOASID {ioasid}")
             raise IoasidError(ENOENT, f"IOASID {ioasid} is not allocated")
-        foreign = ioasid_set is not None or self.knobs.free_null_set_fails
-        if data.set is not ioasid_set and foreign:
+        owner = data.set
+        if owner is not ioasid_set and (ioasid_set is not None or self._free_null_set_fails):
             self._warn(f"free of IOASID {ioasid} by a set that does not own it")
             raise IoasidError(EACCES, f"IOASID {ioasid} belongs to another set")
-        if not self.set_valid(data.set):
+        if self._sets.get(owner.id) is not owner:
             self._warn(f"free of IOASID {ioasid} whose set is gone")
             raise IoasidError(EINVAL, f"the set of IOASID {ioasid} is no longer registered")
         self._free(data, task)
 
     def _free(self, data: IoasidData, task: Any) -> None:
-        if data.state == IoasidState.FREE_PENDING:
+        if data.state is _FREE_PENDING:
             return
-        data.state = IoasidState.FREE_PENDING
+        data.state = _FREE_PENDING
         data.refs -= 1
         if data.refs == 0:
             self._reclaim(data, task)
@@ -597,12 +618,12 @@ class IoasidCore:
                 return
             hide = self.knobs.free_all_hides_pending
             for ioasid in sorted(ioasid_set.xa):
-                data = ioasid_set.xa.get(ioasid)
-                if data is None:
+                data = self._ids.get(ioasid)
+                if data is None or data.set is not ioasid_set:
                     continue
                 self._free(data, task)
                 if hide:
-                    ioasid_set.xa.pop(ioasid, None)
+                    ioasid_set.xa.discard(ioasid)
 
     def _reclaim(self, data: IoasidData, task: Any) -> None:
         """``ioasid_do_free_locked``: the last reference is gone."""
@@ -611,17 +632,18 @@ class IoasidCore:
         group = self._active
         if group is not None:
             group.free(ioasid, group.ops[0].pdata)
-        self._space.release(ioasid)
-        del self._ids[ioasid]
-        data.state = IoasidState.FREE_PENDING
+        self._ids.remove(ioasid)
+        data.state = _FREE_PENDING
         ioasid_set.nr_ioasids -= 1
         if data.pooled:
             self.capacity_avail += 1
-        if ioasid_set.type == IoasidSetType.MM and self.cgroups is not None:
+        if ioasid_set.type is _MM and self.cgroups is not None:
             self.cgroups.uncharge_reclaim(data, task)
-        ioasid_set.xa.pop(ioasid, None)
-        if ioasid_set.nr_ioasids == 0 and self.set_valid(ioasid_set) and (
-            self.knobs.set_lifetime == "auto" or ioasid_set.free_requested
+        ioasid_set.xa.discard(ioasid)
+        if (
+            ioasid_set.nr_ioasids == 0
+            and (self._auto_destroy or ioasid_set.free_requested)
+            and self._sets.get(ioasid_set.id) is ioasid_set
         ):
             self._destroy_set(ioasid_set)
 
@@ -673,8 +695,9 @@ class IoasidCore:
         with self.lock:
             self._enter()
             data = self._data(ioasid)
-            for other in data.set.xa.values():
-                if other.spid == spid:
+            ids = self._ids
+            for other_id in data.set.xa:
+                if ids.get(other_id).spid == spid:
                     raise IoasidError(EINVAL, f"SPID {spid} already used in set {data.set.id}")
             data.spid = spid
             self._notify(IoasidNotify.BIND, data, IOASID_NOTIFY_FLAG_SET)
@@ -703,7 +726,7 @@ class IoasidCore:
             if not self.set_valid(ioasid_set):
                 self._warn("find_by_spid on a stale set")
                 return INVALID_IOASID
-            for data in ioasid_set.xa.values():
+            for data in self.set_members(ioasid_set):
                 if data.spid == spid:
                     if get:
                         pending = data.state == IoasidState.FREE_PENDING
@@ -773,8 +796,7 @@ class IoasidCore:
     def _replay(self, ioasid_set: IoasidSet, nb: NotifierBlock) -> None:
         self._in_notifier += 1
         try:
-            for ioasid in sorted(ioasid_set.xa):
-                data = ioasid_set.xa[ioasid]
+            for data in self.set_members(ioasid_set):
                 args = IoasidNbArgs(data.id, data.spid, ioasid_set, data.private)
                 nb.callback(nb, IoasidNotify.ALLOC, args)
                 if data.spid != INVALID_IOASID:
@@ -817,7 +839,7 @@ class IoasidCore:
                 if any(o is ops for o in group.ops):
                     raise IoasidError(EEXIST, "allocator already registered")
             if self._active is None:
-                if self._ids:
+                if len(self._ids):
                     raise IoasidError(EAGAIN, "the default allocator holds IOASIDs")
                 group = _AllocatorGroup(ops.alloc, ops.free, [ops])
                 self._groups.append(group)

@@ -1,107 +1,143 @@
-"""The default IOASID allocator: the lowest free value in an inclusive range.
+"""The ID space of the default allocator: a map from 32-bit values to objects, with allocation of
+the lowest free value in an inclusive range (what the kernel's allocating xarray gives).
 
-The kernel uses an allocating xarray; here the 32-bit ID space is cut into chunks of 65,536
-values, each a ``bytearray`` with one byte per value (0 free, 1 used) allocated when first
-touched. ``bytearray.find`` scans in C, a per-chunk hint skips the dense prefix, and a byte per
-chunk marks the full ones, so sequential and alloc/free-pair patterns stay O(1) while the memory
-is one byte per value of the chunks in use.
+The space is cut into chunks of 65,536 values, allocated when first used. A chunk keeps a
+``bytearray`` with one byte per value (0 free, 1 used), so that ``bytearray.find`` looks for the
+lowest free value in C; a hint skips its dense prefix; a byte per chunk marks the full ones. The
+objects themselves sit in a list per chunk: 8 bytes a value instead of a dict entry, which is what
+keeps 2^20 live IOASIDs within the memory target.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import Any
+
 CHUNK_BITS = 16
 CHUNK_SIZE = 1 << CHUNK_BITS
 CHUNK_MASK = CHUNK_SIZE - 1
-ID_LIMIT = 1 << 32  # IDs are 32-bit; the all-ones value is INVALID_IOASID and never handed out
+ID_LIMIT = 1 << 32  # values are 32-bit; the all-ones value (INVALID_IOASID) is never handed out
+MAX_VALUE = ID_LIMIT - 2
+
+
+class _Chunk:
+    __slots__ = ("count", "hint", "items", "used")
+
+    def __init__(self) -> None:
+        self.used = bytearray(CHUNK_SIZE)
+        self.items: list[Any] = [None] * CHUNK_SIZE
+        self.count = 0
+        self.hint = 0  # no free value below this offset
 
 
 class IdSpace:
-    """A set of used 32-bit values with lowest-free-in-range allocation."""
+    """Values 0 .. 2^32-2 mapped to objects; ``alloc`` picks the lowest free value in a range."""
 
-    __slots__ = ("_chunks", "_full", "_hint", "_used", "count")
+    __slots__ = ("_chunks", "_full", "count")
 
     def __init__(self) -> None:
-        self._chunks: dict[int, bytearray] = {}
-        self._used: dict[int, int] = {}  # chunk -> values used in it
-        self._hint: dict[int, int] = {}  # chunk -> no free value below this offset
+        self._chunks: dict[int, _Chunk] = {}
         self._full = bytearray(ID_LIMIT >> CHUNK_BITS)  # 1 where a chunk is full
         self.count = 0
-
-    def __contains__(self, value: int) -> bool:
-        chunk = self._chunks.get(value >> CHUNK_BITS)
-        return chunk is not None and chunk[value & CHUNK_MASK] == 1
 
     def __len__(self) -> int:
         return self.count
 
-    def alloc(self, lo: int, hi: int) -> int:
-        """Mark and return the lowest free value in ``[lo, hi]``, or -1 if there is none."""
-        hi = min(hi, ID_LIMIT - 2)
+    def __contains__(self, value: int) -> bool:
+        chunk = self._chunks.get(value >> CHUNK_BITS)
+        return chunk is not None and chunk.used[value & CHUNK_MASK] == 1
+
+    def get(self, value: int) -> Any:
+        """The object stored at ``value``, or ``None``."""
+        chunk = self._chunks.get(value >> CHUNK_BITS)
+        return None if chunk is None else chunk.items[value & CHUNK_MASK]
+
+    def alloc(self, lo: int, hi: int, obj: Any) -> int:
+        """Store ``obj`` at the lowest free value in ``[lo, hi]`` and return the value, or -1 if
+        every value of the range is used (or the range is empty)."""
+        if hi > MAX_VALUE:
+            hi = MAX_VALUE
         if lo > hi or lo < 0:
             return -1
         c = lo >> CHUNK_BITS
         off = lo & CHUNK_MASK
         chunks = self._chunks
+        full = self._full
         while True:
-            if not self._full[c]:
+            if not full[c]:
                 chunk = chunks.get(c)
                 if chunk is None:
-                    chunk = chunks[c] = bytearray(CHUNK_SIZE)
-                    self._used[c] = 0
-                    self._hint[c] = 0
-                hint = self._hint[c]
-                i = chunk.find(0, off if off > hint else hint)
+                    chunk = chunks[c] = _Chunk()
+                hint = chunk.hint
+                i = chunk.used.find(0, off if off > hint else hint)
                 if i >= 0:
                     value = (c << CHUNK_BITS) | i
                     if value > hi:
                         return -1
-                    chunk[i] = 1
+                    chunk.used[i] = 1
+                    chunk.items[i] = obj
                     if i == hint:
-                        self._hint[c] = i + 1
-                    used = self._used[c] + 1
-                    self._used[c] = used
-                    if used == CHUNK_SIZE:
-                        self._full[c] = 1
+                        chunk.hint = i + 1
+                    chunk.count += 1
+                    if chunk.count == CHUNK_SIZE:
+                        full[c] = 1
                     self.count += 1
                     return value
-            c = self._full.find(0, c + 1)
+            c = full.find(0, c + 1)
             if c < 0 or (c << CHUNK_BITS) > hi:
                 return -1
             off = 0
 
-    def take(self, value: int) -> bool:
-        """Mark ``value`` used (custom allocators, restore); ``False`` if it already was."""
+    def insert(self, value: int, obj: Any) -> bool:
+        """Store ``obj`` at a chosen ``value`` (custom allocators, restore); ``False`` if the
+        value is used or out of range."""
+        if not 0 <= value <= MAX_VALUE:
+            return False
         c = value >> CHUNK_BITS
         chunk = self._chunks.get(c)
         if chunk is None:
-            chunk = self._chunks[c] = bytearray(CHUNK_SIZE)
-            self._used[c] = 0
-            self._hint[c] = 0
+            chunk = self._chunks[c] = _Chunk()
         i = value & CHUNK_MASK
-        if chunk[i]:
+        if chunk.used[i]:
             return False
-        chunk[i] = 1
-        used = self._used[c] + 1
-        self._used[c] = used
-        if used == CHUNK_SIZE:
+        chunk.used[i] = 1
+        chunk.items[i] = obj
+        chunk.count += 1
+        if chunk.count == CHUNK_SIZE:
             self._full[c] = 1
         self.count += 1
         return True
 
-    def release(self, value: int) -> None:
-        """Mark ``value`` free again. Releasing a free value is a no-op."""
+    def remove(self, value: int) -> Any:
+        """Free ``value`` and return the object that was there (``None`` if it was free)."""
         c = value >> CHUNK_BITS
         chunk = self._chunks.get(c)
+        if chunk is None:
+            return None
         i = value & CHUNK_MASK
-        if chunk is None or not chunk[i]:
-            return
-        chunk[i] = 0
-        if i < self._hint[c]:
-            self._hint[c] = i
-        used = self._used[c] - 1
+        if not chunk.used[i]:
+            return None
+        obj = chunk.items[i]
+        chunk.used[i] = 0
+        chunk.items[i] = None
+        if i < chunk.hint:
+            chunk.hint = i
+        chunk.count -= 1
         self.count -= 1
-        if used == 0:
-            del self._chunks[c], self._used[c], self._hint[c]
-        else:
-            self._used[c] = used
-        self._full[c] = 0
+        self._full[c] = 0  # an emptied chunk is kept: alloc/free pairs would rebuild it each time
+        return obj
+
+    def __iter__(self) -> Iterator[int]:
+        """The used values, ascending."""
+        for c in sorted(self._chunks):
+            chunk = self._chunks[c]
+            base = c << CHUNK_BITS
+            i = chunk.used.find(1)
+            while i >= 0:
+                yield base | i
+                i = chunk.used.find(1, i + 1)
+
+    def values(self) -> Iterator[Any]:
+        """The stored objects, by ascending value."""
+        for value in self:
+            yield self.get(value)
