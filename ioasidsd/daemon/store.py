@@ -35,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import json
 import sqlite3
+import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -182,6 +183,17 @@ class Store:
         self._db = None
 
     @property
+    def clock(self) -> float | None:
+        """The wall-clock time of the last change saved (or of ``set_clock``): processes
+        created later may have forked while nobody was watching."""
+        return self.meta("clock")
+
+    def set_clock(self, when: float) -> None:
+        """Record that process events were watched up to ``when``."""
+        with self._transaction():
+            self._write_meta("clock", when)
+
+    @property
     def db(self) -> sqlite3.Connection:
         if self._db is None:
             raise StoreError("the store is closed")
@@ -306,6 +318,7 @@ class Store:
             self._write_meta("schema", SCHEMA_VERSION)
             self._write_meta("knobs", snap["knobs"])
             self._write_core(force=True)
+            self._write_meta("clock", time.time())
             db.executemany("INSERT INTO cgroups VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                            map(_cgroup_row, snap["cgroups"]))
             db.executemany("INSERT INTO processes VALUES (?,?,?,?)",
@@ -369,6 +382,7 @@ class Store:
             cgroups.extend(self._sync_ioasid(ioasid))
         self._write_cgroups(cgroups)
         self._write_core()
+        self._write_meta("clock", time.time())
         if kind == "rmdir" and isinstance(detail.get("cgroup"), Cgroup):
             self._forget_removed(detail["cgroup"])
 
@@ -424,7 +438,7 @@ class Store:
         touched: list[Cgroup] = []
         for ioasid in ids:
             old = stored.get(ioasid)
-            data = core._ids.get(ioasid)
+            data = core.data(ioasid) if ioasid in core else None
             new = None if data is None else _ioasid_row(
                 ioasid_record(data, self._row, self._encode_private))
             if new == old:
@@ -468,7 +482,8 @@ class Store:
         stored = self._stored_ioasids("id", ioasid)
         touched = self._sync_rows(stored, (ioasid,))
         sids = {row[1] for row in stored.values()}
-        data = self.system.core._ids.get(ioasid)
+        core = self.system.core
+        data = core.data(ioasid) if ioasid in core else None
         if data is not None:
             sids.add(data.set.id)
         for sid in sids:

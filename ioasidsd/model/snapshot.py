@@ -158,7 +158,7 @@ def ioasid_record(
         "spid": data.spid,
         "cgroup": None if data.cgroup is None else cgroup_id(data.cgroup),
         "pooled": data.pooled,
-        "indexed": data.set.xa.get(data.id) is data,
+        "indexed": data.id in data.set.xa,
         "private": private,
     }
 
@@ -273,7 +273,7 @@ def load(
     cgroups = _controller(core)
     if not isinstance(snapshot, dict) or snapshot.get("version") != SNAPSHOT_VERSION:
         raise SnapshotError(f"not a version {SNAPSHOT_VERSION} snapshot")
-    if core._sets or core._ids or cgroups.root.children or cgroups.processes:
+    if core._sets or len(core._ids) or cgroups.root.children or cgroups.processes:
         raise SnapshotError("the target core already holds state")
     with core.lock:
         _load_core(snapshot.get("core"), core, cgroups)
@@ -381,7 +381,7 @@ def _load_sets(
         ioasid_set.free_requested = _field(rec, "free_requested", bool, what)
         sets[sid] = ioasid_set
         core._sets[sid] = ioasid_set
-        core._set_ids.take(sid)
+        core._set_ids.insert(sid, True)
     return sets
 
 
@@ -422,9 +422,9 @@ def _load_ioasids(
             raise SnapshotError(f"{what}: IOASID {ioasid} in an unknown set")
         if not 0 <= ioasid <= IOASID_MAX_VALUE:
             raise SnapshotError(f"{what}: IOASID {ioasid} out of range")
-        if ioasid in core._ids or not core._space.take(ioasid):
-            raise SnapshotError(f"{what}: duplicate IOASID {ioasid}")
         data = IoasidData(ioasid, ioasid_set, decode_private(rec.get("private")))
+        if not core._ids.insert(ioasid, data):
+            raise SnapshotError(f"{what}: duplicate IOASID {ioasid}")
         try:
             data.state = IoasidState(_field(rec, "state", int, what))
         except ValueError:
@@ -437,9 +437,8 @@ def _load_ioasids(
                 raise SnapshotError(f"{what}: charged to unknown cgroup {cgroup}")
             data.cgroup = by_id[cgroup]
         data.pooled = _field(rec, "pooled", bool, what)
-        core._ids[ioasid] = data
         if _field(rec, "indexed", bool, what):
-            ioasid_set.xa[ioasid] = data
+            ioasid_set.xa.add(ioasid)
         counts[ioasid_set.id] += 1
     for sid, count in counts.items():
         if sets[sid].nr_ioasids != count:

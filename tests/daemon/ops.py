@@ -83,7 +83,7 @@ def _apply(system: System, op: tuple[int, int, int, int], touched: list[Touched]
     paths = sorted(cg.path for cg in system.cgroups.cgroups())
     pids = sorted(system.cgroups.processes)
     sets = list(core.sets)
-    ids = sorted(core._ids)
+    ids = [d.id for d in core.ioasids()]
     procs: FakeProcesses = system.processes  # type: ignore[assignment]
     task = system.cgroups.processes.get(_pick(pids, y)) if pids else None
     s = _pick(sets, x)

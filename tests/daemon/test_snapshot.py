@@ -131,4 +131,4 @@ def test_v4_hidden_pending_ids_stay_out_of_the_index():
     copy = System(profile("v4"))
     load(dump(system.core), copy.core)
     assert dump(copy.core) == dump(system.core)
-    assert copy.core.sets[0].xa == {} and copy.core.sets[0].nr_ioasids == 1
+    assert copy.core.sets[0].xa == set() and copy.core.sets[0].nr_ioasids == 1
