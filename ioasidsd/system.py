@@ -29,7 +29,7 @@ class ProcessFacts:
     """What the system needs to know about a real process."""
 
     pid: int
-    start_time: float
+    start_time: float  # seconds since boot, see start_time()
     uids: tuple[int, ...]  # real, effective, saved
     tgid: int
     threads: int = 1
@@ -46,8 +46,8 @@ class ProcessSource:
             proc = psutil.Process(pid)
             with proc.oneshot():
                 uids = proc.uids()
-                start = proc.create_time()
                 threads = proc.num_threads()
+            start = start_time(pid)
             tgid = _tgid(pid)
         except (psutil.NoSuchProcess, psutil.ZombieProcess, FileNotFoundError):
             raise IoasidError(ESRCH, f"no process {pid}") from None
@@ -72,6 +72,20 @@ class ProcessSource:
             return [int(t) for t in os.listdir(f"/proc/{pid}/task")]
         except OSError:
             return []
+
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def start_time(pid: int) -> float:
+    """When ``pid`` started, in seconds since boot: the kernel's ``starttime`` (field 22 of
+    ``/proc/PID/stat``), which changes of the wall clock do not move, unlike psutil's
+    ``create_time`` (boot time + start, re-read each call). ``FileNotFoundError`` if it is gone.
+    Processes of different boots may share a (pid, start time): whoever keeps them across a
+    reboot must tell the boots apart."""
+    with open(f"/proc/{pid}/stat", "rb") as stat:
+        data = stat.read()
+    return int(data[data.rindex(b")") + 2 :].split()[19]) / CLOCK_TICKS
 
 
 def _tgid(pid: int) -> int:
