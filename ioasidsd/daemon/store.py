@@ -94,6 +94,16 @@ Row = tuple[Any, ...]
 Warn = Callable[[str], None]
 
 
+def _clock() -> float:
+    return time.clock_gettime(time.CLOCK_BOOTTIME)
+
+
+def boot_id() -> str:
+    """This boot's id (``/proc/sys/kernel/random/boot_id``)."""
+    with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as f:
+        return f.read().strip()
+
+
 class StoreError(Exception):
     """The state directory's database cannot be used (the message says why)."""
 
@@ -184,14 +194,22 @@ class Store:
 
     @property
     def clock(self) -> float | None:
-        """The wall-clock time of the last change saved (or of ``set_clock``): processes
-        created later may have forked while nobody was watching."""
+        """When the last change was saved (or ``set_clock``), in seconds since boot (the clock
+        of process start times): processes created later may have forked while nobody was
+        watching. ``None`` for a new state."""
         return self.meta("clock")
 
+    @property
+    def boot(self) -> str | None:
+        """The boot id of the machine when the state was last saved: a different one means
+        every saved process belongs to an earlier boot (start times repeat across boots)."""
+        return self.meta("boot")
+
     def set_clock(self, when: float) -> None:
-        """Record that process events were watched up to ``when``."""
+        """Record that process events were watched up to ``when`` (seconds since boot)."""
         with self._transaction():
             self._write_meta("clock", when)
+            self._write_meta("boot", boot_id())
 
     @property
     def db(self) -> sqlite3.Connection:
@@ -316,9 +334,10 @@ class Store:
             for table in ("meta", "cgroups", "processes", "sets", "ioasids"):
                 db.execute(f"DELETE FROM {table}")
             self._write_meta("schema", SCHEMA_VERSION)
+            self._write_meta("boot", boot_id())
             self._write_meta("knobs", snap["knobs"])
             self._write_core(force=True)
-            self._write_meta("clock", time.time())
+            self._write_meta("clock", _clock())
             db.executemany("INSERT INTO cgroups VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                            map(_cgroup_row, snap["cgroups"]))
             db.executemany("INSERT INTO processes VALUES (?,?,?,?)",
@@ -382,7 +401,7 @@ class Store:
             cgroups.extend(self._sync_ioasid(ioasid))
         self._write_cgroups(cgroups)
         self._write_core()
-        self._write_meta("clock", time.time())
+        self._write_meta("clock", _clock())
         if kind == "rmdir" and isinstance(detail.get("cgroup"), Cgroup):
             self._forget_removed(detail["cgroup"])
 
