@@ -15,6 +15,7 @@ cgroup and the ``exit_hooks`` release what it holds (the user API closes its ``/
 from __future__ import annotations
 
 import contextlib
+import itertools
 from collections import deque
 from collections.abc import Callable, Iterator
 from errno import EAGAIN, EBUSY, EEXIST, EINVAL, EIO, ENOENT, ENOSPC, EPERM, ESRCH
@@ -73,7 +74,9 @@ class Cgroup:
 
     ``counter`` is ``ioasids.current``, ``limit`` is ``ioasids.max`` (``None`` for ``max``),
     ``reserved`` the capacity this cgroup holds from the pool for its limit, ``events`` and
-    ``events_local`` the refusals (``ioasids.events``, ``ioasids.events.local``).
+    ``events_local`` the refusals (``ioasids.events``, ``ioasids.events.local``). ``id`` is
+    unique among the cgroups a controller ever created (the root is 1), like the kernel's cgroup
+    id: a face holding an open file tells a removed cgroup from a new one of the same name.
     """
 
     __slots__ = (
@@ -82,6 +85,7 @@ class Cgroup:
         "counter",
         "events",
         "events_local",
+        "id",
         "limit",
         "name",
         "notify_on_release",
@@ -91,7 +95,8 @@ class Cgroup:
         "reserved",
     )
 
-    def __init__(self, name: str, parent: Cgroup | None, limit: int | None) -> None:
+    def __init__(self, name: str, parent: Cgroup | None, limit: int | None, id: int = 0) -> None:
+        self.id = id
         self.name = name
         self.parent = parent
         self.children: dict[str, Cgroup] = {}
@@ -148,7 +153,8 @@ class IoasidsController:
         self.core = core
         self.knobs = core.knobs
         self.lock = core.lock
-        self.root = Cgroup("", None, None)
+        self.root = Cgroup("", None, None, id=1)
+        self._ids = itertools.count(2)
         self.processes: dict[int, Process] = {}
         self.exit_hooks: list[Callable[[Process], None]] = []
         self.releases: deque[str] = deque()
@@ -196,7 +202,7 @@ class IoasidsController:
             if self.parent_gone(parent):
                 raise IoasidError(ENOENT, f"{parent.path} was removed")
             limit = None if self.knobs.new_cgroup_max == "max" else 0
-            cg = Cgroup(name, parent, limit)
+            cg = Cgroup(name, parent, limit, id=next(self._ids))
             cg.notify_on_release = parent.notify_on_release
             cg.clone_children = parent.clone_children
             parent.children[name] = cg
