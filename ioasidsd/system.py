@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from errno import EINVAL, ESRCH
 from typing import Any
@@ -206,3 +206,19 @@ class System:
             if proc is not None:
                 self.cgroups.exit(proc)
                 self._changed("exit", process=proc)
+
+    # ------------------------------------------------------------------ file attributes
+    def set_attrs(self, path: str, changes: Mapping[str, Mapping[str, int]]) -> None:
+        """Record file attributes of the cgroup at ``path`` (``chmod``, ``chown``, ``touch``
+        through the file system, and the owner of a cgroup a non-root user created).
+
+        ``changes`` maps a file name (``""`` for the directory) to the attributes that change:
+        ``mode`` (permission bits), ``uid``, ``gid``, ``atime``, ``mtime`` (nanoseconds). The
+        model keeps them in ``Cgroup.attrs`` without interpreting them; the kernel enforces them
+        on the mount. ``ENOENT`` if there is no such cgroup.
+        """
+        with self.lock:
+            cg = self.cgroups.lookup(path)
+            for name, attrs in changes.items():
+                cg.attrs.setdefault(name, {}).update(attrs)
+            self._changed("attrs", cgroup=cg, changes=changes)

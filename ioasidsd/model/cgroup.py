@@ -77,9 +77,12 @@ class Cgroup:
     ``events_local`` the refusals (``ioasids.events``, ``ioasids.events.local``). ``id`` is
     unique among the cgroups a controller ever created (the root is 1), like the kernel's cgroup
     id: a face holding an open file tells a removed cgroup from a new one of the same name.
+    ``attrs`` holds file attributes a face set (``chmod``, ``chown``, times), by file name, ``""``
+    for the directory itself; the model does not interpret them.
     """
 
     __slots__ = (
+        "attrs",
         "children",
         "clone_children",
         "counter",
@@ -97,6 +100,7 @@ class Cgroup:
 
     def __init__(self, name: str, parent: Cgroup | None, limit: int | None, id: int = 0) -> None:
         self.id = id
+        self.attrs: dict[str, dict[str, int]] = {}
         self.name = name
         self.parent = parent
         self.children: dict[str, Cgroup] = {}
