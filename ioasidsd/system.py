@@ -33,6 +33,7 @@ class ProcessFacts:
     uids: tuple[int, ...]  # real, effective, saved
     tgid: int
     threads: int = 1
+    movable: bool = True  # False for kernel threads cgroup-v1 refuses to move (EINVAL)
 
 
 class ProcessSource:
@@ -49,9 +50,11 @@ class ProcessSource:
                 start = proc.create_time()
                 threads = proc.num_threads()
             tgid = _tgid(pid)
+            movable = _movable(pid)
         except (psutil.NoSuchProcess, psutil.ZombieProcess, FileNotFoundError):
             raise IoasidError(ESRCH, f"no process {pid}") from None
-        return ProcessFacts(pid, start, (uids.real, uids.effective, uids.saved), tgid, threads)
+        uids3 = (uids.real, uids.effective, uids.saved)
+        return ProcessFacts(pid, start, uids3, tgid, threads, movable)
 
     def alive(self, pid: int, start_time: float) -> bool:
         """Whether the process ``pid`` that started at ``start_time`` still runs."""
@@ -81,6 +84,23 @@ def _tgid(pid: int) -> int:
             if line.startswith("Tgid:"):
                 return int(line.split()[1])
     return pid
+
+
+PF_KTHREAD = 0x00200000
+PF_NO_SETAFFINITY = 0x04000000
+
+
+def _movable(pid: int) -> bool:
+    """Whether cgroup-v1 lets userspace move ``pid``: not a kernel thread with
+    ``PF_NO_SETAFFINITY`` (per-CPU workers) nor ``kthreadd`` (the kernel thread without a
+    parent), which ``cgroup_procs_write_start`` refuses with ``EINVAL``."""
+    with open(f"/proc/{pid}/stat", "rb") as stat:
+        data = stat.read()
+    fields = data[data.rindex(b")") + 2 :].split()  # state ppid pgrp session tty tpgid flags
+    ppid, flags = int(fields[1]), int(fields[6])
+    if flags & PF_NO_SETAFFINITY:
+        return False
+    return not (flags & PF_KTHREAD and ppid == 0)
 
 
 class System:
@@ -178,11 +198,13 @@ class System:
                     ) -> Process:
         """A write to ``cgroup.procs`` or ``tasks``: move a real process (0: the writer).
 
-        ``EINVAL`` for junk, ``ESRCH`` for no such process, ``EACCES`` when a non-root writer's
-        euid matches neither the target's uid nor its suid.
+        ``EINVAL`` for junk or a kernel thread that may not move, ``ESRCH`` for no such process,
+        ``EACCES`` when a non-root writer's euid matches neither the target's uid nor its suid.
         """
         pid = parse_pid(data) or writer_pid
         facts = self.processes.facts(pid)
+        if not facts.movable:
+            raise IoasidError(EINVAL, f"process {pid} is a kernel thread that may not move")
         self.cgroups.check_owner(writer_uid, (facts.uids[0], facts.uids[2]))
         with self.lock:
             dst = self.cgroups.lookup(path)
