@@ -22,7 +22,7 @@ import os
 import shutil
 import subprocess
 import threading
-from errno import EBUSY, EINVAL, ENODEV, ENOENT, ENOTCONN, ETIMEDOUT
+from errno import EBUSY, EINVAL, ENODEV, ENOENT, ENOTCONN, ENOTDIR, ETIMEDOUT
 
 import mfusepy
 import structlog
@@ -131,9 +131,9 @@ def mount(system: System, mountpoint: str, *, allow_other: bool = True,
         raise OSError(
             EBUSY, f"{mountpoint} holds a dead FUSE mount (a killed daemon?): force_unmount it"
         )
+    if os.path.lexists(mountpoint) and not os.path.isdir(mountpoint):
+        raise NotADirectoryError(ENOTDIR, f"{mountpoint} is not a directory")
     os.makedirs(mountpoint, exist_ok=True)
-    if not os.path.isdir(mountpoint):
-        raise NotADirectoryError(f"{mountpoint} is not a directory")
     if os.path.ismount(mountpoint):
         raise OSError(EBUSY, f"{mountpoint} is already a mount point")
     if os.geteuid() != 0 and shutil.which("fusermount3") is None:
@@ -162,7 +162,7 @@ def stale_mount(path: str) -> bool:
     if not _fuse_mounted_at(path):
         return False
     try:
-        os.stat(path)
+        os.statvfs(path)  # always asks the server (a stat may be answered from the cache)
     except OSError as exc:
         return exc.errno == ENOTCONN
     return False

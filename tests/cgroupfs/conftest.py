@@ -44,6 +44,14 @@ class Changes:
 
 
 @pytest.fixture
+def needs_fuse() -> None:
+    """Skip where the machine cannot mount FUSE file systems."""
+    reason = fuse_missing()
+    if reason:
+        pytest.skip(reason)
+
+
+@pytest.fixture
 def changes() -> Changes:
     return Changes()
 
@@ -70,11 +78,8 @@ def mountdir() -> Iterator[Path]:
 
 
 @pytest.fixture
-def mounted(system: System, mountdir: Path) -> Iterator[Path]:
+def mounted(needs_fuse: None, system: System, mountdir: Path) -> Iterator[Path]:
     """``system`` mounted on ``mountdir``; the path of the mount."""
-    reason = fuse_missing()
-    if reason:
-        pytest.skip(reason)
     from cgroupfs import mount
 
     handle = mount(system, str(mountdir))
