@@ -130,19 +130,6 @@ def test_files_of_a_removed_cgroup_are_enodev(mounted: Path, system: System) -> 
         os.close(fd)
 
 
-def test_a_new_cgroup_of_the_same_name_is_not_the_removed_one(mounted: Path,
-                                                              system: System) -> None:
-    (mounted / "b").mkdir()
-    fd = os.open(mounted / "b" / "ioasids.max", os.O_WRONLY)
-    try:
-        system.rmdir("b")  # another face removes b and creates a new b
-        system.mkdir("b")
-        assert errno_name(os.write, fd, b"4") == "ENODEV"
-    finally:
-        os.close(fd)
-    assert (mounted / "b" / "ioasids.max").read_text() == "0\n"
-
-
 def test_reads_in_pieces_fit_together(mounted: Path, system: System, spawn) -> None:
     (mounted / "a").mkdir()
     first, second, late = spawn(), spawn(), spawn()
