@@ -15,7 +15,6 @@ cgroup and the ``exit_hooks`` release what it holds (the user API closes its ``/
 from __future__ import annotations
 
 import contextlib
-import itertools
 from collections import deque
 from collections.abc import Callable, Iterator
 from errno import EAGAIN, EBUSY, EEXIST, EINVAL, EIO, ENOENT, ENOSPC, EPERM, ESRCH
@@ -74,9 +73,7 @@ class Cgroup:
 
     ``counter`` is ``ioasids.current``, ``limit`` is ``ioasids.max`` (``None`` for ``max``),
     ``reserved`` the capacity this cgroup holds from the pool for its limit, ``events`` and
-    ``events_local`` the refusals (``ioasids.events``, ``ioasids.events.local``). ``id`` is
-    unique among the cgroups a controller ever created (the root is 1), like the kernel's cgroup
-    id: a face holding an open file tells a removed cgroup from a new one of the same name.
+    ``events_local`` the refusals (``ioasids.events``, ``ioasids.events.local``).
     ``attrs`` holds file attributes a face set (``chmod``, ``chown``, times), by file name, ``""``
     for the directory itself; the model does not interpret them.
     """
@@ -88,7 +85,6 @@ class Cgroup:
         "counter",
         "events",
         "events_local",
-        "id",
         "limit",
         "name",
         "notify_on_release",
@@ -98,8 +94,7 @@ class Cgroup:
         "reserved",
     )
 
-    def __init__(self, name: str, parent: Cgroup | None, limit: int | None, id: int = 0) -> None:
-        self.id = id
+    def __init__(self, name: str, parent: Cgroup | None, limit: int | None) -> None:
         self.attrs: dict[str, dict[str, int]] = {}
         self.name = name
         self.parent = parent
@@ -157,8 +152,7 @@ class IoasidsController:
         self.core = core
         self.knobs = core.knobs
         self.lock = core.lock
-        self.root = Cgroup("", None, None, id=1)
-        self._ids = itertools.count(2)
+        self.root = Cgroup("", None, None)
         self.processes: dict[int, Process] = {}
         self.exit_hooks: list[Callable[[Process], None]] = []
         self.releases: deque[str] = deque()
@@ -206,7 +200,7 @@ class IoasidsController:
             if self.parent_gone(parent):
                 raise IoasidError(ENOENT, f"{parent.path} was removed")
             limit = None if self.knobs.new_cgroup_max == "max" else 0
-            cg = Cgroup(name, parent, limit, id=next(self._ids))
+            cg = Cgroup(name, parent, limit)
             cg.notify_on_release = parent.notify_on_release
             cg.clone_children = parent.clone_children
             parent.children[name] = cg
