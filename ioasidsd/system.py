@@ -57,17 +57,18 @@ class ProcessSource:
         return ProcessFacts(pid, start, uids3, tgid, threads, movable)
 
     def alive(self, pid: int, start_time: float) -> bool:
-        """Whether the process ``pid`` that started at ``start_time`` still runs."""
+        """Whether the process ``pid`` that started at ``start_time`` still runs (a zombie, which
+        has exited, does not)."""
         try:
-            return self.facts(pid).start_time == start_time
+            return self.facts(pid).start_time == start_time and _running(pid)
         except IoasidError:
             return False
 
     def all_pids(self) -> list[int]:
-        """Every process id on the machine."""
+        """Every process id on the machine, zombies excluded (``cgroup.procs`` omits them)."""
         import psutil
 
-        return psutil.pids()
+        return [pid for pid in psutil.pids() if _running(pid)]
 
     def thread_ids(self, pid: int) -> list[int]:
         """The thread ids of process ``pid`` (empty if it is gone)."""
@@ -84,6 +85,17 @@ def _tgid(pid: int) -> int:
             if line.startswith("Tgid:"):
                 return int(line.split()[1])
     return pid
+
+
+def _running(pid: int) -> bool:
+    """Whether ``pid`` exists and is not a zombie (state ``Z`` in ``/proc/<pid>/stat``)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            data = stat.read()
+    except OSError:
+        return False
+    end = data.rindex(b")")
+    return data[end + 2 : end + 3] != b"Z"
 
 
 PF_KTHREAD = 0x00200000
