@@ -103,13 +103,14 @@ def parse_flag(data: bytes | str) -> bool:
 
 def parse_pid(data: bytes | str) -> int:
     """Parse a write to ``cgroup.procs`` or ``tasks``: ``kstrtoint`` of the stripped text, a
-    pid >= 0 (0 means the writer itself). ``EINVAL`` for junk or a negative pid, ``ERANGE``
-    beyond a signed 32-bit int."""
+    pid >= 0 (0 means the writer itself). Every failure is ``EINVAL``, out-of-range numbers
+    included: ``cgroup_procs_write_start`` turns any ``kstrtoint`` error into ``-EINVAL``."""
     text = decode(data).strip(_WHITESPACE)
-    value = kstrtoll(text)
-    if not -(1 << 31) <= value < (1 << 31):
-        raise IoasidError(ERANGE, "pid out of range")
-    if value < 0:
+    try:
+        value = kstrtoll(text)
+    except IoasidError:
+        raise IoasidError(EINVAL, f"invalid pid {text!r}") from None
+    if not 0 <= value < (1 << 31):
         raise IoasidError(EINVAL, f"invalid pid {value}")
     return value
 
