@@ -67,7 +67,7 @@ CREATE TABLE IF NOT EXISTS cgroups (
     reserved INTEGER NOT NULL, counter INTEGER NOT NULL, peak INTEGER NOT NULL,
     events INTEGER NOT NULL, events_local INTEGER NOT NULL,
     notify_on_release INTEGER NOT NULL, clone_children INTEGER NOT NULL,
-    removed INTEGER NOT NULL);
+    removed INTEGER NOT NULL, attrs TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS cgroups_parent ON cgroups (parent);
 CREATE TABLE IF NOT EXISTS processes (
     pid INTEGER PRIMARY KEY, start_time REAL NOT NULL, cgroup INTEGER NOT NULL,
@@ -110,8 +110,9 @@ class StoreError(Exception):
 
 # ---------------------------------------------------------------------- rows <-> records
 def _cgroup_row(rec: dict[str, Any]) -> Row:
-    return tuple(int(v) if isinstance(v, bool) else v for v in map(rec.__getitem__,
-                                                                   _CGROUP_COLUMNS))
+    return (*(int(v) if isinstance(v, bool) else v for v in map(rec.__getitem__,
+                                                                _CGROUP_COLUMNS)),
+            json.dumps(rec["attrs"], sort_keys=True))
 
 
 def _process_row(rec: dict[str, Any]) -> Row:
@@ -231,8 +232,11 @@ class Store:
             return None
         core = self.meta("core")
         knobs = self.meta("knobs")
-        cgroups = [dict(zip(_CGROUP_COLUMNS, row, strict=True))
-                   for row in db.execute("SELECT * FROM cgroups ORDER BY id")]
+        cgroups = []
+        for row in db.execute("SELECT * FROM cgroups ORDER BY id"):
+            rec = dict(zip(_CGROUP_COLUMNS, row[:-1], strict=True))
+            rec["attrs"] = json.loads(row[-1])
+            cgroups.append(rec)
         ioasids = []
         for row in db.execute("SELECT * FROM ioasids ORDER BY id"):
             rec = dict(zip(_IOASID_COLUMNS, row[:-1], strict=True))
@@ -338,7 +342,7 @@ class Store:
             self._write_meta("knobs", snap["knobs"])
             self._write_core(force=True)
             self._write_meta("clock", _clock())
-            db.executemany("INSERT INTO cgroups VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+            db.executemany("INSERT INTO cgroups VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
                            map(_cgroup_row, snap["cgroups"]))
             db.executemany("INSERT INTO processes VALUES (?,?,?,?)",
                            map(_process_row, snap["processes"]))
@@ -430,7 +434,7 @@ class Store:
             for node in cg.walk():
                 nodes[id(node)] = node
         self.db.executemany(
-            "INSERT OR REPLACE INTO cgroups VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+            "INSERT OR REPLACE INTO cgroups VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
             [_cgroup_row(cgroup_record(cg, self._row)) for cg in nodes.values()])
 
     def _forget_removed(self, cg: Cgroup) -> None:

@@ -11,7 +11,8 @@ What a snapshot holds:
 * ``core``: capacity, available capacity, whether a capacity was installed, the controller's
   ``release_agent``, ``sane_behavior`` and whether the negative-counter warning was given;
 * ``cgroups``: every cgroup of the tree (root first, parents before children) with its limit,
-  reservation, counter, peak, events and flags, plus the *removed* cgroups that IOASIDs are still
+  reservation, counter, peak, events, flags and file attributes (modes, owners, times set
+  through the mount), plus the *removed* cgroups that IOASIDs are still
   charged to (a charge outlives ``rmdir``, as a css outlives its directory in the kernel), with
   their ancestors;
 * ``processes``: the tracked processes (pid, start time, cgroup, thread count);
@@ -105,6 +106,7 @@ def cgroup_record(cg: Cgroup, cgroup_id: CgroupIds) -> Record:
         "notify_on_release": cg.notify_on_release,
         "clone_children": cg.clone_children,
         "removed": is_removed(cg),
+        "attrs": {name: dict(attrs) for name, attrs in sorted(cg.attrs.items())},
     }
 
 
@@ -335,10 +337,22 @@ def _load_cgroups(snapshot: Record, cgroups: IoasidsController) -> dict[int, Cgr
         cg.events_local = _field(rec, "events_local", int, what)
         cg.notify_on_release = _field(rec, "notify_on_release", bool, what)
         cg.clone_children = _field(rec, "clone_children", bool, what)
+        cg.attrs = _attrs(rec.get("attrs", {}), what)
         by_id[cid] = cg
     if not by_id:
         raise SnapshotError("no root cgroup")
     return by_id
+
+
+def _attrs(value: Any, what: str) -> dict[str, dict[str, int]]:
+    ok = isinstance(value, dict) and all(
+        isinstance(name, str) and isinstance(attrs, dict)
+        and all(isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool)
+                for k, v in attrs.items())
+        for name, attrs in value.items())
+    if not ok:
+        raise SnapshotError(f"{what}: 'attrs' must map file names to integer attributes")
+    return {name: dict(attrs) for name, attrs in value.items()}
 
 
 def _load_processes(

@@ -21,7 +21,7 @@ NAMES = ("a", "b", "c")
 OPS = (
     "mkdir", "rmdir", "rename", "max", "flag", "agent", "move", "fork", "exit", "set_mm",
     "set_null", "alloc", "free", "get", "put", "spid", "unspid", "set_free", "free_all",
-    "capacity",
+    "capacity", "attrs",
 )
 
 # allocation needs a process, a set and a limit first: weight the steps that build up state
@@ -154,6 +154,9 @@ def _apply(system: System, op: tuple[int, int, int, int], touched: list[Touched]
             core.attach_spid(i, 1000 + y)
         else:
             core.detach_spid(i)
+    elif kind == "attrs":
+        name = ("", "ioasids.max", "cgroup.procs")[y % 3]
+        system.set_attrs(_pick(paths, x), {name: {"mode": 0o600 + z, "uid": 1000 + y}})
     elif kind == "capacity":
         touched.append(("capacity", {}))
         core.install_capacity(50 + 10 * z)
