@@ -56,7 +56,7 @@ def setup_logging(fmt: str = "auto", level: str = "info", stream: TextIO | None 
 
 def get_logger(**context: Any) -> Any:
     """A logger bound to ``context`` that follows later ``setup_logging`` calls."""
-    return structlog.get_logger("ioasidsd").bind(**context)
+    return structlog.get_logger("ioasidsd", **context)  # a lazy proxy: bind() would freeze it
 
 
 class _ForwardingDeque(collections.deque):  # type: ignore[type-arg]

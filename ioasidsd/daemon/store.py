@@ -161,11 +161,15 @@ class Store:
     @classmethod
     def open(cls, state_dir: str | Path, *, synchronous: str = "normal",
              warn: Warn | None = None) -> Store:
-        """Open (creating if needed) ``state_dir/state.sqlite``. ``StoreError`` if it is not a
-        database of ours or cannot be written."""
+        """Open ``state_dir/state.sqlite``, creating the directory and the database if needed.
+        ``StoreError`` if it is not a database of ours or cannot be written."""
         if synchronous not in _SYNCHRONOUS:
             raise StoreError(f"synchronous must be one of {', '.join(_SYNCHRONOUS)}")
         store = cls(Path(state_dir) / DB_NAME, synchronous=synchronous, warn=warn)
+        try:
+            Path(state_dir).mkdir(mode=0o755, parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"{state_dir}: {exc.strerror or exc}") from None
         try:
             db = sqlite3.connect(store.path, isolation_level=None, check_same_thread=False)
             mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]

@@ -89,3 +89,8 @@ def test_reload_splits_live_and_restart_settings():
     applied, pending = reload_changes(running, new)
     assert applied == {"log_level": "debug", "poll_interval": 5.0}
     assert sorted(pending) == ["mount", "profile"]
+
+
+def test_the_shipped_example_is_valid_and_all_defaults():
+    example = Path(__file__).parents[2] / "systemd" / "ioasidsd.toml"
+    assert load_config(example) == Config(config_file=example)
