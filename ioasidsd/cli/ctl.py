@@ -1,15 +1,27 @@
-"""``ioasidctl``: the administrator's command line."""
+"""``ioasidctl``: the administrator's command line.
+
+It finds the daemon by ``--runtime-dir``, else ``$IOASIDS_RUNTIME_DIR``, else ``/run/ioasidsd``,
+and talks to it through the control API (``RUNTIME_DIR/control.sock``). Every failure is one line
+on stderr and exit status 1.
+"""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import sys
+from pathlib import Path
 from typing import Any, NoReturn
 
 import click
 
-from ioasidsd.userapi.client import MAX_ID, RUNTIME_DIR_ENV, IoasidClient, runtime_dir
+from ioasidsd.daemon.control import ControlClient, ControlError
+from ioasidsd.daemon.runtime import CONTROL_SOCKET
+from ioasidsd.userapi.client import MAX_ID, IoasidClient
 from ioasidsd.userapi.protocol import SOCKET_NAME
+
+DEFAULT_RUNTIME_DIR = "/run/ioasidsd"
 
 
 class _OneLineErrors(click.Group):
@@ -29,8 +41,76 @@ class _OneLineErrors(click.Group):
 
 @click.group(cls=_OneLineErrors)
 @click.version_option(package_name="ioasids")
-def main() -> None:
+@click.option("--runtime-dir", envvar="IOASIDS_RUNTIME_DIR", default=DEFAULT_RUNTIME_DIR,
+              show_default=True, show_envvar=True, type=click.Path(file_okay=False),
+              help="The runtime directory of the daemon to talk to.")
+@click.pass_context
+def main(ctx: click.Context, runtime_dir: str) -> None:
     """ioasidctl: inspect and drive a running ioasidsd."""
+    ctx.obj = ControlClient(Path(runtime_dir) / CONTROL_SOCKET)
+
+
+def _call(ctx: click.Context, verb: str, **args: Any) -> Any:
+    client: ControlClient = ctx.obj
+    try:
+        return client.call(verb, **args)
+    except ControlError as exc:
+        click.echo(f"ioasidctl: {exc}", err=True)
+        sys.exit(1)
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    parts = [f"{days}d"] if days else []
+    if hours or days:
+        parts.append(f"{hours}h")
+    if minutes or hours or days:
+        parts.append(f"{minutes}m")
+    parts.append(f"{secs}s")
+    return "".join(parts)
+
+
+def format_status(status: dict[str, Any]) -> str:
+    """The human form of a status reply."""
+    quirks = ", ".join(status["quirks"]) or "none"
+    knobs = " ".join(f"{k}={v}" for k, v in status["knobs"].items()
+                     if k != "profile" and not isinstance(v, bool))
+    reserved = status["capacity"] - status["available"]
+    tracking = status["tracking"]
+    state = status["state"]
+    lines = [
+        ("daemon", f"pid {status['pid']}, version {status['version']}, "
+                   f"up {_duration(status['uptime'])}"),
+        ("profile", f"{status['profile']} (quirks on: {quirks})"),
+        ("knobs", knobs),
+        ("capacity", f"{status['capacity']}, available {status['available']} "
+                     f"({reserved} reserved or in use)"),
+        ("cgroups", str(status["cgroups"])),
+        ("processes", str(status["processes"])),
+        ("IOASIDs", f"{status['ioasids']} in {status['sets']} set"
+                    f"{'' if status['sets'] == 1 else 's'}"),
+        ("tracking", f"{tracking['mode']}: {tracking['detail']}"),
+        ("mount", status["mount"]),
+        ("state", f"{state['path']} (synchronous={state['synchronous']})"
+                  + (f", NOT SAVED: {state['error']}" if state.get("error") else "")),
+    ]
+    width = max(len(name) for name, _ in lines)
+    return "\n".join(f"{name:<{width}}  {value}" for name, value in lines)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
+@click.pass_context
+def status(ctx: click.Context, as_json: bool) -> None:
+    """The daemon's pid, profile and knobs, capacity, counts and process-tracking mode."""
+    result = _call(ctx, "status")
+    if as_json:
+        click.echo(json.dumps(result, indent=2, sort_keys=True))
+    else:
+        click.echo(format_status(result))
 
 
 def _fail(message: str) -> NoReturn:
@@ -49,19 +129,15 @@ def _parse_range(_ctx: click.Context, _param: click.Parameter, value: str) -> tu
     return lo, hi
 
 
-_runtime_option = click.option(
-    "--runtime-dir", envvar=RUNTIME_DIR_ENV, default=None, metavar="DIR",
-    help=f"The daemon's runtime directory [env {RUNTIME_DIR_ENV}; default /run/ioasidsd].")
-
-
-def _open(runtime: str | None) -> IoasidClient:
+def _open(ctx: click.Context) -> IoasidClient:
     """Open the daemon's /dev/ioasid for this process, or fail with one line."""
+    runtime = ctx.find_root().params["runtime_dir"]
     try:
         return IoasidClient.open(runtime)
     except FileNotFoundError:
-        _fail(f"no daemon: {os.path.join(runtime_dir(runtime), SOCKET_NAME)} does not exist")
+        _fail(f"no daemon: {os.path.join(runtime, SOCKET_NAME)} does not exist")
     except ConnectionRefusedError:
-        _fail(f"no daemon listening on {os.path.join(runtime_dir(runtime), SOCKET_NAME)}")
+        _fail(f"no daemon listening on {os.path.join(runtime, SOCKET_NAME)}")
     except OSError as exc:
         _fail(f"cannot open /dev/ioasid: {exc.strerror}")
 
@@ -75,9 +151,9 @@ def _open(runtime: str | None) -> IoasidClient:
               help="One batch request (an extension): all COUNT or none.")
 @click.option("--hold", is_flag=True,
               help="Keep the IOASIDs until killed (they are freed when this process ends).")
-@_runtime_option
-def alloc(count: int, id_range: tuple[int, int], batch: bool, hold: bool,
-          runtime_dir: str | None) -> None:
+@click.pass_context
+def alloc(ctx: click.Context, count: int, id_range: tuple[int, int], batch: bool,
+          hold: bool) -> None:
     """Allocate IOASIDs for this process through /dev/ioasid; print them one per line.
 
     They are charged to this process's cgroup and freed when it exits, so without --hold they
@@ -85,7 +161,7 @@ def alloc(count: int, id_range: tuple[int, int], batch: bool, hold: bool,
     ends the command with its errno's message and exit status 1.
     """
     lo, hi = id_range
-    dev = _open(runtime_dir)
+    dev = _open(ctx)
     with dev:
         try:
             if batch:
@@ -104,8 +180,8 @@ def alloc(count: int, id_range: tuple[int, int], batch: bool, hold: bool,
 
 @main.command()
 @click.argument("ids", nargs=-1, required=True, type=click.IntRange(0, MAX_ID))
-@_runtime_option
-def free(ids: tuple[int, ...], runtime_dir: str | None) -> None:
+@click.pass_context
+def free(ctx: click.Context, ids: tuple[int, ...]) -> None:
     """Free IOASIDs through /dev/ioasid as this process.
 
     The user API frees only the caller's own IOASIDs: a fresh process owns none, so this shows
@@ -113,7 +189,7 @@ def free(ids: tuple[int, ...], runtime_dir: str | None) -> None:
     nothing). Every ID is tried; exit status 1 if one failed.
     """
     failed = False
-    with _open(runtime_dir) as dev:
+    with _open(ctx) as dev:
         for ioasid in ids:
             try:
                 dev.free(ioasid)

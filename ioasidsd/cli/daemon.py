@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import sys
+
 import click
 
+from ioasidsd.daemon.config import LOG_FORMATS, LOG_LEVELS, TRACKING_MODES
 from ioasidsd.model import IoasidCore, IoasidError, IoasidSetType, profile
 from ioasidsd.model.cgroup import IoasidsController
 from ioasidsd.model.knobs import PROFILES
@@ -13,6 +16,49 @@ from ioasidsd.model.knobs import PROFILES
 @click.version_option(package_name="ioasids")
 def main() -> None:
     """ioasidsd: the IOASID core, the ioasids cgroup controller and /dev/ioasid in user space."""
+
+
+@main.command()
+@click.option("--mount", type=click.Path(), default=None,
+              help="Mount point of the hierarchy.  [default: /sys/fs/cgroup/ioasids]")
+@click.option("--state-dir", type=click.Path(), default=None,
+              help="Directory of the durable state.  [default: /var/lib/ioasidsd]")
+@click.option("--runtime-dir", type=click.Path(), default=None,
+              help="Directory of the pid file and control socket.  [default: /run/ioasidsd]")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
+              help="TOML file with the same settings, the knobs and VT-d units; flags win.")
+@click.option("--capacity", type=int, default=None,
+              help="IOASID capacity installed in a new state.  [default: 1048576]")
+@click.option("--profile", "profile_name", type=click.Choice(PROFILES), default=None,
+              help="Semantics profile.  [default: fixed]")
+@click.option("--log-format", type=click.Choice(LOG_FORMATS), default=None,
+              help="Log lines: console, logfmt, json; auto is console on a terminal, JSON "
+                   "otherwise.  [default: auto]")
+@click.option("--log-level", type=click.Choice(LOG_LEVELS), default=None,
+              help="Least severe level logged.  [default: info]")
+@click.option("--tracking", type=click.Choice(TRACKING_MODES), default=None,
+              help="Process tracking: the netlink connector, psutil polling, or auto (the "
+                   "connector when available).  [default: auto]")
+def run(mount: str | None, state_dir: str | None, runtime_dir: str | None,
+        config_file: str | None, capacity: int | None, profile_name: str | None,
+        log_format: str | None, log_level: str | None, tracking: str | None) -> None:
+    """Serve the hierarchy in the foreground until SIGTERM or SIGINT (SIGHUP reloads).
+
+    Exit status: 0 after a clean stop, 1 when the daemon cannot start or stops on an error,
+    2 for a bad command line or configuration file.
+    """
+    from ioasidsd.daemon.app import run as run_daemon
+    from ioasidsd.daemon.config import ConfigError, load_config
+
+    flags = {"mount": mount, "state_dir": state_dir, "runtime_dir": runtime_dir,
+             "capacity": capacity, "profile": profile_name, "log_format": log_format,
+             "log_level": log_level, "tracking": tracking}
+    try:
+        config = load_config(config_file, flags)
+    except ConfigError as exc:
+        click.echo(f"ioasidsd: {exc}", err=True)
+        sys.exit(2)
+    sys.exit(run_daemon(config, flags))
 
 
 @main.command()

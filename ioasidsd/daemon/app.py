@@ -1,0 +1,431 @@
+"""``ioasidsd run``: one ``System`` with its durable state, process tracking, release agents, the
+FUSE mount and the control API, from start to a clean stop.
+
+Start-up, in order (any failure is one logged line and exit status 1):
+
+1. claim the runtime directory (pid file) and the state directory, so a second daemon on either
+   refuses to start;
+2. open the state and rebuild the model from it (or start a new state: the configured capacity
+   is installed then). A state made with other knobs or another capacity is refused unless it
+   holds nothing;
+3. let the faces attach to the system (exit hooks), start the release-agent runner and process
+   tracking, then release the processes that died while no daemon ran (in another boot: all of
+   them) and adopt the children tracked processes forked meanwhile;
+4. replace a stale mount left by a killed daemon, mount the hierarchy (``cgroupfs.mount``);
+5. serve the control API, then tell the service manager ``READY=1`` with a ``STATUS=`` line.
+
+SIGTERM and SIGINT stop serving, unmount, save the state and exit 0 (``STOPPING=1``). SIGHUP
+reloads the configuration file: log format and level and the poll interval change at once, other
+changes are logged as waiting for a restart. An unmount from outside (``fusermount -u``) ends the
+daemon with status 1.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from ioasidsd import __version__
+from ioasidsd.daemon.config import Config, ConfigError, load_config, reload_changes
+from ioasidsd.daemon.control import ControlServer, Peer
+from ioasidsd.daemon.logs import forward_model_messages, get_logger, setup_logging
+from ioasidsd.daemon.notify import sd_notify
+from ioasidsd.daemon.procs import (
+    PollTracker,
+    Tracker,
+    adopt_children,
+    open_tracker,
+    process_clock,
+    release_gone,
+)
+from ioasidsd.daemon.release import ReleaseAgents
+from ioasidsd.daemon.runtime import (
+    CONTROL_SOCKET,
+    PID_FILE,
+    STATE_LOCK,
+    AlreadyRunning,
+    DirectoryLock,
+)
+from ioasidsd.daemon.store import Store, StoreError, boot_id
+from ioasidsd.model.snapshot import SnapshotError, load
+from ioasidsd.system import System
+
+Mounter = Callable[..., Any]
+
+
+class StartError(Exception):
+    """The daemon cannot start; the message says why in one line."""
+
+
+def _cgroupfs() -> Any:
+    try:
+        import cgroupfs
+    except ImportError as exc:
+        raise StartError(f"the FUSE file system is not available: {exc}") from None
+    return cgroupfs
+
+
+def _holds_nothing(snap: dict[str, Any]) -> bool:
+    return len(snap["cgroups"]) <= 1 and not snap["sets"] and not snap["ioasids"]
+
+
+class Daemon:
+    """One run of the daemon. ``run()`` returns the exit status.
+
+    ``attach`` is called with the restored ``System`` before process tracking starts: where
+    faces register their exit hooks (the user API closing ``/dev/ioasid``), so that processes
+    that died while no daemon ran are released through them too. ``mounter`` stands in for
+    ``cgroupfs.mount`` (default: the real one, with stale mounts replaced first).
+    """
+
+    def __init__(self, config: Config, *, flags: dict[str, Any] | None = None,
+                 log: Any = None, attach: Callable[[System], None] | None = None,
+                 mounter: Mounter | None = None) -> None:
+        self.config = config
+        self.flags = dict(flags or {})
+        self.log = log or get_logger()
+        self._attach = attach
+        self._mounter = mounter
+        self.system: System | None = None
+        self.store: Store | None = None
+        self.tracker: Tracker | None = None
+        self.releases: ReleaseAgents | None = None
+        self.control: ControlServer | None = None
+        self.mount: Any = None
+        self.started = time.time()
+        self.exit_code = 0
+        self._locks: list[DirectoryLock] = []
+        self._wakeup = threading.Event()
+        self._stopping = False
+        self._reload = False
+        self._stop_reason = ""
+        self._clock_before: float | None = None
+        self._saved_boot: str | None = None
+
+    # ------------------------------------------------------------------ life cycle
+    def run(self) -> int:
+        """Start, serve until a signal (or an external unmount), stop. Returns the exit code."""
+        self._install_signals()
+        try:
+            self.start()
+        except (StartError, AlreadyRunning, StoreError, ConfigError) as exc:
+            self.log.error(str(exc))
+            self.exit_code = 1
+        except OSError as exc:
+            self.log.error(f"cannot start: {exc.strerror or exc}",
+                           path=exc.filename or None)
+            self.exit_code = 1
+        else:
+            self.serve()
+        self.shutdown()
+        return self.exit_code
+
+    def _install_signals(self) -> None:
+        def stop(signum: int, frame: Any) -> None:
+            self.request_stop(signal.Signals(signum).name)
+
+        def reload(signum: int, frame: Any) -> None:
+            self._reload = True
+            self._wakeup.set()
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        signal.signal(signal.SIGHUP, reload)
+
+    def request_stop(self, reason: str, exit_code: int = 0) -> None:
+        """Ask the main loop to stop (from a signal handler or any thread)."""
+        if not self._stopping:
+            self._stop_reason = reason
+            self.exit_code = exit_code or self.exit_code
+        self._stopping = True
+        self._wakeup.set()
+
+    def start(self) -> None:
+        config = self.config
+        for directory, name, role in ((config.runtime_dir, PID_FILE, "runtime directory"),
+                                      (config.state_dir, STATE_LOCK, "state directory")):
+            lock = DirectoryLock(directory, name, role)
+            lock.acquire()
+            self._locks.append(lock)
+        self._open_state()
+        system = self.system
+        store = self.store
+        assert system is not None and store is not None
+        if self._attach is not None:
+            self._attach(system)
+
+        self.releases = ReleaseAgents(system, self.log)
+        self.releases.start()
+        try:
+            self.tracker = open_tracker(system, config.tracking, self.log,
+                                        interval=config.poll_interval)
+        except OSError as exc:
+            raise StartError(f"tracking = connector, but the process events connector cannot "
+                             f"be used: {exc.strerror or exc}") from None
+        if self.tracker.mode == "poll" and config.tracking == "auto":
+            self.log.warning("process tracking falls back to polling", reason=self.tracker.detail)
+        self.tracker.start()
+        self._catch_up()
+
+        if config.vtd:
+            self.log.info("[vtd] settings kept for the VT-d simulation, which this daemon does "
+                          "not run yet", units=len(config.vtd.get("units", [])))
+        self._mount()
+        self.control = ControlServer(config.runtime_dir / CONTROL_SOCKET,
+                                     {"status": self._status_verb}, self.log)
+        self.control.start()
+        status = self.status_line()
+        with contextlib.suppress(OSError, ValueError):
+            sd_notify("READY=1", f"STATUS={status}")
+        self.log.info("ready", mount=str(config.mount), pid=os.getpid(),
+                      tracking=self.tracker.mode, profile=system.knobs.profile)
+
+    def _open_state(self) -> None:
+        config = self.config
+        store = Store.open(config.state_dir, synchronous=config.synchronous,
+                           warn=lambda message: self.log.error(message))
+        self.store = store
+        snap = store.load()
+        if snap is not None:
+            self._clock_before, self._saved_boot = store.clock, store.boot
+        knobs = config.semantics()
+        system = System(knobs, on_change=self._on_change)
+        forward_model_messages(system.core, self.log)
+        self.system = system
+        if snap is not None:
+            differs = []
+            saved = snap["knobs"] or {}
+            if saved != knobs.as_dict():
+                differs.append(f"profile {saved.get('profile')!r} with knobs "
+                               f"{_knob_diff(saved, knobs.as_dict())}")
+            if config.capacity is not None and config.capacity != snap["core"]["capacity"]:
+                differs.append(f"capacity {snap['core']['capacity']}")
+            if differs and not _holds_nothing(snap):
+                raise StartError(
+                    f"the state in {config.state_dir} was made with {'; '.join(differs)}; "
+                    f"start with the same settings, or move the state away to start afresh")
+            if differs:
+                self.log.warning("the saved state held nothing: starting afresh with the new "
+                                 "settings", saved=", ".join(differs))
+                snap = None
+        with system.lock:
+            if snap is None:
+                if config.capacity is not None:
+                    system.core.install_capacity(config.capacity)
+                store.bind(system)
+                self.log.info("new state", state=str(store.path), capacity=system.core.capacity)
+                return
+            try:
+                rows = load(snap, system.core)
+            except SnapshotError as exc:
+                raise StartError(f"the state in {store.path} cannot be loaded: {exc}") from None
+            store.bind(system, rows)
+        self.log.info("state restored", state=str(store.path),
+                      cgroups=len(snap["cgroups"]), processes=len(snap["processes"]),
+                      sets=len(snap["sets"]), ioasids=len(snap["ioasids"]))
+
+    def _catch_up(self) -> None:
+        """Processes that died while no daemon ran are released as if they had exited; the
+        children tracked processes forked meanwhile join their parents' cgroups."""
+        system, store = self.system, self.store
+        assert system is not None and store is not None
+        if self._saved_boot is not None and self._saved_boot != boot_id():
+            with system.lock:
+                pids = list(system.cgroups.processes)
+                for pid in pids:
+                    system.exit(pid)
+            released, adopted = len(pids), 0
+            if pids:
+                self.log.info("the saved processes belong to an earlier boot")
+        else:
+            released = release_gone(system)
+            clock = self._clock_before
+            adopted = adopt_children(system, clock) if clock is not None else 0
+        with system.lock:
+            store.set_clock(process_clock())
+        if released or adopted:
+            self.log.info("processes caught up", released=released, adopted=adopted)
+
+    def _on_change(self, kind: str, detail: dict[str, Any]) -> None:
+        assert self.store is not None
+        self.store.apply(kind, detail)
+        if self.releases is not None:
+            self.releases.wake()
+
+    def _mount(self) -> None:
+        mountpoint = str(self.config.mount)
+        if not os.path.exists(mountpoint):
+            fstype = filesystem_of(os.path.dirname(os.path.abspath(mountpoint)))
+            if fstype in ("cgroup", "cgroup2"):
+                raise StartError(
+                    f"{mountpoint} does not exist and its parent is a kernel {fstype} "
+                    f"hierarchy, where mkdir would create a kernel cgroup: create the mount "
+                    f"point yourself (e.g. on a tmpfs) or choose another --mount")
+        fs = None
+        mounter = self._mounter
+        if mounter is None:
+            fs = _cgroupfs()
+            mounter = fs.mount
+            if fs.stale_mount(mountpoint):
+                self.log.warning("replacing the stale mount of a daemon that died",
+                                 mount=mountpoint)
+                fs.force_unmount(mountpoint)
+        self.mount = mounter(self.system, mountpoint, allow_other=True, fsname="ioasids")
+        threading.Thread(target=self._watch_mount, name="mount-watch", daemon=True).start()
+
+    def _watch_mount(self) -> None:
+        mount = self.mount
+        with contextlib.suppress(Exception):
+            mount.wait()
+        if not self._stopping:
+            self.log.error("the hierarchy was unmounted from outside; stopping",
+                           mount=str(self.config.mount))
+            self.request_stop("unmounted", exit_code=1)
+
+    def serve(self) -> None:
+        """The main loop: wait for signals."""
+        while True:
+            self._wakeup.wait()
+            self._wakeup.clear()
+            if self._stopping:
+                self.log.info("stopping", reason=self._stop_reason)
+                return
+            if self._reload:
+                self._reload = False
+                self.reload()
+
+    def reload(self) -> None:
+        """SIGHUP: read the configuration file again (command-line flags still win)."""
+        with contextlib.suppress(OSError, ValueError):
+            sd_notify("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
+        try:
+            new = load_config(self.config.config_file, self.flags)
+        except ConfigError as exc:
+            self.log.error("configuration not reloaded", error=str(exc))
+        else:
+            applied, pending = reload_changes(self.config, new)
+            if "log_format" in applied or "log_level" in applied:
+                setup_logging(new.log_format, new.log_level)
+            if "poll_interval" in applied and isinstance(self.tracker, PollTracker):
+                self.tracker.interval = new.poll_interval
+            self.config = dataclasses.replace(self.config, **applied)
+            self.log.info("configuration reloaded", applied=sorted(applied),
+                          file=str(new.config_file) if new.config_file else None)
+            if pending:
+                self.log.warning("settings changed that need a restart", settings=pending)
+        with contextlib.suppress(OSError, ValueError):
+            sd_notify("READY=1", f"STATUS={self.status_line()}")
+
+    def shutdown(self) -> None:
+        """Stop everything that was started, in reverse order; never raises."""
+        with contextlib.suppress(OSError, ValueError):
+            sd_notify("STOPPING=1")
+        steps: list[tuple[str, Callable[[], None]]] = []
+        if self.control is not None:
+            steps.append(("control socket", self.control.stop))
+        if self.mount is not None:
+            steps.append(("unmount", self.mount.unmount))
+        stopped = process_clock()
+        if self.tracker is not None:
+            tracker = self.tracker
+            steps.append(("process tracking", tracker.stop))
+        if self.releases is not None:
+            steps.append(("release agents", self.releases.stop))
+        if self.store is not None:
+            steps.append(("state", lambda: self._close_store(stopped)))
+        steps.extend((lock.role, lock.release) for lock in reversed(self._locks))
+        for what, step in steps:
+            try:
+                step()
+            except Exception as exc:
+                self.log.error("shutdown step failed", step=what, error=str(exc))
+                self.exit_code = self.exit_code or 1
+        if self.system is not None:
+            self.log.info("stopped", exit_code=self.exit_code)
+
+    def _close_store(self, stopped: float) -> None:
+        assert self.store is not None
+        lock = self.system.lock if self.system is not None else threading.RLock()
+        with lock:
+            if self.tracker is not None:
+                self.store.set_clock(stopped)
+            self.store.close()
+
+    # ------------------------------------------------------------------ status
+    def status(self) -> dict[str, Any]:
+        """What ``ioasidctl status`` shows."""
+        system = self.system
+        assert system is not None and self.store is not None and self.tracker is not None
+        with system.lock:
+            core = system.core
+            counts = system.cgroups.stats()
+            status = {
+                "pid": os.getpid(),
+                "version": __version__,
+                "started": datetime.fromtimestamp(self.started, UTC).isoformat(),
+                "uptime": round(time.time() - self.started, 3),
+                "profile": system.knobs.profile,
+                "knobs": system.knobs.as_dict(),
+                "quirks": system.knobs.quirk_names,
+                "capacity": core.capacity,
+                "available": core.capacity_avail,
+                "cgroups": counts["cgroups"],
+                "processes": counts["processes"],
+                "sets": len(core.sets),
+                "ioasids": len(core),
+            }
+        status["tracking"] = {"mode": self.tracker.mode, "detail": self.tracker.detail}
+        status["mount"] = str(self.config.mount)
+        status["state"] = {"path": str(self.store.path), "synchronous": self.config.synchronous,
+                           "error": self.store.error}
+        status["runtime_dir"] = str(self.config.runtime_dir)
+        if self.releases is not None:
+            status["release_agents"] = {"started": self.releases.started,
+                                        "failed": self.releases.failed}
+        return status
+
+    def status_line(self) -> str:
+        """One line for ``STATUS=``."""
+        system = self.system
+        assert system is not None
+        with system.lock:
+            core = system.core
+            used = core.capacity - core.capacity_avail
+            return (f"serving {self.config.mount}: {len(core)} IOASIDs, {used}/{core.capacity} "
+                    f"capacity reserved or used, profile {system.knobs.profile}")
+
+    def _status_verb(self, request: dict[str, Any], peer: Peer) -> dict[str, Any]:
+        return self.status()
+
+
+def filesystem_of(path: str) -> str:
+    """The type of the file system that holds ``path`` (from ``/proc/self/mountinfo``)."""
+    path = os.path.realpath(path)
+    best, fstype = "", ""
+    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as info:
+        for line in info:
+            left, _, right = line.partition(" - ")
+            point = left.split()[4].replace("\\040", " ")
+            inside = path == point or path.startswith(point.rstrip("/") + "/")
+            if inside and len(point) >= len(best) and right:
+                best, fstype = point, right.split()[0]
+    return fstype
+
+
+def _knob_diff(saved: dict[str, Any], wanted: dict[str, Any]) -> str:
+    names = sorted(k for k in set(saved) | set(wanted) if saved.get(k) != wanted.get(k))
+    return ", ".join(f"{k}={saved.get(k)!r} (now {wanted.get(k)!r})" for k in names)
+
+
+def run(config: Config, flags: dict[str, Any] | None = None) -> int:
+    """Run the daemon in the foreground with logging set up; returns the exit status."""
+    setup_logging(config.log_format, config.log_level)
+    return Daemon(config, flags=flags).run()
+

@@ -1,0 +1,189 @@
+"""The daemon's settings: defaults, a TOML file, command-line flags (which win), validated.
+
+A configuration file holds the same settings as the flags, plus the semantics (profile and
+knobs) and the VT-d units and devices::
+
+    mount = "/sys/fs/cgroup/ioasids"
+    state_dir = "/var/lib/ioasidsd"
+    runtime_dir = "/run/ioasidsd"
+    capacity = 1048576          # installed at the first start; default: 0x100000, not installed
+    profile = "fixed"           # or "v4"
+    log_format = "auto"         # console on a terminal, JSON otherwise; or console, logfmt, json
+    log_level = "info"          # debug, info, warning, error
+    tracking = "auto"           # connector (netlink, root), poll (psutil), auto: connector or poll
+    poll_interval = 1.0         # seconds between scans in poll mode
+    synchronous = "normal"      # state durability: normal (survives kill -9), full (power loss)
+
+    [knobs]                     # any knob of ioasidsd.model.knobs, over the profile's values
+    uncharge_target = "current"
+
+    [vtd]                       # VT-d units and devices, handed to the VT-d simulation
+
+Every error is a ``ConfigError`` whose message names the file and the setting.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ioasidsd.model.core import IOASID_MAX_VALUE
+from ioasidsd.model.knobs import PROFILES, Knobs, profile
+
+LOG_FORMATS = ("auto", "console", "logfmt", "json")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+TRACKING_MODES = ("auto", "connector", "poll")
+SYNCHRONOUS = ("normal", "full")
+MAX_CAPACITY = IOASID_MAX_VALUE + 1
+
+
+class ConfigError(Exception):
+    """A setting is missing its file, malformed, unknown or out of range."""
+
+
+@dataclass(frozen=True)
+class Config:
+    """Every setting of ``ioasidsd run``, with the defaults of DESIGN.md."""
+
+    mount: Path = Path("/sys/fs/cgroup/ioasids")
+    state_dir: Path = Path("/var/lib/ioasidsd")
+    runtime_dir: Path = Path("/run/ioasidsd")
+    capacity: int | None = None
+    profile: str = "fixed"
+    knobs: dict[str, Any] = field(default_factory=dict)
+    log_format: str = "auto"
+    log_level: str = "info"
+    tracking: str = "auto"
+    poll_interval: float = 1.0
+    synchronous: str = "normal"
+    vtd: dict[str, Any] = field(default_factory=dict)
+    config_file: Path | None = None
+
+    def semantics(self) -> Knobs:
+        """The knobs: the profile's values with ``knobs`` over them."""
+        return profile(self.profile, **self.knobs)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The settings as plain data (paths as strings), for status output."""
+        out = dataclasses.asdict(self)
+        for key, value in out.items():
+            if isinstance(value, Path):
+                out[key] = str(value)
+        return out
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(Config) if f.name != "config_file"}
+_PATHS = ("mount", "state_dir", "runtime_dir")
+_CHOICES = {"profile": PROFILES, "log_format": LOG_FORMATS, "log_level": LOG_LEVELS,
+            "tracking": TRACKING_MODES, "synchronous": SYNCHRONOUS}
+
+
+def _check(name: str, value: Any, where: str) -> Any:
+    """``value`` of setting ``name`` converted to its type, or ``ConfigError``."""
+    if name in _PATHS:
+        if not isinstance(value, str | Path) or not str(value):
+            raise ConfigError(f"{where}: {name} must be a non-empty path")
+        return Path(value)
+    if name in _CHOICES:
+        if value not in _CHOICES[name]:
+            raise ConfigError(f"{where}: {name} = {value!r}: expected one of "
+                              f"{', '.join(_CHOICES[name])}")
+        return value
+    if name == "capacity":
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int) or \
+                not 1 <= value <= MAX_CAPACITY:
+            raise ConfigError(f"{where}: capacity = {value!r}: expected an integer in "
+                              f"[1, {MAX_CAPACITY}]")
+        return value
+    if name == "poll_interval":
+        if isinstance(value, bool) or not isinstance(value, int | float) or \
+                not math.isfinite(value) or not 0.01 <= value <= 3600:
+            raise ConfigError(f"{where}: poll_interval = {value!r}: expected seconds in "
+                              f"[0.01, 3600]")
+        return float(value)
+    if name in ("knobs", "vtd"):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: [{name}] must be a table")
+        value = dict(value)
+        if name == "knobs":
+            if "profile" in value:
+                raise ConfigError(f"{where}: the profile is a top-level setting, not a knob")
+            if value.get("new_cgroup_max") == 0 and not isinstance(value["new_cgroup_max"], bool):
+                value["new_cgroup_max"] = "0"  # TOML's 0 for the knob's "0"
+        return value
+    raise ConfigError(f"{where}: unknown setting {name!r}")  # pragma: no cover
+
+
+def _unknown(name: str, where: str) -> ConfigError:
+    close = difflib.get_close_matches(name, _FIELDS, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return ConfigError(f"{where}: unknown setting {name!r}{hint}")
+
+
+def read_file(path: Path) -> dict[str, Any]:
+    """The settings of a TOML file, checked and converted (not merged)."""
+    try:
+        with open(path, "rb") as f:
+            raw = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: {exc.strerror or exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    settings: dict[str, Any] = {}
+    for name, value in raw.items():
+        if name not in _FIELDS:
+            raise _unknown(name, str(path))
+        settings[name] = _check(name, value, str(path))
+    return settings
+
+
+def load_config(path: str | Path | None = None, flags: dict[str, Any] | None = None) -> Config:
+    """The configuration: defaults, then the file at ``path`` (if any), then the ``flags`` that
+    are not ``None``. Raises ``ConfigError`` for any bad setting, including knobs the profile
+    does not know or values they do not take."""
+    settings: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        settings.update(read_file(path))
+    for name, value in (flags or {}).items():
+        if value is None:
+            continue
+        if name not in _FIELDS:
+            raise _unknown(name, "command line")
+        settings[name] = _check(name, value, "command line")
+    config = Config(**settings, config_file=path)
+    try:
+        config.semantics()
+    except ValueError as exc:
+        where = str(path) if path is not None and "knobs" in settings else "command line"
+        raise ConfigError(f"{where}: {exc}") from None
+    return config
+
+
+# Settings a reload (SIGHUP) applies at once; the others need a restart.
+RELOADABLE = ("log_format", "log_level", "poll_interval")
+
+
+def reload_changes(running: Config, new: Config) -> tuple[dict[str, Any], list[str]]:
+    """What a reload to ``new`` changes: the reloadable settings that differ (name -> new
+    value), and the names of the other settings that differ (they wait for a restart)."""
+    applied: dict[str, Any] = {}
+    pending: list[str] = []
+    for name in _FIELDS:
+        old_value, new_value = getattr(running, name), getattr(new, name)
+        if old_value == new_value:
+            continue
+        if name in RELOADABLE:
+            applied[name] = new_value
+        else:
+            pending.append(name)
+    return applied, pending

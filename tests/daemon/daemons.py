@@ -1,0 +1,212 @@
+"""Real daemons for the end-to-end tests: ``ioasidsd run`` as a subprocess on temporary
+directories, synchronised through ``NOTIFY_SOCKET`` (``READY=1``), and real processes to track."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+BIN = Path(sys.executable).parent
+TIMEOUT = 30.0
+
+
+def fuse_missing() -> str | None:
+    """Why FUSE cannot be used on this machine, or ``None``."""
+    if not os.path.exists("/dev/fuse"):
+        return "/dev/fuse is missing"
+    if shutil.which("fusermount3") is None:
+        return "fusermount3 is missing (Debian package fuse3)"
+    return None
+
+
+def wait_until(predicate: Callable[[], Any], what: str, timeout: float = TIMEOUT) -> Any:
+    """Poll ``predicate`` until it returns something true; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+def read(path: Path) -> str:
+    return path.read_text()
+
+
+def pids(path: Path) -> list[int]:
+    """The pids listed in a ``cgroup.procs`` file."""
+    return [int(line) for line in path.read_text().split()]
+
+
+def mounted(path: Path) -> bool:
+    with open("/proc/self/mountinfo", encoding="utf-8") as info:
+        return any(line.split()[4] == str(path) for line in info)
+
+
+class Daemon:
+    """One ``ioasidsd run`` on the directories of ``base``."""
+
+    def __init__(self, base: Path, *args: str, name: str = "d") -> None:
+        self.base = base
+        self.mount = base / "mnt"
+        self.state = base / "state"
+        self.run = base / "run"
+        self.args = ["--mount", str(self.mount), "--state-dir", str(self.state),
+                     "--runtime-dir", str(self.run), "--log-format", "json", *args]
+        self.notify_path = base / f"notify-{name}"
+        self.log_path = base / f"log-{name}"
+        self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        with contextlib.suppress(FileNotFoundError):
+            self.notify_path.unlink()
+        self.notify.bind(str(self.notify_path))
+        self.messages: list[dict[str, str]] = []
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, *, ready: bool = True) -> Daemon:
+        env = dict(os.environ, NOTIFY_SOCKET=str(self.notify_path))
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen([str(BIN / "ioasidsd"), "run", *self.args], env=env,
+                                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                         stderr=log)
+        if ready:
+            self.wait_for("READY")
+        return self
+
+    def wait_for(self, key: str, timeout: float = TIMEOUT) -> dict[str, str]:
+        """The next notification holding ``key`` (``READY``, ``STOPPING``...)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for message in self.messages:
+                if key in message:
+                    self.messages.remove(message)
+                    return message
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or (self.proc is not None and self.proc.poll() is not None
+                                  and not self._receive(0.2)):
+                raise AssertionError(f"no {key}= from the daemon; its log:\n{self.log()}")
+            self._receive(min(remaining, 0.5))
+
+    def _receive(self, timeout: float) -> bool:
+        self.notify.settimeout(timeout)
+        try:
+            data = self.notify.recv(65536)
+        except TimeoutError:
+            return False
+        self.messages.append(dict(line.split("=", 1) for line in data.decode().splitlines()))
+        return True
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def signal(self, signum: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signum)
+
+    def stop(self) -> int:
+        """SIGTERM and the exit status."""
+        self.signal(signal.SIGTERM)
+        return self.wait()
+
+    def kill9(self) -> None:
+        self.signal(signal.SIGKILL)
+        self.wait()
+
+    def wait(self) -> int:
+        assert self.proc is not None
+        return self.proc.wait(TIMEOUT)
+
+    def log(self) -> str:
+        return self.log_path.read_text() if self.log_path.exists() else ""
+
+    def events(self) -> list[dict[str, Any]]:
+        """The JSON log lines (libfuse's own lines are skipped)."""
+        out = []
+        for line in self.log().splitlines():
+            with contextlib.suppress(ValueError):
+                out.append(json.loads(line))
+        return out
+
+    def ctl(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(BIN / "ioasidctl"), "--runtime-dir", str(self.run), *args],
+                              capture_output=True, text=True, timeout=TIMEOUT, check=False)
+
+    def status(self) -> dict[str, Any]:
+        done = self.ctl("status", "--json")
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)
+
+    def cleanup(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.notify.close()
+        if mounted(self.mount):
+            subprocess.run(["umount", "-l", str(self.mount)], check=False)
+
+
+FORKER = r"""
+import os, signal, sys
+for line in sys.stdin:
+    cmd = line.split()
+    if cmd[0] == "fork":
+        pid = os.fork()
+        if pid == 0:
+            signal.pause()
+            os._exit(0)
+        print(pid, flush=True)
+    elif cmd[0] == "kill":
+        pid = int(cmd[1])
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        print("killed", flush=True)
+"""
+
+
+class Forker:
+    """A real process that forks and kills children when told (its children pause)."""
+
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-c", FORKER], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True, bufsize=1)
+        self.pid = self.proc.pid
+        self.children: list[int] = []
+
+    def fork(self) -> int:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write("fork\n")
+        child = int(self.proc.stdout.readline())
+        self.children.append(child)
+        return child
+
+    def kill(self, child: int) -> None:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(f"kill {child}\n")
+        assert self.proc.stdout.readline().strip() == "killed"
+        self.children.remove(child)
+
+    def exit(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        self.proc.wait(TIMEOUT)
+
+    def cleanup(self) -> None:
+        for child in self.children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signal.SIGKILL)
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()

@@ -1,0 +1,170 @@
+"""The daemon in this process (``Daemon.start``/``shutdown``, a real mount), where a test needs
+to reach into it: faces' exit hooks, a connector that cannot be opened, a prepared state."""
+
+from __future__ import annotations
+
+import errno
+import subprocess
+import sys
+
+import pytest
+import structlog
+
+from ioasidsd.daemon import procs
+from ioasidsd.daemon.app import Daemon
+from ioasidsd.daemon.config import load_config
+from ioasidsd.daemon.store import Store
+from ioasidsd.model import IoasidSetType
+from ioasidsd.model.snapshot import dump, load
+from ioasidsd.system import System
+
+from .daemons import pids, wait_until
+
+
+def config_for(tmp_path, **settings):
+    return load_config(None, {"mount": str(tmp_path / "mnt"), "state_dir": str(tmp_path / "s"),
+                              "runtime_dir": str(tmp_path / "r"), **settings})
+
+
+def close_dev_ioasid(system):
+    """What the user API's exit hook does: free the exiting process's IOASIDs and set."""
+    def hook(proc):
+        s = system.core._find_mm_set(proc)
+        if s is not None:
+            system.core.free_all_in_set(s, task=proc)
+            system.core.set_free(s, when_empty=True)
+    system.cgroups.exit_hooks.append(hook)
+
+
+@pytest.fixture
+def started(tmp_path, needs_fuse):
+    daemons = []
+
+    def start(**kwargs):
+        daemon = Daemon(config_for(tmp_path, **kwargs.pop("settings", {})), **kwargs)
+        daemons.append(daemon)
+        daemon.start()
+        return daemon
+
+    yield start
+    for daemon in daemons:
+        daemon.shutdown()
+
+
+def test_an_exit_releases_the_ioasids_through_the_faces_hooks(tmp_path, started, forkers):
+    daemon = started(attach=close_dev_ioasid)
+    system = daemon.system
+    mnt = tmp_path / "mnt"
+    (mnt / "a").mkdir()
+    (mnt / "a" / "ioasids.max").write_text("10")
+    proc = forkers()
+    (mnt / "a" / "cgroup.procs").write_text(str(proc.pid))
+    with system.lock:  # what the user API does for an open and three ALLOCs
+        owner = system.cgroups.processes[proc.pid]
+        s = system.core.set_alloc(owner.mm, 0, IoasidSetType.MM)
+        ids = [system.core.alloc(s, 1, 100, task=owner) for _ in range(3)]
+        system.on_change("ioasid", {"ids": ids, "task": owner})
+    assert (mnt / "a" / "ioasids.current").read_text() == "3\n"
+    assert saved_state(tmp_path / "s")["ioasids"] != []
+    proc.exit()
+    wait_until(lambda: len(system.core) == 0, "the IOASIDs released")
+    assert (mnt / "a" / "ioasids.current").read_text() == "0\n"
+    after = saved_state(tmp_path / "s")
+    assert after["ioasids"] == [] and after["sets"] == [] and after["processes"] == []
+
+
+def test_without_the_connector_auto_polls_and_says_so(tmp_path, started, monkeypatch):
+    def refuse(self):
+        raise PermissionError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(procs.ConnectorTracker, "open", refuse)
+    with structlog.testing.capture_logs() as logs:
+        daemon = started(settings={"poll_interval": 0.1})
+    tracking = daemon.status()["tracking"]
+    assert tracking["mode"] == "poll" and "Operation not permitted" in tracking["detail"]
+    fallback = [e for e in logs if e["event"] == "process tracking falls back to polling"]
+    assert fallback and fallback[0]["log_level"] == "warning"
+
+
+def test_connector_only_is_refused_when_unavailable(tmp_path, started, monkeypatch):
+    def refuse(self):
+        raise PermissionError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(procs.ConnectorTracker, "open", refuse)
+    with pytest.raises(Exception, match="tracking = connector"):
+        started(settings={"tracking": "connector"})
+
+
+def test_a_saved_state_with_ioasids_comes_back_whole(tmp_path, needs_fuse, daemons):
+    """A state written in this process (as the user API would leave it) with a live owner in
+    /a and an owner that died in /b: the daemon drops the dead one's membership, keeps every
+    set and IOASID, and a kill -9 and restart change nothing more."""
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    try:
+        store = Store.open(tmp_path / "state")
+        system = System(on_change=store.apply)
+        store.bind(system)
+        for path, pid in (("/a", alive.pid), ("/b", None)):
+            system.mkdir(path)
+            system.write_max(path, "50")
+            if pid is None:  # a process that has exited by the time the daemon starts
+                owner = system.cgroups.track(gone.pid, 1.0, system.cgroups.lookup(path))
+            else:
+                owner = system.write_procs(path, str(pid), writer_pid=1, writer_uid=0)
+            with system.lock:
+                s = system.core.set_alloc(owner.mm, 0, IoasidSetType.MM)
+                ids = [system.core.alloc(s, 1, 1000, task=owner) for _ in range(20)]
+                system.core.attach_spid(ids[0], 77)
+                system.on_change("ioasid", {"ids": ids, "task": owner})
+        store.close()
+
+        d = daemons().start()
+        status = d.status()
+        assert (status["processes"], status["sets"], status["ioasids"]) == (1, 2, 40)
+        assert pids(d.mount / "a" / "cgroup.procs") == [alive.pid]
+        assert pids(d.mount / "b" / "cgroup.procs") == []
+        assert (d.mount / "b" / "ioasids.current").read_text() == "20\n"
+        first = saved_state(tmp_path / "state")
+        d.kill9()
+        d.start()
+        assert saved_state(tmp_path / "state") == first
+        assert d.status()["ioasids"] == 40
+        assert d.stop() == 0
+        assert saved_state(tmp_path / "state") == first
+    finally:
+        alive.kill()
+        alive.wait()
+
+
+def saved_state(state_dir):
+    store = Store.open(state_dir)
+    try:
+        snap = store.load()
+    finally:
+        store.close()
+    copy = System(processes=None)
+    load(snap, copy.core)
+    return dump(copy.core)
+
+
+def test_no_mount_point_is_made_inside_a_kernel_cgroup_hierarchy(tmp_path):
+    from ioasidsd.daemon.app import StartError, filesystem_of
+
+    with open("/proc/self/mountinfo", encoding="utf-8") as info:
+        cgroupfs = [line.split()[4] for line in info
+                    if line.partition(" - ")[2].split()[:1] in (["cgroup"], ["cgroup2"])]
+    if not cgroupfs:
+        pytest.skip("no kernel cgroup hierarchy is mounted here")
+    assert filesystem_of(cgroupfs[0]) in ("cgroup", "cgroup2")
+    target = f"{cgroupfs[0]}/ioasids-test-{tmp_path.name}"
+    daemon = Daemon(config_for(tmp_path, mount=target))
+    try:
+        with pytest.raises(StartError, match="would create a kernel cgroup"):
+            daemon.start()
+    finally:
+        daemon.shutdown()
+    import os
+
+    assert not os.path.exists(target)

@@ -1,0 +1,184 @@
+"""End to end: ``ioasidsd run`` as a subprocess on temporary directories, driven with plain file
+operations and real processes, killed and restarted."""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import stat
+import subprocess
+
+from .daemons import BIN, mounted, pids, read, wait_until
+
+
+def test_serve_stop_and_come_back(daemons, tmp_path):
+    d = daemons().start()
+    mnt = d.mount
+    assert (mnt / "cgroup.procs").exists()
+    (mnt / "a").mkdir()
+    (mnt / "a" / "notify_on_release").write_text("1\n")
+    (mnt / "a" / "b").mkdir()
+    (mnt / "a" / "ioasids.max").write_text("7\n")
+    (mnt / "a" / "b" / "ioasids.max").write_text("max\n")
+    os.chmod(mnt / "a", 0o700)
+    status = d.status()
+    assert status["pid"] == d.pid
+    assert (status["cgroups"], status["processes"], status["ioasids"]) == (3, 0, 0)
+    assert status["profile"] == "fixed" and status["quirks"] == []
+    assert status["capacity"] - status["available"] == 7  # a's limit is reserved
+    assert status["tracking"]["mode"] == "connector"
+
+    assert d.stop() == 0
+    d.wait_for("STOPPING")
+    assert not mounted(mnt)
+    assert any(e["event"] == "stopped" for e in d.events())
+
+    d.start()
+    assert read(mnt / "a" / "ioasids.max") == "7\n"
+    assert read(mnt / "a" / "b" / "ioasids.max") == "max\n"
+    assert read(mnt / "a" / "notify_on_release") == "1\n"
+    assert read(mnt / "a" / "b" / "notify_on_release") == "1\n"  # inherited at mkdir
+    assert stat.S_IMODE(os.stat(mnt / "a").st_mode) == 0o700
+    assert d.status()["available"] == status["available"]
+    assert d.stop() == 0
+
+
+def test_ready_carries_a_status_line(daemons):
+    d = daemons()
+    d.start(ready=False)
+    message = d.wait_for("READY")
+    assert message["READY"] == "1"
+    assert message["STATUS"].startswith(f"serving {d.mount}")
+    assert d.stop() == 0
+
+
+def test_kill9_then_restart_releases_the_dead_and_adopts_the_born(daemons, forkers):
+    d = daemons().start()
+    parent = forkers()
+    procs = d.mount / "a" / "cgroup.procs"
+    (d.mount / "a").mkdir()
+    procs.write_text(f"{parent.pid}\n")
+    first = parent.fork()  # a child starts in its parent's cgroup
+    wait_until(lambda: pids(procs) == sorted([parent.pid, first]), "the child in /a")
+    assert pids(d.mount / "cgroup.procs").count(first) == 0
+
+    d.kill9()  # no goodbye: the mount is left dead
+    parent.kill(first)  # died while no daemon ran
+    second = parent.fork()  # born while no daemon ran
+    d.start()
+    assert any("stale mount" in e["event"] for e in d.events())
+    assert pids(procs) == sorted([parent.pid, second])
+    assert d.status()["processes"] == 2
+
+    parent.kill(second)  # an exit with the daemon running
+    wait_until(lambda: pids(procs) == [parent.pid], "the exit seen")
+    parent.exit()
+    wait_until(lambda: pids(procs) == [], "the parent's exit seen")
+    assert d.stop() == 0
+
+
+def test_polling_tracks_the_same_and_says_so(daemons, forkers):
+    d = daemons("--tracking", "poll").start()
+    status = d.status()
+    assert status["tracking"]["mode"] == "poll" and "psutil" in status["tracking"]["detail"]
+    text = d.ctl("status").stdout
+    assert "tracking   poll: psutil polling" in text
+    parent = forkers()
+    procs = d.mount / "a" / "cgroup.procs"
+    (d.mount / "a").mkdir()
+    procs.write_text(str(parent.pid))
+    child = parent.fork()
+    wait_until(lambda: pids(procs) == sorted([parent.pid, child]), "the child found by a scan")
+    parent.kill(child)
+    wait_until(lambda: pids(procs) == [parent.pid], "the exit found by a scan")
+    assert d.stop() == 0
+
+
+def test_a_second_daemon_on_the_same_directories_refuses(daemons, tmp_path):
+    first = daemons().start()
+    other = tmp_path / "other"
+    for args, role in ((["--runtime-dir", str(first.run), "--state-dir", str(other / "s")],
+                        "runtime directory"),
+                       (["--runtime-dir", str(other / "r"), "--state-dir", str(first.state)],
+                        "state directory")):
+        done = subprocess.run([str(BIN / "ioasidsd"), "run", "--mount", str(other / "m"),
+                               *args], capture_output=True, text=True, timeout=30, check=False)
+        assert done.returncode == 1
+        assert f"another ioasidsd (pid {first.pid}) is using {role}" in done.stderr
+        assert not mounted(other / "m")
+    assert first.status()["pid"] == first.pid  # untouched
+    assert first.stop() == 0
+
+
+def test_release_agent_runs_when_a_cgroup_empties(daemons, forkers, tmp_path):
+    fifo = tmp_path / "released"
+    os.mkfifo(fifo)
+    agent = tmp_path / "agent.sh"
+    agent.write_text(f'#!/bin/sh\necho "$1" > {fifo}\n')
+    agent.chmod(0o755)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    d = daemons().start()
+    try:
+        (d.mount / "release_agent").write_text(f"{agent}\n")
+        (d.mount / "a").mkdir()
+        (d.mount / "a" / "notify_on_release").write_text("1")
+        (d.mount / "a" / "b").mkdir()
+        proc = forkers()
+        (d.mount / "a" / "b" / "cgroup.procs").write_text(str(proc.pid))
+        proc.exit()  # the last process of /a/b is gone
+        assert select.select([reader], [], [], 30)[0], "the agent did not run"
+        assert os.read(reader, 4096) == b"/a/b\n"
+    finally:
+        os.close(reader)
+    assert d.status()["release_agents"] == {"started": 1, "failed": 0}
+    assert d.stop() == 0
+
+
+def test_sighup_reloads_the_configuration(daemons, tmp_path):
+    config = tmp_path / "ioasidsd.toml"
+    config.write_text('log_level = "warning"\npoll_interval = 1.0\n')
+    d = daemons("--config", str(config)).start()
+    assert not any(e["event"] == "ready" for e in d.events())  # info is below warning
+    config.write_text('log_level = "info"\npoll_interval = 2.0\nprofile = "v4"\n')
+    d.signal(signal.SIGHUP)
+    d.wait_for("RELOADING")
+    d.wait_for("READY")
+    events = {e["event"]: e for e in d.events()}
+    assert events["configuration reloaded"]["applied"] == ["log_level", "poll_interval"]
+    assert events["settings changed that need a restart"]["settings"] == ["profile"]
+    assert d.status()["profile"] == "fixed"
+    config.write_text("log_level = 3\n")
+    d.signal(signal.SIGHUP)
+    d.wait_for("READY")
+    assert any(e["event"] == "configuration not reloaded" for e in d.events())
+    assert d.stop() == 0
+
+
+def test_an_unmount_from_outside_stops_the_daemon(daemons):
+    d = daemons().start()
+    subprocess.run(["fusermount3", "-u", str(d.mount)], check=True)
+    assert d.wait() == 1
+    assert any(e["event"].startswith("the hierarchy was unmounted") for e in d.events())
+
+
+def test_ctl_without_a_daemon_is_one_line_and_exit_1(tmp_path):
+    done = subprocess.run([str(BIN / "ioasidctl"), "status"], capture_output=True, text=True,
+                          env=dict(os.environ, IOASIDS_RUNTIME_DIR=str(tmp_path)), check=False)
+    assert done.returncode == 1 and done.stdout == ""
+    assert done.stderr.count("\n") == 1 and str(tmp_path) in done.stderr
+
+
+def test_bad_settings_are_refused_before_anything_starts(daemons, tmp_path):
+    done = subprocess.run([str(BIN / "ioasidsd"), "run", "--capacity", "0", "--mount",
+                           str(tmp_path / "m")], capture_output=True, text=True, check=False)
+    assert done.returncode == 2 and "capacity = 0" in done.stderr
+    d = daemons("--profile", "v4").start()
+    (d.mount / "a").mkdir()
+    assert d.stop() == 0
+    again = daemons(name="fixed")
+    again.args = [a for a in again.args if a not in ("--profile", "v4")]
+    again.start(ready=False)
+    assert again.wait() == 1
+    assert "was made with profile 'v4'" in again.log()
+    assert not mounted(again.mount)
