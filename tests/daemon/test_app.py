@@ -97,8 +97,9 @@ def test_connector_only_is_refused_when_unavailable(tmp_path, started, monkeypat
 
 def test_a_saved_state_with_ioasids_comes_back_whole(tmp_path, needs_fuse, daemons):
     """A state written in this process (as the user API would leave it) with a live owner in
-    /a and an owner that died in /b: the daemon drops the dead one's membership, keeps every
-    set and IOASID, and a kill -9 and restart change nothing more."""
+    /a and an owner that died in /b: the daemon releases the dead one as its exit would (its
+    membership, and through the user API's exit hook its /dev/ioasid set, IOASIDs and charges),
+    keeps the live one's set and IOASIDs, and a kill -9 and restart change nothing more."""
     alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
     gone = subprocess.Popen(["true"])
     gone.wait()
@@ -122,15 +123,16 @@ def test_a_saved_state_with_ioasids_comes_back_whole(tmp_path, needs_fuse, daemo
 
         d = daemons().start()
         status = d.status()
-        assert (status["processes"], status["sets"], status["ioasids"]) == (1, 2, 40)
+        assert (status["processes"], status["sets"], status["ioasids"]) == (1, 1, 20)
         assert pids(d.mount / "a" / "cgroup.procs") == [alive.pid]
         assert pids(d.mount / "b" / "cgroup.procs") == []
-        assert (d.mount / "b" / "ioasids.current").read_text() == "20\n"
+        assert (d.mount / "a" / "ioasids.current").read_text() == "20\n"
+        assert (d.mount / "b" / "ioasids.current").read_text() == "0\n"
         first = saved_state(tmp_path / "state")
         d.kill9()
         d.start()
         assert saved_state(tmp_path / "state") == first
-        assert d.status()["ioasids"] == 40
+        assert d.status()["ioasids"] == 20
         assert d.stop() == 0
         assert saved_state(tmp_path / "state") == first
     finally:
