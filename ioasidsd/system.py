@@ -75,6 +75,16 @@ class ProcessSource:
 
         return [pid for pid in psutil.pids() if _running(pid)]
 
+    def parent(self, pid: int) -> int | None:
+        """The parent pid of process ``pid`` (field 4 of ``/proc/PID/stat``), ``None`` if it is
+        gone or has none."""
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as stat:
+                data = stat.read()
+            return int(data[data.rindex(b")") + 2 :].split()[1]) or None
+        except (OSError, ValueError, IndexError):
+            return None
+
     def thread_ids(self, pid: int) -> list[int]:
         """The thread ids of process ``pid`` (empty if it is gone)."""
         try:
