@@ -315,12 +315,46 @@ class System:
         with self.lock:
             self.ioasid_device.binder = VtdGuestBinder(driver)
 
+    def ioasid_process(self, pid: int) -> Process:
+        """The process ``pid`` as ``process`` gives it, except that an untracked descendant of a
+        process tracked outside the root joins that ancestor's cgroup first (as ``fork`` would:
+        its fork was not reported yet). A connecting child is charged where it was born, not
+        where the tracker's delay would leave it. ``ESRCH`` for no such process."""
+        facts = self.processes.facts(pid)
+        with self.lock:
+            known = self.cgroups.process(facts.tgid)
+            if known is not None and known.start_time == facts.start_time:
+                return known
+        chain = [facts if facts.tgid == pid else self.processes.facts(facts.tgid)]
+        ancestor = None
+        for _ in range(64):
+            ppid = self.processes.parent(chain[-1].pid)
+            if ppid is None:
+                break
+            with self.lock:
+                tracked = self.cgroups.process(ppid)
+            if tracked is not None:
+                if tracked.start_time <= chain[-1].start_time:
+                    ancestor = tracked
+                break
+            try:
+                chain.append(self.processes.facts(ppid))
+            except IoasidError:
+                break
+        if ancestor is not None and ancestor.cgroup is not self.cgroups.root:
+            parent_pid = ancestor.pid
+            for child in reversed(chain):
+                self.fork(parent_pid, child.pid, child.start_time)
+                parent_pid = child.pid
+        return self.process(pid)
+
     def ioasid_open(self, pid: int) -> IoasidFile:
-        """``open("/dev/ioasid")`` by the real process ``pid`` (tracked in the root if new).
+        """``open("/dev/ioasid")`` by the real process ``pid`` (see ``ioasid_process`` for the
+        cgroup of a process not tracked yet).
 
         ``ESRCH`` for no such process, then the errors of ``IoasidDevice.open``.
         """
-        proc = self.process(pid)
+        proc = self.ioasid_process(pid)
         with self.lock:
             try:
                 return self.ioasid_device.open(proc)
@@ -331,7 +365,8 @@ class System:
                      pid: int | None = None) -> tuple[int, bytes]:
         """An ioctl on ``file`` by the real process ``pid`` (default: the opener); returns the
         result and the output bytes, or raises the ``IoasidError`` the ioctl fails with."""
-        task = file.opener if pid is None or pid == file.opener.pid else self.process(pid)
+        opener = file.opener
+        task = opener if pid is None or pid == opener.pid else self.ioasid_process(pid)
         with self.lock:
             try:
                 return self.ioasid_device.ioctl(file, cmd, arg, task)

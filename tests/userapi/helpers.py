@@ -13,7 +13,7 @@ from pathlib import Path
 from ioasidsd.model import IoasidCore, IoasidsController, OrderedWorkQueue, profile
 from ioasidsd.model.cgroup import Process
 from ioasidsd.model.errors import IoasidError
-from ioasidsd.system import ProcessFacts, System
+from ioasidsd.system import ProcessFacts, ProcessSource, System
 from ioasidsd.userapi import uapi
 from ioasidsd.userapi.device import IoasidDevice, IoasidFile
 from ioasidsd.userapi.server import UserApiServer
@@ -57,14 +57,17 @@ class World:
         return ret
 
 
-class FakeProcesses:
-    """A ``ProcessSource`` over made-up processes: ``add(pid)`` makes one exist."""
+class FakeProcesses(ProcessSource):
+    """A ``ProcessSource`` over made-up processes: ``add(pid, parent=...)`` makes one exist."""
 
     def __init__(self) -> None:
         self.live: dict[int, ProcessFacts] = {}
+        self.parents: dict[int, int] = {}
 
-    def add(self, pid: int, uid: int = 0) -> None:
+    def add(self, pid: int, uid: int = 0, parent: int | None = None) -> None:
         self.live[pid] = ProcessFacts(pid, float(pid), (uid, uid, uid), pid)
+        if parent is not None:
+            self.parents[pid] = parent
 
     def facts(self, pid: int) -> ProcessFacts:
         if pid not in self.live:
@@ -73,6 +76,9 @@ class FakeProcesses:
 
     def alive(self, pid: int, start_time: float) -> bool:
         return pid in self.live and self.live[pid].start_time == start_time
+
+    def parent(self, pid: int) -> int | None:
+        return self.parents.get(pid)
 
 
 # ---------------------------------------------------------------------------------- server

@@ -127,3 +127,34 @@ def test_single_requests_report_ids_batches_report_the_set(system) -> None:
                             uapi.ALLOC_BATCH.pack(20, 0, 1, 100, 3))
     assert ret == 3
     assert changes.log[-1][1]["sets"] == [f.user.ioasid_set] and changes.log[-1][1]["ids"] == []
+
+
+def test_a_child_not_reported_yet_opens_in_its_parents_cgroup(system) -> None:
+    """The tracker has not reported the forks of 11 (child of 10, in /a) and 12 (child of 11):
+    12's open places both where their forks did, and 12's allocation is charged to /a."""
+    s, procs, changes = system
+    procs.add(10)
+    procs.add(11, parent=10)
+    procs.add(12, parent=11)
+    procs.add(20, parent=1)  # a child of an untracked process: the root
+    s.mkdir("a")
+    s.write_max("a", "3")
+    s.write_procs("a", "10", writer_pid=10, writer_uid=0)
+    f = s.ioasid_open(12)
+    a = s.cgroups.lookup("a")
+    assert f.opener.cgroup is a and s.cgroups.process(11).cgroup is a
+    assert "fork" in [k for k, _ in changes.log]  # the adoption is durable like a fork
+    s.ioasid_ioctl(f, uapi.IOASID_REQUEST_ALLOC, alloc_arg())
+    assert a.counter == 1
+    assert s.ioasid_open(20).opener.cgroup is s.cgroups.root
+
+
+def test_process_source_parent() -> None:
+    import os
+
+    from ioasidsd.system import ProcessSource
+
+    source = ProcessSource()
+    assert source.parent(os.getpid()) == os.getppid()
+    assert source.parent(1) is None  # init has no parent
+    assert source.parent(2**22 + 12345) is None  # beyond pid_max: no such process
