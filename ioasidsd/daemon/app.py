@@ -12,7 +12,8 @@ Start-up, in order (any failure is one logged line and exit status 1):
    tracking, then release the processes that died while no daemon ran (in another boot: all of
    them) and adopt the children tracked processes forked meanwhile;
 4. replace a stale mount left by a killed daemon, mount the hierarchy (``cgroupfs.mount``);
-5. serve the control API, then tell the service manager ``READY=1`` with a ``STATUS=`` line.
+5. serve ``/dev/ioasid`` on ``RUNTIME_DIR/ioasid.sock`` (``ioasidsd.userapi.server``) and the
+   control API, then tell the service manager ``READY=1`` with a ``STATUS=`` line.
 
 SIGTERM and SIGINT stop serving, unmount, save the state and exit 0 (``STOPPING=1``). SIGHUP
 reloads the configuration file: log format and level and the poll interval change at once, other
@@ -56,6 +57,7 @@ from ioasidsd.daemon.runtime import (
 from ioasidsd.daemon.store import Store, StoreError, boot_id
 from ioasidsd.model.snapshot import SnapshotError, load
 from ioasidsd.system import System
+from ioasidsd.userapi.server import UserApiServer
 
 Mounter = Callable[..., Any]
 
@@ -98,6 +100,7 @@ class Daemon:
         self.tracker: Tracker | None = None
         self.releases: ReleaseAgents | None = None
         self.control: ControlServer | None = None
+        self.userapi: UserApiServer | None = None
         self.mount: Any = None
         self.started = time.time()
         self.exit_code = 0
@@ -178,6 +181,8 @@ class Daemon:
             self.log.info("[vtd] settings kept for the VT-d simulation, which this daemon does "
                           "not run yet", units=len(config.vtd.get("units", [])))
         self._mount()
+        self.userapi = UserApiServer(system, str(config.runtime_dir))
+        self.userapi.start()
         self.control = ControlServer(config.runtime_dir / CONTROL_SOCKET,
                                      {"status": self._status_verb}, self.log)
         self.control.start()
@@ -328,6 +333,8 @@ class Daemon:
         with contextlib.suppress(OSError, ValueError):
             sd_notify("STOPPING=1")
         steps: list[tuple[str, Callable[[], None]]] = []
+        if self.userapi is not None:
+            steps.append(("user API socket", self.userapi.stop))
         if self.control is not None:
             steps.append(("control socket", self.control.stop))
         if self.mount is not None:
@@ -386,6 +393,9 @@ class Daemon:
         status["state"] = {"path": str(self.store.path), "synchronous": self.config.synchronous,
                            "error": self.store.error}
         status["runtime_dir"] = str(self.config.runtime_dir)
+        if self.userapi is not None:
+            status["userapi"] = {"socket": self.userapi.path,
+                                 "connections": self.userapi.connections}
         if self.releases is not None:
             status["release_agents"] = {"started": self.releases.started,
                                         "failed": self.releases.failed}
