@@ -94,8 +94,8 @@ def format_status(status: dict[str, Any]) -> str:
                     f"{'' if status['sets'] == 1 else 's'}"),
         ("tracking", f"{tracking['mode']}: {tracking['detail']}"),
         ("mount", status["mount"]),
-        *([("/dev/ioasid", f"{status['userapi']['socket']}, "
-                           f"{status['userapi']['connections']} open")]
+        *([("user API", f"{status['userapi']['socket']}, "
+                        f"{status['userapi']['connections']} open")]
           if "userapi" in status else []),
         ("state", f"{state['path']} (synchronous={state['synchronous']})"
                   + (f", NOT SAVED: {state['error']}" if state.get("error") else "")),
