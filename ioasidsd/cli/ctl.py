@@ -174,7 +174,7 @@ def alloc(ctx: click.Context, count: int, id_range: tuple[int, int], batch: bool
                 for _ in range(count):
                     click.echo(dev.alloc(lo, hi))
         except OSError as exc:
-            _fail(f"alloc: {exc.strerror}")
+            _fail(f"alloc: {exc.strerror or exc}")
         if hold:
             signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
             while True:
@@ -197,7 +197,7 @@ def free(ctx: click.Context, ids: tuple[int, ...]) -> None:
             try:
                 dev.free(ioasid)
             except OSError as exc:
-                click.echo(f"ioasidctl: free {ioasid}: {exc.strerror}", err=True)
+                click.echo(f"ioasidctl: free {ioasid}: {exc.strerror or exc}", err=True)
                 failed = True
     if failed:
         raise SystemExit(1)
