@@ -14,8 +14,8 @@ times and reports medians, so the ratio compares runs made side by side on the s
   with one ``IOASID_REQUEST_FREE_BATCH``; the echo client echoes frames of the same sizes. Target:
   at least 200,000 IDs/s.
 
-The server side is the model plus the socket (``System`` with no store attached): what a
-client of the daemon costs before persistence.
+The server side is the model plus the socket; with ``--store`` it also writes every change
+through the daemon's store (SQLite, WAL, ``synchronous=normal``), as ``ioasidsd run`` does.
 """
 
 from __future__ import annotations
@@ -182,11 +182,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=1.0, help="per measurement")
     parser.add_argument("--rounds", type=int, default=5, help="alternations of echo and ioasid")
+    parser.add_argument("--store", action="store_true",
+                        help="write every change through the daemon's SQLite store")
     args = parser.parse_args()
     ctx = mp.get_context("spawn")
     with tempfile.TemporaryDirectory() as tmp:
         echo = EchoServer(os.path.join(tmp, "echo.sock"))
-        system = System(profile("fixed"))
+        store = None
+        if args.store:
+            from ioasidsd.daemon.store import Store
+
+            store = Store.open(os.path.join(tmp, "state"))
+            system = System(profile("fixed"), on_change=store.apply)
+            store.bind(system)
+        else:
+            system = System(profile("fixed"))
         server = UserApiServer(system, tmp)
         server.start()
         rates: dict[str, list[float]] = {}
@@ -208,6 +218,10 @@ def main() -> None:
         server.stop()
         echo.stop()
         assert len(system.core) == 0, "every ID was freed"
+        if store is not None:
+            assert store.error is None, store.error
+            store.close()
+    print(f"server: model + socket{' + SQLite store' if args.store else ''}")
     med = {k: statistics.median(v) for k, v in rates.items()}
     width = max(map(len, med))
     for key, value in med.items():

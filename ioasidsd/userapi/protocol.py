@@ -63,6 +63,10 @@ class RequestReader:
             self._skip -= n
             data = data[n:]
         buf = self._buf
+        if not buf and len(data) >= REQUEST.size:  # the usual case: whole requests
+            cmd, length = REQUEST.unpack_from(data)
+            if len(data) == REQUEST.size + length and length <= MAX_ARG:
+                return [(cmd, bytes(data[REQUEST.size:]))]
         buf += data
         out: list[tuple[int, bytes | None]] = []
         pos = 0

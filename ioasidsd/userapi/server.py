@@ -6,16 +6,21 @@ ioctl, run as the process that sent it (``SO_PASSCRED`` gives its pid, so a conn
 by a forked child is used "by another process" as the series' uAPI doc describes); the end of
 the connection is ``release()``, or the process's exit when the peer is exiting then.
 
-One thread per connection, each blocking in ``recvmsg``, every change under ``system.lock``
-through ``System`` methods. Bad input is answered with an error and never ends the server.
-Stopping the server closes the connections without releasing their files: the IOASIDs stay in
-the durable state, as after a ``kill -9`` (see ``docs/ioasid-protocol.md`` on reconnecting).
+One thread runs an ``epoll`` loop over non-blocking sockets: requests are served in the order
+they arrive, every change under ``system.lock`` through ``System`` methods. (One thread per
+connection was measured too: as fast for one client, but four clients' threads fighting for the
+GIL got half the throughput; see ``docs/benchmarks.md``.) Replies a client does not read are
+kept for it and its further requests wait, so a stalled client stalls only itself. Bad input is
+answered with an error and never ends the server. Stopping the server closes the connections
+without releasing their files: the IOASIDs stay in the durable state, as after a ``kill -9``
+(see ``docs/ioasid-protocol.md`` on reconnecting).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import select
 import socket
 import struct
 import threading
@@ -38,6 +43,9 @@ UCRED = struct.Struct("=iII")
 _CMSG_SPACE = socket.CMSG_SPACE(UCRED.size)
 RECV_SIZE = 1 << 18
 PF_EXITING = 0x00000004
+_IN = select.EPOLLIN
+_OUT = select.EPOLLOUT
+_GONE = select.EPOLLHUP | select.EPOLLERR
 
 
 def peer_credentials(conn: socket.socket) -> tuple[int, int, int]:
@@ -60,11 +68,24 @@ def process_exiting(pid: int) -> bool:
     return state in (b"Z", b"X", b"x") or bool(flags & PF_EXITING)
 
 
+class _Connection:
+    """One open file: its socket, the peer, the requests read so far, the replies unsent."""
+
+    __slots__ = ("file", "pending", "pid", "reader", "sock")
+
+    def __init__(self, sock: socket.socket, file: IoasidFile, pid: int) -> None:
+        self.sock = sock
+        self.file = file
+        self.pid = pid
+        self.reader = protocol.RequestReader()
+        self.pending = bytearray()
+
+
 class UserApiServer:
     """Serves ``system``'s ``/dev/ioasid`` on ``runtime_dir/ioasid.sock`` (mode 0666).
 
-    ``start()`` binds (replacing a stale socket file) and accepts on a background thread;
-    ``stop()`` closes everything and returns when every thread has ended. ``connections`` counts
+    ``start()`` binds (replacing a stale socket file) and serves on a background thread;
+    ``stop()`` closes everything and returns when that thread has ended. ``connections`` counts
     the open ones.
     """
 
@@ -73,15 +94,14 @@ class UserApiServer:
         self.path = os.path.join(runtime_dir, protocol.SOCKET_NAME)
         self.mode = mode
         self._listener: socket.socket | None = None
-        self._accept_thread: threading.Thread | None = None
-        self._conns: dict[socket.socket, threading.Thread] = {}
-        self._conns_lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._conns: dict[int, _Connection] = {}
+        self._wake_r, self._wake_w = -1, -1
         self._stopping = False
 
     @property
     def connections(self) -> int:
-        with self._conns_lock:
-            return len(self._conns)
+        return len(self._conns)
 
     def start(self) -> None:
         """Listen on the socket. Raises ``OSError`` if it cannot be bound."""
@@ -93,33 +113,28 @@ class UserApiServer:
             listener.bind(self.path)
             os.chmod(self.path, self.mode)
             listener.listen(128)
+            listener.setblocking(False)
         except OSError:
             listener.close()
             raise
         self._listener = listener
-        self._accept_thread = threading.Thread(target=self._accept_loop, name="ioasid-accept",
-                                               daemon=True)
-        self._accept_thread.start()
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._stopping = False
+        self._thread = threading.Thread(target=self._serve, name="ioasid-server", daemon=True)
+        self._thread.start()
         log.info("userapi listening", socket=self.path)
 
     def stop(self) -> None:
-        """Stop accepting, close every connection (their files stay open in the model, to be
-        adopted or released after a restart) and wait for the threads."""
+        """Stop serving and close every connection (their files stay open in the model, to be
+        adopted or released after a restart). Idempotent."""
+        if self._thread is None:
+            return
         self._stopping = True
-        listener, self._listener = self._listener, None
-        if listener is not None:
-            with contextlib.suppress(OSError):
-                listener.shutdown(socket.SHUT_RDWR)
-            listener.close()
-        if self._accept_thread is not None:
-            self._accept_thread.join()
-        with self._conns_lock:
-            conns = list(self._conns.items())
-        for conn, _thread in conns:
-            with contextlib.suppress(OSError):
-                conn.shutdown(socket.SHUT_RDWR)
-        for _conn, thread in conns:
-            thread.join()
+        os.write(self._wake_w, b"x")
+        self._thread.join()
+        self._thread = None
+        for fd in (self._wake_r, self._wake_w):
+            os.close(fd)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)
 
@@ -130,84 +145,153 @@ class UserApiServer:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    # ------------------------------------------------------------------ connections
-    def _accept_loop(self) -> None:
+    # ------------------------------------------------------------------ the loop
+    def _serve(self) -> None:
         listener = self._listener
         assert listener is not None
-        while not self._stopping:
-            try:
-                conn, _ = listener.accept()
-            except OSError:
-                if self._stopping:
-                    return
-                continue  # EMFILE, ECONNABORTED...: keep serving the others
-            thread = threading.Thread(target=self._serve, args=(conn,), name="ioasid-conn",
-                                      daemon=True)
-            with self._conns_lock:
-                self._conns[conn] = thread
-            thread.start()
-
-    def _serve(self, conn: socket.socket) -> None:
+        ep = select.epoll()
+        ep.register(listener.fileno(), select.EPOLLIN)
+        ep.register(self._wake_r, select.EPOLLIN)
+        conns = self._conns
+        request = self._request
+        buf = bytearray(RECV_SIZE)  # reused: a fresh 256 KiB bytes per recv costs page faults
+        view = memoryview(buf)
         try:
-            self._serve_connection(conn)
-        except Exception:  # a bug must not end the daemon: log it, drop this connection
-            log.exception("userapi connection failed")
+            while not self._stopping:
+                for fd, events in ep.poll():
+                    conn = conns.get(fd)
+                    if conn is None:
+                        if fd == self._wake_r:
+                            break
+                        self._accept(ep, listener)
+                        continue
+                    try:
+                        if events & _OUT:
+                            self._flush(ep, conn)
+                        if conn.pending:  # its replies wait: so do its requests
+                            if events & _GONE:
+                                self._close(ep, conn)  # nobody will read them
+                            continue
+                        # the hot path, inline: read, serve every complete request, reply
+                        try:
+                            n, ancdata, _flags, _addr = conn.sock.recvmsg_into([buf], _CMSG_SPACE)
+                        except BlockingIOError:
+                            continue
+                        if not n:
+                            self._close(ep, conn)
+                            continue
+                        sender = conn.pid
+                        for level, kind, cdata in ancdata:
+                            if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
+                                sender = UCRED.unpack_from(cdata)[0]
+                        requests = conn.reader.feed(view[:n])
+                        if not requests:
+                            continue
+                        if len(requests) == 1:
+                            cmd, arg = requests[0]
+                            data = request(conn.file, cmd, arg, sender)
+                        else:
+                            data = b"".join([request(conn.file, cmd, arg, sender)
+                                             for cmd, arg in requests])
+                        try:
+                            sent = conn.sock.send(data)
+                        except BlockingIOError:
+                            sent = 0
+                        if sent < len(data):
+                            self._keep(ep, conn, data, sent)
+                    except OSError:  # ECONNRESET, EPIPE: the peer went away, as a closed file
+                        self._close(ep, conn)
+                    except Exception:  # a bug must not end the daemon: drop this connection
+                        log.exception("userapi connection failed", pid=conn.pid)
+                        self._close(ep, conn)
         finally:
-            with self._conns_lock:
-                self._conns.pop(conn, None)
-            conn.close()
+            for conn in list(conns.values()):
+                self._close(ep, conn, release=False)
+            ep.close()
+            listener.close()
+            self._listener = None
 
-    def _serve_connection(self, conn: socket.socket) -> None:
-        pid, _uid, _gid = peer_credentials(conn)
+    def _request(self, file: IoasidFile, cmd: int, arg: bytes | None, sender: int) -> bytes:
+        """Serve one request; its reply frame."""
+        if arg is None:
+            return protocol.error_reply(EMSGSIZE, f"argument longer than {protocol.MAX_ARG} bytes")
+        try:
+            ret, result = self.system.ioasid_ioctl(file, cmd, arg, pid=sender)
+        except IoasidError as exc:
+            return protocol.error_reply(exc.errno or EIO, str(exc))
+        except Exception:
+            log.exception("userapi request failed", pid=sender,
+                          cmd=uapi.COMMAND_NAMES.get(cmd, hex(cmd)))
+            return protocol.error_reply(EIO, "internal error")
+        return protocol.REPLY.pack(ret, len(result)) + result
+
+    def _accept(self, ep: select.epoll, listener: socket.socket) -> None:
+        while True:
+            try:
+                sock, _ = listener.accept()
+            except BlockingIOError:
+                return
+            except OSError as exc:  # EMFILE, ECONNABORTED...: keep serving the others
+                log.warning("userapi accept failed", error=str(exc))
+                return
+            try:
+                self._open(ep, sock)
+            except OSError:
+                sock.close()
+
+    def _open(self, ep: select.epoll, sock: socket.socket) -> None:
+        pid, _uid, _gid = peer_credentials(sock)
         try:
             file = self.system.ioasid_open(pid)
         except IoasidError as exc:
             log.info("userapi open refused", pid=pid, error=str(exc))
             with contextlib.suppress(OSError):
-                conn.sendall(protocol.error_reply(exc.errno or EIO, str(exc)))
+                sock.setblocking(False)
+                sock.send(protocol.error_reply(exc.errno or EIO, str(exc)))
+            sock.close()
             return
-        exited = False
+        sock.setblocking(False)
+        conn = _Connection(sock, file, pid)
+        self._conns[sock.fileno()] = conn
+        ep.register(sock.fileno(), _IN)
+        greeting = protocol.reply(0)
         try:
-            conn.sendall(protocol.reply(0))
-            self._request_loop(conn, file, pid)
-        except OSError:
-            pass  # ECONNRESET, EPIPE: the peer went away, as a closed file
-        finally:
-            if not self._stopping:
-                exited = process_exiting(pid)
-                self.system.ioasid_release(file, exited=exited)
-        log.debug("userapi connection closed", pid=pid, exited=exited)
+            sent = sock.send(greeting)  # an empty socket buffer takes 8 bytes
+        except OSError:  # the peer is gone already: its file is released at once
+            self._close(ep, conn)
+            return
+        if sent < len(greeting):
+            self._keep(ep, conn, greeting, sent)
 
-    def _request_loop(self, conn: socket.socket, file: IoasidFile, pid: int) -> None:
-        reader = protocol.RequestReader()
-        ioctl = self.system.ioasid_ioctl
-        buf = bytearray(RECV_SIZE)  # reused: a fresh 256 KiB bytes per recv costs page faults
-        view = memoryview(buf)
-        while True:
-            n, ancdata, _flags, _addr = conn.recvmsg_into([buf], _CMSG_SPACE)
-            if not n:
-                return
-            data = view[:n]
-            sender = pid
-            for level, kind, cdata in ancdata:
-                if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
-                    sender = UCRED.unpack_from(cdata)[0]
-            out = []
-            for cmd, arg in reader.feed(data):
-                if arg is None:
-                    out.append(protocol.error_reply(
-                        EMSGSIZE, f"argument longer than {protocol.MAX_ARG} bytes"))
-                    continue
-                try:
-                    ret, result = ioctl(file, cmd, arg, pid=sender)
-                except IoasidError as exc:
-                    out.append(protocol.error_reply(exc.errno or EIO, str(exc)))
-                    continue
-                except Exception:
-                    log.exception("userapi request failed", pid=sender,
-                                  cmd=uapi.COMMAND_NAMES.get(cmd, hex(cmd)))
-                    out.append(protocol.error_reply(EIO, "internal error"))
-                    continue
-                out.append(protocol.reply(ret, result))
-            if out:
-                conn.sendall(out[0] if len(out) == 1 else b"".join(out))
+    def _keep(self, ep: select.epoll, conn: _Connection, data: bytes, sent: int) -> None:
+        """The socket took only ``sent`` bytes of ``data``: keep the rest until the client reads
+        (its further requests wait meanwhile)."""
+        conn.pending += memoryview(data)[sent:]
+        ep.modify(conn.sock.fileno(), _OUT)
+
+    def _flush(self, ep: select.epoll, conn: _Connection) -> None:
+        try:
+            sent = conn.sock.send(conn.pending)
+        except BlockingIOError:
+            return
+        del conn.pending[:sent]
+        if not conn.pending:
+            ep.modify(conn.sock.fileno(), _IN)
+
+    def _close(self, ep: select.epoll, conn: _Connection, *, release: bool = True) -> None:
+        """The connection ended: release its file (as the process's exit when the peer is
+        exiting), unless the server is stopping."""
+        fd = conn.sock.fileno()
+        if self._conns.pop(fd, None) is None:
+            return
+        with contextlib.suppress(OSError, ValueError):
+            ep.unregister(fd)
+        exited = False
+        if release:
+            exited = process_exiting(conn.pid)
+            try:
+                self.system.ioasid_release(conn.file, exited=exited)
+            except Exception:
+                log.exception("userapi release failed", pid=conn.pid)
+        conn.sock.close()
+        log.debug("userapi connection closed", pid=conn.pid, exited=exited, released=release)

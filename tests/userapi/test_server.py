@@ -290,3 +290,37 @@ def test_a_c_program_speaks_the_documented_protocol(served: Served, tmp_path) ->
         "open 0", "version 0", "info 0 31", "alloc 5", f"badflags {-EINVAL}", "free 0",
         f"free {second_free}",
     ]
+
+
+def test_a_client_that_does_not_read_stalls_only_itself(served_fixed: Served) -> None:
+    """Eight batch replies (2 MiB) pile up unread: the server keeps them for that client, which
+    gets them all in order later, while another client is served meanwhile."""
+    sock = RawConn(served_fixed)
+    sock.reply()
+    batch = protocol.request(uapi.IOASID_REQUEST_ALLOC_BATCH,
+                             uapi.ALLOC_BATCH.pack(20, 0, 1, MAX31, uapi.IOASID_BATCH_MAX))
+    sock.send(batch * 8)
+    other = served_fixed.agent()
+    other.ok("open")
+    assert other.ok("version") == [0]  # not stuck behind the stalled client
+    for i in range(8):
+        ret, data = sock.reply()
+        assert ret == uapi.IOASID_BATCH_MAX
+        ids = memoryview(data).cast("I")
+        assert (ids[0], ids[-1]) == (i * 65536 + 1, (i + 1) * 65536)
+    sock.close()
+    assert served_fixed.changes.wait_for(lambda: served_fixed.system.core.capacity_avail
+                                         == served_fixed.system.core.capacity)
+
+
+def test_a_client_gone_with_replies_unread_is_released(served_fixed: Served) -> None:
+    sock = RawConn(served_fixed)
+    sock.reply()
+    batch = protocol.request(uapi.IOASID_REQUEST_ALLOC_BATCH,
+                             uapi.ALLOC_BATCH.pack(20, 0, 1, MAX31, uapi.IOASID_BATCH_MAX))
+    sock.send(batch * 4)
+    system = served_fixed.system
+    assert served_fixed.changes.wait_for(lambda: len(system.core) >= 2 * 65536)
+    sock.sock.close()  # without reading: the server's pending replies have no reader
+    assert served_fixed.changes.wait_for(lambda: len(system.core) == 0)
+    assert served_fixed.server.connections == 0
