@@ -189,8 +189,9 @@ class System:
             self._changed("flag", cgroup=cg, name=name)
 
     def write_release_agent(self, data: bytes | str) -> None:
-        """A write to the root's ``release_agent``: the path, trailing white space stripped."""
-        text = decode(data).rstrip()
+        """A write to the root's ``release_agent``: the path, white space stripped at both ends
+        (``strstrip`` in ``cgroup_release_agent_write``)."""
+        text = decode(data).strip(" \t\n\v\f\r")
         with self.lock:
             self.cgroups.release_agent = text
             self._changed("release_agent", value=text)
