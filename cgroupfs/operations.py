@@ -62,8 +62,11 @@ class CgroupOperations(mfusepy.Operations):
         self._renderings_lock = threading.Lock()
 
     # ------------------------------------------------------------------ resolution
-    def _resolve(self, path: str) -> tuple[Cgroup, CgroupFile | None]:
-        """The cgroup and file (``None`` for the directory itself) at ``path``; ``ENOENT``."""
+    def _resolve(self, path: str | None) -> tuple[Cgroup, CgroupFile | None]:
+        """The cgroup and file (``None`` for the directory itself) at ``path``; ``ENOENT``, or
+        ``ENODEV`` without a path (an open file whose directory was removed)."""
+        if path is None:
+            raise IoasidError(ENODEV, "the cgroup was removed")
         node = self.system.cgroups.root
         if path == "/":
             return node, None

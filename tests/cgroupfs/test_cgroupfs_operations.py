@@ -126,6 +126,7 @@ def test_files_of_a_removed_cgroup_are_enodev(mounted: Path, system: System) -> 
         os.rmdir(mounted / "a")
         assert errno_name(os.write, fd, b"1") == "ENODEV"
         assert errno_name(os.pread, fd, 100, 0) == "ENODEV"
+        assert errno_name(os.ftruncate, fd, 0) == "ENODEV"
     finally:
         os.close(fd)
 
