@@ -148,6 +148,20 @@ def test_reads_in_pieces_fit_together(mounted: Path, system: System, spawn) -> N
     assert str(late.pid) in (mounted / "a" / "cgroup.procs").read_text().split()
 
 
+def test_a_read_that_continues_finds_the_end_of_what_it_began(mounted: Path,
+                                                              system: System) -> None:
+    (mounted / "a").mkdir()
+    (mounted / "a" / "ioasids.max").write_text("5")
+    fd = os.open(mounted / "a" / "ioasids.max", os.O_RDONLY)
+    try:
+        assert os.read(fd, 4096) == b"5\n"
+        system.write_max("a", "max")  # grows the rendering between cat's two reads
+        assert os.read(fd, 4096) == b""
+    finally:
+        os.close(fd)
+    assert (mounted / "a" / "ioasids.max").read_text() == "max\n"
+
+
 @pytest.mark.usefixtures("as_user")
 def test_chown_and_chmod_are_recorded_durably_and_enforced(mounted: Path, changes,
                                                            as_user) -> None:
