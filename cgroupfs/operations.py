@@ -19,9 +19,9 @@ reaches a file system, such as ``ENOTDIR`` for ``rmdir`` of a file, are not repe
 - ``chmod``/``chown`` of directories and files are recorded (``System.set_attrs``) and enforced
   by the kernel (the mount uses ``default_permissions``); ``truncate`` and ``utimens`` are
   accepted and change nothing.
-- Reads and writes through a file whose cgroup has been removed: ``ENODEV``. No ``open`` and no
-  ``release`` are served from Python: libfuse answers them (``direct_io`` comes from the mount
-  configuration), which saves two of the five Python calls an ``echo``/``cat`` pair costs. A
+- Reads and writes through a file whose cgroup has been removed: ``ENODEV``. No ``open``,
+  ``flush`` or ``release`` is served from Python: libfuse answers them (``direct_io`` comes from
+  the mount configuration), so an ``echo``/``cat`` pair costs three Python calls, not seven. A
   read or write therefore finds its file by the path libfuse keeps for the open file (``None``
   once the directory was removed through the mount).
 - Sizes are 0, as kernfs reports them; reads are served with ``direct_io`` (set at mount).
