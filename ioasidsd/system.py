@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from errno import EINVAL, ESRCH
 from typing import Any
@@ -33,6 +33,7 @@ class ProcessFacts:
     uids: tuple[int, ...]  # real, effective, saved
     tgid: int
     threads: int = 1
+    movable: bool = True  # False for kernel threads cgroup-v1 refuses to move (EINVAL)
 
 
 class ProcessSource:
@@ -49,22 +50,25 @@ class ProcessSource:
                 start = proc.create_time()
                 threads = proc.num_threads()
             tgid = _tgid(pid)
+            movable = _movable(pid)
         except (psutil.NoSuchProcess, psutil.ZombieProcess, FileNotFoundError):
             raise IoasidError(ESRCH, f"no process {pid}") from None
-        return ProcessFacts(pid, start, (uids.real, uids.effective, uids.saved), tgid, threads)
+        uids3 = (uids.real, uids.effective, uids.saved)
+        return ProcessFacts(pid, start, uids3, tgid, threads, movable)
 
     def alive(self, pid: int, start_time: float) -> bool:
-        """Whether the process ``pid`` that started at ``start_time`` still runs."""
+        """Whether the process ``pid`` that started at ``start_time`` still runs (a zombie, which
+        has exited, does not)."""
         try:
-            return self.facts(pid).start_time == start_time
+            return self.facts(pid).start_time == start_time and _running(pid)
         except IoasidError:
             return False
 
     def all_pids(self) -> list[int]:
-        """Every process id on the machine."""
+        """Every process id on the machine, zombies excluded (``cgroup.procs`` omits them)."""
         import psutil
 
-        return psutil.pids()
+        return [pid for pid in psutil.pids() if _running(pid)]
 
     def thread_ids(self, pid: int) -> list[int]:
         """The thread ids of process ``pid`` (empty if it is gone)."""
@@ -81,6 +85,34 @@ def _tgid(pid: int) -> int:
             if line.startswith("Tgid:"):
                 return int(line.split()[1])
     return pid
+
+
+def _running(pid: int) -> bool:
+    """Whether ``pid`` exists and is not a zombie (state ``Z`` in ``/proc/<pid>/stat``)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            data = stat.read()
+    except OSError:
+        return False
+    end = data.rindex(b")")
+    return data[end + 2 : end + 3] != b"Z"
+
+
+PF_KTHREAD = 0x00200000
+PF_NO_SETAFFINITY = 0x04000000
+
+
+def _movable(pid: int) -> bool:
+    """Whether cgroup-v1 lets userspace move ``pid``: not a kernel thread with
+    ``PF_NO_SETAFFINITY`` (per-CPU workers) nor ``kthreadd`` (the kernel thread without a
+    parent), which ``cgroup_procs_write_start`` refuses with ``EINVAL``."""
+    with open(f"/proc/{pid}/stat", "rb") as stat:
+        data = stat.read()
+    fields = data[data.rindex(b")") + 2 :].split()  # state ppid pgrp session tty tpgid flags
+    ppid, flags = int(fields[1]), int(fields[6])
+    if flags & PF_NO_SETAFFINITY:
+        return False
+    return not (flags & PF_KTHREAD and ppid == 0)
 
 
 class System:
@@ -179,11 +211,13 @@ class System:
                     ) -> Process:
         """A write to ``cgroup.procs`` or ``tasks``: move a real process (0: the writer).
 
-        ``EINVAL`` for junk, ``ESRCH`` for no such process, ``EACCES`` when a non-root writer's
-        euid matches neither the target's uid nor its suid.
+        ``EINVAL`` for junk or a kernel thread that may not move, ``ESRCH`` for no such process,
+        ``EACCES`` when a non-root writer's euid matches neither the target's uid nor its suid.
         """
         pid = parse_pid(data) or writer_pid
         facts = self.processes.facts(pid)
+        if not facts.movable:
+            raise IoasidError(EINVAL, f"process {pid} is a kernel thread that may not move")
         self.cgroups.check_owner(writer_uid, (facts.uids[0], facts.uids[2]))
         with self.lock:
             dst = self.cgroups.lookup(path)
@@ -207,3 +241,19 @@ class System:
             if proc is not None:
                 self.cgroups.exit(proc)
                 self._changed("exit", process=proc)
+
+    # ------------------------------------------------------------------ file attributes
+    def set_attrs(self, path: str, changes: Mapping[str, Mapping[str, int]]) -> None:
+        """Record file attributes of the cgroup at ``path`` (``chmod``, ``chown``, ``touch``
+        through the file system, and the owner of a cgroup a non-root user created).
+
+        ``changes`` maps a file name (``""`` for the directory) to the attributes that change:
+        ``mode`` (permission bits), ``uid``, ``gid``, ``atime``, ``mtime`` (nanoseconds). The
+        model keeps them in ``Cgroup.attrs`` without interpreting them; the kernel enforces them
+        on the mount. ``ENOENT`` if there is no such cgroup.
+        """
+        with self.lock:
+            cg = self.cgroups.lookup(path)
+            for name, attrs in changes.items():
+                cg.attrs.setdefault(name, {}).update(attrs)
+            self._changed("attrs", cgroup=cg, changes=changes)

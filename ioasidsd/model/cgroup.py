@@ -29,6 +29,11 @@ U32_MASK = 0xFFFFFFFF
 NAME_MAX = 255
 
 
+def _valid_name(name: str) -> bool:
+    """Whether ``name`` may name a cgroup: not empty, ``.`` or ``..``; no ``/``, NUL or newline."""
+    return bool(name) and name not in (".", "..") and not any(c in name for c in "/\0\n")
+
+
 class Process:
     """A real (or simulated) process: pid and start time, its cgroup and its thread count.
 
@@ -69,9 +74,12 @@ class Cgroup:
     ``counter`` is ``ioasids.current``, ``limit`` is ``ioasids.max`` (``None`` for ``max``),
     ``reserved`` the capacity this cgroup holds from the pool for its limit, ``events`` and
     ``events_local`` the refusals (``ioasids.events``, ``ioasids.events.local``).
+    ``attrs`` holds file attributes a face set (``chmod``, ``chown``, times), by file name, ``""``
+    for the directory itself; the model does not interpret them.
     """
 
     __slots__ = (
+        "attrs",
         "chain",
         "children",
         "clone_children",
@@ -88,6 +96,7 @@ class Cgroup:
     )
 
     def __init__(self, name: str, parent: Cgroup | None, limit: int | None) -> None:
+        self.attrs: dict[str, dict[str, int]] = {}
         self.name = name
         self.parent = parent
         self.children: dict[str, Cgroup] = {}
@@ -181,13 +190,13 @@ class IoasidsController:
 
         ``EEXIST`` if the name is taken by a cgroup or one of ``reserved_names`` (the face's
         files); ``EINVAL`` for an empty name, ``.``, ``..`` or one with ``/``, NUL or a newline
-        (which would make ``/proc/<pid>/cgroup`` unparsable);
+        (``cgroup_mkdir`` refuses ``\\n``);
         ``ENAMETOOLONG`` over 255 bytes. The new cgroup's limit follows ``new_cgroup_max``;
         ``notify_on_release`` and ``cgroup.clone_children`` are inherited from the parent.
         """
         with self.lock:
             self.core._enter()
-            if not name or name in (".", "..") or any(c in name for c in "/\0\n"):
+            if not _valid_name(name):
                 raise IoasidError(EINVAL, f"invalid cgroup name {name!r}")
             if len(name.encode()) > NAME_MAX:
                 raise IoasidError(36, "cgroup name too long")  # ENAMETOOLONG
@@ -231,8 +240,9 @@ class IoasidsController:
     def rename(self, cg: Cgroup, new_parent: Cgroup, new_name: str, *,
                reserved_names: frozenset[str] = frozenset()) -> None:
         """Rename a cgroup within its parent: ``EIO`` for a move to another parent (cgroup-v1
-        refuses that), ``EEXIST`` onto an existing name, ``EINVAL`` for a bad name (a newline is
-        refused first, as ``cgroup1_rename`` does), ``EBUSY`` for the root."""
+        refuses that), ``EEXIST`` onto an existing name, ``EINVAL`` for a bad name (as for
+        ``mkdir``; ``cgroup1_rename`` refuses ``\\n``), ``ENAMETOOLONG`` over 255 bytes, ``EBUSY``
+        for the root."""
         with self.lock:
             self.core._enter()
             if "\n" in new_name:
@@ -241,8 +251,10 @@ class IoasidsController:
                 raise IoasidError(EBUSY, "cannot rename the root")
             if new_parent is not cg.parent:
                 raise IoasidError(EIO, "cgroups can only be renamed within their parent")
-            if not new_name or new_name in (".", "..") or "/" in new_name:
+            if not _valid_name(new_name):
                 raise IoasidError(EINVAL, f"invalid cgroup name {new_name!r}")
+            if len(new_name.encode()) > NAME_MAX:
+                raise IoasidError(36, "cgroup name too long")  # ENAMETOOLONG
             if new_name == cg.name:
                 return
             if new_name in cg.parent.children or new_name in reserved_names:

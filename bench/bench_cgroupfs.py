@@ -1,0 +1,181 @@
+#!/usr/bin/env python3
+"""Benchmark of the cgroupfs FUSE face (issue 4), each figure side by side with the kernel.
+
+1. echo+cat pairs per second on ``ioasids.max`` of our mount against ``pids.max`` of a child of
+   the kernel's cgroup-v1 ``pids`` hierarchy, in alternating rounds. A pair is what
+   ``echo 5 > f; cat f`` does to the file, without starting processes: open(O_WRONLY|O_TRUNC),
+   write ``5\\n``, close; open, read until end of file, close. Target: at least 1/15 of the
+   kernel's rate.
+2. ``mkdir`` of 10,000 cgroups (flat, under one parent) on our mount and on the kernel's, then
+   their ``rmdir``. Target: under 10 s on ours. Measured with ``System.on_change`` a no-op and,
+   when ``ioasidsd.daemon.store`` can be imported, with the daemon's SQLite store as
+   ``on_change`` (every mkdir committed before it returns).
+
+Our file system is served by a child process, as the daemon serves it; the loops run here.
+Needs root, FUSE and ``/sys/fs/cgroup/pids``. Usage::
+
+    bench_cgroupfs.py [--rounds 5] [--seconds 2] [--mkdirs 10000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+KERNEL_PIDS = Path("/sys/fs/cgroup/pids")
+
+SERVER = r"""
+import sys
+from ioasidsd.system import System
+from cgroupfs import mount
+mountpoint, state_dir = sys.argv[1], sys.argv[2]
+system = System()
+if state_dir:
+    from ioasidsd.daemon.store import Store
+    store = Store.open(state_dir)
+    store.bind(system)
+    system.on_change = store.apply
+handle = mount(system, mountpoint)
+print("ready", flush=True)
+handle.wait()
+"""
+
+
+def have_store() -> bool:
+    try:
+        import ioasidsd.daemon.store  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def served(mountpoint: Path, state_dir: str = ""):
+    """Our file system, served by a child process until the block ends."""
+    server = subprocess.Popen([sys.executable, "-c", SERVER, str(mountpoint), state_dir],
+                              stdout=subprocess.PIPE)
+    try:
+        assert server.stdout is not None
+        if server.stdout.readline() != b"ready\n":
+            raise SystemExit("the file system server did not start")
+        yield mountpoint
+    finally:
+        subprocess.run(["fusermount3", "-u", str(mountpoint)], check=False)
+        try:
+            server.wait(30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+
+
+@contextlib.contextmanager
+def kernel_cgroup():
+    """A child of the kernel's pids hierarchy, removed (with its children) afterwards."""
+    top = KERNEL_PIDS / f"ioasids-bench-{os.getpid()}"
+    top.mkdir()
+    try:
+        yield top
+    finally:
+        for child in sorted(p for p in top.iterdir() if p.is_dir()):
+            child.rmdir()
+        top.rmdir()
+
+
+def pairs_for(path: Path, seconds: float) -> float:
+    """echo+cat pairs per second on ``path`` for about ``seconds``."""
+    target = os.fsencode(path)
+    wflags, rflags = os.O_WRONLY | os.O_TRUNC, os.O_RDONLY
+    done, start = 0, time.perf_counter()
+    deadline = start + seconds
+    while True:
+        for _ in range(100):
+            fd = os.open(target, wflags)
+            os.write(fd, b"5\n")
+            os.close(fd)
+            fd = os.open(target, rflags)
+            while os.read(fd, 4096):
+                pass
+            os.close(fd)
+        done += 100
+        now = time.perf_counter()
+        if now >= deadline:
+            return done / (now - start)
+
+
+def bench_pairs(ours: Path, kernel: Path, rounds: int, seconds: float) -> dict[str, float]:
+    (ours / "bench").mkdir()
+    ours_max, kernel_max = ours / "bench" / "ioasids.max", kernel / "pids.max"
+    pairs_for(ours_max, 0.2)  # warm up both
+    pairs_for(kernel_max, 0.2)
+    mine, theirs = [], []
+    for _ in range(rounds):
+        theirs.append(pairs_for(kernel_max, seconds))
+        mine.append(pairs_for(ours_max, seconds))
+    (ours / "bench").rmdir()
+    ratios = [m / k for m, k in zip(mine, theirs, strict=True)]
+    return {"ours": statistics.median(mine), "kernel": statistics.median(theirs),
+            "ratio": statistics.median(ratios)}
+
+
+def mkdir_rmdir(parent: Path, count: int) -> tuple[float, float]:
+    """Seconds to create ``count`` directories under ``parent``, and to remove them."""
+    names = [os.fsencode(parent / f"c{i}") for i in range(count)]
+    start = time.perf_counter()
+    for name in names:
+        os.mkdir(name)
+    made = time.perf_counter() - start
+    start = time.perf_counter()
+    for name in names:
+        os.rmdir(name)
+    return made, time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--seconds", type=float, default=2.0)
+    parser.add_argument("--mkdirs", type=int, default=10_000)
+    args = parser.parse_args()
+    if os.geteuid() != 0 or not (KERNEL_PIDS / "release_agent").exists():
+        raise SystemExit(f"needs root and a kernel cgroup-v1 pids hierarchy at {KERNEL_PIDS}")
+
+    work = Path(tempfile.mkdtemp(prefix="ioasids-bench-"))
+    try:
+        with kernel_cgroup() as kernel, served(work / "mnt") as ours:
+            pairs = bench_pairs(ours, kernel, args.rounds, args.seconds)
+            print(f"echo+cat pairs/s: ours {pairs['ours']:,.0f}, kernel {pairs['kernel']:,.0f}, "
+                  f"ratio {pairs['ratio']:.3f} = 1/{1 / pairs['ratio']:.1f} "
+                  f"(median of {args.rounds} rounds of {args.seconds:g} s; target >= 1/15)")
+            (ours / "m").mkdir()
+            ours_mk, ours_rm = mkdir_rmdir(ours / "m", args.mkdirs)
+            kernel_mk, kernel_rm = mkdir_rmdir(kernel, args.mkdirs)
+            print(f"mkdir x{args.mkdirs}, on_change a no-op: ours {ours_mk:.2f} s, kernel "
+                  f"{kernel_mk:.2f} s (ratio {ours_mk / kernel_mk:.1f}); rmdir: ours "
+                  f"{ours_rm:.2f} s, kernel {kernel_rm:.2f} s (target: mkdir < 10 s)")
+        if have_store():
+            state = work / "state"
+            state.mkdir()
+            with kernel_cgroup() as kernel, served(work / "mnt", str(state)) as ours:
+                (ours / "m").mkdir()
+                ours_mk, ours_rm = mkdir_rmdir(ours / "m", args.mkdirs)
+                kernel_mk, _ = mkdir_rmdir(kernel, args.mkdirs)
+                print(f"mkdir x{args.mkdirs}, daemon store (SQLite WAL, synchronous=normal): "
+                      f"ours {ours_mk:.2f} s, kernel {kernel_mk:.2f} s (ratio "
+                      f"{ours_mk / kernel_mk:.1f}); rmdir: ours {ours_rm:.2f} s")
+        else:
+            print("mkdir with the daemon's store: not measured (ioasidsd.daemon.store is not "
+                  "importable in this tree)")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

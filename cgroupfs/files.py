@@ -1,0 +1,228 @@
+"""The file table: which files a cgroup directory holds, their modes, how each reads and how a
+write to it reaches the ``System``.
+
+A non-root cgroup holds the cgroup-v1 core files (``cgroup.procs``, ``tasks``,
+``cgroup.clone_children``, ``notify_on_release``) and the controller's ``ioasids.max``,
+``ioasids.current``, ``ioasids.peak``, ``ioasids.events`` and ``ioasids.events.local``. The root
+holds the core files of a v1 root (``cgroup.procs``, ``tasks``, ``cgroup.clone_children``,
+``cgroup.sane_behavior``, ``notify_on_release``, ``release_agent``); outside the ``v4`` profile,
+which reproduces the series' ``CFTYPE_NOT_ON_ROOT``, it also holds the read-only
+``ioasids.capacity`` and ``ioasids.current`` (like ``misc.capacity`` and ``misc.current``).
+
+Writes follow ``cgroup_file_write`` and kernfs: an empty write does nothing and returns 0; a
+write longer than the file's limit (a page; ``PATH_MAX - 1`` for ``release_agent``) is
+``E2BIG``; a write to a read-only file is ``EINVAL`` (only root gets that far: the mode refuses
+others at open); each write is one value, parsed alone, whatever its offset. Parsing and its
+errnos live in the model (``ioasidsd.model.formats``), changes in ``System``.
+
+Pure: nothing here knows FUSE; the file system face (``cgroupfs.operations``) resolves paths,
+checks that the cgroup still exists, and calls ``read`` and ``write``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from errno import E2BIG, EINVAL, EPERM
+from types import MappingProxyType
+
+from cgroupfs import pidlists
+from ioasidsd.model.cgroup import Cgroup
+from ioasidsd.model.errors import IoasidError
+from ioasidsd.model.formats import (
+    render_capacity,
+    render_count,
+    render_events,
+    render_flag,
+    render_ids,
+    render_limit,
+)
+from ioasidsd.system import System
+
+PAGE_SIZE = 4096
+PATH_MAX = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class Writer:
+    """The process behind a write: its pid (a thread id), and its uid and gid."""
+
+    pid: int
+    uid: int
+    gid: int
+
+
+Render = Callable[[System, Cgroup], str]
+Store = Callable[[System, Cgroup, bytes, Writer], None]
+
+
+@dataclass(frozen=True, slots=True)
+class CgroupFile:
+    """One file of a cgroup directory.
+
+    ``render`` produces its text; ``store`` applies a write (``None``: read-only);
+    ``max_write`` is the longest write accepted (``E2BIG`` beyond).
+    """
+
+    name: str
+    render: Render
+    store: Store | None = None
+    max_write: int = PAGE_SIZE
+
+    @property
+    def mode(self) -> int:
+        """The permission bits a new cgroup's file has: 0644, or 0444 when read-only."""
+        return 0o644 if self.store is not None else 0o444
+
+
+def read(system: System, cg: Cgroup, file: CgroupFile) -> bytes:
+    """The current content of ``file`` in ``cg``."""
+    return file.render(system, cg).encode("utf-8", "surrogateescape")
+
+
+def write(system: System, cg: Cgroup, file: CgroupFile, data: bytes, writer: Writer) -> int:
+    """Apply one write(2) of ``data`` to ``file`` in ``cg``; returns the bytes consumed.
+
+    ``E2BIG`` over the file's limit, ``EINVAL`` for a read-only file, otherwise whatever the
+    file's parser and ``System`` raise (``EINVAL``, ``ERANGE``, ``ESRCH``, ``EACCES``, ``ENOSPC``,
+    ...), having changed nothing.
+    """
+    if not data:
+        return 0
+    if len(data) > file.max_write:
+        raise IoasidError(E2BIG, f"{file.name}: a write is at most {file.max_write} bytes")
+    if file.store is None:
+        raise IoasidError(EINVAL, f"{file.name} is read-only")
+    file.store(system, cg, data, writer)
+    return len(data)
+
+
+def files_of(system: System, cg: Cgroup) -> Mapping[str, CgroupFile]:
+    """The files of ``cg``'s directory, by name."""
+    if cg.parent is not None:
+        return CHILD_FILES
+    return ROOT_FILES_V4 if system.knobs.profile == "v4" else ROOT_FILES
+
+
+def names_of(system: System, cg: Cgroup) -> frozenset[str]:
+    """The file names of ``cg``'s directory: names a child cgroup cannot take."""
+    return CHILD_NAMES if cg.parent is not None else frozenset(files_of(system, cg))
+
+
+# ---------------------------------------------------------------------- renderers
+def _procs(system: System, cg: Cgroup) -> str:
+    return render_ids(pidlists.procs(system, cg))
+
+
+def _tasks(system: System, cg: Cgroup) -> str:
+    return render_ids(pidlists.tasks(system, cg))
+
+
+def _clone_children(system: System, cg: Cgroup) -> str:
+    return render_flag(cg.clone_children)
+
+
+def _notify_on_release(system: System, cg: Cgroup) -> str:
+    return render_flag(cg.notify_on_release)
+
+
+def _sane_behavior(system: System, cg: Cgroup) -> str:
+    return render_flag(system.cgroups.sane_behavior)
+
+
+def _release_agent(system: System, cg: Cgroup) -> str:
+    return system.cgroups.release_agent + "\n"
+
+
+def _capacity(system: System, cg: Cgroup) -> str:
+    core = system.core
+    with system.lock:
+        return render_capacity(core.capacity, core.capacity_avail)
+
+
+def _in_use(system: System, cg: Cgroup) -> str:
+    return render_count(len(system.core))
+
+
+def _max(system: System, cg: Cgroup) -> str:
+    return render_limit(cg.limit)
+
+
+def _current(system: System, cg: Cgroup) -> str:
+    return render_count(cg.counter)
+
+
+def _peak(system: System, cg: Cgroup) -> str:
+    return render_count(cg.peak)
+
+
+def _events(system: System, cg: Cgroup) -> str:
+    return render_events(cg.events)
+
+
+def _events_local(system: System, cg: Cgroup) -> str:
+    return render_events(cg.events_local)
+
+
+# ---------------------------------------------------------------------- write handlers
+def _move(system: System, cg: Cgroup, data: bytes, writer: Writer) -> None:
+    system.write_procs(cg.path, data, writer_pid=writer.pid, writer_uid=writer.uid)
+
+
+def _set_flag(name: str) -> Store:
+    def store(system: System, cg: Cgroup, data: bytes, writer: Writer) -> None:
+        system.write_flag(cg.path, name, data)
+
+    return store
+
+
+def _set_release_agent(system: System, cg: Cgroup, data: bytes, writer: Writer) -> None:
+    # Setting the release agent needs CAP_SYS_ADMIN in the initial user namespace.
+    if writer.uid != 0:
+        raise IoasidError(EPERM, "only root may set the release agent")
+    system.write_release_agent(data)
+
+
+def _set_max(system: System, cg: Cgroup, data: bytes, writer: Writer) -> None:
+    system.write_max(cg.path, data)
+
+
+def _table(*files: CgroupFile) -> Mapping[str, CgroupFile]:
+    return MappingProxyType({file.name: file for file in files})
+
+
+_CORE = (
+    CgroupFile("cgroup.procs", _procs, _move),
+    CgroupFile("tasks", _tasks, _move),
+    CgroupFile("cgroup.clone_children", _clone_children, _set_flag("cgroup.clone_children")),
+    CgroupFile("notify_on_release", _notify_on_release, _set_flag("notify_on_release")),
+)
+_ROOT_CORE = (
+    *_CORE,
+    CgroupFile("cgroup.sane_behavior", _sane_behavior),
+    CgroupFile("release_agent", _release_agent, _set_release_agent, max_write=PATH_MAX - 1),
+)
+
+CHILD_FILES = _table(
+    *_CORE,
+    CgroupFile("ioasids.max", _max, _set_max),
+    CgroupFile("ioasids.current", _current),
+    CgroupFile("ioasids.peak", _peak),
+    CgroupFile("ioasids.events", _events),
+    CgroupFile("ioasids.events.local", _events_local),
+)
+"""A non-root cgroup's files."""
+
+ROOT_FILES = _table(
+    *_ROOT_CORE,
+    CgroupFile("ioasids.capacity", _capacity),
+    CgroupFile("ioasids.current", _in_use),
+)
+"""The root's files outside the ``v4`` profile: ``ioasids.capacity`` reads ``capacity N`` and
+``available M`` (not reserved by limits or set quotas); ``ioasids.current`` the IOASIDs in use
+system-wide (every live IOASID, whoever allocated it)."""
+
+ROOT_FILES_V4 = _table(*_ROOT_CORE)
+"""The root's files in the ``v4`` profile: no ``ioasids.*`` (``CFTYPE_NOT_ON_ROOT``)."""
+
+CHILD_NAMES = frozenset(CHILD_FILES)

@@ -1,0 +1,251 @@
+"""Mounting the file system: a libfuse3 multi-threaded loop (mfusepy) on a background thread,
+its unmounting, and dead mounts left by a killed daemon.
+
+mfusepy runs libfuse's ``fuse_main_real`` on the serving thread: it mounts, serves with
+``fuse_loop_mt`` until the mount goes away, then unmounts. Two consequences for the process:
+
+- libfuse installs handlers for SIGHUP, SIGINT and SIGTERM that end the loop (and so unmount)
+  only where a signal still has its default disposition, and removes them when the loop ends.
+  Python's SIGINT handler is not the default, so Ctrl-C stays with Python; a daemon that owns
+  SIGTERM and SIGHUP installs its handlers before ``mount``.
+- A mount whose serving process was killed stays behind as a dead mount point (``ENOTCONN`` on
+  every access) until someone removes it: ``stale_mount`` recognises one, ``force_unmount``
+  removes it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import os
+import shutil
+import subprocess
+import threading
+from errno import EBUSY, EINVAL, ENODEV, ENOENT, ENOTCONN, ENOTDIR, ETIMEDOUT
+
+import mfusepy
+import structlog
+
+from cgroupfs.operations import CgroupOperations
+from ioasidsd.system import System
+
+log = structlog.get_logger(__name__)
+
+MOUNT_TIMEOUT = 30.0
+"""Seconds ``mount`` waits for the kernel to connect before giving up."""
+MNT_FORCE = 1
+MNT_DETACH = 2
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+_libc.umount2.argtypes = (ctypes.c_char_p, ctypes.c_int)
+
+
+class CgroupMount:
+    """A mounted hierarchy, served by a background thread until it is unmounted."""
+
+    def __init__(self, system: System, mountpoint: str, options: dict[str, object]) -> None:
+        self.mountpoint = mountpoint
+        self.system = system
+        self._options = options
+        self._error: BaseException | None = None
+        self._settled = threading.Event()  # the kernel connected, or the thread ended
+        self.operations = CgroupOperations(system, on_init=self._settled.set)
+        self._ended = threading.Event()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(
+            target=self._serve, name=f"cgroupfs {mountpoint}", daemon=True
+        )
+
+    def _serve(self) -> None:
+        try:
+            mfusepy.FUSE(self.operations, self.mountpoint, **self._options)
+        except BaseException as exc:  # reported by mount() or kept for wait()
+            self._error = exc
+        finally:
+            self._ended.set()
+            self._settled.set()
+
+    def _start(self) -> None:
+        self._thread.start()
+        if not self._settled.wait(MOUNT_TIMEOUT):
+            self.unmount()
+            raise OSError(ETIMEDOUT, f"{self.mountpoint}: the kernel did not connect in time")
+        if self._ended.is_set():
+            raise OSError(
+                EINVAL,
+                f"{self.mountpoint}: libfuse could not mount ({self._error!r}; its own message "
+                "is on stderr)",
+            )
+        if not os.path.exists(os.path.join(self.mountpoint, "cgroup.procs")):
+            self.unmount()
+            raise OSError(ENOENT, f"{self.mountpoint}: mounted, but cgroup.procs is missing")
+
+    @property
+    def mounted(self) -> bool:
+        """Whether the serving thread still runs."""
+        return not self._ended.is_set()
+
+    def unmount(self) -> None:
+        """Unmount and return once the serving thread has ended; does nothing when unmounted.
+
+        A busy mount point (an open file, a shell's working directory) is detached anyway: as
+        root the connection is aborted first (``MNT_FORCE``), so the holders get ``ENOTCONN``;
+        otherwise ``fusermount3 -u -z`` detaches it and the thread ends with the last holder.
+        """
+        with self._lock:
+            if not self._ended.is_set():
+                _unmount(self.mountpoint)
+        self._thread.join()
+
+    def wait(self) -> None:
+        """Block until the file system is unmounted, by ``unmount`` or from outside."""
+        self._ended.wait()
+        self._thread.join()
+
+    def __enter__(self) -> CgroupMount:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.unmount()
+
+    def __repr__(self) -> str:
+        return f"CgroupMount({self.mountpoint!r}, mounted={self.mounted})"
+
+
+def mount(system: System, mountpoint: str, *, allow_other: bool = True,
+          fsname: str = "ioasids") -> CgroupMount:
+    """Mount the hierarchy of ``system`` on ``mountpoint`` (created if missing) and serve it on
+    a background thread (multi-threaded libfuse3 loop, mfusepy), with ``default_permissions``,
+    ``allow_other`` (when ``/etc/fuse.conf`` or root allows it) and ``direct_io``.
+
+    Returns once the mount is live (``mountpoint/cgroup.procs`` exists). Raises ``OSError`` with
+    a clear message on failure: ``ENODEV`` without ``/dev/fuse``, ``EBUSY`` for a mount point
+    that is already mounted (or holds a dead mount: see ``force_unmount``), ``ENOTDIR`` for a
+    file, ``EINVAL`` when libfuse refuses, ``ETIMEDOUT`` when the kernel never connects.
+    """
+    mountpoint = os.path.abspath(mountpoint)
+    if not os.path.exists("/dev/fuse"):
+        raise OSError(ENODEV, "/dev/fuse is missing: load the fuse module (modprobe fuse)")
+    if stale_mount(mountpoint):
+        raise OSError(
+            EBUSY, f"{mountpoint} holds a dead FUSE mount (a killed daemon?): force_unmount it"
+        )
+    if os.path.lexists(mountpoint) and not os.path.isdir(mountpoint):
+        raise NotADirectoryError(ENOTDIR, f"{mountpoint} is not a directory")
+    os.makedirs(mountpoint, exist_ok=True)
+    if os.path.ismount(mountpoint):
+        raise OSError(EBUSY, f"{mountpoint} is already a mount point")
+    if os.geteuid() != 0 and shutil.which("fusermount3") is None:
+        raise OSError(ENOENT, "fusermount3 is missing (Debian package fuse3)")
+    if allow_other and not _allow_other_permitted():
+        log.warning("allow_other dropped: not root and no user_allow_other in /etc/fuse.conf",
+                    mountpoint=mountpoint)
+        allow_other = False
+    options: dict[str, object] = {
+        "foreground": True,
+        "default_permissions": True,
+        "direct_io": True,
+        "fsname": fsname,
+        "subtype": "ioasids",
+    }
+    if allow_other:
+        options["allow_other"] = True
+    handle = CgroupMount(system, mountpoint, options)
+    handle._start()
+    return handle
+
+
+def stale_mount(path: str) -> bool:
+    """Whether ``path`` is a FUSE mount point whose server is gone (``ENOTCONN``)."""
+    path = os.path.abspath(path)
+    if not _fuse_mounted_at(path):
+        return False
+    try:
+        os.statvfs(path)  # always asks the server (a stat may be answered from the cache)
+    except OSError as exc:
+        return exc.errno == ENOTCONN
+    return False
+
+
+def force_unmount(path: str) -> None:
+    """Remove whatever FUSE mount is at ``path``, busy or dead: a lazy unmount (``umount -l``
+    as root, ``fusermount3 -u -z`` otherwise). Does nothing when nothing is mounted there;
+    ``OSError`` when the unmount fails."""
+    path = os.path.abspath(path)
+    if not _fuse_mounted_at(path):
+        return
+    if os.geteuid() == 0:
+        _umount2(path, MNT_DETACH)
+    else:
+        _fusermount(path, lazy=True)
+
+
+# ---------------------------------------------------------------------- helpers
+def _unmount(path: str) -> None:
+    """Unmount ``path``; detach it when busy (as root, aborting the connection first)."""
+    if os.geteuid() != 0:
+        try:
+            _fusermount(path, lazy=False)
+        except OSError:
+            _fusermount(path, lazy=True)
+        return
+    try:
+        _umount2(path, 0)
+    except OSError as exc:
+        if exc.errno == EINVAL:  # not (or no longer) mounted: the loop is ending by itself
+            return
+        if exc.errno != EBUSY:
+            raise
+        with contextlib.suppress(OSError):
+            _umount2(path, MNT_FORCE)  # fuse_umount_begin aborts the connection
+        with contextlib.suppress(OSError):
+            _umount2(path, MNT_DETACH)
+
+
+def _umount2(path: str, flags: int) -> None:
+    if _libc.umount2(os.fsencode(path), flags) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, f"umount {path}: {os.strerror(code)}")
+
+
+def _fusermount(path: str, *, lazy: bool) -> None:
+    argv = ["fusermount3", "-u", *(["-z"] if lazy else []), path]
+    done = subprocess.run(argv, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise OSError(EBUSY, f"{' '.join(argv)}: {done.stderr.strip()}")
+
+
+def _allow_other_permitted() -> bool:
+    if os.geteuid() == 0:
+        return True
+    try:
+        with open("/etc/fuse.conf", encoding="utf-8") as conf:
+            return any(line.strip() == "user_allow_other" for line in conf)
+    except OSError:
+        return False
+
+
+def _fuse_mounted_at(path: str) -> bool:
+    """Whether ``/proc/self/mountinfo`` lists a FUSE file system mounted at ``path``."""
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as info:
+            lines = info.readlines()
+    except OSError:
+        return False
+    for line in lines:
+        left, _, right = line.partition(" - ")
+        fields = left.split()
+        if len(fields) < 5 or not right:
+            continue
+        fstype = right.split()[0]
+        if (fstype == "fuse" or fstype.startswith("fuse.")) and _unescape(fields[4]) == path:
+            return True
+    return False
+
+
+def _unescape(field: str) -> str:
+    """A mountinfo path: spaces, tabs, newlines and backslashes are octal escapes there."""
+    for escape, char in (("\\040", " "), ("\\011", "\t"), ("\\012", "\n"), ("\\134", "\\")):
+        field = field.replace(escape, char)
+    return field

@@ -1,0 +1,257 @@
+"""The FUSE operations (mfusepy, libfuse3 high-level API) of the cgroup-v1 file system.
+
+Every path is resolved against the model on each request: a directory is a cgroup, a file is an
+entry of ``cgroupfs.files`` in its cgroup's directory. Changes go through ``System`` methods,
+which call ``system.on_change`` (the daemon's durable store) before they return, so a write is
+durable when the write(2) returns. Errors are ``OSError``s carrying a kernel errno (the model's
+``IoasidError`` is one); mfusepy returns ``-errno`` to the kernel, and any other exception becomes
+``EINVAL`` and is logged, so bad input never stops the file system.
+
+What the kernel's cgroupfs does, and so what this does (errnos the VFS produces before a request
+reaches a file system, such as ``ENOTDIR`` for ``rmdir`` of a file, are not repeated here):
+
+- ``mkdir``: a cgroup (``EEXIST`` for a taken name, ``EINVAL`` for a newline in it); it belongs
+  to its creator when that is not root, files included; ``rmdir``: ``EBUSY`` while it has
+  running processes (members found to have exited are reported as exits first) or children;
+  ``rename``: directories only (``ENOTDIR``), within the parent (``EIO``),
+  not onto an existing name (``EEXIST``).
+- No file creation (``EACCES``), deletion (``EPERM``), links or symlinks (``EPERM``).
+- ``chmod``/``chown`` of directories and files are recorded (``System.set_attrs``) and enforced
+  by the kernel (the mount uses ``default_permissions``); ``truncate`` and ``utimens`` are
+  accepted and change nothing.
+- Reads and writes through a file whose cgroup has been removed: ``ENODEV``. No ``open``,
+  ``flush`` or ``release`` is served from Python: libfuse answers them (``direct_io`` comes from
+  the mount configuration), so an ``echo``/``cat`` pair costs three Python calls, not seven. A
+  read or write therefore finds its file by the path libfuse keeps for the open file (``None``
+  once the directory was removed through the mount).
+- Sizes are 0, as kernfs reports them; reads are served with ``direct_io`` (set at mount).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from errno import EACCES, EISDIR, ENODEV, ENOENT, ENOTDIR, EPERM
+from stat import S_IFDIR, S_IFREG
+from typing import Any
+
+import mfusepy
+
+from cgroupfs import files, pidlists
+from cgroupfs.files import CgroupFile, Writer
+from ioasidsd.model.cgroup import Cgroup
+from ioasidsd.model.errors import IoasidError
+from ioasidsd.system import System
+
+ROOT_DIR_MODE = 0o555
+DIR_MODE = 0o755
+PIDLIST_LIFETIME = 1.0
+"""Seconds a rendering stays for reads at a non-zero offset (``CGROUP_PIDLIST_DESTROY_DELAY``)."""
+
+
+class CgroupOperations(mfusepy.Operations):
+    """The file system over ``system``; ``on_init`` is called once the kernel connected."""
+
+    use_ns = True
+
+    def __init__(self, system: System, *, on_init: Callable[[], None] | None = None) -> None:
+        self.system = system
+        self._on_init = on_init
+        self.started_ns = time.time_ns()
+        self._renderings: OrderedDict[tuple[Cgroup, str], tuple[float, bytes]] = OrderedDict()
+        self._renderings_lock = threading.Lock()
+
+    # ------------------------------------------------------------------ resolution
+    def _resolve(self, path: str | None) -> tuple[Cgroup, CgroupFile | None]:
+        """The cgroup and file (``None`` for the directory itself) at ``path``; ``ENOENT``, or
+        ``ENODEV`` without a path (an open file whose directory was removed)."""
+        if path is None:
+            raise IoasidError(ENODEV, "the cgroup was removed")
+        node = self.system.cgroups.root
+        if path == "/":
+            return node, None
+        parts = path[1:].split("/")
+        last = len(parts) - 1
+        for i, part in enumerate(parts):
+            if i == last:
+                file = files.files_of(self.system, node).get(part)
+                if file is not None:
+                    return node, file
+            child = node.children.get(part)
+            if child is None:
+                code = ENOTDIR if part in files.files_of(self.system, node) else ENOENT
+                raise IoasidError(code, f"no {path}")
+            node = child
+        return node, None
+
+    def _resolve_file(self, path: str | None) -> tuple[Cgroup, CgroupFile]:
+        """The cgroup and file an open file refers to, or ``ENODEV`` when that cgroup has been
+        removed (``path`` is ``None`` once libfuse saw it go, unknown if another face did)."""
+        if path is not None:
+            try:
+                cg, file = self._resolve(path)
+            except IoasidError:
+                pass
+            else:
+                if file is not None:
+                    return cg, file
+        raise IoasidError(ENODEV, "the cgroup was removed")
+
+    def _stat(self, cg: Cgroup, file: CgroupFile | None) -> dict[str, Any]:
+        name = "" if file is None else file.name
+        attrs = cg.attrs.get(name, {})
+        if file is None:
+            default = ROOT_DIR_MODE if cg.parent is None else DIR_MODE
+            kind, nlink = S_IFDIR, 2 + len(cg.children)
+        else:
+            default, kind, nlink = file.mode, S_IFREG, 1
+        started = self.started_ns
+        return {
+            "st_mode": kind | attrs.get("mode", default),
+            "st_nlink": nlink,
+            "st_uid": attrs.get("uid", 0),
+            "st_gid": attrs.get("gid", 0),
+            "st_size": 0,
+            "st_atime": attrs.get("atime", started),
+            "st_mtime": attrs.get("mtime", started),
+            "st_ctime": started,
+        }
+
+    # ------------------------------------------------------------------ life cycle
+    def init(self, path: str) -> None:
+        if self._on_init is not None:
+            self._on_init()
+
+    def statfs(self, path: str) -> dict[str, int]:
+        return {"f_bsize": 4096, "f_frsize": 4096, "f_namemax": 255}
+
+    # ------------------------------------------------------------------ reading the tree
+    def getattr(self, path: str, fh: int | None = None) -> dict[str, Any]:
+        cg, file = self._resolve(path)
+        return self._stat(cg, file)
+
+    def readdir(self, path: str, fh: int) -> list[str | tuple[str, int, int]]:
+        cg, file = self._resolve(path)
+        if file is not None:
+            raise IoasidError(ENOTDIR, f"{path} is a file")
+        entries: list[str | tuple[str, int, int]] = [".", ".."]
+        entries += [(name, S_IFREG, 0) for name in files.files_of(self.system, cg)]
+        entries += [(name, S_IFDIR, 0) for name in list(cg.children)]
+        return entries
+
+    # ------------------------------------------------------------------ files
+    def read(self, path: str | None, size: int, offset: int, fh: int) -> bytes:
+        """A read at offset 0 renders the file afresh and keeps the rendering for a second;
+        reads further on continue it, so the pieces fit (seq_file keeps its buffer per open
+        file; with nothing kept per open file, renderings are kept per cgroup file)."""
+        cg, file = self._resolve_file(path)
+        key = (cg, file.name)
+        if offset:
+            with self._renderings_lock:
+                kept = self._renderings.get(key)
+            if kept is not None and time.monotonic() - kept[0] < PIDLIST_LIFETIME:
+                return kept[1][offset : offset + size]
+        text = files.read(self.system, cg, file)
+        if not offset:
+            self._keep(key, text)
+        return text[offset : offset + size]
+
+    def _keep(self, key: tuple[Cgroup, str], text: bytes) -> None:
+        """Keep a rendering, dropping those older than ``PIDLIST_LIFETIME``."""
+        now = time.monotonic()
+        with self._renderings_lock:
+            renderings = self._renderings
+            renderings.pop(key, None)
+            renderings[key] = (now, text)
+            while renderings:
+                oldest = next(iter(renderings.values()))
+                if now - oldest[0] < PIDLIST_LIFETIME:
+                    break
+                renderings.popitem(last=False)
+
+    def write(self, path: str | None, data: bytes, offset: int, fh: int) -> int:
+        uid, gid, pid = mfusepy.fuse_get_context()
+        with self.system.lock:
+            cg, file = self._resolve_file(path)
+            return files.write(self.system, cg, file, data, Writer(pid, uid, gid))
+
+    def truncate(self, path: str, length: int, fh: int | None = None) -> int:
+        _cg, file = self._resolve(path)
+        if file is None:
+            raise IoasidError(EISDIR, f"{path} is a directory")
+        return 0
+
+    def create(self, path: str, mode: int, flags: int = 0) -> int:
+        raise IoasidError(EACCES, "cgroup directories hold no new files")
+
+    def mknod(self, path: str, mode: int, dev: int) -> int:
+        raise IoasidError(EACCES, "cgroup directories hold no new files")
+
+    def unlink(self, path: str) -> int:
+        raise IoasidError(EPERM, "cgroup files cannot be removed")
+
+    def symlink(self, target: str, source: str) -> int:
+        raise IoasidError(EPERM, "cgroup directories hold no links")
+
+    def link(self, target: str, source: str) -> int:
+        raise IoasidError(EPERM, "cgroup directories hold no links")
+
+    # ------------------------------------------------------------------ attributes
+    def chmod(self, path: str, mode: int) -> int:
+        cg, file = self._resolve(path)
+        name = "" if file is None else file.name
+        self.system.set_attrs(cg.path, {name: {"mode": mode & 0o7777}})
+        return 0
+
+    def chown(self, path: str, uid: int, gid: int) -> int:
+        cg, file = self._resolve(path)
+        change = {key: value for key, value in (("uid", uid), ("gid", gid)) if value != -1}
+        if change:
+            self.system.set_attrs(cg.path, {"" if file is None else file.name: change})
+        return 0
+
+    def utimens(self, path: str, times: tuple[int, int] | None = None) -> int:
+        self._resolve(path)
+        return 0
+
+    # ------------------------------------------------------------------ the hierarchy
+    def mkdir(self, path: str, mode: int) -> int:
+        uid, gid, _pid = mfusepy.fuse_get_context()
+        parent_path = path.rpartition("/")[0] or "/"
+        with self.system.lock:
+            parent, file = self._resolve(parent_path)
+            if file is not None:
+                raise IoasidError(ENOTDIR, f"{parent_path} is a file")
+            cg = self.system.mkdir(path, reserved_names=files.names_of(self.system, parent))
+            changes: dict[str, dict[str, int]] = {}
+            if mode & 0o7777 != DIR_MODE:
+                changes[""] = {"mode": mode & 0o7777}
+            if uid != 0 or gid != 0:
+                # cgroup_kn_set_ugid: a non-root creator owns the directory and its files.
+                owner = {"uid": uid, "gid": gid}
+                for name in ("", *files.files_of(self.system, cg)):
+                    changes.setdefault(name, {}).update(owner)
+            if changes:
+                self.system.set_attrs(cg.path, changes)
+        return 0
+
+    def rmdir(self, path: str) -> int:
+        cg, file = self._resolve(path)
+        if file is not None:
+            raise IoasidError(ENOTDIR, f"{path} is a file")
+        pidlists.forget_exited(self.system, cg)
+        self.system.rmdir(path)
+        return 0
+
+    def rename(self, old: str, new: str) -> int:
+        with self.system.lock:
+            _cg, file = self._resolve(old)
+            if file is not None:
+                raise IoasidError(ENOTDIR, "only cgroups can be renamed")
+            new_parent, file = self._resolve(new.rpartition("/")[0] or "/")
+            if file is not None:
+                raise IoasidError(ENOTDIR, f"{new} is not in a cgroup")
+            self.system.rename(old, new, reserved_names=files.names_of(self.system, new_parent))
+        return 0

@@ -1,0 +1,67 @@
+"""The process lists of ``cgroup.procs`` and ``tasks``.
+
+A non-root cgroup lists its member processes that still run: the model may still hold a process
+whose exit the daemon has not yet reported, so each member is checked against the machine
+(pid and start time, through ``system.processes``). The root lists every process of the machine
+that is in no child cgroup, as in a kernel cgroup-v1 hierarchy. ``tasks`` lists the thread ids
+of the same processes. Lists are sorted; ``cgroup.procs`` has no duplicates
+(``pidlist_array_load`` in ``kernel/cgroup/cgroup-v1.c`` does the same).
+
+The model lock is held only to copy the members; the checks against ``/proc`` run without it.
+"""
+
+from __future__ import annotations
+
+from ioasidsd.model.cgroup import Cgroup
+from ioasidsd.system import System
+
+
+def procs(system: System, cg: Cgroup) -> list[int]:
+    """The process ids of ``cg`` (``cgroup.procs``), ascending, without duplicates."""
+    if cg.parent is None:
+        return _root_procs(system)
+    with system.lock:
+        members = [(proc.pid, proc.start_time) for proc in cg.procs]
+    alive = system.processes.alive
+    return sorted({pid for pid, start in members if alive(pid, start)})
+
+
+def forget_exited(system: System, cg: Cgroup) -> None:
+    """Report to ``system`` the exits of members of ``cg`` that no longer run, so that an
+    ``rmdir`` agrees with what ``cgroup.procs`` shows (the daemon's tracker may not have
+    reported them yet; reporting twice is harmless)."""
+    with system.lock:
+        members = [(proc.pid, proc.start_time) for proc in cg.procs]
+    alive = system.processes.alive
+    for pid, start in members:
+        if alive(pid, start):
+            continue
+        with system.lock:
+            proc = system.cgroups.process(pid)
+            if proc is not None and proc.start_time == start:
+                system.exit(pid)
+
+
+def tasks(system: System, cg: Cgroup) -> list[int]:
+    """The thread ids of the processes of ``cg`` (``tasks``), ascending."""
+    thread_ids = system.processes.thread_ids
+    return sorted(tid for pid in procs(system, cg) for tid in thread_ids(pid))
+
+
+def _root_procs(system: System) -> list[int]:
+    """Every process of the machine except those that live in a child cgroup."""
+    with system.lock:
+        root = system.cgroups.root
+        elsewhere = {
+            proc.pid: proc.start_time
+            for proc in system.cgroups.processes.values()
+            if proc.cgroup is not root
+        }
+    pids = system.processes.all_pids()
+    if not elsewhere:
+        return sorted(pids)
+    alive = system.processes.alive
+    # A tracked pid whose process has gone may have been reused by a process of the root.
+    return sorted(
+        pid for pid in pids if pid not in elsewhere or not alive(pid, elsewhere[pid])
+    )

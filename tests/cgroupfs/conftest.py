@@ -1,0 +1,175 @@
+"""Fixtures of the cgroupfs tests: a System mounted on a temporary directory in this process,
+real child processes to move, and a child of the kernel's cgroup-v1 ``pids`` hierarchy."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ioasidsd.system import System
+
+KERNEL_PIDS = Path("/sys/fs/cgroup/pids")
+NOBODY = 65534
+
+
+def fuse_missing() -> str | None:
+    """Why FUSE cannot be used here, or ``None``."""
+    if not os.path.exists("/dev/fuse"):
+        return "/dev/fuse is missing"
+    if shutil.which("fusermount3") is None:
+        return "fusermount3 is missing (Debian package fuse3)"
+    return None
+
+
+class Changes:
+    """An ``on_change`` that records every change, in order."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, dict[str, Any]]] = []
+
+    def __call__(self, kind: str, detail: dict[str, Any]) -> None:
+        self.seen.append((kind, detail))
+
+    def kinds(self) -> list[str]:
+        return [kind for kind, _ in self.seen]
+
+
+@pytest.fixture
+def needs_fuse() -> None:
+    """Skip where the machine cannot mount FUSE file systems."""
+    reason = fuse_missing()
+    if reason:
+        pytest.skip(reason)
+
+
+@pytest.fixture
+def changes() -> Changes:
+    return Changes()
+
+
+@pytest.fixture
+def system(changes: Changes) -> System:
+    return System(on_change=changes)
+
+
+@pytest.fixture
+def mountdir() -> Iterator[Path]:
+    """An empty directory every user can reach (setuid children use the mount too)."""
+    top = Path(tempfile.mkdtemp(prefix="ioasids-cgroupfs-"))
+    top.chmod(0o755)
+    try:
+        yield top / "mnt"
+    finally:
+        mnt = top / "mnt"
+        from cgroupfs import force_unmount
+
+        with contextlib.suppress(OSError):
+            force_unmount(str(mnt))
+        shutil.rmtree(top, ignore_errors=True)
+
+
+@pytest.fixture
+def mounted(needs_fuse: None, system: System, mountdir: Path) -> Iterator[Path]:
+    """``system`` mounted on ``mountdir``; the path of the mount."""
+    from cgroupfs import mount
+
+    handle = mount(system, str(mountdir))
+    try:
+        yield mountdir
+    finally:
+        handle.unmount()
+
+
+@pytest.fixture
+def spawn() -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
+    """Start real child processes (default ``sleep 60``); all are killed at the end."""
+    children: list[subprocess.Popen[bytes]] = []
+
+    def start(argv: list[str] | None = None, **kwargs: Any) -> subprocess.Popen[bytes]:
+        child = subprocess.Popen(argv or ["sleep", "60"], **kwargs)
+        children.append(child)
+        return child
+
+    yield start
+    for child in children:
+        with contextlib.suppress(ProcessLookupError):
+            child.send_signal(signal.SIGKILL)
+        child.wait()
+
+
+@pytest.fixture
+def kernel_ref() -> Iterator[Path]:
+    """A fresh child of the kernel's cgroup-v1 ``pids`` hierarchy, removed afterwards with
+    every cgroup below it (processes left inside go back to the hierarchy's root)."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to create cgroups in the kernel's pids hierarchy")
+    if not (KERNEL_PIDS / "tasks").exists() or not (KERNEL_PIDS / "release_agent").exists():
+        pytest.skip(f"{KERNEL_PIDS} is not a kernel cgroup-v1 pids hierarchy")
+    ref = KERNEL_PIDS / f"ioasids-ref-{os.getpid()}"
+    _remove_kernel_tree(ref)
+    ref.mkdir()
+    try:
+        yield ref
+    finally:
+        _remove_kernel_tree(ref)
+
+
+def _remove_kernel_tree(top: Path) -> None:
+    if not top.exists():
+        return
+    for dirpath, _dirs, _files in sorted(os.walk(top), key=lambda w: -w[0].count("/")):
+        procs = Path(dirpath) / "cgroup.procs"
+        for pid in procs.read_text().split():
+            with contextlib.suppress(OSError):
+                (KERNEL_PIDS / "cgroup.procs").write_text(pid)
+        os.rmdir(dirpath)
+
+
+AS_USER = r"""
+import errno, os, sys
+op, path = sys.argv[1], sys.argv[2]
+try:
+    if op == "write":
+        try:
+            fd = os.open(path, os.O_WRONLY)
+        except OSError as e:
+            print("open", errno.errorcode[e.errno]); sys.exit()
+        print("ok", os.write(fd, sys.argv[3].encode()))
+    elif op == "mkdir":
+        os.mkdir(path); print("ok")
+    elif op == "rmdir":
+        os.rmdir(path); print("ok")
+except OSError as e:
+    print(errno.errorcode[e.errno])
+"""
+
+
+@pytest.fixture
+def as_user() -> Callable[..., str]:
+    """``as_user(uid, op, path, data="")``: run ``op`` (``write``, ``mkdir``, ``rmdir``) on
+    ``path`` in a child process running as ``uid`` (and gid ``uid``). Returns ``ok`` (``ok N``
+    for a write), an errno name, or ``open <errno>`` when a write could not open the file."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to run children as another user")
+    interpreter = shutil.which("python3", path="/usr/bin:/bin")  # one every user can run
+    if interpreter is None:
+        pytest.skip("no /usr/bin/python3 for children running as another user")
+
+    def run(uid: int, op: str, path: Path | str, data: str = "") -> str:
+        done = subprocess.run(
+            [interpreter, "-I", "-c", AS_USER, op, str(path), data],
+            user=uid, group=uid, extra_groups=[], capture_output=True, text=True, check=True,
+            timeout=30,
+        )
+        return done.stdout.strip()
+
+    return run

@@ -1,0 +1,113 @@
+"""Mounting and unmounting: readiness, idempotent unmount, external and busy unmounts, and the
+dead mount a killed daemon leaves behind."""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from cgroupfs import force_unmount, mount, stale_mount
+from ioasidsd.system import System
+
+pytestmark = pytest.mark.usefixtures("needs_fuse")
+
+SERVE_AND_HANG = """
+import sys, threading
+from ioasidsd.system import System
+from cgroupfs import mount
+mount(System(), sys.argv[1])
+print("ready", flush=True)
+threading.Event().wait()
+"""
+
+
+def is_mounted(path: Path) -> bool:
+    with open("/proc/self/mountinfo", encoding="utf-8") as info:
+        return any(line.split()[4] == str(path) for line in info)
+
+
+def test_mount_creates_the_mountpoint_and_unmount_is_idempotent(mountdir: Path) -> None:
+    assert not mountdir.exists()
+    handle = mount(System(), str(mountdir))
+    assert handle.mounted and is_mounted(mountdir)
+    assert (mountdir / "cgroup.procs").exists()
+    handle.unmount()
+    assert not handle.mounted and not is_mounted(mountdir)
+    handle.unmount()
+    handle.wait()
+    assert os.listdir(mountdir) == []
+
+
+def test_wait_returns_when_unmounted_from_outside(mountdir: Path) -> None:
+    handle = mount(System(), str(mountdir))
+    waiter = threading.Thread(target=handle.wait)
+    waiter.start()
+    subprocess.run(["fusermount3", "-u", str(mountdir)], check=True, timeout=30)
+    waiter.join(30)
+    assert not waiter.is_alive() and not handle.mounted
+    handle.unmount()
+
+
+def test_unmount_of_a_busy_mount_returns(mountdir: Path, spawn) -> None:
+    handle = mount(System(), str(mountdir))
+    (mountdir / "a").mkdir()
+    holder = spawn(["sleep", "60"], cwd=mountdir / "a")
+    handle.unmount()
+    assert not handle.mounted and not is_mounted(mountdir)
+    assert holder.poll() is None
+
+
+def test_mount_refuses_a_mount_point_and_a_file(mountdir: Path, tmp_path: Path) -> None:
+    with mount(System(), str(mountdir)):
+        with pytest.raises(OSError) as busy:
+            mount(System(), str(mountdir))
+        assert busy.value.errno == errno.EBUSY
+    afile = tmp_path / "file"
+    afile.write_text("")
+    with pytest.raises(OSError) as notdir:
+        mount(System(), str(afile))
+    assert notdir.value.errno == errno.ENOTDIR
+
+
+def test_a_killed_server_leaves_a_stale_mount_that_force_unmount_removes(mountdir: Path,
+                                                                          spawn) -> None:
+    server = spawn([sys.executable, "-c", SERVE_AND_HANG, str(mountdir)], stdout=subprocess.PIPE)
+    assert server.stdout is not None and server.stdout.readline() == b"ready\n"
+    assert not stale_mount(str(mountdir))  # live
+    server.send_signal(signal.SIGKILL)
+    server.wait()
+    assert stale_mount(str(mountdir))
+    with pytest.raises(OSError) as refused:
+        mount(System(), str(mountdir))
+    assert refused.value.errno == errno.EBUSY and "force_unmount" in str(refused.value)
+    force_unmount(str(mountdir))
+    assert not stale_mount(str(mountdir)) and not is_mounted(mountdir)
+    force_unmount(str(mountdir))  # nothing mounted: nothing to do
+    with mount(System(), str(mountdir)) as handle:
+        assert handle.mounted and (mountdir / "tasks").exists()
+
+
+def test_a_plain_directory_is_not_stale(tmp_path: Path) -> None:
+    assert not stale_mount(str(tmp_path))
+    assert not stale_mount(str(tmp_path / "missing"))
+
+
+def test_a_libfuse_failure_is_a_clear_oserror(mountdir: Path, monkeypatch) -> None:
+    import mfusepy
+
+    def refuse(operations, mountpoint, **options):
+        raise RuntimeError(4)  # what mfusepy raises when fuse_main_real cannot mount
+
+    monkeypatch.setattr(mfusepy, "FUSE", refuse)
+    with pytest.raises(OSError) as failed:
+        mount(System(), str(mountdir))
+    assert failed.value.errno == errno.EINVAL
+    assert str(mountdir) in str(failed.value) and "libfuse could not mount" in str(failed.value)
+    assert not is_mounted(mountdir)
