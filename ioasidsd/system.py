@@ -203,8 +203,9 @@ class System:
             self._changed("flag", cgroup=cg, name=name)
 
     def write_release_agent(self, data: bytes | str) -> None:
-        """A write to the root's ``release_agent``: the path, trailing white space stripped."""
-        text = decode(data).rstrip()
+        """A write to the root's ``release_agent``: as ``cgroup_release_agent_write``, the text
+        up to the first NUL with white space stripped at both ends (``strstrip``)."""
+        text = decode(data).split("\0", 1)[0].strip(" \t\n\v\f\r")
         with self.lock:
             self.cgroups.release_agent = text
             self._changed("release_agent", value=text)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 from collections import deque
 from collections.abc import Callable, Iterator
-from errno import EAGAIN, EBUSY, EEXIST, EINVAL, EIO, ENOENT, ENOSPC, EPERM, ESRCH
+from errno import EAGAIN, EBUSY, EEXIST, EINVAL, EIO, ENODEV, ENOENT, ENOSPC, EPERM, ESRCH
 from typing import TYPE_CHECKING, Any
 
 from ioasidsd.model.errors import IoasidError
@@ -203,7 +203,7 @@ class IoasidsController:
             if name in parent.children or name in reserved_names:
                 raise IoasidError(EEXIST, f"{name} exists")
             if self.parent_gone(parent):
-                raise IoasidError(ENOENT, f"{parent.path} was removed")
+                raise IoasidError(ENODEV, f"{parent.path} was removed")
             limit = None if self.knobs.new_cgroup_max == "max" else 0
             cg = Cgroup(name, parent, limit)
             cg.notify_on_release = parent.notify_on_release
@@ -245,6 +245,8 @@ class IoasidsController:
         for the root."""
         with self.lock:
             self.core._enter()
+            if "\n" in new_name:
+                raise IoasidError(EINVAL, f"invalid cgroup name {new_name!r}")
             if cg.parent is None:
                 raise IoasidError(EBUSY, "cannot rename the root")
             if new_parent is not cg.parent:
@@ -317,7 +319,8 @@ class IoasidsController:
 
         On refusal every level is restored, the refusal is counted (``events`` knob) and
         ``EAGAIN`` is raised. Returns whether some level of the walk has a numeric limit (its
-        reservation then covers the charge).
+        reservation then covers the charge). Peaks are left to ``update_peak``, called once the
+        charged allocation has committed, so that a refused allocation leaves them unchanged.
         """
         covered = False
         chain = cg.chain
@@ -328,9 +331,6 @@ class IoasidsController:
                 covered = True
                 if node.counter > limit:
                     self._refuse(chain, node, n)
-        for node in chain:
-            if node.counter > node.peak:
-                node.peak = node.counter
         return covered and self._limits_reserve
 
     def _refuse(self, chain: tuple[Cgroup, ...], refusing: Cgroup, n: int) -> None:
@@ -343,6 +343,12 @@ class IoasidsController:
             for above in refusing.chain:
                 above.events += 1
         raise IoasidError(EAGAIN, f"{refusing.path}: ioasids.max {refusing.limit} reached")
+
+    def update_peak(self, cg: Cgroup) -> None:
+        """Raise the peak of each level of the walk from ``cg`` to its counter."""
+        for node in cg.chain:
+            if node.counter > node.peak:
+                node.peak = node.counter
 
     def charge(self, cg: Cgroup, n: int) -> None:
         """Charge ``n`` along the walk with no limit check (migration)."""
@@ -506,14 +512,14 @@ class IoasidsController:
     def attach(self, proc: Process, dst: Cgroup) -> None:
         """Move a process into ``dst`` (a write to ``cgroup.procs``), with its charges.
 
-        ``ESRCH`` if the process has exited, ``ENOENT`` if ``dst`` was removed.
+        ``ESRCH`` if the process has exited, ``ENODEV`` if ``dst`` was removed.
         """
         with self.lock:
             self.core._enter()
             if not proc.alive:
                 raise IoasidError(ESRCH, f"process {proc.pid} has exited")
             if self.parent_gone(dst):
-                raise IoasidError(ENOENT, f"{dst.path} was removed")
+                raise IoasidError(ENODEV, f"{dst.path} was removed")
             src = proc.cgroup
             if src is dst:
                 return

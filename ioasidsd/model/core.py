@@ -189,7 +189,7 @@ class IoasidCore:
         self._active: _AllocatorGroup | None = None  # None: the default allocator
         self.notifier = NotifierChain()  # the global chain
         self._nb_pending: list[SetNb] = []
-        self.wq = wq or OrderedWorkQueue()
+        self.wq = wq if wq is not None else OrderedWorkQueue()  # an empty queue is falsy
         self.cgroups: IoasidsController | None = None
         self.messages: collections.deque[str] = collections.deque(maxlen=512)
         self._in_notifier = 0
@@ -453,6 +453,8 @@ class IoasidCore:
         """``alloc`` for a caller that holds ``core.lock`` (and is not a notifier callback)."""
         if ioasid_set is None or self._sets.get(ioasid_set.id) is not ioasid_set:
             raise IoasidError(EINVAL, "no such set (NULL or destroyed)")
+        if ioasid_set.free_requested:
+            raise IoasidError(EINVAL, f"set {ioasid_set.id} is being freed")
         if lo < 0 or hi < lo or lo > IOASID_MAX_VALUE:
             raise IoasidError(EINVAL, f"bad range [{lo}, {hi}]")
         cg = None
@@ -465,6 +467,8 @@ class IoasidCore:
         if (quota or self._quota_zero_takes_all) and quota <= ioasid_set.nr_ioasids:
             if cg is not None and not self.knobs.charge_leak_on_failure:
                 cgroups.uncharge(cg, 1)  # type: ignore[union-attr]
+            elif cg is not None:
+                cgroups.update_peak(cg)  # type: ignore[union-attr]  # the leaked charge stays
             self._warn(f"set {ioasid_set.id} out of quota {quota}")
             raise IoasidError(EDQUOT, f"set {ioasid_set.id} quota {quota} used up")
         pooled = not covered and self._pool_per_id
@@ -488,6 +492,8 @@ class IoasidCore:
             self.capacity_avail -= 1
         ioasid_set.xa.add(ioasid)
         ioasid_set.nr_ioasids += 1
+        if cg is not None:
+            cgroups.update_peak(cg)  # type: ignore[union-attr]
         if ioasid_set.nh:
             self._notify(IoasidNotify.ALLOC, data, IOASID_NOTIFY_FLAG_SET)
         return ioasid
@@ -733,6 +739,8 @@ class IoasidCore:
                         if pending and not self.knobs.find_by_spid_get_pending:
                             raise IoasidError(EBUSY, f"IOASID {data.id} is being freed")
                         data.refs += 1
+                        if not pending and not self.knobs.active_state_unused:
+                            data.state = IoasidState.ACTIVE
                     return data.id
             return INVALID_IOASID
 
@@ -745,9 +753,9 @@ class IoasidCore:
         self._in_notifier += 1
         try:
             if flags & IOASID_NOTIFY_FLAG_ALL:
-                ret = self.notifier.call(event, args)
+                ret = self.notifier.call(event, args, self._warn)
             if flags & IOASID_NOTIFY_FLAG_SET:
-                ret = data.set.nh.call(event, args)
+                ret = data.set.nh.call(event, args, self._warn)
         finally:
             self._in_notifier -= 1
         return ret
@@ -797,6 +805,8 @@ class IoasidCore:
         self._in_notifier += 1
         try:
             for data in self.set_members(ioasid_set):
+                if data.state is _FREE_PENDING:
+                    continue  # already being freed: a new subscriber has nothing to set up
                 args = IoasidNbArgs(data.id, data.spid, ioasid_set, data.private)
                 nb.callback(nb, IoasidNotify.ALLOC, args)
                 if data.spid != INVALID_IOASID:

@@ -9,6 +9,9 @@ from __future__ import annotations
 import errno as _errno
 import os
 
+# Where Python's errorcode picks a libc alias, the kernel's name (EDEADLOCK, ENOTSUP are aliases).
+_KERNEL_NAMES = {_errno.EDEADLK: "EDEADLK", _errno.EOPNOTSUPP: "EOPNOTSUPP"}
+
 
 class IoasidError(OSError):
     """An operation of the model was refused; ``errno`` says why, as the kernel would.
@@ -22,7 +25,8 @@ class IoasidError(OSError):
     @property
     def name(self) -> str:
         """The symbolic errno name, e.g. ``"ENOSPC"``."""
-        return _errno.errorcode.get(self.errno or 0, str(self.errno))
+        code = self.errno or 0
+        return _KERNEL_NAMES.get(code) or _errno.errorcode.get(code, str(self.errno))
 
     def __str__(self) -> str:
         return f"{self.name}: {self.strerror}"

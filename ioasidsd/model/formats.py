@@ -4,6 +4,10 @@ Parsing follows ``pids_max_write`` (``kernel/cgroup/pids.c``): strip surrounding
 accept the literal ``max``, otherwise ``kstrtoll(buf, 0, ...)``: an optional sign, automatic base
 (``0x`` hexadecimal, a leading ``0`` octal, else decimal), one optional trailing newline. Junk is
 ``EINVAL``, a value outside signed 64 bits is ``ERANGE``, a negative limit is ``EINVAL``.
+
+Parsers see what a kernel write handler sees: kernfs NUL-terminates the written bytes, so the
+text ends at the first NUL, and it is bytes, one character per byte (the kernel's ``isspace``
+counts 0xA0 as white space).
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from ioasidsd.model.errors import IoasidError
 MAX = "max"
 S64_MAX = (1 << 63) - 1
 U64_MAX = (1 << 64) - 1
-_WHITESPACE = " \t\n\v\f\r"
+_WHITESPACE = " \t\n\v\f\r\xa0"  # isspace() of lib/ctype.c
 
 
 def _kstrtoull(text: str) -> int:
@@ -76,12 +80,19 @@ def decode(data: bytes | str) -> str:
         raise IoasidError(EINVAL, "not ASCII text") from None
 
 
+def _c_string(data: bytes | str) -> str:
+    """The written data as the kernel's C string: up to the first NUL, one character per byte."""
+    if isinstance(data, bytes):
+        data = data.decode("latin-1")
+    return data.split("\0", 1)[0]
+
+
 def parse_limit(data: bytes | str) -> int | None:
     """Parse a write to ``ioasids.max``: ``None`` for ``max``, else a limit >= 0.
 
     ``EINVAL`` for junk or a negative number, ``ERANGE`` beyond signed 64 bits.
     """
-    text = decode(data).strip(_WHITESPACE)
+    text = _c_string(data).strip(_WHITESPACE)
     if text == MAX:
         return None
     value = kstrtoll(text)
@@ -95,7 +106,7 @@ def parse_flag(data: bytes | str) -> bool:
     true. Like ``cgroup_file_write`` with a ``write_u64`` handler it does **not** strip: only an
     optional ``+`` and one trailing newline are accepted around the digits. ``EINVAL``/``ERANGE``.
     """
-    text = decode(data)
+    text = _c_string(data)
     if text[:1] == "+":
         text = text[1:]
     return _kstrtoull(text) != 0
@@ -103,13 +114,13 @@ def parse_flag(data: bytes | str) -> bool:
 
 def parse_pid(data: bytes | str) -> int:
     """Parse a write to ``cgroup.procs`` or ``tasks``: ``kstrtoint`` of the stripped text, a
-    pid >= 0 (0 means the writer itself). Every failure is ``EINVAL``, out-of-range numbers
-    included: ``cgroup_procs_write_start`` turns any ``kstrtoint`` error into ``-EINVAL``."""
-    text = decode(data).strip(_WHITESPACE)
+    pid >= 0 (0 means the writer itself). Like ``cgroup_procs_write_start``, every failure is
+    ``EINVAL``: junk, a negative pid and a value beyond a signed 32-bit int alike."""
+    text = _c_string(data).strip(_WHITESPACE)
     try:
         value = kstrtoll(text)
-    except IoasidError:
-        raise IoasidError(EINVAL, f"invalid pid {text!r}") from None
+    except IoasidError as exc:
+        raise IoasidError(EINVAL, f"invalid pid: {exc.strerror}") from None
     if not 0 <= value < (1 << 31):
         raise IoasidError(EINVAL, f"invalid pid {value}")
     return value

@@ -121,11 +121,27 @@ class NotifierChain:
     def __contains__(self, nb: object) -> bool:
         return any(b is nb for b in self.blocks)
 
-    def call(self, event: IoasidNotify, args: IoasidNbArgs) -> int:
-        """Call the blocks in order until one returns a value with the stop bit."""
+    def call(
+        self, event: IoasidNotify, args: IoasidNbArgs, log: Callable[[str], None] | None = None
+    ) -> int:
+        """Call the blocks in order until one returns a value with the stop bit.
+
+        A callback that raises is a subscriber's bug: it is recorded in ``warnings`` (and given
+        to ``log``), counts as ``NOTIFY_DONE``, and the walk goes on, so that the operation that
+        emitted the event completes and no other subscriber misses it. An ``IoasidError`` raised
+        on purpose (e.g. ``EDEADLK`` from a forbidden call) is recorded the same way.
+        """
         ret = NOTIFY_DONE
         for nb in list(self.blocks):
-            ret = nb.callback(nb, event, args)
+            try:
+                ret = nb.callback(nb, event, args)
+            except Exception as exc:
+                message = f"notifier {nb.name} failed on {event.name} of IOASID {args.id}: {exc!r}"
+                self.warnings.append(message)
+                if log is not None:
+                    log(message)
+                ret = NOTIFY_DONE
+                continue
             if ret & NOTIFY_STOP_MASK:
                 break
         return ret

@@ -1,0 +1,1 @@
+"""Tests of the pure model (``ioasidsd/model/``): spec behaviours, knobs, formats, properties."""
