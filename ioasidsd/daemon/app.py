@@ -119,8 +119,8 @@ class Daemon:
             self.log.error(str(exc))
             self.exit_code = 1
         except OSError as exc:
-            self.log.error(f"cannot start: {exc.strerror or exc}",
-                           path=exc.filename or None)
+            where = {"path": exc.filename} if exc.filename else {}
+            self.log.error(f"cannot start: {exc.strerror or exc}", **where)
             self.exit_code = 1
         else:
             self.serve()
