@@ -121,7 +121,7 @@ class VtdDriver:
                                 IoasidPrio.LAST if quirks else IoasidPrio.IOMMU, "vtd")
 
     def _page_event(self, event: str, block: Block) -> None:
-        self.trace.emit(f"page_{event}", kind=block.kind, pages=block.count,
+        self.trace.emit(f"page_{event}", page_kind=block.kind, pages=block.count,
                         addr=block.pfn << 12, owner=str(block.owner))
 
     def _warn(self, msg: str, **fields: Any) -> None:
@@ -254,7 +254,7 @@ class VtdDriver:
                 sdev = svm.find(info.sid)
                 if sdev is not None:
                     sdev.users += 1
-                    self.trace.emit("bind", kind="native", pasid=svm.pasid, bdf=info.device.bdf,
+                    self.trace.emit("bind", mode="native", pasid=svm.pasid, bdf=info.device.bdf,
                                     users=sdev.users)
                     return svm.pasid
             new = svm is None
@@ -274,7 +274,7 @@ class VtdDriver:
             if new:
                 self.native[process] = svm
             self.counters.inc("bind.native")
-            self.trace.emit("bind", kind="native", pasid=svm.pasid, bdf=info.device.bdf,
+            self.trace.emit("bind", mode="native", pasid=svm.pasid, bdf=info.device.bdf,
                             pid=getattr(process, "pid", None))
             return svm.pasid
 
@@ -296,7 +296,7 @@ class VtdDriver:
             info.iommu.tear_down_entry(info, svm.pasid, fault_ignore=False)
             info.iommu.drain_prq(info, svm.pasid, sdev.did)
             self.counters.inc("unbind.native")
-            self.trace.emit("unbind", kind="native", pasid=svm.pasid, bdf=info.device.bdf)
+            self.trace.emit("unbind", mode="native", pasid=svm.pasid, bdf=info.device.bdf)
             if not svm.devs:
                 del self.native[process]
                 self.core.put(self.host_set, svm.pasid)
@@ -406,7 +406,7 @@ class VtdDriver:
         svm.devs.append(SvmDev(info, domain.did, domain=domain, bound_seq=self.trace.seq))
         self.guest[hpasid] = svm
         self.counters.inc("bind.guest")
-        self.trace.emit("bind", kind="guest", pasid=hpasid, gpasid=gpasid, bdf=info.device.bdf,
+        self.trace.emit("bind", mode="guest", pasid=hpasid, gpasid=gpasid, bdf=info.device.bdf,
                         pid=getattr(process, "pid", None), refs=core.data(hpasid).refs)
 
     def _attach(self, svm: Svm) -> None:
@@ -460,7 +460,7 @@ class VtdDriver:
                 sdev = svm.find(info.sid) if isinstance(svm, Svm) and svm.guest else None
                 if sdev is None:
                     self.counters.inc("unbind.noop")
-                    self.trace.emit("unbind", kind="guest", pasid=hpasid, bdf=info.device.bdf,
+                    self.trace.emit("unbind", mode="guest", pasid=hpasid, bdf=info.device.bdf,
                                     noop=True)
                     return
                 assert isinstance(svm, Svm)
@@ -469,7 +469,7 @@ class VtdDriver:
                 info.iommu.drain_prq(info, hpasid, sdev.did)
                 self._domain_put(sdev.domain)
                 self.counters.inc("unbind.guest")
-                self.trace.emit("unbind", kind="guest", pasid=hpasid, bdf=info.device.bdf)
+                self.trace.emit("unbind", mode="guest", pasid=hpasid, bdf=info.device.bdf)
                 if not svm.devs:
                     self._drop_pasid(svm, task=process)
         finally:

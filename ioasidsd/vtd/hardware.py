@@ -206,7 +206,7 @@ class Unit:
         self.trace.emit("reg_write", unit=self.name, name=name, offset=offset, value=value)
 
     def _page_event(self, event: str, block: Block) -> None:
-        self.trace.emit(f"page_{event}", unit=self.name, kind=block.kind, pages=block.count,
+        self.trace.emit(f"page_{event}", unit=self.name, page_kind=block.kind, pages=block.count,
                         addr=block.pfn << 12)
 
     def _gcmd_write(self, value: int, old: int) -> None:

@@ -38,7 +38,8 @@ class TraceEvent:
         return self.fields.get(name, default)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"seq": self.seq, "kind": self.kind, **self.fields}
+        """The event as one flat mapping (fields never use the names ``seq`` or ``kind``)."""
+        return {**self.fields, "seq": self.seq, "kind": self.kind}
 
 
 Listener = Callable[[TraceEvent], None]
