@@ -54,7 +54,13 @@ from ioasidsd.vtd.caps import Capabilities
 from ioasidsd.vtd.counters import Counters
 from ioasidsd.vtd.device import PciDevice, format_bdf, parse_bdf
 from ioasidsd.vtd.hardware import Unit, UnitOptions
-from ioasidsd.vtd.iommu import ADDR_WIDTH_4LEVEL, DeviceInfo, DriverOptions, IntelIommu
+from ioasidsd.vtd.iommu import (
+    ADDR_WIDTH_4LEVEL,
+    ADDR_WIDTH_5LEVEL,
+    DeviceInfo,
+    DriverOptions,
+    IntelIommu,
+)
 from ioasidsd.vtd.memory import Block, PhysMem
 from ioasidsd.vtd.page_requests import PageRequest
 from ioasidsd.vtd.pasid_table import FLPT_DEFAULT_DID, PASID_MIN, Pgtt
@@ -71,6 +77,11 @@ RESPONSE_CODES = (d.QI_RESP_SUCCESS, d.QI_RESP_INVALID, d.QI_RESP_FAILURE)
 def cpu_pgd(process: Any) -> int:
     """A stand-in for a process's CPU page-table root (CPU page tables are not simulated)."""
     return (0x100000 + (int(getattr(process, "pid", 0)) & 0xFFFFFFF)) << 12
+
+
+def _check_address(addr: int) -> None:
+    if isinstance(addr, bool) or not isinstance(addr, int) or not 0 <= addr < 1 << 64:
+        raise IoasidError(EINVAL, f"address {addr!r} is not a 64-bit value")
 
 
 class CoreVcmdAllocator:
@@ -241,6 +252,8 @@ class VtdDriver:
         this device's width, or none free), ``EDQUOT`` (host set quota), ``EINVAL`` (no
         first-level translation, or supervisor without ECAP.SRS).
         """
+        if getattr(process, "pid", None) is None:
+            raise IoasidError(EINVAL, f"{process!r} is not a process")
         with self.lock:
             info = self.info(bdf)
             self._require_pasid(info)
@@ -383,6 +396,7 @@ class VtdDriver:
         if gpasid is not None and (not isinstance(gpasid, int) or
                                    not 0 <= gpasid < INVALID_IOASID):
             raise IoasidError(EINVAL, f"guest PASID {gpasid!r} out of range")
+        self._check_nested_request(info, gpgd, addr_width, sre, eafe)
         svm = core.find(None, hpasid)
         if svm is not None and not (isinstance(svm, Svm) and svm.guest):
             raise IoasidError(EBUSY, f"PASID {hpasid} carries another user's data")
@@ -408,6 +422,26 @@ class VtdDriver:
         self.counters.inc("bind.guest")
         self.trace.emit("bind", mode="guest", pasid=hpasid, gpasid=gpasid, bdf=info.device.bdf,
                         pid=getattr(process, "pid", None), refs=core.data(hpasid).refs)
+
+    @staticmethod
+    def _check_nested_request(info: DeviceInfo, gpgd: int | None, addr_width: int, sre: bool,
+                              eafe: bool) -> None:
+        """Refuse, before anything changes, what ``setup_nested`` would refuse."""
+        caps = info.iommu.caps
+        if not caps.nest:
+            raise IoasidError(EINVAL, f"{info.iommu.name}: no nested translation (ECAP.NEST)")
+        if addr_width not in (ADDR_WIDTH_4LEVEL, ADDR_WIDTH_5LEVEL):
+            raise IoasidError(EINVAL, f"invalid guest address width {addr_width!r}")
+        if addr_width == ADDR_WIDTH_5LEVEL and not caps.fl5lp:
+            raise IoasidError(EINVAL, f"{info.iommu.name}: 5-level paging not supported")
+        limit = 1 << (ADDR_WIDTH_5LEVEL if info.iommu.agaw == 3 else ADDR_WIDTH_4LEVEL)
+        if gpgd is not None and (not isinstance(gpgd, int) or not 0 <= gpgd < limit
+                                 or gpgd & 0xFFF):
+            raise IoasidError(EINVAL, f"guest PGD {gpgd!r} is not a page below {limit:#x}")
+        if sre and not caps.srs:
+            raise IoasidError(EINVAL, f"{info.iommu.name}: no supervisor requests (ECAP.SRS)")
+        if eafe and not caps.eafs:
+            raise IoasidError(EINVAL, f"{info.iommu.name}: no extended accessed flag")
 
     def _attach(self, svm: Svm) -> None:
         """First bind of a host PASID: SPID, private data and the driver's reference."""
@@ -551,8 +585,14 @@ class VtdDriver:
             device = self.info(bdf).device
             if pasid is not None:
                 self._check_pasid_value(pasid)
-            if not 0 <= prg_index <= 0x1FF:
-                raise IoasidError(EINVAL, f"page request group index {prg_index} not in 0..511")
+            _check_address(addr)
+            if not isinstance(prg_index, int) or not 0 <= prg_index <= 0x1FF:
+                raise IoasidError(EINVAL, f"page request group index {prg_index!r} not in "
+                                          f"0..511")
+            if private is not None and (
+                    not isinstance(private, tuple) or len(private) != 2
+                    or not all(isinstance(w, int) and 0 <= w < 1 << 64 for w in private)):
+                raise IoasidError(EINVAL, f"private data {private!r} is not two 64-bit words")
             req = PageRequest(device.sid, addr & ~0xFFF, pasid, read, write, exe, priv, lpig,
                               prg_index, private)
             return device.unit.page_request(device, req, in_flight=in_flight)
@@ -589,6 +629,9 @@ class VtdDriver:
         """A DMA (or ATS translation request) from the device at ``bdf``."""
         with self.lock:
             info = self.info(bdf)
+            if pasid is not None:
+                self._check_pasid_value(pasid)
+            _check_address(addr)
             return info.iommu.unit.dma(info.sid, pasid, addr, write=write, ats=ats)
 
     def vcmd_attach(self, unit: str, ioasid_set: IoasidSet, task: Any) -> None:
