@@ -684,6 +684,15 @@ class VtdDriver:
                 row["reported_page_requests"] = len(iommu.reported)
                 units.append(row)
             host = self.host_set
+            present: dict[str, int] = {}
+            for info in self.infos.values():
+                if info.table is not None:
+                    for pgtt, n in info.table.present.items():
+                        if n:
+                            name = Pgtt(pgtt).name.lower()
+                            present[name] = present.get(name, 0) + n
+            bindings = sorted([*self.native.values(), *self.guest.values()],
+                              key=lambda s: s.pasid)
             return {
                 "profile": self.knobs.profile,
                 "vtd_quirks": self.knobs.vtd_quirks,
@@ -695,9 +704,15 @@ class VtdDriver:
                 "options": asdict(self.options),
                 "units": units,
                 "devices": devices,
-                "bindings": [s.describe() for s in
-                             sorted([*self.native.values(), *self.guest.values()],
-                                    key=lambda s: s.pasid)],
+                "bindings": [s.describe() for s in bindings],
+                "totals": {
+                    "bound_pasids": len(bindings),
+                    "device_bindings": sum(len(s.devs) for s in bindings),
+                    "present_by_pgtt": present,
+                    "pasid_table_pages": self.mem.live["pasid_dir"] + self.mem.live["pasid_table"],
+                    "pasid_table_pages_peak": (self.mem.peak["pasid_dir"]
+                                               + self.mem.peak["pasid_table"]),
+                },
                 "memory": self.mem.stats(),
                 "counters": {
                     "driver": self.counters.as_dict(),

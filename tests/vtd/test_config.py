@@ -121,3 +121,6 @@ def test_snapshot_is_plain_data() -> None:
     assert unit["iq"]["width"] == 256 and unit["iq"]["entries"] == 256
     assert snap["counters"]["total"]["desc"]["inv_wait"] >= 3
     assert snap["host_set"]["nr_ioasids"] == 1
+    assert snap["totals"] == {"bound_pasids": 1, "device_bindings": 1,
+                              "present_by_pgtt": {"fl_only": 1}, "pasid_table_pages": 65,
+                              "pasid_table_pages_peak": 65}
