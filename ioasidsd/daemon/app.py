@@ -184,8 +184,9 @@ class Daemon:
         self._catch_up()
 
         if config.vtd:
-            self.log.info("[vtd] settings kept for the VT-d simulation, which this daemon does "
-                          "not run yet", units=len(config.vtd.get("units", [])))
+            self.log.warning("[vtd] is checked but no VT-d unit is built: the daemon does not "
+                             "boot the VT-d driver yet (see docs/daemon.md)",
+                             units=len(config.vtd.get("unit", [])))
         self._mount()
         self.control = ControlServer(config.runtime_dir / CONTROL_SOCKET,
                                      {"status": self._status_verb}, self.log)
