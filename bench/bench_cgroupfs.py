@@ -164,6 +164,10 @@ def main() -> None:
             state = work / "state"
             state.mkdir()
             with kernel_cgroup() as kernel, served(work / "mnt", str(state)) as ours:
+                pairs = bench_pairs(ours, kernel, args.rounds, args.seconds)
+                print(f"echo+cat pairs/s with the daemon's store: ours {pairs['ours']:,.0f}, "
+                      f"kernel {pairs['kernel']:,.0f}, ratio {pairs['ratio']:.3f} = "
+                      f"1/{1 / pairs['ratio']:.1f} (target >= 1/15)")
                 (ours / "m").mkdir()
                 ours_mk, ours_rm = mkdir_rmdir(ours / "m", args.mkdirs)
                 kernel_mk, _ = mkdir_rmdir(kernel, args.mkdirs)

@@ -12,15 +12,16 @@ reaches a file system, such as ``ENOTDIR`` for ``rmdir`` of a file, are not repe
 
 - ``mkdir``: a cgroup (``EEXIST`` for a taken name, ``EINVAL`` for a newline in it); it belongs
   to its creator when that is not root, files included; ``rmdir``: ``EBUSY`` while it has
-  processes or children; ``rename``: directories only (``ENOTDIR``), within the parent (``EIO``),
+  running processes (members found to have exited are reported as exits first) or children;
+  ``rename``: directories only (``ENOTDIR``), within the parent (``EIO``),
   not onto an existing name (``EEXIST``).
 - No file creation (``EACCES``), deletion (``EPERM``), links or symlinks (``EPERM``).
 - ``chmod``/``chown`` of directories and files are recorded (``System.set_attrs``) and enforced
   by the kernel (the mount uses ``default_permissions``); ``truncate`` and ``utimens`` are
   accepted and change nothing.
-- Reads and writes through a file whose cgroup has been removed: ``ENODEV``. No ``open`` and no
-  ``release`` are served from Python: libfuse answers them (``direct_io`` comes from the mount
-  configuration), which saves two of the five Python calls an ``echo``/``cat`` pair costs. A
+- Reads and writes through a file whose cgroup has been removed: ``ENODEV``. No ``open``,
+  ``flush`` or ``release`` is served from Python: libfuse answers them (``direct_io`` comes from
+  the mount configuration), so an ``echo``/``cat`` pair costs three Python calls, not seven. A
   read or write therefore finds its file by the path libfuse keeps for the open file (``None``
   once the directory was removed through the mount).
 - Sizes are 0, as kernfs reports them; reads are served with ``direct_io`` (set at mount).
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from errno import EACCES, EISDIR, ENODEV, ENOENT, ENOTDIR, EPERM
 from stat import S_IFDIR, S_IFREG
@@ -58,12 +60,15 @@ class CgroupOperations(mfusepy.Operations):
         self.system = system
         self._on_init = on_init
         self.started_ns = time.time_ns()
-        self._renderings: dict[tuple[Cgroup, str], tuple[float, bytes]] = {}
+        self._renderings: OrderedDict[tuple[Cgroup, str], tuple[float, bytes]] = OrderedDict()
         self._renderings_lock = threading.Lock()
 
     # ------------------------------------------------------------------ resolution
-    def _resolve(self, path: str) -> tuple[Cgroup, CgroupFile | None]:
-        """The cgroup and file (``None`` for the directory itself) at ``path``; ``ENOENT``."""
+    def _resolve(self, path: str | None) -> tuple[Cgroup, CgroupFile | None]:
+        """The cgroup and file (``None`` for the directory itself) at ``path``; ``ENOENT``, or
+        ``ENODEV`` without a path (an open file whose directory was removed)."""
+        if path is None:
+            raise IoasidError(ENODEV, "the cgroup was removed")
         node = self.system.cgroups.root
         if path == "/":
             return node, None
@@ -138,6 +143,9 @@ class CgroupOperations(mfusepy.Operations):
 
     # ------------------------------------------------------------------ files
     def read(self, path: str | None, size: int, offset: int, fh: int) -> bytes:
+        """A read at offset 0 renders the file afresh and keeps the rendering for a second;
+        reads further on continue it, so the pieces fit (seq_file keeps its buffer per open
+        file; with nothing kept per open file, renderings are kept per cgroup file)."""
         cg, file = self._resolve_file(path)
         key = (cg, file.name)
         if offset:
@@ -146,18 +154,22 @@ class CgroupOperations(mfusepy.Operations):
             if kept is not None and time.monotonic() - kept[0] < PIDLIST_LIFETIME:
                 return kept[1][offset : offset + size]
         text = files.read(self.system, cg, file)
-        if len(text) > offset + size:
+        if not offset:
             self._keep(key, text)
         return text[offset : offset + size]
 
     def _keep(self, key: tuple[Cgroup, str], text: bytes) -> None:
-        """Keep a rendering read in several pieces, so that the pieces fit together."""
+        """Keep a rendering, dropping those older than ``PIDLIST_LIFETIME``."""
         now = time.monotonic()
         with self._renderings_lock:
-            stale = [k for k, (t, _) in self._renderings.items() if now - t >= PIDLIST_LIFETIME]
-            for k in stale:
-                del self._renderings[k]
-            self._renderings[key] = (now, text)
+            renderings = self._renderings
+            renderings.pop(key, None)
+            renderings[key] = (now, text)
+            while renderings:
+                oldest = next(iter(renderings.values()))
+                if now - oldest[0] < PIDLIST_LIFETIME:
+                    break
+                renderings.popitem(last=False)
 
     def write(self, path: str | None, data: bytes, offset: int, fh: int) -> int:
         uid, gid, pid = mfusepy.fuse_get_context()

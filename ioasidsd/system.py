@@ -203,8 +203,10 @@ class System:
         limit = parse_limit(data)
         with self.lock:
             cg = self.cgroups.lookup(path)
+            before = (cg.limit, cg.reserved, self.core.capacity_avail)
             self.cgroups.set_max(cg, limit)
-            self._changed("limit", cgroup=cg)
+            if (cg.limit, cg.reserved, self.core.capacity_avail) != before:
+                self._changed("limit", cgroup=cg)  # rewriting the same limit has nothing to store
 
     def write_flag(self, path: str, name: str, data: bytes | str) -> None:
         """A write to ``notify_on_release`` or ``cgroup.clone_children``."""
@@ -215,16 +217,18 @@ class System:
             raise IoasidError(EINVAL, f"{name} is not a flag")
         with self.lock:
             cg = self.cgroups.lookup(path)
-            setattr(cg, attr, value)
-            self._changed("flag", cgroup=cg, name=name)
+            if getattr(cg, attr) != value:
+                setattr(cg, attr, value)
+                self._changed("flag", cgroup=cg, name=name)
 
     def write_release_agent(self, data: bytes | str) -> None:
         """A write to the root's ``release_agent``: as ``cgroup_release_agent_write``, the text
         up to the first NUL with white space stripped at both ends (``strstrip``)."""
         text = decode(data).split("\0", 1)[0].strip(" \t\n\v\f\r")
         with self.lock:
-            self.cgroups.release_agent = text
-            self._changed("release_agent", value=text)
+            if self.cgroups.release_agent != text:
+                self.cgroups.release_agent = text
+                self._changed("release_agent", value=text)
 
     # ------------------------------------------------------------------ processes
     def process(self, pid: int) -> Process:

@@ -122,8 +122,8 @@ class Daemon:
             self.log.error(str(exc))
             self.exit_code = 1
         except OSError as exc:
-            self.log.error(f"cannot start: {exc.strerror or exc}",
-                           path=exc.filename or None)
+            where = {"path": exc.filename} if exc.filename else {}
+            self.log.error(f"cannot start: {exc.strerror or exc}", **where)
             self.exit_code = 1
         else:
             self.serve()
@@ -150,7 +150,16 @@ class Daemon:
         self._stopping = True
         self._wakeup.set()
 
+    def _notify(self, *lines: str) -> None:
+        try:
+            sd_notify(*lines)
+        except (OSError, ValueError) as exc:
+            self.log.warning("the service manager cannot be notified", error=str(exc),
+                             notify_socket=os.environ.get("NOTIFY_SOCKET"))
+
     def start(self) -> None:
+        """Everything up to ready (see the module's documentation); raises what ``run``
+        reports. ``shutdown`` undoes whatever part was done."""
         config = self.config
         for directory, name, role in ((config.runtime_dir, PID_FILE, "runtime directory"),
                                       (config.state_dir, STATE_LOCK, "state directory")):
@@ -178,17 +187,16 @@ class Daemon:
         self._catch_up()
 
         if config.vtd:
-            self.log.info("[vtd] settings kept for the VT-d simulation, which this daemon does "
-                          "not run yet", units=len(config.vtd.get("units", [])))
+            self.log.warning("[vtd] is checked but no VT-d unit is built: the daemon does not "
+                             "boot the VT-d driver yet (see docs/daemon.md)",
+                             units=len(config.vtd.get("unit", [])))
         self._mount()
         self.userapi = UserApiServer(system, str(config.runtime_dir))
         self.userapi.start()
         self.control = ControlServer(config.runtime_dir / CONTROL_SOCKET,
                                      {"status": self._status_verb}, self.log)
         self.control.start()
-        status = self.status_line()
-        with contextlib.suppress(OSError, ValueError):
-            sd_notify("READY=1", f"STATUS={status}")
+        self._notify("READY=1", f"STATUS={self.status_line()}")
         self.log.info("ready", mount=str(config.mount), pid=os.getpid(),
                       tracking=self.tracker.mode, profile=system.knobs.profile)
 
@@ -308,8 +316,7 @@ class Daemon:
 
     def reload(self) -> None:
         """SIGHUP: read the configuration file again (command-line flags still win)."""
-        with contextlib.suppress(OSError, ValueError):
-            sd_notify("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
+        self._notify("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
         try:
             new = load_config(self.config.config_file, self.flags)
         except ConfigError as exc:
@@ -325,13 +332,11 @@ class Daemon:
                           file=str(new.config_file) if new.config_file else None)
             if pending:
                 self.log.warning("settings changed that need a restart", settings=pending)
-        with contextlib.suppress(OSError, ValueError):
-            sd_notify("READY=1", f"STATUS={self.status_line()}")
+        self._notify("READY=1", f"STATUS={self.status_line()}")
 
     def shutdown(self) -> None:
         """Stop everything that was started, in reverse order; never raises."""
-        with contextlib.suppress(OSError, ValueError):
-            sd_notify("STOPPING=1")
+        self._notify("STOPPING=1")
         steps: list[tuple[str, Callable[[], None]]] = []
         if self.userapi is not None:
             steps.append(("user API socket", self.userapi.stop))

@@ -17,7 +17,10 @@ knobs) and the VT-d units and devices::
     [knobs]                     # any knob of ioasidsd.model.knobs, over the profile's values
     uncharge_target = "current"
 
-    [vtd]                       # VT-d units and devices, handed to the VT-d simulation
+    [vtd]                       # VT-d units and devices (ioasidsd/vtd/config.py), checked here
+    [[vtd.unit]]
+    name = "dmar0"
+    pss = 19
 
 Every error is a ``ConfigError`` whose message names the file and the setting.
 """
@@ -166,6 +169,13 @@ def load_config(path: str | Path | None = None, flags: dict[str, Any] | None = N
     except ValueError as exc:
         where = str(path) if path is not None and "knobs" in settings else "command line"
         raise ConfigError(f"{where}: {exc}") from None
+    if config.vtd:
+        from ioasidsd.vtd.config import parse_config
+
+        try:
+            parse_config(config.vtd)
+        except ValueError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
     return config
 
 

@@ -67,13 +67,16 @@ def process_clock() -> float:
 
 
 def _parent_and_start(pid: int) -> tuple[int, float] | None:
-    """The parent pid and start time (as ``ProcessSource``) of ``pid``, ``None`` if gone."""
+    """The parent pid and start time (as ``ProcessSource``) of ``pid``, ``None`` if it is gone
+    or a zombie."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as stat:
             data = stat.read()
     except OSError:
         return None
     fields = data[data.rindex(b")") + 2 :].split()
+    if fields[0] == b"Z":
+        return None
     return int(fields[1]), int(fields[19]) / CLOCK_TICKS
 
 

@@ -110,9 +110,11 @@ class StoreError(Exception):
 
 # ---------------------------------------------------------------------- rows <-> records
 def _cgroup_row(rec: dict[str, Any]) -> Row:
-    return (*(int(v) if isinstance(v, bool) else v for v in map(rec.__getitem__,
-                                                                _CGROUP_COLUMNS)),
-            json.dumps(rec["attrs"], sort_keys=True))
+    attrs = rec["attrs"]
+    return (rec["id"], rec["parent"], rec["name"], rec["limit"], rec["reserved"], rec["counter"],
+            rec["peak"], rec["events"], rec["events_local"], int(rec["notify_on_release"]),
+            int(rec["clone_children"]), int(rec["removed"]),
+            json.dumps(attrs, sort_keys=True) if attrs else "{}")
 
 
 def _process_row(rec: dict[str, Any]) -> Row:
@@ -154,7 +156,7 @@ class Store:
         self._rows: dict[Cgroup, int] = {}
         self._cgroups: dict[int, Cgroup] = {}
         self._next_row = 1
-        self._core: str | None = None
+        self._core: dict[str, Any] | None = None
         self._unsaved_private: set[str] = set()
 
     # ------------------------------------------------------------------ opening
@@ -199,9 +201,10 @@ class Store:
 
     @property
     def clock(self) -> float | None:
-        """When the last change was saved (or ``set_clock``), in seconds since boot (the clock
-        of process start times): processes created later may have forked while nobody was
-        watching. ``None`` for a new state."""
+        """When the last change to processes was saved (or ``set_clock``), in seconds since
+        boot (the clock of process start times): processes created later may have forked
+        while nobody was watching; those created earlier were seen, or their parent was not
+        tracked yet. ``None`` for a new state."""
         return self.meta("clock")
 
     @property
@@ -241,18 +244,16 @@ class Store:
             rec = dict(zip(_CGROUP_COLUMNS, row[:-1], strict=True))
             rec["attrs"] = json.loads(row[-1])
             cgroups.append(rec)
-        ioasids = []
-        for row in db.execute("SELECT * FROM ioasids ORDER BY id"):
-            rec = dict(zip(_IOASID_COLUMNS, row[:-1], strict=True))
-            rec["private"] = None if row[-1] is None else json.loads(row[-1])
-            ioasids.append(rec)
+        ioasids = [
+            {"id": i, "set": s, "state": state, "refs": refs, "spid": spid, "cgroup": cg,
+             "pooled": pooled == 1, "indexed": indexed == 1,
+             "private": None if private is None else json.loads(private)}
+            for i, s, state, refs, spid, cg, pooled, indexed, private
+            in db.execute("SELECT * FROM ioasids ORDER BY id")]
         cgroups = self._drop_unused_removed(cgroups, ioasids)
         for rec in cgroups:
             for name in ("notify_on_release", "clone_children", "removed"):
                 rec[name] = bool(rec[name])
-        for rec in ioasids:
-            rec["pooled"] = bool(rec["pooled"])
-            rec["indexed"] = bool(rec["indexed"])
         processes = [dict(zip(("pid", "start_time", "cgroup", "threads"), row, strict=True))
                      for row in db.execute("SELECT * FROM processes ORDER BY pid")]
         sets = []
@@ -291,7 +292,7 @@ class Store:
         self._rows = {cg: row for row, cg in cgroups.items()}
         self._cgroups = dict(cgroups)
         self._next_row = max(cgroups, default=0) + 1
-        self._core = json.dumps(core_record(system.core), sort_keys=True)
+        self._core = core_record(system.core)
 
     @property
     def system(self) -> System:
@@ -361,10 +362,10 @@ class Store:
                         (key, json.dumps(value, sort_keys=True)))
 
     def _write_core(self, *, force: bool = False) -> None:
-        text = json.dumps(core_record(self.system.core), sort_keys=True)
-        if force or text != self._core:
-            self.db.execute("INSERT OR REPLACE INTO meta VALUES ('core', ?)", (text,))
-            self._core = text
+        record = core_record(self.system.core)
+        if force or record != self._core:
+            self._write_meta("core", record)
+            self._core = record
 
     def apply(self, kind: str, detail: dict[str, Any]) -> None:
         """Make one change durable (``System.on_change``); see the module's documentation for
@@ -409,7 +410,8 @@ class Store:
             cgroups.extend(self._sync_ioasid(ioasid))
         self._write_cgroups(cgroups)
         self._write_core()
-        self._write_meta("clock", _clock())
+        if processes:  # a process joined or left: forks before now were seen (see clock)
+            self._write_meta("clock", _clock())
         if kind == "rmdir" and isinstance(detail.get("cgroup"), Cgroup):
             self._forget_removed(detail["cgroup"])
 
@@ -437,9 +439,13 @@ class Store:
             nodes[id(cg)] = cg
             for node in cg.walk():
                 nodes[id(node)] = node
-        self.db.executemany(
-            "INSERT OR REPLACE INTO cgroups VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            [_cgroup_row(cgroup_record(cg, self._row)) for cg in nodes.values()])
+        rows = [_cgroup_row(cgroup_record(cg, self._row)) for cg in nodes.values()]
+        if len(rows) == 1:
+            self.db.execute("INSERT OR REPLACE INTO cgroups VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                            rows[0])
+        elif rows:
+            self.db.executemany(
+                "INSERT OR REPLACE INTO cgroups VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", rows)
 
     def _forget_removed(self, cg: Cgroup) -> None:
         """After ``rmdir``: drop the row unless IOASIDs (or removed children) still refer to it."""

@@ -240,9 +240,9 @@ class IoasidsController:
     def rename(self, cg: Cgroup, new_parent: Cgroup, new_name: str, *,
                reserved_names: frozenset[str] = frozenset()) -> None:
         """Rename a cgroup within its parent: ``EIO`` for a move to another parent (cgroup-v1
-        refuses that), ``EEXIST`` onto an existing name, ``EINVAL`` for a bad name (a newline is
-        refused first, as ``cgroup1_rename`` does; then as for ``mkdir``), ``ENAMETOOLONG`` over
-        255 bytes, ``EBUSY`` for the root."""
+        refuses that), ``EEXIST`` onto an existing name, ``EINVAL`` for a bad name (as for
+        ``mkdir``; ``cgroup1_rename`` refuses ``\\n``), ``ENAMETOOLONG`` over 255 bytes, ``EBUSY``
+        for the root."""
         with self.lock:
             self.core._enter()
             if "\n" in new_name:

@@ -420,6 +420,32 @@ def _load_token(
     return proc
 
 
+_STATES = {int(state): state for state in IoasidState}
+
+
+def _ioasid_fields(rec: Any, what: str) -> tuple[int, int, IoasidState, int, int, Any, bool, bool]:
+    """The fields of an IOASID record, checked. A fast path for well-formed records (a state
+    may hold a million of them); the careful one names what is wrong."""
+    try:
+        fields = (rec["id"], rec["set"], _STATES[rec["state"]], rec["refs"], rec["spid"],
+                  rec["cgroup"], rec["pooled"], rec["indexed"])
+    except (KeyError, TypeError):
+        fields = None
+    if fields is not None:
+        ioasid, sid, _, refs, spid, cgroup, pooled, indexed = fields
+        if (type(ioasid) is int and type(sid) is int and type(refs) is int
+                and type(rec["state"]) is int
+                and type(spid) is int and (cgroup is None or type(cgroup) is int)
+                and type(pooled) is bool and type(indexed) is bool):
+            return fields
+    for name in ("id", "set", "state", "refs", "spid"):
+        _field(rec, name, int, what)
+    _field(rec, "cgroup", _INT_OR_NONE, what)
+    _field(rec, "pooled", bool, what)
+    _field(rec, "indexed", bool, what)
+    raise SnapshotError(f"{what}: unknown state {rec['state']}")
+
+
 def _load_ioasids(
     snapshot: Record,
     core: IoasidCore,
@@ -428,32 +454,30 @@ def _load_ioasids(
     decode_private: Callable[[Any], Any],
 ) -> None:
     counts: dict[int, int] = dict.fromkeys(sets, 0)
+    insert = core._ids.insert
     for i, rec in enumerate(_records(snapshot, "ioasids")):
-        what = f"IOASID record {i}"
-        ioasid = _field(rec, "id", int, what)
-        ioasid_set = sets.get(_field(rec, "set", int, what))
+        ioasid, sid, state, refs, spid, cgroup, pooled, indexed = _ioasid_fields(
+            rec, f"IOASID record {i}")
+        ioasid_set = sets.get(sid)
         if ioasid_set is None:
-            raise SnapshotError(f"{what}: IOASID {ioasid} in an unknown set")
+            raise SnapshotError(f"IOASID record {i}: IOASID {ioasid} in an unknown set")
         if not 0 <= ioasid <= IOASID_MAX_VALUE:
-            raise SnapshotError(f"{what}: IOASID {ioasid} out of range")
+            raise SnapshotError(f"IOASID record {i}: IOASID {ioasid} out of range")
         data = IoasidData(ioasid, ioasid_set, decode_private(rec.get("private")))
-        if not core._ids.insert(ioasid, data):
-            raise SnapshotError(f"{what}: duplicate IOASID {ioasid}")
-        try:
-            data.state = IoasidState(_field(rec, "state", int, what))
-        except ValueError:
-            raise SnapshotError(f"{what}: unknown state {rec['state']}") from None
-        data.refs = _field(rec, "refs", int, what)
-        data.spid = _field(rec, "spid", int, what)
-        cgroup = _field(rec, "cgroup", _INT_OR_NONE, what)
+        if not insert(ioasid, data):
+            raise SnapshotError(f"IOASID record {i}: duplicate IOASID {ioasid}")
+        data.state = state
+        data.refs = refs
+        data.spid = spid
         if cgroup is not None:
-            if cgroup not in by_id:
-                raise SnapshotError(f"{what}: charged to unknown cgroup {cgroup}")
-            data.cgroup = by_id[cgroup]
-        data.pooled = _field(rec, "pooled", bool, what)
-        if _field(rec, "indexed", bool, what):
+            charged = by_id.get(cgroup)
+            if charged is None:
+                raise SnapshotError(f"IOASID record {i}: charged to unknown cgroup {cgroup}")
+            data.cgroup = charged
+        data.pooled = pooled
+        if indexed:
             ioasid_set.xa.add(ioasid)
-        counts[ioasid_set.id] += 1
+        counts[sid] += 1
     for sid, count in counts.items():
         if sets[sid].nr_ioasids != count:
             raise SnapshotError(

@@ -8,30 +8,32 @@ specification, and a round trip through encode and decode is exact.
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 U64_MASK = (1 << 64) - 1
 
 
-class Field(NamedTuple):
-    """A field of a word: bits ``hi`` down to ``lo``, inclusive."""
+class Field:
+    """A field of a word: bits ``hi`` down to ``lo``, inclusive. ``width``, ``max`` (the
+    largest value it holds) and ``mask`` (its bits in place) are computed once."""
 
-    hi: int
-    lo: int
+    __slots__ = ("hi", "lo", "mask", "max", "width")
 
-    @property
-    def width(self) -> int:
-        return self.hi - self.lo + 1
+    def __init__(self, hi: int, lo: int) -> None:
+        if not 0 <= lo <= hi:
+            raise ValueError(f"bad field {hi}:{lo}")
+        self.hi = hi
+        self.lo = lo
+        self.width = hi - lo + 1
+        self.max = (1 << self.width) - 1
+        self.mask = self.max << lo
 
-    @property
-    def mask(self) -> int:
-        """The field's bits in place."""
-        return ((1 << self.width) - 1) << self.lo
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Field) and (self.hi, self.lo) == (other.hi, other.lo)
 
-    @property
-    def max(self) -> int:
-        """The largest value the field holds."""
-        return (1 << self.width) - 1
+    def __hash__(self) -> int:
+        return hash((self.hi, self.lo))
+
+    def __repr__(self) -> str:
+        return f"Field({self.hi}, {self.lo})"
 
 
 def bit(n: int) -> Field:
@@ -41,7 +43,7 @@ def bit(n: int) -> Field:
 
 def get(word: int, field: Field) -> int:
     """The value of ``field`` in ``word``."""
-    return (word >> field.lo) & ((1 << field.width) - 1)
+    return (word >> field.lo) & field.max
 
 
 def put(word: int, field: Field, value: int) -> int:

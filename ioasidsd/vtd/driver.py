@@ -54,7 +54,13 @@ from ioasidsd.vtd.caps import Capabilities
 from ioasidsd.vtd.counters import Counters
 from ioasidsd.vtd.device import PciDevice, format_bdf, parse_bdf
 from ioasidsd.vtd.hardware import Unit, UnitOptions
-from ioasidsd.vtd.iommu import ADDR_WIDTH_4LEVEL, DeviceInfo, DriverOptions, IntelIommu
+from ioasidsd.vtd.iommu import (
+    ADDR_WIDTH_4LEVEL,
+    ADDR_WIDTH_5LEVEL,
+    DeviceInfo,
+    DriverOptions,
+    IntelIommu,
+)
 from ioasidsd.vtd.memory import Block, PhysMem
 from ioasidsd.vtd.page_requests import PageRequest
 from ioasidsd.vtd.pasid_table import FLPT_DEFAULT_DID, PASID_MIN, Pgtt
@@ -71,6 +77,11 @@ RESPONSE_CODES = (d.QI_RESP_SUCCESS, d.QI_RESP_INVALID, d.QI_RESP_FAILURE)
 def cpu_pgd(process: Any) -> int:
     """A stand-in for a process's CPU page-table root (CPU page tables are not simulated)."""
     return (0x100000 + (int(getattr(process, "pid", 0)) & 0xFFFFFFF)) << 12
+
+
+def _check_address(addr: int) -> None:
+    if isinstance(addr, bool) or not isinstance(addr, int) or not 0 <= addr < 1 << 64:
+        raise IoasidError(EINVAL, f"address {addr!r} is not a 64-bit value")
 
 
 class CoreVcmdAllocator:
@@ -121,7 +132,7 @@ class VtdDriver:
                                 IoasidPrio.LAST if quirks else IoasidPrio.IOMMU, "vtd")
 
     def _page_event(self, event: str, block: Block) -> None:
-        self.trace.emit(f"page_{event}", kind=block.kind, pages=block.count,
+        self.trace.emit(f"page_{event}", page_kind=block.kind, pages=block.count,
                         addr=block.pfn << 12, owner=str(block.owner))
 
     def _warn(self, msg: str, **fields: Any) -> None:
@@ -241,6 +252,8 @@ class VtdDriver:
         this device's width, or none free), ``EDQUOT`` (host set quota), ``EINVAL`` (no
         first-level translation, or supervisor without ECAP.SRS).
         """
+        if getattr(process, "pid", None) is None:
+            raise IoasidError(EINVAL, f"{process!r} is not a process")
         with self.lock:
             info = self.info(bdf)
             self._require_pasid(info)
@@ -254,7 +267,7 @@ class VtdDriver:
                 sdev = svm.find(info.sid)
                 if sdev is not None:
                     sdev.users += 1
-                    self.trace.emit("bind", kind="native", pasid=svm.pasid, bdf=info.device.bdf,
+                    self.trace.emit("bind", mode="native", pasid=svm.pasid, bdf=info.device.bdf,
                                     users=sdev.users)
                     return svm.pasid
             new = svm is None
@@ -274,7 +287,7 @@ class VtdDriver:
             if new:
                 self.native[process] = svm
             self.counters.inc("bind.native")
-            self.trace.emit("bind", kind="native", pasid=svm.pasid, bdf=info.device.bdf,
+            self.trace.emit("bind", mode="native", pasid=svm.pasid, bdf=info.device.bdf,
                             pid=getattr(process, "pid", None))
             return svm.pasid
 
@@ -296,7 +309,7 @@ class VtdDriver:
             info.iommu.tear_down_entry(info, svm.pasid, fault_ignore=False)
             info.iommu.drain_prq(info, svm.pasid, sdev.did)
             self.counters.inc("unbind.native")
-            self.trace.emit("unbind", kind="native", pasid=svm.pasid, bdf=info.device.bdf)
+            self.trace.emit("unbind", mode="native", pasid=svm.pasid, bdf=info.device.bdf)
             if not svm.devs:
                 del self.native[process]
                 self.core.put(self.host_set, svm.pasid)
@@ -383,6 +396,7 @@ class VtdDriver:
         if gpasid is not None and (not isinstance(gpasid, int) or
                                    not 0 <= gpasid < INVALID_IOASID):
             raise IoasidError(EINVAL, f"guest PASID {gpasid!r} out of range")
+        self._check_nested_request(info, gpgd, addr_width, sre, eafe)
         svm = core.find(None, hpasid)
         if svm is not None and not (isinstance(svm, Svm) and svm.guest):
             raise IoasidError(EBUSY, f"PASID {hpasid} carries another user's data")
@@ -406,8 +420,28 @@ class VtdDriver:
         svm.devs.append(SvmDev(info, domain.did, domain=domain, bound_seq=self.trace.seq))
         self.guest[hpasid] = svm
         self.counters.inc("bind.guest")
-        self.trace.emit("bind", kind="guest", pasid=hpasid, gpasid=gpasid, bdf=info.device.bdf,
+        self.trace.emit("bind", mode="guest", pasid=hpasid, gpasid=gpasid, bdf=info.device.bdf,
                         pid=getattr(process, "pid", None), refs=core.data(hpasid).refs)
+
+    @staticmethod
+    def _check_nested_request(info: DeviceInfo, gpgd: int | None, addr_width: int, sre: bool,
+                              eafe: bool) -> None:
+        """Refuse, before anything changes, what ``setup_nested`` would refuse."""
+        caps = info.iommu.caps
+        if not caps.nest:
+            raise IoasidError(EINVAL, f"{info.iommu.name}: no nested translation (ECAP.NEST)")
+        if addr_width not in (ADDR_WIDTH_4LEVEL, ADDR_WIDTH_5LEVEL):
+            raise IoasidError(EINVAL, f"invalid guest address width {addr_width!r}")
+        if addr_width == ADDR_WIDTH_5LEVEL and not caps.fl5lp:
+            raise IoasidError(EINVAL, f"{info.iommu.name}: 5-level paging not supported")
+        limit = 1 << (ADDR_WIDTH_5LEVEL if info.iommu.agaw == 3 else ADDR_WIDTH_4LEVEL)
+        if gpgd is not None and (not isinstance(gpgd, int) or not 0 <= gpgd < limit
+                                 or gpgd & 0xFFF):
+            raise IoasidError(EINVAL, f"guest PGD {gpgd!r} is not a page below {limit:#x}")
+        if sre and not caps.srs:
+            raise IoasidError(EINVAL, f"{info.iommu.name}: no supervisor requests (ECAP.SRS)")
+        if eafe and not caps.eafs:
+            raise IoasidError(EINVAL, f"{info.iommu.name}: no extended accessed flag")
 
     def _attach(self, svm: Svm) -> None:
         """First bind of a host PASID: SPID, private data and the driver's reference."""
@@ -460,7 +494,7 @@ class VtdDriver:
                 sdev = svm.find(info.sid) if isinstance(svm, Svm) and svm.guest else None
                 if sdev is None:
                     self.counters.inc("unbind.noop")
-                    self.trace.emit("unbind", kind="guest", pasid=hpasid, bdf=info.device.bdf,
+                    self.trace.emit("unbind", mode="guest", pasid=hpasid, bdf=info.device.bdf,
                                     noop=True)
                     return
                 assert isinstance(svm, Svm)
@@ -469,7 +503,7 @@ class VtdDriver:
                 info.iommu.drain_prq(info, hpasid, sdev.did)
                 self._domain_put(sdev.domain)
                 self.counters.inc("unbind.guest")
-                self.trace.emit("unbind", kind="guest", pasid=hpasid, bdf=info.device.bdf)
+                self.trace.emit("unbind", mode="guest", pasid=hpasid, bdf=info.device.bdf)
                 if not svm.devs:
                     self._drop_pasid(svm, task=process)
         finally:
@@ -551,8 +585,14 @@ class VtdDriver:
             device = self.info(bdf).device
             if pasid is not None:
                 self._check_pasid_value(pasid)
-            if not 0 <= prg_index <= 0x1FF:
-                raise IoasidError(EINVAL, f"page request group index {prg_index} not in 0..511")
+            _check_address(addr)
+            if not isinstance(prg_index, int) or not 0 <= prg_index <= 0x1FF:
+                raise IoasidError(EINVAL, f"page request group index {prg_index!r} not in "
+                                          f"0..511")
+            if private is not None and (
+                    not isinstance(private, tuple) or len(private) != 2
+                    or not all(isinstance(w, int) and 0 <= w < 1 << 64 for w in private)):
+                raise IoasidError(EINVAL, f"private data {private!r} is not two 64-bit words")
             req = PageRequest(device.sid, addr & ~0xFFF, pasid, read, write, exe, priv, lpig,
                               prg_index, private)
             return device.unit.page_request(device, req, in_flight=in_flight)
@@ -589,6 +629,9 @@ class VtdDriver:
         """A DMA (or ATS translation request) from the device at ``bdf``."""
         with self.lock:
             info = self.info(bdf)
+            if pasid is not None:
+                self._check_pasid_value(pasid)
+            _check_address(addr)
             return info.iommu.unit.dma(info.sid, pasid, addr, write=write, ats=ats)
 
     def vcmd_attach(self, unit: str, ioasid_set: IoasidSet, task: Any) -> None:
@@ -641,6 +684,15 @@ class VtdDriver:
                 row["reported_page_requests"] = len(iommu.reported)
                 units.append(row)
             host = self.host_set
+            present: dict[str, int] = {}
+            for info in self.infos.values():
+                if info.table is not None:
+                    for pgtt, n in info.table.present.items():
+                        if n:
+                            name = Pgtt(pgtt).name.lower()
+                            present[name] = present.get(name, 0) + n
+            bindings = sorted([*self.native.values(), *self.guest.values()],
+                              key=lambda s: s.pasid)
             return {
                 "profile": self.knobs.profile,
                 "vtd_quirks": self.knobs.vtd_quirks,
@@ -652,9 +704,15 @@ class VtdDriver:
                 "options": asdict(self.options),
                 "units": units,
                 "devices": devices,
-                "bindings": [s.describe() for s in
-                             sorted([*self.native.values(), *self.guest.values()],
-                                    key=lambda s: s.pasid)],
+                "bindings": [s.describe() for s in bindings],
+                "totals": {
+                    "bound_pasids": len(bindings),
+                    "device_bindings": sum(len(s.devs) for s in bindings),
+                    "present_by_pgtt": present,
+                    "pasid_table_pages": self.mem.live["pasid_dir"] + self.mem.live["pasid_table"],
+                    "pasid_table_pages_peak": (self.mem.peak["pasid_dir"]
+                                               + self.mem.peak["pasid_table"]),
+                },
                 "memory": self.mem.stats(),
                 "counters": {
                     "driver": self.counters.as_dict(),

@@ -142,7 +142,7 @@ class Unit:
         regs.define("FEADDR", r.FEADDR, 4, rw=u32 & ~0x3)
         regs.define("FEUADDR", r.FEUADDR, 4, rw=u32)
         regs.define("IQH", r.IQH, 8)
-        regs.define("IQT", r.IQT, 8, rw=r.IQT_QT_MASK, hook=self._guarded(self.iq_tail_write))
+        regs.define("IQT", r.IQT, 8, rw=r.IQT_QT_MASK, hook=self._guarded(self._iqt_write))
         regs.define("IQA", r.IQA, 8, rw=r.IQ_ADDR_MASK | r.IQA_DW | r.IQA_QS_MASK)
         regs.define("ICS", r.ICS, 4, w1c=r.ICS_IWC, hook=self._guarded(self._ics_write))
         regs.define("IECTL", r.IECTL, 4, value=r.ECTL_IM, rw=r.ECTL_IM,
@@ -206,7 +206,7 @@ class Unit:
         self.trace.emit("reg_write", unit=self.name, name=name, offset=offset, value=value)
 
     def _page_event(self, event: str, block: Block) -> None:
-        self.trace.emit(f"page_{event}", unit=self.name, kind=block.kind, pages=block.count,
+        self.trace.emit(f"page_{event}", unit=self.name, page_kind=block.kind, pages=block.count,
                         addr=block.pfn << 12)
 
     def _gcmd_write(self, value: int, old: int) -> None:
@@ -277,7 +277,7 @@ class Unit:
         if self.vcmd is not None:
             self.vcmd.on_write(value, old)
 
-    def iq_tail_write(self, value: int, old: int) -> None:
+    def _iqt_write(self, value: int, old: int) -> None:
         self.iq.on_iqt_write(value, old)
 
     # ------------------------------------------------------------------ devices

@@ -66,8 +66,8 @@ class InvalidationQueue:
         self.last_type = None
         regs.set("IQH", 0)
         regs.set_bits("GSTS", r.GSTS_QIES)
-        self.unit.trace.emit("reg_write", unit=self.unit.name, name="QIE", value=1,
-                             entries=self.entries, width=256 if self.wide else 128)
+        self.unit.trace.emit("iq_enable", unit=self.unit.name, entries=self.entries,
+                             width=256 if self.wide else 128)
         if regs.value("IQT"):
             self.process()
 

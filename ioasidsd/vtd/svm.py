@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from ioasidsd.vtd.iommu import DeviceInfo, IntelIommu
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Domain:
     """A second-level domain on one unit: its DID, its page-table root page, its address
     width (the PASID entry's AW code) and largest input address."""
@@ -35,7 +35,7 @@ class Domain:
     users: int = 0
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class SvmDev:
     """One device bound to one PASID."""
 
@@ -54,7 +54,7 @@ class SvmDev:
         return self.info.device.bdf
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Svm:
     """One bound PASID and its devices."""
 

@@ -2,13 +2,13 @@
 
 Each ``TraceEvent`` has a sequence number, a kind and a dict of fields. Kinds:
 
-* hardware: ``reg_write``, ``inv_desc`` (one per descriptor processed), ``iqe``, ``fault``,
-  ``hazard`` (a simulator check, see ``hardware.Unit.dma``), ``page_alloc``, ``page_free``,
+* hardware: ``reg_write``, ``iq_enable``, ``inv_desc`` (one per descriptor processed), ``iqe``,
+  ``fault``, ``hazard`` (a simulator check, see ``translation``), ``page_alloc``, ``page_free``,
   ``prq_request`` (a page request queued, dropped or auto-answered), ``prq_response`` (a page
   group response delivered to a device), ``vcmd``;
 * driver: ``qi_submit`` (one per batch, with its descriptor labels), ``pasid_entry_set``,
   ``pasid_entry_clear``, ``prq_report`` (a request handled by the driver), ``drain_begin``,
-  ``drain_end``, ``bind``, ``unbind``, ``ioasid_state`` (FREE seen, cleanup queued or run,
+  ``drain_end``, ``boot``, ``bind``, ``unbind``, ``ioasid_state`` (FREE seen, cleanup begins,
   reference dropped), ``warn`` (what the kernel would log).
 
 The trace keeps the last ``maxlen`` events; ``seq`` keeps counting. Listeners are called after
@@ -38,7 +38,8 @@ class TraceEvent:
         return self.fields.get(name, default)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"seq": self.seq, "kind": self.kind, **self.fields}
+        """The event as one flat mapping (fields never use the names ``seq`` or ``kind``)."""
+        return {**self.fields, "seq": self.seq, "kind": self.kind}
 
 
 Listener = Callable[[TraceEvent], None]

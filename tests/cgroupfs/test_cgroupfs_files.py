@@ -131,6 +131,13 @@ def test_release_agent_takes_at_most_path_max_minus_one(system: System) -> None:
     assert errno_of(write, system, "/", "release_agent", b"/" * 4096) == E2BIG
 
 
+def test_release_agent_is_stripped_at_both_ends(system: System) -> None:
+    assert write(system, "/", "release_agent", b" \t/sbin/agent x \n") == 17
+    assert text(system, "/", "release_agent") == "/sbin/agent x\n"
+    assert write(system, "/", "release_agent", b"\n") == 1
+    assert text(system, "/", "release_agent") == "\n"
+
+
 def test_only_root_sets_the_release_agent(system: System, changes) -> None:
     before = list(changes.seen)
     user = Writer(pid=1, uid=1000, gid=1000)

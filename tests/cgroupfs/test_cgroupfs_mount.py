@@ -97,3 +97,17 @@ def test_a_killed_server_leaves_a_stale_mount_that_force_unmount_removes(mountdi
 def test_a_plain_directory_is_not_stale(tmp_path: Path) -> None:
     assert not stale_mount(str(tmp_path))
     assert not stale_mount(str(tmp_path / "missing"))
+
+
+def test_a_libfuse_failure_is_a_clear_oserror(mountdir: Path, monkeypatch) -> None:
+    import mfusepy
+
+    def refuse(operations, mountpoint, **options):
+        raise RuntimeError(4)  # what mfusepy raises when fuse_main_real cannot mount
+
+    monkeypatch.setattr(mfusepy, "FUSE", refuse)
+    with pytest.raises(OSError) as failed:
+        mount(System(), str(mountdir))
+    assert failed.value.errno == errno.EINVAL
+    assert str(mountdir) in str(failed.value) and "libfuse could not mount" in str(failed.value)
+    assert not is_mounted(mountdir)

@@ -126,6 +126,7 @@ def test_files_of_a_removed_cgroup_are_enodev(mounted: Path, system: System) -> 
         os.rmdir(mounted / "a")
         assert errno_name(os.write, fd, b"1") == "ENODEV"
         assert errno_name(os.pread, fd, 100, 0) == "ENODEV"
+        assert errno_name(os.ftruncate, fd, 0) == "ENODEV"
     finally:
         os.close(fd)
 
@@ -145,6 +146,20 @@ def test_reads_in_pieces_fit_together(mounted: Path, system: System, spawn) -> N
         os.close(fd)
     assert head + rest == expected  # the rendering of the first read, not a torn mix
     assert str(late.pid) in (mounted / "a" / "cgroup.procs").read_text().split()
+
+
+def test_a_read_that_continues_finds_the_end_of_what_it_began(mounted: Path,
+                                                              system: System) -> None:
+    (mounted / "a").mkdir()
+    (mounted / "a" / "ioasids.max").write_text("5")
+    fd = os.open(mounted / "a" / "ioasids.max", os.O_RDONLY)
+    try:
+        assert os.read(fd, 4096) == b"5\n"
+        system.write_max("a", "max")  # grows the rendering between cat's two reads
+        assert os.read(fd, 4096) == b""
+    finally:
+        os.close(fd)
+    assert (mounted / "a" / "ioasids.max").read_text() == "max\n"
 
 
 @pytest.mark.usefixtures("as_user")

@@ -67,7 +67,11 @@ def test_an_exit_releases_the_ioasids_through_the_faces_hooks(tmp_path, started,
     assert (mnt / "a" / "ioasids.current").read_text() == "3\n"
     assert saved_state(tmp_path / "s")["ioasids"] != []
     proc.exit()
-    wait_until(lambda: len(system.core) == 0, "the IOASIDs released")
+    def released():
+        with system.lock:  # the exit, its hooks and its saving happen under the lock
+            return len(system.core) == 0
+
+    wait_until(released, "the IOASIDs released")
     assert (mnt / "a" / "ioasids.current").read_text() == "0\n"
     after = saved_state(tmp_path / "s")
     assert after["ioasids"] == [] and after["sets"] == [] and after["processes"] == []

@@ -32,8 +32,9 @@ profile = "v4"
 poll_interval = 2
 [knobs]
 migration = "stay"
-[vtd]
-units = [{name = "dmar0"}]
+[[vtd.unit]]
+name = "dmar0"
+pss = 15
 """)
     config = load_config(path, {"mount": "/mnt/b", "capacity": None, "profile": None})
     assert config.mount == Path("/mnt/b")  # the flag
@@ -42,7 +43,7 @@ units = [{name = "dmar0"}]
     knobs = config.semantics()
     assert knobs.profile == "v4" and knobs.migration == "stay"
     assert knobs.uncharge_target == "current"  # v4's, not overridden
-    assert config.vtd == {"units": [{"name": "dmar0"}]}
+    assert config.vtd == {"unit": [{"name": "dmar0", "pss": 15}]}
     assert config.config_file == path
 
 
@@ -59,6 +60,8 @@ units = [{name = "dmar0"}]
     ('[knobs]\nno_such_knob = true\n', "unknown knob(s): no_such_knob"),
     ('[knobs]\nprofile = "v4"\n', "top-level setting"),
     ("mount = \n", "not valid TOML"),
+    ("[[vtd.unit]]\nname = \"dmar0\"\nwings = 2\n", "vtd.unit[0]: unknown key(s) wings"),
+    ("[[vtd.device]]\nbdf = \"0000:03:00.0\"\nunit = \"dmar9\"\n", "no unit named 'dmar9'"),
 ])
 def test_bad_files_name_the_file_and_setting(tmp_path, text, message):
     path = write(tmp_path, text)

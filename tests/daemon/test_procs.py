@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import os
+import signal
 import subprocess
 
 import pytest
@@ -51,6 +54,9 @@ class Forker:
 def forker():
     f = Forker()
     yield f
+    if f.child:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(f.child, signal.SIGKILL)  # an orphan would outlive the test
     f.proc.kill()
     f.proc.wait()
 

@@ -132,3 +132,18 @@ def test_v4_hidden_pending_ids_stay_out_of_the_index():
     load(dump(system.core), copy.core)
     assert dump(copy.core) == dump(system.core)
     assert copy.core.sets[0].xa == set() and copy.core.sets[0].nr_ioasids == 1
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("state", 7, "unknown state 7"), ("state", True, "'state' has the wrong type"),
+    ("refs", "1", "'refs' has the wrong type"), ("pooled", 1, "'pooled' has the wrong type"),
+    ("cgroup", 999, "charged to unknown cgroup 999"), ("id", -3, "out of range"),
+])
+def test_bad_ioasid_records_are_named(field, value, message):
+    system = System()
+    s = system.core.set_alloc(None, 0, IoasidSetType.NULL)
+    system.core.alloc(s, 1, 10)
+    snap = dump(system.core)
+    snap["ioasids"][0][field] = value
+    with pytest.raises(SnapshotError, match=f"IOASID record 0: .*{message}"):
+        load(snap, System().core)

@@ -151,6 +151,22 @@ def test_system_hands_each_change_over_once_and_refusals_never() -> None:
     assert system.core.capacity_avail == 10
 
 
+def test_system_hands_over_no_write_that_changes_nothing() -> None:
+    """Rewriting the current limit, a flag or the release agent changes no state, so there is
+    nothing for the durable store to write (in ``v4`` the same limit is refused anyway)."""
+    changes: list[str] = []
+    system = System(profile("fixed"), wq=OrderedWorkQueue(step_mode=True),
+                    on_change=lambda kind, detail: changes.append(kind))
+    system.mkdir("vm")
+    for _ in range(2):
+        system.write_max("vm", b"5\n")
+        system.write_max("vm", b"max")
+        system.write_flag("vm", "notify_on_release", b"1")
+        system.write_release_agent(b"/sbin/agent")
+    assert changes == ["mkdir", "limit", "limit", "flag", "release_agent", "limit", "limit"]
+    assert system.cgroups.lookup("vm").limit is None
+
+
 def test_system_refusals_change_nothing() -> None:
     system = System(profile("fixed"), wq=OrderedWorkQueue(step_mode=True))
     world = World.__new__(World)  # view the system's model through the snapshot helper
