@@ -148,6 +148,10 @@ def mount(system: System, mountpoint: str, *, allow_other: bool = True,
         "direct_io": True,
         "fsname": fsname,
         "subtype": "ioasids",
+        # Left unset, libfuse 3.14's fuse_main_real hands UINT_MAX to
+        # fuse_loop_cfg_set_idle_threads, which prints "Ignoring invalid max threads value" on
+        # every mount; 10 idle workers is the loop's usual size.
+        "max_idle_threads": 10,
     }
     if allow_other:
         options["allow_other"] = True
