@@ -6,6 +6,6 @@ modules, from the inside out: ``pidlists`` (what ``cgroup.procs`` and ``tasks`` 
 operations and their errnos), ``mount`` (mounting, unmounting, dead mounts).
 """
 
-from cgroupfs.mount import CgroupMount, force_unmount, mount, stale_mount
+from cgroupfs.mount import CgroupMount, force_unmount, fuse_unavailable, mount, stale_mount
 
-__all__ = ["CgroupMount", "force_unmount", "mount", "stale_mount"]
+__all__ = ["CgroupMount", "force_unmount", "fuse_unavailable", "mount", "stale_mount"]

@@ -160,6 +160,16 @@ def mount(system: System, mountpoint: str, *, allow_other: bool = True,
     return handle
 
 
+def fuse_unavailable() -> str | None:
+    """Why this machine cannot serve and manage a FUSE mount, or ``None`` if it can: no
+    ``/dev/fuse`` (the fuse module), or no ``fusermount3`` (Debian package fuse3)."""
+    if not os.path.exists("/dev/fuse"):
+        return "/dev/fuse is missing: load the fuse module (modprobe fuse)"
+    if shutil.which("fusermount3") is None:
+        return "fusermount3 is missing (Debian package fuse3)"
+    return None
+
+
 def stale_mount(path: str) -> bool:
     """Whether ``path`` is a FUSE mount point whose server is gone (``ENOTCONN``)."""
     path = os.path.abspath(path)

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from cgroupfs import fuse_unavailable
 from ioasidsd.system import System
 
 KERNEL_PIDS = Path("/sys/fs/cgroup/pids")
@@ -23,11 +24,7 @@ NOBODY = 65534
 
 def fuse_missing() -> str | None:
     """Why FUSE cannot be used here, or ``None``."""
-    if not os.path.exists("/dev/fuse"):
-        return "/dev/fuse is missing"
-    if shutil.which("fusermount3") is None:
-        return "fusermount3 is missing (Debian package fuse3)"
-    return None
+    return fuse_unavailable()
 
 
 class Changes:

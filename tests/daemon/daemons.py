@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -16,17 +15,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from cgroupfs import fuse_unavailable
+
 BIN = Path(sys.executable).parent
 TIMEOUT = 30.0
 
 
 def fuse_missing() -> str | None:
     """Why FUSE cannot be used on this machine, or ``None``."""
-    if not os.path.exists("/dev/fuse"):
-        return "/dev/fuse is missing"
-    if shutil.which("fusermount3") is None:
-        return "fusermount3 is missing (Debian package fuse3)"
-    return None
+    return fuse_unavailable()
 
 
 def wait_until(predicate: Callable[[], Any], what: str, timeout: float = TIMEOUT) -> Any:
