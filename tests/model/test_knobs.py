@@ -520,3 +520,11 @@ def test_knobs_are_immutable() -> None:
     with pytest.raises(dataclasses.FrozenInstanceError):
         knobs.events = "v4"  # type: ignore[misc]
     assert knobs.replace(events="v4").events == "v4" and knobs.events == "hierarchical"
+
+
+def test_every_knob_is_documented() -> None:
+    """``docs/model.md`` lists every knob (its table is what users read to choose them)."""
+    doc = (Path(__file__).parents[2] / "docs" / "model.md").read_text()
+    missing = [f.name for f in dataclasses.fields(Knobs)
+               if f.name != "profile" and f"`{f.name}`" not in doc]
+    assert not missing, f"knobs missing from docs/model.md: {missing}"
