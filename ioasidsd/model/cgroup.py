@@ -160,6 +160,7 @@ class IoasidsController:
         self.release_agent = ""
         self.sane_behavior = False
         self._warned_negative = False
+        self._raised: list[tuple[Cgroup, int]] | None = None  # peaks the last try_charge raised
         # Knobs are fixed for the life of the controller; hot paths read these copies.
         self._limits_reserve = self.knobs.capacity_model != "overcommit"
         self._skip_defunct = self.knobs.uncharge_skips_defunct_mm
@@ -317,38 +318,56 @@ class IoasidsController:
     def try_charge(self, cg: Cgroup, n: int) -> bool:
         """Charge ``n`` along the walk from ``cg``, refusing at the first level over its limit.
 
-        On refusal every level is restored, the refusal is counted (``events`` knob) and
-        ``EAGAIN`` is raised. Returns whether some level of the walk has a numeric limit (its
-        reservation then covers the charge). Peaks are left to ``update_peak``, called once the
-        charged allocation has committed, so that a refused allocation leaves them unchanged.
+        On refusal every level is restored (counters and peaks), the refusal is counted
+        (``events`` knob) and ``EAGAIN`` is raised. Returns whether some level of the walk has a
+        numeric limit (its reservation then covers the charge). Peaks rise with the charge;
+        ``cancel_charge`` undoes both if the allocation that charged is refused afterwards, so
+        that a refused allocation leaves every peak as it was.
         """
         covered = False
         chain = cg.chain
+        raised: list[tuple[Cgroup, int]] | None = None
         for node in chain:
-            node.counter += n
+            counter = node.counter + n
+            node.counter = counter
             limit = node.limit
             if limit is not None:
                 covered = True
-                if node.counter > limit:
-                    self._refuse(chain, node, n)
+                if counter > limit:
+                    self._refuse(chain, node, n, raised)
+            if counter > node.peak:
+                if raised is None:
+                    raised = []
+                raised.append((node, node.peak))
+                node.peak = counter
+        self._raised = raised
         return covered and self._limits_reserve
 
-    def _refuse(self, chain: tuple[Cgroup, ...], refusing: Cgroup, n: int) -> None:
+    def cancel_charge(self, cg: Cgroup, n: int) -> None:
+        """Undo the ``try_charge`` just made from ``cg`` (the allocation was refused later):
+        counters and the peaks it raised go back."""
+        self.uncharge(cg, n)
+        self._restore_peaks(self._raised)
+        self._raised = None
+
+    @staticmethod
+    def _restore_peaks(raised: list[tuple[Cgroup, int]] | None) -> None:
+        if raised is not None:
+            for node, peak in raised:
+                node.peak = peak
+
+    def _refuse(self, chain: tuple[Cgroup, ...], refusing: Cgroup, n: int,
+                raised: list[tuple[Cgroup, int]] | None) -> None:
         for done in chain:
             done.counter -= n
             if done is refusing:
                 break
+        self._restore_peaks(raised)
         if self.knobs.events == "hierarchical":
             refusing.events_local += 1
             for above in refusing.chain:
                 above.events += 1
         raise IoasidError(EAGAIN, f"{refusing.path}: ioasids.max {refusing.limit} reached")
-
-    def update_peak(self, cg: Cgroup) -> None:
-        """Raise the peak of each level of the walk from ``cg`` to its counter."""
-        for node in cg.chain:
-            if node.counter > node.peak:
-                node.peak = node.counter
 
     def charge(self, cg: Cgroup, n: int) -> None:
         """Charge ``n`` along the walk with no limit check (migration)."""

@@ -466,15 +466,13 @@ class IoasidCore:
         quota = ioasid_set.quota
         if (quota or self._quota_zero_takes_all) and quota <= ioasid_set.nr_ioasids:
             if cg is not None and not self.knobs.charge_leak_on_failure:
-                cgroups.uncharge(cg, 1)  # type: ignore[union-attr]
-            elif cg is not None:
-                cgroups.update_peak(cg)  # type: ignore[union-attr]  # the leaked charge stays
+                cgroups.cancel_charge(cg, 1)  # type: ignore[union-attr]
             self._warn(f"set {ioasid_set.id} out of quota {quota}")
             raise IoasidError(EDQUOT, f"set {ioasid_set.id} quota {quota} used up")
         pooled = not covered and self._pool_per_id
         if pooled and self.capacity_avail <= 0:
             if cg is not None:
-                cgroups.uncharge(cg, 1)  # type: ignore[union-attr]
+                cgroups.cancel_charge(cg, 1)  # type: ignore[union-attr]
             raise IoasidError(ENOSPC, "no IOASID capacity available")
         data = IoasidData(-1, ioasid_set, private)
         if self._active is None:
@@ -483,7 +481,7 @@ class IoasidCore:
             ioasid = self._custom_alloc(lo, hi, data)
         if ioasid < 0:
             if cg is not None:
-                cgroups.uncharge(cg, 1)  # type: ignore[union-attr]
+                cgroups.cancel_charge(cg, 1)  # type: ignore[union-attr]
             raise IoasidError(ENOSPC, f"no free IOASID in [{lo}, {hi}]")
         data.id = ioasid
         data.cgroup = cg
@@ -492,8 +490,6 @@ class IoasidCore:
             self.capacity_avail -= 1
         ioasid_set.xa.add(ioasid)
         ioasid_set.nr_ioasids += 1
-        if cg is not None:
-            cgroups.update_peak(cg)  # type: ignore[union-attr]
         if ioasid_set.nh:
             self._notify(IoasidNotify.ALLOC, data, IOASID_NOTIFY_FLAG_SET)
         return ioasid
@@ -600,9 +596,6 @@ class IoasidCore:
         if self._sets.get(owner.id) is not owner:
             self._warn(f"free of IOASID {ioasid} whose set is gone")
             raise IoasidError(EINVAL, f"the set of IOASID {ioasid} is no longer registered")
-        self._free(data, task)
-
-    def _free(self, data: IoasidData, task: Any) -> None:
         if data.state is _FREE_PENDING:
             return
         data.state = _FREE_PENDING
@@ -627,7 +620,9 @@ class IoasidCore:
                 data = self._ids.get(ioasid)
                 if data is None or data.set is not ioasid_set:
                     continue
-                self._free(data, task)
+                if not self.set_valid(ioasid_set):
+                    break  # the set went with its last IOASID (auto lifetime)
+                self.free_locked(ioasid_set, ioasid, task=task)
                 if hide:
                     ioasid_set.xa.discard(ioasid)
 

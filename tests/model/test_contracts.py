@@ -230,3 +230,18 @@ def test_release_agent_is_stripped_like_the_kernel(written: bytes, stored: str) 
     system = System(profile("fixed"))
     system.write_release_agent(written)
     assert system.cgroups.release_agent == stored
+
+
+def test_a_refusal_above_restores_the_peaks_raised_below() -> None:
+    """The charge walk raises each level's peak as it goes; when a level above refuses, the
+    levels below it that were already charged get their peaks back too."""
+    w = World("fixed")
+    top = w.cgroup("top", 1)
+    leaf = w.cgroup("top/leaf", None)  # max: the leaf itself never refuses
+    other = w.spawn(w.cgroup("top/other", None))
+    w.core.alloc(w.mm_set(other), 1, 100, task=other)  # fills top's limit of 1
+    proc = w.spawn(leaf)
+    s = w.mm_set(proc)
+    with refused(EAGAIN, w):
+        w.core.alloc(s, 1, 100, task=proc)
+    assert (leaf.counter, leaf.peak, top.counter, top.peak) == (0, 0, 1, 1)
