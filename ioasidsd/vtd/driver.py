@@ -42,7 +42,14 @@ from errno import EBUSY, EEXIST, EINVAL, ENODEV, ENOSPC, EOPNOTSUPP, EPERM
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from ioasidsd.model.core import INVALID_IOASID, PCI_PASID_MAX, IoasidCore, IoasidSet, IoasidSetType
+from ioasidsd.model.core import (
+    INVALID_IOASID,
+    PCI_PASID_MAX,
+    IoasidCore,
+    IoasidSet,
+    IoasidSetType,
+    IoasidState,
+)
 from ioasidsd.model.errors import IoasidError
 from ioasidsd.model.notifier import (
     NOTIFY_DONE,
@@ -369,7 +376,9 @@ class VtdDriver:
 
     def _process_exit(self, process: Process) -> None:
         """Exit hook: the mm goes first (``mm_release``), then its file descriptors, whose
-        release unbinds what the process had bound."""
+        release unbinds what the process had bound. A guest binding whose IOASID is being
+        freed already (the process's ``/dev/ioasid`` was released first) is left to the
+        cleanup its FREE queued."""
         with self.lock:
             svm = self.native.get(process)
             if svm is not None:
@@ -379,6 +388,9 @@ class VtdDriver:
                         self.unbind_mm(process, sdev.bdf)
             for hpasid, gsvm in list(self.guest.items()):
                 if gsvm.owner is process:
+                    if self.core.data(hpasid).state == IoasidState.FREE_PENDING:
+                        self.counters.inc("exit.left_to_cleanup")
+                        continue
                     for sdev in list(gsvm.devs):
                         try:
                             self.unbind_gpasid(process, hpasid, sdev.bdf)
