@@ -108,6 +108,9 @@ def test_kill_9_while_bound_brings_the_binding_and_charges_back(daemons) -> None
         assert snap["host_set"]["id"] == 0
 
         agent.ok("open")  # the connection died with the daemon: reconnect, adopting the set
+        h3 = agent.ok("alloc 1 100")[0]
+        assert h3 not in (h1, h2)  # nothing handed out twice
+        agent.ok(f"free {h3}")
         assert agent.err(f"bind {h1} {A} 101") == EBUSY  # bound there already
         agent.ok(f"unbind {h1} {A}")
         agent.ok(f"unbind {h1} {B}")

@@ -25,3 +25,23 @@ def test_exit_with_bound_ioasids_is_torn_down_by_the_cleanup(host: Host) -> None
     assert host.driver.snapshot()["bindings"] == [] and counters["warn"] == 0
     assert host.saved()["ioasids"] == []
     assert host.restart().dump() == host.dump()
+
+
+def test_the_cleanup_of_an_exited_vmm_survives_a_restart(host: Host) -> None:
+    """kill -9 between the VMM's exit and its bindings' cleanup: the saved set outlives its
+    (dead) owner, the restarted driver rebuilds the binding for that owner and runs the cleanup
+    again; then nothing is left, in the model or the database."""
+    host.vmm(99, "/vm")
+    f = host.open(99)
+    bound = host.alloc(f)
+    host.bind(f, bound, DEV_A, 3)
+    host.system.exit(99)
+    host.processes.live.pop(99)
+    again = host.restart()
+    owner = again.core.data(bound).set.token
+    assert owner.pid == 99 and not owner.alive and 99 not in again.system.cgroups.processes
+    assert again.driver.guest[bound].owner is owner and again.present(DEV_A, bound)
+    assert again.core.wq.run_pending() == 1
+    assert len(again.core) == 0 and not again.present(DEV_A, bound)
+    assert again.saved()["ioasids"] == [] and again.saved()["sets"] == [
+        s for s in again.saved()["sets"] if s["token"] is None]
