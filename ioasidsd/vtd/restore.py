@@ -126,11 +126,11 @@ def _restore_guest(driver: VtdDriver, data: IoasidData, rec: dict[str, Any]) -> 
     if data.set.type != IoasidSetType.MM or not _same_process(owner, rec["owner"]):
         raise _bad(f"owner {rec['owner']} does not own the IOASID's set")
     pasid = data.id
+    driver._check_pasid_value(pasid)
     infos = []
     for dev in devices:  # everything is checked before anything is programmed
         info = driver.info(dev["bdf"])
         driver._require_pasid(info)
-        driver._check_pasid_value(pasid)
         driver._check_nested_request(info, dev["gpgd"], dev["addr_width"], dev["sre"],
                                      dev["eafe"])
         infos.append(info)
