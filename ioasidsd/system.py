@@ -315,9 +315,9 @@ class System:
 
     def ioasid_use_vtd(self, driver: VtdDriver) -> None:
         """Serve the bind extension of ``/dev/ioasid`` with ``driver`` (a booted VT-d driver
-        over this system's core); without one, binds answer ``ENODEV``."""
-        with self.lock:
-            self.ioasid_device.binder = VtdGuestBinder(driver)
+        over this system's core); without one, binds answer ``ENODEV``. The same as
+        ``vtd_attach``."""
+        self.vtd_attach(driver)
 
     def ioasid_process(self, pid: int) -> Process:
         """The process ``pid`` as ``process`` gives it, except that an untracked descendant of a
@@ -387,3 +387,20 @@ class System:
                 return
             self.ioasid_device.release(file)
             self._ioasid_changed("set")
+
+    # ------------------------------------------------------------------ VT-d (issues 3-5)
+    # The simulated IOMMU. Its binds and unbinds come through the faces (the user API's bind
+    # extension), which report them; the one change it makes on its own is the FREE cleanup on
+    # the core's work queue, reported here.
+    def vtd_attach(self, driver: VtdDriver) -> None:
+        """Make ``driver`` (booted over this system's core) the system's IOMMU: it serves the
+        bind extension of ``/dev/ioasid``, and what its FREE cleanup changes on the work queue
+        (the UNBIND, the final reclaim, the uncharge, perhaps the end of a set) is handed to
+        ``on_change`` as kind ``vtd_cleanup`` with the IOASIDs (``ids``) and cgroups it touched,
+        under the lock, before the cleanup lets go of it."""
+        with self.lock:
+            driver.on_change = self._vtd_changed
+            self.ioasid_device.binder = VtdGuestBinder(driver)
+
+    def _vtd_changed(self, kind: str, detail: dict[str, Any]) -> None:
+        self.on_change(kind, detail)

@@ -97,11 +97,96 @@ def format_status(status: dict[str, Any]) -> str:
         *([("user API", f"{status['userapi']['socket']}, "
                         f"{status['userapi']['connections']} open")]
           if "userapi" in status else []),
+        *([("VT-d", _vtd_line(status["vtd"]))] if "vtd" in status else []),
         ("state", f"{state['path']} (synchronous={state['synchronous']})"
                   + (f", NOT SAVED: {state['error']}" if state.get("error") else "")),
     ]
     width = max(len(name) for name, _ in lines)
     return "\n".join(f"{name:<{width}}  {value}" for name, value in lines)
+
+
+def _vtd_line(vtd: dict[str, Any]) -> str:
+    mode = (f"scalable mode, {vtd['pasid_max']} PASIDs" if vtd["scalable_mode"]
+            else "scalable mode off (no PASID binds)")
+    bound = vtd["bound_pasids"]
+    return (f"{', '.join(vtd['units'])}, {vtd['devices']} devices, {mode}, "
+            f"{bound} bound PASID{'' if bound == 1 else 's'}")
+
+
+def _flags(row: dict[str, Any], names: tuple[str, ...]) -> str:
+    return ", ".join(name.upper() for name in names if row.get(name))
+
+
+_HEX_FIELDS = frozenset({"addr", "qw0", "qw1", "value", "pgd", "gpgd"})
+
+
+def _fields(event: dict[str, Any]) -> str:
+    return " ".join(
+        f"{k}={v:#x}" if k in _HEX_FIELDS and isinstance(v, int) and not isinstance(v, bool)
+        else f"{k}={v}" for k, v in event.items() if k not in ("seq", "kind"))
+
+
+def format_vtd(snap: dict[str, Any]) -> str:
+    """The human form of a ``vtd`` reply (``VtdDriver.snapshot``)."""
+    host = snap["host_set"]
+    lines = [("VT-d", f"profile {snap['profile']}, "
+                      + (f"scalable mode, {snap['pasid_max']} PASIDs" if snap["scalable_mode"]
+                         else "scalable mode off")
+                      + ("" if host is None else
+                         f", host set {host['id']} (quota {host['quota']}, "
+                         f"{host['nr_ioasids']} in use)"))]
+    for unit in snap["units"]:
+        iq, caches = unit["iq"], unit["caches"]
+        lines.append((f"unit {unit['name']}",
+                       f"version {unit['version']}, PSS {unit['caps']['pss']}, "
+                       f"{unit['iq']['width']}-bit QI: {iq['processed']} descriptors processed; "
+                       f"cached: {caches['context']['entries']} context, "
+                       f"{caches['pasid']['entries']} PASID, {caches['iotlb']['entries']} IOTLB"))
+        for teardown in unit["teardowns"]:
+            lines.append(("  torn down", f"PASID {teardown['pasid']} on {teardown['bdf']}: "
+                                         f"{', '.join(teardown['descriptors'])}"))
+    for dev in snap["devices"]:
+        table = dev.get("pasid_table")
+        entries = "no PASID table" if table is None else (
+            f"PASID table {table['dir_pages']}+{table['leaf_pages']} pages, "
+            f"{table['present']} entries present"
+            + "".join(f", {n} {kind}" for kind, n in table["present_by_pgtt"].items()))
+        enabled = _flags(dev, ("pasid_enabled", "ats_enabled", "pri_enabled"))
+        lines.append((f"device {dev['bdf']}",
+                       f"on {dev['unit']}, {dev['pasid_bits']}-bit PASIDs, "
+                       f"{enabled.replace('_ENABLED', '') or 'nothing'} enabled; {entries}"))
+    for bind in snap["bindings"]:
+        devices = ", ".join(f"{d['bdf']} (DID {d['did']})" for d in bind["devices"])
+        guest = "" if bind["gpasid"] is None else f" as guest PASID {bind['gpasid']}"
+        queued = ", cleanup queued" if bind["cleanup_queued"] else ""
+        lines.append((f"PASID {bind['pasid']}",
+                      f"{bind['kind']}{guest}, owner pid {bind['owner_pid']}: {devices}{queued}"))
+    if not snap["bindings"]:
+        lines.append(("bindings", "none"))
+    for section, values in snap["counters"]["total"].items():
+        text = ", ".join(f"{name} {value}" for name, value in values.items())
+        lines.append((f"counters {section}", text))
+    width = max(len(name) for name, _ in lines)
+    out = [f"{name:<{width}}  {value}" for name, value in lines]
+    if snap["trace"]:
+        out.append(f"last {len(snap['trace'])} of {snap['trace_seq']} trace events:")
+        out.extend(f"  #{e['seq']} {e['kind']} {_fields(e)}" for e in snap["trace"])
+    return "\n".join(out)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the whole snapshot as JSON.")
+@click.option("--events", "-e", default=20, show_default=True, type=click.IntRange(0, 4096),
+              help="How many of the last trace events to show.")
+@click.pass_context
+def vtd(ctx: click.Context, as_json: bool, events: int) -> None:
+    """The simulated VT-d units: devices and their PASID tables, bound PASIDs, recent
+    tear-downs, counters and the last trace events."""
+    result = _call(ctx, "vtd", events=events)
+    if as_json:
+        click.echo(json.dumps(result, indent=2, sort_keys=True))
+    else:
+        click.echo(format_vtd(result))
 
 
 @main.command()

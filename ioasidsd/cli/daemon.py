@@ -28,7 +28,8 @@ def main() -> None:
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
               help="TOML file with the same settings, the knobs and VT-d units; flags win.")
 @click.option("--capacity", type=int, default=None,
-              help="IOASID capacity installed in a new state.  [default: 1048576]")
+              help="IOASID capacity installed in a new state, at most the VT-d units' PASID "
+                   "space.  [default: that space, 1048576 with PSS=19]")
 @click.option("--profile", "profile_name", type=click.Choice(PROFILES), default=None,
               help="Semantics profile.  [default: fixed]")
 @click.option("--log-format", type=click.Choice(LOG_FORMATS), default=None,

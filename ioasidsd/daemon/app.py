@@ -5,15 +5,19 @@ Start-up, in order (any failure is one logged line and exit status 1):
 
 1. claim the runtime directory (pid file) and the state directory, so a second daemon on either
    refuses to start;
-2. open the state and rebuild the model from it (or start a new state: the configured capacity
-   is installed then). A state made with other knobs or another capacity is refused unless it
-   holds nothing;
+2. open the state and rebuild the model from it (or start a new state), then boot the VT-d
+   simulation over it (``ioasidsd.vtd``, the ``[vtd]`` table or the default unit and devices):
+   a new state gets the units' PASID space (or ``--capacity``) as capacity and a new host PASID
+   set; a restored one keeps its capacity and host set and gets its bindings rebuilt. A state
+   made with other knobs or another capacity (or a capacity beyond the units' PASID space, or
+   bindings the configured units cannot hold) is refused unless it holds nothing;
 3. let the faces attach to the system (exit hooks), start the release-agent runner and process
    tracking, then release the processes that died while no daemon ran (in another boot: all of
    them) and adopt the children tracked processes forked meanwhile;
 4. replace a stale mount left by a killed daemon, mount the hierarchy (``cgroupfs.mount``);
-5. serve ``/dev/ioasid`` on ``RUNTIME_DIR/ioasid.sock`` (``ioasidsd.userapi.server``) and the
-   control API, then tell the service manager ``READY=1`` with a ``STATUS=`` line.
+5. serve ``/dev/ioasid`` on ``RUNTIME_DIR/ioasid.sock`` (``ioasidsd.userapi.server``, its
+   bind extension on the VT-d driver) and the control API (``status``, ``vtd``), then tell the
+   service manager ``READY=1`` with a ``STATUS=`` line.
 
 SIGTERM and SIGINT stop serving, unmount, save the state and exit 0 (``STOPPING=1``). SIGHUP
 reloads the configuration file: log format and level and the poll interval change at once, other
@@ -25,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import os
 import signal
 import threading
@@ -55,9 +60,12 @@ from ioasidsd.daemon.runtime import (
     DirectoryLock,
 )
 from ioasidsd.daemon.store import Store, StoreError, boot_id
+from ioasidsd.model.core import IoasidSetType
+from ioasidsd.model.errors import IoasidError
 from ioasidsd.model.snapshot import SnapshotError, load
 from ioasidsd.system import System
 from ioasidsd.userapi.server import UserApiServer
+from ioasidsd.vtd import VtdConfig, VtdDriver, build_driver, parse_config
 
 Mounter = Callable[..., Any]
 
@@ -75,7 +83,12 @@ def _cgroupfs() -> Any:
 
 
 def _holds_nothing(snap: dict[str, Any]) -> bool:
-    return len(snap["cgroups"]) <= 1 and not snap["sets"] and not snap["ioasids"]
+    """No cgroup, no IOASID, no set but the VT-d host set (which a new boot makes again)."""
+    return (len(snap["cgroups"]) <= 1 and not snap["ioasids"]
+            and all(s["type"] == IoasidSetType.NULL for s in snap["sets"]))
+
+
+TRACE_EVENTS_MAX = 4096
 
 
 class Daemon:
@@ -101,6 +114,7 @@ class Daemon:
         self.releases: ReleaseAgents | None = None
         self.control: ControlServer | None = None
         self.userapi: UserApiServer | None = None
+        self.vtd: VtdDriver | None = None
         self.mount: Any = None
         self.started = time.time()
         self.exit_code = 0
@@ -186,15 +200,12 @@ class Daemon:
         self.tracker.start()
         self._catch_up()
 
-        if config.vtd:
-            self.log.warning("[vtd] is checked but no VT-d unit is built: the daemon does not "
-                             "boot the VT-d driver yet (see docs/daemon.md)",
-                             units=len(config.vtd.get("unit", [])))
         self._mount()
         self.userapi = UserApiServer(system, str(config.runtime_dir))
         self.userapi.start()
         self.control = ControlServer(config.runtime_dir / CONTROL_SOCKET,
-                                     {"status": self._status_verb}, self.log)
+                                     {"status": self._status_verb, "vtd": self._vtd_verb},
+                                     self.log)
         self.control.start()
         self._notify("READY=1", f"STATUS={self.status_line()}")
         self.log.info("ready", mount=str(config.mount), pid=os.getpid(),
@@ -208,6 +219,11 @@ class Daemon:
         snap = store.load()
         if snap is not None:
             self._clock_before, self._saved_boot = store.clock, store.boot
+        try:
+            vtd_config = parse_config(config.vtd)
+        except ValueError as exc:  # load_config checked it: only a Config built by hand
+            raise StartError(f"[vtd]: {exc}") from None
+        space, scalable = vtd_config.pasid_space()
         knobs = config.semantics()
         system = System(knobs, on_change=self._on_change)
         forward_model_messages(system.core, self.log)
@@ -218,8 +234,12 @@ class Daemon:
             if saved != knobs.as_dict():
                 differs.append(f"profile {saved.get('profile')!r} with knobs "
                                f"{_knob_diff(saved, knobs.as_dict())}")
-            if config.capacity is not None and config.capacity != snap["core"]["capacity"]:
-                differs.append(f"capacity {snap['core']['capacity']}")
+            saved_capacity = snap["core"]["capacity"]
+            if config.capacity is not None and config.capacity != saved_capacity:
+                differs.append(f"capacity {saved_capacity}")
+            elif scalable and saved_capacity > space:
+                differs.append(f"capacity {saved_capacity}, more than the {space} PASIDs of "
+                               f"the configured VT-d units")
             if differs and not _holds_nothing(snap):
                 raise StartError(
                     f"the state in {config.state_dir} was made with {'; '.join(differs)}; "
@@ -230,8 +250,7 @@ class Daemon:
                 snap = None
         with system.lock:
             if snap is None:
-                if config.capacity is not None:
-                    system.core.install_capacity(config.capacity)
+                self._boot_vtd(vtd_config, capacity=config.capacity)
                 store.bind(system)
                 self.log.info("new state", state=str(store.path), capacity=system.core.capacity)
                 return
@@ -240,9 +259,39 @@ class Daemon:
             except SnapshotError as exc:
                 raise StartError(f"the state in {store.path} cannot be loaded: {exc}") from None
             store.bind(system, rows)
+            self._boot_vtd(vtd_config, adopt=True)
+            assert self.vtd is not None
+            if self.vtd.host_set is not None:  # adopted (no change), or made for an old state
+                system.on_change("vtd_boot", {"sets": [self.vtd.host_set]})
         self.log.info("state restored", state=str(store.path),
                       cgroups=len(snap["cgroups"]), processes=len(snap["processes"]),
-                      sets=len(snap["sets"]), ioasids=len(snap["ioasids"]))
+                      sets=len(snap["sets"]), ioasids=len(snap["ioasids"]),
+                      vtd_bindings=self.vtd.restored)
+
+    def _boot_vtd(self, vtd_config: VtdConfig, *, capacity: int | None = None,
+                  adopt: bool = False) -> None:
+        """Build and boot the VT-d driver over the system (under its lock) and attach it: a new
+        state's boot installs ``capacity`` (default: the units' PASID space) and creates the
+        host set; ``adopt`` keeps what the restored state holds and rebuilds its bindings.
+        ``StartError`` when the driver refuses (bindings the configuration cannot hold)."""
+        system = self.system
+        assert system is not None
+        try:
+            driver = build_driver(system.core, vtd_config, capacity=capacity, adopt=adopt)
+        except IoasidError as exc:
+            where = f"the state in {self.config.state_dir}" if adopt else "the configuration"
+            raise StartError(f"the VT-d simulation cannot boot over {where}: {exc.strerror}; "
+                             f"configure the units and devices it was saved with, or move the "
+                             f"state away to start afresh") from None
+        system.vtd_attach(driver)
+        self.vtd = driver
+        for event in driver.trace.last(TRACE_EVENTS_MAX, kinds=("warn",)):
+            fields = {k: v for k, v in event.fields.items() if k != "msg"}
+            self.log.warning(f"VT-d: {event['msg']}", source="vtd", **fields)
+        self.log.info("VT-d booted", units=list(driver.units), devices=sorted(driver.devices),
+                      pasid_max=driver.pasid_max, scalable_mode=driver.sm_enabled,
+                      host_set=None if driver.host_set is None else driver.host_set.id,
+                      restored_bindings=driver.restored)
 
     def _catch_up(self) -> None:
         """Processes that died while no daemon ran are released as if they had exited; the
@@ -404,7 +453,24 @@ class Daemon:
         if self.releases is not None:
             status["release_agents"] = {"started": self.releases.started,
                                         "failed": self.releases.failed}
+        if self.vtd is not None:
+            status["vtd"] = self.vtd_summary()
         return status
+
+    def vtd_summary(self) -> dict[str, Any]:
+        """The VT-d line of ``status``: units, devices, scalable mode, bound PASIDs."""
+        driver = self.vtd
+        assert driver is not None
+        with driver.lock:
+            host = driver.host_set
+            return {
+                "units": list(driver.units),
+                "devices": len(driver.devices),
+                "scalable_mode": driver.sm_enabled,
+                "pasid_max": driver.pasid_max,
+                "host_set": None if host is None else host.id,
+                "bound_pasids": len(driver.guest) + len(driver.native),
+            }
 
     def status_line(self) -> str:
         """One line for ``STATUS=``."""
@@ -418,6 +484,17 @@ class Daemon:
 
     def _status_verb(self, request: dict[str, Any], peer: Peer) -> dict[str, Any]:
         return self.status()
+
+    def _vtd_verb(self, request: dict[str, Any], peer: Peer) -> dict[str, Any]:
+        """``{"verb": "vtd", "events": N}``: ``VtdDriver.snapshot`` with the last ``N`` trace
+        events (default 50, at most 4096); ``EINVAL`` for another ``events``."""
+        events = request.get("events", 50)
+        if isinstance(events, bool) or not isinstance(events, int) or \
+                not 0 <= events <= TRACE_EVENTS_MAX:
+            raise IoasidError(errno.EINVAL, f"events must be an integer in 0..{TRACE_EVENTS_MAX}")
+        if self.vtd is None:
+            raise IoasidError(errno.ENODEV, "the VT-d simulation is not running")
+        return self.vtd.snapshot(events=events)
 
 
 def filesystem_of(path: str) -> str:

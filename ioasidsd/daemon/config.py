@@ -6,7 +6,8 @@ knobs) and the VT-d units and devices::
     mount = "/sys/fs/cgroup/ioasids"
     state_dir = "/var/lib/ioasidsd"
     runtime_dir = "/run/ioasidsd"
-    capacity = 1048576          # installed at the first start; default: 0x100000, not installed
+    capacity = 1048576          # installed at the first start; default: the VT-d units' PASID
+                                # space (2^20 with PSS=19); at most that space
     profile = "fixed"           # or "v4"
     log_format = "auto"         # console on a terminal, JSON otherwise; or console, logfmt, json
     log_level = "info"          # debug, info, warning, error
@@ -17,8 +18,8 @@ knobs) and the VT-d units and devices::
     [knobs]                     # any knob of ioasidsd.model.knobs, over the profile's values
     uncharge_target = "current"
 
-    [vtd]                       # VT-d units and devices (ioasidsd/vtd/config.py), checked here
-    [[vtd.unit]]
+    [vtd]                       # VT-d units and devices (ioasidsd/vtd/config.py); default:
+    [[vtd.unit]]                # one unit dmar0 (PSS=19) and two devices
     name = "dmar0"
     pss = 19
 
@@ -169,13 +170,17 @@ def load_config(path: str | Path | None = None, flags: dict[str, Any] | None = N
     except ValueError as exc:
         where = str(path) if path is not None and "knobs" in settings else "command line"
         raise ConfigError(f"{where}: {exc}") from None
-    if config.vtd:
-        from ioasidsd.vtd.config import parse_config
+    from ioasidsd.vtd.config import parse_config
 
-        try:
-            parse_config(config.vtd)
-        except ValueError as exc:
-            raise ConfigError(f"{path}: {exc}") from None
+    try:
+        vtd = parse_config(config.vtd)
+    except ValueError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    space, scalable = vtd.pasid_space()
+    if config.capacity is not None and scalable and config.capacity > space:
+        where = "command line" if (flags or {}).get("capacity") is not None else str(path)
+        raise ConfigError(f"{where}: capacity = {config.capacity} exceeds the {space} PASIDs "
+                          f"of the VT-d units (the smallest 2^(PSS+1) over [vtd] units)")
     return config
 
 

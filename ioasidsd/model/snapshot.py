@@ -23,8 +23,11 @@ What a snapshot holds:
 
 What it does not hold: notifier registrations, custom allocators and queued work. Those belong to
 the faces and drivers that registered them, which register again when they start. Private data
-must be JSON data (``None``, booleans, numbers, strings, lists, string-keyed dicts) unless the
-caller passes its own ``encode_private``/``decode_private``.
+must be JSON data (``None``, booleans, numbers, strings, lists, string-keyed dicts), or an object
+that describes itself as JSON data with a ``snapshot_record()`` method (the VT-d driver's binding
+records), unless the caller passes its own ``encode_private``/``decode_private``. Such an object
+is saved as its record and loaded as that plain record: its owner rebuilds the object from it when
+it starts again (``VtdDriver.boot(adopt=True)``).
 
 A dead process is kept only as the token of a set that outlives it; its cgroup is not part of the
 snapshot (nothing reads it) and is the root after ``load``.
@@ -58,13 +61,18 @@ class SnapshotError(ValueError):
 
 # ---------------------------------------------------------------------- private data
 def plain_private(value: Any) -> Any:
-    """The default ``encode_private``: JSON data passes unchanged, anything else is refused."""
+    """The default ``encode_private``: JSON data passes unchanged; an object with a
+    ``snapshot_record()`` method is replaced by the JSON data that method returns; anything else
+    is refused with ``SnapshotError``."""
     if value is None or isinstance(value, bool | int | float | str):
         return value
     if isinstance(value, list):
         return [plain_private(v) for v in value]
     if isinstance(value, dict) and all(isinstance(k, str) for k in value):
         return {k: plain_private(v) for k, v in value.items()}
+    record = getattr(value, "snapshot_record", None)
+    if callable(record):
+        return plain_private(record())
     raise SnapshotError(f"private data of type {type(value).__name__} is not JSON data")
 
 

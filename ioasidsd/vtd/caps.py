@@ -14,6 +14,7 @@ VT-d 2.x PASID support) is not modelled and always reads 0.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -214,3 +215,20 @@ class Capabilities:
     def iotlb_offset(self) -> int:
         """Byte offset of the IVA register (IOTLB register at +8)."""
         return self.iro * 16
+
+
+PCI_PASID_SPACE = 1 << 20
+
+
+def system_pasid_space(units: Iterable[Capabilities]) -> tuple[int, bool]:
+    """What ``init_dmars`` computes over the units: the PASID space (the smallest
+    ``pasid_space`` of the units with PASID support, at most 2^20) and whether scalable mode is
+    on (every unit supports it; no unit, no scalable mode). The space is the system capacity
+    the driver installs when scalable mode is on."""
+    space, smts, count = PCI_PASID_SPACE, True, 0
+    for caps in units:
+        count += 1
+        smts = smts and caps.smts
+        if caps.pasid_supported:
+            space = min(space, caps.pasid_space)
+    return space, smts and count > 0

@@ -39,7 +39,7 @@ from typing import Any
 
 from ioasidsd.model.core import IoasidCore
 from ioasidsd.model.errors import IoasidError
-from ioasidsd.vtd.caps import CAP_FIELDS, ECAP_FIELDS, Capabilities
+from ioasidsd.vtd.caps import CAP_FIELDS, ECAP_FIELDS, Capabilities, system_pasid_space
 from ioasidsd.vtd.device import PciDevice
 from ioasidsd.vtd.driver import VtdDriver
 from ioasidsd.vtd.hardware import UnitOptions
@@ -79,6 +79,11 @@ class VtdConfig:
     units: tuple[UnitConfig, ...]
     devices: tuple[DeviceConfig, ...]
     driver: DriverOptions = field(default_factory=DriverOptions)
+
+    def pasid_space(self) -> tuple[int, bool]:
+        """The units' PASID space and whether scalable mode will be on
+        (``caps.system_pasid_space``): the capacity a boot installs, known before booting."""
+        return system_pasid_space(u.caps for u in self.units)
 
 
 def default_config() -> VtdConfig:
@@ -200,9 +205,11 @@ def parse_config(table: Mapping[str, Any] | None) -> VtdConfig:
 
 
 def build_driver(core: IoasidCore, config: VtdConfig | Mapping[str, Any] | None = None, *,
-                 boot: bool = True) -> VtdDriver:
+                 boot: bool = True, capacity: int | None = None,
+                 adopt: bool = False) -> VtdDriver:
     """A ``VtdDriver`` over ``core`` with the configured units and devices, booted unless
-    ``boot`` is false. ``config`` may be a ``VtdConfig`` or a ``[vtd]`` table."""
+    ``boot`` is false (``capacity`` and ``adopt`` are ``VtdDriver.boot``'s). ``config`` may be
+    a ``VtdConfig`` or a ``[vtd]`` table (``ValueError`` if it is malformed)."""
     if not isinstance(config, VtdConfig):
         config = parse_config(config)
     driver = VtdDriver(core, options=config.driver)
@@ -214,5 +221,5 @@ def build_driver(core: IoasidCore, config: VtdConfig | Mapping[str, Any] | None 
         driver.add_device(PciDevice(dev.bdf, dev.pasid_bits, dev.ats, dev.pri, dev.qdep,
                                     dev.pf_bdf), dev.unit)
     if boot:
-        driver.boot()
+        driver.boot(capacity=capacity, adopt=adopt)
     return driver

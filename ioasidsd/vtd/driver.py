@@ -7,7 +7,9 @@ patches do (spec ``ioasid-v4.md`` section 5, ``vtd.md`` sections 5.2-5.4):
 * ``boot`` (``init_dmars``): bring every unit up, install the system capacity (the minimum over
   the units of 2^(PSS+1), at most 2^20) when every unit supports scalable mode, create the host
   PASID set (quota ``DriverOptions.host_quota``, 32768 by default) and register the FREE
-  listener on the global chain, then probe the devices;
+  listener on the global chain, then probe the devices. Over a core restored from a snapshot
+  (``adopt=True``) it keeps the restored capacity, adopts the restored host set and rebuilds the
+  bindings the snapshot recorded (``ioasidsd.vtd.restore``);
 * native SVA: ``bind_mm``/``unbind_mm`` a process to a device (first-level entry over the
   process's page table, PASID from the host set, ``put`` on the last unbind);
 * guest SVA: ``bind_gpasid``/``unbind_gpasid`` (process, hpasid, gpasid, bdf): the generic
@@ -16,7 +18,8 @@ patches do (spec ``ioasid-v4.md`` section 5, ``vtd.md`` sections 5.2-5.4):
   and sets up a nested entry over the VMM's second-level domain;
 * the FREE listener queues the binding's cleanup on the core's ordered work queue; the cleanup
   tears down every device's entry (FPD kept), drains its page requests, detaches the SPID
-  (UNBIND), detaches the data and drops the reference;
+  (UNBIND), detaches the data and drops the reference, then reports what it changed to
+  ``on_change`` (the one change the driver makes on its own, outside any caller's operation);
 * page requests: the decisions of the PRQ handler, and ``page_response`` for requests reported
   to a guest.
 
@@ -33,12 +36,20 @@ half done.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict
 from errno import EBUSY, EEXIST, EINVAL, ENODEV, ENOSPC, EOPNOTSUPP, EPERM
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from ioasidsd.model.core import INVALID_IOASID, PCI_PASID_MAX, IoasidCore, IoasidSet, IoasidSetType
+from ioasidsd.model.core import (
+    INVALID_IOASID,
+    PCI_PASID_MAX,
+    IoasidCore,
+    IoasidSet,
+    IoasidSetType,
+    IoasidState,
+)
 from ioasidsd.model.errors import IoasidError
 from ioasidsd.model.notifier import (
     NOTIFY_DONE,
@@ -50,7 +61,7 @@ from ioasidsd.model.notifier import (
 )
 from ioasidsd.model.workqueue import Work
 from ioasidsd.vtd import descriptors as d
-from ioasidsd.vtd.caps import Capabilities
+from ioasidsd.vtd.caps import Capabilities, system_pasid_space
 from ioasidsd.vtd.counters import Counters
 from ioasidsd.vtd.device import PciDevice, format_bdf, parse_bdf
 from ioasidsd.vtd.hardware import Unit, UnitOptions
@@ -127,6 +138,8 @@ class VtdDriver:
         self.native: dict[Any, Svm] = {}
         self.guest: dict[int, Svm] = {}
         self.domains: dict[tuple[str, Any], Domain] = {}
+        self.on_change: Callable[[str, dict[str, Any]], None] | None = None
+        self.restored = 0  # bindings rebuilt by an adopting boot
         quirks = self.knobs.vtd_quirks
         self.nb = NotifierBlock(self._pasid_status_change,
                                 IoasidPrio.LAST if quirks else IoasidPrio.IOMMU, "vtd")
@@ -179,35 +192,66 @@ class VtdDriver:
         return info
 
     # ------------------------------------------------------------------ boot
-    def boot(self) -> None:
-        """``init_dmars``: units, capacity, host set, FREE listener, devices. ``EBUSY`` if
-        booted already; ``ENODEV`` without units."""
+    def pasid_space(self) -> tuple[int, bool]:
+        """What boot would find: the units' PASID space (the minimum over units with PASID
+        support of 2^(PSS+1), at most 2^20) and whether scalable mode is on (every unit has
+        ECAP.SMTS)."""
+        return system_pasid_space(i.caps for i in self.iommus.values())
+
+    def boot(self, *, capacity: int | None = None, adopt: bool = False) -> None:
+        """``init_dmars``: units, capacity, host set, FREE listener, devices.
+
+        ``capacity``: install this system capacity instead of the units' PASID space (an
+        administrator's choice, as ``ioasidsd run --capacity``); with scalable mode it may not
+        exceed that space (``EINVAL``), without it it is installed alone (VT-d installs
+        nothing then). ``adopt``: the core was restored from a snapshot made over a driver
+        like this one: its capacity stays as restored (nothing is installed), its host set is
+        the core's NULL-type set of lowest id when there is one (created otherwise), and the
+        bindings its IOASIDs record are rebuilt without touching their references, SPIDs or
+        charges (``restore.restore_bindings``: its errors, which leave the driver unusable).
+        ``EBUSY`` if booted already; ``ENODEV`` without units."""
+        from ioasidsd.vtd import restore  # it builds on this module: imported when used
+
         with self.lock:
             if self.booted:
                 raise IoasidError(EBUSY, "already booted")
             if not self.units:
                 raise IoasidError(ENODEV, "no VT-d unit")
+            pasid_max, sm_enabled = self.pasid_space()
+            if capacity is not None and sm_enabled and capacity > pasid_max:
+                raise IoasidError(EINVAL, f"capacity {capacity} exceeds the units' "
+                                          f"{pasid_max} PASIDs")
             for iommu in self.iommus.values():
                 iommu.boot()
-            pasid_max = PCI_PASID_MAX
-            for iommu in self.iommus.values():
-                if iommu.caps.pasid_supported:
-                    pasid_max = min(pasid_max, iommu.caps.pasid_space)
             self.pasid_max = pasid_max
-            self.sm_enabled = all(i.caps.smts for i in self.iommus.values())
+            self.sm_enabled = sm_enabled
+            install = capacity
+            if adopt:
+                install = None  # the restored core has its capacity
+            elif capacity is None and sm_enabled:
+                install = pasid_max
+            if install is not None:
+                try:
+                    self.core.install_capacity(install)
+                except IoasidError as exc:
+                    self._warn("capacity not installed", error=exc.name, capacity=install)
             if self.sm_enabled:
-                try:
-                    self.core.install_capacity(pasid_max)
-                except IoasidError as exc:
-                    self._warn("capacity not installed", error=exc.name, capacity=pasid_max)
-                try:
-                    self.host_set = self.core.set_alloc(None, self.options.host_quota,
-                                                        IoasidSetType.NULL)
-                except IoasidError as exc:
-                    self._warn("host PASID set not created: scalable mode disabled",
-                               error=exc.name)
-                    self.sm_enabled = False
+                adopted = restore.host_set(self.core) if adopt else None
+                if adopted is not None:
+                    self.host_set = adopted
+                    if adopted.quota != self.options.host_quota:
+                        self._warn("host PASID set adopted with its own quota",
+                                   set=adopted.id, quota=adopted.quota,
+                                   host_quota=self.options.host_quota)
                 else:
+                    try:
+                        self.host_set = self.core.set_alloc(None, self.options.host_quota,
+                                                            IoasidSetType.NULL)
+                    except IoasidError as exc:
+                        self._warn("host PASID set not created: scalable mode disabled",
+                                   error=exc.name)
+                        self.sm_enabled = False
+                if self.host_set is not None:
                     self.core.register_notifier(None, self.nb)
             for device in self.devices.values():
                 self._probe(device)
@@ -215,7 +259,10 @@ class VtdDriver:
                 self.core.cgroups.exit_hooks.append(self._process_exit)
             self.booted = True
             self.trace.emit("boot", units=list(self.units), pasid_max=pasid_max,
-                            scalable_mode=self.sm_enabled)
+                            scalable_mode=self.sm_enabled, adopt=adopt,
+                            host_set=None if self.host_set is None else self.host_set.id)
+            if adopt:
+                self.restored = restore.restore_bindings(self)
 
     # ------------------------------------------------------------------ lookups
     def info(self, bdf: str) -> DeviceInfo:
@@ -283,7 +330,8 @@ class VtdDriver:
                 if new:
                     self.core.put(self.host_set, svm.pasid)
                 raise
-            svm.devs.append(SvmDev(info, FLPT_DEFAULT_DID, bound_seq=self.trace.seq))
+            svm.devs.append(SvmDev(info, FLPT_DEFAULT_DID, bound_seq=self.trace.seq,
+                                   supervisor=supervisor))
             if new:
                 self.native[process] = svm
             self.counters.inc("bind.native")
@@ -328,7 +376,9 @@ class VtdDriver:
 
     def _process_exit(self, process: Process) -> None:
         """Exit hook: the mm goes first (``mm_release``), then its file descriptors, whose
-        release unbinds what the process had bound."""
+        release unbinds what the process had bound. A guest binding whose IOASID is being
+        freed already (the process's ``/dev/ioasid`` was released first) is left to the
+        cleanup its FREE queued."""
         with self.lock:
             svm = self.native.get(process)
             if svm is not None:
@@ -338,6 +388,9 @@ class VtdDriver:
                         self.unbind_mm(process, sdev.bdf)
             for hpasid, gsvm in list(self.guest.items()):
                 if gsvm.owner is process:
+                    if self.core.data(hpasid).state == IoasidState.FREE_PENDING:
+                        self.counters.inc("exit.left_to_cleanup")
+                        continue
                     for sdev in list(gsvm.devs):
                         try:
                             self.unbind_gpasid(process, hpasid, sdev.bdf)
@@ -409,15 +462,17 @@ class VtdDriver:
             self._attach(svm)
             svm.work = Work(partial(self._free_async, svm), name=f"vtd-free-{hpasid}")
         domain = self._guest_domain(info.iommu, process)
+        root = svm.pgd if gpgd is None else gpgd
         try:
-            info.iommu.setup_nested(info, svm.pgd if gpgd is None else gpgd, hpasid, domain,
-                                    addr_width=addr_width, sre=sre, eafe=eafe)
+            info.iommu.setup_nested(info, root, hpasid, domain, addr_width=addr_width, sre=sre,
+                                    eafe=eafe)
         except IoasidError:
             self._domain_put(domain)
             if new:
                 self._drop_pasid(svm, task=process)
             raise
-        svm.devs.append(SvmDev(info, domain.did, domain=domain, bound_seq=self.trace.seq))
+        svm.devs.append(SvmDev(info, domain.did, domain=domain, bound_seq=self.trace.seq,
+                               gpgd=root, addr_width=addr_width, sre=sre, eafe=eafe))
         self.guest[hpasid] = svm
         self.counters.inc("bind.guest")
         self.trace.emit("bind", mode="guest", pasid=hpasid, gpasid=gpasid, bdf=info.device.bdf,
@@ -535,22 +590,31 @@ class VtdDriver:
         return NOTIFY_OK
 
     def _free_async(self, svm: Svm) -> None:
-        """``intel_svm_free_async_fn``: on the work queue, outside notifier context."""
+        """``intel_svm_free_async_fn``: on the work queue, outside notifier context. What it
+        changed in the core (the binding's data, SPID and reference, hence the reclaim, the
+        uncharge, perhaps the set) is reported to ``on_change`` before the lock is released,
+        even if the cleanup failed half way."""
         with self.lock:
             pasid = svm.pasid
-            self.trace.emit("ioasid_state", pasid=pasid, what="cleanup begins",
-                            devices=[s.bdf for s in svm.devs])
-            for sdev in list(svm.devs):
-                svm.devs.remove(sdev)
-                iommu = sdev.info.iommu
-                iommu.tear_down_entry(sdev.info, pasid, fault_ignore=True)
-                iommu.drain_prq(sdev.info, pasid, sdev.did)
-                self._domain_put(sdev.domain)
-            self._drop_pasid(svm, task=None)
-            self.counters.inc("ioasid.cleanups")
-            if svm.free_seq is not None:
-                self.counters.high("ioasid.max_steps_free_to_reclaim",
-                                   self.trace.seq - svm.free_seq)
+            charged = self.core.data(pasid).cgroup if pasid in self.core else None
+            try:
+                self.trace.emit("ioasid_state", pasid=pasid, what="cleanup begins",
+                                devices=[s.bdf for s in svm.devs])
+                for sdev in list(svm.devs):
+                    svm.devs.remove(sdev)
+                    iommu = sdev.info.iommu
+                    iommu.tear_down_entry(sdev.info, pasid, fault_ignore=True)
+                    iommu.drain_prq(sdev.info, pasid, sdev.did)
+                    self._domain_put(sdev.domain)
+                self._drop_pasid(svm, task=None)
+                self.counters.inc("ioasid.cleanups")
+                if svm.free_seq is not None:
+                    self.counters.high("ioasid.max_steps_free_to_reclaim",
+                                       self.trace.seq - svm.free_seq)
+            finally:
+                if self.on_change is not None:
+                    self.on_change("vtd_cleanup", {
+                        "ids": [pasid], "cgroups": [] if charged is None else [charged]})
 
     # ------------------------------------------------------------------ page requests
     def _decide_page_request(self, iommu: IntelIommu, info: DeviceInfo | None,
@@ -680,7 +744,8 @@ class VtdDriver:
                 row = unit.snapshot()
                 row.pop("memory", None)
                 iommu = self.iommus[name]
-                row["teardowns"] = [list(t.labels) for t in iommu.teardowns[-5:]]
+                row["teardowns"] = [{"bdf": t.bdf, "pasid": t.pasid, "descriptors": list(t.labels)}
+                                    for t in iommu.teardowns[-5:]]
                 row["reported_page_requests"] = len(iommu.reported)
                 units.append(row)
             host = self.host_set

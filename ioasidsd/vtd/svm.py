@@ -8,6 +8,11 @@
   native binds.
 * ``Domain``: a second-level (host) address space with its domain id; guest binds nest their
   first level over the VMM's domain on that unit.
+
+A binding describes itself as plain data (``Svm.snapshot_record``), which a snapshot of the core
+keeps as the IOASID's private data: what was bound, to which devices, with which parameters, for
+whom. ``ioasidsd.vtd.restore`` rebuilds the binding (and the simulated hardware's entries) from
+that record when the driver boots over a restored core.
 """
 
 from __future__ import annotations
@@ -35,15 +40,27 @@ class Domain:
     users: int = 0
 
 
+GUEST_RECORD = "vtd.guest"
+NATIVE_RECORD = "vtd.native"
+RECORD_KINDS = (GUEST_RECORD, NATIVE_RECORD)
+
+
 @dataclass(eq=False, slots=True)
 class SvmDev:
-    """One device bound to one PASID."""
+    """One device bound to one PASID, with what its entry was set up with: a guest bind's
+    first-level root (``gpgd``, a GPA), address width, SRE and EAFE; a native bind's SRE
+    (``supervisor``)."""
 
     info: DeviceInfo
     did: int
     users: int = 1
     domain: Domain | None = None
     bound_seq: int = 0  # trace sequence number when the binding was made
+    gpgd: int = 0
+    addr_width: int = 48
+    sre: bool = False
+    eafe: bool = False
+    supervisor: bool = False
 
     @property
     def sid(self) -> int:
@@ -82,4 +99,32 @@ class Svm:
             "owner_pid": getattr(self.owner if self.guest else self.mm, "pid", None),
             "devices": [{"bdf": s.bdf, "did": s.did, "users": s.users} for s in self.devs],
             "cleanup_queued": bool(self.work is not None and self.work.pending),
+        }
+
+    def snapshot_record(self) -> dict[str, Any]:
+        """The binding as JSON data, which a snapshot keeps as the IOASID's private data:
+        ``kind`` (``vtd.guest`` or ``vtd.native``), the PASID, the owner (the VMM, or the
+        process whose address space is bound) by pid and start time, the guest PASID and
+        first-level root, whether FREE was seen, and per device what its entry was set up with.
+        Simulated hardware state (entries, domain ids, caches) is not part of it: it is rebuilt
+        from the record."""
+        owner = self.owner if self.guest else self.mm
+        devices: list[dict[str, Any]] = []
+        for sdev in self.devs:
+            if self.guest:
+                devices.append({"bdf": sdev.bdf, "gpgd": sdev.gpgd,
+                                "addr_width": sdev.addr_width, "sre": sdev.sre,
+                                "eafe": sdev.eafe})
+            else:
+                devices.append({"bdf": sdev.bdf, "users": sdev.users,
+                                "supervisor": sdev.supervisor})
+        return {
+            "kind": GUEST_RECORD if self.guest else NATIVE_RECORD,
+            "pasid": self.pasid,
+            "owner": {"pid": getattr(owner, "pid", None),
+                      "start_time": getattr(owner, "start_time", None)},
+            "gpasid": self.gpasid,
+            "pgd": self.pgd,
+            "free_seen": self.free_seq is not None,
+            "devices": devices,
         }
