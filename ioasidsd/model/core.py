@@ -88,6 +88,7 @@ class IoasidSet:
         "nr_ioasids",
         "quota",
         "reserved",
+        "spids",
         "token",
         "type",
         "xa",
@@ -102,6 +103,7 @@ class IoasidSet:
         self.nr_ioasids = 0
         self.nh = NotifierChain()
         self.xa: set[int] = set()
+        self.spids: dict[int, int] = {}  # SPID -> IOASID, for the IOASIDs in ``xa``
         self.free_requested = False
 
     def __repr__(self) -> str:
@@ -623,8 +625,9 @@ class IoasidCore:
                 if not self.set_valid(ioasid_set):
                     break  # the set went with its last IOASID (auto lifetime)
                 self.free_locked(ioasid_set, ioasid, task=task)
-                if hide:
-                    ioasid_set.xa.discard(ioasid)
+                if hide and ioasid in ioasid_set.xa:
+                    ioasid_set.xa.discard(ioasid)  # hidden from iteration and SPID checks
+                    self._unindex_spid(data)
 
     def _reclaim(self, data: IoasidData, task: Any) -> None:
         """``ioasid_do_free_locked``: the last reference is gone."""
@@ -641,6 +644,8 @@ class IoasidCore:
         if ioasid_set.type is _MM and self.cgroups is not None:
             self.cgroups.uncharge_reclaim(data, task)
         ioasid_set.xa.discard(ioasid)
+        if data.spid != INVALID_IOASID:
+            self._unindex_spid(data)
         if (
             ioasid_set.nr_ioasids == 0
             and (self._auto_destroy or ioasid_set.free_requested)
@@ -696,12 +701,21 @@ class IoasidCore:
         with self.lock:
             self._enter()
             data = self._data(ioasid)
-            ids = self._ids
-            for other_id in data.set.xa:
-                if ids.get(other_id).spid == spid:
-                    raise IoasidError(EINVAL, f"SPID {spid} already used in set {data.set.id}")
+            spids = data.set.spids
+            if spid in spids:
+                raise IoasidError(EINVAL, f"SPID {spid} already used in set {data.set.id}")
+            if spids.get(data.spid) == ioasid:
+                del spids[data.spid]  # re-attaching replaces the ID's previous SPID
+            if ioasid in data.set.xa:
+                spids[spid] = ioasid
             data.spid = spid
             self._notify(IoasidNotify.BIND, data, IOASID_NOTIFY_FLAG_SET)
+
+    @staticmethod
+    def _unindex_spid(data: IoasidData) -> None:
+        spids = data.set.spids
+        if spids.get(data.spid) == data.id:
+            del spids[data.spid]
 
     def detach_spid(self, ioasid: int) -> None:
         """Emit UNBIND on the set's chain (with the old SPID), then clear the SPID
@@ -713,6 +727,7 @@ class IoasidCore:
                 self._warn(f"IOASID {ioasid} has no SPID to detach")
                 raise IoasidError(ENOENT, f"IOASID {ioasid} has no SPID")
             self._notify(IoasidNotify.UNBIND, data, IOASID_NOTIFY_FLAG_SET)
+            self._unindex_spid(data)
             data.spid = INVALID_IOASID
 
     def find_by_spid(self, ioasid_set: IoasidSet, spid: int, get: bool = False) -> int:
@@ -727,17 +742,18 @@ class IoasidCore:
             if not self.set_valid(ioasid_set):
                 self._warn("find_by_spid on a stale set")
                 return INVALID_IOASID
-            for data in self.set_members(ioasid_set):
-                if data.spid == spid:
-                    if get:
-                        pending = data.state == IoasidState.FREE_PENDING
-                        if pending and not self.knobs.find_by_spid_get_pending:
-                            raise IoasidError(EBUSY, f"IOASID {data.id} is being freed")
-                        data.refs += 1
-                        if not pending and not self.knobs.active_state_unused:
-                            data.state = IoasidState.ACTIVE
-                    return data.id
-            return INVALID_IOASID
+            ioasid = ioasid_set.spids.get(spid)
+            if ioasid is None:
+                return INVALID_IOASID
+            data = self._ids.get(ioasid)
+            if get:
+                pending = data.state == IoasidState.FREE_PENDING
+                if pending and not self.knobs.find_by_spid_get_pending:
+                    raise IoasidError(EBUSY, f"IOASID {data.id} is being freed")
+                data.refs += 1
+                if not pending and not self.knobs.active_state_unused:
+                    data.state = IoasidState.ACTIVE
+            return ioasid
 
     # ------------------------------------------------------------------ notifiers (2.11)
     def _notify(self, event: IoasidNotify, data: IoasidData, flags: int) -> int:

@@ -40,6 +40,7 @@ from typing import Any
 
 from ioasidsd.model.cgroup import Cgroup, IoasidsController, Process
 from ioasidsd.model.core import (
+    INVALID_IOASID,
     IOASID_MAX_VALUE,
     IoasidCore,
     IoasidData,
@@ -485,6 +486,8 @@ def _load_ioasids(
         data.pooled = pooled
         if indexed:
             ioasid_set.xa.add(ioasid)
+            if spid != INVALID_IOASID and ioasid_set.spids.setdefault(spid, ioasid) != ioasid:
+                raise SnapshotError(f"IOASID record {i}: SPID {spid} used twice in set {sid}")
         counts[sid] += 1
     for sid, count in counts.items():
         if sets[sid].nr_ioasids != count:

@@ -297,6 +297,7 @@ class FixedMachine(RuleBasedStateMachine):
             assert s.nr_ioasids == counts[id(s)]
             members = [core._ids.get(k) for k in s.xa]
             assert all(d is not None and d.set is s for d in members)
+            assert s.spids == {d.spid: d.id for d in members if d.spid != INVALID_IOASID}
             spids = [d.spid for d in members if d.spid != INVALID_IOASID]
             assert len(spids) == len(set(spids)), "a SPID used twice in one set"
 
