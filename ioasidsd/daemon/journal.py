@@ -1,0 +1,170 @@
+"""The journal: append-only files of records in front of the SQLite database.
+
+A change is durable once its record is in a journal file: one ``write(2)`` on an ``O_APPEND``
+descriptor, after which the data is the kernel's and survives ``kill -9`` of the daemon (with
+``sync=True`` each record is also flushed to the disk, surviving a power loss). What a record
+means is the store's business (``ioasidsd.daemon.fold``); this module only keeps the bytes.
+
+The journal is a series of segment files in the state directory, ``state.journal.N`` with
+``N = 1, 2, ...``, read in that order. The writer appends to the newest; the folder starts a new
+segment when it takes the records it is about to fold, and removes the older ones once they are
+in the database. A segment is::
+
+    header   8 bytes  magic  b"IOASIDSJ"
+             4 bytes  format version (little-endian u32), FORMAT_VERSION
+             4 bytes  payload codec (little-endian u32): 1 = Python marshal, version 2
+    record   4 bytes  payload length (little-endian u32)
+             4 bytes  CRC-32 of the payload (little-endian u32)
+             payload
+    record   ...
+
+Reading stops at the first record that is cut short or whose checksum disagrees: a write the
+daemon died in the middle of. Nothing after it in that segment was acknowledged (a writer whose
+write failed goes on in a new segment), so the rest of that segment is ignored.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import struct
+import zlib
+from dataclasses import dataclass
+from errno import EFBIG, EIO
+from pathlib import Path
+
+MAGIC = b"IOASIDSJ"
+FORMAT_VERSION = 1
+CODEC_MARSHAL_2 = 1
+PREFIX = "state.journal."
+
+_HEADER = struct.Struct("<8sII")
+_FRAME = struct.Struct("<II")
+_NAME = re.compile(re.escape(PREFIX) + r"([0-9]{1,18})")
+
+
+class JournalError(Exception):
+    """A journal file that is not ours, or of a format this version cannot read (the message
+    names the file)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Segment:
+    """What one segment file holds: its records' payloads in order, and why reading stopped
+    early (``None`` when the file ends cleanly)."""
+
+    number: int
+    path: Path
+    payloads: list[bytes]
+    torn: str | None
+
+
+def segments(directory: Path) -> list[tuple[int, Path]]:
+    """The segment files in ``directory``, oldest first."""
+    found = []
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return []
+    for name in names:
+        match = _NAME.fullmatch(name)
+        if match:
+            found.append((int(match.group(1)), directory / name))
+    return sorted(found)
+
+
+def read_segment(number: int, path: Path) -> Segment:
+    """Read one segment. ``JournalError`` for a file that is not a journal of this format; a
+    file shorter than its header (the daemon died creating it) holds no records."""
+    data = path.read_bytes()
+    if len(data) < _HEADER.size:
+        if MAGIC.startswith(data[: len(MAGIC)]):
+            return Segment(number, path, [], None if not data else "incomplete header")
+        raise JournalError(f"{path}: not an ioasidsd journal")
+    magic, version, codec = _HEADER.unpack_from(data)
+    if magic != MAGIC:
+        raise JournalError(f"{path}: not an ioasidsd journal")
+    if version != FORMAT_VERSION or codec != CODEC_MARSHAL_2:
+        raise JournalError(f"{path}: journal format {version} (codec {codec}), this ioasidsd "
+                           f"reads format {FORMAT_VERSION} (codec {CODEC_MARSHAL_2})")
+    payloads = []
+    offset = _HEADER.size
+    end = len(data)
+    torn = None
+    while offset < end:
+        if end - offset < _FRAME.size:
+            torn = f"a record header cut short at byte {offset}"
+            break
+        length, crc = _FRAME.unpack_from(data, offset)
+        start = offset + _FRAME.size
+        if end - start < length:
+            torn = f"a record cut short at byte {offset} ({end - start} of {length} bytes)"
+            break
+        payload = data[start : start + length]
+        if zlib.crc32(payload) != crc:
+            torn = f"a record with a bad checksum at byte {offset}"
+            break
+        payloads.append(payload)
+        offset = start + length
+    return Segment(number, path, payloads, torn)
+
+
+def remove(path: Path) -> None:
+    """Remove a segment (gone already is fine)."""
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+
+
+class SegmentWriter:
+    """The segment being appended to. Created empty but for its header; ``sync`` flushes each
+    record (and the directory entry of the new file) to the disk."""
+
+    def __init__(self, directory: Path, number: int, *, sync: bool) -> None:
+        self.number = number
+        self.path = directory / f"{PREFIX}{number}"
+        self.sync = sync
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND
+                           | os.O_CLOEXEC, 0o600)
+        try:
+            self._size = 0
+            self._write(_HEADER.pack(MAGIC, FORMAT_VERSION, CODEC_MARSHAL_2))
+            if sync:
+                dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+                try:
+                    os.fsync(dir_fd)
+                finally:
+                    os.close(dir_fd)
+        except OSError:
+            os.close(self._fd)
+            remove(self.path)
+            raise
+
+    def append(self, payload: bytes) -> None:
+        """Append one record with one ``write(2)``; when this returns, the record is in the
+        file. ``OSError`` if it could not be written whole: the file is cut back to where it
+        was when that is possible, and the caller should go on in a new segment."""
+        try:
+            data = _FRAME.pack(len(payload), zlib.crc32(payload)) + payload
+        except struct.error:
+            raise OSError(EFBIG, f"a journal record of {len(payload)} bytes") from None
+        self._write(data)
+
+    def _write(self, data: bytes) -> None:
+        try:
+            written = os.write(self._fd, data)
+            if written != len(data):
+                raise OSError(EIO, f"short write to {self.path} ({written} of {len(data)} bytes)")
+            if self.sync:
+                os.fdatasync(self._fd)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, self._size)
+            raise
+        self._size += written
+
+    def close(self) -> None:
+        """Close the descriptor (the file stays). Idempotent."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
