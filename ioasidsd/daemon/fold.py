@@ -241,7 +241,7 @@ class Folder:
 
     def __init__(self, directory: Path, fold: Fold, *, first: int, interval: float = 1.0,
                  sync: bool = False, warn: Log | None = None, note: Log | None = None,
-                 what: str = "the database") -> None:
+                 what: str = "the database", folded: Iterable[int] = ()) -> None:
         self.directory = directory
         self.interval = interval
         self._fold = fold
@@ -252,7 +252,8 @@ class Folder:
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
         self._next = first
-        self._segments: list[int] = []
+        self._segments: list[int] = sorted(folded)  # every segment file, oldest first
+        self._removal_failed = False
         self._writer: journal.SegmentWriter | None = None
         self._pending: list[bytes] = []  # payloads (bytes: no work for the garbage collector)
         self._kinds: list[str] = []  # the kind of change of each, for error messages
@@ -271,8 +272,10 @@ class Folder:
 
     # ------------------------------------------------------------------ writing
     def start(self) -> None:
-        """Create the first segment (``OSError`` if the directory cannot take it) and start
-        the thread."""
+        """Remove the ``folded`` segments given at creation (a journal already in the
+        database), create the first segment (``OSError`` if the directory cannot take it) and
+        start the thread."""
+        self._remove_before(self._next)
         with self._lock:
             self._writer = self._new_segment()
         self._thread.start()
@@ -390,19 +393,18 @@ class Folder:
                 self._pending_bytes = 0
                 keep = self._rotate()
             failure = self._try_fold(batch)
+            if failure is None:
+                self._remove_before(keep)
             with self._lock:
                 self._attempts += 1
                 if failure is None:
                     self._folded += len(batch)
-                    done = [n for n in self._segments if n < keep]
-                    self._segments = [n for n in self._segments if n >= keep]
                     if self.fold_error is not None:
                         self._note(f"the journal is folded into {self._what} again after "
                                    f"{self._failures} failed attempts")
                     self.fold_error = None
                     self._failures = 0
                 else:
-                    done = []
                     self._pending[:0] = batch
                     self._kinds[:0] = kinds
                     self._pending_bytes += sum(map(len, batch))
@@ -417,10 +419,32 @@ class Folder:
                     self.fold_error = (f"{names}: not folded into {self._what}: {failure} "
                                        f"({len(self._pending)} changes wait in the journal)")
                 self._cond.notify_all()
-            for number in done:
-                journal.remove(self.directory / f"{journal.PREFIX}{number}")
             if failure is not None and stopping:
                 return
+
+    def _remove_before(self, keep: int) -> None:
+        """Remove the segments numbered below ``keep`` (their records are in the database),
+        oldest first. What stays on disk must remain a run of consecutive segments: replaying
+        an older segment without the newer ones could undo folded changes. So a segment that
+        cannot be removed stops the removal (logged once), and is tried again after the next
+        fold."""
+        with self._lock:
+            numbers = [n for n in self._segments if n < keep]
+        removed = 0
+        for number in numbers:
+            try:
+                journal.remove(self.directory / f"{journal.PREFIX}{number}")
+            except OSError as exc:
+                if not self._removal_failed:
+                    self._removal_failed = True
+                    self._warn(f"a folded journal segment cannot be removed: "
+                               f"{exc.strerror or exc}; it is replayed at the next start")
+                break
+            removed += 1
+        else:
+            self._removal_failed = False
+        with self._lock:
+            del self._segments[:removed]  # only this thread removes, and from the front
 
     def _rotate(self) -> int:
         """Start a new segment for the records to come; returns the number below which every
@@ -457,11 +481,9 @@ class Folder:
                 self._writer.close()
                 self._writer = None
             folded = not self._pending
-            if folded:
-                for number in self._segments:
-                    journal.remove(self.directory / f"{journal.PREFIX}{number}")
-                self._segments = []
-            else:
+            if not folded:
                 self._warn(f"{len(self._pending)} changes are not folded into {self._what}; "
                            f"they stay in the journal and are folded at the next start")
-            return folded
+                return False
+        self._remove_before(self._next)
+        return not self._segments

@@ -111,7 +111,7 @@ def read_segment(number: int, path: Path) -> Segment:
 
 
 def remove(path: Path) -> None:
-    """Remove a segment (gone already is fine)."""
+    """Remove a segment (gone already is fine; ``OSError`` if it cannot be)."""
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
 

@@ -413,12 +413,11 @@ class Store:
             raise StoreError(f"{self.path}: {exc}") from None
         if cgroups is not None:
             self._remember(system, cgroups)
-        for segment in segments:
-            journal.remove(segment.path)
         folder = Folder(self.state_dir, self._fold_payloads,
                         first=max((s.number for s in segments), default=0) + 1,
                         interval=self.fold_interval, sync=self.synchronous == "full",
-                        warn=self._warn, note=self._note, what=str(self.path))
+                        warn=self._warn, note=self._note, what=str(self.path),
+                        folded=[s.number for s in segments])
         try:
             folder.start()
         except OSError as exc:
