@@ -280,8 +280,9 @@ class Folder:
             self._writer = self._new_segment()
         self._thread.start()
 
-    def _new_segment(self) -> journal.SegmentWriter:
-        writer = journal.SegmentWriter(self.directory, self._next, sync=self._sync)
+    def _new_segment(self, size: int = journal.SEGMENT_BYTES) -> journal.SegmentWriter:
+        writer = journal.SegmentWriter(self.directory, self._next, sync=self._sync,
+                                       size=max(size, journal.SEGMENT_BYTES))
         self._segments.append(self._next)
         self._next += 1
         return writer
@@ -303,7 +304,7 @@ class Folder:
         with self._lock:
             try:
                 self._writer.append(payload)  # type: ignore[union-attr]
-            except (OSError, AttributeError) as exc:  # AttributeError: no segment open
+            except (journal.SegmentFull, OSError, AttributeError) as exc:  # Attr...: none open
                 self._append_again(kind, payload, exc)
             else:
                 if self.append_error is not None:
@@ -321,8 +322,10 @@ class Folder:
                 self._cond.notify_all()
 
     def _append_again(self, kind: str, payload: bytes, exc: Exception) -> None:
-        """The current segment could not take a record (or none is open): go on in a new
-        one; if that fails too, say so (the record is folded from memory)."""
+        """The current segment could not take a record (full, failed, or none is open): go
+        on in a new one; if that fails too, say so (the record is folded from memory). A
+        failed segment is left for the next record to replace, so that one failure is
+        reported once."""
         if self._writer is not None:
             self._writer.close()
             self._writer = None
@@ -330,7 +333,8 @@ class Folder:
                 self._append_failed(kind, exc)
                 return
         try:
-            self._writer = self._new_segment()
+            self._writer = self._new_segment(
+                exc.needed if isinstance(exc, journal.SegmentFull) else journal.SEGMENT_BYTES)
             self._writer.append(payload)
         except OSError as again:
             if self._writer is not None:

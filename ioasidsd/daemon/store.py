@@ -115,8 +115,12 @@ _CGROUP_COLUMNS = ("id", "parent", "name", "limit", "reserved", "counter", "peak
                    "events_local", "notify_on_release", "clone_children", "removed")
 _SYNCHRONOUS = {"normal": "NORMAL", "full": "FULL"}
 _MARSHAL_VERSION = 2  # the journal's codec (journal.CODEC_MARSHAL_2): the fastest to write
-_CGROUP_KEYS = ("cgroup", "src", "dst")
-_PROCESS_KEYS = ("process", "task")
+_CGROUP, _CGROUPS, _PROCESS, _PROCESSES, _SETS, _IDS = (
+    "cgroup", "cgroups", "process", "processes", "sets", "ids")
+_DETAIL_KEYS = {"cgroup": _CGROUP, "src": _CGROUP, "dst": _CGROUP, "cgroups": _CGROUPS,
+                "process": _PROCESS, "task": _PROCESS, "processes": _PROCESSES, "sets": _SETS,
+                "ids": _IDS}
+"""What each key of a change's ``detail`` names (see the module's documentation)."""
 _IOASID_KEY = attrgetter("state", "refs", "spid", "cgroup", "pooled", "private")
 
 Warn = Callable[[str], None]
@@ -562,26 +566,28 @@ class Store:
 
     def _change(self, kind: str, detail: dict[str, Any]) -> list[Op]:
         """The operations that record one change."""
-        get = detail.get
         cgroups: list[Cgroup] = []
         processes: list[Process] = []
-        for key in _CGROUP_KEYS:
-            value = get(key)
-            if value is not None and isinstance(value, Cgroup):
-                cgroups.append(value)
-        value = get("cgroups")
-        if value:
-            cgroups.extend(value)
-        for key in _PROCESS_KEYS:
-            value = get(key)
-            if value is not None and isinstance(value, Process):
-                processes.append(value)
-        value = get("processes")
-        if value:
-            processes.extend(value)
-        value = get("sets")
-        set_ids = {s.id if isinstance(s, IoasidSet) else int(s) for s in value} if value else set()
-        ids = get("ids") or ()
+        set_ids: set[int] = set()
+        ids: Any = ()
+        for key, value in detail.items():
+            role = _DETAIL_KEYS.get(key)
+            if role is None or not value:
+                continue
+            if role is _IDS:
+                ids = value
+            elif role is _CGROUPS:
+                cgroups.extend(value)
+            elif role is _SETS:
+                set_ids.update(s.id if isinstance(s, IoasidSet) else int(s) for s in value)
+            elif role is _CGROUP:
+                if isinstance(value, Cgroup):
+                    cgroups.append(value)
+            elif role is _PROCESS:
+                if isinstance(value, Process):
+                    processes.append(value)
+            else:
+                processes.extend(value)
 
         ops: list[Op] = []
         for proc in processes:
@@ -591,10 +597,15 @@ class Store:
                 set_ids.add(owned.id)
             # by pid alone: a process tracked anew under a reused pid released the old one's sets
             set_ids.update(self._owned.get(proc.pid, ()))
-        for sid in sorted(set_ids):
-            cgroups.extend(self._set_ioasids_ops(sid, ops))
-        for ioasid in (sorted({int(i) for i in ids}) if len(ids) > 1 else ids):
-            cgroups.extend(self._ioasid_ops(int(ioasid), ops))
+        if set_ids:
+            for sid in sorted(set_ids):
+                cgroups.extend(self._set_ioasids_ops(sid, ops))
+        if len(ids) == 1:
+            (only,) = ids
+            cgroups.extend(self._ioasid_ops(int(only), ops))
+        elif ids:
+            for ioasid in sorted({int(i) for i in ids}):
+                cgroups.extend(self._ioasid_ops(ioasid, ops))
         if cgroups:
             self._cgroup_ops(cgroups, ops)
         self._core_op(ops)

@@ -186,8 +186,13 @@ def test_recovery_replays_records_folded_already(tmp_path):
     assert stored(tmp_path) == final
 
 
-@pytest.mark.parametrize("damage", ["cut short", "bad checksum", "header cut short"])
-def test_a_torn_last_record_is_ignored(tmp_path, damage):
+@pytest.mark.parametrize(("damage", "reported"), [
+    ("copy stopped", "bad checksum"),  # a mapped segment: the rest of the record is zeros
+    ("write cut short", "cut short"),  # a file written with write(2): it ends early
+    ("header cut short", "header cut short"),
+    ("garbled", "bad checksum"),
+])
+def test_a_torn_last_record_is_ignored(tmp_path, damage, reported):
     """The daemon died in the middle of writing its last record: that change was never
     acknowledged, so the state comes back as it was before it."""
     def scenario(report):
@@ -199,16 +204,20 @@ def test_a_torn_last_record_is_ignored(tmp_path, damage):
 
     before, = crashed(scenario)
     (number, path), = journal.segments(tmp_path)
-    data = path.read_bytes()
-    last = journal.read_segment(number, path).payloads[-1]
-    start = len(data) - len(last) - 8  # where the last record's frame begins
-    assert struct.unpack_from("<I", data, start)[0] == len(last)
-    if damage == "cut short":
-        path.write_bytes(data[:-3])
-    elif damage == "bad checksum":
-        path.write_bytes(data[:-1] + bytes([data[-1] ^ 0xFF]))
+    segment = journal.read_segment(number, path)
+    data = bytearray(path.read_bytes())
+    end = segment.end
+    start = end - len(segment.payloads[-1]) - 8  # where the last record's frame begins
+    assert struct.unpack_from("<I", data, start)[0] == len(segment.payloads[-1])
+    if damage == "copy stopped":
+        data[end - 20 : end] = bytes(20)
+    elif damage == "write cut short":
+        del data[end - 3 :]
+    elif damage == "header cut short":
+        del data[start + 5 :]
     else:
-        path.write_bytes(data[: start + 5])
+        data[end - 1] ^= 0xFF
+    path.write_bytes(data)
     warnings = []
     store = Store.open(tmp_path, warn=warnings.append)
     snap = store.load()
@@ -216,7 +225,7 @@ def test_a_torn_last_record_is_ignored(tmp_path, damage):
     copy = System(processes=Processes())
     load(snap, copy.core)
     assert dump(copy.core) == before
-    assert any(damage in w and "not acknowledged" in w for w in warnings), warnings
+    assert any(reported in w and "not acknowledged" in w for w in warnings), warnings
 
 
 def test_a_journal_that_is_not_ours_is_refused(tmp_path):
@@ -287,21 +296,23 @@ def _status(partial: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_an_unwritable_journal_is_reported_and_the_change_still_folded(tmp_path):
-    """The journal's disk is full: the change is not durable until folded, which the store
-    says; it is folded from memory, and the next change goes to a new segment."""
+    """The segment is full and the next one cannot be created: the change is not durable
+    until folded, which the store says; it is folded from memory, and once a segment can be
+    made the journal goes on."""
     warnings, notes = [], []
     store, system = bound(tmp_path, fold_interval=NEVER, warn=warnings.append,
                           note=notes.append)
-    full = os.open("/dev/full", os.O_WRONLY)
-    try:
-        os.dup2(full, store._folder._writer._fd)  # every write now fails with ENOSPC
-    finally:
-        os.close(full)
+    (current, _), = journal.segments(tmp_path)
+    blocker = tmp_path / f"{journal.PREFIX}{current + 1}"
+    blocker.mkdir()  # the next segment's name is taken
+    writer = store._folder._writer
+    writer._end = writer._pos  # no room left in this one
     system.mkdir("/a")
     assert store.error is not None and "journal" in store.error and "mkdir" in store.error
-    assert "No space left on device" in warnings[0]
+    assert len(warnings) == 1 and "File exists" in warnings[0]
     assert store.fold()
     assert raw_cgroups(tmp_path) == {"a": 0}
+    blocker.rmdir()
     system.mkdir("/b")
     assert store.error is None and any("written again" in n for n in notes)
     assert any(op[0] == CGROUP and op[2] and op[2][1] == "b"
