@@ -423,6 +423,7 @@ class Folder:
                     self.fold_error = (f"{names}: not folded into {self._what}: {failure} "
                                        f"({len(self._pending)} changes wait in the journal)")
                 self._cond.notify_all()
+            del batch, kinds  # not kept while waiting for the next records
             if failure is not None and stopping:
                 return
 

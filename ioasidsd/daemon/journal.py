@@ -1,9 +1,9 @@
 """The journal: append-only files of records in front of the SQLite database.
 
-A change is durable once its record is in a journal file: one ``write(2)`` on an ``O_APPEND``
-descriptor, after which the data is the kernel's and survives ``kill -9`` of the daemon (with
-``sync=True`` each record is also flushed to the disk, surviving a power loss). What a record
-means is the store's business (``ioasidsd.daemon.fold``); this module only keeps the bytes.
+A change is durable once its record is in a journal file, that is in the kernel's page cache:
+the data then survives ``kill -9`` of the daemon (with ``sync=True`` each record is also
+flushed to the disk, surviving a power loss). What a record means is the store's business
+(``ioasidsd.daemon.fold``); this module only keeps the bytes.
 
 The journal is a series of segment files in the state directory, ``state.journal.N`` with
 ``N = 1, 2, ...``, read in that order. The writer appends to the newest; the folder starts a new
@@ -13,14 +13,18 @@ in the database. A segment is::
     header   8 bytes  magic  b"IOASIDSJ"
              4 bytes  format version (little-endian u32), FORMAT_VERSION
              4 bytes  payload codec (little-endian u32): 1 = Python marshal, version 2
-    record   4 bytes  payload length (little-endian u32)
+    record   4 bytes  payload length (little-endian u32), never 0
              4 bytes  CRC-32 of the payload (little-endian u32)
              payload
     record   ...
+    zeros    to the end of the file: the room not used yet
 
-Reading stops at the first record that is cut short or whose checksum disagrees: a write the
-daemon died in the middle of. Nothing after it in that segment was acknowledged (a writer whose
-write failed goes on in a new segment), so the rest of that segment is ignored.
+A segment is created at its full size with its blocks reserved, and written through a shared
+memory mapping (see ``SegmentWriter``): a record is one copy into the page cache, no system
+call. Reading stops at the zeros, or at the first record that is cut short or whose checksum
+disagrees: a copy or ``write(2)`` the daemon died in the middle of. Nothing after it in that
+segment was acknowledged (a writer that failed goes on in a new segment), so the rest of that
+segment is ignored.
 """
 
 from __future__ import annotations

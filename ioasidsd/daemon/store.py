@@ -4,18 +4,19 @@ The database keeps one row per record of a snapshot (``ioasidsd.model.snapshot``
 processes, sets, IOASIDs, plus the core's scalars and the knobs in ``meta``. It is the durable
 form that other tools read. ``System`` calls ``Store.apply(kind, detail)`` under its lock after
 every change; ``apply`` computes from the model the rows the change touched and appends them, as
-one record, to the journal (``ioasidsd.daemon.journal``) with one ``write(2)`` before returning:
-a write that changed state is durable before the face answers. A thread folds the records into
+one record, to the journal (``ioasidsd.daemon.journal``) before returning: a write that changed
+state is durable before the face answers. A thread folds the records into
 the database in batched transactions (``ioasidsd.daemon.fold``) and removes the journal files
 once their records are in; a clean ``close`` folds everything and leaves no journal. The
 database therefore lags the model by up to ``fold_interval`` seconds; ``load`` reads it with the
 journal applied, so nothing acknowledged is lost however the daemon ended.
 
-Durability. With ``synchronous = "normal"`` (the default) a record is handed to the kernel by
-``write(2)``: it survives ``kill -9`` of the daemon but not a power loss or kernel crash, where
-the last changes may be lost (the database and journal stay consistent: a record cut short is
-ignored). ``synchronous = "full"`` flushes every record to the disk (``fdatasync``) and every
-fold (SQLite ``synchronous=FULL``): it survives both, at the price of a disk flush per change.
+Durability. With ``synchronous = "normal"`` (the default) a record is in the kernel's page cache
+when ``apply`` returns: it survives ``kill -9`` of the daemon but not a power loss or kernel
+crash, where the last changes may be lost (the database and journal stay consistent: a record
+cut short is ignored). ``synchronous = "full"`` flushes every record to the disk (``msync`` or
+``fdatasync``) and every fold (SQLite ``synchronous=FULL``): it survives both, at the price of a
+disk flush per change.
 
 What a change touches is read from ``detail``, whatever the kind, so that faces can report new
 kinds without touching the store:
@@ -36,9 +37,10 @@ rewrites everything from the model: for a face that cannot tell what it changed,
 change whose record could not be made.
 
 To make a record without reading the database, the store remembers what it last wrote: the row
-ids of cgroups, the last row of each cgroup, set and process, and for each set the IOASIDs it
-holds (a set of ints, as the set's own index) and the cgroups they may be charged to. A freed
-IOASID thus names its set, and the cgroups that may have been uncharged, from memory.
+ids of cgroups, the last row of each cgroup, set and process, the set each IOASID was written in
+(``IdMap``: 4 bytes an ID) and for each set the cgroups its IOASIDs may be charged to. A freed
+IOASID thus names its set, and the cgroups that may have been uncharged, from memory. A set
+reported whole is written whole: its cost grows with the number of IOASIDs it holds.
 """
 
 from __future__ import annotations
@@ -69,6 +71,7 @@ from ioasidsd.daemon.fold import (
     FoldPlan,
     Op,
 )
+from ioasidsd.daemon.idmap import IdMap
 from ioasidsd.model.cgroup import Cgroup, IoasidsController, Process
 from ioasidsd.model.core import IoasidCore, IoasidSet
 from ioasidsd.model.snapshot import (
@@ -192,9 +195,8 @@ class Store:
         self._last_core: tuple[Any, ...] | None = None
         self._procs: dict[int, tuple[Any, ...]] = {}
         self._owned: dict[int, set[int]] = {}  # token pid -> set ids
-        self._members: dict[int, set[int]] = {}  # set id -> its IOASIDs
+        self._set_of = IdMap()  # IOASID -> the set it was last written in
         self._charged: dict[int, set[int]] = {}  # set id -> cgroup rows its IDs may charge
-        self._last_holder: int | None = None
 
     # ------------------------------------------------------------------ opening
     @classmethod
@@ -440,12 +442,12 @@ class Store:
         self._core_op([])
         self._procs = {pid: (p.start_time, self._rows[p.cgroup], p.threads)
                        for pid, p in system.cgroups.processes.items()}
-        self._members = {sid: set(s.xa) for sid, s in core._sets.items()}
-        hiding = {sid for sid, s in core._sets.items() if s.nr_ioasids != len(s.xa)}
-        if hiding:
+        self._set_of = IdMap()
+        for sid, ioasid_set in core._sets.items():
+            self._set_of.set_many(ioasid_set.xa, sid)
+        if any(s.nr_ioasids != len(s.xa) for s in core._sets.values()):  # hidden IDs
             for data in core.ioasids():
-                if data.set.id in hiding:
-                    self._members[data.set.id].add(data.id)
+                self._set_of.set(data.id, data.set.id)
         charges = self._loaded_charges
         if charges is None:  # bound without load(): ask the model
             charges = {}
@@ -530,7 +532,8 @@ class Store:
         self._cgroups = {row: cg for cg, row in self._rows.items()}
         self._kept = {self._row(cg): cg for cg in removed}
         self._last_cgroup, self._last_set, self._last_core = {}, {}, None
-        self._procs, self._owned, self._members, self._charged = {}, {}, {}, {}
+        self._procs, self._owned, self._charged = {}, {}, {}
+        self._set_of = IdMap()
         ops: list[Op] = [(EVERYTHING,), (META, "schema", SCHEMA_VERSION),
                          (META, "boot", boot_id()), (META, "knobs", core.knobs.as_dict()),
                          (META, "clock", _clock())]
@@ -701,7 +704,6 @@ class Store:
         if ioasid_set is None:
             ops.append((SET, sid, None))
             self._last_set.pop(sid, None)
-            self._members.pop(sid, None)
             self._charged.pop(sid, None)
             if before is not None and before[1] in self._owned:
                 self._owned[before[1]].discard(sid)
@@ -736,47 +738,46 @@ class Store:
         if ioasid_set is None:
             ops.append((SET_IOASIDS, sid, ()))
         else:
-            groups, members, charged = self._groups(ioasid_set)
+            groups, charged = self._groups(ioasid_set)
             ops.append((SET_IOASIDS, sid, groups))
-            self._members[sid] = members
             self._charged[sid] = charged
             touched.extend(self._charged_cgroups(sid))
         self._set_op(sid, ops)
         return touched
 
-    def _groups(self, ioasid_set: IoasidSet) -> tuple[tuple[Any, ...], set[int], set[int]]:
-        """The IOASIDs of a set as ``SET_IOASIDS`` groups, their ids, and the rows of the
-        cgroups they are charged to. A set's index may miss IDs still counted against it
-        (``v4``'s free_all_hides_pending): those are found among the IDs last written for it,
-        or else by a look through every IOASID."""
+    def _groups(self, ioasid_set: IoasidSet) -> tuple[tuple[Any, ...], set[int]]:
+        """The IOASIDs of a set as ``SET_IOASIDS`` groups, and the rows of the cgroups they
+        are charged to; remembers them as the set's. A set's index may miss IDs still counted
+        against it (``v4``'s free_all_hides_pending): those are found among the IDs last
+        written for it, or else by a look through every IOASID."""
         core = self._core
         get = core._ids.get
-        indexed = list(ioasid_set.xa)
-        members = set(indexed)
+        sid = ioasid_set.id
+        xa = ioasid_set.xa
+        indexed = list(xa)
         hidden: list[int] = []
         missing = ioasid_set.nr_ioasids - len(indexed)
         if missing > 0:
-            for ioasid in self._members.get(ioasid_set.id, set()) - members:
-                data = get(ioasid)
+            for ioasid in self._set_of.ids_of(sid):
+                data = get(ioasid) if ioasid not in xa else None
                 if data is not None and data.set is ioasid_set:
                     hidden.append(ioasid)
             if len(hidden) != missing:
-                hidden = [d.id for d in core.ioasids()
-                          if d.set is ioasid_set and d.id not in members]
-            members.update(hidden)
-        sid = ioasid_set.id
+                hidden = [d.id for d in core.ioasids() if d.set is ioasid_set and d.id not in xa]
+        self._set_of.set_many(indexed, sid)
+        self._set_of.set_many(hidden, sid)
         groups: list[tuple[tuple[Any, ...], bytes]] = []
         charged: set[int] = set()
         for ids, in_index in ((indexed, True), (hidden, False)):
             if not ids:
                 continue
-            keys = list(map(_IOASID_KEY, map(get, ids)))
-            first = keys[0]
-            if first[5] is None and keys.count(first) == len(keys):  # the common case
-                by_key = {first: array("I", ids)}
+            first = _IOASID_KEY(get(ids[0]))
+            if first[5] is None and all(map(first.__eq__, map(_IOASID_KEY, map(get, ids)))):
+                by_key = {first: array("I", ids)}  # the common case, looked at in C
             else:
                 by_key = {}
-                for ioasid, key in zip(ids, keys, strict=True):
+                for ioasid in ids:
+                    key = _IOASID_KEY(get(ioasid))
                     if key[5] is not None:  # private data: a row of its own
                         key = (*key[:5], self._encode_private(key[5]), ioasid)
                     by_key.setdefault(key, array("I")).append(ioasid)
@@ -787,17 +788,7 @@ class Store:
                     charged.add(row)
                 groups.append(((sid, int(state), refs, spid, row, pooled, in_index,
                                 private), group.tobytes()))
-        return tuple(groups), members, charged
-
-    def _holders(self, ioasid: int) -> list[int]:
-        """The sets last written as holding ``ioasid``."""
-        last = self._last_holder
-        if last is not None and ioasid in self._members.get(last, ()):
-            return [last]
-        found = [sid for sid, members in self._members.items() if ioasid in members]
-        if found:
-            self._last_holder = found[0]
-        return found
+        return tuple(groups), charged
 
     def _ioasid_ops(self, ioasid: int, ops: list[Op]) -> list[Cgroup]:
         """One IOASID (new, changed or gone) and the row of its set; returns the cgroups it
@@ -805,17 +796,14 @@ class Store:
         core = self._core
         data = core._ids.get(ioasid) if ioasid >= 0 else None
         if data is None:
-            touched: list[Cgroup] = []
-            holders = self._holders(ioasid)
-            for sid in holders:
-                ops.append((IOASID, ioasid, None, sid))
-                self._members[sid].discard(ioasid)
-                touched.extend(self._charged_cgroups(sid))
-                if sid not in core._sets:  # destroyed with its last IOASID
-                    self._set_op(sid, ops)
-            if not holders:
+            sid = self._set_of.get(ioasid)  # where it was, if it was written at all
+            if sid is None:
                 ops.append((IOASID, ioasid, None))
-            return touched
+                return []
+            ops.append((IOASID, ioasid, None, sid))
+            if sid not in core._sets:  # destroyed with its last IOASID
+                self._set_op(sid, ops)
+            return self._charged_cgroups(sid)
         ioasid_set = data.set
         sid = ioasid_set.id
         cg = data.cgroup
@@ -824,10 +812,7 @@ class Store:
         ops.append((IOASID, ioasid, (sid, int(data.state), data.refs, data.spid, row,
                                      data.pooled, ioasid in ioasid_set.xa,
                                      None if private is None else self._encode_private(private))))
-        members = self._members.get(sid)
-        if members is None:
-            members = self._members[sid] = set()
-        members.add(ioasid)
+        self._set_of.set(ioasid, sid)
         if sid not in self._last_set:  # a set first seen through one of its IOASIDs
             self._set_op(sid, ops)
         if row is None:

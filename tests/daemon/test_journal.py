@@ -4,6 +4,7 @@ the database, a clean close leaves none, and failures are reported and retried."
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -255,8 +256,9 @@ def test_the_folder_folds_by_itself_and_empties_the_journal(tmp_path):
     store.close()
 
 
-def test_a_clean_close_folds_everything_and_leaves_no_journal(tmp_path):
-    store, system = bound(tmp_path, fold_interval=NEVER)
+@pytest.mark.parametrize("synchronous", ["normal", "full"])
+def test_a_clean_close_folds_everything_and_leaves_no_journal(tmp_path, synchronous):
+    store, system = bound(tmp_path, fold_interval=NEVER, synchronous=synchronous)
     system.mkdir("/a")
     system.write_max("/a", "9")
     assert records(tmp_path) != [] and raw_cgroups(tmp_path) == {}
@@ -318,6 +320,37 @@ def test_an_unwritable_journal_is_reported_and_the_change_still_folded(tmp_path)
     assert any(op[0] == CGROUP and op[2] and op[2][1] == "b"
                for record in records(tmp_path) for op in record)
     store.close()
+    assert stored(tmp_path) == dump(system.core)
+
+
+def test_where_blocks_cannot_be_reserved_records_are_written(tmp_path, monkeypatch):
+    """A file system without ``fallocate``: each record is one ``write(2)``; a write that
+    fails (disk full) is reported, the change folded from memory, and the journal goes on in
+    a new segment."""
+    def unsupported(fd, offset, length):
+        raise OSError(errno.EOPNOTSUPP, "Operation not supported")
+
+    monkeypatch.setattr(os, "posix_fallocate", unsupported)
+    warnings, notes = [], []
+    store, system = bound(tmp_path, fold_interval=NEVER, warn=warnings.append,
+                          note=notes.append)
+    assert not store._folder._writer.mapped
+    system.mkdir("/a")
+    (number, path), = journal.segments(tmp_path)
+    assert path.stat().st_size == journal.read_segment(number, path).end  # no unused end
+    full = os.open("/dev/full", os.O_WRONLY)
+    try:
+        os.dup2(full, store._folder._writer._fd)  # every write now fails with ENOSPC
+    finally:
+        os.close(full)
+    system.mkdir("/b")
+    assert store.error is not None and "No space left on device" in store.error
+    assert store.fold() and raw_cgroups(tmp_path) == {"a": 0, "b": 0}
+    system.mkdir("/c")
+    assert store.error is None and any("written again" in n for n in notes)
+    assert len(records(tmp_path)) == 1  # /c's, in the segment the fold started
+    store.close()
+    assert journal.segments(tmp_path) == []
     assert stored(tmp_path) == dump(system.core)
 
 
