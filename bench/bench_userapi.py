@@ -14,13 +14,16 @@ times and reports medians, so the ratio compares runs made side by side on the s
   with one ``IOASID_REQUEST_FREE_BATCH``; the echo client echoes frames of the same sizes. Target:
   at least 200,000 IDs/s.
 
-The server side is the model plus the socket; with ``--store`` it also writes every change
-through the daemon's store (SQLite, WAL, ``synchronous=normal``), as ``ioasidsd run`` does.
+The server side is the model plus the socket. With ``--store`` a second server, measured in the
+same rounds, also makes every change durable through the daemon's store as ``ioasidsd run``
+does (a journal record per change, folded into SQLite in the background; WAL,
+``synchronous=normal``), and its rates are also given as ratios to the first's.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import multiprocessing as mp
 import os
 import socket
@@ -29,6 +32,8 @@ import struct
 import tempfile
 import threading
 import time
+
+import structlog
 
 from ioasidsd.model import profile
 from ioasidsd.system import System
@@ -183,45 +188,54 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=1.0, help="per measurement")
     parser.add_argument("--rounds", type=int, default=5, help="alternations of echo and ioasid")
     parser.add_argument("--store", action="store_true",
-                        help="write every change through the daemon's SQLite store")
+                        help="also measure a server whose changes go through the daemon's store")
     args = parser.parse_args()
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     ctx = mp.get_context("spawn")
     with tempfile.TemporaryDirectory() as tmp:
         echo = EchoServer(os.path.join(tmp, "echo.sock"))
+        servers = [("echo", echo.path, True)]
+        systems = []
         store = None
-        if args.store:
-            from ioasidsd.daemon.store import Store
+        for name in ("ioasid", "ioasid+store") if args.store else ("ioasid",):
+            runtime = os.path.join(tmp, name)
+            os.mkdir(runtime)
+            if name == "ioasid+store":
+                from ioasidsd.daemon.store import Store
 
-            store = Store.open(os.path.join(tmp, "state"))
-            system = System(profile("fixed"), on_change=store.apply)
-            store.bind(system)
-        else:
-            system = System(profile("fixed"))
-        server = UserApiServer(system, tmp)
-        server.start()
+                store = Store.open(os.path.join(tmp, "state"))
+                system = System(profile("fixed"), on_change=store.apply)
+                store.bind(system)
+            else:
+                system = System(profile("fixed"))
+            server = UserApiServer(system, runtime)
+            server.start()
+            servers.append((name, server.path, False))
+            systems.append((system, server))
         rates: dict[str, list[float]] = {}
         for _ in range(args.rounds):
             for clients in (1, 4):
-                for name, path, is_echo in (("echo", echo.path, True),
-                                            ("ioasid", server.path, False)):
+                for name, path, is_echo in servers:
                     res = run_clients(ctx, round_trip_client, path, is_echo, clients,
                                       args.seconds)
                     rate = sum(n / t for n, t in res)
                     rates.setdefault(f"{name} x{clients} round trips/s", []).append(rate)
-            for name, path, is_echo in (("echo", echo.path, True), ("ioasid", server.path, False)):
+            for name, path, is_echo in servers:
                 (ids, t_alloc, t_free), = run_clients(ctx, batch_client, path, is_echo, 1,
                                                        args.seconds)
                 rates.setdefault(f"{name} batch IDs/s (alloc+free)", []).append(
                     ids / (t_alloc + t_free))
                 rates.setdefault(f"{name} batch IDs/s (alloc)", []).append(ids / t_alloc)
                 rates.setdefault(f"{name} batch IDs/s (free)", []).append(ids / t_free)
-        server.stop()
+        for system, server in systems:
+            server.stop()
+            assert len(system.core) == 0, "every ID was freed"
         echo.stop()
-        assert len(system.core) == 0, "every ID was freed"
         if store is not None:
             assert store.error is None, store.error
             store.close()
-    print(f"server: model + socket{' + SQLite store' if args.store else ''}")
+    print("servers: model + socket" + (" (ioasid), and the same + the daemon's store "
+                                       "(ioasid+store)" if args.store else ""))
     med = {k: statistics.median(v) for k, v in rates.items()}
     width = max(map(len, med))
     for key, value in med.items():
@@ -232,15 +246,24 @@ def main() -> None:
         """The median over rounds of the ratio of two runs made side by side."""
         return statistics.median(a / b for a, b in zip(rates[mine], rates[ref], strict=True))
 
-    single = ratio("ioasid x1 round trips/s", "echo x1 round trips/s")
-    four = ratio("ioasid x4 round trips/s", "echo x4 round trips/s")
-    print(f"ratio ioasid/echo round trips, 1 client: {single:.2f}; 4 clients: {four:.2f}")
-    for kind in ("alloc+free", "alloc", "free"):
-        r = ratio(f"ioasid batch IDs/s ({kind})", f"echo batch IDs/s ({kind})")
-        print(f"ratio ioasid/echo, batch {kind}: {r:.4f}")
-    batch = med["ioasid batch IDs/s (alloc+free)"]
-    print(f"targets: 1-client ratio {single:.2f} >= 0.5: {'met' if single >= 0.5 else 'MISSED'}; "
-          f"batch {batch:,.0f} IDs/s >= 200,000: {'met' if batch >= 200_000 else 'MISSED'}")
+    for name, _, is_echo in servers:
+        if is_echo:
+            continue
+        single = ratio(f"{name} x1 round trips/s", "echo x1 round trips/s")
+        four = ratio(f"{name} x4 round trips/s", "echo x4 round trips/s")
+        print(f"ratio {name}/echo round trips, 1 client: {single:.2f}; 4 clients: {four:.2f}")
+        for kind in ("alloc+free", "alloc", "free"):
+            r = ratio(f"{name} batch IDs/s ({kind})", f"echo batch IDs/s ({kind})")
+            print(f"ratio {name}/echo, batch {kind}: {r:.4f}")
+        batch = med[f"{name} batch IDs/s (alloc+free)"]
+        print(f"targets, {name}: 1-client ratio {single:.2f} >= 0.5: "
+              f"{'met' if single >= 0.5 else 'MISSED'}; batch {batch:,.0f} IDs/s >= 200,000: "
+              f"{'met' if batch >= 200_000 else 'MISSED'}")
+    if args.store:
+        for key in ("x1 round trips/s", "x4 round trips/s", "batch IDs/s (alloc+free)"):
+            print(f"ratio ioasid+store/ioasid, {key}: "
+                  f"{ratio(f'ioasid+store {key}', f'ioasid {key}'):.2f}")
+
 
 if __name__ == "__main__":
     main()

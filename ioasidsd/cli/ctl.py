@@ -81,6 +81,7 @@ def format_status(status: dict[str, Any]) -> str:
     reserved = status["capacity"] - status["available"]
     tracking = status["tracking"]
     state = status["state"]
+    unfolded = f", {state['unfolded']} changes in the journal" if state.get("unfolded") else ""
     lines = [
         ("daemon", f"pid {status['pid']}, version {status['version']}, "
                    f"up {_duration(status['uptime'])}"),
@@ -98,8 +99,8 @@ def format_status(status: dict[str, Any]) -> str:
                         f"{status['userapi']['connections']} open")]
           if "userapi" in status else []),
         *([("VT-d", _vtd_line(status["vtd"]))] if "vtd" in status else []),
-        ("state", f"{state['path']} (synchronous={state['synchronous']})"
-                  + (f", NOT SAVED: {state['error']}" if state.get("error") else "")),
+        ("state", f"{state['path']} (synchronous={state['synchronous']}{unfolded})"
+                  + (f", ERROR: {state['error']}" if state.get("error") else "")),
     ]
     width = max(len(name) for name, _ in lines)
     return "\n".join(f"{name:<{width}}  {value}" for name, value in lines)

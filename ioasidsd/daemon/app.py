@@ -214,7 +214,8 @@ class Daemon:
     def _open_state(self) -> None:
         config = self.config
         store = Store.open(config.state_dir, synchronous=config.synchronous,
-                           warn=lambda message: self.log.error(message))
+                           warn=lambda message: self.log.error(message),
+                           note=lambda message: self.log.info(message))
         self.store = store
         snap = store.load()
         if snap is not None:
@@ -445,7 +446,7 @@ class Daemon:
         status["tracking"] = {"mode": self.tracker.mode, "detail": self.tracker.detail}
         status["mount"] = str(self.config.mount)
         status["state"] = {"path": str(self.store.path), "synchronous": self.config.synchronous,
-                           "error": self.store.error}
+                           "error": self.store.error, "unfolded": self.store.pending}
         status["runtime_dir"] = str(self.config.runtime_dir)
         if self.userapi is not None:
             status["userapi"] = {"socket": self.userapi.path,

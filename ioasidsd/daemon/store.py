@@ -1,16 +1,22 @@
-"""Durable state: the model in SQLite, written through on every change.
+"""Durable state: the model in SQLite, with an append-only journal in front of it.
 
-The store keeps one row per record of a snapshot (``ioasidsd.model.snapshot``): cgroups,
-processes, sets, IOASIDs, plus the core's scalars and the knobs in ``meta``. ``System`` calls
-``Store.apply(kind, detail)`` under its lock after every change; ``apply`` writes the records the
-change touched in one transaction and commits before returning, so a write that changed state is
-in the database before the face answers.
+The database keeps one row per record of a snapshot (``ioasidsd.model.snapshot``): cgroups,
+processes, sets, IOASIDs, plus the core's scalars and the knobs in ``meta``. It is the durable
+form that other tools read. ``System`` calls ``Store.apply(kind, detail)`` under its lock after
+every change; ``apply`` computes from the model the rows the change touched and appends them, as
+one record, to the journal (``ioasidsd.daemon.journal``) before returning: a write that changed
+state is durable before the face answers. A thread folds the records into
+the database in batched transactions (``ioasidsd.daemon.fold``) and removes the journal files
+once their records are in; a clean ``close`` folds everything and leaves no journal. The
+database therefore lags the model by up to ``fold_interval`` seconds; ``load`` reads it with the
+journal applied, so nothing acknowledged is lost however the daemon ended.
 
-Durability. The database runs in WAL mode. With ``synchronous = "normal"`` (the default) a commit
-reaches the operating system but is not flushed to the disk: it survives ``kill -9`` of the daemon
-(the data is in the kernel's page cache) but not a power loss or kernel crash, where the last
-commits may be lost (the database stays consistent). ``synchronous = "full"`` flushes every
-commit and survives both, at the price of one disk flush per change.
+Durability. With ``synchronous = "normal"`` (the default) a record is in the kernel's page cache
+when ``apply`` returns: it survives ``kill -9`` of the daemon but not a power loss or kernel
+crash, where the last changes may be lost (the database and journal stay consistent: a record
+cut short is ignored). ``synchronous = "full"`` flushes every record to the disk (``msync`` or
+``fdatasync``) and every fold (SQLite ``synchronous=FULL``): it survives both, at the price of a
+disk flush per change.
 
 What a change touches is read from ``detail``, whatever the kind, so that faces can report new
 kinds without touching the store:
@@ -26,39 +32,62 @@ kinds without touching the store:
   reports its calling ``task``.
 
 The core's scalars are compared and written on every change. Kind ``rmdir`` also drops the
-cgroup's row (or marks it removed while IOASIDs are still charged to it). Kind ``sync`` rewrites
-everything from the model: for a face that cannot tell what it changed, and after a failed write.
+cgroup's row (or marks it removed while IOASIDs may still be charged to it). Kind ``sync``
+rewrites everything from the model: for a face that cannot tell what it changed, and after a
+change whose record could not be made.
+
+To make a record without reading the database, the store remembers what it last wrote: the row
+ids of cgroups, the last row of each cgroup, set and process, the set each IOASID was written in
+(``IdMap``: 4 bytes an ID) and for each set the cgroups its IOASIDs may be charged to. A freed
+IOASID thus names its set, and the cgroups that may have been uncharged, from memory. A set
+reported whole is written whole: its cost grows with the number of IOASIDs it holds.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import marshal
 import sqlite3
+import threading
 import time
+from array import array
 from collections.abc import Callable, Iterable, Iterator
+from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
-from ioasidsd.model.cgroup import Cgroup, Process
-from ioasidsd.model.core import IoasidSet
+from ioasidsd.daemon import journal
+from ioasidsd.daemon.fold import (
+    CGROUP,
+    CORE,
+    EVERYTHING,
+    IOASID,
+    META,
+    PROCESS,
+    SET,
+    SET_IOASIDS,
+    Folder,
+    FoldPlan,
+    Op,
+)
+from ioasidsd.daemon.idmap import IdMap
+from ioasidsd.model.cgroup import Cgroup, IoasidsController, Process
+from ioasidsd.model.core import IoasidCore, IoasidSet
 from ioasidsd.model.snapshot import (
     SNAPSHOT_VERSION,
     SnapshotError,
-    cgroup_record,
-    core_record,
-    dump,
-    ioasid_record,
     is_removed,
     plain_private,
-    process_record,
     removed_cgroups,
-    set_record,
+    token_record,
 )
 from ioasidsd.system import System
 
 SCHEMA_VERSION = 1
 DB_NAME = "state.sqlite"
+FOLD_INTERVAL = 1.0
+"""Seconds a record may wait in the journal before it is folded into the database."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -87,10 +116,16 @@ CREATE INDEX IF NOT EXISTS ioasids_cgroup ON ioasids (cgroup);
 
 _CGROUP_COLUMNS = ("id", "parent", "name", "limit", "reserved", "counter", "peak", "events",
                    "events_local", "notify_on_release", "clone_children", "removed")
-_IOASID_COLUMNS = ("id", "set", "state", "refs", "spid", "cgroup", "pooled", "indexed")
 _SYNCHRONOUS = {"normal": "NORMAL", "full": "FULL"}
+_MARSHAL_VERSION = 2  # the journal's codec (journal.CODEC_MARSHAL_2): the fastest to write
+_CGROUP, _CGROUPS, _PROCESS, _PROCESSES, _SETS, _IDS = (
+    "cgroup", "cgroups", "process", "processes", "sets", "ids")
+_DETAIL_KEYS = {"cgroup": _CGROUP, "src": _CGROUP, "dst": _CGROUP, "cgroups": _CGROUPS,
+                "process": _PROCESS, "task": _PROCESS, "processes": _PROCESSES, "sets": _SETS,
+                "ids": _IDS}
+"""What each key of a change's ``detail`` names (see the module's documentation)."""
+_IOASID_KEY = attrgetter("state", "refs", "spid", "cgroup", "pooled", "private")
 
-Row = tuple[Any, ...]
 Warn = Callable[[str], None]
 
 
@@ -105,69 +140,75 @@ def boot_id() -> str:
 
 
 class StoreError(Exception):
-    """The state directory's database cannot be used (the message says why)."""
+    """The state directory's database or journal cannot be used (the message says why)."""
 
 
-# ---------------------------------------------------------------------- rows <-> records
-def _cgroup_row(rec: dict[str, Any]) -> Row:
-    attrs = rec["attrs"]
-    return (rec["id"], rec["parent"], rec["name"], rec["limit"], rec["reserved"], rec["counter"],
-            rec["peak"], rec["events"], rec["events_local"], int(rec["notify_on_release"]),
-            int(rec["clone_children"]), int(rec["removed"]),
-            json.dumps(attrs, sort_keys=True) if attrs else "{}")
-
-
-def _process_row(rec: dict[str, Any]) -> Row:
-    return (rec["pid"], rec["start_time"], rec["cgroup"], rec["threads"])
-
-
-def _set_row(rec: dict[str, Any]) -> Row:
-    token = rec["token"]
-    pid, start, alive = (None, None, None) if token is None else (
-        token["pid"], token["start_time"], int(token["alive"]))
-    return (rec["id"], rec["type"], pid, start, alive, rec["quota"], rec["reserved"],
-            rec["nr_ioasids"], int(rec["free_requested"]))
-
-
-def _ioasid_row(rec: dict[str, Any]) -> Row:
-    private = rec["private"]
-    return (*(int(v) if isinstance(v, bool) else v for v in map(rec.__getitem__,
-                                                               _IOASID_COLUMNS)),
-            None if private is None else json.dumps(private, sort_keys=True))
+def _decode(payload: bytes, where: str) -> list[Op]:
+    try:
+        ops = marshal.loads(payload)
+    except (EOFError, ValueError, TypeError) as exc:
+        raise StoreError(f"{where}: a journal record cannot be read ({exc})") from None
+    if not isinstance(ops, list):
+        raise StoreError(f"{where}: a journal record is not a list of operations")
+    return ops
 
 
 class Store:
-    """The SQLite database of one state directory.
+    """The SQLite database and journal of one state directory.
 
-    ``open`` creates or opens it; ``load`` reads the snapshot it holds (``None`` when new);
-    ``bind`` attaches the running ``System`` (and writes everything when the state is new);
-    ``apply`` is the system's ``on_change``. Every method but ``load`` and ``open`` runs under
-    ``system.lock``. A write that fails is rolled back, logged through ``warn`` and kept in
-    ``error``; every later change then first tries a full rewrite.
+    ``open`` creates or opens them; ``load`` reads the snapshot they hold (``None`` when new)
+    without changing them; ``bind`` attaches the running ``System``, folds a journal left by a
+    daemon that died into the database, and starts journaling (writing everything first when
+    the state is new); ``apply`` is the system's ``on_change``; ``close`` folds what is left.
+    ``apply``, ``set_clock`` and ``write_all`` run under ``system.lock``. A change whose record
+    cannot be made is logged through ``warn`` and kept in ``error``; the next change then
+    rewrites everything. A failed fold is logged, kept in ``error`` and retried (its records
+    stay in the journal); ``note`` logs the recovery.
     """
 
-    def __init__(self, path: Path, *, synchronous: str = "normal", warn: Warn | None = None):
+    def __init__(self, path: Path, *, synchronous: str = "normal", warn: Warn | None = None,
+                 note: Warn | None = None, fold_interval: float = FOLD_INTERVAL):
         self.path = Path(path)
+        self.state_dir = self.path.parent
         self.synchronous = synchronous
-        self.error: str | None = None
+        self.fold_interval = fold_interval
+        self._error: str | None = None
         self._warn = warn or (lambda message: None)
+        self._note = note or (lambda message: None)
         self._db: sqlite3.Connection | None = None
+        self._db_lock = threading.RLock()
+        self._folder: Folder | None = None
         self._system: System | None = None
+        self._core: IoasidCore = None  # type: ignore[assignment]  # set by bind, as these:
+        self._controller: IoasidsController = None  # type: ignore[assignment]
+        self._processes: dict[int, Process] = {}
+        self._loaded_meta: dict[str, Any] = {}
+        self._loaded_charges: dict[int, set[int]] | None = None
+        self._unsaved_private: set[str] = set()
+        # what the database (with the journal) holds, as far as this store wrote it
         self._rows: dict[Cgroup, int] = {}
         self._cgroups: dict[int, Cgroup] = {}
         self._next_row = 1
-        self._core: dict[str, Any] | None = None
-        self._unsaved_private: set[str] = set()
+        self._kept: dict[int, Cgroup] = {}  # removed cgroups whose rows stay
+        self._last_cgroup: dict[int, tuple[Any, ...]] = {}
+        self._last_set: dict[int, tuple[Any, ...]] = {}
+        self._last_core: tuple[Any, ...] | None = None
+        self._procs: dict[int, tuple[Any, ...]] = {}
+        self._owned: dict[int, set[int]] = {}  # token pid -> set ids
+        self._set_of = IdMap()  # IOASID -> the set it was last written in
+        self._charged: dict[int, set[int]] = {}  # set id -> cgroup rows its IDs may charge
 
     # ------------------------------------------------------------------ opening
     @classmethod
     def open(cls, state_dir: str | Path, *, synchronous: str = "normal",
-             warn: Warn | None = None) -> Store:
+             warn: Warn | None = None, note: Warn | None = None,
+             fold_interval: float = FOLD_INTERVAL) -> Store:
         """Open ``state_dir/state.sqlite``, creating the directory and the database if needed.
         ``StoreError`` if it is not a database of ours or cannot be written."""
         if synchronous not in _SYNCHRONOUS:
             raise StoreError(f"synchronous must be one of {', '.join(_SYNCHRONOUS)}")
-        store = cls(Path(state_dir) / DB_NAME, synchronous=synchronous, warn=warn)
+        store = cls(Path(state_dir) / DB_NAME, synchronous=synchronous, warn=warn, note=note,
+                    fold_interval=fold_interval)
         try:
             Path(state_dir).mkdir(mode=0o755, parents=True, exist_ok=True)
         except OSError as exc:
@@ -189,15 +230,39 @@ class Store:
         return store
 
     def close(self) -> None:
-        """Checkpoint the WAL into the database file and close. Idempotent."""
+        """Fold what the journal holds (and remove it), checkpoint the WAL into the database
+        file and close. Idempotent."""
+        if self._folder is not None:
+            self._folder.stop()
+            self._folder = None
         if self._db is None:
             return
-        try:
-            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        except sqlite3.Error as exc:
-            self._warn(f"state checkpoint failed: {exc}")
-        self._db.close()
-        self._db = None
+        with self._db_lock:
+            try:
+                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except sqlite3.Error as exc:
+                self._warn(f"state checkpoint failed: {exc}")
+            self._db.close()
+            self._db = None
+
+    @property
+    def error(self) -> str | None:
+        """Why the last change could not be recorded, or the journal not written or folded;
+        ``None`` when all is well."""
+        if self._error is not None:
+            return self._error
+        return self._folder.error if self._folder is not None else None
+
+    @property
+    def pending(self) -> int:
+        """Changes in the journal not folded into the database yet."""
+        return self._folder.pending if self._folder is not None else 0
+
+    def fold(self, timeout: float | None = None) -> bool:
+        """Fold every change recorded so far into the database now, and wait: ``True`` once
+        the database holds them, ``False`` if that failed (see ``error``; the folder retries)
+        or ``timeout`` seconds passed."""
+        return self._folder.fold_now(timeout) if self._folder is not None else True
 
     @property
     def clock(self) -> float | None:
@@ -215,9 +280,9 @@ class Store:
 
     def set_clock(self, when: float) -> None:
         """Record that process events were watched up to ``when`` (seconds since boot)."""
-        with self._transaction():
-            self._write_meta("clock", when)
-            self._write_meta("boot", boot_id())
+        boot = boot_id()
+        self._loaded_meta.update(clock=when, boot=boot)
+        self._record("clock", [(META, "clock", when), (META, "boot", boot)])
 
     @property
     def db(self) -> sqlite3.Connection:
@@ -226,19 +291,79 @@ class Store:
         return self._db
 
     def meta(self, key: str) -> Any:
-        """A value of the ``meta`` table (``None`` if unset)."""
-        row = self.db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        """A value of the ``meta`` table as ``load`` found it with the journal applied, or as
+        the database holds it (``None`` if unset)."""
+        if key in self._loaded_meta:
+            return self._loaded_meta[key]
+        with self._db_lock:
+            row = self.db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
         return None if row is None else json.loads(row[0])
 
     # ------------------------------------------------------------------ reading
+    def _journal(self) -> list[journal.Segment]:
+        """The journal's segments, read (``StoreError`` for a file that is not one)."""
+        found = []
+        for number, path in journal.segments(self.state_dir):
+            try:
+                segment = journal.read_segment(number, path)
+            except FileNotFoundError:
+                continue  # folded and removed by the daemon meanwhile
+            except journal.JournalError as exc:
+                raise StoreError(str(exc)) from None
+            except OSError as exc:
+                raise StoreError(f"{path}: {exc.strerror or exc}") from None
+            found.append(segment)
+        return found
+
+    def _replay(self, segments: list[journal.Segment], *, report: bool) -> None:
+        """Apply the records of ``segments`` to the database, in the caller's transaction."""
+        plan = FoldPlan()
+        for segment in segments:
+            for payload in segment.payloads:
+                plan.add(_decode(payload, str(segment.path)))
+            if segment.torn and report:
+                self._warn(f"{segment.path}: ignoring {segment.torn} (a write the daemon died "
+                           f"in; it was not acknowledged)")
+        if plan:
+            plan.write(self.db)
+
     def load(self) -> dict[str, Any] | None:
-        """The stored snapshot, or ``None`` for a new state. Removed cgroups that no IOASID is
-        charged to any more are dropped on the way."""
+        """The stored snapshot: the database with the journal's records applied (the files
+        are not changed: ``bind`` folds the journal), or ``None`` for a new state. Removed
+        cgroups that no IOASID is charged to any more are dropped on the way. ``StoreError``
+        for a journal that cannot be read."""
+        segments = self._journal()
+        with self._db_lock:
+            db = self.db
+            if any(s.payloads for s in segments):
+                db.execute("BEGIN")
+                try:
+                    self._replay(segments, report=True)
+                    snap = self._read()
+                finally:
+                    db.execute("ROLLBACK")
+            else:
+                snap = self._read()
+        if snap is not None:
+            unused = snap.pop("unused")
+            if unused:
+                with self._db_lock, self._transaction():
+                    self.db.executemany("DELETE FROM cgroups WHERE id=?",
+                                        [(i,) for i in unused])
+        return snap
+
+    def _read(self) -> dict[str, Any] | None:
         db = self.db
-        if self.meta("schema") is None:
+
+        def meta(key: str) -> Any:
+            row = db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+            return None if row is None else json.loads(row[0])
+
+        self._loaded_meta = {"clock": meta("clock"), "boot": meta("boot")}
+        if meta("schema") is None:
             return None
-        core = self.meta("core")
-        knobs = self.meta("knobs")
+        core = meta("core")
+        knobs = meta("knobs")
         cgroups = []
         for row in db.execute("SELECT * FROM cgroups ORDER BY id"):
             rec = dict(zip(_CGROUP_COLUMNS, row[:-1], strict=True))
@@ -250,7 +375,12 @@ class Store:
              "private": None if private is None else json.loads(private)}
             for i, s, state, refs, spid, cg, pooled, indexed, private
             in db.execute("SELECT * FROM ioasids ORDER BY id")]
-        cgroups = self._drop_unused_removed(cgroups, ioasids)
+        charges: dict[int, set[int]] = {}
+        for sid, cg in db.execute(
+                "SELECT DISTINCT set_id, cgroup FROM ioasids WHERE cgroup IS NOT NULL"):
+            charges.setdefault(sid, set()).add(cg)
+        self._loaded_charges = charges
+        cgroups, unused = _drop_unused_removed(cgroups, ioasids)
         for rec in cgroups:
             for name in ("notify_on_release", "clone_children", "removed"):
                 rec[name] = bool(rec[name])
@@ -264,35 +394,71 @@ class Store:
                          "reserved": row[6], "nr_ioasids": row[7],
                          "free_requested": bool(row[8])})
         return {"version": SNAPSHOT_VERSION, "knobs": knobs, "core": core, "cgroups": cgroups,
-                "processes": processes, "sets": sets, "ioasids": ioasids}
-
-    def _drop_unused_removed(self, cgroups: list[dict[str, Any]],
-                             ioasids: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        by_id = {rec["id"]: rec for rec in cgroups}
-        keep: set[int] = set()
-        for rec in ioasids:
-            cid = rec["cgroup"]
-            while cid is not None and cid in by_id and by_id[cid]["removed"] and cid not in keep:
-                keep.add(cid)
-                cid = by_id[cid]["parent"]
-        unused = [rec["id"] for rec in cgroups if rec["removed"] and rec["id"] not in keep]
-        if unused:
-            with self._transaction():
-                self.db.executemany("DELETE FROM cgroups WHERE id=?", [(i,) for i in unused])
-        return [rec for rec in cgroups if not rec["removed"] or rec["id"] in keep]
+                "processes": processes, "sets": sets, "ioasids": ioasids, "unused": unused}
 
     # ------------------------------------------------------------------ binding
     def bind(self, system: System, cgroups: dict[int, Cgroup] | None = None) -> None:
-        """Attach ``system``. ``cgroups`` maps row ids to the cgroups ``snapshot.load`` built
-        from ``load()``; without it (a new state) everything is written now."""
+        """Attach ``system`` and start journaling. ``cgroups`` maps row ids to the cgroups
+        ``snapshot.load`` built from ``load()``: the journal left by a daemon that died is then
+        folded into the database first. Without it (a new state) everything is written now and
+        any journal is dropped. ``StoreError`` when the database or journal cannot be
+        written."""
         self._system = system
-        if cgroups is None:
-            self.write_all()
-            return
+        self._core = system.core
+        self._controller = system.cgroups
+        self._processes = system.cgroups.processes
+        segments = self._journal()
+        try:
+            with self._db_lock:
+                if cgroups is None:
+                    self.write_all()
+                else:
+                    with self._transaction():
+                        self._replay(segments, report=False)
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.path}: {exc}") from None
+        if cgroups is not None:
+            self._remember(system, cgroups)
+        folder = Folder(self.state_dir, self._fold_payloads,
+                        first=max((s.number for s in segments), default=0) + 1,
+                        interval=self.fold_interval, sync=self.synchronous == "full",
+                        warn=self._warn, note=self._note, what=str(self.path),
+                        folded=[s.number for s in segments])
+        try:
+            folder.start()
+        except OSError as exc:
+            raise StoreError(f"{self.state_dir}: the journal cannot be created: "
+                             f"{exc.strerror or exc}") from None
+        self._folder = folder
+
+    def _remember(self, system: System, cgroups: dict[int, Cgroup]) -> None:
+        """What the database holds for a restored ``system``, as ``load`` read it."""
+        core = system.core
         self._rows = {cg: row for row, cg in cgroups.items()}
         self._cgroups = dict(cgroups)
         self._next_row = max(cgroups, default=0) + 1
-        self._core = core_record(system.core)
+        self._kept = {row: cg for row, cg in cgroups.items() if is_removed(cg)}
+        self._last_core = None
+        self._core_op([])
+        self._procs = {pid: (p.start_time, self._rows[p.cgroup], p.threads)
+                       for pid, p in system.cgroups.processes.items()}
+        self._set_of = IdMap()
+        for sid, ioasid_set in core._sets.items():
+            self._set_of.set_many(ioasid_set.xa, sid)
+        if any(s.nr_ioasids != len(s.xa) for s in core._sets.values()):  # hidden IDs
+            for data in core.ioasids():
+                self._set_of.set(data.id, data.set.id)
+        charges = self._loaded_charges
+        if charges is None:  # bound without load(): ask the model
+            charges = {}
+            for data in core.ioasids():
+                if data.cgroup is not None:
+                    charges.setdefault(data.set.id, set()).add(self._row(data.cgroup))
+        self._charged = {sid: set(charges.get(sid, ())) for sid in core._sets}
+        self._owned = {}
+        for sid, s in core._sets.items():
+            if isinstance(s.token, Process):
+                self._owned.setdefault(s.token.pid, set()).add(sid)
 
     @property
     def system(self) -> System:
@@ -303,20 +469,23 @@ class Store:
     def _row(self, cg: Cgroup) -> int:
         row = self._rows.get(cg)
         if row is None:
+            if cg.parent is not None:
+                self._row(cg.parent)  # parents get smaller ids: load reads them first
             row = self._rows[cg] = self._next_row
             self._cgroups[row] = cg
             self._next_row += 1
         return row
 
-    def _encode_private(self, value: Any) -> Any:
+    def _encode_private(self, value: Any) -> str | None:
         try:
-            return plain_private(value)
+            plain = plain_private(value)
         except SnapshotError as exc:
             kind = type(value).__name__
             if kind not in self._unsaved_private:
                 self._unsaved_private.add(kind)
                 self._warn(f"IOASID private data not saved ({exc}); it restarts as None")
             return None
+        return None if plain is None else json.dumps(plain, sort_keys=True)
 
     # ------------------------------------------------------------------ writing
     @contextlib.contextmanager
@@ -330,195 +499,342 @@ class Store:
             raise
         db.execute("COMMIT")
 
+    def _fold_payloads(self, payloads: list[bytes]) -> None:
+        """The folder's work: records into the database, in one transaction."""
+        plan = FoldPlan()
+        for payload in payloads:
+            plan.add(marshal.loads(payload))
+        with self._db_lock, self._transaction():
+            plan.write(self.db)
+
+    def _record(self, kind: str, ops: list[Op]) -> None:
+        """Make one record durable: appended to the journal, or (before ``bind``) written to
+        the database at once."""
+        if self._folder is not None:
+            self._folder.append(kind, marshal.dumps(ops, _MARSHAL_VERSION))
+            return
+        plan = FoldPlan()
+        plan.add(ops)
+        with self._db_lock, self._transaction():
+            plan.write(self.db)
+
     def write_all(self) -> None:
-        """Replace the stored state with the bound system's, in one transaction."""
+        """Replace the stored state with the bound system's (one record)."""
+        self._record("sync", self._everything())
+        self._error = None
+
+    def _everything(self) -> list[Op]:
         system = self.system
         core = system.core
-        live = set(system.cgroups.cgroups()) | set(removed_cgroups(core))
+        removed = removed_cgroups(core)
+        live = set(system.cgroups.cgroups()) | set(removed)
         self._rows = {cg: row for cg, row in self._rows.items() if cg in live}
         self._cgroups = {row: cg for cg, row in self._rows.items()}
-        snap = dump(core, cgroup_id=self._row, encode_private=self._encode_private)
-        db = self.db
-        with self._transaction():
-            for table in ("meta", "cgroups", "processes", "sets", "ioasids"):
-                db.execute(f"DELETE FROM {table}")
-            self._write_meta("schema", SCHEMA_VERSION)
-            self._write_meta("boot", boot_id())
-            self._write_meta("knobs", snap["knobs"])
-            self._write_core(force=True)
-            self._write_meta("clock", _clock())
-            db.executemany("INSERT INTO cgroups VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                           map(_cgroup_row, snap["cgroups"]))
-            db.executemany("INSERT INTO processes VALUES (?,?,?,?)",
-                           map(_process_row, snap["processes"]))
-            db.executemany("INSERT INTO sets VALUES (?,?,?,?,?,?,?,?,?)",
-                           map(_set_row, snap["sets"]))
-            db.executemany("INSERT INTO ioasids VALUES (?,?,?,?,?,?,?,?,?)",
-                           map(_ioasid_row, snap["ioasids"]))
-        self.error = None
-
-    def _write_meta(self, key: str, value: Any) -> None:
-        self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)",
-                        (key, json.dumps(value, sort_keys=True)))
-
-    def _write_core(self, *, force: bool = False) -> None:
-        record = core_record(self.system.core)
-        if force or record != self._core:
-            self._write_meta("core", record)
-            self._core = record
+        self._kept = {self._row(cg): cg for cg in removed}
+        self._last_cgroup, self._last_set, self._last_core = {}, {}, None
+        self._procs, self._owned, self._charged = {}, {}, {}
+        self._set_of = IdMap()
+        ops: list[Op] = [(EVERYTHING,), (META, "schema", SCHEMA_VERSION),
+                         (META, "boot", boot_id()), (META, "knobs", core.knobs.as_dict()),
+                         (META, "clock", _clock())]
+        self._cgroup_ops([*system.cgroups.cgroups(), *removed], ops)
+        for pid in sorted(system.cgroups.processes):
+            self._process_ops(system.cgroups.processes[pid], ops)
+        for ioasid_set in core.sets:
+            self._set_ioasids_ops(ioasid_set.id, ops)
+        self._core_op(ops)
+        return ops
 
     def apply(self, kind: str, detail: dict[str, Any]) -> None:
         """Make one change durable (``System.on_change``); see the module's documentation for
-        what ``detail`` may name. Never raises: a failed write is rolled back, logged, kept in
-        ``error`` and repaired by a full rewrite at the next change."""
+        what ``detail`` may name. Never raises: a change whose record cannot be made is
+        logged, kept in ``error`` and repaired by a full rewrite at the next change."""
         try:
-            if self.error is not None or kind == "sync":
-                self.write_all()
-                if kind == "sync":
-                    return
-            with self._transaction():
-                self._apply(kind, detail)
-        except (sqlite3.Error, SnapshotError, StoreError) as exc:
-            if self.error is None:
+            if self._error is not None or kind == "sync":
+                ops = self._everything()
+            else:
+                ops = self._change(kind, detail)
+        except (SnapshotError, StoreError) as exc:
+            if self._error is None:
                 self._warn(f"state not saved ({kind}): {exc}; retrying with a full write")
-            self.error = f"{kind}: {exc}"
+            self._error = f"{kind}: {exc}"
+            return
+        self._error = None
+        if ops:
+            try:
+                self._record(kind, ops)
+            except sqlite3.Error as exc:  # not bound yet: written at once, and that failed
+                self._warn(f"state not saved ({kind}): {exc}; retrying with a full write")
+                self._error = f"{kind}: {exc}"
 
-    def _apply(self, kind: str, detail: dict[str, Any]) -> None:
-        system = self.system
+    def _change(self, kind: str, detail: dict[str, Any]) -> list[Op]:
+        """The operations that record one change."""
         cgroups: list[Cgroup] = []
-        for key in ("cgroup", "src", "dst"):
-            if isinstance(detail.get(key), Cgroup):
-                cgroups.append(detail[key])
-        cgroups.extend(detail.get("cgroups", ()))
-        processes: list[Process] = [p for p in (detail.get("process"), detail.get("task"))
-                                    if isinstance(p, Process)]
-        processes.extend(detail.get("processes", ()))
-        set_ids = {s.id if isinstance(s, IoasidSet) else int(s) for s in detail.get("sets", ())}
-        ids = {int(i) for i in detail.get("ids", ())}
+        processes: list[Process] = []
+        set_ids: set[int] = set()
+        ids: Any = ()
+        for key, value in detail.items():
+            role = _DETAIL_KEYS.get(key)
+            if role is None or not value:
+                continue
+            if role is _IDS:
+                ids = value
+            elif role is _CGROUPS:
+                cgroups.extend(value)
+            elif role is _SETS:
+                set_ids.update(s.id if isinstance(s, IoasidSet) else int(s) for s in value)
+            elif role is _CGROUP:
+                if isinstance(value, Cgroup):
+                    cgroups.append(value)
+            elif role is _PROCESS:
+                if isinstance(value, Process):
+                    processes.append(value)
+            else:
+                processes.extend(value)
 
+        ops: list[Op] = []
         for proc in processes:
-            cgroups.extend(self._write_process(proc))
-            owned = system.core._find_mm_set(proc)
+            cgroups.extend(self._process_ops(proc, ops))
+            owned = self._core._find_mm_set(proc)
             if owned is not None:
                 set_ids.add(owned.id)
             # by pid alone: a process tracked anew under a reused pid released the old one's sets
-            set_ids.update(row[0] for row in self.db.execute(
-                "SELECT id FROM sets WHERE token_pid=?", (proc.pid,)))
-        for sid in sorted(set_ids):
-            cgroups.extend(self._sync_set(sid))
-        for ioasid in sorted(ids):
-            cgroups.extend(self._sync_ioasid(ioasid))
-        self._write_cgroups(cgroups)
-        self._write_core()
+            set_ids.update(self._owned.get(proc.pid, ()))
+        if set_ids:
+            for sid in sorted(set_ids):
+                cgroups.extend(self._set_ioasids_ops(sid, ops))
+        if len(ids) == 1:
+            (only,) = ids
+            cgroups.extend(self._ioasid_ops(int(only), ops))
+        elif ids:
+            for ioasid in sorted({int(i) for i in ids}):
+                cgroups.extend(self._ioasid_ops(ioasid, ops))
+        if cgroups:
+            self._cgroup_ops(cgroups, ops)
+        self._core_op(ops)
         if processes:  # a process joined or left: forks before now were seen (see clock)
-            self._write_meta("clock", _clock())
+            ops.append((META, "clock", _clock()))
         if kind == "rmdir" and isinstance(detail.get("cgroup"), Cgroup):
-            self._forget_removed(detail["cgroup"])
+            self._forget_removed(detail["cgroup"], ops)
+        return ops
 
-    def _write_process(self, proc: Process) -> list[Cgroup]:
-        """Write or delete the row of ``proc``; returns its cgroup and that of the process the
-        row described before (the same pid may have been released and tracked anew)."""
-        touched = [proc.cgroup]
-        before = self.db.execute("SELECT cgroup FROM processes WHERE pid=?",
-                                 (proc.pid,)).fetchone()
-        if before is not None and before[0] in self._cgroups:
-            touched.append(self._cgroups[before[0]])
-        tracked = self.system.cgroups.processes.get(proc.pid)
-        if tracked is not None and tracked.alive:
-            self.db.execute("INSERT OR REPLACE INTO processes VALUES (?,?,?,?)",
-                            _process_row(process_record(tracked, self._row)))
-        else:
-            self.db.execute("DELETE FROM processes WHERE pid=?", (proc.pid,))
-        return touched
+    def _core_op(self, ops: list[Op]) -> None:
+        core = self._core
+        controller = self._controller
+        values = (core.capacity, core.capacity_avail, core._capacity_installed,
+                  controller.release_agent, controller.sane_behavior,
+                  controller._warned_negative)
+        if values != self._last_core:
+            ops.append((CORE, values))
+            self._last_core = values
 
-    def _write_cgroups(self, cgroups: Iterable[Cgroup]) -> None:
-        nodes: dict[int, Cgroup] = {}
+    # ------------------------------------------------------------------ cgroups
+    def _cgroup_ops(self, cgroups: Iterable[Cgroup], ops: list[Op]) -> None:
+        """The rows of ``cgroups`` and their ancestors that changed since last written."""
+        nodes: dict[Cgroup, None] = {}
         for cg in cgroups:
-            if cg not in self._rows and is_removed(cg):
+            if cg in nodes or (cg not in self._rows and is_removed(cg)):
                 continue  # a removed cgroup nothing is charged to: its row is gone
-            nodes[id(cg)] = cg
-            for node in cg.walk():
-                nodes[id(node)] = node
-        rows = [_cgroup_row(cgroup_record(cg, self._row)) for cg in nodes.values()]
-        if len(rows) == 1:
-            self.db.execute("INSERT OR REPLACE INTO cgroups VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                            rows[0])
-        elif rows:
-            self.db.executemany(
-                "INSERT OR REPLACE INTO cgroups VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", rows)
+            nodes[cg] = None
+            for node in cg.chain:
+                nodes[node] = None
+        last = self._last_cgroup
+        for cg in nodes:
+            row = self._row(cg)
+            parent = cg.parent
+            attrs = cg.attrs
+            fields = (None if parent is None else self._row(parent), cg.name, cg.limit,
+                      cg.reserved, cg.counter, cg.peak, cg.events, cg.events_local,
+                      int(cg.notify_on_release), int(cg.clone_children), int(is_removed(cg)),
+                      {name: dict(a) for name, a in attrs.items()} if attrs else None)
+            if last.get(row) != fields:
+                ops.append((CGROUP, row, fields))
+                last[row] = fields
 
-    def _forget_removed(self, cg: Cgroup) -> None:
-        """After ``rmdir``: drop the row unless IOASIDs (or removed children) still refer to it."""
+    def _forget_removed(self, cg: Cgroup, ops: list[Op]) -> None:
+        """After ``rmdir``: drop the row unless IOASIDs (or removed children) may still refer
+        to it; a row kept for nothing is dropped by the next ``load``."""
         row = self._rows.get(cg)
         if row is None:
             return
-        db = self.db
-        used = db.execute("SELECT 1 FROM ioasids WHERE cgroup=? LIMIT 1", (row,)).fetchone() or \
-            db.execute("SELECT 1 FROM cgroups WHERE parent=? LIMIT 1", (row,)).fetchone()
-        if not used:
-            db.execute("DELETE FROM cgroups WHERE id=?", (row,))
-            del self._rows[cg]
-            del self._cgroups[row]
-
-    def _stored_ioasids(self, where: str, arg: int) -> dict[int, Row]:
-        return {row[0]: row for row in self.db.execute(
-            f"SELECT * FROM ioasids WHERE {where}=?", (arg,))}
-
-    def _sync_rows(self, stored: dict[int, Row], ids: Iterable[int]) -> list[Cgroup]:
-        """Write the IOASIDs ``ids`` whose rows differ from ``stored``; returns the cgroups whose
-        charges may have changed (old and new)."""
-        core = self.system.core
-        touched: list[Cgroup] = []
-        for ioasid in ids:
-            old = stored.get(ioasid)
-            data = core.data(ioasid) if ioasid in core else None
-            new = None if data is None else _ioasid_row(
-                ioasid_record(data, self._row, self._encode_private))
-            if new == old:
-                continue
-            if new is None:
-                self.db.execute("DELETE FROM ioasids WHERE id=?", (ioasid,))
-            else:
-                self.db.execute("INSERT OR REPLACE INTO ioasids VALUES (?,?,?,?,?,?,?,?,?)", new)
-            for row in (old, new):
-                if row is not None and row[5] is not None and row[5] in self._cgroups:
-                    touched.append(self._cgroups[row[5]])
-        return touched
-
-    def _write_set(self, sid: int) -> None:
-        ioasid_set = self.system.core._sets.get(sid)
-        if ioasid_set is None:
-            self.db.execute("DELETE FROM sets WHERE id=?", (sid,))
+        used = any(row in charged for charged in self._charged.values()) or \
+            any(kept.parent is cg for kept in self._kept.values())
+        if used:
+            self._kept[row] = cg
             return
-        self.db.execute("INSERT OR REPLACE INTO sets VALUES (?,?,?,?,?,?,?,?,?)",
-                        _set_row(set_record(ioasid_set)))
-        owner = ioasid_set.token
-        if isinstance(owner, Process) and self.system.cgroups.processes.get(owner.pid) is owner:
+        ops.append((CGROUP, row, None))
+        del self._rows[cg]
+        del self._cgroups[row]
+        self._last_cgroup.pop(row, None)
+
+    def _charged_cgroups(self, sid: int) -> list[Cgroup]:
+        """The cgroups the IOASIDs of ``sid`` may be charged to, but the root: a charge never
+        changes the root's row (its walk stops below it)."""
+        cgroups = self._cgroups
+        return [cg for cg in map(cgroups.get, self._charged.get(sid, ()))
+                if cg is not None and cg.parent is not None]
+
+    # ------------------------------------------------------------------ processes
+    def _process_ops(self, proc: Process, ops: list[Op]) -> list[Cgroup]:
+        """Write or delete the row of ``proc``; returns its cgroup and that of the process the
+        row described before (the same pid may have been released and tracked anew)."""
+        touched = [proc.cgroup]
+        before = self._procs.get(proc.pid)
+        if before is not None and before[1] in self._cgroups:
+            touched.append(self._cgroups[before[1]])
+        tracked = self._processes.get(proc.pid)
+        if tracked is not None and tracked.alive:
+            self._process_row(tracked, ops)
+        else:
+            ops.append((PROCESS, proc.pid, None))
+            self._procs.pop(proc.pid, None)
+        return touched
+
+    def _process_row(self, proc: Process, ops: list[Op]) -> None:
+        fields = (proc.start_time, self._row(proc.cgroup), proc.threads)
+        if self._procs.get(proc.pid) != fields:
+            ops.append((PROCESS, proc.pid, fields))
+            self._procs[proc.pid] = fields
+
+    # ------------------------------------------------------------------ sets and IOASIDs
+    def _set_op(self, sid: int, ops: list[Op]) -> None:
+        """The row of set ``sid`` (or its removal)."""
+        ioasid_set = self._core._sets.get(sid)
+        before = self._last_set.get(sid)
+        if ioasid_set is None:
+            ops.append((SET, sid, None))
+            self._last_set.pop(sid, None)
+            self._charged.pop(sid, None)
+            if before is not None and before[1] in self._owned:
+                self._owned[before[1]].discard(sid)
+            return
+        token = ioasid_set.token
+        if token is None:
+            pid = start = alive = None
+        elif token.__class__ is Process:
+            pid, start, alive = token.pid, token.start_time, int(token.alive)
+        else:
+            token_record(token)  # raises SnapshotError naming the token's type
+            return
+        fields = (ioasid_set.type._value_, pid, start, alive, ioasid_set.quota,
+                  ioasid_set.reserved, int(ioasid_set.free_requested))  # nr_ioasids: derived
+        if before != fields:
+            ops.append((SET, sid, fields))
+            self._last_set[sid] = fields
+            if pid is not None:
+                owned = self._owned.get(pid)
+                if owned is None:
+                    owned = self._owned[pid] = set()
+                owned.add(sid)
+        if pid is not None and pid not in self._procs and self._processes.get(pid) is token:
             # a face may have tracked the owner without reporting it (System.process)
-            self.db.execute("INSERT OR REPLACE INTO processes VALUES (?,?,?,?)",
-                            _process_row(process_record(owner, self._row)))
+            self._process_row(token, ops)  # type: ignore[arg-type]
 
-    def _sync_set(self, sid: int) -> list[Cgroup]:
-        """A set and every IOASID of it, in the model or in the database."""
-        core = self.system.core
-        stored = self._stored_ioasids("set_id", sid)
-        ids = set(stored)
-        ioasid_set = core._sets.get(sid)
-        if ioasid_set is not None:
-            ids.update(ioasid_set.xa)
-        touched = self._sync_rows(stored, sorted(ids))
-        self._write_set(sid)
+    def _set_ioasids_ops(self, sid: int, ops: list[Op]) -> list[Cgroup]:
+        """A set with every IOASID it holds; returns the cgroups they were or are charged
+        to."""
+        touched = self._charged_cgroups(sid)
+        ioasid_set = self._core._sets.get(sid)
+        if ioasid_set is None:
+            ops.append((SET_IOASIDS, sid, ()))
+        else:
+            groups, charged = self._groups(ioasid_set)
+            ops.append((SET_IOASIDS, sid, groups))
+            self._charged[sid] = charged
+            touched.extend(self._charged_cgroups(sid))
+        self._set_op(sid, ops)
         return touched
 
-    def _sync_ioasid(self, ioasid: int) -> list[Cgroup]:
-        """One IOASID and the row of its set (old and new)."""
-        stored = self._stored_ioasids("id", ioasid)
-        touched = self._sync_rows(stored, (ioasid,))
-        sids = {row[1] for row in stored.values()}
-        core = self.system.core
-        data = core.data(ioasid) if ioasid in core else None
-        if data is not None:
-            sids.add(data.set.id)
-        for sid in sids:
-            self._write_set(sid)
-        return touched
+    def _groups(self, ioasid_set: IoasidSet) -> tuple[tuple[Any, ...], set[int]]:
+        """The IOASIDs of a set as ``SET_IOASIDS`` groups, and the rows of the cgroups they
+        are charged to; remembers them as the set's. A set's index may miss IDs still counted
+        against it (``v4``'s free_all_hides_pending): those are found among the IDs last
+        written for it, or else by a look through every IOASID."""
+        core = self._core
+        get = core._ids.get
+        sid = ioasid_set.id
+        xa = ioasid_set.xa
+        indexed = list(xa)
+        hidden: list[int] = []
+        missing = ioasid_set.nr_ioasids - len(indexed)
+        if missing > 0:
+            for ioasid in self._set_of.ids_of(sid):
+                data = get(ioasid) if ioasid not in xa else None
+                if data is not None and data.set is ioasid_set:
+                    hidden.append(ioasid)
+            if len(hidden) != missing:
+                hidden = [d.id for d in core.ioasids() if d.set is ioasid_set and d.id not in xa]
+        self._set_of.set_many(indexed, sid)
+        self._set_of.set_many(hidden, sid)
+        groups: list[tuple[tuple[Any, ...], bytes]] = []
+        charged: set[int] = set()
+        for ids, in_index in ((indexed, True), (hidden, False)):
+            if not ids:
+                continue
+            first = _IOASID_KEY(get(ids[0]))
+            if first[5] is None and all(map(first.__eq__, map(_IOASID_KEY, map(get, ids)))):
+                by_key = {first: array("I", ids)}  # the common case, looked at in C
+            else:
+                by_key = {}
+                for ioasid in ids:
+                    key = _IOASID_KEY(get(ioasid))
+                    if key[5] is not None:  # private data: a row of its own
+                        key = (*key[:5], self._encode_private(key[5]), ioasid)
+                    by_key.setdefault(key, array("I")).append(ioasid)
+            for key, group in by_key.items():
+                state, refs, spid, cg, pooled, private = key[:6]
+                row = None if cg is None else self._row(cg)
+                if row is not None:
+                    charged.add(row)
+                groups.append(((sid, int(state), refs, spid, row, pooled, in_index,
+                                private), group.tobytes()))
+        return tuple(groups), charged
+
+    def _ioasid_ops(self, ioasid: int, ops: list[Op]) -> list[Cgroup]:
+        """One IOASID (new, changed or gone) and the row of its set; returns the cgroups it
+        was or is charged to."""
+        core = self._core
+        data = core._ids.get(ioasid) if ioasid >= 0 else None
+        if data is None:
+            sid = self._set_of.get(ioasid)  # where it was, if it was written at all
+            if sid is None:
+                ops.append((IOASID, ioasid, None))
+                return []
+            ops.append((IOASID, ioasid, None, sid))
+            if sid not in core._sets:  # destroyed with its last IOASID
+                self._set_op(sid, ops)
+            return self._charged_cgroups(sid)
+        ioasid_set = data.set
+        sid = ioasid_set.id
+        cg = data.cgroup
+        row = None if cg is None else self._row(cg)
+        private = data.private
+        ops.append((IOASID, ioasid, (sid, int(data.state), data.refs, data.spid, row,
+                                     data.pooled, ioasid in ioasid_set.xa,
+                                     None if private is None else self._encode_private(private))))
+        self._set_of.set(ioasid, sid)
+        if sid not in self._last_set:  # a set first seen through one of its IOASIDs
+            self._set_op(sid, ops)
+        if row is None:
+            return []
+        charged = self._charged.get(sid)
+        if charged is None:
+            charged = self._charged[sid] = set()
+        charged.add(row)
+        # a live IOASID's charge moves only with its owner (a process report: the set whole)
+        return [cg] if cg.parent is not None else []  # type: ignore[union-attr]
+
+
+def _drop_unused_removed(cgroups: list[dict[str, Any]], ioasids: list[dict[str, Any]],
+                         ) -> tuple[list[dict[str, Any]], list[int]]:
+    """Removed cgroups no IOASID is charged to (nor to a removed child): the records to keep,
+    and the ids of those to drop."""
+    by_id = {rec["id"]: rec for rec in cgroups}
+    keep: set[int] = set()
+    for rec in ioasids:
+        cid = rec["cgroup"]
+        while cid is not None and cid in by_id and by_id[cid]["removed"] and cid not in keep:
+            keep.add(cid)
+            cid = by_id[cid]["parent"]
+    unused = [rec["id"] for rec in cgroups if rec["removed"] and rec["id"] not in keep]
+    return [rec for rec in cgroups if not rec["removed"] or rec["id"] in keep], unused

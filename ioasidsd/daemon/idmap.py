@@ -1,0 +1,73 @@
+"""``IdMap``: which set each IOASID was last written in, for the store, in 4 bytes an ID.
+
+The store must name the set of an IOASID that is gone from the model (to recount the set and
+rewrite the cgroups its IDs are charged to) without reading the database. A dict would cost
+about 100 bytes an entry, 100 MB for the 2^20 IOASIDs of a 20-bit PASID space; this keeps one
+32-bit value per possible ID, by chunks of 65,536 made when first used (as the model's
+``IdSpace`` keeps its values): 4 MiB for those 2^20, however many sets share them.
+"""
+
+from __future__ import annotations
+
+import struct
+from array import array
+from collections.abc import Iterable, Iterator
+
+_BITS = 16
+_SIZE = 1 << _BITS
+_MASK = _SIZE - 1
+_NONE = -1
+_EMPTY = array("i", [_NONE]) * _SIZE
+_VALUE = struct.Struct("=i")
+
+
+class IdMap:
+    """IDs (``0 <= id < 2^32``) to values (``0 <= value < 2^31``); unset IDs map to ``None``.
+    Entries are only ever overwritten, never cleared: a value may be stale, and its reader
+    checks it against the model."""
+
+    __slots__ = ("_chunks",)
+
+    def __init__(self) -> None:
+        self._chunks: dict[int, array] = {}
+
+    def _chunk(self, i: int) -> array:
+        chunk = self._chunks.get(i >> _BITS)
+        if chunk is None:
+            chunk = self._chunks[i >> _BITS] = array("i", _EMPTY)
+        return chunk
+
+    def get(self, i: int) -> int | None:
+        chunk = self._chunks.get(i >> _BITS) if i >= 0 else None
+        if chunk is None:
+            return None
+        value = chunk[i & _MASK]
+        return None if value == _NONE else value
+
+    def set(self, i: int, value: int) -> None:
+        chunk = self._chunks.get(i >> _BITS)
+        if chunk is None:
+            chunk = self._chunk(i)
+        chunk[i & _MASK] = value
+
+    def set_many(self, ids: Iterable[int], value: int) -> None:
+        chunks = self._chunks
+        for i in ids:
+            chunk = chunks.get(i >> _BITS)
+            if chunk is None:
+                chunk = self._chunk(i)
+            chunk[i & _MASK] = value
+
+    def ids_of(self, value: int) -> Iterator[int]:
+        """The IDs mapped to ``value``, ascending (a scan of every chunk, in C)."""
+        pattern = _VALUE.pack(value)
+        for c in sorted(self._chunks):
+            data = self._chunks[c].tobytes()
+            base = c << _BITS
+            at = data.find(pattern)
+            while at >= 0:
+                if at % 4 == 0:
+                    yield base | (at >> 2)
+                    at = data.find(pattern, at + 4)
+                else:
+                    at = data.find(pattern, at + 1)

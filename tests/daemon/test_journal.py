@@ -1,0 +1,464 @@
+"""The store's journal: a change is in it when ``apply`` returns, a daemon that died is
+recovered from it (records folded already, a record cut short), the folder empties it into
+the database, a clean close leaves none, and failures are reported and retried."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import sqlite3
+import struct
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ioasidsd.cli.ctl import format_status
+from ioasidsd.daemon import journal
+from ioasidsd.daemon.fold import CGROUP
+from ioasidsd.daemon.store import Store, StoreError
+from ioasidsd.model import IoasidSetType, profile
+from ioasidsd.model.snapshot import dump, load
+from ioasidsd.system import System
+from ioasidsd.userapi import uapi
+
+from .daemons import wait_until
+from .ops import FakeProcesses, apply_op, op_strategy
+
+SETTINGS = settings(max_examples=int(os.environ.get("IOASIDS_EXAMPLES", "40")), deadline=None,
+                    suppress_health_check=[HealthCheck.function_scoped_fixture])
+NEVER = 3600.0  # a fold interval no test waits for: only fold() folds
+
+
+class Processes(FakeProcesses):
+    """Fake processes without parents (the user API looks for a tracked ancestor)."""
+
+    def parent(self, pid: int) -> int | None:
+        return None
+
+
+def bound(state_dir: Path, knobs=None, **kwargs: Any) -> tuple[Store, System]:
+    """A new store in ``state_dir`` bound to a new system that reports to it."""
+    store = Store.open(state_dir, **kwargs)
+    system = System(knobs or profile("fixed"), processes=Processes(), on_change=store.apply)
+    store.bind(system)
+    return store, system
+
+
+def stored(state_dir: Path, knobs=None) -> dict[str, Any]:
+    """What a restarted daemon would rebuild from ``state_dir`` (database and journal)."""
+    store = Store.open(state_dir)
+    try:
+        snap = store.load()
+    finally:
+        store.close()
+    copy = System(knobs or profile("fixed"), processes=Processes())
+    load(snap, copy.core)
+    return dump(copy.core)
+
+
+def records(state_dir: Path) -> list[list[tuple]]:
+    """The records of the journal's files, read from disk."""
+    import marshal
+
+    return [marshal.loads(payload) for number, path in journal.segments(state_dir)
+            for payload in journal.read_segment(number, path).payloads]
+
+
+def raw_cgroups(state_dir: Path) -> dict[str, int | None]:
+    """Name -> limit of the cgroups the database file itself holds (no journal)."""
+    db = sqlite3.connect(state_dir / "state.sqlite")
+    try:
+        return dict(db.execute("SELECT name, lim FROM cgroups WHERE parent IS NOT NULL"))
+    finally:
+        db.close()
+
+
+def json_ready(value: Any) -> Any:
+    return json.loads(json.dumps(value))
+
+
+def crashed(scenario: Callable[[Callable[[Any], None]], None]) -> list[Any]:
+    """Run ``scenario(report)`` in a child process, then ``kill -9`` it: what it reported
+    (JSON data, through a pipe) is returned once it finished."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(read_end)
+
+            def report(value: Any) -> None:
+                os.write(write_end, json.dumps(value).encode() + b"\n")
+
+            scenario(report)
+            os.write(write_end, b'"done"\n')
+            signal.pause()
+        except BaseException:
+            os.write(write_end, json.dumps({"error": traceback.format_exc()}).encode() + b"\n")
+        finally:
+            os._exit(1)
+    os.close(write_end)
+    reported = []
+    try:
+        with os.fdopen(read_end, "rb") as pipe:
+            for line in pipe:
+                value = json.loads(line)
+                assert not (isinstance(value, dict) and "error" in value), value.get("error")
+                if value == "done":
+                    return reported
+                reported.append(value)
+        raise AssertionError("the child died before it was done")
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+
+
+# ---------------------------------------------------------------------------------- durable
+def test_a_change_is_in_the_journal_when_apply_returns(tmp_path):
+    """Another process reads each change from the journal as soon as the writer's change
+    returned; after ``kill -9`` nothing was folded, and all of it comes back."""
+    read_end, write_end = os.pipe()
+    go_read, go_write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(read_end)
+            os.close(go_write)
+            _, system = bound(tmp_path, fold_interval=NEVER)
+            for i in range(20):
+                system.mkdir(f"/c{i}")
+                system.write_max(f"/c{i}", str(i))
+                os.write(write_end, b"x")
+                os.read(go_read, 1)  # the parent has looked
+            signal.pause()
+        finally:
+            os._exit(1)
+    os.close(write_end)
+    os.close(go_read)
+    try:
+        for i in range(20):
+            assert os.read(read_end, 1) == b"x", "the writer died"
+            limits = {op[2][1]: op[2][2] for record in records(tmp_path) for op in record
+                      if op[0] == CGROUP and op[2] is not None}
+            assert limits.get(f"c{i}") == i
+            os.write(go_write, b"y")
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        os.close(read_end)
+        os.close(go_write)
+    assert raw_cgroups(tmp_path) == {}  # nothing was folded: the journal holds it all
+    back = {c["name"]: c["limit"] for c in stored(tmp_path)["cgroups"] if c["parent"]}
+    assert back == {f"c{i}": i for i in range(20)}
+
+
+def test_recovery_replays_records_folded_already(tmp_path):
+    """The daemon died after a fold and before it removed the folded segment: replaying it,
+    then the newer one, gives the last state, not the older one."""
+    def scenario(report):
+        store, system = bound(tmp_path, fold_interval=NEVER)
+        system.mkdir("/a")
+        system.write_max("/a", "3")
+        (_, path), = journal.segments(tmp_path)
+        folded = path.read_bytes()
+        assert store.fold()
+        system.write_max("/a", "5")
+        system.mkdir("/b")
+        path.write_bytes(folded)  # as if the folder had not removed it yet
+        report(dump(system.core))
+
+    final, = crashed(scenario)
+    assert raw_cgroups(tmp_path) == {"a": 3}
+    assert len(journal.segments(tmp_path)) == 2
+    assert stored(tmp_path) == final
+    store = Store.open(tmp_path)  # a restarted daemon: load, rebuild, bind (folds the journal)
+    again = System(processes=Processes(), on_change=store.apply)
+    store.bind(again, load(store.load(), again.core))
+    assert raw_cgroups(tmp_path) == {"a": 5, "b": 0}
+    assert records(tmp_path) == []
+    store.close()
+    assert journal.segments(tmp_path) == []
+    assert stored(tmp_path) == final
+
+
+@pytest.mark.parametrize(("damage", "reported"), [
+    ("copy stopped", "bad checksum"),  # a mapped segment: the rest of the record is zeros
+    ("write cut short", "cut short"),  # a file written with write(2): it ends early
+    ("header cut short", "header cut short"),
+    ("garbled", "bad checksum"),
+])
+def test_a_torn_last_record_is_ignored(tmp_path, damage, reported):
+    """The daemon died in the middle of writing its last record: that change was never
+    acknowledged, so the state comes back as it was before it."""
+    def scenario(report):
+        _, system = bound(tmp_path, fold_interval=NEVER)
+        system.mkdir("/a")
+        system.write_max("/a", "3")
+        report(dump(system.core))
+        system.write_max("/a", "4")
+
+    before, = crashed(scenario)
+    (number, path), = journal.segments(tmp_path)
+    segment = journal.read_segment(number, path)
+    data = bytearray(path.read_bytes())
+    end = segment.end
+    start = end - len(segment.payloads[-1]) - 8  # where the last record's frame begins
+    assert struct.unpack_from("<I", data, start)[0] == len(segment.payloads[-1])
+    if damage == "copy stopped":
+        data[end - 20 : end] = bytes(20)
+    elif damage == "write cut short":
+        del data[end - 3 :]
+    elif damage == "header cut short":
+        del data[start + 5 :]
+    else:
+        data[end - 1] ^= 0xFF
+    path.write_bytes(data)
+    warnings = []
+    store = Store.open(tmp_path, warn=warnings.append)
+    snap = store.load()
+    store.close()
+    copy = System(processes=Processes())
+    load(snap, copy.core)
+    assert dump(copy.core) == before
+    assert any(reported in w and "not acknowledged" in w for w in warnings), warnings
+
+
+def test_a_journal_that_is_not_ours_is_refused(tmp_path):
+    store, system = bound(tmp_path)
+    system.mkdir("/a")
+    store.close()
+    (tmp_path / "state.journal.7").write_bytes(b"#!/bin/sh\necho this is not a journal\n")
+    with pytest.raises(StoreError, match=r"state\.journal\.7: not an ioasidsd journal"):
+        Store.open(tmp_path).load()
+    (tmp_path / "state.journal.7").write_bytes(b"IOASIDSJ" + struct.pack("<II", 99, 1))
+    with pytest.raises(StoreError, match=r"journal format 99 .*reads format 1"):
+        Store.open(tmp_path).load()
+
+
+# ---------------------------------------------------------------------------------- folding
+def test_the_folder_folds_by_itself_and_empties_the_journal(tmp_path):
+    store, system = bound(tmp_path, fold_interval=0.05)
+    for round_ in range(2):
+        for i in range(10):
+            system.mkdir(f"/r{round_}c{i}")
+        assert records(tmp_path) != []
+        wait_until(lambda: store.pending == 0, "the folder")
+        assert raw_cgroups(tmp_path) == {f"r{r}c{i}": 0 for r in range(round_ + 1)
+                                         for i in range(10)}
+        assert records(tmp_path) == []  # the folded segments are gone
+        assert len(journal.segments(tmp_path)) == 1  # the one being written, empty
+    store.close()
+
+
+@pytest.mark.parametrize("synchronous", ["normal", "full"])
+def test_a_clean_close_folds_everything_and_leaves_no_journal(tmp_path, synchronous):
+    store, system = bound(tmp_path, fold_interval=NEVER, synchronous=synchronous)
+    system.mkdir("/a")
+    system.write_max("/a", "9")
+    assert records(tmp_path) != [] and raw_cgroups(tmp_path) == {}
+    store.close()
+    assert journal.segments(tmp_path) == []
+    assert raw_cgroups(tmp_path) == {"a": 9}
+    assert stored(tmp_path) == dump(system.core)
+
+
+def test_a_failed_fold_is_reported_and_retried_by_itself(tmp_path):
+    warnings, notes = [], []
+    store, system = bound(tmp_path, fold_interval=0.05, warn=warnings.append,
+                          note=notes.append)
+    store.db.execute("PRAGMA query_only=1")  # the database refuses writes
+    system.mkdir("/a")
+    wait_until(lambda: store.error is not None, "the fold to fail")
+    assert "mkdir" in store.error and "wait in the journal" in store.error
+    assert store.pending == 1 and len(records(tmp_path)) == 1
+    status = {"state": {"path": "p", "synchronous": "normal", "error": store.error,
+                        "unfolded": store.pending}}
+    line = format_status(_status(status)).splitlines()[-1]
+    assert "1 changes in the journal" in line and "ERROR: mkdir" in line
+    system.mkdir("/b")  # changes go on being recorded meanwhile
+    store.db.execute("PRAGMA query_only=0")
+    wait_until(lambda: store.error is None and store.pending == 0, "a retry to succeed")
+    assert raw_cgroups(tmp_path) == {"a": 0, "b": 0}
+    assert len(warnings) == 1 and any("folded" in n and "again" in n for n in notes)
+    store.close()
+
+
+def _status(partial: dict[str, Any]) -> dict[str, Any]:
+    """A whole status reply around ``partial``, for ``format_status``."""
+    return {"pid": 1, "version": "0", "uptime": 1.0, "profile": "fixed", "knobs": {},
+            "quirks": [], "capacity": 10, "available": 10, "cgroups": 1, "processes": 0,
+            "sets": 0, "ioasids": 0, "tracking": {"mode": "poll", "detail": "-"},
+            "mount": "/m", **partial}
+
+
+def test_an_unwritable_journal_is_reported_and_the_change_still_folded(tmp_path):
+    """The segment is full and the next one cannot be created: the change is not durable
+    until folded, which the store says; it is folded from memory, and once a segment can be
+    made the journal goes on."""
+    warnings, notes = [], []
+    store, system = bound(tmp_path, fold_interval=NEVER, warn=warnings.append,
+                          note=notes.append)
+    (current, _), = journal.segments(tmp_path)
+    blocker = tmp_path / f"{journal.PREFIX}{current + 1}"
+    blocker.mkdir()  # the next segment's name is taken
+    writer = store._folder._writer
+    writer._end = writer._pos  # no room left in this one
+    system.mkdir("/a")
+    assert store.error is not None and "journal" in store.error and "mkdir" in store.error
+    assert len(warnings) == 1 and "File exists" in warnings[0]
+    assert store.fold()
+    assert raw_cgroups(tmp_path) == {"a": 0}
+    blocker.rmdir()
+    system.mkdir("/b")
+    assert store.error is None and any("written again" in n for n in notes)
+    assert any(op[0] == CGROUP and op[2] and op[2][1] == "b"
+               for record in records(tmp_path) for op in record)
+    store.close()
+    assert stored(tmp_path) == dump(system.core)
+
+
+def test_where_blocks_cannot_be_reserved_records_are_written(tmp_path, monkeypatch):
+    """A file system without ``fallocate``: each record is one ``write(2)``; a write that
+    fails (disk full) is reported, the change folded from memory, and the journal goes on in
+    a new segment."""
+    def unsupported(fd, offset, length):
+        raise OSError(errno.EOPNOTSUPP, "Operation not supported")
+
+    monkeypatch.setattr(os, "posix_fallocate", unsupported)
+    warnings, notes = [], []
+    store, system = bound(tmp_path, fold_interval=NEVER, warn=warnings.append,
+                          note=notes.append)
+    assert not store._folder._writer.mapped
+    system.mkdir("/a")
+    (number, path), = journal.segments(tmp_path)
+    assert path.stat().st_size == journal.read_segment(number, path).end  # no unused end
+    full = os.open("/dev/full", os.O_WRONLY)
+    try:
+        os.dup2(full, store._folder._writer._fd)  # every write now fails with ENOSPC
+    finally:
+        os.close(full)
+    system.mkdir("/b")
+    assert store.error is not None and "No space left on device" in store.error
+    assert store.fold() and raw_cgroups(tmp_path) == {"a": 0, "b": 0}
+    system.mkdir("/c")
+    assert store.error is None and any("written again" in n for n in notes)
+    assert len(records(tmp_path)) == 1  # /c's, in the segment the fold started
+    store.close()
+    assert journal.segments(tmp_path) == []
+    assert stored(tmp_path) == dump(system.core)
+
+
+@SETTINGS
+@given(steps=st.lists(st.tuples(op_strategy, st.booleans()), max_size=60),
+       replayed=st.integers(0, 30))
+def test_folds_at_any_point_leave_the_database_equal_to_the_model(tmp_path_factory, steps,
+                                                                   replayed):
+    """However the records are cut into folds, the database alone ends as the model; and a
+    crash that left folded segments behind (any run of them up to the newest) replays to the
+    same state."""
+    from .ops import PROFILES
+
+    for name, overrides in PROFILES[:2]:
+        state = tmp_path_factory.mktemp("state")
+        knobs = profile(name, **overrides)
+        store = Store.open(state, fold_interval=NEVER)
+        system = System(knobs, processes=FakeProcesses(), on_change=store.apply)
+        store.bind(system)
+        seen: dict[int, bytes] = {}
+        for op, fold_now in steps:
+            touched = apply_op(system, op)
+            if touched is not None:
+                with system.lock:
+                    system.on_change(*touched)
+            if fold_now:
+                _keep_segments(state, seen)
+                assert store.fold()
+        _keep_segments(state, seen)
+        assert store.fold() and store.error is None
+        assert records(state) == []  # what follows reads the database alone
+        assert stored(state, knobs) == dump(system.core)
+        numbers = sorted(seen)
+        for number in numbers[len(numbers) - 1 - replayed % len(numbers):]:
+            (state / f"{journal.PREFIX}{number}").write_bytes(seen[number])
+        assert stored(state, knobs) == dump(system.core)
+        store.close()
+
+
+def _keep_segments(state_dir: Path, seen: dict[int, bytes]) -> None:
+    for number, path in journal.segments(state_dir):
+        seen[number] = path.read_bytes()
+
+
+# ---------------------------------------------------------------------------------- sets
+def test_batches_are_one_record_each_and_fold_to_their_rows(tmp_path):
+    store, system = bound(tmp_path, fold_interval=NEVER)
+    system.processes.live[10] = 1.0
+    file = system.ioasid_open(10)
+    batch = uapi.ALLOC_BATCH.pack(uapi.ALLOC_BATCH.size, 0, 1, 100_000, 4096)
+    before = len(records(tmp_path))
+    count, out = system.ioasid_ioctl(file, uapi.IOASID_REQUEST_ALLOC_BATCH, batch)
+    assert count == 4096 and len(records(tmp_path)) == before + 1
+    assert store.fold()
+    rows = store.db.execute("SELECT count(*), min(id), max(id) FROM ioasids").fetchone()
+    assert rows == (4096, 1, 4096)
+    assert store.db.execute("SELECT nr_ioasids FROM sets").fetchall() == [(4096,)]
+    free = uapi.FREE_BATCH.pack(uapi.FREE_BATCH.size + len(out), 0, 4096) + out
+    system.ioasid_ioctl(file, uapi.IOASID_REQUEST_FREE_BATCH, free)
+    system.ioasid_ioctl(file, uapi.IOASID_REQUEST_ALLOC_BATCH, batch)  # alloc, free, alloc:
+    system.ioasid_ioctl(file, uapi.IOASID_REQUEST_FREE_BATCH, free)  # one fold
+    system.ioasid_ioctl(file, uapi.IOASID_REQUEST_ALLOC, uapi.ALLOC_REQUEST.pack(16, 0, 7, 9))
+    assert store.fold()
+    assert store.db.execute("SELECT id, set_id FROM ioasids").fetchall() == [
+        (7, file.user.ioasid_set.id)]
+    assert store.db.execute("SELECT nr_ioasids FROM sets").fetchall() == [(1,)]
+    assert stored(tmp_path) == dump(system.core)
+    store.close()
+
+
+def test_ids_hidden_from_their_sets_index_are_kept(tmp_path):
+    """``v4``: freeing a set's IOASIDs hides the still-referenced ones from its index; the
+    set reported whole still holds them."""
+    knobs = profile("v4")
+    store, system = bound(tmp_path, knobs, fold_interval=NEVER)
+    system.processes.live[5] = 1.0
+    proc = system.process(5)
+    with system.lock:
+        s = system.core.set_alloc(proc.mm, 0, IoasidSetType.MM)
+        ids = [system.core.alloc(s, 1, 100, task=proc) for _ in range(3)]
+        system.core.get(None, ids[1])  # held elsewhere: stays FREE_PENDING
+        system.on_change("ioasid", {"ids": ids, "task": proc})
+        system.core.free_all_in_set(s, task=proc)
+        assert s.xa == set() and s.nr_ioasids == 1
+        system.on_change("set", {"sets": [s], "task": proc})
+    assert stored(tmp_path, knobs) == dump(system.core)
+    assert store.fold()
+    assert store.db.execute("SELECT id, indexed FROM ioasids").fetchall() == [(ids[1], 0)]
+    with system.lock:
+        system.core.put(None, ids[1], task=proc)
+        system.on_change("ioasid", {"ids": [ids[1]], "task": proc})
+    assert stored(tmp_path, knobs) == dump(system.core)
+    store.close()
+
+
+# ---------------------------------------------------------------------------------- daemon
+def test_the_daemon_keeps_its_journal_over_kill9_and_empties_it_at_sigterm(daemons):
+    d = daemons().start()
+    (d.mount / "a").mkdir()
+    (d.mount / "a" / "ioasids.max").write_text("6\n")
+    d.kill9()
+    assert any(op[0] == CGROUP and op[2] and op[2][1] == "a"
+               for record in records(d.state) for op in record) or \
+        raw_cgroups(d.state) == {"a": 6}  # in the journal, unless the folder was quicker
+    d.start()
+    assert (d.mount / "a" / "ioasids.max").read_text() == "6\n"
+    assert journal.segments(d.state) != []  # the one it writes to
+    (d.mount / "b").mkdir()
+    assert d.stop() == 0
+    assert journal.segments(d.state) == []
+    assert raw_cgroups(d.state) == {"a": 6, "b": 0}
