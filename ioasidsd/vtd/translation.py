@@ -217,18 +217,10 @@ class Translator:
     # --- the simulator's consistency check
     def _memory_entry(self, sid: int, pasid: int) -> tuple[int, ...] | None:
         """What memory holds for (sid, pasid) now, ignoring every cache; ``None`` if absent."""
-        unit = self.unit
+        ctx = self.unit.context_entry(sid)
+        if ctx is None or pasid >= ctx.max_pasid:
+            return None
         try:
-            lo, hi = unit.mem.read_words(unit.root_table + ROOT_ENTRY_SIZE * (sid >> 8), 2)
-            root = RootEntry.decode(lo, hi)
-            devfn = sid & 0xFF
-            table = root.upper if devfn >= CONTEXT_ENTRIES_PER_TABLE else root.lower
-            if not table:
-                return None
-            ctx = SmContextEntry.decode(unit.mem.read_words(
-                table + CONTEXT_ENTRY_SIZE * (devfn % CONTEXT_ENTRIES_PER_TABLE), 4))
-            if not ctx.p or pasid >= ctx.max_pasid:
-                return None
             words, _ = self._read_pasid_entry(ctx, pasid)
         except (MemoryAccessError, _Fault):
             return None
