@@ -564,12 +564,14 @@ class Store:
         if ops:
             try:
                 self._record(kind, ops)
-            except sqlite3.Error as exc:  # not bound yet: written at once, and that failed
+            except (sqlite3.Error, StoreError) as exc:  # not journaling: written at once
                 self._warn(f"state not saved ({kind}): {exc}; retrying with a full write")
                 self._error = f"{kind}: {exc}"
 
     def _change(self, kind: str, detail: dict[str, Any]) -> list[Op]:
         """The operations that record one change."""
+        if self._system is None:
+            raise StoreError("no system is bound to the store")
         cgroups: list[Cgroup] = []
         processes: list[Process] = []
         set_ids: set[int] = set()
