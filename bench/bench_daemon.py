@@ -16,10 +16,11 @@ After each ready the daemon is stopped with SIGTERM (not timed). The figures are
 ratios to the reference are what to compare between machines.
 
 Then the cost of durability, in this process: ``System.write_max`` and ``System.mkdir`` with the
-store as ``on_change`` (each change committed before it returns) against the same calls on a
+store as ``on_change`` (each change in the journal before it returns) against the same calls on a
 System without one, in alternating rounds. Needs FUSE (root, or fusermount3).
 
     bench_daemon.py [--rounds 5] [--ioasids 100000] [--writes 20000] [--mkdirs 10000]
+                    [--against SOURCE_TREE]
 """
 
 from __future__ import annotations
@@ -66,9 +67,10 @@ def prepare_state(state_dir: Path, n_ioasids: int, owners: list[int]) -> None:
     store.close()
 
 
-def time_to_ready(base: Path, argv: list[str], *, stop: bool = True) -> float:
+def time_to_ready(base: Path, argv: list[str], *, stop: bool = True,
+                  pythonpath: str | None = None) -> float:
     """Seconds from spawning ``argv`` to its READY=1; it is then stopped (SIGTERM, unless
-    ``stop`` is false) and must exit 0."""
+    ``stop`` is false) and must exit 0. ``pythonpath``: where it imports ``ioasidsd`` from."""
     notify = base / "notify"
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
         if notify.exists():
@@ -76,9 +78,11 @@ def time_to_ready(base: Path, argv: list[str], *, stop: bool = True) -> float:
         sock.bind(str(notify))
         sock.settimeout(120)
         env = dict(os.environ, NOTIFY_SOCKET=str(notify))
+        if pythonpath:
+            env["PYTHONPATH"] = pythonpath
         start = time.perf_counter()
         daemon = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL,
-                                  stdout=subprocess.DEVNULL)
+                                  stdout=subprocess.DEVNULL, cwd=base)
         try:
             while b"READY=1" not in sock.recv(65536).split(b"\n"):
                 pass
@@ -95,11 +99,13 @@ def time_reference(base: Path) -> float:
     return time_to_ready(base, [sys.executable, "-c", REFERENCE], stop=False)
 
 
-def time_daemon(base: Path, state_dir: Path) -> float:
-    """Seconds from spawn to READY=1 of a daemon on ``state_dir``."""
+def time_daemon(base: Path, state_dir: Path, pythonpath: str | None = None) -> float:
+    """Seconds from spawn to READY=1 of a daemon on ``state_dir`` (``pythonpath``: the
+    source tree of another version to run instead of this one)."""
     return time_to_ready(base, [
         str(BIN / "ioasidsd"), "run", "--mount", str(base / "mnt"), "--state-dir",
-        str(state_dir), "--runtime-dir", str(base / "run"), "--log-level", "warning"])
+        str(state_dir), "--runtime-dir", str(base / "run"), "--log-level", "warning"],
+        pythonpath=pythonpath)
 
 
 def time_changes(n_writes: int, n_mkdirs: int, base: Path, store: bool) -> tuple[float, float]:
@@ -133,6 +139,9 @@ def main() -> None:
     parser.add_argument("--ioasids", type=int, default=100_000)
     parser.add_argument("--writes", type=int, default=20_000)
     parser.add_argument("--mkdirs", type=int, default=10_000)
+    parser.add_argument("--against", metavar="TREE",
+                        help="also start another version's daemon (its source tree, put on "
+                             "PYTHONPATH) on the state with IOASIDs, in the same rounds")
     args = parser.parse_args()
 
     owners = [subprocess.Popen(["sleep", "3600"]) for _ in range(10)]
@@ -145,6 +154,8 @@ def main() -> None:
         print(f"prepared {args.ioasids} IOASIDs in {time.perf_counter() - t0:.1f} s "
               f"({db_mb:.1f} MB database)", flush=True)
         figures: dict[str, list[float]] = {"reference": [], "empty": [], "full": []}
+        if args.against:
+            figures["against"] = []
         for r in range(args.rounds):
             figures["reference"].append(time_reference(base))
             empty = base / f"empty{r}"
@@ -152,6 +163,10 @@ def main() -> None:
             full = base / f"full{r}"
             shutil.copytree(prepared, full)
             figures["full"].append(time_daemon(base, full))
+            if args.against:
+                other = base / f"other{r}"
+                shutil.copytree(prepared, other)
+                figures["against"].append(time_daemon(base, other, args.against))
             print(f"round {r + 1}: " + ", ".join(f"{k} {v[-1]:.3f} s"
                                                   for k, v in figures.items()), flush=True)
         ref = statistics.median(figures["reference"])
@@ -160,9 +175,15 @@ def main() -> None:
         print("|---|---|---|")
         for name, label in (("reference", "Python + the daemon's imports, to READY=1"),
                             ("empty", "ioasidsd run, empty state, to READY=1"),
-                            ("full", f"ioasidsd run, {args.ioasids:,} live IOASIDs, to READY=1")):
-            value = statistics.median(figures[name])
-            print(f"| {label} | {value:.3f} s | {value / ref:.2f} |")
+                            ("full", f"ioasidsd run, {args.ioasids:,} live IOASIDs, to READY=1"),
+                            ("against", f"{args.against}'s ioasidsd run, the same state")):
+            if name in figures:
+                value = statistics.median(figures[name])
+                print(f"| {label} | {value:.3f} s | {value / ref:.2f} |")
+        if args.against:
+            ratio = statistics.median(a / b for a, b in zip(figures["full"], figures["against"],
+                                                            strict=True))
+            print(f"\nthis daemon / {args.against}'s, same rounds: {ratio:.3f}")
 
         changes: dict[bool, list[tuple[float, float]]] = {False: [], True: []}
         for _ in range(args.rounds):

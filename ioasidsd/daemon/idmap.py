@@ -51,6 +51,17 @@ class IdMap:
         chunk[i & _MASK] = value
 
     def set_many(self, ids: Iterable[int], value: int) -> None:
+        """``set`` for each of ``ids``; a ``set`` of consecutive IDs (what allocations of the
+        lowest free ID give) is written a chunk at a time."""
+        if isinstance(ids, set | frozenset) and ids:
+            lo, hi = min(ids), max(ids)
+            if hi - lo + 1 == len(ids):
+                while lo <= hi:
+                    chunk = self._chunk(lo)
+                    end = min(hi, lo | _MASK)
+                    chunk[lo & _MASK : (end & _MASK) + 1] = array("i", [value]) * (end - lo + 1)
+                    lo = end + 1
+                return
         chunks = self._chunks
         for i in ids:
             chunk = chunks.get(i >> _BITS)

@@ -1,0 +1,41 @@
+"""``ioasidsd.daemon.idmap.IdMap`` behaves as a dict from IDs to values."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from ioasidsd.daemon.idmap import IdMap
+
+ids = st.integers(0, (1 << 32) - 1) | st.integers(65_000, 200_000)
+writes = st.lists(st.one_of(
+    st.tuples(st.just("one"), ids, st.integers(0, 5)),
+    st.tuples(st.just("run"), st.integers(60_000, 140_000), st.integers(0, 70_000),
+              st.integers(0, 5)),
+    st.tuples(st.just("many"), st.lists(ids, max_size=20), st.integers(0, 5)),
+), max_size=12)
+
+
+@given(writes=writes, probes=st.lists(ids, max_size=30))
+def test_an_idmap_answers_as_a_dict(writes, probes):
+    model: dict[int, int] = {}
+    idmap = IdMap()
+    for write in writes:
+        if write[0] == "one":
+            _, i, value = write
+            idmap.set(i, value)
+            model[i] = value
+        elif write[0] == "run":  # a set of consecutive IDs: the chunk-at-a-time path
+            _, start, length, value = write
+            run = set(range(start, start + length))
+            idmap.set_many(run, value)
+            model.update(dict.fromkeys(run, value))
+        else:
+            _, many, value = write
+            idmap.set_many(many, value)
+            model.update(dict.fromkeys(many, value))
+    for i in [*probes, *list(model)[:50]]:
+        assert idmap.get(i) == model.get(i)
+    for value in range(6):
+        assert list(idmap.ids_of(value)) == sorted(i for i, v in model.items() if v == value)
+    assert idmap.get(-1) is None
