@@ -1,0 +1,108 @@
+"""Fixtures every test folder may use: a real unprivileged local user, made by the test set-up,
+and directories that user can reach.
+
+The isolation tests act as that user against a daemon run by root, as a hostile tenant would:
+its processes are real, its credentials are the kernel's, and nothing in the daemon is told
+who it is.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pwd
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+TENANT = "ioasids-tenant"
+"""The name of the unprivileged user the test set-up makes (and removes if it made it)."""
+
+
+@dataclass(frozen=True)
+class LocalUser:
+    """A real local user: its name, uid and primary gid."""
+
+    name: str
+    uid: int
+    gid: int
+
+    def popen(self, argv: list[str], **kwargs: Any) -> subprocess.Popen[Any]:
+        """Start ``argv`` as this user (no supplementary groups, ``HOME=/``)."""
+        env = kwargs.pop("env", None) or {"PATH": "/usr/bin:/bin", "HOME": "/",
+                                          "LC_ALL": "C.UTF-8"}
+        return subprocess.Popen(argv, user=self.uid, group=self.gid, extra_groups=[],
+                                env=env, **kwargs)
+
+    def run(self, argv: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
+        """Run ``argv`` as this user to completion; output captured as text."""
+        env = kwargs.pop("env", None) or {"PATH": "/usr/bin:/bin", "HOME": "/",
+                                          "LC_ALL": "C.UTF-8"}
+        kwargs.setdefault("timeout", 60)
+        return subprocess.run(argv, user=self.uid, group=self.gid, extra_groups=[], env=env,
+                              capture_output=True, text=True, check=False, **kwargs)
+
+
+@pytest.fixture(scope="session")
+def tenant() -> Iterator[LocalUser]:
+    """A real unprivileged local user (``ioasids-tenant``), created with ``useradd`` if it does
+    not exist and removed at the end if this session created it."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to create an unprivileged user")
+    made = False
+    try:
+        entry = pwd.getpwnam(TENANT)
+    except KeyError:
+        useradd = shutil.which("useradd") or "/usr/sbin/useradd"
+        done = subprocess.run([useradd, "--system", "--user-group", "--no-create-home",
+                               "--home-dir", "/nonexistent", "--shell", "/usr/sbin/nologin",
+                               TENANT], capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            pytest.skip(f"useradd {TENANT} failed: {done.stderr.strip()}")
+        entry = pwd.getpwnam(TENANT)
+        made = True
+    try:
+        yield LocalUser(entry.pw_name, entry.pw_uid, entry.pw_gid)
+    finally:
+        if made:
+            userdel = shutil.which("userdel") or "/usr/sbin/userdel"
+            subprocess.run([userdel, TENANT], capture_output=True, check=False)
+
+
+@pytest.fixture
+def open_tmp() -> Iterator[Path]:
+    """A fresh directory (mode 0755) every user can reach, removed afterwards (pytest's own
+    ``tmp_path`` lies under a directory only its owner may enter)."""
+    top = Path(tempfile.mkdtemp(prefix="ioasids-open-"))
+    top.chmod(0o755)
+    try:
+        yield top
+    finally:
+        for mnt in sorted(top.rglob("*"), key=lambda p: -len(p.parts)):
+            if mnt.is_mount():
+                subprocess.run(["umount", "-l", str(mnt)], capture_output=True, check=False)
+        with contextlib.suppress(OSError):
+            shutil.rmtree(top, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def shared_python() -> str:
+    """An interpreter every user can run that imports this project: the venv's, when its base
+    is reachable by others (``scripts/bootstrap`` builds it from Debian's ``/usr/bin/python3``
+    for that reason)."""
+    probe = subprocess.run(
+        [sys.executable, "-c", "import os, sys; print(os.path.realpath(sys._base_executable))"],
+        capture_output=True, text=True, check=True)
+    base = Path(probe.stdout.strip())
+    for parent in [base, *base.parents]:
+        if parent.exists() and not os.stat(parent).st_mode & 0o001 and parent != base:
+            pytest.skip(f"{sys.executable} is built from {base}, which other users cannot "
+                        f"reach ({parent} is not searchable): run scripts/bootstrap")
+    return sys.executable
