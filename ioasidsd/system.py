@@ -13,7 +13,7 @@ import os
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from errno import EINVAL, ESRCH
+from errno import EINVAL, EPERM, ESRCH
 from typing import TYPE_CHECKING, Any
 
 from ioasidsd.model.cgroup import Cgroup, IoasidsController, Process
@@ -21,6 +21,7 @@ from ioasidsd.model.core import IoasidCore
 from ioasidsd.model.errors import IoasidError
 from ioasidsd.model.formats import decode, parse_flag, parse_limit, parse_pid
 from ioasidsd.model.knobs import Knobs
+from ioasidsd.model.snapshot import is_removed
 from ioasidsd.model.workqueue import OrderedWorkQueue
 from ioasidsd.userapi.device import IoasidDevice, IoasidFile
 from ioasidsd.userapi.vtd_binder import VtdGuestBinder
@@ -34,32 +35,88 @@ class ProcessFacts:
     """What the system needs to know about a real process."""
 
     pid: int
-    start_time: float  # seconds since boot, see start_time()
+    start_time: float  # seconds since boot (the kernel's starttime, see ProcStat)
     uids: tuple[int, ...]  # real, effective, saved
     tgid: int
     threads: int = 1
     movable: bool = True  # False for kernel threads cgroup-v1 refuses to move (EINVAL)
+    ppid: int = 0  # the parent now (after a re-parenting: init or a subreaper)
+    pgid: int = 0  # process group and session, inherited at fork: what the kernel still
+    sid: int = 0  # shows of a process's origin once its parent is gone
+
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+"""Ticks per second of the start times in ``/proc/PID/stat`` (``USER_HZ``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ProcStat:
+    """The fields of ``/proc/PID/stat`` the daemon uses (see proc(5))."""
+
+    state: bytes  # R, S, D, Z (zombie), X...
+    ppid: int
+    pgid: int
+    sid: int
+    flags: int  # PF_* of the task
+    start_time: float  # seconds since boot (field 22 / USER_HZ)
+
+    @property
+    def running(self) -> bool:
+        """Not a zombie nor dead: a process ``cgroup.procs`` lists."""
+        return self.state not in (b"Z", b"X", b"x")
+
+
+def read_stat(pid: int) -> ProcStat | None:
+    """``/proc/PID/stat`` of ``pid``, parsed; ``None`` if there is no such process (or it went
+    away while being read: a read of an exited process's file fails with ``ESRCH``)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            data = stat.read()
+        # state ppid pgrp session tty tpgid flags ... starttime (the 20th after the name)
+        fields = data[data.rindex(b")") + 2 :].split()
+        return ProcStat(fields[0], int(fields[1]), int(fields[2]), int(fields[3]),
+                        int(fields[6]), int(fields[19]) / CLOCK_TICKS)
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _read_status(pid: int) -> tuple[int, tuple[int, int, int], int] | None:
+    """``Tgid``, the real, effective and saved uids and ``Threads`` of ``/proc/PID/status``;
+    ``None`` if there is no such process."""
+    tgid, uids, threads = pid, (0, 0, 0), 1
+    try:
+        with open(f"/proc/{pid}/status", "rb") as status:
+            for line in status:
+                if line.startswith(b"Tgid:"):
+                    tgid = int(line.split()[1])
+                elif line.startswith(b"Uid:"):
+                    real, effective, saved = line.split()[1:4]
+                    uids = (int(real), int(effective), int(saved))
+                elif line.startswith(b"Threads:"):
+                    threads = int(line.split()[1])
+                    break
+    except (OSError, ValueError, IndexError):
+        return None
+    return tgid, uids, threads
 
 
 class ProcessSource:
-    """Facts about real processes, from ``psutil``. Tests may substitute their own."""
+    """Facts about real processes, from ``/proc``. Tests may substitute their own.
+
+    Every read tolerates the process exiting meanwhile: a process that is gone (or exits
+    while it is being read) is ``ESRCH``, never another exception.
+    """
 
     def facts(self, pid: int) -> ProcessFacts:
-        """Facts about ``pid`` (a process or a thread id); ``ESRCH`` if there is none."""
-        import psutil
-
-        try:
-            proc = psutil.Process(pid)
-            with proc.oneshot():
-                uids = proc.uids()
-                threads = proc.num_threads()
-            start = start_time(pid)
-            tgid = _tgid(pid)
-            movable = _movable(pid)
-        except (psutil.NoSuchProcess, psutil.ZombieProcess, FileNotFoundError):
-            raise IoasidError(ESRCH, f"no process {pid}") from None
-        uids3 = (uids.real, uids.effective, uids.saved)
-        return ProcessFacts(pid, start, uids3, tgid, threads, movable)
+        """Facts about ``pid`` (a process or a thread id, a zombie included: the kernel still
+        finds it); ``ESRCH`` if there is none."""
+        stat = read_stat(pid)
+        status = _read_status(pid) if stat is not None else None
+        if stat is None or status is None:
+            raise IoasidError(ESRCH, f"no process {pid}")
+        tgid, uids, threads = status
+        return ProcessFacts(pid, stat.start_time, uids, tgid, threads, _movable(stat),
+                            stat.ppid, stat.pgid, stat.sid)
 
     def alive(self, pid: int, start_time: float) -> bool:
         """Whether the process ``pid`` that started at ``start_time`` still runs (a zombie, which
@@ -78,12 +135,12 @@ class ProcessSource:
     def parent(self, pid: int) -> int | None:
         """The parent pid of process ``pid`` (field 4 of ``/proc/PID/stat``), ``None`` if it is
         gone or has none."""
-        try:
-            with open(f"/proc/{pid}/stat", "rb") as stat:
-                data = stat.read()
-            return int(data[data.rindex(b")") + 2 :].split()[1]) or None
-        except (OSError, ValueError, IndexError):
-            return None
+        stat = read_stat(pid)
+        return (stat.ppid or None) if stat is not None else None
+
+    def stat(self, pid: int) -> ProcStat | None:
+        """``/proc/PID/stat`` of ``pid`` (``read_stat``); ``None`` if it is gone."""
+        return read_stat(pid)
 
     def thread_ids(self, pid: int) -> list[int]:
         """The thread ids of process ``pid`` (empty if it is gone)."""
@@ -93,55 +150,24 @@ class ProcessSource:
             return []
 
 
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def start_time(pid: int) -> float:
-    """When ``pid`` started, in seconds since boot: the kernel's ``starttime`` (field 22 of
-    ``/proc/PID/stat``), which changes of the wall clock do not move, unlike psutil's
-    ``create_time`` (boot time + start, re-read each call). ``FileNotFoundError`` if it is gone.
-    Processes of different boots may share a (pid, start time): whoever keeps them across a
-    reboot must tell the boots apart."""
-    with open(f"/proc/{pid}/stat", "rb") as stat:
-        data = stat.read()
-    return int(data[data.rindex(b")") + 2 :].split()[19]) / CLOCK_TICKS
-
-
-def _tgid(pid: int) -> int:
-    """The thread-group id of ``pid`` (``pid`` itself for a process)."""
-    with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as status:
-        for line in status:
-            if line.startswith("Tgid:"):
-                return int(line.split()[1])
-    return pid
-
 
 def _running(pid: int) -> bool:
     """Whether ``pid`` exists and is not a zombie (state ``Z`` in ``/proc/<pid>/stat``)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as stat:
-            data = stat.read()
-    except OSError:
-        return False
-    end = data.rindex(b")")
-    return data[end + 2 : end + 3] != b"Z"
+    stat = read_stat(pid)
+    return stat is not None and stat.running
 
 
 PF_KTHREAD = 0x00200000
 PF_NO_SETAFFINITY = 0x04000000
 
 
-def _movable(pid: int) -> bool:
-    """Whether cgroup-v1 lets userspace move ``pid``: not a kernel thread with
+def _movable(stat: ProcStat) -> bool:
+    """Whether cgroup-v1 lets userspace move the process: not a kernel thread with
     ``PF_NO_SETAFFINITY`` (per-CPU workers) nor ``kthreadd`` (the kernel thread without a
     parent), which ``cgroup_procs_write_start`` refuses with ``EINVAL``."""
-    with open(f"/proc/{pid}/stat", "rb") as stat:
-        data = stat.read()
-    fields = data[data.rindex(b")") + 2 :].split()  # state ppid pgrp session tty tpgid flags
-    ppid, flags = int(fields[1]), int(fields[6])
-    if flags & PF_NO_SETAFFINITY:
+    if stat.flags & PF_NO_SETAFFINITY:
         return False
-    return not (flags & PF_KTHREAD and ppid == 0)
+    return not (stat.flags & PF_KTHREAD and stat.ppid == 0)
 
 
 class System:
@@ -166,6 +192,13 @@ class System:
         self.lock: threading.RLock = self.core.lock
         self.processes = processes or ProcessSource()
         self.on_change = on_change or (lambda kind, detail: None)
+        self.settle: Callable[[], object] = lambda: None
+        """Called before an untracked process is placed: the process tracker catches up."""
+        self.orphans: dict[int, float] = {}
+        """pid -> start time of processes whose fork may have been missed (``note_orphans``)."""
+        self.unplaced = "refuse"
+        """What ``place`` does with a process whose cgroup cannot be established: ``refuse``
+        (``EPERM``) or ``root``."""
         self._init_userapi()
 
     def _changed(self, kind: str, **detail: Any) -> None:
@@ -261,10 +294,20 @@ class System:
             self._changed("attach", process=proc, src=src)
             return proc
 
-    def fork(self, parent_pid: int, pid: int, start_time: float) -> None:
-        """A real process forked (from the process tracker)."""
+    def fork(self, parent_pid: int, pid: int, start_time: float, *,
+             into: Cgroup | None = None) -> None:
+        """A real process forked (from the process tracker): the child joins its parent's
+        cgroup, or ``into``, the cgroup its parent was born in when the parent exited before
+        its own fork was seen (then, if that cgroup is gone, the child is an orphan: see
+        ``place``)."""
         with self.lock:
-            child = self.cgroups.fork(parent_pid, pid, start_time)
+            if into is None:
+                child = self.cgroups.fork(parent_pid, pid, start_time)
+            elif not is_removed(into):
+                child = self.cgroups.track(pid, start_time, into)
+            else:
+                self.note_orphans({pid: start_time})
+                return
             if child is not None:
                 self._changed("fork", process=child)
 
@@ -320,37 +363,116 @@ class System:
         self.vtd_attach(driver)
 
     def ioasid_process(self, pid: int) -> Process:
-        """The process ``pid`` as ``process`` gives it, except that an untracked descendant of a
-        process tracked outside the root joins that ancestor's cgroup first (as ``fork`` would:
-        its fork was not reported yet). A connecting child is charged where it was born, not
-        where the tracker's delay would leave it. ``ESRCH`` for no such process."""
+        """The process ``pid`` for a charge: the model's process when it is tracked, otherwise
+        the process placed where it belongs first (``place``). ``ESRCH`` for no such process,
+        ``EPERM`` when its cgroup cannot be established (see ``place``)."""
         facts = self.processes.facts(pid)
         with self.lock:
             known = self.cgroups.process(facts.tgid)
             if known is not None and known.start_time == facts.start_time:
                 return known
-        chain = [facts if facts.tgid == pid else self.processes.facts(facts.tgid)]
-        ancestor = None
+        leader = facts if facts.tgid == pid else self.processes.facts(facts.tgid)
+        return self.place(leader)
+
+    def place(self, leader: ProcessFacts) -> Process:
+        """Track the untracked process ``leader`` (a thread-group leader) in the cgroup it is
+        in, by what the kernel still shows of its origin, at the moment it is about to be
+        charged. In order:
+
+        1. the tracker catches up (``settle``): a fork reported meanwhile places it;
+        2. its live ancestors: the nearest tracked one, if it started before them, gives its
+           cgroup to the whole untracked chain below it, as the forks would have (a connecting
+           child is charged where it was born, not where the tracker's delay would leave it);
+        3. a chain that ends at init (re-parented, or a child of init) with no tracked ancestor
+           is in the root, unless it descends from an ``orphans`` entry: a process whose fork
+           the tracker may have missed (``note_orphans``). Then its process group, else its
+           session, decides: the one cgroup outside the root that holds live members of it.
+           No such member, or members in several cgroups: its place cannot be established,
+           and it is refused with ``EPERM`` (``unplaced = "refuse"``, the default) or put in
+           the root (``unplaced = "root"``).
+
+        ``ESRCH`` if it is gone.
+        """
+        self.settle()
+        root = self.cgroups.root
+        with self.lock:
+            known = self.cgroups.process(leader.pid)
+            if known is not None and known.start_time == leader.start_time:
+                return known
+        chain = [leader]
+        ancestor: Process | None = None
+        orphaned = False
         for _ in range(64):
-            ppid = self.processes.parent(chain[-1].pid)
-            if ppid is None:
+            top = chain[-1]
+            with self.lock:
+                orphaned = orphaned or self.orphans.get(top.pid) == top.start_time
+            ppid = self.processes.parent(top.pid)
+            if ppid is None or ppid == 1:  # init's children: re-parented or born there
                 break
             with self.lock:
                 tracked = self.cgroups.process(ppid)
             if tracked is not None:
-                if tracked.start_time <= chain[-1].start_time:
+                if tracked.start_time <= top.start_time:
                     ancestor = tracked
                 break
             try:
                 chain.append(self.processes.facts(ppid))
             except IoasidError:
                 break
-        if ancestor is not None and ancestor.cgroup is not self.cgroups.root:
+        if ancestor is not None and ancestor.cgroup is not root:
             parent_pid = ancestor.pid
             for child in reversed(chain):
                 self.fork(parent_pid, child.pid, child.start_time)
                 parent_pid = child.pid
-        return self.process(pid)
+            return self.process(leader.pid)
+        if not orphaned:
+            return self.process(leader.pid)
+        cgroup, why = self._origin(leader)
+        if cgroup is None and self.unplaced != "root":
+            raise IoasidError(EPERM, f"process {leader.pid} cannot be placed: {why}; refused "
+                                     f"rather than charged to the root")
+        with self.lock:
+            proc = self.cgroups.track(leader.pid, leader.start_time, cgroup, leader.threads)
+            self._changed("place", process=proc)
+            return proc
+
+    def _origin(self, leader: ProcessFacts) -> tuple[Cgroup | None, str]:
+        """The cgroup outside the root whose live members share ``leader``'s process group,
+        else its session; ``None`` and why when there is no such single cgroup."""
+        with self.lock:
+            candidates = [p for p in self.cgroups.processes.values()
+                          if p.cgroup is not self.cgroups.root and p.pid != leader.pid]
+        groups: dict[Cgroup, None] = {}
+        sessions: dict[Cgroup, None] = {}
+        for proc in candidates:
+            stat = self.processes.stat(proc.pid)
+            if stat is None or not stat.running or stat.start_time != proc.start_time:
+                continue
+            if stat.pgid == leader.pgid:
+                groups[proc.cgroup] = None
+            if stat.sid == leader.sid:
+                sessions[proc.cgroup] = None
+        for found, what in ((groups, f"process group {leader.pgid}"),
+                            (sessions, f"session {leader.sid}")):
+            if len(found) == 1:
+                return next(iter(found)), what
+            if len(found) > 1:
+                paths = ", ".join(sorted(cg.path for cg in found))
+                return None, f"its {what} has members in several cgroups ({paths})"
+        return None, (f"its parent exited before its fork was seen, and no tracked process "
+                      f"shares its process group {leader.pgid} or session {leader.sid}")
+
+    def note_orphans(self, found: Mapping[int, float]) -> None:
+        """Remember the processes (pid -> start time) whose fork the tracker may have missed:
+        re-parented to init, untracked, started while events were lost or not watched (see
+        ``place``). Entries that no longer run, or are tracked now, are forgotten."""
+        with self.lock:
+            orphans = {pid: start for pid, start in {**self.orphans, **found}.items()
+                       if pid not in self.cgroups.processes
+                       and self.processes.alive(pid, start)}
+            if orphans != self.orphans:
+                self.orphans = orphans
+                self._changed("orphans", orphans=dict(orphans))
 
     def ioasid_open(self, pid: int) -> IoasidFile:
         """``open("/dev/ioasid")`` by the real process ``pid`` (see ``ioasid_process`` for the

@@ -93,7 +93,7 @@ def format_status(status: dict[str, Any]) -> str:
         ("processes", str(status["processes"])),
         ("IOASIDs", f"{status['ioasids']} in {status['sets']} set"
                     f"{'' if status['sets'] == 1 else 's'}"),
-        ("tracking", f"{tracking['mode']}: {tracking['detail']}"),
+        ("tracking", _tracking_line(tracking)),
         ("mount", status["mount"]),
         *([("user API", f"{status['userapi']['socket']}, "
                         f"{status['userapi']['connections']} open")]
@@ -104,6 +104,17 @@ def format_status(status: dict[str, Any]) -> str:
     ]
     width = max(len(name) for name, _ in lines)
     return "\n".join(f"{name:<{width}}  {value}" for name, value in lines)
+
+
+def _tracking_line(tracking: dict[str, Any]) -> str:
+    line = f"{tracking['mode']}: {tracking['detail']}"
+    if tracking.get("state") == "degraded":
+        line += f"; DEGRADED: {tracking.get('reason')}"
+    orphans = tracking.get("orphans")
+    if orphans:
+        line += (f"; {orphans} process{'' if orphans == 1 else 'es'} of unknown origin "
+                 f"(unplaced = {tracking.get('unplaced')})")
+    return line
 
 
 def _vtd_line(vtd: dict[str, Any]) -> str:

@@ -197,6 +197,8 @@ class Daemon:
                              f"be used: {exc.strerror or exc}") from None
         if self.tracker.mode == "poll" and config.tracking == "auto":
             self.log.warning("process tracking falls back to polling", reason=self.tracker.detail)
+        system.unplaced = config.unplaced
+        system.settle = self.tracker.settle
         self.tracker.start()
         self._catch_up()
 
@@ -260,6 +262,7 @@ class Daemon:
             except SnapshotError as exc:
                 raise StartError(f"the state in {store.path} cannot be loaded: {exc}") from None
             store.bind(system, rows)
+            system.orphans = store.orphans
             self._boot_vtd(vtd_config, adopt=True)
             assert self.vtd is not None
             if self.vtd.host_set is not None:  # adopted (no change), or made for an old state
@@ -304,6 +307,7 @@ class Daemon:
                 pids = list(system.cgroups.processes)
                 for pid in pids:
                     system.exit(pid)
+            system.note_orphans({})  # those of the earlier boot are gone
             released, adopted = len(pids), 0
             if pids:
                 self.log.info("the saved processes belong to an earlier boot")
@@ -377,6 +381,8 @@ class Daemon:
                 setup_logging(new.log_format, new.log_level)
             if "poll_interval" in applied and isinstance(self.tracker, PollTracker):
                 self.tracker.interval = new.poll_interval
+            if "unplaced" in applied and self.system is not None:
+                self.system.unplaced = new.unplaced
             self.config = dataclasses.replace(self.config, **applied)
             self.log.info("configuration reloaded", applied=sorted(applied),
                           file=str(new.config_file) if new.config_file else None)
@@ -443,7 +449,11 @@ class Daemon:
                 "sets": len(core.sets),
                 "ioasids": len(core),
             }
-        status["tracking"] = {"mode": self.tracker.mode, "detail": self.tracker.detail}
+        tracker = self.tracker
+        status["tracking"] = {"mode": tracker.mode, "detail": tracker.detail,
+                              "state": tracker.state, "reason": tracker.reason,
+                              "restarts": getattr(tracker, "restarts", 0),
+                              "orphans": len(system.orphans), "unplaced": system.unplaced}
         status["mount"] = str(self.config.mount)
         status["state"] = {"path": str(self.store.path), "synchronous": self.config.synchronous,
                            "error": self.store.error, "unfolded": self.store.pending}

@@ -13,6 +13,9 @@ knobs) and the VT-d units and devices::
     log_level = "info"          # debug, info, warning, error
     tracking = "auto"           # connector (netlink, root), poll (psutil), auto: connector or poll
     poll_interval = 1.0         # seconds between scans in poll mode
+    unplaced = "refuse"         # a process whose cgroup cannot be established (its parent
+                                # exited unseen, no tracked process shares its session):
+                                # refuse its charge (EPERM), or charge it to the root
     synchronous = "normal"      # state durability: normal (survives kill -9), full (power loss)
 
     [knobs]                     # any knob of ioasidsd.model.knobs, over the profile's values
@@ -42,6 +45,7 @@ from ioasidsd.model.knobs import PROFILES, Knobs, profile
 LOG_FORMATS = ("auto", "console", "logfmt", "json")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 TRACKING_MODES = ("auto", "connector", "poll")
+UNPLACED = ("refuse", "root")
 SYNCHRONOUS = ("normal", "full")
 MAX_CAPACITY = IOASID_MAX_VALUE + 1
 
@@ -64,6 +68,7 @@ class Config:
     log_level: str = "info"
     tracking: str = "auto"
     poll_interval: float = 1.0
+    unplaced: str = "refuse"
     synchronous: str = "normal"
     vtd: dict[str, Any] = field(default_factory=dict)
     config_file: Path | None = None
@@ -84,7 +89,7 @@ class Config:
 _FIELDS = {f.name: f for f in dataclasses.fields(Config) if f.name != "config_file"}
 _PATHS = ("mount", "state_dir", "runtime_dir")
 _CHOICES = {"profile": PROFILES, "log_format": LOG_FORMATS, "log_level": LOG_LEVELS,
-            "tracking": TRACKING_MODES, "synchronous": SYNCHRONOUS}
+            "tracking": TRACKING_MODES, "synchronous": SYNCHRONOUS, "unplaced": UNPLACED}
 
 
 def _check(name: str, value: Any, where: str) -> Any:
@@ -185,7 +190,7 @@ def load_config(path: str | Path | None = None, flags: dict[str, Any] | None = N
 
 
 # Settings a reload (SIGHUP) applies at once; the others need a restart.
-RELOADABLE = ("log_format", "log_level", "poll_interval")
+RELOADABLE = ("log_format", "log_level", "poll_interval", "unplaced")
 
 
 def reload_changes(running: Config, new: Config) -> tuple[dict[str, Any], list[str]]:

@@ -1,16 +1,28 @@
 """Process tracking: the forks and exits of real processes, fed into the ``System``.
 
-Two trackers with one interface (``start``, ``stop``, ``mode``, ``detail``):
+Two trackers with one interface (``start``, ``stop``, ``settle``, ``mode``, ``detail``,
+``state``, ``reason``):
 
 * ``ConnectorTracker`` listens to the kernel's process events connector (netlink
   ``NETLINK_CONNECTOR``, ``CN_IDX_PROC``; root only), with pyroute2's message definitions. A fork
-  whose parent is tracked outside the root puts the child in the parent's cgroup at once; the exit
-  of a thread-group leader releases the process. If the socket overflows (``ENOBUFS``: events
-  were lost), the tracker rescans the machine.
+  whose parent is tracked outside the root puts the child in the parent's cgroup at once (a child
+  that exited before its fork was read still passes its cgroup on to the children it forked);
+  the exit of a thread-group leader releases the process. If the socket overflows (``ENOBUFS``:
+  events were lost), the tracker rescans the machine.
 * ``PollTracker`` scans with psutil every ``interval`` seconds: tracked processes that are gone
   are released, processes that appeared since the last scan with a tracked parent outside the
   root join that parent's cgroup. A process that forks and is moved within one interval may
   place its child by its new cgroup rather than the one it forked in.
+
+Neither dies silently. An unexpected failure is logged, the tracker is restarted (the connector
+reopened) and resynchronised from ``/proc``; until it is, ``state`` is ``degraded`` and
+``reason`` says why (``ioasidctl status`` shows both).
+
+A rescan cannot see a process that was born and exited unseen: its children, re-parented to
+init, are *orphans* whose cgroup is unknown. Every rescan hands them to ``System.note_orphans``,
+and ``System.place`` decides where such a process is charged (by process group and session) or
+refuses it. ``settle`` lets a placement wait until the tracker has caught up with every fork
+that happened before it was called.
 
 ``open_tracker`` chooses: ``connector``, ``poll``, or ``auto`` (the connector when it can be
 opened, else polling, with the reason in ``detail``).
@@ -51,8 +63,8 @@ from pyroute2.netlink.connector.cn_proc import (
     proc_event_control,
 )
 
-from ioasidsd.model.errors import IoasidError
-from ioasidsd.system import CLOCK_TICKS, System
+from ioasidsd.model.cgroup import Cgroup
+from ioasidsd.system import CLOCK_TICKS, System, read_stat
 
 Log = Any
 # A tick of /proc's start times (USER_HZ): start times that close to a boundary count as after.
@@ -66,26 +78,15 @@ def process_clock() -> float:
     return time.clock_gettime(time.CLOCK_BOOTTIME)
 
 
-def _parent_and_start(pid: int) -> tuple[int, float] | None:
-    """The parent pid and start time (as ``ProcessSource``) of ``pid``, ``None`` if it is gone
-    or a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as stat:
-            data = stat.read()
-    except OSError:
-        return None
-    fields = data[data.rindex(b")") + 2 :].split()
-    if fields[0] == b"Z":
-        return None
-    return int(fields[1]), int(fields[19]) / CLOCK_TICKS
-
-
 class Tracker(Protocol):
     mode: str
     detail: str
+    state: str  # "ok" or "degraded"
+    reason: str | None  # why degraded
 
     def start(self) -> None: ...
     def stop(self) -> None: ...
+    def settle(self, timeout: float = ...) -> bool: ...
 
 
 # ---------------------------------------------------------------------- rescans
@@ -111,6 +112,10 @@ def adopt_children(system: System, since: float, *, new_pids: set[int] | None = 
 
     ``new_pids`` restricts the candidates (polling passes the pids that appeared since its last
     scan). Parents are handled before children, so a whole subtree follows its root.
+
+    The candidates left untracked whose parent is init are noted as orphans
+    (``System.note_orphans``): their parent may have been a tracked process's child that was
+    born and exited unseen.
     """
     with system.lock:
         if not any(p.cgroup is not system.cgroups.root
@@ -118,11 +123,12 @@ def adopt_children(system: System, since: float, *, new_pids: set[int] | None = 
             return 0
     found: list[tuple[float, int, int]] = []
     for pid in psutil.pids() if new_pids is None else new_pids:
-        stat = _parent_and_start(pid)
-        if stat is None or stat[1] + CLOCK_TICK < since:
+        stat = read_stat(pid)
+        if stat is None or not stat.running or stat.start_time + CLOCK_TICK < since:
             continue
-        found.append((stat[1], pid, stat[0]))
+        found.append((stat.start_time, pid, stat.ppid))
     adopted = 0
+    orphans: dict[int, float] = {}
     for created, pid, ppid in sorted(found):
         with system.lock:
             known = system.cgroups.processes.get(pid)
@@ -130,9 +136,12 @@ def adopt_children(system: System, since: float, *, new_pids: set[int] | None = 
                 continue
             parent = system.cgroups.processes.get(ppid)
             if parent is None or parent.cgroup is system.cgroups.root:
+                if ppid == 1:
+                    orphans[pid] = created
                 continue
             system.fork(ppid, pid, created)
             adopted += 1
+    system.note_orphans(orphans)
     return adopted
 
 
@@ -160,17 +169,88 @@ def _control_message(listen: bool) -> bytes:
     return bytes(msg.data)
 
 
-class ConnectorTracker:
+RESTART_BACKOFF = (0.05, 5.0)
+"""Seconds a failed tracker waits before it tries again: the first wait, and the longest."""
+
+
+class _Supervised:
+    """What both trackers share: the health they report and the resync after a failure.
+
+    ``state`` is ``ok`` or ``degraded``; ``reason`` says why it is degraded. ``restarts`` counts
+    the failures recovered from.
+    """
+
+    mode = ""
+
+    def __init__(self, system: System, log: Log) -> None:
+        self.system = system
+        self.log = log
+        self.state = "ok"
+        self.reason: str | None = None
+        self.restarts = 0
+        self.handled = threading.Condition()
+
+    def _degrade(self, reason: str) -> None:
+        """Say the tracker is not following processes, and why (logged with the exception
+        being handled)."""
+        if self.state != "degraded":
+            self.log.exception("process tracking degraded; restarting it", reason=reason,
+                               mode=self.mode)
+        self.state, self.reason = "degraded", reason
+
+    def _recovered(self) -> None:
+        if self.state == "degraded":
+            self.restarts += 1
+            self.log.warning("process tracking resynchronised", mode=self.mode,
+                             was=self.reason, restarts=self.restarts)
+        self.state, self.reason = "ok", None
+
+    def _resync(self, since: float) -> None:
+        """Catch up with ``/proc``: release the gone, adopt the children born since ``since``,
+        note the orphans. Exceptions propagate (the caller stays degraded)."""
+        released = release_gone(self.system)
+        adopted = adopt_children(self.system, since)
+        self.log.info("processes resynchronised", mode=self.mode, released=released,
+                      adopted=adopted, orphans=len(self.system.orphans))
+
+
+# ---------------------------------------------------------------------- the connector
+class _proc_event_ack(proc_event_base):
+    """The connector's answer to a (un)subscription: ``err`` is 0 or an errno."""
+
+    fields = (*proc_event_base.fields, ("err", "I"))
+
+
+class _Marshal(ProcEventMarshal):
+    msg_map: ClassVar = {**ProcEventMarshal.msg_map, PROC_EVENT_NONE: _proc_event_ack}
+
+
+def _control_message(listen: bool) -> bytes:
+    msg = proc_event_control()
+    msg["header"]["type"] = NLMSG_DONE
+    msg["header"]["flags"] = 0
+    msg["header"]["pid"] = 0
+    msg["idx"] = CN_IDX_PROC
+    msg["val"] = CN_VAL_PROC
+    msg["len"] = 4
+    msg["action"] = PROC_CN_MCAST_LISTEN if listen else PROC_CN_MCAST_IGNORE
+    msg.encode()
+    return bytes(msg.data)
+
+
+class ConnectorTracker(_Supervised):
     """Fork and exit events from the kernel's process events connector."""
 
     mode = "connector"
 
     def __init__(self, system: System, log: Log, *, rcvbuf: int = RCVBUF) -> None:
-        self.system = system
-        self.log = log
+        super().__init__(system, log)
         self.detail = "netlink process events connector"
         self.overflows = 0
         self.events = 0
+        self.passes = 0  # reads of the socket until it was empty
+        self._requested = 0  # settle() calls so far
+        self._served = 0  # the settle() calls a whole pass begun after them has answered
         self._rcvbuf = rcvbuf
         self._sock: socket.socket | None = None
         self._wake_r, self._wake_w = -1, -1
@@ -178,7 +258,10 @@ class ConnectorTracker:
         self._stopping = False
         self._marshal = _Marshal()
         self._last_ok = process_clock()
-        self.handled = threading.Condition()
+        self._resync_since: float | None = None  # a resync is due: events since then were lost
+        # children that exited before their fork was read: pid -> the cgroup they were born in,
+        # until their exit event (their own forks come before it and inherit that cgroup)
+        self._ghosts: dict[int, Cgroup] = {}
 
     def open(self) -> None:
         """Subscribe to process events. ``OSError`` when the connector cannot be used (not
@@ -218,6 +301,13 @@ class ConnectorTracker:
                 self._handle(msg)
         raise OSError(errno.ETIMEDOUT, "the process events connector did not answer")
 
+    def _close_socket(self) -> None:
+        if self._sock is not None:
+            with contextlib.suppress(OSError):
+                self._sock.send(_control_message(False))
+            self._sock.close()
+            self._sock = None
+
     def start(self) -> None:
         """Open (if not yet) and serve events on a thread."""
         if self._sock is None:
@@ -233,23 +323,79 @@ class ConnectorTracker:
             os.write(self._wake_w, b"x")
             self._thread.join()
             self._thread = None
-        if self._sock is not None:
-            with contextlib.suppress(OSError):
-                self._sock.send(_control_message(False))
-            self._sock.close()
-            self._sock = None
+        self._close_socket()
         for fd in (self._wake_r, self._wake_w):
             if fd >= 0:
                 os.close(fd)
         self._wake_r = self._wake_w = -1
 
+    def settle(self, timeout: float = 2.0) -> bool:
+        """Return once every event the kernel sent before this call has been handled (and any
+        resync it made due is done): ``True``; ``False`` if the tracker is degraded or did not
+        get there within ``timeout`` seconds."""
+        if self._thread is None or self.state != "ok":
+            return False
+        with self.handled:
+            self._requested += 1
+            mine = self._requested
+        with contextlib.suppress(OSError):
+            os.write(self._wake_w, b"s")
+        with self.handled:
+            self.handled.wait_for(
+                lambda: self._served >= mine or self.state != "ok" or self._stopping, timeout)
+            return self._served >= mine and self.state == "ok"
+
+    # ------------------------------------------------------------------ the thread
     def _run(self) -> None:
+        """Serve events; after a failure, reopen and resynchronise, with a growing pause
+        between attempts, until it works or the tracker stops."""
+        pause = RESTART_BACKOFF[0]
+        while not self._stopping:
+            try:
+                if self._sock is None:
+                    self.open()
+                if self.state == "degraded" or self._resync_since is not None:
+                    since = self._resync_since if self._resync_since is not None \
+                        else self._last_ok
+                    self._ghosts.clear()
+                    self._resync(since)
+                    self._resync_since = None
+                    self._recovered()
+                    pause = RESTART_BACKOFF[0]
+                self._serve()
+            except Exception as exc:  # a daemon never loses its tracker silently
+                self._resync_since = min(self._resync_since or self._last_ok, self._last_ok)
+                self._degrade(f"{type(exc).__name__}: {exc}")
+                self._close_socket()
+                with self.handled:
+                    self.handled.notify_all()
+                if self._wait(pause):
+                    return
+                pause = min(pause * 2, RESTART_BACKOFF[1])
+
+    def _wait(self, seconds: float) -> bool:
+        """Sleep up to ``seconds`` unless woken to stop; whether the tracker is stopping."""
+        select.select([self._wake_r], [], [], seconds)
+        self._drain_wake()
+        return self._stopping
+
+    def _drain_wake(self) -> None:
+        with contextlib.suppress(OSError):
+            while os.read(self._wake_r, 4096):
+                pass
+
+    def _serve(self) -> None:
+        """Read and handle events until stopped; raises on a socket failure."""
         sock = self._sock
         assert sock is not None
         while not self._stopping:
             ready, _, _ = select.select([sock, self._wake_r], [], [])
             if self._wake_r in ready:
-                return
+                self._drain_wake()
+                if self._stopping:
+                    return
+            with self.handled:
+                begun = self._requested
             while True:
                 try:
                     data = sock.recv(65536)
@@ -257,25 +403,26 @@ class ConnectorTracker:
                     break
                 except OSError as exc:
                     if exc.errno != errno.ENOBUFS:
-                        self.log.error("process events connector failed", error=str(exc))
-                        return
-                    self._overflow(self._last_ok)
+                        raise
+                    self._overflow()
                     continue
                 self._last_ok = process_clock()
                 for msg in self._marshal.parse(data):
                     self._handle(msg)
+            if self._resync_since is not None:  # an event could not be handled
+                since, self._resync_since = self._resync_since, None
+                self._resync(since)
             with self.handled:
+                self.passes += 1
+                self._served = begun
                 self.handled.notify_all()
 
-    def _overflow(self, since: float) -> None:
+    def _overflow(self) -> None:
         self.overflows += 1
         self.log.warning("process events were lost (socket overflow); rescanning",
                          overflows=self.overflows)
-        try:
-            release_gone(self.system)
-            adopt_children(self.system, since)
-        except Exception:  # a daemon never dies of a rescan
-            self.log.exception("rescan after overflow failed")
+        self._ghosts.clear()
+        self._resync(self._last_ok)
 
     def _handle(self, msg: Any) -> None:
         what = msg["what"]
@@ -286,32 +433,46 @@ class ConnectorTracker:
                 if child != msg["child_tgid"]:
                     return  # a new thread
                 parent = msg["parent_tgid"]
+                root = self.system.cgroups.root
                 known = self.system.cgroups.processes.get(parent)  # a quick filter, unlocked
-                if known is None or known.cgroup is self.system.cgroups.root:
+                if known is not None and known.cgroup is not root:
+                    born_in = known.cgroup
+                else:
+                    born_in = self._ghosts.get(parent)
+                    if born_in is None:
+                        return
+                stat = self.system.processes.stat(child)
+                if stat is None or not stat.running:
+                    self._ghosts[child] = born_in  # gone already: its children inherit
                     return
-                facts = self.system.processes.facts(child)
-                self.system.fork(parent, child, facts.start_time)
+                if known is not None and known.cgroup is not root:
+                    self.system.fork(parent, child, stat.start_time)
+                else:
+                    self.system.fork(parent, child, stat.start_time, into=born_in)
             elif what == PROC_EVENT_EXIT:
                 self.events += 1
                 pid = msg["process_pid"]
-                if pid == msg["process_tgid"] and pid in self.system.cgroups.processes:
+                if pid != msg["process_tgid"]:
+                    return
+                self._ghosts.pop(pid, None)
+                if pid in self.system.cgroups.processes:
                     self.system.exit(pid)
-        except IoasidError:
-            pass  # the child is already gone: its exit follows or has been handled
-        except Exception:
-            self.log.exception("process event not handled", event=msg.get("event"))
+        except Exception as exc:  # this event is lost: resynchronise after the batch
+            self.log.warning("process event not handled; resynchronising", what=what,
+                             error=f"{type(exc).__name__}: {exc}")
+            if self._resync_since is None:
+                self._resync_since = self._last_ok
 
 
 # ---------------------------------------------------------------------- polling
-class PollTracker:
+class PollTracker(_Supervised):
     """Forks and exits found by scanning the process table with psutil."""
 
     mode = "poll"
 
     def __init__(self, system: System, log: Log, *, interval: float = 1.0,
                  reason: str = "") -> None:
-        self.system = system
-        self.log = log
+        super().__init__(system, log)
         self.interval = interval
         self.detail = f"psutil polling every {interval:g} s" + (f" ({reason})" if reason else "")
         self.scans = 0
@@ -319,7 +480,7 @@ class PollTracker:
         self._last = process_clock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self.handled = threading.Condition()
+        self._scan_lock = threading.Lock()
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="proc-poll", daemon=True)
@@ -332,22 +493,35 @@ class PollTracker:
             self._thread = None
 
     def scan(self) -> None:
-        """One scan: release the gone, adopt the children that appeared."""
-        now = process_clock()
-        pids = set(psutil.pids())
-        new = pids - self._known
-        release_gone(self.system)
-        adopt_children(self.system, self._last, new_pids=new)
-        self._known = pids
-        self._last = now
-        self.scans += 1
+        """One scan: release the gone, adopt the children that appeared, note the orphans."""
+        with self._scan_lock:
+            now = process_clock()
+            pids = set(psutil.pids())
+            new = pids - self._known
+            release_gone(self.system)
+            adopt_children(self.system, self._last, new_pids=new)
+            self._known = pids
+            self._last = now
+            self.scans += 1
+
+    def settle(self, timeout: float = 2.0) -> bool:
+        """Scan now, so that the processes that appeared since the last scan are adopted or
+        noted as orphans; ``False`` if the scan failed."""
+        try:
+            self.scan()
+        except Exception:
+            self._degrade("a scan failed")
+            return False
+        return True
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
             try:
                 self.scan()
-            except Exception:  # a daemon never dies of a scan
-                self.log.exception("process scan failed")
+            except Exception as exc:  # a daemon never dies of a scan: the next one retries
+                self._degrade(f"{type(exc).__name__}: {exc}")
+            else:
+                self._recovered()
             with self.handled:
                 self.handled.notify_all()
 

@@ -134,6 +134,11 @@ def _clock() -> float:
     return time.clock_gettime(time.CLOCK_BOOTTIME)
 
 
+def _orphan_rows(orphans: dict[int, float]) -> list[list[float]]:
+    """``System.orphans`` as a JSON value: ``[pid, start time]`` pairs by pid."""
+    return [[pid, start] for pid, start in sorted(orphans.items())]
+
+
 def boot_id() -> str:
     """This boot's id (``/proc/sys/kernel/random/boot_id``)."""
     with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as f:
@@ -279,6 +284,12 @@ class Store:
         every saved process belongs to an earlier boot (start times repeat across boots)."""
         return self.meta("boot")
 
+    @property
+    def orphans(self) -> dict[int, float]:
+        """The processes (pid -> start time) whose fork the tracker may have missed, as last
+        saved (``System.note_orphans``); empty for a new state."""
+        return {int(pid): float(start) for pid, start in self.meta("orphans") or ()}
+
     def set_clock(self, when: float) -> None:
         """Record that process events were watched up to ``when`` (seconds since boot)."""
         boot = boot_id()
@@ -360,7 +371,7 @@ class Store:
             row = db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
             return None if row is None else json.loads(row[0])
 
-        self._loaded_meta = {"clock": meta("clock"), "boot": meta("boot")}
+        self._loaded_meta = {key: meta(key) for key in ("clock", "boot", "orphans")}
         if meta("schema") is None:
             return None
         core = meta("core")
@@ -537,7 +548,8 @@ class Store:
         self._set_of = IdMap()
         ops: list[Op] = [(EVERYTHING,), (META, "schema", SCHEMA_VERSION),
                          (META, "boot", boot_id()), (META, "knobs", core.knobs.as_dict()),
-                         (META, "clock", _clock())]
+                         (META, "clock", _clock()),
+                         (META, "orphans", _orphan_rows(system.orphans))]
         self._cgroup_ops([*system.cgroups.cgroups(), *removed], ops)
         for pid in sorted(system.cgroups.processes):
             self._process_ops(system.cgroups.processes[pid], ops)
@@ -572,6 +584,10 @@ class Store:
         """The operations that record one change."""
         if self._system is None:
             raise StoreError("no system is bound to the store")
+        if kind == "orphans":
+            rows = _orphan_rows(detail["orphans"])
+            self._loaded_meta["orphans"] = rows
+            return [(META, "orphans", rows)]
         cgroups: list[Cgroup] = []
         processes: list[Process] = []
         set_ids: set[int] = set()

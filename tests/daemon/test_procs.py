@@ -153,3 +153,144 @@ def test_auto_falls_back_to_polling_with_the_reason():
     with pytest.raises(PermissionError):
         open_tracker(system, "connector", LOG, connector=Refused)
     assert open_tracker(system, "poll", LOG).mode == "poll"
+
+
+# ---------------------------------------------------------------------- never dies silently
+class Recording:
+    """A structlog-like logger that keeps (level, event, fields)."""
+
+    def __init__(self) -> None:
+        self.lines: list[tuple[str, str, dict]] = []
+
+    def __getattr__(self, level):
+        def log(event, **fields):
+            self.lines.append((level, event, fields))
+        return log
+
+    def events(self, level: str) -> list[str]:
+        return [event for lvl, event, _ in self.lines if lvl == level]
+
+
+def test_a_process_read_while_it_exits_is_esrch(monkeypatch):
+    """A read of /proc/PID/stat of a process that exited after the open fails with ESRCH
+    (ProcessLookupError): that is "no such process", not an exception that ends a tracker."""
+    import builtins
+
+    from ioasidsd.model.errors import IoasidError
+    from ioasidsd.system import ProcessSource, read_stat
+
+    class Vanishing:
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def read(self, *args):
+            raise ProcessLookupError(errno.ESRCH, "No such process")
+
+        def __iter__(self):
+            raise ProcessLookupError(errno.ESRCH, "No such process")
+
+    real_open = builtins.open
+    monkeypatch.setattr("ioasidsd.system.open",
+                        lambda path, *a, **k: Vanishing() if str(path).startswith("/proc/")
+                        else real_open(path, *a, **k), raising=False)
+    assert read_stat(os.getpid()) is None
+    with pytest.raises(IoasidError) as info:
+        ProcessSource().facts(os.getpid())
+    assert info.value.errno == errno.ESRCH
+    assert not ProcessSource().alive(os.getpid(), 0.0)
+
+
+def test_an_event_that_fails_is_logged_and_resynchronised(forker):
+    """An unexpected exception while a fork is handled loses that event only: it is logged
+    (the handler's own logging must not fail), and a resync from /proc puts the child where
+    its fork would have."""
+    system = System()
+    system.mkdir("/a")
+    system.write_procs("/a", str(forker.pid), writer_pid=1, writer_uid=0)
+    log = Recording()
+    tracker = ConnectorTracker(system, log)
+    real_fork = system.fork
+    failures = []
+
+    def failing_fork(*args, **kwargs):
+        if not failures:
+            failures.append(args)
+            raise RuntimeError("a bug in a fork handler")
+        return real_fork(*args, **kwargs)
+
+    system.fork = failing_fork
+    tracker.start()
+    try:
+        child = forker.fork()
+        wait_for(tracker, in_cgroup(system, child, "/a"))
+        assert failures and failures[0][1] == child
+        assert "process event not handled; resynchronising" in log.events("warning")
+        assert tracker.state == "ok" and tracker.settle()
+    finally:
+        tracker.stop()
+
+
+def test_a_failed_tracker_is_restarted_and_says_degraded_meanwhile(forker):
+    """The serving loop itself fails: the tracker says ``degraded`` and why, reopens the
+    connector, resynchronises, and follows forks again."""
+    system = System()
+    system.mkdir("/a")
+    system.write_procs("/a", str(forker.pid), writer_pid=1, writer_uid=0)
+    log = Recording()
+    tracker = ConnectorTracker(system, log)
+    real_serve = tracker._serve
+    seen: list[str] = []
+
+    def failing_serve():
+        if not seen:
+            seen.append(tracker.state)
+            raise OSError(errno.EBADF, "the socket broke")
+        seen.append(tracker.reason or "")
+        return real_serve()
+
+    tracker._serve = failing_serve
+    tracker.start()
+    try:
+        wait_for(tracker, lambda: tracker.restarts == 1)
+        assert seen[0] == "ok"
+        assert "process tracking degraded; restarting it" in log.events("exception")
+        assert tracker.state == "ok" and tracker.reason is None
+        child = forker.fork()
+        wait_for(tracker, in_cgroup(system, child, "/a"))
+        assert tracker.settle()
+    finally:
+        tracker.stop()
+
+
+def test_settle_waits_for_the_events_before_it(forker):
+    """After ``settle`` returns ``True``, a fork that happened before the call has been
+    followed (no waiting for the tracker by other means)."""
+    system = System()
+    system.mkdir("/a")
+    system.write_procs("/a", str(forker.pid), writer_pid=1, writer_uid=0)
+    tracker = ConnectorTracker(system, LOG)
+    tracker.start()
+    try:
+        child = forker.fork()
+        assert tracker.settle()
+        assert system.cgroups.processes[child].cgroup.path == "/a"
+    finally:
+        tracker.stop()
+
+
+def test_status_says_degraded_and_why():
+    from ioasidsd.cli.ctl import format_status
+
+    from .test_journal import _status
+
+    tracking = {"mode": "connector", "detail": "netlink", "state": "degraded",
+                "reason": "OSError: the socket broke", "orphans": 2, "unplaced": "refuse"}
+    line = next(line for line in format_status(_status({"tracking": tracking,
+                                                         "state": {"path": "p",
+                                                                   "synchronous": "normal"}})
+                                                ).splitlines() if line.startswith("tracking"))
+    assert "DEGRADED: OSError: the socket broke" in line
+    assert "2 processes of unknown origin (unplaced = refuse)" in line

@@ -282,3 +282,29 @@ def test_a_late_report_naming_a_removed_cgroup_writes_no_row(make_system, tmp_pa
     assert store.fold()  # the database itself, as other tools read it
     assert store.db.execute("SELECT count(*) FROM cgroups").fetchone()[0] == 1
     store.close()
+
+
+def test_orphans_survive_a_restart_and_a_full_rewrite(tmp_path):
+    """Processes of unknown origin stay so across a restart (else restarting the daemon would
+    launder them into the root), through the journal and through a full rewrite."""
+    system = System(on_change=lambda kind, detail: store.apply(kind, detail))
+    store = Store.open(tmp_path)
+    store.bind(system)
+    me = system.processes.facts(os.getpid())
+    system.note_orphans({os.getpid(): me.start_time, 2**22 + 7: 1.0})  # the second is no one
+    assert system.orphans == {os.getpid(): me.start_time}
+    store.close()
+    store = Store.open(tmp_path)
+    store.load()
+    assert store.orphans == {os.getpid(): me.start_time}
+    store.close()
+    store = Store.open(tmp_path)
+    store.load()
+    store.bind(System())
+    store.system.orphans = {os.getpid(): me.start_time}
+    store.write_all()
+    store.close()
+    store = Store.open(tmp_path)
+    store.load()
+    assert store.orphans == {os.getpid(): me.start_time}
+    store.close()
