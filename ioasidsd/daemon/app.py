@@ -31,6 +31,7 @@ import contextlib
 import dataclasses
 import errno
 import os
+import resource
 import signal
 import threading
 import time
@@ -39,6 +40,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ioasidsd import __version__
+from ioasidsd.clients import ConnectionCap
 from ioasidsd.daemon.config import Config, ConfigError, load_config, reload_changes
 from ioasidsd.daemon.control import ControlServer, Peer
 from ioasidsd.daemon.logs import forward_model_messages, get_logger, setup_logging
@@ -203,11 +205,16 @@ class Daemon:
         self._catch_up()
 
         self._mount()
-        self.userapi = UserApiServer(system, str(config.runtime_dir))
+        others = descriptor_budget() // 2  # what users other than root may hold, per socket
+        self.userapi = UserApiServer(
+            system, str(config.runtime_dir),
+            cap=ConnectionCap(config.max_connections_per_uid, total=others))
         self.userapi.start()
         self.control = ControlServer(config.runtime_dir / CONTROL_SOCKET,
                                      {"status": self._status_verb, "vtd": self._vtd_verb},
-                                     self.log)
+                                     self.log,
+                                     cap=ConnectionCap(config.max_connections_per_uid,
+                                                       total=others))
         self.control.start()
         self._notify("READY=1", f"STATUS={self.status_line()}")
         self.log.info("ready", mount=str(config.mount), pid=os.getpid(),
@@ -383,6 +390,10 @@ class Daemon:
                 self.tracker.interval = new.poll_interval
             if "unplaced" in applied and self.system is not None:
                 self.system.unplaced = new.unplaced
+            if "max_connections_per_uid" in applied:
+                for server in (self.userapi, self.control):
+                    if server is not None:
+                        server.cap.per_uid = new.max_connections_per_uid
             self.config = dataclasses.replace(self.config, **applied)
             self.log.info("configuration reloaded", applied=sorted(applied),
                           file=str(new.config_file) if new.config_file else None)
@@ -460,7 +471,12 @@ class Daemon:
         status["runtime_dir"] = str(self.config.runtime_dir)
         if self.userapi is not None:
             status["userapi"] = {"socket": self.userapi.path,
-                                 "connections": self.userapi.connections}
+                                 "connections": self.userapi.connections,
+                                 "refused": self.userapi.cap.refused}
+        if self.control is not None:
+            status["control"] = {"connections": self.control.connections,
+                                 "refused": self.control.cap.refused,
+                                 "max_connections_per_uid": self.control.cap.per_uid}
         if self.releases is not None:
             status["release_agents"] = {"started": self.releases.started,
                                         "failed": self.releases.failed}
@@ -506,6 +522,29 @@ class Daemon:
         if self.vtd is None:
             raise IoasidError(errno.ENODEV, "the VT-d simulation is not running")
         return self.vtd.snapshot(events=events)
+
+
+DESCRIPTORS_WANTED = 65536
+"""The descriptor limit the daemon raises its own soft limit to (at most the hard limit)."""
+DESCRIPTORS_KEPT = 256
+"""Descriptors kept for root's connections and the daemon's own work (state, journal, FUSE,
+/proc reads, release agents), whatever other users hold."""
+
+
+def descriptor_budget() -> int:
+    """Raise the soft ``RLIMIT_NOFILE`` towards ``DESCRIPTORS_WANTED`` (as far as the hard limit
+    allows) and return how many descriptors connections of users other than root may take:
+    the soft limit less ``DESCRIPTORS_KEPT`` (at least 2)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = DESCRIPTORS_WANTED if hard == resource.RLIM_INFINITY else \
+        min(hard, DESCRIPTORS_WANTED)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        with contextlib.suppress(OSError, ValueError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+            soft = wanted
+    if soft == resource.RLIM_INFINITY:
+        soft = DESCRIPTORS_WANTED
+    return max(2, soft - DESCRIPTORS_KEPT)
 
 
 def filesystem_of(path: str) -> str:

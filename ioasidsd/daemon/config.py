@@ -18,6 +18,9 @@ knobs) and the VT-d units and devices::
                                 # refuse its charge (EPERM), or charge it to the root
     synchronous = "normal"      # state durability: normal (survives kill -9), full (power loss)
 
+    [service]                   # the sockets (control.sock, ioasid.sock)
+    max_connections_per_uid = 64    # open connections each uid but root's may hold on each
+
     [knobs]                     # any knob of ioasidsd.model.knobs, over the profile's values
     uncharge_target = "current"
 
@@ -69,6 +72,7 @@ class Config:
     tracking: str = "auto"
     poll_interval: float = 1.0
     unplaced: str = "refuse"
+    max_connections_per_uid: int = 64
     synchronous: str = "normal"
     vtd: dict[str, Any] = field(default_factory=dict)
     config_file: Path | None = None
@@ -86,7 +90,10 @@ class Config:
         return out
 
 
-_FIELDS = {f.name: f for f in dataclasses.fields(Config) if f.name != "config_file"}
+_SERVICE = ("max_connections_per_uid",)
+"""Settings of the ``[service]`` table (also flags; not top-level keys of the file)."""
+_FIELDS = {f.name: f for f in dataclasses.fields(Config)
+           if f.name != "config_file" and f.name not in _SERVICE}
 _PATHS = ("mount", "state_dir", "runtime_dir")
 _CHOICES = {"profile": PROFILES, "log_format": LOG_FORMATS, "log_level": LOG_LEVELS,
             "tracking": TRACKING_MODES, "synchronous": SYNCHRONOUS, "unplaced": UNPLACED}
@@ -110,6 +117,11 @@ def _check(name: str, value: Any, where: str) -> Any:
                 not 1 <= value <= MAX_CAPACITY:
             raise ConfigError(f"{where}: capacity = {value!r}: expected an integer in "
                               f"[1, {MAX_CAPACITY}]")
+        return value
+    if name == "max_connections_per_uid":
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65536:
+            raise ConfigError(f"{where}: max_connections_per_uid = {value!r}: expected an "
+                              f"integer in [1, 65536]")
         return value
     if name == "poll_interval":
         if isinstance(value, bool) or not isinstance(value, int | float) or \
@@ -149,6 +161,16 @@ def read_file(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     settings: dict[str, Any] = {}
     for name, value in raw.items():
+        if name == "service":
+            if not isinstance(value, dict):
+                raise ConfigError(f"{path}: [service] must be a table")
+            for key, setting in value.items():
+                if key not in _SERVICE:
+                    close = difflib.get_close_matches(key, _SERVICE, n=1)
+                    hint = f" (did you mean {close[0]!r}?)" if close else ""
+                    raise ConfigError(f"{path}: unknown setting [service] {key!r}{hint}")
+                settings[key] = _check(key, setting, f"{path}: [service]")
+            continue
         if name not in _FIELDS:
             raise _unknown(name, str(path))
         settings[name] = _check(name, value, str(path))
@@ -166,7 +188,7 @@ def load_config(path: str | Path | None = None, flags: dict[str, Any] | None = N
     for name, value in (flags or {}).items():
         if value is None:
             continue
-        if name not in _FIELDS:
+        if name not in _FIELDS and name not in _SERVICE:
             raise _unknown(name, "command line")
         settings[name] = _check(name, value, "command line")
     config = Config(**settings, config_file=path)
@@ -190,7 +212,8 @@ def load_config(path: str | Path | None = None, flags: dict[str, Any] | None = N
 
 
 # Settings a reload (SIGHUP) applies at once; the others need a restart.
-RELOADABLE = ("log_format", "log_level", "poll_interval", "unplaced")
+RELOADABLE = ("log_format", "log_level", "poll_interval", "unplaced",
+              "max_connections_per_uid")
 
 
 def reload_changes(running: Config, new: Config) -> tuple[dict[str, Any], list[str]]:
@@ -198,7 +221,7 @@ def reload_changes(running: Config, new: Config) -> tuple[dict[str, Any], list[s
     value), and the names of the other settings that differ (they wait for a restart)."""
     applied: dict[str, Any] = {}
     pending: list[str] = []
-    for name in _FIELDS:
+    for name in (*_FIELDS, *_SERVICE):
         old_value, new_value = getattr(running, name), getattr(new, name)
         if old_value == new_value:
             continue

@@ -9,7 +9,10 @@ One request per line, one reply per line::
 Verbs are functions ``handler(request, peer) -> result`` registered by name; ``peer`` holds the
 caller's pid, uid and gid from ``SO_PEERCRED``, for verbs that must check who asks. A handler's
 ``IoasidError`` becomes its errno name; any other failure is logged and answered ``EIO``.
-Malformed requests get an error reply; a connection never ends the daemon.
+Malformed requests get an error reply; a connection never ends the daemon. A uid other than
+root holds at most ``max_connections_per_uid`` connections (``ioasidsd.clients``): one more is
+answered ``{"ok": false, "error": "EAGAIN", ...}`` and closed; the log lines a client's
+requests cause are rate-limited per uid.
 
 ``ControlClient`` is the other end, for ``ioasidctl``.
 """
@@ -17,30 +20,31 @@ Malformed requests get an error reply; a connection never ends the daemon.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import selectors
 import socket
-import socketserver
-import struct
 import threading
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ioasidsd.clients import (
+    CLIENT_LOG_LIMIT,
+    Acceptor,
+    ConnectionCap,
+    Peer,
+    client_context,
+    peer_of,
+)
 from ioasidsd.model.errors import IoasidError
 
+__all__ = ["ControlClient", "ControlError", "ControlServer", "Handler", "Peer"]
+
 MAX_REQUEST = 1 << 16
-
-
-@dataclass(frozen=True)
-class Peer:
-    """Who is on the other end of a connection."""
-
-    pid: int
-    uid: int
-    gid: int
-
+DEFAULT_CAP = 64
 
 Handler = Callable[[dict[str, Any], Peer], Any]
 
@@ -54,43 +58,167 @@ class ControlError(Exception):
         self.error = error
 
 
-def _peer(sock: socket.socket) -> Peer:
-    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    return Peer(*struct.unpack("3i", creds))
+def _error(code: int, message: str) -> dict[str, Any]:
+    return {"ok": False, "error": errno.errorcode.get(code, "EIO"), "message": message}
 
 
-class _Connection(socketserver.StreamRequestHandler):
-    server: _Server
+class ControlServer:
+    """Serves ``handlers`` on the socket at ``path`` (mode 0666: verbs check ``peer``), one
+    thread per connection, at most ``cap`` connections (default: 64 for each uid but root's)."""
 
-    def handle(self) -> None:
-        peer = _peer(self.request)
-        while True:
-            line = self.rfile.readline(MAX_REQUEST + 1)
-            if not line:
-                return
-            if len(line) > MAX_REQUEST:
-                self._reply({"ok": False, "error": "E2BIG", "message": "request too long"})
-                return
-            if not line.strip():
-                continue
-            self._reply(self.server.answer(line, peer))
-
-    def _reply(self, reply: dict[str, Any]) -> None:
-        with contextlib.suppress(OSError):
-            self.wfile.write(json.dumps(reply).encode() + b"\n")
-            self.wfile.flush()
-
-
-class _Server(socketserver.ThreadingUnixStreamServer):
-    daemon_threads = True
-    block_on_close = False
-
-    def __init__(self, path: str, handlers: dict[str, Handler], log: Any) -> None:
+    def __init__(self, path: str | Path, handlers: dict[str, Handler], log: Any, *,
+                 cap: ConnectionCap | None = None) -> None:
+        self.path = Path(path)
         self.handlers = handlers
         self.log = log
-        super().__init__(path, _Connection)
+        self.cap = cap or ConnectionCap(DEFAULT_CAP)
+        self._listener: socket.socket | None = None
+        self._acceptor: Acceptor | None = None
+        self._selector: selectors.BaseSelector | None = None
+        self._thread: threading.Thread | None = None
+        self._wake_r, self._wake_w = -1, -1
+        self._stopping = False
+        self._open: set[socket.socket] = set()
+        self._open_lock = threading.Lock()
+
+    @property
+    def connections(self) -> int:
+        """Connections open now."""
+        with self._open_lock:
+            return len(self._open)
+
+    def start(self) -> None:
+        """Bind (replacing a socket left by a killed daemon) and serve on a thread. ``OSError``
+        if the socket cannot be created."""
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        try:
+            listener.bind(str(self.path))
+            os.chmod(self.path, 0o666)
+            listener.listen(128)
+            listener.setblocking(False)
+        except OSError:
+            listener.close()
+            raise
+        self._listener = listener
+        self._acceptor = Acceptor(listener, self._refuse, self.log)
+        self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        self._stopping = False
+        # made here, not on the thread: a failure is start()'s, not a thread's silent end
+        self._selector = selectors.DefaultSelector()
+        self._selector.register(listener, selectors.EVENT_READ)
+        self._selector.register(self._wake_r, selectors.EVENT_READ)
+        self._thread = threading.Thread(target=self._serve, name="control", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop accepting, end the open connections, close and remove the socket. Idempotent."""
+        if self._thread is None:
+            return
+        self._stopping = True
+        os.write(self._wake_w, b"x")
+        self._thread.join()
+        self._thread = None
+        with self._open_lock:
+            for sock in self._open:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+        if self._selector is not None:
+            self._selector.close()
+            self._selector = None
+        for fd in (self._wake_r, self._wake_w):
+            os.close(fd)
+        assert self._acceptor is not None and self._listener is not None
+        self._acceptor.close()
+        self._listener.close()
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+    # ------------------------------------------------------------------ accepting
+    def _serve(self) -> None:
+        listener, acceptor = self._listener, self._acceptor
+        assert listener is not None and acceptor is not None
+        selector = self._selector
+        assert selector is not None
+        while not self._stopping:
+            pause = acceptor.paused - time.monotonic()
+            if pause > 0:  # not asking for the listener meanwhile: no spinning
+                selector.unregister(listener)
+                selector.select(pause)
+                selector.register(listener, selectors.EVENT_READ)
+                continue
+            selector.select()
+            while not self._stopping and (sock := acceptor.accept()) is not None:
+                self._admit(sock)
+
+    def _admit(self, sock: socket.socket) -> None:
+        try:
+            peer = peer_of(sock)
+        except OSError:
+            sock.close()
+            return
+        why = self.cap.admit(peer.uid)
+        if why is not None:
+            with client_context(peer.uid):
+                self.log.warning("control connection refused", pid=peer.pid, reason=why)
+            with contextlib.suppress(OSError):
+                sock.settimeout(0.5)
+                self._refuse(sock, errno.EAGAIN, why)
+            sock.close()
+            return
+        with self._open_lock:
+            self._open.add(sock)
+        thread = threading.Thread(target=self._connection, args=(sock, peer),
+                                  name=f"control {peer.pid}", daemon=True)
+        try:
+            thread.start()
+        except RuntimeError:  # no thread can be made: refuse like any other shortage
+            self._end(sock, peer)
+
+    def _refuse(self, sock: socket.socket, code: int, message: str) -> None:
+        sock.sendall(json.dumps(_error(code, message)).encode() + b"\n")
+
+    # ------------------------------------------------------------------ one connection
+    def _connection(self, sock: socket.socket, peer: Peer) -> None:
+        try:
+            with sock.makefile("rb") as rfile:
+                while not self._stopping:
+                    line = rfile.readline(MAX_REQUEST + 1)
+                    if not line:
+                        return
+                    if len(line) > MAX_REQUEST:
+                        self._reply(sock, {"ok": False, "error": "E2BIG",
+                                           "message": "request too long"})
+                        return
+                    if not line.strip():
+                        continue
+                    with client_context(peer.uid):
+                        reply = self.answer(line, peer)
+                    if not self._reply(sock, reply):
+                        return
+        except OSError:
+            pass
+        finally:
+            self._end(sock, peer)
+
+    def _end(self, sock: socket.socket, peer: Peer) -> None:
+        with self._open_lock:
+            self._open.discard(sock)
+        sock.close()
+        self.cap.leave(peer.uid)
+        CLIENT_LOG_LIMIT.flush(peer.uid)
+
+    @staticmethod
+    def _reply(sock: socket.socket, reply: dict[str, Any]) -> bool:
+        try:
+            sock.sendall(json.dumps(reply).encode() + b"\n")
+        except OSError:
+            return False
+        return True
 
     def answer(self, line: bytes, peer: Peer) -> dict[str, Any]:
+        """The reply to one request line from ``peer``."""
         try:
             request = json.loads(line)
         except ValueError:
@@ -110,41 +238,6 @@ class _Server(socketserver.ThreadingUnixStreamServer):
             return {"ok": False, "error": "EIO", "message": f"{verb} failed in the daemon"}
 
 
-class ControlServer:
-    """Serves ``handlers`` on the socket at ``path`` (mode 0666: verbs check ``peer``)."""
-
-    def __init__(self, path: str | Path, handlers: dict[str, Handler], log: Any) -> None:
-        self.path = Path(path)
-        self.handlers = handlers
-        self.log = log
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        """Bind (replacing a socket left by a killed daemon) and serve on a thread. ``OSError``
-        if the socket cannot be created."""
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
-        self._server = _Server(str(self.path), self.handlers, self.log)
-        os.chmod(self.path, 0o666)
-        self._thread = threading.Thread(target=self._server.serve_forever, name="control",
-                                        daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        """Stop accepting, close and remove the socket. Idempotent."""
-        if self._server is None:
-            return
-        self._server.shutdown()
-        self._server.server_close()
-        self._server = None
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
-
-
 class ControlClient:
     """Requests to the daemon whose control socket is at ``path``."""
 
@@ -160,7 +253,8 @@ class ControlClient:
             with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
                 sock.settimeout(self.timeout)
                 sock.connect(str(self.path))
-                sock.sendall(request)
+                with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                    sock.sendall(request)  # a refused connection was answered already
                 with sock.makefile("rb") as f:
                     line = f.readline(MAX_REQUEST * 16)
         except (FileNotFoundError, ConnectionRefusedError) as exc:

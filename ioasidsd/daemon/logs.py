@@ -1,8 +1,11 @@
 """The daemon's log: structlog, key-value lines on a terminal, JSON otherwise.
 
 ``setup_logging`` may be called again (a reload changes format or level); loggers obtained with
-``get_logger`` follow. ``forward_model_messages`` sends the model's would-be kernel log lines
-(``IoasidCore.messages``) to the log as they are recorded, with ``source="model"``.
+``get_logger`` follow. Lines a client's request causes are rate-limited per uid
+(``ioasidsd.clients.ClientLogLimit``: 10 lines per 5 s, then one line saying how many were
+dropped), so that no local user can flood the log. ``forward_model_messages`` sends the
+model's would-be kernel log lines (``IoasidCore.messages``) to the log as they are recorded,
+with ``source="model"``.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from typing import Any, TextIO
 
 import structlog
 
+from ioasidsd.clients import CLIENT_LOG_LIMIT
 from ioasidsd.model.core import IoasidCore
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
@@ -44,6 +48,7 @@ def setup_logging(fmt: str = "auto", level: str = "info", stream: TextIO | None 
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
+            CLIENT_LOG_LIMIT,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
             _renderer(fmt, stream),

@@ -24,11 +24,13 @@ import select
 import socket
 import struct
 import threading
-from errno import EIO, EMSGSIZE
+import time
+from errno import EAGAIN, EIO, EMSGSIZE
 from typing import TYPE_CHECKING
 
 import structlog
 
+from ioasidsd.clients import CLIENT_LOG_LIMIT, Acceptor, ConnectionCap, client_context, peer_of
 from ioasidsd.model.errors import IoasidError
 from ioasidsd.userapi import protocol, uapi
 
@@ -46,11 +48,7 @@ PF_EXITING = 0x00000004
 _IN = select.EPOLLIN
 _OUT = select.EPOLLOUT
 _GONE = select.EPOLLHUP | select.EPOLLERR
-
-
-def peer_credentials(conn: socket.socket) -> tuple[int, int, int]:
-    """``(pid, uid, gid)`` of the process that connected (``SO_PEERCRED``)."""
-    return UCRED.unpack(conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, UCRED.size))
+DEFAULT_CAP = 64
 
 
 def process_exiting(pid: int) -> bool:
@@ -71,12 +69,13 @@ def process_exiting(pid: int) -> bool:
 class _Connection:
     """One open file: its socket, the peer, the requests read so far, the replies unsent."""
 
-    __slots__ = ("file", "pending", "pid", "reader", "sock")
+    __slots__ = ("file", "pending", "pid", "reader", "sock", "uid")
 
-    def __init__(self, sock: socket.socket, file: IoasidFile, pid: int) -> None:
+    def __init__(self, sock: socket.socket, file: IoasidFile, pid: int, uid: int) -> None:
         self.sock = sock
         self.file = file
         self.pid = pid
+        self.uid = uid
         self.reader = protocol.RequestReader()
         self.pending = bytearray()
 
@@ -86,13 +85,20 @@ class UserApiServer:
 
     ``start()`` binds (replacing a stale socket file) and serves on a background thread;
     ``stop()`` closes everything and returns when that thread has ended. ``connections`` counts
-    the open ones.
+    the open ones. ``cap`` bounds them (default: 64 for each uid but root's): a connection over
+    it, or one that comes when the daemon is out of descriptors, is answered with an error
+    greeting (``EAGAIN``, ``EMFILE``) and closed. The log lines a client causes are counted
+    against its uid (``ioasidsd.clients.ClientLogLimit``).
     """
 
-    def __init__(self, system: System, runtime_dir: str, *, mode: int = 0o666) -> None:
+    def __init__(self, system: System, runtime_dir: str, *, mode: int = 0o666,
+                 cap: ConnectionCap | None = None) -> None:
         self.system = system
         self.path = os.path.join(runtime_dir, protocol.SOCKET_NAME)
         self.mode = mode
+        self.cap = cap or ConnectionCap(DEFAULT_CAP)
+        self._acceptor: Acceptor | None = None
+        self._epoll: select.epoll | None = None
         self._listener: socket.socket | None = None
         self._thread: threading.Thread | None = None
         self._conns: dict[int, _Connection] = {}
@@ -107,7 +113,7 @@ class UserApiServer:
         """Listen on the socket. Raises ``OSError`` if it cannot be bound."""
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)
-        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         try:
             listener.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
             listener.bind(self.path)
@@ -118,8 +124,13 @@ class UserApiServer:
             listener.close()
             raise
         self._listener = listener
+        self._acceptor = Acceptor(listener, self._refuse, log)
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._stopping = False
+        # made here, not on the thread: a failure is start()'s, not a thread's silent end
+        self._epoll = select.epoll()
+        self._epoll.register(listener.fileno(), select.EPOLLIN)
+        self._epoll.register(self._wake_r, select.EPOLLIN)
         self._thread = threading.Thread(target=self._serve, name="ioasid-server", daemon=True)
         self._thread.start()
         log.info("userapi listening", socket=self.path)
@@ -135,6 +146,8 @@ class UserApiServer:
         self._thread = None
         for fd in (self._wake_r, self._wake_w):
             os.close(fd)
+        if self._acceptor is not None:
+            self._acceptor.close()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)
 
@@ -149,21 +162,30 @@ class UserApiServer:
     def _serve(self) -> None:
         listener = self._listener
         assert listener is not None
-        ep = select.epoll()
-        ep.register(listener.fileno(), select.EPOLLIN)
-        ep.register(self._wake_r, select.EPOLLIN)
+        ep = self._epoll
+        assert ep is not None
         conns = self._conns
         request = self._request
         buf = bytearray(RECV_SIZE)  # reused: a fresh 256 KiB bytes per recv costs page faults
         view = memoryview(buf)
+        acceptor = self._acceptor
+        assert acceptor is not None
+        listening = True
         try:
             while not self._stopping:
-                for fd, events in ep.poll():
+                pause = acceptor.paused - time.monotonic()
+                if pause > 0 and listening:  # accepting failed: not asked again meanwhile
+                    ep.unregister(listener.fileno())
+                    listening = False
+                elif pause <= 0 and not listening:
+                    ep.register(listener.fileno(), select.EPOLLIN)
+                    listening = True
+                for fd, events in ep.poll(pause if pause > 0 else -1):
                     conn = conns.get(fd)
                     if conn is None:
                         if fd == self._wake_r:
                             break
-                        self._accept(ep, listener)
+                        self._accept(ep)
                         continue
                     try:
                         if events & _OUT:
@@ -187,12 +209,13 @@ class UserApiServer:
                         requests = conn.reader.feed(view[:n])
                         if not requests:
                             continue
-                        if len(requests) == 1:
-                            cmd, arg = requests[0]
-                            data = request(conn.file, cmd, arg, sender)
-                        else:
-                            data = b"".join([request(conn.file, cmd, arg, sender)
-                                             for cmd, arg in requests])
+                        with client_context(conn.uid):
+                            if len(requests) == 1:
+                                cmd, arg = requests[0]
+                                data = request(conn.file, cmd, arg, sender)
+                            else:
+                                data = b"".join([request(conn.file, cmd, arg, sender)
+                                                 for cmd, arg in requests])
                         try:
                             sent = conn.sock.send(data)
                         except BlockingIOError:
@@ -225,33 +248,44 @@ class UserApiServer:
             return protocol.error_reply(EIO, "internal error")
         return protocol.REPLY.pack(ret, len(result)) + result
 
-    def _accept(self, ep: select.epoll, listener: socket.socket) -> None:
-        while True:
-            try:
-                sock, _ = listener.accept()
-            except BlockingIOError:
-                return
-            except OSError as exc:  # EMFILE, ECONNABORTED...: keep serving the others
-                log.warning("userapi accept failed", error=str(exc))
-                return
+    def _accept(self, ep: select.epoll) -> None:
+        acceptor = self._acceptor
+        assert acceptor is not None
+        while (sock := acceptor.accept()) is not None:
             try:
                 self._open(ep, sock)
             except OSError:
                 sock.close()
 
+    def _refuse(self, sock: socket.socket, code: int, message: str) -> None:
+        sock.sendall(protocol.error_reply(code, message))
+
     def _open(self, ep: select.epoll, sock: socket.socket) -> None:
-        pid, _uid, _gid = peer_credentials(sock)
-        try:
-            file = self.system.ioasid_open(pid)
-        except IoasidError as exc:
-            log.info("userapi open refused", pid=pid, error=str(exc))
-            with contextlib.suppress(OSError):
-                sock.setblocking(False)
-                sock.send(protocol.error_reply(exc.errno or EIO, str(exc)))
-            sock.close()
-            return
+        peer = peer_of(sock)
+        with client_context(peer.uid):
+            why = self.cap.admit(peer.uid)
+            if why is not None:
+                log.warning("userapi connection refused", pid=peer.pid, reason=why)
+                with contextlib.suppress(OSError):
+                    sock.setblocking(False)
+                    self._refuse(sock, EAGAIN, why)
+                sock.close()
+                return
+            try:
+                file = self.system.ioasid_open(peer.pid)
+            except IoasidError as exc:
+                self.cap.leave(peer.uid)
+                log.info("userapi open refused", pid=peer.pid, error=str(exc))
+                with contextlib.suppress(OSError):
+                    sock.setblocking(False)
+                    self._refuse(sock, exc.errno or EIO, str(exc))
+                sock.close()
+                return
+            except BaseException:
+                self.cap.leave(peer.uid)
+                raise
         sock.setblocking(False)
-        conn = _Connection(sock, file, pid)
+        conn = _Connection(sock, file, peer.pid, peer.uid)
         self._conns[sock.fileno()] = conn
         ep.register(sock.fileno(), _IN)
         greeting = protocol.reply(0)
@@ -290,8 +324,11 @@ class UserApiServer:
         if release:
             exited = process_exiting(conn.pid)
             try:
-                self.system.ioasid_release(conn.file, exited=exited)
+                with client_context(conn.uid):
+                    self.system.ioasid_release(conn.file, exited=exited)
             except Exception:
                 log.exception("userapi release failed", pid=conn.pid)
         conn.sock.close()
+        self.cap.leave(conn.uid)
+        CLIENT_LOG_LIMIT.flush(conn.uid)
         log.debug("userapi connection closed", pid=conn.pid, exited=exited, released=release)

@@ -1,0 +1,279 @@
+"""Local clients of the daemon's sockets: who they are, how many connections each may hold, how
+they are accepted when descriptors run short, and how much each may make the daemon log.
+
+The contract every socket face keeps (the control API, ``/dev/ioasid``):
+
+- ``peer_of(sock)`` is the kernel's word on who connected (``SO_PEERCRED``).
+- ``ConnectionCap``: at most ``per_uid`` open connections for each uid but root's, and at most
+  ``total`` for all of them together, so that whatever other users do, root always gets in and
+  the daemon keeps descriptors for its own work. A connection over the cap is answered with
+  ``EAGAIN`` and a message, then closed: never left hanging.
+- ``Acceptor``: ``accept(2)`` that never spins. Out of descriptors (``EMFILE``, ``ENFILE``), a
+  descriptor kept in reserve is given up to take the waiting connection, answer it with the
+  face's refusal and close it, then taken back; any other failure pauses accepting briefly.
+- ``client_context(uid)`` marks the log lines that a client's request causes; ``ClientLogLimit``
+  (a structlog processor) lets each uid cause ``burst`` lines per ``interval`` seconds and drops
+  the rest, then says how many it dropped in one line (before that uid's next line, or when
+  ``flush`` is called as its connection ends), as the kernel's printk rate limit does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import errno
+import os
+import socket
+import struct
+import threading
+import time
+from collections.abc import Callable, Iterator, MutableMapping
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+ROOT = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Peer:
+    """Who is on the other end of a connection: its pid, uid and gid (``SO_PEERCRED``)."""
+
+    pid: int
+    uid: int
+    gid: int
+
+
+_UCRED = struct.Struct("=iII")
+
+
+def peer_of(sock: socket.socket) -> Peer:
+    """The credentials of the process that connected ``sock``; ``OSError`` if the socket is
+    closed."""
+    return Peer(*_UCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                               _UCRED.size)))
+
+
+# ---------------------------------------------------------------------- the connection cap
+class ConnectionCap:
+    """Counts open connections by uid and refuses those over the cap. Thread-safe.
+
+    ``per_uid`` bounds each uid other than root; ``total`` bounds all of them together (``None``:
+    no bound but ``per_uid``). Root is never refused.
+    """
+
+    def __init__(self, per_uid: int, total: int | None = None) -> None:
+        if per_uid < 1 or (total is not None and total < 1):
+            raise ValueError("connection caps must be at least 1")
+        self.per_uid = per_uid
+        self.total = total
+        self.refused = 0
+        self._open: dict[int, int] = {}
+        self._others = 0  # open connections of uids other than root
+        self._lock = threading.Lock()
+
+    def admit(self, uid: int) -> str | None:
+        """Count a new connection of ``uid``: ``None`` when admitted (``leave`` must follow),
+        otherwise why it is refused (nothing counted)."""
+        with self._lock:
+            held = self._open.get(uid, 0)
+            if uid != ROOT:
+                if held >= self.per_uid:
+                    self.refused += 1
+                    return (f"uid {uid} already holds {held} connections, the most one user "
+                            f"may (max_connections_per_uid)")
+                if self.total is not None and self._others >= self.total:
+                    self.refused += 1
+                    return (f"the daemon holds {self._others} connections of users other "
+                            f"than root, as many as it keeps descriptors for")
+                self._others += 1
+            self._open[uid] = held + 1
+            return None
+
+    def leave(self, uid: int) -> None:
+        """A connection of ``uid`` that ``admit`` counted has ended."""
+        with self._lock:
+            held = self._open.get(uid, 0)
+            if held <= 1:
+                self._open.pop(uid, None)
+            else:
+                self._open[uid] = held - 1
+            if uid != ROOT and held:
+                self._others -= 1
+
+    def held(self, uid: int) -> int:
+        """The connections ``uid`` holds now."""
+        with self._lock:
+            return self._open.get(uid, 0)
+
+
+# ---------------------------------------------------------------------- accepting
+PAUSE = 0.1
+"""Seconds an ``Acceptor`` stops accepting after a failure it cannot answer."""
+
+
+class Acceptor:
+    """Accepts connections on the non-blocking ``listener`` without ever spinning.
+
+    ``refuse(sock, errno, message)`` answers a connection that cannot be served (in the face's
+    own protocol) before it is closed. ``accept`` returns a connected socket, or ``None`` when
+    there is nothing more to accept now; ``paused`` says until when (``time.monotonic``) the
+    caller should not ask again.
+    """
+
+    def __init__(self, listener: socket.socket,
+                 refuse: Callable[[socket.socket, int, str], None], log: Any) -> None:
+        self.listener = listener
+        self.refuse = refuse
+        self.log = log
+        self.paused = 0.0
+        self.starved = 0  # connections answered from the reserve descriptor
+        self._reserve: int | None = None
+        self._take_reserve()
+
+    def _take_reserve(self) -> None:
+        if self._reserve is None:
+            with contextlib.suppress(OSError):
+                self._reserve = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+
+    def close(self) -> None:
+        """Give the reserve descriptor back. Idempotent."""
+        if self._reserve is not None:
+            os.close(self._reserve)
+            self._reserve = None
+
+    def accept(self) -> socket.socket | None:
+        """The next waiting connection, or ``None``: none is waiting, or accepting is paused
+        (see ``paused``) after a failure."""
+        if time.monotonic() < self.paused:
+            return None
+        try:
+            sock, _ = self.listener.accept()
+        except BlockingIOError:
+            return None
+        except OSError as exc:
+            if exc.errno in (errno.EMFILE, errno.ENFILE) and self._answer_starved():
+                return None
+            self.paused = time.monotonic() + PAUSE
+            self.log.warning("accept failed; pausing", error=str(exc), seconds=PAUSE)
+            return None
+        sock.setblocking(True)
+        return sock
+
+    def _answer_starved(self) -> bool:
+        """Out of descriptors: take the waiting connection with the reserve one, refuse it,
+        and take the reserve back. Whether a connection was answered."""
+        if self._reserve is None:
+            return False
+        os.close(self._reserve)
+        self._reserve = None
+        try:
+            sock, _ = self.listener.accept()
+        except OSError:
+            self._take_reserve()
+            return False
+        try:
+            sock.setblocking(True)
+            sock.settimeout(0.5)
+            self.refuse(sock, errno.EMFILE, "the daemon is out of file descriptors")
+        except OSError:
+            pass
+        finally:
+            sock.close()
+            self._take_reserve()
+        self.starved += 1
+        if self.starved == 1 or self.starved % 1000 == 0:
+            self.log.error("out of file descriptors: refusing connections",
+                           refused=self.starved)
+        return True
+
+
+# ---------------------------------------------------------------------- logging
+_CLIENT: contextvars.ContextVar[int | None] = contextvars.ContextVar("ioasids_client",
+                                                                    default=None)
+
+
+@contextlib.contextmanager
+def client_context(uid: int) -> Iterator[None]:
+    """Within this block, log lines are caused by a client of uid ``uid`` (and rate-limited
+    per uid by ``ClientLogLimit``)."""
+    token = _CLIENT.set(uid)
+    try:
+        yield
+    finally:
+        _CLIENT.reset(token)
+
+
+def current_client() -> int | None:
+    """The uid of the client whose request is being served on this thread, if any."""
+    return _CLIENT.get()
+
+
+class ClientLogLimit:
+    """A structlog processor: each client uid may cause ``burst`` log lines per ``interval``
+    seconds; the rest are dropped and counted, and one line says how many (``suppressed``) as
+    soon as that uid may log again or ``flush(uid)`` is called. Lines outside
+    ``client_context`` pass untouched. Thread-safe."""
+
+    def __init__(self, burst: int = 10, interval: float = 5.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.burst = burst
+        self.interval = interval
+        self._clock = clock
+        self._lock = threading.Lock()
+        # uid -> [window start, lines in this window, lines dropped not yet reported]
+        self._windows: dict[int, list[float]] = {}
+
+    def __call__(self, logger: Any, method: str,
+                 event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+        uid = _CLIENT.get()
+        if uid is None:
+            return event_dict
+        now = self._clock()
+        with self._lock:
+            window = self._windows.get(uid)
+            if window is None or now - window[0] >= self.interval:
+                dropped = int(window[2]) if window is not None else 0
+                window = self._windows[uid] = [now, 0, 0]
+            else:
+                dropped = 0
+            if window[1] >= self.burst:
+                window[2] += 1
+                raise structlog.DropEvent
+            window[1] += 1
+            self._forget_old(now)
+        if dropped:
+            self._summary(uid, dropped)
+        event_dict.setdefault("client_uid", uid)
+        return event_dict
+
+    def flush(self, uid: int) -> None:
+        """Say now how many lines of ``uid`` were dropped, if any."""
+        with self._lock:
+            window = self._windows.get(uid)
+            dropped = int(window[2]) if window is not None else 0
+            if window is not None:
+                window[2] = 0
+        if dropped:
+            self._summary(uid, dropped)
+
+    def _summary(self, uid: int, dropped: int) -> None:
+        token = _CLIENT.set(None)  # the summary itself is never dropped
+        try:
+            structlog.get_logger("ioasidsd").warning(
+                "log lines caused by a client were suppressed", client_uid=uid,
+                suppressed=dropped, burst=self.burst, interval=self.interval)
+        finally:
+            _CLIENT.reset(token)
+
+    def _forget_old(self, now: float) -> None:
+        """Drop the windows of uids silent for a while (nothing left to report)."""
+        if len(self._windows) > 1024:
+            for uid in [u for u, w in self._windows.items()
+                        if now - w[0] >= self.interval and not w[2]]:
+                del self._windows[uid]
+
+
+CLIENT_LOG_LIMIT = ClientLogLimit()
+"""The daemon's limit, installed by ``ioasidsd.daemon.logs.setup_logging``."""

@@ -1,0 +1,238 @@
+"""Bounded service: an unprivileged user cannot starve the daemon of descriptors, make it spin,
+or flood its log.
+
+The daemon runs with systemd's default of 1,024 descriptors (``prlimit``), the tenant holds as
+many connections as it can, and root must still be served.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from daemon.daemons import BIN
+
+from .conftest import Delegated
+
+HOG = r"""
+import json, os, resource, socket, sys
+run, kind, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def connect():
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.connect(f"{run}/{kind}.sock")   # blocking: waits while the listen backlog is full
+    s.settimeout(10)
+    return s
+
+
+answers = {}
+if kind == "control":                 # one process, many connections
+    conns = [connect() for _ in range(count)]
+    for s in conns:
+        try:
+            s.sendall(b'{"verb": "status"}\n')
+        except OSError:
+            pass                      # refused: the answer is waiting to be read
+        line = s.makefile("rb").readline()
+        reply = json.loads(line) if line else {"ok": False, "error": "no answer"}
+        key = "ok" if reply["ok"] else reply["error"]
+        answers[key] = answers.get(key, 0) + 1
+else:                                 # /dev/ioasid: one open file per process
+    r, w = os.pipe()
+    for _ in range(count):
+        if os.fork() == 0:
+            os.close(r)
+            sock = connect()             # kept open until this process ends
+            greeting = sock.recv(8)
+            ret = int.from_bytes(greeting[:4], "little", signed=True) if greeting else None
+            key = "ok" if ret == 0 else f"errno {-ret}" if ret is not None else "no answer"
+            os.write(w, (key + "\n").encode())
+            sys.stdin.read()          # hold the connection until told to go
+            os._exit(0)
+    os.close(w)
+    with os.fdopen(r) as results:
+        for _ in range(count):
+            key = results.readline().strip()
+            answers[key] = answers.get(key, 0) + 1
+print(json.dumps(answers), flush=True)
+sys.stdin.read()                      # hold every connection until told to go
+"""
+
+
+def hold(d: Delegated, kind: str, count: int) -> tuple[subprocess.Popen[str], dict[str, int]]:
+    """The tenant opens ``count`` connections to ``kind``.sock and keeps them; how each was
+    answered."""
+    proc = d.user.popen([d.python, "-c", HOG, str(d.daemon.run), kind, str(count)],
+                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    assert line, "the tenant's connections were not answered"
+    return proc, json.loads(line)
+
+
+def release(proc: subprocess.Popen[str]) -> None:
+    assert proc.stdin is not None
+    proc.stdin.close()
+    proc.wait(30)
+
+
+def test_one_user_cannot_starve_the_daemon_of_descriptors(delegate, tmp_path: Path) -> None:
+    """1,100 idle control connections and 200 user-API connections of one user: 64 of each
+    are served, the rest refused at once with EAGAIN; root is still served on both sockets and
+    through the mount, and the refusals do not flood the log."""
+    if shutil.which("prlimit") is None:
+        pytest.skip("prlimit (util-linux) is missing")
+    d = delegate()
+    wrapper = tmp_path / "limited-ioasidsd"
+    wrapper.write_text(f"#!/bin/sh\nexec prlimit --nofile=1024:1024 {BIN / 'ioasidsd'} \"$@\"\n")
+    wrapper.chmod(0o755)
+    assert d.daemon.stop() == 0
+    _restart_limited(d, wrapper)
+    control, control_answers = hold(d, "control", 1100)
+    userapi, userapi_answers = hold(d, "ioasid", 200)
+    try:
+        assert control_answers == {"ok": 64, "EAGAIN": 1036}, control_answers
+        assert userapi_answers == {"ok": 64, "errno 11": 136}, userapi_answers  # EAGAIN
+        status = d.daemon.status()  # root, on the control socket
+        assert status["control"]["refused"] >= 1036
+        root_alloc = subprocess.run([*d.ctl(), "alloc", "-n", "3"], capture_output=True,
+                                    text=True, timeout=30, check=False)
+        assert root_alloc.returncode == 0 and len(root_alloc.stdout.split()) == 3
+        (d.daemon.mount / "rooted").mkdir()  # the mount answers root
+        sleeper = subprocess.Popen(["sleep", "60"])
+        try:
+            (d.daemon.mount / "rooted" / "cgroup.procs").write_text(str(sleeper.pid))
+        finally:
+            sleeper.kill()
+            sleeper.wait()
+        refused = [e for e in d.daemon.events() if "connection refused" in e.get("event", "")]
+        assert 0 < len(refused) <= 20, len(refused)
+    finally:
+        release(control)
+        release(userapi)
+
+
+def _restart_limited(d: Delegated, wrapper: Path) -> None:
+    """Start the daemon again under ``wrapper`` (the same directories and state)."""
+    daemon = d.daemon
+    env = dict(os.environ, NOTIFY_SOCKET=str(daemon.notify_path))
+    with open(daemon.log_path, "ab") as log:
+        daemon.proc = subprocess.Popen([str(wrapper), "run", *daemon.args], env=env,
+                                       stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                       stderr=log)
+    daemon.wait_for("READY")
+    os.chmod(daemon.run, 0o755)
+    limits = Path(f"/proc/{daemon.pid}/limits").read_text()
+    assert any(line.startswith("Max open files") and line.split()[3] == "1024"
+               for line in limits.splitlines()), limits
+
+
+FLOOD = r"""
+import sys
+from ioasidsd.userapi.client import IoasidClient
+with IoasidClient.open(sys.argv[1]) as dev:
+    for i in range(500):
+        try:
+            dev.ioctl(0x7777, b"")                     # an ioctl the device does not know
+        except OSError:
+            pass
+        try:
+            dev.free(900000 + i)                       # an IOASID that is not there
+        except OSError:
+            pass
+print("done", flush=True)
+"""
+
+
+def test_one_client_cannot_flood_the_log(delegate) -> None:
+    """500 requests that each log a warning: the daemon logs a few, then one line says how
+    many it dropped."""
+    d = delegate()
+    done = d.user.run([d.python, "-c", FLOOD, str(d.daemon.run)])
+    assert done.stdout == "done\n", done.stderr
+    events = d.daemon.events()
+    caused = [e for e in events if e.get("event", "").startswith("ioasid_user: Unsupported")]
+    assert all(e.get("client_uid") == d.user.uid for e in caused)
+    assert 0 < len(caused) <= 20, len(caused)
+    summaries = [e for e in events if e.get("event") == "log lines caused by a client were "
+                 "suppressed" and e.get("client_uid") == d.user.uid]
+    # 500 unknown ioctls warned each (FREE of an unknown ID is only an errno in this profile)
+    assert summaries and sum(e["suppressed"] for e in summaries) + len(caused) >= 500
+
+
+SERVER = r"""
+import os, resource, sys, tempfile
+import structlog
+from ioasidsd.daemon.control import ControlServer
+from ioasidsd.system import System
+from ioasidsd.userapi.server import UserApiServer
+run = sys.argv[1]
+structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
+resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+log = structlog.get_logger()
+control = ControlServer(os.path.join(run, "control.sock"), {"ping": lambda r, p: "pong"}, log)
+control.start()
+userapi = UserApiServer(System(), run)
+userapi.start()
+hogs = []
+while True:
+    try:
+        hogs.append(os.open(os.devnull, os.O_RDONLY))
+    except OSError:
+        break
+print("full", flush=True)
+sys.stdin.read()
+"""
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_out_of_descriptors_a_server_answers_and_does_not_spin(tmp_path: Path) -> None:
+    """A daemon with no descriptor left: a connection on either socket is answered EMFILE at
+    once (not left hanging), and the servers wait instead of retrying accept in a loop."""
+    proc = subprocess.Popen([sys.executable, "-c", SERVER, str(tmp_path)], text=True,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == "full\n"
+        import socket
+
+        for _ in range(3):
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+                s.settimeout(5)
+                s.connect(str(tmp_path / "control.sock"))
+                reply = json.loads(s.makefile("rb").readline())
+                assert reply["ok"] is False and reply["error"] == "EMFILE", reply
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+                s.settimeout(5)
+                s.connect(str(tmp_path / "ioasid.sock"))
+                greeting = s.recv(8)
+                assert int.from_bytes(greeting[:4], "little", signed=True) == -24  # -EMFILE
+        before, start = cpu_seconds(proc.pid), time.monotonic()
+        # a client that connects and goes away before it is answered: nothing left to spin on
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.connect(str(tmp_path / "control.sock"))
+        time.sleep(1.0)  # a measurement window, not a synchronisation
+        used = cpu_seconds(proc.pid) - before
+        assert used < 0.5 * (time.monotonic() - start), used
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+
+
+def test_the_unit_sets_a_descriptor_limit() -> None:
+    unit = (Path(__file__).parents[2] / "systemd" / "ioasidsd.service").read_text()
+    assert "\nLimitNOFILE=65536\n" in unit
