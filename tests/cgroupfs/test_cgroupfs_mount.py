@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,15 @@ mount(System(), sys.argv[1])
 print("ready", flush=True)
 threading.Event().wait()
 """
+
+
+def _cwd_is(pid: int, path: Path) -> bool:
+    """Whether process ``pid``'s working directory is ``path`` (read from ``/proc``, which does
+    not ask the file system)."""
+    try:
+        return os.readlink(f"/proc/{pid}/cwd") == str(path)
+    except OSError:
+        return False
 
 
 def is_mounted(path: Path) -> bool:
@@ -58,7 +68,14 @@ def test_wait_returns_when_unmounted_from_outside(mountdir: Path) -> None:
 def test_unmount_of_a_busy_mount_returns(mountdir: Path, spawn) -> None:
     handle = mount(System(), str(mountdir))
     (mountdir / "a").mkdir()
-    holder = spawn(["sleep", "60"], cwd=mountdir / "a")
+    # The holder changes into the mount itself, after exec: a cwd= into this process's own
+    # mount deadlocks on Python 3.11 (its vfork suspends the parent thread, holding the GIL,
+    # while the child's chdir waits for the FUSE threads of this same process).
+    holder = spawn(["sh", "-c", 'cd "$1" && exec sleep 60', "sh", str(mountdir / "a")])
+    deadline = time.monotonic() + 30
+    while not _cwd_is(holder.pid, mountdir / "a"):
+        assert holder.poll() is None and time.monotonic() < deadline, "the holder never got in"
+        time.sleep(0.01)
     handle.unmount()
     assert not handle.mounted and not is_mounted(mountdir)
     assert holder.poll() is None
