@@ -18,7 +18,8 @@ from ioasidsd.system import ProcessSource
 def may_see_process(peer: Peer, process: Any, source: ProcessSource) -> bool:
     """THE visibility rule of the control API: whether the caller ``peer`` may see the model's
     ``process`` (anything with ``pid`` and ``start_time``, normally a ``model.cgroup.Process``)
-    and what it holds.
+    and what it holds. Every verb that shows processes or their IOASIDs (``vtd``; ``ids``,
+    ``tree``, ``top`` to come) decides with this function and no rule of its own.
 
     Root (``peer.uid == 0``) sees every process. Another caller sees a process when, read now
     from the real process (``source.facts``), its real or effective uid is the caller's uid, as
