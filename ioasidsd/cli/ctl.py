@@ -139,14 +139,19 @@ def _fields(event: dict[str, Any]) -> str:
 
 
 def format_vtd(snap: dict[str, Any]) -> str:
-    """The human form of a ``vtd`` reply (``VtdDriver.snapshot``)."""
+    """The human form of a ``vtd`` reply (``VtdDriver.snapshot``). A filtered reply (a caller
+    other than root) starts with one line saying that only the caller's processes are shown."""
     host = snap["host_set"]
-    lines = [("VT-d", f"profile {snap['profile']}, "
+    lines: list[tuple[str, str]] = []
+    if snap.get("filtered"):
+        lines.append(("shown", f"only the processes of uid {snap.get('viewer_uid', '?')} "
+                               f"(other users' bindings, tear-downs and trace events hidden)"))
+    lines.append(("VT-d", f"profile {snap['profile']}, "
                       + (f"scalable mode, {snap['pasid_max']} PASIDs" if snap["scalable_mode"]
                          else "scalable mode off")
                       + ("" if host is None else
                          f", host set {host['id']} (quota {host['quota']}, "
-                         f"{host['nr_ioasids']} in use)"))]
+                         f"{host['nr_ioasids']} in use)")))
     for unit in snap["units"]:
         iq, caches = unit["iq"], unit["caches"]
         lines.append((f"unit {unit['name']}",
@@ -181,7 +186,11 @@ def format_vtd(snap: dict[str, Any]) -> str:
     width = max(len(name) for name, _ in lines)
     out = [f"{name:<{width}}  {value}" for name, value in lines]
     if snap["trace"]:
-        out.append(f"last {len(snap['trace'])} of {snap['trace_seq']} trace events:")
+        if snap.get("filtered"):
+            out.append(f"last {len(snap['trace'])} trace events about the bindings shown "
+                       f"({snap['trace_seq']} in all):")
+        else:
+            out.append(f"last {len(snap['trace'])} of {snap['trace_seq']} trace events:")
         out.extend(f"  #{e['seq']} {e['kind']} {_fields(e)}" for e in snap["trace"])
     return "\n".join(out)
 
@@ -193,7 +202,11 @@ def format_vtd(snap: dict[str, Any]) -> str:
 @click.pass_context
 def vtd(ctx: click.Context, as_json: bool, events: int) -> None:
     """The simulated VT-d units: devices and their PASID tables, bound PASIDs, recent
-    tear-downs, counters and the last trace events."""
+    tear-downs, counters and the last trace events.
+
+    A user other than root sees only the bindings of its own processes (real or effective uid
+    its uid) and the tear-downs and trace events about them; --json then has "filtered": true.
+    """
     result = _call(ctx, "vtd", events=events)
     if as_json:
         click.echo(json.dumps(result, indent=2, sort_keys=True))

@@ -16,8 +16,9 @@ Start-up, in order (any failure is one logged line and exit status 1):
    them) and adopt the children tracked processes forked meanwhile;
 4. replace a stale mount left by a killed daemon, mount the hierarchy (``cgroupfs.mount``);
 5. serve ``/dev/ioasid`` on ``RUNTIME_DIR/ioasid.sock`` (``ioasidsd.userapi.server``, its
-   bind extension on the VT-d driver) and the control API (``status``, ``vtd``), then tell the
-   service manager ``READY=1`` with a ``STATUS=`` line.
+   bind extension on the VT-d driver) and the control API (``status``, ``vtd``: a caller other
+   than root sees only its own processes' bindings, ``ioasidsd.daemon.visibility``), then tell
+   the service manager ``READY=1`` with a ``STATUS=`` line.
 
 SIGTERM and SIGINT stop serving, unmount, save the state and exit 0 (``STOPPING=1``). SIGHUP
 reloads the configuration file: log format and level and the poll interval change at once, other
@@ -62,6 +63,7 @@ from ioasidsd.daemon.runtime import (
     DirectoryLock,
 )
 from ioasidsd.daemon.store import Store, StoreError, boot_id
+from ioasidsd.daemon.visibility import may_see_process
 from ioasidsd.model.core import IoasidSetType
 from ioasidsd.model.errors import IoasidError
 from ioasidsd.model.snapshot import SnapshotError, load
@@ -514,14 +516,30 @@ class Daemon:
 
     def _vtd_verb(self, request: dict[str, Any], peer: Peer) -> dict[str, Any]:
         """``{"verb": "vtd", "events": N}``: ``VtdDriver.snapshot`` with the last ``N`` trace
-        events (default 50, at most 4096); ``EINVAL`` for another ``events``."""
+        events (default 50, at most 4096), and ``viewer_uid``, the caller's uid.
+
+        Root gets the whole snapshot (``filtered`` false). Any other caller gets the snapshot
+        filtered to the bindings of the processes it may see (``may_see_process``'s rule,
+        decided now from the real processes), ``filtered`` true: nothing in it names another
+        process's PASID, guest PASID or pid. ``EINVAL`` for another ``events``, ``ENODEV``
+        without the VT-d simulation."""
         events = request.get("events", 50)
         if isinstance(events, bool) or not isinstance(events, int) or \
                 not 0 <= events <= TRACE_EVENTS_MAX:
             raise IoasidError(errno.EINVAL, f"events must be an integer in 0..{TRACE_EVENTS_MAX}")
-        if self.vtd is None:
+        driver, system = self.vtd, self.system
+        if driver is None or system is None:
             raise IoasidError(errno.ENODEV, "the VT-d simulation is not running")
-        return self.vtd.snapshot(events=events)
+        if peer.uid == 0:
+            snap = driver.snapshot(events=events)
+        else:
+            # The rule reads /proc: decide outside the lock, then filter by the processes
+            # decided on (a binding made meanwhile by another owner is left out).
+            visible = [owner for owner in driver.owners()
+                       if may_see_process(peer, owner, system.processes)]
+            snap = driver.snapshot(events=events, owners=visible)
+        snap["viewer_uid"] = peer.uid
+        return snap
 
 
 DESCRIPTORS_WANTED = 65536

@@ -36,7 +36,7 @@ half done.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import asdict
 from errno import EBUSY, EEXIST, EINVAL, ENODEV, ENOSPC, EOPNOTSUPP, EPERM
 from functools import partial
@@ -83,6 +83,16 @@ if TYPE_CHECKING:
     from ioasidsd.model.cgroup import Process
 
 RESPONSE_CODES = (d.QI_RESP_SUCCESS, d.QI_RESP_INVALID, d.QI_RESP_FAILURE)
+
+OWNED_EVENT_KINDS = frozenset({
+    "bind", "unbind", "restore", "pasid_entry_set", "pasid_entry_clear", "drain_begin",
+    "drain_end", "ioasid_state", "fault", "prq_response", "warn",
+})
+"""The trace event kinds a snapshot filtered by owner may show: those whose ``pasid`` field
+says which binding they are about and whose other fields (the owner's own pid and guest PASID,
+a device, a domain id, an address of that PASID) tell nothing of another process. Kinds not
+listed here are never shown in a filtered snapshot (``inv_desc`` encodes PASIDs in its
+quadwords, ``page_alloc`` names page owners, ``prq_*`` carry requests, ``vcmd`` allocations)."""
 
 
 def cpu_pgd(process: Any) -> int:
@@ -320,7 +330,8 @@ class VtdDriver:
             new = svm is None
             if svm is None:
                 assert self.host_set is not None
-                svm = Svm(pasid=0, guest=False, mm=process, pgd=cpu_pgd(process))
+                svm = Svm(pasid=0, guest=False, mm=process, pgd=cpu_pgd(process),
+                          created_seq=self.trace.seq)
                 svm.pasid = self.core.alloc(self.host_set, PASID_MIN, pasid_max - 1, svm)
                 self.counters.inc("ioasid.allocs")
             try:
@@ -458,7 +469,8 @@ class VtdDriver:
         new = svm is None
         if svm is None:
             svm = Svm(pasid=hpasid, guest=True, owner=process, gpasid=gpasid,
-                      pgd=gpgd if gpgd is not None else (hpasid + 1) << 12)
+                      pgd=gpgd if gpgd is not None else (hpasid + 1) << 12,
+                      created_seq=self.trace.seq)
             self._attach(svm)
             svm.work = Work(partial(self._free_async, svm), name=f"vtd-free-{hpasid}")
         domain = self._guest_domain(info.iommu, process)
@@ -718,10 +730,42 @@ class VtdDriver:
             total.merge(unit.counters)
         return total
 
-    def snapshot(self, events: int = 50) -> dict[str, Any]:
-        """Units, devices, bindings, counters and the last ``events`` trace events, as plain
-        data (what the daemon and ``ioasidctl`` show)."""
+    def owners(self) -> list[Any]:
+        """The processes that own a binding now (the VMM of a guest bind, the process of a
+        native one), each once, in PASID order: what a caller filtering ``snapshot`` by owner
+        decides about."""
         with self.lock:
+            found: list[Any] = []
+            for svm in self._shown_bindings(None):
+                owner = svm.owner_process
+                if not any(owner is seen for seen in found):
+                    found.append(owner)
+            return found
+
+    def snapshot(self, events: int = 50, *, owners: Collection[Any] | None = None,
+                 ) -> dict[str, Any]:
+        """Units, devices, bindings, counters and the last ``events`` trace events, as plain
+        data (what the daemon and ``ioasidctl`` show), with ``filtered`` false.
+
+        With ``owners`` (a collection of processes, normally chosen from ``owners()``; compared
+        by identity) the snapshot shows only those processes' bindings and ``filtered`` is
+        true. Whatever else names a PASID is then shown only when it is about one of the
+        bindings shown and came after that binding was made (a PASID reused from an earlier
+        owner shows nothing of that owner): a unit's tear-downs, and the trace events of the
+        kinds in ``OWNED_EVENT_KINDS`` whose ``pasid`` field is such a PASID (``events`` counts
+        those); the other trace events (register writes, descriptors whose quadwords encode
+        PASIDs, page owners, page requests) are left out. Counts that name no process (devices'
+        present entries and table pages, ``totals``, ``host_set``, counters, memory,
+        ``trace_seq``) stay whole. A process in ``owners`` that owns nothing adds nothing.
+        Raises nothing of its own.
+        """
+        with self.lock:
+            shown = self._shown_bindings(owners)
+            since = None if owners is None else {svm.pasid: svm.created_seq for svm in shown}
+
+            def about_shown(pasid: Any, seq: int) -> bool:
+                return since is None or (pasid in since and seq > since[pasid])
+
             devices = []
             for bdf, device in sorted(self.devices.items()):
                 row = device.describe()
@@ -744,8 +788,9 @@ class VtdDriver:
                 row = unit.snapshot()
                 row.pop("memory", None)
                 iommu = self.iommus[name]
+                teardowns = [t for t in iommu.teardowns if about_shown(t.pasid, t.seq)]
                 row["teardowns"] = [{"bdf": t.bdf, "pasid": t.pasid, "descriptors": list(t.labels)}
-                                    for t in iommu.teardowns[-5:]]
+                                    for t in teardowns[-5:]]
                 row["reported_page_requests"] = len(iommu.reported)
                 units.append(row)
             host = self.host_set
@@ -756,9 +801,15 @@ class VtdDriver:
                         if n:
                             name = Pgtt(pgtt).name.lower()
                             present[name] = present.get(name, 0) + n
-            bindings = sorted([*self.native.values(), *self.guest.values()],
-                              key=lambda s: s.pasid)
+            bindings = self._shown_bindings(None)
+            if since is None:
+                trace = self.trace.last(events)
+            else:
+                trace = [e for e in self.trace.events if e.kind in OWNED_EVENT_KINDS
+                         and about_shown(e.get("pasid"), e.seq)]
+                trace = trace[-events:] if events > 0 else []
             return {
+                "filtered": owners is not None,
                 "profile": self.knobs.profile,
                 "vtd_quirks": self.knobs.vtd_quirks,
                 "booted": self.booted,
@@ -769,7 +820,7 @@ class VtdDriver:
                 "options": asdict(self.options),
                 "units": units,
                 "devices": devices,
-                "bindings": [s.describe() for s in bindings],
+                "bindings": [s.describe() for s in shown],
                 "totals": {
                     "bound_pasids": len(bindings),
                     "device_bindings": sum(len(s.devs) for s in bindings),
@@ -785,6 +836,15 @@ class VtdDriver:
                     "total": self.counters_total().as_dict(),
                 },
                 "trace_seq": self.trace.seq,
-                "trace": [e.as_dict() for e in self.trace.last(events)],
+                "trace": [e.as_dict() for e in trace],
             }
+
+    def _shown_bindings(self, owners: Collection[Any] | None) -> list[Svm]:
+        """The bindings (PASID order) whose owner is in ``owners`` (all of them for ``None``).
+        The caller holds the lock."""
+        bindings = sorted([*self.native.values(), *self.guest.values()], key=lambda s: s.pasid)
+        if owners is None:
+            return bindings
+        return [svm for svm in bindings
+                if any(svm.owner_process is owner for owner in owners)]
 

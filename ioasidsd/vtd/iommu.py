@@ -118,12 +118,14 @@ class DeviceInfo:
 
 @dataclass(frozen=True, slots=True)
 class TeardownRecord:
-    """The descriptors the hardware processed while one PASID entry was torn down."""
+    """The descriptors the hardware processed while one PASID entry was torn down, and the
+    trace sequence number when the tear-down ended (``seq``)."""
 
     unit: str
     bdf: str
     pasid: int
     labels: tuple[str, ...]
+    seq: int = 0
 
 
 PageRequestHandler = Callable[["IntelIommu", DeviceInfo | None, PageRequest], int | None]
@@ -563,7 +565,8 @@ class IntelIommu:
         table.reclaim_if_empty(pasid)
         done = self.unit.iq.processed - start
         labels = tuple(list(self.unit.iq.recent)[-done:]) if done else ()
-        self.teardowns.append(TeardownRecord(self.name, info.device.bdf, pasid, labels))
+        self.teardowns.append(TeardownRecord(self.name, info.device.bdf, pasid, labels,
+                                             self.trace.seq))
         del self.teardowns[:-64]
         self.counters.inc("entry.cleared")
 

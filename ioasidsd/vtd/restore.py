@@ -134,7 +134,8 @@ def _restore_guest(driver: VtdDriver, data: IoasidData, rec: dict[str, Any]) -> 
         driver._check_nested_request(info, dev["gpgd"], dev["addr_width"], dev["sre"],
                                      dev["eafe"])
         infos.append(info)
-    svm = Svm(pasid=pasid, guest=True, owner=owner, gpasid=rec["gpasid"], pgd=rec["pgd"])
+    svm = Svm(pasid=pasid, guest=True, owner=owner, gpasid=rec["gpasid"], pgd=rec["pgd"],
+              created_seq=driver.trace.seq)
     svm.work = Work(partial(driver._free_async, svm), name=f"vtd-free-{pasid}")
     for dev, info in zip(devices, infos, strict=True):
         domain = driver._guest_domain(info.iommu, owner)
@@ -173,7 +174,7 @@ def _restore_native(driver: VtdDriver, data: IoasidData, rec: dict[str, Any]) ->
         if pasid >= min(info.device.max_pasids, driver.pasid_max) or dev["users"] < 1:
             raise _bad(f"PASID {pasid} or {dev['users']} users on {info.device.bdf}")
         infos.append(info)
-    svm = Svm(pasid=pasid, guest=False, mm=mm, pgd=cpu_pgd(mm))
+    svm = Svm(pasid=pasid, guest=False, mm=mm, pgd=cpu_pgd(mm), created_seq=driver.trace.seq)
     for dev, info in zip(devices, infos, strict=True):
         info.iommu.setup_first_level(info, svm.pgd, pasid, FLPT_DEFAULT_DID,
                                      supervisor=dev["supervisor"])

@@ -84,6 +84,12 @@ class Svm:
     devs: list[SvmDev] = field(default_factory=list)
     work: Work | None = None
     free_seq: int | None = None  # trace sequence number when FREE was seen
+    created_seq: int = 0  # trace sequence number just before the binding's first event
+
+    @property
+    def owner_process(self) -> Any:
+        """Whose binding this is: the VMM of a guest bind, the process of a native one."""
+        return self.owner if self.guest else self.mm
 
     def find(self, sid: int) -> SvmDev | None:
         for sdev in self.devs:
@@ -96,7 +102,7 @@ class Svm:
             "pasid": self.pasid,
             "kind": "guest" if self.guest else "native",
             "gpasid": self.gpasid,
-            "owner_pid": getattr(self.owner if self.guest else self.mm, "pid", None),
+            "owner_pid": getattr(self.owner_process, "pid", None),
             "devices": [{"bdf": s.bdf, "did": s.did, "users": s.users} for s in self.devs],
             "cleanup_queued": bool(self.work is not None and self.work.pending),
         }

@@ -9,6 +9,7 @@ import sys
 import threading
 from errno import ESRCH
 from pathlib import Path
+from typing import Any
 
 from ioasidsd.model import IoasidCore, IoasidsController, OrderedWorkQueue, profile
 from ioasidsd.model.cgroup import Process
@@ -108,11 +109,18 @@ class Changes:
 
 
 class Agent:
-    """A real client process (``agent.py``) driven line by line."""
+    """A real client process (``agent.py``) driven line by line.
 
-    def __init__(self, runtime: str) -> None:
-        self.proc = subprocess.Popen([sys.executable, AGENT, runtime], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, text=True, bufsize=1)
+    ``user`` (a ``LocalUser`` of ``tests/conftest.py``: anything with its ``popen``) runs it as
+    that user; ``runtime`` must then be reachable by the user and this interpreter runnable by
+    it (the ``shared_python`` fixture)."""
+
+    def __init__(self, runtime: str, *, user: Any = None) -> None:
+        argv = [sys.executable, AGENT, runtime]
+        pipes: dict[str, Any] = {"stdin": subprocess.PIPE, "stdout": subprocess.PIPE,
+                                 "text": True, "bufsize": 1}
+        self.proc = (subprocess.Popen(argv, **pipes) if user is None
+                     else user.popen(argv, **pipes))
         self.pid = self.proc.pid
 
     def __call__(self, line: str, timeout: float = 20.0) -> str:

@@ -1,0 +1,48 @@
+"""Who may see which processes through the control API.
+
+The control socket is open to every local user (mode 0666). A verb that shows processes or what
+they hold (their IOASIDs, PASIDs, guest PASIDs, pids) shows a caller other than root only the
+processes ``may_see_process`` allows; ``vtd`` does so today, and any later verb that shows
+processes' IOASIDs (``ids``, ``tree``, ``top``) must call the same function rather than a rule
+of its own.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ioasidsd.daemon.control import Peer
+from ioasidsd.system import ProcessSource
+
+
+def may_see_process(peer: Peer, process: Any, source: ProcessSource) -> bool:
+    """THE visibility rule of the control API: whether the caller ``peer`` may see the model's
+    ``process`` (anything with ``pid`` and ``start_time``, normally a ``model.cgroup.Process``)
+    and what it holds. Every verb that shows processes or their IOASIDs (``vtd``; ``ids``,
+    ``tree``, ``top`` to come) decides with this function and no rule of its own.
+
+    Root (``peer.uid == 0``) sees every process. Another caller sees a process when, read now
+    from the real process (``source.facts``), its real or effective uid is the caller's uid, as
+    the kernel lets a user see its own processes in ``/proc``. A process the model holds as
+    exited, one that is gone, and one whose pid now belongs to another process (its start time
+    differs from the one the model recorded, however its uids read) are not seen; nor is an
+    object without a pid and a start time.
+
+    Never raises: whatever prevents reading the process's credentials (``ESRCH`` from the
+    source, an ``OSError``, psutil's own errors) counts as "not seen". It reads ``/proc``: call
+    it without the system lock held.
+    """
+    if peer.uid == 0:
+        return True
+    pid = getattr(process, "pid", None)
+    recorded = getattr(process, "start_time", None)
+    if not isinstance(pid, int) or recorded is None or not getattr(process, "alive", True):
+        return False
+    try:
+        facts = source.facts(pid)
+    except Exception:  # fail closed: a process whose credentials cannot be read is not shown
+        return False
+    if facts.tgid != pid or facts.start_time != recorded:
+        return False
+    real, effective = facts.uids[0], facts.uids[1]
+    return peer.uid in (real, effective)
