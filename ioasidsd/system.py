@@ -243,10 +243,17 @@ class System:
 
     def write_procs(self, path: str, data: bytes | str, *, writer_pid: int, writer_uid: int,
                     ) -> Process:
-        """A write to ``cgroup.procs`` or ``tasks``: move a real process (0: the writer).
+        """A write to ``cgroup.procs`` or ``tasks``: move a real process (``0``: the process of
+        ``writer_pid``, the thread calling write(2)).
+
+        ``writer_uid`` is the effective uid the write is judged by. cgroup-v1 judges the
+        credentials the file was opened with (``of->file->f_cred``), so a face passes the
+        opener's, not those of the process calling write(2): they differ for a descriptor
+        passed over a socket or inherited across a ``setuid``.
 
         ``EINVAL`` for junk or a kernel thread that may not move, ``ESRCH`` for no such process,
-        ``EACCES`` when a non-root writer's euid matches neither the target's uid nor its suid.
+        ``EACCES`` when ``writer_uid`` is not root and matches neither the target's uid nor its
+        saved uid.
         """
         pid = parse_pid(data) or writer_pid
         facts = self.processes.facts(pid)
