@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from ioasidsd.model.cgroup import Cgroup, IoasidsController, Process
 from ioasidsd.model.core import IoasidCore
 from ioasidsd.model.errors import IoasidError
-from ioasidsd.model.formats import decode, parse_flag, parse_limit, parse_pid
+from ioasidsd.model.formats import parse_flag, parse_limit, parse_pid, parse_release_agent
 from ioasidsd.model.knobs import Knobs
 from ioasidsd.model.workqueue import OrderedWorkQueue
 from ioasidsd.userapi.device import IoasidDevice, IoasidFile
@@ -222,9 +222,12 @@ class System:
                 self._changed("flag", cgroup=cg, name=name)
 
     def write_release_agent(self, data: bytes | str) -> None:
-        """A write to the root's ``release_agent``: as ``cgroup_release_agent_write``, the text
-        up to the first NUL with white space stripped at both ends (``strstrip``)."""
-        text = decode(data).split("\0", 1)[0].strip(" \t\n\v\f\r")
+        """A write to the root's ``release_agent``: as ``cgroup_release_agent_write``, the bytes
+        up to the first NUL with white space stripped at both ends (``strstrip``), any other
+        byte kept; stored as text with ``surrogateescape`` (``formats.parse_release_agent``,
+        which also says what a ``str`` means). ``EINVAL`` only for a ``str`` that encodes to
+        no bytes."""
+        text = parse_release_agent(data)
         with self.lock:
             if self.cgroups.release_agent != text:
                 self.cgroups.release_agent = text
