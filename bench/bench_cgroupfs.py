@@ -12,9 +12,11 @@
    ``on_change`` (every mkdir committed before it returns).
 
 Our file system is served by a child process, as the daemon serves it; the loops run here.
-Needs root, FUSE and ``/sys/fs/cgroup/pids``. Usage::
+``--against TREE`` also serves another version's file system (its source tree, put on
+``PYTHONPATH``) and runs its echo+cat loop in the same rounds, for a before/after ratio that the
+machine's load affects alike. Needs root, FUSE and ``/sys/fs/cgroup/pids``. Usage::
 
-    bench_cgroupfs.py [--rounds 5] [--seconds 2] [--mkdirs 10000]
+    bench_cgroupfs.py [--rounds 5] [--seconds 2] [--mkdirs 10000] [--against SOURCE_TREE]
 """
 
 from __future__ import annotations
@@ -58,10 +60,15 @@ def have_store() -> bool:
 
 
 @contextlib.contextmanager
-def served(mountpoint: Path, state_dir: str = ""):
-    """Our file system, served by a child process until the block ends."""
+def served(mountpoint: Path, state_dir: str = "", tree: str | None = None):
+    """Our file system, served by a child process until the block ends (``tree``: the source
+    tree of another version to serve instead of this one)."""
+    env = cwd = None
+    if tree is not None:
+        cwd = os.path.abspath(tree)
+        env = {**os.environ, "PYTHONPATH": cwd}
     server = subprocess.Popen([sys.executable, "-c", SERVER, str(mountpoint), state_dir],
-                              stdout=subprocess.PIPE)
+                              stdout=subprocess.PIPE, env=env, cwd=cwd)
     try:
         assert server.stdout is not None
         if server.stdout.readline() != b"ready\n":
@@ -110,19 +117,39 @@ def pairs_for(path: Path, seconds: float) -> float:
             return done / (now - start)
 
 
-def bench_pairs(ours: Path, kernel: Path, rounds: int, seconds: float) -> dict[str, float]:
+def bench_pairs(ours: Path, kernel: Path, rounds: int, seconds: float,
+                other: Path | None = None) -> dict[str, float]:
+    """Medians of echo+cat rates in alternating rounds: ``ours``, ``kernel`` and their ratio
+    per round; with ``other`` (another version's mount) also ``other`` and ``vs_other``."""
     (ours / "bench").mkdir()
     ours_max, kernel_max = ours / "bench" / "ioasids.max", kernel / "pids.max"
+    other_max = None
+    if other is not None:
+        (other / "bench").mkdir()
+        other_max = other / "bench" / "ioasids.max"
+        pairs_for(other_max, 0.2)
     pairs_for(ours_max, 0.2)  # warm up both
     pairs_for(kernel_max, 0.2)
-    mine, theirs = [], []
-    for _ in range(rounds):
+    mine, theirs, others = [], [], []
+    for r in range(rounds):
         theirs.append(pairs_for(kernel_max, seconds))
+        if other_max is not None and r % 2:  # neither version always runs first
+            others.append(pairs_for(other_max, seconds))
         mine.append(pairs_for(ours_max, seconds))
+        if other_max is not None and not r % 2:
+            others.append(pairs_for(other_max, seconds))
     (ours / "bench").rmdir()
     ratios = [m / k for m, k in zip(mine, theirs, strict=True)]
-    return {"ours": statistics.median(mine), "kernel": statistics.median(theirs),
-            "ratio": statistics.median(ratios)}
+    figures = {"ours": statistics.median(mine), "kernel": statistics.median(theirs),
+               "ratio": statistics.median(ratios)}
+    if other is not None:
+        (other / "bench").rmdir()
+        figures["other"] = statistics.median(others)
+        figures["other_ratio"] = statistics.median(o / k for o, k in zip(others, theirs,
+                                                                          strict=True))
+        figures["vs_other"] = statistics.median(m / o for m, o in zip(mine, others,
+                                                                       strict=True))
+    return figures
 
 
 def mkdir_rmdir(parent: Path, count: int) -> tuple[float, float]:
@@ -143,17 +170,29 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=2.0)
     parser.add_argument("--mkdirs", type=int, default=10_000)
+    parser.add_argument("--against", metavar="TREE",
+                        help="also serve another version's file system (its source tree, put "
+                             "on PYTHONPATH) and run its echo+cat loop in the same rounds")
     args = parser.parse_args()
     if os.geteuid() != 0 or not (KERNEL_PIDS / "release_agent").exists():
         raise SystemExit(f"needs root and a kernel cgroup-v1 pids hierarchy at {KERNEL_PIDS}")
 
     work = Path(tempfile.mkdtemp(prefix="ioasids-bench-"))
     try:
-        with kernel_cgroup() as kernel, served(work / "mnt") as ours:
-            pairs = bench_pairs(ours, kernel, args.rounds, args.seconds)
+        with contextlib.ExitStack() as stack:
+            kernel = stack.enter_context(kernel_cgroup())
+            ours = stack.enter_context(served(work / "mnt"))
+            other = None
+            if args.against:
+                other = stack.enter_context(served(work / "other", tree=args.against))
+            pairs = bench_pairs(ours, kernel, args.rounds, args.seconds, other)
             print(f"echo+cat pairs/s: ours {pairs['ours']:,.0f}, kernel {pairs['kernel']:,.0f}, "
                   f"ratio {pairs['ratio']:.3f} = 1/{1 / pairs['ratio']:.1f} "
                   f"(median of {args.rounds} rounds of {args.seconds:g} s; target >= 1/15)")
+            if other is not None:
+                print(f"echo+cat pairs/s of {args.against}: {pairs['other']:,.0f}, ratio "
+                      f"{pairs['other_ratio']:.3f} = 1/{1 / pairs['other_ratio']:.1f}; "
+                      f"this tree / {args.against}, same rounds: {pairs['vs_other']:.3f}")
             (ours / "m").mkdir()
             ours_mk, ours_rm = mkdir_rmdir(ours / "m", args.mkdirs)
             kernel_mk, kernel_rm = mkdir_rmdir(kernel, args.mkdirs)

@@ -45,7 +45,10 @@ PATH_MAX = 4096
 
 @dataclass(frozen=True, slots=True)
 class Writer:
-    """The process behind a write: its pid (a thread id), and its uid and gid."""
+    """Who a write(2) comes from: ``pid``, the thread calling write(2) (what a ``0`` written to
+    ``cgroup.procs`` names), and ``uid`` and ``gid``, the credentials the file was **opened**
+    with, which every permission check uses, as the kernel uses ``of->file->f_cred``: a
+    descriptor passed to another process keeps the rights of its opener, no more, no less."""
 
     pid: int
     uid: int
@@ -177,7 +180,8 @@ def _set_flag(name: str) -> Store:
 
 
 def _set_release_agent(system: System, cg: Cgroup, data: bytes, writer: Writer) -> None:
-    # Setting the release agent needs CAP_SYS_ADMIN in the initial user namespace.
+    # Setting the release agent needs CAP_SYS_ADMIN in the initial user namespace, of the file's
+    # opener (file_ns_capable): root writing through a descriptor a user opened gets EPERM.
     if writer.uid != 0:
         raise IoasidError(EPERM, "only root may set the release agent")
     system.write_release_agent(data)

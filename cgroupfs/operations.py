@@ -19,11 +19,16 @@ reaches a file system, such as ``ENOTDIR`` for ``rmdir`` of a file, are not repe
 - ``chmod``/``chown`` of directories and files are recorded (``System.set_attrs``) and enforced
   by the kernel (the mount uses ``default_permissions``); ``truncate`` and ``utimens`` are
   accepted and change nothing.
-- Reads and writes through a file whose cgroup has been removed: ``ENODEV``. No ``open``,
-  ``flush`` or ``release`` is served from Python: libfuse answers them (``direct_io`` comes from
-  the mount configuration), so an ``echo``/``cat`` pair costs three Python calls, not seven. A
-  read or write therefore finds its file by the path libfuse keeps for the open file (``None``
-  once the directory was removed through the mount).
+- Reads and writes through a file whose cgroup has been removed: ``ENODEV``. A read or write
+  finds its file by the path libfuse keeps for the open file (``None`` once the directory was
+  removed through the mount).
+- Writes are judged by the credentials the file was opened with, as the kernel judges them
+  (``of->file->f_cred``): ``open`` packs the opener's uid and gid into the file handle
+  (``opener_handle``), which the kernel hands back with every write through that open file, so
+  a descriptor passed to (or inherited by) another process keeps its opener's rights. Nothing
+  is kept per open file, so no ``release`` is served; nor is ``flush``: libfuse answers them.
+  An ``echo``/``cat`` pair costs five Python calls (two opens, write, two reads). libfuse sets
+  ``direct_io`` from the mount configuration after ``open`` returns.
 - Sizes are 0, as kernfs reports them; reads are served with ``direct_io`` (set at mount).
 """
 
@@ -49,6 +54,18 @@ ROOT_DIR_MODE = 0o555
 DIR_MODE = 0o755
 PIDLIST_LIFETIME = 1.0
 """Seconds a rendering stays for reads at a non-zero offset (``CGROUP_PIDLIST_DESTROY_DELAY``)."""
+_UID_MASK = (1 << 32) - 1
+
+
+def opener_handle(uid: int, gid: int) -> int:
+    """The file handle ``open`` returns for an opener with ``uid`` and ``gid`` (32 bits each,
+    as ``uid_t`` and ``gid_t``): ``uid | gid << 32``, the 64 bits of ``fuse_file_info.fh``."""
+    return uid | gid << 32
+
+
+def opener_of(fh: int) -> tuple[int, int]:
+    """The opener's ``(uid, gid)`` packed in a file handle by ``opener_handle``."""
+    return fh & _UID_MASK, fh >> 32
 
 
 class CgroupOperations(mfusepy.Operations):
@@ -171,11 +188,21 @@ class CgroupOperations(mfusepy.Operations):
                     break
                 renderings.popitem(last=False)
 
+    def open(self, path: str, flags: int) -> int:
+        """Every open of a file: the handle records the opener (``opener_handle``). Never
+        fails: the kernel has already checked the mode (``default_permissions``) and found the
+        file; whether its cgroup still exists is the business of each read and write."""
+        uid, gid, _pid = mfusepy.fuse_get_context()
+        return opener_handle(uid, gid)
+
     def write(self, path: str | None, data: bytes, offset: int, fh: int) -> int:
-        uid, gid, pid = mfusepy.fuse_get_context()
+        """One write(2), judged by the credentials of the file's opener (from ``fh``, see
+        ``open``); a ``0`` written to ``cgroup.procs`` still names the writing process."""
+        uid, gid = opener_of(fh)
+        writer = Writer(mfusepy.fuse_get_context()[2], uid, gid)
         with self.system.lock:
             cg, file = self._resolve_file(path)
-            return files.write(self.system, cg, file, data, Writer(pid, uid, gid))
+            return files.write(self.system, cg, file, data, writer)
 
     def truncate(self, path: str, length: int, fh: int | None = None) -> int:
         _cg, file = self._resolve(path)

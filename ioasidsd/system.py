@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from ioasidsd.model.cgroup import Cgroup, IoasidsController, Process
 from ioasidsd.model.core import IoasidCore
 from ioasidsd.model.errors import IoasidError
-from ioasidsd.model.formats import decode, parse_flag, parse_limit, parse_pid
+from ioasidsd.model.formats import parse_flag, parse_limit, parse_pid, parse_release_agent
 from ioasidsd.model.knobs import Knobs
 from ioasidsd.model.snapshot import is_removed
 from ioasidsd.model.workqueue import OrderedWorkQueue
@@ -255,9 +255,12 @@ class System:
                 self._changed("flag", cgroup=cg, name=name)
 
     def write_release_agent(self, data: bytes | str) -> None:
-        """A write to the root's ``release_agent``: as ``cgroup_release_agent_write``, the text
-        up to the first NUL with white space stripped at both ends (``strstrip``)."""
-        text = decode(data).split("\0", 1)[0].strip(" \t\n\v\f\r")
+        """A write to the root's ``release_agent``: as ``cgroup_release_agent_write``, the bytes
+        up to the first NUL with white space stripped at both ends (``strstrip``), any other
+        byte kept; stored as text with ``surrogateescape`` (``formats.parse_release_agent``,
+        which also says what a ``str`` means). ``EINVAL`` only for a ``str`` that encodes to
+        no bytes."""
+        text = parse_release_agent(data)
         with self.lock:
             if self.cgroups.release_agent != text:
                 self.cgroups.release_agent = text
@@ -276,10 +279,17 @@ class System:
 
     def write_procs(self, path: str, data: bytes | str, *, writer_pid: int, writer_uid: int,
                     ) -> Process:
-        """A write to ``cgroup.procs`` or ``tasks``: move a real process (0: the writer).
+        """A write to ``cgroup.procs`` or ``tasks``: move a real process (``0``: the process of
+        ``writer_pid``, the thread calling write(2)).
+
+        ``writer_uid`` is the effective uid the write is judged by. cgroup-v1 judges the
+        credentials the file was opened with (``of->file->f_cred``), so a face passes the
+        opener's, not those of the process calling write(2): they differ for a descriptor
+        passed over a socket or inherited across a ``setuid``.
 
         ``EINVAL`` for junk or a kernel thread that may not move, ``ESRCH`` for no such process,
-        ``EACCES`` when a non-root writer's euid matches neither the target's uid nor its suid.
+        ``EACCES`` when ``writer_uid`` is not root and matches neither the target's uid nor its
+        saved uid.
         """
         pid = parse_pid(data) or writer_pid
         facts = self.processes.facts(pid)

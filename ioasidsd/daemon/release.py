@@ -4,9 +4,12 @@ The model queues the path of every cgroup with ``notify_on_release`` that lost i
 or child (``IoasidsController.releases``). ``ReleaseAgents`` drains that queue on its own thread,
 off ``system.lock``, and runs the root's ``release_agent`` for each path as the kernel does
 (``cgroup1_release_agent``): ``argv`` is the agent and the cgroup's path relative to the
-hierarchy's root, the environment is only ``HOME=/`` and ``PATH=/sbin:/bin:/usr/sbin:/usr/bin``,
-the working directory ``/``; nothing is run while the agent is empty, and the daemon does not
-wait for the agent to finish (it reaps it later). An agent that cannot be started is logged.
+hierarchy's root, each exactly the bytes written (the model keeps both as text with
+``surrogateescape``, so any byte but NUL survives; they are encoded back explicitly, whatever
+the daemon's locale), the environment is only ``HOME=/`` and
+``PATH=/sbin:/bin:/usr/sbin:/usr/bin``, the working directory ``/``; nothing is run while the
+agent is empty, and the daemon does not wait for the agent to finish (it reaps it later). An
+agent that cannot be started is logged and counted in ``failed``.
 """
 
 from __future__ import annotations
@@ -18,6 +21,11 @@ from typing import Any
 from ioasidsd.system import System
 
 AGENT_ENV = {"HOME": "/", "PATH": "/sbin:/bin:/usr/sbin:/usr/bin"}
+
+
+def _bytes(text: str) -> bytes:
+    """The bytes a path kept as text stands for (UTF-8 with ``surrogateescape``, as written)."""
+    return text.encode("utf-8", "surrogateescape")
 
 
 class ReleaseAgents:
@@ -74,13 +82,13 @@ class ReleaseAgents:
         for path in paths:
             try:
                 child = subprocess.Popen(
-                    [agent, path], env=AGENT_ENV, cwd="/", stdin=subprocess.DEVNULL,
-                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                    start_new_session=True)
-            except OSError as exc:
+                    [_bytes(agent), _bytes(path)], env=AGENT_ENV, cwd="/",
+                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL, start_new_session=True)
+            except (OSError, UnicodeEncodeError) as exc:  # the latter: a name with no bytes
                 self.failed += 1
                 self.log.warning("release agent not started", agent=agent, cgroup=path,
-                                 error=exc.strerror or str(exc))
+                                 error=getattr(exc, "strerror", None) or str(exc))
                 continue
             self._children.append(child)
             self.started += 1

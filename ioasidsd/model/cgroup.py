@@ -554,7 +554,8 @@ class IoasidsController:
 
     def check_owner(self, writer_uid: int, target_uids: tuple[int, ...]) -> None:
         """cgroup-v1's permission rule for moving a process: root, or a writer whose euid
-        matches the target's uid or suid. ``EACCES`` otherwise."""
+        matches the target's uid or suid. ``EACCES`` otherwise. The writer's euid is that of
+        the credentials the file was opened with (``of->file->f_cred``)."""
         if writer_uid != 0 and writer_uid not in target_uids:
             raise IoasidError(13, "not allowed to move that process")  # EACCES
 

@@ -8,6 +8,10 @@ accept the literal ``max``, otherwise ``kstrtoll(buf, 0, ...)``: an optional sig
 Parsers see what a kernel write handler sees: kernfs NUL-terminates the written bytes, so the
 text ends at the first NUL, and it is bytes, one character per byte (the kernel's ``isspace``
 counts 0xA0 as white space).
+
+Text the kernel stores as written (``release_agent``) may hold any byte but NUL. The model keeps
+it as ``str`` decoded from UTF-8 with ``surrogateescape``, as Python (and mfusepy) decode file
+names: ``text.encode("utf-8", "surrogateescape")`` gives back exactly the bytes written.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ MAX = "max"
 S64_MAX = (1 << 63) - 1
 U64_MAX = (1 << 64) - 1
 _WHITESPACE = " \t\n\v\f\r\xa0"  # isspace() of lib/ctype.c
+_WHITESPACE_BYTES = _WHITESPACE.encode("latin-1")
 
 
 def _kstrtoull(text: str) -> int:
@@ -70,14 +75,23 @@ def kstrtoll(text: str) -> int:
     return value
 
 
-def decode(data: bytes | str) -> str:
-    """Bytes written to a file as text; undecodable bytes are junk (``EINVAL``)."""
+def parse_release_agent(data: bytes | str) -> str:
+    """Parse a write to ``release_agent`` as ``cgroup_release_agent_write`` does: the bytes up
+    to the first NUL, with white space stripped at both ends (``strstrip``: the kernel's
+    ``isspace``, 0xA0 included), every other byte kept whatever it is. Returns them as text
+    decoded from UTF-8 with ``surrogateescape`` (see the module's documentation), so that
+    encoding it back gives exactly those bytes.
+
+    A ``str`` is taken as the bytes it encodes to (UTF-8, ``surrogateescape``); one that has no
+    such bytes (a lone surrogate outside U+DC80..U+DCFF) is ``EINVAL``. Bytes never fail.
+    """
     if isinstance(data, str):
-        return data
-    try:
-        return data.decode("ascii")
-    except UnicodeDecodeError:
-        raise IoasidError(EINVAL, "not ASCII text") from None
+        try:
+            data = data.encode("utf-8", "surrogateescape")
+        except UnicodeEncodeError:
+            raise IoasidError(EINVAL, "text with no bytes to write") from None
+    raw = data.split(b"\0", 1)[0].strip(_WHITESPACE_BYTES)
+    return raw.decode("utf-8", "surrogateescape")
 
 
 def _c_string(data: bytes | str) -> str:

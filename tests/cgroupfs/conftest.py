@@ -8,6 +8,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -38,6 +39,27 @@ class Changes:
 
     def kinds(self) -> list[str]:
         return [kind for kind, _ in self.seen]
+
+
+@pytest.fixture(autouse=True, scope="session")
+def fork_not_vfork() -> Iterator[None]:
+    """Children are started with fork(2), not vfork(2), on interpreters that hold the GIL
+    across vfork (CPython before 3.12, unless patched: gh-104372, Debian 12's 3.11.2 included).
+
+    These tests serve the file system from threads of this process. With the GIL held by the
+    thread blocked in vfork, a child whose set-up touches the mount (``cwd=`` a cgroup
+    directory: the child's ``chdir`` waits for a FUSE answer) waits for a server thread that
+    waits for the GIL: the whole test run hangs, out of reach of pytest-timeout's signal.
+    """
+    saved = getattr(subprocess, "_USE_VFORK", None)
+    if saved is None or sys.version_info >= (3, 12):
+        yield
+        return
+    subprocess._USE_VFORK = False  # type: ignore[attr-defined]
+    try:
+        yield
+    finally:
+        subprocess._USE_VFORK = saved  # type: ignore[attr-defined]
 
 
 @pytest.fixture

@@ -138,6 +138,15 @@ def test_release_agent_is_stripped_at_both_ends(system: System) -> None:
     assert text(system, "/", "release_agent") == "\n"
 
 
+def test_release_agent_reads_back_the_bytes_written(system: System, changes) -> None:
+    """Any byte but NUL is kept (stripped of the kernel's white space, 0xA0 included)."""
+    cg = system.cgroups.root
+    agent = files.files_of(system, cg)["release_agent"]
+    assert write(system, "/", "release_agent", b"\xa0 /opt/\xff\xfe caf\xc3\xa9\xa0\n") == 17
+    assert files.read(system, cg, agent) == b"/opt/\xff\xfe caf\xc3\xa9\n"
+    assert changes.kinds()[-1] == "release_agent"
+
+
 def test_only_root_sets_the_release_agent(system: System, changes) -> None:
     before = list(changes.seen)
     user = Writer(pid=1, uid=1000, gid=1000)

@@ -136,6 +136,42 @@ def test_release_agent_runs_when_a_cgroup_empties(daemons, forkers, tmp_path):
     assert d.stop() == 0
 
 
+def test_a_release_agent_of_any_bytes_survives_restarts_and_runs(daemons, forkers, tmp_path):
+    """``release_agent`` keeps any byte but NUL (``printf '\\xa05\\xa0'`` stores ``5``, as the
+    kernel's does): read back exactly after ``kill -9`` and after a clean stop, and run from a
+    path that is not UTF-8."""
+    fifo = tmp_path / "released"
+    os.mkfifo(fifo)
+    agent = os.path.join(os.fsencode(tmp_path), b"agent \xff\xa0caf\xc3\xa9")
+    with open(agent, "w") as script:
+        script.write(f'#!/bin/sh\necho "$1" > {fifo}\n')
+    os.chmod(agent, 0o755)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    d = daemons().start()
+    try:
+        release_agent = d.mount / "release_agent"
+        release_agent.write_bytes(b"\xa05\xa0")
+        assert release_agent.read_bytes() == b"5\n"
+        release_agent.write_bytes(b"\xa0 " + agent + b"\xa0\n")
+        d.kill9()  # the value is in the journal only
+        d.start()
+        assert release_agent.read_bytes() == agent + b"\n"
+        assert d.stop() == 0  # folded into the database
+        d.start()
+        assert release_agent.read_bytes() == agent + b"\n"
+        (d.mount / "a").mkdir()
+        (d.mount / "a" / "notify_on_release").write_text("1")
+        proc = forkers()
+        (d.mount / "a" / "cgroup.procs").write_text(str(proc.pid))
+        proc.exit()  # the last process of /a is gone
+        assert select.select([reader], [], [], 30)[0], "the agent did not run"
+        assert os.read(reader, 4096) == b"/a\n"
+    finally:
+        os.close(reader)
+    assert d.status()["release_agents"] == {"started": 1, "failed": 0}
+    assert d.stop() == 0
+
+
 def test_sighup_reloads_the_configuration(daemons, tmp_path):
     config = tmp_path / "ioasidsd.toml"
     config.write_text('log_level = "warning"\npoll_interval = 1.0\n')

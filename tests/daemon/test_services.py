@@ -153,6 +153,36 @@ def test_release_agent_runs_like_the_kernel_s(tmp_path):
     assert runner.started == 1 and runner.failed == 0
 
 
+def test_release_agent_and_cgroup_of_any_bytes_run_with_those_bytes(tmp_path):
+    """The agent's path and the cgroup's name are handed to execve as the bytes written: a
+    path that is not UTF-8 runs, and the agent gets the name's own bytes."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    agent = os.path.join(os.fsencode(tmp_path), b"agent \xff\xa0caf\xc3\xa9")
+    with open(agent, "w") as script:
+        script.write(f'#!/bin/sh\nprintf "%s\\n" "$1" > {fifo}\n')
+    os.chmod(agent, 0o755)
+    name = "\xe9t\xe9 \xa0"  # UTF-8: a name that is not fails in the model (another fault)
+    system = System(processes=FakeProcesses())
+    runner = ReleaseAgents(system, LOG)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        system.write_release_agent(b" " + agent + b"\xa0\n")
+        system.mkdir(f"/{name}")
+        system.write_flag(f"/{name}", "notify_on_release", "1")
+        system.processes.live[5] = 1.0
+        system.write_procs(f"/{name}", "5", writer_pid=1, writer_uid=0)
+        system.exit(5)
+        assert runner.run_pending() == 1 and runner.failed == 0
+        line = b""
+        while not line.endswith(b"\n"):
+            assert select.select([reader], [], [], 20)[0], "the release agent did not write"
+            line += os.read(reader, 4096)
+    finally:
+        os.close(reader)
+    assert line == b"/\xc3\xa9t\xc3\xa9 \xc2\xa0\n"
+
+
 def test_no_agent_no_run_and_a_bad_agent_is_logged(tmp_path):
     system = System(processes=FakeProcesses())
     runner = ReleaseAgents(system, LOG)

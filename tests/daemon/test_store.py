@@ -178,6 +178,34 @@ def test_a_commit_is_durable_when_apply_returns(tmp_path):
     assert rows == {f"c{i}": i for i in range(50)}
 
 
+def test_a_release_agent_of_any_bytes_survives_a_restart(tmp_path):
+    """``release_agent`` keeps any byte but NUL, as text with surrogateescape: the journal
+    (marshal) and the database (JSON in ``meta``) both give back exactly those bytes."""
+    written = b"\xa0/opt/\xff\xfe caf\xc3\xa9 \xed\xa0\x80\xa0\n"
+    kept = b"/opt/\xff\xfe caf\xc3\xa9 \xed\xa0\x80"
+
+    def restored() -> bytes:
+        reader = Store.open(tmp_path)
+        try:
+            snap = reader.load()
+        finally:
+            reader.close()
+        again = System()
+        load(snap, again.core)
+        return again.cgroups.release_agent.encode("utf-8", "surrogateescape")
+
+    store = Store.open(tmp_path, fold_interval=3600)  # nothing folded before close
+    system = System(on_change=store.apply)
+    store.bind(system)
+    system.write_release_agent(written)
+    assert store.error is None
+    assert list(tmp_path.glob("state.journal.*"))
+    assert restored() == kept  # from the journal, as after kill -9
+    store.close()  # folds the journal into the database and removes it
+    assert not list(tmp_path.glob("state.journal.*"))
+    assert restored() == kept  # from the database alone
+
+
 def _owner_with_ids(system, path, pid, n):
     """Process ``pid`` in ``path`` (limit 10) owning an MM set with ``n`` IOASIDs, reported as
     the user API would (the new IDs)."""

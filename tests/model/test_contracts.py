@@ -223,13 +223,29 @@ def test_mm_registration_replays_no_dying_ids(rec: Any) -> None:
 
 @pytest.mark.parametrize(
     ("written", "stored"),
-    [(b"  /sbin/agent \n", "/sbin/agent"), (b"/bin/a\0junk", "/bin/a"), (b"\n", "")],
+    [(b"  /sbin/agent \n", "/sbin/agent"), (b"/bin/a\0junk", "/bin/a"), (b"\n", ""),
+     # the kernel's isspace counts the byte 0xA0 and nothing outside ASCII else; other bytes
+     # are kept as they are (as text with surrogateescape)
+     (b"\xa05\xa0", "5"), (b"\xc2\xa0/a\xc2\xa0", "\xa0/a\udcc2"), (b"/a\xa0b", "/a\udca0b"),
+     (b"\xff\xfe/x\xe9\x85", "\udcff\udcfe/x\udce9\udc85"), (b"\x1c/a\x1c \v", "\x1c/a\x1c"),
+     ("/caf\xe9\udcff\n", "/caf\xe9\udcff")],
 )
-def test_release_agent_is_stripped_like_the_kernel(written: bytes, stored: str) -> None:
-    """``cgroup_release_agent_write``: ``strstrip`` of the C string (cut at the first NUL)."""
+def test_release_agent_is_stripped_like_the_kernel(written: bytes | str, stored: str) -> None:
+    """``cgroup_release_agent_write``: ``strstrip`` of the C string (cut at the first NUL),
+    any byte kept; a ``str`` stands for its UTF-8 bytes (``surrogateescape``)."""
     system = System(profile("fixed"))
     system.write_release_agent(written)
     assert system.cgroups.release_agent == stored
+    if isinstance(written, bytes):
+        kept = written.split(b"\0")[0].strip(b" \t\n\v\f\r\xa0")
+        assert stored.encode("utf-8", "surrogateescape") == kept
+
+
+def test_release_agent_text_without_bytes_is_einval() -> None:
+    system = System(profile("fixed"))
+    with pytest.raises(IoasidError) as info:
+        system.write_release_agent("/a\ud800")  # a surrogate no byte decodes to
+    assert info.value.errno == EINVAL and system.cgroups.release_agent == ""
 
 
 def test_a_refusal_above_restores_the_peaks_raised_below() -> None:
