@@ -22,6 +22,13 @@ from ioasidsd.system import System
 
 AGENT_ENV = {"HOME": "/", "PATH": "/sbin:/bin:/usr/sbin:/usr/bin"}
 
+if hasattr(subprocess, "_USE_VFORK"):
+    # The daemon serves its FUSE mount from its own threads. Python before 3.12 holds the GIL
+    # across vfork (CPython gh-104372): a child whose exec walks a path on that mount (an agent
+    # kept there) would wait for a server thread that waits for the GIL, hanging the daemon.
+    # fork costs a little more per agent; the daemon does not start children on a hot path.
+    subprocess._USE_VFORK = False
+
 
 def _bytes(text: str) -> bytes:
     """The bytes a path kept as text stands for (UTF-8 with ``surrogateescape``, as written)."""

@@ -212,12 +212,12 @@ def test_out_of_descriptors_a_server_answers_and_does_not_spin(tmp_path: Path) -
 
         for _ in range(3):
             with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-                s.settimeout(5)
+                s.settimeout(30)  # a bound for a loaded machine: answered at once when idle
                 s.connect(str(tmp_path / "control.sock"))
                 reply = json.loads(s.makefile("rb").readline())
                 assert reply["ok"] is False and reply["error"] == "EMFILE", reply
             with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-                s.settimeout(5)
+                s.settimeout(30)
                 s.connect(str(tmp_path / "ioasid.sock"))
                 greeting = s.recv(8)
                 assert int.from_bytes(greeting[:4], "little", signed=True) == -24  # -EMFILE
@@ -227,7 +227,7 @@ def test_out_of_descriptors_a_server_answers_and_does_not_spin(tmp_path: Path) -
             s.connect(str(tmp_path / "control.sock"))
         time.sleep(1.0)  # a measurement window, not a synchronisation
         used = cpu_seconds(proc.pid) - before
-        assert used < 0.5 * (time.monotonic() - start), used
+        assert used < 0.2 * (time.monotonic() - start), used  # a spinning loop uses ~1.0
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
