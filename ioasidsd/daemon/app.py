@@ -17,7 +17,7 @@ Start-up, in order (any failure is one logged line and exit status 1):
 4. replace a stale mount left by a killed daemon, mount the hierarchy (``cgroupfs.mount``);
 5. serve ``/dev/ioasid`` on ``RUNTIME_DIR/ioasid.sock`` (``ioasidsd.userapi.server``, its
    bind extension on the VT-d driver) and the control API (``status``, ``vtd``: a caller other
-   than root sees only its own processes' bindings, ``ioasidsd.daemon.visibility``), then tell
+   than root sees only its own processes' bindings, ``ioasidsd.control.visibility``), then tell
    the service manager ``READY=1`` with a ``STATUS=`` line.
 
 SIGTERM and SIGINT stop serving, unmount, save the state and exit 0 (``STOPPING=1``). SIGHUP
@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import errno
+import functools
 import os
 import resource
 import signal
@@ -41,9 +41,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ioasidsd import __version__
-from ioasidsd.clients import ConnectionCap
+from ioasidsd.clients import ConnectionCap, Peer
+from ioasidsd.control import verbs
+from ioasidsd.control.protocol import SOCKET_NAME as CONTROL_SOCKET_NAME
+from ioasidsd.control.server import ControlServer
 from ioasidsd.daemon.config import Config, ConfigError, load_config, reload_changes
-from ioasidsd.daemon.control import ControlServer, Peer
 from ioasidsd.daemon.logs import forward_model_messages, get_logger, setup_logging
 from ioasidsd.daemon.notify import sd_notify
 from ioasidsd.daemon.procs import (
@@ -56,14 +58,12 @@ from ioasidsd.daemon.procs import (
 )
 from ioasidsd.daemon.release import ReleaseAgents
 from ioasidsd.daemon.runtime import (
-    CONTROL_SOCKET,
     PID_FILE,
     STATE_LOCK,
     AlreadyRunning,
     DirectoryLock,
 )
 from ioasidsd.daemon.store import Store, StoreError, boot_id
-from ioasidsd.daemon.visibility import may_see_process
 from ioasidsd.model.core import IoasidSetType
 from ioasidsd.model.errors import IoasidError
 from ioasidsd.model.snapshot import SnapshotError, load
@@ -92,7 +92,7 @@ def _holds_nothing(snap: dict[str, Any]) -> bool:
             and all(s["type"] == IoasidSetType.NULL for s in snap["sets"]))
 
 
-TRACE_EVENTS_MAX = 4096
+TRACE_EVENTS_MAX = verbs.TRACE_EVENTS_MAX
 
 
 class Daemon:
@@ -212,8 +212,8 @@ class Daemon:
             system, str(config.runtime_dir),
             cap=ConnectionCap(config.max_connections_per_uid, total=others))
         self.userapi.start()
-        self.control = ControlServer(config.runtime_dir / CONTROL_SOCKET,
-                                     {"status": self._status_verb, "vtd": self._vtd_verb},
+        handlers = {name: functools.partial(verb, self) for name, verb in verbs.VERBS.items()}
+        self.control = ControlServer(config.runtime_dir / CONTROL_SOCKET_NAME, handlers,
                                      self.log,
                                      cap=ConnectionCap(config.max_connections_per_uid,
                                                        total=others))
@@ -441,36 +441,28 @@ class Daemon:
 
     # ------------------------------------------------------------------ status
     def status(self) -> dict[str, Any]:
-        """What ``ioasidctl status`` shows."""
+        """What ``ioasidctl status`` shows (the ``status`` verb, as root asks it)."""
+        return verbs.status(self, {}, Peer(os.getpid(), 0, 0))
+
+    def service_status(self) -> dict[str, Any]:
+        """The daemon's own parts of ``status`` (``ioasidsd.control.verbs.Service``)."""
         system = self.system
         assert system is not None and self.store is not None and self.tracker is not None
-        with system.lock:
-            core = system.core
-            counts = system.cgroups.stats()
-            status = {
-                "pid": os.getpid(),
-                "version": __version__,
-                "started": datetime.fromtimestamp(self.started, UTC).isoformat(),
-                "uptime": round(time.time() - self.started, 3),
-                "profile": system.knobs.profile,
-                "knobs": system.knobs.as_dict(),
-                "quirks": system.knobs.quirk_names,
-                "capacity": core.capacity,
-                "available": core.capacity_avail,
-                "cgroups": counts["cgroups"],
-                "processes": counts["processes"],
-                "sets": len(core.sets),
-                "ioasids": len(core),
-            }
         tracker = self.tracker
-        status["tracking"] = {"mode": tracker.mode, "detail": tracker.detail,
-                              "state": tracker.state, "reason": tracker.reason,
-                              "restarts": getattr(tracker, "restarts", 0),
-                              "orphans": len(system.orphans), "unplaced": system.unplaced}
-        status["mount"] = str(self.config.mount)
-        status["state"] = {"path": str(self.store.path), "synchronous": self.config.synchronous,
-                           "error": self.store.error, "unfolded": self.store.pending}
-        status["runtime_dir"] = str(self.config.runtime_dir)
+        status: dict[str, Any] = {
+            "pid": os.getpid(),
+            "version": __version__,
+            "started": datetime.fromtimestamp(self.started, UTC).isoformat(),
+            "uptime": round(time.time() - self.started, 3),
+            "tracking": {"mode": tracker.mode, "detail": tracker.detail,
+                         "state": tracker.state, "reason": tracker.reason,
+                         "restarts": getattr(tracker, "restarts", 0),
+                         "orphans": len(system.orphans), "unplaced": system.unplaced},
+            "mount": str(self.config.mount),
+            "state": {"path": str(self.store.path), "synchronous": self.config.synchronous,
+                      "error": self.store.error, "unfolded": self.store.pending},
+            "runtime_dir": str(self.config.runtime_dir),
+        }
         if self.userapi is not None:
             status["userapi"] = {"socket": self.userapi.path,
                                  "connections": self.userapi.connections,
@@ -482,24 +474,7 @@ class Daemon:
         if self.releases is not None:
             status["release_agents"] = {"started": self.releases.started,
                                         "failed": self.releases.failed}
-        if self.vtd is not None:
-            status["vtd"] = self.vtd_summary()
         return status
-
-    def vtd_summary(self) -> dict[str, Any]:
-        """The VT-d line of ``status``: units, devices, scalable mode, bound PASIDs."""
-        driver = self.vtd
-        assert driver is not None
-        with driver.lock:
-            host = driver.host_set
-            return {
-                "units": list(driver.units),
-                "devices": len(driver.devices),
-                "scalable_mode": driver.sm_enabled,
-                "pasid_max": driver.pasid_max,
-                "host_set": None if host is None else host.id,
-                "bound_pasids": len(driver.guest) + len(driver.native),
-            }
 
     def status_line(self) -> str:
         """One line for ``STATUS=``."""
@@ -510,36 +485,6 @@ class Daemon:
             used = core.capacity - core.capacity_avail
             return (f"serving {self.config.mount}: {len(core)} IOASIDs, {used}/{core.capacity} "
                     f"capacity reserved or used, profile {system.knobs.profile}")
-
-    def _status_verb(self, request: dict[str, Any], peer: Peer) -> dict[str, Any]:
-        return self.status()
-
-    def _vtd_verb(self, request: dict[str, Any], peer: Peer) -> dict[str, Any]:
-        """``{"verb": "vtd", "events": N}``: ``VtdDriver.snapshot`` with the last ``N`` trace
-        events (default 50, at most 4096), and ``viewer_uid``, the caller's uid.
-
-        Root gets the whole snapshot (``filtered`` false). Any other caller gets the snapshot
-        filtered to the bindings of the processes it may see (``may_see_process``'s rule,
-        decided now from the real processes), ``filtered`` true: nothing in it names another
-        process's PASID, guest PASID or pid. ``EINVAL`` for another ``events``, ``ENODEV``
-        without the VT-d simulation."""
-        events = request.get("events", 50)
-        if isinstance(events, bool) or not isinstance(events, int) or \
-                not 0 <= events <= TRACE_EVENTS_MAX:
-            raise IoasidError(errno.EINVAL, f"events must be an integer in 0..{TRACE_EVENTS_MAX}")
-        driver, system = self.vtd, self.system
-        if driver is None or system is None:
-            raise IoasidError(errno.ENODEV, "the VT-d simulation is not running")
-        if peer.uid == 0:
-            snap = driver.snapshot(events=events)
-        else:
-            # The rule reads /proc: decide outside the lock, then filter by the processes
-            # decided on (a binding made meanwhile by another owner is left out).
-            visible = [owner for owner in driver.owners()
-                       if may_see_process(peer, owner, system.processes)]
-            snap = driver.snapshot(events=events, owners=visible)
-        snap["viewer_uid"] = peer.uid
-        return snap
 
 
 DESCRIPTORS_WANTED = 65536

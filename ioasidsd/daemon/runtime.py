@@ -1,4 +1,4 @@
-"""Directories a running daemon owns: the runtime directory (pid file, control socket) and the
+"""Directories a running daemon owns: the runtime directory (pid file, sockets) and the
 state directory (database), each claimed with an exclusive ``flock`` so that a second daemon on
 the same directory refuses to start.
 
@@ -16,7 +16,6 @@ from pathlib import Path
 
 PID_FILE = "ioasidsd.pid"
 STATE_LOCK = "ioasidsd.lock"
-CONTROL_SOCKET = "control.sock"
 
 
 class AlreadyRunning(Exception):

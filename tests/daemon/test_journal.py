@@ -19,7 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ioasidsd.cli.ctl import format_status
+from ioasidsd.cli.render import format_status
 from ioasidsd.daemon import journal
 from ioasidsd.daemon.fold import CGROUP
 from ioasidsd.daemon.store import Store, StoreError

@@ -282,7 +282,7 @@ def test_settle_waits_for_the_events_before_it(forker):
 
 
 def test_status_says_degraded_and_why():
-    from ioasidsd.cli.ctl import format_status
+    from ioasidsd.cli.render import format_status
 
     from .test_journal import _status
 

@@ -12,7 +12,8 @@ import threading
 import pytest
 import structlog
 
-from ioasidsd.daemon.control import ControlClient, ControlError, ControlServer
+from ioasidsd.control.client import ControlClient, ControlError
+from ioasidsd.control.server import ControlServer
 from ioasidsd.daemon.notify import sd_notify
 from ioasidsd.daemon.release import ReleaseAgents
 from ioasidsd.daemon.runtime import AlreadyRunning, DirectoryLock, read_pid

@@ -173,7 +173,7 @@ def test_one_client_cannot_flood_the_log(delegate) -> None:
 SERVER = r"""
 import os, resource, sys, tempfile
 import structlog
-from ioasidsd.daemon.control import ControlServer
+from ioasidsd.control.server import ControlServer
 from ioasidsd.system import System
 from ioasidsd.userapi.server import UserApiServer
 run = sys.argv[1]

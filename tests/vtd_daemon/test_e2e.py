@@ -239,7 +239,7 @@ def test_ioasidctl_vtd(daemons) -> None:
     assert "VT-d       dmar0, 2 devices, scalable mode, 1048576 PASIDs, 0 bound PASIDs" in status
     bad = d.ctl("vtd", "--events", "-1")
     assert bad.returncode == 2 and len(bad.stderr.splitlines()) == 1
-    from ioasidsd.daemon.control import ControlClient, ControlError
+    from ioasidsd.control.client import ControlClient, ControlError
 
     client = ControlClient(d.run / "control.sock")
     for events in ("x", True, 5000):

@@ -1,4 +1,4 @@
-"""The control API's visibility rule (``ioasidsd.daemon.visibility.may_see_process``): root sees
+"""The control API's visibility rule (``ioasidsd.control.visibility.may_see_process``): root sees
 every process; another caller sees a process whose real or effective uid is its uid, read at
 request time, and never one that exited or whose pid another process now has."""
 
@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 from userapi.helpers import FakeProcesses
 
-from ioasidsd.daemon.control import Peer
-from ioasidsd.daemon.visibility import may_see_process
+from ioasidsd.clients import Peer
+from ioasidsd.control.visibility import may_see_process
 from ioasidsd.model import IoasidCore, IoasidsController
 from ioasidsd.model.cgroup import Process
 from ioasidsd.system import ProcessFacts

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ioasidsd.daemon.control import Peer
+from ioasidsd.clients import Peer
 from ioasidsd.system import ProcessSource
 
 

@@ -1,10 +1,5 @@
-"""The control API: JSON requests and replies on the unix socket ``RUNTIME_DIR/control.sock``.
-
-One request per line, one reply per line::
-
-    -> {"verb": "status"}
-    <- {"ok": true, "result": {...}}
-    <- {"ok": false, "error": "EINVAL", "message": "unknown verb 'stauts'"}
+"""The control API's server: JSON requests and replies on the unix socket
+``RUNTIME_DIR/control.sock`` (the wire format: ``ioasidsd.control.protocol``).
 
 Verbs are functions ``handler(request, peer) -> result`` registered by name; ``peer`` holds the
 caller's pid, uid and gid from ``SO_PEERCRED``, for verbs that must check who asks. A handler's
@@ -14,7 +9,8 @@ root holds at most ``max_connections_per_uid`` connections (``ioasidsd.clients``
 answered ``{"ok": false, "error": "EAGAIN", ...}`` and closed; the log lines a client's
 requests cause are rate-limited per uid.
 
-``ControlClient`` is the other end, for ``ioasidctl``.
+``ioasidsd.control.client.ControlClient`` is the other end, for ``ioasidctl``; the verbs the
+daemon serves are in ``ioasidsd.control.verbs``.
 """
 
 from __future__ import annotations
@@ -39,23 +35,14 @@ from ioasidsd.clients import (
     client_context,
     peer_of,
 )
+from ioasidsd.control.protocol import MAX_REQUEST
 from ioasidsd.model.errors import IoasidError
 
-__all__ = ["ControlClient", "ControlError", "ControlServer", "Handler", "Peer"]
+__all__ = ["ControlServer", "Handler"]
 
-MAX_REQUEST = 1 << 16
 DEFAULT_CAP = 64
 
 Handler = Callable[[dict[str, Any], Peer], Any]
-
-
-class ControlError(Exception):
-    """A control request failed: ``error`` is the daemon's error name (an errno name, or
-    ``ENOTCONN`` when there is no daemon to ask)."""
-
-    def __init__(self, error: str, message: str) -> None:
-        super().__init__(message)
-        self.error = error
 
 
 def _error(code: int, message: str) -> dict[str, Any]:
@@ -236,39 +223,3 @@ class ControlServer:
         except Exception:
             self.log.exception("control request failed", verb=verb, pid=peer.pid)
             return {"ok": False, "error": "EIO", "message": f"{verb} failed in the daemon"}
-
-
-class ControlClient:
-    """Requests to the daemon whose control socket is at ``path``."""
-
-    def __init__(self, path: str | Path, *, timeout: float = 10.0) -> None:
-        self.path = Path(path)
-        self.timeout = timeout
-
-    def call(self, verb: str, **args: Any) -> Any:
-        """Send one request and return its result. ``ControlError`` when the daemon answers
-        with an error, or with ``error="ENOTCONN"`` when there is no daemon to ask."""
-        request = json.dumps({"verb": verb, **args}).encode() + b"\n"
-        try:
-            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-                sock.settimeout(self.timeout)
-                sock.connect(str(self.path))
-                with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-                    sock.sendall(request)  # a refused connection was answered already
-                with sock.makefile("rb") as f:
-                    line = f.readline(MAX_REQUEST * 16)
-        except (FileNotFoundError, ConnectionRefusedError) as exc:
-            raise ControlError("ENOTCONN", f"no ioasidsd is listening on {self.path} "
-                                           f"({exc.strerror})") from None
-        except OSError as exc:
-            raise ControlError("ENOTCONN", f"cannot talk to ioasidsd on {self.path} "
-                                           f"({exc.strerror or exc})") from None
-        if not line:
-            raise ControlError("ENOTCONN", f"ioasidsd on {self.path} closed the connection")
-        try:
-            reply = json.loads(line)
-        except ValueError:
-            raise ControlError("EPROTO", "the daemon's reply is not JSON") from None
-        if not reply.get("ok"):
-            raise ControlError(str(reply.get("error", "EIO")), str(reply.get("message", "")))
-        return reply.get("result")

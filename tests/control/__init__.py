@@ -1,0 +1,1 @@
+"""Tests of the control API: server, client, verbs, visibility."""
