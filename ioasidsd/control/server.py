@@ -45,13 +45,33 @@ DEFAULT_CAP = 64
 Handler = Callable[[dict[str, Any], Peer], Any]
 
 
+_TOO_LONG = {"ok": False, "error": "E2BIG", "message": "request too long"}
+
+
 def _error(code: int, message: str) -> dict[str, Any]:
     return {"ok": False, "error": errno.errorcode.get(code, "EIO"), "message": message}
 
 
+class _Connection:
+    """One client: its socket, who it is, what it sent that is not a whole line yet, and the
+    replies it has not read yet."""
+
+    __slots__ = ("closing", "inbox", "outbox", "peer", "sock")
+
+    def __init__(self, sock: socket.socket, peer: Peer) -> None:
+        self.sock = sock
+        self.peer = peer
+        self.inbox = bytearray()
+        self.outbox = bytearray()
+        self.closing = False  # close once the outbox is sent
+
+
 class ControlServer:
-    """Serves ``handlers`` on the socket at ``path`` (mode 0666: verbs check ``peer``), one
-    thread per connection, at most ``cap`` connections (default: 64 for each uid but root's)."""
+    """Serves ``handlers`` on the socket at ``path`` (mode 0666: verbs check ``peer``) from one
+    thread: every connection is a non-blocking socket on one selector, requests are answered in
+    the order they arrive, and a client that does not read its replies stalls only itself (its
+    further requests wait). At most ``cap`` connections (default: 64 for each uid but root's).
+    """
 
     def __init__(self, path: str | Path, handlers: dict[str, Handler], log: Any, *,
                  cap: ConnectionCap | None = None) -> None:
@@ -65,14 +85,12 @@ class ControlServer:
         self._thread: threading.Thread | None = None
         self._wake_r, self._wake_w = -1, -1
         self._stopping = False
-        self._open: set[socket.socket] = set()
-        self._open_lock = threading.Lock()
+        self._conns: dict[int, _Connection] = {}
 
     @property
     def connections(self) -> int:
         """Connections open now."""
-        with self._open_lock:
-            return len(self._open)
+        return len(self._conns)
 
     def start(self) -> None:
         """Bind (replacing a socket left by a killed daemon) and serve on a thread. ``OSError``
@@ -100,17 +118,16 @@ class ControlServer:
         self._thread.start()
 
     def stop(self) -> None:
-        """Stop accepting, end the open connections, close and remove the socket. Idempotent."""
+        """Stop accepting, close the open connections (replies not sent are dropped), close
+        and remove the socket. Idempotent."""
         if self._thread is None:
             return
         self._stopping = True
         os.write(self._wake_w, b"x")
         self._thread.join()
         self._thread = None
-        with self._open_lock:
-            for sock in self._open:
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
+        for conn in list(self._conns.values()):
+            self._close(conn)
         if self._selector is not None:
             self._selector.close()
             self._selector = None
@@ -122,22 +139,41 @@ class ControlServer:
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
 
-    # ------------------------------------------------------------------ accepting
+    # ------------------------------------------------------------------ the loop
     def _serve(self) -> None:
         listener, acceptor = self._listener, self._acceptor
-        assert listener is not None and acceptor is not None
         selector = self._selector
-        assert selector is not None
+        assert listener is not None and acceptor is not None and selector is not None
+        listening = True
         while not self._stopping:
             pause = acceptor.paused - time.monotonic()
-            if pause > 0:  # not asking for the listener meanwhile: no spinning
+            if pause > 0 and listening:  # accepting failed: not asked again meanwhile
                 selector.unregister(listener)
-                selector.select(pause)
+                listening = False
+            elif pause <= 0 and not listening:
                 selector.register(listener, selectors.EVENT_READ)
-                continue
-            selector.select()
-            while not self._stopping and (sock := acceptor.accept()) is not None:
-                self._admit(sock)
+                listening = True
+            for key, mask in selector.select(pause if pause > 0 else None):
+                conn = key.data
+                if conn is None:
+                    if key.fileobj is listener:
+                        while (sock := acceptor.accept()) is not None:
+                            self._admit(sock)
+                    continue  # the wake pipe: the loop checks _stopping
+                try:
+                    if mask & selectors.EVENT_WRITE:
+                        self._flush(conn)
+                    if mask & selectors.EVENT_READ and not conn.outbox:
+                        self._receive(conn)
+                except Exception:  # a bug must not end the server: drop this connection
+                    self.log.exception("control connection failed", pid=conn.peer.pid)
+                    self._close(conn)
+        self._drain_wake()
+
+    def _drain_wake(self) -> None:
+        with contextlib.suppress(OSError):
+            while os.read(self._wake_r, 4096):
+                pass
 
     def _admit(self, sock: socket.socket) -> None:
         try:
@@ -154,55 +190,92 @@ class ControlServer:
                 self._refuse(sock, errno.EAGAIN, why)
             sock.close()
             return
-        with self._open_lock:
-            self._open.add(sock)
-        thread = threading.Thread(target=self._connection, args=(sock, peer),
-                                  name=f"control {peer.pid}", daemon=True)
-        try:
-            thread.start()
-        except RuntimeError:  # no thread can be made: refuse like any other shortage
-            self._end(sock, peer)
+        sock.setblocking(False)
+        conn = _Connection(sock, peer)
+        self._conns[sock.fileno()] = conn
+        assert self._selector is not None
+        self._selector.register(sock, selectors.EVENT_READ, conn)
 
     def _refuse(self, sock: socket.socket, code: int, message: str) -> None:
         sock.sendall(json.dumps(_error(code, message)).encode() + b"\n")
 
     # ------------------------------------------------------------------ one connection
-    def _connection(self, sock: socket.socket, peer: Peer) -> None:
+    def _receive(self, conn: _Connection) -> None:
+        """Read what the client sent, then answer what can be answered."""
         try:
-            with sock.makefile("rb") as rfile:
-                while not self._stopping:
-                    line = rfile.readline(MAX_REQUEST + 1)
-                    if not line:
-                        return
-                    if len(line) > MAX_REQUEST:
-                        self._reply(sock, {"ok": False, "error": "E2BIG",
-                                           "message": "request too long"})
-                        return
-                    if not line.strip():
-                        continue
-                    with client_context(peer.uid):
-                        reply = self.answer(line, peer)
-                    if not self._reply(sock, reply):
-                        return
-        except OSError:
-            pass
-        finally:
-            self._end(sock, peer)
+            data = conn.sock.recv(MAX_REQUEST + 1)
+        except BlockingIOError:
+            return
+        except OSError:  # ECONNRESET: the client went away
+            self._close(conn)
+            return
+        if not data:
+            self._close(conn)
+            return
+        conn.inbox += data
+        self._work(conn)
 
-    def _end(self, sock: socket.socket, peer: Peer) -> None:
-        with self._open_lock:
-            self._open.discard(sock)
-        sock.close()
-        self.cap.leave(peer.uid)
-        CLIENT_LOG_LIMIT.flush(peer.uid)
+    def _work(self, conn: _Connection) -> None:
+        """Answer the whole request lines received, one at a time, while the client reads its
+        replies; then wait for the socket as the state requires (to send, or to read)."""
+        with client_context(conn.peer.uid):
+            while not conn.outbox and not conn.closing:
+                end = conn.inbox.find(b"\n")
+                if end < 0:
+                    if len(conn.inbox) > MAX_REQUEST:
+                        self._queue(conn, _TOO_LONG)
+                        conn.closing = True
+                    break
+                line = bytes(conn.inbox[: end + 1])
+                del conn.inbox[: end + 1]
+                if len(line) > MAX_REQUEST:
+                    self._queue(conn, _TOO_LONG)
+                    conn.closing = True
+                elif line.strip():
+                    self._queue(conn, self.answer(line, conn.peer))
+                if not self._send(conn):
+                    return
+        selector = self._selector
+        assert selector is not None
+        if conn.outbox:
+            selector.modify(conn.sock, selectors.EVENT_WRITE, conn)
+        elif conn.closing:
+            self._close(conn)
+        else:
+            selector.modify(conn.sock, selectors.EVENT_READ, conn)
 
-    @staticmethod
-    def _reply(sock: socket.socket, reply: dict[str, Any]) -> bool:
+    def _queue(self, conn: _Connection, reply: dict[str, Any]) -> None:
+        conn.outbox += json.dumps(reply).encode() + b"\n"
+
+    def _send(self, conn: _Connection) -> bool:
+        """Send what the socket takes of the outbox; ``False`` if the client is gone (the
+        connection is closed then)."""
+        if not conn.outbox:
+            return True
         try:
-            sock.sendall(json.dumps(reply).encode() + b"\n")
+            sent = conn.sock.send(conn.outbox)
+        except BlockingIOError:
+            return True
         except OSError:
+            self._close(conn)
             return False
+        del conn.outbox[:sent]
         return True
+
+    def _flush(self, conn: _Connection) -> None:
+        """The socket can take more: send, and once the outbox is empty go on answering."""
+        if self._send(conn):
+            self._work(conn)
+
+    def _close(self, conn: _Connection) -> None:
+        if self._conns.pop(conn.sock.fileno(), None) is None:
+            return
+        if self._selector is not None:
+            with contextlib.suppress(KeyError, ValueError, OSError):
+                self._selector.unregister(conn.sock)
+        conn.sock.close()
+        self.cap.leave(conn.peer.uid)
+        CLIENT_LOG_LIMIT.flush(conn.peer.uid)
 
     def answer(self, line: bytes, peer: Peer) -> dict[str, Any]:
         """The reply to one request line from ``peer``."""
