@@ -20,11 +20,11 @@ from ioasidsd.model.cgroup import Cgroup, IoasidsController, Process
 from ioasidsd.model.core import IoasidCore
 from ioasidsd.model.errors import IoasidError
 from ioasidsd.model.formats import decode, parse_flag, parse_limit, parse_pid
+from ioasidsd.model.ioasid_device import IoasidDevice, IoasidFile
 from ioasidsd.model.knobs import Knobs
 from ioasidsd.model.snapshot import is_removed
 from ioasidsd.model.workqueue import OrderedWorkQueue
-from ioasidsd.userapi.device import IoasidDevice, IoasidFile
-from ioasidsd.userapi.vtd_binder import VtdGuestBinder
+from ioasidsd.vtd_binder import VtdGuestBinder
 
 if TYPE_CHECKING:
     from ioasidsd.vtd import VtdDriver

@@ -31,12 +31,13 @@ from typing import TYPE_CHECKING
 import structlog
 
 from ioasidsd.clients import CLIENT_LOG_LIMIT, Acceptor, ConnectionCap, client_context, peer_of
+from ioasidsd.model import ioasid_uapi as uapi
 from ioasidsd.model.errors import IoasidError
-from ioasidsd.userapi import protocol, uapi
+from ioasidsd.userapi import protocol
 
 if TYPE_CHECKING:
+    from ioasidsd.model.ioasid_device import IoasidFile
     from ioasidsd.system import System
-    from ioasidsd.userapi.device import IoasidFile
 
 log = structlog.get_logger("ioasidsd.userapi")
 

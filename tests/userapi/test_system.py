@@ -7,8 +7,8 @@ from errno import EAGAIN, EPERM, ESRCH
 import pytest
 
 from ioasidsd.model import IoasidError, profile
+from ioasidsd.model import ioasid_uapi as uapi
 from ioasidsd.system import System
-from ioasidsd.userapi import uapi
 
 from .helpers import Changes, FakeProcesses
 
