@@ -51,7 +51,6 @@ from ioasidsd.daemon.procs import (
     Tracker,
     adopt_children,
     open_tracker,
-    process_clock,
     release_gone,
 )
 from ioasidsd.daemon.release import ReleaseAgents
@@ -62,8 +61,9 @@ from ioasidsd.daemon.runtime import (
     AlreadyRunning,
     DirectoryLock,
 )
-from ioasidsd.daemon.store import Store, StoreError, boot_id
+from ioasidsd.daemon.store import Store, StoreError
 from ioasidsd.daemon.visibility import may_see_process
+from ioasidsd.host import boot_id, process_clock
 from ioasidsd.model.core import IoasidSetType
 from ioasidsd.model.errors import IoasidError
 from ioasidsd.model.snapshot import SnapshotError, load

@@ -9,9 +9,9 @@ from userapi.helpers import FakeProcesses
 
 from ioasidsd.daemon.control import Peer
 from ioasidsd.daemon.visibility import may_see_process
+from ioasidsd.host import ProcessFacts
 from ioasidsd.model import IoasidCore, IoasidsController
 from ioasidsd.model.cgroup import Process
-from ioasidsd.system import ProcessFacts
 
 TENANT = 1000
 
