@@ -1,7 +1,8 @@
-"""Reads of the host: what real processes are, which boot this is.
+"""Reads of the host: what real processes are, what is mounted where, which boot this is.
 
 Every read of these files in the package is here, written once: ``/proc/PID/stat``
-(``read_stat``), ``/proc/PID/status`` and ``/proc/PID/task`` (``ProcessSource``) and
+(``read_stat``), ``/proc/PID/status`` and ``/proc/PID/task`` (``ProcessSource``),
+``/proc/self/mountinfo`` (``mounts``, ``filesystem_of``) and
 ``/proc/sys/kernel/random/boot_id`` (``boot_id``); so is the clock of process start times
 (``process_clock``). Nothing else in the package reads those files.
 
@@ -12,13 +13,15 @@ Contract:
   ``ESRCH``), is ``None`` (``read_stat``, ``ProcessSource.parent`` and ``.stat``), ``False``
   (``ProcessSource.alive``), an empty list (``ProcessSource.thread_ids``) or
   ``IoasidError(ESRCH)`` (``ProcessSource.facts``): never another exception.
-- ``boot_id`` reads a file of the machine, which does not go away: it raises ``OSError`` when
-  the file cannot be read.
+- ``mounts``, ``filesystem_of`` and ``boot_id`` read files of this process and of the machine,
+  which do not go away: they raise ``OSError`` when the file cannot be read.
+  ``parse_mountinfo`` is pure and never raises on a line it cannot parse: it skips it.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import time
 from dataclasses import dataclass
 from errno import ESRCH
@@ -183,3 +186,75 @@ def _movable(stat: ProcStat) -> bool:
     if stat.flags & PF_NO_SETAFFINITY:
         return False
     return not (stat.flags & PF_KTHREAD and stat.ppid == 0)
+
+
+# ---------------------------------------------------------------------- mounts
+@dataclass(frozen=True, slots=True)
+class Mount:
+    """One line of ``mountinfo`` (proc(5)), every field's escapes decoded."""
+
+    mount_id: int
+    parent_id: int
+    device: str  # major:minor of st_dev
+    root: str  # the directory of the file system that is mounted
+    mount_point: str  # relative to the reading process's root
+    options: str  # per-mount options
+    optional: tuple[str, ...]  # shared:N, master:N, propagate_from:N, unbindable
+    fstype: str  # type[.subtype], e.g. "fuse.cgroupfs"
+    source: str  # "none" when there is none
+    super_options: str  # per-superblock options
+
+
+_OCTAL_ESCAPE = re.compile(rb"\\([0-3][0-7]{2})")
+
+
+def unmangle(field: bytes) -> str:
+    """A field of ``mountinfo`` as the kernel's ``mangle``/``seq_path`` wrote it, decoded: every
+    octal escape ``\\ooo`` (the kernel writes space, tab, newline and backslash so: ``\\040``,
+    ``\\011``, ``\\012``, ``\\134``) becomes its byte, and the bytes become a file name as
+    ``os.fsdecode`` makes one. A backslash not followed by three octal digits stays."""
+    return os.fsdecode(_OCTAL_ESCAPE.sub(lambda m: bytes((int(m.group(1), 8),)), field))
+
+
+def parse_mountinfo(data: bytes) -> list[Mount]:
+    """The mounts ``data`` (the text of a ``mountinfo`` file) lists, in its order (a later
+    mount on the same point is on top). A line that is not a mount line is skipped.
+
+    Fields are separated by one space (no field holds one: it is escaped), so an empty field,
+    such as an empty mount source, stays in its place.
+    """
+    found: list[Mount] = []
+    for line in data.split(b"\n"):
+        fields = line.split(b" ")
+        try:
+            end = fields.index(b"-", 6)  # the optional fields end with a lone "-"
+            fstype, source, super_options = fields[end + 1 : end + 4]
+            found.append(Mount(
+                int(fields[0]), int(fields[1]), unmangle(fields[2]), unmangle(fields[3]),
+                unmangle(fields[4]), unmangle(fields[5]),
+                tuple(unmangle(f) for f in fields[6:end]),
+                unmangle(fstype), unmangle(source), unmangle(super_options)))
+        except ValueError:  # no separator, too few fields after it, or a number that is not
+            continue
+    return found
+
+
+def mounts() -> list[Mount]:
+    """The mounts this process sees (``/proc/self/mountinfo``); ``OSError`` if it cannot be
+    read."""
+    with open("/proc/self/mountinfo", "rb") as info:
+        return parse_mountinfo(info.read())
+
+
+def filesystem_of(path: str) -> str:
+    """The type of the file system that holds ``path`` (its symbolic links resolved): that of
+    the innermost mount containing it, ``""`` if none does. ``OSError`` if ``mountinfo``
+    cannot be read."""
+    path = os.path.realpath(path)
+    best, fstype = "", ""
+    for mount in mounts():
+        point = mount.mount_point
+        inside = path == point or path.startswith(point.rstrip("/") + "/")
+        if inside and len(point) >= len(best):
+            best, fstype = point, mount.fstype
+    return fstype
