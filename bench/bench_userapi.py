@@ -35,9 +35,10 @@ import time
 
 import structlog
 
+from ioasidsd.model import ioasid_uapi as uapi
 from ioasidsd.model import profile
 from ioasidsd.system import System
-from ioasidsd.userapi import protocol, uapi
+from ioasidsd.userapi import protocol
 from ioasidsd.userapi.server import UserApiServer
 
 BATCH = uapi.IOASID_BATCH_MAX

@@ -30,10 +30,11 @@ from pathlib import Path
 from typing import Any
 
 from ioasidsd.daemon.store import Store
+from ioasidsd.host import ProcessFacts, ProcessSource
 from ioasidsd.model import OrderedWorkQueue, profile
+from ioasidsd.model import ioasid_uapi as uapi
 from ioasidsd.model.snapshot import load
-from ioasidsd.system import ProcessFacts, ProcessSource, System
-from ioasidsd.userapi import uapi
+from ioasidsd.system import System
 from ioasidsd.vtd import build_driver
 
 DEVICE = uapi.parse_bdf("0000:03:00.0")

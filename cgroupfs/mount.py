@@ -28,6 +28,7 @@ import mfusepy
 import structlog
 
 from cgroupfs.operations import CgroupOperations
+from ioasidsd.host import mounts
 from ioasidsd.system import System
 
 log = structlog.get_logger(__name__)
@@ -241,25 +242,11 @@ def _allow_other_permitted() -> bool:
 
 
 def _fuse_mounted_at(path: str) -> bool:
-    """Whether ``/proc/self/mountinfo`` lists a FUSE file system mounted at ``path``."""
+    """Whether ``/proc/self/mountinfo`` lists a FUSE file system mounted at ``path``
+    (``False`` when it cannot be read)."""
     try:
-        with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as info:
-            lines = info.readlines()
+        listed = mounts()
     except OSError:
         return False
-    for line in lines:
-        left, _, right = line.partition(" - ")
-        fields = left.split()
-        if len(fields) < 5 or not right:
-            continue
-        fstype = right.split()[0]
-        if (fstype == "fuse" or fstype.startswith("fuse.")) and _unescape(fields[4]) == path:
-            return True
-    return False
-
-
-def _unescape(field: str) -> str:
-    """A mountinfo path: spaces, tabs, newlines and backslashes are octal escapes there."""
-    for escape, char in (("\\040", " "), ("\\011", "\t"), ("\\012", "\n"), ("\\134", "\\")):
-        field = field.replace(escape, char)
-    return field
+    return any(m.mount_point == path and (m.fstype == "fuse" or m.fstype.startswith("fuse."))
+               for m in listed)

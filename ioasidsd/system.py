@@ -9,165 +9,25 @@ face answers. Reads may use the model objects directly while holding ``system.lo
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from errno import EINVAL, EPERM, ESRCH
+from errno import EINVAL, EPERM
 from typing import TYPE_CHECKING, Any
 
+from ioasidsd.host import ProcessSource
 from ioasidsd.model.cgroup import Cgroup, IoasidsController, Process
 from ioasidsd.model.core import IoasidCore
 from ioasidsd.model.errors import IoasidError
 from ioasidsd.model.formats import parse_flag, parse_limit, parse_pid, parse_release_agent
+from ioasidsd.model.ioasid_device import IoasidDevice, IoasidFile
 from ioasidsd.model.knobs import Knobs
 from ioasidsd.model.snapshot import is_removed
 from ioasidsd.model.workqueue import OrderedWorkQueue
-from ioasidsd.userapi.device import IoasidDevice, IoasidFile
-from ioasidsd.userapi.vtd_binder import VtdGuestBinder
+from ioasidsd.vtd_binder import VtdGuestBinder
 
 if TYPE_CHECKING:
+    from ioasidsd.host import ProcessFacts
     from ioasidsd.vtd import VtdDriver
-
-
-@dataclass(frozen=True, slots=True)
-class ProcessFacts:
-    """What the system needs to know about a real process."""
-
-    pid: int
-    start_time: float  # seconds since boot (the kernel's starttime, see ProcStat)
-    uids: tuple[int, ...]  # real, effective, saved
-    tgid: int
-    threads: int = 1
-    movable: bool = True  # False for kernel threads cgroup-v1 refuses to move (EINVAL)
-    ppid: int = 0  # the parent now (after a re-parenting: init or a subreaper)
-    pgid: int = 0  # process group and session, inherited at fork: what the kernel still
-    sid: int = 0  # shows of a process's origin once its parent is gone
-
-
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-"""Ticks per second of the start times in ``/proc/PID/stat`` (``USER_HZ``)."""
-
-
-@dataclass(frozen=True, slots=True)
-class ProcStat:
-    """The fields of ``/proc/PID/stat`` the daemon uses (see proc(5))."""
-
-    state: bytes  # R, S, D, Z (zombie), X...
-    ppid: int
-    pgid: int
-    sid: int
-    flags: int  # PF_* of the task
-    start_time: float  # seconds since boot (field 22 / USER_HZ)
-
-    @property
-    def running(self) -> bool:
-        """Not a zombie nor dead: a process ``cgroup.procs`` lists."""
-        return self.state not in (b"Z", b"X", b"x")
-
-
-def read_stat(pid: int) -> ProcStat | None:
-    """``/proc/PID/stat`` of ``pid``, parsed; ``None`` if there is no such process (or it went
-    away while being read: a read of an exited process's file fails with ``ESRCH``)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as stat:
-            data = stat.read()
-        # state ppid pgrp session tty tpgid flags ... starttime (the 20th after the name)
-        fields = data[data.rindex(b")") + 2 :].split()
-        return ProcStat(fields[0], int(fields[1]), int(fields[2]), int(fields[3]),
-                        int(fields[6]), int(fields[19]) / CLOCK_TICKS)
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def _read_status(pid: int) -> tuple[int, tuple[int, int, int], int] | None:
-    """``Tgid``, the real, effective and saved uids and ``Threads`` of ``/proc/PID/status``;
-    ``None`` if there is no such process."""
-    tgid, uids, threads = pid, (0, 0, 0), 1
-    try:
-        with open(f"/proc/{pid}/status", "rb") as status:
-            for line in status:
-                if line.startswith(b"Tgid:"):
-                    tgid = int(line.split()[1])
-                elif line.startswith(b"Uid:"):
-                    real, effective, saved = line.split()[1:4]
-                    uids = (int(real), int(effective), int(saved))
-                elif line.startswith(b"Threads:"):
-                    threads = int(line.split()[1])
-                    break
-    except (OSError, ValueError, IndexError):
-        return None
-    return tgid, uids, threads
-
-
-class ProcessSource:
-    """Facts about real processes, from ``/proc``. Tests may substitute their own.
-
-    Every read tolerates the process exiting meanwhile: a process that is gone (or exits
-    while it is being read) is ``ESRCH``, never another exception.
-    """
-
-    def facts(self, pid: int) -> ProcessFacts:
-        """Facts about ``pid`` (a process or a thread id, a zombie included: the kernel still
-        finds it); ``ESRCH`` if there is none."""
-        stat = read_stat(pid)
-        status = _read_status(pid) if stat is not None else None
-        if stat is None or status is None:
-            raise IoasidError(ESRCH, f"no process {pid}")
-        tgid, uids, threads = status
-        return ProcessFacts(pid, stat.start_time, uids, tgid, threads, _movable(stat),
-                            stat.ppid, stat.pgid, stat.sid)
-
-    def alive(self, pid: int, start_time: float) -> bool:
-        """Whether the process ``pid`` that started at ``start_time`` still runs (a zombie, which
-        has exited, does not)."""
-        try:
-            return self.facts(pid).start_time == start_time and _running(pid)
-        except IoasidError:
-            return False
-
-    def all_pids(self) -> list[int]:
-        """Every process id on the machine, zombies excluded (``cgroup.procs`` omits them)."""
-        import psutil
-
-        return [pid for pid in psutil.pids() if _running(pid)]
-
-    def parent(self, pid: int) -> int | None:
-        """The parent pid of process ``pid`` (field 4 of ``/proc/PID/stat``), ``None`` if it is
-        gone or has none."""
-        stat = read_stat(pid)
-        return (stat.ppid or None) if stat is not None else None
-
-    def stat(self, pid: int) -> ProcStat | None:
-        """``/proc/PID/stat`` of ``pid`` (``read_stat``); ``None`` if it is gone."""
-        return read_stat(pid)
-
-    def thread_ids(self, pid: int) -> list[int]:
-        """The thread ids of process ``pid`` (empty if it is gone)."""
-        try:
-            return [int(t) for t in os.listdir(f"/proc/{pid}/task")]
-        except OSError:
-            return []
-
-
-
-def _running(pid: int) -> bool:
-    """Whether ``pid`` exists and is not a zombie (state ``Z`` in ``/proc/<pid>/stat``)."""
-    stat = read_stat(pid)
-    return stat is not None and stat.running
-
-
-PF_KTHREAD = 0x00200000
-PF_NO_SETAFFINITY = 0x04000000
-
-
-def _movable(stat: ProcStat) -> bool:
-    """Whether cgroup-v1 lets userspace move the process: not a kernel thread with
-    ``PF_NO_SETAFFINITY`` (per-CPU workers) nor ``kthreadd`` (the kernel thread without a
-    parent), which ``cgroup_procs_write_start`` refuses with ``EINVAL``."""
-    if stat.flags & PF_NO_SETAFFINITY:
-        return False
-    return not (stat.flags & PF_KTHREAD and stat.ppid == 0)
 
 
 class System:

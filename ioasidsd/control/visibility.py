@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from ioasidsd.clients import Peer
-from ioasidsd.system import ProcessSource
+from ioasidsd.host import ProcessSource
 
 
 def may_see_process(peer: Peer, process: Any, source: ProcessSource) -> bool:

@@ -53,7 +53,6 @@ from ioasidsd.daemon.procs import (
     Tracker,
     adopt_children,
     open_tracker,
-    process_clock,
     release_gone,
 )
 from ioasidsd.daemon.release import ReleaseAgents
@@ -63,7 +62,8 @@ from ioasidsd.daemon.runtime import (
     AlreadyRunning,
     DirectoryLock,
 )
-from ioasidsd.daemon.store import Store, StoreError, boot_id
+from ioasidsd.daemon.store import Store, StoreError
+from ioasidsd.host import boot_id, filesystem_of, process_clock
 from ioasidsd.model.core import IoasidSetType
 from ioasidsd.model.errors import IoasidError
 from ioasidsd.model.snapshot import SnapshotError, load
@@ -508,20 +508,6 @@ def descriptor_budget() -> int:
     if soft == resource.RLIM_INFINITY:
         soft = DESCRIPTORS_WANTED
     return max(2, soft - DESCRIPTORS_KEPT)
-
-
-def filesystem_of(path: str) -> str:
-    """The type of the file system that holds ``path`` (from ``/proc/self/mountinfo``)."""
-    path = os.path.realpath(path)
-    best, fstype = "", ""
-    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as info:
-        for line in info:
-            left, _, right = line.partition(" - ")
-            point = left.split()[4].replace("\\040", " ")
-            inside = path == point or path.startswith(point.rstrip("/") + "/")
-            if inside and len(point) >= len(best) and right:
-                best, fstype = point, right.split()[0]
-    return fstype
 
 
 def _knob_diff(saved: dict[str, Any], wanted: dict[str, Any]) -> str:

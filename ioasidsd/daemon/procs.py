@@ -30,7 +30,8 @@ opened, else polling, with the reason in ``detail``).
 ``release_gone`` and ``adopt_children`` are the rescan, also run once at start-up for the time the
 daemon was not running: processes that died are released as if they had exited, and children
 created since the last saved change (``Store.clock``) by tracked parents join their parents.
-Times are on the clock of process start times, seconds since boot (``process_clock``).
+Times are on the clock of process start times, seconds since boot
+(``ioasidsd.host.process_clock``).
 
 Threads of a process are not followed: the ``Process`` records only the count seen when it was
 first tracked. A thread-group leader that exits before its other threads ends the process here.
@@ -63,19 +64,14 @@ from pyroute2.netlink.connector.cn_proc import (
     proc_event_control,
 )
 
+from ioasidsd.host import CLOCK_TICKS, process_clock, read_stat
 from ioasidsd.model.cgroup import Cgroup
-from ioasidsd.system import CLOCK_TICKS, System, read_stat
+from ioasidsd.system import System
 
 Log = Any
 # A tick of /proc's start times (USER_HZ): start times that close to a boundary count as after.
 CLOCK_TICK = 1.0 / CLOCK_TICKS
 RCVBUF = 8 << 20
-
-
-def process_clock() -> float:
-    """Now, on the clock of process start times (``ProcessFacts.start_time``): seconds since
-    boot, suspend included (``CLOCK_BOOTTIME``, what ``/proc/PID/stat`` counts from)."""
-    return time.clock_gettime(time.CLOCK_BOOTTIME)
 
 
 class Tracker(Protocol):

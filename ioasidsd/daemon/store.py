@@ -50,7 +50,6 @@ import json
 import marshal
 import sqlite3
 import threading
-import time
 from array import array
 from collections.abc import Callable, Iterable, Iterator
 from operator import attrgetter, itemgetter
@@ -72,6 +71,7 @@ from ioasidsd.daemon.fold import (
     Op,
 )
 from ioasidsd.daemon.idmap import IdMap
+from ioasidsd.host import boot_id, process_clock
 from ioasidsd.model.cgroup import Cgroup, IoasidsController, Process
 from ioasidsd.model.core import IoasidCore, IoasidSet
 from ioasidsd.model.snapshot import (
@@ -130,19 +130,9 @@ _IOASID_KEY = attrgetter("state", "refs", "spid", "cgroup", "pooled", "private")
 Warn = Callable[[str], None]
 
 
-def _clock() -> float:
-    return time.clock_gettime(time.CLOCK_BOOTTIME)
-
-
 def _orphan_rows(orphans: dict[int, float]) -> list[list[float]]:
     """``System.orphans`` as a JSON value: ``[pid, start time]`` pairs by pid."""
     return [[pid, start] for pid, start in sorted(orphans.items())]
-
-
-def boot_id() -> str:
-    """This boot's id (``/proc/sys/kernel/random/boot_id``)."""
-    with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as f:
-        return f.read().strip()
 
 
 class StoreError(Exception):
@@ -548,7 +538,7 @@ class Store:
         self._set_of = IdMap()
         ops: list[Op] = [(EVERYTHING,), (META, "schema", SCHEMA_VERSION),
                          (META, "boot", boot_id()), (META, "knobs", core.knobs.as_dict()),
-                         (META, "clock", _clock()),
+                         (META, "clock", process_clock()),
                          (META, "orphans", _orphan_rows(system.orphans))]
         self._cgroup_ops([*system.cgroups.cgroups(), *removed], ops)
         for pid in sorted(system.cgroups.processes):
@@ -632,7 +622,7 @@ class Store:
             self._cgroup_ops(cgroups, ops)
         self._core_op(ops)
         if processes:  # a process joined or left: forks before now were seen (see clock)
-            ops.append((META, "clock", _clock()))
+            ops.append((META, "clock", process_clock()))
         if kind == "rmdir" and isinstance(detail.get("cgroup"), Cgroup):
             self._forget_removed(detail["cgroup"], ops)
         return ops

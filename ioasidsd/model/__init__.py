@@ -1,4 +1,5 @@
-"""The pure model: IOASID core, ioasids controller, knobs. No I/O, no wall-clock time."""
+"""The pure model: IOASID core, ioasids controller, knobs, the ``/dev/ioasid`` device. No I/O, no
+wall-clock time."""
 
 from ioasidsd.model.cgroup import Cgroup, IoasidsController, Process
 from ioasidsd.model.core import (

@@ -20,7 +20,8 @@ import socket
 from array import array
 from typing import Self
 
-from ioasidsd.userapi import protocol, uapi
+from ioasidsd.model import ioasid_uapi as uapi
+from ioasidsd.userapi import protocol
 
 DEFAULT_RUNTIME_DIR = "/run/ioasidsd"
 RUNTIME_DIR_ENV = "IOASIDS_RUNTIME_DIR"

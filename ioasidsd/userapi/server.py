@@ -31,12 +31,14 @@ from typing import TYPE_CHECKING
 import structlog
 
 from ioasidsd.clients import CLIENT_LOG_LIMIT, Acceptor, ConnectionCap, client_context, peer_of
+from ioasidsd.host import read_stat
+from ioasidsd.model import ioasid_uapi as uapi
 from ioasidsd.model.errors import IoasidError
-from ioasidsd.userapi import protocol, uapi
+from ioasidsd.userapi import protocol
 
 if TYPE_CHECKING:
+    from ioasidsd.model.ioasid_device import IoasidFile
     from ioasidsd.system import System
-    from ioasidsd.userapi.device import IoasidFile
 
 log = structlog.get_logger("ioasidsd.userapi")
 
@@ -44,7 +46,6 @@ UCRED = struct.Struct("=iII")
 """``struct ucred``: pid, uid, gid."""
 _CMSG_SPACE = socket.CMSG_SPACE(UCRED.size)
 RECV_SIZE = 1 << 18
-PF_EXITING = 0x00000004
 _IN = select.EPOLLIN
 _OUT = select.EPOLLOUT
 _GONE = select.EPOLLHUP | select.EPOLLERR
@@ -57,13 +58,8 @@ def process_exiting(pid: int) -> bool:
     The kernel closes an exiting process's files after setting ``PF_EXITING``, so a connection
     that ends while this holds ended because its process is exiting.
     """
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as stat:
-            fields = stat.read().rsplit(b")", 1)[1].split()
-    except (OSError, IndexError):
-        return True
-    state, flags = fields[0], int(fields[6])
-    return state in (b"Z", b"X", b"x") or bool(flags & PF_EXITING)
+    stat = read_stat(pid)
+    return stat is None or stat.exiting
 
 
 class _Connection:

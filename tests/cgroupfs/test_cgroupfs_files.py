@@ -9,9 +9,10 @@ import pytest
 
 from cgroupfs import files, pidlists
 from cgroupfs.files import Writer
+from ioasidsd.host import ProcessFacts, ProcessSource
 from ioasidsd.model import IoasidSetType, profile
 from ioasidsd.model.errors import IoasidError
-from ioasidsd.system import ProcessFacts, ProcessSource, System
+from ioasidsd.system import System
 
 ROOT = Writer(pid=4242, uid=0, gid=0)
 

@@ -9,9 +9,9 @@ from userapi.helpers import FakeProcesses
 
 from ioasidsd.clients import Peer
 from ioasidsd.control.visibility import may_see_process
+from ioasidsd.host import ProcessFacts
 from ioasidsd.model import IoasidCore, IoasidsController
 from ioasidsd.model.cgroup import Process
-from ioasidsd.system import ProcessFacts
 
 TENANT = 1000
 

@@ -14,8 +14,9 @@ from typing import Any
 
 from hypothesis import strategies as st
 
+from ioasidsd.host import ProcessFacts, ProcessSource
 from ioasidsd.model import IoasidError, IoasidSetType
-from ioasidsd.system import ProcessFacts, ProcessSource, System
+from ioasidsd.system import System
 
 NAMES = ("a", "b", "c")
 OPS = (

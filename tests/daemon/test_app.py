@@ -158,7 +158,8 @@ def saved_state(state_dir):
 
 
 def test_no_mount_point_is_made_inside_a_kernel_cgroup_hierarchy(tmp_path):
-    from ioasidsd.daemon.app import StartError, filesystem_of
+    from ioasidsd.daemon.app import StartError
+    from ioasidsd.host import filesystem_of
 
     with open("/proc/self/mountinfo", encoding="utf-8") as info:
         cgroupfs = [line.split()[4] for line in info

@@ -24,9 +24,9 @@ from ioasidsd.daemon import journal
 from ioasidsd.daemon.fold import CGROUP
 from ioasidsd.daemon.store import Store, StoreError
 from ioasidsd.model import IoasidSetType, profile
+from ioasidsd.model import ioasid_uapi as uapi
 from ioasidsd.model.snapshot import dump, load
 from ioasidsd.system import System
-from ioasidsd.userapi import uapi
 
 from .daemons import wait_until
 from .ops import FakeProcesses, apply_op, op_strategy

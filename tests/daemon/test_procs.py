@@ -176,8 +176,8 @@ def test_a_process_read_while_it_exits_is_esrch(monkeypatch):
     (ProcessLookupError): that is "no such process", not an exception that ends a tracker."""
     import builtins
 
+    from ioasidsd.host import ProcessSource, read_stat
     from ioasidsd.model.errors import IoasidError
-    from ioasidsd.system import ProcessSource, read_stat
 
     class Vanishing:
         def __enter__(self):
@@ -193,7 +193,7 @@ def test_a_process_read_while_it_exits_is_esrch(monkeypatch):
             raise ProcessLookupError(errno.ESRCH, "No such process")
 
     real_open = builtins.open
-    monkeypatch.setattr("ioasidsd.system.open",
+    monkeypatch.setattr("ioasidsd.host.open",
                         lambda path, *a, **k: Vanishing() if str(path).startswith("/proc/")
                         else real_open(path, *a, **k), raising=False)
     assert read_stat(os.getpid()) is None

@@ -11,12 +11,13 @@ from errno import ESRCH
 from pathlib import Path
 from typing import Any
 
+from ioasidsd.host import ProcessFacts, ProcessSource
 from ioasidsd.model import IoasidCore, IoasidsController, OrderedWorkQueue, profile
+from ioasidsd.model import ioasid_uapi as uapi
 from ioasidsd.model.cgroup import Process
 from ioasidsd.model.errors import IoasidError
-from ioasidsd.system import ProcessFacts, ProcessSource, System
-from ioasidsd.userapi import uapi
-from ioasidsd.userapi.device import IoasidDevice, IoasidFile
+from ioasidsd.model.ioasid_device import IoasidDevice, IoasidFile
+from ioasidsd.system import System
 from ioasidsd.userapi.server import UserApiServer
 
 MAX31 = (1 << 31) - 1

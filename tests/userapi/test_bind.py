@@ -9,10 +9,10 @@ from errno import EBUSY, EINVAL, ENODEV, ENOENT, EPERM
 import pytest
 
 from ioasidsd.model import IoasidError, IoasidNotify, IoasidState, NotifierBlock
+from ioasidsd.model import ioasid_uapi as uapi
 from ioasidsd.model.core import INVALID_IOASID
-from ioasidsd.userapi import uapi
-from ioasidsd.userapi.vtd_binder import VtdGuestBinder
 from ioasidsd.vtd.config import build_driver
+from ioasidsd.vtd_binder import VtdGuestBinder
 
 from .helpers import Served, World
 

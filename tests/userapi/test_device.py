@@ -23,7 +23,7 @@ from errno import (
 import pytest
 
 from ioasidsd.model import IoasidError, IoasidNotify, IoasidSetType, IoasidState, NotifierBlock
-from ioasidsd.userapi import uapi
+from ioasidsd.model import ioasid_uapi as uapi
 
 from .helpers import MAX31, World
 

@@ -24,7 +24,8 @@ from pathlib import Path
 
 import pytest
 
-from ioasidsd.userapi import protocol, uapi
+from ioasidsd.model import ioasid_uapi as uapi
+from ioasidsd.userapi import protocol
 from ioasidsd.userapi.client import IoasidClient
 
 from .helpers import MAX31, Served

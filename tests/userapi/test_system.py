@@ -7,8 +7,8 @@ from errno import EAGAIN, EPERM, ESRCH
 import pytest
 
 from ioasidsd.model import IoasidError, profile
+from ioasidsd.model import ioasid_uapi as uapi
 from ioasidsd.system import System
-from ioasidsd.userapi import uapi
 
 from .helpers import Changes, FakeProcesses
 
@@ -152,7 +152,7 @@ def test_a_child_not_reported_yet_opens_in_its_parents_cgroup(system) -> None:
 def test_process_source_parent() -> None:
     import os
 
-    from ioasidsd.system import ProcessSource
+    from ioasidsd.host import ProcessSource
 
     source = ProcessSource()
     assert source.parent(os.getpid()) == os.getppid()

@@ -12,11 +12,11 @@ from userapi.helpers import FakeProcesses
 
 from ioasidsd.daemon.store import Store
 from ioasidsd.model import OrderedWorkQueue, profile
+from ioasidsd.model import ioasid_uapi as uapi
 from ioasidsd.model.cgroup import Process
+from ioasidsd.model.ioasid_device import IoasidFile
 from ioasidsd.model.snapshot import dump, load
 from ioasidsd.system import System
-from ioasidsd.userapi import uapi
-from ioasidsd.userapi.device import IoasidFile
 from ioasidsd.vtd import VtdDriver, build_driver
 
 DEV_A = "0000:03:00.0"  # the default configuration's devices: ATS and PRI

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ioasidsd.userapi import uapi
+from ioasidsd.model import ioasid_uapi as uapi
 from ioasidsd.vtd.iommu import ADDR_WIDTH_4LEVEL
 
 if TYPE_CHECKING:

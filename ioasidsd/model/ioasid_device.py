@@ -1,7 +1,7 @@
 """The ``/dev/ioasid`` misc device (``drivers/iommu/ioasid_user.c`` of the series), as a model.
 
 ``IoasidDevice`` is the driver: ``open`` creates the opener's ``IoasidUser`` (one per process,
-holding the process's MM set), ``ioctl`` runs one command of ``uapi`` on an open file,
+holding the process's MM set), ``ioctl`` runs one command of ``ioasid_uapi`` on an open file,
 ``release`` drops the file's reference and, with the last one, frees every IOASID of the set.
 ``user_get_from_task``/``user_put``/``user_for_each_id`` are the exports the series gives VFIO.
 
@@ -40,9 +40,9 @@ from collections.abc import Callable, Iterable
 from errno import EACCES, EBADF, EBUSY, EEXIST, EFAULT, EINVAL, ENODEV, ENOENT, ENOTTY, EPERM
 from typing import TYPE_CHECKING, Protocol
 
+from ioasidsd.model import ioasid_uapi as uapi
 from ioasidsd.model.core import IoasidSetType, IoasidState
 from ioasidsd.model.errors import IoasidError
-from ioasidsd.userapi import uapi
 
 if TYPE_CHECKING:
     from ioasidsd.model.cgroup import Cgroup, Process

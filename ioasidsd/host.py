@@ -1,0 +1,260 @@
+"""Reads of the host: what real processes are, what is mounted where, which boot this is.
+
+Every read of these files in the package is here, written once: ``/proc/PID/stat``
+(``read_stat``), ``/proc/PID/status`` and ``/proc/PID/task`` (``ProcessSource``),
+``/proc/self/mountinfo`` (``mounts``, ``filesystem_of``) and
+``/proc/sys/kernel/random/boot_id`` (``boot_id``); so is the clock of process start times
+(``process_clock``). Nothing else in the package reads those files.
+
+Contract:
+
+- Every read of a process's files tolerates the process exiting meanwhile. A process that is
+  gone, or exits while it is being read (a read after a successful open then fails with
+  ``ESRCH``), is ``None`` (``read_stat``, ``ProcessSource.parent`` and ``.stat``), ``False``
+  (``ProcessSource.alive``), an empty list (``ProcessSource.thread_ids``) or
+  ``IoasidError(ESRCH)`` (``ProcessSource.facts``): never another exception.
+- ``mounts``, ``filesystem_of`` and ``boot_id`` read files of this process and of the machine,
+  which do not go away: they raise ``OSError`` when the file cannot be read.
+  ``parse_mountinfo`` is pure and never raises on a line it cannot parse: it skips it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from dataclasses import dataclass
+from errno import ESRCH
+
+from ioasidsd.model.errors import IoasidError
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+"""Ticks per second of the start times in ``/proc/PID/stat`` (``USER_HZ``)."""
+
+PF_EXITING = 0x00000004
+"""``PF_EXITING``: the task is in ``do_exit`` (it has begun to close its files)."""
+PF_KTHREAD = 0x00200000
+PF_NO_SETAFFINITY = 0x04000000
+
+
+def process_clock() -> float:
+    """Now, on the clock of process start times (``ProcessFacts.start_time``): seconds since
+    boot, suspend included (``CLOCK_BOOTTIME``, what ``/proc/PID/stat`` counts from)."""
+    return time.clock_gettime(time.CLOCK_BOOTTIME)
+
+
+def boot_id() -> str:
+    """This boot's id (``/proc/sys/kernel/random/boot_id``); ``OSError`` if it cannot be
+    read."""
+    with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as f:
+        return f.read().strip()
+
+
+# ---------------------------------------------------------------------- processes
+@dataclass(frozen=True, slots=True)
+class ProcessFacts:
+    """What the system needs to know about a real process."""
+
+    pid: int
+    start_time: float  # seconds since boot (the kernel's starttime, see ProcStat)
+    uids: tuple[int, ...]  # real, effective, saved
+    tgid: int
+    threads: int = 1
+    movable: bool = True  # False for kernel threads cgroup-v1 refuses to move (EINVAL)
+    ppid: int = 0  # the parent now (after a re-parenting: init or a subreaper)
+    pgid: int = 0  # process group and session, inherited at fork: what the kernel still
+    sid: int = 0  # shows of a process's origin once its parent is gone
+
+
+@dataclass(frozen=True, slots=True)
+class ProcStat:
+    """The fields of ``/proc/PID/stat`` the daemon uses (see proc(5))."""
+
+    state: bytes  # R, S, D, Z (zombie), X...
+    ppid: int
+    pgid: int
+    sid: int
+    flags: int  # PF_* of the task
+    start_time: float  # seconds since boot (field 22 / USER_HZ)
+
+    @property
+    def running(self) -> bool:
+        """Not a zombie nor dead: a process ``cgroup.procs`` lists."""
+        return self.state not in (b"Z", b"X", b"x")
+
+    @property
+    def exiting(self) -> bool:
+        """A zombie, dead, or in ``do_exit`` (``PF_EXITING``): the kernel closes an exiting
+        process's files after setting that flag."""
+        return not self.running or bool(self.flags & PF_EXITING)
+
+
+def read_stat(pid: int) -> ProcStat | None:
+    """``/proc/PID/stat`` of ``pid``, parsed; ``None`` if there is no such process (or it went
+    away while being read: a read of an exited process's file fails with ``ESRCH``)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            data = stat.read()
+        # state ppid pgrp session tty tpgid flags ... starttime (the 20th after the name)
+        fields = data[data.rindex(b")") + 2 :].split()
+        return ProcStat(fields[0], int(fields[1]), int(fields[2]), int(fields[3]),
+                        int(fields[6]), int(fields[19]) / CLOCK_TICKS)
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _read_status(pid: int) -> tuple[int, tuple[int, int, int], int] | None:
+    """``Tgid``, the real, effective and saved uids and ``Threads`` of ``/proc/PID/status``;
+    ``None`` if there is no such process."""
+    tgid, uids, threads = pid, (0, 0, 0), 1
+    try:
+        with open(f"/proc/{pid}/status", "rb") as status:
+            for line in status:
+                if line.startswith(b"Tgid:"):
+                    tgid = int(line.split()[1])
+                elif line.startswith(b"Uid:"):
+                    real, effective, saved = line.split()[1:4]
+                    uids = (int(real), int(effective), int(saved))
+                elif line.startswith(b"Threads:"):
+                    threads = int(line.split()[1])
+                    break
+    except (OSError, ValueError, IndexError):
+        return None
+    return tgid, uids, threads
+
+
+class ProcessSource:
+    """Facts about real processes, from ``/proc``. Tests may substitute their own.
+
+    Every read tolerates the process exiting meanwhile: a process that is gone (or exits
+    while it is being read) is ``ESRCH``, never another exception.
+    """
+
+    def facts(self, pid: int) -> ProcessFacts:
+        """Facts about ``pid`` (a process or a thread id, a zombie included: the kernel still
+        finds it); ``ESRCH`` if there is none."""
+        stat = read_stat(pid)
+        status = _read_status(pid) if stat is not None else None
+        if stat is None or status is None:
+            raise IoasidError(ESRCH, f"no process {pid}")
+        tgid, uids, threads = status
+        return ProcessFacts(pid, stat.start_time, uids, tgid, threads, _movable(stat),
+                            stat.ppid, stat.pgid, stat.sid)
+
+    def alive(self, pid: int, start_time: float) -> bool:
+        """Whether the process ``pid`` that started at ``start_time`` still runs (a zombie, which
+        has exited, does not)."""
+        try:
+            return self.facts(pid).start_time == start_time and _running(pid)
+        except IoasidError:
+            return False
+
+    def all_pids(self) -> list[int]:
+        """Every process id on the machine, zombies excluded (``cgroup.procs`` omits them)."""
+        import psutil
+
+        return [pid for pid in psutil.pids() if _running(pid)]
+
+    def parent(self, pid: int) -> int | None:
+        """The parent pid of process ``pid`` (field 4 of ``/proc/PID/stat``), ``None`` if it is
+        gone or has none."""
+        stat = read_stat(pid)
+        return (stat.ppid or None) if stat is not None else None
+
+    def stat(self, pid: int) -> ProcStat | None:
+        """``/proc/PID/stat`` of ``pid`` (``read_stat``); ``None`` if it is gone."""
+        return read_stat(pid)
+
+    def thread_ids(self, pid: int) -> list[int]:
+        """The thread ids of process ``pid`` (empty if it is gone)."""
+        try:
+            return [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+        except OSError:
+            return []
+
+
+def _running(pid: int) -> bool:
+    """Whether ``pid`` exists and is not a zombie (state ``Z`` in ``/proc/<pid>/stat``)."""
+    stat = read_stat(pid)
+    return stat is not None and stat.running
+
+
+def _movable(stat: ProcStat) -> bool:
+    """Whether cgroup-v1 lets userspace move the process: not a kernel thread with
+    ``PF_NO_SETAFFINITY`` (per-CPU workers) nor ``kthreadd`` (the kernel thread without a
+    parent), which ``cgroup_procs_write_start`` refuses with ``EINVAL``."""
+    if stat.flags & PF_NO_SETAFFINITY:
+        return False
+    return not (stat.flags & PF_KTHREAD and stat.ppid == 0)
+
+
+# ---------------------------------------------------------------------- mounts
+@dataclass(frozen=True, slots=True)
+class Mount:
+    """One line of ``mountinfo`` (proc(5)), every field's escapes decoded."""
+
+    mount_id: int
+    parent_id: int
+    device: str  # major:minor of st_dev
+    root: str  # the directory of the file system that is mounted
+    mount_point: str  # relative to the reading process's root
+    options: str  # per-mount options
+    optional: tuple[str, ...]  # shared:N, master:N, propagate_from:N, unbindable
+    fstype: str  # type[.subtype], e.g. "fuse.cgroupfs"
+    source: str  # "none" when there is none
+    super_options: str  # per-superblock options
+
+
+_OCTAL_ESCAPE = re.compile(rb"\\([0-3][0-7]{2})")
+
+
+def unmangle(field: bytes) -> str:
+    """A field of ``mountinfo`` as the kernel's ``mangle``/``seq_path`` wrote it, decoded: every
+    octal escape ``\\ooo`` (the kernel writes space, tab, newline and backslash so: ``\\040``,
+    ``\\011``, ``\\012``, ``\\134``) becomes its byte, and the bytes become a file name as
+    ``os.fsdecode`` makes one. A backslash not followed by three octal digits stays."""
+    return os.fsdecode(_OCTAL_ESCAPE.sub(lambda m: bytes((int(m.group(1), 8),)), field))
+
+
+def parse_mountinfo(data: bytes) -> list[Mount]:
+    """The mounts ``data`` (the text of a ``mountinfo`` file) lists, in its order (a later
+    mount on the same point is on top). A line that is not a mount line is skipped.
+
+    Fields are separated by one space (no field holds one: it is escaped), so an empty field,
+    such as an empty mount source, stays in its place.
+    """
+    found: list[Mount] = []
+    for line in data.split(b"\n"):
+        fields = line.split(b" ")
+        try:
+            end = fields.index(b"-", 6)  # the optional fields end with a lone "-"
+            fstype, source, super_options = fields[end + 1 : end + 4]
+            found.append(Mount(
+                int(fields[0]), int(fields[1]), unmangle(fields[2]), unmangle(fields[3]),
+                unmangle(fields[4]), unmangle(fields[5]),
+                tuple(unmangle(f) for f in fields[6:end]),
+                unmangle(fstype), unmangle(source), unmangle(super_options)))
+        except ValueError:  # no separator, too few fields after it, or a number that is not
+            continue
+    return found
+
+
+def mounts() -> list[Mount]:
+    """The mounts this process sees (``/proc/self/mountinfo``); ``OSError`` if it cannot be
+    read."""
+    with open("/proc/self/mountinfo", "rb") as info:
+        return parse_mountinfo(info.read())
+
+
+def filesystem_of(path: str) -> str:
+    """The type of the file system that holds ``path`` (its symbolic links resolved): that of
+    the innermost mount containing it, ``""`` if none does. ``OSError`` if ``mountinfo``
+    cannot be read."""
+    path = os.path.realpath(path)
+    best, fstype = "", ""
+    for mount in mounts():
+        point = mount.mount_point
+        inside = path == point or path.startswith(point.rstrip("/") + "/")
+        if inside and len(point) >= len(best):
+            best, fstype = point, mount.fstype
+    return fstype
