@@ -8,7 +8,7 @@
    kernel's rate.
 2. ``mkdir`` of 10,000 cgroups (flat, under one parent) on our mount and on the kernel's, then
    their ``rmdir``. Target: under 10 s on ours. Measured with ``System.on_change`` a no-op and,
-   when ``ioasidsd.daemon.store`` can be imported, with the daemon's SQLite store as
+   when ``ioasidsd.store.state`` can be imported, with the daemon's SQLite store as
    ``on_change`` (every mkdir committed before it returns).
 
 Our file system is served by a child process, as the daemon serves it; the loops run here.
@@ -41,7 +41,7 @@ from cgroupfs import mount
 mountpoint, state_dir = sys.argv[1], sys.argv[2]
 system = System()
 if state_dir:
-    from ioasidsd.daemon.store import Store
+    from ioasidsd.store.state import Store
     store = Store.open(state_dir)
     store.bind(system)
     system.on_change = store.apply
@@ -53,7 +53,7 @@ handle.wait()
 
 def have_store() -> bool:
     try:
-        import ioasidsd.daemon.store  # noqa: F401
+        import ioasidsd.store.state  # noqa: F401
     except ImportError:
         return False
     return True
@@ -214,7 +214,7 @@ def main() -> None:
                       f"ours {ours_mk:.2f} s, kernel {kernel_mk:.2f} s (ratio "
                       f"{ours_mk / kernel_mk:.1f}); rmdir: ours {ours_rm:.2f} s")
         else:
-            print("mkdir with the daemon's store: not measured (ioasidsd.daemon.store is not "
+            print("mkdir with the daemon's store: not measured (ioasidsd.store.state is not "
                   "importable in this tree)")
     finally:
         shutil.rmtree(work, ignore_errors=True)

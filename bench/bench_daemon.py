@@ -46,8 +46,8 @@ REFERENCE = ("import sqlite3, psutil, pyroute2, structlog, cgroupfs, ioasidsd.da
 
 def prepare_state(state_dir: Path, n_ioasids: int, owners: list[int]) -> None:
     """A state with ``n_ioasids`` live IOASIDs spread over the MM sets of ``owners``."""
-    from ioasidsd.daemon.store import Store
     from ioasidsd.model import IoasidSetType
+    from ioasidsd.store.state import Store
     from ioasidsd.system import System
 
     store = Store.open(state_dir)
@@ -110,7 +110,7 @@ def time_daemon(base: Path, state_dir: Path, pythonpath: str | None = None) -> f
 
 def time_changes(n_writes: int, n_mkdirs: int, base: Path, store: bool) -> tuple[float, float]:
     """Seconds per write_max and for ``n_mkdirs`` mkdirs, with or without the store."""
-    from ioasidsd.daemon.store import Store
+    from ioasidsd.store.state import Store
     from ioasidsd.system import System
 
     system = System()

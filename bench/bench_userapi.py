@@ -202,7 +202,7 @@ def main() -> None:
             runtime = os.path.join(tmp, name)
             os.mkdir(runtime)
             if name == "ioasid+store":
-                from ioasidsd.daemon.store import Store
+                from ioasidsd.store.state import Store
 
                 store = Store.open(os.path.join(tmp, "state"))
                 system = System(profile("fixed"), on_change=store.apply)

@@ -2,7 +2,7 @@
 """Benchmark of the VT-d simulation inside the daemon (issues 3-5): what persistence costs.
 
 Everything runs in this process, on the objects ``ioasidsd run`` wires (a ``System`` with the
-SQLite store of ``ioasidsd/daemon/store.py`` as ``on_change``, the VT-d driver attached with
+SQLite store of ``ioasidsd/store/state.py`` as ``on_change``, the VT-d driver attached with
 ``System.vtd_attach``), in the ``fixed`` profile, one VMM in a cgroup with a limit.
 
 * Restart. Two states of N IOASIDs owned by one VMM: in one, every IOASID is guest-bound to a
@@ -29,11 +29,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ioasidsd.daemon.store import Store
 from ioasidsd.host import ProcessFacts, ProcessSource
 from ioasidsd.model import OrderedWorkQueue, profile
 from ioasidsd.model import ioasid_uapi as uapi
 from ioasidsd.model.snapshot import load
+from ioasidsd.store.state import Store
 from ioasidsd.system import System
 from ioasidsd.vtd import build_driver
 

@@ -62,11 +62,11 @@ from ioasidsd.daemon.runtime import (
     AlreadyRunning,
     DirectoryLock,
 )
-from ioasidsd.daemon.store import Store, StoreError
 from ioasidsd.host import boot_id, filesystem_of, process_clock
 from ioasidsd.model.core import IoasidSetType
 from ioasidsd.model.errors import IoasidError
 from ioasidsd.model.snapshot import SnapshotError, load
+from ioasidsd.store.state import Store, StoreError
 from ioasidsd.system import System
 from ioasidsd.userapi.server import UserApiServer
 from ioasidsd.vtd import VtdConfig, VtdDriver, build_driver, parse_config

@@ -13,9 +13,9 @@ import structlog
 from ioasidsd.daemon import procs
 from ioasidsd.daemon.app import Daemon
 from ioasidsd.daemon.config import load_config
-from ioasidsd.daemon.store import Store
 from ioasidsd.model import IoasidSetType
 from ioasidsd.model.snapshot import dump, load
+from ioasidsd.store.state import Store
 from ioasidsd.system import System
 
 from .daemons import pids, wait_until

@@ -1,11 +1,11 @@
-"""``ioasidsd.daemon.idmap.IdMap`` behaves as a dict from IDs to values."""
+"""``ioasidsd.store.idmap.IdMap`` behaves as a dict from IDs to values."""
 
 from __future__ import annotations
 
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ioasidsd.daemon.idmap import IdMap
+from ioasidsd.store.idmap import IdMap
 
 ids = st.integers(0, (1 << 32) - 1) | st.integers(65_000, 200_000)
 writes = st.lists(st.one_of(

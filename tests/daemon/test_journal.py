@@ -20,12 +20,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ioasidsd.cli.render import format_status
-from ioasidsd.daemon import journal
-from ioasidsd.daemon.fold import CGROUP
-from ioasidsd.daemon.store import Store, StoreError
 from ioasidsd.model import IoasidSetType, profile
 from ioasidsd.model import ioasid_uapi as uapi
 from ioasidsd.model.snapshot import dump, load
+from ioasidsd.store import journal
+from ioasidsd.store.fold import CGROUP
+from ioasidsd.store.state import Store, StoreError
 from ioasidsd.system import System
 
 from .daemons import wait_until

@@ -1,4 +1,4 @@
-"""``ioasidsd.daemon.store``: the database always holds what the model holds."""
+"""``ioasidsd.store.state``: the database always holds what the model holds."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import signal
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-from ioasidsd.daemon.store import Store, StoreError
 from ioasidsd.model import IoasidSetType, profile
 from ioasidsd.model.snapshot import dump, load
+from ioasidsd.store.state import Store, StoreError
 from ioasidsd.system import System
 
 from .ops import FakeProcesses, apply_op, ops_strategy

@@ -171,7 +171,7 @@ def test_a_native_binding_comes_back(fixed_host: Host) -> None:
 def test_an_old_state_without_a_host_set_gets_one_once(tmp_path) -> None:
     """A state saved before the daemon ran VT-d has no host set: the first boot over it makes
     one (and saves it); later boots adopt it."""
-    from ioasidsd.daemon.store import Store
+    from ioasidsd.store.state import Store
     from ioasidsd.system import System
 
     store = Store.open(tmp_path / "state")

@@ -4,9 +4,9 @@ The database keeps one row per record of a snapshot (``ioasidsd.model.snapshot``
 processes, sets, IOASIDs, plus the core's scalars and the knobs in ``meta``. It is the durable
 form that other tools read. ``System`` calls ``Store.apply(kind, detail)`` under its lock after
 every change; ``apply`` computes from the model the rows the change touched and appends them, as
-one record, to the journal (``ioasidsd.daemon.journal``) before returning: a write that changed
+one record, to the journal (``ioasidsd.store.journal``) before returning: a write that changed
 state is durable before the face answers. A thread folds the records into
-the database in batched transactions (``ioasidsd.daemon.fold``) and removes the journal files
+the database in batched transactions (``ioasidsd.store.fold``) and removes the journal files
 once their records are in; a clean ``close`` folds everything and leaves no journal. The
 database therefore lags the model by up to ``fold_interval`` seconds; ``load`` reads it with the
 journal applied, so nothing acknowledged is lost however the daemon ended.
@@ -56,8 +56,19 @@ from operator import attrgetter, itemgetter
 from pathlib import Path
 from typing import Any
 
-from ioasidsd.daemon import journal
-from ioasidsd.daemon.fold import (
+from ioasidsd.host import boot_id, process_clock
+from ioasidsd.model.cgroup import Cgroup, IoasidsController, Process
+from ioasidsd.model.core import IoasidCore, IoasidSet
+from ioasidsd.model.snapshot import (
+    SNAPSHOT_VERSION,
+    SnapshotError,
+    is_removed,
+    plain_private,
+    removed_cgroups,
+    token_record,
+)
+from ioasidsd.store import journal
+from ioasidsd.store.fold import (
     CGROUP,
     CORE,
     EVERYTHING,
@@ -70,18 +81,7 @@ from ioasidsd.daemon.fold import (
     FoldPlan,
     Op,
 )
-from ioasidsd.daemon.idmap import IdMap
-from ioasidsd.host import boot_id, process_clock
-from ioasidsd.model.cgroup import Cgroup, IoasidsController, Process
-from ioasidsd.model.core import IoasidCore, IoasidSet
-from ioasidsd.model.snapshot import (
-    SNAPSHOT_VERSION,
-    SnapshotError,
-    is_removed,
-    plain_private,
-    removed_cgroups,
-    token_record,
-)
+from ioasidsd.store.idmap import IdMap
 from ioasidsd.system import System
 
 SCHEMA_VERSION = 1

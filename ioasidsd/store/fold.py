@@ -46,7 +46,7 @@ from itertools import repeat
 from pathlib import Path
 from typing import Any
 
-from ioasidsd.daemon import journal
+from ioasidsd.store import journal
 
 META, CGROUP, PROCESS, SET, IOASID, SET_IOASIDS, EVERYTHING, CORE = range(8)
 

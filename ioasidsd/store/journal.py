@@ -3,7 +3,7 @@
 A change is durable once its record is in a journal file, that is in the kernel's page cache:
 the data then survives ``kill -9`` of the daemon (with ``sync=True`` each record is also
 flushed to the disk, surviving a power loss). What a record means is the store's business
-(``ioasidsd.daemon.fold``); this module only keeps the bytes.
+(``ioasidsd.store.fold``); this module only keeps the bytes.
 
 The journal is a series of segment files in the state directory, ``state.journal.N`` with
 ``N = 1, 2, ...``, read in that order. The writer appends to the newest; the folder starts a new
