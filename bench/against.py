@@ -212,9 +212,9 @@ class Comparison:
     """The figures of both versions, one value a round for each side: ``add(side, figure,
     value)`` with side ``"new"`` or ``"old"``, figures in the order first added.
 
-    ``as_dict`` gives, per figure, the medians of each side and the median over rounds of the
-    ratio new/old; ``print`` prints the same as a table after a line saying where each side's
-    ``ioasidsd`` came from (``origins``: side -> file)."""
+    ``as_dict`` gives, per figure, the medians of each side, the ratio new/old of each round
+    and their median; ``print`` prints the same as a table after a line saying where each
+    side's ``ioasidsd`` came from (``origins``: side -> file)."""
 
     def __init__(self, tree: str | os.PathLike[str]) -> None:
         self.tree = Path(tree).resolve()
@@ -228,7 +228,8 @@ class Comparison:
 
     def as_dict(self) -> dict[str, Any]:
         """``{"new": ROOT, "old": TREE, "origins": ..., "rounds": n, "figures": {figure:
-        {"new": median, "old": median, "new/old": median ratio}}}``."""
+        {"new": median, "old": median, "new/old": median ratio, "rounds": [ratio of each
+        round]}}}``."""
         figures = {}
         rounds = 0
         for figure, sides in self.values.items():
@@ -237,6 +238,7 @@ class Comparison:
                 "new": statistics.median(sides["new"]),
                 "old": statistics.median(sides["old"]),
                 "new/old": median_ratio(sides["new"], sides["old"]),
+                "rounds": [a / b for a, b in zip(sides["new"], sides["old"], strict=True)],
             }
         return {"new": str(ROOT), "old": str(self.tree), "origins": dict(self.origins),
                 "rounds": rounds, "figures": figures}
@@ -249,7 +251,9 @@ class Comparison:
             if side in self.origins:
                 print(f"{side}: ioasidsd imported from {self.origins[side]}")
         print(f"\n| figure | new (median) | old (median) | new/old (median of "
-              f"{result['rounds']} rounds) |")
-        print("|---|---|---|---|")
+              f"{result['rounds']} rounds) | new/old in each round |")
+        print("|---|---|---|---|---|")
         for figure, f in result["figures"].items():
-            print(f"| {figure} | {_fmt(f['new'])} | {_fmt(f['old'])} | {f['new/old']:.3f} |")
+            each = ", ".join(f"{r:.2f}" for r in f["rounds"])
+            print(f"| {figure} | {_fmt(f['new'])} | {_fmt(f['old'])} | {f['new/old']:.3f} | "
+                  f"{each} |")

@@ -56,6 +56,7 @@ def test_model_against(other_tree: Path) -> None:
         "RSS held by 1,000 IOASIDs (MB)"}
     for figure, values in result["figures"].items():
         assert values["new/old"] > 0, figure
+        assert len(values["rounds"]) == 2, figure
     assert out["model_pairs_per_s"] > 0  # the usual figures are still there
 
 
@@ -64,8 +65,8 @@ def test_userapi_against(other_tree: Path) -> None:
                     "--against", str(other_tree))
     assert f"old: ioasidsd imported from {other_tree / 'ioasidsd' / '__init__.py'}\n" in out
     assert f"new: ioasidsd imported from {ROOT / 'ioasidsd' / '__init__.py'}\n" in out
-    rows = dict(re.findall(r"^\| (ioasid [^|]+) \| [\d,.]+ \| [\d,.]+ \| ([\d.]+) \|$", out,
-                           re.MULTILINE))
+    rows = dict(re.findall(r"^\| (ioasid [^|]+) \| [\d,.]+ \| [\d,.]+ \| ([\d.]+) \| [\d.]+ \|$",
+                           out, re.MULTILINE))
     assert set(rows) == {"ioasid x1 round trips/s", "ioasid x4 round trips/s",
                          "ioasid batch IDs/s (alloc+free)", "ioasid batch IDs/s (alloc)",
                          "ioasid batch IDs/s (free)"}
