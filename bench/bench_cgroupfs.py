@@ -41,7 +41,10 @@ from cgroupfs import mount
 mountpoint, state_dir = sys.argv[1], sys.argv[2]
 system = System()
 if state_dir:
-    from ioasidsd.store.state import Store
+    try:
+        from ioasidsd.store.state import Store
+    except ImportError:  # a tree from before the store had its own package
+        from ioasidsd.daemon.store import Store
     store = Store.open(state_dir)
     store.bind(system)
     system.on_change = store.apply
@@ -52,11 +55,13 @@ handle.wait()
 
 
 def have_store() -> bool:
-    try:
-        import ioasidsd.store.state  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    for module in ("ioasidsd.store.state", "ioasidsd.daemon.store"):
+        try:
+            __import__(module)
+        except ImportError:
+            continue
+        return True
+    return False
 
 
 @contextlib.contextmanager

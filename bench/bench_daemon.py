@@ -19,6 +19,11 @@ Then the cost of durability, in this process: ``System.write_max`` and ``System.
 store as ``on_change`` (each change in the journal before it returns) against the same calls on a
 System without one, in alternating rounds. Needs FUSE (root, or fusermount3).
 
+With ``--against TREE`` (another checkout of this project) each round also starts TREE's
+daemon (its ``ioasidsd`` package imported from TREE, ``bench/against.py``) on a copy of the
+same state with IOASIDs, and the median over rounds of this daemon's time over TREE's is
+printed.
+
     bench_daemon.py [--rounds 5] [--ioasids 100000] [--writes 20000] [--mkdirs 10000]
                     [--against SOURCE_TREE]
 """
@@ -37,6 +42,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import against
+
 BIN = Path(sys.executable).parent
 REFERENCE = ("import sqlite3, psutil, pyroute2, structlog, cgroupfs, ioasidsd.daemon.app, "
              "ioasidsd.cli.daemon\n"
@@ -47,7 +54,7 @@ REFERENCE = ("import sqlite3, psutil, pyroute2, structlog, cgroupfs, ioasidsd.da
 def prepare_state(state_dir: Path, n_ioasids: int, owners: list[int]) -> None:
     """A state with ``n_ioasids`` live IOASIDs spread over the MM sets of ``owners``."""
     from ioasidsd.model import IoasidSetType
-    from ioasidsd.store.state import Store
+    Store = against.store_class()
     from ioasidsd.system import System
 
     store = Store.open(state_dir)
@@ -79,7 +86,7 @@ def time_to_ready(base: Path, argv: list[str], *, stop: bool = True,
         sock.settimeout(120)
         env = dict(os.environ, NOTIFY_SOCKET=str(notify))
         if pythonpath:
-            env["PYTHONPATH"] = pythonpath
+            env = against.tree_env(pythonpath, env)
         start = time.perf_counter()
         daemon = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL,
                                   stdout=subprocess.DEVNULL, cwd=base)
@@ -110,7 +117,7 @@ def time_daemon(base: Path, state_dir: Path, pythonpath: str | None = None) -> f
 
 def time_changes(n_writes: int, n_mkdirs: int, base: Path, store: bool) -> tuple[float, float]:
     """Seconds per write_max and for ``n_mkdirs`` mkdirs, with or without the store."""
-    from ioasidsd.store.state import Store
+    Store = against.store_class()
     from ioasidsd.system import System
 
     system = System()
@@ -143,6 +150,8 @@ def main() -> None:
                         help="also start another version's daemon (its source tree, put on "
                              "PYTHONPATH) on the state with IOASIDs, in the same rounds")
     args = parser.parse_args()
+    if args.against:
+        against.check_tree(args.against)
 
     owners = [subprocess.Popen(["sleep", "3600"]) for _ in range(10)]
     base = Path(tempfile.mkdtemp(prefix="ioasids-bench-daemon-"))
@@ -181,8 +190,7 @@ def main() -> None:
                 value = statistics.median(figures[name])
                 print(f"| {label} | {value:.3f} s | {value / ref:.2f} |")
         if args.against:
-            ratio = statistics.median(a / b for a, b in zip(figures["full"], figures["against"],
-                                                            strict=True))
+            ratio = against.median_ratio(figures["full"], figures["against"])
             print(f"\nthis daemon / {args.against}'s, same rounds: {ratio:.3f}")
 
         changes: dict[bool, list[tuple[float, float]]] = {False: [], True: []}

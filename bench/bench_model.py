@@ -12,7 +12,16 @@ set size (RSS) against an identical child that imports the model and allocates n
 
 Targets: >= 300,000 pairs/s; <= 200 MB for 2^20 live IOASIDs.
 
-Usage: ``.venv/bin/python bench/bench_model.py [--pairs N] [--rounds R] [--json]``
+With ``--against TREE`` (another checkout of this project, for example ``git worktree add
+/tmp/old <commit>``) the same figures are also measured for both versions, each in processes of
+its own (``bench/against.py``): in every round a worker importing this tree and one importing
+TREE run the alloc+free loop one after the other (which goes first alternates), and then, in as
+many rounds again, fresh workers of each report their RSS empty and holding the IOASIDs. What is
+printed after the usual figures (or under ``"against"`` with ``--json``) is, for each figure,
+the median of each side and the median over rounds of the ratio new/old within a round.
+
+Usage: ``.venv/bin/python bench/bench_model.py [--pairs N] [--rounds R] [--live N] [--json]
+[--against TREE]`` (``--live``: how many IOASIDs the memory figure holds, 2^20 by default).
 """
 
 from __future__ import annotations
@@ -23,6 +32,7 @@ import subprocess
 import sys
 import threading
 import time
+from typing import TYPE_CHECKING
 
 from ioasidsd.model import IoasidCore, IoasidSetType, NotifierBlock, profile
 from ioasidsd.model.cgroup import IoasidsController
@@ -30,6 +40,9 @@ from ioasidsd.model.cgroup import IoasidsController
 LIVE_IDS = 1 << 20
 TARGET_PAIRS = 300_000
 TARGET_MB = 200
+
+if TYPE_CHECKING:
+    import against  # imported where used: the RSS child (``--rss-child``) must not count it
 
 
 def build_model(limit: int | None = LIVE_IDS // 4) -> tuple[IoasidCore, object, object]:
@@ -104,7 +117,7 @@ def reference_loop(pairs: int) -> float:
 
 
 def rss_child(live: int) -> int:
-    """Run in a child: allocate ``live`` IOASIDs (0 = none) and print the RSS in bytes."""
+    """Run in a child: allocate ``live`` IOASIDs (0 = none) and return the RSS in bytes."""
     import psutil
 
     core, ioasid_set, task = build_model(None)  # unlimited: every ID draws from the pool
@@ -121,41 +134,94 @@ def measure_rss(live: int) -> int:
     return int(out.strip())
 
 
+def rss_against(comparison: against.Comparison, side: str, live: int, label: str) -> None:
+    """Add the RSS figures of one round for ``side``: fresh workers of that side's tree (one
+    empty, one holding ``live`` IOASIDs), as ``rss_child`` measures them."""
+    import against
+
+    tree = against.ROOT if side == "new" else comparison.tree
+    with against.Worker(__file__, tree) as worker:
+        empty = worker.call("rss_child", 0)
+    with against.Worker(__file__, tree) as worker:
+        full = worker.call("rss_child", live)
+    comparison.add(side, "RSS empty (MB)", empty / 2**20)
+    comparison.add(side, f"RSS with {label} IOASIDs (MB)", full / 2**20)
+    comparison.add(side, f"RSS held by {label} IOASIDs (MB)", (full - empty) / 2**20)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", type=int, default=200_000)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--live", type=int, default=LIVE_IDS,
+                        help="live IOASIDs for the memory figure (default 2^20)")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--against", metavar="TREE",
+                        help="also measure another version (a checkout of this project) beside "
+                             "this one, and report new/old ratios")
     parser.add_argument("--rss-child", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--against-worker", action="store_true",  # against.WORKER_FLAG
+                        help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.rss_child is not None:
         print(rss_child(args.rss_child))
         return 0
+    import against  # not earlier: the RSS child above would count it
 
-    model_rates, ref_rates = [], []
-    for _ in range(args.rounds):
-        ref_rates.append(reference_loop(args.pairs))
-        model_rates.append(model_loop(args.pairs))
+    if args.against_worker:
+        against.serve({"model_loop": model_loop, "rss_child": rss_child})
+        return 0
+
+    comparison = None
+    workers: dict[str, against.Worker] = {}
+    if args.against:
+        comparison = against.Comparison(against.check_tree(args.against))
+    try:
+        if comparison is not None:
+            for side, tree in (("new", against.ROOT), ("old", comparison.tree)):
+                workers[side] = against.Worker(__file__, tree)
+                comparison.origins[side] = workers[side].origin["ioasidsd"]
+        model_rates, ref_rates = [], []
+        for r in range(args.rounds):
+            ref_rates.append(reference_loop(args.pairs))
+            model_rates.append(model_loop(args.pairs))
+            if comparison is not None:
+                for side in against.in_turn(r):
+                    comparison.add(side, "model alloc+free pairs/s",
+                                   workers[side].call("model_loop", args.pairs))
+    finally:
+        for worker in workers.values():
+            worker.close()
     model_rate, ref_rate = max(model_rates), max(ref_rates)
 
+    label = "2^20" if args.live == LIVE_IDS else f"{args.live:,}"
     base_rss = measure_rss(0)
-    full_rss = measure_rss(LIVE_IDS)
+    full_rss = measure_rss(args.live)
     held_mb = (full_rss - base_rss) / 2**20
+    if comparison is not None:
+        for r in range(args.rounds):
+            for side in against.in_turn(r):
+                rss_against(comparison, side, args.live, label)
+    key = "2^20" if args.live == LIVE_IDS else str(args.live)
     result = {
         "model_pairs_per_s": round(model_rate),
         "reference_pairs_per_s": round(ref_rate),
         "ratio_model_to_reference": round(model_rate / ref_rate, 3),
         "target_pairs_per_s": TARGET_PAIRS,
         "rss_empty_mb": round(base_rss / 2**20, 1),
-        "rss_with_2^20_ids_mb": round(full_rss / 2**20, 1),
-        "held_by_2^20_ids_mb": round(held_mb, 1),
+        f"rss_with_{key}_ids_mb": round(full_rss / 2**20, 1),
+        f"held_by_{key}_ids_mb": round(held_mb, 1),
         "target_mb": TARGET_MB,
     }
     if args.json:
+        if comparison is not None:
+            result["against"] = comparison.as_dict()
         print(json.dumps(result, indent=2))
     else:
-        for key, value in result.items():
-            print(f"{key:28} {value}")
+        for name, value in result.items():
+            print(f"{name:28} {value}")
+        if comparison is not None:
+            comparison.print()
     ok = model_rate >= TARGET_PAIRS and full_rss / 2**20 <= TARGET_MB
     return 0 if ok else 1
 

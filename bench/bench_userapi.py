@@ -1,6 +1,7 @@
 """Benchmark of the /dev/ioasid socket against a trivial echo server on the same kind of socket.
 
-Run: ``.venv/bin/python bench/bench_userapi.py [--seconds S] [--rounds R]``.
+Run: ``.venv/bin/python bench/bench_userapi.py [--seconds S] [--rounds R] [--store]
+[--against TREE]``.
 
 Both servers run in this process on unix stream sockets with one thread per connection; the
 clients are separate processes (spawned before either server starts) with the same minimal
@@ -18,6 +19,14 @@ The server side is the model plus the socket. With ``--store`` a second server, 
 same rounds, also makes every change durable through the daemon's store as ``ioasidsd run``
 does (a journal record per change, folded into SQLite in the background; WAL,
 ``synchronous=normal``), and its rates are also given as ratios to the first's.
+
+With ``--against TREE`` (another checkout of this project, for example ``git worktree add
+/tmp/old <commit>``) the same server is also run from both versions, each in a worker process of
+its own (``bench/against.py``): one importing this tree ("new"), one importing TREE ("old"),
+both with ``--store``'s server too when it is given. They are measured in the same rounds as the
+others, by the same clients (this tree's), one version right after the other (which goes first
+alternates between rounds). Printed after the usual figures: for each figure, the median of
+each version and the median over rounds of the ratio new/old within a round.
 """
 
 from __future__ import annotations
@@ -32,14 +41,22 @@ import struct
 import tempfile
 import threading
 import time
+from typing import TYPE_CHECKING
 
+import against
 import structlog
 
-from ioasidsd.model import ioasid_uapi as uapi
 from ioasidsd.model import profile
 from ioasidsd.system import System
 from ioasidsd.userapi import protocol
 from ioasidsd.userapi.server import UserApiServer
+
+uapi = against.uapi_module()
+
+if TYPE_CHECKING:
+    from multiprocessing.context import BaseContext
+
+    Store = against.store_class()
 
 BATCH = uapi.IOASID_BATCH_MAX
 
@@ -184,57 +201,134 @@ def run_clients(ctx, target, path: str, echo: bool, clients: int, seconds: float
     return out
 
 
+def make_server(kind: str, tmp: str) -> tuple[System, UserApiServer, Store | None]:
+    """A started server of ``kind``: ``"ioasid"`` (the model and the socket, profile ``fixed``)
+    or ``"ioasid+store"`` (the same, every change made durable by the daemon's store in
+    ``tmp/state``); its runtime directory is ``tmp/kind``, which must not exist yet."""
+    runtime = os.path.join(tmp, kind)
+    os.mkdir(runtime)
+    store = None
+    if kind == "ioasid+store":
+        Store = against.store_class()
+
+        store = Store.open(os.path.join(tmp, "state"))
+        system = System(profile("fixed"), on_change=store.apply)
+        store.bind(system)
+    else:
+        system = System(profile("fixed"))
+    server = UserApiServer(system, runtime)
+    server.start()
+    return system, server, store
+
+
+def stop_server(system: System, server: UserApiServer, store: Store | None) -> None:
+    """Stop a server of ``make_server``, checking that every ID was freed and the store did
+    not fail."""
+    server.stop()
+    assert len(system.core) == 0, "every ID was freed"
+    if store is not None:
+        assert store.error is None, store.error
+        store.close()
+
+
+def measure_round_trips(ctx: BaseContext, path: str, echo: bool, clients: int,
+                        seconds: float) -> float:
+    """Round trips per second of ``clients`` clients together on the server at ``path``."""
+    res = run_clients(ctx, round_trip_client, path, echo, clients, seconds)
+    return sum(n / t for n, t in res)
+
+
+def measure_batch(ctx: BaseContext, path: str, echo: bool, seconds: float) -> dict[str, float]:
+    """One client's batch IDs/s on the server at ``path``: alloc+free, alloc, free."""
+    (ids, t_alloc, t_free), = run_clients(ctx, batch_client, path, echo, 1, seconds)
+    return {"alloc+free": ids / (t_alloc + t_free), "alloc": ids / t_alloc,
+            "free": ids / t_free}
+
+
+# ---------------------------------------------------------------------------------- --against
+_worker_servers: dict[str, tuple[System, UserApiServer, Store | None]] = {}
+
+
+def worker_start(kind: str, tmp: str) -> str:
+    """In an ``--against`` worker: start a server of ``kind`` (``make_server``) in the fresh
+    directory ``tmp``; return its socket's path."""
+    _worker_servers[kind] = make_server(kind, tmp)
+    return _worker_servers[kind][1].path
+
+
+def worker_stop() -> None:
+    """In an ``--against`` worker: stop its servers (``stop_server``: every ID freed)."""
+    while _worker_servers:
+        stop_server(*_worker_servers.popitem()[1])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=1.0, help="per measurement")
     parser.add_argument("--rounds", type=int, default=5, help="alternations of echo and ioasid")
     parser.add_argument("--store", action="store_true",
                         help="also measure a server whose changes go through the daemon's store")
+    parser.add_argument("--against", metavar="TREE",
+                        help="also measure the server of another version (a checkout of this "
+                             "project) beside this one's, and report new/old ratios")
+    parser.add_argument(against.WORKER_FLAG, action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    if args.against_worker:
+        against.serve({"start": worker_start, "stop": worker_stop})
+        return
     ctx = mp.get_context("spawn")
+    kinds = ("ioasid", "ioasid+store") if args.store else ("ioasid",)
+    comparison = against.Comparison(against.check_tree(args.against)) if args.against else None
+    workers: dict[str, against.Worker] = {}
     with tempfile.TemporaryDirectory() as tmp:
         echo = EchoServer(os.path.join(tmp, "echo.sock"))
         servers = [("echo", echo.path, True)]
         systems = []
-        store = None
-        for name in ("ioasid", "ioasid+store") if args.store else ("ioasid",):
-            runtime = os.path.join(tmp, name)
-            os.mkdir(runtime)
-            if name == "ioasid+store":
-                from ioasidsd.store.state import Store
-
-                store = Store.open(os.path.join(tmp, "state"))
-                system = System(profile("fixed"), on_change=store.apply)
-                store.bind(system)
-            else:
-                system = System(profile("fixed"))
-            server = UserApiServer(system, runtime)
-            server.start()
+        for name in kinds:
+            system, server, store = make_server(name, tmp)
             servers.append((name, server.path, False))
-            systems.append((system, server))
-        rates: dict[str, list[float]] = {}
-        for _ in range(args.rounds):
-            for clients in (1, 4):
+            systems.append((system, server, store))
+        versions: dict[tuple[str, str], str] = {}  # (side, kind) -> the worker server's socket
+        try:
+            if comparison is not None:
+                for side, tree in (("new", against.ROOT), ("old", comparison.tree)):
+                    workers[side] = against.Worker(__file__, tree)
+                    comparison.origins[side] = workers[side].origin["ioasidsd"]
+                    for kind in kinds:
+                        where = os.path.join(tmp, side, kind)
+                        os.makedirs(where)
+                        versions[side, kind] = workers[side].call("start", kind, where)
+            rates: dict[str, list[float]] = {}
+            for r in range(args.rounds):
+                # this round's runs of the two versions, each right after the other
+                pairs = [(side, kind) for kind in kinds for side in against.in_turn(r)
+                         if (side, kind) in versions]
+                for clients in (1, 4):
+                    for name, path, is_echo in servers:
+                        rates.setdefault(f"{name} x{clients} round trips/s", []).append(
+                            measure_round_trips(ctx, path, is_echo, clients, args.seconds))
+                    for side, kind in pairs:
+                        assert comparison is not None
+                        comparison.add(side, f"{kind} x{clients} round trips/s",
+                                       measure_round_trips(ctx, versions[side, kind], False,
+                                                           clients, args.seconds))
                 for name, path, is_echo in servers:
-                    res = run_clients(ctx, round_trip_client, path, is_echo, clients,
-                                      args.seconds)
-                    rate = sum(n / t for n, t in res)
-                    rates.setdefault(f"{name} x{clients} round trips/s", []).append(rate)
-            for name, path, is_echo in servers:
-                (ids, t_alloc, t_free), = run_clients(ctx, batch_client, path, is_echo, 1,
-                                                       args.seconds)
-                rates.setdefault(f"{name} batch IDs/s (alloc+free)", []).append(
-                    ids / (t_alloc + t_free))
-                rates.setdefault(f"{name} batch IDs/s (alloc)", []).append(ids / t_alloc)
-                rates.setdefault(f"{name} batch IDs/s (free)", []).append(ids / t_free)
-        for system, server in systems:
-            server.stop()
-            assert len(system.core) == 0, "every ID was freed"
+                    for what, rate in measure_batch(ctx, path, is_echo, args.seconds).items():
+                        rates.setdefault(f"{name} batch IDs/s ({what})", []).append(rate)
+                for side, kind in pairs:
+                    assert comparison is not None
+                    batch = measure_batch(ctx, versions[side, kind], False, args.seconds)
+                    for what, rate in batch.items():
+                        comparison.add(side, f"{kind} batch IDs/s ({what})", rate)
+            for worker in workers.values():
+                worker.call("stop")
+        finally:
+            for worker in workers.values():
+                worker.close()
+        for system, server, store in systems:
+            stop_server(system, server, store)
         echo.stop()
-        if store is not None:
-            assert store.error is None, store.error
-            store.close()
     print("servers: model + socket" + (" (ioasid), and the same + the daemon's store "
                                        "(ioasid+store)" if args.store else ""))
     med = {k: statistics.median(v) for k, v in rates.items()}
@@ -245,7 +339,7 @@ def main() -> None:
 
     def ratio(mine: str, ref: str) -> float:
         """The median over rounds of the ratio of two runs made side by side."""
-        return statistics.median(a / b for a, b in zip(rates[mine], rates[ref], strict=True))
+        return against.median_ratio(rates[mine], rates[ref])
 
     for name, _, is_echo in servers:
         if is_echo:
@@ -264,7 +358,8 @@ def main() -> None:
         for key in ("x1 round trips/s", "x4 round trips/s", "batch IDs/s (alloc+free)"):
             print(f"ratio ioasid+store/ioasid, {key}: "
                   f"{ratio(f'ioasid+store {key}', f'ioasid {key}'):.2f}")
-
+    if comparison is not None:
+        comparison.print()
 
 if __name__ == "__main__":
     main()

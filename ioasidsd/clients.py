@@ -190,8 +190,12 @@ class Acceptor:
 
 
 # ---------------------------------------------------------------------- logging
-_CLIENT: contextvars.ContextVar[int | None] = contextvars.ContextVar("ioasids_client",
-                                                                    default=None)
+CLIENT_UID: contextvars.ContextVar[int | None] = contextvars.ContextVar("ioasids_client",
+                                                                       default=None)
+"""The uid of the client whose request this thread serves (``None``: none). Hot paths set and
+reset it directly (``CLIENT_UID.set(uid)``, ``CLIENT_UID.reset(token)``); others use
+``client_context``."""
+_CLIENT = CLIENT_UID
 
 
 @contextlib.contextmanager

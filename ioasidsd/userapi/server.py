@@ -30,7 +30,14 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from ioasidsd.clients import CLIENT_LOG_LIMIT, Acceptor, ConnectionCap, client_context, peer_of
+from ioasidsd.clients import (
+    CLIENT_LOG_LIMIT,
+    CLIENT_UID,
+    Acceptor,
+    ConnectionCap,
+    client_context,
+    peer_of,
+)
 from ioasidsd.host import read_stat
 from ioasidsd.model import ioasid_uapi as uapi
 from ioasidsd.model.errors import IoasidError
@@ -162,6 +169,7 @@ class UserApiServer:
         assert ep is not None
         conns = self._conns
         request = self._request
+        client_uid = CLIENT_UID
         buf = bytearray(RECV_SIZE)  # reused: a fresh 256 KiB bytes per recv costs page faults
         view = memoryview(buf)
         acceptor = self._acceptor
@@ -169,14 +177,20 @@ class UserApiServer:
         listening = True
         try:
             while not self._stopping:
-                pause = acceptor.paused - time.monotonic()
-                if pause > 0 and listening:  # accepting failed: not asked again meanwhile
-                    ep.unregister(listener.fileno())
-                    listening = False
-                elif pause <= 0 and not listening:
-                    ep.register(listener.fileno(), select.EPOLLIN)
-                    listening = True
-                for fd, events in ep.poll(pause if pause > 0 else -1):
+                timeout = -1.0
+                if acceptor.paused:  # accepting failed: the listener is not asked meanwhile
+                    pause = acceptor.paused - time.monotonic()
+                    if pause > 0:
+                        if listening:
+                            ep.unregister(listener.fileno())
+                            listening = False
+                        timeout = pause
+                    else:
+                        acceptor.paused = 0.0
+                        if not listening:
+                            ep.register(listener.fileno(), select.EPOLLIN)
+                            listening = True
+                for fd, events in ep.poll(timeout):
                     conn = conns.get(fd)
                     if conn is None:
                         if fd == self._wake_r:
@@ -205,13 +219,16 @@ class UserApiServer:
                         requests = conn.reader.feed(view[:n])
                         if not requests:
                             continue
-                        with client_context(conn.uid):
+                        token = client_uid.set(conn.uid)  # what these requests log is theirs
+                        try:
                             if len(requests) == 1:
                                 cmd, arg = requests[0]
                                 data = request(conn.file, cmd, arg, sender)
                             else:
                                 data = b"".join([request(conn.file, cmd, arg, sender)
                                                  for cmd, arg in requests])
+                        finally:
+                            client_uid.reset(token)
                         try:
                             sent = conn.sock.send(data)
                         except BlockingIOError:
