@@ -10,7 +10,6 @@ face answers. Reads may use the model objects directly while holding ``system.lo
 from __future__ import annotations
 
 import os
-import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from errno import EINVAL, EPERM, ESRCH
@@ -21,6 +20,7 @@ from ioasidsd.model.core import IoasidCore
 from ioasidsd.model.errors import IoasidError
 from ioasidsd.model.formats import decode, parse_flag, parse_limit, parse_pid
 from ioasidsd.model.knobs import Knobs
+from ioasidsd.model.modellock import ModelLock
 from ioasidsd.model.snapshot import is_removed
 from ioasidsd.model.workqueue import OrderedWorkQueue
 from ioasidsd.userapi.device import IoasidDevice, IoasidFile
@@ -175,7 +175,9 @@ class System:
 
     ``on_change(kind, detail)`` is called under the lock after every change succeeds and before
     the method returns (the daemon makes the change durable there). A method that raises has
-    changed nothing.
+    changed nothing. ``wq`` is the core's work queue: by default ``step`` mode, where deferred
+    work (the VT-d FREE cleanup) runs, and reports its own change, before the method returns;
+    the daemon passes a ``thread`` mode queue (see ``ioasidsd.model.workqueue``).
     """
 
     def __init__(
@@ -189,7 +191,7 @@ class System:
         self.core = IoasidCore(knobs, wq=wq)
         self.cgroups = IoasidsController(self.core)
         self.knobs = self.core.knobs
-        self.lock: threading.RLock = self.core.lock
+        self.lock: ModelLock = self.core.lock
         self.processes = processes or ProcessSource()
         self.on_change = on_change or (lambda kind, detail: None)
         self.settle: Callable[[], object] = lambda: None

@@ -41,12 +41,12 @@ def profiles(*names: str) -> pytest.MarkDecorator:
 class World:
     """An ``IoasidCore`` and an ``IoasidsController`` under one set of knobs.
 
-    The work queue runs in step mode (no thread), so tests decide when deferred work runs.
+    The work queue runs in manual mode (no thread), so tests decide when deferred work runs.
     """
 
     def __init__(self, knobs: Knobs | str = "fixed", *, capacity: int | None = None) -> None:
         self.knobs = profile(knobs) if isinstance(knobs, str) else knobs
-        self.wq = OrderedWorkQueue(step_mode=True)
+        self.wq = OrderedWorkQueue(mode="manual")
         self.core = IoasidCore(self.knobs, wq=self.wq)
         self.ctl = IoasidsController(self.core)
         self._next_pid = 1000

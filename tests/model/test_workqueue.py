@@ -1,4 +1,4 @@
-"""The shared ordered work queue (``workqueue.py``), threaded and in step mode.
+"""The shared ordered work queue (``workqueue.py``): threaded, manual and step mode.
 
 No test sleeps: threads are coordinated with events and every wait has a timeout.
 """
@@ -26,7 +26,7 @@ TIMEOUT = 10.0
 
 @pytest.fixture
 def threaded() -> Iterator[OrderedWorkQueue]:
-    wq = OrderedWorkQueue("test_wq")
+    wq = OrderedWorkQueue("test_wq", mode="thread")
     yield wq
     wq.stop()
 
@@ -48,8 +48,8 @@ class Gate:
             raise TimeoutError("gate never released")
 
 
-def test_step_mode_runs_nothing_until_asked() -> None:
-    wq = OrderedWorkQueue(step_mode=True)
+def test_manual_mode_runs_nothing_until_asked() -> None:
+    wq = OrderedWorkQueue(mode="manual")
     log: list[str] = []
     for name in "abc":
         assert wq.queue(_appender(log, name))
@@ -65,7 +65,7 @@ def test_step_mode_runs_nothing_until_asked() -> None:
 
 
 def test_a_pending_item_is_not_queued_twice() -> None:
-    wq = OrderedWorkQueue(step_mode=True)
+    wq = OrderedWorkQueue(mode="manual")
     log: list[str] = []
     work = _appender(log, "w")
     assert wq.queue(work) is True
@@ -80,7 +80,7 @@ def test_a_pending_item_is_not_queued_twice() -> None:
 def test_an_item_may_requeue_itself_while_running() -> None:
     """Like ``queue_work`` on a running work_struct: it is no longer pending, so it is queued
     again and runs once more after what was queued before it."""
-    wq = OrderedWorkQueue(step_mode=True)
+    wq = OrderedWorkQueue(mode="manual")
     log: list[str] = []
     runs = 0
 
@@ -137,8 +137,8 @@ def test_a_failing_item_does_not_kill_the_worker(threaded: OrderedWorkQueue) -> 
     assert threaded.flush(TIMEOUT) and log == ["after", "later"]
 
 
-def test_a_failing_item_in_step_mode() -> None:
-    wq = OrderedWorkQueue(step_mode=True)
+def test_a_failing_item_in_manual_mode() -> None:
+    wq = OrderedWorkQueue(mode="manual")
     log: list[str] = []
     wq.queue(Work(lambda: 1 / 0, "div"))
     wq.queue(_appender(log, "after"))

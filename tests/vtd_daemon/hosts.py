@@ -36,7 +36,7 @@ class Host:
         self.store = Store.open(state_dir)
         snap = self.store.load()
         self.system = System(profile(profile_name), processes=self.processes,
-                             wq=OrderedWorkQueue(step_mode=True), on_change=self.store.apply)
+                             wq=OrderedWorkQueue(mode="manual"), on_change=self.store.apply)
         with self.system.lock:
             if snap is None:
                 self.driver = build_driver(self.core, vtd, capacity=capacity)
