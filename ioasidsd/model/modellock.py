@@ -37,7 +37,7 @@ class ModelLock:
     """A re-entrant lock that runs ``on_return`` when its outermost holder lets go, if ``when``
     is non-empty at that moment (see the module)."""
 
-    __slots__ = ("_acquire", "_is_owned", "_release", "_when", "depth", "on_return")
+    __slots__ = ("_acquire", "_is_owned", "_on_return", "_release", "_when", "depth")
 
     def __init__(self, on_return: Callable[[], object] | None = None, *,
                  when: Sized | None = None) -> None:
@@ -46,7 +46,7 @@ class ModelLock:
         self._release = lock.release
         self._is_owned = lock._is_owned  # type: ignore[attr-defined]  # as threading.Condition
         self.depth = 0
-        self.on_return = on_return
+        self._on_return = on_return
         self._when: Sized = () if on_return is None else _ALWAYS if when is None else when
 
     def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
@@ -82,7 +82,7 @@ class ModelLock:
     ) -> None:
         if self.depth == 1 and self._when:
             try:
-                self.on_return()  # type: ignore[misc]  # set whenever ``_when`` can be non-empty
+                self._on_return()  # type: ignore[misc]  # set whenever ``_when`` can be non-empty
             finally:
                 self.depth = 0
                 self._release()
