@@ -1,4 +1,4 @@
-"""A small world to drive the model in tests: a core with a step-mode work queue, the cgroup
+"""A small world to drive the model in tests: a core with a manual-mode work queue, the cgroup
 controller over it, processes and cgroups made on demand, a notifier recorder and a snapshot of
 everything a face could observe."""
 
