@@ -179,12 +179,11 @@ class SetNb:
 class IoasidCore:
     """The IOASID core: capacity, sets, IOASIDs, notifiers, the work queue.
 
-    ``knobs`` chooses the semantics (see ``ioasidsd.model.knobs``). ``wq`` may be passed in:
-    by default a ``step`` mode queue, whose work runs when the outermost call returns; the daemon
-    passes a ``thread`` mode queue, tests that look at pending work a ``manual`` one. It is the
-    core's for life.
-    ``cgroups`` is attached by ``IoasidsController`` when one is created over this core; without
-    it allocation is bounded only by quotas and capacity.
+    ``knobs`` chooses the semantics (see ``ioasidsd.model.knobs``). ``wq`` may be passed in, and
+    is the core's for life: by default a ``step`` mode queue, whose work runs when the outermost
+    call returns; the daemon passes a ``thread`` mode queue, tests that look at pending work a
+    ``manual`` one. ``cgroups`` is attached by ``IoasidsController`` when one is created over
+    this core; without it allocation is bounded only by quotas and capacity.
     """
 
     def __init__(self, knobs: Knobs | None = None, *, wq: OrderedWorkQueue | None = None) -> None:
