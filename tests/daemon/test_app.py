@@ -79,11 +79,21 @@ def test_an_exit_releases_the_ioasids_through_the_faces_hooks(tmp_path, started,
     assert [s["type"] for s in after["sets"]] == [IoasidSetType.NULL]  # only VT-d's host set
 
 
-def test_the_daemon_runs_the_models_deferred_work_on_a_worker_thread(started):
+def test_the_daemon_runs_the_models_deferred_work_on_a_worker_thread(tmp_path, needs_fuse):
     """The model runs deferred work as the outermost call returns; the daemon opts into the
     worker thread, as the kernel's ``ioasid_wq``: a FREE listener's work (the VT-d cleanup's
     path) runs on that thread, after the ``free`` that queued it has returned."""
-    daemon = started()
+    daemon = Daemon(config_for(tmp_path))
+    try:
+        daemon.start()
+        _free_with_a_deferred_cleanup(daemon)
+    finally:
+        daemon.shutdown()
+        if daemon.system is not None:
+            daemon.system.core.wq.stop()  # the process would end here: no thread left behind
+
+
+def _free_with_a_deferred_cleanup(daemon):
     core = daemon.system.core
     assert core.wq.mode is WorkMode.THREAD and daemon.vtd.core is core
     running, release = threading.Event(), threading.Event()

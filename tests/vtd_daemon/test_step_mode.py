@@ -14,7 +14,7 @@ from .hosts import DEV_A, DEV_B, Host
 
 
 def _stepping_host(state_dir: Path, profile_name: str = "fixed") -> Host:
-    return Host(state_dir, profile_name, wq=OrderedWorkQueue())
+    return Host(state_dir, profile_name, wq=OrderedWorkQueue("stepping_wq"))
 
 
 def test_the_cleanup_has_run_and_been_saved_when_the_free_returns(tmp_path: Path) -> None:
