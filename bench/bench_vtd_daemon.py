@@ -52,7 +52,7 @@ def new_system(state: Path | None) -> tuple[System, Store | None]:
     """A new state (or none) with the driver booted and attached."""
     store = Store.open(state) if state is not None else None
     system = System(profile("fixed"), processes=OneProcess(),
-                    wq=OrderedWorkQueue(step_mode=True),
+                    wq=OrderedWorkQueue(mode="manual"),
                     on_change=store.apply if store is not None else None)
     with system.lock:
         driver = build_driver(system.core)

@@ -9,7 +9,6 @@ face answers. Reads may use the model objects directly while holding ``system.lo
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Mapping
 from errno import EINVAL, EPERM
 from typing import TYPE_CHECKING, Any
@@ -21,6 +20,7 @@ from ioasidsd.model.errors import IoasidError
 from ioasidsd.model.formats import parse_flag, parse_limit, parse_pid, parse_release_agent
 from ioasidsd.model.ioasid_device import IoasidDevice, IoasidFile
 from ioasidsd.model.knobs import Knobs
+from ioasidsd.model.modellock import ModelLock
 from ioasidsd.model.snapshot import is_removed
 from ioasidsd.model.workqueue import OrderedWorkQueue
 from ioasidsd.vtd_binder import VtdGuestBinder
@@ -35,7 +35,9 @@ class System:
 
     ``on_change(kind, detail)`` is called under the lock after every change succeeds and before
     the method returns (the daemon makes the change durable there). A method that raises has
-    changed nothing.
+    changed nothing. ``wq`` is the core's work queue: by default ``step`` mode, where deferred
+    work (the VT-d FREE cleanup) runs, and reports its own change, before the method returns;
+    the daemon passes a ``thread`` mode queue (see ``ioasidsd.model.workqueue``).
     """
 
     def __init__(
@@ -49,7 +51,7 @@ class System:
         self.core = IoasidCore(knobs, wq=wq)
         self.cgroups = IoasidsController(self.core)
         self.knobs = self.core.knobs
-        self.lock: threading.RLock = self.core.lock
+        self.lock: ModelLock = self.core.lock
         self.processes = processes or ProcessSource()
         self.on_change = on_change or (lambda kind, detail: None)
         self.settle: Callable[[], object] = lambda: None

@@ -5,12 +5,14 @@ Start-up, in order (any failure is one logged line and exit status 1):
 
 1. claim the runtime directory (pid file) and the state directory, so a second daemon on either
    refuses to start;
-2. open the state and rebuild the model from it (or start a new state), then boot the VT-d
-   simulation over it (``ioasidsd.vtd``, the ``[vtd]`` table or the default unit and devices):
-   a new state gets the units' PASID space (or ``--capacity``) as capacity and a new host PASID
-   set; a restored one keeps its capacity and host set and gets its bindings rebuilt. A state
-   made with other knobs or another capacity (or a capacity beyond the units' PASID space, or
-   bindings the configured units cannot hold) is refused unless it holds nothing;
+2. open the state and rebuild the model from it (or start a new state; unlike the model's
+   default, its deferred work, the VT-d FREE cleanup, runs on a worker thread as on the
+   kernel's ``ioasid_wq``), then boot the VT-d simulation over it (``ioasidsd.vtd``, the
+   ``[vtd]`` table or the default unit and devices): a new state gets the units' PASID space
+   (or ``--capacity``) as capacity and a new host PASID set; a restored one keeps its capacity
+   and host set and gets its bindings rebuilt. A state made with other knobs or another
+   capacity (or a capacity beyond the units' PASID space, or bindings the configured units
+   cannot hold) is refused unless it holds nothing;
 3. let the faces attach to the system (exit hooks), start the release-agent runner and process
    tracking, then release the processes that died while no daemon ran (in another boot: all of
    them) and adopt the children tracked processes forked meanwhile;
@@ -66,6 +68,7 @@ from ioasidsd.host import boot_id, filesystem_of, process_clock
 from ioasidsd.model.core import IoasidSetType
 from ioasidsd.model.errors import IoasidError
 from ioasidsd.model.snapshot import SnapshotError, load
+from ioasidsd.model.workqueue import OrderedWorkQueue, WorkMode
 from ioasidsd.store.state import Store, StoreError
 from ioasidsd.system import System
 from ioasidsd.userapi.server import UserApiServer
@@ -237,7 +240,10 @@ class Daemon:
             raise StartError(f"[vtd]: {exc}") from None
         space, scalable = vtd_config.pasid_space()
         knobs = config.semantics()
-        system = System(knobs, on_change=self._on_change)
+        # The kernel runs ioasid_wq on a kworker: the daemon keeps the model's deferred work (the
+        # VT-d FREE cleanup) on a worker thread, after and apart from the call that queued it.
+        system = System(knobs, on_change=self._on_change,
+                        wq=OrderedWorkQueue(mode=WorkMode.THREAD))
         forward_model_messages(system.core, self.log)
         self.system = system
         if snap is not None:

@@ -1,5 +1,21 @@
-"""The pure model: IOASID core, ioasids controller, knobs, the ``/dev/ioasid`` device. No I/O, no
-wall-clock time."""
+"""The pure model: IOASID core, ioasids controller, knobs, notifiers, the ordered work queue,
+the ``/dev/ioasid`` device.
+
+The contract every model object keeps:
+
+* No I/O, no clock, no randomness: nothing in ``ioasidsd.model`` reads the time or draws a
+  random number. Times the model keeps (a process's start time) are passed in by the caller.
+* Deterministic and single-threaded by default: the same calls in the same order give the same
+  results, messages and notifications. The model starts no thread of its own: deferred work
+  (``IoasidCore.queue_work``: FREE cleanups, notifier-driven teardown) runs in ``step`` mode,
+  when the outermost model call returns (the last release of ``core.lock``, a ``ModelLock``),
+  in order, on the calling thread, before that call returns to its face.
+* The daemon opts into a worker thread (``OrderedWorkQueue(mode="thread")``), as the kernel's
+  ``ioasid_wq``: there deferred work runs after, and concurrently with, the call that queued
+  it. Tests that look at the queue between a call and its work use ``mode="manual"`` and
+  ``run_pending``/``flush``.
+* Every refusal raises ``IoasidError`` with the kernel's errno and changes nothing.
+"""
 
 from ioasidsd.model.cgroup import Cgroup, IoasidsController, Process
 from ioasidsd.model.core import (
@@ -13,6 +29,7 @@ from ioasidsd.model.core import (
 )
 from ioasidsd.model.errors import IoasidError
 from ioasidsd.model.knobs import Knobs, profile
+from ioasidsd.model.modellock import ModelLock
 from ioasidsd.model.notifier import (
     NOTIFY_DONE,
     NOTIFY_OK,
@@ -23,7 +40,7 @@ from ioasidsd.model.notifier import (
     IoasidPrio,
     NotifierBlock,
 )
-from ioasidsd.model.workqueue import OrderedWorkQueue, Work
+from ioasidsd.model.workqueue import OrderedWorkQueue, Work, WorkMode
 
 __all__ = [
     "INVALID_IOASID",
@@ -44,9 +61,11 @@ __all__ = [
     "IoasidState",
     "IoasidsController",
     "Knobs",
+    "ModelLock",
     "NotifierBlock",
     "OrderedWorkQueue",
     "Process",
     "Work",
+    "WorkMode",
     "profile",
 ]

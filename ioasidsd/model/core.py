@@ -13,9 +13,15 @@ Conventions:
   ``v4`` user API answers ``-EINVAL`` for every ALLOC failure).
 * "The calling task" of the kernel (``current``) is the ``task`` argument: a ``Process`` of the
   cgroup controller, or ``None`` for kernel context (a worker thread in the root cgroup).
-* One re-entrant lock (``core.lock``) protects the core and the cgroup controller; the daemon
-  uses the same lock. Notifier callbacks run under it, as under the kernel's spinlock: from a
-  callback only the ``*_locked`` forms may be called, the others raise ``EDEADLK``.
+* One re-entrant lock (``core.lock``, a ``ModelLock``) protects the core and the cgroup
+  controller; the VT-d driver and the faces use the same lock. Notifier callbacks run under it,
+  as under the kernel's spinlock: from a callback only the ``*_locked`` forms may be called, the
+  others raise ``EDEADLK``.
+* Deferred work (``queue_work``: FREE cleanups, notifier-driven teardown) runs as the work
+  queue's mode says. In ``step`` mode, the default, it runs when the outermost call returns:
+  the last release of ``core.lock`` runs everything queued, in order, on the calling thread,
+  before the call returns to its face (whether the call returned or raised). A face that holds
+  ``core.lock`` around several calls is one outermost call. See ``ioasidsd.model.workqueue``.
 * Behaviour that differs between the ``fixed`` and ``v4`` profiles is chosen by ``core.knobs``.
 """
 
@@ -23,7 +29,6 @@ from __future__ import annotations
 
 import collections
 import enum
-import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from errno import EACCES, EAGAIN, EBUSY, EDEADLK, EDQUOT, EEXIST, EINVAL, ENOENT, ENOSPC, EPERM
@@ -32,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 from ioasidsd.model.errors import IoasidError
 from ioasidsd.model.idspace import IdSpace
 from ioasidsd.model.knobs import Knobs
+from ioasidsd.model.modellock import ModelLock
 from ioasidsd.model.notifier import (
     IOASID_NOTIFY_FLAG_ALL,
     IOASID_NOTIFY_FLAG_SET,
@@ -173,14 +179,17 @@ class SetNb:
 class IoasidCore:
     """The IOASID core: capacity, sets, IOASIDs, notifiers, the work queue.
 
-    ``knobs`` chooses the semantics (see ``ioasidsd.model.knobs``). ``wq`` may be passed in
-    (tests pass a step-mode queue). ``cgroups`` is attached by ``IoasidsController`` when one is
-    created over this core; without it allocation is bounded only by quotas and capacity.
+    ``knobs`` chooses the semantics (see ``ioasidsd.model.knobs``). ``wq`` may be passed in, and
+    is the core's for life: by default a ``step`` mode queue, whose work runs when the outermost
+    call returns; the daemon passes a ``thread`` mode queue, tests that look at pending work a
+    ``manual`` one. ``cgroups`` is attached by ``IoasidsController`` when one is created over
+    this core; without it allocation is bounded only by quotas and capacity.
     """
 
     def __init__(self, knobs: Knobs | None = None, *, wq: OrderedWorkQueue | None = None) -> None:
         self.knobs = knobs or Knobs()
-        self.lock = threading.RLock()
+        self.wq = wq if wq is not None else OrderedWorkQueue()  # an empty queue is falsy
+        self.lock = ModelLock(self.wq.call_returned, when=self.wq.due)
         self.capacity = PCI_PASID_MAX
         self.capacity_avail = PCI_PASID_MAX
         self._capacity_installed = False
@@ -191,7 +200,6 @@ class IoasidCore:
         self._active: _AllocatorGroup | None = None  # None: the default allocator
         self.notifier = NotifierChain()  # the global chain
         self._nb_pending: list[SetNb] = []
-        self.wq = wq if wq is not None else OrderedWorkQueue()  # an empty queue is falsy
         self.cgroups: IoasidsController | None = None
         self.messages: collections.deque[str] = collections.deque(maxlen=512)
         self._in_notifier = 0
@@ -843,8 +851,12 @@ class IoasidCore:
 
     # ------------------------------------------------------------------ work queue (2.11)
     def queue_work(self, work: Work) -> bool:
-        """Queue ``work`` on the shared ordered queue; ``False`` if it is already pending."""
-        return self.wq.queue(work)
+        """Queue ``work`` on the shared ordered queue (``ioasid_queue_work``); ``False`` if it
+        is already pending. Allowed from notifier callbacks. A model call itself: in step mode,
+        work queued from outside any call has run when this returns. ``RuntimeError`` if the
+        queue is stopped."""
+        with self.lock:
+            return self.wq.queue(work)
 
     # ------------------------------------------------------------------ custom allocators (2.13)
     def register_allocator(self, ops: AllocatorOps) -> None:

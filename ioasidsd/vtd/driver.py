@@ -19,7 +19,8 @@ patches do (spec ``ioasid-v4.md`` section 5, ``vtd.md`` sections 5.2-5.4):
 * the FREE listener queues the binding's cleanup on the core's ordered work queue; the cleanup
   tears down every device's entry (FPD kept), drains its page requests, detaches the SPID
   (UNBIND), detaches the data and drops the reference, then reports what it changed to
-  ``on_change`` (the one change the driver makes on its own, outside any caller's operation);
+  ``on_change`` (the one change the driver makes on its own, after the caller's operation: as
+  that call returns in the model's step mode, on the worker thread in the daemon);
 * page requests: the decisions of the PRQ handler, and ``page_response`` for requests reported
   to a guest.
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import subprocess
 import sys
+import threading
 
 import pytest
 import structlog
@@ -13,7 +14,7 @@ import structlog
 from ioasidsd.daemon import procs
 from ioasidsd.daemon.app import Daemon
 from ioasidsd.daemon.config import load_config
-from ioasidsd.model import IoasidSetType
+from ioasidsd.model import NOTIFY_OK, IoasidSetType, NotifierBlock, Work, WorkMode
 from ioasidsd.model.snapshot import dump, load
 from ioasidsd.store.state import Store
 from ioasidsd.system import System
@@ -76,6 +77,58 @@ def test_an_exit_releases_the_ioasids_through_the_faces_hooks(tmp_path, started,
     after = saved_state(tmp_path / "s")
     assert after["ioasids"] == [] and after["processes"] == []
     assert [s["type"] for s in after["sets"]] == [IoasidSetType.NULL]  # only VT-d's host set
+
+
+def test_the_daemon_runs_the_models_deferred_work_on_a_worker_thread(tmp_path, needs_fuse):
+    """The model runs deferred work as the outermost call returns; the daemon opts into the
+    worker thread, as the kernel's ``ioasid_wq``: a FREE listener's work (the VT-d cleanup's
+    path) runs on that thread, after the ``free`` that queued it has returned."""
+    daemon = Daemon(config_for(tmp_path))
+    try:
+        daemon.start()
+        _free_with_a_deferred_cleanup(daemon)
+    finally:
+        daemon.shutdown()
+        if daemon.system is not None:
+            daemon.system.core.wq.stop()  # the process would end here: no thread left behind
+
+
+def _free_with_a_deferred_cleanup(daemon):
+    core = daemon.system.core
+    assert core.wq.mode is WorkMode.THREAD and daemon.vtd.core is core
+    running, release = threading.Event(), threading.Event()
+    ran_on: list[threading.Thread] = []
+
+    def cleanup():
+        ran_on.append(threading.current_thread())
+        running.set()
+        if not release.wait(10):
+            raise TimeoutError("never released")
+        core.put(None, ioasid)
+
+    work = Work(cleanup, "probe-cleanup")
+
+    def on_free(nb, event, args):
+        if args.id == ioasid:
+            core.queue_work(work)
+        return NOTIFY_OK
+
+    listener = NotifierBlock(on_free, name="probe")
+    core.register_notifier(None, listener)
+    try:
+        probe_set = core.set_alloc(None, 1, IoasidSetType.NULL)
+        ioasid = core.alloc(probe_set, 1, 10)
+        core.get(None, ioasid)
+        core.free(probe_set, ioasid)  # returns with the cleanup queued, not run
+        assert running.wait(10)
+        assert ioasid in core and len(core.wq) == 1  # still running, on the worker
+        release.set()
+        assert core.wq.flush(10)
+        assert ran_on == [core.wq.worker] and ran_on[0] is not threading.current_thread()
+        assert ioasid not in core and core.wq.errors == []
+    finally:
+        release.set()
+        core.unregister_notifier(None, listener)
 
 
 def test_without_the_connector_auto_polls_and_says_so(tmp_path, started, monkeypatch):

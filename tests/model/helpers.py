@@ -1,4 +1,4 @@
-"""A small world to drive the model in tests: a core with a step-mode work queue, the cgroup
+"""A small world to drive the model in tests: a core with a manual-mode work queue, the cgroup
 controller over it, processes and cgroups made on demand, a notifier recorder and a snapshot of
 everything a face could observe."""
 
@@ -41,12 +41,12 @@ def profiles(*names: str) -> pytest.MarkDecorator:
 class World:
     """An ``IoasidCore`` and an ``IoasidsController`` under one set of knobs.
 
-    The work queue runs in step mode (no thread), so tests decide when deferred work runs.
+    The work queue runs in manual mode (no thread), so tests decide when deferred work runs.
     """
 
     def __init__(self, knobs: Knobs | str = "fixed", *, capacity: int | None = None) -> None:
         self.knobs = profile(knobs) if isinstance(knobs, str) else knobs
-        self.wq = OrderedWorkQueue(step_mode=True)
+        self.wq = OrderedWorkQueue(mode="manual")
         self.core = IoasidCore(self.knobs, wq=self.wq)
         self.ctl = IoasidsController(self.core)
         self._next_pid = 1000

@@ -19,13 +19,13 @@ from .helpers import World, refused, snapshot
 
 def test_an_empty_work_queue_handed_in_is_kept() -> None:
     """An empty ``OrderedWorkQueue`` is falsy (it has ``__len__``); it must still be used."""
-    wq = OrderedWorkQueue(step_mode=True)
+    wq = OrderedWorkQueue(mode="manual")
     assert not wq
     core = IoasidCore(profile("fixed"), wq=wq)
     assert core.wq is wq
     ran: list[str] = []
     assert core.queue_work(Work(lambda: ran.append("w")))
-    assert ran == [] and len(wq) == 1  # step mode: waits for run_pending
+    assert ran == [] and len(wq) == 1  # manual mode: waits for run_pending
     wq.run_pending()
     assert ran == ["w"]
     assert System(profile("v4"), wq=wq).core.wq is wq
@@ -135,7 +135,7 @@ def test_rename_rules() -> None:
 
 def test_system_hands_each_change_over_once_and_refusals_never() -> None:
     changes: list[tuple[str, dict[str, Any]]] = []
-    system = System(profile("fixed"), wq=OrderedWorkQueue(step_mode=True),
+    system = System(profile("fixed"), wq=OrderedWorkQueue(mode="manual"),
                     on_change=lambda kind, detail: changes.append((kind, detail)))
     system.core.install_capacity(10)
     system.mkdir("vm")
@@ -155,7 +155,7 @@ def test_system_hands_over_no_write_that_changes_nothing() -> None:
     """Rewriting the current limit, a flag or the release agent changes no state, so there is
     nothing for the durable store to write (in ``v4`` the same limit is refused anyway)."""
     changes: list[str] = []
-    system = System(profile("fixed"), wq=OrderedWorkQueue(step_mode=True),
+    system = System(profile("fixed"), wq=OrderedWorkQueue(mode="manual"),
                     on_change=lambda kind, detail: changes.append(kind))
     system.mkdir("vm")
     for _ in range(2):
@@ -168,7 +168,7 @@ def test_system_hands_over_no_write_that_changes_nothing() -> None:
 
 
 def test_system_refusals_change_nothing() -> None:
-    system = System(profile("fixed"), wq=OrderedWorkQueue(step_mode=True))
+    system = System(profile("fixed"), wq=OrderedWorkQueue(mode="manual"))
     world = World.__new__(World)  # view the system's model through the snapshot helper
     world.core, world.ctl, world.wq = system.core, system.cgroups, system.core.wq
     system.core.install_capacity(10)

@@ -19,7 +19,7 @@ from .helpers import World, profiles, refused, snapshot
 
 
 def _system(prof: str, capacity: int | None = None) -> System:
-    system = System(profile(prof), wq=OrderedWorkQueue(step_mode=True))
+    system = System(profile(prof), wq=OrderedWorkQueue(mode="manual"))
     if capacity is not None:
         system.core.install_capacity(capacity)
     return system

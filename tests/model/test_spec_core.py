@@ -870,7 +870,7 @@ def test_62_queue_work_ordered_and_pending_once(prof: str) -> None:
     """With the real worker thread: a pending item is refused (``False``), items run one at a
     time in submission order. The first item blocks on an event so the others are queued
     behind it; no sleeping, every wait has a timeout."""
-    wq = OrderedWorkQueue()
+    wq = OrderedWorkQueue(mode="thread")
     core = IoasidCore(profile(prof), wq=wq)
     started = threading.Event()
     release = threading.Event()

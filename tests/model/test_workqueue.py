@@ -1,4 +1,4 @@
-"""The shared ordered work queue (``workqueue.py``), threaded and in step mode.
+"""The shared ordered work queue (``workqueue.py``): threaded, manual and step mode.
 
 No test sleeps: threads are coordinated with events and every wait has a timeout.
 """
@@ -12,8 +12,10 @@ import pytest
 
 from ioasidsd.model import (
     NOTIFY_OK,
+    IoasidCore,
     IoasidNbArgs,
     IoasidNotify,
+    IoasidSetType,
     NotifierBlock,
     OrderedWorkQueue,
     Work,
@@ -26,7 +28,7 @@ TIMEOUT = 10.0
 
 @pytest.fixture
 def threaded() -> Iterator[OrderedWorkQueue]:
-    wq = OrderedWorkQueue("test_wq")
+    wq = OrderedWorkQueue("test_wq", mode="thread")
     yield wq
     wq.stop()
 
@@ -48,8 +50,8 @@ class Gate:
             raise TimeoutError("gate never released")
 
 
-def test_step_mode_runs_nothing_until_asked() -> None:
-    wq = OrderedWorkQueue(step_mode=True)
+def test_manual_mode_runs_nothing_until_asked() -> None:
+    wq = OrderedWorkQueue(mode="manual")
     log: list[str] = []
     for name in "abc":
         assert wq.queue(_appender(log, name))
@@ -65,7 +67,7 @@ def test_step_mode_runs_nothing_until_asked() -> None:
 
 
 def test_a_pending_item_is_not_queued_twice() -> None:
-    wq = OrderedWorkQueue(step_mode=True)
+    wq = OrderedWorkQueue(mode="manual")
     log: list[str] = []
     work = _appender(log, "w")
     assert wq.queue(work) is True
@@ -80,7 +82,7 @@ def test_a_pending_item_is_not_queued_twice() -> None:
 def test_an_item_may_requeue_itself_while_running() -> None:
     """Like ``queue_work`` on a running work_struct: it is no longer pending, so it is queued
     again and runs once more after what was queued before it."""
-    wq = OrderedWorkQueue(step_mode=True)
+    wq = OrderedWorkQueue(mode="manual")
     log: list[str] = []
     runs = 0
 
@@ -137,8 +139,8 @@ def test_a_failing_item_does_not_kill_the_worker(threaded: OrderedWorkQueue) -> 
     assert threaded.flush(TIMEOUT) and log == ["after", "later"]
 
 
-def test_a_failing_item_in_step_mode() -> None:
-    wq = OrderedWorkQueue(step_mode=True)
+def test_a_failing_item_in_manual_mode() -> None:
+    wq = OrderedWorkQueue(mode="manual")
     log: list[str] = []
     wq.queue(Work(lambda: 1 / 0, "div"))
     wq.queue(_appender(log, "after"))
@@ -210,3 +212,50 @@ def test_cleanup_completes_in_notification_order() -> None:
     core.free(s, ioasid)
     assert world.wq.flush()
     assert log == ["kvm notified", "iommu notified", "kvm cleanup", "iommu cleanup"]
+
+
+def test_only_step_mode_runs_items_when_a_call_returns() -> None:
+    log: list[str] = []
+    for mode in ("manual", "thread"):
+        wq = OrderedWorkQueue(f"wq_{mode}", mode=mode)
+        gate = Gate()
+        if mode == "thread":
+            wq.queue(Work(gate))  # the worker is busy: what follows stays queued
+            assert gate.started.wait(TIMEOUT)
+        wq.queue(_appender(log, mode))
+        assert len(wq.due) == 0 and wq.call_returned() == 0 and log == []
+        gate.release.set()
+        assert wq.flush(TIMEOUT) and log == [mode]
+        log.clear()
+        wq.stop()
+    step = OrderedWorkQueue(mode="step")
+    step.queue(_appender(log, "a"))
+    step.queue(_appender(log, "b"))
+    assert len(step.due) == 2 and step.worker is None
+    assert step.call_returned() == 2 and log == ["a", "b"] and len(step.due) == 0
+
+
+def test_running_a_step_queue_by_hand_does_not_nest_the_items() -> None:
+    """Items queued on the queue itself wait; when a test runs them, each item's own model call
+    returns while the queue is being run: the items still run one after the other, not each
+    inside the previous one's return."""
+    core = IoasidCore(wq=OrderedWorkQueue(mode="step"))
+    active = 0
+    peak = 0
+    order: list[int] = []
+
+    def item(n: int) -> Work:
+        def fn() -> None:
+            nonlocal active, peak
+            active += 1
+            peak = max(peak, active)
+            core.set_alloc(None, 0, IoasidSetType.NULL)  # a model call of its own
+            order.append(n)
+            active -= 1
+
+        return Work(fn, f"item{n}")
+
+    for n in range(50):
+        core.wq.queue(item(n))
+    assert core.wq.run_pending() == 50
+    assert order == list(range(50)) and peak == 1 and len(core.wq) == 0

@@ -28,7 +28,7 @@ class World:
 
     def __init__(self, profile_name: str, **knobs: object) -> None:
         self.core = IoasidCore(profile(profile_name, **knobs),
-                               wq=OrderedWorkQueue(step_mode=True))
+                               wq=OrderedWorkQueue(mode="manual"))
         self.cgroups = IoasidsController(self.core)
         self.device = IoasidDevice(self.core)
         self.cgroups.exit_hooks.append(self.device.process_exit)
@@ -163,7 +163,7 @@ class Served:
     def __init__(self, profile_name: str, runtime: str, **knobs: object) -> None:
         self.changes = Changes()
         self.system = System(profile(profile_name, **knobs), on_change=self.changes,
-                             wq=OrderedWorkQueue(step_mode=True))
+                             wq=OrderedWorkQueue(mode="manual"))
         self.runtime = runtime
         self.server = UserApiServer(self.system, runtime)
         self.server.start()

@@ -21,7 +21,7 @@ class Env:
     """A core, its controller, a driver and helpers, for one test."""
 
     def __init__(self, knobs_profile: str = "fixed") -> None:
-        self.core = IoasidCore(profile(knobs_profile), wq=OrderedWorkQueue(step_mode=True))
+        self.core = IoasidCore(profile(knobs_profile), wq=OrderedWorkQueue(mode="manual"))
         self.cgroups = IoasidsController(self.core)
         self.driver: VtdDriver | None = None
         self._pid = 1000

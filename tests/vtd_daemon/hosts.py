@@ -28,7 +28,9 @@ class Host:
 
     def __init__(self, state_dir: Path, profile_name: str = "fixed", *,
                  vtd: dict[str, Any] | None = None, processes: FakeProcesses | None = None,
-                 capacity: int | None = None) -> None:
+                 capacity: int | None = None, wq: OrderedWorkQueue | None = None) -> None:
+        """``wq``: the core's work queue; by default a ``manual`` one, so that a test runs the
+        cleanup (``core.wq.run_pending()``) where it wants to look at the state before it."""
         self.state_dir = state_dir
         self.profile_name = profile_name
         self.vtd_table = vtd
@@ -36,7 +38,8 @@ class Host:
         self.store = Store.open(state_dir)
         snap = self.store.load()
         self.system = System(profile(profile_name), processes=self.processes,
-                             wq=OrderedWorkQueue(step_mode=True), on_change=self.store.apply)
+                             wq=wq if wq is not None else OrderedWorkQueue(mode="manual"),
+                             on_change=self.store.apply)
         with self.system.lock:
             if snap is None:
                 self.driver = build_driver(self.core, vtd, capacity=capacity)

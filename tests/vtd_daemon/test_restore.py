@@ -133,7 +133,7 @@ def test_a_cleanup_the_restart_interrupted_runs_after_it(host: Host) -> None:
     restarted driver rebuilds the binding and queues its cleanup again, which then completes
     and is saved."""
     f, h1, _ = bound_vm(host)
-    host.free(f, h1)  # the cleanup stays queued (step mode) and the daemon dies
+    host.free(f, h1)  # the cleanup stays queued (manual mode) and the daemon dies
     again = host.restart()
     assert again.core.data(h1).state == IoasidState.FREE_PENDING
     assert again.present(DEV_A, h1) and again.present(DEV_B, h1)

@@ -1,0 +1,129 @@
+"""``ModelLock`` (``modellock.py``): a re-entrant lock whose outermost release runs a hook.
+
+No test sleeps: the one test with a second thread coordinates with events and timeouts.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from ioasidsd.model import ModelLock
+
+TIMEOUT = 10.0
+
+
+def test_the_hook_runs_once_at_the_outermost_release_with_the_lock_held() -> None:
+    seen: list[tuple[int, bool]] = []
+    lock = ModelLock(lambda: seen.append((lock.depth, lock.held())))
+    with lock:
+        with lock:
+            assert lock.depth == 2
+        assert seen == []  # an inner release is not the end of the call
+        assert lock.depth == 1
+    assert seen == [(1, True)]
+    assert lock.depth == 0 and not lock.held()
+
+
+def test_what_the_hook_calls_nests_and_does_not_run_it_again() -> None:
+    runs: list[int] = []
+
+    def hook() -> None:
+        runs.append(lock.depth)
+        with lock:  # a work item's own model call
+            runs.append(lock.depth)
+
+    lock = ModelLock(hook)
+    with lock:
+        pass
+    assert runs == [1, 2]
+
+
+def test_the_hook_waits_for_when_to_be_non_empty() -> None:
+    due: list[str] = []
+    ran: list[list[str]] = []
+    lock = ModelLock(lambda: (ran.append(list(due)), due.clear()), when=due)
+    with lock:
+        pass
+    assert ran == []  # nothing due: not even called
+    with lock:
+        due.append("work")
+    assert ran == [["work"]] and due == []
+
+
+def test_the_hook_runs_when_the_call_raises_and_the_lock_is_released() -> None:
+    ran: list[str] = []
+    lock = ModelLock(lambda: ran.append("hook"))
+    with pytest.raises(ValueError, match="call failed"), lock:
+        raise ValueError("call failed")
+    assert ran == ["hook"] and lock.depth == 0 and not lock.held()
+
+
+def test_a_failing_hook_still_releases_the_lock() -> None:
+    calls: list[int] = []
+
+    def hook() -> None:
+        calls.append(len(calls))
+        if len(calls) == 1:
+            raise RuntimeError("hook failed")
+
+    lock = ModelLock(hook)
+    with pytest.raises(RuntimeError, match="hook failed"), lock:
+        pass
+    assert lock.depth == 0 and not lock.held()
+    assert lock.acquire(blocking=False)  # free again
+    lock.release()
+    assert calls == [0, 1]
+
+
+def test_release_by_a_thread_that_does_not_hold_it_changes_nothing() -> None:
+    ran: list[str] = []
+    lock = ModelLock(lambda: ran.append("hook"))
+    with pytest.raises(RuntimeError):
+        lock.release()
+    held = threading.Event()
+    done = threading.Event()
+    errors: list[BaseException] = []
+
+    def other() -> None:
+        try:
+            assert held.wait(TIMEOUT)
+            lock.release()
+        except BaseException as exc:  # reported to the test's thread
+            errors.append(exc)
+        finally:
+            done.set()
+
+    with lock:
+        thread = threading.Thread(target=other)
+        thread.start()
+        held.set()
+        assert done.wait(TIMEOUT)
+        assert [type(e) for e in errors] == [RuntimeError]
+        assert lock.depth == 1 and lock.held() and ran == []
+    thread.join(TIMEOUT)
+    assert ran == ["hook"]
+
+
+def test_acquire_without_blocking_while_another_thread_holds_it() -> None:
+    lock = ModelLock()
+    held = threading.Event()
+    release = threading.Event()
+
+    def holder() -> None:
+        with lock:
+            held.set()
+            assert release.wait(TIMEOUT)
+
+    thread = threading.Thread(target=holder)
+    thread.start()
+    try:
+        assert held.wait(TIMEOUT)
+        assert lock.acquire(blocking=False) is False
+        assert not lock.held()
+    finally:
+        release.set()
+        thread.join(TIMEOUT)
+    assert lock.acquire(timeout=TIMEOUT)
+    lock.release()
