@@ -1,7 +1,6 @@
-"""The pure model: IOASID core, ioasids controller, knobs, the ``/dev/ioasid`` device. No I/O, no
-wall-clock time."""
+"""The pure model: IOASID core, the cgroup-v1 hierarchy and the ``ioasids`` controller it hosts,
+knobs, the ``/dev/ioasid`` device. No I/O, no wall-clock time."""
 
-from ioasidsd.model.cgroup import Cgroup, IoasidsController, Process
 from ioasidsd.model.core import (
     INVALID_IOASID,
     PCI_PASID_MAX,
@@ -12,6 +11,8 @@ from ioasidsd.model.core import (
     IoasidState,
 )
 from ioasidsd.model.errors import IoasidError
+from ioasidsd.model.hierarchy import Cgroup, Controller, Hierarchy, Process, TaskSet
+from ioasidsd.model.ioasids import Charge, IoasidsController
 from ioasidsd.model.knobs import Knobs, profile
 from ioasidsd.model.notifier import (
     NOTIFY_DONE,
@@ -33,6 +34,9 @@ __all__ = [
     "NOTIFY_STOP_MASK",
     "PCI_PASID_MAX",
     "Cgroup",
+    "Charge",
+    "Controller",
+    "Hierarchy",
     "IoasidCore",
     "IoasidData",
     "IoasidError",
@@ -47,6 +51,7 @@ __all__ = [
     "NotifierBlock",
     "OrderedWorkQueue",
     "Process",
+    "TaskSet",
     "Work",
     "profile",
 ]
