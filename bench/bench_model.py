@@ -35,7 +35,11 @@ import time
 from typing import TYPE_CHECKING
 
 from ioasidsd.model import IoasidCore, IoasidSetType, NotifierBlock, profile
-from ioasidsd.model.cgroup import IoasidsController
+
+try:
+    from ioasidsd.model.ioasids import IoasidsController
+except ImportError:  # --against a tree from before the hierarchy had a module of its own
+    from ioasidsd.model.cgroup import IoasidsController  # type: ignore[no-redef]
 
 LIVE_IDS = 1 << 20
 TARGET_PAIRS = 300_000
@@ -52,11 +56,12 @@ def build_model(limit: int | None = LIVE_IDS // 4) -> tuple[IoasidCore, object, 
     reserves itself from the pool, so four levels of 2^18 use the whole 2^20 capacity.
     """
     core = IoasidCore(profile("fixed"))
-    cgroups = IoasidsController(core)
+    controller = IoasidsController(core)
+    cgroups = getattr(controller, "hierarchy", controller)  # one object in older trees
     node = cgroups.root
     for name in ("a", "b", "c", "d"):
         node = cgroups.mkdir(node, name)
-        cgroups.set_max(node, limit)
+        controller.set_max(node, limit)
     core.register_notifier(None, NotifierBlock(lambda nb, event, args: 0, name="free-listener"))
     task = cgroups.track(4242, 1.0, node)
     ioasid_set = core.set_alloc(task.mm, 0, IoasidSetType.MM)

@@ -34,7 +34,8 @@ import time
 from typing import Any
 
 from ioasidsd.model import IoasidCore, IoasidSetType, profile
-from ioasidsd.model.cgroup import IoasidsController
+from ioasidsd.model.hierarchy import Hierarchy
+from ioasidsd.model.ioasids import IoasidsController
 from ioasidsd.vtd import DriverOptions, PciDevice, VtdDriver
 
 DEVICES = 8
@@ -45,10 +46,9 @@ def bdf(i: int) -> str:
     return f"0000:{0x10 + i:02x}:00.0"
 
 
-def build(devices: int, host_quota: int = 32768) -> tuple[IoasidCore, IoasidsController,
-                                                           VtdDriver]:
+def build(devices: int, host_quota: int = 32768) -> tuple[IoasidCore, Hierarchy, VtdDriver]:
     core = IoasidCore(profile("fixed"))
-    cgroups = IoasidsController(core)
+    cgroups = IoasidsController(core).hierarchy
     driver = VtdDriver(core, options=DriverOptions(host_quota=host_quota))
     driver.add_unit("dmar0")
     for i in range(devices):

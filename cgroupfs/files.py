@@ -27,7 +27,6 @@ from errno import E2BIG, EINVAL, EPERM
 from types import MappingProxyType
 
 from cgroupfs import pidlists
-from ioasidsd.model.cgroup import Cgroup
 from ioasidsd.model.errors import IoasidError
 from ioasidsd.model.formats import (
     render_capacity,
@@ -37,6 +36,7 @@ from ioasidsd.model.formats import (
     render_ids,
     render_limit,
 )
+from ioasidsd.model.hierarchy import Cgroup
 from ioasidsd.system import System
 
 PAGE_SIZE = 4096

@@ -46,8 +46,8 @@ import mfusepy
 
 from cgroupfs import files, pidlists
 from cgroupfs.files import CgroupFile, Writer
-from ioasidsd.model.cgroup import Cgroup
 from ioasidsd.model.errors import IoasidError
+from ioasidsd.model.hierarchy import Cgroup
 from ioasidsd.system import System
 
 ROOT_DIR_MODE = 0o555

@@ -12,7 +12,7 @@ The model lock is held only to copy the members; the checks against ``/proc`` ru
 
 from __future__ import annotations
 
-from ioasidsd.model.cgroup import Cgroup
+from ioasidsd.model.hierarchy import Cgroup
 from ioasidsd.system import System
 
 

@@ -145,8 +145,8 @@ class Acceptor:
 
     def accept(self) -> socket.socket | None:
         """The next waiting connection, or ``None``: none is waiting, or accepting is paused
-        (see ``paused``) after a failure."""
-        if time.monotonic() < self.paused:
+        (see ``paused``) after a failure. Never raises."""
+        if self.paused and time.monotonic() < self.paused:
             return None
         try:
             sock, _ = self.listener.accept()
@@ -156,15 +156,20 @@ class Acceptor:
             if exc.errno in (errno.EMFILE, errno.ENFILE) and self._answer_starved():
                 return None
             self.paused = time.monotonic() + PAUSE
-            self.log.warning("accept failed; pausing", error=str(exc), seconds=PAUSE)
+            self._log("warning", "accept failed; pausing", error=str(exc), seconds=PAUSE)
             return None
-        sock.setblocking(True)
+        try:
+            sock.setblocking(True)
+        except OSError:
+            sock.close()
+            return None
         return sock
 
     def _answer_starved(self) -> bool:
         """Out of descriptors: take the waiting connection with the reserve one, refuse it,
-        and take the reserve back. Whether a connection was answered."""
+        and take the reserve back. Whether a connection was answered. Never raises."""
         if self._reserve is None:
+            self._take_reserve()  # a descriptor may have been freed since
             return False
         os.close(self._reserve)
         self._reserve = None
@@ -177,16 +182,22 @@ class Acceptor:
             sock.setblocking(True)
             sock.settimeout(0.5)
             self.refuse(sock, errno.EMFILE, "the daemon is out of file descriptors")
-        except OSError:
+        except Exception:  # the answer is a courtesy: failing to give it changes nothing
             pass
         finally:
             sock.close()
             self._take_reserve()
         self.starved += 1
         if self.starved == 1 or self.starved % 1000 == 0:
-            self.log.error("out of file descriptors: refusing connections",
-                           refused=self.starved)
+            self._log("error", "out of file descriptors: refusing connections",
+                      refused=self.starved)
         return True
+
+    def _log(self, level: str, event: str, **fields: Any) -> None:
+        """Log, if logging can be done at all: out of descriptors, even a log call may fail
+        (a lazy import, a log file), and that must not end the thread that accepts."""
+        with contextlib.suppress(Exception):
+            getattr(self.log, level)(event, **fields)
 
 
 # ---------------------------------------------------------------------- logging

@@ -1,6 +1,7 @@
 """The system: the model objects every face shares, and the operations faces perform on them.
 
-A ``System`` holds the IOASID core, the cgroup controller, the semantics knobs, one lock and a
+A ``System`` holds the IOASID core, the cgroup hierarchy (``cgroups``) and the ``ioasids``
+controller bound to it (``controller``), the semantics knobs, one lock and a
 source of facts about real processes. Faces (the FUSE file system, the user-API socket, the
 control API, experiments) call its methods for every change, so that each change is made in one
 place, under the lock, and then handed to ``on_change`` (the daemon's durable store) before the
@@ -14,11 +15,12 @@ from errno import EINVAL, EPERM
 from typing import TYPE_CHECKING, Any
 
 from ioasidsd.host import ProcessSource
-from ioasidsd.model.cgroup import Cgroup, IoasidsController, Process
 from ioasidsd.model.core import IoasidCore
 from ioasidsd.model.errors import IoasidError
 from ioasidsd.model.formats import parse_flag, parse_limit, parse_pid, parse_release_agent
+from ioasidsd.model.hierarchy import Cgroup, Process
 from ioasidsd.model.ioasid_device import IoasidDevice, IoasidFile
+from ioasidsd.model.ioasids import IoasidsController
 from ioasidsd.model.knobs import Knobs
 from ioasidsd.model.modellock import ModelLock
 from ioasidsd.model.snapshot import is_removed
@@ -49,7 +51,8 @@ class System:
         on_change: Callable[[str, dict[str, Any]], None] | None = None,
     ) -> None:
         self.core = IoasidCore(knobs, wq=wq)
-        self.cgroups = IoasidsController(self.core)
+        self.controller = IoasidsController(self.core)
+        self.cgroups = self.controller.hierarchy
         self.knobs = self.core.knobs
         self.lock: ModelLock = self.core.lock
         self.processes = processes or ProcessSource()
@@ -68,7 +71,7 @@ class System:
 
     # ------------------------------------------------------------------ hierarchy
     def mkdir(self, path: str, *, reserved_names: frozenset[str] = frozenset()) -> Cgroup:
-        """Create the cgroup at ``path``; see ``IoasidsController.mkdir`` for errors."""
+        """Create the cgroup at ``path``; see ``Hierarchy.mkdir`` for errors."""
         parent_path, _, name = path.strip("/").rpartition("/")
         with self.lock:
             parent = self.cgroups.lookup(parent_path)
@@ -77,14 +80,14 @@ class System:
             return cg
 
     def rmdir(self, path: str) -> None:
-        """Remove the cgroup at ``path``; see ``IoasidsController.rmdir``."""
+        """Remove the cgroup at ``path``; see ``Hierarchy.rmdir``."""
         with self.lock:
             cg = self.cgroups.lookup(path)
             self.cgroups.rmdir(cg)
             self._changed("rmdir", cgroup=cg, path=path)
 
     def rename(self, old: str, new: str, *, reserved_names: frozenset[str] = frozenset()) -> None:
-        """Rename ``old`` to ``new`` (same parent only); see ``IoasidsController.rename``."""
+        """Rename ``old`` to ``new`` (same parent only); see ``Hierarchy.rename``."""
         new_parent_path, _, new_name = new.strip("/").rpartition("/")
         with self.lock:
             cg = self.cgroups.lookup(old)
@@ -99,7 +102,7 @@ class System:
         with self.lock:
             cg = self.cgroups.lookup(path)
             before = (cg.limit, cg.reserved, self.core.capacity_avail)
-            self.cgroups.set_max(cg, limit)
+            self.controller.set_max(cg, limit)
             if (cg.limit, cg.reserved, self.core.capacity_avail) != before:
                 self._changed("limit", cgroup=cg)  # rewriting the same limit has nothing to store
 

@@ -15,7 +15,7 @@ from ioasidsd.model import ioasid_uapi as uapi
 from ioasidsd.vtd.iommu import ADDR_WIDTH_4LEVEL
 
 if TYPE_CHECKING:
-    from ioasidsd.model.cgroup import Process
+    from ioasidsd.model.hierarchy import Process
     from ioasidsd.vtd import VtdDriver
 
 

@@ -8,7 +8,7 @@ import click
 
 from ioasidsd.daemon.config import LOG_FORMATS, LOG_LEVELS, TRACKING_MODES
 from ioasidsd.model import IoasidCore, IoasidError, IoasidSetType, profile
-from ioasidsd.model.cgroup import IoasidsController
+from ioasidsd.model.ioasids import IoasidsController
 from ioasidsd.model.knobs import PROFILES
 
 
@@ -68,9 +68,10 @@ def run(mount: str | None, state_dir: str | None, runtime_dir: str | None,
 def demo(profile_name: str) -> None:
     """Run the series' cgroup example on the in-process model and print what it shows."""
     core = IoasidCore(profile(profile_name))
-    cgroups = IoasidsController(core)
+    controller = IoasidsController(core)
+    cgroups = controller.hierarchy
     test1 = cgroups.mkdir(cgroups.root, "test1")
-    cgroups.set_max(test1, 5)
+    controller.set_max(test1, 5)
     shell = cgroups.track(1000, 1.0, test1)
     ioasid_set = core.set_alloc(shell.mm, 0, IoasidSetType.MM)
     click.echo(f"profile {profile_name}: test1 ioasids.max=5, capacity available "

@@ -29,6 +29,7 @@ from typing import Any
 
 from ioasidsd.clients import (
     CLIENT_LOG_LIMIT,
+    PAUSE,
     Acceptor,
     ConnectionCap,
     Peer,
@@ -157,8 +158,7 @@ class ControlServer:
                 conn = key.data
                 if conn is None:
                     if key.fileobj is listener:
-                        while (sock := acceptor.accept()) is not None:
-                            self._admit(sock)
+                        self._accept_all()
                     continue  # the wake pipe: the loop checks _stopping
                 try:
                     if mask & selectors.EVENT_WRITE:
@@ -174,6 +174,19 @@ class ControlServer:
         with contextlib.suppress(OSError):
             while os.read(self._wake_r, 4096):
                 pass
+
+    def _accept_all(self) -> None:
+        """Accept and admit every waiting connection. A failure pauses accepting (and is
+        logged if it can be): it never ends the server's thread."""
+        acceptor = self._acceptor
+        assert acceptor is not None
+        try:
+            while (sock := acceptor.accept()) is not None:
+                self._admit(sock)
+        except Exception:
+            acceptor.paused = time.monotonic() + PAUSE
+            with contextlib.suppress(Exception):
+                self.log.exception("control: accepting failed; pausing")
 
     def _admit(self, sock: socket.socket) -> None:
         try:

@@ -17,7 +17,7 @@ from ioasidsd.host import ProcessSource
 
 def may_see_process(peer: Peer, process: Any, source: ProcessSource) -> bool:
     """THE visibility rule of the control API: whether the caller ``peer`` may see the model's
-    ``process`` (anything with ``pid`` and ``start_time``, normally a ``model.cgroup.Process``)
+    ``process`` (anything with ``pid`` and ``start_time``, normally a ``model.hierarchy.Process``)
     and what it holds. Every verb that shows processes or their IOASIDs (``vtd``; ``ids``,
     ``tree``, ``top`` to come) decides with this function and no rule of its own.
 

@@ -65,7 +65,7 @@ from pyroute2.netlink.connector.cn_proc import (
 )
 
 from ioasidsd.host import CLOCK_TICKS, process_clock, read_stat
-from ioasidsd.model.cgroup import Cgroup
+from ioasidsd.model.hierarchy import Cgroup
 from ioasidsd.system import System
 
 Log = Any

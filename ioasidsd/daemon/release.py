@@ -1,7 +1,7 @@
 """``notify_on_release``: run the release agent for each cgroup that became empty.
 
 The model queues the path of every cgroup with ``notify_on_release`` that lost its last process
-or child (``IoasidsController.releases``). ``ReleaseAgents`` drains that queue on its own thread,
+or child (``Hierarchy.releases``). ``ReleaseAgents`` drains that queue on its own thread,
 off ``system.lock``, and runs the root's ``release_agent`` for each path as the kernel does
 (``cgroup1_release_agent``): ``argv`` is the agent and the cgroup's path relative to the
 hierarchy's root, each exactly the bytes written (the model keeps both as text with

@@ -1,5 +1,5 @@
-"""The pure model: IOASID core, ioasids controller, knobs, notifiers, the ordered work queue,
-the ``/dev/ioasid`` device.
+"""The pure model: IOASID core, the cgroup-v1 hierarchy and the ``ioasids`` controller it hosts,
+knobs, notifiers, the ordered work queue, the ``/dev/ioasid`` device.
 
 The contract every model object keeps:
 
@@ -17,7 +17,6 @@ The contract every model object keeps:
 * Every refusal raises ``IoasidError`` with the kernel's errno and changes nothing.
 """
 
-from ioasidsd.model.cgroup import Cgroup, IoasidsController, Process
 from ioasidsd.model.core import (
     INVALID_IOASID,
     PCI_PASID_MAX,
@@ -28,6 +27,8 @@ from ioasidsd.model.core import (
     IoasidState,
 )
 from ioasidsd.model.errors import IoasidError
+from ioasidsd.model.hierarchy import Cgroup, Controller, Hierarchy, Process, TaskSet
+from ioasidsd.model.ioasids import Charge, IoasidsController
 from ioasidsd.model.knobs import Knobs, profile
 from ioasidsd.model.modellock import ModelLock
 from ioasidsd.model.notifier import (
@@ -50,6 +51,9 @@ __all__ = [
     "NOTIFY_STOP_MASK",
     "PCI_PASID_MAX",
     "Cgroup",
+    "Charge",
+    "Controller",
+    "Hierarchy",
     "IoasidCore",
     "IoasidData",
     "IoasidError",
@@ -65,6 +69,7 @@ __all__ = [
     "NotifierBlock",
     "OrderedWorkQueue",
     "Process",
+    "TaskSet",
     "Work",
     "WorkMode",
     "profile",

@@ -49,7 +49,8 @@ from ioasidsd.model.notifier import (
 from ioasidsd.model.workqueue import OrderedWorkQueue, Work
 
 if TYPE_CHECKING:
-    from ioasidsd.model.cgroup import Cgroup, IoasidsController
+    from ioasidsd.model.hierarchy import Cgroup
+    from ioasidsd.model.ioasids import IoasidsController
 
 INVALID_IOASID = 0xFFFFFFFF
 PCI_PASID_MAX = 0x100000
@@ -182,7 +183,7 @@ class IoasidCore:
     ``knobs`` chooses the semantics (see ``ioasidsd.model.knobs``). ``wq`` may be passed in, and
     is the core's for life: by default a ``step`` mode queue, whose work runs when the outermost
     call returns; the daemon passes a ``thread`` mode queue, tests that look at pending work a
-    ``manual`` one. ``cgroups`` is attached by ``IoasidsController`` when one is created over
+    ``manual`` one. ``controller`` is attached by ``IoasidsController`` when one is created over
     this core; without it allocation is bounded only by quotas and capacity.
     """
 
@@ -200,7 +201,7 @@ class IoasidCore:
         self._active: _AllocatorGroup | None = None  # None: the default allocator
         self.notifier = NotifierChain()  # the global chain
         self._nb_pending: list[SetNb] = []
-        self.cgroups: IoasidsController | None = None
+        self.controller: IoasidsController | None = None
         self.messages: collections.deque[str] = collections.deque(maxlen=512)
         self._in_notifier = 0
         # Knobs are fixed for the life of a core; the hot paths read these copies.
@@ -467,22 +468,22 @@ class IoasidCore:
             raise IoasidError(EINVAL, f"set {ioasid_set.id} is being freed")
         if lo < 0 or hi < lo or lo > IOASID_MAX_VALUE:
             raise IoasidError(EINVAL, f"bad range [{lo}, {hi}]")
-        cg = None
+        charge = None
         covered = ioasid_set.reserved > 0
-        cgroups = self.cgroups
-        if ioasid_set.type is _MM and cgroups is not None:
-            cg, cg_covered = cgroups.charge_alloc(ioasid_set, task)
-            covered = covered or cg_covered
+        controller = self.controller
+        if ioasid_set.type is _MM and controller is not None:
+            charge = controller.charge_alloc(ioasid_set, task)
+            covered = covered or charge.covered
         quota = ioasid_set.quota
         if (quota or self._quota_zero_takes_all) and quota <= ioasid_set.nr_ioasids:
-            if cg is not None and not self.knobs.charge_leak_on_failure:
-                cgroups.cancel_charge(cg, 1)  # type: ignore[union-attr]
+            if charge is not None and not self.knobs.charge_leak_on_failure:
+                controller.cancel_charge(charge)  # type: ignore[union-attr]
             self._warn(f"set {ioasid_set.id} out of quota {quota}")
             raise IoasidError(EDQUOT, f"set {ioasid_set.id} quota {quota} used up")
         pooled = not covered and self._pool_per_id
         if pooled and self.capacity_avail <= 0:
-            if cg is not None:
-                cgroups.cancel_charge(cg, 1)  # type: ignore[union-attr]
+            if charge is not None:
+                controller.cancel_charge(charge)  # type: ignore[union-attr]
             raise IoasidError(ENOSPC, "no IOASID capacity available")
         data = IoasidData(-1, ioasid_set, private)
         if self._active is None:
@@ -490,11 +491,11 @@ class IoasidCore:
         else:
             ioasid = self._custom_alloc(lo, hi, data)
         if ioasid < 0:
-            if cg is not None:
-                cgroups.cancel_charge(cg, 1)  # type: ignore[union-attr]
+            if charge is not None:
+                controller.cancel_charge(charge)  # type: ignore[union-attr]
             raise IoasidError(ENOSPC, f"no free IOASID in [{lo}, {hi}]")
         data.id = ioasid
-        data.cgroup = cg
+        data.cgroup = None if charge is None else charge.cgroup
         if pooled:
             data.pooled = True
             self.capacity_avail -= 1
@@ -649,8 +650,8 @@ class IoasidCore:
         ioasid_set.nr_ioasids -= 1
         if data.pooled:
             self.capacity_avail += 1
-        if ioasid_set.type is _MM and self.cgroups is not None:
-            self.cgroups.uncharge_reclaim(data, task)
+        if ioasid_set.type is _MM and self.controller is not None:
+            self.controller.uncharge_reclaim(data, task)
         ioasid_set.xa.discard(ioasid)
         if data.spid != INVALID_IOASID:
             self._unindex_spid(data)

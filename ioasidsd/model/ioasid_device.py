@@ -45,8 +45,8 @@ from ioasidsd.model.core import IoasidSetType, IoasidState
 from ioasidsd.model.errors import IoasidError
 
 if TYPE_CHECKING:
-    from ioasidsd.model.cgroup import Cgroup, Process
     from ioasidsd.model.core import IoasidCore, IoasidData, IoasidSet
+    from ioasidsd.model.hierarchy import Cgroup, Process
 
 ID_LIMIT = 1 << uapi.IOASID_BITS
 """User-space IDs are below 2^31: an ID is the non-negative ``int`` result of the ioctl."""

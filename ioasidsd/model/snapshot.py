@@ -1,6 +1,7 @@
 """Snapshots: the whole model as plain data (dicts, lists, numbers, strings) and back.
 
-``dump(core)`` describes an ``IoasidCore`` and the ``IoasidsController`` attached to it; ``load``
+``dump(core)`` describes an ``IoasidCore``, the ``IoasidsController`` attached to it and the
+``Hierarchy`` that controller is bound to; ``load``
 rebuilds that state into a fresh core, exactly: ``dump(load(dump(x))) == dump(x)``, and the
 rebuilt model behaves as the original under any further operation. The form is JSON-ready; the
 daemon's store keeps it in SQLite, one row per record, and the record functions below are what it
@@ -8,8 +9,9 @@ writes when one record changes.
 
 What a snapshot holds:
 
-* ``core``: capacity, available capacity, whether a capacity was installed, the controller's
-  ``release_agent``, ``sane_behavior`` and whether the negative-counter warning was given;
+* ``core``: capacity, available capacity, whether a capacity was installed, the hierarchy's
+  ``release_agent`` and ``sane_behavior`` and whether the controller's negative-counter warning
+  was given;
 * ``cgroups``: every cgroup of the tree (root first, parents before children) with its limit,
   reservation, counter, peak, events, flags and file attributes (modes, owners, times set
   through the mount), plus the *removed* cgroups that IOASIDs are still
@@ -38,7 +40,6 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from ioasidsd.model.cgroup import Cgroup, IoasidsController, Process
 from ioasidsd.model.core import (
     INVALID_IOASID,
     IOASID_MAX_VALUE,
@@ -48,6 +49,8 @@ from ioasidsd.model.core import (
     IoasidSetType,
     IoasidState,
 )
+from ioasidsd.model.hierarchy import Cgroup, Hierarchy, Process
+from ioasidsd.model.ioasids import IoasidsController
 
 SNAPSHOT_VERSION = 1
 
@@ -83,15 +86,16 @@ def _same(value: Any) -> Any:
 
 # ---------------------------------------------------------------------- records
 def core_record(core: IoasidCore) -> Record:
-    """The scalars of the core and of its controller."""
-    cgroups = _controller(core)
+    """The scalars of the core, of its controller and of the controller's hierarchy."""
+    controller = _controller(core)
+    cgroups = controller.hierarchy
     return {
         "capacity": core.capacity,
         "capacity_avail": core.capacity_avail,
         "capacity_installed": core._capacity_installed,
         "release_agent": cgroups.release_agent,
         "sane_behavior": cgroups.sane_behavior,
-        "warned_negative": cgroups._warned_negative,
+        "warned_negative": controller.warned_negative,
     }
 
 
@@ -176,9 +180,13 @@ def ioasid_record(
 
 # ---------------------------------------------------------------------- dump
 def _controller(core: IoasidCore) -> IoasidsController:
-    if core.cgroups is None:
+    if core.controller is None:
         raise SnapshotError("the core has no cgroup controller attached")
-    return core.cgroups
+    return core.controller
+
+
+def _hierarchy(core: IoasidCore) -> Hierarchy:
+    return _controller(core).hierarchy
 
 
 def removed_cgroups(core: IoasidCore) -> list[Cgroup]:
@@ -233,7 +241,7 @@ def dump(
     private data ``encode_private`` refuses or a set token that is not a process. The caller
     holds ``core.lock`` (or nothing else runs).
     """
-    cgroups = _controller(core)
+    cgroups = _hierarchy(core)
     cgroup_id = cgroup_id or _numbering()
     tree = list(cgroups.cgroups()) + removed_cgroups(core)
     return {
@@ -281,7 +289,7 @@ def load(
     duplicates, a set count that disagrees with its IOASIDs); ``core`` may then be partly
     filled and should be discarded.
     """
-    cgroups = _controller(core)
+    cgroups = _hierarchy(core)
     if not isinstance(snapshot, dict) or snapshot.get("version") != SNAPSHOT_VERSION:
         raise SnapshotError(f"not a version {SNAPSHOT_VERSION} snapshot")
     if core._sets or len(core._ids) or cgroups.root.children or cgroups.processes:
@@ -295,7 +303,7 @@ def load(
     return by_id
 
 
-def _load_core(record: Any, core: IoasidCore, cgroups: IoasidsController) -> None:
+def _load_core(record: Any, core: IoasidCore, cgroups: Hierarchy) -> None:
     if not isinstance(record, dict):
         raise SnapshotError("'core' must be a mapping")
     capacity = _field(record, "capacity", int, "core")
@@ -307,13 +315,13 @@ def _load_core(record: Any, core: IoasidCore, cgroups: IoasidsController) -> Non
     core._capacity_installed = _field(record, "capacity_installed", bool, "core")
     cgroups.release_agent = _field(record, "release_agent", str, "core")
     cgroups.sane_behavior = _field(record, "sane_behavior", bool, "core")
-    cgroups._warned_negative = _field(record, "warned_negative", bool, "core")
+    _controller(core).restore_warned_negative(_field(record, "warned_negative", bool, "core"))
 
 
 _INT_OR_NONE = (int, type(None))
 
 
-def _load_cgroups(snapshot: Record, cgroups: IoasidsController) -> dict[int, Cgroup]:
+def _load_cgroups(snapshot: Record, cgroups: Hierarchy) -> dict[int, Cgroup]:
     by_id: dict[int, Cgroup] = {}
     for i, rec in enumerate(_records(snapshot, "cgroups")):
         what = f"cgroup record {i}"
@@ -333,7 +341,7 @@ def _load_cgroups(snapshot: Record, cgroups: IoasidsController) -> dict[int, Cgr
                 raise SnapshotError(f"{what}: parent {parent_id} not defined before it")
             if not name or "/" in name:
                 raise SnapshotError(f"{what}: invalid name {name!r}")
-            cg = Cgroup(name, parent, None)
+            cg = Cgroup(name, parent)
             if not removed:
                 if is_removed(parent) or name in parent.children:
                     raise SnapshotError(f"{what}: cannot place {name!r} under its parent")
@@ -365,7 +373,7 @@ def _attrs(value: Any, what: str) -> dict[str, dict[str, int]]:
 
 
 def _load_processes(
-    snapshot: Record, cgroups: IoasidsController, by_id: dict[int, Cgroup]
+    snapshot: Record, cgroups: Hierarchy, by_id: dict[int, Cgroup]
 ) -> None:
     for i, rec in enumerate(_records(snapshot, "processes")):
         what = f"process record {i}"
@@ -382,7 +390,7 @@ def _load_processes(
 
 
 def _load_sets(
-    snapshot: Record, core: IoasidCore, cgroups: IoasidsController
+    snapshot: Record, core: IoasidCore, cgroups: Hierarchy
 ) -> dict[int, IoasidSet]:
     sets: dict[int, IoasidSet] = {}
     dead: dict[tuple[int, float], Process] = {}
@@ -409,7 +417,7 @@ def _load_sets(
 
 
 def _load_token(
-    rec: Any, cgroups: IoasidsController, dead: dict[tuple[int, float], Process], what: str
+    rec: Any, cgroups: Hierarchy, dead: dict[tuple[int, float], Process], what: str
 ) -> Process | None:
     if rec is None:
         return None

@@ -57,8 +57,9 @@ from pathlib import Path
 from typing import Any
 
 from ioasidsd.host import boot_id, process_clock
-from ioasidsd.model.cgroup import Cgroup, IoasidsController, Process
 from ioasidsd.model.core import IoasidCore, IoasidSet
+from ioasidsd.model.hierarchy import Cgroup, Hierarchy, Process
+from ioasidsd.model.ioasids import IoasidsController
 from ioasidsd.model.snapshot import (
     SNAPSHOT_VERSION,
     SnapshotError,
@@ -177,6 +178,7 @@ class Store:
         self._system: System | None = None
         self._core: IoasidCore = None  # type: ignore[assignment]  # set by bind, as these:
         self._controller: IoasidsController = None  # type: ignore[assignment]
+        self._hierarchy: Hierarchy = None  # type: ignore[assignment]
         self._processes: dict[int, Process] = {}
         self._loaded_meta: dict[str, Any] = {}
         self._loaded_charges: dict[int, set[int]] | None = None
@@ -407,7 +409,8 @@ class Store:
         written."""
         self._system = system
         self._core = system.core
-        self._controller = system.cgroups
+        self._controller = system.controller
+        self._hierarchy = system.cgroups
         self._processes = system.cgroups.processes
         segments = self._journal()
         try:
@@ -629,10 +632,10 @@ class Store:
 
     def _core_op(self, ops: list[Op]) -> None:
         core = self._core
-        controller = self._controller
+        hierarchy = self._hierarchy
         values = (core.capacity, core.capacity_avail, core._capacity_installed,
-                  controller.release_agent, controller.sane_behavior,
-                  controller._warned_negative)
+                  hierarchy.release_agent, hierarchy.sane_behavior,
+                  self._controller.warned_negative)
         if values != self._last_core:
             ops.append((CORE, values))
             self._last_core = values

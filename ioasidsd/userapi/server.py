@@ -33,6 +33,7 @@ import structlog
 from ioasidsd.clients import (
     CLIENT_LOG_LIMIT,
     CLIENT_UID,
+    PAUSE,
     Acceptor,
     ConnectionCap,
     client_context,
@@ -262,13 +263,20 @@ class UserApiServer:
         return protocol.REPLY.pack(ret, len(result)) + result
 
     def _accept(self, ep: select.epoll) -> None:
+        """Accept and open every waiting connection. A failure pauses accepting (and is logged
+        if it can be): it never ends the server's thread."""
         acceptor = self._acceptor
         assert acceptor is not None
-        while (sock := acceptor.accept()) is not None:
-            try:
-                self._open(ep, sock)
-            except OSError:
-                sock.close()
+        try:
+            while (sock := acceptor.accept()) is not None:
+                try:
+                    self._open(ep, sock)
+                except OSError:
+                    sock.close()
+        except Exception:
+            acceptor.paused = time.monotonic() + PAUSE
+            with contextlib.suppress(Exception):
+                log.exception("userapi: accepting failed; pausing")
 
     def _refuse(self, sock: socket.socket, code: int, message: str) -> None:
         sock.sendall(protocol.error_reply(code, message))

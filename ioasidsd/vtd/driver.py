@@ -81,7 +81,7 @@ from ioasidsd.vtd.trace import Trace
 from ioasidsd.vtd.translation import DmaResult
 
 if TYPE_CHECKING:
-    from ioasidsd.model.cgroup import Process
+    from ioasidsd.model.hierarchy import Process
 
 RESPONSE_CODES = (d.QI_RESP_SUCCESS, d.QI_RESP_INVALID, d.QI_RESP_FAILURE)
 
@@ -266,8 +266,8 @@ class VtdDriver:
                     self.core.register_notifier(None, self.nb)
             for device in self.devices.values():
                 self._probe(device)
-            if self.core.cgroups is not None:
-                self.core.cgroups.exit_hooks.append(self._process_exit)
+            if self.core.controller is not None:
+                self.core.controller.hierarchy.exit_hooks.append(self._process_exit)
             self.booted = True
             self.trace.emit("boot", units=list(self.units), pasid_max=pasid_max,
                             scalable_mode=self.sm_enabled, adopt=adopt,

@@ -162,8 +162,8 @@ def _restore_native(driver: VtdDriver, data: IoasidData, rec: dict[str, Any]) ->
     devices = _check_record(rec, data, _NATIVE_DEVICE)
     if data.set is not driver.host_set:
         raise _bad(f"a native binding outside the host set (set {data.set.id})")
-    cgroups = driver.core.cgroups
-    mm = None if cgroups is None else cgroups.processes.get(rec["owner"]["pid"])
+    controller = driver.core.controller
+    mm = None if controller is None else controller.hierarchy.processes.get(rec["owner"]["pid"])
     if mm is None or not _same_process(mm, rec["owner"]):
         raise IoasidError(ENOENT, f"the bound process {rec['owner']} is not tracked")
     pasid = data.id

@@ -10,8 +10,8 @@ from userapi.helpers import FakeProcesses
 from ioasidsd.clients import Peer
 from ioasidsd.control.visibility import may_see_process
 from ioasidsd.host import ProcessFacts
-from ioasidsd.model import IoasidCore, IoasidsController
-from ioasidsd.model.cgroup import Process
+from ioasidsd.model import Hierarchy
+from ioasidsd.model.hierarchy import Process
 
 TENANT = 1000
 
@@ -20,7 +20,7 @@ def world(uids: tuple[int, int, int] | None, *, start: float = 7.0,
           tgid: int = 42) -> tuple[Process, FakeProcesses]:
     """The model's process 42 (started at 7.0) and a source where pid 42 has ``uids`` (real,
     effective, saved) and started at ``start`` (``None``: there is no process 42)."""
-    root = IoasidsController(IoasidCore()).root
+    root = Hierarchy().root
     source = FakeProcesses()
     if uids is not None:
         source.live[42] = ProcessFacts(42, start, uids, tgid)

@@ -39,7 +39,8 @@ def profiles(*names: str) -> pytest.MarkDecorator:
 
 
 class World:
-    """An ``IoasidCore`` and an ``IoasidsController`` under one set of knobs.
+    """An ``IoasidCore`` and an ``IoasidsController`` (``ctl``) under one set of knobs, with the
+    hierarchy the controller is bound to (``tree``).
 
     The work queue runs in manual mode (no thread), so tests decide when deferred work runs.
     """
@@ -49,6 +50,7 @@ class World:
         self.wq = OrderedWorkQueue(mode="manual")
         self.core = IoasidCore(self.knobs, wq=self.wq)
         self.ctl = IoasidsController(self.core)
+        self.tree = self.ctl.hierarchy
         self._next_pid = 1000
         if capacity is not None:
             self.core.install_capacity(capacity)
@@ -57,9 +59,9 @@ class World:
     def cgroup(self, path: str, limit: int | str | None = "keep") -> Cgroup:
         """The cgroup at ``path``, made (with its parents) if missing; ``limit`` is written to
         it unless it is ``"keep"`` (``None`` writes ``max``)."""
-        node = self.ctl.root
+        node = self.tree.root
         for name in path.strip("/").split("/"):
-            node = node.children.get(name) or self.ctl.mkdir(node, name)
+            node = node.children.get(name) or self.tree.mkdir(node, name)
         if limit != "keep":
             self.ctl.set_max(node, limit)  # type: ignore[arg-type]
         return node
@@ -68,7 +70,7 @@ class World:
         """A new process with ``threads`` threads, tracked in ``cgroup`` (default: the root)."""
         cg = self.cgroup(cgroup) if isinstance(cgroup, str) else cgroup
         self._next_pid += 1
-        return self.ctl.track(self._next_pid, float(self._next_pid), cg, threads)
+        return self.tree.track(self._next_pid, float(self._next_pid), cg, threads)
 
     # ------------------------------------------------------------------ sets
     def mm_set(self, proc: Process, quota: int = 0) -> IoasidSet:
@@ -125,7 +127,7 @@ def snapshot(world: World) -> dict[str, Any]:
     Left out on purpose: the refusal counters (``events``, ``events_local``), whose job is to
     record refusals, and the log (``core.messages``, chain warnings).
     """
-    core, ctl = world.core, world.ctl
+    core, tree = world.core, world.tree
     return {
         "capacity": (core.capacity, core.capacity_avail),
         "sets": [
@@ -150,8 +152,8 @@ def snapshot(world: World) -> dict[str, Any]:
         ],
         "cgroups": [
             (cg.path, cg.limit, cg.reserved, cg.counter, cg.peak, sorted(p.pid for p in cg.procs))
-            for cg in ctl.cgroups()
+            for cg in tree.cgroups()
         ],
-        "processes": sorted((p.pid, p.cgroup.path, p.alive) for p in ctl.processes.values()),
+        "processes": sorted((p.pid, p.cgroup.path, p.alive) for p in tree.processes.values()),
         "work": len(world.wq),
     }

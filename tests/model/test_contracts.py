@@ -43,7 +43,7 @@ def test_peak_follows_committed_allocations() -> None:
     w.core.free(s, ids[0], task=proc)
     assert [(cg.counter, cg.peak) for cg in (parent, leaf)] == [(2, 3), (2, 3)]
     other = w.cgroup("c", 10)
-    w.ctl.attach(proc, other)  # migration charges the destination: its peak too
+    w.tree.attach(proc, other)  # migration charges the destination: its peak too
     assert (other.counter, other.peak, leaf.peak) == (2, 2, 3)
 
 
@@ -104,13 +104,13 @@ def test_mkdir_refuses_bad_names(name: str, code: int) -> None:
     w = World("fixed")
     w.cgroup("taken")
     with refused(code, w):
-        w.ctl.mkdir(w.ctl.root, name, reserved_names=frozenset({"ioasids.max"}))
+        w.tree.mkdir(w.tree.root, name, reserved_names=frozenset({"ioasids.max"}))
 
 
 def test_mkdir_accepts_unusual_but_valid_names() -> None:
     w = World("fixed")
     for name in ("x" * 255, "with space", "tab\there", "ünïcode", "-dash", "a.slice"):
-        assert w.ctl.mkdir(w.ctl.root, name).name == name
+        assert w.tree.mkdir(w.tree.root, name).name == name
 
 
 def test_rename_rules() -> None:
@@ -118,16 +118,16 @@ def test_rename_rules() -> None:
     a, b = w.cgroup("p/a"), w.cgroup("p/b")
     other = w.cgroup("q")
     with refused(EINVAL, w):
-        w.ctl.rename(a, other, "x\n")  # the newline is checked before the parent
+        w.tree.rename(a, other, "x\n")  # the newline is checked before the parent
     with refused(EIO, w):
-        w.ctl.rename(a, other, "x")
+        w.tree.rename(a, other, "x")
     with refused(EEXIST, w):
-        w.ctl.rename(a, a.parent, "b")  # type: ignore[arg-type]
+        w.tree.rename(a, a.parent, "b")  # type: ignore[arg-type]
     with refused(EBUSY, w):
-        w.ctl.rename(w.ctl.root, w.ctl.root, "x")
-    w.ctl.rename(a, a.parent, "a")  # type: ignore[arg-type]  # same name: nothing to do
-    w.ctl.rename(a, a.parent, "renamed")  # type: ignore[arg-type]
-    assert a.path == "/p/renamed" and w.ctl.lookup("p/renamed") is a and b.path == "/p/b"
+        w.tree.rename(w.tree.root, w.tree.root, "x")
+    w.tree.rename(a, a.parent, "a")  # type: ignore[arg-type]  # same name: nothing to do
+    w.tree.rename(a, a.parent, "renamed")  # type: ignore[arg-type]
+    assert a.path == "/p/renamed" and w.tree.lookup("p/renamed") is a and b.path == "/p/b"
 
 
 # --------------------------------------------------------------------------- System
@@ -170,7 +170,8 @@ def test_system_hands_over_no_write_that_changes_nothing() -> None:
 def test_system_refusals_change_nothing() -> None:
     system = System(profile("fixed"), wq=OrderedWorkQueue(mode="manual"))
     world = World.__new__(World)  # view the system's model through the snapshot helper
-    world.core, world.ctl, world.wq = system.core, system.cgroups, system.core.wq
+    world.core, world.ctl, world.tree = system.core, system.controller, system.cgroups
+    world.wq = system.core.wq
     system.core.install_capacity(10)
     system.mkdir("vm")
     before = snapshot(world)
@@ -189,11 +190,11 @@ def test_removed_cgroups_answer_enodev() -> None:
     w = World("fixed")
     gone = w.cgroup("gone")
     proc = w.spawn()
-    w.ctl.rmdir(gone)
+    w.tree.rmdir(gone)
     with refused(errno.ENODEV, w):
-        w.ctl.mkdir(gone, "child")
+        w.tree.mkdir(gone, "child")
     with refused(errno.ENODEV, w):
-        w.ctl.attach(proc, gone)
+        w.tree.attach(proc, gone)
 
 
 def test_a_set_being_freed_takes_no_new_ids() -> None:

@@ -20,6 +20,7 @@ from ioasidsd.model import (
     IoasidNotify,
     IoasidState,
     Knobs,
+    TaskSet,
     profile,
 )
 from ioasidsd.model.formats import render_events, render_limit
@@ -102,7 +103,7 @@ def test_uncharge_skips_defunct_mm(base: str, quirk: bool) -> None:
     ioasid = w.core.alloc(s, 1, 10, task=owner)
     w.core.get(None, ioasid)
     w.core.free(s, ioasid, task=owner)
-    w.ctl.exit(owner)
+    w.tree.exit(owner)
     assert not owner.alive
     assert w.core.put(None, ioasid, task=owner) is True
     assert cg.counter == (1 if quirk else 0)
@@ -117,9 +118,10 @@ def test_cancel_attach_per_task(base: str, quirk: bool) -> None:
     s = w.mm_set(proc, 4)
     for _ in range(2):
         w.core.alloc(s, 1, 10, task=proc)
-    w.ctl.can_attach([proc], dst)
+    tset = TaskSet((proc,), src, dst)
+    w.ctl.can_attach(tset)
     assert (src.counter, dst.counter) == (0, 2)
-    w.ctl.cancel_attach([proc], src, dst)
+    w.ctl.cancel_attach(tset)
     assert (src.counter, dst.counter) == ((3, -1) if quirk else (2, 0))
 
 
@@ -327,7 +329,7 @@ def test_capacity_model_max_and_rmdir(base: str, model: str) -> None:
     else:
         assert (render_limit(a.limit), w.core.capacity_avail) == ("max\n", 100)
     avail = w.core.capacity_avail
-    w.ctl.rmdir(b)
+    w.tree.rmdir(b)
     assert w.core.capacity_avail == avail + (20 if model == "reserve" else 0)
 
 
@@ -369,7 +371,7 @@ def test_migration(base: str, value: str) -> None:
     s = w.mm_set(proc, 4)
     for _ in range(2):
         w.core.alloc(s, 1, 10, task=proc)
-    w.ctl.attach(proc, dst)
+    w.tree.attach(proc, dst)
     assert proc.cgroup is dst
     assert (src.counter, dst.counter) == ((0, 2) if value == "move" else (2, 0))
 
@@ -382,7 +384,7 @@ def test_migration_stay_uncharges_where_charged(value: str) -> None:
     proc = w.spawn(src)
     s = w.mm_set(proc, 4)
     ioasid = w.core.alloc(s, 1, 10, task=proc)
-    w.ctl.attach(proc, dst)
+    w.tree.attach(proc, dst)
     w.core.free(s, ioasid, task=proc)
     assert (src.counter, dst.counter) == (0, 0)
 

@@ -195,7 +195,7 @@ def test_the_emitter_returns_the_last_chain_and_checks_flags(fixed: World, rec: 
 
 def _calls(world: World, ioasid: int) -> dict[str, Callable[[], Any]]:
     """One call of each lock-taking API, as a callback might try it."""
-    core, ctl = world.core, world.ctl
+    core, ctl, tree = world.core, world.ctl, world.tree
     s = core.find_set(ioasid)
     ops = AllocatorOps(lambda lo, hi, pdata: lo, lambda ioasid, pdata: None)
     nb = NotifierBlock(lambda *args: NOTIFY_DONE)
@@ -222,10 +222,10 @@ def _calls(world: World, ioasid: int) -> dict[str, Callable[[], Any]]:
         "unregister_notifier_mm": lambda: core.unregister_notifier_mm("mm", nb),
         "register_allocator": lambda: core.register_allocator(ops),
         "unregister_allocator": lambda: core.unregister_allocator(ops),
-        "mkdir": lambda: ctl.mkdir(ctl.root, "from-callback"),
-        "set_max": lambda: ctl.set_max(ctl.lookup("vm"), 3),
-        "rmdir": lambda: ctl.rmdir(ctl.lookup("vm")),
-        "attach": lambda: ctl.attach(next(iter(ctl.lookup("vm").procs)), ctl.root),
+        "mkdir": lambda: tree.mkdir(tree.root, "from-callback"),
+        "set_max": lambda: ctl.set_max(tree.lookup("vm"), 3),
+        "rmdir": lambda: tree.rmdir(tree.lookup("vm")),
+        "attach": lambda: tree.attach(next(iter(tree.lookup("vm").procs)), tree.root),
     }
 
 

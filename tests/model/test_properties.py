@@ -66,12 +66,12 @@ class FixedMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.world = World(self.PROFILE, capacity=CAPACITY)
-        self.core, self.ctl = self.world.core, self.world.ctl
-        self.cgroups: list[Cgroup] = [self.ctl.root]
+        self.core, self.ctl, self.tree = self.world.core, self.world.ctl, self.world.tree
+        self.cgroups: list[Cgroup] = [self.tree.root]
         self.procs: list[Process] = []
         self.sets: list[IoasidSet] = []
         self.external = 0  # capacity reserved by direct reserve_capacity calls
-        self.ctl.exit_hooks.append(self._release_on_exit)
+        self.tree.exit_hooks.append(self._release_on_exit)
         self.core.register_notifier(None, NotifierBlock(self._global_event, 0, "global"))
 
     # ------------------------------------------------------------------ helpers
@@ -101,7 +101,7 @@ class FixedMachine(RuleBasedStateMachine):
         return live[i % len(live)] if live and i < 56 else 5000 + i
 
     def _live_cgroups(self) -> list[Cgroup]:
-        return list(self.ctl.cgroups())
+        return list(self.tree.cgroups())
 
     def attempt(self, what: str, fn: Any) -> Any:
         before = snapshot(self.world)
@@ -126,7 +126,7 @@ class FixedMachine(RuleBasedStateMachine):
         nested = self.world.cgroup("vm/a", 4)
         self.cgroups += [vm, nested]
         self._new_set(self.core.set_alloc(None, 3, NULL))
-        for cg in (self.ctl.root, vm, nested):  # the quota-0 set last: in v4 it takes the rest
+        for cg in (self.tree.root, vm, nested):  # the quota-0 set last: in v4 it takes the rest
             proc = self.world.spawn(cg)
             self.procs.append(proc)
             self._new_set(self.core.set_alloc(proc.mm, 0 if cg is nested else 3, MM))
@@ -135,14 +135,14 @@ class FixedMachine(RuleBasedStateMachine):
     @rule(parent=picks, name=names)
     def mkdir(self, parent: int, name: str) -> None:
         node = self._pick(self._live_cgroups(), parent)
-        cg = self.attempt("mkdir", lambda: self.ctl.mkdir(node, name))
+        cg = self.attempt("mkdir", lambda: self.tree.mkdir(node, name))
         if cg is not None:
             self.cgroups.append(cg)
 
     @rule(i=picks)
     def rmdir(self, i: int) -> None:
         cg = self._pick(self.cgroups, i)
-        self.attempt("rmdir", lambda: self.ctl.rmdir(cg))
+        self.attempt("rmdir", lambda: self.tree.rmdir(cg))
 
     @rule(i=picks, limit=limits)
     def set_max(self, i: int, limit: int | None) -> None:
@@ -172,13 +172,13 @@ class FixedMachine(RuleBasedStateMachine):
         proc = self._task(p)
         if proc is not None:
             cg = self._pick(self.cgroups, i)
-            self.attempt("move", lambda: self.ctl.attach(proc, cg))
+            self.attempt("move", lambda: self.tree.attach(proc, cg))
 
     @rule(p=picks)
     def exit(self, p: int) -> None:
         proc = self._task(p)
         if proc is not None:
-            self.ctl.exit(proc)
+            self.tree.exit(proc)
 
     # ------------------------------------------------------------------ sets
     def _new_set(self, ioasid_set: IoasidSet | None) -> None:
@@ -307,9 +307,9 @@ class FixedMachine(RuleBasedStateMachine):
 
     @invariant()
     def processes_are_in_the_tree(self) -> None:
-        for proc in self.ctl.processes.values():
+        for proc in self.tree.processes.values():
             assert proc.alive and proc in proc.cgroup.procs
-            assert not self.ctl.parent_gone(proc.cgroup)
+            assert not self.tree.parent_gone(proc.cgroup)
 
 
 class FixedInvariants(FixedMachine):
@@ -322,7 +322,7 @@ class FixedInvariants(FixedMachine):
             if data.cgroup is not None:
                 for node in data.cgroup.walk():
                     charged[id(node)] += 1
-        for cg in self.ctl.cgroups():
+        for cg in self.tree.cgroups():
             assert cg.counter == charged[id(cg)], f"{cg.path}: {cg.counter} != {charged[id(cg)]}"
             assert cg.peak >= cg.counter
 
@@ -330,10 +330,10 @@ class FixedInvariants(FixedMachine):
     def capacity_is_accounted(self) -> None:
         core = self.core
         sets = sum(s.reserved for s in core.sets)
-        cgroups = sum(cg.reserved for cg in self.ctl.cgroups())
+        cgroups = sum(cg.reserved for cg in self.tree.cgroups())
         pooled = sum(1 for d in core._ids.values() if d.pooled)
         assert core.capacity == core.capacity_avail + sets + cgroups + pooled + self.external
-        for cg in self.ctl.cgroups():
+        for cg in self.tree.cgroups():
             if not cg.is_root:
                 assert cg.reserved == (cg.limit or 0)
 

@@ -40,7 +40,7 @@ def test_63_new_cgroup_max_reads_zero(world: World) -> None:
 def test_64_root_has_no_controller_state(world: World) -> None:
     """The files themselves belong to the cgroupfs face. In the model the root has no limit
     to read or write (``EINVAL``), is never on a charge walk and never counts anything."""
-    root = world.ctl.root
+    root = world.tree.root
     assert root.limit is None
     with refused(EINVAL, world):
         world.ctl.set_max(root, 5)
@@ -164,7 +164,7 @@ def test_73_allocation_charges_every_non_root_level(world: World) -> None:
     proc = world.spawn(c)
     s = world.mm_set(proc)
     world.core.alloc(s, 1, 100, task=proc)
-    assert world.currents(a, b, c, sibling, world.ctl.root) == [1, 1, 1, 0, 0]
+    assert world.currents(a, b, c, sibling, world.tree.root) == [1, 1, 1, 0, 0]
     world.core.alloc(s, 1, 100, task=proc)
     assert world.currents(a, b, c) == [2, 2, 2]
     assert render_count(a.counter) == "2\n"
@@ -262,7 +262,7 @@ def test_79_migration_moves_the_charges(world: World) -> None:
     world.core.get(None, ids[0])
     world.core.free(s, ids[0], task=proc)
     assert world.core.data(ids[0]).state == IoasidState.FREE_PENDING
-    world.ctl.attach(proc, dst)  # never refused, though dst ends above its limit
+    world.tree.attach(proc, dst)  # never refused, though dst ends above its limit
     assert proc.cgroup is dst
     assert world.currents(a, src, b, dst) == [0, 0, 3, 3]
     assert dst.counter > dst.limit  # type: ignore[operator]
@@ -276,7 +276,7 @@ def test_80_over_limit_after_a_move(world: World) -> None:
     proc = world.spawn(src)
     s = world.mm_set(proc)
     ids = [world.core.alloc(s, 1, 100, task=proc) for _ in range(3)]
-    world.ctl.attach(proc, dst)
+    world.tree.attach(proc, dst)
     assert dst.counter == 3
     with refused(EAGAIN, world):
         world.core.alloc(s, 1, 100, task=proc)
@@ -297,7 +297,7 @@ def test_81_root_processes_are_not_limited(world: World) -> None:
     s = world.mm_set(proc, 100)
     ids = [world.core.alloc(s, 1, 1000, task=proc) for _ in range(50)]
     assert len(ids) == 50
-    assert [cg.counter for cg in world.ctl.cgroups()] == [0, 0, 0]
+    assert [cg.counter for cg in world.tree.cgroups()] == [0, 0, 0]
     assert snapshot(world)["cgroups"][1:] == [
         (cg.path, cg.limit, cg.reserved, 0, 0, []) for cg in limited
     ]

@@ -177,6 +177,7 @@ def _run(prof: str) -> dict[str, Any]:
     refusals; what every call gave, what the subscribers saw and what the model logged."""
     core = IoasidCore(profile(prof))
     ctl = IoasidsController(core)
+    tree = ctl.hierarchy
     listener = Teardown(core)
     results: list[Any] = []
     pending: list[int] = []
@@ -197,23 +198,23 @@ def _run(prof: str) -> dict[str, Any]:
         return 0
 
     call(core.install_capacity, 64)
-    vm = call(ctl.mkdir, ctl.root, "vm")
+    vm = call(tree.mkdir, tree.root, "vm")
     call(ctl.set_max, vm, 6)
-    other = call(ctl.mkdir, ctl.root, "other")
+    other = call(tree.mkdir, tree.root, "other")
     call(ctl.set_max, other, 3)
-    vmm = call(ctl.track, 4242, 1.0, vm)
+    vmm = call(tree.track, 4242, 1.0, vm)
     mm_set = call(core.set_alloc, vmm.mm, 0, IoasidSetType.MM)
     call(core.register_notifier, mm_set, NotifierBlock(record, name="kvm"))
     ids = [call(core.alloc, mm_set, 1, 100, task=vmm) for _ in range(7)]  # the 7th: EAGAIN
     for ioasid in ids[:3]:
         listener.hold(ioasid)
     call(core.free, mm_set, ids[0], task=vmm)
-    call(ctl.attach, vmm, other)  # a migration: the charges follow the process
+    call(tree.attach, vmm, other)  # a migration: the charges follow the process
     with core.lock:  # a face's compound change
         call(core.free, mm_set, ids[1], task=vmm)
         call(core.free, mm_set, ids[3], task=vmm)
     call(core.free_all_in_set, mm_set, task=vmm)
-    call(ctl.exit, vmm)
+    call(tree.exit, vmm)
     return {
         "results": results,
         "pending": pending,
@@ -221,7 +222,7 @@ def _run(prof: str) -> dict[str, Any]:
         "seen": seen,
         "messages": list(core.messages),
         "ids": [(d.id, d.state.name, d.refs, d.spid) for d in core.ioasids()],
-        "cgroups": [(cg.path, cg.counter, cg.peak, cg.events) for cg in (ctl.root, vm, other)],
+        "cgroups": [(cg.path, cg.counter, cg.peak, cg.events) for cg in (tree.root, vm, other)],
         "capacity": (core.capacity, core.capacity_avail),
         "completed": core.wq.completed,
         "threads": set(listener.threads),

@@ -14,8 +14,8 @@ from typing import Any
 from ioasidsd.host import ProcessFacts, ProcessSource
 from ioasidsd.model import IoasidCore, IoasidsController, OrderedWorkQueue, profile
 from ioasidsd.model import ioasid_uapi as uapi
-from ioasidsd.model.cgroup import Process
 from ioasidsd.model.errors import IoasidError
+from ioasidsd.model.hierarchy import Process
 from ioasidsd.model.ioasid_device import IoasidDevice, IoasidFile
 from ioasidsd.system import System
 from ioasidsd.userapi.server import UserApiServer
@@ -24,12 +24,14 @@ MAX31 = (1 << 31) - 1
 
 
 class World:
-    """A core, its controller and the device, in one profile, with step-mode work queue."""
+    """A core, its controller, the controller's hierarchy (``cgroups``) and the device, in one
+    profile, with step-mode work queue."""
 
     def __init__(self, profile_name: str, **knobs: object) -> None:
         self.core = IoasidCore(profile(profile_name, **knobs),
                                wq=OrderedWorkQueue(mode="manual"))
-        self.cgroups = IoasidsController(self.core)
+        self.controller = IoasidsController(self.core)
+        self.cgroups = self.controller.hierarchy
         self.device = IoasidDevice(self.core)
         self.cgroups.exit_hooks.append(self.device.process_exit)
         self._next_pid = 1000
@@ -41,7 +43,7 @@ class World:
 
     def cgroup(self, name: str, limit: int | None) -> object:
         cg = self.cgroups.mkdir(self.cgroups.root, name)
-        self.cgroups.set_max(cg, limit)
+        self.controller.set_max(cg, limit)
         return cg
 
     def ioctl(self, file: IoasidFile, cmd: int, arg: bytes = b"", task: Process | None = None):

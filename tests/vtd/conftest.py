@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from ioasidsd.model import IoasidCore, IoasidsController, IoasidSetType, OrderedWorkQueue, profile
-from ioasidsd.model.cgroup import Process
 from ioasidsd.model.core import IoasidSet
+from ioasidsd.model.hierarchy import Process
 from ioasidsd.vtd import Capabilities, DriverOptions, PciDevice, UnitOptions, VtdDriver
 
 DEV_A = "0000:03:00.0"  # 20-bit PASIDs, ATS, PRI
@@ -18,11 +18,13 @@ DEV_B = "0000:04:00.0"  # 20-bit PASIDs, ATS, no PRI
 
 
 class Env:
-    """A core, its controller, a driver and helpers, for one test."""
+    """A core, its controller, the controller's hierarchy (``cgroups``), a driver and helpers,
+    for one test."""
 
     def __init__(self, knobs_profile: str = "fixed") -> None:
         self.core = IoasidCore(profile(knobs_profile), wq=OrderedWorkQueue(mode="manual"))
-        self.cgroups = IoasidsController(self.core)
+        self.controller = IoasidsController(self.core)
+        self.cgroups = self.controller.hierarchy
         self.driver: VtdDriver | None = None
         self._pid = 1000
 

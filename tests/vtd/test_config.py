@@ -103,7 +103,7 @@ def test_snapshot_is_plain_data() -> None:
     drv = build_driver(core)
     from ioasidsd.model import IoasidsController
 
-    cgroups = IoasidsController(core)
+    cgroups = IoasidsController(core).hierarchy
     proc = cgroups.track(10, 1.0)
     pasid = drv.bind_mm(proc, "03:00.0")
     snap = drv.snapshot(events=7)

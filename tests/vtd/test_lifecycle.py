@@ -49,7 +49,7 @@ def start(env: Env) -> tuple[Any, Any, Kvm, Any, int]:
     drv = env.build()
     vm = env.process()
     vms = env.cgroups.mkdir(env.cgroups.root, "vm")
-    env.cgroups.set_max(vms, 4)
+    env.controller.set_max(vms, 4)
     env.cgroups.attach(vm, vms)
     kvm = Kvm(env, vm.mm)  # step 2: before the set exists
     assert drv.nb in env.core.notifier  # VT-d registered on the global chain at boot

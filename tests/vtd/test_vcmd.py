@@ -22,7 +22,7 @@ class Vcmd:
                              vccap_pas=pas)
         self.vm, self.vm_set = self.env.vm(quota=quota)
         vms = self.env.cgroups.mkdir(self.env.cgroups.root, "vms")
-        self.env.cgroups.set_max(vms, 10)
+        self.env.controller.set_max(vms, 10)
         self.env.cgroups.attach(self.vm, vms)
         drv.vcmd_attach("dmar0", self.vm_set, self.vm)
         self.unit = drv.units["dmar0"]

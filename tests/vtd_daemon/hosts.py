@@ -12,7 +12,7 @@ from userapi.helpers import FakeProcesses
 
 from ioasidsd.model import OrderedWorkQueue, profile
 from ioasidsd.model import ioasid_uapi as uapi
-from ioasidsd.model.cgroup import Process
+from ioasidsd.model.hierarchy import Process
 from ioasidsd.model.ioasid_device import IoasidFile
 from ioasidsd.model.snapshot import dump, load
 from ioasidsd.store.state import Store

@@ -1,0 +1,342 @@
+"""The ``ioasids`` cgroup controller (``kernel/cgroup/ioasids.c`` of the V4 series).
+
+The controller limits how many IOASIDs the processes of a cgroup and its descendants may hold.
+It is hosted by a ``Hierarchy`` (``ioasidsd.model.hierarchy``) through the ``Controller`` hooks
+and knows the tree only through them and the ``Cgroup`` nodes they pass; the hierarchy, in turn,
+never touches the controller's per-cgroup state (the ``Cgroup`` slots ``limit``, ``reserved``,
+``counter``, ``peak``, ``events``, ``events_local``, set up by ``css_alloc``).
+
+* ``ioasids.max`` (``set_max``): the limit of a cgroup, ``None`` for ``max``; the root has none.
+  A limit is granted against the IOASID core's capacity as ``knobs.capacity_model`` says
+  (``reserve``: a numeric limit reserves itself from the pool and gives it back on shrink and
+  ``rmdir``; ``reserve-v4``: the series' algorithm with its leaks; ``overcommit``: nothing).
+* ``ioasids.current`` (``counter``) counts the IOASIDs charged to a cgroup and its descendants.
+  A charge walks from the charged cgroup up to, not including, the root (``Cgroup.chain``);
+  ``try_charge`` refuses with ``EAGAIN`` at the first level over its limit and leaves every
+  counter and peak as it was. It returns a ``Charge`` that ``cancel_charge`` takes to undo it
+  exactly when the allocation that charged is refused afterwards. ``peak`` is the highest
+  ``counter`` seen; ``events``/``events_local`` count refusals (``knobs.events``).
+* A counter that goes below zero is logged once (``warned_negative``) and kept.
+* Migration: ``can_attach`` moves a migrating process's charges to the destination as
+  ``knobs.migration`` says (it never refuses: ``current`` may exceed ``max`` afterwards);
+  ``cancel_attach`` moves them back (``cancel_attach_per_task``: quirk 9).
+* The core calls ``charge_alloc`` when it allocates an IOASID of an MM set and
+  ``uncharge_reclaim`` when it reclaims one (``knobs.uncharge_target``, quirk 7).
+
+Every method runs under ``core.lock`` (the hierarchy's lock is the same).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from errno import EAGAIN, EBUSY, EEXIST, EINVAL, ENOSPC, EPERM
+from typing import TYPE_CHECKING
+
+from ioasidsd.model.errors import IoasidError
+from ioasidsd.model.hierarchy import Cgroup, Controller, Hierarchy, Process, TaskSet
+
+if TYPE_CHECKING:
+    from ioasidsd.model.core import IoasidCore, IoasidData, IoasidSet
+
+U32_MASK = 0xFFFFFFFF
+
+
+@dataclass(frozen=True, slots=True)
+class Charge:
+    """What one successful ``try_charge`` did, for ``cancel_charge`` to undo: ``n`` charged
+    along the walk from ``cgroup``, and the peaks it raised with the values they had
+    (``raised``). ``covered``: some level of the walk has a numeric limit whose reservation
+    covers the charge."""
+
+    cgroup: Cgroup
+    n: int
+    covered: bool
+    raised: tuple[tuple[Cgroup, int], ...] = ()
+
+
+class IoasidsController(Controller):
+    """The ``ioasids`` controller over an ``IoasidCore``, bound to ``hierarchy``.
+
+    Without ``hierarchy``, a new one is made for it over ``core.lock`` (as ``mount -t cgroup -o
+    ioasids`` makes a hierarchy with only this controller). Creating a controller attaches it to
+    ``core`` (``core.controller``). ``ValueError`` if ``hierarchy`` does not use ``core.lock``;
+    ``EBUSY`` from ``Hierarchy.bind`` if it already has cgroups below its root.
+    """
+
+    name = "ioasids"
+
+    def __init__(self, core: IoasidCore, hierarchy: Hierarchy | None = None) -> None:
+        self.core = core
+        self.knobs = core.knobs
+        self.lock = core.lock
+        self._warned_negative = False
+        self._bound = False
+        # Knobs are fixed for the life of the controller; hot paths read these copies.
+        self._limits_reserve = self.knobs.capacity_model != "overcommit"
+        self._skip_defunct = self.knobs.uncharge_skips_defunct_mm
+        self._uncharge_current = self.knobs.uncharge_target == "current"
+        if hierarchy is None:
+            hierarchy = Hierarchy(core.lock, enter=core._enter)
+        elif hierarchy.lock is not core.lock:
+            raise ValueError("the hierarchy must use the core's lock")
+        self.hierarchy = hierarchy
+        hierarchy.bind(self)
+        core.controller = self
+
+    @property
+    def warned_negative(self) -> bool:
+        """Whether the negative-counter warning was given (it is given once)."""
+        return self._warned_negative
+
+    def restore_warned_negative(self, warned: bool) -> None:
+        """Set whether the negative-counter warning was given (``snapshot.load``)."""
+        self._warned_negative = warned
+
+    # ------------------------------------------------------------------ hierarchy hooks
+    def bound(self, hierarchy: Hierarchy) -> None:
+        """Bound to ``hierarchy`` (the one given to ``__init__``); ``EBUSY`` for a second
+        binding: the controller lives on one hierarchy."""
+        if self._bound:
+            raise IoasidError(EBUSY, "the ioasids controller is bound to a hierarchy already")
+        self._bound = True
+
+    def css_alloc(self, cg: Cgroup) -> None:
+        """A cgroup's state: nothing charged, no refusal; the root has no limit, a new cgroup
+        the limit ``knobs.new_cgroup_max`` gives (``0`` or ``max``). Never refuses."""
+        if cg.parent is None or self.knobs.new_cgroup_max == "max":
+            cg.limit = None
+        else:
+            cg.limit = 0
+        cg.reserved = 0
+        cg.counter = 0
+        cg.peak = 0
+        cg.events = 0
+        cg.events_local = 0
+
+    def css_offline(self, cg: Cgroup) -> None:
+        """A cgroup being removed gives its reservation back to the pool (``reserve``); in
+        ``reserve-v4`` nothing is reserved by a cgroup, so its limit leaks (quirk 6). Charges
+        still recorded against it stay until their IOASIDs go. ``EINVAL``, refusing the
+        ``rmdir``, if the pool cannot take the reservation back (a capacity installed since,
+        with ``install_capacity_resets``)."""
+        if cg.reserved:
+            self.core.cancel_capacity_locked(cg.reserved)
+            cg.reserved = 0
+
+    # ------------------------------------------------------------------ limits
+    def set_max(self, cg: Cgroup, limit: int | None) -> None:
+        """Set ``ioasids.max`` (``None`` is the literal ``max``), granting it against capacity.
+
+        ``reserve`` (fixed): a number reserves itself from the pool (``ENOSPC`` when the pool
+        lacks the growth), the reservation is returned on shrink, ``max`` means no limit and
+        reserves nothing. ``reserve-v4``: the series' algorithm, leaks included (quirk 5).
+        ``overcommit``: nothing is reserved. ``EINVAL`` for the root or a negative limit, and in
+        ``v4`` for writing the current limit again.
+        """
+        with self.lock:
+            self.core._enter()
+            if cg.parent is None:
+                raise IoasidError(EINVAL, "the root cgroup has no limit")
+            if limit is not None and limit < 0:
+                raise IoasidError(EINVAL, f"negative limit {limit}")
+            model = self.knobs.capacity_model
+            if model == "reserve-v4":
+                self._set_max_v4(cg, limit)
+                return
+            if limit == cg.limit:
+                if self.knobs.same_limit_einval:
+                    raise IoasidError(EINVAL, "the limit is already that value")
+                return
+            if model == "reserve":
+                want = 0 if limit is None else limit
+                if want > cg.reserved:
+                    self.core.reserve_capacity_locked(want - cg.reserved)
+                elif want < cg.reserved:
+                    self.core.cancel_capacity_locked(cg.reserved - want)
+                cg.reserved = want
+            cg.limit = limit
+
+    def _set_max_v4(self, cg: Cgroup, limit: int | None) -> None:
+        core = self.core
+        current = cg.limit or 0
+        if limit is None:
+            new = core.reserve_capacity_locked(0)
+            with contextlib.suppress(IoasidError):  # nothing is left: the series ignores it
+                core.reserve_capacity_locked((new - current) & U32_MASK)
+            cg.limit = new
+            return
+        if limit == current and self.knobs.same_limit_einval:
+            raise IoasidError(EINVAL, "the limit is already that value")
+        if limit < current:
+            core.cancel_capacity_locked((current - limit) & U32_MASK)
+        elif limit > current:
+            core.reserve_capacity_locked((limit - current) & U32_MASK)
+        cg.limit = limit
+
+    # ------------------------------------------------------------------ charging
+    def try_charge(self, cg: Cgroup, n: int) -> Charge:
+        """Charge ``n`` along the walk from ``cg``, refusing at the first level over its limit.
+
+        On refusal every level is restored (counters and peaks), the refusal is counted
+        (``events`` knob) and ``EAGAIN`` is raised. Peaks rise with the charge. Returns the
+        ``Charge`` that ``cancel_charge`` takes if the allocation that charged is refused
+        afterwards, so that a refused allocation leaves every counter and peak as it was.
+        """
+        covered = False
+        chain = cg.chain
+        raised: list[tuple[Cgroup, int]] | None = None
+        for node in chain:
+            counter = node.counter + n
+            node.counter = counter
+            limit = node.limit
+            if limit is not None:
+                covered = True
+                if counter > limit:
+                    self._refuse(chain, node, n, raised)
+            if counter > node.peak:
+                if raised is None:
+                    raised = []
+                raised.append((node, node.peak))
+                node.peak = counter
+        return Charge(cg, n, covered and self._limits_reserve,
+                      () if raised is None else tuple(raised))
+
+    def cancel_charge(self, charge: Charge) -> None:
+        """Undo the ``try_charge`` that returned ``charge`` (the allocation was refused later):
+        the counters and the peaks it raised go back. Call it at most once per ``Charge``, before
+        any other charge on the same walk changes a peak."""
+        self.uncharge(charge.cgroup, charge.n)
+        self._restore_peaks(charge.raised)
+
+    @staticmethod
+    def _restore_peaks(raised: list[tuple[Cgroup, int]] | tuple[tuple[Cgroup, int], ...] | None,
+                       ) -> None:
+        if raised is not None:
+            for node, peak in raised:
+                node.peak = peak
+
+    def _refuse(self, chain: tuple[Cgroup, ...], refusing: Cgroup, n: int,
+                raised: list[tuple[Cgroup, int]] | None) -> None:
+        for done in chain:
+            done.counter -= n
+            if done is refusing:
+                break
+        self._restore_peaks(raised)
+        if self.knobs.events == "hierarchical":
+            refusing.events_local += 1
+            for above in refusing.chain:
+                above.events += 1
+        raise IoasidError(EAGAIN, f"{refusing.path}: ioasids.max {refusing.limit} reached")
+
+    def charge(self, cg: Cgroup, n: int) -> None:
+        """Charge ``n`` along the walk with no limit check (migration)."""
+        for node in cg.chain:
+            node.counter += n
+            if node.counter > node.peak:
+                node.peak = node.counter
+
+    def uncharge(self, cg: Cgroup, n: int) -> None:
+        """Uncharge ``n`` along the walk. Going below zero is logged once (and still done)."""
+        for node in cg.chain:
+            node.counter -= n
+            if node.counter < 0 and not self._warned_negative:
+                self._warned_negative = True
+                self.core._warn(f"ioasids_cg: {node.path} counter went negative")
+
+    def charge_alloc(self, ioasid_set: IoasidSet, task: Process | None) -> Charge:
+        """``ioasid_cg_charge``: charge one IOASID of an MM set to the calling task's cgroup.
+
+        ``EINVAL`` if there is no task (kernel context) or it has exited, ``EPERM`` if the task
+        does not own the set, ``EAGAIN`` if a limit refuses. Returns the ``Charge`` (its
+        cgroup, and whether a limit's reservation covers it).
+        """
+        if task is None or not task.alive:
+            raise IoasidError(EINVAL, "no mm to charge")
+        token = ioasid_set.token
+        if token is not task and token != task.mm:
+            self.core._warn(f"ioasids_cg: pid {task.pid} does not own set {ioasid_set.id}")
+            raise IoasidError(EPERM, "the calling process does not own the set")
+        return self.try_charge(task.cgroup, 1)
+
+    def uncharge_reclaim(self, data: IoasidData, task: Process | None) -> None:
+        """``ioasid_cg_uncharge`` at the final release of an MM-set IOASID.
+
+        ``charged`` (fixed): the cgroup recorded at charge time. ``current`` (v4, quirk 7): the
+        reclaiming task's cgroup (nothing for kernel context); with ``uncharge_skips_defunct_mm``
+        nothing when the owner has exited.
+        """
+        if self._skip_defunct:
+            owner = data.set.token
+            if isinstance(owner, Process) and not owner.alive:
+                self.core._warn(f"ioasids_cg: MM defunct, IOASID {data.id} not uncharged")
+                return
+        if self._uncharge_current:
+            if task is not None:
+                self.uncharge(task.cgroup, 1)
+            return
+        cg = data.cgroup
+        if cg is not None:
+            data.cgroup = None
+            for node in cg.chain:
+                node.counter -= 1
+                if node.counter < 0:
+                    self.uncharge(node, 0)  # logs the negative counter once
+
+    # ------------------------------------------------------------------ migration
+    def _moved_set(self, proc: Process) -> IoasidSet | None:
+        ioasid_set = self.core._find_mm_set(proc.mm)
+        return ioasid_set if ioasid_set is not None and self.core.set_valid(ioasid_set) else None
+
+    def can_attach(self, tset: TaskSet) -> None:
+        """The ``can_attach`` hook: move each process's charges to ``tset.dst`` as the
+        ``migration`` knob says. Never refuses: ``current`` may exceed ``max`` afterwards."""
+        if self.knobs.migration != "move":
+            return
+        dst = tset.dst
+        for proc in tset.procs:
+            ioasid_set = self._moved_set(proc)
+            if ioasid_set is None or proc.cgroup is dst:
+                continue
+            if self.knobs.uncharge_target == "current":
+                n = ioasid_set.nr_ioasids
+                self.charge(dst, n)
+                self.uncharge(proc.cgroup, n)
+                continue
+            for data in self._charged_ids(ioasid_set):
+                if data.cgroup is not dst and data.cgroup is not None:
+                    self.charge(dst, 1)
+                    self.uncharge(data.cgroup, 1)
+                    data.cgroup = dst
+
+    def cancel_attach(self, tset: TaskSet) -> None:
+        """The ``cancel_attach`` hook: undo ``can_attach``. In ``v4`` (quirk 9) it moves
+        back one charge per task, whatever was moved; in ``fixed`` exactly what moved."""
+        if self.knobs.migration != "move":
+            return
+        src, dst = tset.src, tset.dst
+        for proc in tset.procs:
+            if self.knobs.cancel_attach_per_task:
+                self.charge(src, proc.threads)
+                self.uncharge(dst, proc.threads)
+                continue
+            ioasid_set = self._moved_set(proc)
+            if ioasid_set is None or src is dst:
+                continue
+            if self.knobs.uncharge_target == "current":
+                n = ioasid_set.nr_ioasids
+                self.charge(src, n)
+                self.uncharge(dst, n)
+                continue
+            for data in self._charged_ids(ioasid_set):
+                if data.cgroup is dst:
+                    self.charge(src, 1)
+                    self.uncharge(dst, 1)
+                    data.cgroup = src
+
+    def _charged_ids(self, ioasid_set: IoasidSet) -> list[IoasidData]:
+        return [d for d in self.core.set_members(ioasid_set) if d.cgroup is not None]
+
+
+# Errnos re-exported for faces that match them without importing errno.
+__all__ = ["EAGAIN", "EBUSY", "EEXIST", "ENOSPC", "EPERM", "Charge", "IoasidsController"]
