@@ -55,6 +55,27 @@ def peer_of(sock: socket.socket) -> Peer:
                                                _UCRED.size)))
 
 
+def listen_unix(path: str, mode: int, *, passcred: bool = False,
+                backlog: int = 128) -> socket.socket:
+    """A non-blocking unix stream socket listening at ``path`` with permissions ``mode``; a
+    socket file left there (by a killed daemon) is replaced. ``passcred``: every message
+    carries its sender's credentials (``SO_PASSCRED``). ``OSError`` if it cannot be made."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        if passcred:
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+        listener.bind(path)
+        os.chmod(path, mode)
+        listener.listen(backlog)
+        listener.setblocking(False)
+    except OSError:
+        listener.close()
+        raise
+    return listener
+
+
 # ---------------------------------------------------------------------- the connection cap
 class ConnectionCap:
     """Counts open connections by uid and refuses those over the cap. Thread-safe.

@@ -9,6 +9,7 @@ who it is.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import pwd
 import shutil
@@ -25,30 +26,42 @@ TENANT = "ioasids-tenant"
 """The name of the unprivileged user the test set-up makes (and removes if it made it)."""
 
 
+USERS_LOCK = Path("/run/lock/ioasids-test-users.lock")
+"""Held shared by every test session that uses the tenant user, so that a session removes the
+user only when no other session (another checkout's suite on the same machine) still uses it."""
+
+
 @pytest.fixture(scope="session")
 def tenant() -> Iterator[LocalUser]:
     """A real unprivileged local user (``ioasids-tenant``), created with ``useradd`` if it does
-    not exist and removed at the end if this session created it."""
+    not exist, and removed at the end by the last session that used it if one of them made it."""
     if os.geteuid() != 0:
         pytest.skip("needs root to create an unprivileged user")
-    made = False
+    USERS_LOCK.parent.mkdir(parents=True, exist_ok=True)
+    lock = os.open(USERS_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    fcntl.flock(lock, fcntl.LOCK_SH)
     try:
-        entry = pwd.getpwnam(TENANT)
-    except KeyError:
-        useradd = shutil.which("useradd") or "/usr/sbin/useradd"
-        done = subprocess.run([useradd, "--system", "--user-group", "--no-create-home",
-                               "--home-dir", "/nonexistent", "--shell", "/usr/sbin/nologin",
-                               TENANT], capture_output=True, text=True, check=False)
-        if done.returncode != 0:
-            pytest.skip(f"useradd {TENANT} failed: {done.stderr.strip()}")
-        entry = pwd.getpwnam(TENANT)
-        made = True
-    try:
+        try:
+            entry = pwd.getpwnam(TENANT)
+        except KeyError:
+            useradd = shutil.which("useradd") or "/usr/sbin/useradd"
+            done = subprocess.run([useradd, "--system", "--user-group", "--no-create-home",
+                                   "--home-dir", "/nonexistent", "--shell",
+                                   "/usr/sbin/nologin", TENANT],
+                                  capture_output=True, text=True, check=False)
+            if done.returncode != 0 and "already exists" not in done.stderr:
+                pytest.skip(f"useradd {TENANT} failed: {done.stderr.strip()}")
+            entry = pwd.getpwnam(TENANT)
         yield LocalUser(entry.pw_name, entry.pw_uid, entry.pw_gid)
     finally:
-        if made:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # no other session uses it
+        except BlockingIOError:
+            pass
+        else:
             userdel = shutil.which("userdel") or "/usr/sbin/userdel"
             subprocess.run([userdel, TENANT], capture_output=True, check=False)
+        os.close(lock)
 
 
 @pytest.fixture

@@ -34,6 +34,7 @@ from ioasidsd.clients import (
     ConnectionCap,
     Peer,
     client_context,
+    listen_unix,
     peer_of,
 )
 from ioasidsd.control.protocol import MAX_REQUEST
@@ -96,17 +97,7 @@ class ControlServer:
     def start(self) -> None:
         """Bind (replacing a socket left by a killed daemon) and serve on a thread. ``OSError``
         if the socket cannot be created."""
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
-        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-        try:
-            listener.bind(str(self.path))
-            os.chmod(self.path, 0o666)
-            listener.listen(128)
-            listener.setblocking(False)
-        except OSError:
-            listener.close()
-            raise
+        listener = listen_unix(str(self.path), 0o666)
         self._listener = listener
         self._acceptor = Acceptor(listener, self._refuse, self.log)
         self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)

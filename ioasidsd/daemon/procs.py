@@ -141,30 +141,6 @@ def adopt_children(system: System, since: float, *, new_pids: set[int] | None = 
     return adopted
 
 
-# ---------------------------------------------------------------------- the connector
-class _proc_event_ack(proc_event_base):
-    """The connector's answer to a (un)subscription: ``err`` is 0 or an errno."""
-
-    fields = (*proc_event_base.fields, ("err", "I"))
-
-
-class _Marshal(ProcEventMarshal):
-    msg_map: ClassVar = {**ProcEventMarshal.msg_map, PROC_EVENT_NONE: _proc_event_ack}
-
-
-def _control_message(listen: bool) -> bytes:
-    msg = proc_event_control()
-    msg["header"]["type"] = NLMSG_DONE
-    msg["header"]["flags"] = 0
-    msg["header"]["pid"] = 0
-    msg["idx"] = CN_IDX_PROC
-    msg["val"] = CN_VAL_PROC
-    msg["len"] = 4
-    msg["action"] = PROC_CN_MCAST_LISTEN if listen else PROC_CN_MCAST_IGNORE
-    msg.encode()
-    return bytes(msg.data)
-
-
 RESTART_BACKOFF = (0.05, 5.0)
 """Seconds a failed tracker waits before it tries again: the first wait, and the longest."""
 

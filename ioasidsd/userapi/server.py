@@ -37,6 +37,7 @@ from ioasidsd.clients import (
     Acceptor,
     ConnectionCap,
     client_context,
+    listen_unix,
     peer_of,
 )
 from ioasidsd.host import read_stat
@@ -115,18 +116,7 @@ class UserApiServer:
 
     def start(self) -> None:
         """Listen on the socket. Raises ``OSError`` if it cannot be bound."""
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.path)
-        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-        try:
-            listener.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
-            listener.bind(self.path)
-            os.chmod(self.path, self.mode)
-            listener.listen(128)
-            listener.setblocking(False)
-        except OSError:
-            listener.close()
-            raise
+        listener = listen_unix(self.path, self.mode, passcred=True)
         self._listener = listener
         self._acceptor = Acceptor(listener, self._refuse, log)
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)

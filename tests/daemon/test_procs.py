@@ -171,38 +171,6 @@ class Recording:
         return [event for lvl, event, _ in self.lines if lvl == level]
 
 
-def test_a_process_read_while_it_exits_is_esrch(monkeypatch):
-    """A read of /proc/PID/stat of a process that exited after the open fails with ESRCH
-    (ProcessLookupError): that is "no such process", not an exception that ends a tracker."""
-    import builtins
-
-    from ioasidsd.host import ProcessSource, read_stat
-    from ioasidsd.model.errors import IoasidError
-
-    class Vanishing:
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            return False
-
-        def read(self, *args):
-            raise ProcessLookupError(errno.ESRCH, "No such process")
-
-        def __iter__(self):
-            raise ProcessLookupError(errno.ESRCH, "No such process")
-
-    real_open = builtins.open
-    monkeypatch.setattr("ioasidsd.host.open",
-                        lambda path, *a, **k: Vanishing() if str(path).startswith("/proc/")
-                        else real_open(path, *a, **k), raising=False)
-    assert read_stat(os.getpid()) is None
-    with pytest.raises(IoasidError) as info:
-        ProcessSource().facts(os.getpid())
-    assert info.value.errno == errno.ESRCH
-    assert not ProcessSource().alive(os.getpid(), 0.0)
-
-
 def test_an_event_that_fails_is_logged_and_resynchronised(forker):
     """An unexpected exception while a fork is handled loses that event only: it is logged
     (the handler's own logging must not fail), and a resync from /proc puts the child where
