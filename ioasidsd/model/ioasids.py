@@ -29,9 +29,8 @@ Every method runs under ``core.lock`` (the hierarchy's lock is the same).
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
 from errno import EAGAIN, EBUSY, EEXIST, EINVAL, ENOSPC, EPERM
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from ioasidsd.model.errors import IoasidError
 from ioasidsd.model.hierarchy import Cgroup, Controller, Hierarchy, Process, TaskSet
@@ -42,17 +41,20 @@ if TYPE_CHECKING:
 U32_MASK = 0xFFFFFFFF
 
 
-@dataclass(frozen=True, slots=True)
-class Charge:
+class Charge(NamedTuple):
     """What one successful ``try_charge`` did, for ``cancel_charge`` to undo: ``n`` charged
     along the walk from ``cgroup``, and the peaks it raised with the values they had
     (``raised``). ``covered``: some level of the walk has a numeric limit whose reservation
-    covers the charge."""
+    covers the charge. Immutable (a named tuple: made on every allocation, so the cheapest
+    immutable record)."""
 
     cgroup: Cgroup
     n: int
     covered: bool
     raised: tuple[tuple[Cgroup, int], ...] = ()
+
+
+_new_charge = tuple.__new__
 
 
 class IoasidsController(Controller):
@@ -199,8 +201,10 @@ class IoasidsController(Controller):
                     raised = []
                 raised.append((node, node.peak))
                 node.peak = counter
-        return Charge(cg, n, covered and self._limits_reserve,
-                      () if raised is None else tuple(raised))
+        # tuple.__new__ directly: the named tuple's own __new__ is a Python call, on every
+        # allocation
+        return _new_charge(Charge, (cg, n, covered and self._limits_reserve,
+                                    () if raised is None else tuple(raised)))
 
     def cancel_charge(self, charge: Charge) -> None:
         """Undo the ``try_charge`` that returned ``charge`` (the allocation was refused later):

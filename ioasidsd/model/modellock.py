@@ -9,70 +9,56 @@ it to run, in step mode, the work the call queued (``ioasidsd.model.workqueue``)
 
 Contract:
 
-* ``acquire``/``release`` and the ``with`` statement behave as ``threading.RLock``'s; a
-  ``release`` by a thread that does not hold the lock raises ``RuntimeError`` and changes
-  nothing.
-* At the holder's outermost release, if ``when`` is non-empty (always, without ``when``),
-  ``on_return()`` runs first, on that thread, with the lock still held at depth 1: what it
-  calls takes the lock again (depth 2), so it is part of the same call and does not run the
-  hook again, and no other thread can come in between the call and its hook. Then the lock is
-  released. The hook runs whether the call returned or raised, and the lock is released even if
-  the hook raises (its exception then propagates, chained to the call's if there was one).
-* ``depth`` is the holder's nesting (0 when free); only the holder may rely on its value.
+* It is a ``threading.RLock`` (the C lock, subclassed): ``acquire``, ``held`` and taking it
+  with ``with`` cost what an ``RLock`` costs; a ``release`` by a thread that does not hold the
+  lock raises ``RuntimeError`` and changes nothing.
+* When the holder lets go of its outermost hold and ``when`` is non-empty (always, without
+  ``when``), ``on_return()`` runs on that thread with the lock held again (what it calls nests
+  inside it and does not run the hook again), then the lock is released. It runs whether the
+  call returned or raised, and the lock is released even if the hook raises (its exception then
+  propagates, chained to the call's if there was one).
+* Between the outermost release and the hook taking the lock again, another thread may take
+  the lock; its own outermost release then runs what is due, in the same order. With one thread
+  (experiments, tests) the hook always runs before the call returns to its caller.
 
-Every model call goes through this lock, so its fast path is kept to two attribute tests: the
-hook is not even called while ``when`` is empty.
+Every model call goes through this lock, so taking it is the C lock's own ``__enter__``, and
+letting go costs one attribute test more than the C lock while ``when`` is empty.
 """
 
 from __future__ import annotations
 
-import threading
+import _thread
 from collections.abc import Callable, Sized
 from types import TracebackType
 
 _ALWAYS = (True,)  # a ``when`` that is never empty
+_c_acquire = _thread.RLock.acquire
+_c_release = _thread.RLock.release  # called directly: ``super()`` costs as much as the release
 
 
-class ModelLock:
+class ModelLock(_thread.RLock):  # type: ignore[misc]  # the C RLock type, subclassable
     """A re-entrant lock that runs ``on_return`` when its outermost holder lets go, if ``when``
     is non-empty at that moment (see the module)."""
 
-    __slots__ = ("_acquire", "_is_owned", "_on_return", "_release", "_when", "depth")
+    __slots__ = ("_on_return", "_when")
 
     def __init__(self, on_return: Callable[[], object] | None = None, *,
                  when: Sized | None = None) -> None:
-        lock = threading.RLock()
-        self._acquire = lock.acquire
-        self._release = lock.release
-        self._is_owned = lock._is_owned  # type: ignore[attr-defined]  # as threading.Condition
-        self.depth = 0
         self._on_return = on_return
         self._when: Sized = () if on_return is None else _ALWAYS if when is None else when
-
-    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
-        """Take the lock (``threading.RLock.acquire``); ``False`` if it was not taken."""
-        if not self._acquire(blocking, timeout):
-            return False
-        self.depth += 1  # only the holder writes depth
-        return True
-
-    def release(self) -> None:
-        """Let go once; the outermost release may run ``on_return`` first (see the module).
-
-        ``RuntimeError`` if this thread does not hold the lock.
-        """
-        if not self._is_owned():
-            raise RuntimeError("cannot release un-acquired lock")
-        self.__exit__(None, None, None)
 
     def held(self) -> bool:
         """Whether the calling thread holds the lock."""
         return bool(self._is_owned())
 
-    def __enter__(self) -> bool:
-        self._acquire()
-        self.depth += 1
-        return True
+    def release(self) -> None:
+        """Let go once; the outermost release may run ``on_return`` (see the module).
+
+        ``RuntimeError`` if this thread does not hold the lock.
+        """
+        _c_release(self)
+        if self._when and not self._is_owned():
+            self._run_hook()
 
     def __exit__(
         self,
@@ -80,15 +66,19 @@ class ModelLock:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self.depth == 1 and self._when:
-            try:
+        _c_release(self)
+        if self._when and not self._is_owned():
+            self._run_hook()
+
+    def _run_hook(self) -> None:
+        """The outermost hold was just let go with work due: take the lock again, run the hook
+        (what it calls nests), let go without running it again."""
+        _c_acquire(self)
+        try:
+            if self._when:
                 self._on_return()  # type: ignore[misc]  # set whenever ``_when`` can be non-empty
-            finally:
-                self.depth = 0
-                self._release()
-            return
-        self.depth -= 1
-        self._release()
+        finally:
+            _c_release(self)
 
     def __repr__(self) -> str:
-        return f"<ModelLock depth={self.depth} held={self.held()}>"
+        return f"<ModelLock held={self.held()}>"

@@ -5,7 +5,6 @@ and the membership as they were, and the ``ioasids`` controller's ``Charge`` und
 
 from __future__ import annotations
 
-import dataclasses
 from errno import EAGAIN, EBUSY, EDEADLK, EPERM
 
 import pytest
@@ -278,7 +277,7 @@ def test_a_charge_is_a_frozen_record_and_a_refused_one_leaves_every_level() -> N
     w = World("fixed")
     a = w.cgroup("a", 1)
     charge = w.ctl.try_charge(a, 1)
-    with pytest.raises(dataclasses.FrozenInstanceError):
+    with pytest.raises(AttributeError):
         charge.n = 2  # type: ignore[misc]
     with pytest.raises(IoasidError) as info:
         w.ctl.try_charge(a, 1)
