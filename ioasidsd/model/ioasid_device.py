@@ -316,7 +316,9 @@ class IoasidDevice:
     def _alloc_error(self, exc: IoasidError) -> IoasidError:
         if self.knobs.user_errors == "distinct":
             return exc
-        return IoasidError(EINVAL, f"allocation failed ({exc.name})")
+        collapsed = IoasidError(EINVAL, f"allocation failed ({exc.name})")
+        collapsed.level = exc.level
+        return collapsed
 
     def _alloc(self, user: IoasidUser, arg: bytes, task: Process) -> tuple[int, bytes]:
         """``IOASID_REQUEST_ALLOC``: the lowest free ID in the range, as the result."""
