@@ -95,10 +95,11 @@ class IoasidFile:
 
 
 class Touched:
-    """What the operations since the last ``IoasidDevice.take_touched()`` changed, for the
-    daemon's store: ``ids``, IOASIDs changed one by one (allocated, freed, referenced);
-    ``sets``, sets changed as a whole (created, adopted, released) or whose IOASIDs changed in
-    bulk (batches); ``cgroups``, the cgroups whose counters or events changed."""
+    """What the operations since the last ``IoasidDevice.take_touched()`` changed, which
+    ``System`` turns into the fields of one ``Change`` (``ioasidsd.model.changes``): ``ids``,
+    IOASIDs changed one by one (allocated, freed, referenced); ``sets``, sets changed as a whole
+    (created, adopted, released) or whose IOASIDs changed in bulk (batches); ``cgroups``, the
+    cgroups whose counters or events changed."""
 
     __slots__ = ("ids", "leaves", "sets")
 
