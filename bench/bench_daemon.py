@@ -54,6 +54,7 @@ REFERENCE = ("import sqlite3, psutil, pyroute2, structlog, cgroupfs, ioasidsd.da
 def prepare_state(state_dir: Path, n_ioasids: int, owners: list[int]) -> None:
     """A state with ``n_ioasids`` live IOASIDs spread over the MM sets of ``owners``."""
     from ioasidsd.model import IoasidSetType
+    from ioasidsd.model.changes import Change, ChangeKind
     Store = against.store_class()
     from ioasidsd.system import System
 
@@ -70,7 +71,7 @@ def prepare_state(state_dir: Path, n_ioasids: int, owners: list[int]) -> None:
             ioasid_set = system.core.set_alloc(owner.mm, 0, IoasidSetType.MM)
             ids = [system.core.alloc(ioasid_set, 1, (1 << 20) - 1, task=owner)
                    for _ in range(per_owner)]
-            system.on_change("ioasid", {"ids": ids, "task": owner})
+            system.on_change(Change(ChangeKind.IOASID, ids=ids, processes=(owner,)))
     store.close()
 
 

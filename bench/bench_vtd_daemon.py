@@ -32,6 +32,7 @@ from typing import Any
 from ioasidsd.host import ProcessFacts, ProcessSource
 from ioasidsd.model import OrderedWorkQueue, profile
 from ioasidsd.model import ioasid_uapi as uapi
+from ioasidsd.model.changes import Change, ChangeKind
 from ioasidsd.model.snapshot import load
 from ioasidsd.store.state import Store
 from ioasidsd.system import System
@@ -101,11 +102,11 @@ def prepare(state: Path, n: int, bound: bool) -> float:
         owner = file.opener
         ids = [system.core.alloc(file.user.ioasid_set, 1, 1 << 20, task=owner)
                for _ in range(n)]
-        system.on_change("ioasid", {"ids": ids, "task": owner})
+        system.on_change(Change(ChangeKind.IOASID, ids=ids, processes=(owner,)))
     spent = 0.0
     if bound:
         store.close()
-        system.on_change = lambda kind, detail: None  # time the binds alone
+        system.on_change = lambda change: None  # time the binds alone
         start = time.perf_counter()
         for ioasid in ids:
             bind(system, file, ioasid)
@@ -126,7 +127,7 @@ def restart(state: Path) -> float:
         store.bind(system, load(snap, system.core))
         driver = build_driver(system.core, adopt=True)
         system.vtd_attach(driver)
-        system.on_change("vtd_boot", {"sets": [driver.host_set]})
+        system.on_change(Change(ChangeKind.VTD_BOOT, sets=(driver.host_set.id,)))
     spent = time.perf_counter() - start
     store.close()
     return spent

@@ -4,17 +4,20 @@ A ``System`` holds the IOASID core, the cgroup hierarchy (``cgroups``) and the `
 controller bound to it (``controller``), the semantics knobs, one lock and a
 source of facts about real processes. Faces (the FUSE file system, the user-API socket, the
 control API, experiments) call its methods for every change, so that each change is made in one
-place, under the lock, and then handed to ``on_change`` (the daemon's durable store) before the
-face answers. Reads may use the model objects directly while holding ``system.lock``.
+place, under the lock, and then handed to ``on_change`` (the daemon's durable store) as one
+``Change`` (``ioasidsd.model.changes``: the contract of the feed) before the face answers. Reads
+may use the model objects directly while holding ``system.lock``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from errno import EINVAL, EPERM
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ioasidsd.host import ProcessSource
+from ioasidsd.model import ioasid_uapi as uapi
+from ioasidsd.model.changes import Change, ChangeKind, Refusal
 from ioasidsd.model.core import IoasidCore
 from ioasidsd.model.errors import IoasidError
 from ioasidsd.model.formats import parse_flag, parse_limit, parse_pid, parse_release_agent
@@ -35,11 +38,12 @@ if TYPE_CHECKING:
 class System:
     """The shared model and the changes faces make to it.
 
-    ``on_change(kind, detail)`` is called under the lock after every change succeeds and before
-    the method returns (the daemon makes the change durable there). A method that raises has
-    changed nothing. ``wq`` is the core's work queue: by default ``step`` mode, where deferred
-    work (the VT-d FREE cleanup) runs, and reports its own change, before the method returns;
-    the daemon passes a ``thread`` mode queue (see ``ioasidsd.model.workqueue``).
+    ``on_change(change)`` is called with a ``Change`` under the lock after every change succeeds
+    and before the method returns (the daemon makes the change durable there). A method that
+    raises has changed nothing (but for the events counters of a refused ioctl, whose ``Change``
+    carries the ``Refusal``). ``wq`` is the core's work queue: by default ``step`` mode, where
+    deferred work (the VT-d FREE cleanup) runs, and reports its own change, before the method
+    returns; the daemon passes a ``thread`` mode queue (see ``ioasidsd.model.workqueue``).
     """
 
     def __init__(
@@ -48,7 +52,7 @@ class System:
         *,
         processes: ProcessSource | None = None,
         wq: OrderedWorkQueue | None = None,
-        on_change: Callable[[str, dict[str, Any]], None] | None = None,
+        on_change: Callable[[Change], None] | None = None,
     ) -> None:
         self.core = IoasidCore(knobs, wq=wq)
         self.controller = IoasidsController(self.core)
@@ -56,7 +60,7 @@ class System:
         self.knobs = self.core.knobs
         self.lock: ModelLock = self.core.lock
         self.processes = processes or ProcessSource()
-        self.on_change = on_change or (lambda kind, detail: None)
+        self.on_change: Callable[[Change], None] = on_change or (lambda change: None)
         self.settle: Callable[[], object] = lambda: None
         """Called before an untracked process is placed: the process tracker catches up."""
         self.orphans: dict[int, float] = {}
@@ -66,9 +70,6 @@ class System:
         (``EPERM``) or ``root``."""
         self._init_userapi()
 
-    def _changed(self, kind: str, **detail: Any) -> None:
-        self.on_change(kind, detail)
-
     # ------------------------------------------------------------------ hierarchy
     def mkdir(self, path: str, *, reserved_names: frozenset[str] = frozenset()) -> Cgroup:
         """Create the cgroup at ``path``; see ``Hierarchy.mkdir`` for errors."""
@@ -76,15 +77,16 @@ class System:
         with self.lock:
             parent = self.cgroups.lookup(parent_path)
             cg = self.cgroups.mkdir(parent, name, reserved_names=reserved_names)
-            self._changed("mkdir", cgroup=cg)
+            self.on_change(Change(ChangeKind.MKDIR, cgroups=(cg,)))
             return cg
 
     def rmdir(self, path: str) -> None:
         """Remove the cgroup at ``path``; see ``Hierarchy.rmdir``."""
         with self.lock:
             cg = self.cgroups.lookup(path)
+            where = cg.path
             self.cgroups.rmdir(cg)
-            self._changed("rmdir", cgroup=cg, path=path)
+            self.on_change(Change(ChangeKind.RMDIR, cgroups=(cg,), path=where))
 
     def rename(self, old: str, new: str, *, reserved_names: frozenset[str] = frozenset()) -> None:
         """Rename ``old`` to ``new`` (same parent only); see ``Hierarchy.rename``."""
@@ -94,7 +96,7 @@ class System:
             new_parent = self.cgroups.lookup(new_parent_path)
             old_path = cg.path
             self.cgroups.rename(cg, new_parent, new_name, reserved_names=reserved_names)
-            self._changed("rename", cgroup=cg, old_path=old_path)
+            self.on_change(Change(ChangeKind.RENAME, cgroups=(cg,), path=old_path))
 
     def write_max(self, path: str, data: bytes | str) -> None:
         """A write to ``ioasids.max``: parse (``EINVAL``/``ERANGE``) and grant it."""
@@ -104,7 +106,8 @@ class System:
             before = (cg.limit, cg.reserved, self.core.capacity_avail)
             self.controller.set_max(cg, limit)
             if (cg.limit, cg.reserved, self.core.capacity_avail) != before:
-                self._changed("limit", cgroup=cg)  # rewriting the same limit has nothing to store
+                # rewriting the same limit has nothing to store
+                self.on_change(Change(ChangeKind.LIMIT, cgroups=(cg,)))
 
     def write_flag(self, path: str, name: str, data: bytes | str) -> None:
         """A write to ``notify_on_release`` or ``cgroup.clone_children``."""
@@ -117,7 +120,7 @@ class System:
             cg = self.cgroups.lookup(path)
             if getattr(cg, attr) != value:
                 setattr(cg, attr, value)
-                self._changed("flag", cgroup=cg, name=name)
+                self.on_change(Change(ChangeKind.FLAG, cgroups=(cg,)))
 
     def write_release_agent(self, data: bytes | str) -> None:
         """A write to the root's ``release_agent``: as ``cgroup_release_agent_write``, the bytes
@@ -129,7 +132,7 @@ class System:
         with self.lock:
             if self.cgroups.release_agent != text:
                 self.cgroups.release_agent = text
-                self._changed("release_agent", value=text)
+                self.on_change(Change(ChangeKind.RELEASE_AGENT))
 
     # ------------------------------------------------------------------ processes
     def process(self, pid: int) -> Process:
@@ -166,7 +169,7 @@ class System:
             proc = self.process(pid)
             src = proc.cgroup
             self.cgroups.attach(proc, dst)
-            self._changed("attach", process=proc, src=src)
+            self.on_change(Change(ChangeKind.ATTACH, cgroups=(src,), processes=(proc,)))
             return proc
 
     def fork(self, parent_pid: int, pid: int, start_time: float, *,
@@ -184,7 +187,7 @@ class System:
                 self.note_orphans({pid: start_time})
                 return
             if child is not None:
-                self._changed("fork", process=child)
+                self.on_change(Change(ChangeKind.FORK, processes=(child,)))
 
     def exit(self, pid: int) -> None:
         """A real process exited (from the process tracker): release what it held."""
@@ -192,7 +195,7 @@ class System:
             proc = self.cgroups.process(pid)
             if proc is not None:
                 self.cgroups.exit(proc)
-                self._changed("exit", process=proc)
+                self.on_change(Change(ChangeKind.EXIT, processes=(proc,)))
 
     # ------------------------------------------------------------------ file attributes
     def set_attrs(self, path: str, changes: Mapping[str, Mapping[str, int]]) -> None:
@@ -208,28 +211,31 @@ class System:
             cg = self.cgroups.lookup(path)
             for name, attrs in changes.items():
                 cg.attrs.setdefault(name, {}).update(attrs)
-            self._changed("attrs", cgroup=cg, changes=changes)
+            self.on_change(Change(ChangeKind.ATTRS, cgroups=(cg,)))
 
     # ------------------------------------------------------------------ /dev/ioasid (issue 5)
     # The user API's changes: an open file per connection of a real process. Each method reports
     # what it changed, as kind "set" (open, release) or "ioasid" (ioctl, exit), with the records
-    # touched: ``ids`` (IOASIDs changed one by one: still in ``core`` means upsert, absent
-    # delete), ``sets`` (sets changed as a whole or in bulk, with all their IOASIDs),
-    # ``cgroups`` (counters, events) and, for open and exit, ``process``. A refused ioctl may
-    # still have changed cgroup events: it reports them too.
+    # the device touched (``_ioasid_changed``: ``ids``, ``sets``, ``cgroups``) and, for open and
+    # exit, the process. A refused ioctl is reported with its ``Refusal``, and with the events
+    # counters it may still have changed.
     def _init_userapi(self) -> None:
         self.ioasid_device = IoasidDevice(self.core)
         self.cgroups.exit_hooks.append(self._ioasid_exit_hook)
 
-    def _ioasid_changed(self, kind: str, **detail: Any) -> None:
+    def _ioasid_changed(self, kind: ChangeKind, processes: tuple[Process, ...] = (),
+                        refusal: Refusal | None = None) -> None:
+        """The one place where the device's ``Touched`` becomes a ``Change``: reported when
+        the device touched something or ``refusal`` is given."""
         touched = self.ioasid_device.take_touched()
-        if touched:
-            detail.update(ids=touched.ids, sets=touched.sets, cgroups=touched.cgroups)
-            self.on_change(kind, detail)
+        if touched or refusal is not None:
+            self.on_change(Change(kind, cgroups=tuple(touched.cgroups), processes=processes,
+                                  ids=tuple(touched.ids),
+                                  sets=tuple([s.id for s in touched.sets]), refusal=refusal))
 
     def _ioasid_exit_hook(self, proc: Process) -> None:
         self.ioasid_device.process_exit(proc)
-        self._ioasid_changed("ioasid", process=proc)
+        self._ioasid_changed(ChangeKind.IOASID, (proc,))
 
     def ioasid_use_vtd(self, driver: VtdDriver) -> None:
         """Serve the bind extension of ``/dev/ioasid`` with ``driver`` (a booted VT-d driver
@@ -308,7 +314,7 @@ class System:
                                      f"rather than charged to the root")
         with self.lock:
             proc = self.cgroups.track(leader.pid, leader.start_time, cgroup, leader.threads)
-            self._changed("place", process=proc)
+            self.on_change(Change(ChangeKind.PLACE, processes=(proc,)))
             return proc
 
     def _origin(self, leader: ProcessFacts) -> tuple[Cgroup | None, str]:
@@ -347,7 +353,7 @@ class System:
                        and self.processes.alive(pid, start)}
             if orphans != self.orphans:
                 self.orphans = orphans
-                self._changed("orphans", orphans=dict(orphans))
+                self.on_change(Change(ChangeKind.ORPHANS, orphans=orphans))
 
     def ioasid_open(self, pid: int) -> IoasidFile:
         """``open("/dev/ioasid")`` by the real process ``pid`` (see ``ioasid_process`` for the
@@ -360,19 +366,32 @@ class System:
             try:
                 return self.ioasid_device.open(proc)
             finally:
-                self._ioasid_changed("set", process=proc)
+                self._ioasid_changed(ChangeKind.SET, (proc,))
 
     def ioasid_ioctl(self, file: IoasidFile, cmd: int, arg: bytes, *,
-                     pid: int | None = None) -> tuple[int, bytes]:
-        """An ioctl on ``file`` by the real process ``pid`` (default: the opener); returns the
-        result and the output bytes, or raises the ``IoasidError`` the ioctl fails with."""
+                     pid: int | None = None, uid: int | None = None) -> tuple[int, bytes]:
+        """An ioctl on ``file`` by the real process ``pid`` (default: the opener) of user
+        ``uid`` (``None``: not known); returns the result and the output bytes, or raises the
+        ``IoasidError`` the ioctl fails with. A refusal by the device is reported (kind
+        ``ioasid``) with a ``Refusal`` naming the caller, the command, its cgroup, the level
+        whose limit refused (if one did), the errno and the request's arguments."""
         opener = file.opener
         task = opener if pid is None or pid == opener.pid else self.ioasid_process(pid)
         with self.lock:
             try:
-                return self.ioasid_device.ioctl(file, cmd, arg, task)
-            finally:
-                self._ioasid_changed("ioasid")
+                result = self.ioasid_device.ioctl(file, cmd, arg, task)
+            except IoasidError as exc:
+                refusal = Refusal(pid=task.pid, uid=uid, command=uapi.command_name(cmd),
+                                  cgroup=task.cgroup.path, level=exc.level,
+                                  errno=exc.errno or 0, request=uapi.request_fields(cmd, arg),
+                                  message=exc.strerror or "")
+                self._ioasid_changed(ChangeKind.IOASID, refusal=refusal)
+                raise
+            except BaseException:
+                self._ioasid_changed(ChangeKind.IOASID)
+                raise
+            self._ioasid_changed(ChangeKind.IOASID)
+            return result
 
     def ioasid_release(self, file: IoasidFile, *, exited: bool = False) -> None:
         """The last close of ``file``. ``exited``: its opener is exiting, so this is the
@@ -380,10 +399,10 @@ class System:
         with self.lock:
             if exited and file.opener.alive:
                 self.cgroups.exit(file.opener)
-                self._changed("exit", process=file.opener)
+                self.on_change(Change(ChangeKind.EXIT, processes=(file.opener,)))
                 return
             self.ioasid_device.release(file)
-            self._ioasid_changed("set")
+            self._ioasid_changed(ChangeKind.SET)
 
     # ------------------------------------------------------------------ VT-d (issues 3-5)
     # The simulated IOMMU. Its binds and unbinds come through the faces (the user API's bind
@@ -399,5 +418,5 @@ class System:
             driver.on_change = self._vtd_changed
             self.ioasid_device.binder = VtdGuestBinder(driver)
 
-    def _vtd_changed(self, kind: str, detail: dict[str, Any]) -> None:
-        self.on_change(kind, detail)
+    def _vtd_changed(self, change: Change) -> None:
+        self.on_change(change)

@@ -65,6 +65,7 @@ from ioasidsd.daemon.runtime import (
     DirectoryLock,
 )
 from ioasidsd.host import boot_id, filesystem_of, process_clock
+from ioasidsd.model.changes import Change, ChangeKind
 from ioasidsd.model.core import IoasidSetType
 from ioasidsd.model.errors import IoasidError
 from ioasidsd.model.snapshot import SnapshotError, load
@@ -281,7 +282,7 @@ class Daemon:
             self._boot_vtd(vtd_config, adopt=True)
             assert self.vtd is not None
             if self.vtd.host_set is not None:  # adopted (no change), or made for an old state
-                system.on_change("vtd_boot", {"sets": [self.vtd.host_set]})
+                system.on_change(Change(ChangeKind.VTD_BOOT, sets=(self.vtd.host_set.id,)))
         self.log.info("state restored", state=str(store.path),
                       cgroups=len(snap["cgroups"]), processes=len(snap["processes"]),
                       sets=len(snap["sets"]), ioasids=len(snap["ioasids"]),
@@ -335,9 +336,9 @@ class Daemon:
         if released or adopted:
             self.log.info("processes caught up", released=released, adopted=adopted)
 
-    def _on_change(self, kind: str, detail: dict[str, Any]) -> None:
+    def _on_change(self, change: Change) -> None:
         assert self.store is not None
-        self.store.apply(kind, detail)
+        self.store.apply(change)
         if self.releases is not None:
             self.releases.wake()
 

@@ -95,10 +95,11 @@ class IoasidFile:
 
 
 class Touched:
-    """What the operations since the last ``IoasidDevice.take_touched()`` changed, for the
-    daemon's store: ``ids``, IOASIDs changed one by one (allocated, freed, referenced);
-    ``sets``, sets changed as a whole (created, adopted, released) or whose IOASIDs changed in
-    bulk (batches); ``cgroups``, the cgroups whose counters or events changed."""
+    """What the operations since the last ``IoasidDevice.take_touched()`` changed, which
+    ``System`` turns into the fields of one ``Change`` (``ioasidsd.model.changes``): ``ids``,
+    IOASIDs changed one by one (allocated, freed, referenced); ``sets``, sets changed as a whole
+    (created, adopted, released) or whose IOASIDs changed in bulk (batches); ``cgroups``, the
+    cgroups whose counters or events changed."""
 
     __slots__ = ("ids", "leaves", "sets")
 
@@ -316,7 +317,9 @@ class IoasidDevice:
     def _alloc_error(self, exc: IoasidError) -> IoasidError:
         if self.knobs.user_errors == "distinct":
             return exc
-        return IoasidError(EINVAL, f"allocation failed ({exc.name})")
+        collapsed = IoasidError(EINVAL, f"allocation failed ({exc.name})")
+        collapsed.level = exc.level
+        return collapsed
 
     def _alloc(self, user: IoasidUser, arg: bytes, task: Process) -> tuple[int, bytes]:
         """``IOASID_REQUEST_ALLOC``: the lowest free ID in the range, as the result."""

@@ -80,6 +80,33 @@ COMMAND_NAMES: Final = {
     IOASID_UNBIND_GPASID: "UNBIND_GPASID",
 }
 
+_REQUEST_LAYOUTS: Final = {
+    IOASID_GET_INFO: (INFO, ("argsz", "flags", "ioasid_bits")),
+    IOASID_REQUEST_ALLOC: (ALLOC_REQUEST, ("argsz", "flags", "min", "max")),
+    IOASID_REQUEST_FREE: (FREE_ARG, ("ioasid",)),
+    IOASID_REQUEST_ALLOC_BATCH: (ALLOC_BATCH, ("argsz", "flags", "min", "max", "count")),
+    IOASID_REQUEST_FREE_BATCH: (FREE_BATCH, ("argsz", "flags", "count")),
+    IOASID_BIND_GPASID: (BIND_GPASID,
+                         ("argsz", "flags", "hpasid", "gpasid", "devid", "addr_width", "gpgd")),
+    IOASID_UNBIND_GPASID: (UNBIND_GPASID, ("argsz", "flags", "hpasid", "devid")),
+}
+
+
+def command_name(cmd: int) -> str:
+    """The name of ioctl ``cmd`` (``REQUEST_ALLOC``), or its number in hex if unknown."""
+    return COMMAND_NAMES.get(cmd) or hex(cmd)
+
+
+def request_fields(cmd: int, arg: bytes) -> dict[str, int]:
+    """The fixed arguments of request ``cmd`` by their field names (a batch's IDs are left out);
+    ``{"bytes": len(arg)}`` for a command without arguments, an unknown one, or an argument
+    too short for its structure."""
+    layout = _REQUEST_LAYOUTS.get(cmd)
+    if layout is None or len(arg) < layout[0].size:
+        return {"bytes": len(arg)}
+    struct_, names = layout
+    return dict(zip(names, struct_.unpack_from(arg), strict=True))
+
 
 def devid(bus: int, dev: int, fn: int, segment: int = 0) -> int:
     """The ``devid`` of a PCI function: ``segment << 16 | bus << 8 | dev << 3 | fn``."""

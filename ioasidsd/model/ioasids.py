@@ -14,8 +14,9 @@ never touches the controller's per-cgroup state (the ``Cgroup`` slots ``limit``,
   A charge walks from the charged cgroup up to, not including, the root (``Cgroup.chain``);
   ``try_charge`` refuses with ``EAGAIN`` at the first level over its limit and leaves every
   counter and peak as it was. It returns a ``Charge`` that ``cancel_charge`` takes to undo it
-  exactly when the allocation that charged is refused afterwards. ``peak`` is the highest
-  ``counter`` seen; ``events``/``events_local`` count refusals (``knobs.events``).
+  exactly when the allocation that charged is refused afterwards; its ``EAGAIN`` names the
+  refusing cgroup's path in ``IoasidError.level``. ``peak`` is the highest ``counter`` seen;
+  ``events``/``events_local`` count refusals (``knobs.events``).
 * A counter that goes below zero is logged once (``warned_negative``) and kept.
 * Migration: ``can_attach`` moves a migrating process's charges to the destination as
   ``knobs.migration`` says (it never refuses: ``current`` may exceed ``max`` afterwards);
@@ -231,7 +232,9 @@ class IoasidsController(Controller):
             refusing.events_local += 1
             for above in refusing.chain:
                 above.events += 1
-        raise IoasidError(EAGAIN, f"{refusing.path}: ioasids.max {refusing.limit} reached")
+        exc = IoasidError(EAGAIN, f"{refusing.path}: ioasids.max {refusing.limit} reached")
+        exc.level = refusing.path  # the refusing level, for the refusal's report
+        raise exc
 
     def charge(self, cg: Cgroup, n: int) -> None:
         """Charge ``n`` along the walk with no limit check (migration)."""

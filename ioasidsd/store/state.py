@@ -2,14 +2,15 @@
 
 The database keeps one row per record of a snapshot (``ioasidsd.model.snapshot``): cgroups,
 processes, sets, IOASIDs, plus the core's scalars and the knobs in ``meta``. It is the durable
-form that other tools read. ``System`` calls ``Store.apply(kind, detail)`` under its lock after
-every change; ``apply`` computes from the model the rows the change touched and appends them, as
-one record, to the journal (``ioasidsd.store.journal``) before returning: a write that changed
-state is durable before the face answers. A thread folds the records into
-the database in batched transactions (``ioasidsd.store.fold``) and removes the journal files
-once their records are in; a clean ``close`` folds everything and leaves no journal. The
-database therefore lags the model by up to ``fold_interval`` seconds; ``load`` reads it with the
-journal applied, so nothing acknowledged is lost however the daemon ended.
+form that other tools read. ``System`` calls ``Store.apply(change)`` under its lock after
+every change (a ``Change``: ``ioasidsd.model.changes``); ``apply`` computes from the model the
+rows the change touched and appends them, as one record, to the journal
+(``ioasidsd.store.journal``) before returning: a write that changed state is durable before the
+face answers. A thread folds the records into the database in batched transactions
+(``ioasidsd.store.fold``) and removes the journal files once their records are in; a clean
+``close`` folds everything and leaves no journal. The database therefore lags the model by up
+to ``fold_interval`` seconds; ``load`` reads it with the journal applied, so nothing
+acknowledged is lost however the daemon ended.
 
 Durability. With ``synchronous = "normal"`` (the default) a record is in the kernel's page cache
 when ``apply`` returns: it survives ``kill -9`` of the daemon but not a power loss or kernel
@@ -18,23 +19,22 @@ cut short is ignored). ``synchronous = "full"`` flushes every record to the disk
 ``fdatasync``) and every fold (SQLite ``synchronous=FULL``): it survives both, at the price of a
 disk flush per change.
 
-What a change touches is read from ``detail``, whatever the kind, so that faces can report new
-kinds without touching the store:
+What a change touches is read from the ``Change``'s typed fields, whatever the kind, so that
+faces can report new kinds without touching the store:
 
-* ``cgroup``, ``src``, ``dst``, ``cgroups``: those cgroups and their ancestors (counters, limits,
-  flags, names);
-* ``process``, ``task``, ``processes``: those processes (tracked, moved or gone), the cgroups they
-  are in, and every set they own with its IOASIDs;
+* ``cgroups``: those cgroups and their ancestors (counters, limits, flags, names);
+* ``processes``: those processes (tracked, moved or gone), the cgroups they are in, and every
+  set they own with its IOASIDs;
 * ``ids``: those IOASIDs (allocated, changed or gone) with their sets, old and new charged
   cgroups; report the new ID after an allocation;
-* ``sets``: those sets (``IoasidSet`` or id) with all their IOASIDs (bulk frees, set frees);
+* ``sets``: those sets (by id) with all their IOASIDs (bulk frees, set frees);
 * a refused operation that still changed counters (a refusal event, ``v4``'s leaked charge)
-  reports its calling ``task``.
+  reports its calling process in ``processes`` (or the cgroups in ``cgroups``).
 
 The core's scalars are compared and written on every change. Kind ``rmdir`` also drops the
-cgroup's row (or marks it removed while IOASIDs may still be charged to it). Kind ``sync``
-rewrites everything from the model: for a face that cannot tell what it changed, and after a
-change whose record could not be made.
+row of the cgroup it names first (or marks it removed while IOASIDs may still be charged to
+it); kind ``orphans`` writes ``orphans``. Kind ``sync`` rewrites everything from the model: for
+a face that cannot tell what it changed, and after a change whose record could not be made.
 
 To make a record without reading the database, the store remembers what it last wrote: the row
 ids of cgroups, the last row of each cgroup, set and process, the set each IOASID was written in
@@ -51,12 +51,13 @@ import marshal
 import sqlite3
 import threading
 from array import array
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from operator import attrgetter, itemgetter
 from pathlib import Path
 from typing import Any
 
 from ioasidsd.host import boot_id, process_clock
+from ioasidsd.model.changes import Change, ChangeKind
 from ioasidsd.model.core import IoasidCore, IoasidSet
 from ioasidsd.model.hierarchy import Cgroup, Hierarchy, Process
 from ioasidsd.model.ioasids import IoasidsController
@@ -119,19 +120,13 @@ _CGROUP_COLUMNS = ("id", "parent", "name", "limit", "reserved", "counter", "peak
                    "events_local", "notify_on_release", "clone_children", "removed")
 _SYNCHRONOUS = {"normal": "NORMAL", "full": "FULL"}
 _MARSHAL_VERSION = 2  # the journal's codec (journal.CODEC_MARSHAL_2): the fastest to write
-_CGROUP, _CGROUPS, _PROCESS, _PROCESSES, _SETS, _IDS = (
-    "cgroup", "cgroups", "process", "processes", "sets", "ids")
-_DETAIL_KEYS = {"cgroup": _CGROUP, "src": _CGROUP, "dst": _CGROUP, "cgroups": _CGROUPS,
-                "process": _PROCESS, "task": _PROCESS, "processes": _PROCESSES, "sets": _SETS,
-                "ids": _IDS}
-"""What each key of a change's ``detail`` names (see the module's documentation)."""
 _SET_AND_CGROUP = itemgetter("set", "cgroup")  # of an IOASID record
 _IOASID_KEY = attrgetter("state", "refs", "spid", "cgroup", "pooled", "private")
 
 Warn = Callable[[str], None]
 
 
-def _orphan_rows(orphans: dict[int, float]) -> list[list[float]]:
+def _orphan_rows(orphans: Mapping[int, float]) -> list[list[float]]:
     """``System.orphans`` as a JSON value: ``[pid, start time]`` pairs by pid."""
     return [[pid, start] for pid, start in sorted(orphans.items())]
 
@@ -551,15 +546,16 @@ class Store:
         self._core_op(ops)
         return ops
 
-    def apply(self, kind: str, detail: dict[str, Any]) -> None:
+    def apply(self, change: Change) -> None:
         """Make one change durable (``System.on_change``); see the module's documentation for
-        what ``detail`` may name. Never raises: a change whose record cannot be made is
-        logged, kept in ``error`` and repaired by a full rewrite at the next change."""
+        what each field of ``change`` names. Never raises: a change whose record cannot be made
+        is logged, kept in ``error`` and repaired by a full rewrite at the next change."""
+        kind = change.kind.value
         try:
             if self._error is not None or kind == "sync":
                 ops = self._everything()
             else:
-                ops = self._change(kind, detail)
+                ops = self._change(change)
         except (SnapshotError, StoreError) as exc:
             if self._error is None:
                 self._warn(f"state not saved ({kind}): {exc}; retrying with a full write")
@@ -573,36 +569,19 @@ class Store:
                 self._warn(f"state not saved ({kind}): {exc}; retrying with a full write")
                 self._error = f"{kind}: {exc}"
 
-    def _change(self, kind: str, detail: dict[str, Any]) -> list[Op]:
+    def _change(self, change: Change) -> list[Op]:
         """The operations that record one change."""
         if self._system is None:
             raise StoreError("no system is bound to the store")
-        if kind == "orphans":
-            rows = _orphan_rows(detail["orphans"])
+        kind = change.kind
+        if kind is ChangeKind.ORPHANS:
+            rows = _orphan_rows(change.orphans)
             self._loaded_meta["orphans"] = rows
             return [(META, "orphans", rows)]
-        cgroups: list[Cgroup] = []
-        processes: list[Process] = []
-        set_ids: set[int] = set()
-        ids: Any = ()
-        for key, value in detail.items():
-            role = _DETAIL_KEYS.get(key)
-            if role is None or not value:
-                continue
-            if role is _IDS:
-                ids = value
-            elif role is _CGROUPS:
-                cgroups.extend(value)
-            elif role is _SETS:
-                set_ids.update(s.id if isinstance(s, IoasidSet) else int(s) for s in value)
-            elif role is _CGROUP:
-                if isinstance(value, Cgroup):
-                    cgroups.append(value)
-            elif role is _PROCESS:
-                if isinstance(value, Process):
-                    processes.append(value)
-            else:
-                processes.extend(value)
+        cgroups = list(change.cgroups)
+        processes = change.processes
+        set_ids = set(change.sets)
+        ids = change.ids
 
         ops: list[Op] = []
         for proc in processes:
@@ -626,8 +605,8 @@ class Store:
         self._core_op(ops)
         if processes:  # a process joined or left: forks before now were seen (see clock)
             ops.append((META, "clock", process_clock()))
-        if kind == "rmdir" and isinstance(detail.get("cgroup"), Cgroup):
-            self._forget_removed(detail["cgroup"], ops)
+        if kind is ChangeKind.RMDIR and change.cgroups:
+            self._forget_removed(change.cgroups[0], ops)
         return ops
 
     def _core_op(self, ops: list[Op]) -> None:

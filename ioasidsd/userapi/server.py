@@ -203,10 +203,10 @@ class UserApiServer:
                         if not n:
                             self._close(ep, conn)
                             continue
-                        sender = conn.pid
+                        sender, sender_uid = conn.pid, conn.uid
                         for level, kind, cdata in ancdata:
                             if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
-                                sender = UCRED.unpack_from(cdata)[0]
+                                sender, sender_uid = UCRED.unpack_from(cdata)[:2]
                         requests = conn.reader.feed(view[:n])
                         if not requests:
                             continue
@@ -214,9 +214,9 @@ class UserApiServer:
                         try:
                             if len(requests) == 1:
                                 cmd, arg = requests[0]
-                                data = request(conn.file, cmd, arg, sender)
+                                data = request(conn.file, cmd, arg, sender, sender_uid)
                             else:
-                                data = b"".join([request(conn.file, cmd, arg, sender)
+                                data = b"".join([request(conn.file, cmd, arg, sender, sender_uid)
                                                  for cmd, arg in requests])
                         finally:
                             client_uid.reset(token)
@@ -238,12 +238,13 @@ class UserApiServer:
             listener.close()
             self._listener = None
 
-    def _request(self, file: IoasidFile, cmd: int, arg: bytes | None, sender: int) -> bytes:
-        """Serve one request; its reply frame."""
+    def _request(self, file: IoasidFile, cmd: int, arg: bytes | None, sender: int,
+                 uid: int | None = None) -> bytes:
+        """Serve one request of process ``sender`` (user ``uid``); its reply frame."""
         if arg is None:
             return protocol.error_reply(EMSGSIZE, f"argument longer than {protocol.MAX_ARG} bytes")
         try:
-            ret, result = self.system.ioasid_ioctl(file, cmd, arg, pid=sender)
+            ret, result = self.system.ioasid_ioctl(file, cmd, arg, pid=sender, uid=uid)
         except IoasidError as exc:
             return protocol.error_reply(exc.errno or EIO, str(exc))
         except Exception:

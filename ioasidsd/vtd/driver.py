@@ -19,8 +19,9 @@ patches do (spec ``ioasid-v4.md`` section 5, ``vtd.md`` sections 5.2-5.4):
 * the FREE listener queues the binding's cleanup on the core's ordered work queue; the cleanup
   tears down every device's entry (FPD kept), drains its page requests, detaches the SPID
   (UNBIND), detaches the data and drops the reference, then reports what it changed to
-  ``on_change`` (the one change the driver makes on its own, after the caller's operation: as
-  that call returns in the model's step mode, on the worker thread in the daemon);
+  ``on_change`` as a ``Change`` of kind ``vtd_cleanup`` (the one change the driver makes on its
+  own, after the caller's operation: as that call returns in the model's step mode, on the
+  worker thread in the daemon);
 * page requests: the decisions of the PRQ handler, and ``page_response`` for requests reported
   to a guest.
 
@@ -43,6 +44,7 @@ from errno import EBUSY, EEXIST, EINVAL, ENODEV, ENOSPC, EOPNOTSUPP, EPERM
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
+from ioasidsd.model.changes import Change, ChangeKind
 from ioasidsd.model.core import (
     INVALID_IOASID,
     PCI_PASID_MAX,
@@ -149,7 +151,7 @@ class VtdDriver:
         self.native: dict[Any, Svm] = {}
         self.guest: dict[int, Svm] = {}
         self.domains: dict[tuple[str, Any], Domain] = {}
-        self.on_change: Callable[[str, dict[str, Any]], None] | None = None
+        self.on_change: Callable[[Change], None] | None = None
         self.restored = 0  # bindings rebuilt by an adopting boot
         quirks = self.knobs.vtd_quirks
         self.nb = NotifierBlock(self._pasid_status_change,
@@ -626,8 +628,8 @@ class VtdDriver:
                                        self.trace.seq - svm.free_seq)
             finally:
                 if self.on_change is not None:
-                    self.on_change("vtd_cleanup", {
-                        "ids": [pasid], "cgroups": [] if charged is None else [charged]})
+                    self.on_change(Change(ChangeKind.VTD_CLEANUP, ids=(pasid,),
+                                          cgroups=() if charged is None else (charged,)))
 
     # ------------------------------------------------------------------ page requests
     def _decide_page_request(self, iommu: IntelIommu, info: DeviceInfo | None,

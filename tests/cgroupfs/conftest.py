@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from cgroupfs import fuse_unavailable
+from ioasidsd.model.changes import Change
 from ioasidsd.system import System
 
 KERNEL_PIDS = Path("/sys/fs/cgroup/pids")
@@ -32,13 +33,13 @@ class Changes:
     """An ``on_change`` that records every change, in order."""
 
     def __init__(self) -> None:
-        self.seen: list[tuple[str, dict[str, Any]]] = []
+        self.seen: list[Change] = []
 
-    def __call__(self, kind: str, detail: dict[str, Any]) -> None:
-        self.seen.append((kind, detail))
+    def __call__(self, change: Change) -> None:
+        self.seen.append(change)
 
     def kinds(self) -> list[str]:
-        return [kind for kind, _ in self.seen]
+        return [change.kind for change in self.seen]
 
 
 @pytest.fixture(autouse=True, scope="session")

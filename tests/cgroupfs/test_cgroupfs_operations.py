@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from ioasidsd.model.changes import Change
 from ioasidsd.system import System
 
 NOBODY = 65534
@@ -204,9 +205,9 @@ def test_a_write_returns_only_after_the_change_is_durable(mounted: Path, system:
     (mounted / "a").mkdir()
     entered, release = threading.Event(), threading.Event()
 
-    def slow_store(kind: str, detail: dict) -> None:
-        changes(kind, detail)
-        if kind == "limit":
+    def slow_store(change: Change) -> None:
+        changes(change)
+        if change.kind == "limit":
             entered.set()
             assert release.wait(30)
 

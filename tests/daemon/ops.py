@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from ioasidsd.host import ProcessFacts, ProcessSource
 from ioasidsd.model import IoasidError, IoasidSetType
+from ioasidsd.model.changes import Change, ChangeKind
 from ioasidsd.system import System
 
 NAMES = ("a", "b", "c")
@@ -62,14 +63,19 @@ def _pick(seq: list[Any], i: int) -> Any:
     return seq[i % len(seq)] if seq else None
 
 
-Touched = tuple[str, dict[str, Any]]
+Touched = Change
+
+
+def _caller(task: Any) -> tuple[Any, ...]:
+    """The processes a face reports for a core call by ``task`` (none in kernel context)."""
+    return () if task is None else (task,)
 
 
 def apply_op(system: System, op: tuple[int, int, int, int]) -> Touched | None:
     """Perform one operation; refusals are swallowed.
 
     ``System`` methods report their own changes through ``on_change``; for a direct call on the
-    core (as the user API and VT-d faces make) this returns the ``(kind, detail)`` such a face
+    core (as the user API and VT-d faces make) this returns the ``Change`` such a face
     would report, refused or not (a refusal may still count an event).
     """
     touched: list[Touched] = []
@@ -128,23 +134,23 @@ def _apply(system: System, op: tuple[int, int, int, int], touched: list[Touched]
             token = task.mm if kind == "set_mm" else None  # type: ignore[union-attr]
             set_type = IoasidSetType.MM if kind == "set_mm" else IoasidSetType.NULL
             new = core.set_alloc(token, z * (1 if token else 3), set_type)
-            touched.append(("set", {"sets": [new]}))
+            touched.append(Change(ChangeKind.SET, sets=(new.id,)))
     elif s is not None and kind == "alloc":
         # what the user API reports: the new IOASID, or on refusal the caller (events, leaks)
         owner = s.token if s.type == IoasidSetType.MM and s.token.alive else None
         if owner is not None and y % 4 != 3:
             task = owner  # mostly the owner allocates; sometimes another process tries
-        touched.append(("refused", {"task": task}))
+        touched.append(Change(ChangeKind.REFUSED, processes=_caller(task)))
         new_id = core.alloc(s, 1, 40 + z, private=None if z % 3 else {"z": z}, task=task)
-        touched[0] = ("ioasid", {"ids": [new_id], "task": task})
+        touched[0] = Change(ChangeKind.IOASID, ids=(new_id,), processes=_caller(task))
     elif s is not None and kind in ("set_free", "free_all"):
-        touched.append(("set", {"sets": [s], "task": task}))
+        touched.append(Change(ChangeKind.SET, sets=(s.id,), processes=_caller(task)))
         if kind == "set_free":
             core.set_free(s, when_empty=bool(y % 2))
         else:
             core.free_all_in_set(s, task=task)
     elif i is not None and kind in ("free", "get", "put", "spid", "unspid"):
-        touched.append(("ioasid", {"ids": [i], "task": task}))
+        touched.append(Change(ChangeKind.IOASID, ids=(i,), processes=_caller(task)))
         if kind == "free":
             core.free(None if y % 2 else core.find_set(i), i, task=task)
         elif kind == "get":
@@ -159,5 +165,5 @@ def _apply(system: System, op: tuple[int, int, int, int], touched: list[Touched]
         name = ("", "ioasids.max", "cgroup.procs")[y % 3]
         system.set_attrs(_pick(paths, x), {name: {"mode": 0o600 + z, "uid": 1000 + y}})
     elif kind == "capacity":
-        touched.append(("capacity", {}))
+        touched.append(Change(ChangeKind.CAPACITY))
         core.install_capacity(50 + 10 * z)

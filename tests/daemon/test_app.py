@@ -15,6 +15,7 @@ from ioasidsd.daemon import procs
 from ioasidsd.daemon.app import Daemon
 from ioasidsd.daemon.config import load_config
 from ioasidsd.model import NOTIFY_OK, IoasidSetType, NotifierBlock, Work, WorkMode
+from ioasidsd.model.changes import Change, ChangeKind
 from ioasidsd.model.snapshot import dump, load
 from ioasidsd.store.state import Store
 from ioasidsd.system import System
@@ -64,7 +65,7 @@ def test_an_exit_releases_the_ioasids_through_the_faces_hooks(tmp_path, started,
         owner = system.cgroups.processes[proc.pid]
         s = system.core.set_alloc(owner.mm, 0, IoasidSetType.MM)
         ids = [system.core.alloc(s, 1, 100, task=owner) for _ in range(3)]
-        system.on_change("ioasid", {"ids": ids, "task": owner})
+        system.on_change(Change(ChangeKind.IOASID, ids=ids, processes=(owner,)))
     assert (mnt / "a" / "ioasids.current").read_text() == "3\n"
     assert saved_state(tmp_path / "s")["ioasids"] != []
     proc.exit()
@@ -176,7 +177,7 @@ def test_a_saved_state_with_ioasids_comes_back_whole(tmp_path, needs_fuse, daemo
                 s = system.core.set_alloc(owner.mm, 0, IoasidSetType.MM)
                 ids = [system.core.alloc(s, 1, 1000, task=owner) for _ in range(20)]
                 system.core.attach_spid(ids[0], 77)
-                system.on_change("ioasid", {"ids": ids, "task": owner})
+                system.on_change(Change(ChangeKind.IOASID, ids=ids, processes=(owner,)))
         store.close()
 
         d = daemons().start()

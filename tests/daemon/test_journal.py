@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 from ioasidsd.cli.render import format_status
 from ioasidsd.model import IoasidSetType, profile
 from ioasidsd.model import ioasid_uapi as uapi
+from ioasidsd.model.changes import Change, ChangeKind
 from ioasidsd.model.snapshot import dump, load
 from ioasidsd.store import journal
 from ioasidsd.store.fold import CGROUP
@@ -375,7 +376,7 @@ def test_folds_at_any_point_leave_the_database_equal_to_the_model(tmp_path_facto
             touched = apply_op(system, op)
             if touched is not None:
                 with system.lock:
-                    system.on_change(*touched)
+                    system.on_change(touched)
             if fold_now:
                 _keep_segments(state, seen)
                 assert store.fold()
@@ -432,16 +433,16 @@ def test_ids_hidden_from_their_sets_index_are_kept(tmp_path):
         s = system.core.set_alloc(proc.mm, 0, IoasidSetType.MM)
         ids = [system.core.alloc(s, 1, 100, task=proc) for _ in range(3)]
         system.core.get(None, ids[1])  # held elsewhere: stays FREE_PENDING
-        system.on_change("ioasid", {"ids": ids, "task": proc})
+        system.on_change(Change(ChangeKind.IOASID, ids=ids, processes=(proc,)))
         system.core.free_all_in_set(s, task=proc)
         assert s.xa == set() and s.nr_ioasids == 1
-        system.on_change("set", {"sets": [s], "task": proc})
+        system.on_change(Change(ChangeKind.SET, sets=(s.id,), processes=(proc,)))
     assert stored(tmp_path, knobs) == dump(system.core)
     assert store.fold()
     assert store.db.execute("SELECT id, indexed FROM ioasids").fetchall() == [(ids[1], 0)]
     with system.lock:
         system.core.put(None, ids[1], task=proc)
-        system.on_change("ioasid", {"ids": [ids[1]], "task": proc})
+        system.on_change(Change(ChangeKind.IOASID, ids=[ids[1]], processes=(proc,)))
     assert stored(tmp_path, knobs) == dump(system.core)
     store.close()
 

@@ -130,7 +130,7 @@ def test_release_agent_runs_like_the_kernel_s(tmp_path):
     agent.chmod(0o755)
     system = System(processes=FakeProcesses())
     runner = ReleaseAgents(system, LOG)
-    system.on_change = lambda kind, detail: runner.wake()
+    system.on_change = lambda change: runner.wake()
     runner.start()
     reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
     try:

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 
 from ioasidsd.model import IoasidSetType, profile
+from ioasidsd.model.changes import Change, ChangeKind
 from ioasidsd.model.snapshot import dump, load
 from ioasidsd.store.state import Store, StoreError
 from ioasidsd.system import System
@@ -42,7 +43,7 @@ def stored_dump(make_system, state_dir):
 def report(system, touched):
     if touched is not None:
         with system.lock:
-            system.on_change(*touched)
+            system.on_change(touched)
 
 
 @SETTINGS
@@ -75,7 +76,7 @@ def test_a_reopened_store_continues_where_it_stopped(make_system, tmp_path):
         proc = again.cgroups.processes[5]
         s = again.core.set_alloc(proc.mm, 0, IoasidSetType.MM)
         ioasid = again.core.alloc(s, 1, 10, task=proc)
-        again.on_change("ioasid", {"ids": [ioasid], "task": proc})
+        again.on_change(Change(ChangeKind.IOASID, ids=[ioasid], processes=(proc,)))
     assert stored_dump(make_system, tmp_path) == dump(again.core)
     store.close()
 
@@ -88,7 +89,8 @@ def test_pid_reuse_releases_the_old_process_rows(make_system, tmp_path):
     old = system.write_procs("/a", "5", writer_pid=1, writer_uid=0)
     with system.lock:
         s = system.core.set_alloc(old.mm, 0, IoasidSetType.MM)
-        system.on_change("ioasid", {"ids": [system.core.alloc(s, 1, 10, task=old)], "task": old})
+        system.on_change(Change(ChangeKind.IOASID, ids=[system.core.alloc(s, 1, 10, task=old)],
+                                processes=(old,)))
     system.processes.live[5] = 2.0  # pid 5 died unnoticed and was reused
     system.write_procs("/", "5", writer_pid=1, writer_uid=0)
     assert stored_dump(make_system, tmp_path) == dump(system.core)
@@ -105,7 +107,7 @@ def test_removed_cgroup_rows_live_while_charged(make_system, tmp_path):
         s = system.core.set_alloc(proc.mm, 0, IoasidSetType.MM)
         ioasid = system.core.alloc(s, 1, 10, task=proc)
         system.core.get(None, ioasid)  # held elsewhere: outlives its owner
-        system.on_change("ioasid", {"ids": [ioasid], "task": proc})
+        system.on_change(Change(ChangeKind.IOASID, ids=[ioasid], processes=(proc,)))
     system.processes.live.pop(7)
     system.exit(7)
     system.rmdir("/a")
@@ -217,7 +219,7 @@ def _owner_with_ids(system, path, pid, n):
     with system.lock:
         s = system.core.set_alloc(proc.mm, 5, IoasidSetType.MM)
         ids = [system.core.alloc(s, 1, 100, task=proc) for _ in range(n)]
-        system.on_change("ioasid", {"ids": ids, "task": proc})
+        system.on_change(Change(ChangeKind.IOASID, ids=ids, processes=(proc,)))
     return proc, s, ids
 
 
@@ -227,7 +229,7 @@ def test_reclaim_by_another_process_uncharges_the_charged_cgroup(make_system, tm
     other, _, _ = _owner_with_ids(system, "/b", 6, 0)
     with system.lock:
         system.core.free(s, ids[0], task=other)
-        system.on_change("ioasid", {"ids": [ids[0]], "task": other})
+        system.on_change(Change(ChangeKind.IOASID, ids=[ids[0]], processes=(other,)))
     assert stored_dump(make_system, tmp_path) == dump(system.core)
     store.close()
 
@@ -238,7 +240,7 @@ def test_a_set_reported_whole_writes_ids_never_reported(make_system, tmp_path):
     with system.lock:
         system.core.alloc(s, 1, 100, task=proc)
         system.core.alloc(s, 1, 100, task=proc)
-        system.on_change("set", {"sets": [s]})
+        system.on_change(Change(ChangeKind.SET, sets=(s.id,)))
     assert stored_dump(make_system, tmp_path) == dump(system.core)
     assert store.fold()  # the database itself, as other tools read it
     assert store.db.execute("SELECT count(*) FROM ioasids").fetchone()[0] == 3
@@ -293,7 +295,7 @@ def test_an_owner_tracked_without_a_report_is_saved_with_its_set(make_system, tm
     with system.lock:
         s = system.core.set_alloc(proc.mm, 3, IoasidSetType.MM)
         ioasid = system.core.alloc(s, 1, 10, task=proc)
-        system.on_change("ioasid", {"ids": [ioasid], "task": None})
+        system.on_change(Change(ChangeKind.IOASID, ids=[ioasid]))
     assert stored_dump(make_system, tmp_path) == dump(system.core)
     store.close()
 
@@ -306,7 +308,7 @@ def test_a_late_report_naming_a_removed_cgroup_writes_no_row(make_system, tmp_pa
     system.exit(8)
     system.rmdir("/a")
     with system.lock:
-        system.on_change("refused", {"task": proc})
+        system.on_change(Change(ChangeKind.REFUSED, processes=(proc,)))
     assert store.fold()  # the database itself, as other tools read it
     assert store.db.execute("SELECT count(*) FROM cgroups").fetchone()[0] == 1
     store.close()
@@ -315,7 +317,7 @@ def test_a_late_report_naming_a_removed_cgroup_writes_no_row(make_system, tmp_pa
 def test_orphans_survive_a_restart_and_a_full_rewrite(tmp_path):
     """Processes of unknown origin stay so across a restart (else restarting the daemon would
     launder them into the root), through the journal and through a full rewrite."""
-    system = System(on_change=lambda kind, detail: store.apply(kind, detail))
+    system = System(on_change=lambda change: store.apply(change))
     store = Store.open(tmp_path)
     store.bind(system)
     me = system.processes.facts(os.getpid())

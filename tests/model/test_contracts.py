@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from ioasidsd.model import IoasidCore, IoasidError, OrderedWorkQueue, Work, profile
+from ioasidsd.model.changes import Change
 from ioasidsd.system import System
 
 from .helpers import World, refused, snapshot
@@ -134,9 +135,9 @@ def test_rename_rules() -> None:
 
 
 def test_system_hands_each_change_over_once_and_refusals_never() -> None:
-    changes: list[tuple[str, dict[str, Any]]] = []
+    changes: list[Change] = []
     system = System(profile("fixed"), wq=OrderedWorkQueue(mode="manual"),
-                    on_change=lambda kind, detail: changes.append((kind, detail)))
+                    on_change=changes.append)
     system.core.install_capacity(10)
     system.mkdir("vm")
     system.write_max("vm", b"4\n")
@@ -147,7 +148,7 @@ def test_system_hands_each_change_over_once_and_refusals_never() -> None:
             bad()
     system.rename("vm", "guest")
     system.rmdir("guest")
-    assert [kind for kind, _ in changes] == ["mkdir", "limit", "rename", "rmdir"]
+    assert [change.kind for change in changes] == ["mkdir", "limit", "rename", "rmdir"]
     assert system.core.capacity_avail == 10
 
 
@@ -156,7 +157,7 @@ def test_system_hands_over_no_write_that_changes_nothing() -> None:
     nothing for the durable store to write (in ``v4`` the same limit is refused anyway)."""
     changes: list[str] = []
     system = System(profile("fixed"), wq=OrderedWorkQueue(mode="manual"),
-                    on_change=lambda kind, detail: changes.append(kind))
+                    on_change=lambda change: changes.append(change.kind))
     system.mkdir("vm")
     for _ in range(2):
         system.write_max("vm", b"5\n")

@@ -14,6 +14,7 @@ from typing import Any
 from ioasidsd.host import ProcessFacts, ProcessSource
 from ioasidsd.model import IoasidCore, IoasidsController, OrderedWorkQueue, profile
 from ioasidsd.model import ioasid_uapi as uapi
+from ioasidsd.model.changes import Change
 from ioasidsd.model.errors import IoasidError
 from ioasidsd.model.hierarchy import Process
 from ioasidsd.model.ioasid_device import IoasidDevice, IoasidFile
@@ -93,12 +94,12 @@ class Changes:
     """An ``on_change`` that records every change and lets a test wait for a condition."""
 
     def __init__(self) -> None:
-        self.log: list[tuple[str, dict]] = []
+        self.log: list[Change] = []
         self.cond = threading.Condition()
 
-    def __call__(self, kind: str, detail: dict) -> None:
+    def __call__(self, change: Change) -> None:
         with self.cond:
-            self.log.append((kind, detail))
+            self.log.append(change)
             self.cond.notify_all()
 
     def wait_for(self, predicate, timeout: float = 10.0) -> bool:
@@ -108,7 +109,7 @@ class Changes:
 
     def kinds(self) -> list[str]:
         with self.cond:
-            return [k for k, _ in self.log]
+            return [change.kind for change in self.log]
 
 
 class Agent:

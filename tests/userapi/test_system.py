@@ -28,9 +28,10 @@ def test_open_reports_the_set_and_process(system) -> None:
     s, procs, changes = system
     procs.add(10)
     f = s.ioasid_open(10)
-    kind, detail = changes.log[-1]
-    assert kind == "set" and detail["sets"] == [f.user.ioasid_set]
-    assert detail["process"] is f.opener and f.opener.pid == 10
+    change = changes.log[-1]
+    assert change.kind == "set" and change.sets == (f.user.ioasid_set.id,)
+    assert change.processes == (f.opener,) and change.processes[0] is f.opener
+    assert f.opener.pid == 10
     assert s.cgroups.process(10) is f.opener  # tracked (in the root) from now on
 
 
@@ -51,15 +52,15 @@ def test_alloc_and_refusal_report_ids_and_cgroups(system) -> None:
     s.write_procs("a/b", "10", writer_pid=10, writer_uid=0)
     f = s.ioasid_open(10)
     ret, _ = s.ioasid_ioctl(f, uapi.IOASID_REQUEST_ALLOC, alloc_arg())
-    kind, detail = changes.log[-1]
+    change = changes.log[-1]
     b, a = s.cgroups.lookup("a/b"), s.cgroups.lookup("a")
-    assert kind == "ioasid" and detail["ids"] == [ret] and set(detail["cgroups"]) == {a, b}
+    assert change.kind == "ioasid" and change.ids == (ret,) and set(change.cgroups) == {a, b}
     n = len(changes.log)
     with pytest.raises(IoasidError) as info:
         s.ioasid_ioctl(f, uapi.IOASID_REQUEST_ALLOC, alloc_arg())
     assert info.value.errno == EAGAIN
     assert len(changes.log) == n + 1  # the refusal changed the events counters
-    assert b.events == 1 and set(changes.log[-1][1]["cgroups"]) == {a, b}
+    assert b.events == 1 and set(changes.log[-1].cgroups) == {a, b}
 
 
 def test_read_only_ioctls_report_nothing(system) -> None:
@@ -93,11 +94,11 @@ def test_release_and_exit_paths(system) -> None:
     id11 = s.ioasid_ioctl(f11, uapi.IOASID_REQUEST_ALLOC, alloc_arg())[0]
     s.ioasid_release(f10)
     assert id10 not in s.core and s.cgroups.process(10) is not None
-    assert changes.log[-1][0] == "set" and changes.log[-1][1]["sets"] == [set10]
+    assert changes.log[-1].kind == "set" and changes.log[-1].sets == (set10.id,)
     assert not s.core.set_valid(set10)  # the store deletes its row and its IOASIDs' rows
     s.ioasid_release(f11, exited=True)  # the connection ended because 11 is exiting
     assert id11 not in s.core and s.cgroups.process(11) is None
-    assert [k for k, _ in changes.log[-2:]] == ["ioasid", "exit"]
+    assert [c.kind for c in changes.log[-2:]] == ["ioasid", "exit"]
     n = len(changes.log)
     s.ioasid_release(f11)
     s.exit(11)
@@ -121,12 +122,12 @@ def test_single_requests_report_ids_batches_report_the_set(system) -> None:
     procs.add(10)
     f = s.ioasid_open(10)
     s.ioasid_ioctl(f, uapi.IOASID_REQUEST_ALLOC, alloc_arg())
-    assert changes.log[-1][1]["sets"] == [] and changes.log[-1][1]["ids"] == [1]
-    assert "process" not in changes.log[-1][1]
+    assert changes.log[-1].sets == () and changes.log[-1].ids == (1,)
+    assert changes.log[-1].processes == ()
     ret, _ = s.ioasid_ioctl(f, uapi.IOASID_REQUEST_ALLOC_BATCH,
                             uapi.ALLOC_BATCH.pack(20, 0, 1, 100, 3))
     assert ret == 3
-    assert changes.log[-1][1]["sets"] == [f.user.ioasid_set] and changes.log[-1][1]["ids"] == []
+    assert changes.log[-1].sets == (f.user.ioasid_set.id,) and changes.log[-1].ids == ()
 
 
 def test_a_child_not_reported_yet_opens_in_its_parents_cgroup(system) -> None:
@@ -143,7 +144,7 @@ def test_a_child_not_reported_yet_opens_in_its_parents_cgroup(system) -> None:
     f = s.ioasid_open(12)
     a = s.cgroups.lookup("a")
     assert f.opener.cgroup is a and s.cgroups.process(11).cgroup is a
-    assert "fork" in [k for k, _ in changes.log]  # the adoption is durable like a fork
+    assert "fork" in [c.kind for c in changes.log]  # the adoption is durable like a fork
     s.ioasid_ioctl(f, uapi.IOASID_REQUEST_ALLOC, alloc_arg())
     assert a.counter == 1
     assert s.ioasid_open(20).opener.cgroup is s.cgroups.root

@@ -12,6 +12,7 @@ from userapi.helpers import FakeProcesses
 
 from ioasidsd.model import OrderedWorkQueue, profile
 from ioasidsd.model import ioasid_uapi as uapi
+from ioasidsd.model.changes import Change, ChangeKind
 from ioasidsd.model.hierarchy import Process
 from ioasidsd.model.ioasid_device import IoasidFile
 from ioasidsd.model.snapshot import dump, load
@@ -47,7 +48,7 @@ class Host:
             else:
                 self.store.bind(self.system, load(snap, self.core))
                 self.driver = build_driver(self.core, vtd, adopt=True)
-                self.system.on_change("vtd_boot", {"sets": [self.driver.host_set]})
+                self.system.on_change(Change(ChangeKind.VTD_BOOT, sets=(self.driver.host_set.id,)))
             self.system.vtd_attach(self.driver)
 
     @property

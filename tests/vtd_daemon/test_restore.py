@@ -16,6 +16,7 @@ from ioasidsd.model import (
     IoasidState,
     profile,
 )
+from ioasidsd.model.changes import Change, ChangeKind
 from ioasidsd.model.core import INVALID_IOASID
 from ioasidsd.model.snapshot import SnapshotError, dump, load, plain_private
 from ioasidsd.vtd import build_driver
@@ -154,7 +155,7 @@ def test_a_native_binding_comes_back(fixed_host: Host) -> None:
         pasid = driver.bind_mm(proc, DEV_A, supervisor=True)
         driver.bind_mm(proc, DEV_A)
         driver.bind_mm(proc, DEV_B)
-        fixed_host.system.on_change("test", {"sets": [driver.host_set]})
+        fixed_host.system.on_change(Change(ChangeKind.VTD_BOOT, sets=(driver.host_set.id,)))
     fields = entry_fields(driver, DEV_A, pasid)
     assert fields["sre"] and fields["pgtt"] == Pgtt.FL_ONLY
     h = fixed_host.restart()
