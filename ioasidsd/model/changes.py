@@ -142,6 +142,10 @@ class Change:
     refusal: Refusal | None = None
 
     def __post_init__(self) -> None:
+        if (type(self.kind) is ChangeKind and type(self.cgroups) is tuple
+                and type(self.processes) is tuple and type(self.ids) is tuple
+                and type(self.sets) is tuple and self.orphans is _EMPTY):
+            return  # what System passes: nothing to convert (a Change per ioctl)
         setter = object.__setattr__
         if type(self.kind) is not ChangeKind:
             setter(self, "kind", ChangeKind(self.kind))
