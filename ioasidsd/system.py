@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from ioasidsd.host import ProcessSource
 from ioasidsd.model import ioasid_uapi as uapi
-from ioasidsd.model.changes import Change, ChangeKind, Refusal
+from ioasidsd.model.changes import Change, ChangeKind, Refusal, exact_change
 from ioasidsd.model.core import IoasidCore
 from ioasidsd.model.errors import IoasidError
 from ioasidsd.model.formats import parse_flag, parse_limit, parse_pid, parse_release_agent
@@ -229,9 +229,9 @@ class System:
         the device touched something or ``refusal`` is given."""
         touched = self.ioasid_device.take_touched()
         if touched or refusal is not None:
-            self.on_change(Change(kind, cgroups=tuple(touched.cgroups), processes=processes,
-                                  ids=tuple(touched.ids),
-                                  sets=tuple([s.id for s in touched.sets]), refusal=refusal))
+            self.on_change(exact_change(kind, tuple(touched.cgroups), processes,
+                                        tuple(touched.ids), tuple([s.id for s in touched.sets]),
+                                        refusal))
 
     def _ioasid_exit_hook(self, proc: Process) -> None:
         self.ioasid_device.process_exit(proc)

@@ -157,4 +157,31 @@ class Change:
             setter(self, "orphans", MappingProxyType(dict(self.orphans)))
 
 
-__all__ = ["Change", "ChangeKind", "Refusal"]
+_SLOT_SETTERS = tuple(Change.__dict__[name].__set__ for name in
+                      ("kind", "cgroups", "processes", "ids", "sets", "path", "orphans",
+                       "refusal"))
+
+
+def exact_change(kind: ChangeKind, cgroups: tuple[Cgroup, ...], processes: tuple[Process, ...],
+                 ids: tuple[int, ...], sets: tuple[int, ...],
+                 refusal: Refusal | None = None) -> Change:
+    """A ``Change`` from values already of the fields' types (a ``ChangeKind``, tuples), with no
+    ``path`` or ``orphans``: nothing is converted or checked. For the hot path (one ``Change``
+    per ioctl), where it costs a quarter of ``Change(...)``; equal to the ``Change`` made from
+    the same values."""
+    change = _new_change(Change)
+    k, c, p, i, s, path, orphans, r = _SLOT_SETTERS
+    k(change, kind)
+    c(change, cgroups)
+    p(change, processes)
+    i(change, ids)
+    s(change, sets)
+    path(change, None)
+    orphans(change, _EMPTY)
+    r(change, refusal)
+    return change
+
+
+_new_change = object.__new__
+
+__all__ = ["Change", "ChangeKind", "Refusal", "exact_change"]
