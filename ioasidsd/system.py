@@ -62,7 +62,8 @@ class System:
         self.processes = processes or ProcessSource()
         self.on_change: Callable[[Change], None] = on_change or (lambda change: None)
         self.settle: Callable[[], object] = lambda: None
-        """Called before an untracked process is placed: the process tracker catches up."""
+        """Called before an untracked process is placed: the process tracker catches up;
+        ``False`` when it could not (see ``place``)."""
         self.orphans: dict[int, float] = {}
         """pid -> start time of processes whose fork may have been missed (``note_orphans``)."""
         self.unplaced = "refuse"
@@ -260,7 +261,9 @@ class System:
         in, by what the kernel still shows of its origin, at the moment it is about to be
         charged. In order:
 
-        1. the tracker catches up (``settle``): a fork reported meanwhile places it;
+        1. the tracker catches up (``settle``): a fork reported meanwhile places it; a
+           ``settle`` that answers ``False`` (a degraded or lagging tracker) makes every chain
+           that reaches init uncertain, as an orphan's is;
         2. its live ancestors: the nearest tracked one, if it started before them, gives its
            cgroup to the whole untracked chain below it, as the forks would have (a connecting
            child is charged where it was born, not where the tracker's delay would leave it);
@@ -274,7 +277,7 @@ class System:
 
         ``ESRCH`` if it is gone.
         """
-        self.settle()
+        exact = self.settle() is not False  # False: the tracker may be missing forks
         root = self.cgroups.root
         with self.lock:
             known = self.cgroups.process(leader.pid)
@@ -306,9 +309,12 @@ class System:
                 self.fork(parent_pid, child.pid, child.start_time)
                 parent_pid = child.pid
             return self.process(leader.pid)
-        if not orphaned:
+        if ancestor is not None or (exact and not orphaned):
             return self.process(leader.pid)
+        # the chain reaches init, and the forks that made it may not all have been seen
         cgroup, why = self._origin(leader)
+        if not exact and not orphaned:
+            why = f"process tracking is not keeping up ({why})"
         if cgroup is None and self.unplaced != "root":
             raise IoasidError(EPERM, f"process {leader.pid} cannot be placed: {why}; refused "
                                      f"rather than charged to the root")

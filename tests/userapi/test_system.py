@@ -6,6 +6,7 @@ from errno import EAGAIN, EPERM, ESRCH
 
 import pytest
 
+from ioasidsd.host import ProcessFacts, ProcStat
 from ioasidsd.model import IoasidError, profile
 from ioasidsd.model import ioasid_uapi as uapi
 from ioasidsd.system import System
@@ -159,3 +160,72 @@ def test_process_source_parent() -> None:
     assert source.parent(os.getpid()) == os.getppid()
     assert source.parent(1) is None  # init has no parent
     assert source.parent(2**22 + 12345) is None  # beyond pid_max: no such process
+
+
+# ---------------------------------------------------------------------- placement
+class Lineage(FakeProcesses):
+    """Fake processes with a process group and a session each (``ProcStat``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.groups: dict[int, tuple[int, int]] = {}
+
+    def join(self, pid: int, parent: int, pgid: int, sid: int) -> None:
+        self.add(pid, parent=parent)
+        self.groups[pid] = (pgid, sid)
+        facts = self.live[pid]
+        self.live[pid] = ProcessFacts(pid, facts.start_time, facts.uids, pid, ppid=parent,
+                                      pgid=pgid, sid=sid)
+
+    def stat(self, pid: int) -> ProcStat | None:
+        if pid not in self.live:
+            return None
+        pgid, sid = self.groups.get(pid, (pid, pid))
+        return ProcStat(b"S", self.parents.get(pid, 1), pgid, sid, 0, self.live[pid].start_time)
+
+
+@pytest.fixture
+def lineage() -> tuple[System, Lineage]:
+    procs = Lineage()
+    s = System(profile("fixed"), processes=procs)
+    s.mkdir("a")
+    s.write_max("a", "5")
+    procs.join(10, 1, 10, 10)  # the tenant's shell, moved into /a
+    s.write_procs("a", "10", writer_pid=10, writer_uid=0)
+    return s, procs
+
+
+def test_a_child_of_init_is_in_the_root_when_tracking_is_exact(lineage) -> None:
+    s, procs = lineage
+    s.settle = lambda: True
+    procs.join(30, 1, 30, 30)  # a daemon that double-forked: its own session
+    assert s.ioasid_open(30).opener.cgroup is s.cgroups.root
+
+
+def test_a_lagging_tracker_makes_a_child_of_init_uncertain(lineage) -> None:
+    """Tracking that could not catch up: a process whose chain reaches init is placed by its
+    process group or session, and refused (never charged to the root) when that shows
+    nothing."""
+    s, procs = lineage
+    s.settle = lambda: False
+    procs.join(30, 1, 30, 30)
+    with pytest.raises(IoasidError) as info:
+        s.ioasid_open(30)
+    assert info.value.errno == EPERM and "not keeping up" in info.value.strerror
+    assert s.cgroups.process(30) is None
+    procs.join(31, 1, 10, 10)  # re-parented out of the tenant's session
+    assert s.ioasid_open(31).opener.cgroup.path == "/a"
+
+
+def test_an_orphan_is_placed_by_its_group_or_refused(lineage) -> None:
+    s, procs = lineage
+    s.settle = lambda: True
+    procs.join(32, 1, 10, 10)
+    procs.join(33, 1, 33, 33)
+    s.note_orphans({32: procs.live[32].start_time, 33: procs.live[33].start_time})
+    assert s.ioasid_open(32).opener.cgroup.path == "/a"
+    with pytest.raises(IoasidError) as info:
+        s.ioasid_open(33)
+    assert info.value.errno == EPERM and "cannot be placed" in info.value.strerror
+    s.unplaced = "root"
+    assert s.ioasid_open(33).opener.cgroup is s.cgroups.root
