@@ -29,13 +29,14 @@ from __future__ import annotations
 
 import collections
 import enum
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from errno import EACCES, EAGAIN, EBUSY, EDEADLK, EDQUOT, EEXIST, EINVAL, ENOENT, ENOSPC, EPERM
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from ioasidsd.model.errors import IoasidError
-from ioasidsd.model.idspace import IdSpace
+from ioasidsd.model.idspace import IdLookup, IdSpace
 from ioasidsd.model.knobs import Knobs
 from ioasidsd.model.modellock import ModelLock
 from ioasidsd.model.notifier import (
@@ -185,6 +186,14 @@ class IoasidCore:
     call returns; the daemon passes a ``thread`` mode queue, tests that look at pending work a
     ``manual`` one. ``controller`` is attached by ``IoasidsController`` when one is created over
     this core; without it allocation is bounded only by quotas and capacity.
+
+    Public state, written by the core only unless stated: ``capacity`` and ``capacity_avail``
+    (the pool, 2.3; a snapshot load sets them), ``capacity_installed`` (whether
+    ``install_capacity`` has run; a snapshot load sets it), ``notifier_depth`` (how many notifier
+    callbacks are running, 0 outside any; a hot path's cheap test before
+    ``check_not_in_notifier``), ``sets_by_id`` (a read-only live mapping, set id -> registered
+    set), ``ioasid_index`` (a live index, every live IOASID -> its ``IoasidData``, read-only by
+    its type), ``messages`` (what the kernel would have logged, newest last).
     """
 
     def __init__(self, knobs: Knobs | None = None, *, wq: OrderedWorkQueue | None = None) -> None:
@@ -193,17 +202,19 @@ class IoasidCore:
         self.lock = ModelLock(self.wq.call_returned, when=self.wq.due)
         self.capacity = PCI_PASID_MAX
         self.capacity_avail = PCI_PASID_MAX
-        self._capacity_installed = False
+        self.capacity_installed = False
         self._sets: dict[int, IoasidSet] = {}
+        self.sets_by_id: Mapping[int, IoasidSet] = MappingProxyType(self._sets)
         self._set_ids = IdSpace()  # set index allocation
         self._ids = IdSpace()  # every live IOASID -> its IoasidData (the active allocator's xa)
+        self.ioasid_index: IdLookup = self._ids  # the same object: no call on a reader's path
         self._groups: list[_AllocatorGroup] = []
         self._active: _AllocatorGroup | None = None  # None: the default allocator
         self.notifier = NotifierChain()  # the global chain
         self._nb_pending: list[SetNb] = []
         self.controller: IoasidsController | None = None
         self.messages: collections.deque[str] = collections.deque(maxlen=512)
-        self._in_notifier = 0
+        self.notifier_depth = 0
         # Knobs are fixed for the life of a core; the hot paths read these copies.
         self._quota_zero_takes_all = self.knobs.set_quota_zero_takes_all
         self._pool_per_id = self.knobs.capacity_model != "reserve-v4"
@@ -211,13 +222,19 @@ class IoasidCore:
         self._auto_destroy = self.knobs.set_lifetime == "auto"
 
     # ------------------------------------------------------------------ helpers
-    def _warn(self, message: str) -> None:
-        """Record what the kernel would log; the daemon forwards these to its log."""
+    def warn(self, message: str) -> None:
+        """Record ``message`` as what the kernel would log (appended to ``messages``, which
+        keeps the newest 512); the daemon forwards these to its log. Never raises."""
         self.messages.append(message)
 
-    def _enter(self) -> None:
-        """Refuse a lock-taking API from inside a notifier callback (the kernel would deadlock)."""
-        if self._in_notifier:
+    def check_not_in_notifier(self) -> None:
+        """Refuse a lock-taking API from inside a notifier callback (the kernel would deadlock).
+
+        Every lock-taking entry point, of the core or of a module over it (the controller, the
+        hierarchy, ``/dev/ioasid``), calls this first. Raises ``IoasidError(EDEADLK)`` while a
+        notifier callback runs (``notifier_depth`` > 0); otherwise does nothing.
+        """
+        if self.notifier_depth:
             raise IoasidError(EDEADLK, "called from a notifier callback: use the _locked form")
 
     def _data(self, ioasid: int, errno: int = ENOENT) -> IoasidData:
@@ -250,6 +267,26 @@ class IoasidCore:
         """The registered sets, by set id."""
         return [self._sets[k] for k in sorted(self._sets)]
 
+    def restore_set(self, ioasid_set: IoasidSet) -> None:
+        """Register ``ioasid_set``, rebuilt from a snapshot, under its own id (for
+        ``ioasidsd.model.snapshot`` only; the caller holds ``lock``). Nothing is checked or
+        accounted beyond the id: quota, reservation and counts are the caller's to restore
+        consistently. ``ValueError`` if a set with that id is registered or the id is out of
+        range; nothing changes then."""
+        sid = ioasid_set.id
+        if sid in self._sets or not self._set_ids.insert(sid, True):
+            raise ValueError(f"set id {sid} is taken or out of range")
+        self._sets[sid] = ioasid_set
+
+    def ioasid_inserter(self) -> Callable[[int, IoasidData], bool]:
+        """The function that places an IOASID record, rebuilt from a snapshot, in the index
+        of live IOASIDs (for ``ioasidsd.model.snapshot`` only; the caller holds ``lock``):
+        ``insert(ioasid, data)`` returns ``False``, changing nothing, when ``ioasid`` is live
+        or out of range. Nothing is accounted (set counts, capacity, charges): that is the
+        caller's to restore consistently. Returned once per load, so that a large load pays
+        no extra call per IOASID."""
+        return self._ids.insert
+
     @property
     def reserved(self) -> int:
         """Capacity taken from the pool: set quotas, cgroup reservations, pooled IOASIDs."""
@@ -266,23 +303,23 @@ class IoasidCore:
         already installed (fixed) and ``ENOSPC`` if reservations exceed ``total`` (fixed).
         """
         with self.lock:
-            self._enter()
+            self.check_not_in_notifier()
             if not 0 <= total <= IOASID_MAX_VALUE + 1:
                 raise IoasidError(EINVAL, f"capacity {total} out of range")
             if self.knobs.install_capacity_resets:
                 if self.capacity and self.capacity != PCI_PASID_MAX:
-                    self._warn(f"capacity already set to {self.capacity}")
+                    self.warn(f"capacity already set to {self.capacity}")
                     return
                 self.capacity = self.capacity_avail = total
                 return
-            if self._capacity_installed:
+            if self.capacity_installed:
                 raise IoasidError(EBUSY, f"capacity already installed ({self.capacity})")
             reserved = self.capacity - self.capacity_avail
             if reserved > total:
                 raise IoasidError(ENOSPC, f"{reserved} already reserved, more than {total}")
             self.capacity = total
             self.capacity_avail = total - reserved
-            self._capacity_installed = True
+            self.capacity_installed = True
 
     def reserve_capacity(self, nr: int) -> int:
         """Take ``nr`` from the available capacity (0: all of it); returns the amount taken.
@@ -290,7 +327,7 @@ class IoasidCore:
         Raises ``ENOSPC`` if fewer than ``nr`` are available, ``EINVAL`` if ``nr`` < 0.
         """
         with self.lock:
-            self._enter()
+            self.check_not_in_notifier()
             return self.reserve_capacity_locked(nr)
 
     def reserve_capacity_locked(self, nr: int) -> int:
@@ -310,7 +347,7 @@ class IoasidCore:
         Raises ``EINVAL`` if that would exceed the capacity or ``nr`` < 0.
         """
         with self.lock:
-            self._enter()
+            self.check_not_in_notifier()
             return self.cancel_capacity_locked(nr)
 
     def cancel_capacity_locked(self, nr: int) -> int:
@@ -334,7 +371,7 @@ class IoasidCore:
         the set reserves nothing and its IDs are bounded by capacity and cgroups.
         """
         with self.lock:
-            self._enter()
+            self.check_not_in_notifier()
             if not isinstance(set_type, int) or set_type >= IoasidSetType.NR:
                 raise IoasidError(EINVAL, f"invalid set type {set_type}")
             if quota < 0:
@@ -343,12 +380,12 @@ class IoasidCore:
             if quota == 0 and takes_all:
                 quota = self.capacity_avail
             if quota > self.capacity_avail:
-                self._warn(f"set quota {quota} exceeds available {self.capacity_avail}")
+                self.warn(f"set quota {quota} exceeds available {self.capacity_avail}")
                 raise IoasidError(ENOSPC, f"quota {quota}, {self.capacity_avail} available")
             if set_type == IoasidSetType.MM:
                 if token is None:
                     raise IoasidError(EINVAL, "an MM set needs a token")
-                if self._find_mm_set(token) is not None:
+                if self.find_mm_set_locked(token) is not None:
                     raise IoasidError(EEXIST, "an MM set for this mm exists")
             elif set_type == IoasidSetType.NULL:
                 if token is not None:
@@ -378,7 +415,7 @@ class IoasidCore:
         ``fixed`` profile) a busy set is instead marked and destroyed when its count reaches 0.
         """
         with self.lock:
-            self._enter()
+            self.check_not_in_notifier()
             if not self.set_valid(ioasid_set):
                 raise IoasidError(EINVAL, "stale or unknown set")
             if ioasid_set.nr_ioasids:
@@ -391,7 +428,7 @@ class IoasidCore:
 
     def _destroy_set(self, ioasid_set: IoasidSet) -> None:
         if ioasid_set.xa:
-            self._warn(f"set {ioasid_set.id} destroyed with IDs in its index")
+            self.warn(f"set {ioasid_set.id} destroyed with IDs in its index")
         for rec in self._nb_pending:
             if rec.active and rec.set is ioasid_set:
                 rec.active = False
@@ -402,7 +439,9 @@ class IoasidCore:
             self.capacity_avail += ioasid_set.reserved
             ioasid_set.reserved = 0
 
-    def _find_mm_set(self, token: Any) -> IoasidSet | None:
+    def find_mm_set_locked(self, token: Any) -> IoasidSet | None:
+        """``find_mm_set`` for a caller that holds ``lock``: the registered MM set whose token
+        equals ``token``, or ``None``. Takes no lock and never raises."""
         for ioasid_set in self._sets.values():
             if ioasid_set.type == IoasidSetType.MM and ioasid_set.token == token:
                 return ioasid_set
@@ -411,7 +450,7 @@ class IoasidCore:
     def find_mm_set(self, token: Any) -> IoasidSet | None:
         """The MM set whose token is ``token``, or ``None`` (``ioasid_find_mm_set``)."""
         with self.lock:
-            return self._find_mm_set(token)
+            return self.find_mm_set_locked(token)
 
     def find_set(self, ioasid: int) -> IoasidSet:
         """The set of a live IOASID (``ioasid_find_set``); ``ENOENT`` if unknown."""
@@ -449,7 +488,7 @@ class IoasidCore:
         Emits ALLOC on the set's chain.
         """
         with self.lock:
-            self._enter()
+            self.check_not_in_notifier()
             return self.alloc_locked(ioasid_set, lo, hi, private, task=task)
 
     def alloc_locked(
@@ -478,7 +517,7 @@ class IoasidCore:
         if (quota or self._quota_zero_takes_all) and quota <= ioasid_set.nr_ioasids:
             if charge is not None and not self.knobs.charge_leak_on_failure:
                 controller.cancel_charge(charge)  # type: ignore[union-attr]
-            self._warn(f"set {ioasid_set.id} out of quota {quota}")
+            self.warn(f"set {ioasid_set.id} out of quota {quota}")
             raise IoasidError(EDQUOT, f"set {ioasid_set.id} quota {quota} used up")
         pooled = not covered and self._pool_per_id
         if pooled and self.capacity_avail <= 0:
@@ -524,7 +563,7 @@ class IoasidCore:
         ``ioasid_set`` is given and does not own it (checked in that order).
         """
         with self.lock:
-            self._enter()
+            self.check_not_in_notifier()
             self.get_locked(ioasid_set, ioasid)
 
     def get_locked(self, ioasid_set: IoasidSet | None, ioasid: int) -> None:
@@ -545,7 +584,7 @@ class IoasidCore:
         the set's token), then what ``get_locked`` raises (``EBUSY``).
         """
         with self.lock:
-            self._enter()
+            self.check_not_in_notifier()
             data = self._data(ioasid, ENOENT)
             if data.set.type != IoasidSetType.MM:
                 raise IoasidError(EINVAL, f"IOASID {ioasid} is not in an MM set")
@@ -560,17 +599,17 @@ class IoasidCore:
         kernel only logs). Reaching zero reclaims without any notification.
         """
         with self.lock:
-            self._enter()
+            self.check_not_in_notifier()
             return self.put_locked(ioasid_set, ioasid, task=task)
 
     def put_locked(self, ioasid_set: IoasidSet | None, ioasid: int, *, task: Any = None) -> bool:
         """``put`` for a caller holding ``core.lock``, e.g. a notifier callback."""
         data = self._ids.get(ioasid) if 0 <= ioasid < INVALID_IOASID else None
         if data is None:
-            self._warn(f"put of unknown IOASID {ioasid}")
+            self.warn(f"put of unknown IOASID {ioasid}")
             return False
         if ioasid_set is not None and data.set is not ioasid_set:
-            self._warn(f"put of IOASID {ioasid} through a set that does not own it")
+            self.warn(f"put of IOASID {ioasid} through a set that does not own it")
             return False
         data.refs -= 1
         if data.refs == 0:
@@ -591,21 +630,21 @@ class IoasidCore:
         when the owning set is no longer registered.
         """
         with self.lock:
-            self._enter()
+            self.check_not_in_notifier()
             self.free_locked(ioasid_set, ioasid, task=task)
 
     def free_locked(self, ioasid_set: IoasidSet | None, ioasid: int, *, task: Any = None) -> None:
         """``free`` for a caller holding ``core.lock``."""
         data = self._ids.get(ioasid) if 0 <= ioasid < INVALID_IOASID else None
         if data is None:
-            self._warn(f"free of unknown IOASID {ioasid}")
+            self.warn(f"free of unknown IOASID {ioasid}")
             raise IoasidError(ENOENT, f"IOASID {ioasid} is not allocated")
         owner = data.set
         if owner is not ioasid_set and (ioasid_set is not None or self._free_null_set_fails):
-            self._warn(f"free of IOASID {ioasid} by a set that does not own it")
+            self.warn(f"free of IOASID {ioasid} by a set that does not own it")
             raise IoasidError(EACCES, f"IOASID {ioasid} belongs to another set")
         if self._sets.get(owner.id) is not owner:
-            self._warn(f"free of IOASID {ioasid} whose set is gone")
+            self.warn(f"free of IOASID {ioasid} whose set is gone")
             raise IoasidError(EINVAL, f"the set of IOASID {ioasid} is no longer registered")
         if data.state is _FREE_PENDING:
             return
@@ -623,7 +662,7 @@ class IoasidCore:
         FREE_PENDING are removed from the index while they still count against the set.
         """
         with self.lock:
-            self._enter()
+            self.check_not_in_notifier()
             if not self.set_valid(ioasid_set) or not ioasid_set.xa or not ioasid_set.nr_ioasids:
                 return
             hide = self.knobs.free_all_hides_pending
@@ -669,7 +708,7 @@ class IoasidCore:
         ``ENOENT`` for an unknown ID, ``EBUSY`` if non-None data is already attached.
         """
         with self.lock:
-            self._enter()
+            self.check_not_in_notifier()
             data = self._data(ioasid)
             if data.private is not None:
                 raise IoasidError(EBUSY, f"IOASID {ioasid} already has private data")
@@ -679,7 +718,7 @@ class IoasidCore:
         """Clear private data (``ioasid_detach_data``). May sleep in the kernel, so it refuses
         to run from a notifier callback (``EDEADLK``). ``ENOENT`` for an unknown ID."""
         with self.lock:
-            self._enter()
+            self.check_not_in_notifier()
             self._data(ioasid).private = None
 
     def find(
@@ -708,7 +747,7 @@ class IoasidCore:
         if spid == INVALID_IOASID or not 0 <= spid <= INVALID_IOASID:
             raise IoasidError(EINVAL, f"invalid SPID {spid:#x}")
         with self.lock:
-            self._enter()
+            self.check_not_in_notifier()
             data = self._data(ioasid)
             spids = data.set.spids
             if spid in spids:
@@ -730,10 +769,10 @@ class IoasidCore:
         """Emit UNBIND on the set's chain (with the old SPID), then clear the SPID
         (``ioasid_detach_spid``). ``ENOENT`` for an unknown ID or one without a SPID."""
         with self.lock:
-            self._enter()
+            self.check_not_in_notifier()
             data = self._data(ioasid)
             if data.spid == INVALID_IOASID:
-                self._warn(f"IOASID {ioasid} has no SPID to detach")
+                self.warn(f"IOASID {ioasid} has no SPID to detach")
                 raise IoasidError(ENOENT, f"IOASID {ioasid} has no SPID")
             self._notify(IoasidNotify.UNBIND, data, IOASID_NOTIFY_FLAG_SET)
             self._unindex_spid(data)
@@ -747,9 +786,9 @@ class IoasidCore:
         a FREE_PENDING ID; in ``fixed`` such a match raises ``EBUSY``.
         """
         with self.lock:
-            self._enter()
+            self.check_not_in_notifier()
             if not self.set_valid(ioasid_set):
-                self._warn("find_by_spid on a stale set")
+                self.warn("find_by_spid on a stale set")
                 return INVALID_IOASID
             ioasid = ioasid_set.spids.get(spid)
             if ioasid is None:
@@ -770,28 +809,28 @@ class IoasidCore:
             raise IoasidError(EINVAL, f"bad notify flags {flags:#x}")
         args = IoasidNbArgs(data.id, data.spid, data.set, data.private)
         ret = 0
-        self._in_notifier += 1
+        self.notifier_depth += 1
         try:
             if flags & IOASID_NOTIFY_FLAG_ALL:
-                ret = self.notifier.call(event, args, self._warn)
+                ret = self.notifier.call(event, args, self.warn)
             if flags & IOASID_NOTIFY_FLAG_SET:
-                ret = data.set.nh.call(event, args, self._warn)
+                ret = data.set.nh.call(event, args, self.warn)
         finally:
-            self._in_notifier -= 1
+            self.notifier_depth -= 1
         return ret
 
     def register_notifier(self, ioasid_set: IoasidSet | None, nb: NotifierBlock) -> int:
         """Subscribe ``nb`` to a set's chain, or to the global chain when ``ioasid_set`` is None.
         Always returns 0 (a duplicate is refused with a warning on the chain)."""
         with self.lock:
-            self._enter()
+            self.check_not_in_notifier()
             chain = self.notifier if ioasid_set is None else ioasid_set.nh
             return chain.register(nb)
 
     def unregister_notifier(self, ioasid_set: IoasidSet | None, nb: NotifierBlock) -> None:
         """The mirror of ``register_notifier``; unknown blocks are ignored."""
         with self.lock:
-            self._enter()
+            self.check_not_in_notifier()
             (self.notifier if ioasid_set is None else ioasid_set.nh).unregister(nb)
 
     def register_notifier_mm(self, token: Any, nb: NotifierBlock) -> int:
@@ -802,13 +841,13 @@ class IoasidCore:
         subscribes and replays ALLOC (and BIND for IDs with a SPID) to ``nb`` alone.
         """
         with self.lock:
-            self._enter()
+            self.check_not_in_notifier()
             if token is None:
                 raise IoasidError(EINVAL, "no mm token")
             for rec in self._nb_pending:
                 if rec.token == token and rec.nb is nb:
                     raise IoasidError(EBUSY, "already registered for this mm")
-            ioasid_set = self._find_mm_set(token)
+            ioasid_set = self.find_mm_set_locked(token)
             rec = SetNb(token, nb)
             if ioasid_set is not None:
                 if ioasid_set.nr_ioasids and self.knobs.mm_notifier_needs_empty_set:
@@ -822,7 +861,7 @@ class IoasidCore:
             return 0
 
     def _replay(self, ioasid_set: IoasidSet, nb: NotifierBlock) -> None:
-        self._in_notifier += 1
+        self.notifier_depth += 1
         try:
             for data in self.set_members(ioasid_set):
                 if data.state is _FREE_PENDING:
@@ -832,12 +871,12 @@ class IoasidCore:
                 if data.spid != INVALID_IOASID:
                     nb.callback(nb, IoasidNotify.BIND, args)
         finally:
-            self._in_notifier -= 1
+            self.notifier_depth -= 1
 
     def unregister_notifier_mm(self, token: Any, nb: NotifierBlock) -> None:
         """Drop the (token, nb) registration; ``ENOENT`` if there is none."""
         with self.lock:
-            self._enter()
+            self.check_not_in_notifier()
             for i, rec in enumerate(self._nb_pending):
                 if rec.token == token and rec.nb is nb:
                     if rec.active and rec.set is not None:
@@ -868,7 +907,7 @@ class IoasidCore:
         group join it and share its ID space.
         """
         with self.lock:
-            self._enter()
+            self.check_not_in_notifier()
             for group in self._groups:
                 if any(o is ops for o in group.ops):
                     raise IoasidError(EEXIST, "allocator already registered")
@@ -888,7 +927,7 @@ class IoasidCore:
     def unregister_allocator(self, ops: AllocatorOps) -> None:
         """Remove a custom allocator; the next group, or the default allocator, takes over."""
         with self.lock:
-            self._enter()
+            self.check_not_in_notifier()
             for group in self._groups:
                 if any(o is ops for o in group.ops):
                     group.ops = [o for o in group.ops if o is not ops]
@@ -897,7 +936,7 @@ class IoasidCore:
                         if self._active is group:
                             self._active = self._groups[0] if self._groups else None
                     return
-            self._warn("unregister of an unknown allocator")
+            self.warn("unregister of an unknown allocator")
 
     @property
     def custom_allocator_active(self) -> bool:

@@ -11,13 +11,29 @@ keeps 2^20 live IOASIDs within the memory target.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Protocol
 
 CHUNK_BITS = 16
 CHUNK_SIZE = 1 << CHUNK_BITS
 CHUNK_MASK = CHUNK_SIZE - 1
 ID_LIMIT = 1 << 32  # values are 32-bit; the all-ones value (INVALID_IOASID) is never handed out
 MAX_VALUE = ID_LIMIT - 2
+
+
+class IdLookup(Protocol):
+    """The reading half of an ``IdSpace``: what a holder of a live index may do with it
+    without changing it. ``get`` gives the object stored at a value or ``None``; iteration and
+    ``values`` go in ascending value order; ``len`` counts the used values."""
+
+    def __len__(self) -> int: ...
+
+    def __contains__(self, value: int) -> bool: ...
+
+    def __iter__(self) -> Iterator[int]: ...
+
+    def get(self, value: int) -> Any: ...
+
+    def values(self) -> Iterator[Any]: ...
 
 
 class _Chunk:

@@ -177,7 +177,7 @@ class IoasidDevice:
         errors of ``set_alloc`` (``ENOSPC`` when, in ``v4``, no capacity or set index is left).
         """
         with self.lock:
-            self.core._enter()
+            self.core.check_not_in_notifier()
             if task is None or not task.alive:
                 raise IoasidError(EINVAL, "the opener has no mm")
             if task in self.users:
@@ -201,7 +201,7 @@ class IoasidDevice:
         IOASID of the set (FREE_PENDING where others hold references) and then the set.
         ``task`` is the closing process (default: the opener). Releasing twice does nothing."""
         with self.lock:
-            self.core._enter()
+            self.core.check_not_in_notifier()
             user = file.user
             if user is None:
                 return
@@ -244,7 +244,7 @@ class IoasidDevice:
             try:
                 core.set_free(ioasid_set)
             except IoasidError as exc:  # the series ignores it: EBUSY while IDs are pending
-                core._warn(f"ioasid_user: set {ioasid_set.id} not freed: {exc}")
+                core.warn(f"ioasid_user: set {ioasid_set.id} not freed: {exc}")
 
     # ------------------------------------------------------------------ kernel-facing exports
     def user_get_from_task(self, task: Process) -> IoasidUser | None:
@@ -258,7 +258,7 @@ class IoasidDevice:
     def user_put(self, user: IoasidUser, task: Process | None = None) -> None:
         """Drop a reference taken by ``user_get_from_task``; the last one releases."""
         with self.lock:
-            self.core._enter()
+            self.core.check_not_in_notifier()
             self._put(user, task if task is not None else user.token)
 
     def user_for_each_id(self, user: IoasidUser, fn: Callable[[int, object], None],
@@ -279,14 +279,14 @@ class IoasidDevice:
         """
         distinct = self.knobs.user_errors == "distinct"
         with self.lock:
-            if self.core._in_notifier:
-                self.core._enter()  # EDEADLK
+            if self.core.notifier_depth:
+                self.core.check_not_in_notifier()  # EDEADLK
             user = file.user
             if user is None:
                 raise IoasidError(EBADF if distinct else EINVAL, "the file was released")
             handler = _HANDLERS.get(cmd)
             if handler is None:
-                self.core._warn(f"ioasid_user: Unsupported cmd {cmd}")
+                self.core.warn(f"ioasid_user: Unsupported cmd {cmd}")
                 raise IoasidError(ENOTTY if distinct else EINVAL, f"unknown command {cmd:#x}")
             owner = user.token
             if task is not owner and distinct and cmd in _OWNER_ONLY and task != owner:
@@ -365,7 +365,7 @@ class IoasidDevice:
         try:
             core.free_locked(user.ioasid_set, ioasid, task=task)
         except IoasidError as exc:  # the series only logs
-            core._warn(f"ioasid_user: free of {ioasid}: {exc}")
+            core.warn(f"ioasid_user: free of {ioasid}: {exc}")
 
     def _free(self, user: IoasidUser, arg: bytes, task: Process) -> tuple[int, bytes]:
         """``IOASID_REQUEST_FREE``: result 0; ``EINVAL`` for a negative ID."""

@@ -80,7 +80,7 @@ class IoasidsController(Controller):
         self._skip_defunct = self.knobs.uncharge_skips_defunct_mm
         self._uncharge_current = self.knobs.uncharge_target == "current"
         if hierarchy is None:
-            hierarchy = Hierarchy(core.lock, enter=core._enter)
+            hierarchy = Hierarchy(core.lock, enter=core.check_not_in_notifier)
         elif hierarchy.lock is not core.lock:
             raise ValueError("the hierarchy must use the core's lock")
         self.hierarchy = hierarchy
@@ -138,7 +138,7 @@ class IoasidsController(Controller):
         ``v4`` for writing the current limit again.
         """
         with self.lock:
-            self.core._enter()
+            self.core.check_not_in_notifier()
             if cg.parent is None:
                 raise IoasidError(EINVAL, "the root cgroup has no limit")
             if limit is not None and limit < 0:
@@ -249,7 +249,7 @@ class IoasidsController(Controller):
             node.counter -= n
             if node.counter < 0 and not self._warned_negative:
                 self._warned_negative = True
-                self.core._warn(f"ioasids_cg: {node.path} counter went negative")
+                self.core.warn(f"ioasids_cg: {node.path} counter went negative")
 
     def charge_alloc(self, ioasid_set: IoasidSet, task: Process | None) -> Charge:
         """``ioasid_cg_charge``: charge one IOASID of an MM set to the calling task's cgroup.
@@ -262,7 +262,7 @@ class IoasidsController(Controller):
             raise IoasidError(EINVAL, "no mm to charge")
         token = ioasid_set.token
         if token is not task and token != task.mm:
-            self.core._warn(f"ioasids_cg: pid {task.pid} does not own set {ioasid_set.id}")
+            self.core.warn(f"ioasids_cg: pid {task.pid} does not own set {ioasid_set.id}")
             raise IoasidError(EPERM, "the calling process does not own the set")
         return self.try_charge(task.cgroup, 1)
 
@@ -276,7 +276,7 @@ class IoasidsController(Controller):
         if self._skip_defunct:
             owner = data.set.token
             if isinstance(owner, Process) and not owner.alive:
-                self.core._warn(f"ioasids_cg: MM defunct, IOASID {data.id} not uncharged")
+                self.core.warn(f"ioasids_cg: MM defunct, IOASID {data.id} not uncharged")
                 return
         if self._uncharge_current:
             if task is not None:
@@ -292,7 +292,7 @@ class IoasidsController(Controller):
 
     # ------------------------------------------------------------------ migration
     def _moved_set(self, proc: Process) -> IoasidSet | None:
-        ioasid_set = self.core._find_mm_set(proc.mm)
+        ioasid_set = self.core.find_mm_set_locked(proc.mm)
         return ioasid_set if ioasid_set is not None and self.core.set_valid(ioasid_set) else None
 
     def can_attach(self, tset: TaskSet) -> None:

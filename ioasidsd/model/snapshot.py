@@ -92,7 +92,7 @@ def core_record(core: IoasidCore) -> Record:
     return {
         "capacity": core.capacity,
         "capacity_avail": core.capacity_avail,
-        "capacity_installed": core._capacity_installed,
+        "capacity_installed": core.capacity_installed,
         "release_agent": cgroups.release_agent,
         "sane_behavior": cgroups.sane_behavior,
         "warned_negative": controller.warned_negative,
@@ -292,7 +292,7 @@ def load(
     cgroups = _hierarchy(core)
     if not isinstance(snapshot, dict) or snapshot.get("version") != SNAPSHOT_VERSION:
         raise SnapshotError(f"not a version {SNAPSHOT_VERSION} snapshot")
-    if core._sets or len(core._ids) or cgroups.root.children or cgroups.processes:
+    if core.sets_by_id or len(core) or cgroups.root.children or cgroups.processes:
         raise SnapshotError("the target core already holds state")
     with core.lock:
         _load_core(snapshot.get("core"), core, cgroups)
@@ -312,7 +312,7 @@ def _load_core(record: Any, core: IoasidCore, cgroups: Hierarchy) -> None:
         raise SnapshotError(f"core: available {avail} outside [0, {capacity}]")
     core.capacity = capacity
     core.capacity_avail = avail
-    core._capacity_installed = _field(record, "capacity_installed", bool, "core")
+    core.capacity_installed = _field(record, "capacity_installed", bool, "core")
     cgroups.release_agent = _field(record, "release_agent", str, "core")
     cgroups.sane_behavior = _field(record, "sane_behavior", bool, "core")
     _controller(core).restore_warned_negative(_field(record, "warned_negative", bool, "core"))
@@ -411,8 +411,7 @@ def _load_sets(
         ioasid_set.nr_ioasids = _field(rec, "nr_ioasids", int, what)
         ioasid_set.free_requested = _field(rec, "free_requested", bool, what)
         sets[sid] = ioasid_set
-        core._sets[sid] = ioasid_set
-        core._set_ids.insert(sid, True)
+        core.restore_set(ioasid_set)
     return sets
 
 
@@ -471,7 +470,7 @@ def _load_ioasids(
     decode_private: Callable[[Any], Any],
 ) -> None:
     counts: dict[int, int] = dict.fromkeys(sets, 0)
-    insert = core._ids.insert
+    insert = core.ioasid_inserter()
     for i, rec in enumerate(_records(snapshot, "ioasids")):
         ioasid, sid, state, refs, spid, cgroup, pooled, indexed = _ioasid_fields(
             rec, f"IOASID record {i}")

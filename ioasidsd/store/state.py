@@ -443,9 +443,9 @@ class Store:
         self._procs = {pid: (p.start_time, self._rows[p.cgroup], p.threads)
                        for pid, p in system.cgroups.processes.items()}
         self._set_of = IdMap()
-        for sid, ioasid_set in core._sets.items():
+        for sid, ioasid_set in core.sets_by_id.items():
             self._set_of.set_many(ioasid_set.xa, sid)
-        if any(s.nr_ioasids != len(s.xa) for s in core._sets.values()):  # hidden IDs
+        if any(s.nr_ioasids != len(s.xa) for s in core.sets_by_id.values()):  # hidden IDs
             for data in core.ioasids():
                 self._set_of.set(data.id, data.set.id)
         charges = self._loaded_charges
@@ -454,9 +454,9 @@ class Store:
             for data in core.ioasids():
                 if data.cgroup is not None:
                     charges.setdefault(data.set.id, set()).add(self._row(data.cgroup))
-        self._charged = {sid: set(charges.get(sid, ())) for sid in core._sets}
+        self._charged = {sid: set(charges.get(sid, ())) for sid in core.sets_by_id}
         self._owned = {}
-        for sid, s in core._sets.items():
+        for sid, s in core.sets_by_id.items():
             if isinstance(s.token, Process):
                 self._owned.setdefault(s.token.pid, set()).add(sid)
 
@@ -586,7 +586,7 @@ class Store:
         ops: list[Op] = []
         for proc in processes:
             cgroups.extend(self._process_ops(proc, ops))
-            owned = self._core._find_mm_set(proc)
+            owned = self._core.find_mm_set_locked(proc)
             if owned is not None:
                 set_ids.add(owned.id)
             # by pid alone: a process tracked anew under a reused pid released the old one's sets
@@ -612,7 +612,7 @@ class Store:
     def _core_op(self, ops: list[Op]) -> None:
         core = self._core
         hierarchy = self._hierarchy
-        values = (core.capacity, core.capacity_avail, core._capacity_installed,
+        values = (core.capacity, core.capacity_avail, core.capacity_installed,
                   hierarchy.release_agent, hierarchy.sane_behavior,
                   self._controller.warned_negative)
         if values != self._last_core:
@@ -690,7 +690,7 @@ class Store:
     # ------------------------------------------------------------------ sets and IOASIDs
     def _set_op(self, sid: int, ops: list[Op]) -> None:
         """The row of set ``sid`` (or its removal)."""
-        ioasid_set = self._core._sets.get(sid)
+        ioasid_set = self._core.sets_by_id.get(sid)
         before = self._last_set.get(sid)
         if ioasid_set is None:
             ops.append((SET, sid, None))
@@ -725,7 +725,7 @@ class Store:
         """A set with every IOASID it holds; returns the cgroups they were or are charged
         to."""
         touched = self._charged_cgroups(sid)
-        ioasid_set = self._core._sets.get(sid)
+        ioasid_set = self._core.sets_by_id.get(sid)
         if ioasid_set is None:
             ops.append((SET_IOASIDS, sid, ()))
         else:
@@ -742,7 +742,7 @@ class Store:
         against it (``v4``'s free_all_hides_pending): those are found among the IDs last
         written for it, or else by a look through every IOASID."""
         core = self._core
-        get = core._ids.get
+        get = core.ioasid_index.get
         sid = ioasid_set.id
         xa = ioasid_set.xa
         indexed = list(xa)
@@ -785,14 +785,14 @@ class Store:
         """One IOASID (new, changed or gone) and the row of its set; returns the cgroups it
         was or is charged to."""
         core = self._core
-        data = core._ids.get(ioasid) if ioasid >= 0 else None
+        data = core.ioasid_index.get(ioasid) if ioasid >= 0 else None
         if data is None:
             sid = self._set_of.get(ioasid)  # where it was, if it was written at all
             if sid is None:
                 ops.append((IOASID, ioasid, None))
                 return []
             ops.append((IOASID, ioasid, None, sid))
-            if sid not in core._sets:  # destroyed with its last IOASID
+            if sid not in core.sets_by_id:  # destroyed with its last IOASID
                 self._set_op(sid, ops)
             return self._charged_cgroups(sid)
         ioasid_set = data.set

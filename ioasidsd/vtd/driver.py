@@ -290,14 +290,19 @@ class VtdDriver:
     def iommu_of(self, bdf: str) -> IntelIommu:
         return self.info(bdf).iommu
 
-    def _require_pasid(self, info: DeviceInfo) -> None:
+    def require_pasid(self, info: DeviceInfo) -> None:
+        """Refuse a PASID operation on ``info``'s device: ``IoasidError(EOPNOTSUPP)`` when its
+        unit is not in scalable mode or lacks ECAP.PASID, or the device has no enabled PASID
+        capability (no PASID table); otherwise does nothing. Changes nothing."""
         if not self.sm_enabled or not info.iommu.caps.pasid_supported:
             raise IoasidError(EOPNOTSUPP, f"{info.iommu.name}: PASIDs not supported "
                                           f"(scalable mode and ECAP.PASID)")
         if not info.pasid_enabled or info.table is None:
             raise IoasidError(EOPNOTSUPP, f"{info.device.bdf} has no PASID capability")
 
-    def _check_pasid_value(self, pasid: int) -> None:
+    def check_pasid_value(self, pasid: int) -> None:
+        """Refuse a PASID the units cannot hold: ``IoasidError(EINVAL)`` unless ``pasid`` is an
+        ``int`` in ``[0, pasid_max)``; otherwise does nothing. Changes nothing."""
         if not isinstance(pasid, int) or not 0 <= pasid < self.pasid_max:
             raise IoasidError(EINVAL, f"PASID {pasid!r} outside the units' "
                                       f"{self.pasid_max} PASIDs")
@@ -316,7 +321,7 @@ class VtdDriver:
             raise IoasidError(EINVAL, f"{process!r} is not a process")
         with self.lock:
             info = self.info(bdf)
-            self._require_pasid(info)
+            self.require_pasid(info)
             iommu = info.iommu
             pasid_max = min(info.device.max_pasids, self.pasid_max)
             svm = self.native.get(process)
@@ -412,7 +417,11 @@ class VtdDriver:
                             self._warn("unbind at exit failed", pasid=hpasid, error=exc.name)
 
     # ------------------------------------------------------------------ guest SVA
-    def _guest_domain(self, iommu: IntelIommu, owner: Any) -> Domain:
+    def guest_domain_get(self, iommu: IntelIommu, owner: Any) -> Domain:
+        """The nesting domain of ``owner`` on ``iommu``, allocated on first use, with a user
+        reference taken (the binding that holds it drops it when torn down). Raises
+        ``IoasidError(ENOSPC)`` when a new one is needed and the unit has no free domain id;
+        nothing changes then."""
         key = (iommu.name, owner)
         domain = self.domains.get(key)
         if domain is None:
@@ -454,16 +463,16 @@ class VtdDriver:
                      gpgd: int | None, addr_width: int, sre: bool, eafe: bool) -> None:
         core = self.core
         info = self.info(bdf)
-        self._require_pasid(info)
+        self.require_pasid(info)
         if info.device.max_pasids != PCI_PASID_MAX:
             raise IoasidError(EINVAL, f"{info.device.bdf} does not support 20-bit PASIDs")
         if hpasid <= 0 or hpasid >= PCI_PASID_MAX:
             raise IoasidError(EINVAL, f"host PASID {hpasid} out of range")
-        self._check_pasid_value(hpasid)
+        self.check_pasid_value(hpasid)
         if gpasid is not None and (not isinstance(gpasid, int) or
                                    not 0 <= gpasid < INVALID_IOASID):
             raise IoasidError(EINVAL, f"guest PASID {gpasid!r} out of range")
-        self._check_nested_request(info, gpgd, addr_width, sre, eafe)
+        self.check_nested_request(info, gpgd, addr_width, sre, eafe)
         svm = core.find(None, hpasid)
         if svm is not None and not (isinstance(svm, Svm) and svm.guest):
             raise IoasidError(EBUSY, f"PASID {hpasid} carries another user's data")
@@ -475,8 +484,8 @@ class VtdDriver:
                       pgd=gpgd if gpgd is not None else (hpasid + 1) << 12,
                       created_seq=self.trace.seq)
             self._attach(svm)
-            svm.work = Work(partial(self._free_async, svm), name=f"vtd-free-{hpasid}")
-        domain = self._guest_domain(info.iommu, process)
+            svm.work = self.cleanup_work(svm)
+        domain = self.guest_domain_get(info.iommu, process)
         root = svm.pgd if gpgd is None else gpgd
         try:
             info.iommu.setup_nested(info, root, hpasid, domain, addr_width=addr_width, sre=sre,
@@ -494,9 +503,12 @@ class VtdDriver:
                         pid=getattr(process, "pid", None), refs=core.data(hpasid).refs)
 
     @staticmethod
-    def _check_nested_request(info: DeviceInfo, gpgd: int | None, addr_width: int, sre: bool,
+    def check_nested_request(info: DeviceInfo, gpgd: int | None, addr_width: int, sre: bool,
                               eafe: bool) -> None:
-        """Refuse, before anything changes, what ``setup_nested`` would refuse."""
+        """Refuse, before anything changes, what ``setup_nested`` would refuse: raises
+        ``IoasidError(EINVAL)`` without ECAP.NEST, for an address width other than 4 or 5
+        levels (5 without FL5LP), a guest PGD that is not a page below the unit's limit, ``sre``
+        without ECAP.SRS or ``eafe`` without ECAP.EAFS; otherwise does nothing."""
         caps = info.iommu.caps
         if not caps.nest:
             raise IoasidError(EINVAL, f"{info.iommu.name}: no nested translation (ECAP.NEST)")
@@ -604,6 +616,12 @@ class VtdDriver:
             self.counters.inc("ioasid.cleanup_queued")
         return NOTIFY_OK
 
+    def cleanup_work(self, svm: Svm) -> Work:
+        """A new work item that, queued on the core's work queue (as FREE_PENDING of the
+        binding's PASID does), tears the guest binding ``svm`` down outside notifier context
+        (``intel_svm_free_async_fn``); nothing runs until it is queued. Never raises."""
+        return Work(partial(self._free_async, svm), name=f"vtd-free-{svm.pasid}")
+
     def _free_async(self, svm: Svm) -> None:
         """``intel_svm_free_async_fn``: on the work queue, outside notifier context. What it
         changed in the core (the binding's data, SPID and reference, hence the reclaim, the
@@ -663,7 +681,7 @@ class VtdDriver:
         with self.lock:
             device = self.info(bdf).device
             if pasid is not None:
-                self._check_pasid_value(pasid)
+                self.check_pasid_value(pasid)
             _check_address(addr)
             if not isinstance(prg_index, int) or not 0 <= prg_index <= 0x1FF:
                 raise IoasidError(EINVAL, f"page request group index {prg_index!r} not in "
@@ -709,7 +727,7 @@ class VtdDriver:
         with self.lock:
             info = self.info(bdf)
             if pasid is not None:
-                self._check_pasid_value(pasid)
+                self.check_pasid_value(pasid)
             _check_address(addr)
             return info.iommu.unit.dma(info.sid, pasid, addr, write=write, ats=ats)
 

@@ -24,12 +24,10 @@ previous run's.
 from __future__ import annotations
 
 from errno import EINVAL, ENOENT
-from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from ioasidsd.model.core import IoasidData, IoasidSet, IoasidSetType, IoasidState
 from ioasidsd.model.errors import IoasidError
-from ioasidsd.model.workqueue import Work
 from ioasidsd.vtd.driver import cpu_pgd
 from ioasidsd.vtd.pasid_table import FLPT_DEFAULT_DID
 from ioasidsd.vtd.svm import GUEST_RECORD, RECORD_KINDS, Svm, SvmDev
@@ -126,19 +124,19 @@ def _restore_guest(driver: VtdDriver, data: IoasidData, rec: dict[str, Any]) -> 
     if data.set.type != IoasidSetType.MM or not _same_process(owner, rec["owner"]):
         raise _bad(f"owner {rec['owner']} does not own the IOASID's set")
     pasid = data.id
-    driver._check_pasid_value(pasid)
+    driver.check_pasid_value(pasid)
     infos = []
     for dev in devices:  # everything is checked before anything is programmed
         info = driver.info(dev["bdf"])
-        driver._require_pasid(info)
-        driver._check_nested_request(info, dev["gpgd"], dev["addr_width"], dev["sre"],
+        driver.require_pasid(info)
+        driver.check_nested_request(info, dev["gpgd"], dev["addr_width"], dev["sre"],
                                      dev["eafe"])
         infos.append(info)
     svm = Svm(pasid=pasid, guest=True, owner=owner, gpasid=rec["gpasid"], pgd=rec["pgd"],
               created_seq=driver.trace.seq)
-    svm.work = Work(partial(driver._free_async, svm), name=f"vtd-free-{pasid}")
+    svm.work = driver.cleanup_work(svm)
     for dev, info in zip(devices, infos, strict=True):
-        domain = driver._guest_domain(info.iommu, owner)
+        domain = driver.guest_domain_get(info.iommu, owner)
         info.iommu.setup_nested(info, dev["gpgd"], pasid, domain, addr_width=dev["addr_width"],
                                 sre=dev["sre"], eafe=dev["eafe"])
         svm.devs.append(SvmDev(info, domain.did, domain=domain, bound_seq=driver.trace.seq,
@@ -170,7 +168,7 @@ def _restore_native(driver: VtdDriver, data: IoasidData, rec: dict[str, Any]) ->
     infos = []
     for dev in devices:
         info = driver.info(dev["bdf"])
-        driver._require_pasid(info)
+        driver.require_pasid(info)
         if pasid >= min(info.device.max_pasids, driver.pasid_max) or dev["users"] < 1:
             raise _bad(f"PASID {pasid} or {dev['users']} users on {info.device.bdf}")
         infos.append(info)

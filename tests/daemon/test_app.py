@@ -31,7 +31,7 @@ def config_for(tmp_path, **settings):
 def close_dev_ioasid(system):
     """What the user API's exit hook does: free the exiting process's IOASIDs and set."""
     def hook(proc):
-        s = system.core._find_mm_set(proc)
+        s = system.core.find_mm_set_locked(proc)
         if s is not None:
             system.core.free_all_in_set(s, task=proc)
             system.core.set_free(s, when_empty=True)

@@ -268,7 +268,7 @@ def test_pid_reuse_writes_the_counters_of_the_old_process_cgroup(tmp_path):
     store.bind(system)
 
     def close_dev_ioasid(proc):  # what the user API does when a process exits
-        s = system.core._find_mm_set(proc)
+        s = system.core.find_mm_set_locked(proc)
         if s is not None:
             system.core.free_all_in_set(s, task=proc)
 
