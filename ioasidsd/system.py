@@ -230,9 +230,10 @@ class System:
         the device touched something or ``refusal`` is given."""
         touched = self.ioasid_device.take_touched()
         if touched or refusal is not None:
+            sets = touched.sets
             self.on_change(exact_change(kind, tuple(touched.cgroups), processes,
-                                        tuple(touched.ids), tuple([s.id for s in touched.sets]),
-                                        refusal))
+                                        tuple(touched.ids),
+                                        tuple([s.id for s in sets]) if sets else (), refusal))
 
     def _ioasid_exit_hook(self, proc: Process) -> None:
         self.ioasid_device.process_exit(proc)
