@@ -123,11 +123,6 @@ class ConnectionCap:
             if uid != ROOT and held:
                 self._others -= 1
 
-    def held(self, uid: int) -> int:
-        """The connections ``uid`` holds now."""
-        with self._lock:
-            return self._open.get(uid, 0)
-
 
 # ---------------------------------------------------------------------- accepting
 PAUSE = 0.1
@@ -227,23 +222,17 @@ CLIENT_UID: contextvars.ContextVar[int | None] = contextvars.ContextVar("ioasids
 """The uid of the client whose request this thread serves (``None``: none). Hot paths set and
 reset it directly (``CLIENT_UID.set(uid)``, ``CLIENT_UID.reset(token)``); others use
 ``client_context``."""
-_CLIENT = CLIENT_UID
 
 
 @contextlib.contextmanager
 def client_context(uid: int) -> Iterator[None]:
     """Within this block, log lines are caused by a client of uid ``uid`` (and rate-limited
     per uid by ``ClientLogLimit``)."""
-    token = _CLIENT.set(uid)
+    token = CLIENT_UID.set(uid)
     try:
         yield
     finally:
-        _CLIENT.reset(token)
-
-
-def current_client() -> int | None:
-    """The uid of the client whose request is being served on this thread, if any."""
-    return _CLIENT.get()
+        CLIENT_UID.reset(token)
 
 
 class ClientLogLimit:
@@ -263,7 +252,7 @@ class ClientLogLimit:
 
     def __call__(self, logger: Any, method: str,
                  event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-        uid = _CLIENT.get()
+        uid = CLIENT_UID.get()
         if uid is None:
             return event_dict
         now = self._clock()
@@ -295,13 +284,13 @@ class ClientLogLimit:
             self._summary(uid, dropped)
 
     def _summary(self, uid: int, dropped: int) -> None:
-        token = _CLIENT.set(None)  # the summary itself is never dropped
+        token = CLIENT_UID.set(None)  # the summary itself is never dropped
         try:
             structlog.get_logger("ioasidsd").warning(
                 "log lines caused by a client were suppressed", client_uid=uid,
                 suppressed=dropped, burst=self.burst, interval=self.interval)
         finally:
-            _CLIENT.reset(token)
+            CLIENT_UID.reset(token)
 
     def _forget_old(self, now: float) -> None:
         """Drop the windows of uids silent for a while (nothing left to report)."""

@@ -355,9 +355,15 @@ class System:
         re-parented to init, untracked, started while events were lost or not watched (see
         ``place``). Entries that no longer run, or are tracked now, are forgotten."""
         with self.lock:
-            orphans = {pid: start for pid, start in {**self.orphans, **found}.items()
-                       if pid not in self.cgroups.processes
-                       and self.processes.alive(pid, start)}
+            candidates = {**self.orphans, **found}
+        running = {pid: start for pid, start in candidates.items()  # /proc, off the lock
+                   if self.processes.alive(pid, start)}
+        with self.lock:
+            orphans = {pid: start for pid, start in running.items()
+                       if pid not in self.cgroups.processes}
+            # noted by another caller meanwhile: kept, checked at the next call
+            orphans.update((pid, start) for pid, start in self.orphans.items()
+                           if pid not in candidates)
             if orphans != self.orphans:
                 self.orphans = orphans
                 self.on_change(Change(ChangeKind.ORPHANS, orphans=orphans))
