@@ -103,7 +103,9 @@ class Cgroup:
     The ``ioasids`` controller's state (its css), which only the controller initialises and
     changes: ``counter`` is ``ioasids.current``, ``limit`` is ``ioasids.max`` (``None`` for
     ``max``), ``reserved`` the capacity this cgroup holds from the pool for its limit, ``peak``,
-    ``events`` and ``events_local`` the refusals (``ioasids.events``, ``ioasids.events.local``).
+    ``events`` and ``events_local`` the refusals (``ioasids.events``, ``ioasids.events.local``),
+    ``unit_charges`` the two ``Charge`` records of one IOASID charged here with nothing else to
+    undo (not covered, covered by a reservation), made once instead of on every allocation.
     A cgroup of a hierarchy the controller is not bound to does not have them.
     """
 
@@ -122,6 +124,7 @@ class Cgroup:
         "peak",
         "procs",
         "reserved",
+        "unit_charges",
     )
 
     counter: int
@@ -130,6 +133,7 @@ class Cgroup:
     limit: int | None
     peak: int
     reserved: int
+    unit_charges: tuple[Any, Any]
 
     def __init__(self, name: str, parent: Cgroup | None) -> None:
         self.attrs: dict[str, dict[str, int]] = {}

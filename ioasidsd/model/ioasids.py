@@ -116,6 +116,7 @@ class IoasidsController(Controller):
         cg.peak = 0
         cg.events = 0
         cg.events_local = 0
+        cg.unit_charges = (Charge(cg, 1, False), Charge(cg, 1, True))
 
     def css_offline(self, cg: Cgroup) -> None:
         """A cgroup being removed gives its reservation back to the pool (``reserve``); in
@@ -202,10 +203,10 @@ class IoasidsController(Controller):
                     raised = []
                 raised.append((node, node.peak))
                 node.peak = counter
-        # tuple.__new__ directly: the named tuple's own __new__ is a Python call, on every
-        # allocation
-        return _new_charge(Charge, (cg, n, covered and self._limits_reserve,
-                                    () if raised is None else tuple(raised)))
+        covered = covered and self._limits_reserve
+        if raised is None and n == 1:
+            return cg.unit_charges[covered]  # made once per cgroup: this is every allocation
+        return _new_charge(Charge, (cg, n, covered, () if raised is None else tuple(raised)))
 
     def cancel_charge(self, charge: Charge) -> None:
         """Undo the ``try_charge`` that returned ``charge`` (the allocation was refused later):
