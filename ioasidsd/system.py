@@ -231,8 +231,7 @@ class System:
         touched = self.ioasid_device.take_touched()
         if touched or refusal is not None:
             sets = touched.sets
-            self.on_change(exact_change(kind, tuple(touched.cgroups), processes,
-                                        tuple(touched.ids),
+            self.on_change(exact_change(kind, touched.cgroups, processes, tuple(touched.ids),
                                         tuple([s.id for s in sets]) if sets else (), refusal))
 
     def _ioasid_exit_hook(self, proc: Process) -> None:
@@ -391,8 +390,10 @@ class System:
         opener = file.opener
         task = opener if pid is None or pid == opener.pid else self.ioasid_process(pid)
         with self.lock:
+            if self.core.notifier_depth:
+                self.core.check_not_in_notifier()  # EDEADLK
             try:
-                result = self.ioasid_device.ioctl(file, cmd, arg, task)
+                result = self.ioasid_device.ioctl_locked(file, cmd, arg, task)
             except IoasidError as exc:
                 refusal = Refusal(pid=task.pid, uid=uid, command=uapi.command_name(cmd),
                                   cgroup=task.cgroup.path, level=exc.level,

@@ -112,10 +112,14 @@ class Touched:
         return bool(self.ids or self.sets or self.leaves)
 
     @property
-    def cgroups(self) -> set[Cgroup]:
+    def cgroups(self) -> tuple[Cgroup, ...]:
         """The cgroups whose counters or events may have changed: the charge walks (up to, not
-        including, the root) of the cgroups that were charged, uncharged or refused."""
-        return {cg for leaf in self.leaves if leaf.parent is not None for cg in leaf.walk()}
+        including, the root) of the cgroups that were charged, uncharged or refused, each once."""
+        leaves = self.leaves
+        if len(leaves) == 1:  # one caller, charged in its own cgroup: every ioctl but a few
+            for leaf in leaves:
+                return leaf.chain
+        return tuple(dict.fromkeys([cg for leaf in leaves for cg in leaf.chain]))
 
 
 _Handler = Callable[["IoasidDevice", IoasidUser, bytes, "Process"], tuple[int, bytes]]
@@ -277,23 +281,28 @@ class IoasidDevice:
         (``EBADF`` in ``distinct``) on a released file, ``EINVAL``/``ENOTTY`` for an unknown
         command, and each command's own errors (see the handlers).
         """
-        distinct = self.knobs.user_errors == "distinct"
         with self.lock:
             if self.core.notifier_depth:
                 self.core.check_not_in_notifier()  # EDEADLK
-            user = file.user
-            if user is None:
-                raise IoasidError(EBADF if distinct else EINVAL, "the file was released")
-            handler = _HANDLERS.get(cmd)
-            if handler is None:
-                self.core.warn(f"ioasid_user: Unsupported cmd {cmd}")
-                raise IoasidError(ENOTTY if distinct else EINVAL, f"unknown command {cmd:#x}")
-            owner = user.token
-            if task is not owner and distinct and cmd in _OWNER_ONLY and task != owner:
-                raise IoasidError(
-                    EPERM, f"process {task.pid} did not open this file (pid {owner.pid} did)"
-                )
-            return handler(self, user, arg, task)
+            return self.ioctl_locked(file, cmd, arg, task)
+
+    def ioctl_locked(self, file: IoasidFile, cmd: int, arg: bytes,
+                     task: Process) -> tuple[int, bytes]:
+        """``ioctl`` for a caller that holds ``core.lock`` (and is not a notifier callback)."""
+        distinct = self.knobs.user_errors == "distinct"
+        user = file.user
+        if user is None:
+            raise IoasidError(EBADF if distinct else EINVAL, "the file was released")
+        handler = _HANDLERS.get(cmd)
+        if handler is None:
+            self.core.warn(f"ioasid_user: Unsupported cmd {cmd}")
+            raise IoasidError(ENOTTY if distinct else EINVAL, f"unknown command {cmd:#x}")
+        owner = user.token
+        if task is not owner and distinct and cmd in _OWNER_ONLY and task != owner:
+            raise IoasidError(
+                EPERM, f"process {task.pid} did not open this file (pid {owner.pid} did)"
+            )
+        return handler(self, user, arg, task)
 
     def _get_api_version(self, user: IoasidUser, arg: bytes, task: Process) -> tuple[int, bytes]:
         return uapi.IOASID_API_VERSION, b""
