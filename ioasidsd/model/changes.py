@@ -16,10 +16,11 @@ The contract of a ``Change``:
   first one is the removed cgroup, for ``attach`` the cgroup the process left.
 * ``processes``: processes tracked, moved or gone (``alive`` tells), or the caller of a refused
   operation whose counters changed; with them the cgroups they are in and the sets they own.
-* ``ids``: IOASIDs changed one by one (allocated, freed, referenced): one still allocated was
-  written or changed, one absent was freed. After an allocation, the new ID.
-* ``sets``: ids of IOASID sets changed as a whole (created, adopted, released) or whose IOASIDs
-  changed in bulk: the set with all its IOASIDs.
+* ``ids``: IOASIDs changed (allocated, freed, referenced): one still allocated was written or
+  changed, one absent was freed. After an allocation, the new ID; after a batch, its IDs (what
+  changed, however large the set they belong to).
+* ``sets``: ids of IOASID sets changed as a whole (created, adopted, released): the set with
+  all its IOASIDs.
 * ``path``: for ``rmdir`` the removed cgroup's path, for ``rename`` the path it had before.
 * ``orphans``: for ``orphans``, the whole new ``System.orphans`` (pid -> start time).
 * ``refusal``: for a refused ``/dev/ioasid`` ioctl, who asked what and why it was refused

@@ -97,9 +97,9 @@ class IoasidFile:
 class Touched:
     """What the operations since the last ``IoasidDevice.take_touched()`` changed, which
     ``System`` turns into the fields of one ``Change`` (``ioasidsd.model.changes``): ``ids``,
-    IOASIDs changed one by one (allocated, freed, referenced); ``sets``, sets changed as a whole
-    (created, adopted, released) or whose IOASIDs changed in bulk (batches); ``cgroups``, the
-    cgroups whose counters or events changed."""
+    IOASIDs changed (allocated, freed, referenced), batches included; ``sets``, sets changed as
+    a whole (created, adopted, released); ``cgroups``, the cgroups whose counters or events
+    changed."""
 
     __slots__ = ("ids", "leaves", "sets")
 
@@ -399,7 +399,6 @@ class IoasidDevice:
         core = self.core
         ioasid_set = user.ioasid_set
         self._touched.leaves.add(task.cgroup)
-        self._touch_set(ioasid_set)
         ids = array("I")
         alloc = core.alloc_locked
         try:
@@ -409,6 +408,7 @@ class IoasidDevice:
             for ioasid in reversed(ids):
                 core.free_locked(ioasid_set, ioasid, task=task)
             raise self._alloc_error(exc) from None
+        self._touched.ids.extend(ids)
         return count, ids.tobytes()
 
     def _free_batch(self, user: IoasidUser, arg: bytes, task: Process) -> tuple[int, bytes]:
@@ -431,11 +431,11 @@ class IoasidDevice:
             raise IoasidError(EINVAL, "FREE_BATCH: an ID is negative as an int")
         core = self.core
         ioasid_set = user.ioasid_set
-        self._touch_set(ioasid_set)
         if self.knobs.user_errors == "distinct":
             if len(set(ids)) != count:
                 raise IoasidError(EINVAL, "FREE_BATCH: an ID is given twice")
             touched = self._touched
+            touched.ids.extend(ids)
             leaves = touched.leaves
             check = self._check_free
             for ioasid in ids:

@@ -126,6 +126,9 @@ _IOASID_KEY = attrgetter("state", "refs", "spid", "cgroup", "pooled", "private")
 Warn = Callable[[str], None]
 
 
+_BULK_IDS = 64  # from this many IOASIDs in one change, whole sets may be cheaper to write
+
+
 def _orphan_rows(orphans: Mapping[int, float]) -> list[list[float]]:
     """``System.orphans`` as a JSON value: ``[pid, start time]`` pairs by pid."""
     return [[pid, start] for pid, start in sorted(orphans.items())]
@@ -591,6 +594,8 @@ class Store:
                 set_ids.add(owned.id)
             # by pid alone: a process tracked anew under a reused pid released the old one's sets
             set_ids.update(self._owned.get(proc.pid, ()))
+        if len(ids) >= _BULK_IDS:
+            ids = self._bulk_to_sets(ids, set_ids)
         if set_ids:
             for sid in sorted(set_ids):
                 cgroups.extend(self._set_ioasids_ops(sid, ops))
@@ -720,6 +725,33 @@ class Store:
         if pid is not None and pid not in self._procs and self._processes.get(pid) is token:
             # a face may have tracked the owner without reporting it (System.process)
             self._process_row(token, ops)  # type: ignore[arg-type]
+
+    def _bulk_to_sets(self, ids: Iterable[int], set_ids: set[int]) -> list[int]:
+        """Of many changed IOASIDs (a batch), those of a set that they make up at least a
+        quarter of (or that is gone) are written with their set, as ranges, instead of one row
+        each: the set joins ``set_ids``. Returns the rest, to be written one by one. Either way
+        the cost follows the change, not the size of the sets it touched."""
+        core = self._core
+        index = core.ioasid_index.get
+        set_of = self._set_of.get
+        by_set: dict[int | None, list[int]] = {}
+        for ioasid in ids:
+            data = index(ioasid) if ioasid >= 0 else None
+            sid = data.set.id if data is not None else set_of(ioasid)
+            members = by_set.get(sid)
+            if members is None:
+                by_set[sid] = [ioasid]
+            else:
+                members.append(ioasid)
+        rest: list[int] = []
+        sets = core.sets_by_id
+        for sid, members in by_set.items():
+            live = sets.get(sid) if sid is not None else None
+            if sid is not None and (live is None or live.nr_ioasids <= 4 * len(members)):
+                set_ids.add(sid)
+            else:
+                rest.extend(members)
+        return rest
 
     def _set_ioasids_ops(self, sid: int, ops: list[Op]) -> list[Cgroup]:
         """A set with every IOASID it holds; returns the cgroups they were or are charged
