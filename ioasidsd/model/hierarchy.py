@@ -105,7 +105,8 @@ class Cgroup:
     ``max``), ``reserved`` the capacity this cgroup holds from the pool for its limit, ``peak``,
     ``events`` and ``events_local`` the refusals (``ioasids.events``, ``ioasids.events.local``),
     ``unit_charges`` the two ``Charge`` records of one IOASID charged here with nothing else to
-    undo (not covered, covered by a reservation), made once instead of on every allocation.
+    undo (not covered, covered by a reservation), made at its first charge instead of on every
+    allocation (empty until then).
     A cgroup of a hierarchy the controller is not bound to does not have them.
     """
 
@@ -133,7 +134,7 @@ class Cgroup:
     limit: int | None
     peak: int
     reserved: int
-    unit_charges: tuple[Any, Any]
+    unit_charges: tuple[Any, ...]
 
     def __init__(self, name: str, parent: Cgroup | None) -> None:
         self.attrs: dict[str, dict[str, int]] = {}
@@ -146,6 +147,7 @@ class Cgroup:
         # This cgroup and its ancestors below the root (a controller's charge walk). The tree
         # only ever renames within a parent, so the walk of a cgroup never changes.
         self.chain: tuple[Cgroup, ...] = () if parent is None else (self, *parent.chain)
+        self.unit_charges = ()  # the controller's, made at its first charge here
 
     @property
     def is_root(self) -> bool:

@@ -116,7 +116,6 @@ class IoasidsController(Controller):
         cg.peak = 0
         cg.events = 0
         cg.events_local = 0
-        cg.unit_charges = (Charge(cg, 1, False), Charge(cg, 1, True))
 
     def css_offline(self, cg: Cgroup) -> None:
         """A cgroup being removed gives its reservation back to the pool (``reserve``); in
@@ -204,8 +203,11 @@ class IoasidsController(Controller):
                 raised.append((node, node.peak))
                 node.peak = counter
         covered = covered and self._limits_reserve
-        if raised is None and n == 1:
-            return cg.unit_charges[covered]  # made once per cgroup: this is every allocation
+        if raised is None and n == 1:  # every allocation but a cgroup's first: made once
+            units = cg.unit_charges
+            if not units:
+                units = cg.unit_charges = (Charge(cg, 1, False), Charge(cg, 1, True))
+            return units[covered]
         return _new_charge(Charge, (cg, n, covered, () if raised is None else tuple(raised)))
 
     def cancel_charge(self, charge: Charge) -> None:
