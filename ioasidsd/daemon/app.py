@@ -64,6 +64,7 @@ from ioasidsd.daemon.runtime import (
     AlreadyRunning,
     DirectoryLock,
 )
+from ioasidsd.eventloop import EventLoop
 from ioasidsd.host import boot_id, filesystem_of, process_clock
 from ioasidsd.model.changes import Change, ChangeKind
 from ioasidsd.model.core import IoasidSetType
@@ -121,6 +122,7 @@ class Daemon:
         self.tracker: Tracker | None = None
         self.releases: ReleaseAgents | None = None
         self.control: ControlServer | None = None
+        self.sockets: EventLoop | None = None
         self.userapi: UserApiServer | None = None
         self.vtd: VtdDriver | None = None
         self.mount: Any = None
@@ -212,16 +214,18 @@ class Daemon:
 
         self._mount()
         others = descriptor_budget() // 2  # what users other than root may hold, per socket
+        self.sockets = EventLoop(self.log, name="sockets")  # one thread serves both sockets
         self.userapi = UserApiServer(
             system, str(config.runtime_dir),
-            cap=ConnectionCap(config.max_connections_per_uid, total=others))
+            cap=ConnectionCap(config.max_connections_per_uid, total=others), loop=self.sockets)
         self.userapi.start()
         handlers = {name: functools.partial(verb, self) for name, verb in verbs.VERBS.items()}
         self.control = ControlServer(config.runtime_dir / CONTROL_SOCKET_NAME, handlers,
                                      self.log,
                                      cap=ConnectionCap(config.max_connections_per_uid,
-                                                       total=others))
+                                                       total=others), loop=self.sockets)
         self.control.start()
+        self.sockets.start()
         self._notify("READY=1", f"STATUS={self.status_line()}")
         self.log.info("ready", mount=str(config.mount), pid=os.getpid(),
                       tracking=self.tracker.mode, profile=system.knobs.profile)
@@ -418,6 +422,8 @@ class Daemon:
             steps.append(("user API socket", self.userapi.stop))
         if self.control is not None:
             steps.append(("control socket", self.control.stop))
+        if self.sockets is not None:
+            steps.append(("socket thread", self.sockets.stop))
         if self.mount is not None:
             steps.append(("unmount", self.mount.unmount))
         stopped = process_clock()

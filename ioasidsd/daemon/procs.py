@@ -265,6 +265,15 @@ class ConnectorTracker(_Supervised):
                 data = sock.recv(65536)
             except TimeoutError:
                 break
+            except OSError as exc:
+                if exc.errno != errno.ENOBUFS:
+                    raise
+                # events overflowed the buffer before the answer came (a busy machine): the
+                # kernel is sending them, so the subscription took; what was lost, the answer
+                # perhaps with it, is rescanned before the first event is served
+                self.overflows += 1
+                self._resync_since = self._last_ok
+                return
             for msg in self._marshal.parse(data):
                 if msg["what"] == PROC_EVENT_NONE:
                     if msg["err"]:
