@@ -239,12 +239,6 @@ class System:
         self.ioasid_device.process_exit(proc)
         self._ioasid_changed(ChangeKind.IOASID, (proc,))
 
-    def ioasid_use_vtd(self, driver: VtdDriver) -> None:
-        """Serve the bind extension of ``/dev/ioasid`` with ``driver`` (a booted VT-d driver
-        over this system's core); without one, binds answer ``ENODEV``. The same as
-        ``vtd_attach``."""
-        self.vtd_attach(driver)
-
     def ioasid_process(self, pid: int) -> Process:
         """The process ``pid`` for a charge: the model's process when it is tracked, otherwise
         the process placed where it belongs first (``place``). ``ESRCH`` for no such process,

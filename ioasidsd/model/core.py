@@ -937,8 +937,3 @@ class IoasidCore:
                             self._active = self._groups[0] if self._groups else None
                     return
             self.warn("unregister of an unknown allocator")
-
-    @property
-    def custom_allocator_active(self) -> bool:
-        """Whether a custom allocator is in charge."""
-        return self._active is not None

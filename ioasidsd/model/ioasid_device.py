@@ -164,10 +164,6 @@ class IoasidDevice:
         if not self._touched.sets or self._touched.sets[-1] is not ioasid_set:
             self._touched.sets.append(ioasid_set)
 
-    def file_of(self, task: Process) -> IoasidFile | None:
-        """The open file of ``task``, if it has one."""
-        return self._files.get(task)
-
     # ------------------------------------------------------------------ open / release
     def open(self, task: Process) -> IoasidFile:
         """``open("/dev/ioasid")`` by ``task``: create its ``IoasidUser`` and MM set.

@@ -30,7 +30,7 @@ Every method runs under ``core.lock`` (the hierarchy's lock is the same).
 from __future__ import annotations
 
 import contextlib
-from errno import EAGAIN, EBUSY, EEXIST, EINVAL, ENOSPC, EPERM
+from errno import EAGAIN, EBUSY, EINVAL, EPERM
 from typing import TYPE_CHECKING, NamedTuple
 
 from ioasidsd.model.errors import IoasidError
@@ -345,5 +345,4 @@ class IoasidsController(Controller):
         return [d for d in self.core.set_members(ioasid_set) if d.cgroup is not None]
 
 
-# Errnos re-exported for faces that match them without importing errno.
-__all__ = ["EAGAIN", "EBUSY", "EEXIST", "ENOSPC", "EPERM", "Charge", "IoasidsController"]
+__all__ = ["Charge", "IoasidsController"]

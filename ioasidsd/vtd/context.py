@@ -103,8 +103,3 @@ class SmContextEntry:
     def max_pasid(self) -> int:
         """One past the largest PASID the entry allows (64 per directory entry)."""
         return self.directory_entries << 6
-
-
-def sid_of(bus: int, devfn: int) -> int:
-    """The 16-bit requester id (source id) of ``bus``/``devfn``."""
-    return (bus << 8) | devfn

@@ -110,11 +110,6 @@ def dev_iotlb(sid: int, pfsid: int, qdep: int, addr: int, mask: int) -> Desc:
     return QI_DIOTLB_TYPE | (qdep & 0x1F) << 16 | (sid & 0xFFFF) << 32 | _pfsid(pfsid), qw1, 0, 0
 
 
-def iec_global() -> Desc:
-    """Global interrupt-entry-cache invalidation (``qi_global_iec``)."""
-    return QI_IEC_TYPE, 0, 0, 0
-
-
 def wait(status_addr: int = 0, status_data: int = QI_DONE, *, sw: bool = False,
          iflag: bool = False, fence: bool = False, pd: bool = False) -> Desc:
     """Invalidation wait: status write (SW), interrupt (IF), fence (FN), page drain (PD)."""

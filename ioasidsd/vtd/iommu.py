@@ -199,15 +199,6 @@ class IntelIommu:
         self.regs.write("IQA", self.qi_base | (r.IQA_DW if sm else 0) | order)
         self._set_gcmd(r.GCMD_QIE, r.GSTS_QIES, True, "QIES")
 
-    def disable_qi(self) -> None:
-        """``dmar_disable_qi``: clear QIE (refused by the hardware unless the queue is idle
-        after a wait; ``EBUSY`` then)."""
-        self.gcmd &= ~r.GCMD_QIE
-        self.regs.write("GCMD", self.gcmd)
-        if self.regs.read("GSTS") & r.GSTS_QIES:
-            self.gcmd |= r.GCMD_QIE
-            raise IoasidError(EBUSY, f"{self.name}: the invalidation queue is busy")
-
     def set_root_entry(self) -> None:
         """``iommu_set_root_entry``: program RTADDR (SMT in scalable mode), SRTP, then the
         global context-cache, PASID-cache and IOTLB invalidations unless CAP.ESRTPS."""

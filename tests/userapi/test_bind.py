@@ -141,7 +141,7 @@ def test_bind_over_the_socket_with_a_real_process(tmp_path) -> None:
     served = Served("fixed", str(tmp_path))
     try:
         driver = build_driver(served.system.core)
-        served.system.ioasid_use_vtd(driver)
+        served.system.vtd_attach(driver)
         served.cgroup("vm", 4)
         a = served.agent("vm")
         a.ok("open")
