@@ -64,6 +64,7 @@ from ioasidsd.model.notifier import (
 )
 from ioasidsd.model.workqueue import Work
 from ioasidsd.vtd import descriptors as d
+from ioasidsd.vtd import restore
 from ioasidsd.vtd.caps import Capabilities, system_pasid_space
 from ioasidsd.vtd.counters import Counters
 from ioasidsd.vtd.device import PciDevice, format_bdf, parse_bdf
@@ -78,7 +79,7 @@ from ioasidsd.vtd.iommu import (
 from ioasidsd.vtd.memory import Block, PhysMem
 from ioasidsd.vtd.page_requests import PageRequest
 from ioasidsd.vtd.pasid_table import FLPT_DEFAULT_DID, PASID_MIN, Pgtt
-from ioasidsd.vtd.svm import Domain, Svm, SvmDev
+from ioasidsd.vtd.svm import Domain, Svm, SvmDev, cpu_pgd
 from ioasidsd.vtd.trace import Trace
 from ioasidsd.vtd.translation import DmaResult
 
@@ -96,11 +97,6 @@ says which binding they are about and whose other fields (the owner's own pid an
 a device, a domain id, an address of that PASID) tell nothing of another process. Kinds not
 listed here are never shown in a filtered snapshot (``inv_desc`` encodes PASIDs in its
 quadwords, ``page_alloc`` names page owners, ``prq_*`` carry requests, ``vcmd`` allocations)."""
-
-
-def cpu_pgd(process: Any) -> int:
-    """A stand-in for a process's CPU page-table root (CPU page tables are not simulated)."""
-    return (0x100000 + (int(getattr(process, "pid", 0)) & 0xFFFFFFF)) << 12
 
 
 def _check_address(addr: int) -> None:
@@ -223,8 +219,6 @@ class VtdDriver:
         bindings its IOASIDs record are rebuilt without touching their references, SPIDs or
         charges (``restore.restore_bindings``: its errors, which leave the driver unusable).
         ``EBUSY`` if booted already; ``ENODEV`` without units."""
-        from ioasidsd.vtd import restore  # it builds on this module: imported when used
-
         with self.lock:
             if self.booted:
                 raise IoasidError(EBUSY, "already booted")

@@ -28,9 +28,8 @@ from typing import TYPE_CHECKING, Any
 
 from ioasidsd.model.core import IoasidData, IoasidSet, IoasidSetType, IoasidState
 from ioasidsd.model.errors import IoasidError
-from ioasidsd.vtd.driver import cpu_pgd
 from ioasidsd.vtd.pasid_table import FLPT_DEFAULT_DID
-from ioasidsd.vtd.svm import GUEST_RECORD, RECORD_KINDS, Svm, SvmDev
+from ioasidsd.vtd.svm import GUEST_RECORD, RECORD_KINDS, Svm, SvmDev, cpu_pgd
 
 if TYPE_CHECKING:
     from ioasidsd.model.core import IoasidCore

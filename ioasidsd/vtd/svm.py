@@ -40,6 +40,12 @@ class Domain:
     users: int = 0
 
 
+def cpu_pgd(process: Any) -> int:
+    """A stand-in for a process's CPU page-table root (CPU page tables are not simulated): the
+    first-level root of a native binding."""
+    return (0x100000 + (int(getattr(process, "pid", 0)) & 0xFFFFFFF)) << 12
+
+
 GUEST_RECORD = "vtd.guest"
 NATIVE_RECORD = "vtd.native"
 RECORD_KINDS = (GUEST_RECORD, NATIVE_RECORD)
