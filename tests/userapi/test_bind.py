@@ -11,7 +11,7 @@ import pytest
 from ioasidsd.model import IoasidError, IoasidNotify, IoasidState, NotifierBlock
 from ioasidsd.model import ioasid_uapi as uapi
 from ioasidsd.model.core import INVALID_IOASID
-from ioasidsd.vtd.config import build_driver
+from ioasidsd.vtd.driver.config import build_driver
 from ioasidsd.vtd_binder import VtdGuestBinder
 
 from .helpers import Served, World

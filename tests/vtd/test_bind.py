@@ -15,7 +15,7 @@ from ioasidsd.model import (
     NotifierBlock,
 )
 from ioasidsd.vtd import PciDevice
-from ioasidsd.vtd.pasid_table import Pgtt
+from ioasidsd.vtd.hardware.pasid_table import Pgtt
 
 from .conftest import DEV_A, DEV_B, Env
 

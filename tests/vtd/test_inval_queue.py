@@ -8,8 +8,8 @@ import pytest
 
 from ioasidsd.model import IoasidError
 from ioasidsd.vtd import Capabilities, Unit, UnitOptions
-from ioasidsd.vtd import descriptors as d
-from ioasidsd.vtd import registers as r
+from ioasidsd.vtd.hardware import descriptors as d
+from ioasidsd.vtd.hardware import registers as r
 
 from .conftest import DEV_A
 

@@ -18,7 +18,7 @@ from ioasidsd.model import (
     NotifierBlock,
 )
 from ioasidsd.model.core import INVALID_IOASID
-from ioasidsd.vtd.svm import Svm
+from ioasidsd.vtd.driver.svm import Svm
 
 from .conftest import DEV_A, DEV_B, Env
 

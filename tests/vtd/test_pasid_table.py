@@ -10,9 +10,9 @@ from hypothesis import strategies as st
 
 from ioasidsd.model import IoasidError
 from ioasidsd.vtd import Capabilities, DriverOptions, PciDevice
-from ioasidsd.vtd import descriptors as d
-from ioasidsd.vtd import faults as f
-from ioasidsd.vtd.pasid_table import PasidEntry, Pgtt, write_field
+from ioasidsd.vtd.hardware import descriptors as d
+from ioasidsd.vtd.hardware import faults as f
+from ioasidsd.vtd.hardware.pasid_table import PasidEntry, Pgtt, write_field
 
 from .conftest import DEV_A, Env
 

@@ -9,7 +9,7 @@ import pytest
 
 from ioasidsd.model import IoasidError
 from ioasidsd.model.core import INVALID_IOASID
-from ioasidsd.vtd import descriptors as d
+from ioasidsd.vtd.hardware import descriptors as d
 
 from .conftest import DEV_A, Env
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from ioasidsd.vtd import Capabilities, DriverOptions, PciDevice
-from ioasidsd.vtd import descriptors as d
-from ioasidsd.vtd import faults as f
-from ioasidsd.vtd.pasid_table import PasidEntry, clear_entry
+from ioasidsd.vtd.hardware import descriptors as d
+from ioasidsd.vtd.hardware import faults as f
+from ioasidsd.vtd.hardware.pasid_table import PasidEntry, clear_entry
 
 from .conftest import DEV_A, Env
 

@@ -8,7 +8,12 @@ import pytest
 
 from ioasidsd.model import IoasidError
 from ioasidsd.vtd import Capabilities
-from ioasidsd.vtd.vcmd import VCMD_CMD_ALLOC, VCMD_CMD_FREE, guest_alloc_pasid, guest_free_pasid
+from ioasidsd.vtd.hardware.vcmd import (
+    VCMD_CMD_ALLOC,
+    VCMD_CMD_FREE,
+    guest_alloc_pasid,
+    guest_free_pasid,
+)
 
 from .conftest import Env
 

@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from ioasidsd.vtd.bits import Field, bit, pack, unpack
+from ioasidsd.vtd.hardware.bits import Field, bit, pack, unpack
 
 CAP_FIELDS: dict[str, Field] = {
     "nd": Field(2, 0),

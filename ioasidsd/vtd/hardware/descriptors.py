@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ioasidsd.vtd.bits import Field, bit, get
+from ioasidsd.vtd.hardware.bits import Field, bit, get
 
 QI_CC_TYPE = 0x1
 QI_IOTLB_TYPE = 0x2

@@ -9,7 +9,7 @@ patches do (spec ``ioasid-v4.md`` section 5, ``vtd.md`` sections 5.2-5.4):
   PASID set (quota ``DriverOptions.host_quota``, 32768 by default) and register the FREE
   listener on the global chain, then probe the devices. Over a core restored from a snapshot
   (``adopt=True``) it keeps the restored capacity, adopts the restored host set and rebuilds the
-  bindings the snapshot recorded (``ioasidsd.vtd.restore``);
+  bindings the snapshot recorded (``ioasidsd.vtd.driver.restore``);
 * native SVA: ``bind_mm``/``unbind_mm`` a process to a device (first-level entry over the
   process's page table, PASID from the host set, ``put`` on the last unbind);
 * guest SVA: ``bind_gpasid``/``unbind_gpasid`` (process, hpasid, gpasid, bdf): the generic
@@ -63,25 +63,25 @@ from ioasidsd.model.notifier import (
     NotifierBlock,
 )
 from ioasidsd.model.workqueue import Work
-from ioasidsd.vtd import descriptors as d
-from ioasidsd.vtd import restore
-from ioasidsd.vtd.caps import Capabilities, system_pasid_space
 from ioasidsd.vtd.counters import Counters
-from ioasidsd.vtd.device import PciDevice, format_bdf, parse_bdf
-from ioasidsd.vtd.hardware import Unit, UnitOptions
-from ioasidsd.vtd.iommu import (
+from ioasidsd.vtd.driver import restore
+from ioasidsd.vtd.driver.iommu import (
     ADDR_WIDTH_4LEVEL,
     ADDR_WIDTH_5LEVEL,
     DeviceInfo,
     DriverOptions,
     IntelIommu,
 )
-from ioasidsd.vtd.memory import Block, PhysMem
-from ioasidsd.vtd.page_requests import PageRequest
-from ioasidsd.vtd.pasid_table import FLPT_DEFAULT_DID, PASID_MIN, Pgtt
-from ioasidsd.vtd.svm import Domain, Svm, SvmDev, cpu_pgd
+from ioasidsd.vtd.driver.svm import Domain, Svm, SvmDev, cpu_pgd
+from ioasidsd.vtd.hardware import descriptors as d
+from ioasidsd.vtd.hardware.caps import Capabilities, system_pasid_space
+from ioasidsd.vtd.hardware.device import PciDevice, format_bdf, parse_bdf
+from ioasidsd.vtd.hardware.memory import Block, PhysMem
+from ioasidsd.vtd.hardware.page_requests import PageRequest
+from ioasidsd.vtd.hardware.pasid_table import FLPT_DEFAULT_DID, PASID_MIN, Pgtt
+from ioasidsd.vtd.hardware.translation import DmaResult
+from ioasidsd.vtd.hardware.unit import Unit, UnitOptions
 from ioasidsd.vtd.trace import Trace
-from ioasidsd.vtd.translation import DmaResult
 
 if TYPE_CHECKING:
     from ioasidsd.model.hierarchy import Process

@@ -28,12 +28,12 @@ from typing import TYPE_CHECKING, Any
 
 from ioasidsd.model.core import IoasidData, IoasidSet, IoasidSetType, IoasidState
 from ioasidsd.model.errors import IoasidError
-from ioasidsd.vtd.pasid_table import FLPT_DEFAULT_DID
-from ioasidsd.vtd.svm import GUEST_RECORD, RECORD_KINDS, Svm, SvmDev, cpu_pgd
+from ioasidsd.vtd.driver.svm import GUEST_RECORD, RECORD_KINDS, Svm, SvmDev, cpu_pgd
+from ioasidsd.vtd.hardware.pasid_table import FLPT_DEFAULT_DID
 
 if TYPE_CHECKING:
     from ioasidsd.model.core import IoasidCore
-    from ioasidsd.vtd.driver import VtdDriver
+    from ioasidsd.vtd.driver.vtd_driver import VtdDriver
 
 _GUEST_DEVICE = {"bdf": str, "gpgd": int, "addr_width": int, "sre": bool, "eafe": bool}
 _NATIVE_DEVICE = {"bdf": str, "users": int, "supervisor": bool}

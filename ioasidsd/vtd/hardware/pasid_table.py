@@ -21,8 +21,8 @@ import enum
 from collections import Counter
 from dataclasses import dataclass, fields
 
-from ioasidsd.vtd.bits import Field, bit
-from ioasidsd.vtd.memory import PAGE_SHIFT, PAGE_SIZE, PhysMem
+from ioasidsd.vtd.hardware.bits import Field, bit
+from ioasidsd.vtd.hardware.memory import PAGE_SHIFT, PAGE_SIZE, PhysMem
 
 PASID_PDE_SHIFT = 6
 PASID_PTE_MASK = 0x3F

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ioasidsd.vtd.bits import Field, bit, pack, unpack
+from ioasidsd.vtd.hardware.bits import Field, bit, pack, unpack
 
 ROOT_ENTRY_SIZE = 16
 CONTEXT_ENTRY_SIZE = 32

@@ -26,13 +26,13 @@ from __future__ import annotations
 from collections import deque
 from typing import TYPE_CHECKING
 
-from ioasidsd.vtd import descriptors as d
-from ioasidsd.vtd import registers as r
-from ioasidsd.vtd.device import Response
-from ioasidsd.vtd.memory import MemoryAccessError
+from ioasidsd.vtd.hardware import descriptors as d
+from ioasidsd.vtd.hardware import registers as r
+from ioasidsd.vtd.hardware.device import Response
+from ioasidsd.vtd.hardware.memory import MemoryAccessError
 
 if TYPE_CHECKING:
-    from ioasidsd.vtd.hardware import Unit
+    from ioasidsd.vtd.hardware.unit import Unit
 
 
 class InvalidationQueue:

@@ -11,8 +11,8 @@
 
 A binding describes itself as plain data (``Svm.snapshot_record``), which a snapshot of the core
 keeps as the IOASID's private data: what was bound, to which devices, with which parameters, for
-whom. ``ioasidsd.vtd.restore`` rebuilds the binding (and the simulated hardware's entries) from
-that record when the driver boots over a restored core.
+whom. ``ioasidsd.vtd.driver.restore`` rebuilds the binding (and the simulated hardware's entries)
+from that record when the driver boots over a restored core.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ioasidsd.model.workqueue import Work
-    from ioasidsd.vtd.iommu import DeviceInfo, IntelIommu
+    from ioasidsd.vtd.driver.iommu import DeviceInfo, IntelIommu
 
 
 @dataclass(eq=False, slots=True)
