@@ -238,7 +238,7 @@ class IoasidCore:
             raise IoasidError(EDEADLK, "called from a notifier callback: use the _locked form")
 
     def _data(self, ioasid: int, errno: int = ENOENT) -> IoasidData:
-        data = self._ids.get(ioasid) if 0 <= ioasid < INVALID_IOASID else None
+        data: IoasidData | None = self._ids.get(ioasid) if 0 <= ioasid < INVALID_IOASID else None
         if data is None:
             raise IoasidError(errno, f"IOASID {ioasid} is not allocated")
         return data

@@ -70,7 +70,8 @@ def restore_bindings(driver: VtdDriver) -> int:
                 else:
                     _restore_native(driver, data, data.private)
             except IoasidError as exc:
-                raise IoasidError(exc.errno, f"IOASID {data.id}: {exc.strerror}") from None
+                code = exc.errno or EINVAL  # an IoasidError always has one
+                raise IoasidError(code, f"IOASID {data.id}: {exc.strerror}") from None
         return len(records)
 
 

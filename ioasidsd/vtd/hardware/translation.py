@@ -204,7 +204,7 @@ class Translator:
         if PasidEntry.reserved_bits_set(words):
             raise _Fault(f.SM_PTE_RESERVED, fpd)
         caps = unit.caps
-        valid = {
+        valid: dict[int, bool] = {
             Pgtt.FL_ONLY: caps.flts,
             Pgtt.SL_ONLY: caps.slts,
             Pgtt.NESTED: caps.nest,
