@@ -21,9 +21,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from daemon.ops import PROFILES as SYSTEM_PROFILES
-from daemon.ops import FakeProcesses
 from localusers import LocalUser
+from system.ops import PROFILES as SYSTEM_PROFILES
+from system.ops import FakeProcesses
 
 TENANT = "ioasids-tenant"
 """The name of the unprivileged user the test set-up makes (and removes if it made it)."""
