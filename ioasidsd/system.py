@@ -214,7 +214,7 @@ class System:
                 cg.attrs.setdefault(name, {}).update(attrs)
             self.on_change(Change(ChangeKind.ATTRS, cgroups=(cg,)))
 
-    # ------------------------------------------------------------------ /dev/ioasid (issue 5)
+    # ------------------------------------------------------------------ /dev/ioasid
     # The user API's changes: an open file per connection of a real process. Each method reports
     # what it changed, as kind "set" (open, release) or "ioasid" (ioctl, exit), with the records
     # the device touched (``_ioasid_changed``: ``ids``, ``sets``, ``cgroups``) and, for open and
@@ -411,7 +411,7 @@ class System:
             self.ioasid_device.release(file)
             self._ioasid_changed(ChangeKind.SET)
 
-    # ------------------------------------------------------------------ VT-d (issues 3-5)
+    # ------------------------------------------------------------------ VT-d
     # The simulated IOMMU. Its binds and unbinds come through the faces (the user API's bind
     # extension), which report them; the one change it makes on its own is the FREE cleanup on
     # the core's work queue, reported here.

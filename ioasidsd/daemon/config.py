@@ -59,7 +59,7 @@ class ConfigError(Exception):
 
 @dataclass(frozen=True)
 class Config:
-    """Every setting of ``ioasidsd run``, with the defaults of DESIGN.md."""
+    """Every setting of ``ioasidsd run``, with the defaults ``docs/daemon.md`` lists."""
 
     mount: Path = Path("/sys/fs/cgroup/ioasids")
     state_dir: Path = Path("/var/lib/ioasidsd")

@@ -2,7 +2,7 @@
 
 ``VtdDriver`` is what the rest of the project talks to. It owns the simulated units, their
 devices and one ``iommu.IntelIommu`` per unit, and uses the IOASID core as the V4 series' VT-d
-patches do (spec ``ioasid-v4.md`` section 5, ``vtd.md`` sections 5.2-5.4):
+patches do (Linux's ``init_dmars`` and ``intel/svm.c`` of 2020, with the series' FREE listener):
 
 * ``boot`` (``init_dmars``): bring every unit up, install the system capacity (the minimum over
   the units of 2^(PSS+1), at most 2^20) when every unit supports scalable mode, create the host
@@ -25,7 +25,7 @@ patches do (spec ``ioasid-v4.md`` section 5, ``vtd.md`` sections 5.2-5.4):
 * page requests: the decisions of the PRQ handler, and ``page_response`` for requests reported
   to a guest.
 
-The ``vtd_quirks`` knob (profile ``v4``) reproduces item 16 of the spec's section 6.7: the
+The ``vtd_quirks`` knob (profile ``v4``) reproduces the series' VT-d defects: the
 SPID is attached before the private data and its failure ignored, the listener has priority 0,
 and page-request lookups only search the host set (guest PASIDs fail them). ``fixed`` attaches
 the data first, fails the bind when the SPID cannot be attached, registers at

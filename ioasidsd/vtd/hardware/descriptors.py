@@ -1,9 +1,9 @@
 """Invalidation-queue descriptors: their 256-bit encodings and the hardware's decoder.
 
 Encoders build the four qwords exactly as Linux's ``qi_flush_*``/``qi_desc_*`` helpers and the
-``QI_*`` macros of ``iommu.h`` do (so the golden vectors of the spec's section 3.1 come out bit
-for bit); a 128-bit descriptor is the first two qwords. ``decode`` is the hardware side: it
-checks the type and the reserved bits and returns the named fields, or raises
+``QI_*`` macros of ``iommu.h`` do (``tests/vtd/test_inval_queue.py`` checks them bit for bit
+against reference encodings); a 128-bit descriptor is the first two qwords. ``decode`` is the
+hardware side: it checks the type and the reserved bits and returns the named fields, or raises
 ``InvalidDescriptor`` with the IQEI code the unit latches in IQER.
 
 Types and their trace labels (Linux's ``qi_submit`` tracepoint): 1 ``cc_inv``, 2

@@ -70,7 +70,8 @@ class PageRequest:
 
     @property
     def needs_response(self) -> bool:
-        """A page group response is due (VT-d 3.x section 7.7: LPIG or private data)."""
+        """A page group response is due (Intel's VT-d specification 3.x, section 7.7:
+        LPIG or private data)."""
         return self.lpig or self.private is not None
 
     @property
