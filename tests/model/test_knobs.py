@@ -35,7 +35,7 @@ def world_with(base: str, capacity: int | None = None, **knobs: Any) -> World:
     return World(profile(base, **knobs), capacity=capacity)
 
 
-# --------------------------------------------------------------------------- single quirks of 6.7
+# --------------------------------------------------------------------------- single quirks
 
 
 @BASES
@@ -469,8 +469,8 @@ def test_every_knob_has_a_test() -> None:
 
 
 def test_profiles_match_the_design_table() -> None:
-    """DESIGN.md's knob table and 6.7: ``fixed`` corrects every defect, ``v4`` reproduces
-    each; the design choices take the values the table gives each profile."""
+    """The profiles of ``docs/profiles.md``: ``fixed`` corrects every defect, ``v4`` reproduces
+    each; the design choices take the values ``docs/model.md``'s table gives each profile."""
     fixed, v4 = profile("fixed"), profile("v4")
     assert fixed == Knobs() and fixed.profile == "fixed" and v4.profile == "v4"
     design = {

@@ -1,4 +1,4 @@
-"""Capabilities and registers: vtd.md section 7.3, behaviours 1-6."""
+"""Capabilities and registers: behaviours B1-B6 of ``docs/behaviours.md``."""
 
 from __future__ import annotations
 

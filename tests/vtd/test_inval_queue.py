@@ -1,4 +1,4 @@
-"""The invalidation queue: vtd.md section 7.3, behaviours 7-14."""
+"""The invalidation queue: behaviours B7-B14 of ``docs/behaviours.md``."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Page requests and drain: vtd.md section 7.3, behaviours 29-34."""
+"""Page requests and drain: behaviours B29-B34 of ``docs/behaviours.md``."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""PASID structures: vtd.md section 7.3, behaviours 15-22."""
+"""PASID structures: behaviours B15-B22 of ``docs/behaviours.md``."""
 
 from __future__ import annotations
 

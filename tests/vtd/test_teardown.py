@@ -1,4 +1,4 @@
-"""Tear-down of a PASID entry: vtd.md section 7.3, behaviours 23-28."""
+"""Tear-down of a PASID entry: behaviours B23-B28 of ``docs/behaviours.md``."""
 
 from __future__ import annotations
 

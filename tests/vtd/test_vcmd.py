@@ -1,4 +1,4 @@
-"""The virtual command interface: vtd.md section 7.3, behaviours 41-43."""
+"""The virtual command interface: behaviours B41-B43 of ``docs/behaviours.md``."""
 
 from __future__ import annotations
 
