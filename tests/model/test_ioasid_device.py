@@ -21,11 +21,28 @@ from errno import (
 )
 
 import pytest
+from userapi.helpers import MAX31, World
 
 from ioasidsd.model import IoasidError, IoasidNotify, IoasidSetType, IoasidState, NotifierBlock
 from ioasidsd.model import ioasid_uapi as uapi
 
-from .helpers import MAX31, World
+
+# The device's own worlds (a core, its controller and the device), not the model's ``World`` of
+# ``conftest.py``.
+@pytest.fixture(params=["fixed", "v4"])
+def world(request: pytest.FixtureRequest) -> World:
+    """A world in each profile."""
+    return World(request.param)
+
+
+@pytest.fixture
+def fixed() -> World:
+    return World("fixed")
+
+
+@pytest.fixture
+def v4() -> World:
+    return World("v4")
 
 
 def recorder(log: list, tag: str | None = None) -> NotifierBlock:
