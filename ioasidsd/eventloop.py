@@ -101,7 +101,7 @@ class EventLoop:
         ok, value = outcome[0]
         if not ok:
             raise value
-        return value  # type: ignore[no-any-return]
+        return value
 
     def call_at(self, deadline: float, fn: Callable[[], object]) -> None:
         """Run ``fn()`` on the loop's thread once ``time.monotonic()`` reaches ``deadline``.

@@ -388,9 +388,10 @@ class ConnectorTracker(_Supervised):
                         raise
                     self._overflow()
                     continue
-                self._last_ok = process_clock()
+                received = process_clock()
                 for msg in self._marshal.parse(data):
-                    self._handle(msg)
+                    self._handle(msg)  # one that fails resyncs from before this batch
+                self._last_ok = received
             if self._resync_since is not None:  # an event could not be handled
                 since, self._resync_since = self._resync_since, None
                 self._resync(since)

@@ -46,9 +46,12 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from errno import EACCES, EBUSY, EEXIST, EINVAL, EIO, ENAMETOOLONG, ENODEV, ENOENT, ESRCH
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ioasidsd.model.errors import IoasidError
+
+if TYPE_CHECKING:
+    from ioasidsd.model.ioasids import Charge
 
 NAME_MAX = 255
 
@@ -134,7 +137,7 @@ class Cgroup:
     limit: int | None
     peak: int
     reserved: int
-    unit_charges: tuple[Any, ...]
+    unit_charges: tuple[Charge, ...]
 
     def __init__(self, name: str, parent: Cgroup | None) -> None:
         self.attrs: dict[str, dict[str, int]] = {}

@@ -595,7 +595,7 @@ class Store:
             # by pid alone: a process tracked anew under a reused pid released the old one's sets
             set_ids.update(self._owned.get(proc.pid, ()))
         if len(ids) >= _BULK_IDS:
-            ids = self._bulk_to_sets(ids, set_ids)
+            ids = tuple(self._bulk_to_sets(ids, set_ids))
         if set_ids:
             for sid in sorted(set_ids):
                 cgroups.extend(self._set_ioasids_ops(sid, ops))
