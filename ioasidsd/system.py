@@ -226,13 +226,14 @@ class System:
 
     def _ioasid_changed(self, kind: ChangeKind, processes: tuple[Process, ...] = (),
                         refusal: Refusal | None = None) -> None:
-        """The one place where the device's ``Touched`` becomes a ``Change``: reported when
+        """The one place where what the device touched becomes a ``Change``: reported when
         the device touched something or ``refusal`` is given."""
         touched = self.ioasid_device.take_touched()
-        if touched or refusal is not None:
-            sets = touched.sets
-            self.on_change(exact_change(kind, touched.cgroups, processes, tuple(touched.ids),
-                                        tuple([s.id for s in sets]) if sets else (), refusal))
+        if touched is not None:
+            cgroups, ids, sets = touched
+            self.on_change(exact_change(kind, cgroups, processes, ids, sets, refusal))
+        elif refusal is not None:
+            self.on_change(exact_change(kind, (), processes, (), (), refusal))
 
     def _ioasid_exit_hook(self, proc: Process) -> None:
         self.ioasid_device.process_exit(proc)

@@ -96,11 +96,11 @@ class IoasidFile:
 
 
 class Touched:
-    """What the operations since the last ``IoasidDevice.take_touched()`` changed, which
-    ``System`` turns into the fields of one ``Change`` (``ioasidsd.model.changes``): ``ids``,
+    """What the operations since the last ``IoasidDevice.take_touched()`` changed: ``ids``,
     IOASIDs changed (allocated, freed, referenced), batches included; ``sets``, sets changed as
-    a whole (created, adopted, released); ``cgroups``, the cgroups whose counters or events
-    changed."""
+    a whole (created, adopted, released); ``leaves``, the cgroups charged, uncharged or refused,
+    whose walks' counters or events changed. Kept by the device and emptied by each
+    ``take_touched``."""
 
     __slots__ = ("ids", "leaves", "sets")
 
@@ -109,18 +109,11 @@ class Touched:
         self.sets: list[IoasidSet] = []
         self.leaves: set[Cgroup] = set()
 
-    def __bool__(self) -> bool:
-        return bool(self.ids or self.sets or self.leaves)
 
-    @property
-    def cgroups(self) -> tuple[Cgroup, ...]:
-        """The cgroups whose counters or events may have changed: the charge walks (up to, not
-        including, the root) of the cgroups that were charged, uncharged or refused, each once."""
-        leaves = self.leaves
-        if len(leaves) == 1:  # one caller, charged in its own cgroup: every ioctl but a few
-            for leaf in leaves:
-                return leaf.chain
-        return tuple(dict.fromkeys([cg for leaf in leaves for cg in leaf.chain]))
+TouchedFields = tuple[tuple["Cgroup", ...], tuple[int, ...], tuple[int, ...]]
+"""What ``IoasidDevice.take_touched`` gives: the cgroups whose counters or events may have
+changed (the charge walks, up to and not including the root, each cgroup once), the IOASIDs
+and the ids of the sets, as the fields of a ``Change`` (``ioasidsd.model.changes``)."""
 
 
 _Handler = Callable[["IoasidDevice", IoasidUser, bytes, "Process"], tuple[int, bytes]]
@@ -143,10 +136,24 @@ class IoasidDevice:
         self._touched = Touched()
 
     # ------------------------------------------------------------------ bookkeeping
-    def take_touched(self) -> Touched:
-        """The records changed since the last call (and start a new record)."""
-        touched, self._touched = self._touched, Touched()
-        return touched
+    def take_touched(self) -> TouchedFields | None:
+        """What the operations since the last call changed (``TouchedFields``), or ``None``
+        if they changed nothing; the record starts empty again."""
+        touched = self._touched
+        ids, sets, leaves = touched.ids, touched.sets, touched.leaves
+        if not (ids or sets or leaves):
+            return None
+        cgroups: tuple[Cgroup, ...] = ()
+        if len(leaves) == 1:  # one caller, charged in its own cgroup: every ioctl but a few
+            cgroups = leaves.pop().chain
+        elif leaves:
+            cgroups = tuple(dict.fromkeys([cg for leaf in leaves for cg in leaf.chain]))
+            leaves.clear()
+        taken = (cgroups, tuple(ids), tuple([s.id for s in sets]) if sets else ())
+        ids.clear()
+        if sets:
+            sets.clear()
+        return taken
 
     def _touch_ids(self, ids: list[int], task: Process | None) -> None:
         """Record ``ids`` (before the change, so charged cgroups are still known)."""

@@ -73,7 +73,10 @@ class IoasidsController(Controller):
         self.core = core
         self.knobs = core.knobs
         self.lock = core.lock
-        self._warned_negative = False
+        self.warned_negative = False
+        """Whether the negative-counter warning was given (it is given once). Read by the
+        store on every change, so an attribute: only the controller and a snapshot's load
+        (``restore_warned_negative``) set it."""
         self._bound = False
         # Knobs are fixed for the life of the controller; hot paths read these copies.
         self._limits_reserve = self.knobs.capacity_model != "overcommit"
@@ -87,14 +90,9 @@ class IoasidsController(Controller):
         hierarchy.bind(self)
         core.controller = self
 
-    @property
-    def warned_negative(self) -> bool:
-        """Whether the negative-counter warning was given (it is given once)."""
-        return self._warned_negative
-
     def restore_warned_negative(self, warned: bool) -> None:
         """Set whether the negative-counter warning was given (``snapshot.load``)."""
-        self._warned_negative = warned
+        self.warned_negative = warned
 
     # ------------------------------------------------------------------ hierarchy hooks
     def bound(self, hierarchy: Hierarchy) -> None:
@@ -251,8 +249,8 @@ class IoasidsController(Controller):
         """Uncharge ``n`` along the walk. Going below zero is logged once (and still done)."""
         for node in cg.chain:
             node.counter -= n
-            if node.counter < 0 and not self._warned_negative:
-                self._warned_negative = True
+            if node.counter < 0 and not self.warned_negative:
+                self.warned_negative = True
                 self.core.warn(f"ioasids_cg: {node.path} counter went negative")
 
     def charge_alloc(self, ioasid_set: IoasidSet, task: Process | None) -> Charge:

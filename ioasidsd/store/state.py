@@ -553,9 +553,9 @@ class Store:
         """Make one change durable (``System.on_change``); see the module's documentation for
         what each field of ``change`` names. Never raises: a change whose record cannot be made
         is logged, kept in ``error`` and repaired by a full rewrite at the next change."""
-        kind = change.kind.value
+        kind = change.kind  # a str (StrEnum): its value, without the enum's slow ``.value``
         try:
-            if self._error is not None or kind == "sync":
+            if self._error is not None or kind is ChangeKind.SYNC:
                 ops = self._everything()
             else:
                 ops = self._change(change)
