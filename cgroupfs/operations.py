@@ -1,4 +1,6 @@
-"""The FUSE operations (mfusepy, libfuse3 high-level API) of the cgroup-v1 file system.
+"""The FUSE operations (mfusepy, libfuse3 high-level API) of the cgroup file system (v1, or
+v2 for a ``System`` with a cgroup-v2 hierarchy: then ``rename`` is ``EPERM``, as cgroup2 has
+none, and a file made when the controller was enabled belongs to its directory's owner).
 
 Every path is resolved against the model on each request: a directory is a cgroup, a file is an
 entry of ``cgroupfs.files`` in its cgroup's directory. Changes go through ``System`` methods,
@@ -119,6 +121,11 @@ class CgroupOperations(mfusepy.Operations):
     def _stat(self, cg: Cgroup, file: CgroupFile | None) -> dict[str, Any]:
         name = "" if file is None else file.name
         attrs = cg.attrs.get(name, {})
+        if file is not None and "uid" not in attrs and self.system.cgroups.version == 2:
+            # a controller's file made when a v2 parent enabled it belongs to the directory's
+            # owner (cgroup_kn_set_ugid)
+            owner = cg.attrs.get("", {})
+            attrs = {**{k: owner[k] for k in ("uid", "gid") if k in owner}, **attrs}
         if file is None:
             default = ROOT_DIR_MODE if cg.parent is None else DIR_MODE
             kind, nlink = S_IFDIR, 2 + len(cg.children)
@@ -273,6 +280,8 @@ class CgroupOperations(mfusepy.Operations):
         return 0
 
     def rename(self, old: str, new: str) -> int:
+        if self.system.cgroups.version == 2:
+            raise IoasidError(EPERM, "cgroup2 has no rename")
         with self.system.lock:
             _cg, file = self._resolve(old)
             if file is not None:

@@ -42,6 +42,15 @@ def forget_exited(system: System, cg: Cgroup) -> None:
                 system.exit(pid)
 
 
+def populated(system: System, cg: Cgroup) -> bool:
+    """Whether a running process is in ``cg`` or below it (``cgroup.events``)."""
+    with system.lock:
+        members = [(proc.pid, proc.start_time) for node in cg.descendants()
+                   for proc in node.procs]
+    alive = system.processes.alive
+    return any(alive(pid, start) for pid, start in members)
+
+
 def tasks(system: System, cg: Cgroup) -> list[int]:
     """The thread ids of the processes of ``cg`` (``tasks``), ascending."""
     thread_ids = system.processes.thread_ids

@@ -244,7 +244,7 @@ class Daemon:
         # The kernel runs ioasid_wq on a kworker: the daemon keeps the model's deferred work (the
         # VT-d FREE cleanup) on a worker thread, after and apart from the call that queued it.
         system = System(knobs, on_change=self._on_change,
-                        wq=OrderedWorkQueue(mode=WorkMode.THREAD))
+                        wq=OrderedWorkQueue(mode=WorkMode.THREAD), hierarchy=config.hierarchy)
         forward_model_messages(system.core, self.log)
         self.system = system
         if snap is not None:

@@ -290,6 +290,20 @@ class IoasidsController(Controller):
                 if node.counter < 0:
                     self.uncharge(node, 0)  # logs the negative counter once
 
+    def walks_changed(self, old_walks: dict[Cgroup, tuple[Cgroup, ...]]) -> None:
+        """The hook of a v2 hierarchy enabling or disabling the controller: each IOASID charged
+        to a cgroup of ``old_walks`` leaves that cgroup's old walk for its new one (``chain``),
+        with no limit check; peaks rise with it."""
+        moved: dict[Cgroup, int] = {}
+        for data in self.core.ioasids():
+            cg = data.cgroup
+            if cg is not None and cg in old_walks:
+                moved[cg] = moved.get(cg, 0) + 1
+        for cg, n in moved.items():
+            for node in old_walks[cg]:
+                node.counter -= n
+            self.charge(cg, n)
+
     # ------------------------------------------------------------------ migration
     def _moved_set(self, proc: Process) -> IoasidSet | None:
         ioasid_set = self.core.find_mm_set_locked(proc.mm)
