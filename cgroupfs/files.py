@@ -198,7 +198,9 @@ def _unified(system: System) -> UnifiedHierarchy:
 def _procs_v2(system: System, cg: Cgroup) -> str:
     if cg.threaded:
         raise IoasidError(EOPNOTSUPP, "a threaded cgroup lists threads only (cgroup.threads)")
-    return render_ids(pidlists.procs(system, cg))
+    with system.lock:
+        thread_root = _unified(system).is_thread_root(cg)
+    return render_ids(pidlists.procs(system, cg, threaded_subtree=thread_root))
 
 
 def _controllers(system: System, cg: Cgroup) -> str:

@@ -16,12 +16,17 @@ from ioasidsd.model.hierarchy import Cgroup
 from ioasidsd.system import System
 
 
-def procs(system: System, cg: Cgroup) -> list[int]:
-    """The process ids of ``cg`` (``cgroup.procs``), ascending, without duplicates."""
+def procs(system: System, cg: Cgroup, *, threaded_subtree: bool = False) -> list[int]:
+    """The process ids of ``cg`` (``cgroup.procs``), ascending, without duplicates; with
+    ``threaded_subtree``, also those of its threaded descendants (a v2 threaded domain lists
+    every process with a thread in its threaded subtree)."""
     if cg.parent is None:
         return _root_procs(system)
     with system.lock:
         members = [(proc.pid, proc.start_time) for proc in cg.procs]
+        if threaded_subtree:
+            members += [(proc.pid, proc.start_time) for node in cg.descendants()
+                        if node.threaded for proc in node.procs]
     alive = system.processes.alive
     return sorted({pid for pid, start in members if alive(pid, start)})
 

@@ -258,8 +258,8 @@ class UnifiedHierarchy(Hierarchy):
                 raise
             return True
 
-    def set_limits(self, cg: Cgroup, *, max_depth: int | None | bool = False,
-                   max_descendants: int | None | bool = False) -> bool:
+    def set_limits(self, cg: Cgroup, *, max_depth: int | bool | None = False,
+                   max_descendants: int | bool | None = False) -> bool:
         """Set ``cgroup.max.depth`` and/or ``cgroup.max.descendants`` (``None``: ``max``;
         ``False``: unchanged). Lowering one below what exists is allowed: it only refuses new
         cgroups. Returns whether anything changed."""
