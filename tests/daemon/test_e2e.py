@@ -219,3 +219,18 @@ def test_bad_settings_are_refused_before_anything_starts(daemons, tmp_path):
     assert again.wait() == 1
     assert "was made with profile 'v4'" in again.log()
     assert not mounted(again.mount)
+
+
+def test_a_v2_hierarchy_is_served_and_its_state_not_restored_half(daemons):
+    d = daemons("--hierarchy", "v2").start()
+    (d.mount / "cgroup.subtree_control").write_text("+ioasids")
+    (d.mount / "a").mkdir()
+    assert (d.mount / "a" / "ioasids.max").read_text() == "0\n"
+    assert (d.mount / "a" / "cgroup.type").read_text() == "domain\n"
+    assert not (d.mount / "tasks").exists()
+    assert d.stop() == 0
+    again = daemons("--hierarchy", "v2", name="v2-again")
+    again.start(ready=False)
+    assert again.wait() == 1
+    assert "cannot restore a saved state yet" in again.log()
+    assert not mounted(again.mount)
