@@ -12,7 +12,7 @@ may use the model objects directly while holding ``system.lock``.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from errno import EINVAL, EPERM
+from errno import EINVAL, ENOENT, EPERM
 from typing import TYPE_CHECKING
 
 from ioasidsd.host import ProcessSource
@@ -118,10 +118,14 @@ class System:
             self.on_change(Change(ChangeKind.RENAME, cgroups=(cg,), path=old_path))
 
     def write_max(self, path: str, data: bytes | str) -> None:
-        """A write to ``ioasids.max``: parse (``EINVAL``/``ERANGE``) and grant it."""
+        """A write to ``ioasids.max``: parse (``EINVAL``/``ERANGE``) and grant it; on a v2
+        hierarchy ``ENOENT`` where the controller is not enabled (the file is absent)."""
         limit = parse_limit(data)
         with self.lock:
             cg = self.cgroups.lookup(path)
+            tree = self.cgroups
+            if isinstance(tree, UnifiedHierarchy) and not tree.enabled(cg, self.controller.name):
+                raise IoasidError(ENOENT, f"{cg.path}: the ioasids controller is not enabled")
             before = (cg.limit, cg.reserved, self.core.capacity_avail)
             self.controller.set_max(cg, limit)
             if (cg.limit, cg.reserved, self.core.capacity_avail) != before:

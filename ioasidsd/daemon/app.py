@@ -253,6 +253,9 @@ class Daemon:
             if saved != knobs.as_dict():
                 differs.append(f"profile {saved.get('profile')!r} with knobs "
                                f"{_knob_diff(saved, knobs.as_dict())}")
+            saved_hierarchy = f"v{snap['core'].get('hierarchy', 1)}"
+            if saved_hierarchy != config.hierarchy:
+                differs.append(f"hierarchy {saved_hierarchy}")
             saved_capacity = snap["core"]["capacity"]
             if config.capacity is not None and config.capacity != saved_capacity:
                 differs.append(f"capacity {saved_capacity}")
@@ -267,15 +270,6 @@ class Daemon:
                 self.log.warning("the saved state held nothing: starting afresh with the new "
                                  "settings", saved=", ".join(differs))
                 snap = None
-        if snap is not None and config.hierarchy == "v2":
-            # The store keeps no cgroup-v2 field yet (subtree_control, type, tree limits):
-            # restoring would lose them and leave charges on walks that no longer hold.
-            if not _holds_nothing(snap):
-                raise StartError(
-                    f"the state in {config.state_dir} holds cgroups or IOASIDs, and a v2 "
-                    f"hierarchy cannot restore a saved state yet; move the state away to start "
-                    f"afresh")
-            snap = None
         with system.lock:
             if snap is None:
                 self._boot_vtd(vtd_config, capacity=config.capacity)

@@ -513,6 +513,10 @@ class Hierarchy:
         if writer_uid != 0 and writer_uid not in target_uids:
             raise IoasidError(EACCES, "not allowed to move that process")
 
+    def restored(self) -> None:
+        """Called once a snapshot was loaded into this hierarchy (``snapshot.load``): derive
+        what the snapshot does not hold. A v1 hierarchy derives nothing."""
+
     def stats(self) -> dict[str, Any]:
         """Counts for status output."""
         return {

@@ -186,6 +186,13 @@ class UnifiedHierarchy(Hierarchy):
             return (cg, *cg.parent.chain)
         return cg.parent.chain
 
+    def restored(self) -> None:
+        """After ``snapshot.load``: every cgroup's charge walk, from the controllers its
+        parents enable (the snapshot holds the fields, not the walks)."""
+        with self.lock:
+            for cg in self.cgroups():
+                cg.chain = self._walk(cg)
+
     def rename(self, cg: Cgroup, new_parent: Cgroup, new_name: str, *,
                reserved_names: frozenset[str] = frozenset()) -> None:
         """``EPERM``: a cgroup2 hierarchy cannot rename (kernfs without a rename operation)."""

@@ -76,9 +76,12 @@ def test_enable_what_the_parent_lacks(write: str, code: int) -> None:
 
 def test_refusals_change_nothing() -> None:
     system, tree = world()
-    system.write_subtree_control("/", "+ioasids")
     a = system.mkdir("/a")
     tree.track(7, 7.0, a)
+    with pytest.raises(IoasidError) as absent:
+        system.write_max("/a", "5")  # the root does not enable ioasids: a has no ioasids.max
+    assert absent.value.errno == errno.ENOENT and a.limit == 0
+    system.write_subtree_control("/", "+ioasids")
     for data, code in (("+ioasids", errno.EBUSY), ("+memory", errno.EINVAL),
                        ("ioasids", errno.EINVAL)):
         with pytest.raises(IoasidError) as refused:
