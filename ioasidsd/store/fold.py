@@ -23,9 +23,10 @@ of operations (tuples), serialised with ``marshal``:
 ``fields`` are the row's columns after its key, as ``store.py`` lays them out (a cgroup's
 ``attrs`` and ``control`` stay plain data until they are written), but for a set's
 ``nr_ioasids``: that count is derived, recounted from the IOASID rows for every set a fold
-touched, so that a single IOASID's change records no set row. Applying records in order is idempotent: each operation says what
-a row *is*, not what to do to it, so a record folded twice (a daemon that died after folding
-and before removing the journal) leaves the database as once.
+touched, so that a single IOASID's change records no set row. Applying records in order is
+idempotent: each operation says what a row *is*, not what to do to it, so a record folded twice
+(a daemon that died after folding and before removing the journal) leaves the database as
+once.
 
 ``FoldPlan`` folds many records in one transaction: the last state of each row wins, and a set
 whose IOASIDs are given whole twice in a row (a batch allocation, then its batch free) is written
