@@ -28,12 +28,17 @@ What differs from a v1 hierarchy, and lives here:
   common ancestor of its source and destination, for the credentials the file was opened with
   (``check_move``); the target's owner does not matter (v1's rule does not apply).
 * No ``rename`` (``EPERM``: cgroup2 has no rename operation), no release agent.
+* ``populated`` (``cgroup.events``): whether a cgroup or a descendant has a process, kept as a
+  count per cgroup; each callable of ``watchers`` is called (under the lock: it must only take
+  note) with every cgroup whose ``populated`` turned, as the kernel notifies ``cgroup.events``.
 
 Every method runs under ``lock``, as the base class's.
 """
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
 from errno import EACCES, EAGAIN, EBUSY, EINVAL, ENOENT, EOPNOTSUPP, EPERM
 
 from ioasidsd.model.errors import IoasidError
@@ -48,6 +53,12 @@ class UnifiedHierarchy(Hierarchy):
     each is enabled in the root only, until a ``subtree_control`` enables it below."""
 
     version = 2
+
+    def __init__(self, lock: threading.RLock | None = None, *,
+                 enter: Callable[[], None] | None = None) -> None:
+        super().__init__(lock, enter=enter)
+        self.watchers: list[Callable[[Cgroup], None]] = []
+        self._in_subtree: dict[Cgroup, int] = {}  # processes in a cgroup and below it
 
     # ------------------------------------------------------------------ what is where
     def controller_names(self) -> tuple[str, ...]:
@@ -73,10 +84,29 @@ class UnifiedHierarchy(Hierarchy):
             return True
         return not cg.threaded and name in cg.parent.subtree_control
 
-    @staticmethod
-    def populated(cg: Cgroup) -> bool:
+    def populated(self, cg: Cgroup) -> bool:
         """Whether ``cg`` or a descendant has a process (``cgroup.events``: ``populated``)."""
-        return any(node.procs for node in cg.descendants())
+        return self._in_subtree.get(cg, 0) > 0
+
+    def _count(self, cg: Cgroup, delta: int) -> None:
+        """``delta`` processes joined (or left) ``cg``: count them up the tree and tell the
+        watchers of every cgroup whose ``populated`` turned."""
+        counts = self._in_subtree
+        node: Cgroup | None = cg
+        turned: list[Cgroup] = []
+        while node is not None:
+            before = counts.get(node, 0)
+            after = before + delta
+            if after:
+                counts[node] = after
+            else:
+                counts.pop(node, None)
+            if (before > 0) != (after > 0) and node.parent is not None:
+                turned.append(node)
+            node = node.parent
+        for node in turned:
+            for watcher in self.watchers:
+                watcher(node)
 
     @staticmethod
     def nr_descendants(cg: Cgroup) -> int:
@@ -188,10 +218,16 @@ class UnifiedHierarchy(Hierarchy):
 
     def restored(self) -> None:
         """After ``snapshot.load``: every cgroup's charge walk, from the controllers its
-        parents enable (the snapshot holds the fields, not the walks)."""
+        parents enable, and the ``populated`` counts (the snapshot holds neither)."""
         with self.lock:
             for cg in self.cgroups():
                 cg.chain = self._walk(cg)
+            self._in_subtree = {}
+            for proc in self.processes.values():
+                node: Cgroup | None = proc.cgroup
+                while node is not None:
+                    self._in_subtree[node] = self._in_subtree.get(node, 0) + 1
+                    node = node.parent
 
     def rename(self, cg: Cgroup, new_parent: Cgroup, new_name: str, *,
                reserved_names: frozenset[str] = frozenset()) -> None:
@@ -331,6 +367,25 @@ class UnifiedHierarchy(Hierarchy):
                 controller.css_online(node)
 
     # ------------------------------------------------------------------ processes
+    def track(self, pid: int, start_time: float, cgroup: Cgroup | None = None,
+              threads: int = 1) -> Process:
+        """``Hierarchy.track``, counting the process for ``populated``."""
+        with self.lock:
+            old = self.processes.get(pid)
+            proc = super().track(pid, start_time, cgroup, threads)
+            if proc is not old:
+                self._count(proc.cgroup, 1)
+            return proc
+
+    def exit(self, proc: Process) -> None:
+        """``Hierarchy.exit``, counting the process out of ``populated``."""
+        with self.lock:
+            if not proc.alive:
+                return
+            cg = proc.cgroup
+            super().exit(proc)
+            self._count(cg, -1)
+
     def attach(self, proc: Process, dst: Cgroup, *, threadgroup: bool = True) -> None:
         """Move a process into ``dst`` under the v2 rules, then as ``Hierarchy.attach``.
 
@@ -346,7 +401,11 @@ class UnifiedHierarchy(Hierarchy):
                 self.check_destination(dst)
                 if not threadgroup and self.domain_of(proc.cgroup) is not self.domain_of(dst):
                     raise IoasidError(EOPNOTSUPP, "a thread moves only within its domain")
+            src = proc.cgroup
             super().attach(proc, dst)
+            if proc.cgroup is not src:
+                self._count(dst, 1)
+                self._count(src, -1)
 
     def check_destination(self, dst: Cgroup) -> None:
         """``cgroup_migrate_vet_dst``: whether ``dst`` may take processes (see ``attach``)."""

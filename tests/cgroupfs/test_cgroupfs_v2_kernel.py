@@ -381,3 +381,72 @@ def test_the_series_rules_hold_without_a_kernel(mounted_v2, spawn) -> None:
     assert renamed.value.errno == errno.EPERM
     assert subprocess.run(["cat", str(mnt / "a" / "cgroup.subtree_control")],
                           capture_output=True, text=True, check=True).stdout == "ioasids\n"
+
+
+class Inotify:
+    """An inotify instance watching files for ``IN_MODIFY`` (libc through ctypes)."""
+
+    IN_MODIFY = 0x2
+
+    def __init__(self) -> None:
+        import ctypes
+        import ctypes.util
+
+        self._libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+        self.fd = self._libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+        assert self.fd >= 0
+
+    def watch(self, path: Path) -> None:
+        assert self._libc.inotify_add_watch(self.fd, os.fsencode(path), self.IN_MODIFY) >= 0
+
+    def modified(self, timeout: float) -> bool:
+        """Whether an ``IN_MODIFY`` arrives within ``timeout`` seconds (events are drained)."""
+        import select
+
+        ready = select.select([self.fd], [], [], timeout)[0]
+        if not ready:
+            return False
+        data = os.read(self.fd, 4096)
+        return int.from_bytes(data[4:8], "little") & self.IN_MODIFY != 0
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+def populated_events(root: Path, top: Path, pid: int) -> list[bool]:
+    """Whether a watcher of ``top/a/cgroup.events`` and ``top/cgroup.events`` sees a change when
+    ``pid`` moves into ``top/a``, and again when it moves out, and nothing when nothing turns."""
+    (top / "a").mkdir()
+    seen = []
+    watcher = Inotify()
+    try:
+        watcher.watch(top / "a" / "cgroup.events")
+        (top / "a" / "cgroup.procs").write_text(str(pid))
+        seen.append(watcher.modified(10))
+        seen.append("populated 1" in (top / "a" / "cgroup.events").read_text())
+        (top / "a" / "cgroup.procs").write_text(str(pid))  # where it is: nothing turns
+        seen.append(watcher.modified(0.5))
+        (root / "cgroup.procs").write_text(str(pid))
+        seen.append(watcher.modified(10))
+        seen.append("populated 0" in (top / "a" / "cgroup.events").read_text())
+    finally:
+        watcher.close()
+    return seen
+
+
+def test_cgroup_events_is_notified_as_the_kernels_is(kernel_v2: Path, mounted_v2, spawn
+                                                     ) -> None:
+    sleeper = spawn().pid
+    kernel = populated_events(KERNEL_V2, kernel_v2, sleeper)
+    _system, mnt = mounted_v2
+    (mnt / "ref").mkdir()
+    ours = populated_events(mnt, mnt / "ref", sleeper)
+    assert kernel == [True, True, False, True, True]
+    assert ours == kernel
+
+
+def test_cgroup_events_is_notified_without_a_kernel(mounted_v2, spawn) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("the notification truncates the file, which only root may")
+    _system, mnt = mounted_v2
+    assert populated_events(mnt, mnt, spawn().pid) == [True, True, False, True, True]
