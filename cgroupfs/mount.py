@@ -13,11 +13,12 @@ mfusepy runs libfuse's ``fuse_main_real`` on the serving thread: it mounts, serv
   removes it.
 
 On a cgroup-v2 hierarchy the mount also notifies ``cgroup.events`` when a cgroup's
-``populated`` turns, as kernfs does: a thread of its own truncates the file through the mount
-(which changes nothing in the model), so the kernel reports ``IN_MODIFY`` to its inotify
-watchers, as it does for the kernel's ``cgroup.events``. FUSE gives a server no other way to
-raise an inotify event. The truncation needs write permission on the file, which only root has
-(a daemon run as another user notifies nothing).
+``populated`` turns, as kernfs does: a thread of its own wakes the file's pollers
+(``CgroupOperations.events_changed``, through libfuse's ``fuse_notify_poll``) and truncates the
+file through the mount (which changes nothing in the model), so the kernel reports
+``IN_MODIFY`` to its inotify watchers, as it does for the kernel's ``cgroup.events``. FUSE gives
+a server no other way to raise an inotify event. The truncation needs write permission on the
+file, which only root has (a daemon run as another user wakes pollers only).
 """
 
 from __future__ import annotations
@@ -86,12 +87,15 @@ class CgroupMount:
                 if is_removed(cg) or self.system.cgroups.parent_gone(cg):
                     continue
                 path = cg.path
+            self.operations.events_changed(cg)
+            if os.geteuid() != 0:
+                continue
             with contextlib.suppress(OSError):
                 os.truncate(os.path.join(self.mountpoint, path.lstrip("/"), "cgroup.events"), 0)
 
     def _start_notifier(self) -> None:
         tree = self.system.cgroups
-        if isinstance(tree, UnifiedHierarchy) and os.geteuid() == 0:
+        if isinstance(tree, UnifiedHierarchy):
             self._notifier = threading.Thread(target=self._notify, daemon=True,
                                               name=f"cgroupfs events {self.mountpoint}")
             self._notifier.start()

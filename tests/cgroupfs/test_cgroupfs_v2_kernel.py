@@ -450,3 +450,49 @@ def test_cgroup_events_is_notified_without_a_kernel(mounted_v2, spawn) -> None:
         pytest.skip("the notification truncates the file, which only root may")
     _system, mnt = mounted_v2
     assert populated_events(mnt, mnt, spawn().pid) == [True, True, False, True, True]
+
+
+def polled_events(root: Path, top: Path, pid: int) -> list[str]:
+    """What ``poll`` tells an open ``cgroup.events`` before and after ``populated`` turns:
+    ``none`` (nothing within the time) or whether ``POLLPRI`` is set: before the first read
+    (the kernel reports a change), for a poller waiting when the change comes, and after a
+    read."""
+    import select
+    import threading
+
+    (top / "p").mkdir()
+    events = top / "p" / "cgroup.events"
+    fd = os.open(events, os.O_RDONLY)
+    try:
+        poller = select.poll()
+        poller.register(fd, select.POLLPRI)
+
+        def state(timeout_ms: int) -> str:
+            got = poller.poll(timeout_ms)
+            return "none" if not got else f"pri {bool(got[0][1] & select.POLLPRI)}"
+
+        seen = [state(200)]
+        os.read(fd, 4096)
+        mover = threading.Timer(0.3, (top / "p" / "cgroup.procs").write_text, (str(pid),))
+        mover.start()
+        seen.append(state(10_000))  # waiting when the change comes
+        mover.join()
+        seen.append(state(0))  # still changed: not read since
+        os.lseek(fd, 0, os.SEEK_SET)
+        seen.append(os.read(fd, 4096).decode().splitlines()[0])
+        seen.append(state(200))  # read since: nothing new
+        (root / "cgroup.procs").write_text(str(pid))
+        seen.append(state(10_000))
+    finally:
+        os.close(fd)
+    return seen
+
+
+def test_cgroup_events_is_polled_as_the_kernels_is(kernel_v2: Path, mounted_v2, spawn) -> None:
+    sleeper = spawn().pid
+    kernel = polled_events(KERNEL_V2, kernel_v2, sleeper)
+    _system, mnt = mounted_v2
+    (mnt / "ref").mkdir()
+    ours = polled_events(mnt, mnt / "ref", sleeper)
+    assert kernel == ["pri True", "pri True", "pri True", "populated 1", "none", "pri True"]
+    assert ours == kernel
