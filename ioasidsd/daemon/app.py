@@ -469,6 +469,7 @@ class Daemon:
                          "restarts": getattr(tracker, "restarts", 0),
                          "orphans": len(system.orphans), "unplaced": system.unplaced},
             "mount": str(self.config.mount),
+            "hierarchy": self.config.hierarchy,
             "state": {"path": str(self.store.path), "synchronous": self.config.synchronous,
                       "error": self.store.error, "unfolded": self.store.pending},
             "runtime_dir": str(self.config.runtime_dir),

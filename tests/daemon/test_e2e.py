@@ -234,6 +234,8 @@ def test_a_v2_hierarchy_is_served_restored_and_kept_apart_from_v1(daemons):
     (d.mount / "t" / "x" / "cgroup.type").write_text("threaded")
     assert (d.mount / "a" / "cgroup.type").read_text() == "domain\n"
     assert not (d.mount / "tasks").exists()
+    status = d.status()  # ioasidctl, unchanged
+    assert status["cgroups"] == 5 and status["hierarchy"] == "v2"
     assert d.stop() == 0
     again = daemons("--hierarchy", "v2", name="v2-again").start()
     assert (again.mount / "a" / "cgroup.subtree_control").read_text() == "ioasids\n"
