@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from errno import EACCES, EBUSY, EEXIST, EINVAL, EIO, ENAMETOOLONG, ENODEV, ENOENT, ESRCH
 from typing import Any
@@ -513,9 +513,10 @@ class Hierarchy:
         if writer_uid != 0 and writer_uid not in target_uids:
             raise IoasidError(EACCES, "not allowed to move that process")
 
-    def restored(self) -> None:
-        """Called once a snapshot was loaded into this hierarchy (``snapshot.load``): derive
-        what the snapshot does not hold. A v1 hierarchy derives nothing."""
+    def restored(self, cgroups: Iterable[Cgroup]) -> None:
+        """Called once a snapshot was loaded into this hierarchy (``snapshot.load``) with every
+        cgroup it made, removed ones too, parents first: derive what the snapshot does not
+        hold. A v1 hierarchy derives nothing."""
 
     def stats(self) -> dict[str, Any]:
         """Counts for status output."""

@@ -312,7 +312,7 @@ def load(
         _load_processes(snapshot, cgroups, by_id)
         sets = _load_sets(snapshot, core, cgroups)
         _load_ioasids(snapshot, core, sets, by_id, decode_private)
-        cgroups.restored()
+        cgroups.restored(by_id.values())
     return by_id
 
 

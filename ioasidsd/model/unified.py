@@ -38,7 +38,7 @@ Every method runs under ``lock``, as the base class's.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from errno import EACCES, EAGAIN, EBUSY, EINVAL, ENOENT, EOPNOTSUPP, EPERM
 
 from ioasidsd.model.errors import IoasidError
@@ -216,11 +216,12 @@ class UnifiedHierarchy(Hierarchy):
             return (cg, *cg.parent.chain)
         return cg.parent.chain
 
-    def restored(self) -> None:
+    def restored(self, cgroups: Iterable[Cgroup]) -> None:
         """After ``snapshot.load``: every cgroup's charge walk, from the controllers its
-        parents enable, and the ``populated`` counts (the snapshot holds neither)."""
+        parents enable (a removed cgroup still charged: as its parent enables them now), and
+        the ``populated`` counts (the snapshot holds neither)."""
         with self.lock:
-            for cg in self.cgroups():
+            for cg in cgroups:
                 cg.chain = self._walk(cg)
             self._in_subtree = {}
             for proc in self.processes.values():

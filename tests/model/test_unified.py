@@ -7,7 +7,7 @@ import errno
 
 import pytest
 
-from ioasidsd.model import IoasidError, IoasidSetType
+from ioasidsd.model import IoasidError, IoasidSetType, profile
 from ioasidsd.model.unified import UnifiedHierarchy
 from ioasidsd.system import System
 
@@ -118,3 +118,25 @@ def test_v1_is_the_default_and_other_names_are_refused() -> None:
     assert System().cgroups.version == 1
     with pytest.raises(ValueError):
         System(hierarchy="v3")
+
+
+def test_a_removed_cgroup_still_charged_leaves_the_walk_of_a_disabled_parent() -> None:
+    system = System(profile("fixed", migration="stay"), hierarchy="v2")
+    system.write_subtree_control("/", "+ioasids")
+    a = system.mkdir("/a")
+    system.write_max("/a", "max")
+    system.write_subtree_control("/a", "+ioasids")
+    b = system.mkdir("/a/b")
+    system.write_max("/a/b", "max")
+    proc = system.cgroups.track(100, 100.0, b)
+    ioasid_set = system.core.set_alloc(proc.mm, 0, IoasidSetType.MM)
+    ioasid = system.core.alloc(ioasid_set, 1, 1000, task=proc)
+    system.cgroups.attach(proc, a.parent)  # to the root; the charge stays with b
+    assert system.core.data(ioasid).cgroup is b
+    system.rmdir("/a/b")
+    system.write_subtree_control("/a", "-ioasids")
+    system.write_subtree_control("/", "-ioasids")
+    system.write_subtree_control("/", "+ioasids")
+    assert a.counter == 0
+    system.core.free(ioasid_set, ioasid, task=proc)
+    assert a.counter == 0 and not system.controller.warned_negative
