@@ -224,7 +224,7 @@ class CgroupOperations(mfusepy.Operations):
         """Every open of a file: the handle records the opener (``opener_handle``). Never
         fails: the kernel has already checked the mode (``default_permissions``) and found the
         file; whether its cgroup still exists is the business of each read and write."""
-        if path.endswith(EVENTS_FILE):
+        if path.endswith("/" + EVENTS_FILE):
             return self._open_events(path)
         uid, gid, _pid = mfusepy.fuse_get_context()
         return opener_handle(uid, gid)

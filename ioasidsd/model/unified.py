@@ -32,6 +32,9 @@ What differs from a v1 hierarchy, and lives here:
   count per cgroup; each callable of ``watchers`` is called (under the lock: it must only take
   note) with every cgroup whose ``populated`` turned, as the kernel notifies ``cgroup.events``.
 
+The charge walk kept in ``Cgroup.chain`` is that of the first bound controller: the model
+binds one (``ioasids``); a second controller would need walks of its own.
+
 Every method runs under ``lock``, as the base class's.
 """
 
