@@ -129,8 +129,7 @@ def names_of(system: System, cg: Cgroup) -> frozenset[str]:
     """The file names of ``cg``'s directory: names a child cgroup cannot take (on v2 the
     controller's files too, where they are absent for now)."""
     if system.cgroups.version == 2:
-        return CHILD_NAMES_V2 if cg.parent is not None else \
-            frozenset(files_of(system, cg)) | CHILD_NAMES_V2
+        return CHILD_NAMES_V2 if cg.parent is not None else ROOT_NAMES_V2
     return CHILD_NAMES if cg.parent is not None else frozenset(files_of(system, cg))
 
 
@@ -370,3 +369,6 @@ ROOT_FILES_V2_V4 = _table(*_CORE_V2)
 """The v2 root's files in the ``v4`` profile."""
 
 CHILD_NAMES_V2 = frozenset(CHILD_FILES_V2)
+ROOT_NAMES_V2 = frozenset(ROOT_FILES_V2) | CHILD_NAMES_V2
+"""Names a child of the v2 root cannot take: the root's files (in either profile) and those a
+child may have."""
