@@ -191,9 +191,9 @@ class System:
         with self.lock:
             cg = tree.lookup(path)
             if name == "cgroup.max.depth":
-                changed = tree.set_limits(cg, max_depth=value)
+                changed = tree.set_max_depth(cg, value)
             elif name == "cgroup.max.descendants":
-                changed = tree.set_limits(cg, max_descendants=value)
+                changed = tree.set_max_descendants(cg, value)
             else:
                 raise IoasidError(EINVAL, f"{name} is not a hierarchy limit")
             if changed:

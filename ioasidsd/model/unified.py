@@ -305,21 +305,24 @@ class UnifiedHierarchy(Hierarchy):
                 raise
             return True
 
-    def set_limits(self, cg: Cgroup, *, max_depth: int | bool | None = False,
-                   max_descendants: int | bool | None = False) -> bool:
-        """Set ``cgroup.max.depth`` and/or ``cgroup.max.descendants`` (``None``: ``max``;
-        ``False``: unchanged). Lowering one below what exists is allowed: it only refuses new
-        cgroups. Returns whether anything changed."""
+    def set_max_depth(self, cg: Cgroup, value: int | None) -> bool:
+        """Set ``cgroup.max.depth`` (``None``: ``max``). Lowering it below what exists is
+        allowed: it only refuses new cgroups. Returns whether it changed."""
         with self.lock:
             self._enter()
-            changed = False
-            if max_depth is not False and cg.max_depth != max_depth:
-                cg.max_depth = max_depth  # type: ignore[assignment]
-                changed = True
-            if max_descendants is not False and cg.max_descendants != max_descendants:
-                cg.max_descendants = max_descendants  # type: ignore[assignment]
-                changed = True
-            return changed
+            if cg.max_depth == value:
+                return False
+            cg.max_depth = value
+            return True
+
+    def set_max_descendants(self, cg: Cgroup, value: int | None) -> bool:
+        """Set ``cgroup.max.descendants`` (``None``: ``max``), as ``set_max_depth``."""
+        with self.lock:
+            self._enter()
+            if cg.max_descendants == value:
+                return False
+            cg.max_descendants = value
+            return True
 
     def _apply_control(self, top: Cgroup) -> None:
         """Bring every cgroup below ``top`` (``top`` too) to the controllers its parents now
