@@ -249,7 +249,7 @@ class Daemon:
         # The kernel runs ioasid_wq on a kworker: the daemon keeps the model's deferred work (the
         # VT-d FREE cleanup) on a worker thread, after and apart from the call that queued it.
         system = System(knobs, on_change=self._on_change,
-                        wq=OrderedWorkQueue(mode=WorkMode.THREAD))
+                        wq=OrderedWorkQueue(mode=WorkMode.THREAD), hierarchy=config.hierarchy)
         forward_model_messages(system.core, self.log)
         self.system = system
         if snap is not None:
@@ -258,6 +258,9 @@ class Daemon:
             if saved != knobs.as_dict():
                 differs.append(f"profile {saved.get('profile')!r} with knobs "
                                f"{_knob_diff(saved, knobs.as_dict())}")
+            saved_hierarchy = f"v{snap['core'].get('hierarchy', 1)}"
+            if saved_hierarchy != config.hierarchy:
+                differs.append(f"hierarchy {saved_hierarchy}")
             saved_capacity = snap["core"]["capacity"]
             if config.capacity is not None and config.capacity != saved_capacity:
                 differs.append(f"capacity {saved_capacity}")
@@ -473,6 +476,7 @@ class Daemon:
                          "restarts": getattr(tracker, "restarts", 0),
                          "orphans": len(system.orphans), "unplaced": system.unplaced},
             "mount": str(self.config.mount),
+            "hierarchy": self.config.hierarchy,
             "state": {"path": str(self.store.path), "synchronous": self.config.synchronous,
                       "error": self.store.error, "unfolded": self.store.pending},
             "runtime_dir": str(self.config.runtime_dir),

@@ -60,6 +60,10 @@ class ChangeKind(StrEnum):
     """A write to ``ioasids.max`` changed a limit or reservation (``cgroups``: it)."""
     FLAG = "flag"
     """``notify_on_release`` or ``cgroup.clone_children`` changed (``cgroups``: it)."""
+    CONTROL = "control"
+    """A cgroup-v2 core file changed a cgroup: ``cgroup.subtree_control``, ``cgroup.type``,
+    ``cgroup.max.depth`` or ``cgroup.max.descendants`` (``cgroups``: it and every cgroup whose
+    controller state or counters changed with it)."""
     RELEASE_AGENT = "release_agent"
     """The root's ``release_agent`` changed (read it from the hierarchy)."""
     ATTACH = "attach"

@@ -292,6 +292,29 @@ class IoasidsController(Controller):
                 if node.counter < 0:
                     self.uncharge(node, 0)  # logs the negative counter once
 
+    def walks_changed(self, old_walks: dict[Cgroup, tuple[Cgroup, ...]]) -> None:
+        """The hook of a v2 hierarchy enabling or disabling the controller: each IOASID charged
+        to a cgroup of ``old_walks`` leaves that cgroup's old walk for its new one (``chain``),
+        with no limit check; peaks rise with it. A removed cgroup still charged (not in the tree,
+        so not in ``old_walks``) has the cgroups that lost the controller taken out of its walk:
+        their state is reset, and its IOASIDs are not counted there."""
+        moved: dict[Cgroup, int] = {}
+        lost = {node for node, walk in old_walks.items() if node in walk and node not in node.chain}
+        for data in self.core.ioasids():
+            cg = data.cgroup
+            if cg is None:
+                continue
+            if cg in old_walks:
+                moved[cg] = moved.get(cg, 0) + 1
+            elif lost and not lost.isdisjoint(cg.chain):
+                # a removed cgroup still charged: its walk leaves the cgroups whose state is
+                # reset, as the kernel's dead css keeps counting only on dead ancestors
+                cg.chain = tuple(node for node in cg.chain if node not in lost)
+        for cg, n in moved.items():
+            for node in old_walks[cg]:
+                node.counter -= n
+            self.charge(cg, n)
+
     # ------------------------------------------------------------------ migration
     def _moved_set(self, proc: Process) -> IoasidSet | None:
         ioasid_set = self.core.find_mm_set_locked(proc.mm)

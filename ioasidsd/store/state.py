@@ -64,6 +64,7 @@ from ioasidsd.model.ioasids import IoasidsController
 from ioasidsd.model.snapshot import (
     SNAPSHOT_VERSION,
     SnapshotError,
+    control_record,
     is_removed,
     plain_private,
     removed_cgroups,
@@ -86,7 +87,9 @@ from ioasidsd.store.fold import (
 from ioasidsd.store.idmap import IdMap
 from ioasidsd.system import System
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""2 added the ``control`` column of ``cgroups`` (the cgroup-v2 fields, JSON or NULL); a
+version 1 database gets it when opened."""
 DB_NAME = "state.sqlite"
 FOLD_INTERVAL = 1.0
 """Seconds a record may wait in the journal before it is folded into the database."""
@@ -98,7 +101,7 @@ CREATE TABLE IF NOT EXISTS cgroups (
     reserved INTEGER NOT NULL, counter INTEGER NOT NULL, peak INTEGER NOT NULL,
     events INTEGER NOT NULL, events_local INTEGER NOT NULL,
     notify_on_release INTEGER NOT NULL, clone_children INTEGER NOT NULL,
-    removed INTEGER NOT NULL, attrs TEXT NOT NULL);
+    removed INTEGER NOT NULL, attrs TEXT NOT NULL, control TEXT);
 CREATE INDEX IF NOT EXISTS cgroups_parent ON cgroups (parent);
 CREATE TABLE IF NOT EXISTS processes (
     pid INTEGER PRIMARY KEY, start_time REAL NOT NULL, cgroup INTEGER NOT NULL,
@@ -132,6 +135,20 @@ _BULK_IDS = 64  # from this many IOASIDs in one change, whole sets may be cheape
 def _orphan_rows(orphans: Mapping[int, float]) -> list[list[float]]:
     """``System.orphans`` as a JSON value: ``[pid, start time]`` pairs by pid."""
     return [[pid, start] for pid, start in sorted(orphans.items())]
+
+
+def _upgrade_from_1(db: sqlite3.Connection) -> None:
+    """Bring a schema-1 database to schema 2 in one transaction: the ``control`` column."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        columns = [row[1] for row in db.execute("PRAGMA table_info(cgroups)")]
+        if "control" not in columns:
+            db.execute("ALTER TABLE cgroups ADD COLUMN control TEXT")
+        db.execute("UPDATE meta SET value=? WHERE key='schema'", (json.dumps(SCHEMA_VERSION),))
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
 
 
 class StoreError(Exception):
@@ -217,6 +234,9 @@ class Store:
             db.execute(f"PRAGMA synchronous={_SYNCHRONOUS[synchronous]}")
             db.executescript(_SCHEMA)
             version = db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+            if version is not None and json.loads(version[0]) == 1:
+                _upgrade_from_1(db)
+                version = (json.dumps(SCHEMA_VERSION),)
             if version is not None and json.loads(version[0]) != SCHEMA_VERSION:
                 raise StoreError(f"{store.path}: schema {version[0]}, this ioasidsd reads "
                                  f"{SCHEMA_VERSION}")
@@ -368,8 +388,9 @@ class Store:
         knobs = meta("knobs")
         cgroups = []
         for row in db.execute("SELECT * FROM cgroups ORDER BY id"):
-            rec = dict(zip(_CGROUP_COLUMNS, row[:-1], strict=True))
-            rec["attrs"] = json.loads(row[-1])
+            rec = dict(zip(_CGROUP_COLUMNS, row[:-2], strict=True))
+            rec["attrs"] = json.loads(row[-2])
+            rec["control"] = None if row[-1] is None else json.loads(row[-1])
             cgroups.append(rec)
         ioasids = [
             {"id": i, "set": s, "state": state, "refs": refs, "spid": spid, "cgroup": cg,
@@ -619,7 +640,7 @@ class Store:
         hierarchy = self._hierarchy
         values = (core.capacity, core.capacity_avail, core.capacity_installed,
                   hierarchy.release_agent, hierarchy.sane_behavior,
-                  self._controller.warned_negative)
+                  self._controller.warned_negative, hierarchy.version)
         if values != self._last_core:
             ops.append((CORE, values))
             self._last_core = values
@@ -642,7 +663,8 @@ class Store:
             fields = (None if parent is None else self._row(parent), cg.name, cg.limit,
                       cg.reserved, cg.counter, cg.peak, cg.events, cg.events_local,
                       int(cg.notify_on_release), int(cg.clone_children), int(is_removed(cg)),
-                      {name: dict(a) for name, a in attrs.items()} if attrs else None)
+                      {name: dict(a) for name, a in attrs.items()} if attrs else None,
+                      control_record(cg))
             if last.get(row) != fields:
                 ops.append((CGROUP, row, fields))
                 last[row] = fields
