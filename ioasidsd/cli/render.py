@@ -143,3 +143,129 @@ def format_vtd(snap: dict[str, Any]) -> str:
             out.append(f"last {len(snap['trace'])} of {snap['trace_seq']} trace events:")
         out.extend(f"  #{e['seq']} {e['kind']} {_fields(e)}" for e in snap["trace"])
     return "\n".join(out)
+
+
+# ---------------------------------------------------------------------- tree, top, ids, events
+def _limit(value: int | None) -> str:
+    return "max" if value is None else str(value)
+
+
+def format_tree(result: dict[str, Any], *, terminal: bool = False, colour: bool = False) -> str:
+    """The human form of a ``tree`` reply, as ``systemd-cgls`` draws a tree: each cgroup with
+    ``current/max`` IOASIDs (``over`` when above its limit), its processes below it (pid and
+    command). Tree lines on a terminal, indentation otherwise; ``colour`` marks a cgroup over
+    its limit in red."""
+    rows = result["cgroups"]
+    if not rows:
+        return ""
+    top_depth = rows[0]["path"].count("/") if rows[0]["path"] != "/" else 0
+    out = []
+    # the last sibling at each depth decides the tree glyphs
+    entries: list[tuple[int, str, bool]] = []  # depth, text, over
+    for row in rows:
+        depth = 0 if row is rows[0] else (row["path"].count("/") - top_depth)
+        name = row["path"] if row is rows[0] else row["path"].rsplit("/", 1)[1]
+        usage = f"{row['current']}/{_limit(row['max'])}" if row["path"] != "/" else \
+            f"{row['current']} in use"
+        mark = " over" if row["over"] else ""
+        entries.append((depth, f"{name} ({usage}{mark})", row["over"]))
+        for proc in row["procs"]:
+            entries.append((depth + 1, f"{proc['pid']} {proc['command'] or '?'}", False))
+    for i, (depth, text, over) in enumerate(entries):
+        if colour and over:
+            text = f"\x1b[1;31m{text}\x1b[0m"
+        if depth == 0:
+            out.append(text)
+            continue
+        if not terminal:
+            out.append("  " * depth + text)
+            continue
+        prefix = ""
+        for level in range(1, depth):
+            prefix += "│ " if _continues(entries, i, level) else "  "
+        prefix += "├─" if _continues(entries, i, depth) else "└─"
+        out.append(prefix + text)
+    return "\n".join(out)
+
+
+def _continues(entries: list[tuple[int, str, bool]], i: int, depth: int) -> bool:
+    """Whether another entry at ``depth`` follows entry ``i`` before the tree leaves that
+    depth."""
+    for later, _, _ in entries[i + 1:]:
+        if later < depth:
+            return False
+        if later == depth:
+            return True
+    return False
+
+
+TOP_COLUMNS = ("Control Group", "Procs", "IOASIDs", "Max", "Peak", "Events")
+
+_TOP_KEYS = {"path": lambda r: r["path"],
+             "current": lambda r: -r["current"],
+             "max": lambda r: -(1 << 63) if r["max"] is None else -r["max"],
+             "peak": lambda r: -(r["peak"] or 0),
+             "events": lambda r: -r["events"],
+             "procs": lambda r: -r["procs"]}
+
+
+def sort_top(rows: list[dict[str, Any]], order: str) -> list[dict[str, Any]]:
+    """``top`` rows by ``order`` (``path`` ascending, numbers largest first; ``max``: no limit
+    first), ties by path."""
+    key = _TOP_KEYS[order]
+    return sorted(rows, key=lambda r: (key(r), r["path"]))
+
+
+def format_top(result: dict[str, Any], *, order: str = "path", header: bool = True) -> str:
+    """The rows of a ``top`` reply as ``systemd-cgtop`` prints them: the columns of
+    ``TOP_COLUMNS``, the path left-aligned and the numbers right-aligned; ``-`` where the
+    root has none."""
+    table = [[r["path"], str(r["procs"]), str(r["current"]),
+              "-" if r["path"] == "/" else _limit(r["max"]),
+              "-" if r["peak"] is None else str(r["peak"]),
+              "-" if r["path"] == "/" else str(r["events"])]
+             for r in sort_top(result["rows"], order)]
+    if header:
+        table.insert(0, list(TOP_COLUMNS))
+    widths = [max(len(row[i]) for row in table) for i in range(len(TOP_COLUMNS))]
+    return "\n".join(
+        "  ".join([row[0].ljust(widths[0]), *(cell.rjust(w) for cell, w
+                                               in zip(row[1:], widths[1:], strict=True))])
+        .rstrip() for row in table)
+
+
+def format_ids(result: dict[str, Any], *, terminal: bool = False) -> str:
+    """The human form of an ``ids`` reply: one row per IOASID (ID, state, set, owner pid,
+    charged cgroup, SPID, VT-d bindings), with a header on a terminal."""
+    table = []
+    for row in result["ids"]:
+        binds = "; ".join(
+            f"{b['kind']}{'' if b['gpasid'] is None else ' g' + str(b['gpasid'])} "
+            f"{','.join(b['devices'])}" for b in row["vtd"]) or "-"
+        table.append([str(row["id"]), row["state"], str(row["set"]),
+                      "-" if row["owner"] is None else str(row["owner"]),
+                      row["cgroup"] or "-", "-" if row["spid"] is None else str(row["spid"]),
+                      binds])
+    if terminal:
+        table.insert(0, ["ID", "STATE", "SET", "OWNER", "CGROUP", "SPID", "VT-D"])
+    if not table:
+        return ""
+    widths = [max(len(r[i]) for r in table) for i in range(7)]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True))
+                     .rstrip() for r in table)
+
+
+def format_event(item: dict[str, Any]) -> str:
+    """One refusal-log entry on one line: time, pid and command, uid, the cgroup that asked,
+    the level that refused, errno, request and the cause."""
+    from datetime import datetime
+
+    when = datetime.fromtimestamp(item["time"]).isoformat(sep=" ", timespec="seconds")
+    request = dict(item["request"])
+    ioctl = request.pop("ioctl", "?")
+    args = " ".join(f"{k}={v}" for k, v in request.items())
+    uid = "?" if item["uid"] is None else item["uid"]
+    level = f" refused by {item['level']}" if item.get("level") else ""
+    return (f"{when} pid {item['pid']} ({item['command'] or '?'}) uid {uid} in "
+            f"{item['cgroup']}{level}: {item['errno']} {ioctl}"
+            f"{' ' + args if args else ''}: {item['message']}")
