@@ -378,7 +378,8 @@ class Store:
             row = db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
             return None if row is None else json.loads(row[0])
 
-        self._loaded_meta = {key: meta(key) for key in ("clock", "boot", "orphans")}
+        self._loaded_meta = {key: meta(key) for key in ("clock", "boot", "orphans",
+                                                        "refusal_seq")}
         if meta("schema") is None:
             return None
         self._loaded_refusals = [json.loads(record) for (record,)
@@ -441,6 +442,7 @@ class Store:
             raise StoreError(f"{self.path}: {exc}") from None
         if cgroups is not None:
             self._remember(system, cgroups)
+            self.refusals.last_seq = self._loaded_meta.get("refusal_seq") or 0
             dropped = self.refusals.load(self._loaded_refusals)
             if dropped:  # saved with a larger ring
                 self._record("refusal", [(REFUSAL, e["seq"], None) for e in dropped])
@@ -572,6 +574,7 @@ class Store:
         self._core_op(ops)
         for item in self.refusals.entries():
             ops.append(_refusal_op(item))
+        ops.append((META, "refusal_seq", self.refusals.last_seq))
         return ops
 
     def apply(self, change: Change) -> None:
@@ -650,6 +653,7 @@ class Store:
             new = entry(refusal, seq=log.last_seq + 1, time=round(time.time(), 6),
                         command=self.system.processes.command(refusal.pid))
             ops.append(_refusal_op(new))
+            ops.append((META, "refusal_seq", new["seq"]))
             ops.extend((REFUSAL, old["seq"], None) for old in log.add(new))
         elif change.path is not None and change.kind is ChangeKind.RMDIR:
             ops.extend((REFUSAL, old["seq"], None) for old in log.drop(change.path))
