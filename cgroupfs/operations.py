@@ -5,7 +5,9 @@ entry of ``cgroupfs.files`` in its cgroup's directory. Changes go through ``Syst
 which call ``system.on_change`` (the daemon's durable store) before they return, so a write is
 durable when the write(2) returns. Errors are ``OSError``s carrying a kernel errno (the model's
 ``IoasidError`` is one); mfusepy returns ``-errno`` to the kernel, and any other exception becomes
-``EINVAL`` and is logged, so bad input never stops the file system.
+``EINVAL`` and is logged, so bad input never stops the file system. A change (``write``,
+``mkdir``, ``rmdir``, ``rename``) is made in the caller's ``client_context``: the log lines it
+causes are counted against the caller's uid and rate-limited per uid (``ioasidsd.clients``).
 
 What the kernel's cgroupfs does, and so what this does (errnos the VFS produces before a request
 reaches a file system, such as ``ENOTDIR`` for ``rmdir`` of a file, are not repeated here):
@@ -46,6 +48,7 @@ import mfusepy
 
 from cgroupfs import files, pidlists
 from cgroupfs.files import CgroupFile, Writer
+from ioasidsd.clients import client_context
 from ioasidsd.model.errors import IoasidError
 from ioasidsd.model.hierarchy import Cgroup
 from ioasidsd.system import System
@@ -200,7 +203,7 @@ class CgroupOperations(mfusepy.Operations):
         ``open``); a ``0`` written to ``cgroup.procs`` still names the writing process."""
         uid, gid = opener_of(fh)
         writer = Writer(mfusepy.fuse_get_context()[2], uid, gid)
-        with self.system.lock:
+        with client_context(uid), self.system.lock:  # its log lines: limited per uid
             cg, file = self._resolve_file(path)
             return files.write(self.system, cg, file, data, writer)
 
@@ -247,7 +250,7 @@ class CgroupOperations(mfusepy.Operations):
     def mkdir(self, path: str, mode: int) -> int:
         uid, gid, _pid = mfusepy.fuse_get_context()
         parent_path = path.rpartition("/")[0] or "/"
-        with self.system.lock:
+        with client_context(uid), self.system.lock:
             parent, file = self._resolve(parent_path)
             if file is not None:
                 raise IoasidError(ENOTDIR, f"{parent_path} is a file")
@@ -269,11 +272,12 @@ class CgroupOperations(mfusepy.Operations):
         if file is not None:
             raise IoasidError(ENOTDIR, f"{path} is a file")
         pidlists.forget_exited(self.system, cg)
-        self.system.rmdir(path)
+        with client_context(mfusepy.fuse_get_context()[0]):
+            self.system.rmdir(path)
         return 0
 
     def rename(self, old: str, new: str) -> int:
-        with self.system.lock:
+        with client_context(mfusepy.fuse_get_context()[0]), self.system.lock:
             _cg, file = self._resolve(old)
             if file is not None:
                 raise IoasidError(ENOTDIR, "only cgroups can be renamed")

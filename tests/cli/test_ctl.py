@@ -245,3 +245,20 @@ def test_a_user_may_do_what_the_file_system_lets_it_and_sees_its_own(served: Ser
     assert {0, tenant.uid} <= {e["uid"] for e in every["events"]}
     assert served.ctl("tree", user=tenant, env=env).returncode == 0
     served.ok("delete", "/ten", "/other")
+
+
+def test_the_daemon_logs_changes_and_one_user_cannot_flood_the_log(served: Served,
+                                                                   tenant) -> None:
+    served.ok("create", "/flood")
+    os.chown(served.mount / "flood", tenant.uid, tenant.gid)
+    where = served.mount / "flood"
+    script = f"for i in $(seq 40); do mkdir {where}/$i; rmdir {where}/$i; done"
+    done = tenant.run(["sh", "-c", script])
+    assert done.returncode == 0, done.stderr
+    served.ok("delete", "/flood")
+    lines = served.daemon.events()
+    made = [e for e in lines if e.get("event") == "cgroup created"]
+    assert any(e["cgroup"] == "/flood" for e in made)  # root's own change is logged
+    theirs = [e for e in lines if e.get("client_uid") == tenant.uid]
+    assert theirs and all(e["cgroup"].startswith("/flood/") for e in theirs)
+    assert len(theirs) <= 10  # 80 changes, one burst of lines
