@@ -20,13 +20,14 @@ from __future__ import annotations
 import errno
 import os
 import sys
-from collections.abc import Iterator
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # pathlib and the clients are imported by the verbs that use them
+    from collections.abc import Iterator
+    from pathlib import Path
+
     from ioasidsd.control.client import ControlClient
     from ioasidsd.userapi.client import IoasidClient
 
@@ -51,6 +52,14 @@ class _OneLineErrors(click.Group):
         except BrokenPipeError:  # `ioasidctl tree | head`
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             raise SystemExit(1) from None
+        except KeyboardInterrupt:
+            raise SystemExit(130) from None
+        except Exception as exc:  # a bug, or a daemon whose reply this version cannot read
+            if os.environ.get("IOASIDCTL_DEBUG"):
+                raise
+            click.echo(f"ioasidctl: unexpected error: {type(exc).__name__}: {exc} "
+                       f"(IOASIDCTL_DEBUG=1 shows where)", err=True)
+            raise SystemExit(1) from None
         raise SystemExit(code if isinstance(code, int) else 0)
 
 
@@ -68,7 +77,7 @@ class Env:
             from ioasidsd.control.client import ControlClient
             from ioasidsd.control.protocol import SOCKET_NAME
 
-            self._client = ControlClient(Path(self.runtime_dir) / SOCKET_NAME)
+            self._client = ControlClient(os.path.join(self.runtime_dir, SOCKET_NAME))
         return self._client
 
     def call(self, verb: str, **args: Any) -> Any:
@@ -84,6 +93,8 @@ class Env:
     @property
     def mount(self) -> Path:
         """The hierarchy's mount point: ``--mount``, else the daemon's."""
+        from pathlib import Path
+
         if self._mount is None:
             self._mount = str(self.call("status")["mount"])
         return Path(self._mount)
@@ -684,7 +695,8 @@ def snapshot(env: Env, output: str | None) -> None:
         click.echo(text, nl=False)
         return
     try:
-        Path(output).write_text(text)
+        with open(output, "w") as f:
+            f.write(text)
     except OSError as exc:
         fail(oserror(f"snapshot: {output}", exc))
 

@@ -201,8 +201,7 @@ def _continues(entries: list[tuple[int, str, bool]], i: int, depth: int) -> bool
 
 TOP_COLUMNS = ("Control Group", "Procs", "IOASIDs", "Max", "Peak", "Events")
 
-_TOP_KEYS = {"path": lambda r: r["path"],
-             "current": lambda r: -r["current"],
+_TOP_KEYS = {"current": lambda r: -r["current"],
              "max": lambda r: -(1 << 63) if r["max"] is None else -r["max"],
              "peak": lambda r: -(r["peak"] or 0),
              "events": lambda r: -r["events"],
@@ -210,28 +209,34 @@ _TOP_KEYS = {"path": lambda r: r["path"],
 
 
 def sort_top(rows: list[dict[str, Any]], order: str) -> list[dict[str, Any]]:
-    """``top`` rows by ``order`` (``path`` ascending, numbers largest first; ``max``: no limit
-    first), ties by path."""
-    key = _TOP_KEYS[order]
-    return sorted(rows, key=lambda r: (key(r), r["path"]))
+    """``top`` rows by ``order``: ``path`` keeps the hierarchy's order (parents first, by
+    name); numbers sort largest first (``max``: no limit first), ties in that order."""
+    if order == "path":
+        return rows
+    return sorted(rows, key=_TOP_KEYS[order])
 
 
 def format_top(result: dict[str, Any], *, order: str = "path", header: bool = True) -> str:
     """The rows of a ``top`` reply as ``systemd-cgtop`` prints them: the columns of
     ``TOP_COLUMNS``, the path left-aligned and the numbers right-aligned; ``-`` where the
     root has none."""
-    table = [[r["path"], str(r["procs"]), str(r["current"]),
-              "-" if r["path"] == "/" else _limit(r["max"]),
-              "-" if r["peak"] is None else str(r["peak"]),
-              "-" if r["path"] == "/" else str(r["events"])]
-             for r in sort_top(result["rows"], order)]
+    table = []
+    for r in sort_top(result["rows"], order):
+        path = r["path"]
+        if path == "/":
+            table.append([path, str(r["procs"]), str(r["current"]), "-", "-", "-"])
+        else:
+            limit = r["max"]
+            table.append([path, str(r["procs"]), str(r["current"]),
+                          "max" if limit is None else str(limit), str(r["peak"]),
+                          str(r["events"])])
     if header:
         table.insert(0, list(TOP_COLUMNS))
-    widths = [max(len(row[i]) for row in table) for i in range(len(TOP_COLUMNS))]
-    return "\n".join(
-        "  ".join([row[0].ljust(widths[0]), *(cell.rjust(w) for cell, w
-                                               in zip(row[1:], widths[1:], strict=True))])
-        .rstrip() for row in table)
+    if not table:
+        return ""
+    widths = [max(map(len, column)) for column in zip(*table, strict=True)]
+    line = "  ".join([f"{{:<{widths[0]}}}", *(f"{{:>{w}}}" for w in widths[1:])]).format
+    return "\n".join([line(*row).rstrip() for row in table])
 
 
 def format_ids(result: dict[str, Any], *, terminal: bool = False) -> str:

@@ -218,23 +218,37 @@ def top(service: Service, request: dict[str, Any], peer: Peer) -> dict[str, Any]
     system = _system(service)
     with system.lock:
         start = _lookup(system, path)
-        rows: list[dict[str, Any]] = []
-        # post-order counts of processes in each subtree, then rows parents first
-        stack: list[tuple[Cgroup, int, int]] = [(start, 0, 0)]
-        totals: dict[Cgroup, int] = {}
-        order: list[tuple[Cgroup, int]] = []
+        # parents first (by name), then processes in each subtree summed children first
+        order: list[tuple[Cgroup, int, str]] = []
+        stack = [(start, 0, start.path)]
         while stack:
-            cg, level, _ = stack.pop()
-            order.append((cg, level))
-            for name in sorted(cg.children, reverse=True):
-                stack.append((cg.children[name], level + 1, 0))
-        for cg, _level in reversed(order):
-            totals[cg] = len(cg.procs) + sum(totals[c] for c in cg.children.values())
-        for cg, level in order:
-            if level <= depth:
+            cg, level, where = stack.pop()
+            order.append((cg, level, where))
+            if level < depth:
+                children = cg.children
+                prefix = "" if where == "/" else where
+                stack.extend((children[name], level + 1, f"{prefix}/{name}")
+                             for name in sorted(children, reverse=True))
+        totals: dict[Cgroup, int] = {}
+        for cg, level, _where in reversed(order):
+            total = len(cg.procs)
+            if level < depth:
+                for child in cg.children.values():
+                    total += totals[child]
+            else:  # below the depth shown: counted, not listed
+                total = sum(len(d.procs) for d in cg.descendants())
+            totals[cg] = total
+        rows = []
+        for cg, _level, where in order:
+            if cg.parent is None:
                 row = _row(system, cg)
                 row["procs"] = totals[cg]
-                rows.append(row)
+            else:
+                limit, counter = cg.limit, cg.counter
+                row = {"path": where, "procs": totals[cg], "current": counter, "max": limit,
+                       "peak": cg.peak, "events": cg.events,
+                       "over": limit is not None and counter > limit}
+            rows.append(row)
     return {"schema": SCHEMA, "rows": rows}
 
 
