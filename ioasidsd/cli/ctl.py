@@ -494,6 +494,28 @@ def _descendants(where: Path, path: str) -> Iterator[str]:
         yield from _descendants(where / name, f"{path.rstrip('/')}/{name}")
 
 
+def _check_values(env: Env, targets: list[tuple[str, str]], pairs: list[tuple[str, str]],
+                  ) -> None:
+    """Refuse, before anything is written, a file a target lacks and a limit the kernel's
+    parser would refuse (the value's ``EINVAL`` or ``ERANGE``), so that a bad ``set`` changes
+    nothing."""
+    from ioasidsd.model.errors import IoasidError
+    from ioasidsd.model.formats import parse_limit
+
+    for name, value in pairs:
+        if name == f"{CONTROLLER}.max":
+            try:
+                parse_limit(value)
+            except IoasidError as exc:
+                code = exc.errno or errno.EINVAL
+                fail(oserror(f"set {targets[0][0]}: {name}", OSError(code, os.strerror(code)),
+                             f"{value!r} is not a number or max" if code == errno.EINVAL
+                             else f"{value!r} is out of range"))
+        for shown, path in targets:
+            if not (env.dir(path) / name).is_file():
+                fail(f"set {shown}: no control file {name} (ENOENT)")
+
+
 COPIED = (f"{CONTROLLER}.max", "notify_on_release", "cgroup.clone_children")
 """What ``set --copy-from`` copies: the writable files of a child cgroup."""
 
@@ -534,6 +556,7 @@ def set_(env: Env, assignments: tuple[str, ...], recursive: bool, source: str | 
             targets.extend((sub, sub) for sub in _descendants(where, path))
         else:
             targets.append((shown, path))
+    _check_values(env, targets, pairs)
     for shown, path in targets:
         for name, value in pairs:
             _write(env, shown, path, name, value)

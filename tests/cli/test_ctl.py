@@ -263,3 +263,88 @@ def test_the_daemon_logs_changes_and_one_user_cannot_flood_the_log(served: Serve
               and e.get("cgroup", "").startswith("/flood/")]
     assert theirs and {e["event"] for e in theirs} <= {"cgroup created", "cgroup removed"}
     assert len(theirs) <= 10  # 80 changes, at most one burst of lines
+
+
+def test_a_bad_value_for_several_cgroups_changes_none_of_them(served: Served) -> None:
+    served.ok("create", "-p", "/bv/a", "/bv/b")
+    served.ok("set", "-r", "ioasids.max=4", "-R", "/bv")
+    for value in ("junk", "-1", "99999999999999999999"):
+        line = one_line_error(served.ctl("set", "-r", "ioasids.max=1", "-r",
+                                         f"ioasids.max={value}", "-R", "/bv"), 1)
+        assert "(EINVAL: " in line or "(ERANGE: " in line
+    one_line_error(served.ctl("set", "-r", "ioasids.max=1", "-r", "nosuch=1", "/bv"), 1)
+    assert served.ok("get", "-n", "-v", "-r", "ioasids.max", "/bv", "/bv/a", "/bv/b") == \
+        "4\n4\n4\n"
+    served.ok("delete", "-r", "/bv")
+
+
+def test_shell_completion_offers_verbs_and_cgroup_paths(served: Served) -> None:
+    served.ok("create", "-p", "/comp/alpha", "/comp/beta")
+    env = dict(os.environ, _IOASIDCTL_COMPLETE="bash_complete", IOASIDS_MOUNT=str(served.mount))
+
+    def complete(*words: str) -> list[str]:
+        line = ["ioasidctl", *words]
+        done = subprocess.run([IOASIDCTL], env={**env, "COMP_WORDS": " ".join(line),
+                                                "COMP_CWORD": str(len(line) - 1)},
+                              capture_output=True, text=True, check=False)
+        return [item.split(",", 1)[1] for item in done.stdout.split()]
+
+    assert "tree" in complete("tr")
+    assert complete("get", "/comp/") == ["/comp/alpha", "/comp/beta"]
+    assert complete("tree", "ioasids:/comp/a") == ["ioasids:/comp/alpha"]
+    for shell in ("bash", "zsh", "fish"):
+        done = subprocess.run([IOASIDCTL], env={**env, "_IOASIDCTL_COMPLETE": f"{shell}_source"},
+                              capture_output=True, text=True, check=False)
+        assert done.returncode == 0 and "ioasidctl" in done.stdout
+    served.ok("delete", "-r", "/comp")
+
+
+def on_terminal(served: Served, *args: str, env: dict[str, str] | None = None) -> str:
+    """What ``ioasidctl ARGS`` shows on a terminal (a pty), once it has exited."""
+    import pty
+
+    master, slave = pty.openpty()
+    try:
+        proc = subprocess.Popen([IOASIDCTL, "--runtime-dir", str(served.daemon.run), *args],
+                                stdin=slave, stdout=slave, stderr=slave,
+                                env={**os.environ, "TERM": "xterm", **(env or {})})
+        os.close(slave)
+        out = b""
+        while True:
+            ready, _, _ = select.select([master], [], [], 30)
+            assert ready, f"ioasidctl {args} printed nothing more: {out!r}"
+            try:
+                data = os.read(master, 65536)
+            except OSError:  # EIO: the terminal's other side closed
+                break
+            if not data:
+                break
+            out += data
+        assert proc.wait(30) == 0, out
+        return out.decode(errors="replace")
+    finally:
+        os.close(master)
+
+
+def test_on_a_terminal_top_refreshes_a_screen_and_tree_draws_lines_and_colour(
+        served: Served) -> None:
+    served.ok("create", "-p", "/term/full", "/term/zero")
+    served.ok("set", "-r", "ioasids.max=max", "/term")
+    served.ok("set", "-r", "ioasids.max=2", "/term/full")
+    proc = hold(served, "/term/full", 1)
+    try:
+        served.ok("classify", "-g", "/term/zero", str(proc.pid))
+        screen = on_terminal(served, "top", "-n", "2", "-d", "0.1", "/term")
+        # a full-screen view (curses: the terminal's alternate screen) with the header, ended
+        # by itself after two refreshes (on_terminal checks the exit status)
+        assert "\x1b[?1049h" in screen and "Control Group" in screen and "/term/zero" in screen
+        tree = on_terminal(served, "tree", "--all", "/term")
+        assert tree.split("\r\n")[:4] == ["/term (1/max)", "├─full (0/2)",
+                                          "└─\x1b[1;31mzero (1/0 over)\x1b[0m",
+                                          f"  └─{proc.pid} ioasidctl"]
+        plain = on_terminal(served, "tree", "--all", "/term", env={"NO_COLOR": "1"})
+        assert "└─zero (1/0 over)" in plain and "\x1b[" not in plain
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait()
+    served.ok("delete", "-r", "/term")
