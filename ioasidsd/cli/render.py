@@ -6,6 +6,7 @@ the click commands in ``ioasidsd.cli.ctl`` call them. A new verb's rendering goe
 
 from __future__ import annotations
 
+from itertools import repeat
 from typing import Any
 
 
@@ -201,42 +202,56 @@ def _continues(entries: list[tuple[int, str, bool]], i: int, depth: int) -> bool
 
 TOP_COLUMNS = ("Control Group", "Procs", "IOASIDs", "Max", "Peak", "Events")
 
-_TOP_KEYS = {"current": lambda r: -r["current"],
-             "max": lambda r: -(1 << 63) if r["max"] is None else -r["max"],
-             "peak": lambda r: -(r["peak"] or 0),
-             "events": lambda r: -r["events"],
-             "procs": lambda r: -r["procs"]}
+_TOP_KEYS = ("current", "max", "peak", "events", "procs")
+"""The numeric columns ``top`` sorts by (largest first)."""
 
 
-def sort_top(rows: list[dict[str, Any]], order: str) -> list[dict[str, Any]]:
-    """``top`` rows by ``order``: ``path`` keeps the hierarchy's order (parents first, by
-    name); numbers sort largest first (``max``: no limit first), ties in that order."""
+def _top_order(columns: dict[str, list[Any]], order: str) -> list[int] | None:
+    """The row indices of a ``top`` reply in ``order`` (``None``: the hierarchy's own order,
+    parents first by name, which ``path`` keeps); numbers largest first, ``max``'s no limit
+    first, ties in the hierarchy's order."""
     if order == "path":
-        return rows
-    return sorted(rows, key=_TOP_KEYS[order])
+        return None
+    if order not in _TOP_KEYS:
+        raise ValueError(f"unknown order {order!r}")
+    values = columns[order]
+    if order == "max":
+        return sorted(range(len(values)),
+                      key=lambda i: -(1 << 63) if values[i] is None else -values[i])
+    return sorted(range(len(values)), key=lambda i: -(values[i] or 0))
 
 
 def format_top(result: dict[str, Any], *, order: str = "path", header: bool = True) -> str:
-    """The rows of a ``top`` reply as ``systemd-cgtop`` prints them: the columns of
-    ``TOP_COLUMNS``, the path left-aligned and the numbers right-aligned; ``-`` where the
-    root has none."""
-    table = []
-    for r in sort_top(result["rows"], order):
-        path = r["path"]
-        if path == "/":
-            table.append([path, str(r["procs"]), str(r["current"]), "-", "-", "-"])
-        else:
-            limit = r["max"]
-            table.append([path, str(r["procs"]), str(r["current"]),
-                          "max" if limit is None else str(limit), str(r["peak"]),
-                          str(r["events"])])
+    """A ``top`` reply as ``systemd-cgtop`` prints it: the columns of ``TOP_COLUMNS``, the
+    path left-aligned and the numbers right-aligned; ``-`` where the root has none, ``over``
+    after the limit of a cgroup above it. Built column by column, with the loops in C where
+    it can, as a refresh may show ten thousand cgroups."""
+    columns = result["columns"]
+    paths = columns["path"]
+    current = columns["current"]
+    texts = [
+        paths,
+        list(map(str, columns["procs"])),
+        list(map(str, current)),
+        ["max" if limit is None else (f"{limit} over" if used > limit else str(limit))
+         for limit, used in zip(columns["max"], current, strict=True)],
+        ["-" if peak is None else str(peak) for peak in columns["peak"]],
+        list(map(str, columns["events"])),
+    ]
+    for i, where in enumerate(paths):  # the root has no limit, peak or events
+        if where == "/":
+            texts[3][i] = texts[4][i] = texts[5][i] = "-"
+    picked = _top_order(columns, order)
+    if picked is not None:
+        texts = [[column[i] for i in picked] for column in texts]
     if header:
-        table.insert(0, list(TOP_COLUMNS))
-    if not table:
+        texts = [[title, *column] for title, column in zip(TOP_COLUMNS, texts, strict=True)]
+    if not texts[0]:
         return ""
-    widths = [max(map(len, column)) for column in zip(*table, strict=True)]
-    line = "  ".join([f"{{:<{widths[0]}}}", *(f"{{:>{w}}}" for w in widths[1:])]).format
-    return "\n".join([line(*row).rstrip() for row in table])
+    padded = [list(map(str.ljust, texts[0], repeat(max(map(len, texts[0])))))]
+    padded.extend(list(map(str.rjust, column, repeat(max(map(len, column)))))
+                  for column in texts[1:])
+    return "\n".join(map("  ".join, zip(*padded, strict=True)))
 
 
 def format_ids(result: dict[str, Any], *, terminal: bool = False) -> str:

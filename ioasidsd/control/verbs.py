@@ -27,8 +27,8 @@ from ioasidsd.store.refusals import RefusalLog
 from ioasidsd.system import System
 from ioasidsd.vtd import VtdDriver
 
-__all__ = ["EVENTS_MAX", "SCHEMA", "TRACE_EVENTS_MAX", "VERBS", "Service", "Verb", "events",
-           "ids", "status", "top", "tree", "vtd", "vtd_summary", "which"]
+__all__ = ["EVENTS_MAX", "SCHEMA", "TOP_COLUMNS", "TRACE_EVENTS_MAX", "VERBS", "Service",
+           "Verb", "events", "ids", "status", "top", "tree", "vtd", "vtd_summary", "which"]
 
 SCHEMA = 1
 """The ``schema`` of the replies of ``tree``, ``top``, ``ids``, ``events`` and ``which``: their
@@ -206,12 +206,19 @@ def tree(service: Service, request: dict[str, Any], peer: Peer) -> dict[str, Any
     return {"schema": SCHEMA, "cgroups": cgroups}
 
 
+TOP_COLUMNS = ("path", "procs", "current", "max", "peak", "events")
+"""The columns of a ``top`` reply."""
+
+
 def top(service: Service, request: dict[str, Any], peer: Peer) -> dict[str, Any]:
-    """``{"verb": "top", "path": P, "depth": N}``: one row per cgroup of ``P`` (default
-    ``/``) and below, ``N`` levels deep at most (default 3; 0: ``P`` alone), parents first:
-    ``path``, ``procs`` (processes in it and below it), ``current``, ``max``, ``peak``,
-    ``events``, ``over``. One request per refresh of ``ioasidctl top``; it shows no process,
-    so it is the same for every caller. ``EINVAL``, ``ENOENT`` as ``tree``."""
+    """``{"verb": "top", "path": P, "depth": N}``: the cgroups of ``P`` (default ``/``) and
+    below, ``N`` levels deep at most (default 3; 0: ``P`` alone), parents first by name, as
+    columns: ``columns`` maps each name of ``TOP_COLUMNS`` to the list of its values, one per
+    cgroup: ``path``, ``procs`` (processes in it and below it), ``current``, ``max`` (``null``:
+    no limit), ``peak``, ``events`` (the root: system-wide use, ``null``, ``null``, ``0``).
+    Columns, because a refresh of ``ioasidctl top`` is one request for every cgroup and six
+    lists cost far less to send and read than a row each. It shows no process, so it is the
+    same for every caller. ``EINVAL``, ``ENOENT`` as ``tree``."""
     path = _path(request)
     depth = _int(request, "depth", 3, 0, 1 << 16)
     assert depth is not None
@@ -219,37 +226,40 @@ def top(service: Service, request: dict[str, Any], peer: Peer) -> dict[str, Any]
     with system.lock:
         start = _lookup(system, path)
         # parents first (by name), then processes in each subtree summed children first
-        order: list[tuple[Cgroup, int, str]] = []
+        nodes: list[Cgroup] = []
+        paths: list[str] = []
+        levels: list[int] = []
         stack = [(start, 0, start.path)]
         while stack:
             cg, level, where = stack.pop()
-            order.append((cg, level, where))
-            if level < depth:
+            nodes.append(cg)
+            paths.append(where)
+            levels.append(level)
+            if level < depth and cg.children:
                 children = cg.children
                 prefix = "" if where == "/" else where
-                stack.extend((children[name], level + 1, f"{prefix}/{name}")
-                             for name in sorted(children, reverse=True))
+                stack.extend([(children[name], level + 1, f"{prefix}/{name}")
+                              for name in sorted(children, reverse=True)])
         totals: dict[Cgroup, int] = {}
-        for cg, level, _where in reversed(order):
+        for cg, level in zip(reversed(nodes), reversed(levels), strict=True):
             total = len(cg.procs)
-            if level < depth:
-                for child in cg.children.values():
-                    total += totals[child]
-            else:  # below the depth shown: counted, not listed
-                total = sum(len(d.procs) for d in cg.descendants())
+            if cg.children:
+                if level < depth:
+                    for child in cg.children.values():
+                        total += totals[child]
+                else:  # below the depth shown: counted, not listed
+                    total = sum(len(d.procs) for d in cg.descendants())
             totals[cg] = total
-        rows = []
-        for cg, _level, where in order:
-            if cg.parent is None:
-                row = _row(system, cg)
-                row["procs"] = totals[cg]
-            else:
-                limit, counter = cg.limit, cg.counter
-                row = {"path": where, "procs": totals[cg], "current": counter, "max": limit,
-                       "peak": cg.peak, "events": cg.events,
-                       "over": limit is not None and counter > limit}
-            rows.append(row)
-    return {"schema": SCHEMA, "rows": rows}
+        columns: dict[str, list[Any]] = {
+            "path": paths,
+            "procs": [totals[cg] for cg in nodes],
+            "current": [cg.counter if cg.parent is not None else len(system.core)
+                        for cg in nodes],
+            "max": [cg.limit if cg.parent is not None else None for cg in nodes],
+            "peak": [cg.peak if cg.parent is not None else None for cg in nodes],
+            "events": [cg.events if cg.parent is not None else 0 for cg in nodes],
+        }
+    return {"schema": SCHEMA, "columns": columns}
 
 
 def which(service: Service, request: dict[str, Any], peer: Peer) -> dict[str, Any]:

@@ -133,9 +133,13 @@ def test_tree_top_which_ids_with_a_process_holding_ioasids(served: Served) -> No
         assert [r.split() for r in rows] == [["/vm", "1", "2", "max", "2", "0"],
                                              ["/vm/a", "1", "2", "3", "2", "0"],
                                              ["/vm/empty", "0", "0", "0", "0", "0"]]
-        two = served.ok("top", "-n", "2", "-d", "0.1", "--order", "current", "/vm")
-        assert len(two.splitlines()) == 6 and two.splitlines()[0].startswith("/vm ")
-        assert json.loads(served.ok("top", "--json", "/vm"))["rows"][0]["current"] == 2
+        two = served.ok("top", "-n", "2", "-d", "0.1", "--order", "max", "/vm")
+        assert [r.split()[0] for r in two.splitlines()] == ["/vm", "/vm/a", "/vm/empty"] * 2
+        shape = json.loads(served.ok("top", "--json", "/vm"))
+        assert shape["schema"] == 1 and shape["columns"]["path"] == ["/vm", "/vm/a",
+                                                                     "/vm/empty"]
+        assert [shape["columns"][k][0] for k in ("procs", "current", "max", "peak",
+                                                 "events")] == [1, 2, None, 2, 0]
         ids = json.loads(served.ok("ids", "--json", "--pid", str(proc.pid)))
         assert ids["schema"] == 1 and [r["cgroup"] for r in ids["ids"]] == ["/vm/a"] * 2
         assert set(ids["ids"][0]) == {"id", "state", "set", "owner", "cgroup", "spid", "vtd"}
@@ -143,6 +147,8 @@ def test_tree_top_which_ids_with_a_process_holding_ioasids(served: Served) -> No
         # moving the holder into a cgroup with a smaller limit makes current > max
         served.ok("classify", "-g", "/vm/empty", str(proc.pid))
         assert "empty (2/0 over)" in served.ok("tree", "/vm")
+        assert served.ok("top", "/vm/empty").split() == ["/vm/empty", "1", "2", "0", "over",
+                                                         "2", "0"]
         # delete moves the holder to the parent first, as cgdelete does
         served.ok("delete", "/vm/empty")
         assert served.ok("which", str(proc.pid)) == f"{proc.pid} /vm\n"

@@ -78,12 +78,16 @@ def test_tree_hides_cgroups_without_processes_and_marks_those_over_their_limit(w
 
 
 def test_top_counts_processes_below_and_stops_at_the_depth(world) -> None:
-    rows = verbs.top(world, {"depth": 1}, ROOT)["rows"]
-    assert [(r["path"], r["procs"], r["current"]) for r in rows] == [
-        ("/", 2, 3), ("/a", 1, 2), ("/c", 1, 1)]
-    deep = verbs.top(world, {}, ROOT)["rows"]
-    assert [r["path"] for r in deep] == ["/", "/a", "/a/b", "/a/empty", "/c"]
-    assert deep[1]["events"] == 1 and deep[1]["peak"] == 2
+    shown = verbs.top(world, {"depth": 1}, ROOT)
+    assert shown["columns"] == {"path": ["/", "/a", "/c"], "procs": [2, 1, 1],
+                                "current": [3, 2, 1], "max": [None, 2, 1],
+                                "peak": [None, 2, 1], "events": [0, 1, 1]}
+    deep = verbs.top(world, {}, ROOT)["columns"]
+    assert deep["path"] == ["/", "/a", "/a/b", "/a/empty", "/c"]
+    # /a/b is over its limit (lowered below what it holds)
+    assert [deep[k][2] for k in verbs.TOP_COLUMNS] == ["/a/b", 1, 2, 1, 2, 0]
+    only = verbs.top(world, {"path": "/a", "depth": 0}, ROOT)["columns"]
+    assert only["path"] == ["/a"] and only["procs"] == [1]  # counted below the depth too
 
 
 def test_which_names_the_cgroup_of_each_process(world) -> None:
