@@ -96,7 +96,13 @@ class Env:
         from pathlib import Path
 
         if self._mount is None:
-            self._mount = str(self.call("status")["mount"])
+            from ioasidsd.control.client import ControlError
+
+            try:
+                self._mount = str(self.client.call("status")["mount"])
+            except ControlError as exc:
+                fail(f"cannot ask the daemon where the hierarchy is mounted: {exc} "
+                     f"(--mount names it)")
         return Path(self._mount)
 
     def dir(self, path: str) -> Path:
