@@ -335,7 +335,7 @@ def ids(service: Service, request: dict[str, Any], peer: Peer) -> dict[str, Any]
                                        "devices": [dev.bdf for dev in svm.devs]})
     if peer.uid != 0:
         decided: dict[int, bool] = {}
-        kept = []
+        kept: list[tuple[IoasidData, Process | None, dict[str, Any]]] = []
         for _data, owner, row in rows:
             if owner is None:
                 continue

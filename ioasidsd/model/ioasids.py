@@ -20,9 +20,9 @@ never touches the controller's per-cgroup state (the ``Cgroup`` slots ``limit``,
 * A counter that goes below zero is logged once (``warned_negative``) and kept.
 * Migration: ``can_attach`` moves a migrating process's charges to the destination as
   ``knobs.migration`` says (it never refuses: ``current`` may exceed ``max`` afterwards);
-  ``cancel_attach`` moves them back (``cancel_attach_per_task``: quirk 9).
+  ``cancel_attach`` moves them back (``cancel_attach_per_task``: one per task in ``v4``).
 * The core calls ``charge_alloc`` when it allocates an IOASID of an MM set and
-  ``uncharge_reclaim`` when it reclaims one (``knobs.uncharge_target``, quirk 7).
+  ``uncharge_reclaim`` when it reclaims one (``knobs.uncharge_target``).
 
 Every method runs under ``core.lock`` (the hierarchy's lock is the same).
 """
@@ -30,7 +30,7 @@ Every method runs under ``core.lock`` (the hierarchy's lock is the same).
 from __future__ import annotations
 
 import contextlib
-from errno import EAGAIN, EBUSY, EEXIST, EINVAL, ENOSPC, EPERM
+from errno import EAGAIN, EBUSY, EINVAL, EPERM
 from typing import TYPE_CHECKING, NamedTuple
 
 from ioasidsd.model.errors import IoasidError
@@ -119,7 +119,7 @@ class IoasidsController(Controller):
 
     def css_offline(self, cg: Cgroup) -> None:
         """A cgroup being removed gives its reservation back to the pool (``reserve``); in
-        ``reserve-v4`` nothing is reserved by a cgroup, so its limit leaks (quirk 6). Charges
+        ``reserve-v4`` nothing is reserved by a cgroup, so its limit leaks. Charges
         still recorded against it stay until their IOASIDs go. ``EINVAL``, refusing the
         ``rmdir``, if the pool cannot take the reservation back (a capacity installed since,
         with ``install_capacity_resets``)."""
@@ -133,7 +133,8 @@ class IoasidsController(Controller):
 
         ``reserve`` (fixed): a number reserves itself from the pool (``ENOSPC`` when the pool
         lacks the growth), the reservation is returned on shrink, ``max`` means no limit and
-        reserves nothing. ``reserve-v4``: the series' algorithm, leaks included (quirk 5).
+        reserves nothing. ``reserve-v4``: the series' algorithm, leaks included (``max``
+        takes what is left and reads back a number).
         ``overcommit``: nothing is reserved. ``EINVAL`` for the root or a negative limit, and in
         ``v4`` for writing the current limit again.
         """
@@ -269,7 +270,7 @@ class IoasidsController(Controller):
     def uncharge_reclaim(self, data: IoasidData, task: Process | None) -> None:
         """``ioasid_cg_uncharge`` at the final release of an MM-set IOASID.
 
-        ``charged`` (fixed): the cgroup recorded at charge time. ``current`` (v4, quirk 7): the
+        ``charged`` (fixed): the cgroup recorded at charge time. ``current`` (v4): the
         reclaiming task's cgroup (nothing for kernel context); with ``uncharge_skips_defunct_mm``
         nothing when the owner has exited.
         """
@@ -317,7 +318,7 @@ class IoasidsController(Controller):
                     data.cgroup = dst
 
     def cancel_attach(self, tset: TaskSet) -> None:
-        """The ``cancel_attach`` hook: undo ``can_attach``. In ``v4`` (quirk 9) it moves
+        """The ``cancel_attach`` hook: undo ``can_attach``. In ``v4`` it moves
         back one charge per task, whatever was moved; in ``fixed`` exactly what moved."""
         if self.knobs.migration != "move":
             return
@@ -345,5 +346,4 @@ class IoasidsController(Controller):
         return [d for d in self.core.set_members(ioasid_set) if d.cgroup is not None]
 
 
-# Errnos re-exported for faces that match them without importing errno.
-__all__ = ["EAGAIN", "EBUSY", "EEXIST", "ENOSPC", "EPERM", "Charge", "IoasidsController"]
+__all__ = ["Charge", "IoasidsController"]
