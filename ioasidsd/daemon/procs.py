@@ -265,6 +265,15 @@ class ConnectorTracker(_Supervised):
                 data = sock.recv(65536)
             except TimeoutError:
                 break
+            except OSError as exc:
+                if exc.errno != errno.ENOBUFS:
+                    raise
+                # events overflowed the buffer before the answer came (a busy machine): the
+                # kernel is sending them, so the subscription took; what was lost, the answer
+                # perhaps with it, is rescanned before the first event is served
+                self.overflows += 1
+                self._resync_since = self._last_ok
+                return
             for msg in self._marshal.parse(data):
                 if msg["what"] == PROC_EVENT_NONE:
                     if msg["err"]:
@@ -379,9 +388,10 @@ class ConnectorTracker(_Supervised):
                         raise
                     self._overflow()
                     continue
-                self._last_ok = process_clock()
+                received = process_clock()
                 for msg in self._marshal.parse(data):
-                    self._handle(msg)
+                    self._handle(msg)  # one that fails resyncs from before this batch
+                self._last_ok = received
             if self._resync_since is not None:  # an event could not be handled
                 since, self._resync_since = self._resync_since, None
                 self._resync(since)
