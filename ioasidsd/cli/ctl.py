@@ -737,7 +737,14 @@ def snapshot(env: Env, output: str | None) -> None:
 def restore(env: Env, force: bool, file: str) -> None:
     """Create the cgroups a snapshot holds that are missing and write their values. Where an
     existing cgroup has other values, nothing is changed (exit status 1) unless --force."""
-    from ioasidsd.cli.snapshot import SnapshotFileError, load, plan, read_tree
+    from ioasidsd.cli.snapshot import (
+        SUBTREE_CONTROL,
+        SnapshotFileError,
+        load,
+        plan,
+        read_tree,
+        subtree_control_write,
+    )
 
     try:
         with open(file, "rb") as f:
@@ -759,10 +766,13 @@ def restore(env: Env, force: bool, file: str) -> None:
     for path, name, value in steps:
         if name is not None:
             try:  # a cgroup just made may have the value already (v4 refuses rewriting it)
-                if _read(env, path, name).removesuffix("\n") == value:
-                    continue
+                have = _read(env, path, name).removesuffix("\n")
             except OSError:
-                pass
+                have = None
+            if have == value:
+                continue
+            if name == SUBTREE_CONTROL:
+                value = subtree_control_write(have or "", value)
         if name is None:
             try:
                 os.mkdir(env.dir(path))

@@ -15,8 +15,11 @@ The file (schema 1)::
     notify_on_release = "0"
 
 A table per cgroup, named by its path, parents before children (in name order); its keys are
-the control files that hold settings (``SETTINGS``; the root's ``release_agent`` too), their
-values the files' text without the final newline. Counters and processes are not part of it.
+the control files that hold settings and that the cgroup has (``SETTINGS``: those of a v1
+hierarchy, and of a v2 one: ``cgroup.subtree_control``, ``cgroup.max.depth``,
+``cgroup.max.descendants``), their values the files' text without the final newline. Counters
+and processes are not part of it. ``subtree_control_write`` turns a wanted
+``cgroup.subtree_control`` into the ``+name -name`` write that makes it.
 The same hierarchy always gives the same bytes, so ``restore`` of a ``snapshot`` on an empty
 daemon gives a hierarchy whose ``snapshot`` is identical.
 
@@ -30,13 +33,16 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-__all__ = ["SCHEMA", "SETTINGS", "SnapshotFileError", "dump", "load", "plan", "read_tree"]
+__all__ = ["SCHEMA", "SETTINGS", "SUBTREE_CONTROL", "SnapshotFileError", "dump", "load", "plan",
+           "read_tree", "subtree_control_write"]
 
 SCHEMA = 1
-SETTINGS = ("cgroup.clone_children", "ioasids.max", "notify_on_release")
-"""The control files of a child cgroup that a snapshot keeps."""
-ROOT_SETTINGS = ("cgroup.clone_children", "notify_on_release", "release_agent")
-"""Those of the root."""
+SUBTREE_CONTROL = "cgroup.subtree_control"
+SETTINGS = ("cgroup.clone_children", "cgroup.max.depth", "cgroup.max.descendants",
+            SUBTREE_CONTROL, "ioasids.max", "notify_on_release", "release_agent")
+"""The control files a snapshot keeps, where a cgroup has them (v1: the flags, the root's
+release agent and ``ioasids.max``; v2: the controllers enabled below, the tree limits and
+``ioasids.max``)."""
 
 Tree = dict[str, dict[str, str]]
 
@@ -46,8 +52,19 @@ class SnapshotFileError(Exception):
     says which and why."""
 
 
-def _settings(path: str) -> tuple[str, ...]:
-    return ROOT_SETTINGS if path == "/" else SETTINGS
+FRESH_ROOT = {"cgroup.clone_children": "0", "cgroup.max.depth": "max",
+              "cgroup.max.descendants": "max", SUBTREE_CONTROL: "", "notify_on_release": "0",
+              "release_agent": ""}
+"""What the root of a new hierarchy holds: restoring over these is no conflict (the root
+always exists, and a new daemon's is not a configured one)."""
+
+
+def subtree_control_write(have: str, wanted: str) -> str:
+    """The write to ``cgroup.subtree_control`` that turns its reading ``have`` into
+    ``wanted`` (both space-separated controller names): ``+name`` for each to enable,
+    ``-name`` for each to disable."""
+    old, new = set(have.split()), set(wanted.split())
+    return " ".join([*(f"+{n}" for n in sorted(new - old)), *(f"-{n}" for n in sorted(old - new))])
 
 
 def read_tree(mount: Path) -> Tree:
@@ -57,7 +74,7 @@ def read_tree(mount: Path) -> Tree:
 
     def visit(where: Path, path: str) -> None:
         values = {}
-        for name in _settings(path):
+        for name in SETTINGS:
             try:
                 with open(where / name, encoding="utf-8", errors="surrogateescape") as f:
                     values[name] = f.read().removesuffix("\n")
@@ -105,7 +122,7 @@ def load(data: bytes) -> Tree:
                 any(p in ("", ".", "..") for p in parts[1:]))) or not isinstance(values, dict):
             raise SnapshotFileError(f"{path!r} is not a cgroup's table")
         for name, value in values.items():
-            if name not in _settings(path) or not isinstance(value, str):
+            if name not in SETTINGS or not isinstance(value, str):
                 raise SnapshotFileError(f"{path}: {name!r} is not a setting a snapshot keeps")
         tree[path] = dict(values)
     return tree
@@ -120,7 +137,8 @@ def plan(wanted: Tree, have: Tree) -> tuple[list[Step], list[str]]:
     """What ``restore`` does to turn ``have`` into ``wanted``: the steps (missing cgroups
     created parents first, then every value that differs written), and the conflicts: the
     values of existing cgroups that differ (``PATH NAME: have -> wanted``), which ``restore``
-    changes only when forced. Values of cgroups ``restore`` creates are written when they
+    changes only when forced; the root's values of a new hierarchy (``FRESH_ROOT``) are not
+    conflicts. Values of cgroups ``restore`` creates are written when they
     differ from what a new cgroup gets (its parent's flags are inherited, so all are
     written)."""
     steps: list[Step] = []
@@ -137,13 +155,14 @@ def plan(wanted: Tree, have: Tree) -> tuple[list[Step], list[str]]:
                     steps.append((parent, None, ""))
                     have[parent] = {}
             steps.append((path, None, ""))
-        # ioasids.max before the flags: a refused limit stops before anything else changes
+        # ioasids.max before the rest: a refused limit stops before anything else changes (a
+        # v2 parent's subtree_control, which gives a child its ioasids.max, comes first anyway)
         for name in sorted(values, key=lambda n: n != "ioasids.max"):
             value = values[name]
             current = have.get(path, {}).get(name)
             if current == value:
                 continue
-            if exists:
+            if exists and not (path == "/" and FRESH_ROOT.get(name) == current):
                 conflicts.append(f"{path} {name}: {current} -> {value}")
             steps.append((path, name, value))
     return steps, conflicts

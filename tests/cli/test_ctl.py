@@ -364,3 +364,30 @@ def test_on_a_terminal_top_refreshes_a_screen_and_tree_draws_lines_and_colour(
         proc.send_signal(signal.SIGTERM)
         proc.wait()
     served.ok("delete", "-r", "/term")
+
+
+def test_snapshot_and_restore_round_trip_on_a_v2_hierarchy(daemons, tmp_path) -> None:
+    """On cgroup v2 a snapshot keeps what enables the controller below a cgroup
+    (``cgroup.subtree_control``) and the tree limits, so that restore can give children their
+    ``ioasids.max``."""
+    d = daemons("--hierarchy", "v2").start()
+
+    def ctl(*args: str) -> str:
+        done = d.ctl(*args)
+        assert done.returncode == 0, (args, done.stderr)
+        return done.stdout
+
+    ctl("create", "-p", "/v/a")
+    ctl("set", "-r", "cgroup.subtree_control=+ioasids", "/")
+    ctl("set", "-r", "cgroup.subtree_control=+ioasids", "/v")
+    ctl("set", "-r", "ioasids.max=max", "/v")
+    ctl("set", "-r", "ioasids.max=7", "-r", "cgroup.max.depth=3", "/v/a")
+    saved = tmp_path / "v2.toml"
+    ctl("snapshot", "-o", str(saved))
+    text = saved.read_text()
+    assert '"cgroup.subtree_control" = "ioasids"' in text and '"ioasids.max" = "7"' in text
+    ctl("delete", "-r", "/")
+    ctl("set", "-r", "cgroup.subtree_control=-ioasids", "/")
+    ctl("restore", str(saved))
+    assert ctl("snapshot") == text
+    assert ctl("get", "-n", "-v", "-r", "ioasids.max", "/v/a") == "7\n"
