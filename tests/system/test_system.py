@@ -117,6 +117,27 @@ def test_tracker_exit_closes_the_file(system) -> None:
     assert len(s.core) == 0
 
 
+@pytest.mark.parametrize("profile_name", ["fixed", "v4"])
+def test_a_file_held_by_descriptors_outlives_its_openers_exit(profile_name) -> None:
+    """``closes_at_exit=False`` (the socket face): the opener's exit does not release the file
+    (a forked child may hold the descriptor); the last close does, with the opener's mm gone
+    (``v4`` then skips the uncharge)."""
+    procs = FakeProcesses()
+    s = System(profile(profile_name), processes=procs)
+    s.mkdir("vmm")
+    s.write_max("vmm", "10")
+    procs.add(10)
+    s.write_procs("vmm", "10", writer_pid=10, writer_uid=0)
+    f = s.ioasid_open(10, closes_at_exit=False)
+    ioasid = s.ioasid_ioctl(f, uapi.IOASID_REQUEST_ALLOC, alloc_arg())[0]
+    s.exit(10)
+    assert not f.released and ioasid in s.core
+    assert s.cgroups.lookup("vmm").counter == 1
+    s.ioasid_release(f, exited=True)
+    assert f.released and ioasid not in s.core
+    assert s.cgroups.lookup("vmm").counter == (1 if profile_name == "v4" else 0)
+
+
 def test_requests_and_batches_report_the_ids_they_changed(system) -> None:
     """A change names what changed: a single request its ID, a batch its IDs, never the whole
     set they belong to (the store's cost follows the change)."""
