@@ -174,3 +174,24 @@ def test_a_file_held_by_a_child_across_a_daemon_restart(daemons, client, library
     proc.stdin.write("\n")
     proc.stdin.close()
     assert proc.stdout.read() == "version EIO\n"  # its connection died with the daemon
+
+
+def test_close_releases_while_the_program_lives(daemon, client, library) -> None:
+    cg = cgroup(daemon, "vmm", 10)
+    proc = subprocess.Popen(enter_and_run(cg, client, "open", "alloc:1:10", "alloc:1:10",
+                                          "wait", "close", "wait", "open", "alloc:1:10"),
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                            env=wrapped_env(daemon, library))
+    assert proc.stdout is not None and proc.stdin is not None
+    assert [proc.stdout.readline() for _ in range(4)] == [
+        "open 0\n", "alloc 1\n", "alloc 2\n", "wait\n"]
+    assert (cg / "ioasids.current").read_text() == "2\n"
+    proc.stdin.write("\n")
+    proc.stdin.flush()
+    assert [proc.stdout.readline() for _ in range(2)] == ["close 0\n", "wait\n"]
+    wait_until(lambda: (cg / "ioasids.current").read_text() == "0\n", "the release at close")
+    proc.stdin.write("\n")
+    proc.stdin.close()
+    # a new open after the release is a new file with a new set: the IDs start again
+    assert proc.stdout.read() == "open 0\nalloc 1\n"
+    assert proc.wait(30) == 0
