@@ -151,10 +151,13 @@ def test_an_inherited_descriptor_outlives_the_opener(daemons, client, library,
                "the child's exit")
 
 
-def test_a_file_held_by_a_child_across_a_daemon_restart(daemons, client, library) -> None:
+@pytest.mark.parametrize("profile", ["fixed", "v4"])
+def test_a_file_held_by_a_child_across_a_daemon_restart(daemons, client, library,
+                                                        profile) -> None:
     """The child holding the file when the daemon is killed loses its connection; the file,
-    whose opener is gone, is released at the restart (as at its last close)."""
-    d = daemons().start()
+    whose opener is gone, is released at the restart (as at its last close; with the mm gone,
+    ``v4`` skips the uncharge)."""
+    d = daemons("--profile", profile).start()
     cg = cgroup(d, "vmm", 10)
     proc = subprocess.Popen(enter_and_run(cg, client, "open", "alloc:1:10", "fork", "wait",
                                           "version"),
@@ -169,8 +172,8 @@ def test_a_file_held_by_a_child_across_a_daemon_restart(daemons, client, library
     assert (cg / "ioasids.current").read_text() == "1\n"
     d.kill9()
     d.start()
-    wait_until(lambda: (cg / "ioasids.current").read_text() == "0\n", "the release")
-    assert d.status()["ioasids"] == 0
+    wait_until(lambda: d.status()["ioasids"] == 0, "the release")
+    assert (cg / "ioasids.current").read_text() == ("1\n" if profile == "v4" else "0\n")
     proc.stdin.write("\n")
     proc.stdin.close()
     assert proc.stdout.read() == "version EIO\n"  # its connection died with the daemon
