@@ -956,7 +956,8 @@ EXPORT int ioctl(int fd, unsigned long request, ...)
 	if (listed(fd))
 		return forward(fd, request, arg);
 	ret = real_ioctl(fd, request, arg);
-	if (ret < 0 && errno == ENOTTY) {  /* sockets know no such request: is it ours? */
+	if (ret < 0 && errno == ENOTTY && _IOC_TYPE(request) == IOASID_TYPE) {
+		/* a socket knows no such request: is it a connection to the daemon? */
 		err = errno;
 		if (is_ioasid_socket(fd))
 			return forward(fd, request, arg);
