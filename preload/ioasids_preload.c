@@ -491,6 +491,25 @@ static int open_proc(const char *path, int flags)
 	return fd;
 }
 
+/* /etc/mtab, where it is the usual symbolic link to the kernel's mount list, reads as that. */
+static int open_mtab(int flags)
+{
+	static const char *const links[] = { "proc/self/mounts", "proc/mounts", NULL };
+	char target[64];
+	ssize_t n = readlink("/etc/mtab", target, sizeof(target) - 1);
+
+	if (n <= 0)
+		return -2;
+	target[n] = '\0';
+	for (const char *const *l = links; *l; l++) {
+		size_t len = strlen(*l);
+
+		if ((size_t)n >= len && !strcmp(target + n - len, *l))
+			return open_proc("/proc/self/mounts", flags);
+	}
+	return -2;
+}
+
 /* ------------------------------------------------------------------ /dev/ioasid */
 
 /* One ioctl at a time on a connection: threads of a process by the mutex, processes sharing
@@ -804,6 +823,8 @@ static int intercept(const char *path, int flags)
 		return open_proc(path, flags);
 	if (path[1] == 'd' && !strcmp(path, DEV_IOASID))
 		return open_ioasid(flags);
+	if (path[1] == 'e' && !strcmp(path, "/etc/mtab"))
+		return open_mtab(flags);
 	return -2;
 }
 
