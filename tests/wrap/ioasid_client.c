@@ -9,6 +9,9 @@
  *   alloc:MIN:MAX   IOASID_REQUEST_ALLOC (the ID is remembered)
  *   free            IOASID_REQUEST_FREE of the last ID allocated; free:N of N
  *   batch:MIN:MAX:N IOASID_REQUEST_ALLOC_BATCH (prints the count and the IDs)
+ *   freebatch       IOASID_REQUEST_FREE_BATCH of the IDs of the last batch
+ *   bind:DEVID      IOASID_BIND_GPASID of the last ID on PCI function DEVID, gpasid 7
+ *   unbind:DEVID    IOASID_UNBIND_GPASID of the last ID from DEVID
  *   badptr          IOASID_REQUEST_ALLOC with an unmapped pointer
  *   readonly        IOASID_GET_INFO into read-only memory
  *   short           IOASID_REQUEST_ALLOC with argsz 8
@@ -42,7 +45,8 @@ static void result(const char *step, long ret)
 
 int main(int argc, char **argv)
 {
-	int fd = -1, last = -1;
+	int fd = -1, last = -1, batched = 0;
+	__u32 batch_ids[64];
 
 	for (int i = 1; i < argc; i++) {
 		const char *step = argv[i];
@@ -84,12 +88,36 @@ int main(int argc, char **argv)
 				result("batch", ret);
 			} else {
 				printf("batch %d", ret);
+				batched = ret < 64 ? ret : 64;
+				memcpy(batch_ids, b->ids, 4 * batched);
 				for (int k = 0; k < ret; k++)
 					printf(" %u", b->ids[k]);
 				printf("\n");
 				fflush(stdout);
 			}
 			free(b);
+		} else if (!strcmp(step, "freebatch")) {
+			struct ioasid_free_batch *b = calloc(1, sizeof(*b) + 4 * batched);
+
+			b->argsz = sizeof(*b) + 4 * batched;
+			b->count = batched;
+			memcpy(b->ids, batch_ids, 4 * batched);
+			result(step, ioctl(fd, IOASID_REQUEST_FREE_BATCH, b));
+			free(b);
+		} else if (sscanf(step, "bind:%u", &n) == 1) {
+			struct ioasid_bind_gpasid bind = {
+				.argsz = sizeof(bind), .flags = IOASID_BIND_GPASID_VAL,
+				.hpasid = last, .gpasid = 7, .devid = n, .addr_width = 48,
+				.gpgd = 0x1000,
+			};
+
+			result("bind", ioctl(fd, IOASID_BIND_GPASID, &bind));
+		} else if (sscanf(step, "unbind:%u", &n) == 1) {
+			struct ioasid_unbind_gpasid unbind = {
+				.argsz = sizeof(unbind), .hpasid = last, .devid = n,
+			};
+
+			result("unbind", ioctl(fd, IOASID_UNBIND_GPASID, &unbind));
 		} else if (!strcmp(step, "badptr")) {
 			result(step, ioctl(fd, IOASID_REQUEST_ALLOC, (void *)16));
 		} else if (!strcmp(step, "readonly")) {

@@ -198,3 +198,23 @@ def test_close_releases_while_the_program_lives(daemon, client, library) -> None
     # a new open after the release is a new file with a new set: the IDs start again
     assert proc.stdout.read() == "open 0\nalloc 1\n"
     assert proc.wait(30) == 0
+
+
+def test_the_extensions(daemon, client) -> None:
+    """Batch allocation and free, guest bind and unbind on the daemon's VT-d unit (its default
+    devices include 0000:03:00.0, devid 0x300)."""
+    cg = cgroup(daemon, "vmm", 10)
+    done = wrap(daemon, *enter_and_run(cg, client, "open", "batch:20:30:3", "freebatch",
+                                       "freebatch", "alloc:40:50", "bind:768", "bind:768",
+                                       "unbind:768", "unbind:768", "bind:4095", "free"))
+    assert done.returncode == 0, done.stderr
+    assert steps(done.stdout) == [
+        "open 0", "batch 3 20 21 22", "freebatch 3",
+        "freebatch ENOENT",  # freed already: nothing is freed, all or nothing
+        "alloc 40", "bind 0",
+        "bind EBUSY",  # bound already (the driver's own check)
+        "unbind 0",
+        "unbind 0",  # the simulated driver's unbind of a PASID no longer bound does nothing
+        "bind ENODEV",  # no such device
+        "free 0",
+    ]
