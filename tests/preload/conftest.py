@@ -10,8 +10,9 @@ import shlex
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 from daemon.daemons import BIN, Daemon, fuse_missing
@@ -22,6 +23,7 @@ TOP = Path(__file__).resolve().parents[2]
 INCLUDE = TOP / "preload" / "include"
 HERE = Path(__file__).resolve().parent
 KERNEL_PIDS = Path("/sys/fs/cgroup/pids")
+T = TypeVar("T")
 
 
 def compile_c(source: Path, out: Path) -> Path:
@@ -143,3 +145,20 @@ def sleepers() -> Iterator:
     for proc in made:
         proc.kill()
         proc.wait()
+
+
+def kernel_top() -> int:
+    """The highest hierarchy id the kernel shows."""
+    return max(int(line.split(":")[0])
+               for line in Path("/proc/self/cgroup").read_text().splitlines())
+
+
+def steady(look: Callable[[], T]) -> T:
+    """``look()``'s result, from a run during which the kernel's hierarchies held still (other
+    sessions mount and unmount named hierarchies, which moves the id ours is given)."""
+    for _ in range(20):
+        before = kernel_top()
+        seen = look()
+        if kernel_top() == before:
+            return seen
+    raise AssertionError("the kernel's cgroup hierarchies never held still")

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from daemon.daemons import BIN
 
-from .conftest import KERNEL_PIDS, wrap
+from .conftest import KERNEL_PIDS, kernel_top, steady, wrap
 
 
 def read_both(d, path: str) -> tuple[str, str]:
@@ -76,26 +76,32 @@ def test_proc_cgroups_and_the_pid_cgroup_line(daemon, sleepers) -> None:
     (daemon.mount / "a" / "b").mkdir()
     pid = sleepers()
     (daemon.mount / "a" / "b" / "cgroup.procs").write_text(str(pid))
-    plain, wrapped = read_both(daemon, "/proc/cgroups")
+
+    def look() -> dict[str, object]:
+        return {
+            "top": kernel_top(),
+            "cgroups": read_both(daemon, "/proc/cgroups"),
+            "pid": [read_both(daemon, path) for path in
+                    (f"/proc/{pid}/cgroup", f"/proc/{pid}/task/{pid}/cgroup")],
+            "own": wrap(daemon, "sh", "-c", f"echo $$ > {daemon.mount}/a/cgroup.procs; "
+                                            "exec cat /proc/self/cgroup").stdout,
+            "ps": wrap(daemon, "ps", "-o", "pid=,cgroup=", "-p", str(pid)).stdout,
+            "root": wrap(daemon, "cat", "/proc/self/cgroup").stdout,
+        }
+
+    seen = steady(look)
+    plain, wrapped = seen["cgroups"]  # type: ignore[misc]
     assert wrapped.startswith(plain)
     name, hid, count, enabled = wrapped[len(plain):].rstrip("\n").split("\t")
     assert (name, count, enabled) == ("ioasids", "3", "1")  # the root, a and a/b
-    # the same id, above every id the kernel shows
-    kernel_ids = [int(line.split(":")[0]) for line in Path("/proc/self/cgroup").read_text()
-                  .splitlines()]
-    assert int(hid) == max(kernel_ids) + 1
-    for path in (f"/proc/{pid}/cgroup", f"/proc/{pid}/task/{pid}/cgroup"):
-        plain, wrapped = read_both(daemon, path)
+    assert int(hid) == seen["top"] + 1  # type: ignore[operator]  # above every kernel id
+    for plain, wrapped in seen["pid"]:  # type: ignore[attr-defined]
         assert wrapped == f"{hid}:ioasids:/a/b\n" + plain
     # the wrapped program itself, and ps
-    own = wrap(daemon, "sh", "-c", f"echo $$ > {daemon.mount}/a/cgroup.procs; "
-                                   "exec cat /proc/self/cgroup")
-    assert own.stdout.splitlines()[0] == f"{hid}:ioasids:/a"
-    ps = wrap(daemon, "ps", "-o", "pid=,cgroup=", "-p", str(pid))
-    assert ps.returncode == 0, ps.stderr
-    assert f"{hid}:ioasids:/a/b," in ps.stdout
+    assert seen["own"].splitlines()[0] == f"{hid}:ioasids:/a"  # type: ignore[attr-defined]
+    assert f"{hid}:ioasids:/a/b," in seen["ps"]  # type: ignore[operator]
     # a process in no child cgroup is in the root; no such process stays an error
-    assert wrap(daemon, "cat", "/proc/self/cgroup").stdout.startswith(f"{hid}:ioasids:/\n")
+    assert seen["root"].startswith(f"{hid}:ioasids:/\n")  # type: ignore[attr-defined]
     gone = wrap(daemon, "cat", "/proc/999999999/cgroup")
     assert gone.returncode != 0 and "No such file" in gone.stderr
 
