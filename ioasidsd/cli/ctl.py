@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
+from ioasidsd.cli.wrap import wrap
+
 if TYPE_CHECKING:  # pathlib and the clients are imported by the verbs that use them
     from collections.abc import Iterator
     from pathlib import Path
@@ -872,3 +874,6 @@ def free(env: Env, ids: tuple[int, ...]) -> None:
                 failed = True
     if failed:
         raise SystemExit(1)
+
+
+main.add_command(wrap)

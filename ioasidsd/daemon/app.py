@@ -362,8 +362,10 @@ class Daemon:
                       restored_bindings=driver.restored)
 
     def _catch_up(self) -> None:
-        """Processes that died while no daemon ran are released as if they had exited; the
-        children tracked processes forked meanwhile join their parents' cgroups."""
+        """Processes that died while no daemon ran are released as if they had exited, and so
+        are the /dev/ioasid files of exited openers that a connection inherited by another
+        process held until the restart ended it; the children tracked processes forked
+        meanwhile join their parents' cgroups."""
         system, store = self.system, self.store
         assert system is not None and store is not None
         if self._saved_boot is not None and self._saved_boot != boot_id():
@@ -379,6 +381,7 @@ class Daemon:
             released = release_gone(system)
             clock = self._clock_before
             adopted = adopt_children(system, clock) if clock is not None else 0
+        released += system.ioasid_release_unheld()
         with system.lock:
             store.set_clock(process_clock())
         if released or adopted:
