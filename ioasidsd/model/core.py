@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 from ioasidsd.model.errors import IoasidError
 from ioasidsd.model.idspace import IdLookup, IdSpace
 from ioasidsd.model.knobs import Knobs
-from ioasidsd.model.modellock import ModelLock
+from ioasidsd.model.modellock import ModelLock, hold, let_go
 from ioasidsd.model.notifier import (
     IOASID_NOTIFY_FLAG_ALL,
     IOASID_NOTIFY_FLAG_SET,
@@ -200,6 +200,7 @@ class IoasidCore:
         self.knobs = knobs or Knobs()
         self.wq = wq if wq is not None else OrderedWorkQueue()  # an empty queue is falsy
         self.lock = ModelLock(self.wq.call_returned, when=self.wq.due)
+        self._due = self.wq.due  # what the hottest calls test before ``lock.finish()``
         self.capacity = PCI_PASID_MAX
         self.capacity_avail = PCI_PASID_MAX
         self.capacity_installed = False
@@ -487,10 +488,16 @@ class IoasidCore:
         value in the range is free. In ``v4`` a quota refusal keeps the charge.
         Emits ALLOC on the set's chain.
         """
-        with self.lock:
-            if self.notifier_depth:  # the call only when it refuses: this is every allocation
+        lock = self.lock
+        hold(lock)  # not ``with``: this is every allocation (see ``ioasidsd.model.modellock``)
+        try:
+            if self.notifier_depth:  # the call only when it refuses
                 self.check_not_in_notifier()
             return self.alloc_locked(ioasid_set, lo, hi, private, task=task)
+        finally:
+            let_go(lock)
+            if self._due:
+                lock.finish()
 
     def alloc_locked(
         self,
@@ -631,10 +638,16 @@ class IoasidCore:
         a ``None`` set never matches; in ``fixed`` it skips the check) and ``EINVAL``
         when the owning set is no longer registered.
         """
-        with self.lock:
-            if self.notifier_depth:  # the call only when it refuses: this is every free
+        lock = self.lock
+        hold(lock)  # not ``with``: this is every free (see ``ioasidsd.model.modellock``)
+        try:
+            if self.notifier_depth:  # the call only when it refuses
                 self.check_not_in_notifier()
             self.free_locked(ioasid_set, ioasid, task=task)
+        finally:
+            let_go(lock)
+            if self._due:
+                lock.finish()
 
     def free_locked(self, ioasid_set: IoasidSet | None, ioasid: int, *, task: Any = None) -> None:
         """``free`` for a caller holding ``core.lock``."""
