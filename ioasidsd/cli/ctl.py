@@ -16,6 +16,7 @@ from typing import Any, NoReturn
 
 import click
 
+from ioasidsd.cli import experiments
 from ioasidsd.cli.render import format_status, format_vtd
 from ioasidsd.control.client import ControlClient, ControlError
 from ioasidsd.control.protocol import SOCKET_NAME as CONTROL_SOCKET
@@ -176,3 +177,6 @@ def free(ctx: click.Context, ids: tuple[int, ...]) -> None:
                 failed = True
     if failed:
         raise SystemExit(1)
+
+
+main.add_command(experiments.experiment)
