@@ -3,10 +3,12 @@
 ``summarise(policy, replications, wall_s)`` returns the mapping that ``--json`` prints and
 ``results.json`` holds: ``schema``, ``ioasids`` (this version), ``policy``, ``profile``,
 ``knobs`` (every knob's value), ``seed``, ``replications``, ``duration``, ``warmup``;
-``workloads`` (per workload ``offered``, ``admitted``, ``refused`` summed over replications,
-``blocking`` = refused / offered, ``blocking_ci95``: the Student-t 95% interval over the
-replications' own blocking ratios, ``None`` for one replication, and ``refused_by``: refused
-tenants by the level whose refusal was their last, a cgroup path or ``capacity``; plus
+``workloads`` (per workload ``offered``, ``admitted``, ``refused`` summed over
+replications: a tenant still waiting to retry when the run ends is offered but neither
+admitted nor refused; ``blocking`` = refused / offered, ``blocking_ci95``: the Student-t 95%
+interval over the replications' own blocking ratios, clipped to [0, 1], ``None`` for one
+replication, and ``refused_by``: refused tenants by the level whose refusal was their last,
+a cgroup path or ``capacity``; plus
 ``migrated``, ``migrations_refused``, ``bound``, ``binds_refused``); ``cgroups`` (per path
 ``mean_current``, the time average of ``ioasids.current`` after warm-up averaged over
 replications, ``peak`` after warm-up, the largest over replications, and ``refusals``, every
@@ -41,8 +43,8 @@ def package_version() -> str:
 
 
 def t_interval(samples: Sequence[float]) -> list[float] | None:
-    """The Student-t 95% confidence interval of the mean of ``samples``; ``None`` for fewer
-    than two."""
+    """The Student-t 95% confidence interval of the mean of ``samples`` (ratios: the interval
+    is clipped to [0, 1]); ``None`` for fewer than two."""
     n = len(samples)
     if n < 2:
         return None
@@ -51,7 +53,7 @@ def t_interval(samples: Sequence[float]) -> list[float] | None:
     mean = sum(samples) / n
     var = sum((x - mean) ** 2 for x in samples) / (n - 1)
     half = float(t.ppf(0.975, n - 1)) * math.sqrt(var / n)
-    return [mean - half, mean + half]
+    return [max(0.0, mean - half), min(1.0, mean + half)]
 
 
 def jain(values: Sequence[float]) -> float | None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -113,7 +112,7 @@ def test_bad_policy_is_rejected(tmp_path: Path, what: str, change: Any, key: str
 
 @pytest.mark.parametrize("index", [0, 10, 16])
 def test_cli_rejects_with_one_line_and_status_2(tmp_path: Path, index: int) -> None:
-    what, change, key, reason = BAD[index]
+    _, change, key, reason = BAD[index]
     path = write_policy(tmp_path / "bad.toml", _broken(change))
     out = tmp_path / "out"
     proc = subprocess.run([str(IOASIDCTL), "experiment", "run",
