@@ -48,6 +48,7 @@ from typing import TYPE_CHECKING, Any
 
 from ioasidsd.experiments.errors import PolicyError
 from ioasidsd.experiments.processes import SimulatedProcesses
+from ioasidsd.experiments.trace import schedule_trace, trace_cgroups, trace_devices
 from ioasidsd.model import ioasid_uapi as uapi
 from ioasidsd.model.changes import Change
 from ioasidsd.model.core import PCI_PASID_MAX
@@ -106,7 +107,8 @@ def build_system(policy: Policy, on_change: Callable[[Change], None] | None = No
     the model refuses."""
     processes = SimulatedProcesses()
     system = System(policy.knobs, processes=processes, on_change=on_change)
-    devices = sorted({w.bind_device for w in policy.workloads if w.bind_device})
+    devices = sorted({w.bind_device for w in policy.workloads if w.bind_device}
+                     | {d for w in policy.workloads for d in trace_devices(w.trace)})
     if devices:
         from ioasidsd.vtd import build_driver
 
@@ -126,7 +128,7 @@ def build_system(policy: Policy, on_change: Callable[[Change], None] | None = No
                 raise PolicyError(f"cgroup[{spec.path}].max",
                                   f"refused by the model: {exc.strerror} ({exc.name})") from None
     for w in policy.workloads:
-        for path in (w.cgroup, w.migrate_to):
+        for path in (w.cgroup, w.migrate_to, *sorted(trace_cgroups(w.trace))):
             if path is None:
                 continue
             parts = path.strip("/").split("/") if path != "/" else []
@@ -467,8 +469,6 @@ class Engine:
         started = time.perf_counter()
         for run in self.workloads:
             if run.spec.arrival.process == "trace":
-                from ioasidsd.experiments.trace import schedule_trace
-
                 schedule_trace(self, run)
             else:
                 self.schedule(run.first_gap(), self.arrive, run)

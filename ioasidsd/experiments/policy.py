@@ -33,6 +33,7 @@ from ioasidsd.experiments.distributions import (
     parse_distribution,
 )
 from ioasidsd.experiments.errors import PolicyError
+from ioasidsd.experiments.trace import TraceOp, read_trace
 from ioasidsd.model.core import PCI_PASID_MAX
 from ioasidsd.model.errors import IoasidError
 from ioasidsd.model.knobs import Knobs, profile
@@ -57,7 +58,9 @@ class Workload:
 
     ``retry_after``/``retry_max``: ``on_refusal = { retry = ... }`` (``None``/0 for
     ``leave``). ``migrate_after``/``migrate_to``: ``migrate`` (``None`` when absent).
-    ``bind_device``/``bind_share``: ``bind`` (``None``/0.0 when absent)."""
+    ``bind_device``/``bind_share``: ``bind`` (``None``/0.0 when absent). ``trace``: the
+    operations of a ``trace`` arrival (``lifetime`` is then optional and unused: the trace
+    says when its processes exit)."""
 
     name: str
     cgroup: str
@@ -70,6 +73,7 @@ class Workload:
     migrate_to: str | None = None
     bind_device: str | None = None
     bind_share: float = 0.0
+    trace: tuple[TraceOp, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -377,8 +381,10 @@ def _parse_workloads(entries: Any, base: str) -> tuple[Workload, ...]:
             migrate_after = parse_distribution(migrate["after"], f"{mwhere}.after")
             migrate_to = _cgroup_path(migrate["to"], f"{mwhere}.to")
         bind_device, bind_share = _parse_bind(entry.get("bind"), where)
+        trace = read_trace(arrival.file) if arrival.process == "trace" else ()
         workloads.append(Workload(name, cgroup, arrival, lifetime, ioasids, retry_after,
-                                  retry_max, migrate_after, migrate_to, bind_device, bind_share))
+                                  retry_max, migrate_after, migrate_to, bind_device, bind_share,
+                                  trace))
     return tuple(workloads)
 
 
