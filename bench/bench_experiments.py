@@ -169,7 +169,7 @@ def rss_child(kind: str, live: int) -> int:
             }, "bench")
             held = Engine(policy)
             held.run()
-            assert len(held.live) == live, len(held.live)
+            assert len(held.processes.start_times) == live
     else:
         from ioasidsd.model import IoasidCore, IoasidSetType, profile
         from ioasidsd.model.ioasids import IoasidsController

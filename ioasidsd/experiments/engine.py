@@ -282,9 +282,12 @@ class Replication:
 
 
 class _Tenant:
+    """A tenant's simulated process: ``file`` is its ``/dev/ioasid`` file while it lives,
+    ``None`` once it has exited. The events scheduled for it carry it."""
+
     __slots__ = ("count", "file", "pid", "stats", "tries", "workload")
 
-    def __init__(self, workload: _WorkloadRun, pid: int, file: IoasidFile, count: int,
+    def __init__(self, workload: _WorkloadRun, pid: int, file: IoasidFile | None, count: int,
                  stats: WorkloadCounts | None) -> None:
         self.workload = workload
         self.pid = pid
@@ -332,7 +335,6 @@ class Engine:
         self.sequence = 0
         self.now = 0.0
         self.events = 0
-        self.live: dict[int, _Tenant] = {}
         self.workloads = [_WorkloadRun(w, self.seed, self.built.cgroups[w.cgroup])
                           for w in policy.workloads]
         self.keep_series = keep_series
@@ -363,22 +365,22 @@ class Engine:
                 stats.refused += 1
                 stats.refused_by[level] = stats.refused_by.get(level, 0) + 1
             return
-        tenant = _Tenant(run, pid, file, count, stats)
-        self.live[pid] = tenant
-        self.request(tenant)
+        self.request(_Tenant(run, pid, file, count, stats))
 
     def request(self, tenant: _Tenant) -> None:
         """The tenant asks for its IOASIDs: admitted, retrying later, or gone."""
         count = tenant.count
+        file = tenant.file
+        assert file is not None
         try:
             if count == 1:
                 result, _ = self.system.ioasid_ioctl(
-                    tenant.file, uapi.IOASID_REQUEST_ALLOC,
+                    file, uapi.IOASID_REQUEST_ALLOC,
                     uapi.ALLOC_REQUEST.pack(16, 0, *ID_RANGE))
                 ids = (result,)
             else:
                 _, out = self.system.ioasid_ioctl(
-                    tenant.file, uapi.IOASID_REQUEST_ALLOC_BATCH,
+                    file, uapi.IOASID_REQUEST_ALLOC_BATCH,
                     uapi.ALLOC_BATCH.pack(20, 0, *ID_RANGE, count))
                 ids = tuple(array("I", out))
         except IoasidError:
@@ -388,38 +390,37 @@ class Engine:
         if stats is not None:
             stats.admitted += 1
         if run.lifetime is not None:
-            self.schedule(self.now + run.lifetime(), self.depart, tenant.pid)
+            self.schedule(self.now + run.lifetime(), self.depart, tenant)
         if run.devid:
-            self.bind(tenant, ids)
+            self.bind(tenant, file, ids)
         if run.migrate_after is not None:
-            self.schedule(self.now + run.migrate_after(), self.migrate, tenant.pid)
+            self.schedule(self.now + run.migrate_after(), self.migrate, tenant)
 
     def refused(self, tenant: _Tenant) -> None:
         run = tenant.workload
         if tenant.tries < run.spec.retry_max and run.retry_after is not None:
             tenant.tries += 1
-            self.schedule(self.now + run.retry_after(), self.retry, tenant.pid)
+            self.schedule(self.now + run.retry_after(), self.retry, tenant)
             return
         stats = tenant.stats
         if stats is not None:
             level = self.recorder.last_refusal or CAPACITY
             stats.refused += 1
             stats.refused_by[level] = stats.refused_by.get(level, 0) + 1
-        self.depart(tenant.pid)
+        self.depart(tenant)
 
-    def retry(self, pid: int) -> None:
-        tenant = self.live.get(pid)
-        if tenant is not None:
+    def retry(self, tenant: _Tenant) -> None:
+        if tenant.file is not None:
             self.request(tenant)
 
-    def bind(self, tenant: _Tenant, ids: tuple[int, ...]) -> None:
+    def bind(self, tenant: _Tenant, file: IoasidFile, ids: tuple[int, ...]) -> None:
         run = tenant.workload
         n = math.floor(run.spec.bind_share * len(ids) + 1e-9)
         counting = self.now >= self.policy.warmup
         for hpasid in sorted(ids)[:n]:
             arg = uapi.BIND_GPASID.pack(32, 0, hpasid, 0, run.devid, 0, 0)
             try:
-                self.system.ioasid_ioctl(tenant.file, uapi.IOASID_BIND_GPASID, arg)
+                self.system.ioasid_ioctl(file, uapi.IOASID_BIND_GPASID, arg)
             except IoasidError:
                 if counting:
                     run.stats.binds_refused += 1
@@ -427,10 +428,10 @@ class Engine:
             if counting:
                 run.stats.bound += 1
 
-    def migrate(self, pid: int) -> None:
-        tenant = self.live.get(pid)
-        if tenant is None:
-            return
+    def migrate(self, tenant: _Tenant) -> None:
+        if tenant.file is None:
+            return  # gone already
+        pid = tenant.pid
         run = tenant.workload
         counting = self.now >= self.policy.warmup
         try:
@@ -443,9 +444,10 @@ class Engine:
         if counting:
             run.stats.migrated += 1
 
-    def depart(self, pid: int) -> None:
-        if self.live.pop(pid, None) is not None:
-            self.depart_pid(pid)
+    def depart(self, tenant: _Tenant) -> None:
+        if tenant.file is not None:
+            tenant.file = None
+            self.depart_pid(tenant.pid)
 
     def depart_pid(self, pid: int) -> None:
         self.system.exit(pid)

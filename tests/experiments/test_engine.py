@@ -100,7 +100,7 @@ def test_binds_on_the_vtd_simulation_and_torn_down_at_exit() -> None:
     driver = engine.system.ioasid_device.binder.driver  # type: ignore[union-attr]
     bindings = driver.snapshot()["bindings"]
     # the bindings left are exactly those of the tenants still alive, one each
-    assert sorted(b["owner_pid"] for b in bindings) == sorted(engine.live)
+    assert sorted(b["owner_pid"] for b in bindings) == sorted(engine.processes.start_times)
     assert rep.events > 2 * w.admitted
 
 
