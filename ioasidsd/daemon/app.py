@@ -46,7 +46,7 @@ from ioasidsd import __version__
 from ioasidsd.clients import ConnectionCap, Peer
 from ioasidsd.control import verbs
 from ioasidsd.control.protocol import SOCKET_NAME as CONTROL_SOCKET_NAME
-from ioasidsd.control.server import ControlServer
+from ioasidsd.control.server import ControlServer, Handler
 from ioasidsd.daemon.config import Config, ConfigError, load_config, reload_changes
 from ioasidsd.daemon.logs import forward_model_messages, get_logger, setup_logging
 from ioasidsd.daemon.notify import sd_notify
@@ -64,6 +64,7 @@ from ioasidsd.daemon.runtime import (
     AlreadyRunning,
     DirectoryLock,
 )
+from ioasidsd.eventloop import EventLoop
 from ioasidsd.host import boot_id, filesystem_of, process_clock
 from ioasidsd.model.changes import Change, ChangeKind
 from ioasidsd.model.core import IoasidSetType
@@ -121,6 +122,7 @@ class Daemon:
         self.tracker: Tracker | None = None
         self.releases: ReleaseAgents | None = None
         self.control: ControlServer | None = None
+        self.sockets: EventLoop | None = None
         self.userapi: UserApiServer | None = None
         self.vtd: VtdDriver | None = None
         self.mount: Any = None
@@ -212,16 +214,19 @@ class Daemon:
 
         self._mount()
         others = descriptor_budget() // 2  # what users other than root may hold, per socket
+        self.sockets = EventLoop(self.log, name="sockets")  # one thread serves both sockets
         self.userapi = UserApiServer(
             system, str(config.runtime_dir),
-            cap=ConnectionCap(config.max_connections_per_uid, total=others))
+            cap=ConnectionCap(config.max_connections_per_uid, total=others), loop=self.sockets)
         self.userapi.start()
-        handlers = {name: functools.partial(verb, self) for name, verb in verbs.VERBS.items()}
+        handlers: dict[str, Handler] = {name: functools.partial(verb, self)
+                                        for name, verb in verbs.VERBS.items()}
         self.control = ControlServer(config.runtime_dir / CONTROL_SOCKET_NAME, handlers,
                                      self.log,
                                      cap=ConnectionCap(config.max_connections_per_uid,
-                                                       total=others))
+                                                       total=others), loop=self.sockets)
         self.control.start()
+        self.sockets.start()
         self._notify("READY=1", f"STATUS={self.status_line()}")
         self.log.info("ready", mount=str(config.mount), pid=os.getpid(),
                       tracking=self.tracker.mode, profile=system.knobs.profile)
@@ -244,7 +249,7 @@ class Daemon:
         # The kernel runs ioasid_wq on a kworker: the daemon keeps the model's deferred work (the
         # VT-d FREE cleanup) on a worker thread, after and apart from the call that queued it.
         system = System(knobs, on_change=self._on_change,
-                        wq=OrderedWorkQueue(mode=WorkMode.THREAD))
+                        wq=OrderedWorkQueue(mode=WorkMode.THREAD), hierarchy=config.hierarchy)
         forward_model_messages(system.core, self.log)
         self.system = system
         if snap is not None:
@@ -253,6 +258,9 @@ class Daemon:
             if saved != knobs.as_dict():
                 differs.append(f"profile {saved.get('profile')!r} with knobs "
                                f"{_knob_diff(saved, knobs.as_dict())}")
+            saved_hierarchy = f"v{snap['core'].get('hierarchy', 1)}"
+            if saved_hierarchy != config.hierarchy:
+                differs.append(f"hierarchy {saved_hierarchy}")
             saved_capacity = snap["core"]["capacity"]
             if config.capacity is not None and config.capacity != saved_capacity:
                 differs.append(f"capacity {saved_capacity}")
@@ -418,6 +426,8 @@ class Daemon:
             steps.append(("user API socket", self.userapi.stop))
         if self.control is not None:
             steps.append(("control socket", self.control.stop))
+        if self.sockets is not None:
+            steps.append(("socket thread", self.sockets.stop))
         if self.mount is not None:
             steps.append(("unmount", self.mount.unmount))
         stopped = process_clock()
@@ -466,6 +476,7 @@ class Daemon:
                          "restarts": getattr(tracker, "restarts", 0),
                          "orphans": len(system.orphans), "unplaced": system.unplaced},
             "mount": str(self.config.mount),
+            "hierarchy": self.config.hierarchy,
             "state": {"path": str(self.store.path), "synchronous": self.config.synchronous,
                       "error": self.store.error, "unfolded": self.store.pending},
             "runtime_dir": str(self.config.runtime_dir),

@@ -9,6 +9,7 @@ knobs) and the VT-d units and devices::
     capacity = 1048576          # installed at the first start; default: the VT-d units' PASID
                                 # space (2^20 with PSS=19); at most that space
     profile = "fixed"           # or "v4"
+    hierarchy = "v1"            # the hierarchy served: cgroup v1, or v2 (unified)
     log_format = "auto"         # console on a terminal, JSON otherwise; or console, logfmt, json
     log_level = "info"          # debug, info, warning, error
     tracking = "auto"           # connector (netlink, root), poll (psutil), auto: connector or poll
@@ -24,7 +25,7 @@ knobs) and the VT-d units and devices::
     [knobs]                     # any knob of ioasidsd.model.knobs, over the profile's values
     uncharge_target = "current"
 
-    [vtd]                       # VT-d units and devices (ioasidsd/vtd/config.py); default:
+    [vtd]                       # VT-d units and devices (ioasidsd/vtd/driver/config.py); default:
     [[vtd.unit]]                # one unit dmar0 (PSS=19) and two devices
     name = "dmar0"
     pss = 19
@@ -50,6 +51,7 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 TRACKING_MODES = ("auto", "connector", "poll")
 UNPLACED = ("refuse", "root")
 SYNCHRONOUS = ("normal", "full")
+HIERARCHIES = ("v1", "v2")
 MAX_CAPACITY = IOASID_MAX_VALUE + 1
 
 
@@ -59,13 +61,14 @@ class ConfigError(Exception):
 
 @dataclass(frozen=True)
 class Config:
-    """Every setting of ``ioasidsd run``, with the defaults of DESIGN.md."""
+    """Every setting of ``ioasidsd run``, with the defaults ``docs/daemon.md`` lists."""
 
     mount: Path = Path("/sys/fs/cgroup/ioasids")
     state_dir: Path = Path("/var/lib/ioasidsd")
     runtime_dir: Path = Path("/run/ioasidsd")
     capacity: int | None = None
     profile: str = "fixed"
+    hierarchy: str = "v1"
     knobs: dict[str, Any] = field(default_factory=dict)
     log_format: str = "auto"
     log_level: str = "info"
@@ -96,7 +99,8 @@ _FIELDS = {f.name: f for f in dataclasses.fields(Config)
            if f.name != "config_file" and f.name not in _SERVICE}
 _PATHS = ("mount", "state_dir", "runtime_dir")
 _CHOICES = {"profile": PROFILES, "log_format": LOG_FORMATS, "log_level": LOG_LEVELS,
-            "tracking": TRACKING_MODES, "synchronous": SYNCHRONOUS, "unplaced": UNPLACED}
+            "tracking": TRACKING_MODES, "synchronous": SYNCHRONOUS, "unplaced": UNPLACED,
+            "hierarchy": HIERARCHIES}
 
 
 def _check(name: str, value: Any, where: str) -> Any:
@@ -197,7 +201,7 @@ def load_config(path: str | Path | None = None, flags: dict[str, Any] | None = N
     except ValueError as exc:
         where = str(path) if path is not None and "knobs" in settings else "command line"
         raise ConfigError(f"{where}: {exc}") from None
-    from ioasidsd.vtd.config import parse_config
+    from ioasidsd.vtd.driver.config import parse_config
 
     try:
         vtd = parse_config(config.vtd)

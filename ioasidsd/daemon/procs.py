@@ -265,6 +265,15 @@ class ConnectorTracker(_Supervised):
                 data = sock.recv(65536)
             except TimeoutError:
                 break
+            except OSError as exc:
+                if exc.errno != errno.ENOBUFS:
+                    raise
+                # events overflowed the buffer before the answer came (a busy machine): the
+                # kernel is sending them, so the subscription took; what was lost, the answer
+                # perhaps with it, is rescanned before the first event is served
+                self.overflows += 1
+                self._resync_since = self._last_ok
+                return
             for msg in self._marshal.parse(data):
                 if msg["what"] == PROC_EVENT_NONE:
                     if msg["err"]:
@@ -361,7 +370,8 @@ class ConnectorTracker(_Supervised):
         sock = self._sock
         assert sock is not None
         while not self._stopping:
-            ready, _, _ = select.select([sock, self._wake_r], [], [])
+            watched: list[socket.socket | int] = [sock, self._wake_r]
+            ready, _, _ = select.select(watched, [], [])
             if self._wake_r in ready:
                 self._drain_wake()
                 if self._stopping:
@@ -378,9 +388,10 @@ class ConnectorTracker(_Supervised):
                         raise
                     self._overflow()
                     continue
-                self._last_ok = process_clock()
+                received = process_clock()
                 for msg in self._marshal.parse(data):
-                    self._handle(msg)
+                    self._handle(msg)  # one that fails resyncs from before this batch
+                self._last_ok = received
             if self._resync_since is not None:  # an event could not be handled
                 since, self._resync_since = self._resync_since, None
                 self._resync(since)
@@ -410,9 +421,10 @@ class ConnectorTracker(_Supervised):
                 if known is not None and known.cgroup is not root:
                     born_in = known.cgroup
                 else:
-                    born_in = self._ghosts.get(parent)
-                    if born_in is None:
+                    ghost = self._ghosts.get(parent)
+                    if ghost is None:
                         return
+                    born_in = ghost
                 stat = self.system.processes.stat(child)
                 if stat is None or not stat.running:
                     self._ghosts[child] = born_in  # gone already: its children inherit

@@ -10,7 +10,7 @@ raise ``IoasidError`` with the errno the ioctl returns, and change nothing; a su
 returns ``(result, output bytes)``. The ``task`` argument is the calling process (the kernel's
 ``current``): a ``Process`` of the cgroup controller.
 
-Profiles (spec ``ioasid-v4.md`` 4.4-4.7, 6.7 item 11):
+Profiles (the knobs that change what the device answers):
 
 * ``user_errors``: ``v4`` answers ``EINVAL`` for every ALLOC failure and for unknown commands,
   and 0 for every FREE. ``distinct`` keeps the core's errno (``EAGAIN`` cgroup limit, ``ENOSPC``
@@ -24,8 +24,9 @@ Profiles (spec ``ioasid-v4.md`` 4.4-4.7, 6.7 item 11):
   ``v4``; ``fixed`` adopts the set (after a daemon restart, or a release that left IOASIDs
   FREE_PENDING).
 * The set quota (``set_quota_zero_takes_all``) and the set's lifetime (``set_lifetime``) are
-  the core's: in ``v4`` the first opener's quota-0 set takes the whole pool (spec 4.6) and a set
-  whose last IOASID is reclaimed is gone, so later ALLOCs on that file fail.
+  the core's: in ``v4`` the first opener's quota-0 set takes the whole pool (a second process's
+  open then fails with ``ENOSPC`` when a VT-d host set holds the rest) and a set whose last
+  IOASID is reclaimed is gone, so later ALLOCs on that file fail.
 
 Every MM set whose token is a process is the set of that process's ``/dev/ioasid`` (nothing else
 in this emulator creates MM sets for real processes). When a process exits, its file is released
@@ -95,11 +96,11 @@ class IoasidFile:
 
 
 class Touched:
-    """What the operations since the last ``IoasidDevice.take_touched()`` changed, which
-    ``System`` turns into the fields of one ``Change`` (``ioasidsd.model.changes``): ``ids``,
-    IOASIDs changed one by one (allocated, freed, referenced); ``sets``, sets changed as a whole
-    (created, adopted, released) or whose IOASIDs changed in bulk (batches); ``cgroups``, the
-    cgroups whose counters or events changed."""
+    """What the operations since the last ``IoasidDevice.take_touched()`` changed: ``ids``,
+    IOASIDs changed (allocated, freed, referenced), batches included; ``sets``, sets changed as
+    a whole (created, adopted, released); ``leaves``, the cgroups charged, uncharged or refused,
+    whose walks' counters or events changed. Kept by the device and emptied by each
+    ``take_touched``."""
 
     __slots__ = ("ids", "leaves", "sets")
 
@@ -108,14 +109,11 @@ class Touched:
         self.sets: list[IoasidSet] = []
         self.leaves: set[Cgroup] = set()
 
-    def __bool__(self) -> bool:
-        return bool(self.ids or self.sets or self.leaves)
 
-    @property
-    def cgroups(self) -> set[Cgroup]:
-        """The cgroups whose counters or events may have changed: the charge walks (up to, not
-        including, the root) of the cgroups that were charged, uncharged or refused."""
-        return {cg for leaf in self.leaves if leaf.parent is not None for cg in leaf.walk()}
+TouchedFields = tuple[tuple["Cgroup", ...], tuple[int, ...], tuple[int, ...]]
+"""What ``IoasidDevice.take_touched`` gives: the cgroups whose counters or events may have
+changed (the charge walks, up to and not including the root, each cgroup once), the IOASIDs
+and the ids of the sets, as the fields of a ``Change`` (``ioasidsd.model.changes``)."""
 
 
 _Handler = Callable[["IoasidDevice", IoasidUser, bytes, "Process"], tuple[int, bytes]]
@@ -138,10 +136,24 @@ class IoasidDevice:
         self._touched = Touched()
 
     # ------------------------------------------------------------------ bookkeeping
-    def take_touched(self) -> Touched:
-        """The records changed since the last call (and start a new record)."""
-        touched, self._touched = self._touched, Touched()
-        return touched
+    def take_touched(self) -> TouchedFields | None:
+        """What the operations since the last call changed (``TouchedFields``), or ``None``
+        if they changed nothing; the record starts empty again."""
+        touched = self._touched
+        ids, sets, leaves = touched.ids, touched.sets, touched.leaves
+        if not (ids or sets or leaves):
+            return None
+        cgroups: tuple[Cgroup, ...] = ()
+        if len(leaves) == 1:  # one caller, charged in its own cgroup: every ioctl but a few
+            cgroups = leaves.pop().chain
+        elif leaves:
+            cgroups = tuple(dict.fromkeys([cg for leaf in leaves for cg in leaf.chain]))
+            leaves.clear()
+        taken = (cgroups, tuple(ids), tuple([s.id for s in sets]) if sets else ())
+        ids.clear()
+        if sets:
+            sets.clear()
+        return taken
 
     def _touch_ids(self, ids: list[int], task: Process | None) -> None:
         """Record ``ids`` (before the change, so charged cgroups are still known)."""
@@ -163,10 +175,6 @@ class IoasidDevice:
     def _touch_set(self, ioasid_set: IoasidSet) -> None:
         if not self._touched.sets or self._touched.sets[-1] is not ioasid_set:
             self._touched.sets.append(ioasid_set)
-
-    def file_of(self, task: Process) -> IoasidFile | None:
-        """The open file of ``task``, if it has one."""
-        return self._files.get(task)
 
     # ------------------------------------------------------------------ open / release
     def open(self, task: Process) -> IoasidFile:
@@ -277,23 +285,28 @@ class IoasidDevice:
         (``EBADF`` in ``distinct``) on a released file, ``EINVAL``/``ENOTTY`` for an unknown
         command, and each command's own errors (see the handlers).
         """
-        distinct = self.knobs.user_errors == "distinct"
         with self.lock:
             if self.core.notifier_depth:
                 self.core.check_not_in_notifier()  # EDEADLK
-            user = file.user
-            if user is None:
-                raise IoasidError(EBADF if distinct else EINVAL, "the file was released")
-            handler = _HANDLERS.get(cmd)
-            if handler is None:
-                self.core.warn(f"ioasid_user: Unsupported cmd {cmd}")
-                raise IoasidError(ENOTTY if distinct else EINVAL, f"unknown command {cmd:#x}")
-            owner = user.token
-            if task is not owner and distinct and cmd in _OWNER_ONLY and task != owner:
-                raise IoasidError(
-                    EPERM, f"process {task.pid} did not open this file (pid {owner.pid} did)"
-                )
-            return handler(self, user, arg, task)
+            return self.ioctl_locked(file, cmd, arg, task)
+
+    def ioctl_locked(self, file: IoasidFile, cmd: int, arg: bytes,
+                     task: Process) -> tuple[int, bytes]:
+        """``ioctl`` for a caller that holds ``core.lock`` (and is not a notifier callback)."""
+        distinct = self.knobs.user_errors == "distinct"
+        user = file.user
+        if user is None:
+            raise IoasidError(EBADF if distinct else EINVAL, "the file was released")
+        handler = _HANDLERS.get(cmd)
+        if handler is None:
+            self.core.warn(f"ioasid_user: Unsupported cmd {cmd}")
+            raise IoasidError(ENOTTY if distinct else EINVAL, f"unknown command {cmd:#x}")
+        owner = user.token
+        if task is not owner and distinct and cmd in _OWNER_ONLY and task != owner:
+            raise IoasidError(
+                EPERM, f"process {task.pid} did not open this file (pid {owner.pid} did)"
+            )
+        return handler(self, user, arg, task)
 
     def _get_api_version(self, user: IoasidUser, arg: bytes, task: Process) -> tuple[int, bytes]:
         return uapi.IOASID_API_VERSION, b""
@@ -390,7 +403,6 @@ class IoasidDevice:
         core = self.core
         ioasid_set = user.ioasid_set
         self._touched.leaves.add(task.cgroup)
-        self._touch_set(ioasid_set)
         ids = array("I")
         alloc = core.alloc_locked
         try:
@@ -400,6 +412,7 @@ class IoasidDevice:
             for ioasid in reversed(ids):
                 core.free_locked(ioasid_set, ioasid, task=task)
             raise self._alloc_error(exc) from None
+        self._touched.ids.extend(ids)
         return count, ids.tobytes()
 
     def _free_batch(self, user: IoasidUser, arg: bytes, task: Process) -> tuple[int, bytes]:
@@ -422,11 +435,11 @@ class IoasidDevice:
             raise IoasidError(EINVAL, "FREE_BATCH: an ID is negative as an int")
         core = self.core
         ioasid_set = user.ioasid_set
-        self._touch_set(ioasid_set)
         if self.knobs.user_errors == "distinct":
             if len(set(ids)) != count:
                 raise IoasidError(EINVAL, "FREE_BATCH: an ID is given twice")
             touched = self._touched
+            touched.ids.extend(ids)
             leaves = touched.leaves
             check = self._check_free
             for ioasid in ids:

@@ -20,9 +20,9 @@ never touches the controller's per-cgroup state (the ``Cgroup`` slots ``limit``,
 * A counter that goes below zero is logged once (``warned_negative``) and kept.
 * Migration: ``can_attach`` moves a migrating process's charges to the destination as
   ``knobs.migration`` says (it never refuses: ``current`` may exceed ``max`` afterwards);
-  ``cancel_attach`` moves them back (``cancel_attach_per_task``: quirk 9).
+  ``cancel_attach`` moves them back (``cancel_attach_per_task``: one per task in ``v4``).
 * The core calls ``charge_alloc`` when it allocates an IOASID of an MM set and
-  ``uncharge_reclaim`` when it reclaims one (``knobs.uncharge_target``, quirk 7).
+  ``uncharge_reclaim`` when it reclaims one (``knobs.uncharge_target``).
 
 Every method runs under ``core.lock`` (the hierarchy's lock is the same).
 """
@@ -30,7 +30,7 @@ Every method runs under ``core.lock`` (the hierarchy's lock is the same).
 from __future__ import annotations
 
 import contextlib
-from errno import EAGAIN, EBUSY, EEXIST, EINVAL, ENOSPC, EPERM
+from errno import EAGAIN, EBUSY, EINVAL, EPERM
 from typing import TYPE_CHECKING, NamedTuple
 
 from ioasidsd.model.errors import IoasidError
@@ -73,7 +73,10 @@ class IoasidsController(Controller):
         self.core = core
         self.knobs = core.knobs
         self.lock = core.lock
-        self._warned_negative = False
+        self.warned_negative = False
+        """Whether the negative-counter warning was given (it is given once). Read by the
+        store on every change, so an attribute: only the controller and a snapshot's load
+        (``restore_warned_negative``) set it."""
         self._bound = False
         # Knobs are fixed for the life of the controller; hot paths read these copies.
         self._limits_reserve = self.knobs.capacity_model != "overcommit"
@@ -87,14 +90,9 @@ class IoasidsController(Controller):
         hierarchy.bind(self)
         core.controller = self
 
-    @property
-    def warned_negative(self) -> bool:
-        """Whether the negative-counter warning was given (it is given once)."""
-        return self._warned_negative
-
     def restore_warned_negative(self, warned: bool) -> None:
         """Set whether the negative-counter warning was given (``snapshot.load``)."""
-        self._warned_negative = warned
+        self.warned_negative = warned
 
     # ------------------------------------------------------------------ hierarchy hooks
     def bound(self, hierarchy: Hierarchy) -> None:
@@ -119,7 +117,7 @@ class IoasidsController(Controller):
 
     def css_offline(self, cg: Cgroup) -> None:
         """A cgroup being removed gives its reservation back to the pool (``reserve``); in
-        ``reserve-v4`` nothing is reserved by a cgroup, so its limit leaks (quirk 6). Charges
+        ``reserve-v4`` nothing is reserved by a cgroup, so its limit leaks. Charges
         still recorded against it stay until their IOASIDs go. ``EINVAL``, refusing the
         ``rmdir``, if the pool cannot take the reservation back (a capacity installed since,
         with ``install_capacity_resets``)."""
@@ -133,7 +131,8 @@ class IoasidsController(Controller):
 
         ``reserve`` (fixed): a number reserves itself from the pool (``ENOSPC`` when the pool
         lacks the growth), the reservation is returned on shrink, ``max`` means no limit and
-        reserves nothing. ``reserve-v4``: the series' algorithm, leaks included (quirk 5).
+        reserves nothing. ``reserve-v4``: the series' algorithm, leaks included (``max``
+        takes what is left and reads back a number).
         ``overcommit``: nothing is reserved. ``EINVAL`` for the root or a negative limit, and in
         ``v4`` for writing the current limit again.
         """
@@ -202,10 +201,13 @@ class IoasidsController(Controller):
                     raised = []
                 raised.append((node, node.peak))
                 node.peak = counter
-        # tuple.__new__ directly: the named tuple's own __new__ is a Python call, on every
-        # allocation
-        return _new_charge(Charge, (cg, n, covered and self._limits_reserve,
-                                    () if raised is None else tuple(raised)))
+        covered = covered and self._limits_reserve
+        if raised is None and n == 1:  # every allocation but a cgroup's first: made once
+            units = cg.unit_charges
+            if not units:
+                units = cg.unit_charges = (Charge(cg, 1, False), Charge(cg, 1, True))
+            return units[covered]
+        return _new_charge(Charge, (cg, n, covered, () if raised is None else tuple(raised)))
 
     def cancel_charge(self, charge: Charge) -> None:
         """Undo the ``try_charge`` that returned ``charge`` (the allocation was refused later):
@@ -247,8 +249,8 @@ class IoasidsController(Controller):
         """Uncharge ``n`` along the walk. Going below zero is logged once (and still done)."""
         for node in cg.chain:
             node.counter -= n
-            if node.counter < 0 and not self._warned_negative:
-                self._warned_negative = True
+            if node.counter < 0 and not self.warned_negative:
+                self.warned_negative = True
                 self.core.warn(f"ioasids_cg: {node.path} counter went negative")
 
     def charge_alloc(self, ioasid_set: IoasidSet, task: Process | None) -> Charge:
@@ -269,7 +271,7 @@ class IoasidsController(Controller):
     def uncharge_reclaim(self, data: IoasidData, task: Process | None) -> None:
         """``ioasid_cg_uncharge`` at the final release of an MM-set IOASID.
 
-        ``charged`` (fixed): the cgroup recorded at charge time. ``current`` (v4, quirk 7): the
+        ``charged`` (fixed): the cgroup recorded at charge time. ``current`` (v4): the
         reclaiming task's cgroup (nothing for kernel context); with ``uncharge_skips_defunct_mm``
         nothing when the owner has exited.
         """
@@ -289,6 +291,29 @@ class IoasidsController(Controller):
                 node.counter -= 1
                 if node.counter < 0:
                     self.uncharge(node, 0)  # logs the negative counter once
+
+    def walks_changed(self, old_walks: dict[Cgroup, tuple[Cgroup, ...]]) -> None:
+        """The hook of a v2 hierarchy enabling or disabling the controller: each IOASID charged
+        to a cgroup of ``old_walks`` leaves that cgroup's old walk for its new one (``chain``),
+        with no limit check; peaks rise with it. A removed cgroup still charged (not in the tree,
+        so not in ``old_walks``) has the cgroups that lost the controller taken out of its walk:
+        their state is reset, and its IOASIDs are not counted there."""
+        moved: dict[Cgroup, int] = {}
+        lost = {node for node, walk in old_walks.items() if node in walk and node not in node.chain}
+        for data in self.core.ioasids():
+            cg = data.cgroup
+            if cg is None:
+                continue
+            if cg in old_walks:
+                moved[cg] = moved.get(cg, 0) + 1
+            elif lost and not lost.isdisjoint(cg.chain):
+                # a removed cgroup still charged: its walk leaves the cgroups whose state is
+                # reset, as the kernel's dead css keeps counting only on dead ancestors
+                cg.chain = tuple(node for node in cg.chain if node not in lost)
+        for cg, n in moved.items():
+            for node in old_walks[cg]:
+                node.counter -= n
+            self.charge(cg, n)
 
     # ------------------------------------------------------------------ migration
     def _moved_set(self, proc: Process) -> IoasidSet | None:
@@ -317,7 +342,7 @@ class IoasidsController(Controller):
                     data.cgroup = dst
 
     def cancel_attach(self, tset: TaskSet) -> None:
-        """The ``cancel_attach`` hook: undo ``can_attach``. In ``v4`` (quirk 9) it moves
+        """The ``cancel_attach`` hook: undo ``can_attach``. In ``v4`` it moves
         back one charge per task, whatever was moved; in ``fixed`` exactly what moved."""
         if self.knobs.migration != "move":
             return
@@ -345,5 +370,4 @@ class IoasidsController(Controller):
         return [d for d in self.core.set_members(ioasid_set) if d.cgroup is not None]
 
 
-# Errnos re-exported for faces that match them without importing errno.
-__all__ = ["EAGAIN", "EBUSY", "EEXIST", "ENOSPC", "EPERM", "Charge", "IoasidsController"]
+__all__ = ["Charge", "IoasidsController"]

@@ -16,8 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from daemon.daemons import wait_until
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from system.ops import FakeProcesses, apply_op, op_strategy
 
 from ioasidsd.cli.render import format_status
 from ioasidsd.model import IoasidSetType, profile
@@ -28,9 +30,6 @@ from ioasidsd.store import journal
 from ioasidsd.store.fold import CGROUP
 from ioasidsd.store.state import Store, StoreError
 from ioasidsd.system import System
-
-from .daemons import wait_until
-from .ops import FakeProcesses, apply_op, op_strategy
 
 SETTINGS = settings(max_examples=int(os.environ.get("IOASIDS_EXAMPLES", "40")), deadline=None,
                     suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -363,7 +362,7 @@ def test_folds_at_any_point_leave_the_database_equal_to_the_model(tmp_path_facto
     """However the records are cut into folds, the database alone ends as the model; and a
     crash that left folded segments behind (any run of them up to the newest) replays to the
     same state."""
-    from .ops import PROFILES
+    from system.ops import PROFILES
 
     for name, overrides in PROFILES[:2]:
         state = tmp_path_factory.mktemp("state")
@@ -418,6 +417,29 @@ def test_batches_are_one_record_each_and_fold_to_their_rows(tmp_path):
     assert store.db.execute("SELECT id, set_id FROM ioasids").fetchall() == [
         (7, file.user.ioasid_set.id)]
     assert store.db.execute("SELECT nr_ioasids FROM sets").fetchall() == [(1,)]
+    assert stored(tmp_path) == dump(system.core)
+    store.close()
+
+
+def test_a_batch_costs_what_it_changed_not_the_size_of_its_set(tmp_path):
+    """A small batch in a large set is written as its own rows; a batch that makes up much of
+    its set (or empties it) as the set's ranges. Either way what is rebuilt is the model."""
+    from ioasidsd.store.fold import IOASID, SET_IOASIDS
+
+    store, system = bound(tmp_path, fold_interval=NEVER)
+    system.processes.live[10] = 1.0
+    file = system.ioasid_open(10)
+    big = uapi.ALLOC_BATCH.pack(uapi.ALLOC_BATCH.size, 0, 1, 100_000, 4096)
+    system.ioasid_ioctl(file, uapi.IOASID_REQUEST_ALLOC_BATCH, big)
+    assert [op[0] for op in records(tmp_path)[-1]].count(SET_IOASIDS) == 1
+    small = uapi.ALLOC_BATCH.pack(uapi.ALLOC_BATCH.size, 0, 1, 100_000, 64)
+    count, out = system.ioasid_ioctl(file, uapi.IOASID_REQUEST_ALLOC_BATCH, small)
+    kinds = [op[0] for op in records(tmp_path)[-1]]
+    assert SET_IOASIDS not in kinds and kinds.count(IOASID) == 64
+    free = uapi.FREE_BATCH.pack(uapi.FREE_BATCH.size + len(out), 0, count) + out
+    system.ioasid_ioctl(file, uapi.IOASID_REQUEST_FREE_BATCH, free)
+    kinds = [op[0] for op in records(tmp_path)[-1]]
+    assert SET_IOASIDS not in kinds and kinds.count(IOASID) == 64
     assert stored(tmp_path) == dump(system.core)
     store.close()
 
