@@ -287,7 +287,7 @@ class _Tenant:
 
     __slots__ = ("count", "file", "pid", "stats", "tries", "workload")
 
-    def __init__(self, workload: _WorkloadRun, pid: int, file: IoasidFile | None, count: int,
+    def __init__(self, workload: WorkloadRun, pid: int, file: IoasidFile | None, count: int,
                  stats: WorkloadCounts | None) -> None:
         self.workload = workload
         self.pid = pid
@@ -297,7 +297,7 @@ class _Tenant:
         self.stats = stats  # None: arrived during warm-up, not counted
 
 
-class _WorkloadRun:
+class WorkloadRun:
     """A workload's generators and counters within one replication."""
 
     def __init__(self, w: Workload, seed: int, cgroup: Cgroup) -> None:
@@ -335,7 +335,7 @@ class Engine:
         self.sequence = 0
         self.now = 0.0
         self.events = 0
-        self.workloads = [_WorkloadRun(w, self.seed, self.built.cgroups[w.cgroup])
+        self.workloads = [WorkloadRun(w, self.seed, self.built.cgroups[w.cgroup])
                           for w in policy.workloads]
         self.keep_series = keep_series
         self.series: dict[str, list[float]] | None = None
@@ -346,7 +346,7 @@ class Engine:
         heapq.heappush(self.heap, (when, self.sequence, action, arg))
 
     # ------------------------------------------------------------------ tenants
-    def arrive(self, run: _WorkloadRun) -> None:
+    def arrive(self, run: WorkloadRun) -> None:
         now = self.now
         self.schedule(now + run.gap(), self.arrive, run)
         stats = run.stats if now >= self.policy.warmup else None
@@ -377,7 +377,7 @@ class Engine:
                 result, _ = self.system.ioasid_ioctl(
                     file, uapi.IOASID_REQUEST_ALLOC,
                     uapi.ALLOC_REQUEST.pack(16, 0, *ID_RANGE))
-                ids = (result,)
+                ids: tuple[int, ...] = (result,)
             else:
                 _, out = self.system.ioasid_ioctl(
                     file, uapi.IOASID_REQUEST_ALLOC_BATCH,

@@ -33,7 +33,7 @@ from ioasidsd.model import ioasid_uapi as uapi
 from ioasidsd.model.errors import IoasidError
 
 if TYPE_CHECKING:
-    from ioasidsd.experiments.engine import Engine, _WorkloadRun
+    from ioasidsd.experiments.engine import Engine, WorkloadRun
     from ioasidsd.model.ioasid_device import IoasidFile
 
 OPS = ("spawn", "alloc", "free", "move", "exit", "bind", "unbind")
@@ -159,7 +159,7 @@ class _Replay:
         self.bound: list[tuple[int, int]] = []
 
 
-def schedule_trace(engine: Engine, run: _WorkloadRun) -> None:
+def schedule_trace(engine: Engine, run: WorkloadRun) -> None:
     """Schedule every operation of ``run``'s trace on ``engine``."""
     procs: dict[int, _Replay] = {}
     warmup = engine.policy.warmup
@@ -227,7 +227,7 @@ def schedule_trace(engine: Engine, run: _WorkloadRun) -> None:
         engine.schedule(op.time, act, op)
 
 
-def _alloc(engine: Engine, run: _WorkloadRun, proc: _Replay, count: int, counting: bool,
+def _alloc(engine: Engine, run: WorkloadRun, proc: _Replay, count: int, counting: bool,
            ) -> None:
     from ioasidsd.experiments.engine import ID_RANGE
 
