@@ -186,7 +186,7 @@ def schedule_trace(engine: Engine, run: WorkloadRun) -> None:
                 if now >= warmup:
                     stats.migrations_refused += 1
         elif op.op == "alloc":
-            _alloc(engine, run, proc, op.count, now >= warmup)
+            _replay_alloc(engine, run, proc, op.count, now >= warmup)
         elif op.op == "free" and proc.file is not None:
             freed = proc.ids[-op.count:]
             del proc.ids[-op.count:]
@@ -227,7 +227,7 @@ def schedule_trace(engine: Engine, run: WorkloadRun) -> None:
         engine.schedule(op.time, act, op)
 
 
-def _alloc(engine: Engine, run: WorkloadRun, proc: _Replay, count: int, counting: bool,
+def _replay_alloc(engine: Engine, run: WorkloadRun, proc: _Replay, count: int, counting: bool,
            ) -> None:
     from ioasidsd.experiments.engine import ID_RANGE
 
