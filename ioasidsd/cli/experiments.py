@@ -14,14 +14,13 @@ import sys
 import time
 import tomllib
 from collections.abc import Sequence
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
-from ioasidsd.experiments import report
-from ioasidsd.experiments.errors import PolicyError
-from ioasidsd.experiments.policy import Policy, load_policy
-from ioasidsd.experiments.runner import run_policies
+if TYPE_CHECKING:  # the engine is imported by the commands that run it: ioasidctl starts fast
+    from ioasidsd.experiments.errors import PolicyError
+    from ioasidsd.experiments.policy import Policy
 
 
 def _reject(exc: PolicyError) -> NoReturn:
@@ -30,6 +29,9 @@ def _reject(exc: PolicyError) -> NoReturn:
 
 
 def _load(path: str, settings: dict[str, Any] | None = None) -> Policy:
+    from ioasidsd.experiments.errors import PolicyError
+    from ioasidsd.experiments.policy import load_policy
+
     try:
         policy = load_policy(path)
         return policy.with_settings(settings) if settings else policy
@@ -67,6 +69,8 @@ class _Progress:
 
 def _run(policies: Sequence[Policy], workers: int | None, scheduler: str | None,
          keep_series: bool = False) -> tuple[list[dict[str, Any]], list[Any]]:
+    from ioasidsd.experiments.runner import run_policies
+
     progress = _Progress("simulating")
     try:
         return run_policies(policies, workers=workers, scheduler=scheduler,
@@ -109,6 +113,8 @@ def experiment() -> None:
 def run(policy: str, as_json: bool, out: str | None, seed: int | None,
         replications: int | None, workers: int | None, scheduler: str | None) -> None:
     """Run POLICY (a TOML policy file) and report blocking, refusals, use and fairness."""
+    from ioasidsd.experiments import report
+
     settings: dict[str, Any] = {}
     if seed is not None:
         settings["run.seed"] = seed
@@ -133,6 +139,8 @@ def run(policy: str, as_json: bool, out: str | None, seed: int | None,
 def compare(policies: tuple[str, ...], as_json: bool, out: str | None, workers: int | None,
             scheduler: str | None) -> None:
     """Run several POLICIES and show them side by side."""
+    from ioasidsd.experiments import report
+
     checked = [_load(p) for p in policies]
     results, _ = _run(checked, workers, scheduler)
     if out is not None:
@@ -177,6 +185,9 @@ def _sets(_ctx: click.Context, _param: click.Parameter, values: tuple[str, ...],
 def sweep(policy: str, sets: list[tuple[str, list[Any]]], workers: int | None,
           scheduler: str | None, as_json: bool, out: str | None) -> None:
     """Run POLICY at every point of a grid of values (--set) and report each."""
+    from ioasidsd.experiments import report
+    from ioasidsd.experiments.errors import PolicyError
+
     base = _load(policy)
     keys = [k for k, _ in sets]
     points = [dict(zip(keys, combo, strict=True))
