@@ -384,9 +384,11 @@ def main() -> None:
                     where = os.path.join(tmp, side, f"{kind}-requests-{r}")
                     os.makedirs(where)
                     comparison.add(side, f"{kind} in-process pairs per CPU-second",
-                                   workers[side].call("requests", kind, where, 20_000))
+                                   workers[side].call("requests", kind, where,
+                                                      max(500, int(20_000 * args.seconds))))
                     comparison.add(side, f"{kind} in-process batch IDs per CPU-second",
-                                   workers[side].call("batches", kind, where + "b", 2))
+                                   workers[side].call("batches", kind, where + "b",
+                                                      2 if args.seconds >= 0.5 else 1))
             for worker in workers.values():
                 worker.call("stop")
         finally:

@@ -90,7 +90,7 @@ def wrap(ctx: click.Context, mount: str | None, print_env: bool,
     if not library.is_file():
         _fail(f"the preload library {library} is missing (scripts/bootstrap builds it)")
     runtime_dir = str(Path(ctx.find_root().params["runtime_dir"]).absolute())
-    client: ControlClient = ctx.obj
+    client: ControlClient = ctx.obj.client  # the Env of ioasidctl's group: its client raises
     where = mount if mount is not None else daemon_mount(client)
     if where is not None:
         where = str(Path(where).absolute())

@@ -800,14 +800,15 @@ class Store:
             # a face may have tracked the owner without reporting it (System.process)
             self._process_row(token, ops)  # type: ignore[arg-type]
 
-    def _bulk_to_sets(self, ids: Iterable[int], set_ids: set[int]) -> list[int]:
+    def _bulk_to_sets(self, ids: tuple[int, ...], set_ids: set[int]) -> list[int]:
         """Of many changed IOASIDs (a batch), those of a set that they make up at least a
         quarter of (or that is gone) are written with their set, as ranges, instead of one row
         each: the set joins ``set_ids``. Returns the rest, to be written one by one. Either way
         the cost follows the change, not the size of the sets it touched."""
         core = self._core
         index = core.ioasid_index.get
-        first = index(next(iter(ids)))
+        first_id = next(iter(ids))
+        first = index(first_id)
         if first is not None and first.set.xa.issuperset(ids):  # all live in one set: a
             live = first.set                                      # batch allocation, in C
             if live.nr_ioasids <= 4 * len(live.xa.intersection(ids)):
@@ -815,6 +816,14 @@ class Store:
                 return []
             return list(ids)
         set_of = self._set_of.get
+        sid = set_of(first_id) if first is None else None
+        if (sid is not None and not core.ioasid_index.any_used(ids)  # all gone, all last
+                and self._set_of.all_map_to(ids, sid)):                # written in one set:
+            gone = core.sets_by_id.get(sid)                            # a batch freed
+            if gone is None or gone.nr_ioasids <= 4 * len(ids):
+                set_ids.add(sid)
+                return []
+            return list(ids)
         by_set: dict[int | None, list[int]] = {}
         for ioasid in ids:
             data = index(ioasid) if ioasid >= 0 else None
