@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
+from ioasidsd.cli.experiments import experiment
 from ioasidsd.cli.wrap import wrap
 
 if TYPE_CHECKING:  # pathlib and the clients are imported by the verbs that use them
@@ -877,3 +878,4 @@ def free(env: Env, ids: tuple[int, ...]) -> None:
 
 
 main.add_command(wrap)
+main.add_command(experiment)
