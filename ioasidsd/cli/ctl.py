@@ -701,10 +701,17 @@ def exec_(env: Env, group: str, command: tuple[str, ...]) -> None:
 @click.argument("pids", nargs=-1, required=True, type=click.IntRange(1))
 @click.pass_obj
 def classify(env: Env, group: str, pids: tuple[int, ...]) -> None:
-    """Move processes into the cgroup, as cgclassify -g does."""
+    """Move processes into the cgroup, as cgclassify -g does: one that cannot be moved is
+    named on a line of its own and the others are still moved (exit status 1 then)."""
     _require(env, group, group)
+    failed = False
     for pid in pids:
-        _join(env, group, group, pid)
+        try:
+            _join(env, group, group, pid)
+        except SystemExit:  # its line is printed; carry on with the rest, as cgclassify does
+            failed = True
+    if failed:
+        raise SystemExit(1)
 
 
 # ---------------------------------------------------------------------- snapshot, restore
