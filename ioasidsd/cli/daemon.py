@@ -38,8 +38,9 @@ def main() -> None:
 @click.option("--log-level", type=click.Choice(LOG_LEVELS), default=None,
               help="Least severe level logged.  [default: info]")
 @click.option("--tracking", type=click.Choice(TRACKING_MODES), default=None,
-              help="Process tracking: the netlink connector, psutil polling, or auto (the "
-                   "connector when available).  [default: auto]")
+              help="Who keeps process membership: the kernel (a named cgroup-v1 hierarchy), "
+                   "the netlink connector, psutil polling, or auto (the first that works).  "
+                   "[default: auto]")
 def run(mount: str | None, state_dir: str | None, runtime_dir: str | None,
         config_file: str | None, capacity: int | None, profile_name: str | None,
         log_format: str | None, log_level: str | None, tracking: str | None) -> None:

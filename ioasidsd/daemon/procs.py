@@ -64,7 +64,9 @@ from pyroute2.netlink.connector.cn_proc import (
     proc_event_control,
 )
 
+from ioasidsd.daemon.membership import KernelHierarchy
 from ioasidsd.host import CLOCK_TICKS, process_clock, read_stat
+from ioasidsd.model.errors import IoasidError
 from ioasidsd.model.hierarchy import Cgroup
 from ioasidsd.system import System
 
@@ -498,21 +500,188 @@ class PollTracker(_Supervised):
                 self.handled.notify_all()
 
 
-def open_tracker(system: System, mode: str, log: Log, *, interval: float = 1.0,
-                 connector: Callable[..., ConnectorTracker] = ConnectorTracker) -> Tracker:
-    """The tracker for ``mode`` (``auto``, ``connector`` or ``poll``), opened but not started.
+# ---------------------------------------------------------------------- the kernel's hierarchy
+class KernelTracker(_Supervised):
+    """Membership kept by the kernel in a named cgroup-v1 hierarchy (``KernelHierarchy``).
 
-    ``connector`` raises ``OSError`` when the connector cannot be opened; ``auto`` then falls
-    back to polling and says why in ``detail``.
+    Nothing is followed: the kernel places every fork. ``open`` mounts the hierarchy and makes
+    its tree the daemon's (a cgroup of the state that the kernel lacks is made there; one the
+    state lacks is removed when empty, else adopted into the state with a warning), and hands
+    it to the system (``System.kernel``). ``start`` then reconciles the state with the kernel:
+    a hierarchy that kept nothing (new, or emptied since) is seeded with the processes the
+    state has outside the root; a kept one wins, every process it has outside the root being
+    recorded where it is (``System.sync_member``), every recorded process it no longer has
+    there being moved to the root or released if gone. A scan every ``interval`` seconds does
+    the same, so that the records (exits, ``notify_on_release``) follow within an interval,
+    while listings and charges ask the kernel at once.
+
+    A failed scan is logged and retried (``degraded`` until one succeeds); the kernel's
+    membership itself cannot be lost.
+    """
+
+    mode = "kernel"
+
+    def __init__(self, system: System, log: Log, hierarchy: KernelHierarchy, *,
+                 interval: float = 1.0) -> None:
+        super().__init__(system, log)
+        self.hierarchy = hierarchy
+        self.interval = interval
+        self.detail = hierarchy.detail
+        self.scans = 0
+        self.adopted: list[str] = []  # cgroups found in the kernel only, added to the state
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._scan_lock = threading.Lock()
+
+    @property
+    def fresh(self) -> bool:
+        """Whether the kernel kept nothing: membership was seeded from the state."""
+        return self.hierarchy.fresh
+
+    def open(self) -> None:
+        """Mount the hierarchy and mirror the tree; ``OSError`` when it cannot be mounted."""
+        hierarchy, system = self.hierarchy, self.system
+        hierarchy.mount()
+        try:
+            with system.lock:
+                ours = [cg.path for cg in system.cgroups.cgroups() if not cg.is_root]
+            theirs = set(hierarchy.paths())
+            for path in ours:
+                if path not in theirs:
+                    hierarchy.mkdir(path)
+            known = set(ours)
+            for path in reversed(sorted(theirs - known)):
+                try:
+                    hierarchy.rmdir(path)
+                except OSError:
+                    self.adopted.append(path)
+            for path in sorted(self.adopted):
+                system.mkdir(path)  # before System.kernel is set: the kernel has it already
+            if self.adopted:
+                self.log.warning("cgroups found only in the kernel's hierarchy, with processes, "
+                                 "were added to the state", cgroups=sorted(self.adopted))
+        except BaseException:
+            hierarchy.unmount()
+            raise
+        system.kernel = hierarchy
+
+    def start(self) -> None:
+        """Reconcile (see the class), then scan every ``interval`` seconds on a thread."""
+        if self.hierarchy.fresh:
+            self._seed()
+        self.scan()
+        self._thread = threading.Thread(target=self._run, name="proc-kernel", daemon=True)
+        self._thread.start()
+
+    def _seed(self) -> None:
+        """Move the processes the state has outside the root into the kernel's cgroups."""
+        with self.system.lock:
+            members = [(p.pid, p.start_time, p.cgroup.path)
+                       for p in self.system.cgroups.processes.values() if not p.cgroup.is_root]
+        seeded = 0
+        for pid, start, path in members:
+            if not self.system.processes.alive(pid, start):
+                continue
+            try:
+                self.hierarchy.attach(pid, path)
+                seeded += 1
+            except OSError as exc:
+                self.log.warning("a process of the state cannot be moved in the kernel",
+                                 pid=pid, cgroup=path, error=exc.strerror or str(exc))
+        self.log.info("the kernel's hierarchy was seeded from the state", processes=seeded,
+                      hierarchy=self.hierarchy.name)
+
+    def stop(self) -> None:
+        """Stop scanning, hand membership back to the model and unmount (the hierarchy stays in
+        the kernel while it has cgroups). Idempotent."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self.system.kernel is self.hierarchy:
+            self.system.kernel = None
+        self.hierarchy.unmount()
+
+    def scan(self) -> None:
+        """Bring the records into line with the kernel: its members outside the root are
+        recorded where it has them; recorded processes it has elsewhere are moved; gone ones
+        released. Members are added before the gone are released, so that a cgroup is not
+        found empty while the kernel still has a process in it."""
+        system, hierarchy = self.system, self.hierarchy
+        with self._scan_lock:
+            where: dict[int, str] = {}
+            for path in hierarchy.paths():
+                with contextlib.suppress(FileNotFoundError):  # removed meanwhile
+                    for pid in hierarchy.procs(path):
+                        where[pid] = path
+            with system.lock:
+                records = {pid: p.cgroup.path for pid, p in system.cgroups.processes.items()}
+            differ = [pid for pid, path in where.items() if records.get(pid) != path]
+            differ += [pid for pid, path in records.items() if path != "/" and pid not in where]
+            for pid in differ:
+                try:
+                    system.sync_member(pid)
+                except IoasidError as exc:
+                    self.log.warning("a process's cgroup cannot be recorded", pid=pid,
+                                     error=exc.strerror or str(exc))
+            release_gone(system)
+            self.scans += 1
+
+    def settle(self, timeout: float = 2.0) -> bool:
+        """Scan now; ``False`` if the scan failed."""
+        try:
+            self.scan()
+        except Exception:
+            self._degrade("a scan failed")
+            return False
+        return True
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.scan()
+            except Exception as exc:  # a daemon never dies of a scan: the next one retries
+                self._degrade(f"{type(exc).__name__}: {exc}")
+            else:
+                self._recovered()
+            with self.handled:
+                self.handled.notify_all()
+
+
+def open_tracker(system: System, mode: str, log: Log, *, interval: float = 1.0,
+                 connector: Callable[..., ConnectorTracker] = ConnectorTracker,
+                 hierarchy: KernelHierarchy | None = None) -> Tracker:
+    """The tracker for ``mode`` (``auto``, ``kernel``, ``connector`` or ``poll``), opened but
+    not started.
+
+    ``kernel`` mounts ``hierarchy`` (``KernelTracker.open``); ``connector`` raises ``OSError``
+    when the connector cannot be opened. ``auto`` tries them in that order (the kernel's
+    hierarchy only when ``hierarchy`` is given) and falls back to polling, saying in ``detail``
+    why each better one could not be used.
     """
     if mode == "poll":
         return PollTracker(system, log, interval=interval, reason="configured")
+    reasons = []
+    if mode in ("auto", "kernel") and hierarchy is not None:
+        kernel = KernelTracker(system, log, hierarchy, interval=interval)
+        try:
+            kernel.open()
+        except OSError as exc:
+            if mode == "kernel":
+                raise
+            reasons.append(f"no named cgroup-v1 hierarchy: {exc.strerror or exc}")
+        else:
+            return kernel
+    elif mode == "kernel":
+        raise OSError(errno.EINVAL, "no named hierarchy was given")
     tracker = connector(system, log)
     try:
         tracker.open()
     except OSError as exc:
         if mode == "connector":
             raise
-        reason = f"no process events connector: {exc.strerror or exc}"
-        return PollTracker(system, log, interval=interval, reason=reason)
+        reasons.append(f"no process events connector: {exc.strerror or exc}")
+        return PollTracker(system, log, interval=interval, reason="; ".join(reasons))
+    if reasons:
+        tracker.detail += f" ({'; '.join(reasons)})"
     return tracker

@@ -137,12 +137,38 @@ def test_without_the_connector_auto_polls_and_says_so(tmp_path, started, monkeyp
         raise PermissionError(errno.EPERM, "Operation not permitted")
 
     monkeypatch.setattr(procs.ConnectorTracker, "open", refuse)
+    monkeypatch.setattr(procs.KernelTracker, "open", refuse)
     with structlog.testing.capture_logs() as logs:
         daemon = started(settings={"poll_interval": 0.1})
     tracking = daemon.status()["tracking"]
     assert tracking["mode"] == "poll" and "Operation not permitted" in tracking["detail"]
     fallback = [e for e in logs if e["event"] == "process tracking falls back to polling"]
     assert fallback and fallback[0]["log_level"] == "warning"
+
+
+def test_without_a_named_hierarchy_auto_uses_the_connector_and_says_so(tmp_path, started,
+                                                                      monkeypatch):
+    def refuse(self):
+        raise PermissionError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(procs.KernelTracker, "open", refuse)
+    with structlog.testing.capture_logs() as logs:
+        daemon = started()
+    tracking = daemon.status()["tracking"]
+    assert tracking["mode"] == "connector" and tracking["membership"] == "daemon"
+    assert "no named cgroup-v1 hierarchy: Operation not permitted" in tracking["detail"]
+    assert daemon.system.kernel is None
+    fallback = [e for e in logs if e["event"].startswith("membership is not kept by the kernel")]
+    assert fallback and fallback[0]["log_level"] == "warning"
+
+
+def test_kernel_only_is_refused_when_unavailable(tmp_path, started, monkeypatch):
+    def refuse(self):
+        raise PermissionError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(procs.KernelTracker, "open", refuse)
+    with pytest.raises(Exception, match="tracking = kernel, but a named cgroup-v1 hierarchy"):
+        started(settings={"tracking": "kernel"})
 
 
 def test_connector_only_is_refused_when_unavailable(tmp_path, started, monkeypatch):
