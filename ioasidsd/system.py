@@ -144,7 +144,8 @@ class System:
                     raise
             else:
                 self.cgroups.rmdir(cg)
-            self.on_change(Change(ChangeKind.RMDIR, cgroups=(cg,), path=where))
+            pooled = tuple(self.controller.take_pooled())
+            self.on_change(Change(ChangeKind.RMDIR, cgroups=(cg,), path=where, ids=pooled))
 
     def rename(self, old: str, new: str, *, reserved_names: frozenset[str] = frozenset()) -> None:
         """Rename ``old`` to ``new`` (same parent only); see ``Hierarchy.rename``."""
@@ -169,9 +170,12 @@ class System:
             cg = self.cgroups.lookup(path)
             before = (cg.limit, cg.reserved, self.core.capacity_avail)
             self.controller.set_max(cg, limit)
-            if (cg.limit, cg.reserved, self.core.capacity_avail) != before:
-                # rewriting the same limit has nothing to store
-                self.on_change(Change(ChangeKind.LIMIT, cgroups=(cg,)))
+            pooled = tuple(self.controller.take_pooled())
+            if (cg.limit, cg.reserved, self.core.capacity_avail) != before or pooled:
+                # rewriting the same limit has nothing to store; a change of limit may change
+                # the reservations of the limits below, and make live IOASIDs pooled
+                below = tuple(c for c in cg.descendants() if c is not cg and c.limit is not None)
+                self.on_change(Change(ChangeKind.LIMIT, cgroups=(cg, *below), ids=pooled))
 
     def write_flag(self, path: str, name: str, data: bytes | str) -> None:
         """A write to ``notify_on_release`` or ``cgroup.clone_children``."""

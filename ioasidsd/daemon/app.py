@@ -295,6 +295,10 @@ class Daemon:
                 raise StartError(f"the state in {store.path} cannot be loaded: {exc}") from None
             store.bind(system, rows)
             system.orphans = store.orphans
+            for path, amount in system.controller.over_reserved:
+                self.log.warning("a limit holds capacity beyond the reservation rule (a state "
+                                 "saved by an earlier version): returned when it is written "
+                                 "again or its cgroup removed", cgroup=path, amount=amount)
             self._boot_vtd(vtd_config, adopt=True)
             assert self.vtd is not None
             if self.vtd.host_set is not None:  # adopted (no change), or made for an old state
