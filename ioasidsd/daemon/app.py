@@ -71,6 +71,7 @@ from ioasidsd.host import boot_id, filesystem_of, process_clock
 from ioasidsd.model.changes import Change, ChangeKind
 from ioasidsd.model.core import IoasidSetType
 from ioasidsd.model.errors import IoasidError
+from ioasidsd.model.hierarchy import Process
 from ioasidsd.model.snapshot import SnapshotError, load
 from ioasidsd.model.workqueue import OrderedWorkQueue, WorkMode
 from ioasidsd.store.state import Store, StoreError
@@ -349,9 +350,11 @@ class Daemon:
             if pids:
                 self.log.info("the saved processes belong to an earlier boot")
         else:
-            released = release_gone(system)
+            gone: list[Process] = []
+            released = release_gone(system, gone)
             clock = self._clock_before
-            adopted = adopt_children(system, clock) if clock is not None and adopt else 0
+            adopted = adopt_children(system, clock, gone=gone) \
+                if clock is not None and adopt else 0
         with system.lock:
             store.set_clock(process_clock())
         if released or adopted:

@@ -46,7 +46,7 @@ import select
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, Protocol
 
 import psutil
@@ -67,7 +67,7 @@ from pyroute2.netlink.connector.cn_proc import (
 from ioasidsd.daemon.membership import KernelHierarchy
 from ioasidsd.host import CLOCK_TICKS, process_clock, read_stat
 from ioasidsd.model.errors import IoasidError
-from ioasidsd.model.hierarchy import Cgroup
+from ioasidsd.model.hierarchy import Cgroup, Process
 from ioasidsd.system import System
 
 Log = Any
@@ -88,9 +88,9 @@ class Tracker(Protocol):
 
 
 # ---------------------------------------------------------------------- rescans
-def release_gone(system: System) -> int:
+def release_gone(system: System, gone: list[Process] | None = None) -> int:
     """Release every tracked process that no longer runs (a dead pid, or a pid reused by a
-    later process); returns how many."""
+    later process); returns how many, and appends them to ``gone`` when given."""
     with system.lock:
         tracked = list(system.cgroups.processes.values())
     released = 0
@@ -101,10 +101,13 @@ def release_gone(system: System) -> int:
             if system.cgroups.processes.get(proc.pid) is proc:
                 system.exit(proc.pid)
                 released += 1
+                if gone is not None:
+                    gone.append(proc)
     return released
 
 
-def adopt_children(system: System, since: float, *, new_pids: set[int] | None = None) -> int:
+def adopt_children(system: System, since: float, *, new_pids: set[int] | None = None,
+                   gone: Sequence[Process] = ()) -> int:
     """Track, in their parent's cgroup, the untracked processes created after ``since`` whose
     parent is tracked outside the root (their fork was not seen); returns how many.
 
@@ -113,11 +116,15 @@ def adopt_children(system: System, since: float, *, new_pids: set[int] | None = 
 
     The candidates left untracked whose parent is init are noted as orphans
     (``System.note_orphans``): their parent may have been a tracked process's child that was
-    born and exited unseen.
+    born and exited unseen. So are those whose parent is a subreaper they may have been
+    re-parented to (``PR_SET_CHILD_SUBREAPER``, which ``/proc`` does not show): an untracked
+    parent that started before a process of ``gone`` (tracked outside the root, found dead by
+    this rescan: its exit was not seen) that itself started before the candidate.
     """
+    lost = sorted(p.start_time for p in gone if not p.cgroup.is_root)
     with system.lock:
-        if not any(p.cgroup is not system.cgroups.root
-                   for p in system.cgroups.processes.values()):
+        if not lost and not any(p.cgroup is not system.cgroups.root
+                                for p in system.cgroups.processes.values()):
             return 0
     found: list[tuple[float, int, int]] = []
     for pid in psutil.pids() if new_pids is None else new_pids:
@@ -134,13 +141,24 @@ def adopt_children(system: System, since: float, *, new_pids: set[int] | None = 
                 continue
             parent = system.cgroups.processes.get(ppid)
             if parent is None or parent.cgroup is system.cgroups.root:
-                if ppid == 1:
+                if ppid == 1 or _maybe_reparented(ppid, created, lost):
                     orphans[pid] = created
                 continue
             system.fork(ppid, pid, created)
             adopted += 1
     system.note_orphans(orphans)
     return adopted
+
+
+def _maybe_reparented(ppid: int, created: float, lost: list[float]) -> bool:
+    """Whether a process created at ``created`` with the untracked parent ``ppid`` may descend
+    from a process that started at one of ``lost`` (found dead, its exit unseen) and have been
+    re-parented to ``ppid``, an ancestor of that process: ``ppid`` started before it, and it
+    before the child."""
+    if not lost or lost[0] > created:
+        return False
+    stat = read_stat(ppid)
+    return stat is not None and any(stat.start_time <= t <= created for t in lost)
 
 
 RESTART_BACKOFF = (0.05, 5.0)
@@ -182,8 +200,9 @@ class _Supervised:
     def _resync(self, since: float) -> None:
         """Catch up with ``/proc``: release the gone, adopt the children born since ``since``,
         note the orphans. Exceptions propagate (the caller stays degraded)."""
-        released = release_gone(self.system)
-        adopted = adopt_children(self.system, since)
+        gone: list[Process] = []
+        released = release_gone(self.system, gone)
+        adopted = adopt_children(self.system, since, gone=gone)
         self.log.info("processes resynchronised", mode=self.mode, released=released,
                       adopted=adopted, orphans=len(self.system.orphans))
 
@@ -472,8 +491,9 @@ class PollTracker(_Supervised):
             now = process_clock()
             pids = set(psutil.pids())
             new = pids - self._known
-            release_gone(self.system)
-            adopt_children(self.system, self._last, new_pids=new)
+            gone: list[Process] = []
+            release_gone(self.system, gone)
+            adopt_children(self.system, self._last, new_pids=new, gone=gone)
             self._known = pids
             self._last = now
             self.scans += 1
