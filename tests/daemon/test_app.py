@@ -20,7 +20,7 @@ from ioasidsd.model.snapshot import dump, load
 from ioasidsd.store.state import Store
 from ioasidsd.system import System
 
-from .daemons import pids, wait_until
+from .daemons import drop_membership, pids, wait_until
 
 
 def config_for(tmp_path, **settings):
@@ -51,6 +51,7 @@ def started(tmp_path, needs_fuse):
     yield start
     for daemon in daemons:
         daemon.shutdown()
+    drop_membership(tmp_path / "s")
 
 
 def test_an_exit_releases_the_ioasids_through_the_faces_hooks(tmp_path, started, forkers):
