@@ -1,8 +1,12 @@
 """Process tracking: the forks and exits of real processes, fed into the ``System``.
 
-Two trackers with one interface (``start``, ``stop``, ``settle``, ``mode``, ``detail``,
+Three trackers with one interface (``start``, ``stop``, ``settle``, ``mode``, ``detail``,
 ``state``, ``reason``):
 
+* ``KernelTracker`` follows nothing: membership is kept by the kernel in a named cgroup-v1
+  hierarchy (``ioasidsd.daemon.membership``), which places every fork itself. It reconciles the
+  state with that hierarchy at start and scans it every ``interval`` seconds so that the
+  system's records (exits, ``notify_on_release``) follow.
 * ``ConnectorTracker`` listens to the kernel's process events connector (netlink
   ``NETLINK_CONNECTOR``, ``CN_IDX_PROC``; root only), with pyroute2's message definitions. A fork
   whose parent is tracked outside the root puts the child in the parent's cgroup at once (a child
@@ -24,8 +28,9 @@ and ``System.place`` decides where such a process is charged (by process group a
 refuses it. ``settle`` lets a placement wait until the tracker has caught up with every fork
 that happened before it was called.
 
-``open_tracker`` chooses: ``connector``, ``poll``, or ``auto`` (the connector when it can be
-opened, else polling, with the reason in ``detail``).
+``open_tracker`` chooses: ``kernel``, ``connector``, ``poll``, or ``auto`` (the kernel's
+hierarchy when it can be mounted, else the connector when it can be opened, else polling, with
+the reasons in ``detail``).
 
 ``release_gone`` and ``adopt_children`` are the rescan, also run once at start-up for the time the
 daemon was not running: processes that died are released as if they had exited, and children
