@@ -258,3 +258,40 @@ def test_no_mount_point_is_made_inside_a_kernel_cgroup_hierarchy(tmp_path):
     import os
 
     assert not os.path.exists(target)
+
+
+def test_a_state_saved_under_the_flat_rule_loads_and_says_what_it_over_reserves(
+        tmp_path, started):
+    """A state where /tenant/sub's limit was also reserved from the pool (as before nested
+    limits were carved out of their ancestor's): it loads, the start-up log and ``status``
+    name the over-reservation, and rewriting the limit returns it to the pool."""
+    import json
+    import sqlite3
+
+    from ioasidsd.cli.render import format_status
+
+    daemon = started()
+    mnt = tmp_path / "mnt"
+    (mnt / "tenant").mkdir()
+    (mnt / "tenant" / "ioasids.max").write_text("100")
+    (mnt / "tenant" / "sub").mkdir()
+    (mnt / "tenant" / "sub" / "ioasids.max").write_text("50")
+    available = daemon.status()["available"]
+    assert daemon.status()["over_reserved"] == []
+    daemon.shutdown()
+    with sqlite3.connect(tmp_path / "s" / "state.sqlite") as db:  # what the flat rule saved
+        db.execute("UPDATE cgroups SET reserved = 50 WHERE name = 'sub'")
+        core = json.loads(db.execute("SELECT value FROM meta WHERE key = 'core'").fetchone()[0])
+        core["capacity_avail"] -= 50
+        db.execute("UPDATE meta SET value = ? WHERE key = 'core'", (json.dumps(core),))
+    with structlog.testing.capture_logs() as logs:
+        daemon = started()
+    status = daemon.status()
+    assert status["available"] == available - 50
+    assert status["over_reserved"] == [{"cgroup": "/tenant/sub", "amount": 50}]
+    assert "over-reserved  /tenant/sub 50 " in format_status(status)
+    warned = [e for e in logs if e["event"].startswith("a limit holds capacity beyond")]
+    assert warned and warned[0]["cgroup"] == "/tenant/sub" and warned[0]["amount"] == 50
+    (mnt / "tenant" / "sub" / "ioasids.max").write_text("40")
+    status = daemon.status()
+    assert status["over_reserved"] == [] and status["available"] == available
