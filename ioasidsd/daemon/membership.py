@@ -84,10 +84,17 @@ class KernelHierarchy:
         """Mount the hierarchy (made by the kernel if it does not exist), or keep the mount a
         daemon that was killed left; sets ``fresh``. ``OSError`` when it cannot be mounted
         (not root, a kernel without cgroup-v1, the name taken with other options)."""
+        made = not self.mountpoint.exists()
         self.mountpoint.mkdir(mode=0o755, exist_ok=True)
         if not self._is_mounted():
-            _run("mount", "-t", "cgroup", "-o", f"none,name={self.name}", "ioasids-membership",
-                 str(self.mountpoint))
+            try:
+                _run("mount", "-t", "cgroup", "-o", f"none,name={self.name}",
+                     "ioasids-membership", str(self.mountpoint))
+            except OSError:
+                if made:
+                    with contextlib.suppress(OSError):
+                        self.mountpoint.rmdir()
+                raise
         self._mounted_here = True
         self.fresh = not self.paths()
 

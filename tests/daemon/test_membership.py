@@ -193,3 +193,82 @@ def test_tasks_lists_every_thread_of_a_moved_process(daemons):
     finally:
         proc.kill()
         proc.wait()
+
+
+STORM = r"""
+import os, signal, sys, time
+with open(sys.argv[1], "w") as procs:
+    procs.write("0")
+stop = False
+def halt(*_):
+    global stop
+    stop = True
+signal.signal(signal.SIGTERM, halt)
+keep = []
+while not stop:
+    for _ in range(20):              # short-lived children
+        if os.fork() == 0:
+            os._exit(0)
+    if len(keep) < 20 and os.fork() == 0:   # and sleepers that stay, each forking one more
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        if os.fork() == 0:
+            signal.pause()
+            os._exit(0)
+        signal.pause()
+        os._exit(0)
+    keep.append(1)
+    while True:
+        try:
+            if os.waitpid(-1, os.WNOHANG)[0] == 0:
+                break
+        except ChildProcessError:
+            break
+    time.sleep(0.005)
+print("stopped", flush=True)
+signal.pause()
+"""
+
+
+def test_kill9_during_a_fork_storm_loses_no_member(daemons, tmp_path):
+    """A process in /tenant forks without pause (short-lived children, and sleepers that fork
+    once more) while the daemon is killed with SIGKILL and restarted three times; a process of
+    /tenant forks a child while no daemon runs. Afterwards the daemon's records are the
+    kernel's (every live process of /tenant recorded, nothing else), the capacity is as it was,
+    tracking is not degraded, and the child born while no daemon ran is held to /tenant's
+    limit."""
+    d = kernel_mode(daemons())
+    (d.mount / "tenant").mkdir()
+    (d.mount / "tenant" / "ioasids.max").write_text("5")
+    before = d.status()
+    alloc = [str(BIN / "ioasidctl"), "--runtime-dir", str(d.run), "alloc", "-n", "6"]
+    waiter = Waiter(alloc, tmp_path / "alloc.out")
+    (d.mount / "tenant" / "cgroup.procs").write_text(str(waiter.pid))
+    storm = subprocess.Popen([sys.executable, "-c", STORM,
+                              str(d.mount / "tenant" / "cgroup.procs")],
+                             stdout=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        wait_until(lambda: len(pids(d.mount / "tenant" / "cgroup.procs")) > 10,
+                   "the storm under way")
+        for round_ in range(3):
+            d.kill9()
+            if round_ == 1:
+                waiter.say("fork")
+            d.start()
+        storm.terminate()
+        assert storm.stdout is not None and storm.stdout.readline() == "stopped\n"
+        kernel = pids(d.run / "membership" / "tenant" / "cgroup.procs")
+        assert len(kernel) > 20 and pids(d.mount / "tenant" / "cgroup.procs") == kernel
+        wait_until(lambda: d.status()["processes"] == len(kernel),
+                   "the records to follow the kernel")
+        status = d.status()
+        assert (status["capacity"], status["available"]) == (before["capacity"],
+                                                             before["available"])
+        assert status["over_reserved"] == [] and status["tracking"]["state"] == "ok"
+        assert waiter.say("go") == "done"
+        assert len((tmp_path / "alloc.out").read_text().split()) == 5
+        assert read(d.mount / "tenant" / "ioasids.events") == "max 1\n"
+    finally:
+        os.killpg(storm.pid, 9)
+        storm.wait()
+        waiter.close()
+        wait_until(lambda: not pids(d.mount / "tenant" / "cgroup.procs"), "the storm gone")
