@@ -18,9 +18,9 @@ never touches the controller's per-cgroup state (the ``Cgroup`` slots ``limit``,
   cannot go below what is carved out of it (``EBUSY``). A top limit that shrinks, turns to
   ``max`` or whose cgroup is removed gives back only what no live IOASID needs: a live IOASID it
   covered that no limit covers any more becomes *pooled* (``IoasidData.pooled``: it holds one
-  unit of its own, returned when it is reclaimed). ``over_reserved`` lists what a state saved
-  under the flat rule (nested limits reserved from the pool, or carved beyond their ancestor)
-  still holds; it goes back when those limits are written again or their cgroups removed.
+  unit of its own, returned when it is reclaimed). ``over_reserved`` lists what the nested
+  limits of a state saved under the flat rule still hold from the pool; it goes back when those
+  limits are written again or their cgroups removed.
 * ``ioasids.current`` (``counter``) counts the IOASIDs charged to a cgroup and its descendants.
   A charge walks from the charged cgroup up to, not including, the root (``Cgroup.chain``);
   ``try_charge`` refuses with ``EAGAIN`` at the first level over its limit and leaves every
@@ -180,7 +180,7 @@ class IoasidsController(Controller):
         """``set_max`` in the ``reserve`` model: every check first, then the changes."""
         above = _limited_above(cg)
         below = _limited_below(cg)
-        carved = sum(d.limit for d in below)  # type: ignore[misc]
+        carved = _carved(below)
         if limit is not None and limit < carved:
             raise IoasidError(EBUSY, f"{cg.path}: limits below it hold {carved} of it")
         core = self.core
@@ -188,11 +188,11 @@ class IoasidsController(Controller):
             old_share = carved if cg.limit is None else cg.limit
             new_share = carved if limit is None else limit
             if new_share > old_share:
-                others = sum(d.limit for d in _limited_below(above)  # type: ignore[misc]
-                             if cg not in d.chain)
-                if others + new_share > above.limit:  # type: ignore[operator]
-                    raise IoasidError(ENOSPC, f"{above.path}: {above.limit - others} of its "
-                                              f"ioasids.max {above.limit} left to carve out")
+                others = _carved([d for d in _limited_below(above) if cg not in d.chain])
+                room = (above.limit or 0) - others
+                if new_share > room:
+                    raise IoasidError(ENOSPC, f"{above.path}: {room} of its ioasids.max "
+                                              f"{above.limit} left to carve out")
             if cg.reserved:  # held from the pool under the flat rule of an earlier state
                 core.cancel_capacity_locked(cg.reserved)
                 cg.reserved = 0
@@ -217,15 +217,15 @@ class IoasidsController(Controller):
         keep = self._covered_ids(cg, below)
         for d in below:
             covered = self._covered_ids(d, ())
-            keep += covered[: max(0, len(covered) - d.limit)]  # type: ignore[operator]
+            keep += covered[: max(0, len(covered) - (d.limit or 0))]
         keep = keep[: max(0, cg.reserved - carved)]
-        growth = sum(d.limit - d.reserved for d in below) + len(keep) - cg.reserved  # type: ignore[misc]
+        growth = carved - sum(d.reserved for d in below) + len(keep) - cg.reserved
         if growth > 0:
             core.reserve_capacity_locked(growth)
         elif growth < 0:
             core.cancel_capacity_locked(-growth)
         for d in below:
-            d.reserved = d.limit  # type: ignore[assignment]
+            d.reserved = d.limit or 0
         cg.reserved, cg.limit = 0, None
         self._pool(keep)
 
@@ -258,22 +258,13 @@ class IoasidsController(Controller):
 
     @property
     def over_reserved(self) -> list[tuple[str, int]]:
-        """``reserve``: what the limits hold beyond the rule of the module's documentation (a
-        state saved before it: nested limits reserved from the pool, or limits carved beyond
-        their ancestor's), as ``(path, amount)`` by path; empty when the rule holds."""
+        """``reserve``: what nested limits hold from the pool, which the rule of the module's
+        documentation never does (a state saved under the flat rule), as ``(path, amount)`` by
+        path; empty when the rule holds."""
         if self.knobs.capacity_model != "reserve":
             return []
-        found = []
-        for cg in self.hierarchy.cgroups():
-            extra = 0
-            if cg.limit is not None and not cg.is_root:
-                if _limited_above(cg) is not None:
-                    extra += cg.reserved
-                extra += max(0, sum(d.limit for d in _limited_below(cg))  # type: ignore[misc]
-                             - cg.limit)
-            if extra:
-                found.append((cg.path, extra))
-        return found
+        return [(cg.path, cg.reserved) for cg in self.hierarchy.cgroups()
+                if cg.reserved and _limited_above(cg) is not None]
 
     def _set_max_v4(self, cg: Cgroup, limit: int | None) -> None:
         core = self.core
@@ -466,6 +457,11 @@ def _limited_above(cg: Cgroup) -> Cgroup | None:
         if node.limit is not None:
             return node
     return None
+
+
+def _carved(limited: list[Cgroup]) -> int:
+    """What the numeric limits of ``limited`` add up to."""
+    return sum(cg.limit or 0 for cg in limited)
 
 
 def _limited_below(cg: Cgroup) -> list[Cgroup]:

@@ -164,8 +164,7 @@ def test_a_state_saved_under_the_flat_rule_loads_and_shows_its_over_reservation(
     again = World("fixed")
     load(snap, again.core)
     tenant = again.tree.lookup("tenant")
-    assert again.ctl.over_reserved == [("/tenant", 450), ("/tenant/big", 500),
-                                       ("/tenant/sub", 50)]
+    assert again.ctl.over_reserved == [("/tenant/big", 500), ("/tenant/sub", 50)]
     accounted(again)
     available = again.core.capacity_avail
     again.ctl.set_max(again.tree.lookup("tenant/big"), 50)
