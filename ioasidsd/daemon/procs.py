@@ -291,6 +291,15 @@ class ConnectorTracker(_Supervised):
                 data = sock.recv(65536)
             except TimeoutError:
                 break
+            except OSError as exc:
+                if exc.errno != errno.ENOBUFS:
+                    raise
+                # events overflowed the buffer before the answer was read (a busy machine and
+                # a small buffer): they flow, so the subscription holds; what was lost, and the
+                # answer with it, is made up by a rescan once the tracker runs
+                self.overflows += 1
+                self._resync_since = self._last_ok
+                return
             for msg in self._marshal.parse(data):
                 if msg["what"] == PROC_EVENT_NONE:
                     if msg["err"]:
