@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Benchmark of the cgroupfs FUSE face (issue 4), each figure side by side with the kernel.
+"""Benchmark of the cgroupfs FUSE face, each figure side by side with the kernel.
 
 1. echo+cat pairs per second on ``ioasids.max`` of our mount against ``pids.max`` of a child of
    the kernel's cgroup-v1 ``pids`` hierarchy, in alternating rounds. A pair is what

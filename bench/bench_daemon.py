@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Benchmark of the daemon's start-up (issue 4): ``ioasidsd run`` from spawn to ``READY=1``.
+"""Benchmark of the daemon's start-up: ``ioasidsd run`` from spawn to ``READY=1``.
 
 Three commands are timed in alternating rounds, each from ``fork+exec`` to its signal:
 

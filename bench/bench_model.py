@@ -1,4 +1,4 @@
-"""Benchmark of the model (issue 2): alloc+free pairs per second, and memory for 2^20 IOASIDs.
+"""Benchmark of the model: alloc+free pairs per second, and memory for 2^20 IOASIDs.
 
 Throughput: a process in a cgroup at depth 4 (``/a/b/c/d``, each level with a limit) allocates and
 frees one IOASID of its MM set in a loop, with a FREE listener on the global chain, in the

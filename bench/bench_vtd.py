@@ -1,4 +1,4 @@
-"""Benchmark of the VT-d simulation (issue 3): bind+teardown cycles per second, and the
+"""Benchmark of the VT-d simulation: bind+teardown cycles per second, and the
 PASID-table pages for 2^20 bound PASIDs across 8 devices.
 
 Throughput. One unit with default capabilities (PSS=19, CM=0), a device with ATS and PRI, the

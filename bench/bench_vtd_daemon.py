@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Benchmark of the VT-d simulation inside the daemon (issues 3-5): what persistence costs.
+"""Benchmark of the VT-d simulation inside the daemon: what persistence costs.
 
 Everything runs in this process, on the objects ``ioasidsd run`` wires (a ``System`` with the
 SQLite store of ``ioasidsd/store/state.py`` as ``on_change``, the VT-d driver attached with

@@ -288,7 +288,7 @@ class System:
                 cg.attrs.setdefault(name, {}).update(attrs)
             self.on_change(Change(ChangeKind.ATTRS, cgroups=(cg,)))
 
-    # ------------------------------------------------------------------ /dev/ioasid (issue 5)
+    # ------------------------------------------------------------------ /dev/ioasid
     # The user API's changes: an open file per connection of a real process. Each method reports
     # what it changed, as kind "set" (open, release) or "ioasid" (ioctl, exit), with the records
     # the device touched (``_ioasid_changed``: ``ids``, ``sets``, ``cgroups``) and, for open and
@@ -312,12 +312,6 @@ class System:
     def _ioasid_exit_hook(self, proc: Process) -> None:
         self.ioasid_device.process_exit(proc)
         self._ioasid_changed(ChangeKind.IOASID, (proc,))
-
-    def ioasid_use_vtd(self, driver: VtdDriver) -> None:
-        """Serve the bind extension of ``/dev/ioasid`` with ``driver`` (a booted VT-d driver
-        over this system's core); without one, binds answer ``ENODEV``. The same as
-        ``vtd_attach``."""
-        self.vtd_attach(driver)
 
     def ioasid_process(self, pid: int) -> Process:
         """The process ``pid`` for a charge: the model's process when it is tracked, otherwise
@@ -551,7 +545,7 @@ class System:
             self.ioasid_device.release(file)
             self._ioasid_changed(ChangeKind.SET)
 
-    # ------------------------------------------------------------------ VT-d (issues 3-5)
+    # ------------------------------------------------------------------ VT-d
     # The simulated IOMMU. Its binds and unbinds come through the faces (the user API's bind
     # extension), which report them; the one change it makes on its own is the FREE cleanup on
     # the core's work queue, reported here.

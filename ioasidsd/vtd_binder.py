@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ioasidsd.model import ioasid_uapi as uapi
-from ioasidsd.vtd.iommu import ADDR_WIDTH_4LEVEL
+from ioasidsd.vtd.driver.iommu import ADDR_WIDTH_4LEVEL
 
 if TYPE_CHECKING:
     from ioasidsd.model.hierarchy import Process

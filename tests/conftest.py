@@ -1,5 +1,6 @@
 """Fixtures every test folder may use: a real unprivileged local user, made by the test set-up,
-and directories that user can reach.
+and directories that user can reach; Systems over made-up processes in each profile
+(``make_system``); real daemons (``daemons``) where FUSE can be mounted (``needs_fuse``).
 
 The isolation tests act as that user against a daemon run by root, as a hostile tenant would:
 its processes are real, its credentials are the kernel's, and nothing in the daemon is told
@@ -21,6 +22,8 @@ from pathlib import Path
 
 import pytest
 from localusers import LocalUser
+from system.ops import PROFILES as SYSTEM_PROFILES
+from system.ops import FakeProcesses
 
 TENANT = "ioasids-tenant"
 """The name of the unprivileged user the test set-up makes (and removes if it made it)."""
@@ -94,3 +97,46 @@ def shared_python() -> str:
             pytest.skip(f"{sys.executable} is built from {base}, which other users cannot "
                         f"reach ({parent} is not searchable): run scripts/bootstrap")
     return sys.executable
+
+
+@pytest.fixture(params=range(len(SYSTEM_PROFILES)), ids=lambda i: "-".join(
+    [SYSTEM_PROFILES[i][0], *(f"{k}={v}" for k, v in SYSTEM_PROFILES[i][1].items())]))
+def make_system(request):
+    """A factory of Systems with fake processes, one profile per parametrisation."""
+    from ioasidsd.model import profile
+    from ioasidsd.system import System
+
+    name, overrides = SYSTEM_PROFILES[request.param]
+
+    def make(**kwargs) -> System:
+        return System(profile(name, **overrides), processes=FakeProcesses(), **kwargs)
+
+    return make
+
+
+@pytest.fixture
+def needs_fuse() -> None:
+    """Skip where the machine cannot mount FUSE file systems."""
+    from cgroupfs import fuse_unavailable
+
+    reason = fuse_unavailable()
+    if reason:
+        pytest.skip(reason)
+
+
+@pytest.fixture
+def daemons(tmp_path, needs_fuse):
+    """A factory of real ``ioasidsd run`` daemons (``daemon/daemons.py``) on ``tmp_path`` (all
+    share its directories unless told)."""
+    from daemon.daemons import Daemon
+
+    made: list[Daemon] = []
+
+    def make(*args: str, base=None, name: str | None = None) -> Daemon:
+        daemon = Daemon(base or tmp_path, *args, name=name or f"d{len(made)}")
+        made.append(daemon)
+        return daemon
+
+    yield make
+    for daemon in reversed(made):
+        daemon.cleanup()

@@ -89,7 +89,7 @@ def demo(profile_name: str) -> None:
         core.alloc(holder_set, 1, (1 << 31) - 1, task=holder)
     except IoasidError as exc:
         click.echo(f"  pid 1234 could not open /dev/ioasid or allocate: {exc}")
-        click.echo("  (v4: the first opener's quota-0 set took the whole pool, spec 4.6)")
+        click.echo("  (v4: the first opener's quota-0 set took the whole pool)")
         return
     cgroups.attach(holder, test1)
     click.echo(f"  moved pid 1234 (holding {holder_set.nr_ioasids}) into test1: "

@@ -46,7 +46,7 @@ from ioasidsd import __version__
 from ioasidsd.clients import ConnectionCap, Peer
 from ioasidsd.control import verbs
 from ioasidsd.control.protocol import SOCKET_NAME as CONTROL_SOCKET_NAME
-from ioasidsd.control.server import ControlServer
+from ioasidsd.control.server import ControlServer, Handler
 from ioasidsd.daemon.config import Config, ConfigError, load_config, reload_changes
 from ioasidsd.daemon.logs import forward_model_messages, get_logger, setup_logging
 from ioasidsd.daemon.membership import MOUNT_NAME as MEMBERSHIP_MOUNT
@@ -233,7 +233,8 @@ class Daemon:
             system, str(config.runtime_dir),
             cap=ConnectionCap(config.max_connections_per_uid, total=others))
         self.userapi.start()
-        handlers = {name: functools.partial(verb, self) for name, verb in verbs.VERBS.items()}
+        handlers: dict[str, Handler] = {name: functools.partial(verb, self)
+                                        for name, verb in verbs.VERBS.items()}
         self.control = ControlServer(config.runtime_dir / CONTROL_SOCKET_NAME, handlers,
                                      self.log,
                                      cap=ConnectionCap(config.max_connections_per_uid,

@@ -26,7 +26,7 @@ knobs) and the VT-d units and devices::
     [knobs]                     # any knob of ioasidsd.model.knobs, over the profile's values
     uncharge_target = "current"
 
-    [vtd]                       # VT-d units and devices (ioasidsd/vtd/config.py); default:
+    [vtd]                       # VT-d units and devices (ioasidsd/vtd/driver/config.py); default:
     [[vtd.unit]]                # one unit dmar0 (PSS=19) and two devices
     name = "dmar0"
     pss = 19
@@ -61,7 +61,7 @@ class ConfigError(Exception):
 
 @dataclass(frozen=True)
 class Config:
-    """Every setting of ``ioasidsd run``, with the defaults of DESIGN.md."""
+    """Every setting of ``ioasidsd run``, with the defaults ``docs/daemon.md`` lists."""
 
     mount: Path = Path("/sys/fs/cgroup/ioasids")
     state_dir: Path = Path("/var/lib/ioasidsd")
@@ -199,7 +199,7 @@ def load_config(path: str | Path | None = None, flags: dict[str, Any] | None = N
     except ValueError as exc:
         where = str(path) if path is not None and "knobs" in settings else "command line"
         raise ConfigError(f"{where}: {exc}") from None
-    from ioasidsd.vtd.config import parse_config
+    from ioasidsd.vtd.driver.config import parse_config
 
     try:
         vtd = parse_config(config.vtd)

@@ -64,7 +64,7 @@ def get_logger(**context: Any) -> Any:
     return structlog.get_logger("ioasidsd", **context)  # a lazy proxy: bind() would freeze it
 
 
-class _ForwardingDeque(collections.deque):  # type: ignore[type-arg]
+class _ForwardingDeque(collections.deque):
     """The model's message ring, logging each message as it is recorded."""
 
     def __init__(self, log: Any, items: Any, maxlen: int | None) -> None:

@@ -396,7 +396,8 @@ class ConnectorTracker(_Supervised):
         sock = self._sock
         assert sock is not None
         while not self._stopping:
-            ready, _, _ = select.select([sock, self._wake_r], [], [])
+            watched: list[socket.socket | int] = [sock, self._wake_r]
+            ready, _, _ = select.select(watched, [], [])
             if self._wake_r in ready:
                 self._drain_wake()
                 if self._stopping:
@@ -445,9 +446,10 @@ class ConnectorTracker(_Supervised):
                 if known is not None and known.cgroup is not root:
                     born_in = known.cgroup
                 else:
-                    born_in = self._ghosts.get(parent)
-                    if born_in is None:
+                    ghost = self._ghosts.get(parent)
+                    if ghost is None:
                         return
+                    born_in = ghost
                 stat = self.system.processes.stat(child)
                 if stat is None or not stat.running:
                     self._ghosts[child] = born_in  # gone already: its children inherit

@@ -27,7 +27,7 @@ if hasattr(subprocess, "_USE_VFORK"):
     # across vfork (CPython gh-104372): a child whose exec walks a path on that mount (an agent
     # kept there) would wait for a server thread that waits for the GIL, hanging the daemon.
     # fork costs a little more per agent; the daemon does not start children on a hot path.
-    subprocess._USE_VFORK = False
+    subprocess._USE_VFORK = False  # type: ignore[misc]  # Final in typeshed, a documented switch
 
 
 def _bytes(text: str) -> bytes:

@@ -3,7 +3,7 @@
 ``IoasidCore`` holds the system-wide capacity, the IOASID sets, every live IOASID with its state,
 reference count, private data and set-private ID, the notifier chains and the shared ordered work
 queue. Method names follow the kernel's without the ``ioasid_`` prefix (``ioasid_set_alloc`` is
-``set_alloc``, ``ioasid_get_locked`` is ``get_locked``), so spec section 2 maps onto the code.
+``set_alloc``, ``ioasid_get_locked`` is ``get_locked``).
 
 Conventions:
 
@@ -238,7 +238,7 @@ class IoasidCore:
             raise IoasidError(EDEADLK, "called from a notifier callback: use the _locked form")
 
     def _data(self, ioasid: int, errno: int = ENOENT) -> IoasidData:
-        data = self._ids.get(ioasid) if 0 <= ioasid < INVALID_IOASID else None
+        data: IoasidData | None = self._ids.get(ioasid) if 0 <= ioasid < INVALID_IOASID else None
         if data is None:
             raise IoasidError(errno, f"IOASID {ioasid} is not allocated")
         return data
@@ -292,11 +292,11 @@ class IoasidCore:
         """Capacity taken from the pool: set quotas, cgroup reservations, pooled IOASIDs."""
         return self.capacity - self.capacity_avail
 
-    # ------------------------------------------------------------------ capacity (2.3)
+    # ------------------------------------------------------------------ capacity
     def install_capacity(self, total: int) -> None:
         """Set the system capacity (``ioasid_install_capacity``).
 
-        ``v4`` (quirk 17): ignored with a warning once the capacity differs from the default
+        ``v4``: ignored with a warning once the capacity differs from the default
         0x100000; otherwise capacity and available both become ``total``, which discards earlier
         reservations. ``fixed``: possible once; available becomes ``total`` minus what is
         already reserved. Raises ``EINVAL`` for a negative or too large total, ``EBUSY`` if
@@ -359,14 +359,14 @@ class IoasidCore:
         self.capacity_avail += nr
         return self.capacity_avail
 
-    # ------------------------------------------------------------------ sets (2.4)
+    # ------------------------------------------------------------------ sets
     def set_alloc(self, token: Any, quota: int, set_type: int) -> IoasidSet:
         """Create a set (``ioasid_set_alloc``).
 
         Errors, checked in the kernel's order: ``EINVAL`` for a type outside NULL/MM; ``ENOSPC``
         if ``quota`` exceeds the available capacity; ``EINVAL`` for an MM set without a token or
         a NULL set with one; ``EEXIST`` for a second MM set with the same token; ``ENOSPC`` if no
-        set index is free. Quota 0 means, in ``v4`` (quirk 2), "take everything available" (and
+        set index is free. Quota 0 means, in ``v4``, "take everything available" (and
         set indexes are bounded by the capacity available); in ``fixed``, "no quota of its own":
         the set reserves nothing and its IDs are bounded by capacity and cgroups.
         """
@@ -468,7 +468,7 @@ class IoasidCore:
         ids = self._ids
         return [ids.get(i) for i in sorted(ioasid_set.xa)]
 
-    # ------------------------------------------------------------------ allocation (2.5)
+    # ------------------------------------------------------------------ allocation
     def alloc(
         self,
         ioasid_set: IoasidSet | None,
@@ -484,7 +484,7 @@ class IoasidCore:
         nothing: ``EINVAL`` for a missing or stale set or a bad range; the charge's ``EINVAL``
         (no task), ``EPERM`` (the task does not own the set) or ``EAGAIN`` (a cgroup limit);
         ``EDQUOT`` when the set's quota is used up; ``ENOSPC`` when no capacity is left or no
-        value in the range is free. In ``v4`` a quota refusal keeps the charge (quirk 8).
+        value in the range is free. In ``v4`` a quota refusal keeps the charge.
         Emits ALLOC on the set's chain.
         """
         with self.lock:
@@ -555,7 +555,7 @@ class IoasidCore:
             return -1
         return value
 
-    # ------------------------------------------------------------------ references (2.6, 2.7)
+    # ------------------------------------------------------------------ references
     def get(self, ioasid_set: IoasidSet | None, ioasid: int) -> None:
         """Take a reference (``ioasid_get``).
 
@@ -626,7 +626,7 @@ class IoasidCore:
         notification; otherwise it becomes FREE_PENDING and FREE is emitted on the global chain,
         then on the set's chain. A second free of a FREE_PENDING ID does nothing. Raises
         ``ENOENT`` for an unknown ID, ``EACCES`` when ``ioasid_set`` does not own it (in ``v4``
-        a ``None`` set never matches, quirk 12; in ``fixed`` it skips the check) and ``EINVAL``
+        a ``None`` set never matches; in ``fixed`` it skips the check) and ``EINVAL``
         when the owning set is no longer registered.
         """
         with self.lock:
@@ -658,7 +658,7 @@ class IoasidCore:
     def free_all_in_set(self, ioasid_set: IoasidSet, *, task: Any = None) -> None:
         """Free every ID of the set's index, ascending (``ioasid_free_all_in_set``).
 
-        Returns silently for a stale or empty set. In ``v4`` (quirk 14) IDs that stay
+        Returns silently for a stale or empty set. In ``v4`` IDs that stay
         FREE_PENDING are removed from the index while they still count against the set.
         """
         with self.lock:
@@ -701,7 +701,7 @@ class IoasidCore:
         ):
             self._destroy_set(ioasid_set)
 
-    # ------------------------------------------------------------------ private data (2.8)
+    # ------------------------------------------------------------------ private data
     def attach_data(self, ioasid: int, private: Any) -> None:
         """Attach private data (``ioasid_attach_data``).
 
@@ -737,7 +737,7 @@ class IoasidCore:
             return None
         return private
 
-    # ------------------------------------------------------------------ set-private IDs (2.9)
+    # ------------------------------------------------------------------ set-private IDs
     def attach_spid(self, ioasid: int, spid: int) -> None:
         """Attach a set-private ID (``ioasid_attach_spid``) and emit BIND on the set's chain.
 
@@ -782,7 +782,7 @@ class IoasidCore:
         """The ID of the set's index carrying ``spid``, or ``INVALID_IOASID``
         (``ioasid_find_by_spid``); a stale set also gives ``INVALID_IOASID``.
 
-        With ``get`` a reference is taken on the match. In ``v4`` (quirk 13) that happens even for
+        With ``get`` a reference is taken on the match. In ``v4`` that happens even for
         a FREE_PENDING ID; in ``fixed`` such a match raises ``EBUSY``.
         """
         with self.lock:
@@ -803,7 +803,7 @@ class IoasidCore:
                     data.state = IoasidState.ACTIVE
             return ioasid
 
-    # ------------------------------------------------------------------ notifiers (2.11)
+    # ------------------------------------------------------------------ notifiers
     def _notify(self, event: IoasidNotify, data: IoasidData, flags: int) -> int:
         if flags & ~(IOASID_NOTIFY_FLAG_ALL | IOASID_NOTIFY_FLAG_SET):
             raise IoasidError(EINVAL, f"bad notify flags {flags:#x}")
@@ -837,7 +837,7 @@ class IoasidCore:
         """Subscribe ``nb`` to the MM set of ``token``, now or when it is created.
 
         ``EINVAL`` for a None token; ``EBUSY`` if the same (token, nb) is registered already. If
-        the set exists and holds IDs: ``v4`` (quirk 19) refuses with ``EBUSY``; ``fixed``
+        the set exists and holds IDs: ``v4`` refuses with ``EBUSY``; ``fixed``
         subscribes and replays ALLOC (and BIND for IDs with a SPID) to ``nb`` alone.
         """
         with self.lock:
@@ -889,7 +889,7 @@ class IoasidCore:
         """The mm-keyed registrations, active or waiting for their set."""
         return list(self._nb_pending)
 
-    # ------------------------------------------------------------------ work queue (2.11)
+    # ------------------------------------------------------------------ work queue
     def queue_work(self, work: Work) -> bool:
         """Queue ``work`` on the shared ordered queue (``ioasid_queue_work``); ``False`` if it
         is already pending. Allowed from notifier callbacks. A model call itself: in step mode,
@@ -898,7 +898,7 @@ class IoasidCore:
         with self.lock:
             return self.wq.queue(work)
 
-    # ------------------------------------------------------------------ custom allocators (2.13)
+    # ------------------------------------------------------------------ custom allocators
     def register_allocator(self, ops: AllocatorOps) -> None:
         """Register a custom allocator (``ioasid_register_allocator``).
 
@@ -937,8 +937,3 @@ class IoasidCore:
                             self._active = self._groups[0] if self._groups else None
                     return
             self.warn("unregister of an unknown allocator")
-
-    @property
-    def custom_allocator_active(self) -> bool:
-        """Whether a custom allocator is in charge."""
-        return self._active is not None

@@ -402,10 +402,6 @@ class Hierarchy:
             cg.procs.add(proc)
             return proc
 
-    def ensure_tracked(self, pid: int, start_time: float, threads: int = 1) -> Process:
-        """The process for ``pid`` (tracked in the root when unknown)."""
-        return self.track(pid, start_time, None, threads)
-
     def fork(self, parent_pid: int, pid: int, start_time: float) -> Process | None:
         """A process forked: the child starts in its parent's cgroup and the controllers'
         ``fork`` runs. Children of untracked (root) parents are not tracked; returns the child

@@ -10,7 +10,7 @@ raise ``IoasidError`` with the errno the ioctl returns, and change nothing; a su
 returns ``(result, output bytes)``. The ``task`` argument is the calling process (the kernel's
 ``current``): a ``Process`` of the cgroup controller.
 
-Profiles (spec ``ioasid-v4.md`` 4.4-4.7, 6.7 item 11):
+Profiles (the knobs that change what the device answers):
 
 * ``user_errors``: ``v4`` answers ``EINVAL`` for every ALLOC failure and for unknown commands,
   and 0 for every FREE. ``distinct`` keeps the core's errno (``EAGAIN`` cgroup limit, ``ENOSPC``
@@ -24,8 +24,9 @@ Profiles (spec ``ioasid-v4.md`` 4.4-4.7, 6.7 item 11):
   ``v4``; ``fixed`` adopts the set (after a daemon restart, or a release that left IOASIDs
   FREE_PENDING).
 * The set quota (``set_quota_zero_takes_all``) and the set's lifetime (``set_lifetime``) are
-  the core's: in ``v4`` the first opener's quota-0 set takes the whole pool (spec 4.6) and a set
-  whose last IOASID is reclaimed is gone, so later ALLOCs on that file fail.
+  the core's: in ``v4`` the first opener's quota-0 set takes the whole pool (a second process's
+  open then fails with ``ENOSPC`` when a VT-d host set holds the rest) and a set whose last
+  IOASID is reclaimed is gone, so later ALLOCs on that file fail.
 
 Every MM set whose token is a process is the set of that process's ``/dev/ioasid`` (nothing else
 in this emulator creates MM sets for real processes). When a process exits, its file is released
@@ -163,10 +164,6 @@ class IoasidDevice:
     def _touch_set(self, ioasid_set: IoasidSet) -> None:
         if not self._touched.sets or self._touched.sets[-1] is not ioasid_set:
             self._touched.sets.append(ioasid_set)
-
-    def file_of(self, task: Process) -> IoasidFile | None:
-        """The open file of ``task``, if it has one."""
-        return self._files.get(task)
 
     # ------------------------------------------------------------------ open / release
     def open(self, task: Process) -> IoasidFile:

@@ -31,9 +31,9 @@ never touches the controller's per-cgroup state (the ``Cgroup`` slots ``limit``,
 * A counter that goes below zero is logged once (``warned_negative``) and kept.
 * Migration: ``can_attach`` moves a migrating process's charges to the destination as
   ``knobs.migration`` says (it never refuses: ``current`` may exceed ``max`` afterwards);
-  ``cancel_attach`` moves them back (``cancel_attach_per_task``: quirk 9).
+  ``cancel_attach`` moves them back (``cancel_attach_per_task``: one per task in ``v4``).
 * The core calls ``charge_alloc`` when it allocates an IOASID of an MM set and
-  ``uncharge_reclaim`` when it reclaims one (``knobs.uncharge_target``, quirk 7).
+  ``uncharge_reclaim`` when it reclaims one (``knobs.uncharge_target``).
 
 Every method runs under ``core.lock`` (the hierarchy's lock is the same).
 """
@@ -41,7 +41,7 @@ Every method runs under ``core.lock`` (the hierarchy's lock is the same).
 from __future__ import annotations
 
 import contextlib
-from errno import EAGAIN, EBUSY, EEXIST, EINVAL, ENOSPC, EPERM
+from errno import EAGAIN, EBUSY, EINVAL, EPERM
 from typing import TYPE_CHECKING, NamedTuple
 
 from ioasidsd.model.errors import IoasidError
@@ -132,7 +132,7 @@ class IoasidsController(Controller):
     def css_offline(self, cg: Cgroup) -> None:
         """A cgroup being removed gives its reservation back to the pool (``reserve``): a top
         limit only what no live IOASID charged to it needs, the rest of them becoming pooled;
-        in ``reserve-v4`` nothing is reserved by a cgroup, so its limit leaks (quirk 6). Charges
+        in ``reserve-v4`` nothing is reserved by a cgroup, so its limit leaks. Charges
         still recorded against it stay until their IOASIDs go. ``EINVAL``, refusing the
         ``rmdir``, if the pool cannot take the reservation back (a capacity installed since,
         with ``install_capacity_resets``)."""
@@ -152,10 +152,11 @@ class IoasidsController(Controller):
         ``reserve`` (fixed): see the module's documentation; ``ENOSPC`` when the pool (for a
         top limit) or the nearest numerically limited ancestor (for a nested one) lacks the
         growth, ``EBUSY`` below what limits under it carve out of it; ``max`` means no limit.
-        ``reserve-v4``: the series' algorithm, leaks included (quirk 5): every numeric limit
-        reserves from the pool. ``overcommit``: nothing is reserved. ``EINVAL`` for the root or
-        a negative limit, and in ``v4`` for writing the current limit again. The live IOASIDs
-        that became pooled are kept for ``take_pooled``.
+        ``reserve-v4``: the series' algorithm, leaks included (``max`` takes what is left and
+        reads back a number): every numeric limit reserves from the pool, nested or not.
+        ``overcommit``: nothing is reserved. ``EINVAL`` for the root or a negative limit, and in
+        ``v4`` for writing the current limit again. The live IOASIDs that became pooled are kept
+        for ``take_pooled``.
         """
         with self.lock:
             self.core.check_not_in_notifier()
@@ -375,7 +376,7 @@ class IoasidsController(Controller):
     def uncharge_reclaim(self, data: IoasidData, task: Process | None) -> None:
         """``ioasid_cg_uncharge`` at the final release of an MM-set IOASID.
 
-        ``charged`` (fixed): the cgroup recorded at charge time. ``current`` (v4, quirk 7): the
+        ``charged`` (fixed): the cgroup recorded at charge time. ``current`` (v4): the
         reclaiming task's cgroup (nothing for kernel context); with ``uncharge_skips_defunct_mm``
         nothing when the owner has exited.
         """
@@ -423,7 +424,7 @@ class IoasidsController(Controller):
                     data.cgroup = dst
 
     def cancel_attach(self, tset: TaskSet) -> None:
-        """The ``cancel_attach`` hook: undo ``can_attach``. In ``v4`` (quirk 9) it moves
+        """The ``cancel_attach`` hook: undo ``can_attach``. In ``v4`` it moves
         back one charge per task, whatever was moved; in ``fixed`` exactly what moved."""
         if self.knobs.migration != "move":
             return
@@ -477,5 +478,4 @@ def _limited_below(cg: Cgroup) -> list[Cgroup]:
     return found
 
 
-# Errnos re-exported for faces that match them without importing errno.
-__all__ = ["EAGAIN", "EBUSY", "EEXIST", "ENOSPC", "EPERM", "Charge", "IoasidsController"]
+__all__ = ["Charge", "IoasidsController"]

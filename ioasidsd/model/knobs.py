@@ -1,13 +1,13 @@
 """Semantics knobs and the profiles that group them.
 
-The posted V4 code has defects (spec ``ioasid-v4.md`` section 6.7) and reviewers argued for other
-designs (section 6.8). Each is a named knob here, so that users can compare them. A profile is a
-complete set of knob values: ``fixed`` (the default) corrects every defect, ``v4`` reproduces each
-one. Any knob can then be overridden alone::
+The posted V4 code has defects and its reviewers argued for other designs. Each is a named knob
+here, so that users can compare them. A profile is a complete set of knob values: ``fixed`` (the
+default) corrects every defect, ``v4`` reproduces each one. Any knob can then be overridden
+alone::
 
     knobs = profile("fixed", uncharge_target="current")
 
-The quirk numbers in the field comments refer to section 6.7 of the spec.
+``docs/profiles.md`` numbers the defects (the "quirk N" of test names) and names each one's knob.
 """
 
 from __future__ import annotations
@@ -33,68 +33,68 @@ class Knobs:
 
     profile: str = "fixed"
 
-    # --- design choices of DESIGN.md's table -------------------------------------------------
+    # --- design choices the series' reviewers argued over ---------------------------------
     new_cgroup_max: NewCgroupMax = "0"
     """``ioasids.max`` of a new cgroup: ``0`` (the series' rule) or ``max``."""
     capacity_model: CapacityModel = "reserve"
     """``reserve``: a numeric limit reserves capacity, tracked per cgroup, returned on shrink and
-    rmdir, ``max`` reserves nothing. ``reserve-v4``: the series' leaky reservation (quirks 5, 6).
+    rmdir, ``max`` reserves nothing. ``reserve-v4``: the series' leaky reservation (``max`` takes
+    what is left and reads back a number, a removed cgroup keeps its reservation).
     ``overcommit``: limits may exceed capacity; capacity is enforced at allocation."""
     migration: Migration = "move"
     """``move``: charges follow a migrating process. ``stay``: they stay where first charged."""
     uncharge_target: UnchargeTarget = "charged"
     """``charged``: reclaim uncharges the cgroup recorded at charge time. ``current``: the
-    cgroup of the task doing the reclaim (quirk 7)."""
+    cgroup of the task doing the reclaim."""
     events: Events = "hierarchical"
     """``hierarchical``: ``ioasids.events`` counts refusals at the refusing level and its
-    ancestors, ``ioasids.events.local`` at the refusing level. ``v4``: always ``max 0``
-    (quirk 4)."""
+    ancestors, ``ioasids.events.local`` at the refusing level. ``v4``: always ``max 0``."""
     user_errors: UserErrors = "distinct"
     """``distinct``: ``/dev/ioasid`` ALLOC tells causes apart, FREE reports unknown or foreign
     IDs, an unknown command is ``ENOTTY`` and a file used by a process other than its opener is
     refused with ``EPERM``. ``v4``: every ALLOC failure is ``EINVAL``, FREE always returns 0, an
-    unknown command is ``EINVAL`` and only the cgroup charge stops another process (quirk 11)."""
+    unknown command is ``EINVAL`` and only the cgroup charge stops another process."""
     set_lifetime: SetLifetime = "explicit"
     """``explicit``: a set lives until it is freed (a free of a busy set may be deferred until it
-    empties). ``auto``: a set is destroyed when its last IOASID is reclaimed (quirk 3)."""
+    empties). ``auto``: a set is destroyed when its last IOASID is reclaimed."""
 
-    # --- single quirks of section 6.7 (True reproduces the V4 defect) -------------------------
+    # --- single defects of the series (True reproduces the V4 defect) ------------------------
     set_quota_zero_takes_all: bool = False
-    """Quirk 2: quota 0 takes all remaining capacity and set ids are bounded by it. Fixed: quota 0
+    """Quota 0 takes all remaining capacity and set ids are bounded by it. Fixed: quota 0
     means no quota of its own (bounded by capacity and cgroups) and set ids are unbounded."""
     set_quota_leak: bool = False
-    """Quirk 1: a destroyed set's quota is not returned to the pool."""
+    """A destroyed set's quota is not returned to the pool."""
     charge_leak_on_failure: bool = False
-    """Quirk 8: a set-quota refusal after a successful cgroup charge keeps the charge."""
+    """A set-quota refusal after a successful cgroup charge keeps the charge."""
     same_limit_einval: bool = False
-    """Quirk 5: writing the current limit again fails with EINVAL (fixed: accepted, no change)."""
+    """Writing the current limit again fails with EINVAL (fixed: accepted, no change)."""
     uncharge_skips_defunct_mm: bool = False
-    """Quirk 7: reclaim after the owner process died uncharges nothing."""
+    """Reclaim after the owner process died uncharges nothing."""
     cancel_attach_per_task: bool = False
-    """Quirk 9: a cancelled migration moves back one charge per task, not the IOASIDs moved."""
+    """A cancelled migration moves back one charge per task, not the IOASIDs moved."""
     free_null_set_fails: bool = False
-    """Quirk 12: ``free(None, id)`` never frees (fixed: None means no ownership check)."""
+    """``free(None, id)`` never frees (fixed: None means no ownership check)."""
     find_by_spid_get_pending: bool = False
-    """Quirk 13: ``find_by_spid(get=True)`` takes references on FREE_PENDING IDs."""
+    """``find_by_spid(get=True)`` takes references on FREE_PENDING IDs."""
     free_all_hides_pending: bool = False
-    """Quirk 14: ``free_all_in_set`` removes still-referenced IDs from the set's index."""
+    """``free_all_in_set`` removes still-referenced IDs from the set's index."""
     install_capacity_resets: bool = False
-    """Quirk 17: installing capacity discards reservations and stays possible while the
+    """Installing capacity discards reservations and stays possible while the
     capacity equals the default."""
     active_state_unused: bool = False
-    """Quirk 18: ACTIVE is never entered (fixed: IDLE <-> ACTIVE as extra references come and
+    """ACTIVE is never entered (fixed: IDLE <-> ACTIVE as extra references come and
     go)."""
     mm_notifier_needs_empty_set: bool = False
-    """Quirk 19: registering by mm on a set that holds IDs fails with EBUSY (fixed: allowed, the
+    """Registering by mm on a set that holds IDs fails with EBUSY (fixed: allowed, the
     existing IDs are replayed to the new block as ALLOC, and BIND where a SPID is attached)."""
     user_min_zero: bool = False
-    """Quirk 11: ``/dev/ioasid`` may hand out IOASID 0 (VT-d's RID_PASID)."""
+    """``/dev/ioasid`` may hand out IOASID 0 (VT-d's RID_PASID)."""
     user_reopen_eexist: bool = False
-    """Behaviour 84: opening ``/dev/ioasid`` fails with EEXIST while an MM set of the process
+    """Opening ``/dev/ioasid`` fails with EEXIST while an MM set of the process
     still exists (left by a release with FREE_PENDING IDs, or by a daemon restart). Fixed: the
     open adopts that set."""
     vtd_quirks: bool = False
-    """Quirk 16: VT-d attaches the SPID before private data, registers at priority 0, ignores
+    """VT-d attaches the SPID before private data, registers at priority 0, ignores
     attach_spid failures and restricts page-response lookups to the host set."""
 
     def replace(self, **changes: Any) -> Knobs:

@@ -30,6 +30,7 @@ from __future__ import annotations
 import _thread
 from collections.abc import Callable, Sized
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 _ALWAYS = (True,)  # a ``when`` that is never empty
 _c_acquire = _thread.RLock.acquire
@@ -41,6 +42,11 @@ class ModelLock(_thread.RLock):  # type: ignore[misc]  # the C RLock type, subcl
     is non-empty at that moment (see the module)."""
 
     __slots__ = ("_on_return", "_when")
+
+    if TYPE_CHECKING:
+        def _is_owned(self) -> bool:
+            """The C lock's own test (``threading.RLock._is_owned``); typeshed omits it."""
+            ...
 
     def __init__(self, on_return: Callable[[], object] | None = None, *,
                  when: Sized | None = None) -> None:

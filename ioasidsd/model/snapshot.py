@@ -21,7 +21,7 @@ What a snapshot holds:
 * ``sets``: id, type, token (``None``, or the owning process's pid, start time and liveness),
   quota, reservation, IOASID count, deferred-free mark;
 * ``ioasids``: id, set, state, references, SPID, charged cgroup, whether it drew from the pool,
-  whether it is in its set's index (``v4`` quirk 14 hides some) and its private data.
+  whether it is in its set's index (``free_all_in_set`` in ``v4`` hides some) and its private data.
 
 What it does not hold: notifier registrations, custom allocators and queued work. Those belong to
 the faces and drivers that registered them, which register again when they start. Private data

@@ -129,9 +129,9 @@ class FoldPlan:
                     step = _IdRows()
                     steps.append(step)
                 fields = op[2]
-                step.rows[op[1]] = fields  # type: ignore[union-attr]
+                step.rows[op[1]] = fields
                 if fields is not None:
-                    step.sets.add(fields[0])  # type: ignore[union-attr]
+                    step.sets.add(fields[0])
                     self.counted.add(fields[0])
                 elif len(op) > 3:
                     self.counted.add(op[3])
@@ -172,12 +172,12 @@ class FoldPlan:
                 db.execute(f"DELETE FROM {table}")
         for step in self.steps:
             if isinstance(step, _IdRows):
-                gone = [(i,) for i, fields in step.rows.items() if fields is None]
-                if gone:
-                    db.executemany("DELETE FROM ioasids WHERE id=?", gone)
-                rows = [(i, *fields) for i, fields in step.rows.items() if fields is not None]
-                if rows:
-                    db.executemany(_INSERT_IOASID, rows)
+                gone_ids = [(i,) for i, fields in step.rows.items() if fields is None]
+                if gone_ids:
+                    db.executemany("DELETE FROM ioasids WHERE id=?", gone_ids)
+                id_rows = [(i, *fields) for i, fields in step.rows.items() if fields is not None]
+                if id_rows:
+                    db.executemany(_INSERT_IOASID, id_rows)
             else:
                 db.execute("DELETE FROM ioasids WHERE set_id=?", (step.set_id,))
                 for fields, ids in step.groups:  # the shared fields repeat for every ID

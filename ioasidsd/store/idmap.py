@@ -57,9 +57,9 @@ class IdMap:
             lo, hi = min(ids), max(ids)
             if hi - lo + 1 == len(ids):
                 while lo <= hi:
-                    chunk = self._chunk(lo)
+                    block = self._chunk(lo)
                     end = min(hi, lo | _MASK)
-                    chunk[lo & _MASK : (end & _MASK) + 1] = array("i", [value]) * (end - lo + 1)
+                    block[lo & _MASK : (end & _MASK) + 1] = array("i", [value]) * (end - lo + 1)
                     lo = end + 1
                 return
         chunks = self._chunks

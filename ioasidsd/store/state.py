@@ -813,7 +813,7 @@ class Store:
             charged = self._charged[sid] = set()
         charged.add(row)
         # a live IOASID's charge moves only with its owner (a process report: the set whole)
-        return [cg] if cg.parent is not None else []  # type: ignore[union-attr]
+        return [cg] if cg.parent is not None else []
 
 
 def _drop_unused_removed(cgroups: list[dict[str, Any]], ioasids: list[dict[str, Any]],

@@ -16,17 +16,11 @@ from typing import Any
 
 import pytest
 
-from cgroupfs import fuse_unavailable
 from ioasidsd.model.changes import Change
 from ioasidsd.system import System
 
 KERNEL_PIDS = Path("/sys/fs/cgroup/pids")
 NOBODY = 65534
-
-
-def fuse_missing() -> str | None:
-    """Why FUSE cannot be used here, or ``None``."""
-    return fuse_unavailable()
 
 
 class Changes:
@@ -61,14 +55,6 @@ def fork_not_vfork() -> Iterator[None]:
         yield
     finally:
         subprocess._USE_VFORK = saved  # type: ignore[attr-defined]
-
-
-@pytest.fixture
-def needs_fuse() -> None:
-    """Skip where the machine cannot mount FUSE file systems."""
-    reason = fuse_missing()
-    if reason:
-        pytest.skip(reason)
 
 
 @pytest.fixture

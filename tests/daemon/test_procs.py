@@ -250,9 +250,9 @@ def test_settle_waits_for_the_events_before_it(forker):
 
 
 def test_status_says_degraded_and_why():
-    from ioasidsd.cli.render import format_status
+    from store.test_journal import _status
 
-    from .test_journal import _status
+    from ioasidsd.cli.render import format_status
 
     tracking = {"mode": "connector", "detail": "netlink", "state": "degraded",
                 "reason": "OSError: the socket broke", "orphans": 2, "unplaced": "refuse"}

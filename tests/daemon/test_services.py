@@ -11,6 +11,7 @@ import threading
 
 import pytest
 import structlog
+from system.ops import FakeProcesses
 
 from ioasidsd.control.client import ControlClient, ControlError
 from ioasidsd.control.server import ControlServer
@@ -19,8 +20,6 @@ from ioasidsd.daemon.release import ReleaseAgents
 from ioasidsd.daemon.runtime import AlreadyRunning, DirectoryLock, read_pid
 from ioasidsd.model import IoasidError
 from ioasidsd.system import System
-
-from .ops import FakeProcesses
 
 LOG = structlog.get_logger()
 

@@ -1,1 +1,1 @@
-"""Tests of the pure model (``ioasidsd/model/``): spec behaviours, knobs, formats, properties."""
+"""Tests of the model (``ioasidsd/model/``): numbered behaviours, knobs, formats, properties."""

@@ -1,4 +1,4 @@
-"""The model's own contracts beyond spec section 7, each a regression test of a fix:
+"""The model's own contracts beyond the numbered behaviours, each a regression test of a fix:
 the work queue handed in, peaks and refusals, error names, cgroup names, ``System`` hand-off."""
 
 from __future__ import annotations
@@ -187,7 +187,7 @@ def test_system_refusals_change_nothing() -> None:
 
 def test_removed_cgroups_answer_enodev() -> None:
     """cgroup-v1 answers ENODEV for a cgroup that is already removed (mkdir below it, moving a
-    process into it), not ENOENT (cgroup-and-tools.md 1.4)."""
+    process into it), not ENOENT, as the kernel's cgroup core does."""
     w = World("fixed")
     gone = w.cgroup("gone")
     proc = w.spawn()

@@ -35,7 +35,7 @@ def world_with(base: str, capacity: int | None = None, **knobs: Any) -> World:
     return World(profile(base, **knobs), capacity=capacity)
 
 
-# --------------------------------------------------------------------------- single quirks of 6.7
+# --------------------------------------------------------------------------- single quirks
 
 
 @BASES
@@ -252,23 +252,24 @@ def test_mm_notifier_needs_empty_set(base: str, quirk: bool) -> None:
     assert [(e, x.id) for _, e, x in rec.seen[3:]] == [(IoasidNotify.ALLOC, c)]
 
 
-FACE_KNOBS = {
-    "user_min_zero": "userapi",
-    "user_errors": "userapi",
-    "user_reopen_eexist": "userapi",
+FACE_KNOBS = {  # knob -> the tests (a folder or a module under tests/) of where it acts
+    "user_min_zero": "model/test_ioasid_device.py",
+    "user_errors": "model/test_ioasid_device.py",
+    "user_reopen_eexist": "model/test_ioasid_device.py",
     "vtd_quirks": "vtd",
 }
 
 
 @pytest.mark.parametrize("knob", sorted(FACE_KNOBS))
 def test_face_knobs_are_tested_by_their_face(knob: str) -> None:
-    """Knobs that act in a face (the user API, VT-d) are tested with that face, on both sides:
-    its test folder must set the knob in a test, or run both profiles."""
+    """Knobs that act in a face (the /dev/ioasid device, VT-d) are tested with that face, on
+    both sides: its tests must set the knob in a test, or run both profiles."""
     assert knob in {f.name for f in dataclasses.fields(Knobs)}
     folder = Path(__file__).parent.parent / FACE_KNOBS[knob]
-    if not folder.is_dir():
+    if not folder.exists():
         pytest.skip(f"{knob} acts in tests/{FACE_KNOBS[knob]}, which is not built yet")
-    text = "\n".join(p.read_text() for p in folder.glob("test_*.py"))
+    modules = sorted(folder.glob("test_*.py")) if folder.is_dir() else [folder]
+    text = "\n".join(p.read_text() for p in modules)
     assert knob in text, f"no test in tests/{FACE_KNOBS[knob]} names {knob}"
     assert '"v4"' in text and '"fixed"' in text, f"tests/{FACE_KNOBS[knob]} runs one profile only"
 
@@ -471,8 +472,8 @@ def test_every_knob_has_a_test() -> None:
 
 
 def test_profiles_match_the_design_table() -> None:
-    """DESIGN.md's knob table and 6.7: ``fixed`` corrects every defect, ``v4`` reproduces
-    each; the design choices take the values the table gives each profile."""
+    """The profiles of ``docs/profiles.md``: ``fixed`` corrects every defect, ``v4`` reproduces
+    each; the design choices take the values ``docs/model.md``'s table gives each profile."""
     fixed, v4 = profile("fixed"), profile("v4")
     assert fixed == Knobs() and fixed.profile == "fixed" and v4.profile == "v4"
     design = {

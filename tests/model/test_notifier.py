@@ -259,7 +259,7 @@ def test_lock_taking_calls_from_a_callback_raise_edeadlk(fixed: World) -> None:
 
 def test_locked_forms_and_queue_work_are_allowed_in_a_callback(fixed: World) -> None:
     """Callbacks may take and drop references with the ``_locked`` forms, look data up and
-    defer work; the deferred work may then use the whole API (spec 2.11, the VT-d flow)."""
+    defer work; the deferred work may then use the whole API (what the VT-d driver does)."""
     core = fixed.core
     s = fixed.null_set(8)
     log: list[str] = []

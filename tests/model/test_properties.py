@@ -16,7 +16,8 @@ free_all_in_set, get_if_owned), SPIDs. After every step it checks the invariants
 
 ``V4Machine`` runs the same rules in ``v4`` and checks what still holds there: unique IDs, the
 allocator, set counts, non-negative capacity, and that refusals change nothing except the charge
-that quirk 8 leaks on a quota refusal (exactly one along the allocating task's walk).
+that quirk 8 (``docs/profiles.md``) leaks on a quota refusal (exactly one along the allocating
+task's walk).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Spec ``ioasid-v4.md`` section 7, behaviours 63-81: the ``ioasids`` cgroup controller.
+"""Behaviours 63-81 of ``docs/behaviours.md``: the ``ioasids`` cgroup controller.
 
 Same rules as ``test_spec_core.py``. Allocation "through ``/dev/ioasid``" is tested at the model
 level: a process allocates from its own MM set (quota 0, as the user API creates it) with itself as
@@ -91,7 +91,7 @@ def test_67_growing_beyond_available(world: World) -> None:
 @pytest.mark.spec(68)
 @profiles("v4")
 def test_68_writing_the_same_limit_fails(prof: str) -> None:
-    """Quirk 5 of 6.7 (``fixed`` accepts it and changes nothing; see ``test_knobs.py``)."""
+    """Quirk 5 (``fixed`` accepts it and changes nothing; see ``test_knobs.py``)."""
     system = _system(prof, 100)
     system.mkdir("vm")
     system.write_max("vm", "5")
@@ -139,7 +139,7 @@ def test_71_shrinking_returns_capacity(world: World) -> None:
 @pytest.mark.spec(72)
 @profiles("v4")
 def test_72_max_takes_what_is_left(prof: str) -> None:
-    """Quirk 5 of 6.7: ``max`` becomes the capacity still available (the old reservation is
+    """Quirk 5: ``max`` becomes the capacity still available (the old reservation is
     not counted back and leaks), nothing is left, and the file reads the number."""
     system = _system(prof, 100)
     system.mkdir("a")
@@ -191,7 +191,7 @@ def test_74_ancestor_limit_refuses_and_restores(world: World) -> None:
 @pytest.mark.spec(75)
 @profiles("v4")
 def test_75_events_stay_at_zero(world: World) -> None:
-    """Quirk 4 of 6.7 (``fixed`` counts refusals; see ``test_knobs.py``)."""
+    """Quirk 4 (``fixed`` counts refusals; see ``test_knobs.py``)."""
     parent, leaf = world.cgroup("a", 1), world.cgroup("a/b", 5)
     proc = world.spawn(leaf)
     s = world.mm_set(proc)
@@ -206,7 +206,7 @@ def test_75_events_stay_at_zero(world: World) -> None:
 @pytest.mark.spec(76)
 @profiles("v4")
 def test_76_reclaim_uncharges_the_reclaiming_task(world: World) -> None:
-    """Quirk 7 of 6.7: the cgroup of whoever performs the final release is uncharged, not the
+    """Quirk 7: the cgroup of whoever performs the final release is uncharged, not the
     one charged; a kernel worker (no task, root cgroup) uncharges nothing."""
     home, other = world.cgroup("home", 10), world.cgroup("other", 10)
     owner, stranger = world.spawn(home), world.spawn(other)

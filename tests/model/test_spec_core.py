@@ -1,8 +1,9 @@
-"""Spec ``ioasid-v4.md`` section 7, behaviours 1-62: the IOASID core.
+"""Behaviours 1-62 of ``docs/behaviours.md``: the IOASID core.
 
-One test per behaviour, marked ``spec(N)``. A behaviour tagged ``[derived]`` that is a defect of
-section 6.7 runs in the ``v4`` profile (the ``fixed`` side is in ``test_knobs.py``); the others run
-in ``fixed`` and, where both profiles share them, in ``v4`` too.
+One test per behaviour, marked ``spec(N)``. A behaviour that is one of the series' defects
+("quirk N", numbered as in ``docs/profiles.md``) runs in the ``v4`` profile (the ``fixed`` side
+is in ``test_knobs.py``); the others run in ``fixed`` and, where both profiles share them, in
+``v4`` too.
 
 Where the kernel returns ``INVALID_IOASID`` or only logs, the model raises an ``IoasidError``
 whose errno names the cause (``core.py``'s documented contract); tests assert that contract and say
@@ -161,7 +162,7 @@ def test_12_set_quota_above_available(world: World) -> None:
 @pytest.mark.spec(13)
 @profiles("v4")
 def test_13_quota_zero_takes_all_available(world: World) -> None:
-    """Quirk 2 of 6.7 (``fixed``: quota 0 reserves nothing; see ``test_knobs.py``)."""
+    """Quirk 2 (``fixed``: quota 0 reserves nothing; see ``test_knobs.py``)."""
     world.core.install_capacity(100)
     world.null_set(30)
     s = world.null_set(0)
@@ -226,7 +227,7 @@ def test_16_set_free_busy_empty_stale(world: World) -> None:
 @pytest.mark.spec(17)
 @profiles("v4")
 def test_17_destroyed_sets_keep_their_quota(world: World) -> None:
-    """Quirk 1 of 6.7: neither explicit nor automatic destruction returns the quota."""
+    """Quirk 1: neither explicit nor automatic destruction returns the quota."""
     core = world.core
     core.install_capacity(100)
     explicit = world.null_set(10)
@@ -242,8 +243,8 @@ def test_17_destroyed_sets_keep_their_quota(world: World) -> None:
 @pytest.mark.spec(18)
 @profiles("v4")
 def test_18_last_reclaim_destroys_the_set(world: World) -> None:
-    """Quirk 3 of 6.7 (the spec tags it [P05]: the authors meant it, and 6.7 lists it as a
-    defect). ``fixed`` keeps a set until ``set_free`` (knob ``set_lifetime``)."""
+    """Quirk 3 (the series' authors meant it; it is listed as a defect all the same).
+    ``fixed`` keeps a set until ``set_free`` (knob ``set_lifetime``)."""
     core = world.core
     proc = world.spawn()
     s = world.mm_set(proc)
@@ -477,7 +478,7 @@ def test_34_second_free_does_nothing(world: World, rec: Recorder) -> None:
 @pytest.mark.spec(35)
 @profiles("v4")
 def test_35_free_with_null_set_never_frees(world: World, rec: Recorder) -> None:
-    """Quirk 12 of 6.7. The kernel warns and returns; the model raises ``EACCES``. (``fixed``:
+    """Quirk 12. The kernel warns and returns; the model raises ``EACCES``. (``fixed``:
     ``None`` skips the ownership check, as for get/put; see ``test_knobs.py``.)"""
     core = world.core
     s = world.null_set(2)
@@ -822,7 +823,7 @@ def test_58_mm_registration_before_the_set(world: World, rec: Recorder) -> None:
 @pytest.mark.spec(59)
 @profiles("v4")
 def test_59_mm_registration_on_a_busy_set(world: World, rec: Recorder) -> None:
-    """Quirk 19 of 6.7 (``fixed`` subscribes and replays the set's IDs; see ``test_knobs``)."""
+    """Quirk 19 (``fixed`` subscribes and replays the set's IDs; see ``test_knobs``)."""
     core = world.core
     proc = world.spawn()
     s = world.mm_set(proc)

@@ -1,4 +1,4 @@
-"""Every behaviour 1-81 of ``ioasid-v4.md`` section 7 has exactly one test, marked with it.
+"""Every behaviour 1-81 of ``docs/behaviours.md`` has exactly one test, marked with it.
 
 The two spec modules are read as source (``ast``), so the check does not depend on which tests
 were selected or how pytest imported them.

@@ -188,7 +188,7 @@ def test_one_worker_runs_one_item_at_a_time(threaded: OrderedWorkQueue) -> None:
 
 
 def test_cleanup_completes_in_notification_order() -> None:
-    """Spec 2.11: subscribers that defer their cleanup of one FREE event (KVM at CPU priority,
+    """Subscribers that defer their cleanup of one FREE event (KVM at CPU priority,
     then the IOMMU driver) see it complete in the order they were notified."""
     world = World("fixed")
     core = world.core

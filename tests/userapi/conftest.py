@@ -4,23 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from .helpers import Served, World
-
-
-@pytest.fixture(params=["fixed", "v4"])
-def world(request: pytest.FixtureRequest) -> World:
-    """A world in each profile."""
-    return World(request.param)
-
-
-@pytest.fixture
-def fixed() -> World:
-    return World("fixed")
-
-
-@pytest.fixture
-def v4() -> World:
-    return World("v4")
+from .helpers import Served
 
 
 @pytest.fixture(params=["fixed", "v4"])

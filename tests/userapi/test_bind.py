@@ -1,6 +1,6 @@
 """The bind extension over the simulated VT-d unit: guest bind and unbind of /dev/ioasid
-IOASIDs, and the life cycle of spec ioasid-v4.md 5.5 driven through the user API, including
-"free before unbind"."""
+IOASIDs, and a guest's life cycle (allocate, bind, unbind, free) driven through the user API,
+including "free before unbind"."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from ioasidsd.model import IoasidError, IoasidNotify, IoasidState, NotifierBlock
 from ioasidsd.model import ioasid_uapi as uapi
 from ioasidsd.model.core import INVALID_IOASID
-from ioasidsd.vtd.config import build_driver
+from ioasidsd.vtd.driver.config import build_driver
 from ioasidsd.vtd_binder import VtdGuestBinder
 
 from .helpers import Served, World
@@ -54,7 +54,7 @@ def entry_present(w: World, bdf: str, pasid: int) -> bool:
 
 
 def test_normal_life_cycle(vw: World) -> None:
-    """Spec 5.5 steps 1-6: ALLOC, bind (BIND, refs 2), a second device (no second BIND),
+    """The normal life cycle: ALLOC, bind (BIND, refs 2), a second device (no second BIND),
     unbind both (one UNBIND, refs 1), FREE (reclaimed with no FREE event)."""
     vw.cgroup("vm", 10)
     p = vw.proc("/vm")
@@ -78,7 +78,7 @@ def test_normal_life_cycle(vw: World) -> None:
 
 
 def test_free_before_unbind(vw: World) -> None:
-    """Spec 5.5 step 7: FREE while bound makes the IOASID FREE_PENDING and the VT-d listener
+    """Free before unbind: FREE while bound makes the IOASID FREE_PENDING and the VT-d listener
     queues the teardown; the work tears both devices down, sends UNBIND and drops the last
     reference. fixed uncharges the cgroup that was charged; v4 uncharges the worker's (none),
     so the charge stays (quirk 7)."""
@@ -141,7 +141,7 @@ def test_bind_over_the_socket_with_a_real_process(tmp_path) -> None:
     served = Served("fixed", str(tmp_path))
     try:
         driver = build_driver(served.system.core)
-        served.system.ioasid_use_vtd(driver)
+        served.system.vtd_attach(driver)
         served.cgroup("vm", 4)
         a = served.agent("vm")
         a.ok("open")

@@ -1,4 +1,4 @@
-"""Binds and the IOASID life cycle: vtd.md section 7.3, behaviours 35-40."""
+"""Binds and the IOASID life cycle: behaviours B35-B40 of ``docs/behaviours.md``."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from ioasidsd.model import (
     NotifierBlock,
 )
 from ioasidsd.vtd import PciDevice
-from ioasidsd.vtd.pasid_table import Pgtt
+from ioasidsd.vtd.hardware.pasid_table import Pgtt
 
 from .conftest import DEV_A, DEV_B, Env
 

@@ -1,4 +1,4 @@
-"""Capabilities and registers: vtd.md section 7.3, behaviours 1-6."""
+"""Capabilities and registers: behaviours B1-B6 of ``docs/behaviours.md``."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ from hypothesis import strategies as st
 
 from ioasidsd.model import IoasidError
 from ioasidsd.vtd import Capabilities, DriverOptions, PciDevice, Unit
-from ioasidsd.vtd import descriptors as d
-from ioasidsd.vtd import registers as r
-from ioasidsd.vtd.caps import CAP_FIELDS, ECAP_FIELDS
-from ioasidsd.vtd.memory import PhysMem
-from ioasidsd.vtd.pasid_table import FLPT_DEFAULT_DID
+from ioasidsd.vtd.hardware import descriptors as d
+from ioasidsd.vtd.hardware import registers as r
+from ioasidsd.vtd.hardware.caps import CAP_FIELDS, ECAP_FIELDS
+from ioasidsd.vtd.hardware.memory import PhysMem
+from ioasidsd.vtd.hardware.pasid_table import FLPT_DEFAULT_DID
 
 from .conftest import DEV_A, Env
 

@@ -1,4 +1,4 @@
-"""The invalidation queue: vtd.md section 7.3, behaviours 7-14."""
+"""The invalidation queue: behaviours B7-B14 of ``docs/behaviours.md``."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 
 from ioasidsd.model import IoasidError
 from ioasidsd.vtd import Capabilities, Unit, UnitOptions
-from ioasidsd.vtd import descriptors as d
-from ioasidsd.vtd import registers as r
+from ioasidsd.vtd.hardware import descriptors as d
+from ioasidsd.vtd.hardware import registers as r
 
 from .conftest import DEV_A
 

@@ -1,4 +1,4 @@
-"""The canonical guest life cycle of ioasid-v4.md section 5.5, with the VT-d driver: reference
+"""A guest's life cycle (allocate, bind, unbind, free), with the VT-d driver: reference
 counts and notifications at each step, for the normal path and for "free before unbind", in
 both profiles."""
 
@@ -18,7 +18,7 @@ from ioasidsd.model import (
     NotifierBlock,
 )
 from ioasidsd.model.core import INVALID_IOASID
-from ioasidsd.vtd.svm import Svm
+from ioasidsd.vtd.driver.svm import Svm
 
 from .conftest import DEV_A, DEV_B, Env
 
@@ -122,7 +122,7 @@ def test_lifecycle_free_before_unbind(profile: str) -> None:
         assert not drv.info(bdf).table.read_entry(hpasid).p
     assert kvm.events() == ["ALLOC", "BIND", "FREE", "UNBIND"]
     # The worker has no cgroup: fixed uncharges the cgroup it charged, v4 uncharges the
-    # worker's (root) and leaks the charge (spec 6.7 quirk 7).
+    # worker's (root) and leaks the charge (quirk 7 of docs/profiles.md).
     assert vms.counter == (1 if profile == "v4" else 0)
     # A late unbind from the VMM finds nothing to do and drops nothing.
     with pytest.raises(IoasidError) as err:

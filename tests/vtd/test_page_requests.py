@@ -1,4 +1,4 @@
-"""Page requests and drain: vtd.md section 7.3, behaviours 29-34."""
+"""Page requests and drain: behaviours B29-B34 of ``docs/behaviours.md``."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import pytest
 
 from ioasidsd.model import IoasidError
 from ioasidsd.vtd import Capabilities, DriverOptions, PciDevice, UnitOptions
-from ioasidsd.vtd import descriptors as d
-from ioasidsd.vtd import faults as f
-from ioasidsd.vtd import registers as r
-from ioasidsd.vtd.device import Response
+from ioasidsd.vtd.hardware import descriptors as d
+from ioasidsd.vtd.hardware import faults as f
+from ioasidsd.vtd.hardware import registers as r
+from ioasidsd.vtd.hardware.device import Response
 
 from .conftest import DEV_A, DEV_B, Env
 

@@ -1,4 +1,4 @@
-"""PASID structures: vtd.md section 7.3, behaviours 15-22."""
+"""PASID structures: behaviours B15-B22 of ``docs/behaviours.md``."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from hypothesis import strategies as st
 
 from ioasidsd.model import IoasidError
 from ioasidsd.vtd import Capabilities, DriverOptions, PciDevice
-from ioasidsd.vtd import descriptors as d
-from ioasidsd.vtd import faults as f
-from ioasidsd.vtd.pasid_table import PasidEntry, Pgtt, write_field
+from ioasidsd.vtd.hardware import descriptors as d
+from ioasidsd.vtd.hardware import faults as f
+from ioasidsd.vtd.hardware.pasid_table import PasidEntry, Pgtt, write_field
 
 from .conftest import DEV_A, Env
 

@@ -1,4 +1,4 @@
-"""Item 16 of ioasid-v4.md section 6.7 (``vtd_quirks``): what ``v4`` reproduces and ``fixed``
+"""Quirk 16 of ``docs/profiles.md`` (``vtd_quirks``): what ``v4`` reproduces and ``fixed``
 corrects, beyond the BIND payload and the notifier priority checked in test_lifecycle."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import pytest
 
 from ioasidsd.model import IoasidError
 from ioasidsd.model.core import INVALID_IOASID
-from ioasidsd.vtd import descriptors as d
+from ioasidsd.vtd.hardware import descriptors as d
 
 from .conftest import DEV_A, Env
 

@@ -1,4 +1,4 @@
-"""Every behaviour 1-43 of ``vtd.md`` section 7.3 has a test marked with it, named after it.
+"""Every VT-d behaviour B1-B43 of ``docs/behaviours.md`` has a test marked with it, named after it.
 
 The test modules are read as source (``ast``), so the check does not depend on which tests were
 selected.

@@ -1,13 +1,13 @@
-"""Tear-down of a PASID entry: vtd.md section 7.3, behaviours 23-28."""
+"""Tear-down of a PASID entry: behaviours B23-B28 of ``docs/behaviours.md``."""
 
 from __future__ import annotations
 
 import pytest
 
 from ioasidsd.vtd import Capabilities, DriverOptions, PciDevice
-from ioasidsd.vtd import descriptors as d
-from ioasidsd.vtd import faults as f
-from ioasidsd.vtd.pasid_table import PasidEntry, clear_entry
+from ioasidsd.vtd.hardware import descriptors as d
+from ioasidsd.vtd.hardware import faults as f
+from ioasidsd.vtd.hardware.pasid_table import PasidEntry, clear_entry
 
 from .conftest import DEV_A, Env
 

@@ -1,4 +1,4 @@
-"""The virtual command interface: vtd.md section 7.3, behaviours 41-43."""
+"""The virtual command interface: behaviours B41-B43 of ``docs/behaviours.md``."""
 
 from __future__ import annotations
 
@@ -8,7 +8,12 @@ import pytest
 
 from ioasidsd.model import IoasidError
 from ioasidsd.vtd import Capabilities
-from ioasidsd.vtd.vcmd import VCMD_CMD_ALLOC, VCMD_CMD_FREE, guest_alloc_pasid, guest_free_pasid
+from ioasidsd.vtd.hardware.vcmd import (
+    VCMD_CMD_ALLOC,
+    VCMD_CMD_FREE,
+    guest_alloc_pasid,
+    guest_free_pasid,
+)
 
 from .conftest import Env
 

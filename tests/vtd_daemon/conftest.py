@@ -1,5 +1,5 @@
 """Fixtures of the tests of the VT-d simulation inside the daemon: a model host with its store
-(``hosts.Host``) and the real daemons of ``tests/daemon``."""
+(``hosts.Host``); real daemons are the ``daemons`` fixture of ``tests/conftest.py``."""
 
 from __future__ import annotations
 
@@ -17,24 +17,3 @@ def host(request: pytest.FixtureRequest, tmp_path) -> Host:
 @pytest.fixture
 def fixed_host(tmp_path) -> Host:
     return Host(tmp_path / "state", "fixed")
-
-
-@pytest.fixture
-def daemons(tmp_path):
-    """A factory of real ``ioasidsd run`` daemons on ``tmp_path`` (``tests/daemon/daemons.py``);
-    skipped where FUSE cannot be used."""
-    from daemon.daemons import Daemon, fuse_missing
-
-    reason = fuse_missing()
-    if reason:
-        pytest.skip(reason)
-    made: list[Daemon] = []
-
-    def make(*args: str, name: str | None = None) -> Daemon:
-        daemon = Daemon(tmp_path, *args, name=name or f"d{len(made)}")
-        made.append(daemon)
-        return daemon
-
-    yield make
-    for daemon in reversed(made):
-        daemon.cleanup()

@@ -20,7 +20,7 @@ from ioasidsd.model.changes import Change, ChangeKind
 from ioasidsd.model.core import INVALID_IOASID
 from ioasidsd.model.snapshot import SnapshotError, dump, load, plain_private
 from ioasidsd.vtd import build_driver
-from ioasidsd.vtd.pasid_table import Pgtt
+from ioasidsd.vtd.hardware.pasid_table import Pgtt
 
 from .hosts import DEV_A, DEV_B, Host, entry_fields
 

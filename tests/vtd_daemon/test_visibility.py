@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ioasidsd.vtd.driver import OWNED_EVENT_KINDS
+from ioasidsd.vtd.driver.vtd_driver import OWNED_EVENT_KINDS
 
 from .hosts import DEV_A, DEV_B, Host
 

@@ -22,13 +22,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ioasidsd.vtd import registers as r
-from ioasidsd.vtd.bits import Field, bit, pack, unpack
+from ioasidsd.vtd.hardware import registers as r
+from ioasidsd.vtd.hardware.bits import Field, bit, pack, unpack
 
 if TYPE_CHECKING:
     from ioasidsd.vtd.counters import Counters
-    from ioasidsd.vtd.memory import PhysMem
-    from ioasidsd.vtd.registers import RegisterFile
+    from ioasidsd.vtd.hardware.memory import PhysMem
+    from ioasidsd.vtd.hardware.registers import RegisterFile
     from ioasidsd.vtd.trace import Trace
 
 PRQ_DESC_SIZE = 32
@@ -70,7 +70,8 @@ class PageRequest:
 
     @property
     def needs_response(self) -> bool:
-        """A page group response is due (VT-d 3.x section 7.7: LPIG or private data)."""
+        """A page group response is due (Intel's VT-d specification 3.x, section 7.7:
+        LPIG or private data)."""
         return self.lpig or self.private is not None
 
     @property

@@ -16,8 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from daemon.daemons import wait_until
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from system.ops import FakeProcesses, apply_op, op_strategy
 
 from ioasidsd.cli.render import format_status
 from ioasidsd.model import IoasidSetType, profile
@@ -28,9 +30,6 @@ from ioasidsd.store import journal
 from ioasidsd.store.fold import CGROUP
 from ioasidsd.store.state import Store, StoreError
 from ioasidsd.system import System
-
-from .daemons import wait_until
-from .ops import FakeProcesses, apply_op, op_strategy
 
 SETTINGS = settings(max_examples=int(os.environ.get("IOASIDS_EXAMPLES", "40")), deadline=None,
                     suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -363,7 +362,7 @@ def test_folds_at_any_point_leave_the_database_equal_to_the_model(tmp_path_facto
     """However the records are cut into folds, the database alone ends as the model; and a
     crash that left folded segments behind (any run of them up to the newest) replays to the
     same state."""
-    from .ops import PROFILES
+    from system.ops import PROFILES
 
     for name, overrides in PROFILES[:2]:
         state = tmp_path_factory.mktemp("state")

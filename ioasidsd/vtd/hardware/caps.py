@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from ioasidsd.vtd.bits import Field, bit, pack, unpack
+from ioasidsd.vtd.hardware.bits import Field, bit, pack, unpack
 
 CAP_FIELDS: dict[str, Field] = {
     "nd": Field(2, 0),
@@ -197,11 +197,6 @@ class Capabilities:
         return 1 << (4 + 2 * self.nd)
 
     @property
-    def sm_supported(self) -> bool:
-        """Scalable mode is usable (Linux ``sm_supported`` without the command-line switch)."""
-        return self.smts
-
-    @property
     def pasid_supported(self) -> bool:
         """PASIDs are usable: scalable mode and ECAP.PASID (Linux ``pasid_supported``)."""
         return self.smts and self.pasid
@@ -210,11 +205,6 @@ class Capabilities:
     def frcd_offset(self) -> int:
         """Byte offset of the first fault-recording register."""
         return self.fro * 16
-
-    @property
-    def iotlb_offset(self) -> int:
-        """Byte offset of the IVA register (IOTLB register at +8)."""
-        return self.iro * 16
 
 
 PCI_PASID_SPACE = 1 << 20

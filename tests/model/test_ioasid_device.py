@@ -1,6 +1,6 @@
 """The /dev/ioasid device model: open, ioctl, release and exit, in both profiles.
 
-Numbers in ``spec(...)`` marks are the behaviours of ``ioasid-v4.md`` section 7 (82-96).
+Numbers in ``spec(...)`` marks are the behaviours 82-96 of ``docs/behaviours.md``.
 """
 
 from __future__ import annotations
@@ -21,11 +21,28 @@ from errno import (
 )
 
 import pytest
+from userapi.helpers import MAX31, World
 
 from ioasidsd.model import IoasidError, IoasidNotify, IoasidSetType, IoasidState, NotifierBlock
 from ioasidsd.model import ioasid_uapi as uapi
 
-from .helpers import MAX31, World
+
+# The device's own worlds (a core, its controller and the device), not the model's ``World`` of
+# ``conftest.py``.
+@pytest.fixture(params=["fixed", "v4"])
+def world(request: pytest.FixtureRequest) -> World:
+    """A world in each profile."""
+    return World(request.param)
+
+
+@pytest.fixture
+def fixed() -> World:
+    return World("fixed")
+
+
+@pytest.fixture
+def v4() -> World:
+    return World("v4")
 
 
 def recorder(log: list, tag: str | None = None) -> NotifierBlock:
@@ -328,7 +345,8 @@ def test_file_used_by_another_process(world: World) -> None:
 @pytest.fixture(params=["fixed", "v4"])
 def two_opener_world(request: pytest.FixtureRequest) -> World:
     """A world where two processes can open: in v4 only with the quota-0 grab switched off
-    (spec 4.6 otherwise refuses the second opener)."""
+    (the first opener's quota-0 set otherwise takes the whole pool and
+    the second open is refused)."""
     if request.param == "v4":
         return World("v4", set_quota_zero_takes_all=False)
     return World("fixed")
@@ -617,7 +635,7 @@ def test_series_example_at_model_level(fixed: World) -> None:
 
 def test_series_example_v4_single_opener(v4: World) -> None:
     """v4: the first opener's quota-0 set takes the whole pool, so a second process cannot even
-    open (spec 4.6); the one process gets five IDs, the sixth is EINVAL and events stay 0."""
+    open; the one process gets five IDs, the sixth is EINVAL and events stay 0."""
     test1 = v4.cgroup("test1", 5)
     f = v4.device.open(v4.proc("/test1"))
     assert v4.core.capacity_avail == 0

@@ -5,13 +5,12 @@ from __future__ import annotations
 from errno import EAGAIN, EPERM, ESRCH
 
 import pytest
+from userapi.helpers import Changes, FakeProcesses
 
 from ioasidsd.host import ProcessFacts, ProcStat
 from ioasidsd.model import IoasidError, profile
 from ioasidsd.model import ioasid_uapi as uapi
 from ioasidsd.system import System
-
-from .helpers import Changes, FakeProcesses
 
 
 @pytest.fixture

@@ -28,13 +28,12 @@ from typing import TYPE_CHECKING, Any
 
 from ioasidsd.model.core import IoasidData, IoasidSet, IoasidSetType, IoasidState
 from ioasidsd.model.errors import IoasidError
-from ioasidsd.vtd.driver import cpu_pgd
-from ioasidsd.vtd.pasid_table import FLPT_DEFAULT_DID
-from ioasidsd.vtd.svm import GUEST_RECORD, RECORD_KINDS, Svm, SvmDev
+from ioasidsd.vtd.driver.svm import GUEST_RECORD, RECORD_KINDS, Svm, SvmDev, cpu_pgd
+from ioasidsd.vtd.hardware.pasid_table import FLPT_DEFAULT_DID
 
 if TYPE_CHECKING:
     from ioasidsd.model.core import IoasidCore
-    from ioasidsd.vtd.driver import VtdDriver
+    from ioasidsd.vtd.driver.vtd_driver import VtdDriver
 
 _GUEST_DEVICE = {"bdf": str, "gpgd": int, "addr_width": int, "sre": bool, "eafe": bool}
 _NATIVE_DEVICE = {"bdf": str, "users": int, "supervisor": bool}
@@ -71,7 +70,8 @@ def restore_bindings(driver: VtdDriver) -> int:
                 else:
                     _restore_native(driver, data, data.private)
             except IoasidError as exc:
-                raise IoasidError(exc.errno, f"IOASID {data.id}: {exc.strerror}") from None
+                code = exc.errno or EINVAL  # an IoasidError always has one
+                raise IoasidError(code, f"IOASID {data.id}: {exc.strerror}") from None
         return len(records)
 
 

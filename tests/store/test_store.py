@@ -7,14 +7,13 @@ import signal
 
 import pytest
 from hypothesis import HealthCheck, given, settings
+from system.ops import FakeProcesses, apply_op, ops_strategy
 
 from ioasidsd.model import IoasidSetType, profile
 from ioasidsd.model.changes import Change, ChangeKind
 from ioasidsd.model.snapshot import dump, load
 from ioasidsd.store.state import Store, StoreError
 from ioasidsd.system import System
-
-from .ops import FakeProcesses, apply_op, ops_strategy
 
 SETTINGS = settings(max_examples=int(os.environ.get("IOASIDS_EXAMPLES", "40")), deadline=None,
                     suppress_health_check=[HealthCheck.function_scoped_fixture])

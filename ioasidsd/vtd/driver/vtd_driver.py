@@ -2,14 +2,14 @@
 
 ``VtdDriver`` is what the rest of the project talks to. It owns the simulated units, their
 devices and one ``iommu.IntelIommu`` per unit, and uses the IOASID core as the V4 series' VT-d
-patches do (spec ``ioasid-v4.md`` section 5, ``vtd.md`` sections 5.2-5.4):
+patches do (Linux's ``init_dmars`` and ``intel/svm.c`` of 2020, with the series' FREE listener):
 
 * ``boot`` (``init_dmars``): bring every unit up, install the system capacity (the minimum over
   the units of 2^(PSS+1), at most 2^20) when every unit supports scalable mode, create the host
   PASID set (quota ``DriverOptions.host_quota``, 32768 by default) and register the FREE
   listener on the global chain, then probe the devices. Over a core restored from a snapshot
   (``adopt=True``) it keeps the restored capacity, adopts the restored host set and rebuilds the
-  bindings the snapshot recorded (``ioasidsd.vtd.restore``);
+  bindings the snapshot recorded (``ioasidsd.vtd.driver.restore``);
 * native SVA: ``bind_mm``/``unbind_mm`` a process to a device (first-level entry over the
   process's page table, PASID from the host set, ``put`` on the last unbind);
 * guest SVA: ``bind_gpasid``/``unbind_gpasid`` (process, hpasid, gpasid, bdf): the generic
@@ -25,7 +25,7 @@ patches do (spec ``ioasid-v4.md`` section 5, ``vtd.md`` sections 5.2-5.4):
 * page requests: the decisions of the PRQ handler, and ``page_response`` for requests reported
   to a guest.
 
-The ``vtd_quirks`` knob (profile ``v4``) reproduces item 16 of the spec's section 6.7: the
+The ``vtd_quirks`` knob (profile ``v4``) reproduces the series' VT-d defects: the
 SPID is attached before the private data and its failure ignored, the listener has priority 0,
 and page-request lookups only search the host set (guest PASIDs fail them). ``fixed`` attaches
 the data first, fails the bind when the SPID cannot be attached, registers at
@@ -63,24 +63,25 @@ from ioasidsd.model.notifier import (
     NotifierBlock,
 )
 from ioasidsd.model.workqueue import Work
-from ioasidsd.vtd import descriptors as d
-from ioasidsd.vtd.caps import Capabilities, system_pasid_space
 from ioasidsd.vtd.counters import Counters
-from ioasidsd.vtd.device import PciDevice, format_bdf, parse_bdf
-from ioasidsd.vtd.hardware import Unit, UnitOptions
-from ioasidsd.vtd.iommu import (
+from ioasidsd.vtd.driver import restore
+from ioasidsd.vtd.driver.iommu import (
     ADDR_WIDTH_4LEVEL,
     ADDR_WIDTH_5LEVEL,
     DeviceInfo,
     DriverOptions,
     IntelIommu,
 )
-from ioasidsd.vtd.memory import Block, PhysMem
-from ioasidsd.vtd.page_requests import PageRequest
-from ioasidsd.vtd.pasid_table import FLPT_DEFAULT_DID, PASID_MIN, Pgtt
-from ioasidsd.vtd.svm import Domain, Svm, SvmDev
+from ioasidsd.vtd.driver.svm import Domain, Svm, SvmDev, cpu_pgd
+from ioasidsd.vtd.hardware import descriptors as d
+from ioasidsd.vtd.hardware.caps import Capabilities, system_pasid_space
+from ioasidsd.vtd.hardware.device import PciDevice, format_bdf, parse_bdf
+from ioasidsd.vtd.hardware.memory import Block, PhysMem
+from ioasidsd.vtd.hardware.page_requests import PageRequest
+from ioasidsd.vtd.hardware.pasid_table import FLPT_DEFAULT_DID, PASID_MIN, Pgtt
+from ioasidsd.vtd.hardware.translation import DmaResult
+from ioasidsd.vtd.hardware.unit import Unit, UnitOptions
 from ioasidsd.vtd.trace import Trace
-from ioasidsd.vtd.translation import DmaResult
 
 if TYPE_CHECKING:
     from ioasidsd.model.hierarchy import Process
@@ -96,11 +97,6 @@ says which binding they are about and whose other fields (the owner's own pid an
 a device, a domain id, an address of that PASID) tell nothing of another process. Kinds not
 listed here are never shown in a filtered snapshot (``inv_desc`` encodes PASIDs in its
 quadwords, ``page_alloc`` names page owners, ``prq_*`` carry requests, ``vcmd`` allocations)."""
-
-
-def cpu_pgd(process: Any) -> int:
-    """A stand-in for a process's CPU page-table root (CPU page tables are not simulated)."""
-    return (0x100000 + (int(getattr(process, "pid", 0)) & 0xFFFFFFF)) << 12
 
 
 def _check_address(addr: int) -> None:
@@ -223,8 +219,6 @@ class VtdDriver:
         bindings its IOASIDs record are rebuilt without touching their references, SPIDs or
         charges (``restore.restore_bindings``: its errors, which leave the driver unusable).
         ``EBUSY`` if booted already; ``ENODEV`` without units."""
-        from ioasidsd.vtd import restore  # it builds on this module: imported when used
-
         with self.lock:
             if self.booted:
                 raise IoasidError(EBUSY, "already booted")

@@ -8,9 +8,10 @@ synchronously and advances IQH after each one (QEMU's model).
 Errors latch FSTS.IQE with an IQEI code in IQER and stop processing with IQH at the offending
 slot; nothing more is fetched until software clears IQE (which resumes processing). Causes:
 IQT beyond the ring, a descriptor fetch from unbacked memory, an unknown type or a reserved
-bit, a 128-bit descriptor while the root table is in scalable mode (VT-d section 6.5.2; a
-strictness option since QEMU does not check it), and PD in a wait when ECAP.PDS is clear (an
-option: QEMU accepts it). An IQT write with bit 4 set in 256-bit mode is ignored.
+bit, a 128-bit descriptor while the root table is in scalable mode (Intel's VT-d specification,
+section 6.5.2; a strictness option since QEMU does not check it), and PD in a wait when
+ECAP.PDS is clear (an option: QEMU accepts it). An IQT write with bit 4 set in 256-bit mode is
+ignored.
 
 Wait descriptors: SW writes the 32-bit status data to the status address; IF sets ICS.IWC and
 raises the completion event unless IECTL.IM (a second IF while IWC is set raises nothing new);
@@ -26,13 +27,13 @@ from __future__ import annotations
 from collections import deque
 from typing import TYPE_CHECKING
 
-from ioasidsd.vtd import descriptors as d
-from ioasidsd.vtd import registers as r
-from ioasidsd.vtd.device import Response
-from ioasidsd.vtd.memory import MemoryAccessError
+from ioasidsd.vtd.hardware import descriptors as d
+from ioasidsd.vtd.hardware import registers as r
+from ioasidsd.vtd.hardware.device import Response
+from ioasidsd.vtd.hardware.memory import MemoryAccessError
 
 if TYPE_CHECKING:
-    from ioasidsd.vtd.hardware import Unit
+    from ioasidsd.vtd.hardware.unit import Unit
 
 
 class InvalidationQueue:

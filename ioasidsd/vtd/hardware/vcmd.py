@@ -22,7 +22,7 @@ from ioasidsd.model.errors import IoasidError
 
 if TYPE_CHECKING:
     from ioasidsd.vtd.counters import Counters
-    from ioasidsd.vtd.registers import RegisterFile, VcmdLayout
+    from ioasidsd.vtd.hardware.registers import RegisterFile, VcmdLayout
     from ioasidsd.vtd.trace import Trace
 
 VCMD_CMD_NULL = 0x0

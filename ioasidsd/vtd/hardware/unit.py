@@ -26,26 +26,26 @@ from errno import EEXIST, EINVAL
 from typing import Any, Literal
 
 from ioasidsd.model.errors import IoasidError
-from ioasidsd.vtd import registers as r
-from ioasidsd.vtd.caches import ContextCache, Iotlb, PasidCache
-from ioasidsd.vtd.caps import Capabilities
-from ioasidsd.vtd.context import (
+from ioasidsd.vtd.counters import Counters
+from ioasidsd.vtd.hardware import registers as r
+from ioasidsd.vtd.hardware.caches import ContextCache, Iotlb, PasidCache
+from ioasidsd.vtd.hardware.caps import Capabilities
+from ioasidsd.vtd.hardware.context import (
     CONTEXT_ENTRIES_PER_TABLE,
     CONTEXT_ENTRY_SIZE,
     ROOT_ENTRY_SIZE,
     RootEntry,
     SmContextEntry,
 )
-from ioasidsd.vtd.counters import Counters
-from ioasidsd.vtd.descriptors import QI_RESP_INVALID, QI_RESP_SUCCESS
-from ioasidsd.vtd.device import PciDevice, Response
-from ioasidsd.vtd.faults import SM_PRE_CLEAR, FaultRecorder
-from ioasidsd.vtd.inval_queue import InvalidationQueue
-from ioasidsd.vtd.memory import Block, MemoryAccessError, PhysMem
-from ioasidsd.vtd.page_requests import PageRequest, PageRequestQueue
+from ioasidsd.vtd.hardware.descriptors import QI_RESP_INVALID, QI_RESP_SUCCESS
+from ioasidsd.vtd.hardware.device import PciDevice, Response
+from ioasidsd.vtd.hardware.faults import SM_PRE_CLEAR, FaultRecorder
+from ioasidsd.vtd.hardware.inval_queue import InvalidationQueue
+from ioasidsd.vtd.hardware.memory import Block, MemoryAccessError, PhysMem
+from ioasidsd.vtd.hardware.page_requests import PageRequest, PageRequestQueue
+from ioasidsd.vtd.hardware.translation import DmaResult, Translator
+from ioasidsd.vtd.hardware.vcmd import VCCAP_PAS, VirtualCommand
 from ioasidsd.vtd.trace import Trace
-from ioasidsd.vtd.translation import DmaResult, Translator
-from ioasidsd.vtd.vcmd import VCCAP_PAS, VirtualCommand
 
 VcmdLayoutName = Literal["3.1", "3.3"]
 

@@ -7,12 +7,11 @@ import os
 
 import pytest
 from hypothesis import HealthCheck, given, settings
+from system.ops import apply_op, ops_strategy
 
 from ioasidsd.model import IoasidSetType, profile
 from ioasidsd.model.snapshot import SnapshotError, dump, load
 from ioasidsd.system import System
-
-from .ops import apply_op, ops_strategy
 
 SETTINGS = settings(max_examples=int(os.environ.get("IOASIDS_EXAMPLES", "60")), deadline=None,
                     suppress_health_check=[HealthCheck.function_scoped_fixture])

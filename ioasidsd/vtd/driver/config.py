@@ -13,7 +13,7 @@ The ``[vtd]`` table of the daemon's TOML file, as a dict::
     version = 0x10                # VER register
     vcmd_layout = "3.3"           # "3.1" or "3.3" (used when vcs = true)
     vccap_pas = true
-    strict_sm_128bit = true       # any ``hardware.UnitOptions`` field
+    strict_sm_128bit = true       # any ``unit.UnitOptions`` field
 
     [[vtd.device]]
     bdf = "0000:03:00.0"
@@ -39,12 +39,12 @@ from typing import Any
 
 from ioasidsd.model.core import IoasidCore
 from ioasidsd.model.errors import IoasidError
-from ioasidsd.vtd.caps import CAP_FIELDS, ECAP_FIELDS, Capabilities, system_pasid_space
-from ioasidsd.vtd.device import PciDevice
-from ioasidsd.vtd.driver import VtdDriver
-from ioasidsd.vtd.hardware import UnitOptions
-from ioasidsd.vtd.iommu import DriverOptions
-from ioasidsd.vtd.registers import VCMD_LAYOUTS
+from ioasidsd.vtd.driver.iommu import DriverOptions
+from ioasidsd.vtd.driver.vtd_driver import VtdDriver
+from ioasidsd.vtd.hardware.caps import CAP_FIELDS, ECAP_FIELDS, Capabilities, system_pasid_space
+from ioasidsd.vtd.hardware.device import PciDevice
+from ioasidsd.vtd.hardware.registers import VCMD_LAYOUTS
+from ioasidsd.vtd.hardware.unit import UnitOptions
 
 _UNIT_KEYS = {"name", "version", "vcmd_layout", "vccap_pas"}
 _UNIT_OPTION_KEYS = {f.name for f in dataclasses.fields(UnitOptions)}

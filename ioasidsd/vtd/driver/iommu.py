@@ -1,6 +1,6 @@
 """Linux's per-unit VT-d driver code, over a simulated unit: ``struct intel_iommu``.
 
-``IntelIommu`` programs a ``hardware.Unit`` the way ``drivers/iommu/intel`` does, through
+``IntelIommu`` programs a ``unit.Unit`` the way ``drivers/iommu/intel`` does, through
 registers and memory only:
 
 * bring-up (``boot``): queued invalidation (256 slots; 256-bit descriptors in two pages with
@@ -21,7 +21,7 @@ registers and memory only:
   repeated while PRS.PRO).
 
 Decisions that belong to the SVA layer (which PASID is bound where, what answer a page
-request gets) are the ``page_request_handler``'s, set by ``driver.VtdDriver``.
+request gets) are the ``page_request_handler``'s, set by ``vtd_driver.VtdDriver``.
 """
 
 from __future__ import annotations
@@ -32,19 +32,20 @@ from errno import EBUSY, EINVAL, EIO, ENODEV, ENOSPC
 from typing import TYPE_CHECKING, Any, Literal
 
 from ioasidsd.model.errors import IoasidError
-from ioasidsd.vtd import descriptors as d
-from ioasidsd.vtd import registers as r
-from ioasidsd.vtd.caps import Capabilities
-from ioasidsd.vtd.context import (
+from ioasidsd.vtd.counters import Counters
+from ioasidsd.vtd.driver.svm import Domain
+from ioasidsd.vtd.hardware import descriptors as d
+from ioasidsd.vtd.hardware import registers as r
+from ioasidsd.vtd.hardware.caps import Capabilities
+from ioasidsd.vtd.hardware.context import (
     CONTEXT_ENTRIES_PER_TABLE,
     CONTEXT_ENTRY_SIZE,
     ROOT_ENTRY_SIZE,
     SmContextEntry,
 )
-from ioasidsd.vtd.counters import Counters
-from ioasidsd.vtd.memory import PhysMem
-from ioasidsd.vtd.page_requests import PRQ_DESC_SIZE, PageRequest
-from ioasidsd.vtd.pasid_table import (
+from ioasidsd.vtd.hardware.memory import PhysMem
+from ioasidsd.vtd.hardware.page_requests import PRQ_DESC_SIZE, PageRequest
+from ioasidsd.vtd.hardware.pasid_table import (
     FLPT_DEFAULT_DID,
     PASID_ENTRY_WORDS,
     PASID_RID2PASID,
@@ -54,12 +55,11 @@ from ioasidsd.vtd.pasid_table import (
     clear_entry,
     write_field,
 )
-from ioasidsd.vtd.svm import Domain
 from ioasidsd.vtd.trace import Trace
 
 if TYPE_CHECKING:
-    from ioasidsd.vtd.device import PciDevice
-    from ioasidsd.vtd.hardware import Unit
+    from ioasidsd.vtd.hardware.device import PciDevice
+    from ioasidsd.vtd.hardware.unit import Unit
 
 QI_LENGTH = 256
 ADDR_WIDTH_4LEVEL = 48
@@ -198,15 +198,6 @@ class IntelIommu:
         self.regs.write("IQT", 0)
         self.regs.write("IQA", self.qi_base | (r.IQA_DW if sm else 0) | order)
         self._set_gcmd(r.GCMD_QIE, r.GSTS_QIES, True, "QIES")
-
-    def disable_qi(self) -> None:
-        """``dmar_disable_qi``: clear QIE (refused by the hardware unless the queue is idle
-        after a wait; ``EBUSY`` then)."""
-        self.gcmd &= ~r.GCMD_QIE
-        self.regs.write("GCMD", self.gcmd)
-        if self.regs.read("GSTS") & r.GSTS_QIES:
-            self.gcmd |= r.GCMD_QIE
-            raise IoasidError(EBUSY, f"{self.name}: the invalidation queue is busy")
 
     def set_root_entry(self) -> None:
         """``iommu_set_root_entry``: program RTADDR (SMT in scalable mode), SRTP, then the

@@ -20,10 +20,10 @@ from errno import EINVAL
 from typing import TYPE_CHECKING, Any
 
 from ioasidsd.model.errors import IoasidError
-from ioasidsd.vtd.caches import DeviceTlb
+from ioasidsd.vtd.hardware.caches import DeviceTlb
 
 if TYPE_CHECKING:
-    from ioasidsd.vtd.page_requests import PageRequest
+    from ioasidsd.vtd.hardware.page_requests import PageRequest
 
 _BDF = re.compile(
     r"^(?:(?P<seg>[0-9a-fA-F]{1,4}):)?(?P<bus>[0-9a-fA-F]{1,2}):(?P<dev>[0-9a-fA-F]{1,2})"

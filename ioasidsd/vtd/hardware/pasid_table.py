@@ -21,8 +21,8 @@ import enum
 from collections import Counter
 from dataclasses import dataclass, fields
 
-from ioasidsd.vtd.bits import Field, bit
-from ioasidsd.vtd.memory import PAGE_SHIFT, PAGE_SIZE, PhysMem
+from ioasidsd.vtd.hardware.bits import Field, bit
+from ioasidsd.vtd.hardware.memory import PAGE_SHIFT, PAGE_SIZE, PhysMem
 
 PASID_PDE_SHIFT = 6
 PASID_PTE_MASK = 0x3F
@@ -184,7 +184,6 @@ class PasidTable:
         self.max_pasid = 1 << (order + PAGE_SHIFT + 3)
         self.leaves: dict[int, int] = {}  # directory index -> leaf address
         self.leaf_peak = 0
-        self.leaf_allocs = 0
         self.reclaim_empty = reclaim_empty
         self.present: Counter[int] = Counter()  # PGTT -> present entries
         self._leaf_present: Counter[int] = Counter()  # directory index -> present entries
@@ -200,9 +199,6 @@ class PasidTable:
     def leaf_pages(self) -> int:
         return len(self.leaves)
 
-    def dir_entry_addr(self, pasid: int) -> int:
-        return self.dir_addr + DIR_ENTRY_SIZE * dir_index(pasid)
-
     def entry_addr(self, pasid: int, *, alloc: bool = True) -> int | None:
         """The address of ``pasid``'s entry (``intel_pasid_get_entry``), allocating its leaf
         table if needed and ``alloc``; ``None`` beyond ``max_pasid`` or when not allocated."""
@@ -217,7 +213,6 @@ class PasidTable:
             leaf = self.mem.alloc("pasid_table", 1, self.owner)
             self.mem.write64(pde_addr, leaf | PDE_P)
             self.leaves[index] = leaf
-            self.leaf_allocs += 1
             self.leaf_peak = max(self.leaf_peak, len(self.leaves))
         else:
             leaf = pde & PDE_ADDR_MASK

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ioasidsd.vtd.bits import Field, bit, pack, unpack
+from ioasidsd.vtd.hardware.bits import Field, bit, pack, unpack
 
 ROOT_ENTRY_SIZE = 16
 CONTEXT_ENTRY_SIZE = 32
@@ -103,8 +103,3 @@ class SmContextEntry:
     def max_pasid(self) -> int:
         """One past the largest PASID the entry allows (64 per directory entry)."""
         return self.directory_entries << 6
-
-
-def sid_of(bus: int, devfn: int) -> int:
-    """The 16-bit requester id (source id) of ``bus``/``devfn``."""
-    return (bus << 8) | devfn

@@ -1,9 +1,9 @@
 """Invalidation-queue descriptors: their 256-bit encodings and the hardware's decoder.
 
 Encoders build the four qwords exactly as Linux's ``qi_flush_*``/``qi_desc_*`` helpers and the
-``QI_*`` macros of ``iommu.h`` do (so the golden vectors of the spec's section 3.1 come out bit
-for bit); a 128-bit descriptor is the first two qwords. ``decode`` is the hardware side: it
-checks the type and the reserved bits and returns the named fields, or raises
+``QI_*`` macros of ``iommu.h`` do (``tests/vtd/test_inval_queue.py`` checks them bit for bit
+against reference encodings); a 128-bit descriptor is the first two qwords. ``decode`` is the
+hardware side: it checks the type and the reserved bits and returns the named fields, or raises
 ``InvalidDescriptor`` with the IQEI code the unit latches in IQER.
 
 Types and their trace labels (Linux's ``qi_submit`` tracepoint): 1 ``cc_inv``, 2
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ioasidsd.vtd.bits import Field, bit, get
+from ioasidsd.vtd.hardware.bits import Field, bit, get
 
 QI_CC_TYPE = 0x1
 QI_IOTLB_TYPE = 0x2
@@ -108,11 +108,6 @@ def dev_iotlb(sid: int, pfsid: int, qdep: int, addr: int, mask: int) -> Desc:
     else:
         qw1 = addr & PAGE_MASK
     return QI_DIOTLB_TYPE | (qdep & 0x1F) << 16 | (sid & 0xFFFF) << 32 | _pfsid(pfsid), qw1, 0, 0
-
-
-def iec_global() -> Desc:
-    """Global interrupt-entry-cache invalidation (``qi_global_iec``)."""
-    return QI_IEC_TYPE, 0, 0, 0
 
 
 def wait(status_addr: int = 0, status_data: int = QI_DONE, *, sw: bool = False,

@@ -109,9 +109,6 @@ class PhysMem:
         """The allocation that starts at ``addr``, if any."""
         return self._blocks.get(addr >> PAGE_SHIFT)
 
-    def is_backed(self, addr: int) -> bool:
-        return (addr >> PAGE_SHIFT) in self._pages
-
     # --- access
     def _words(self, addr: int) -> memoryview:
         page = self._pages.get(addr >> PAGE_SHIFT)

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ioasidsd.vtd import registers as r
-from ioasidsd.vtd.bits import Field, bit, pack
+from ioasidsd.vtd.hardware import registers as r
+from ioasidsd.vtd.hardware.bits import Field, bit, pack
 
 if TYPE_CHECKING:
     from ioasidsd.vtd.counters import Counters
-    from ioasidsd.vtd.registers import RegisterFile
+    from ioasidsd.vtd.hardware.registers import RegisterFile
     from ioasidsd.vtd.trace import Trace
 
 SM_ROOT_ACCESS = 0x38

@@ -11,8 +11,8 @@
 
 A binding describes itself as plain data (``Svm.snapshot_record``), which a snapshot of the core
 keeps as the IOASID's private data: what was bound, to which devices, with which parameters, for
-whom. ``ioasidsd.vtd.restore`` rebuilds the binding (and the simulated hardware's entries) from
-that record when the driver boots over a restored core.
+whom. ``ioasidsd.vtd.driver.restore`` rebuilds the binding (and the simulated hardware's entries)
+from that record when the driver boots over a restored core.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ioasidsd.model.workqueue import Work
-    from ioasidsd.vtd.iommu import DeviceInfo, IntelIommu
+    from ioasidsd.vtd.driver.iommu import DeviceInfo, IntelIommu
 
 
 @dataclass(eq=False, slots=True)
@@ -38,6 +38,12 @@ class Domain:
     nesting: bool = False
     owner: Any = None
     users: int = 0
+
+
+def cpu_pgd(process: Any) -> int:
+    """A stand-in for a process's CPU page-table root (CPU page tables are not simulated): the
+    first-level root of a native binding."""
+    return (0x100000 + (int(getattr(process, "pid", 0)) & 0xFFFFFFF)) << 12
 
 
 GUEST_RECORD = "vtd.guest"

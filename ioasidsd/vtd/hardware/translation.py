@@ -22,18 +22,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ioasidsd.vtd import faults as f
-from ioasidsd.vtd import registers as r
-from ioasidsd.vtd.caches import CachedPasidEntry
-from ioasidsd.vtd.context import (
+from ioasidsd.vtd.hardware import faults as f
+from ioasidsd.vtd.hardware import registers as r
+from ioasidsd.vtd.hardware.caches import CachedPasidEntry
+from ioasidsd.vtd.hardware.context import (
     CONTEXT_ENTRIES_PER_TABLE,
     CONTEXT_ENTRY_SIZE,
     ROOT_ENTRY_SIZE,
     RootEntry,
     SmContextEntry,
 )
-from ioasidsd.vtd.memory import MemoryAccessError
-from ioasidsd.vtd.pasid_table import (
+from ioasidsd.vtd.hardware.memory import MemoryAccessError
+from ioasidsd.vtd.hardware.pasid_table import (
     DIR_ENTRY_SIZE,
     PASID_ENTRY_SIZE,
     PASID_ENTRY_WORDS,
@@ -47,7 +47,7 @@ from ioasidsd.vtd.pasid_table import (
 )
 
 if TYPE_CHECKING:
-    from ioasidsd.vtd.hardware import Unit
+    from ioasidsd.vtd.hardware.unit import Unit
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,7 +204,7 @@ class Translator:
         if PasidEntry.reserved_bits_set(words):
             raise _Fault(f.SM_PTE_RESERVED, fpd)
         caps = unit.caps
-        valid = {
+        valid: dict[int, bool] = {
             Pgtt.FL_ONLY: caps.flts,
             Pgtt.SL_ONLY: caps.slts,
             Pgtt.NESTED: caps.nest,
