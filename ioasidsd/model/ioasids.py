@@ -41,7 +41,7 @@ Every method runs under ``core.lock`` (the hierarchy's lock is the same).
 from __future__ import annotations
 
 import contextlib
-from errno import EAGAIN, EBUSY, EINVAL, EPERM
+from errno import EAGAIN, EBUSY, EINVAL, ENOSPC, EPERM
 from typing import TYPE_CHECKING, NamedTuple
 
 from ioasidsd.model.errors import IoasidError
