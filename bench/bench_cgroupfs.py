@@ -11,12 +11,17 @@
    when ``ioasidsd.store.state`` can be imported, with the daemon's SQLite store as
    ``on_change`` (every mkdir committed before it returns).
 
+3. ``--v2``: the same two figures on our cgroup-v2 face (``System(hierarchy="v2")`` with
+   ``+ioasids`` in the root's ``cgroup.subtree_control``), served by a second child process and
+   measured in the same rounds as the v1 face, with the ratio v2/v1 per round. Target: at least
+   0.9.
+
 Our file system is served by a child process, as the daemon serves it; the loops run here.
 ``--against TREE`` also serves another version's file system (its source tree, put on
 ``PYTHONPATH``) and runs its echo+cat loop in the same rounds, for a before/after ratio that the
 machine's load affects alike. Needs root, FUSE and ``/sys/fs/cgroup/pids``. Usage::
 
-    bench_cgroupfs.py [--rounds 5] [--seconds 2] [--mkdirs 10000] [--against SOURCE_TREE]
+    bench_cgroupfs.py [--rounds 5] [--seconds 2] [--mkdirs 10000] [--against SOURCE_TREE] [--v2]
 """
 
 from __future__ import annotations
@@ -39,7 +44,11 @@ import sys
 from ioasidsd.system import System
 from cgroupfs import mount
 mountpoint, state_dir = sys.argv[1], sys.argv[2]
-system = System()
+if len(sys.argv) > 3:
+    system = System(hierarchy=sys.argv[3])
+    system.write_subtree_control("/", "+ioasids")
+else:
+    system = System()
 if state_dir:
     try:
         from ioasidsd.store.state import Store
@@ -65,15 +74,15 @@ def have_store() -> bool:
 
 
 @contextlib.contextmanager
-def served(mountpoint: Path, state_dir: str = "", tree: str | None = None):
+def served(mountpoint: Path, state_dir: str = "", tree: str | None = None, v2: bool = False):
     """Our file system, served by a child process until the block ends (``tree``: the source
-    tree of another version to serve instead of this one)."""
+    tree of another version to serve instead of this one; ``v2``: the cgroup-v2 face)."""
     env = cwd = None
     if tree is not None:
         cwd = os.path.abspath(tree)
         env = {**os.environ, "PYTHONPATH": cwd}
-    server = subprocess.Popen([sys.executable, "-c", SERVER, str(mountpoint), state_dir],
-                              stdout=subprocess.PIPE, env=env, cwd=cwd)
+    argv = [sys.executable, "-c", SERVER, str(mountpoint), state_dir, *(["v2"] if v2 else [])]
+    server = subprocess.Popen(argv, stdout=subprocess.PIPE, env=env, cwd=cwd)
     try:
         assert server.stdout is not None
         if server.stdout.readline() != b"ready\n":
@@ -123,27 +132,38 @@ def pairs_for(path: Path, seconds: float) -> float:
 
 
 def bench_pairs(ours: Path, kernel: Path, rounds: int, seconds: float,
-                other: Path | None = None) -> dict[str, float]:
+                other: Path | None = None, v2: Path | None = None) -> dict[str, float]:
     """Medians of echo+cat rates in alternating rounds: ``ours``, ``kernel`` and their ratio
-    per round; with ``other`` (another version's mount) also ``other`` and ``vs_other``."""
+    per round; with ``other`` (another version's mount) also ``other`` and ``vs_other``; with
+    ``v2`` (our v2 face) also ``v2`` and ``v2_vs_v1`` (v2 over ``ours``, per round)."""
     (ours / "bench").mkdir()
     ours_max, kernel_max = ours / "bench" / "ioasids.max", kernel / "pids.max"
-    other_max = None
+    other_max = v2_max = None
     if other is not None:
         (other / "bench").mkdir()
         other_max = other / "bench" / "ioasids.max"
         pairs_for(other_max, 0.2)
+    if v2 is not None:
+        (v2 / "bench").mkdir()
+        v2_max = v2 / "bench" / "ioasids.max"
+        pairs_for(v2_max, 0.2)
     pairs_for(ours_max, 0.2)  # warm up both
     pairs_for(kernel_max, 0.2)
-    mine, theirs, others = [], [], []
+    mine, theirs, others, v2s = [], [], [], []
     for r in range(rounds):
         theirs.append(pairs_for(kernel_max, seconds))
         if other_max is not None and r % 2:  # neither version always runs first
             others.append(pairs_for(other_max, seconds))
+        if v2_max is not None and r % 2:  # neither face always runs first
+            v2s.append(pairs_for(v2_max, seconds))
         mine.append(pairs_for(ours_max, seconds))
         if other_max is not None and not r % 2:
             others.append(pairs_for(other_max, seconds))
+        if v2_max is not None and not r % 2:
+            v2s.append(pairs_for(v2_max, seconds))
     (ours / "bench").rmdir()
+    if v2 is not None:
+        (v2 / "bench").rmdir()
     ratios = [m / k for m, k in zip(mine, theirs, strict=True)]
     figures = {"ours": statistics.median(mine), "kernel": statistics.median(theirs),
                "ratio": statistics.median(ratios)}
@@ -154,6 +174,26 @@ def bench_pairs(ours: Path, kernel: Path, rounds: int, seconds: float,
                                                                           strict=True))
         figures["vs_other"] = statistics.median(m / o for m, o in zip(mine, others,
                                                                        strict=True))
+    if v2 is not None:
+        figures["v2"] = statistics.median(v2s)
+        figures["v2_vs_v1"] = statistics.median(w / m for w, m in zip(v2s, mine, strict=True))
+    return figures
+
+
+def mkdirs_side_by_side(v1: Path, v2: Path, count: int, rounds: int) -> dict[str, float]:
+    """``mkdir_rmdir`` on both faces in alternating rounds (neither always first): the median
+    seconds of each, and the median per-round rate ratios v2/v1 (``mkdir``, ``rmdir``)."""
+    seconds: dict[str, list[float]] = {"v1_mkdir": [], "v1_rmdir": [], "v2_mkdir": [],
+                                       "v2_rmdir": []}
+    for r in range(rounds):
+        for face, parent in ((("v1", v1), ("v2", v2)) if r % 2 else (("v2", v2), ("v1", v1))):
+            made, removed = mkdir_rmdir(parent, count)
+            seconds[f"{face}_mkdir"].append(made)
+            seconds[f"{face}_rmdir"].append(removed)
+    figures = {key: statistics.median(values) for key, values in seconds.items()}
+    for op in ("mkdir", "rmdir"):
+        figures[op] = statistics.median(
+            a / b for a, b in zip(seconds[f"v1_{op}"], seconds[f"v2_{op}"], strict=True))
     return figures
 
 
@@ -178,6 +218,8 @@ def main() -> None:
     parser.add_argument("--against", metavar="TREE",
                         help="also serve another version's file system (its source tree, put "
                              "on PYTHONPATH) and run its echo+cat loop in the same rounds")
+    parser.add_argument("--v2", action="store_true",
+                        help="also measure our cgroup-v2 face, in the same rounds as the v1 face")
     args = parser.parse_args()
     if os.geteuid() != 0 or not (KERNEL_PIDS / "release_agent").exists():
         raise SystemExit(f"needs root and a kernel cgroup-v1 pids hierarchy at {KERNEL_PIDS}")
@@ -187,10 +229,12 @@ def main() -> None:
         with contextlib.ExitStack() as stack:
             kernel = stack.enter_context(kernel_cgroup())
             ours = stack.enter_context(served(work / "mnt"))
-            other = None
+            other = v2 = None
             if args.against:
                 other = stack.enter_context(served(work / "other", tree=args.against))
-            pairs = bench_pairs(ours, kernel, args.rounds, args.seconds, other)
+            if args.v2:
+                v2 = stack.enter_context(served(work / "v2", v2=True))
+            pairs = bench_pairs(ours, kernel, args.rounds, args.seconds, other, v2)
             print(f"echo+cat pairs/s: ours {pairs['ours']:,.0f}, kernel {pairs['kernel']:,.0f}, "
                   f"ratio {pairs['ratio']:.3f} = 1/{1 / pairs['ratio']:.1f} "
                   f"(median of {args.rounds} rounds of {args.seconds:g} s; target >= 1/15)")
@@ -198,12 +242,23 @@ def main() -> None:
                 print(f"echo+cat pairs/s of {args.against}: {pairs['other']:,.0f}, ratio "
                       f"{pairs['other_ratio']:.3f} = 1/{1 / pairs['other_ratio']:.1f}; "
                       f"this tree / {args.against}, same rounds: {pairs['vs_other']:.3f}")
+            if v2 is not None:
+                print(f"echo+cat pairs/s on the v2 face: {pairs['v2']:,.0f}; v2 / v1, same "
+                      f"rounds: {pairs['v2_vs_v1']:.3f} (target >= 0.9)")
             (ours / "m").mkdir()
             ours_mk, ours_rm = mkdir_rmdir(ours / "m", args.mkdirs)
             kernel_mk, kernel_rm = mkdir_rmdir(kernel, args.mkdirs)
             print(f"mkdir x{args.mkdirs}, on_change a no-op: ours {ours_mk:.2f} s, kernel "
                   f"{kernel_mk:.2f} s (ratio {ours_mk / kernel_mk:.1f}); rmdir: ours "
                   f"{ours_rm:.2f} s, kernel {kernel_rm:.2f} s (target: mkdir < 10 s)")
+            if v2 is not None:
+                (v2 / "m").mkdir()
+                faces = mkdirs_side_by_side(ours / "m", v2 / "m", args.mkdirs, args.rounds)
+                print(f"mkdir x{args.mkdirs} on the v2 face: {faces['v2_mkdir']:.2f} s, v1 "
+                      f"{faces['v1_mkdir']:.2f} s, rate v2/v1 {faces['mkdir']:.3f}; rmdir: v2 "
+                      f"{faces['v2_rmdir']:.2f} s, v1 {faces['v1_rmdir']:.2f} s, rate v2/v1 "
+                      f"{faces['rmdir']:.3f} (medians of {args.rounds} alternating rounds; "
+                      f"target >= 0.9)")
         if have_store():
             state = work / "state"
             state.mkdir()

@@ -15,6 +15,13 @@ write longer than the file's limit (a page; ``PATH_MAX - 1`` for ``release_agent
 others at open); each write is one value, parsed alone, whatever its offset. Parsing and its
 errnos live in the model (``ioasidsd.model.formats``), changes in ``System``.
 
+On a cgroup-v2 hierarchy (``System(hierarchy="v2")``) a cgroup holds the v2 core files
+(``cgroup.controllers``, ``cgroup.subtree_control``, ``cgroup.procs``, ``cgroup.threads``,
+``cgroup.max.depth``, ``cgroup.max.descendants``, ``cgroup.stat``; a non-root cgroup also
+``cgroup.type`` and ``cgroup.events``) and the controller's five files exactly where the
+controller is enabled (its parent's ``cgroup.subtree_control`` names it); the root's controller
+files are those of v1.
+
 Pure: nothing here knows FUSE; the file system face (``cgroupfs.operations``) resolves paths,
 checks that the cgroup still exists, and calls ``read`` and ``write``.
 """
@@ -23,7 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from errno import E2BIG, EINVAL, EPERM
+from errno import E2BIG, EINVAL, EOPNOTSUPP, EPERM
 from types import MappingProxyType
 
 from cgroupfs import pidlists
@@ -33,10 +40,14 @@ from ioasidsd.model.formats import (
     render_count,
     render_events,
     render_flag,
+    render_hierarchy_limit,
     render_ids,
+    render_keyed,
     render_limit,
+    render_names,
 )
 from ioasidsd.model.hierarchy import Cgroup
+from ioasidsd.model.unified import UnifiedHierarchy
 from ioasidsd.system import System
 
 PAGE_SIZE = 4096
@@ -102,13 +113,23 @@ def write(system: System, cg: Cgroup, file: CgroupFile, data: bytes, writer: Wri
 
 def files_of(system: System, cg: Cgroup) -> Mapping[str, CgroupFile]:
     """The files of ``cg``'s directory, by name."""
+    tree = system.cgroups
+    if tree.version == 2:
+        if cg.parent is None:
+            return ROOT_FILES_V2_V4 if system.knobs.profile == "v4" else ROOT_FILES_V2
+        if cg.threaded or "ioasids" not in cg.parent.subtree_control:
+            return CHILD_CORE_V2
+        return CHILD_FILES_V2
     if cg.parent is not None:
         return CHILD_FILES
     return ROOT_FILES_V4 if system.knobs.profile == "v4" else ROOT_FILES
 
 
 def names_of(system: System, cg: Cgroup) -> frozenset[str]:
-    """The file names of ``cg``'s directory: names a child cgroup cannot take."""
+    """The file names of ``cg``'s directory: names a child cgroup cannot take (on v2 the
+    controller's files too, where they are absent for now)."""
+    if system.cgroups.version == 2:
+        return CHILD_NAMES_V2 if cg.parent is not None else ROOT_NAMES_V2
     return CHILD_NAMES if cg.parent is not None else frozenset(files_of(system, cg))
 
 
@@ -167,9 +188,87 @@ def _events_local(system: System, cg: Cgroup) -> str:
     return render_events(cg.events_local)
 
 
+def _unified(system: System) -> UnifiedHierarchy:
+    tree = system.cgroups
+    assert isinstance(tree, UnifiedHierarchy)
+    return tree
+
+
+def _procs_v2(system: System, cg: Cgroup) -> str:
+    if cg.threaded:
+        raise IoasidError(EOPNOTSUPP, "a threaded cgroup lists threads only (cgroup.threads)")
+    with system.lock:
+        thread_root = _unified(system).is_thread_root(cg)
+    return render_ids(pidlists.procs(system, cg, threaded_subtree=thread_root))
+
+
+def _controllers(system: System, cg: Cgroup) -> str:
+    with system.lock:
+        return render_names(_unified(system).controllers_of(cg))
+
+
+def _subtree_control(system: System, cg: Cgroup) -> str:
+    with system.lock:
+        return render_names(_unified(system).subtree_control_of(cg))
+
+
+def _type(system: System, cg: Cgroup) -> str:
+    with system.lock:
+        return _unified(system).type_of(cg) + "\n"
+
+
+def _cgroup_events(system: System, cg: Cgroup) -> str:
+    return render_keyed([("populated", int(pidlists.populated(system, cg))), ("frozen", 0)])
+
+
+def _max_depth(system: System, cg: Cgroup) -> str:
+    return render_hierarchy_limit(cg.max_depth)
+
+
+def _max_descendants(system: System, cg: Cgroup) -> str:
+    return render_hierarchy_limit(cg.max_descendants)
+
+
+def _cgroup_stat(system: System, cg: Cgroup) -> str:
+    tree = _unified(system)
+    with system.lock:
+        names = tree.controller_names()
+        pairs = [("nr_descendants", tree.nr_descendants(cg))]
+        pairs += [(f"nr_subsys_{name}", tree.nr_enabled(cg, name)) for name in names]
+        pairs.append(("nr_dying_descendants", 0))
+        pairs += [(f"nr_dying_subsys_{name}", 0) for name in names]
+    return render_keyed(pairs)
+
+
 # ---------------------------------------------------------------------- write handlers
 def _move(system: System, cg: Cgroup, data: bytes, writer: Writer) -> None:
     system.write_procs(cg.path, data, writer_pid=writer.pid, writer_uid=writer.uid)
+
+
+def _move_v2(system: System, cg: Cgroup, data: bytes, writer: Writer) -> None:
+    system.write_procs(cg.path, data, writer_pid=writer.pid, writer_uid=writer.uid,
+                       writer_gid=writer.gid)
+
+
+def _move_thread(system: System, cg: Cgroup, data: bytes, writer: Writer) -> None:
+    system.write_procs(cg.path, data, writer_pid=writer.pid, writer_uid=writer.uid,
+                       writer_gid=writer.gid, threadgroup=False)
+
+
+def _set_subtree_control(system: System, cg: Cgroup, data: bytes, writer: Writer) -> None:
+    pidlists.forget_exited(system, cg)  # the no-internal-process rule sees running members
+    system.write_subtree_control(cg.path, data)
+
+
+def _set_type(system: System, cg: Cgroup, data: bytes, writer: Writer) -> None:
+    system.write_cgroup_type(cg.path, data)
+
+
+def _set_hierarchy_limit(name: str) -> Store:
+    def store(system: System, cg: Cgroup, data: bytes, writer: Writer) -> None:
+        system.write_hierarchy_limit(cg.path, name, data)
+
+    return store
 
 
 def _set_flag(name: str) -> Store:
@@ -230,3 +329,46 @@ ROOT_FILES_V4 = _table(*_ROOT_CORE)
 """The root's files in the ``v4`` profile: no ``ioasids.*`` (``CFTYPE_NOT_ON_ROOT``)."""
 
 CHILD_NAMES = frozenset(CHILD_FILES)
+
+_CORE_V2 = (
+    CgroupFile("cgroup.controllers", _controllers),
+    CgroupFile("cgroup.subtree_control", _subtree_control, _set_subtree_control),
+    CgroupFile("cgroup.procs", _procs_v2, _move_v2),
+    CgroupFile("cgroup.threads", _tasks, _move_thread),
+    CgroupFile("cgroup.max.depth", _max_depth, _set_hierarchy_limit("cgroup.max.depth")),
+    CgroupFile("cgroup.max.descendants", _max_descendants,
+               _set_hierarchy_limit("cgroup.max.descendants")),
+    CgroupFile("cgroup.stat", _cgroup_stat),
+)
+_CONTROLLER = (
+    CgroupFile("ioasids.max", _max, _set_max),
+    CgroupFile("ioasids.current", _current),
+    CgroupFile("ioasids.peak", _peak),
+    CgroupFile("ioasids.events", _events),
+    CgroupFile("ioasids.events.local", _events_local),
+)
+_ROOT_CONTROLLER = (
+    CgroupFile("ioasids.capacity", _capacity),
+    CgroupFile("ioasids.current", _in_use),
+)
+
+CHILD_CORE_V2 = _table(
+    *_CORE_V2,
+    CgroupFile("cgroup.type", _type, _set_type),
+    CgroupFile("cgroup.events", _cgroup_events),
+)
+"""A non-root cgroup's files on v2 where the controller is not enabled."""
+
+CHILD_FILES_V2 = _table(*CHILD_CORE_V2.values(), *_CONTROLLER)
+"""A non-root cgroup's files on v2 where the controller is enabled."""
+
+ROOT_FILES_V2 = _table(*_CORE_V2, *_ROOT_CONTROLLER)
+"""The v2 root's files outside the ``v4`` profile (the controller's as on v1)."""
+
+ROOT_FILES_V2_V4 = _table(*_CORE_V2)
+"""The v2 root's files in the ``v4`` profile."""
+
+CHILD_NAMES_V2 = frozenset(CHILD_FILES_V2)
+ROOT_NAMES_V2 = frozenset(ROOT_FILES_V2) | CHILD_NAMES_V2
+"""Names a child of the v2 root cannot take: the root's files (in either profile) and those a
+child may have."""

@@ -11,6 +11,14 @@ mfusepy runs libfuse's ``fuse_main_real`` on the serving thread: it mounts, serv
 - A mount whose serving process was killed stays behind as a dead mount point (``ENOTCONN`` on
   every access) until someone removes it: ``stale_mount`` recognises one, ``force_unmount``
   removes it.
+
+On a cgroup-v2 hierarchy the mount also notifies ``cgroup.events`` when a cgroup's
+``populated`` turns, as kernfs does: a thread of its own wakes the file's pollers
+(``CgroupOperations.events_changed``, through libfuse's ``fuse_notify_poll``) and truncates the
+file through the mount (which changes nothing in the model), so the kernel reports
+``IN_MODIFY`` to its inotify watchers, as it does for the kernel's ``cgroup.events``. FUSE gives
+a server no other way to raise an inotify event. The truncation needs write permission on the
+file, which only root has (a daemon run as another user wakes pollers only).
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import os
+import queue
 import shutil
 import subprocess
 import threading
@@ -29,6 +38,9 @@ import structlog
 
 from cgroupfs.operations import CgroupOperations
 from ioasidsd.host import mounts
+from ioasidsd.model.hierarchy import Cgroup
+from ioasidsd.model.snapshot import is_removed
+from ioasidsd.model.unified import UnifiedHierarchy
 from ioasidsd.system import System
 
 log = structlog.get_logger(__name__)
@@ -57,6 +69,49 @@ class CgroupMount:
         self._thread = threading.Thread(
             target=self._serve, name=f"cgroupfs {mountpoint}", daemon=True
         )
+        self._events: queue.SimpleQueue[Cgroup | None] = queue.SimpleQueue()
+        self._notifier: threading.Thread | None = None
+
+    def _populated_turned(self, cg: Cgroup) -> None:
+        """A watcher of the v2 hierarchy (called under the model lock): only take note."""
+        self._events.put(cg)
+
+    def _notify(self) -> None:
+        """Truncate ``cgroup.events`` of every cgroup whose ``populated`` turned (see the
+        module docstring), until ``None`` arrives."""
+        while True:
+            cg = self._events.get()
+            if cg is None:
+                return
+            with self.system.lock:
+                if is_removed(cg) or self.system.cgroups.parent_gone(cg):
+                    continue
+                path = cg.path
+            self.operations.events_changed(cg)
+            if os.geteuid() != 0:
+                continue
+            with contextlib.suppress(OSError):
+                os.truncate(os.path.join(self.mountpoint, path.lstrip("/"), "cgroup.events"), 0)
+
+    def _start_notifier(self) -> None:
+        tree = self.system.cgroups
+        if isinstance(tree, UnifiedHierarchy):
+            self._notifier = threading.Thread(target=self._notify, daemon=True,
+                                              name=f"cgroupfs events {self.mountpoint}")
+            self._notifier.start()
+            with self.system.lock:
+                tree.watchers.append(self._populated_turned)
+
+    def _stop_notifier(self) -> None:
+        tree = self.system.cgroups
+        if self._notifier is None or not isinstance(tree, UnifiedHierarchy):
+            return
+        with self.system.lock:
+            if self._populated_turned in tree.watchers:
+                tree.watchers.remove(self._populated_turned)
+        self._events.put(None)
+        if self._notifier is not threading.current_thread():
+            self._notifier.join()
 
     def _serve(self) -> None:
         try:
@@ -81,6 +136,7 @@ class CgroupMount:
         if not os.path.exists(os.path.join(self.mountpoint, "cgroup.procs")):
             self.unmount()
             raise OSError(ENOENT, f"{self.mountpoint}: mounted, but cgroup.procs is missing")
+        self._start_notifier()
 
     @property
     def mounted(self) -> bool:
@@ -94,6 +150,7 @@ class CgroupMount:
         root the connection is aborted first (``MNT_FORCE``), so the holders get ``ENOTCONN``;
         otherwise ``fusermount3 -u -z`` detaches it and the thread ends with the last holder.
         """
+        self._stop_notifier()
         with self._lock:
             if not self._ended.is_set():
                 _unmount(self.mountpoint)
@@ -102,6 +159,7 @@ class CgroupMount:
     def wait(self) -> None:
         """Block until the file system is unmounted, by ``unmount`` or from outside."""
         self._ended.wait()
+        self._stop_notifier()
         self._thread.join()
 
     def __enter__(self) -> CgroupMount:

@@ -1,4 +1,6 @@
-"""The FUSE operations (mfusepy, libfuse3 high-level API) of the cgroup-v1 file system.
+"""The FUSE operations (mfusepy, libfuse3 high-level API) of the cgroup file system (v1, or
+v2 for a ``System`` with a cgroup-v2 hierarchy: then ``rename`` is ``EPERM``, as cgroup2 has
+none, and a file made when the controller was enabled belongs to its directory's owner).
 
 Every path is resolved against the model on each request: a directory is a cgroup, a file is an
 entry of ``cgroupfs.files`` in its cgroup's directory. Changes go through ``System`` methods,
@@ -34,6 +36,10 @@ reaches a file system, such as ``ENOTDIR`` for ``rmdir`` of a file, are not repe
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import itertools
+import select
 import threading
 import time
 from collections import OrderedDict
@@ -55,6 +61,19 @@ DIR_MODE = 0o755
 PIDLIST_LIFETIME = 1.0
 """Seconds a rendering stays for reads at a non-zero offset (``CGROUP_PIDLIST_DESTROY_DELAY``)."""
 _UID_MASK = (1 << 32) - 1
+EVENTS_FILE = "cgroup.events"
+EVENTS_HANDLE = 1 << 63
+"""The tag of the handles ``open`` gives ``cgroup.events`` (a serial, not the opener: the file
+is read-only, and its handle must tell open files apart for ``poll``)."""
+EVENTS_OPEN_MAX = 4096
+"""Open ``cgroup.events`` files whose last read is remembered (the oldest are forgotten: no
+``release`` is served, so an open file is never known to be closed)."""
+POLL_DEFAULT = select.POLLIN | select.POLLOUT | select.POLLRDNORM | select.POLLWRNORM
+POLL_CHANGED = select.POLLERR | select.POLLPRI
+
+_libfuse = ctypes.CDLL(ctypes.util.find_library("fuse3") or "libfuse3.so.3")
+_libfuse.fuse_notify_poll.argtypes = (ctypes.c_void_p,)
+_libfuse.fuse_pollhandle_destroy.argtypes = (ctypes.c_void_p,)
 
 
 def opener_handle(uid: int, gid: int) -> int:
@@ -79,6 +98,12 @@ class CgroupOperations(mfusepy.Operations):
         self.started_ns = time.time_ns()
         self._renderings: OrderedDict[tuple[Cgroup, str], tuple[float, bytes]] = OrderedDict()
         self._renderings_lock = threading.Lock()
+        # cgroup.events: changes per cgroup, what each open file last saw, pollers waiting
+        self._events_lock = threading.Lock()
+        self._generation: dict[Cgroup, int] = {}
+        self._seen: OrderedDict[int, int] = OrderedDict()
+        self._pollers: dict[Cgroup, list[int]] = {}
+        self._serial = itertools.count(1)
 
     # ------------------------------------------------------------------ resolution
     def _resolve(self, path: str | None) -> tuple[Cgroup, CgroupFile | None]:
@@ -119,6 +144,11 @@ class CgroupOperations(mfusepy.Operations):
     def _stat(self, cg: Cgroup, file: CgroupFile | None) -> dict[str, Any]:
         name = "" if file is None else file.name
         attrs = cg.attrs.get(name, {})
+        if file is not None and "uid" not in attrs and self.system.cgroups.version == 2:
+            # a controller's file made when a v2 parent enabled it belongs to the directory's
+            # owner (cgroup_kn_set_ugid)
+            owner = cg.attrs.get("", {})
+            attrs = {**{k: owner[k] for k in ("uid", "gid") if k in owner}, **attrs}
         if file is None:
             default = ROOT_DIR_MODE if cg.parent is None else DIR_MODE
             kind, nlink = S_IFDIR, 2 + len(cg.children)
@@ -173,6 +203,8 @@ class CgroupOperations(mfusepy.Operations):
         text = files.read(self.system, cg, file)
         if not offset:
             self._keep(key, text)
+        if fh & EVENTS_HANDLE:
+            self._saw(fh, cg)
         return text[offset : offset + size]
 
     def _keep(self, key: tuple[Cgroup, str], text: bytes) -> None:
@@ -192,8 +224,66 @@ class CgroupOperations(mfusepy.Operations):
         """Every open of a file: the handle records the opener (``opener_handle``). Never
         fails: the kernel has already checked the mode (``default_permissions``) and found the
         file; whether its cgroup still exists is the business of each read and write."""
+        if path.endswith("/" + EVENTS_FILE):
+            return self._open_events(path)
         uid, gid, _pid = mfusepy.fuse_get_context()
         return opener_handle(uid, gid)
+
+    # ------------------------------------------------------------------ cgroup.events
+    def _open_events(self, path: str) -> int:
+        """A handle of its own for an open ``cgroup.events``, which has not read the file yet:
+        until it does, ``poll`` reports a change (as kernfs's ``of->event`` starts behind)."""
+        fh = EVENTS_HANDLE | next(self._serial)
+        self._remember(fh, -1)
+        return fh
+
+    def _saw(self, fh: int, cg: Cgroup) -> None:
+        with self._events_lock:
+            generation = self._generation.get(cg, 0)
+        self._remember(fh, generation)
+
+    def _remember(self, fh: int, generation: int) -> None:
+        with self._events_lock:
+            self._seen[fh] = generation
+            self._seen.move_to_end(fh)
+            while len(self._seen) > EVENTS_OPEN_MAX:
+                self._seen.popitem(last=False)
+
+    def events_changed(self, cg: Cgroup) -> None:
+        """``cgroup.events`` of ``cg`` changed (the mount's notifier calls this): open files
+        that have not read it since see ``POLLPRI``/``POLLERR``, and waiting pollers wake."""
+        with self._events_lock:
+            self._generation[cg] = self._generation.get(cg, 0) + 1
+            waiting = self._pollers.pop(cg, [])
+        for ph in waiting:
+            _libfuse.fuse_notify_poll(ph)
+            _libfuse.fuse_pollhandle_destroy(ph)
+
+    def poll(self, path: str | None, fh: int, ph: int | None, reventsp: Any) -> int:
+        """As kernfs: every file is readable and writable; an open ``cgroup.events`` whose
+        content changed since it was opened or last read also has ``POLLPRI`` and
+        ``POLLERR``. A poller of an unchanged ``cgroup.events`` is woken at its next change
+        (``events_changed``); others are never woken (nothing else notifies)."""
+        mask = POLL_DEFAULT
+        try:
+            cg, file = self._resolve_file(path)
+        except IoasidError:  # removed: kernfs answers this way for a file gone
+            if ph:
+                _libfuse.fuse_pollhandle_destroy(ph)
+            reventsp[0] = mask | POLL_CHANGED
+            return 0
+        if file.name == EVENTS_FILE and fh & EVENTS_HANDLE:
+            with self._events_lock:
+                generation = self._generation.get(cg, 0)
+                if self._seen.get(fh, generation) != generation:
+                    mask |= POLL_CHANGED
+                elif ph:
+                    self._pollers.setdefault(cg, []).append(ph)
+                    ph = None
+        if ph:
+            _libfuse.fuse_pollhandle_destroy(ph)
+        reventsp[0] = mask
+        return 0
 
     def write(self, path: str | None, data: bytes, offset: int, fh: int) -> int:
         """One write(2), judged by the credentials of the file's opener (from ``fh``, see
@@ -270,9 +360,14 @@ class CgroupOperations(mfusepy.Operations):
             raise IoasidError(ENOTDIR, f"{path} is a file")
         pidlists.forget_exited(self.system, cg)
         self.system.rmdir(path)
+        self.events_changed(cg)  # its pollers wake (and find it gone)
+        with self._events_lock:
+            self._generation.pop(cg, None)
         return 0
 
     def rename(self, old: str, new: str) -> int:
+        if self.system.cgroups.version == 2:
+            raise IoasidError(EPERM, "cgroup2 has no rename")
         with self.system.lock:
             _cg, file = self._resolve(old)
             if file is not None:

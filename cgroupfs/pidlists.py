@@ -23,8 +23,10 @@ from ioasidsd.model.hierarchy import Cgroup
 from ioasidsd.system import System
 
 
-def procs(system: System, cg: Cgroup) -> list[int]:
-    """The process ids of ``cg`` (``cgroup.procs``), ascending, without duplicates."""
+def procs(system: System, cg: Cgroup, *, threaded_subtree: bool = False) -> list[int]:
+    """The process ids of ``cg`` (``cgroup.procs``), ascending, without duplicates; with
+    ``threaded_subtree``, also those of its threaded descendants (a v2 threaded domain lists
+    every process with a thread in its threaded subtree)."""
     kernel = system.kernel
     if kernel is not None:
         return _kernel_list(kernel.procs, system, cg)
@@ -32,6 +34,9 @@ def procs(system: System, cg: Cgroup) -> list[int]:
         return _root_procs(system)
     with system.lock:
         members = [(proc.pid, proc.start_time) for proc in cg.procs]
+        if threaded_subtree:
+            members += [(proc.pid, proc.start_time) for node in cg.descendants()
+                        if node.threaded for proc in node.procs]
     alive = system.processes.alive
     return sorted({pid for pid, start in members if alive(pid, start)})
 
@@ -50,6 +55,15 @@ def forget_exited(system: System, cg: Cgroup) -> None:
             proc = system.cgroups.process(pid)
             if proc is not None and proc.start_time == start:
                 system.exit(pid)
+
+
+def populated(system: System, cg: Cgroup) -> bool:
+    """Whether a running process is in ``cg`` or below it (``cgroup.events``)."""
+    with system.lock:
+        members = [(proc.pid, proc.start_time) for node in cg.descendants()
+                   for proc in node.procs]
+    alive = system.processes.alive
+    return any(alive(pid, start) for pid, start in members)
 
 
 def tasks(system: System, cg: Cgroup) -> list[int]:

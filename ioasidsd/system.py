@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Mapping
-from errno import EINVAL, EIO, EPERM, ESRCH
+from errno import EINVAL, EIO, ENOENT, EPERM, ESRCH
 from typing import TYPE_CHECKING, Protocol
 
 from ioasidsd.host import ProcessSource
@@ -28,13 +28,22 @@ from ioasidsd.model import ioasid_uapi as uapi
 from ioasidsd.model.changes import Change, ChangeKind, Refusal, exact_change
 from ioasidsd.model.core import IoasidCore
 from ioasidsd.model.errors import IoasidError
-from ioasidsd.model.formats import parse_flag, parse_limit, parse_pid, parse_release_agent
-from ioasidsd.model.hierarchy import Cgroup, Process
+from ioasidsd.model.formats import (
+    parse_cgroup_type,
+    parse_flag,
+    parse_hierarchy_limit,
+    parse_limit,
+    parse_pid,
+    parse_release_agent,
+    parse_subtree_control,
+)
+from ioasidsd.model.hierarchy import Cgroup, Hierarchy, Process
 from ioasidsd.model.ioasid_device import IoasidDevice, IoasidFile
 from ioasidsd.model.ioasids import IoasidsController
 from ioasidsd.model.knobs import Knobs
 from ioasidsd.model.modellock import ModelLock
 from ioasidsd.model.snapshot import is_removed
+from ioasidsd.model.unified import UnifiedHierarchy
 from ioasidsd.model.workqueue import OrderedWorkQueue
 from ioasidsd.vtd_binder import VtdGuestBinder
 
@@ -79,6 +88,9 @@ class System:
     carries the ``Refusal``). ``wq`` is the core's work queue: by default ``step`` mode, where
     deferred work (the VT-d FREE cleanup) runs, and reports its own change, before the method
     returns; the daemon passes a ``thread`` mode queue (see ``ioasidsd.model.workqueue``).
+    ``hierarchy`` is ``v1`` (a cgroup-v1 hierarchy, the default) or ``v2`` (a cgroup-v2 one,
+    ``ioasidsd.model.unified``): the controller is on one hierarchy (``ValueError`` for another
+    name).
     """
 
     def __init__(
@@ -88,9 +100,15 @@ class System:
         processes: ProcessSource | None = None,
         wq: OrderedWorkQueue | None = None,
         on_change: Callable[[Change], None] | None = None,
+        hierarchy: str = "v1",
     ) -> None:
+        if hierarchy not in ("v1", "v2"):
+            raise ValueError(f"hierarchy must be v1 or v2, not {hierarchy!r}")
         self.core = IoasidCore(knobs, wq=wq)
-        self.controller = IoasidsController(self.core)
+        tree: Hierarchy | None = None
+        if hierarchy == "v2":
+            tree = UnifiedHierarchy(self.core.lock, enter=self.core.check_not_in_notifier)
+        self.controller = IoasidsController(self.core, tree)
         self.cgroups = self.controller.hierarchy
         self.knobs = self.core.knobs
         self.lock: ModelLock = self.core.lock
@@ -164,10 +182,14 @@ class System:
             self.on_change(Change(ChangeKind.RENAME, cgroups=(cg,), path=old_path))
 
     def write_max(self, path: str, data: bytes | str) -> None:
-        """A write to ``ioasids.max``: parse (``EINVAL``/``ERANGE``) and grant it."""
+        """A write to ``ioasids.max``: parse (``EINVAL``/``ERANGE``) and grant it; on a v2
+        hierarchy ``ENOENT`` where the controller is not enabled (the file is absent)."""
         limit = parse_limit(data)
         with self.lock:
             cg = self.cgroups.lookup(path)
+            tree = self.cgroups
+            if isinstance(tree, UnifiedHierarchy) and not tree.enabled(cg, self.controller.name):
+                raise IoasidError(ENOENT, f"{cg.path}: the ioasids controller is not enabled")
             before = (cg.limit, cg.reserved, self.core.capacity_avail)
             self.controller.set_max(cg, limit)
             pooled = tuple(self.controller.take_pooled())
@@ -202,6 +224,48 @@ class System:
                 self.cgroups.release_agent = text
                 self.on_change(Change(ChangeKind.RELEASE_AGENT))
 
+    # ------------------------------------------------------------------ cgroup-v2 core files
+    def _unified(self) -> UnifiedHierarchy:
+        if not isinstance(self.cgroups, UnifiedHierarchy):
+            raise IoasidError(EINVAL, "not a cgroup-v2 hierarchy")
+        return self.cgroups
+
+    def write_subtree_control(self, path: str, data: bytes | str) -> None:
+        """A write to ``cgroup.subtree_control`` (v2): parse (``EINVAL``) and apply it; see
+        ``UnifiedHierarchy.set_subtree_control`` for the refusals."""
+        tree = self._unified()
+        enable, disable = parse_subtree_control(data, tree.controller_names())
+        with self.lock:
+            cg = tree.lookup(path)
+            if tree.set_subtree_control(cg, enable, disable):
+                self.on_change(Change(ChangeKind.CONTROL, cgroups=tuple(cg.descendants())))
+
+    def write_cgroup_type(self, path: str, data: bytes | str) -> None:
+        """A write to ``cgroup.type`` (v2): only ``threaded`` (``EINVAL``); see
+        ``UnifiedHierarchy.set_threaded``."""
+        tree = self._unified()
+        parse_cgroup_type(data)
+        with self.lock:
+            cg = tree.lookup(path)
+            if tree.set_threaded(cg):
+                self.on_change(Change(ChangeKind.CONTROL, cgroups=tuple(cg.descendants())))
+
+    def write_hierarchy_limit(self, path: str, name: str, data: bytes | str) -> None:
+        """A write to ``cgroup.max.depth`` or ``cgroup.max.descendants`` (v2): ``max`` or a
+        number (``EINVAL``, ``ERANGE``)."""
+        tree = self._unified()
+        value = parse_hierarchy_limit(data)
+        with self.lock:
+            cg = tree.lookup(path)
+            if name == "cgroup.max.depth":
+                changed = tree.set_max_depth(cg, value)
+            elif name == "cgroup.max.descendants":
+                changed = tree.set_max_descendants(cg, value)
+            else:
+                raise IoasidError(EINVAL, f"{name} is not a hierarchy limit")
+            if changed:
+                self.on_change(Change(ChangeKind.CONTROL, cgroups=(cg,)))
+
     # ------------------------------------------------------------------ processes
     def process(self, pid: int) -> Process:
         """The model's process for a real ``pid`` (tracked in the root if new). ``ESRCH``."""
@@ -215,7 +279,7 @@ class System:
             return self.cgroups.track(leader.pid, leader.start_time, where, leader.threads)
 
     def write_procs(self, path: str, data: bytes | str, *, writer_pid: int, writer_uid: int,
-                    ) -> Process:
+                    writer_gid: int = 0, threadgroup: bool = True) -> Process:
         """A write to ``cgroup.procs`` or ``tasks``: move a real process (``0``: the process of
         ``writer_pid``, the thread calling write(2)).
 
@@ -226,14 +290,29 @@ class System:
 
         ``EINVAL`` for junk or a kernel thread that may not move, ``ESRCH`` for no such process,
         ``EACCES`` when ``writer_uid`` is not root and matches neither the target's uid nor its
-        saved uid. With membership kept by the kernel, the kernel moves the process first (all
-        its threads, whichever file was written) and its refusal is the write's.
+        saved uid. With membership kept by the kernel (v1 only), the kernel moves the process
+        first (all its threads, whichever file was written) and its refusal is the write's.
+
+        On a v2 hierarchy the target's owner does not matter: ``EACCES`` unless ``writer_uid``
+        and ``writer_gid`` may write the ``cgroup.procs`` of the common ancestor of the source
+        and ``path``; then the v2 rules of ``UnifiedHierarchy.attach`` (``EBUSY``,
+        ``EOPNOTSUPP``; ``threadgroup`` false for a write to ``cgroup.threads``).
         """
         pid = parse_pid(data) or writer_pid
         facts = self.processes.facts(pid)
         if not facts.movable:
             raise IoasidError(EINVAL, f"process {pid} is a kernel thread that may not move")
-        self.cgroups.check_owner(writer_uid, (facts.uids[0], facts.uids[2]))
+        tree = self.cgroups
+        if isinstance(tree, UnifiedHierarchy):
+            with self.lock:
+                dst = tree.lookup(path)
+                proc = self.process(pid)
+                src = proc.cgroup
+                tree.check_move(src, dst, writer_uid, writer_gid)
+                tree.attach(proc, dst, threadgroup=threadgroup)
+                self.on_change(Change(ChangeKind.ATTACH, cgroups=(src,), processes=(proc,)))
+                return proc
+        tree.check_owner(writer_uid, (facts.uids[0], facts.uids[2]))
         with self.lock:
             dst = self.cgroups.lookup(path)
             if self.kernel is not None:
@@ -300,14 +379,14 @@ class System:
 
     def _ioasid_changed(self, kind: ChangeKind, processes: tuple[Process, ...] = (),
                         refusal: Refusal | None = None) -> None:
-        """The one place where the device's ``Touched`` becomes a ``Change``: reported when
+        """The one place where what the device touched becomes a ``Change``: reported when
         the device touched something or ``refusal`` is given."""
         touched = self.ioasid_device.take_touched()
-        if touched or refusal is not None:
-            sets = touched.sets
-            self.on_change(exact_change(kind, tuple(touched.cgroups), processes,
-                                        tuple(touched.ids),
-                                        tuple([s.id for s in sets]) if sets else (), refusal))
+        if touched is not None:
+            cgroups, ids, sets = touched
+            self.on_change(exact_change(kind, cgroups, processes, ids, sets, refusal))
+        elif refusal is not None:
+            self.on_change(exact_change(kind, (), processes, (), (), refusal))
 
     def _ioasid_exit_hook(self, proc: Process) -> None:
         self.ioasid_device.process_exit(proc)
@@ -519,8 +598,10 @@ class System:
         opener = file.opener
         task = opener if pid is None or pid == opener.pid else self.ioasid_process(pid)
         with self.lock:
+            if self.core.notifier_depth:
+                self.core.check_not_in_notifier()  # EDEADLK
             try:
-                result = self.ioasid_device.ioctl(file, cmd, arg, task)
+                result = self.ioasid_device.ioctl_locked(file, cmd, arg, task)
             except IoasidError as exc:
                 refusal = Refusal(pid=task.pid, uid=uid, command=uapi.command_name(cmd),
                                   cgroup=task.cgroup.path, level=exc.level,

@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from ioasidsd.daemon.config import LOG_FORMATS, LOG_LEVELS, TRACKING_MODES
+from ioasidsd.daemon.config import HIERARCHIES, LOG_FORMATS, LOG_LEVELS, TRACKING_MODES
 from ioasidsd.model import IoasidCore, IoasidError, IoasidSetType, profile
 from ioasidsd.model.ioasids import IoasidsController
 from ioasidsd.model.knobs import PROFILES
@@ -32,6 +32,9 @@ def main() -> None:
                    "space.  [default: that space, 1048576 with PSS=19]")
 @click.option("--profile", "profile_name", type=click.Choice(PROFILES), default=None,
               help="Semantics profile.  [default: fixed]")
+@click.option("--hierarchy", type=click.Choice(HIERARCHIES), default=None,
+              help="The hierarchy served: cgroup v1, or v2 (unified, with "
+                   "cgroup.subtree_control).  [default: v1]")
 @click.option("--log-format", type=click.Choice(LOG_FORMATS), default=None,
               help="Log lines: console, logfmt, json; auto is console on a terminal, JSON "
                    "otherwise.  [default: auto]")
@@ -43,7 +46,8 @@ def main() -> None:
                    "[default: auto]")
 def run(mount: str | None, state_dir: str | None, runtime_dir: str | None,
         config_file: str | None, capacity: int | None, profile_name: str | None,
-        log_format: str | None, log_level: str | None, tracking: str | None) -> None:
+        hierarchy: str | None, log_format: str | None, log_level: str | None,
+        tracking: str | None) -> None:
     """Serve the hierarchy in the foreground until SIGTERM or SIGINT (SIGHUP reloads).
 
     Exit status: 0 after a clean stop, 1 when the daemon cannot start or stops on an error,
@@ -53,7 +57,8 @@ def run(mount: str | None, state_dir: str | None, runtime_dir: str | None,
     from ioasidsd.daemon.config import ConfigError, load_config
 
     flags = {"mount": mount, "state_dir": state_dir, "runtime_dir": runtime_dir,
-             "capacity": capacity, "profile": profile_name, "log_format": log_format,
+             "capacity": capacity, "profile": profile_name, "hierarchy": hierarchy,
+             "log_format": log_format,
              "log_level": log_level, "tracking": tracking}
     try:
         config = load_config(config_file, flags)

@@ -18,10 +18,8 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
-import os
-import selectors
+import select
 import socket
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -38,11 +36,14 @@ from ioasidsd.clients import (
     peer_of,
 )
 from ioasidsd.control.protocol import MAX_REQUEST
+from ioasidsd.eventloop import EventLoop
 from ioasidsd.model.errors import IoasidError
 
 __all__ = ["ControlServer", "Handler"]
 
 DEFAULT_CAP = 64
+_IN = select.EPOLLIN
+_OUT = select.EPOLLOUT
 
 Handler = Callable[[dict[str, Any], Peer], Any]
 
@@ -69,24 +70,24 @@ class _Connection:
 
 
 class ControlServer:
-    """Serves ``handlers`` on the socket at ``path`` (mode 0666: verbs check ``peer``) from one
-    thread: every connection is a non-blocking socket on one selector, requests are answered in
-    the order they arrive, and a client that does not read its replies stalls only itself (its
-    further requests wait). At most ``cap`` connections (default: 64 for each uid but root's).
+    """Serves ``handlers`` on the socket at ``path`` (mode 0666: verbs check ``peer``) on
+    ``loop``, the ``EventLoop`` the daemon shares with the user API (started by its owner), or
+    without one on a loop and thread of the server's own: every connection is a non-blocking
+    socket on that loop, requests are answered in the order they arrive, and a client that does
+    not read its replies stalls only itself (its further requests wait). At most ``cap``
+    connections (default: 64 for each uid but root's).
     """
 
     def __init__(self, path: str | Path, handlers: dict[str, Handler], log: Any, *,
-                 cap: ConnectionCap | None = None) -> None:
+                 cap: ConnectionCap | None = None, loop: EventLoop | None = None) -> None:
         self.path = Path(path)
         self.handlers = handlers
         self.log = log
         self.cap = cap or ConnectionCap(DEFAULT_CAP)
+        self._loop = loop
+        self._own_loop = loop is None
         self._listener: socket.socket | None = None
         self._acceptor: Acceptor | None = None
-        self._selector: selectors.BaseSelector | None = None
-        self._thread: threading.Thread | None = None
-        self._wake_r, self._wake_w = -1, -1
-        self._stopping = False
         self._conns: dict[int, _Connection] = {}
 
     @property
@@ -95,82 +96,61 @@ class ControlServer:
         return len(self._conns)
 
     def start(self) -> None:
-        """Bind (replacing a socket left by a killed daemon) and serve on a thread. ``OSError``
-        if the socket cannot be created."""
+        """Bind (replacing a socket left by a killed daemon) and serve. ``OSError`` if the
+        socket cannot be created."""
         listener = listen_unix(str(self.path), 0o666)
         self._listener = listener
         self._acceptor = Acceptor(listener, self._refuse, self.log)
-        self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
-        self._stopping = False
-        # made here, not on the thread: a failure is start()'s, not a thread's silent end
-        self._selector = selectors.DefaultSelector()
-        self._selector.register(listener, selectors.EVENT_READ)
-        self._selector.register(self._wake_r, selectors.EVENT_READ)
-        self._thread = threading.Thread(target=self._serve, name="control", daemon=True)
-        self._thread.start()
+        if self._loop is None:
+            self._loop = EventLoop(self.log, name="control")
+        loop = self._loop
+        loop.call(lambda: loop.register(listener.fileno(), _IN, self._on_listener))
+        if self._own_loop:
+            loop.start()
 
     def stop(self) -> None:
         """Stop accepting, close the open connections (replies not sent are dropped), close
         and remove the socket. Idempotent."""
-        if self._thread is None:
+        loop, listener = self._loop, self._listener
+        if loop is None or listener is None:
             return
-        self._stopping = True
-        os.write(self._wake_w, b"x")
-        self._thread.join()
-        self._thread = None
-        for conn in list(self._conns.values()):
-            self._close(conn)
-        if self._selector is not None:
-            self._selector.close()
-            self._selector = None
-        for fd in (self._wake_r, self._wake_w):
-            os.close(fd)
-        assert self._acceptor is not None and self._listener is not None
+        loop.call(self._shut)
+        if self._own_loop:
+            loop.stop()
+            self._loop = None
+        assert self._acceptor is not None
         self._acceptor.close()
-        self._listener.close()
+        listener.close()
+        self._listener = None
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
 
+    def _shut(self) -> None:
+        """On the loop's thread: stop listening and close every connection."""
+        assert self._loop is not None and self._listener is not None
+        self._loop.unregister(self._listener.fileno())
+        for conn in list(self._conns.values()):
+            self._close(conn)
+
     # ------------------------------------------------------------------ the loop
-    def _serve(self) -> None:
-        listener, acceptor = self._listener, self._acceptor
-        selector = self._selector
-        assert listener is not None and acceptor is not None and selector is not None
-        listening = True
-        while not self._stopping:
-            pause = acceptor.paused - time.monotonic()
-            if pause > 0 and listening:  # accepting failed: not asked again meanwhile
-                selector.unregister(listener)
-                listening = False
-            elif pause <= 0 and not listening:
-                selector.register(listener, selectors.EVENT_READ)
-                listening = True
-            for key, mask in selector.select(pause if pause > 0 else None):
-                conn = key.data
-                if conn is None:
-                    if key.fileobj is listener:
-                        self._accept_all()
-                    continue  # the wake pipe: the loop checks _stopping
-                try:
-                    if mask & selectors.EVENT_WRITE:
-                        self._flush(conn)
-                    if mask & selectors.EVENT_READ and not conn.outbox:
-                        self._receive(conn)
-                except Exception:  # a bug must not end the server: drop this connection
-                    self.log.exception("control connection failed", pid=conn.peer.pid)
-                    self._close(conn)
-        self._drain_wake()
+    def _on_ready(self, fd: int, events: int) -> None:
+        conn = self._conns.get(fd)
+        if conn is None:
+            return
+        try:
+            if events & _OUT:
+                self._flush(conn)
+            if events & _IN and not conn.outbox and fd in self._conns:
+                self._receive(conn)
+        except Exception:  # a bug must not end the server: drop this connection
+            self.log.exception("control connection failed", pid=conn.peer.pid)
+            self._close(conn)
 
-    def _drain_wake(self) -> None:
-        with contextlib.suppress(OSError):
-            while os.read(self._wake_r, 4096):
-                pass
-
-    def _accept_all(self) -> None:
+    def _on_listener(self, fd: int, events: int) -> None:
         """Accept and admit every waiting connection. A failure pauses accepting (and is
-        logged if it can be): it never ends the server's thread."""
-        acceptor = self._acceptor
-        assert acceptor is not None
+        logged if it can be): the listener is not watched until the pause ends."""
+        acceptor, loop = self._acceptor, self._loop
+        assert acceptor is not None and loop is not None
         try:
             while (sock := acceptor.accept()) is not None:
                 self._admit(sock)
@@ -178,6 +158,16 @@ class ControlServer:
             acceptor.paused = time.monotonic() + PAUSE
             with contextlib.suppress(Exception):
                 self.log.exception("control: accepting failed; pausing")
+        if acceptor.paused > time.monotonic():
+            loop.unregister(fd)
+            loop.call_at(acceptor.paused, self._listen_again)
+
+    def _listen_again(self) -> None:
+        """The pause after a failed accept is over: watch the listener again."""
+        assert self._acceptor is not None and self._loop is not None
+        self._acceptor.paused = 0.0
+        if self._listener is not None:
+            self._loop.register(self._listener.fileno(), _IN, self._on_listener)
 
     def _admit(self, sock: socket.socket) -> None:
         try:
@@ -197,8 +187,8 @@ class ControlServer:
         sock.setblocking(False)
         conn = _Connection(sock, peer)
         self._conns[sock.fileno()] = conn
-        assert self._selector is not None
-        self._selector.register(sock, selectors.EVENT_READ, conn)
+        assert self._loop is not None
+        self._loop.register(sock.fileno(), _IN, self._on_ready)
 
     def _refuse(self, sock: socket.socket, code: int, message: str) -> None:
         sock.sendall(json.dumps(_error(code, message)).encode() + b"\n")
@@ -239,14 +229,14 @@ class ControlServer:
                     self._queue(conn, self.answer(line, conn.peer))
                 if not self._send(conn):
                     return
-        selector = self._selector
-        assert selector is not None
+        loop = self._loop
+        assert loop is not None
         if conn.outbox:
-            selector.modify(conn.sock, selectors.EVENT_WRITE, conn)
+            loop.modify(conn.sock.fileno(), _OUT)
         elif conn.closing:
             self._close(conn)
         else:
-            selector.modify(conn.sock, selectors.EVENT_READ, conn)
+            loop.modify(conn.sock.fileno(), _IN)
 
     def _queue(self, conn: _Connection, reply: dict[str, Any]) -> None:
         conn.outbox += json.dumps(reply).encode() + b"\n"
@@ -272,11 +262,11 @@ class ControlServer:
             self._work(conn)
 
     def _close(self, conn: _Connection) -> None:
-        if self._conns.pop(conn.sock.fileno(), None) is None:
+        fd = conn.sock.fileno()
+        if self._conns.pop(fd, None) is None:
             return
-        if self._selector is not None:
-            with contextlib.suppress(KeyError, ValueError, OSError):
-                self._selector.unregister(conn.sock)
+        if self._loop is not None:
+            self._loop.unregister(fd)
         conn.sock.close()
         self.cap.leave(conn.peer.uid)
         CLIENT_LOG_LIMIT.flush(conn.peer.uid)

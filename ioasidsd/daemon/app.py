@@ -67,6 +67,7 @@ from ioasidsd.daemon.runtime import (
     AlreadyRunning,
     DirectoryLock,
 )
+from ioasidsd.eventloop import EventLoop
 from ioasidsd.host import boot_id, filesystem_of, process_clock
 from ioasidsd.model.changes import Change, ChangeKind
 from ioasidsd.model.core import IoasidSetType
@@ -125,6 +126,7 @@ class Daemon:
         self.tracker: Tracker | None = None
         self.releases: ReleaseAgents | None = None
         self.control: ControlServer | None = None
+        self.sockets: EventLoop | None = None
         self.userapi: UserApiServer | None = None
         self.vtd: VtdDriver | None = None
         self.mount: Any = None
@@ -201,8 +203,14 @@ class Daemon:
 
         self.releases = ReleaseAgents(system, self.log)
         self.releases.start()
+        # the kernel keeps membership in a mirror of a v1 hierarchy only (no threaded cgroups,
+        # no v2 move rules there)
+        if config.hierarchy != "v1" and config.tracking == "kernel":
+            raise StartError("tracking = kernel keeps membership in a cgroup-v1 mirror: with "
+                             "hierarchy = v2, use tracking = auto, connector or poll")
         hierarchy = KernelHierarchy(hierarchy_name(config.state_dir),
-                                    config.runtime_dir / MEMBERSHIP_MOUNT)
+                                    config.runtime_dir / MEMBERSHIP_MOUNT) \
+            if config.hierarchy == "v1" else None
         try:
             self.tracker = open_tracker(system, config.tracking, self.log,
                                         interval=config.poll_interval, hierarchy=hierarchy)
@@ -229,17 +237,19 @@ class Daemon:
 
         self._mount()
         others = descriptor_budget() // 2  # what users other than root may hold, per socket
+        self.sockets = EventLoop(self.log, name="sockets")  # one thread serves both sockets
         self.userapi = UserApiServer(
             system, str(config.runtime_dir),
-            cap=ConnectionCap(config.max_connections_per_uid, total=others))
+            cap=ConnectionCap(config.max_connections_per_uid, total=others), loop=self.sockets)
         self.userapi.start()
         handlers: dict[str, Handler] = {name: functools.partial(verb, self)
                                         for name, verb in verbs.VERBS.items()}
         self.control = ControlServer(config.runtime_dir / CONTROL_SOCKET_NAME, handlers,
                                      self.log,
                                      cap=ConnectionCap(config.max_connections_per_uid,
-                                                       total=others))
+                                                       total=others), loop=self.sockets)
         self.control.start()
+        self.sockets.start()
         self._notify("READY=1", f"STATUS={self.status_line()}")
         self.log.info("ready", mount=str(config.mount), pid=os.getpid(),
                       tracking=self.tracker.mode, profile=system.knobs.profile)
@@ -262,7 +272,7 @@ class Daemon:
         # The kernel runs ioasid_wq on a kworker: the daemon keeps the model's deferred work (the
         # VT-d FREE cleanup) on a worker thread, after and apart from the call that queued it.
         system = System(knobs, on_change=self._on_change,
-                        wq=OrderedWorkQueue(mode=WorkMode.THREAD))
+                        wq=OrderedWorkQueue(mode=WorkMode.THREAD), hierarchy=config.hierarchy)
         forward_model_messages(system.core, self.log)
         self.system = system
         if snap is not None:
@@ -271,6 +281,9 @@ class Daemon:
             if saved != knobs.as_dict():
                 differs.append(f"profile {saved.get('profile')!r} with knobs "
                                f"{_knob_diff(saved, knobs.as_dict())}")
+            saved_hierarchy = f"v{snap['core'].get('hierarchy', 1)}"
+            if saved_hierarchy != config.hierarchy:
+                differs.append(f"hierarchy {saved_hierarchy}")
             saved_capacity = snap["core"]["capacity"]
             if config.capacity is not None and config.capacity != saved_capacity:
                 differs.append(f"capacity {saved_capacity}")
@@ -444,6 +457,8 @@ class Daemon:
             steps.append(("user API socket", self.userapi.stop))
         if self.control is not None:
             steps.append(("control socket", self.control.stop))
+        if self.sockets is not None:
+            steps.append(("socket thread", self.sockets.stop))
         if self.mount is not None:
             steps.append(("unmount", self.mount.unmount))
         stopped = process_clock()
@@ -493,6 +508,7 @@ class Daemon:
                          "restarts": getattr(tracker, "restarts", 0),
                          "orphans": len(system.orphans), "unplaced": system.unplaced},
             "mount": str(self.config.mount),
+            "hierarchy": self.config.hierarchy,
             "state": {"path": str(self.store.path), "synchronous": self.config.synchronous,
                       "error": self.store.error, "unfolded": self.store.pending},
             "runtime_dir": str(self.config.runtime_dir),

@@ -9,6 +9,7 @@ knobs) and the VT-d units and devices::
     capacity = 1048576          # installed at the first start; default: the VT-d units' PASID
                                 # space (2^20 with PSS=19); at most that space
     profile = "fixed"           # or "v4"
+    hierarchy = "v1"            # the hierarchy served: cgroup v1, or v2 (unified)
     log_format = "auto"         # console on a terminal, JSON otherwise; or console, logfmt, json
     log_level = "info"          # debug, info, warning, error
     tracking = "auto"           # kernel (a named cgroup-v1 hierarchy keeps membership; root),
@@ -52,6 +53,7 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 TRACKING_MODES = ("auto", "kernel", "connector", "poll")
 UNPLACED = ("refuse", "root")
 SYNCHRONOUS = ("normal", "full")
+HIERARCHIES = ("v1", "v2")
 MAX_CAPACITY = IOASID_MAX_VALUE + 1
 
 
@@ -68,6 +70,7 @@ class Config:
     runtime_dir: Path = Path("/run/ioasidsd")
     capacity: int | None = None
     profile: str = "fixed"
+    hierarchy: str = "v1"
     knobs: dict[str, Any] = field(default_factory=dict)
     log_format: str = "auto"
     log_level: str = "info"
@@ -98,7 +101,8 @@ _FIELDS = {f.name: f for f in dataclasses.fields(Config)
            if f.name != "config_file" and f.name not in _SERVICE}
 _PATHS = ("mount", "state_dir", "runtime_dir")
 _CHOICES = {"profile": PROFILES, "log_format": LOG_FORMATS, "log_level": LOG_LEVELS,
-            "tracking": TRACKING_MODES, "synchronous": SYNCHRONOUS, "unplaced": UNPLACED}
+            "tracking": TRACKING_MODES, "synchronous": SYNCHRONOUS, "unplaced": UNPLACED,
+            "hierarchy": HIERARCHIES}
 
 
 def _check(name: str, value: Any, where: str) -> Any:

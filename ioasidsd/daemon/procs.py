@@ -294,9 +294,9 @@ class ConnectorTracker(_Supervised):
             except OSError as exc:
                 if exc.errno != errno.ENOBUFS:
                     raise
-                # events overflowed the buffer before the answer was read (a busy machine and
-                # a small buffer): they flow, so the subscription holds; what was lost, and the
-                # answer with it, is made up by a rescan once the tracker runs
+                # events overflowed the buffer before the answer came (a busy machine): the
+                # kernel is sending them, so the subscription took; what was lost, the answer
+                # perhaps with it, is rescanned before the first event is served
                 self.overflows += 1
                 self._resync_since = self._last_ok
                 return
@@ -414,9 +414,10 @@ class ConnectorTracker(_Supervised):
                         raise
                     self._overflow()
                     continue
-                self._last_ok = process_clock()
+                received = process_clock()
                 for msg in self._marshal.parse(data):
-                    self._handle(msg)
+                    self._handle(msg)  # one that fails resyncs from before this batch
+                self._last_ok = received
             if self._resync_since is not None:  # an event could not be handled
                 since, self._resync_since = self._resync_since, None
                 self._resync(since)

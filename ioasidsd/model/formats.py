@@ -168,3 +168,71 @@ def render_ids(ids: list[int]) -> str:
 def render_capacity(capacity: int, available: int) -> str:
     """``ioasids.capacity`` on the root (fixed profile): two keyed lines."""
     return f"capacity {capacity}\navailable {available}\n"
+
+
+# ---------------------------------------------------------------------- cgroup v2 core files
+INT_MAX = (1 << 31) - 1
+
+
+def parse_subtree_control(data: bytes | str, known: tuple[str, ...],
+                          ) -> tuple[frozenset[str], frozenset[str]]:
+    """Parse a write to ``cgroup.subtree_control`` as ``cgroup_subtree_control_write``: the
+    stripped text split at spaces (only spaces: a tab stays in its token), empty tokens skipped,
+    each ``+name`` or ``-name`` of a controller in ``known``; the last token naming a controller
+    wins. Returns ``(enable, disable)``. ``EINVAL`` for any other token (no sign, an unknown
+    name)."""
+    text = _c_string(data).strip(_WHITESPACE)
+    enable: set[str] = set()
+    disable: set[str] = set()
+    for token in text.split(" "):
+        if not token:
+            continue
+        name = token[1:]
+        if name not in known or token[0] not in "+-":
+            raise IoasidError(EINVAL, f"invalid token {token!r}")
+        if token[0] == "+":
+            enable.add(name)
+            disable.discard(name)
+        else:
+            disable.add(name)
+            enable.discard(name)
+    return frozenset(enable), frozenset(disable)
+
+
+def parse_hierarchy_limit(data: bytes | str) -> int | None:
+    """Parse a write to ``cgroup.max.depth`` or ``cgroup.max.descendants``: stripped, ``max``
+    (``None``) or ``kstrtoint`` in automatic base; ``EINVAL`` for junk, ``ERANGE`` for a
+    negative value or one beyond a signed 32-bit int. ``INT_MAX`` is ``max``, as the kernel
+    stores it."""
+    text = _c_string(data).strip(_WHITESPACE)
+    if text == MAX:
+        return None
+    value = kstrtoll(text)
+    if not -(1 << 31) <= value <= INT_MAX or value < 0:
+        raise IoasidError(ERANGE, f"{value} is out of range")
+    return None if value == INT_MAX else value
+
+
+def parse_cgroup_type(data: bytes | str) -> str:
+    """Parse a write to ``cgroup.type``: only ``threaded`` (stripped) is accepted; ``EINVAL``
+    for anything else, ``domain`` included."""
+    text = _c_string(data).strip(_WHITESPACE)
+    if text != "threaded":
+        raise IoasidError(EINVAL, "only threaded can be written to cgroup.type")
+    return text
+
+
+def render_names(names: tuple[str, ...]) -> str:
+    """``cgroup.controllers`` and ``cgroup.subtree_control``: names separated by a space and a
+    newline; nothing at all (not even a newline) when there is none."""
+    return " ".join(names) + "\n" if names else ""
+
+
+def render_hierarchy_limit(value: int | None) -> str:
+    """``cgroup.max.depth`` and ``cgroup.max.descendants``: ``max`` or the number."""
+    return f"{MAX}\n" if value is None else f"{value}\n"
+
+
+def render_keyed(pairs: list[tuple[str, int]]) -> str:
+    """A flat-keyed file (``cgroup.events``, ``cgroup.stat``): ``key value`` lines."""
+    return "".join(f"{key} {value}\n" for key, value in pairs)

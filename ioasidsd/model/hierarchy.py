@@ -43,12 +43,15 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from errno import EACCES, EBUSY, EEXIST, EINVAL, EIO, ENAMETOOLONG, ENODEV, ENOENT, ESRCH
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ioasidsd.model.errors import IoasidError
+
+if TYPE_CHECKING:
+    from ioasidsd.model.ioasids import Charge
 
 NAME_MAX = 255
 
@@ -98,12 +101,18 @@ class Cgroup:
     The hierarchy's fields: ``name``, ``parent``, ``children``, ``procs`` (the member processes),
     ``notify_on_release``, ``clone_children``, ``chain`` and ``attrs`` (file attributes a face
     set: ``chmod``, ``chown``, times, by file name, ``""`` for the directory itself; the model
-    does not interpret them).
+    does not interpret them). The fields of a cgroup-v2 hierarchy
+    (``ioasidsd.model.unified``), left at their defaults on v1: ``subtree_control`` (the names
+    of the controllers enabled for the children), ``threaded`` (``cgroup.type`` was set to
+    ``threaded``), ``max_depth`` and ``max_descendants`` (``None`` for ``max``).
 
     The ``ioasids`` controller's state (its css), which only the controller initialises and
     changes: ``counter`` is ``ioasids.current``, ``limit`` is ``ioasids.max`` (``None`` for
     ``max``), ``reserved`` the capacity this cgroup holds from the pool for its limit, ``peak``,
-    ``events`` and ``events_local`` the refusals (``ioasids.events``, ``ioasids.events.local``).
+    ``events`` and ``events_local`` the refusals (``ioasids.events``, ``ioasids.events.local``),
+    ``unit_charges`` the two ``Charge`` records of one IOASID charged here with nothing else to
+    undo (not covered, covered by a reservation), made at its first charge instead of on every
+    allocation (empty until then).
     A cgroup of a hierarchy the controller is not bound to does not have them.
     """
 
@@ -116,12 +125,17 @@ class Cgroup:
         "events",
         "events_local",
         "limit",
+        "max_depth",
+        "max_descendants",
         "name",
         "notify_on_release",
         "parent",
         "peak",
         "procs",
         "reserved",
+        "subtree_control",
+        "threaded",
+        "unit_charges",
     )
 
     counter: int
@@ -130,6 +144,7 @@ class Cgroup:
     limit: int | None
     peak: int
     reserved: int
+    unit_charges: tuple[Charge, ...]
 
     def __init__(self, name: str, parent: Cgroup | None) -> None:
         self.attrs: dict[str, dict[str, int]] = {}
@@ -139,9 +154,14 @@ class Cgroup:
         self.procs: set[Process] = set()
         self.notify_on_release = False
         self.clone_children = False
+        self.subtree_control: frozenset[str] = frozenset()
+        self.threaded = False
+        self.max_depth: int | None = None
+        self.max_descendants: int | None = None
         # This cgroup and its ancestors below the root (a controller's charge walk). The tree
         # only ever renames within a parent, so the walk of a cgroup never changes.
         self.chain: tuple[Cgroup, ...] = () if parent is None else (self, *parent.chain)
+        self.unit_charges = ()  # the controller's, made at its first charge here
 
     @property
     def is_root(self) -> bool:
@@ -158,7 +178,9 @@ class Cgroup:
         return "/" + "/".join(reversed(parts))
 
     def walk(self) -> Iterator[Cgroup]:
-        """This cgroup and its ancestors, stopping before the root (the charge walk)."""
+        """This cgroup and its ancestors, stopping before the root (the charge walk). On a v2
+        hierarchy the walk starts at the nearest of them where the controller is enabled
+        (``ioasidsd.model.unified``)."""
         return iter(self.chain)
 
     def descendants(self) -> Iterator[Cgroup]:
@@ -227,6 +249,15 @@ class Controller:
     def exit(self, proc: Process) -> None:
         """``proc`` exited (``proc.alive`` is false) and has left its cgroup."""
 
+    def walks_changed(self, old_walks: dict[Cgroup, tuple[Cgroup, ...]]) -> None:
+        """Only on a v2 hierarchy, when the controller was enabled or disabled for some
+        cgroups: the charge walk (``chain``) of each cgroup of ``old_walks`` changed from the
+        walk given there to its ``chain``. Move what is charged to those cgroups from the old
+        walks to the new ones, with no limit check (the kernel migrates the processes between
+        the old and the new css). Cgroups that gained the controller were given a fresh state
+        (``css_alloc``) before this call; those that lost it were offlined and are reset after
+        it. Must not raise."""
+
 
 class Hierarchy:
     """A cgroup-v1 hierarchy: the tree, its member processes and the controllers bound to it.
@@ -234,6 +265,9 @@ class Hierarchy:
     ``lock`` (default: a new re-entrant lock) guards it; ``enter`` guards the changing methods
     (see the module docstring).
     """
+
+    version = 1
+    """The cgroup version whose rules this hierarchy follows (``2``: ``UnifiedHierarchy``)."""
 
     def __init__(self, lock: threading.RLock | None = None, *,
                  enter: Callable[[], None] | None = None) -> None:
@@ -289,14 +323,7 @@ class Hierarchy:
         """
         with self.lock:
             self._enter()
-            if not _valid_name(name):
-                raise IoasidError(EINVAL, f"invalid cgroup name {name!r}")
-            if len(name.encode()) > NAME_MAX:
-                raise IoasidError(ENAMETOOLONG, "cgroup name too long")
-            if name in parent.children or name in reserved_names:
-                raise IoasidError(EEXIST, f"{name} exists")
-            if self.parent_gone(parent):
-                raise IoasidError(ENODEV, f"{parent.path} was removed")
+            self._check_new_child(parent, name, reserved_names)
             cg = Cgroup(name, parent)
             cg.notify_on_release = parent.notify_on_release
             cg.clone_children = parent.clone_children
@@ -313,6 +340,17 @@ class Hierarchy:
             for controller in self.controllers:
                 controller.css_online(cg)
             return cg
+
+    def _check_new_child(self, parent: Cgroup, name: str, reserved_names: frozenset[str]) -> None:
+        """The checks of ``mkdir`` before anything is made (see ``mkdir``)."""
+        if not _valid_name(name):
+            raise IoasidError(EINVAL, f"invalid cgroup name {name!r}")
+        if len(name.encode()) > NAME_MAX:
+            raise IoasidError(ENAMETOOLONG, "cgroup name too long")
+        if name in parent.children or name in reserved_names:
+            raise IoasidError(EEXIST, f"{name} exists")
+        if self.parent_gone(parent):
+            raise IoasidError(ENODEV, f"{parent.path} was removed")
 
     def parent_gone(self, cg: Cgroup) -> bool:
         """Whether ``cg`` has been removed from the tree."""
@@ -479,6 +517,11 @@ class Hierarchy:
         the credentials the file was opened with (``of->file->f_cred``)."""
         if writer_uid != 0 and writer_uid not in target_uids:
             raise IoasidError(EACCES, "not allowed to move that process")
+
+    def restored(self, cgroups: Iterable[Cgroup]) -> None:
+        """Called once a snapshot was loaded into this hierarchy (``snapshot.load``) with every
+        cgroup it made, removed ones too, parents first: derive what the snapshot does not
+        hold. A v1 hierarchy derives nothing."""
 
     def stats(self) -> dict[str, Any]:
         """Counts for status output."""

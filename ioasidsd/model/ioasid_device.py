@@ -96,11 +96,11 @@ class IoasidFile:
 
 
 class Touched:
-    """What the operations since the last ``IoasidDevice.take_touched()`` changed, which
-    ``System`` turns into the fields of one ``Change`` (``ioasidsd.model.changes``): ``ids``,
-    IOASIDs changed one by one (allocated, freed, referenced); ``sets``, sets changed as a whole
-    (created, adopted, released) or whose IOASIDs changed in bulk (batches); ``cgroups``, the
-    cgroups whose counters or events changed."""
+    """What the operations since the last ``IoasidDevice.take_touched()`` changed: ``ids``,
+    IOASIDs changed (allocated, freed, referenced), batches included; ``sets``, sets changed as
+    a whole (created, adopted, released); ``leaves``, the cgroups charged, uncharged or refused,
+    whose walks' counters or events changed. Kept by the device and emptied by each
+    ``take_touched``."""
 
     __slots__ = ("ids", "leaves", "sets")
 
@@ -109,14 +109,11 @@ class Touched:
         self.sets: list[IoasidSet] = []
         self.leaves: set[Cgroup] = set()
 
-    def __bool__(self) -> bool:
-        return bool(self.ids or self.sets or self.leaves)
 
-    @property
-    def cgroups(self) -> set[Cgroup]:
-        """The cgroups whose counters or events may have changed: the charge walks (up to, not
-        including, the root) of the cgroups that were charged, uncharged or refused."""
-        return {cg for leaf in self.leaves if leaf.parent is not None for cg in leaf.walk()}
+TouchedFields = tuple[tuple["Cgroup", ...], tuple[int, ...], tuple[int, ...]]
+"""What ``IoasidDevice.take_touched`` gives: the cgroups whose counters or events may have
+changed (the charge walks, up to and not including the root, each cgroup once), the IOASIDs
+and the ids of the sets, as the fields of a ``Change`` (``ioasidsd.model.changes``)."""
 
 
 _Handler = Callable[["IoasidDevice", IoasidUser, bytes, "Process"], tuple[int, bytes]]
@@ -139,10 +136,24 @@ class IoasidDevice:
         self._touched = Touched()
 
     # ------------------------------------------------------------------ bookkeeping
-    def take_touched(self) -> Touched:
-        """The records changed since the last call (and start a new record)."""
-        touched, self._touched = self._touched, Touched()
-        return touched
+    def take_touched(self) -> TouchedFields | None:
+        """What the operations since the last call changed (``TouchedFields``), or ``None``
+        if they changed nothing; the record starts empty again."""
+        touched = self._touched
+        ids, sets, leaves = touched.ids, touched.sets, touched.leaves
+        if not (ids or sets or leaves):
+            return None
+        cgroups: tuple[Cgroup, ...] = ()
+        if len(leaves) == 1:  # one caller, charged in its own cgroup: every ioctl but a few
+            cgroups = leaves.pop().chain
+        elif leaves:
+            cgroups = tuple(dict.fromkeys([cg for leaf in leaves for cg in leaf.chain]))
+            leaves.clear()
+        taken = (cgroups, tuple(ids), tuple([s.id for s in sets]) if sets else ())
+        ids.clear()
+        if sets:
+            sets.clear()
+        return taken
 
     def _touch_ids(self, ids: list[int], task: Process | None) -> None:
         """Record ``ids`` (before the change, so charged cgroups are still known)."""
@@ -274,23 +285,28 @@ class IoasidDevice:
         (``EBADF`` in ``distinct``) on a released file, ``EINVAL``/``ENOTTY`` for an unknown
         command, and each command's own errors (see the handlers).
         """
-        distinct = self.knobs.user_errors == "distinct"
         with self.lock:
             if self.core.notifier_depth:
                 self.core.check_not_in_notifier()  # EDEADLK
-            user = file.user
-            if user is None:
-                raise IoasidError(EBADF if distinct else EINVAL, "the file was released")
-            handler = _HANDLERS.get(cmd)
-            if handler is None:
-                self.core.warn(f"ioasid_user: Unsupported cmd {cmd}")
-                raise IoasidError(ENOTTY if distinct else EINVAL, f"unknown command {cmd:#x}")
-            owner = user.token
-            if task is not owner and distinct and cmd in _OWNER_ONLY and task != owner:
-                raise IoasidError(
-                    EPERM, f"process {task.pid} did not open this file (pid {owner.pid} did)"
-                )
-            return handler(self, user, arg, task)
+            return self.ioctl_locked(file, cmd, arg, task)
+
+    def ioctl_locked(self, file: IoasidFile, cmd: int, arg: bytes,
+                     task: Process) -> tuple[int, bytes]:
+        """``ioctl`` for a caller that holds ``core.lock`` (and is not a notifier callback)."""
+        distinct = self.knobs.user_errors == "distinct"
+        user = file.user
+        if user is None:
+            raise IoasidError(EBADF if distinct else EINVAL, "the file was released")
+        handler = _HANDLERS.get(cmd)
+        if handler is None:
+            self.core.warn(f"ioasid_user: Unsupported cmd {cmd}")
+            raise IoasidError(ENOTTY if distinct else EINVAL, f"unknown command {cmd:#x}")
+        owner = user.token
+        if task is not owner and distinct and cmd in _OWNER_ONLY and task != owner:
+            raise IoasidError(
+                EPERM, f"process {task.pid} did not open this file (pid {owner.pid} did)"
+            )
+        return handler(self, user, arg, task)
 
     def _get_api_version(self, user: IoasidUser, arg: bytes, task: Process) -> tuple[int, bytes]:
         return uapi.IOASID_API_VERSION, b""
@@ -387,7 +403,6 @@ class IoasidDevice:
         core = self.core
         ioasid_set = user.ioasid_set
         self._touched.leaves.add(task.cgroup)
-        self._touch_set(ioasid_set)
         ids = array("I")
         alloc = core.alloc_locked
         try:
@@ -397,6 +412,7 @@ class IoasidDevice:
             for ioasid in reversed(ids):
                 core.free_locked(ioasid_set, ioasid, task=task)
             raise self._alloc_error(exc) from None
+        self._touched.ids.extend(ids)
         return count, ids.tobytes()
 
     def _free_batch(self, user: IoasidUser, arg: bytes, task: Process) -> tuple[int, bytes]:
@@ -419,11 +435,11 @@ class IoasidDevice:
             raise IoasidError(EINVAL, "FREE_BATCH: an ID is negative as an int")
         core = self.core
         ioasid_set = user.ioasid_set
-        self._touch_set(ioasid_set)
         if self.knobs.user_errors == "distinct":
             if len(set(ids)) != count:
                 raise IoasidError(EINVAL, "FREE_BATCH: an ID is given twice")
             touched = self._touched
+            touched.ids.extend(ids)
             leaves = touched.leaves
             check = self._check_free
             for ioasid in ids:

@@ -84,7 +84,10 @@ class IoasidsController(Controller):
         self.core = core
         self.knobs = core.knobs
         self.lock = core.lock
-        self._warned_negative = False
+        self.warned_negative = False
+        """Whether the negative-counter warning was given (it is given once). Read by the
+        store on every change, so an attribute: only the controller and a snapshot's load
+        (``restore_warned_negative``) set it."""
         self._bound = False
         self._pooled: list[IoasidData] = []
         # Knobs are fixed for the life of the controller; hot paths read these copies.
@@ -99,14 +102,9 @@ class IoasidsController(Controller):
         hierarchy.bind(self)
         core.controller = self
 
-    @property
-    def warned_negative(self) -> bool:
-        """Whether the negative-counter warning was given (it is given once)."""
-        return self._warned_negative
-
     def restore_warned_negative(self, warned: bool) -> None:
         """Set whether the negative-counter warning was given (``snapshot.load``)."""
-        self._warned_negative = warned
+        self.warned_negative = warned
 
     # ------------------------------------------------------------------ hierarchy hooks
     def bound(self, hierarchy: Hierarchy) -> None:
@@ -309,10 +307,13 @@ class IoasidsController(Controller):
                     raised = []
                 raised.append((node, node.peak))
                 node.peak = counter
-        # tuple.__new__ directly: the named tuple's own __new__ is a Python call, on every
-        # allocation
-        return _new_charge(Charge, (cg, n, covered and self._limits_reserve,
-                                    () if raised is None else tuple(raised)))
+        covered = covered and self._limits_reserve
+        if raised is None and n == 1:  # every allocation but a cgroup's first: made once
+            units = cg.unit_charges
+            if not units:
+                units = cg.unit_charges = (Charge(cg, 1, False), Charge(cg, 1, True))
+            return units[covered]
+        return _new_charge(Charge, (cg, n, covered, () if raised is None else tuple(raised)))
 
     def cancel_charge(self, charge: Charge) -> None:
         """Undo the ``try_charge`` that returned ``charge`` (the allocation was refused later):
@@ -354,8 +355,8 @@ class IoasidsController(Controller):
         """Uncharge ``n`` along the walk. Going below zero is logged once (and still done)."""
         for node in cg.chain:
             node.counter -= n
-            if node.counter < 0 and not self._warned_negative:
-                self._warned_negative = True
+            if node.counter < 0 and not self.warned_negative:
+                self.warned_negative = True
                 self.core.warn(f"ioasids_cg: {node.path} counter went negative")
 
     def charge_alloc(self, ioasid_set: IoasidSet, task: Process | None) -> Charge:
@@ -396,6 +397,29 @@ class IoasidsController(Controller):
                 node.counter -= 1
                 if node.counter < 0:
                     self.uncharge(node, 0)  # logs the negative counter once
+
+    def walks_changed(self, old_walks: dict[Cgroup, tuple[Cgroup, ...]]) -> None:
+        """The hook of a v2 hierarchy enabling or disabling the controller: each IOASID charged
+        to a cgroup of ``old_walks`` leaves that cgroup's old walk for its new one (``chain``),
+        with no limit check; peaks rise with it. A removed cgroup still charged (not in the tree,
+        so not in ``old_walks``) has the cgroups that lost the controller taken out of its walk:
+        their state is reset, and its IOASIDs are not counted there."""
+        moved: dict[Cgroup, int] = {}
+        lost = {node for node, walk in old_walks.items() if node in walk and node not in node.chain}
+        for data in self.core.ioasids():
+            cg = data.cgroup
+            if cg is None:
+                continue
+            if cg in old_walks:
+                moved[cg] = moved.get(cg, 0) + 1
+            elif lost and not lost.isdisjoint(cg.chain):
+                # a removed cgroup still charged: its walk leaves the cgroups whose state is
+                # reset, as the kernel's dead css keeps counting only on dead ancestors
+                cg.chain = tuple(node for node in cg.chain if node not in lost)
+        for cg, n in moved.items():
+            for node in old_walks[cg]:
+                node.counter -= n
+            self.charge(cg, n)
 
     # ------------------------------------------------------------------ migration
     def _moved_set(self, proc: Process) -> IoasidSet | None:

@@ -96,12 +96,23 @@ def core_record(core: IoasidCore) -> Record:
         "release_agent": cgroups.release_agent,
         "sane_behavior": cgroups.sane_behavior,
         "warned_negative": controller.warned_negative,
+        "hierarchy": cgroups.version,
     }
 
 
 def is_removed(cg: Cgroup) -> bool:
     """Whether ``cg`` itself was removed from its parent (``rmdir``)."""
     return cg.parent is not None and cg.parent.children.get(cg.name) is not cg
+
+
+def control_record(cg: Cgroup) -> Record | None:
+    """The cgroup-v2 fields of ``cg`` (``None`` when all are at their defaults, as on v1):
+    ``subtree_control`` (sorted names), ``threaded``, ``max_depth``, ``max_descendants``."""
+    if not (cg.subtree_control or cg.threaded or cg.max_depth is not None
+            or cg.max_descendants is not None):
+        return None
+    return {"subtree_control": sorted(cg.subtree_control), "threaded": cg.threaded,
+            "max_depth": cg.max_depth, "max_descendants": cg.max_descendants}
 
 
 def cgroup_record(cg: Cgroup, cgroup_id: CgroupIds) -> Record:
@@ -120,6 +131,7 @@ def cgroup_record(cg: Cgroup, cgroup_id: CgroupIds) -> Record:
         "clone_children": cg.clone_children,
         "removed": is_removed(cg),
         "attrs": {name: dict(attrs) for name, attrs in sorted(cg.attrs.items())},
+        "control": control_record(cg),
     }
 
 
@@ -300,6 +312,7 @@ def load(
         _load_processes(snapshot, cgroups, by_id)
         sets = _load_sets(snapshot, core, cgroups)
         _load_ioasids(snapshot, core, sets, by_id, decode_private)
+        cgroups.restored(by_id.values())
     return by_id
 
 
@@ -315,6 +328,10 @@ def _load_core(record: Any, core: IoasidCore, cgroups: Hierarchy) -> None:
     core.capacity_installed = _field(record, "capacity_installed", bool, "core")
     cgroups.release_agent = _field(record, "release_agent", str, "core")
     cgroups.sane_behavior = _field(record, "sane_behavior", bool, "core")
+    version = record.get("hierarchy", 1)
+    if version != cgroups.version:
+        raise SnapshotError(f"core: a cgroup-v{version} state cannot load into a "
+                            f"cgroup-v{cgroups.version} hierarchy")
     _controller(core).restore_warned_negative(_field(record, "warned_negative", bool, "core"))
 
 
@@ -355,10 +372,30 @@ def _load_cgroups(snapshot: Record, cgroups: Hierarchy) -> dict[int, Cgroup]:
         cg.notify_on_release = _field(rec, "notify_on_release", bool, what)
         cg.clone_children = _field(rec, "clone_children", bool, what)
         cg.attrs = _attrs(rec.get("attrs", {}), what)
+        _load_control(rec.get("control"), cg, what)
         by_id[cid] = cg
     if not by_id:
         raise SnapshotError("no root cgroup")
     return by_id
+
+
+def _load_control(value: Any, cg: Cgroup, what: str) -> None:
+    """The cgroup-v2 fields of a cgroup record (``control_record``; absent or ``None``: the
+    defaults)."""
+    if value is None:
+        return
+    if not isinstance(value, dict):
+        raise SnapshotError(f"{what}: 'control' must be a mapping")
+    names = _field(value, "subtree_control", list, what)
+    if not all(isinstance(name, str) for name in names):
+        raise SnapshotError(f"{what}: 'subtree_control' must list names")
+    cg.subtree_control = frozenset(names)
+    cg.threaded = _field(value, "threaded", bool, what)
+    for name in ("max_depth", "max_descendants"):
+        limit = _field(value, name, _INT_OR_NONE, what)
+        if limit is not None and limit < 0:
+            raise SnapshotError(f"{what}: {name!r} is negative")
+        setattr(cg, name, limit)
 
 
 def _attrs(value: Any, what: str) -> dict[str, dict[str, int]]:

@@ -21,11 +21,12 @@ of operations (tuples), serialised with ``marshal``:
 ==========================================  ==============================================
 
 ``fields`` are the row's columns after its key, as ``store.py`` lays them out (a cgroup's
-``attrs`` stays a dict until it is written), but for a set's ``nr_ioasids``: that count is
-derived, recounted from the IOASID rows for every set a fold touched, so that a single IOASID's
-change records no set row. Applying records in order is idempotent: each operation says what
-a row *is*, not what to do to it, so a record folded twice (a daemon that died after folding
-and before removing the journal) leaves the database as once.
+``attrs`` and ``control`` stay plain data until they are written), but for a set's
+``nr_ioasids``: that count is derived, recounted from the IOASID rows for every set a fold
+touched, so that a single IOASID's change records no set row. Applying records in order is
+idempotent: each operation says what a row *is*, not what to do to it, so a record folded twice
+(a daemon that died after folding and before removing the journal) leaves the database as
+once.
 
 ``FoldPlan`` folds many records in one transaction: the last state of each row wins, and a set
 whose IOASIDs are given whole twice in a row (a batch allocation, then its batch free) is written
@@ -51,7 +52,7 @@ from ioasidsd.store import journal
 META, CGROUP, PROCESS, SET, IOASID, SET_IOASIDS, EVERYTHING, CORE = range(8)
 
 CORE_KEYS = ("capacity", "capacity_avail", "capacity_installed", "release_agent",
-             "sane_behavior", "warned_negative")
+             "sane_behavior", "warned_negative", "hierarchy")
 """The keys of ``snapshot.core_record``, the order of a ``CORE`` operation's values."""
 
 Fields = tuple[Any, ...] | None
@@ -59,7 +60,7 @@ Op = tuple[Any, ...]
 
 _TABLES = {  # op -> (table, key column, placeholders after the key)
     META: ("meta", "key", 1),
-    CGROUP: ("cgroups", "id", 12),
+    CGROUP: ("cgroups", "id", 13),
     PROCESS: ("processes", "pid", 3),
     SET: ("sets", "id", 8),  # fields: 7 columns, nr_ioasids (derived) left out
 }
@@ -185,6 +186,8 @@ class FoldPlan:
                                    zip(ids_array(ids), *map(repeat, fields), strict=False))
         core = self.tables[CORE].get(None)
         if core is not None:
+            if len(core) == len(CORE_KEYS) - 1:  # a record of schema 1: a v1 hierarchy
+                core = (*core, 1)
             self.tables[META]["core"] = dict(zip(CORE_KEYS, core, strict=True))
         for code, (table, column, width) in _TABLES.items():
             gone: list[tuple[Any]] = []
@@ -195,9 +198,13 @@ class FoldPlan:
                 elif code == META:
                     rows.append((key, json.dumps(fields, sort_keys=True)))
                 elif code == CGROUP:
-                    attrs = fields[-1]
-                    rows.append((key, *fields[:-1],
-                                 json.dumps(attrs, sort_keys=True) if attrs else "{}"))
+                    if len(fields) == width - 1:  # a record of schema 1: no control
+                        fields = (*fields, None)
+                    attrs, control = fields[-2], fields[-1]
+                    rows.append((key, *fields[:-2],
+                                 json.dumps(attrs, sort_keys=True) if attrs else "{}",
+                                 None if control is None else json.dumps(control,
+                                                                         sort_keys=True)))
                 elif code == SET:
                     rows.append((key, *fields[:6], 0, fields[6]))  # nr_ioasids: see below
                 else:

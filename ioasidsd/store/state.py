@@ -64,6 +64,7 @@ from ioasidsd.model.ioasids import IoasidsController
 from ioasidsd.model.snapshot import (
     SNAPSHOT_VERSION,
     SnapshotError,
+    control_record,
     is_removed,
     plain_private,
     removed_cgroups,
@@ -86,7 +87,9 @@ from ioasidsd.store.fold import (
 from ioasidsd.store.idmap import IdMap
 from ioasidsd.system import System
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""2 added the ``control`` column of ``cgroups`` (the cgroup-v2 fields, JSON or NULL); a
+version 1 database gets it when opened."""
 DB_NAME = "state.sqlite"
 FOLD_INTERVAL = 1.0
 """Seconds a record may wait in the journal before it is folded into the database."""
@@ -98,7 +101,7 @@ CREATE TABLE IF NOT EXISTS cgroups (
     reserved INTEGER NOT NULL, counter INTEGER NOT NULL, peak INTEGER NOT NULL,
     events INTEGER NOT NULL, events_local INTEGER NOT NULL,
     notify_on_release INTEGER NOT NULL, clone_children INTEGER NOT NULL,
-    removed INTEGER NOT NULL, attrs TEXT NOT NULL);
+    removed INTEGER NOT NULL, attrs TEXT NOT NULL, control TEXT);
 CREATE INDEX IF NOT EXISTS cgroups_parent ON cgroups (parent);
 CREATE TABLE IF NOT EXISTS processes (
     pid INTEGER PRIMARY KEY, start_time REAL NOT NULL, cgroup INTEGER NOT NULL,
@@ -126,9 +129,26 @@ _IOASID_KEY = attrgetter("state", "refs", "spid", "cgroup", "pooled", "private")
 Warn = Callable[[str], None]
 
 
+_BULK_IDS = 64  # from this many IOASIDs in one change, whole sets may be cheaper to write
+
+
 def _orphan_rows(orphans: Mapping[int, float]) -> list[list[float]]:
     """``System.orphans`` as a JSON value: ``[pid, start time]`` pairs by pid."""
     return [[pid, start] for pid, start in sorted(orphans.items())]
+
+
+def _upgrade_from_1(db: sqlite3.Connection) -> None:
+    """Bring a schema-1 database to schema 2 in one transaction: the ``control`` column."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        columns = [row[1] for row in db.execute("PRAGMA table_info(cgroups)")]
+        if "control" not in columns:
+            db.execute("ALTER TABLE cgroups ADD COLUMN control TEXT")
+        db.execute("UPDATE meta SET value=? WHERE key='schema'", (json.dumps(SCHEMA_VERSION),))
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
 
 
 class StoreError(Exception):
@@ -214,6 +234,9 @@ class Store:
             db.execute(f"PRAGMA synchronous={_SYNCHRONOUS[synchronous]}")
             db.executescript(_SCHEMA)
             version = db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+            if version is not None and json.loads(version[0]) == 1:
+                _upgrade_from_1(db)
+                version = (json.dumps(SCHEMA_VERSION),)
             if version is not None and json.loads(version[0]) != SCHEMA_VERSION:
                 raise StoreError(f"{store.path}: schema {version[0]}, this ioasidsd reads "
                                  f"{SCHEMA_VERSION}")
@@ -365,8 +388,9 @@ class Store:
         knobs = meta("knobs")
         cgroups = []
         for row in db.execute("SELECT * FROM cgroups ORDER BY id"):
-            rec = dict(zip(_CGROUP_COLUMNS, row[:-1], strict=True))
-            rec["attrs"] = json.loads(row[-1])
+            rec = dict(zip(_CGROUP_COLUMNS, row[:-2], strict=True))
+            rec["attrs"] = json.loads(row[-2])
+            rec["control"] = None if row[-1] is None else json.loads(row[-1])
             cgroups.append(rec)
         ioasids = [
             {"id": i, "set": s, "state": state, "refs": refs, "spid": spid, "cgroup": cg,
@@ -550,9 +574,9 @@ class Store:
         """Make one change durable (``System.on_change``); see the module's documentation for
         what each field of ``change`` names. Never raises: a change whose record cannot be made
         is logged, kept in ``error`` and repaired by a full rewrite at the next change."""
-        kind = change.kind.value
+        kind = change.kind  # a str (StrEnum): its value, without the enum's slow ``.value``
         try:
-            if self._error is not None or kind == "sync":
+            if self._error is not None or kind is ChangeKind.SYNC:
                 ops = self._everything()
             else:
                 ops = self._change(change)
@@ -591,6 +615,8 @@ class Store:
                 set_ids.add(owned.id)
             # by pid alone: a process tracked anew under a reused pid released the old one's sets
             set_ids.update(self._owned.get(proc.pid, ()))
+        if len(ids) >= _BULK_IDS:
+            ids = tuple(self._bulk_to_sets(ids, set_ids))
         if set_ids:
             for sid in sorted(set_ids):
                 cgroups.extend(self._set_ioasids_ops(sid, ops))
@@ -614,7 +640,7 @@ class Store:
         hierarchy = self._hierarchy
         values = (core.capacity, core.capacity_avail, core.capacity_installed,
                   hierarchy.release_agent, hierarchy.sane_behavior,
-                  self._controller.warned_negative)
+                  self._controller.warned_negative, hierarchy.version)
         if values != self._last_core:
             ops.append((CORE, values))
             self._last_core = values
@@ -637,7 +663,8 @@ class Store:
             fields = (None if parent is None else self._row(parent), cg.name, cg.limit,
                       cg.reserved, cg.counter, cg.peak, cg.events, cg.events_local,
                       int(cg.notify_on_release), int(cg.clone_children), int(is_removed(cg)),
-                      {name: dict(a) for name, a in attrs.items()} if attrs else None)
+                      {name: dict(a) for name, a in attrs.items()} if attrs else None,
+                      control_record(cg))
             if last.get(row) != fields:
                 ops.append((CGROUP, row, fields))
                 last[row] = fields
@@ -720,6 +747,33 @@ class Store:
         if pid is not None and pid not in self._procs and self._processes.get(pid) is token:
             # a face may have tracked the owner without reporting it (System.process)
             self._process_row(token, ops)  # type: ignore[arg-type]
+
+    def _bulk_to_sets(self, ids: Iterable[int], set_ids: set[int]) -> list[int]:
+        """Of many changed IOASIDs (a batch), those of a set that they make up at least a
+        quarter of (or that is gone) are written with their set, as ranges, instead of one row
+        each: the set joins ``set_ids``. Returns the rest, to be written one by one. Either way
+        the cost follows the change, not the size of the sets it touched."""
+        core = self._core
+        index = core.ioasid_index.get
+        set_of = self._set_of.get
+        by_set: dict[int | None, list[int]] = {}
+        for ioasid in ids:
+            data = index(ioasid) if ioasid >= 0 else None
+            sid = data.set.id if data is not None else set_of(ioasid)
+            members = by_set.get(sid)
+            if members is None:
+                by_set[sid] = [ioasid]
+            else:
+                members.append(ioasid)
+        rest: list[int] = []
+        sets = core.sets_by_id
+        for sid, members in by_set.items():
+            live = sets.get(sid) if sid is not None else None
+            if sid is not None and (live is None or live.nr_ioasids <= 4 * len(members)):
+                set_ids.add(sid)
+            else:
+                rest.extend(members)
+        return rest
 
     def _set_ioasids_ops(self, sid: int, ops: list[Op]) -> list[Cgroup]:
         """A set with every IOASID it holds; returns the cgroups they were or are charged

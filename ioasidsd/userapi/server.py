@@ -6,14 +6,15 @@ ioctl, run as the process that sent it (``SO_PASSCRED`` gives its pid, so a conn
 by a forked child is used "by another process" as the series' uAPI doc describes); the end of
 the connection is ``release()``, or the process's exit when the peer is exiting then.
 
-One thread runs an ``epoll`` loop over non-blocking sockets: requests are served in the order
-they arrive, every change under ``system.lock`` through ``System`` methods. (One thread per
-connection was measured too: as fast for one client, but four clients' threads fighting for the
-GIL got half the throughput; see ``docs/benchmarks.md``.) Replies a client does not read are
-kept for it and its further requests wait, so a stalled client stalls only itself. Bad input is
-answered with an error and never ends the server. Stopping the server closes the connections
-without releasing their files: the IOASIDs stay in the durable state, as after a ``kill -9``
-(see ``docs/ioasid-protocol.md`` on reconnecting).
+The sockets are non-blocking, served by one thread: the ``EventLoop`` (``ioasidsd.eventloop``)
+the daemon shares with the control API, or one of the server's own when it is given none.
+Requests are served in the order they arrive, every change under ``system.lock`` through
+``System`` methods. (One thread per connection was measured too: as fast for one client, but
+four clients' threads fighting for the GIL got half the throughput; see ``docs/benchmarks.md``.)
+Replies a client does not read are kept for it and its further requests wait, so a stalled
+client stalls only itself. Bad input is answered with an error and never ends the server.
+Stopping the server closes the connections without releasing their files: the IOASIDs stay in
+the durable state, as after a ``kill -9`` (see ``docs/ioasid-protocol.md`` on reconnecting).
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ import os
 import select
 import socket
 import struct
-import threading
 import time
 from errno import EAGAIN, EIO, EMSGSIZE
 from typing import TYPE_CHECKING
@@ -40,6 +40,7 @@ from ioasidsd.clients import (
     listen_unix,
     peer_of,
 )
+from ioasidsd.eventloop import EventLoop
 from ioasidsd.host import read_stat
 from ioasidsd.model import ioasid_uapi as uapi
 from ioasidsd.model.errors import IoasidError
@@ -88,8 +89,9 @@ class _Connection:
 class UserApiServer:
     """Serves ``system``'s ``/dev/ioasid`` on ``runtime_dir/ioasid.sock`` (mode 0666).
 
-    ``start()`` binds (replacing a stale socket file) and serves on a background thread;
-    ``stop()`` closes everything and returns when that thread has ended. ``connections`` counts
+    ``start()`` binds (replacing a stale socket file) and serves on ``loop`` (started by its
+    owner), or without one on a loop and thread of the server's own; ``stop()`` closes
+    everything and returns when nothing of the server runs any more. ``connections`` counts
     the open ones. ``cap`` bounds them (default: 64 for each uid but root's): a connection over
     it, or one that comes when the daemon is out of descriptors, is answered with an error
     greeting (``EAGAIN``, ``EMFILE``) and closed. The log lines a client causes are counted
@@ -97,18 +99,18 @@ class UserApiServer:
     """
 
     def __init__(self, system: System, runtime_dir: str, *, mode: int = 0o666,
-                 cap: ConnectionCap | None = None) -> None:
+                 cap: ConnectionCap | None = None, loop: EventLoop | None = None) -> None:
         self.system = system
         self.path = os.path.join(runtime_dir, protocol.SOCKET_NAME)
         self.mode = mode
         self.cap = cap or ConnectionCap(DEFAULT_CAP)
+        self._loop = loop
+        self._own_loop = loop is None
         self._acceptor: Acceptor | None = None
-        self._epoll: select.epoll | None = None
         self._listener: socket.socket | None = None
-        self._thread: threading.Thread | None = None
         self._conns: dict[int, _Connection] = {}
-        self._wake_r, self._wake_w = -1, -1
-        self._stopping = False
+        self._buf = bytearray(RECV_SIZE)  # reused: a fresh 256 KiB bytes per recv page-faults
+        self._view = memoryview(self._buf)
 
     @property
     def connections(self) -> int:
@@ -119,31 +121,37 @@ class UserApiServer:
         listener = listen_unix(self.path, self.mode, passcred=True)
         self._listener = listener
         self._acceptor = Acceptor(listener, self._refuse, log)
-        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        self._stopping = False
-        # made here, not on the thread: a failure is start()'s, not a thread's silent end
-        self._epoll = select.epoll()
-        self._epoll.register(listener.fileno(), select.EPOLLIN)
-        self._epoll.register(self._wake_r, select.EPOLLIN)
-        self._thread = threading.Thread(target=self._serve, name="ioasid-server", daemon=True)
-        self._thread.start()
+        if self._loop is None:
+            self._loop = EventLoop(log, name="ioasid-server")
+        loop = self._loop
+        loop.call(lambda: loop.register(listener.fileno(), _IN, self._on_listener))
+        if self._own_loop:
+            loop.start()
         log.info("userapi listening", socket=self.path)
 
     def stop(self) -> None:
         """Stop serving and close every connection (their files stay open in the model, to be
         adopted or released after a restart). Idempotent."""
-        if self._thread is None:
+        loop, listener = self._loop, self._listener
+        if loop is None or listener is None:
             return
-        self._stopping = True
-        os.write(self._wake_w, b"x")
-        self._thread.join()
-        self._thread = None
-        for fd in (self._wake_r, self._wake_w):
-            os.close(fd)
+        loop.call(self._shut)
+        if self._own_loop:
+            loop.stop()
+            self._loop = None
+        listener.close()
+        self._listener = None
         if self._acceptor is not None:
             self._acceptor.close()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)
+
+    def _shut(self) -> None:
+        """On the loop's thread: stop listening, close the connections without releasing."""
+        assert self._loop is not None and self._listener is not None
+        self._loop.unregister(self._listener.fileno())
+        for conn in list(self._conns.values()):
+            self._close(conn, release=False)
 
     def __enter__(self) -> UserApiServer:
         self.start()
@@ -153,90 +161,55 @@ class UserApiServer:
         self.stop()
 
     # ------------------------------------------------------------------ the loop
-    def _serve(self) -> None:
-        listener = self._listener
-        assert listener is not None
-        ep = self._epoll
-        assert ep is not None
-        conns = self._conns
-        request = self._request
-        client_uid = CLIENT_UID
-        buf = bytearray(RECV_SIZE)  # reused: a fresh 256 KiB bytes per recv costs page faults
-        view = memoryview(buf)
-        acceptor = self._acceptor
-        assert acceptor is not None
-        listening = True
+    def _on_ready(self, fd: int, events: int) -> None:
+        """A connection's socket is ready: read, serve every complete request, reply."""
+        conn = self._conns.get(fd)
+        if conn is None:
+            return
         try:
-            while not self._stopping:
-                timeout = -1.0
-                if acceptor.paused:  # accepting failed: the listener is not asked meanwhile
-                    pause = acceptor.paused - time.monotonic()
-                    if pause > 0:
-                        if listening:
-                            ep.unregister(listener.fileno())
-                            listening = False
-                        timeout = pause
-                    else:
-                        acceptor.paused = 0.0
-                        if not listening:
-                            ep.register(listener.fileno(), select.EPOLLIN)
-                            listening = True
-                for fd, events in ep.poll(timeout):
-                    conn = conns.get(fd)
-                    if conn is None:
-                        if fd == self._wake_r:
-                            break
-                        self._accept(ep)
-                        continue
-                    try:
-                        if events & _OUT:
-                            self._flush(ep, conn)
-                        if conn.pending:  # its replies wait: so do its requests
-                            if events & _GONE:
-                                self._close(ep, conn)  # nobody will read them
-                            continue
-                        # the hot path, inline: read, serve every complete request, reply
-                        try:
-                            n, ancdata, _flags, _addr = conn.sock.recvmsg_into([buf], _CMSG_SPACE)
-                        except BlockingIOError:
-                            continue
-                        if not n:
-                            self._close(ep, conn)
-                            continue
-                        sender, sender_uid = conn.pid, conn.uid
-                        for level, kind, cdata in ancdata:
-                            if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
-                                sender, sender_uid = UCRED.unpack_from(cdata)[:2]
-                        requests = conn.reader.feed(view[:n])
-                        if not requests:
-                            continue
-                        token = client_uid.set(conn.uid)  # what these requests log is theirs
-                        try:
-                            if len(requests) == 1:
-                                cmd, arg = requests[0]
-                                data = request(conn.file, cmd, arg, sender, sender_uid)
-                            else:
-                                data = b"".join([request(conn.file, cmd, arg, sender, sender_uid)
-                                                 for cmd, arg in requests])
-                        finally:
-                            client_uid.reset(token)
-                        try:
-                            sent = conn.sock.send(data)
-                        except BlockingIOError:
-                            sent = 0
-                        if sent < len(data):
-                            self._keep(ep, conn, data, sent)
-                    except OSError:  # ECONNRESET, EPIPE: the peer went away, as a closed file
-                        self._close(ep, conn)
-                    except Exception:  # a bug must not end the daemon: drop this connection
-                        log.exception("userapi connection failed", pid=conn.pid)
-                        self._close(ep, conn)
-        finally:
-            for conn in list(conns.values()):
-                self._close(ep, conn, release=False)
-            ep.close()
-            listener.close()
-            self._listener = None
+            if events & _OUT:
+                self._flush(conn)
+            if conn.pending:  # its replies wait: so do its requests
+                if events & _GONE:
+                    self._close(conn)  # nobody will read them
+                return
+            # the hot path, inline
+            try:
+                n, ancdata, _flags, _addr = conn.sock.recvmsg_into([self._buf], _CMSG_SPACE)
+            except BlockingIOError:
+                return
+            if not n:
+                self._close(conn)
+                return
+            sender, sender_uid = conn.pid, conn.uid
+            for level, kind, cdata in ancdata:
+                if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
+                    sender, sender_uid = UCRED.unpack_from(cdata)[:2]
+            requests = conn.reader.feed(self._view[:n])
+            if not requests:
+                return
+            request = self._request
+            token = CLIENT_UID.set(conn.uid)  # what these requests log is theirs
+            try:
+                if len(requests) == 1:
+                    cmd, arg = requests[0]
+                    data = request(conn.file, cmd, arg, sender, sender_uid)
+                else:
+                    data = b"".join([request(conn.file, cmd, arg, sender, sender_uid)
+                                     for cmd, arg in requests])
+            finally:
+                CLIENT_UID.reset(token)
+            try:
+                sent = conn.sock.send(data)
+            except BlockingIOError:
+                sent = 0
+            if sent < len(data):
+                self._keep(conn, data, sent)
+        except OSError:  # ECONNRESET, EPIPE: the peer went away, as a closed file
+            self._close(conn)
+        except Exception:  # a bug must not end the daemon: drop this connection
+            log.exception("userapi connection failed", pid=conn.pid)
+            self._close(conn)
 
     def _request(self, file: IoasidFile, cmd: int, arg: bytes | None, sender: int,
                  uid: int | None = None) -> bytes:
@@ -253,26 +226,36 @@ class UserApiServer:
             return protocol.error_reply(EIO, "internal error")
         return protocol.REPLY.pack(ret, len(result)) + result
 
-    def _accept(self, ep: select.epoll) -> None:
+    def _on_listener(self, fd: int, events: int) -> None:
         """Accept and open every waiting connection. A failure pauses accepting (and is logged
-        if it can be): it never ends the server's thread."""
-        acceptor = self._acceptor
-        assert acceptor is not None
+        if it can be): the listener is not watched until the pause ends."""
+        acceptor, loop = self._acceptor, self._loop
+        assert acceptor is not None and loop is not None
         try:
             while (sock := acceptor.accept()) is not None:
                 try:
-                    self._open(ep, sock)
+                    self._open(sock)
                 except OSError:
                     sock.close()
         except Exception:
             acceptor.paused = time.monotonic() + PAUSE
             with contextlib.suppress(Exception):
                 log.exception("userapi: accepting failed; pausing")
+        if acceptor.paused > time.monotonic():
+            loop.unregister(fd)
+            loop.call_at(acceptor.paused, self._listen_again)
+
+    def _listen_again(self) -> None:
+        """The pause after a failed accept is over: watch the listener again."""
+        assert self._acceptor is not None and self._loop is not None
+        self._acceptor.paused = 0.0
+        if self._listener is not None:
+            self._loop.register(self._listener.fileno(), _IN, self._on_listener)
 
     def _refuse(self, sock: socket.socket, code: int, message: str) -> None:
         sock.sendall(protocol.error_reply(code, message))
 
-    def _open(self, ep: select.epoll, sock: socket.socket) -> None:
+    def _open(self, sock: socket.socket) -> None:
         peer = peer_of(sock)
         with client_context(peer.uid):
             why = self.cap.admit(peer.uid)
@@ -299,39 +282,42 @@ class UserApiServer:
         sock.setblocking(False)
         conn = _Connection(sock, file, peer.pid, peer.uid)
         self._conns[sock.fileno()] = conn
-        ep.register(sock.fileno(), _IN)
+        assert self._loop is not None
+        self._loop.register(sock.fileno(), _IN, self._on_ready)
         greeting = protocol.reply(0)
         try:
             sent = sock.send(greeting)  # an empty socket buffer takes 8 bytes
         except OSError:  # the peer is gone already: its file is released at once
-            self._close(ep, conn)
+            self._close(conn)
             return
         if sent < len(greeting):
-            self._keep(ep, conn, greeting, sent)
+            self._keep(conn, greeting, sent)
 
-    def _keep(self, ep: select.epoll, conn: _Connection, data: bytes, sent: int) -> None:
+    def _keep(self, conn: _Connection, data: bytes, sent: int) -> None:
         """The socket took only ``sent`` bytes of ``data``: keep the rest until the client reads
         (its further requests wait meanwhile)."""
         conn.pending += memoryview(data)[sent:]
-        ep.modify(conn.sock.fileno(), _OUT)
+        assert self._loop is not None
+        self._loop.modify(conn.sock.fileno(), _OUT)
 
-    def _flush(self, ep: select.epoll, conn: _Connection) -> None:
+    def _flush(self, conn: _Connection) -> None:
         try:
             sent = conn.sock.send(conn.pending)
         except BlockingIOError:
             return
         del conn.pending[:sent]
         if not conn.pending:
-            ep.modify(conn.sock.fileno(), _IN)
+            assert self._loop is not None
+            self._loop.modify(conn.sock.fileno(), _IN)
 
-    def _close(self, ep: select.epoll, conn: _Connection, *, release: bool = True) -> None:
+    def _close(self, conn: _Connection, *, release: bool = True) -> None:
         """The connection ended: release its file (as the process's exit when the peer is
         exiting), unless the server is stopping."""
         fd = conn.sock.fileno()
         if self._conns.pop(fd, None) is None:
             return
-        with contextlib.suppress(OSError, ValueError):
-            ep.unregister(fd)
+        if self._loop is not None:
+            self._loop.unregister(fd)
         exited = False
         if release:
             exited = process_exiting(conn.pid)

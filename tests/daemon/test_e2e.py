@@ -221,3 +221,33 @@ def test_bad_settings_are_refused_before_anything_starts(daemons, tmp_path):
     assert again.wait() == 1
     assert "was made with profile 'v4'" in again.log()
     assert not mounted(again.mount)
+
+
+def test_a_v2_hierarchy_is_served_restored_and_kept_apart_from_v1(daemons):
+    d = daemons("--hierarchy", "v2").start()
+    (d.mount / "cgroup.subtree_control").write_text("+ioasids")
+    (d.mount / "a").mkdir()
+    (d.mount / "a" / "b").mkdir()
+    (d.mount / "a" / "cgroup.subtree_control").write_text("+ioasids")
+    (d.mount / "a" / "b" / "ioasids.max").write_text("7")
+    (d.mount / "a" / "cgroup.max.depth").write_text("3")
+    (d.mount / "t").mkdir()
+    (d.mount / "t" / "x").mkdir()
+    (d.mount / "t" / "x" / "cgroup.type").write_text("threaded")
+    assert (d.mount / "a" / "cgroup.type").read_text() == "domain\n"
+    assert not (d.mount / "tasks").exists()
+    status = d.status()  # ioasidctl, unchanged
+    assert status["cgroups"] == 5 and status["hierarchy"] == "v2"
+    assert d.stop() == 0
+    again = daemons("--hierarchy", "v2", name="v2-again").start()
+    assert (again.mount / "a" / "cgroup.subtree_control").read_text() == "ioasids\n"
+    assert (again.mount / "a" / "b" / "ioasids.max").read_text() == "7\n"
+    assert (again.mount / "a" / "cgroup.max.depth").read_text() == "3\n"
+    assert (again.mount / "t" / "cgroup.type").read_text() == "domain threaded\n"
+    assert not (again.mount / "t" / "x" / "ioasids.max").exists()
+    assert again.stop() == 0
+    v1 = daemons(name="v1")
+    v1.start(ready=False)
+    assert v1.wait() == 1
+    assert "was made with hierarchy v2" in v1.log()
+    assert not mounted(v1.mount)

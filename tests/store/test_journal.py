@@ -421,6 +421,29 @@ def test_batches_are_one_record_each_and_fold_to_their_rows(tmp_path):
     store.close()
 
 
+def test_a_batch_costs_what_it_changed_not_the_size_of_its_set(tmp_path):
+    """A small batch in a large set is written as its own rows; a batch that makes up much of
+    its set (or empties it) as the set's ranges. Either way what is rebuilt is the model."""
+    from ioasidsd.store.fold import IOASID, SET_IOASIDS
+
+    store, system = bound(tmp_path, fold_interval=NEVER)
+    system.processes.live[10] = 1.0
+    file = system.ioasid_open(10)
+    big = uapi.ALLOC_BATCH.pack(uapi.ALLOC_BATCH.size, 0, 1, 100_000, 4096)
+    system.ioasid_ioctl(file, uapi.IOASID_REQUEST_ALLOC_BATCH, big)
+    assert [op[0] for op in records(tmp_path)[-1]].count(SET_IOASIDS) == 1
+    small = uapi.ALLOC_BATCH.pack(uapi.ALLOC_BATCH.size, 0, 1, 100_000, 64)
+    count, out = system.ioasid_ioctl(file, uapi.IOASID_REQUEST_ALLOC_BATCH, small)
+    kinds = [op[0] for op in records(tmp_path)[-1]]
+    assert SET_IOASIDS not in kinds and kinds.count(IOASID) == 64
+    free = uapi.FREE_BATCH.pack(uapi.FREE_BATCH.size + len(out), 0, count) + out
+    system.ioasid_ioctl(file, uapi.IOASID_REQUEST_FREE_BATCH, free)
+    kinds = [op[0] for op in records(tmp_path)[-1]]
+    assert SET_IOASIDS not in kinds and kinds.count(IOASID) == 64
+    assert stored(tmp_path) == dump(system.core)
+    store.close()
+
+
 def test_ids_hidden_from_their_sets_index_are_kept(tmp_path):
     """``v4``: freeing a set's IOASIDs hides the still-referenced ones from its index; the
     set reported whole still holds them."""

@@ -337,3 +337,71 @@ def test_orphans_survive_a_restart_and_a_full_rewrite(tmp_path):
     store.load()
     assert store.orphans == {os.getpid(): me.start_time}
     store.close()
+
+
+def test_a_v2_hierarchy_survives_a_restart_with_its_walks(make_system, tmp_path):
+    def make_v2(**kwargs):
+        return make_system(hierarchy="v2", **kwargs)
+
+    store, system = bound(make_v2, tmp_path)
+    system.write_subtree_control("/", "+ioasids")
+    system.mkdir("/a")
+    system.write_max("/a", "10")
+    system.write_hierarchy_limit("/a", "cgroup.max.descendants", "4")
+    system.mkdir("/a/b")
+    system.processes.live[5] = 5.0
+    proc = system.write_procs("/a/b", "5", writer_pid=1, writer_uid=0)
+    with system.lock:  # b has no ioasids: a is charged
+        s = system.core.set_alloc(proc.mm, 5, IoasidSetType.MM)
+        ids = [system.core.alloc(s, 1, 100, task=proc) for _ in range(3)]
+        system.on_change(Change(ChangeKind.IOASID, ids=ids, processes=(proc,)))
+    system.write_subtree_control("/a", "+ioasids")  # the charges move into b
+    system.mkdir("/t")
+    system.mkdir("/t/x")
+    system.write_cgroup_type("/t/x", "threaded")
+    assert stored_dump(make_v2, tmp_path) == dump(system.core)
+    store.close()
+
+    again = Store.open(tmp_path)
+    snap = again.load()
+    copy = make_v2()
+    load(snap, copy.core)
+    a, b = copy.cgroups.lookup("/a"), copy.cgroups.lookup("/a/b")
+    t = copy.cgroups.lookup("/t")
+    assert b.chain == (b, a) and copy.cgroups.lookup("/t/x").chain == (t,)
+    assert (a.counter, b.counter, a.max_descendants) == (3, 3, 4)
+    assert copy.cgroups.lookup("/t/x").threaded
+    with copy.lock:
+        owner = copy.cgroups.process(5)
+        restored = copy.core.sets_by_id[s.id]
+        for ioasid in ids:
+            copy.core.free(restored, ioasid, task=owner)
+    assert (a.counter, b.counter) == (0, 0)  # uncharged along the restored walk
+    again.close()
+    with pytest.raises(Exception, match="cgroup-v2 state"):
+        load(snap, make_system().core)
+
+
+def test_a_schema_1_database_is_upgraded_in_place(tmp_path):
+    import json
+    import sqlite3
+
+    store, system = bound(lambda **kw: System(**kw), tmp_path)
+    system.mkdir("/a")
+    store.close()
+    db = sqlite3.connect(tmp_path / "state.sqlite")
+    db.execute("CREATE TABLE old AS SELECT id, parent, name, lim, reserved, counter, peak, "
+               "events, events_local, notify_on_release, clone_children, removed, attrs "
+               "FROM cgroups")
+    db.execute("DROP TABLE cgroups")
+    db.execute("ALTER TABLE old RENAME TO cgroups")
+    db.execute("UPDATE meta SET value='1' WHERE key='schema'")
+    db.commit()
+    db.close()
+    reopened = Store.open(tmp_path)
+    snap = reopened.load()
+    assert [c["name"] for c in snap["cgroups"]] == ["", "a"]
+    assert snap["cgroups"][1]["control"] is None
+    row = reopened.db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+    assert json.loads(row[0]) == 2
+    reopened.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import struct
 from errno import EAGAIN, EPERM, ESRCH
 
 import pytest
@@ -116,8 +117,9 @@ def test_tracker_exit_closes_the_file(system) -> None:
     assert len(s.core) == 0
 
 
-def test_single_requests_report_ids_batches_report_the_set(system) -> None:
-    """The store syncs a set with all its IOASIDs: single requests name only their ID."""
+def test_requests_and_batches_report_the_ids_they_changed(system) -> None:
+    """A change names what changed: a single request its ID, a batch its IDs, never the whole
+    set they belong to (the store's cost follows the change)."""
     s, procs, changes = system
     procs.add(10)
     f = s.ioasid_open(10)
@@ -127,7 +129,10 @@ def test_single_requests_report_ids_batches_report_the_set(system) -> None:
     ret, _ = s.ioasid_ioctl(f, uapi.IOASID_REQUEST_ALLOC_BATCH,
                             uapi.ALLOC_BATCH.pack(20, 0, 1, 100, 3))
     assert ret == 3
-    assert changes.log[-1].sets == (f.user.ioasid_set.id,) and changes.log[-1].ids == ()
+    assert changes.log[-1].sets == () and changes.log[-1].ids == (2, 3, 4)
+    free = uapi.FREE_BATCH.pack(12 + 8, 0, 2) + struct.pack("=2I", 4, 2)
+    assert s.ioasid_ioctl(f, uapi.IOASID_REQUEST_FREE_BATCH, free)[0] == 2
+    assert changes.log[-1].sets == () and sorted(changes.log[-1].ids) == [2, 4]
 
 
 def test_a_child_not_reported_yet_opens_in_its_parents_cgroup(system) -> None:

@@ -1,0 +1,459 @@
+"""A cgroup-v2 (unified) hierarchy: the tree of ``Hierarchy`` with the rules of ``cgroup2``
+(``kernel/cgroup/cgroup.c``, ``Documentation/admin-guide/cgroup-v2.rst``).
+
+What differs from a v1 hierarchy, and lives here:
+
+* Controllers are enabled per subtree. A cgroup's ``subtree_control`` names the controllers its
+  children get; what a cgroup may enable (``controllers``) is what its parent enabled (the root:
+  every bound controller). A controller is enabled in a cgroup (it has the controller's css and
+  its interface files) when the cgroup is the root or its parent enables it, and the cgroup is
+  not threaded (a threaded controller would be; ``ioasids`` is not one).
+* The charge walk of a cgroup (``Cgroup.chain``) starts at the nearest cgroup, itself or an
+  ancestor, where the controller is enabled: processes of a cgroup without it are charged to
+  that ancestor, as the kernel charges them to its css. Enabling or disabling a controller moves
+  the charges along (``Controller.walks_changed``), as the kernel migrates the processes to the
+  new css; a cgroup that loses the controller is offlined and its state reset (its limit, peak
+  and events are gone; enabled again, it starts afresh, with its processes' charges).
+* ``set_subtree_control``: ``ENOENT`` to enable a controller the cgroup does not have,
+  ``EBUSY`` to disable one a child still enables, ``EOPNOTSUPP`` to enable a domain controller
+  in a threaded subtree, ``EBUSY`` to enable one in a non-root cgroup with processes (the
+  no-internal-process rule); enabling what is enabled or disabling what is not does nothing.
+* The no-internal-process rule on moves (``attach``): a non-root cgroup that enables a
+  controller takes no process (``EBUSY``) unless it could be a threaded domain; a cgroup that is
+  not a valid domain (``domain invalid``) takes none (``EOPNOTSUPP``); a single thread moves only
+  within its threaded domain (``EOPNOTSUPP``).
+* Threaded mode: ``set_threaded`` (``cgroup.type``), and ``type_of`` for its four values.
+* ``max_depth`` and ``max_descendants``: ``mkdir`` is ``EAGAIN`` beyond either, at any ancestor.
+* Delegation: moving a process needs write access to the ``cgroup.procs`` of the nearest
+  common ancestor of its source and destination, for the credentials the file was opened with
+  (``check_move``); the target's owner does not matter (v1's rule does not apply).
+* No ``rename`` (``EPERM``: cgroup2 has no rename operation), no release agent.
+* ``populated`` (``cgroup.events``): whether a cgroup or a descendant has a process, kept as a
+  count per cgroup; each callable of ``watchers`` is called (under the lock: it must only take
+  note) with every cgroup whose ``populated`` turned, as the kernel notifies ``cgroup.events``.
+
+The charge walk kept in ``Cgroup.chain`` is that of the first bound controller: the model
+binds one (``ioasids``); a second controller would need walks of its own.
+
+Every method runs under ``lock``, as the base class's.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable
+from errno import EACCES, EAGAIN, EBUSY, EINVAL, ENOENT, EOPNOTSUPP, EPERM
+
+from ioasidsd.model.errors import IoasidError
+from ioasidsd.model.hierarchy import Cgroup, Controller, Hierarchy, Process
+
+PROCS_MODE = 0o644
+"""The mode of a ``cgroup.procs`` file nobody changed (the delegation check reads it)."""
+
+
+class UnifiedHierarchy(Hierarchy):
+    """A cgroup-v2 hierarchy (see the module docstring). Bind controllers before any ``mkdir``;
+    each is enabled in the root only, until a ``subtree_control`` enables it below."""
+
+    version = 2
+
+    def __init__(self, lock: threading.RLock | None = None, *,
+                 enter: Callable[[], None] | None = None) -> None:
+        super().__init__(lock, enter=enter)
+        self.watchers: list[Callable[[Cgroup], None]] = []
+        self._in_subtree: dict[Cgroup, int] = {}  # processes in a cgroup and below it
+
+    # ------------------------------------------------------------------ what is where
+    def controller_names(self) -> tuple[str, ...]:
+        """The names of the bound controllers, in binding order."""
+        return tuple(controller.name for controller in self.controllers)
+
+    def controllers_of(self, cg: Cgroup) -> tuple[str, ...]:
+        """``cgroup.controllers``: what ``cg`` may enable for its children (the root: every
+        controller; a threaded cgroup: only threaded controllers, so none here)."""
+        if cg.parent is None:
+            return self.controller_names()
+        if cg.threaded:
+            return ()
+        return tuple(n for n in self.controller_names() if n in cg.parent.subtree_control)
+
+    def subtree_control_of(self, cg: Cgroup) -> tuple[str, ...]:
+        """``cgroup.subtree_control``: the enabled names in binding order."""
+        return tuple(n for n in self.controller_names() if n in cg.subtree_control)
+
+    def enabled(self, cg: Cgroup, name: str) -> bool:
+        """Whether controller ``name`` is enabled in ``cg`` (it has its css and files)."""
+        if cg.parent is None:
+            return True
+        return not cg.threaded and name in cg.parent.subtree_control
+
+    def populated(self, cg: Cgroup) -> bool:
+        """Whether ``cg`` or a descendant has a process (``cgroup.events``: ``populated``)."""
+        return self._in_subtree.get(cg, 0) > 0
+
+    def _count(self, cg: Cgroup, delta: int) -> None:
+        """``delta`` processes joined (or left) ``cg``: count them up the tree and tell the
+        watchers of every cgroup whose ``populated`` turned."""
+        counts = self._in_subtree
+        node: Cgroup | None = cg
+        turned: list[Cgroup] = []
+        while node is not None:
+            before = counts.get(node, 0)
+            after = before + delta
+            if after:
+                counts[node] = after
+            else:
+                counts.pop(node, None)
+            if (before > 0) != (after > 0) and node.parent is not None:
+                turned.append(node)
+            node = node.parent
+        for node in turned:
+            for watcher in self.watchers:
+                watcher(node)
+
+    @staticmethod
+    def nr_descendants(cg: Cgroup) -> int:
+        """The cgroups below ``cg`` (``cgroup.stat``: ``nr_descendants``)."""
+        return sum(1 for _ in cg.descendants()) - 1
+
+    def nr_enabled(self, cg: Cgroup, name: str) -> int:
+        """``cg`` and its descendants where ``name`` is enabled (``nr_subsys_<name>``)."""
+        return sum(1 for node in cg.descendants() if self.enabled(node, name))
+
+    @staticmethod
+    def domain_of(cg: Cgroup) -> Cgroup:
+        """The threaded domain of ``cg``: itself unless it is threaded, else its nearest
+        ancestor that is not (``dom_cgrp``)."""
+        node = cg
+        while node.threaded and node.parent is not None:
+            node = node.parent
+        return node
+
+    @staticmethod
+    def is_thread_root(cg: Cgroup) -> bool:
+        """A domain with threaded children (``domain threaded``)."""
+        return not cg.threaded and any(child.threaded for child in cg.children.values())
+
+    def is_valid_domain(self, cg: Cgroup) -> bool:
+        """Whether ``cg`` may hold resources as a domain: not threaded, and no ancestor but the
+        root is threaded or a threaded domain (otherwise ``cgroup.type`` reads
+        ``domain invalid``)."""
+        if cg.threaded:
+            return False
+        node = cg.parent
+        while node is not None:
+            if node.parent is not None and self.is_thread_root(node):
+                return False
+            if node.threaded:
+                return False
+            node = node.parent
+        return True
+
+    def can_be_thread_root(self, cg: Cgroup) -> bool:
+        """Whether ``cg`` may be (or become) a threaded domain: the root always; otherwise a
+        domain with no populated domain child and no domain controller enabled for its
+        children (every controller here is a domain controller)."""
+        if cg.parent is None:
+            return True
+        if cg.threaded:
+            return False
+        if any(not child.threaded and self.populated(child) for child in cg.children.values()):
+            return False
+        return not cg.subtree_control
+
+    def type_of(self, cg: Cgroup) -> str:
+        """``cgroup.type``: ``threaded``, ``domain invalid``, ``domain threaded`` or
+        ``domain``."""
+        if cg.threaded:
+            return "threaded"
+        if not self.is_valid_domain(cg):
+            return "domain invalid"
+        if self.is_thread_root(cg):
+            return "domain threaded"
+        return "domain"
+
+    # ------------------------------------------------------------------ the tree
+    def mkdir(
+        self, parent: Cgroup, name: str, *, reserved_names: frozenset[str] = frozenset()
+    ) -> Cgroup:
+        """Create a child cgroup: the checks of ``Hierarchy.mkdir``, then ``EAGAIN`` when an
+        ancestor's ``max_descendants`` or ``max_depth`` would be exceeded. Each controller's
+        state is allocated (``css_alloc``); it is online, and the new cgroup's walk starts at
+        it, only where the parent enables the controller."""
+        with self.lock:
+            self._enter()
+            self._check_new_child(parent, name, reserved_names)
+            level = 0
+            node: Cgroup | None = parent
+            while node is not None:
+                if node.max_descendants is not None and \
+                        self.nr_descendants(node) >= node.max_descendants:
+                    raise IoasidError(EAGAIN, f"{node.path}: cgroup.max.descendants reached")
+                if node.max_depth is not None and level >= node.max_depth:
+                    raise IoasidError(EAGAIN, f"{node.path}: cgroup.max.depth reached")
+                level += 1
+                node = node.parent
+            cg = Cgroup(name, parent)
+            allocated: list[Controller] = []
+            try:
+                for controller in self.controllers:
+                    controller.css_alloc(cg)
+                    allocated.append(controller)
+            except BaseException:
+                for controller in reversed(allocated):
+                    controller.css_free(cg)
+                raise
+            cg.chain = self._walk(cg)
+            parent.children[name] = cg
+            for controller in self.controllers:
+                if self.enabled(cg, controller.name):
+                    controller.css_online(cg)
+            return cg
+
+    def _walk(self, cg: Cgroup) -> tuple[Cgroup, ...]:
+        """The charge walk of ``cg`` from its parent's (computed already)."""
+        if cg.parent is None:
+            return ()
+        names = self.controller_names()
+        if names and self.enabled(cg, names[0]):
+            return (cg, *cg.parent.chain)
+        return cg.parent.chain
+
+    def restored(self, cgroups: Iterable[Cgroup]) -> None:
+        """After ``snapshot.load``: every cgroup's charge walk, from the controllers its
+        parents enable (a removed cgroup still charged: as its parent enables them now), and
+        the ``populated`` counts (the snapshot holds neither)."""
+        with self.lock:
+            for cg in cgroups:
+                cg.chain = self._walk(cg)
+            self._in_subtree = {}
+            for proc in self.processes.values():
+                node: Cgroup | None = proc.cgroup
+                while node is not None:
+                    self._in_subtree[node] = self._in_subtree.get(node, 0) + 1
+                    node = node.parent
+
+    def rename(self, cg: Cgroup, new_parent: Cgroup, new_name: str, *,
+               reserved_names: frozenset[str] = frozenset()) -> None:
+        """``EPERM``: a cgroup2 hierarchy cannot rename (kernfs without a rename operation)."""
+        raise IoasidError(EPERM, "cgroup2 cgroups cannot be renamed")
+
+    # ------------------------------------------------------------------ control files
+    def set_subtree_control(self, cg: Cgroup, enable: frozenset[str],
+                            disable: frozenset[str]) -> bool:
+        """A write to ``cgroup.subtree_control`` of ``cg`` (names already checked to be
+        controllers: see ``formats.parse_subtree_control``). Returns whether anything changed.
+
+        ``ENOENT`` to enable what ``controllers_of(cg)`` lacks, ``EBUSY`` to disable what a
+        child enables, ``EOPNOTSUPP`` to enable in a cgroup that cannot hold resources or in a
+        threaded subtree, ``EBUSY`` to enable in a non-root cgroup with processes, whatever a
+        controller's ``css_offline`` raises; each having changed nothing.
+        """
+        with self.lock:
+            self._enter()
+            available = self.controllers_of(cg)
+            enable = frozenset(n for n in enable if n not in cg.subtree_control)
+            disable = frozenset(n for n in disable if n in cg.subtree_control)
+            for name in self.controller_names():
+                if name in enable and name not in available:
+                    raise IoasidError(ENOENT, f"{name} is not available in {cg.path}")
+                if name in disable and any(name in child.subtree_control
+                                           for child in cg.children.values()):
+                    raise IoasidError(EBUSY, f"a child of {cg.path} enables {name}")
+            if not enable and not disable:
+                return False
+            if enable:
+                if not self.is_valid_domain(self.domain_of(cg)):
+                    raise IoasidError(EOPNOTSUPP, f"{cg.path} cannot hold resources")
+                if cg.parent is not None:
+                    if self.is_thread_root(cg) or cg.threaded:
+                        raise IoasidError(EOPNOTSUPP, f"{cg.path} is in a threaded subtree")
+                    if cg.procs:
+                        raise IoasidError(EBUSY, f"{cg.path} has processes")
+            before = cg.subtree_control
+            cg.subtree_control = (before | enable) - disable
+            try:
+                self._apply_control(cg)
+            except BaseException:
+                cg.subtree_control = before
+                raise
+            return True
+
+    def set_threaded(self, cg: Cgroup) -> bool:
+        """A write of ``threaded`` to ``cgroup.type`` (the only value it takes; the face
+        refuses others with ``EINVAL``). Returns whether ``cg`` changed.
+
+        ``EOPNOTSUPP`` for a populated cgroup, one that enables a controller for its children,
+        or one whose parent's domain cannot be a threaded domain; ``EINVAL`` for the root.
+        """
+        with self.lock:
+            self._enter()
+            if cg.parent is None:
+                raise IoasidError(EINVAL, "the root has no type")
+            if cg.threaded:
+                return False
+            if self.populated(cg) or cg.subtree_control:
+                raise IoasidError(EOPNOTSUPP, f"{cg.path} is populated or enables controllers")
+            domain = self.domain_of(cg.parent)
+            if not self.is_valid_domain(domain) or not self.can_be_thread_root(domain):
+                raise IoasidError(EOPNOTSUPP, f"{domain.path} cannot be a threaded domain")
+            cg.threaded = True
+            try:
+                self._apply_control(cg)
+            except BaseException:
+                cg.threaded = False
+                raise
+            return True
+
+    def set_max_depth(self, cg: Cgroup, value: int | None) -> bool:
+        """Set ``cgroup.max.depth`` (``None``: ``max``). Lowering it below what exists is
+        allowed: it only refuses new cgroups. Returns whether it changed."""
+        with self.lock:
+            self._enter()
+            if cg.max_depth == value:
+                return False
+            cg.max_depth = value
+            return True
+
+    def set_max_descendants(self, cg: Cgroup, value: int | None) -> bool:
+        """Set ``cgroup.max.descendants`` (``None``: ``max``), as ``set_max_depth``."""
+        with self.lock:
+            self._enter()
+            if cg.max_descendants == value:
+                return False
+            cg.max_descendants = value
+            return True
+
+    def _apply_control(self, top: Cgroup) -> None:
+        """Bring every cgroup below ``top`` (``top`` too) to the controllers its parents now
+        enable: offline the controllers' state where they were disabled (a refusal undoes
+        them and raises), allocate it where they were enabled, move charges to the new walks,
+        reset what was disabled."""
+        names = self.controller_names()
+        lost: list[Cgroup] = []
+        gained: list[Cgroup] = []
+        old_walks: dict[Cgroup, tuple[Cgroup, ...]] = {}
+        new_walks: dict[Cgroup, tuple[Cgroup, ...]] = {}
+        for node in top.descendants():
+            had = node in node.chain
+            now = bool(names) and self.enabled(node, names[0])
+            if had and not now:
+                lost.append(node)
+            elif now and not had:
+                gained.append(node)
+            parent_walk = () if node.parent is None else \
+                new_walks.get(node.parent, node.parent.chain)
+            walk = (node, *parent_walk) if now and node.parent is not None else parent_walk
+            if walk != node.chain:
+                old_walks[node] = node.chain
+                new_walks[node] = walk
+        offlined: list[tuple[Controller, Cgroup]] = []
+        try:
+            for node in lost:
+                for controller in self.controllers:
+                    controller.css_offline(node)
+                    offlined.append((controller, node))
+        except BaseException:
+            for controller, node in offlined:
+                controller.css_online(node)
+            raise
+        for node in gained:
+            for controller in self.controllers:
+                controller.css_alloc(node)
+        for node, walk in new_walks.items():
+            node.chain = walk
+        if old_walks:
+            for controller in self.controllers:
+                controller.walks_changed(old_walks)
+        for node in lost:
+            for controller in self.controllers:
+                controller.css_free(node)
+                controller.css_alloc(node)
+        for node in gained:
+            for controller in self.controllers:
+                controller.css_online(node)
+
+    # ------------------------------------------------------------------ processes
+    def track(self, pid: int, start_time: float, cgroup: Cgroup | None = None,
+              threads: int = 1) -> Process:
+        """``Hierarchy.track``, counting the process for ``populated``."""
+        with self.lock:
+            old = self.processes.get(pid)
+            proc = super().track(pid, start_time, cgroup, threads)
+            if proc is not old:
+                self._count(proc.cgroup, 1)
+            return proc
+
+    def exit(self, proc: Process) -> None:
+        """``Hierarchy.exit``, counting the process out of ``populated``."""
+        with self.lock:
+            if not proc.alive:
+                return
+            cg = proc.cgroup
+            super().exit(proc)
+            self._count(cg, -1)
+
+    def attach(self, proc: Process, dst: Cgroup, *, threadgroup: bool = True) -> None:
+        """Move a process into ``dst`` under the v2 rules, then as ``Hierarchy.attach``.
+
+        ``EOPNOTSUPP`` when ``dst`` is not in a valid domain, or (``threadgroup`` false: a
+        write to ``cgroup.threads``) outside the threaded domain the process is in; ``EBUSY``
+        when ``dst`` is a non-root cgroup that enables a controller for its children and could
+        not be a threaded domain (the no-internal-process rule); the errors of
+        ``Hierarchy.attach``.
+        """
+        with self.lock:
+            self._enter()
+            if proc.alive and not self.parent_gone(dst):
+                self.check_destination(dst)
+                if not threadgroup and self.domain_of(proc.cgroup) is not self.domain_of(dst):
+                    raise IoasidError(EOPNOTSUPP, "a thread moves only within its domain")
+            src = proc.cgroup
+            super().attach(proc, dst)
+            if proc.cgroup is not src:
+                self._count(dst, 1)
+                self._count(src, -1)
+
+    def check_destination(self, dst: Cgroup) -> None:
+        """``cgroup_migrate_vet_dst``: whether ``dst`` may take processes (see ``attach``)."""
+        if not self.is_valid_domain(self.domain_of(dst)):
+            raise IoasidError(EOPNOTSUPP, f"{dst.path} is not a valid domain")
+        if self.can_be_thread_root(dst) or dst.threaded:
+            return
+        if dst.subtree_control:
+            raise IoasidError(EBUSY, f"{dst.path} enables controllers for its children")
+
+    @staticmethod
+    def common_ancestor(a: Cgroup, b: Cgroup) -> Cgroup:
+        """The nearest cgroup that is ``a`` or an ancestor of it and of ``b``."""
+        above_b = set()
+        node: Cgroup | None = b
+        while node is not None:
+            above_b.add(id(node))
+            node = node.parent
+        node = a
+        while node.parent is not None and id(node) not in above_b:
+            node = node.parent
+        return node
+
+    def check_move(self, src: Cgroup, dst: Cgroup, uid: int, gid: int) -> None:
+        """The delegation rule of a move from ``src`` to ``dst`` by an opener with ``uid`` and
+        ``gid``: root, or write permission on the ``cgroup.procs`` of their nearest common
+        ancestor (its recorded mode and owner, ``PROCS_MODE`` and root by default). ``EACCES``
+        otherwise. Supplementary groups are not known and not considered."""
+        if uid == 0:
+            return
+        common = self.common_ancestor(src, dst)
+        attrs = common.attrs.get("cgroup.procs", {})
+        mode = attrs.get("mode", PROCS_MODE)
+        if uid == attrs.get("uid", 0):
+            allowed = mode & 0o200
+        elif gid == attrs.get("gid", 0):
+            allowed = mode & 0o020
+        else:
+            allowed = mode & 0o002
+        if not allowed:
+            raise IoasidError(EACCES, f"no write access to {common.path}/cgroup.procs")
+
+
+__all__ = ["PROCS_MODE", "UnifiedHierarchy"]
