@@ -229,6 +229,7 @@ def test_a_v2_hierarchy_is_served_restored_and_kept_apart_from_v1(daemons):
     (d.mount / "a").mkdir()
     (d.mount / "a" / "b").mkdir()
     (d.mount / "a" / "cgroup.subtree_control").write_text("+ioasids")
+    (d.mount / "a" / "ioasids.max").write_text("max")  # fixed carves b's limit out of a's
     (d.mount / "a" / "b" / "ioasids.max").write_text("7")
     (d.mount / "a" / "cgroup.max.depth").write_text("3")
     (d.mount / "t").mkdir()
