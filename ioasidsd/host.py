@@ -1,9 +1,9 @@
 """Reads of the host: what real processes are, what is mounted where, which boot this is.
 
 Every read of these files in the package is here, written once: ``/proc/PID/stat``
-(``read_stat``), ``/proc/PID/status``, ``/proc/PID/task`` and ``/proc/PID/cgroup``
-(``ProcessSource``),
-``/proc/self/mountinfo`` (``mounts``, ``filesystem_of``) and
+(``read_stat``), ``/proc/PID/status``, ``/proc/PID/task``, ``/proc/PID/comm`` and
+``/proc/PID/cgroup`` (``ProcessSource``), ``/proc/self/mountinfo`` (``mounts``,
+``filesystem_of``) and
 ``/proc/sys/kernel/random/boot_id`` (``boot_id``); so is the clock of process start times
 (``process_clock``). Nothing else in the package reads those files.
 
@@ -177,6 +177,15 @@ class ProcessSource:
         except OSError:
             return None
         return cgroup_in(data, hierarchy)
+
+    def command(self, pid: int) -> str | None:
+        """The command name of process ``pid`` (``/proc/PID/comm``, as ``ps -o comm`` shows
+        it), ``None`` if it is gone."""
+        try:
+            with open(f"/proc/{pid}/comm", "rb") as f:
+                return f.read().rstrip(b"\n").decode(errors="replace")
+        except OSError:
+            return None
 
     def thread_ids(self, pid: int) -> list[int]:
         """The thread ids of process ``pid`` (empty if it is gone)."""

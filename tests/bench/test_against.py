@@ -69,7 +69,8 @@ def test_userapi_against(other_tree: Path) -> None:
                            out, re.MULTILINE))
     assert set(rows) == {"ioasid x1 round trips/s", "ioasid x4 round trips/s",
                          "ioasid batch IDs/s (alloc+free)", "ioasid batch IDs/s (alloc)",
-                         "ioasid batch IDs/s (free)"}
+                         "ioasid batch IDs/s (free)", "ioasid in-process pairs per CPU-second",
+                         "ioasid in-process batch IDs per CPU-second"}
     assert all(float(ratio) > 0 for ratio in rows.values())
     assert "ratio ioasid/echo round trips, 1 client" in out  # the usual figures are still there
 
