@@ -599,6 +599,10 @@ class System:
         whose limit refused (if one did), the errno and the request's arguments."""
         opener = file.opener
         task = opener if pid is None or pid == opener.pid else self.ioasid_process(pid)
+        if task is not opener and self.kernel is not None and opener.alive:
+            # the kernel's hierarchy tells no exits: whether the opener is gone (its mm
+            # defunct) is asked here, where it changes what another process's request does
+            self.sync_member(opener.pid)
         with self.lock:
             if self.core.notifier_depth:
                 self.core.check_not_in_notifier()  # EDEADLK

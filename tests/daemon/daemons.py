@@ -154,6 +154,9 @@ class Daemon:
         self.notify.close()
         if mounted(self.mount):
             subprocess.run(["umount", "-l", str(self.mount)], check=False)
+        membership = self.run / "membership"  # a killed daemon leaves it for its restart
+        if mounted(membership):
+            subprocess.run(["umount", "-l", str(membership)], check=False)
         drop_membership(self.state)
 
 
