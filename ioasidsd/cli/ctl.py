@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
+from ioasidsd.cli.experiments import experiment
 from ioasidsd.cli.wrap import wrap
 
 if TYPE_CHECKING:  # pathlib and the clients are imported by the verbs that use them
@@ -700,10 +701,17 @@ def exec_(env: Env, group: str, command: tuple[str, ...]) -> None:
 @click.argument("pids", nargs=-1, required=True, type=click.IntRange(1))
 @click.pass_obj
 def classify(env: Env, group: str, pids: tuple[int, ...]) -> None:
-    """Move processes into the cgroup, as cgclassify -g does."""
+    """Move processes into the cgroup, as cgclassify -g does: one that cannot be moved is
+    named on a line of its own and the others are still moved (exit status 1 then)."""
     _require(env, group, group)
+    failed = False
     for pid in pids:
-        _join(env, group, group, pid)
+        try:
+            _join(env, group, group, pid)
+        except SystemExit:  # its line is printed; carry on with the rest, as cgclassify does
+            failed = True
+    if failed:
+        raise SystemExit(1)
 
 
 # ---------------------------------------------------------------------- snapshot, restore
@@ -877,3 +885,4 @@ def free(env: Env, ids: tuple[int, ...]) -> None:
 
 
 main.add_command(wrap)
+main.add_command(experiment)

@@ -52,7 +52,8 @@ def test_model_against(other_tree: Path) -> None:
     assert Path(result["origins"]["old"]) == other_tree / "ioasidsd" / "__init__.py"
     assert Path(result["origins"]["new"]) == ROOT / "ioasidsd" / "__init__.py"
     assert set(result["figures"]) == {
-        "model alloc+free pairs/s", "RSS empty (MB)", "RSS with 1,000 IOASIDs (MB)",
+        "model alloc+free pairs/s", "model alloc+free pairs per CPU-second", "RSS empty (MB)",
+        "RSS with 1,000 IOASIDs (MB)",
         "RSS held by 1,000 IOASIDs (MB)"}
     for figure, values in result["figures"].items():
         assert values["new/old"] > 0, figure

@@ -394,3 +394,21 @@ def test_snapshot_and_restore_round_trip_on_a_v2_hierarchy(daemons, tmp_path) ->
     ctl("restore", str(saved))
     assert ctl("snapshot") == text
     assert ctl("get", "-n", "-v", "-r", "ioasids.max", "/v/a") == "7\n"
+
+
+def test_classify_moves_every_process_it_can_as_cgclassify_does(served: Served) -> None:
+    """A pid that cannot be moved is named on its own line; the others are still moved, and
+    the exit status says something failed."""
+    served.ok("create", "/cls")
+    sleeper = subprocess.Popen(["sleep", "60"])
+    try:
+        done = served.ctl("classify", "-g", "/cls", "4194304", str(sleeper.pid))
+        assert done.returncode == 1
+        assert [line for line in done.stderr.splitlines()
+                if line.startswith("ioasidctl: ")] == [
+            line for line in done.stderr.splitlines() if "4194304" in line]
+        assert served.ok("which", str(sleeper.pid)) == f"{sleeper.pid} /cls\n"
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    served.ok("delete", "/cls")
