@@ -41,7 +41,7 @@ from ioasidsd.model.hierarchy import Cgroup, Hierarchy, Process
 from ioasidsd.model.ioasid_device import IoasidDevice, IoasidFile
 from ioasidsd.model.ioasids import IoasidsController
 from ioasidsd.model.knobs import Knobs
-from ioasidsd.model.modellock import ModelLock
+from ioasidsd.model.modellock import ModelLock, hold, let_go
 from ioasidsd.model.snapshot import is_removed
 from ioasidsd.model.unified import UnifiedHierarchy
 from ioasidsd.model.workqueue import OrderedWorkQueue
@@ -112,6 +112,7 @@ class System:
         self.cgroups = self.controller.hierarchy
         self.knobs = self.core.knobs
         self.lock: ModelLock = self.core.lock
+        self._due = self.core.wq.due  # what ioasid_ioctl tests before ``lock.finish()``
         self.processes = processes or ProcessSource()
         self.on_change: Callable[[Change], None] = on_change or (lambda change: None)
         self.settle: Callable[[], object] = lambda: None
@@ -603,7 +604,9 @@ class System:
             # the kernel's hierarchy tells no exits: whether the opener is gone (its mm
             # defunct) is asked here, where it changes what another process's request does
             self.sync_member(opener.pid)
-        with self.lock:
+        lock = self.lock
+        hold(lock)  # not ``with``: this is every request (see ``ioasidsd.model.modellock``)
+        try:
             if self.core.notifier_depth:
                 self.core.check_not_in_notifier()  # EDEADLK
             try:
@@ -620,6 +623,10 @@ class System:
                 raise
             self._ioasid_changed(ChangeKind.IOASID)
             return result
+        finally:
+            let_go(lock)
+            if self._due:
+                lock.finish()
 
     def ioasid_release(self, file: IoasidFile, *, exited: bool = False) -> None:
         """The last close of ``file``. ``exited``: its opener is exiting, so the process exits

@@ -630,15 +630,14 @@ class Store:
         """The operations that record one change."""
         if self._system is None:
             raise StoreError("no system is bound to the store")
-        kind = change.kind
+        # unpacked at once: a named tuple's fields cost a descriptor call each, on every change
+        kind, changed, processes, ids, sets, _path, orphans, refusal = change
         if kind is ChangeKind.ORPHANS:
-            rows = _orphan_rows(change.orphans)
+            rows = _orphan_rows(orphans)
             self._loaded_meta["orphans"] = rows
             return [(META, "orphans", rows)]
-        cgroups = list(change.cgroups)
-        processes = change.processes
-        set_ids = set(change.sets)
-        ids = change.ids
+        cgroups = list(changed)
+        set_ids = set(sets)
 
         ops: list[Op] = []
         for proc in processes:
@@ -664,9 +663,9 @@ class Store:
         self._core_op(ops)
         if processes:  # a process joined or left: forks before now were seen (see clock)
             ops.append((META, "clock", process_clock()))
-        if kind is ChangeKind.RMDIR and change.cgroups:
-            self._forget_removed(change.cgroups[0], ops)
-        if change.refusal is not None or kind is ChangeKind.RMDIR or kind is ChangeKind.RENAME:
+        if kind is ChangeKind.RMDIR and changed:
+            self._forget_removed(changed[0], ops)
+        if refusal is not None or kind is ChangeKind.RMDIR or kind is ChangeKind.RENAME:
             self._refusal_ops(change, ops)
         return ops
 
