@@ -36,6 +36,7 @@ from errno import EBUSY, EINVAL, ENODEV, ENOENT, ENOTCONN, ENOTDIR, ETIMEDOUT
 import mfusepy
 import structlog
 
+from cgroupfs.kernelcache import ATTR_TIMEOUT
 from cgroupfs.operations import CgroupOperations
 from ioasidsd.host import mounts
 from ioasidsd.model.hierarchy import Cgroup
@@ -115,7 +116,7 @@ class CgroupMount:
 
     def _serve(self) -> None:
         try:
-            mfusepy.FUSE(self.operations, self.mountpoint, **self._options)
+            mfusepy.FUSE(self.operations, self.mountpoint, raw_fi=True, **self._options)
         except BaseException as exc:  # reported by mount() or kept for wait()
             self._error = exc
         finally:
@@ -175,8 +176,10 @@ class CgroupMount:
 def mount(system: System, mountpoint: str, *, allow_other: bool = True,
           fsname: str = "ioasids") -> CgroupMount:
     """Mount the hierarchy of ``system`` on ``mountpoint`` (created if missing) and serve it on
-    a background thread (multi-threaded libfuse3 loop, mfusepy), with ``default_permissions``,
-    ``allow_other`` (when ``/etc/fuse.conf`` or root allows it) and ``direct_io``.
+    a background thread (multi-threaded libfuse3 loop, mfusepy), with ``default_permissions``
+    and ``allow_other`` (when ``/etc/fuse.conf`` or root allows it); the kernel caches
+    attributes and the contents of the files that follow the model, and is told when they
+    change (``cgroupfs.kernelcache``).
 
     Returns once the mount is live (``mountpoint/cgroup.procs`` exists). Raises ``OSError`` with
     a clear message on failure: ``ENODEV`` without ``/dev/fuse``, ``EBUSY`` for a mount point
@@ -204,7 +207,9 @@ def mount(system: System, mountpoint: str, *, allow_other: bool = True,
     options: dict[str, object] = {
         "foreground": True,
         "default_permissions": True,
-        "direct_io": True,
+        "attr_timeout": ATTR_TIMEOUT,
+        # read-only opens send no FLUSH on close: nothing is kept per open file
+        "no_rofd_flush": True,
         "fsname": fsname,
         "subtype": "ioasids",
         # Left unset, libfuse 3.14's fuse_main_real hands UINT_MAX to
