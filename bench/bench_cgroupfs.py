@@ -16,6 +16,15 @@
    measured in the same rounds as the v1 face, with the ratio v2/v1 per round. Target: at least
    0.9.
 
+4. Against a C file system (``bench/reference/onefile_fuse.c``: libfuse3's high-level API, one
+   file, default options plus ``direct_io``, as LXCFS serves its files), built by this script
+   with ``cc`` and served by a child process, in alternating rounds: echo+cat pairs on
+   ``ioasids.max`` writing the value it has (``same``) and alternating two values so that every
+   pair changes it (``changing``), against the same loops on its file (target: at least 1.0);
+   open+read+close of an unchanged ``ioasids.current`` against the same on its file (target: at
+   least 1.5); the kernel's ``pids.current`` alongside. With the daemon's store too when it can
+   be imported.
+
 Our file system is served by a child process, as the daemon serves it; the loops run here.
 ``--against TREE`` also serves another version's file system (its source tree, put on
 ``PYTHONPATH``) and runs its echo+cat loop in the same rounds, for a before/after ratio that the
@@ -110,16 +119,74 @@ def kernel_cgroup():
         top.rmdir()
 
 
-def pairs_for(path: Path, seconds: float) -> float:
-    """echo+cat pairs per second on ``path`` for about ``seconds``."""
+REFERENCE_SOURCE = Path(__file__).parent / "reference" / "onefile_fuse.c"
+
+
+def build_reference(work: Path) -> Path:
+    """Compile the C reference file system into ``work``; its executable."""
+    binary = work / "onefile_fuse"
+    flags = subprocess.run(["pkg-config", "--cflags", "--libs", "fuse3"], capture_output=True,
+                           text=True, check=False)
+    if flags.returncode != 0:
+        raise SystemExit("pkg-config fuse3 failed: the C reference needs libfuse3-dev "
+                         "(scripts/bootstrap installs it)")
+    subprocess.run(["cc", "-O2", "-o", str(binary), str(REFERENCE_SOURCE),
+                    *flags.stdout.split()], check=True)
+    return binary
+
+
+@contextlib.contextmanager
+def reference_served(binary: Path, mountpoint: Path):
+    """The C reference mounted on ``mountpoint`` until the block ends; the path of its file."""
+    mountpoint.mkdir(parents=True, exist_ok=True)
+    server = subprocess.Popen([str(binary), str(mountpoint), "-f"],
+                              stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while not os.path.ismount(mountpoint):
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit("the C reference file system did not mount")
+            time.sleep(0.01)
+        yield mountpoint / "value"
+    finally:
+        subprocess.run(["fusermount3", "-u", str(mountpoint)], check=False)
+        try:
+            server.wait(30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+
+
+def reads_for(path: Path, seconds: float) -> float:
+    """open+read+close per second of ``path`` for about ``seconds`` (one read of a page, as a
+    monitor polling a counter does)."""
     target = os.fsencode(path)
-    wflags, rflags = os.O_WRONLY | os.O_TRUNC, os.O_RDONLY
+    rflags = os.O_RDONLY
     done, start = 0, time.perf_counter()
     deadline = start + seconds
     while True:
         for _ in range(100):
+            fd = os.open(target, rflags)
+            os.read(fd, 4096)
+            os.close(fd)
+        done += 100
+        now = time.perf_counter()
+        if now >= deadline:
+            return done / (now - start)
+
+
+def pairs_for(path: Path, seconds: float, values: tuple[bytes, ...] = (b"5\n",)) -> float:
+    """echo+cat pairs per second on ``path`` for about ``seconds``, writing ``values`` in
+    turn."""
+    target = os.fsencode(path)
+    wflags, rflags = os.O_WRONLY | os.O_TRUNC, os.O_RDONLY
+    done, start = 0, time.perf_counter()
+    deadline = start + seconds
+    turn = len(values)
+    while True:
+        for i in range(100):
             fd = os.open(target, wflags)
-            os.write(fd, b"5\n")
+            os.write(fd, values[i % turn])
             os.close(fd)
             fd = os.open(target, rflags)
             while os.read(fd, 4096):
@@ -180,6 +247,61 @@ def bench_pairs(ours: Path, kernel: Path, rounds: int, seconds: float,
     return figures
 
 
+CHANGING = (b"5\n", b"6\n")
+
+
+def bench_reference(ours: Path, reference: Path, kernel: Path, rounds: int,
+                    seconds: float) -> dict[str, list[float]]:
+    """Per round, in alternating order (neither side always first): echo+cat pairs/s on our
+    ``ioasids.max`` and on the reference's file, writing the same value and changing values;
+    open+read+close/s of our unchanged ``ioasids.current``, of the reference's file and of the
+    kernel's ``pids.current``. Each figure's list of rounds, and ``*_ratio`` lists, ours over
+    the reference's."""
+    (ours / "ref").mkdir()
+    ours_max, ours_current = ours / "ref" / "ioasids.max", ours / "ref" / "ioasids.current"
+    (ours / "ref" / "ioasids.max").write_text("max")
+    for path in (ours_max, reference):
+        pairs_for(path, 0.2)
+    reads_for(ours_current, 0.2)
+    reads_for(reference, 0.2)
+    out: dict[str, list[float]] = {}
+    loops = {
+        "same": lambda path: pairs_for(path, seconds),
+        "changing": lambda path: pairs_for(path, seconds, CHANGING),
+        "reads": lambda path: reads_for(path, seconds),
+    }
+    for r in range(rounds):
+        for name, loop in loops.items():
+            mine_path = ours_current if name == "reads" else ours_max
+            if r % 2:
+                theirs = loop(reference)
+                mine = loop(mine_path)
+            else:
+                mine = loop(mine_path)
+                theirs = loop(reference)
+            out.setdefault(f"{name}_ours", []).append(mine)
+            out.setdefault(f"{name}_ref", []).append(theirs)
+            out.setdefault(f"{name}_ratio", []).append(mine / theirs)
+        out.setdefault("reads_kernel", []).append(reads_for(kernel / "pids.current", seconds))
+    (ours / "ref").rmdir()
+    return out
+
+
+def print_reference(figures: dict[str, list[float]], label: str) -> None:
+    med = {key: statistics.median(values) for key, values in figures.items()}
+    rounds = len(figures["same_ratio"])
+    for name, what, target in (("same", "echo+cat pairs/s, same value", 1.0),
+                               ("changing", "echo+cat pairs/s, changing value", 1.0),
+                               ("reads", "open+read+close/s of an unchanged current", 1.5)):
+        each = ", ".join(f"{x:.2f}" for x in figures[f"{name}_ratio"])
+        print(f"{label}: {what}: ours {med[f'{name}_ours']:,.0f}, C reference "
+              f"{med[f'{name}_ref']:,.0f}, ours / reference {med[f'{name}_ratio']:.3f} "
+              f"(median of {rounds} rounds: {each}; target >= {target})")
+    print(f"{label}: open+read+close/s of the kernel's pids.current: "
+          f"{med['reads_kernel']:,.0f}; ours / kernel "
+          f"{med['reads_ours'] / med['reads_kernel']:.3f}")
+
+
 def mkdirs_side_by_side(v1: Path, v2: Path, count: int, rounds: int) -> dict[str, float]:
     """``mkdir_rmdir`` on both faces in alternating rounds (neither always first): the median
     seconds of each, and the median per-round rate ratios v2/v1 (``mkdir``, ``rmdir``)."""
@@ -234,6 +356,10 @@ def main() -> None:
                 other = stack.enter_context(served(work / "other", tree=args.against))
             if args.v2:
                 v2 = stack.enter_context(served(work / "v2", v2=True))
+            binary = build_reference(work)
+            reference = stack.enter_context(reference_served(binary, work / "reference"))
+            print_reference(bench_reference(ours, reference, kernel, args.rounds, args.seconds),
+                            "no store")
             pairs = bench_pairs(ours, kernel, args.rounds, args.seconds, other, v2)
             print(f"echo+cat pairs/s: ours {pairs['ours']:,.0f}, kernel {pairs['kernel']:,.0f}, "
                   f"ratio {pairs['ratio']:.3f} = 1/{1 / pairs['ratio']:.1f} "
@@ -262,7 +388,10 @@ def main() -> None:
         if have_store():
             state = work / "state"
             state.mkdir()
-            with kernel_cgroup() as kernel, served(work / "mnt", str(state)) as ours:
+            with kernel_cgroup() as kernel, served(work / "mnt", str(state)) as ours, \
+                    reference_served(build_reference(work), work / "reference") as reference:
+                print_reference(bench_reference(ours, reference, kernel, args.rounds,
+                                                args.seconds), "daemon store")
                 pairs = bench_pairs(ours, kernel, args.rounds, args.seconds)
                 print(f"echo+cat pairs/s with the daemon's store: ours {pairs['ours']:,.0f}, "
                       f"kernel {pairs['kernel']:,.0f}, ratio {pairs['ratio']:.3f} = "

@@ -377,3 +377,10 @@ CHILD_NAMES_V2 = frozenset(CHILD_FILES_V2)
 ROOT_NAMES_V2 = frozenset(ROOT_FILES_V2) | CHILD_NAMES_V2
 """Names a child of the v2 root cannot take: the root's files (in either profile) and those a
 child may have."""
+
+_TABLES = (CHILD_FILES, ROOT_FILES, ROOT_FILES_V4, CHILD_CORE_V2, CHILD_FILES_V2, ROOT_FILES_V2,
+           ROOT_FILES_V2_V4)
+UNCACHED_NAMES = frozenset(f.name for table in _TABLES for f in table.values() if not f.cached)
+"""The names of the files the kernel may not cache (``CgroupFile.cached``), in any directory: a
+name is cached everywhere or nowhere, so an ``open`` can decide by the name alone."""
+assert not UNCACHED_NAMES & {f.name for table in _TABLES for f in table.values() if f.cached}

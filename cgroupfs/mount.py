@@ -36,7 +36,8 @@ from errno import EBUSY, EINVAL, ENODEV, ENOENT, ENOTCONN, ENOTDIR, ETIMEDOUT
 import mfusepy
 import structlog
 
-from cgroupfs.kernelcache import ATTR_TIMEOUT
+from cgroupfs import fastopen
+from cgroupfs.kernelcache import ATTR_TIMEOUT, current_fuse
 from cgroupfs.operations import CgroupOperations
 from ioasidsd.host import mounts
 from ioasidsd.model.hierarchy import Cgroup
@@ -64,7 +65,8 @@ class CgroupMount:
         self._options = options
         self._error: BaseException | None = None
         self._settled = threading.Event()  # the kernel connected, or the thread ended
-        self.operations = CgroupOperations(system, on_init=self._settled.set)
+        self.operations = CgroupOperations(system, on_init=self._initialised)
+        self._fast: fastopen.Serving | None = None
         self._ended = threading.Event()
         self._lock = threading.Lock()
         self._thread = threading.Thread(
@@ -114,9 +116,21 @@ class CgroupMount:
         if self._notifier is not threading.current_thread():
             self._notifier.join()
 
+    def _initialised(self) -> None:
+        """libfuse is initialised (on its thread, in ``init``): the mount is live."""
+        if self._fast is not None:
+            self._fast.register(current_fuse())
+        self._settled.set()
+
+    @property
+    def fast_open(self) -> bool:
+        """Whether files are opened by the C ``open`` (``cgroupfs.fastopen``)."""
+        return self._fast is not None
+
     def _serve(self) -> None:
         try:
-            mfusepy.FUSE(self.operations, self.mountpoint, raw_fi=True, **self._options)
+            with fastopen.serving(self.operations) as self._fast:
+                mfusepy.FUSE(self.operations, self.mountpoint, raw_fi=True, **self._options)
         except BaseException as exc:  # reported by mount() or kept for wait()
             self._error = exc
         finally:

@@ -238,3 +238,25 @@ def test_readers_and_writers_together_neither_block_nor_see_stale_values(
     assert all(r.wait(60) == 0 for r in readers_)
     assert cat(paths[0]) == paths[0].read_text() == "150\n"
     assert cat(paths[1]) == "149\n"
+
+
+def test_opens_cost_no_python_call_with_the_c_open(handle: CgroupMount, system: System,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from cgroupfs import fastopen
+
+    if not fastopen.LIBRARY.exists():
+        pytest.skip("cgroupfs/_fastopen.so not built (scripts/bootstrap needs cc and "
+                    "libfuse3-dev)")
+    assert handle.fast_open
+    opened: list[str] = []
+    real = handle.operations.open
+    monkeypatch.setattr(handle.operations, "open",
+                        lambda path, fi: opened.append(path) or real(path, fi))
+    mnt = Path(handle.mountpoint)
+    (mnt / "a").mkdir()
+    for _ in range(5):
+        assert (mnt / "a" / "ioasids.current").read_text() == "0\n"
+        assert cat(mnt / "a" / "ioasids.max") == "0\n"
+    (mnt / "a" / "ioasids.max").write_text("9")
+    assert cat(mnt / "a" / "ioasids.max") == "9\n"
+    assert opened == []
