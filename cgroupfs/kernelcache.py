@@ -19,7 +19,10 @@ Contract:
   nothing more). The cgroups a change may have altered are those it names (``cgroups``, the
   cgroups of its ``processes``) with their ancestors, whose counters follow theirs, and the root
   (whose files count every IOASID); a change that cannot be named (kind ``sync``) alters all.
-  Their held files stop being held and their paths wait, per thread, for the release.
+  Their held files stop being held and their paths wait, per thread, for the release. A
+  directory's own attributes (mode, owner, link count) change only with the kinds in
+  ``DIRECTORY_KINDS``; other changes leave a held directory held, so that a counter's change
+  does not make the next path walk ask for every directory's attributes again.
 * ``flush()`` runs on the same thread after the outermost release of the model's lock
   (``ModelLock.after_release``), before the call returns to its face: each waiting path is
   invalidated (``fuse_invalidate_path``: the kernel drops the inode's cached pages and
@@ -47,6 +50,11 @@ what a missed notification could cost."""
 _libfuse = ctypes.CDLL(ctypes.util.find_library("fuse3") or "libfuse3.so.3")
 _libfuse.fuse_invalidate_path.argtypes = (ctypes.c_void_p, ctypes.c_char_p)
 _libfuse.fuse_invalidate_path.restype = ctypes.c_int
+
+
+DIRECTORY_KINDS = frozenset({ChangeKind.MKDIR, ChangeKind.RMDIR, ChangeKind.RENAME,
+                             ChangeKind.ATTRS, ChangeKind.CONTROL, ChangeKind.SYNC})
+"""The kinds of change that may alter a directory's attributes."""
 
 
 class _Context(ctypes.Structure):
@@ -136,11 +144,20 @@ class KernelCache:
             held = self._held
             if not held:
                 return
+            directories = change.kind in DIRECTORY_KINDS
             for cg in self._altered(change):
-                names = held.pop(cg, None)
-                if names is not None:
-                    base = cg.path.rstrip("/")
-                    paths += [base + "/" + name if name else base or "/" for name in names]
+                names = held.get(cg)
+                if names is None:
+                    continue
+                base = cg.path.rstrip("/")
+                if directories or "" not in names:
+                    del held[cg]
+                else:
+                    if len(names) == 1:
+                        continue
+                    held[cg] = {""}
+                    names.discard("")
+                paths += [base + "/" + name if name else base or "/" for name in names]
             if not held:
                 self._uninstall()
         if paths:

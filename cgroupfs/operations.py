@@ -76,6 +76,7 @@ is read-only, and its handle must tell open files apart for ``poll``)."""
 EVENTS_OPEN_MAX = 4096
 """Open ``cgroup.events`` files whose last read is remembered (the oldest are forgotten: no
 ``release`` is served, so an open file is never known to be closed)."""
+FUSE_CAP_ATOMIC_O_TRUNC = 1 << 3
 POLL_DEFAULT = select.POLLIN | select.POLLOUT | select.POLLRDNORM | select.POLLWRNORM
 POLL_CHANGED = select.POLLERR | select.POLLPRI
 
@@ -179,7 +180,11 @@ class CgroupOperations(mfusepy.Operations):
         }
 
     # ------------------------------------------------------------------ life cycle
-    def init(self, path: str) -> None:
+    def init_with_config(self, conn: Any, config: Any) -> None:
+        """libfuse is initialised: ``O_TRUNC`` comes with the ``open`` (``atomic_o_trunc``;
+        truncating a cgroup file changes nothing, so no truncation round trip is needed)."""
+        if conn is not None and conn.capable & FUSE_CAP_ATOMIC_O_TRUNC:
+            conn.want |= FUSE_CAP_ATOMIC_O_TRUNC
         self.cache.attach(current_fuse())
         if self._on_init is not None:
             self._on_init()

@@ -203,7 +203,9 @@ def test_with_nothing_held_a_change_costs_nothing_more(handle: CgroupMount, syst
     (mnt / "a").mkdir()
     (mnt / "a" / "ioasids.max").read_text()
     assert system.on_change is not changes  # something is held: changes are followed
-    system.write_max("a", "5")  # invalidates everything held along a's path
+    system.write_max("a", "5")  # a's and the root's files; their directories stay held
+    assert handle.operations.cache.held() >= 1
+    system.set_attrs("a", {"": {"mode": 0o750}})  # a directory's attributes: all along a
     assert handle.operations.cache.held() == 0
     assert system.on_change is changes  # the feed goes to its consumer alone again
     before = len(changes.seen)
@@ -260,3 +262,21 @@ def test_opens_cost_no_python_call_with_the_c_open(handle: CgroupMount, system: 
     (mnt / "a" / "ioasids.max").write_text("9")
     assert cat(mnt / "a" / "ioasids.max") == "9\n"
     assert opened == []
+
+
+def test_directory_attributes_another_face_changes_are_seen(handle: CgroupMount,
+                                                            system: System) -> None:
+    """Attributes are cached for long: a change of mode or link count made by another face
+    (the control API, the daemon) reaches ``stat`` at once."""
+    mnt = Path(handle.mountpoint)
+    (mnt / "a").mkdir()
+    assert os.stat(mnt / "a").st_nlink == 2
+    assert os.stat(mnt / "a" / "ioasids.max").st_mode & 0o777 == 0o644
+    system.mkdir("a/b")
+    assert os.stat(mnt / "a").st_nlink == 3
+    system.set_attrs("a", {"": {"mode": 0o700}, "ioasids.max": {"mode": 0o600}})
+    assert os.stat(mnt / "a").st_mode & 0o777 == 0o700
+    assert os.stat(mnt / "a" / "ioasids.max").st_mode & 0o777 == 0o600
+    stat_out = subprocess.run(["stat", "-c", "%a", str(mnt / "a")], capture_output=True,
+                              text=True, check=True).stdout
+    assert stat_out == "700\n"
