@@ -165,11 +165,11 @@ def reads_for(path: Path, seconds: float) -> float:
     done, start = 0, time.perf_counter()
     deadline = start + seconds
     while True:
-        for _ in range(100):
+        for _ in range(20):
             fd = os.open(target, rflags)
             os.read(fd, 4096)
             os.close(fd)
-        done += 100
+        done += 20
         now = time.perf_counter()
         if now >= deadline:
             return done / (now - start)
@@ -184,7 +184,7 @@ def pairs_for(path: Path, seconds: float, values: tuple[bytes, ...] = (b"5\n",))
     deadline = start + seconds
     turn = len(values)
     while True:
-        for i in range(100):
+        for i in range(20):
             fd = os.open(target, wflags)
             os.write(fd, values[i % turn])
             os.close(fd)
@@ -192,7 +192,7 @@ def pairs_for(path: Path, seconds: float, values: tuple[bytes, ...] = (b"5\n",))
             while os.read(fd, 4096):
                 pass
             os.close(fd)
-        done += 100
+        done += 20
         now = time.perf_counter()
         if now >= deadline:
             return done / (now - start)
@@ -266,25 +266,35 @@ def bench_reference(ours: Path, reference: Path, kernel: Path, rounds: int,
     reads_for(reference, 0.2)
     out: dict[str, list[float]] = {}
     loops = {
-        "same": lambda path: pairs_for(path, seconds),
-        "changing": lambda path: pairs_for(path, seconds, CHANGING),
-        "reads": lambda path: reads_for(path, seconds),
+        "same": lambda path, t: pairs_for(path, t),
+        "changing": lambda path, t: pairs_for(path, t, CHANGING),
+        "reads": lambda path, t: reads_for(path, t),
     }
     for r in range(rounds):
         for name, loop in loops.items():
             mine_path = ours_current if name == "reads" else ours_max
-            if r % 2:
-                theirs = loop(reference)
-                mine = loop(mine_path)
-            else:
-                mine = loop(mine_path)
-                theirs = loop(reference)
+            mine, theirs = interleaved(loop, mine_path, reference, seconds, first=r % 2)
             out.setdefault(f"{name}_ours", []).append(mine)
             out.setdefault(f"{name}_ref", []).append(theirs)
             out.setdefault(f"{name}_ratio", []).append(mine / theirs)
         out.setdefault("reads_kernel", []).append(reads_for(kernel / "pids.current", seconds))
     (ours / "ref").rmdir()
     return out
+
+
+SLICES = 10
+
+
+def interleaved(loop, mine: Path, theirs: Path, seconds: float, first: int) -> tuple[float, float]:
+    """``loop(path, t)`` (a rate over ``t`` seconds) on both paths in ``SLICES`` alternating
+    slices of ``seconds / SLICES`` each, so that both sides see the same moments of a loaded
+    machine; the mean rate of each. ``first``: 0 when ours starts."""
+    t = seconds / SLICES
+    rates: tuple[list[float], list[float]] = ([], [])
+    for i in range(SLICES):
+        for side in ((0, 1) if (i + first) % 2 == 0 else (1, 0)):
+            rates[side].append(loop(mine if side == 0 else theirs, t))
+    return statistics.fmean(rates[0]), statistics.fmean(rates[1])
 
 
 def print_reference(figures: dict[str, list[float]], label: str) -> None:
