@@ -26,7 +26,10 @@ its own (``bench/against.py``): one importing this tree ("new"), one importing T
 both with ``--store``'s server too when it is given. They are measured in the same rounds as the
 others, by the same clients (this tree's), one version right after the other (which goes first
 alternates between rounds). Printed after the usual figures: for each figure, the median of
-each version and the median over rounds of the ratio new/old within a round.
+each version and the median over rounds of the ratio new/old within a round. One figure is
+measured in the workers only, two figures: ALLOC+FREE pairs, and batch IDs (ALLOC_BATCH +
+FREE_BATCH), through ``System.ioasid_ioctl`` without the socket, per second of the worker's
+CPU time, which a busy machine disturbs far less than the wall-clock rates of the socket.
 """
 
 from __future__ import annotations
@@ -201,24 +204,54 @@ def run_clients(ctx, target, path: str, echo: bool, clients: int, seconds: float
     return out
 
 
+def make_system(kind: str, tmp: str) -> tuple[System, Store | None]:
+    """The system behind a server of ``kind`` (see ``make_server``), its store in
+    ``tmp/state`` for ``"ioasid+store"``."""
+    if kind != "ioasid+store":
+        return System(profile("fixed")), None
+    store = against.store_class().open(os.path.join(tmp, "state"))
+    system = System(profile("fixed"), on_change=store.apply)
+    store.bind(system)
+    return system, store
+
+
 def make_server(kind: str, tmp: str) -> tuple[System, UserApiServer, Store | None]:
     """A started server of ``kind``: ``"ioasid"`` (the model and the socket, profile ``fixed``)
     or ``"ioasid+store"`` (the same, every change made durable by the daemon's store in
     ``tmp/state``); its runtime directory is ``tmp/kind``, which must not exist yet."""
     runtime = os.path.join(tmp, kind)
     os.mkdir(runtime)
-    store = None
-    if kind == "ioasid+store":
-        Store = against.store_class()
-
-        store = Store.open(os.path.join(tmp, "state"))
-        system = System(profile("fixed"), on_change=store.apply)
-        store.bind(system)
-    else:
-        system = System(profile("fixed"))
+    system, store = make_system(kind, tmp)
     server = UserApiServer(system, runtime)
     server.start()
     return system, server, store
+
+
+def request_pairs(kind: str, tmp: str, pairs: int) -> float:
+    """In an ``--against`` worker: ALLOC+FREE pairs per second of this process's CPU time
+    through ``System.ioasid_ioctl`` (what a request costs the server without its socket),
+    best of three runs. CPU time, not wall time: what other processes on a busy machine take
+    is not counted."""
+    system, store = make_system(kind, tmp)
+    file = system.ioasid_open(os.getpid())
+    alloc_cmd = protocol.REQUEST.unpack_from(ALLOC_FRAME)[0]
+    alloc_arg = ALLOC_FRAME[protocol.REQUEST.size:]
+    free_cmd = uapi.IOASID_REQUEST_FREE
+    ioctl = system.ioasid_ioctl
+    pack = struct.Struct("=i").pack
+    best = 0.0
+    for _ in range(3):
+        start = time.process_time()
+        for _ in range(pairs):
+            ioasid, _out = ioctl(file, alloc_cmd, alloc_arg)
+            ioctl(file, free_cmd, pack(ioasid))
+        best = max(best, pairs / (time.process_time() - start))
+    system.ioasid_release(file)
+    if store is not None:
+        assert store.error is None, store.error
+        store.close()
+    assert len(system.core) == 0, "every ID was freed"
+    return best
 
 
 def stop_server(system: System, server: UserApiServer, store: Store | None) -> None:
@@ -249,6 +282,30 @@ def measure_batch(ctx: BaseContext, path: str, echo: bool, seconds: float) -> di
 _worker_servers: dict[str, tuple[System, UserApiServer, Store | None]] = {}
 
 
+def batch_ids(kind: str, tmp: str, cycles: int) -> float:
+    """In an ``--against`` worker: IDs allocated and freed per second of this process's CPU
+    time by ``ALLOC_BATCH`` + ``FREE_BATCH`` of ``BATCH`` IDs through ``System.ioasid_ioctl``
+    (no socket), best of three runs of ``cycles`` cycles."""
+    system, store = make_system(kind, tmp)
+    file = system.ioasid_open(os.getpid())
+    batch_arg = BATCH_FRAME[protocol.REQUEST.size:]
+    ioctl = system.ioasid_ioctl
+    best = 0.0
+    for _ in range(3):
+        start = time.process_time()
+        for _ in range(cycles):
+            count, ids = ioctl(file, uapi.IOASID_REQUEST_ALLOC_BATCH, batch_arg)
+            free = uapi.FREE_BATCH.pack(uapi.FREE_BATCH.size + len(ids), 0, count) + ids
+            ioctl(file, uapi.IOASID_REQUEST_FREE_BATCH, free)
+        best = max(best, 2 * BATCH * cycles / (time.process_time() - start))
+    system.ioasid_release(file)
+    if store is not None:
+        assert store.error is None, store.error
+        store.close()
+    assert len(system.core) == 0, "every ID was freed"
+    return best
+
+
 def worker_start(kind: str, tmp: str) -> str:
     """In an ``--against`` worker: start a server of ``kind`` (``make_server``) in the fresh
     directory ``tmp``; return its socket's path."""
@@ -275,7 +332,8 @@ def main() -> None:
     args = parser.parse_args()
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     if args.against_worker:
-        against.serve({"start": worker_start, "stop": worker_stop})
+        against.serve({"start": worker_start, "stop": worker_stop,
+                       "requests": request_pairs, "batches": batch_ids})
         return
     ctx = mp.get_context("spawn")
     kinds = ("ioasid", "ioasid+store") if args.store else ("ioasid",)
@@ -321,6 +379,16 @@ def main() -> None:
                     batch = measure_batch(ctx, versions[side, kind], False, args.seconds)
                     for what, rate in batch.items():
                         comparison.add(side, f"{kind} batch IDs/s ({what})", rate)
+                for side, kind in pairs:
+                    assert comparison is not None
+                    where = os.path.join(tmp, side, f"{kind}-requests-{r}")
+                    os.makedirs(where)
+                    comparison.add(side, f"{kind} in-process pairs per CPU-second",
+                                   workers[side].call("requests", kind, where,
+                                                      max(500, int(20_000 * args.seconds))))
+                    comparison.add(side, f"{kind} in-process batch IDs per CPU-second",
+                                   workers[side].call("batches", kind, where + "b",
+                                                      2 if args.seconds >= 0.5 else 1))
             for worker in workers.values():
                 worker.call("stop")
         finally:

@@ -7,7 +7,10 @@ entry of ``cgroupfs.files`` in its cgroup's directory. Changes go through ``Syst
 which call ``system.on_change`` (the daemon's durable store) before they return, so a write is
 durable when the write(2) returns. Errors are ``OSError``s carrying a kernel errno (the model's
 ``IoasidError`` is one); mfusepy returns ``-errno`` to the kernel, and any other exception becomes
-``EINVAL`` and is logged, so bad input never stops the file system.
+``EINVAL`` and is logged, so bad input never stops the file system. A change (``write``,
+``mkdir``, ``rmdir``, ``rename``) by a user other than root is made in that user's
+``client_context``: the log lines it causes are counted against its uid and rate-limited per
+uid (``ioasidsd.clients``); root's are always logged.
 
 What the kernel's cgroupfs does, and so what this does (errnos the VFS produces before a request
 reaches a file system, such as ``ENOTDIR`` for ``rmdir`` of a file, are not repeated here):
@@ -42,6 +45,7 @@ reaches a file system, such as ``ENOTDIR`` for ``rmdir`` of a file, are not repe
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import itertools
@@ -60,6 +64,7 @@ import mfusepy
 from cgroupfs import files, pidlists
 from cgroupfs.files import CgroupFile, Writer
 from cgroupfs.kernelcache import KernelCache, current_fuse
+from ioasidsd.clients import client_context
 from ioasidsd.model.errors import IoasidError
 from ioasidsd.model.hierarchy import Cgroup
 from ioasidsd.system import System
@@ -94,6 +99,11 @@ def opener_handle(uid: int, gid: int) -> int:
 def opener_of(fh: int) -> tuple[int, int]:
     """The opener's ``(uid, gid)`` packed in a file handle by ``opener_handle``."""
     return fh & _UID_MASK, fh >> 32
+
+
+def _caused_by(uid: int) -> contextlib.AbstractContextManager[None]:
+    """The context of a change by ``uid``: its log lines rate-limited per uid, but root's."""
+    return contextlib.nullcontext() if uid == 0 else client_context(uid)
 
 
 class CgroupOperations(mfusepy.Operations):
@@ -335,7 +345,7 @@ class CgroupOperations(mfusepy.Operations):
         ``open``); a ``0`` written to ``cgroup.procs`` still names the writing process."""
         uid, gid = opener_of(fi.fh)
         writer = Writer(mfusepy.fuse_get_context()[2], uid, gid)
-        with self.system.lock:
+        with _caused_by(uid), self.system.lock:
             cg, file = self._resolve_file(path)
             return files.write(self.system, cg, file, data, writer)
 
@@ -382,7 +392,7 @@ class CgroupOperations(mfusepy.Operations):
     def mkdir(self, path: str, mode: int) -> int:
         uid, gid, _pid = mfusepy.fuse_get_context()
         parent_path = path.rpartition("/")[0] or "/"
-        with self.system.lock:
+        with _caused_by(uid), self.system.lock:
             parent, file = self._resolve(parent_path)
             if file is not None:
                 raise IoasidError(ENOTDIR, f"{parent_path} is a file")
@@ -404,7 +414,8 @@ class CgroupOperations(mfusepy.Operations):
         if file is not None:
             raise IoasidError(ENOTDIR, f"{path} is a file")
         pidlists.forget_exited(self.system, cg)
-        self.system.rmdir(path)
+        with _caused_by(mfusepy.fuse_get_context()[0]):
+            self.system.rmdir(path)
         self.events_changed(cg)  # its pollers wake (and find it gone)
         with self._events_lock:
             self._generation.pop(cg, None)
@@ -413,7 +424,7 @@ class CgroupOperations(mfusepy.Operations):
     def rename(self, old: str, new: str) -> int:
         if self.system.cgroups.version == 2:
             raise IoasidError(EPERM, "cgroup2 has no rename")
-        with self.system.lock:
+        with _caused_by(mfusepy.fuse_get_context()[0]), self.system.lock:
             _cg, file = self._resolve(old)
             if file is not None:
                 raise IoasidError(ENOTDIR, "only cgroups can be renamed")

@@ -165,6 +165,15 @@ class ProcessSource:
         """``/proc/PID/stat`` of ``pid`` (``read_stat``); ``None`` if it is gone."""
         return read_stat(pid)
 
+    def command(self, pid: int) -> str | None:
+        """The command name of process ``pid`` (``/proc/PID/comm``, as ``ps -o comm`` shows
+        it), ``None`` if it is gone."""
+        try:
+            with open(f"/proc/{pid}/comm", "rb") as f:
+                return f.read().rstrip(b"\n").decode(errors="replace")
+        except OSError:
+            return None
+
     def thread_ids(self, pid: int) -> list[int]:
         """The thread ids of process ``pid`` (empty if it is gone)."""
         try:

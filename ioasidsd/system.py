@@ -33,7 +33,7 @@ from ioasidsd.model.hierarchy import Cgroup, Hierarchy, Process
 from ioasidsd.model.ioasid_device import IoasidDevice, IoasidFile
 from ioasidsd.model.ioasids import IoasidsController
 from ioasidsd.model.knobs import Knobs
-from ioasidsd.model.modellock import ModelLock
+from ioasidsd.model.modellock import ModelLock, hold, let_go
 from ioasidsd.model.snapshot import is_removed
 from ioasidsd.model.unified import UnifiedHierarchy
 from ioasidsd.model.workqueue import OrderedWorkQueue
@@ -77,6 +77,7 @@ class System:
         self.cgroups = self.controller.hierarchy
         self.knobs = self.core.knobs
         self.lock: ModelLock = self.core.lock
+        self._due = self.core.wq.due  # what ioasid_ioctl tests before ``lock.finish()``
         self.processes = processes or ProcessSource()
         self.on_change: Callable[[Change], None] = on_change or (lambda change: None)
         self.settle: Callable[[], object] = lambda: None
@@ -441,16 +442,18 @@ class System:
                 self.orphans = orphans
                 self.on_change(Change(ChangeKind.ORPHANS, orphans=orphans))
 
-    def ioasid_open(self, pid: int) -> IoasidFile:
+    def ioasid_open(self, pid: int, *, closes_at_exit: bool = True) -> IoasidFile:
         """``open("/dev/ioasid")`` by the real process ``pid`` (see ``ioasid_process`` for the
-        cgroup of a process not tracked yet).
+        cgroup of a process not tracked yet). ``closes_at_exit=False``: the caller holds the
+        file through descriptors that may outlive the opener and calls ``ioasid_release`` at
+        their last close (see ``IoasidFile``).
 
         ``ESRCH`` for no such process, then the errors of ``IoasidDevice.open``.
         """
         proc = self.ioasid_process(pid)
         with self.lock:
             try:
-                return self.ioasid_device.open(proc)
+                return self.ioasid_device.open(proc, closes_at_exit=closes_at_exit)
             finally:
                 self._ioasid_changed(ChangeKind.SET, (proc,))
 
@@ -463,7 +466,9 @@ class System:
         whose limit refused (if one did), the errno and the request's arguments."""
         opener = file.opener
         task = opener if pid is None or pid == opener.pid else self.ioasid_process(pid)
-        with self.lock:
+        lock = self.lock
+        hold(lock)  # not ``with``: this is every request (see ``ioasidsd.model.modellock``)
+        try:
             if self.core.notifier_depth:
                 self.core.check_not_in_notifier()  # EDEADLK
             try:
@@ -480,17 +485,31 @@ class System:
                 raise
             self._ioasid_changed(ChangeKind.IOASID)
             return result
+        finally:
+            let_go(lock)
+            if self._due:
+                lock.finish()
 
     def ioasid_release(self, file: IoasidFile, *, exited: bool = False) -> None:
-        """The last close of ``file``. ``exited``: its opener is exiting, so this is the
-        process's exit (as ``exit``, which also closes the file). Releasing twice does nothing."""
+        """The last close of ``file``. ``exited``: its opener is exiting, so the process exits
+        first (as ``exit``), and the file is released with its mm gone, as the kernel closes
+        an exiting process's files. Releasing twice does nothing."""
         with self.lock:
             if exited and file.opener.alive:
                 self.cgroups.exit(file.opener)
                 self.on_change(Change(ChangeKind.EXIT, processes=(file.opener,)))
+            if file.released:
                 return
             self.ioasid_device.release(file)
             self._ioasid_changed(ChangeKind.SET)
+
+    def ioasid_release_unheld(self) -> int:
+        """After a restart: release the ``/dev/ioasid`` sets of exited processes that no file
+        holds any more (``IoasidDevice.release_unheld``); returns how many."""
+        with self.lock:
+            released = self.ioasid_device.release_unheld()
+            self._ioasid_changed(ChangeKind.SET)
+            return released
 
     # ------------------------------------------------------------------ VT-d
     # The simulated IOMMU. Its binds and unbinds come through the faces (the user API's bind

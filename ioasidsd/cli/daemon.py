@@ -43,10 +43,13 @@ def main() -> None:
 @click.option("--tracking", type=click.Choice(TRACKING_MODES), default=None,
               help="Process tracking: the netlink connector, psutil polling, or auto (the "
                    "connector when available).  [default: auto]")
+@click.option("--reset-state", is_flag=True,
+              help="Move the saved state aside (into STATE_DIR/saved-TIME, never deleted) and "
+                   "start afresh: for a state made with other settings.")
 def run(mount: str | None, state_dir: str | None, runtime_dir: str | None,
         config_file: str | None, capacity: int | None, profile_name: str | None,
         hierarchy: str | None, log_format: str | None, log_level: str | None,
-        tracking: str | None) -> None:
+        tracking: str | None, reset_state: bool) -> None:
     """Serve the hierarchy in the foreground until SIGTERM or SIGINT (SIGHUP reloads).
 
     Exit status: 0 after a clean stop, 1 when the daemon cannot start or stops on an error,
@@ -64,7 +67,7 @@ def run(mount: str | None, state_dir: str | None, runtime_dir: str | None,
     except ConfigError as exc:
         click.echo(f"ioasidsd: {exc}", err=True)
         sys.exit(2)
-    sys.exit(run_daemon(config, flags))
+    sys.exit(run_daemon(config, flags, reset_state=reset_state))
 
 
 @main.command()

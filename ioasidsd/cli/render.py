@@ -6,6 +6,7 @@ the click commands in ``ioasidsd.cli.ctl`` call them. A new verb's rendering goe
 
 from __future__ import annotations
 
+from itertools import repeat
 from typing import Any
 
 
@@ -143,3 +144,148 @@ def format_vtd(snap: dict[str, Any]) -> str:
             out.append(f"last {len(snap['trace'])} of {snap['trace_seq']} trace events:")
         out.extend(f"  #{e['seq']} {e['kind']} {_fields(e)}" for e in snap["trace"])
     return "\n".join(out)
+
+
+# ---------------------------------------------------------------------- tree, top, ids, events
+def _limit(value: int | None) -> str:
+    return "max" if value is None else str(value)
+
+
+def format_tree(result: dict[str, Any], *, terminal: bool = False, colour: bool = False) -> str:
+    """The human form of a ``tree`` reply, as ``systemd-cgls`` draws a tree: each cgroup with
+    ``current/max`` IOASIDs (``over`` when above its limit), its processes below it (pid and
+    command). Tree lines on a terminal, indentation otherwise; ``colour`` marks a cgroup over
+    its limit in red."""
+    rows = result["cgroups"]
+    if not rows:
+        return ""
+    top_depth = rows[0]["path"].count("/") if rows[0]["path"] != "/" else 0
+    out = []
+    # the last sibling at each depth decides the tree glyphs
+    entries: list[tuple[int, str, bool]] = []  # depth, text, over
+    for row in rows:
+        depth = 0 if row is rows[0] else (row["path"].count("/") - top_depth)
+        name = row["path"] if row is rows[0] else row["path"].rsplit("/", 1)[1]
+        usage = f"{row['current']}/{_limit(row['max'])}" if row["path"] != "/" else \
+            f"{row['current']} in use"
+        mark = " over" if row["over"] else ""
+        entries.append((depth, f"{name} ({usage}{mark})", row["over"]))
+        for proc in row["procs"]:
+            entries.append((depth + 1, f"{proc['pid']} {proc['command'] or '?'}", False))
+    for i, (depth, text, over) in enumerate(entries):
+        if colour and over:
+            text = f"\x1b[1;31m{text}\x1b[0m"
+        if depth == 0:
+            out.append(text)
+            continue
+        if not terminal:
+            out.append("  " * depth + text)
+            continue
+        prefix = ""
+        for level in range(1, depth):
+            prefix += "│ " if _continues(entries, i, level) else "  "
+        prefix += "├─" if _continues(entries, i, depth) else "└─"
+        out.append(prefix + text)
+    return "\n".join(out)
+
+
+def _continues(entries: list[tuple[int, str, bool]], i: int, depth: int) -> bool:
+    """Whether another entry at ``depth`` follows entry ``i`` before the tree leaves that
+    depth."""
+    for later, _, _ in entries[i + 1:]:
+        if later < depth:
+            return False
+        if later == depth:
+            return True
+    return False
+
+
+TOP_COLUMNS = ("Control Group", "Procs", "IOASIDs", "Max", "Peak", "Events")
+
+_TOP_KEYS = ("current", "max", "peak", "events", "procs")
+"""The numeric columns ``top`` sorts by (largest first)."""
+
+
+def _top_order(columns: dict[str, list[Any]], order: str) -> list[int] | None:
+    """The row indices of a ``top`` reply in ``order`` (``None``: the hierarchy's own order,
+    parents first by name, which ``path`` keeps); numbers largest first, ``max``'s no limit
+    first, ties in the hierarchy's order."""
+    if order == "path":
+        return None
+    if order not in _TOP_KEYS:
+        raise ValueError(f"unknown order {order!r}")
+    values = columns[order]
+    if order == "max":
+        return sorted(range(len(values)),
+                      key=lambda i: -(1 << 63) if values[i] is None else -values[i])
+    return sorted(range(len(values)), key=lambda i: -(values[i] or 0))
+
+
+def format_top(result: dict[str, Any], *, order: str = "path", header: bool = True) -> str:
+    """A ``top`` reply as ``systemd-cgtop`` prints it: the columns of ``TOP_COLUMNS``, the
+    path left-aligned and the numbers right-aligned; ``-`` where the root has none, ``over``
+    after the limit of a cgroup above it. Built column by column, with the loops in C where
+    it can, as a refresh may show ten thousand cgroups."""
+    columns = result["columns"]
+    paths = columns["path"]
+    current = columns["current"]
+    texts = [
+        paths,
+        list(map(str, columns["procs"])),
+        list(map(str, current)),
+        ["max" if limit is None else (f"{limit} over" if used > limit else str(limit))
+         for limit, used in zip(columns["max"], current, strict=True)],
+        ["-" if peak is None else str(peak) for peak in columns["peak"]],
+        list(map(str, columns["events"])),
+    ]
+    for i, where in enumerate(paths):  # the root has no limit, peak or events
+        if where == "/":
+            texts[3][i] = texts[4][i] = texts[5][i] = "-"
+    picked = _top_order(columns, order)
+    if picked is not None:
+        texts = [[column[i] for i in picked] for column in texts]
+    if header:
+        texts = [[title, *column] for title, column in zip(TOP_COLUMNS, texts, strict=True)]
+    if not texts[0]:
+        return ""
+    padded = [list(map(str.ljust, texts[0], repeat(max(map(len, texts[0])))))]
+    padded.extend(list(map(str.rjust, column, repeat(max(map(len, column)))))
+                  for column in texts[1:])
+    return "\n".join(map("  ".join, zip(*padded, strict=True)))
+
+
+def format_ids(result: dict[str, Any], *, terminal: bool = False) -> str:
+    """The human form of an ``ids`` reply: one row per IOASID (ID, state, set, owner pid,
+    charged cgroup, SPID, VT-d bindings), with a header on a terminal."""
+    table = []
+    for row in result["ids"]:
+        binds = "; ".join(
+            f"{b['kind']}{'' if b['gpasid'] is None else ' g' + str(b['gpasid'])} "
+            f"{','.join(b['devices'])}" for b in row["vtd"]) or "-"
+        table.append([str(row["id"]), row["state"], str(row["set"]),
+                      "-" if row["owner"] is None else str(row["owner"]),
+                      row["cgroup"] or "-", "-" if row["spid"] is None else str(row["spid"]),
+                      binds])
+    if terminal:
+        table.insert(0, ["ID", "STATE", "SET", "OWNER", "CGROUP", "SPID", "VT-D"])
+    if not table:
+        return ""
+    widths = [max(len(r[i]) for r in table) for i in range(7)]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True))
+                     .rstrip() for r in table)
+
+
+def format_event(item: dict[str, Any]) -> str:
+    """One refusal-log entry on one line: time, pid and command, uid, the cgroup that asked,
+    the level that refused, errno, request and the cause."""
+    from datetime import datetime
+
+    when = datetime.fromtimestamp(item["time"]).isoformat(sep=" ", timespec="seconds")
+    request = dict(item["request"])
+    ioctl = request.pop("ioctl", "?")
+    args = " ".join(f"{k}={v}" for k, v in request.items())
+    uid = "?" if item["uid"] is None else item["uid"]
+    level = f" refused by {item['level']}" if item.get("level") else ""
+    return (f"{when} pid {item['pid']} ({item['command'] or '?'}) uid {uid} in "
+            f"{item['cgroup']}{level}: {item['errno']} {ioctl}"
+            f"{' ' + args if args else ''}: {item['message']}")

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import socket
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ioasidsd.control.protocol import MAX_REQUEST
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 __all__ = ["ControlClient", "ControlError"]
 
@@ -26,7 +29,7 @@ class ControlClient:
     """Requests to the daemon whose control socket is at ``path``."""
 
     def __init__(self, path: str | Path, *, timeout: float = 10.0) -> None:
-        self.path = Path(path)
+        self.path = os.fspath(path)  # a str: pathlib is not imported (ioasidctl starts fast)
         self.timeout = timeout
 
     def call(self, verb: str, **args: Any) -> Any:
@@ -36,7 +39,7 @@ class ControlClient:
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
                 sock.settimeout(self.timeout)
-                sock.connect(str(self.path))
+                sock.connect(self.path)
                 with contextlib.suppress(BrokenPipeError, ConnectionResetError):
                     sock.sendall(request)  # a refused connection was answered already
                 with sock.makefile("rb") as f:

@@ -19,12 +19,23 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from ioasidsd.clients import Peer
-from ioasidsd.control.visibility import may_see_process
+from ioasidsd.control.visibility import may_see_process, may_see_record
+from ioasidsd.model.core import INVALID_IOASID, IoasidData
 from ioasidsd.model.errors import IoasidError
+from ioasidsd.model.hierarchy import Cgroup, Process
+from ioasidsd.store.refusals import RefusalLog
 from ioasidsd.system import System
 from ioasidsd.vtd import VtdDriver
 
-__all__ = ["TRACE_EVENTS_MAX", "VERBS", "Service", "Verb", "status", "vtd", "vtd_summary"]
+__all__ = ["EVENTS_MAX", "SCHEMA", "TOP_COLUMNS", "TRACE_EVENTS_MAX", "VERBS", "Service",
+           "Verb", "events", "ids", "status", "top", "tree", "vtd", "vtd_summary", "which"]
+
+SCHEMA = 1
+"""The ``schema`` of the replies of ``tree``, ``top``, ``ids``, ``events`` and ``which``: their
+keys are kept; a change that removes or renames one raises it."""
+
+EVENTS_MAX = 65536
+"""The most refusal-log entries one ``events`` request returns (the newest)."""
 
 TRACE_EVENTS_MAX = 4096
 """The most VT-d trace events one ``vtd`` request may ask for."""
@@ -38,6 +49,9 @@ class Service(Protocol):
 
     @property
     def vtd(self) -> VtdDriver | None: ...
+
+    @property
+    def refusals(self) -> RefusalLog | None: ...
 
     def service_status(self) -> dict[str, Any]:
         """The parts of ``status`` only the daemon knows: its pid and uptime, process tracking,
@@ -118,5 +132,250 @@ def vtd(service: Service, request: dict[str, Any], peer: Peer) -> dict[str, Any]
     return snap
 
 
-VERBS: dict[str, Verb] = {"status": status, "vtd": vtd}
+# ---------------------------------------------------------------------- arguments
+def _system(service: Service) -> System:
+    system = service.system
+    if system is None:
+        raise IoasidError(errno.ENODEV, "the daemon is not serving a system")
+    return system
+
+
+def _path(request: dict[str, Any], name: str = "path") -> str:
+    """A cgroup path argument (default ``/``): ``EINVAL`` unless a string of names."""
+    path = request.get(name, "/")
+    if not isinstance(path, str) or "\0" in path or any(
+            part in (".", "..") for part in path.split("/")):
+        raise IoasidError(errno.EINVAL, f"{name} must be a cgroup path such as /vms/gold")
+    return "/" + path.strip("/")
+
+
+def _int(request: dict[str, Any], name: str, default: int | None, lo: int, hi: int) -> int | None:
+    value = request.get(name, default)
+    if value is None and default is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise IoasidError(errno.EINVAL, f"{name} must be an integer in {lo}..{hi}")
+    return value
+
+
+def _lookup(system: System, path: str) -> Cgroup:
+    """The cgroup at ``path`` (under the lock); ``ENOENT`` naming it."""
+    try:
+        return system.cgroups.lookup(path)
+    except IoasidError:
+        raise IoasidError(errno.ENOENT, f"{path}: no such cgroup") from None
+
+
+def _row(system: System, cg: Cgroup) -> dict[str, Any]:
+    """A cgroup's numbers as ``tree`` and ``top`` show them (the root: system-wide use, no
+    limit)."""
+    if cg.parent is None:
+        return {"path": "/", "current": len(system.core), "max": None, "peak": None,
+                "events": 0, "over": False}
+    return {"path": cg.path, "current": cg.counter, "max": cg.limit, "peak": cg.peak,
+            "events": cg.events, "over": cg.limit is not None and cg.counter > cg.limit}
+
+
+# ---------------------------------------------------------------------- tree, top, which
+def tree(service: Service, request: dict[str, Any], peer: Peer) -> dict[str, Any]:
+    """``{"verb": "tree", "path": P, "all": false}``: ``P`` (default ``/``) and the cgroups
+    below it, parents first, by name; each with ``path``, ``current``, ``max`` (``null``:
+    no limit), ``peak``, ``events``, ``over`` (``current > max``, which moving a process in can
+    cause) and ``procs``, its member processes (``pid``, ``command``). Without ``all``, a
+    cgroup with no process in it or below it is left out (``P`` itself never is). Processes
+    are shown to every caller, as ``ps`` shows them. ``EINVAL`` for a bad path, ``ENOENT``
+    for a missing cgroup."""
+    path = _path(request)
+    show_all = bool(request.get("all", False))
+    system = _system(service)
+    with system.lock:
+        top_cg = _lookup(system, path)
+        found = [(cg, _row(system, cg), sorted(p.pid for p in cg.procs))
+                 for cg in top_cg.descendants()]
+    if not show_all:
+        busy: set[str] = set()
+        for cg, _, pids in found:
+            if pids:
+                busy.update(a.path for a in cg.chain)
+        found = [item for item in found if item[0] is top_cg or item[1]["path"] in busy]
+    source = system.processes
+    cgroups = []
+    for _cg, row, pids in found:
+        row["procs"] = [{"pid": pid, "command": source.command(pid)} for pid in pids]
+        cgroups.append(row)
+    return {"schema": SCHEMA, "cgroups": cgroups}
+
+
+TOP_COLUMNS = ("path", "procs", "current", "max", "peak", "events")
+"""The columns of a ``top`` reply."""
+
+
+def top(service: Service, request: dict[str, Any], peer: Peer) -> dict[str, Any]:
+    """``{"verb": "top", "path": P, "depth": N}``: the cgroups of ``P`` (default ``/``) and
+    below, ``N`` levels deep at most (default 3; 0: ``P`` alone), parents first by name, as
+    columns: ``columns`` maps each name of ``TOP_COLUMNS`` to the list of its values, one per
+    cgroup: ``path``, ``procs`` (processes in it and below it), ``current``, ``max`` (``null``:
+    no limit), ``peak``, ``events`` (the root: system-wide use, ``null``, ``null``, ``0``).
+    Columns, because a refresh of ``ioasidctl top`` is one request for every cgroup and six
+    lists cost far less to send and read than a row each. It shows no process, so it is the
+    same for every caller. ``EINVAL``, ``ENOENT`` as ``tree``."""
+    path = _path(request)
+    depth = _int(request, "depth", 3, 0, 1 << 16)
+    assert depth is not None
+    system = _system(service)
+    with system.lock:
+        start = _lookup(system, path)
+        # parents first (by name), then processes in each subtree summed children first
+        nodes: list[Cgroup] = []
+        paths: list[str] = []
+        levels: list[int] = []
+        stack = [(start, 0, start.path)]
+        while stack:
+            cg, level, where = stack.pop()
+            nodes.append(cg)
+            paths.append(where)
+            levels.append(level)
+            if level < depth and cg.children:
+                children = cg.children
+                prefix = "" if where == "/" else where
+                stack.extend([(children[name], level + 1, f"{prefix}/{name}")
+                              for name in sorted(children, reverse=True)])
+        totals: dict[Cgroup, int] = {}
+        for cg, level in zip(reversed(nodes), reversed(levels), strict=True):
+            total = len(cg.procs)
+            if cg.children:
+                if level < depth:
+                    for child in cg.children.values():
+                        total += totals[child]
+                else:  # below the depth shown: counted, not listed
+                    total = sum(len(d.procs) for d in cg.descendants())
+            totals[cg] = total
+        columns: dict[str, list[Any]] = {
+            "path": paths,
+            "procs": [totals[cg] for cg in nodes],
+            "current": [cg.counter if cg.parent is not None else len(system.core)
+                        for cg in nodes],
+            "max": [cg.limit if cg.parent is not None else None for cg in nodes],
+            "peak": [cg.peak if cg.parent is not None else None for cg in nodes],
+            "events": [cg.events if cg.parent is not None else 0 for cg in nodes],
+        }
+    return {"schema": SCHEMA, "columns": columns}
+
+
+def which(service: Service, request: dict[str, Any], peer: Peer) -> dict[str, Any]:
+    """``{"verb": "which", "pids": [PID...]}``: the cgroup of each process, as
+    ``/proc/PID/cgroup`` tells it for a kernel hierarchy: ``{"pid", "cgroup"}`` in the order
+    asked. A process the daemon does not track yet is in the root. Shown to every caller, as
+    ``/proc/PID/cgroup`` is. ``EINVAL`` for a bad list, ``ESRCH`` naming the first pid that
+    is not a process (nothing is answered then)."""
+    pids = request.get("pids")
+    if not isinstance(pids, list) or not pids or len(pids) > 4096 or any(
+            isinstance(p, bool) or not isinstance(p, int) or p <= 0 for p in pids):
+        raise IoasidError(errno.EINVAL, "pids must be a list of 1 to 4096 process ids")
+    system = _system(service)
+    answers = []
+    for pid in pids:
+        try:
+            facts = system.processes.facts(pid)
+        except IoasidError:
+            raise IoasidError(errno.ESRCH, f"{pid}: no such process") from None
+        with system.lock:
+            proc = system.cgroups.process(facts.tgid)
+            where = proc.cgroup.path if proc is not None and \
+                proc.start_time == facts.start_time else "/"
+        answers.append({"pid": pid, "cgroup": where})
+    return {"schema": SCHEMA, "processes": answers}
+
+
+# ---------------------------------------------------------------------- ids, events
+def _owner(data: IoasidData) -> Process | None:
+    token = data.set.token
+    return token if isinstance(token, Process) else None
+
+
+def ids(service: Service, request: dict[str, Any], peer: Peer) -> dict[str, Any]:
+    """``{"verb": "ids", "path": P, "pid": PID}``: the live IOASIDs, by ID: ``id``, ``state``,
+    ``set``, ``owner`` (the pid of the process whose set holds it, ``null`` for a set of
+    no process), ``cgroup`` (charged to; ``null``: none), ``spid`` (``null``: none) and
+    ``vtd``, its VT-d bindings (``kind`` native or guest, ``gpasid``, ``devices``). ``path``
+    keeps those charged to ``P`` or below it, ``pid`` those owned by that process.
+
+    Root sees every IOASID; any other caller only those owned by the processes it may see
+    (``visibility.may_see_process``), ``filtered`` true. ``EINVAL`` for a bad argument,
+    ``ENOENT`` for a missing cgroup."""
+    path = request.get("path")
+    path = None if path is None else _path(request)
+    pid = _int(request, "pid", None, 1, 1 << 22) if request.get("pid") is not None else None
+    system = _system(service)
+    rows: list[tuple[IoasidData, Process | None, dict[str, Any]]] = []
+    with system.lock:
+        under = None if path is None else _lookup(system, path)
+        for data in system.core.ioasids():
+            owner = _owner(data)
+            if pid is not None and (owner is None or owner.pid != pid):
+                continue
+            charged = data.cgroup
+            if under is not None and (charged is None or under not in (charged, *charged.chain)):
+                continue
+            rows.append((data, owner, {
+                "id": data.id, "state": data.state.name, "set": data.set.id,
+                "owner": None if owner is None else owner.pid,
+                "cgroup": None if charged is None else charged.path,
+                "spid": None if data.spid == INVALID_IOASID else data.spid, "vtd": []}))
+    driver = service.vtd
+    if driver is not None and rows:
+        by_id = {row["id"]: row for _, _, row in rows}
+        with driver.lock:
+            bindings = [*driver.native.values(), *driver.guest.values()]
+            for svm in bindings:
+                row = by_id.get(svm.pasid)
+                if row is not None:
+                    row["vtd"].append({"kind": "guest" if svm.guest else "native",
+                                       "gpasid": svm.gpasid,
+                                       "devices": [dev.bdf for dev in svm.devs]})
+    if peer.uid != 0:
+        decided: dict[int, bool] = {}
+        kept: list[tuple[IoasidData, Process | None, dict[str, Any]]] = []
+        for _data, owner, row in rows:
+            if owner is None:
+                continue
+            if id(owner) not in decided:
+                decided[id(owner)] = may_see_process(peer, owner, system.processes)
+            if decided[id(owner)]:
+                kept.append((_data, owner, row))
+        rows = kept
+    return {"schema": SCHEMA, "filtered": peer.uid != 0, "viewer_uid": peer.uid,
+            "ids": [row for _, _, row in rows]}
+
+
+def events(service: Service, request: dict[str, Any], peer: Peer) -> dict[str, Any]:
+    """``{"verb": "events", "path": P, "after": SEQ, "limit": N}``: the refusal log
+    (``ioasidsd.store.refusals``) of ``P`` (default ``/``) and the cgroups below it, oldest
+    first: the entries numbered above ``SEQ`` (default 0), the newest ``N`` of them (default
+    and most ``EVENTS_MAX``), and ``last_seq``, the newest number in the whole log, for the
+    next ``after`` (``--follow`` asks again with it). Root sees every entry; any other
+    caller only those of its own uid (``visibility.may_see_record``), ``filtered`` true.
+    ``EINVAL`` for a bad argument, ``ENOENT`` for a cgroup that does not exist now and has no
+    entries; ``ENODEV`` before the state is open."""
+    path = _path(request)
+    after = _int(request, "after", 0, 0, 1 << 62)
+    limit = _int(request, "limit", EVENTS_MAX, 1, EVENTS_MAX)
+    assert after is not None and limit is not None
+    system = _system(service)
+    log = service.refusals
+    if log is None:
+        raise IoasidError(errno.ENODEV, "the daemon has no refusal log yet")
+    with system.lock:
+        found = [dict(item) for item in log.entries(path, after=after)]
+        if not found and path != "/":
+            _lookup(system, path)
+        last = log.last_seq
+    if peer.uid != 0:
+        found = [item for item in found if may_see_record(peer, item.get("uid"))]
+    return {"schema": SCHEMA, "filtered": peer.uid != 0, "viewer_uid": peer.uid,
+            "last_seq": last, "events": found[-limit:]}
+
+
+VERBS: dict[str, Verb] = {"status": status, "vtd": vtd, "tree": tree, "top": top,
+                          "which": which, "ids": ids, "events": events}
 """Every verb the daemon serves, by name."""

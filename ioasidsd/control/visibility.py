@@ -4,7 +4,8 @@ The control socket is open to every local user (mode 0666). A verb that shows pr
 they hold (their IOASIDs, PASIDs, guest PASIDs, pids) shows a caller other than root only the
 processes ``may_see_process`` allows; ``vtd`` does so today, and any later verb that shows
 processes' IOASIDs (``ids``, ``tree``, ``top``) must call the same function rather than a rule
-of its own.
+of its own. A record of the past (a refusal-log entry), whose process may be gone, is shown
+by ``may_see_record``: the same rule applied to the uid recorded with it.
 """
 
 from __future__ import annotations
@@ -46,3 +47,11 @@ def may_see_process(peer: Peer, process: Any, source: ProcessSource) -> bool:
         return False
     real, effective = facts.uids[0], facts.uids[1]
     return peer.uid in (real, effective)
+
+
+def may_see_record(peer: Peer, uid: int | None) -> bool:
+    """Whether ``peer`` may see a record made about a process of user ``uid`` (its real or
+    effective uid when the record was made; ``None``: not known): root sees every record,
+    another caller those of its own uid, as ``may_see_process`` decides for a live process.
+    A record whose uid is not known is shown to root only."""
+    return peer.uid == 0 or (uid is not None and uid == peer.uid)

@@ -40,6 +40,7 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from ioasidsd import __version__
@@ -71,6 +72,7 @@ from ioasidsd.model.core import IoasidSetType
 from ioasidsd.model.errors import IoasidError
 from ioasidsd.model.snapshot import SnapshotError, load
 from ioasidsd.model.workqueue import OrderedWorkQueue, WorkMode
+from ioasidsd.store.refusals import RefusalLog
 from ioasidsd.store.state import Store, StoreError
 from ioasidsd.system import System
 from ioasidsd.userapi.server import UserApiServer
@@ -99,6 +101,37 @@ def _holds_nothing(snap: dict[str, Any]) -> bool:
 
 TRACE_EVENTS_MAX = verbs.TRACE_EVENTS_MAX
 
+_LOGGED = frozenset({ChangeKind.MKDIR, ChangeKind.RMDIR, ChangeKind.RENAME, ChangeKind.LIMIT,
+                     ChangeKind.ATTACH})
+"""The changes the daemon's log records at info level, besides every refusal."""
+
+
+def log_change(log: Any, change: Change) -> None:
+    """One info line for a refusal, a limit change, a mkdir, an rmdir, a rename or a move
+    (called under the system lock: the values are the model's now). A client's lines are
+    rate-limited per uid (``ioasidsd.clients.ClientLogLimit``)."""
+    refusal = change.refusal
+    if refusal is not None:
+        log.info(f"refused {refusal.command}: {refusal.message or refusal.error}",
+                 pid=refusal.pid, uid=refusal.uid, cgroup=refusal.cgroup, level=refusal.level,
+                 errno=refusal.error, request=dict(refusal.request))
+        return
+    kind = change.kind
+    if kind is ChangeKind.ATTACH:
+        for proc in change.processes:
+            log.info("process moved", pid=proc.pid, cgroup=proc.cgroup.path,
+                     source=change.cgroups[0].path if change.cgroups else None)
+    elif kind is ChangeKind.RMDIR:
+        log.info("cgroup removed", cgroup=change.path)
+    elif kind is ChangeKind.RENAME:
+        log.info("cgroup renamed", cgroup=change.cgroups[0].path, source=change.path)
+    elif kind is ChangeKind.LIMIT:
+        cg = change.cgroups[0]
+        log.info("limit set", cgroup=cg.path,
+                 max="max" if cg.limit is None else cg.limit, reserved=cg.reserved)
+    else:
+        log.info("cgroup created", cgroup=change.cgroups[0].path)
+
 
 class Daemon:
     """One run of the daemon. ``run()`` returns the exit status.
@@ -111,8 +144,9 @@ class Daemon:
 
     def __init__(self, config: Config, *, flags: dict[str, Any] | None = None,
                  log: Any = None, attach: Callable[[System], None] | None = None,
-                 mounter: Mounter | None = None) -> None:
+                 mounter: Mounter | None = None, reset_state: bool = False) -> None:
         self.config = config
+        self.reset_state = reset_state
         self.flags = dict(flags or {})
         self.log = log or get_logger()
         self._attach = attach
@@ -233,9 +267,15 @@ class Daemon:
 
     def _open_state(self) -> None:
         config = self.config
+        if self.reset_state:
+            moved = move_state_aside(config.state_dir)
+            if moved is not None:
+                self.log.warning("the saved state was moved aside (--reset-state)",
+                                 saved=str(moved))
         store = Store.open(config.state_dir, synchronous=config.synchronous,
                            warn=lambda message: self.log.error(message),
-                           note=lambda message: self.log.info(message))
+                           note=lambda message: self.log.info(message),
+                           refusal_ring=config.events_ring)
         self.store = store
         snap = store.load()
         if snap is not None:
@@ -256,11 +296,10 @@ class Daemon:
             differs = []
             saved = snap["knobs"] or {}
             if saved != knobs.as_dict():
-                differs.append(f"profile {saved.get('profile')!r} with knobs "
-                               f"{_knob_diff(saved, knobs.as_dict())}")
+                differs.append(_knob_diff(saved, knobs.as_dict()))
             saved_hierarchy = f"v{snap['core'].get('hierarchy', 1)}"
             if saved_hierarchy != config.hierarchy:
-                differs.append(f"hierarchy {saved_hierarchy}")
+                differs.append(f"hierarchy {saved_hierarchy} (now {config.hierarchy})")
             saved_capacity = snap["core"]["capacity"]
             if config.capacity is not None and config.capacity != saved_capacity:
                 differs.append(f"capacity {saved_capacity}")
@@ -269,8 +308,9 @@ class Daemon:
                                f"the configured VT-d units")
             if differs and not _holds_nothing(snap):
                 raise StartError(
-                    f"the state in {config.state_dir} was made with {'; '.join(differs)}; "
-                    f"start with the same settings, or move the state away to start afresh")
+                    f"the state in {config.state_dir} was made with {'; '.join(differs)}: "
+                    f"start with the same settings, or with --reset-state to move that state "
+                    f"aside and start afresh")
             if differs:
                 self.log.warning("the saved state held nothing: starting afresh with the new "
                                  "settings", saved=", ".join(differs))
@@ -322,8 +362,10 @@ class Daemon:
                       restored_bindings=driver.restored)
 
     def _catch_up(self) -> None:
-        """Processes that died while no daemon ran are released as if they had exited; the
-        children tracked processes forked meanwhile join their parents' cgroups."""
+        """Processes that died while no daemon ran are released as if they had exited, and so
+        are the /dev/ioasid files of exited openers that a connection inherited by another
+        process held until the restart ended it; the children tracked processes forked
+        meanwhile join their parents' cgroups."""
         system, store = self.system, self.store
         assert system is not None and store is not None
         if self._saved_boot is not None and self._saved_boot != boot_id():
@@ -339,6 +381,7 @@ class Daemon:
             released = release_gone(system)
             clock = self._clock_before
             adopted = adopt_children(system, clock) if clock is not None else 0
+        released += system.ioasid_release_unheld()
         with system.lock:
             store.set_clock(process_clock())
         if released or adopted:
@@ -349,6 +392,13 @@ class Daemon:
         self.store.apply(change)
         if self.releases is not None:
             self.releases.wake()
+        if change.refusal is not None or change.kind in _LOGGED:
+            log_change(self.log, change)
+
+    @property
+    def refusals(self) -> RefusalLog | None:
+        """The refusal log (``ioasidsd.control.verbs.Service``), once the state is open."""
+        return None if self.store is None else self.store.refusals
 
     def _mount(self) -> None:
         mountpoint = str(self.config.mount)
@@ -529,12 +579,42 @@ def descriptor_budget() -> int:
 
 
 def _knob_diff(saved: dict[str, Any], wanted: dict[str, Any]) -> str:
+    """The saved semantics in a few words: the profile when that differs (not every knob it
+    implies), else the knobs that differ."""
+    if saved.get("profile") != wanted.get("profile"):
+        return f"profile {saved.get('profile')!r} (now {wanted.get('profile')!r})"
     names = sorted(k for k in set(saved) | set(wanted) if saved.get(k) != wanted.get(k))
-    return ", ".join(f"{k}={saved.get(k)!r} (now {wanted.get(k)!r})" for k in names)
+    shown = ", ".join(f"{k}={saved.get(k)!r} (now {wanted.get(k)!r})" for k in names[:3])
+    more = f" and {len(names) - 3} more knobs" if len(names) > 3 else ""
+    return f"knobs {shown}{more}"
 
 
-def run(config: Config, flags: dict[str, Any] | None = None) -> int:
-    """Run the daemon in the foreground with logging set up; returns the exit status."""
+SAVED_PREFIX = "saved-"
+"""The name of a directory of the state directory where ``--reset-state`` moved a state."""
+
+
+def move_state_aside(state_dir: Path) -> Path | None:
+    """Move the state in ``state_dir`` (every entry but the lock and states moved aside
+    before) into a new directory ``state_dir/saved-<UTC time>``, and return it; ``None`` when
+    there was nothing to move. Nothing is deleted. ``OSError`` if it cannot be moved."""
+    if not state_dir.is_dir():
+        return None
+    entries = [entry for entry in state_dir.iterdir()
+               if entry.name != STATE_LOCK and not entry.name.startswith(SAVED_PREFIX)]
+    if not entries:
+        return None
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+    target = state_dir / f"{SAVED_PREFIX}{stamp}"
+    target.mkdir(mode=0o700)
+    for entry in entries:
+        entry.rename(target / entry.name)
+    return target
+
+
+def run(config: Config, flags: dict[str, Any] | None = None, *,
+        reset_state: bool = False) -> int:
+    """Run the daemon in the foreground with logging set up; returns the exit status.
+    ``reset_state``: move a saved state aside first (``move_state_aside``)."""
     setup_logging(config.log_format, config.log_level)
-    return Daemon(config, flags=flags).run()
+    return Daemon(config, flags=flags, reset_state=reset_state).run()
 

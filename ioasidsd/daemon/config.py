@@ -22,6 +22,9 @@ knobs) and the VT-d units and devices::
     [service]                   # the sockets (control.sock, ioasid.sock)
     max_connections_per_uid = 64    # open connections each uid but root's may hold on each
 
+    [events]                    # the refusal log (ioasidctl events)
+    ring = 256                  # refusals kept per cgroup, the oldest pushed out first
+
     [knobs]                     # any knob of ioasidsd.model.knobs, over the profile's values
     uncharge_target = "current"
 
@@ -76,6 +79,7 @@ class Config:
     poll_interval: float = 1.0
     unplaced: str = "refuse"
     max_connections_per_uid: int = 64
+    events_ring: int = 256
     synchronous: str = "normal"
     vtd: dict[str, Any] = field(default_factory=dict)
     config_file: Path | None = None
@@ -95,8 +99,11 @@ class Config:
 
 _SERVICE = ("max_connections_per_uid",)
 """Settings of the ``[service]`` table (also flags; not top-level keys of the file)."""
+_EVENTS = {"ring": "events_ring"}
+"""Settings of the ``[events]`` table, by key: the setting (and flag) each one is."""
 _FIELDS = {f.name: f for f in dataclasses.fields(Config)
-           if f.name != "config_file" and f.name not in _SERVICE}
+           if f.name != "config_file" and f.name not in _SERVICE
+           and f.name not in _EVENTS.values()}
 _PATHS = ("mount", "state_dir", "runtime_dir")
 _CHOICES = {"profile": PROFILES, "log_format": LOG_FORMATS, "log_level": LOG_LEVELS,
             "tracking": TRACKING_MODES, "synchronous": SYNCHRONOUS, "unplaced": UNPLACED,
@@ -126,6 +133,10 @@ def _check(name: str, value: Any, where: str) -> Any:
         if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65536:
             raise ConfigError(f"{where}: max_connections_per_uid = {value!r}: expected an "
                               f"integer in [1, 65536]")
+        return value
+    if name == "events_ring":
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65536:
+            raise ConfigError(f"{where}: ring = {value!r}: expected an integer in [1, 65536]")
         return value
     if name == "poll_interval":
         if isinstance(value, bool) or not isinstance(value, int | float) or \
@@ -175,6 +186,14 @@ def read_file(path: Path) -> dict[str, Any]:
                     raise ConfigError(f"{path}: unknown setting [service] {key!r}{hint}")
                 settings[key] = _check(key, setting, f"{path}: [service]")
             continue
+        if name == "events":
+            if not isinstance(value, dict):
+                raise ConfigError(f"{path}: [events] must be a table")
+            for key, setting in value.items():
+                if key not in _EVENTS:
+                    raise ConfigError(f"{path}: unknown setting [events] {key!r}")
+                settings[_EVENTS[key]] = _check(_EVENTS[key], setting, f"{path}: [events]")
+            continue
         if name not in _FIELDS:
             raise _unknown(name, str(path))
         settings[name] = _check(name, value, str(path))
@@ -192,7 +211,7 @@ def load_config(path: str | Path | None = None, flags: dict[str, Any] | None = N
     for name, value in (flags or {}).items():
         if value is None:
             continue
-        if name not in _FIELDS and name not in _SERVICE:
+        if name not in _FIELDS and name not in _SERVICE and name not in _EVENTS.values():
             raise _unknown(name, "command line")
         settings[name] = _check(name, value, "command line")
     config = Config(**settings, config_file=path)
@@ -225,7 +244,7 @@ def reload_changes(running: Config, new: Config) -> tuple[dict[str, Any], list[s
     value), and the names of the other settings that differ (they wait for a restart)."""
     applied: dict[str, Any] = {}
     pending: list[str] = []
-    for name in (*_FIELDS, *_SERVICE):
+    for name in (*_FIELDS, *_SERVICE, *_EVENTS.values()):
         old_value, new_value = getattr(running, name), getattr(new, name)
         if old_value == new_value:
             continue

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 from ioasidsd.model.errors import IoasidError
 from ioasidsd.model.idspace import IdLookup, IdSpace
 from ioasidsd.model.knobs import Knobs
-from ioasidsd.model.modellock import ModelLock
+from ioasidsd.model.modellock import ModelLock, hold, let_go
 from ioasidsd.model.notifier import (
     IOASID_NOTIFY_FLAG_ALL,
     IOASID_NOTIFY_FLAG_SET,
@@ -200,11 +200,16 @@ class IoasidCore:
         self.knobs = knobs or Knobs()
         self.wq = wq if wq is not None else OrderedWorkQueue()  # an empty queue is falsy
         self.lock = ModelLock(self.wq.call_returned, when=self.wq.due)
+        self._due = self.wq.due  # what the hottest calls test before ``lock.finish()``
         self.capacity = PCI_PASID_MAX
         self.capacity_avail = PCI_PASID_MAX
         self.capacity_installed = False
         self._sets: dict[int, IoasidSet] = {}
         self.sets_by_id: Mapping[int, IoasidSet] = MappingProxyType(self._sets)
+        # MM sets by token, each list in registration order (as ``_sets`` iterates): the
+        # lookup of a process's set on every open and exit, without a scan of every set
+        self._mm_sets: dict[Any, list[IoasidSet]] = {}
+        self._mm_unhashable: list[IoasidSet] = []
         self._set_ids = IdSpace()  # set index allocation
         self._ids = IdSpace()  # every live IOASID -> its IoasidData (the active allocator's xa)
         self.ioasid_index: IdLookup = self._ids  # the same object: no call on a reader's path
@@ -277,6 +282,7 @@ class IoasidCore:
         if sid in self._sets or not self._set_ids.insert(sid, True):
             raise ValueError(f"set id {sid} is taken or out of range")
         self._sets[sid] = ioasid_set
+        self._index_mm_set(ioasid_set)
 
     def ioasid_inserter(self) -> Callable[[int, IoasidData], bool]:
         """The function that places an IOASID record, rebuilt from a snapshot, in the index
@@ -398,6 +404,7 @@ class IoasidCore:
                 raise IoasidError(ENOSPC, "no free set index")
             ioasid_set = IoasidSet(set_id, token, quota, IoasidSetType(set_type))
             self._sets[set_id] = ioasid_set
+            self._index_mm_set(ioasid_set)
             self.capacity_avail -= quota
             if ioasid_set.type == IoasidSetType.MM:
                 for rec in self._nb_pending:
@@ -434,6 +441,15 @@ class IoasidCore:
                 rec.active = False
                 rec.set = None
         del self._sets[ioasid_set.id]
+        if ioasid_set.type == IoasidSetType.MM:
+            try:
+                same = self._mm_sets.get(ioasid_set.token)
+            except TypeError:
+                same = self._mm_unhashable
+            if same is not None and ioasid_set in same:
+                same.remove(ioasid_set)
+                if not same and same is not self._mm_unhashable:
+                    del self._mm_sets[ioasid_set.token]
         self._set_ids.remove(ioasid_set.id)
         if not self.knobs.set_quota_leak and ioasid_set.reserved:
             self.capacity_avail += ioasid_set.reserved
@@ -442,10 +458,18 @@ class IoasidCore:
     def find_mm_set_locked(self, token: Any) -> IoasidSet | None:
         """``find_mm_set`` for a caller that holds ``lock``: the registered MM set whose token
         equals ``token``, or ``None``. Takes no lock and never raises."""
-        for ioasid_set in self._sets.values():
-            if ioasid_set.type == IoasidSetType.MM and ioasid_set.token == token:
-                return ioasid_set
-        return None
+        try:
+            same = self._mm_sets.get(token)
+        except TypeError:  # unhashable: compared with the sets whose tokens are too
+            same = [s for s in self._mm_unhashable if s.token == token]
+        return same[0] if same else None
+
+    def _index_mm_set(self, ioasid_set: IoasidSet) -> None:
+        if ioasid_set.type == IoasidSetType.MM and ioasid_set.token is not None:
+            try:
+                self._mm_sets.setdefault(ioasid_set.token, []).append(ioasid_set)
+            except TypeError:
+                self._mm_unhashable.append(ioasid_set)
 
     def find_mm_set(self, token: Any) -> IoasidSet | None:
         """The MM set whose token is ``token``, or ``None`` (``ioasid_find_mm_set``)."""
@@ -487,10 +511,16 @@ class IoasidCore:
         value in the range is free. In ``v4`` a quota refusal keeps the charge.
         Emits ALLOC on the set's chain.
         """
-        with self.lock:
-            if self.notifier_depth:  # the call only when it refuses: this is every allocation
+        lock = self.lock
+        hold(lock)  # not ``with``: this is every allocation (see ``ioasidsd.model.modellock``)
+        try:
+            if self.notifier_depth:  # the call only when it refuses
                 self.check_not_in_notifier()
             return self.alloc_locked(ioasid_set, lo, hi, private, task=task)
+        finally:
+            let_go(lock)
+            if self._due:
+                lock.finish()
 
     def alloc_locked(
         self,
@@ -631,10 +661,16 @@ class IoasidCore:
         a ``None`` set never matches; in ``fixed`` it skips the check) and ``EINVAL``
         when the owning set is no longer registered.
         """
-        with self.lock:
-            if self.notifier_depth:  # the call only when it refuses: this is every free
+        lock = self.lock
+        hold(lock)  # not ``with``: this is every free (see ``ioasidsd.model.modellock``)
+        try:
+            if self.notifier_depth:  # the call only when it refuses
                 self.check_not_in_notifier()
             self.free_locked(ioasid_set, ioasid, task=task)
+        finally:
+            let_go(lock)
+            if self._due:
+                lock.finish()
 
     def free_locked(self, ioasid_set: IoasidSet | None, ioasid: int, *, task: Any = None) -> None:
         """``free`` for a caller holding ``core.lock``."""

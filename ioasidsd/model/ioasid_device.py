@@ -44,10 +44,11 @@ from typing import TYPE_CHECKING, Protocol
 from ioasidsd.model import ioasid_uapi as uapi
 from ioasidsd.model.core import IoasidSetType, IoasidState
 from ioasidsd.model.errors import IoasidError
+from ioasidsd.model.hierarchy import Process
 
 if TYPE_CHECKING:
     from ioasidsd.model.core import IoasidCore, IoasidData, IoasidSet
-    from ioasidsd.model.hierarchy import Cgroup, Process
+    from ioasidsd.model.hierarchy import Cgroup
 
 ID_LIMIT = 1 << uapi.IOASID_BITS
 """User-space IDs are below 2^31: an ID is the non-negative ``int`` result of the ioctl."""
@@ -79,13 +80,20 @@ class IoasidUser:
 
 
 class IoasidFile:
-    """One open file of ``/dev/ioasid``; ``user`` is its private data (``None`` once released)."""
+    """One open file of ``/dev/ioasid``; ``user`` is its private data (``None`` once released).
 
-    __slots__ = ("opener", "user")
+    ``closes_at_exit``: the opener's descriptor is the only one, so its exit is the last close
+    (a model driven without descriptors). ``False`` when a face holds the file through
+    descriptors that may outlive the opener (a socket connection inherited over ``fork()``):
+    the face then calls ``release`` at the last close, whoever holds it.
+    """
 
-    def __init__(self, user: IoasidUser, opener: Process) -> None:
+    __slots__ = ("closes_at_exit", "opener", "user")
+
+    def __init__(self, user: IoasidUser, opener: Process, *, closes_at_exit: bool = True) -> None:
         self.user: IoasidUser | None = user
         self.opener = opener
+        self.closes_at_exit = closes_at_exit
 
     @property
     def released(self) -> bool:
@@ -177,8 +185,9 @@ class IoasidDevice:
             self._touched.sets.append(ioasid_set)
 
     # ------------------------------------------------------------------ open / release
-    def open(self, task: Process) -> IoasidFile:
+    def open(self, task: Process, *, closes_at_exit: bool = True) -> IoasidFile:
         """``open("/dev/ioasid")`` by ``task``: create its ``IoasidUser`` and MM set.
+        ``closes_at_exit``: see ``IoasidFile``.
 
         ``EINVAL`` for an exited task; ``EBUSY`` if the process has it open already; for an MM
         set that already exists ``EEXIST`` (``user_reopen_eexist``) or adoption; then the
@@ -199,7 +208,7 @@ class IoasidDevice:
                 ioasid_set = self.core.set_alloc(task.mm, 0, IoasidSetType.MM)
             user = IoasidUser(task, ioasid_set)
             self.users[task] = user
-            file = IoasidFile(user, task)
+            file = IoasidFile(user, task, closes_at_exit=closes_at_exit)
             self._files[task] = file
             self._touch_set(ioasid_set)
             return file
@@ -219,17 +228,41 @@ class IoasidDevice:
             self._put(user, task if task is not None else file.opener)
 
     def process_exit(self, proc: Process) -> None:
-        """A process exited: its file is closed, and a set no file holds (left by a daemon
-        restart) is released as that file would have been. The cgroup controller's exit hook."""
+        """A process exited: its file is closed when its descriptor was the only one
+        (``closes_at_exit``; otherwise the file lives on until the face releases it), and a
+        set no file holds (left by a daemon restart) is released as that file would have been.
+        The cgroup controller's exit hook."""
         with self.lock:
             file = self._files.get(proc)
-            if file is not None:
+            if file is not None and file.closes_at_exit:
                 self.release(file, proc)
             if proc in self.users:
                 return  # another holder (``user_get_from_task``) keeps it
             ioasid_set = self.core.find_mm_set(proc.mm)
             if ioasid_set is not None and self.core.set_valid(ioasid_set):
                 self._free_set(ioasid_set, proc)
+
+    def release_unheld(self) -> int:
+        """Release, as their last close would have, the MM sets whose process has exited and
+        that no file holds: sets whose file outlived the opener (a descriptor inherited over
+        ``fork()``) when a daemon restart ended the connection. A set already released (its
+        IOASIDs FREE_PENDING, or its free requested) is left to the reclaim. Returns how many
+        sets were released."""
+        released = 0
+        with self.lock:
+            self.core.check_not_in_notifier()
+            held = {user.ioasid_set for user in self.users.values()}
+            for ioasid_set in self.core.sets:
+                token = ioasid_set.token
+                if (ioasid_set.type != IoasidSetType.MM or not isinstance(token, Process)
+                        or token.alive or ioasid_set in held or ioasid_set.free_requested):
+                    continue
+                ids = [self.core.data(i) for i in ioasid_set.xa if i in self.core]
+                if ids and all(d.state == IoasidState.FREE_PENDING for d in ids):
+                    continue
+                self._free_set(ioasid_set, token)
+                released += 1
+        return released
 
     def _put(self, user: IoasidUser, task: Process) -> None:
         user.refs -= 1

@@ -17,6 +17,8 @@ of operations (tuples), serialised with ``marshal``:
                                             exactly these IDs; ``groups`` pairs the fields
                                             shared by some of them with their IDs (native
                                             ``array('I')`` bytes)
+``(REFUSAL, seq, fields or None)``          an entry of the refusal log: its cgroup and
+                                            the entry as JSON text (``store.refusals``)
 ``(EVERYTHING,)``                           every table is replaced by what follows
 ==========================================  ==============================================
 
@@ -49,7 +51,7 @@ from typing import Any
 
 from ioasidsd.store import journal
 
-META, CGROUP, PROCESS, SET, IOASID, SET_IOASIDS, EVERYTHING, CORE = range(8)
+META, CGROUP, PROCESS, SET, IOASID, SET_IOASIDS, EVERYTHING, CORE, REFUSAL = range(9)
 
 CORE_KEYS = ("capacity", "capacity_avail", "capacity_installed", "release_agent",
              "sane_behavior", "warned_negative", "hierarchy")
@@ -63,9 +65,10 @@ _TABLES = {  # op -> (table, key column, placeholders after the key)
     CGROUP: ("cgroups", "id", 13),
     PROCESS: ("processes", "pid", 3),
     SET: ("sets", "id", 8),  # fields: 7 columns, nr_ioasids (derived) left out
+    REFUSAL: ("refusals", "seq", 2),
 }
 _INSERT_IOASID = "INSERT OR REPLACE INTO ioasids VALUES (?,?,?,?,?,?,?,?,?)"
-_ALL_TABLES = ("meta", "cgroups", "processes", "sets", "ioasids")
+_ALL_TABLES = ("meta", "cgroups", "processes", "sets", "ioasids", "refusals")
 
 
 def ids_array(data: bytes) -> array:

@@ -36,6 +36,12 @@ row of the cgroup it names first (or marks it removed while IOASIDs may still be
 it); kind ``orphans`` writes ``orphans``. Kind ``sync`` rewrites everything from the model: for
 a face that cannot tell what it changed, and after a change whose record could not be made.
 
+A change that carries a ``Refusal`` also adds an entry to the refusal log (``refusals``, an
+``ioasidsd.store.refusals.RefusalLog``: a bounded ring per cgroup, with the time and the
+process's command name read when the refusal is recorded) and records it with the entries it
+pushed out; ``rmdir`` drops the removed cgroup's ring and ``rename`` moves it. ``load`` reads
+the log back with the rest of the state.
+
 To make a record without reading the database, the store remembers what it last wrote: the row
 ids of cgroups, the last row of each cgroup, set and process, the set each IOASID was written in
 (``IdMap``: 4 bytes an ID) and for each set the cgroups its IOASIDs may be charged to. A freed
@@ -50,6 +56,7 @@ import json
 import marshal
 import sqlite3
 import threading
+import time
 from array import array
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from operator import attrgetter, itemgetter
@@ -78,6 +85,7 @@ from ioasidsd.store.fold import (
     IOASID,
     META,
     PROCESS,
+    REFUSAL,
     SET,
     SET_IOASIDS,
     Folder,
@@ -85,6 +93,7 @@ from ioasidsd.store.fold import (
     Op,
 )
 from ioasidsd.store.idmap import IdMap
+from ioasidsd.store.refusals import DEFAULT_RING, RefusalLog, entry
 from ioasidsd.system import System
 
 SCHEMA_VERSION = 2
@@ -117,6 +126,8 @@ CREATE TABLE IF NOT EXISTS ioasids (
     indexed INTEGER NOT NULL, private TEXT);
 CREATE INDEX IF NOT EXISTS ioasids_set ON ioasids (set_id);
 CREATE INDEX IF NOT EXISTS ioasids_cgroup ON ioasids (cgroup);
+CREATE TABLE IF NOT EXISTS refusals (seq INTEGER PRIMARY KEY, cgroup TEXT NOT NULL,
+    record TEXT NOT NULL);
 """
 
 _CGROUP_COLUMNS = ("id", "parent", "name", "limit", "reserved", "counter", "peak", "events",
@@ -135,6 +146,10 @@ _BULK_IDS = 64  # from this many IOASIDs in one change, whole sets may be cheape
 def _orphan_rows(orphans: Mapping[int, float]) -> list[list[float]]:
     """``System.orphans`` as a JSON value: ``[pid, start time]`` pairs by pid."""
     return [[pid, start] for pid, start in sorted(orphans.items())]
+
+
+def _refusal_op(item: dict[str, Any]) -> Op:
+    return (REFUSAL, item["seq"], (item["cgroup"], json.dumps(item, sort_keys=True)))
 
 
 def _upgrade_from_1(db: sqlite3.Connection) -> None:
@@ -179,8 +194,11 @@ class Store:
     """
 
     def __init__(self, path: Path, *, synchronous: str = "normal", warn: Warn | None = None,
-                 note: Warn | None = None, fold_interval: float = FOLD_INTERVAL):
+                 note: Warn | None = None, fold_interval: float = FOLD_INTERVAL,
+                 refusal_ring: int = DEFAULT_RING):
         self.path = Path(path)
+        self.refusals = RefusalLog(refusal_ring)
+        """The refusal log (``ioasidsd.store.refusals``): read it under ``system.lock``."""
         self.state_dir = self.path.parent
         self.synchronous = synchronous
         self.fold_interval = fold_interval
@@ -197,6 +215,7 @@ class Store:
         self._processes: dict[int, Process] = {}
         self._loaded_meta: dict[str, Any] = {}
         self._loaded_charges: dict[int, set[int]] | None = None
+        self._loaded_refusals: list[dict[str, Any]] = []
         self._unsaved_private: set[str] = set()
         # what the database (with the journal) holds, as far as this store wrote it
         self._rows: dict[Cgroup, int] = {}
@@ -215,13 +234,14 @@ class Store:
     @classmethod
     def open(cls, state_dir: str | Path, *, synchronous: str = "normal",
              warn: Warn | None = None, note: Warn | None = None,
-             fold_interval: float = FOLD_INTERVAL) -> Store:
-        """Open ``state_dir/state.sqlite``, creating the directory and the database if needed.
-        ``StoreError`` if it is not a database of ours or cannot be written."""
+             fold_interval: float = FOLD_INTERVAL, refusal_ring: int = DEFAULT_RING) -> Store:
+        """Open ``state_dir/state.sqlite``, creating the directory and the database if needed;
+        the refusal log keeps ``refusal_ring`` entries per cgroup. ``StoreError`` if it is not a
+        database of ours or cannot be written."""
         if synchronous not in _SYNCHRONOUS:
             raise StoreError(f"synchronous must be one of {', '.join(_SYNCHRONOUS)}")
         store = cls(Path(state_dir) / DB_NAME, synchronous=synchronous, warn=warn, note=note,
-                    fold_interval=fold_interval)
+                    fold_interval=fold_interval, refusal_ring=refusal_ring)
         try:
             Path(state_dir).mkdir(mode=0o755, parents=True, exist_ok=True)
         except OSError as exc:
@@ -381,9 +401,12 @@ class Store:
             row = db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
             return None if row is None else json.loads(row[0])
 
-        self._loaded_meta = {key: meta(key) for key in ("clock", "boot", "orphans")}
+        self._loaded_meta = {key: meta(key) for key in ("clock", "boot", "orphans",
+                                                        "refusal_seq")}
         if meta("schema") is None:
             return None
+        self._loaded_refusals = [json.loads(record) for (record,)
+                                 in db.execute("SELECT record FROM refusals")]
         core = meta("core")
         knobs = meta("knobs")
         cgroups = []
@@ -443,6 +466,11 @@ class Store:
             raise StoreError(f"{self.path}: {exc}") from None
         if cgroups is not None:
             self._remember(system, cgroups)
+            self.refusals.last_seq = self._loaded_meta.get("refusal_seq") or 0
+            dropped = self.refusals.load(self._loaded_refusals)
+            if dropped:  # saved with a larger ring
+                self._record("refusal", [(REFUSAL, e["seq"], None) for e in dropped])
+        self._loaded_refusals = []
         folder = Folder(self.state_dir, self._fold_payloads,
                         first=max((s.number for s in segments), default=0) + 1,
                         interval=self.fold_interval, sync=self.synchronous == "full",
@@ -568,6 +596,9 @@ class Store:
         for ioasid_set in core.sets:
             self._set_ioasids_ops(ioasid_set.id, ops)
         self._core_op(ops)
+        for item in self.refusals.entries():
+            ops.append(_refusal_op(item))
+        ops.append((META, "refusal_seq", self.refusals.last_seq))
         return ops
 
     def apply(self, change: Change) -> None:
@@ -578,6 +609,8 @@ class Store:
         try:
             if self._error is not None or kind is ChangeKind.SYNC:
                 ops = self._everything()
+                if change.refusal is not None or change.path is not None:
+                    self._refusal_ops(change, ops)
             else:
                 ops = self._change(change)
         except (SnapshotError, StoreError) as exc:
@@ -597,15 +630,14 @@ class Store:
         """The operations that record one change."""
         if self._system is None:
             raise StoreError("no system is bound to the store")
-        kind = change.kind
+        # unpacked at once: a named tuple's fields cost a descriptor call each, on every change
+        kind, changed, processes, ids, sets, _path, orphans, refusal = change
         if kind is ChangeKind.ORPHANS:
-            rows = _orphan_rows(change.orphans)
+            rows = _orphan_rows(orphans)
             self._loaded_meta["orphans"] = rows
             return [(META, "orphans", rows)]
-        cgroups = list(change.cgroups)
-        processes = change.processes
-        set_ids = set(change.sets)
-        ids = change.ids
+        cgroups = list(changed)
+        set_ids = set(sets)
 
         ops: list[Op] = []
         for proc in processes:
@@ -631,9 +663,28 @@ class Store:
         self._core_op(ops)
         if processes:  # a process joined or left: forks before now were seen (see clock)
             ops.append((META, "clock", process_clock()))
-        if kind is ChangeKind.RMDIR and change.cgroups:
-            self._forget_removed(change.cgroups[0], ops)
+        if kind is ChangeKind.RMDIR and changed:
+            self._forget_removed(changed[0], ops)
+        if refusal is not None or kind is ChangeKind.RMDIR or kind is ChangeKind.RENAME:
+            self._refusal_ops(change, ops)
         return ops
+
+    def _refusal_ops(self, change: Change, ops: list[Op]) -> None:
+        """The refusal log's part of a change: a new entry (and those it pushed out), the
+        ring of a removed cgroup dropped, or the rings of a renamed one moved."""
+        log = self.refusals
+        refusal = change.refusal
+        if refusal is not None:
+            new = entry(refusal, seq=log.last_seq + 1, time=round(time.time(), 6),
+                        command=self.system.processes.command(refusal.pid))
+            ops.append(_refusal_op(new))
+            ops.append((META, "refusal_seq", new["seq"]))
+            ops.extend((REFUSAL, old["seq"], None) for old in log.add(new))
+        elif change.path is not None and change.kind is ChangeKind.RMDIR:
+            ops.extend((REFUSAL, old["seq"], None) for old in log.drop(change.path))
+        elif change.path is not None and change.cgroups:
+            ops.extend(_refusal_op(moved)
+                       for moved in log.rename(change.path, change.cgroups[0].path))
 
     def _core_op(self, ops: list[Op]) -> None:
         core = self._core
@@ -748,14 +799,30 @@ class Store:
             # a face may have tracked the owner without reporting it (System.process)
             self._process_row(token, ops)  # type: ignore[arg-type]
 
-    def _bulk_to_sets(self, ids: Iterable[int], set_ids: set[int]) -> list[int]:
+    def _bulk_to_sets(self, ids: tuple[int, ...], set_ids: set[int]) -> list[int]:
         """Of many changed IOASIDs (a batch), those of a set that they make up at least a
         quarter of (or that is gone) are written with their set, as ranges, instead of one row
         each: the set joins ``set_ids``. Returns the rest, to be written one by one. Either way
         the cost follows the change, not the size of the sets it touched."""
         core = self._core
         index = core.ioasid_index.get
+        first_id = next(iter(ids))
+        first = index(first_id)
+        if first is not None and first.set.xa.issuperset(ids):  # all live in one set: a
+            live = first.set                                      # batch allocation, in C
+            if live.nr_ioasids <= 4 * len(live.xa.intersection(ids)):
+                set_ids.add(live.id)
+                return []
+            return list(ids)
         set_of = self._set_of.get
+        sid = set_of(first_id) if first is None else None
+        if (sid is not None and not core.ioasid_index.any_used(ids)  # all gone, all last
+                and self._set_of.all_map_to(ids, sid)):                # written in one set:
+            gone = core.sets_by_id.get(sid)                            # a batch freed
+            if gone is None or gone.nr_ioasids <= 4 * len(ids):
+                set_ids.add(sid)
+                return []
+            return list(ids)
         by_set: dict[int | None, list[int]] = {}
         for ioasid in ids:
             data = index(ioasid) if ioasid >= 0 else None

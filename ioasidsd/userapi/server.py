@@ -4,7 +4,8 @@ A connection is an open file of the misc device. At connect the peer's pid (``SO
 opens the file (``System.ioasid_open``) and the greeting carries the result; each request is an
 ioctl, run as the process that sent it (``SO_PASSCRED`` gives its pid, so a connection inherited
 by a forked child is used "by another process" as the series' uAPI doc describes); the end of
-the connection is ``release()``, or the process's exit when the peer is exiting then.
+the connection (its last copy closed, whichever process held it: one inherited over ``fork()``
+outlives the opener) is ``release()``, after the opener's exit when the opener is exiting.
 
 The sockets are non-blocking, served by one thread: the ``EventLoop`` (``ioasidsd.eventloop``)
 the daemon shares with the control API, or one of the server's own when it is given none.
@@ -267,7 +268,7 @@ class UserApiServer:
                 sock.close()
                 return
             try:
-                file = self.system.ioasid_open(peer.pid)
+                file = self.system.ioasid_open(peer.pid, closes_at_exit=False)
             except IoasidError as exc:
                 self.cap.leave(peer.uid)
                 log.info("userapi open refused", pid=peer.pid, error=str(exc))

@@ -52,7 +52,8 @@ def test_model_against(other_tree: Path) -> None:
     assert Path(result["origins"]["old"]) == other_tree / "ioasidsd" / "__init__.py"
     assert Path(result["origins"]["new"]) == ROOT / "ioasidsd" / "__init__.py"
     assert set(result["figures"]) == {
-        "model alloc+free pairs/s", "RSS empty (MB)", "RSS with 1,000 IOASIDs (MB)",
+        "model alloc+free pairs/s", "model alloc+free pairs per CPU-second", "RSS empty (MB)",
+        "RSS with 1,000 IOASIDs (MB)",
         "RSS held by 1,000 IOASIDs (MB)"}
     for figure, values in result["figures"].items():
         assert values["new/old"] > 0, figure
@@ -69,7 +70,8 @@ def test_userapi_against(other_tree: Path) -> None:
                            out, re.MULTILINE))
     assert set(rows) == {"ioasid x1 round trips/s", "ioasid x4 round trips/s",
                          "ioasid batch IDs/s (alloc+free)", "ioasid batch IDs/s (alloc)",
-                         "ioasid batch IDs/s (free)"}
+                         "ioasid batch IDs/s (free)", "ioasid in-process pairs per CPU-second",
+                         "ioasid in-process batch IDs per CPU-second"}
     assert all(float(ratio) > 0 for ratio in rows.values())
     assert "ratio ioasid/echo round trips, 1 client" in out  # the usual figures are still there
 

@@ -150,3 +150,13 @@ def test_matches_a_reference_set(ops: list[tuple[str, int, int]]) -> None:
                 used.add(value)
         assert len(space) == len(used)
     assert all(v in space for v in used)
+
+
+@given(used=st.sets(st.integers(0, 3 * CHUNK_SIZE), max_size=40),
+       probes=st.lists(st.integers(-5, 3 * CHUNK_SIZE + 5), max_size=40))
+def test_any_used_answers_as_in_for_each(used, probes) -> None:
+    space = IdSpace()
+    for value in used:
+        assert space.insert(value, value)
+    assert space.any_used(probes) == any(p in space for p in probes)
+    assert space.any_used(sorted(used)) == bool(used)

@@ -38,4 +38,7 @@ def test_an_idmap_answers_as_a_dict(writes, probes):
         assert idmap.get(i) == model.get(i)
     for value in range(6):
         assert list(idmap.ids_of(value)) == sorted(i for i, v in model.items() if v == value)
+        batch = [*probes, *list(model)[:50]]
+        assert idmap.all_map_to(batch, value) == all(model.get(i) == value for i in batch)
     assert idmap.get(-1) is None
+    assert not idmap.all_map_to([-1], 0)

@@ -441,6 +441,13 @@ def test_a_batch_costs_what_it_changed_not_the_size_of_its_set(tmp_path):
     kinds = [op[0] for op in records(tmp_path)[-1]]
     assert SET_IOASIDS not in kinds and kinds.count(IOASID) == 64
     assert stored(tmp_path) == dump(system.core)
+    # the big batch freed: its set, now empty, written whole rather than 4096 rows
+    ids = struct.pack(f"={4096}I", *range(1, 4097))
+    free = uapi.FREE_BATCH.pack(uapi.FREE_BATCH.size + len(ids), 0, 4096) + ids
+    assert system.ioasid_ioctl(file, uapi.IOASID_REQUEST_FREE_BATCH, free)[0] == 4096
+    kinds = [op[0] for op in records(tmp_path)[-1]]
+    assert kinds.count(SET_IOASIDS) == 1 and IOASID not in kinds
+    assert stored(tmp_path) == dump(system.core)
     store.close()
 
 

@@ -11,6 +11,7 @@ from userapi.helpers import Changes, FakeProcesses
 from ioasidsd.host import ProcessFacts, ProcStat
 from ioasidsd.model import IoasidError, profile
 from ioasidsd.model import ioasid_uapi as uapi
+from ioasidsd.model.snapshot import dump, load
 from ioasidsd.system import System
 
 
@@ -115,6 +116,56 @@ def test_tracker_exit_closes_the_file(system) -> None:
     assert f.released and len(s.core) == 0
     s.ioasid_release(f, exited=True)  # the connection's end after the tracker's report
     assert len(s.core) == 0
+
+
+@pytest.mark.parametrize("profile_name", ["fixed", "v4"])
+def test_a_file_held_by_descriptors_outlives_its_openers_exit(profile_name) -> None:
+    """``closes_at_exit=False`` (the socket face): the opener's exit does not release the file
+    (a forked child may hold the descriptor); the last close does, with the opener's mm gone
+    (``v4`` then skips the uncharge)."""
+    procs = FakeProcesses()
+    s = System(profile(profile_name), processes=procs)
+    s.mkdir("vmm")
+    s.write_max("vmm", "10")
+    procs.add(10)
+    s.write_procs("vmm", "10", writer_pid=10, writer_uid=0)
+    f = s.ioasid_open(10, closes_at_exit=False)
+    ioasid = s.ioasid_ioctl(f, uapi.IOASID_REQUEST_ALLOC, alloc_arg())[0]
+    s.exit(10)
+    assert not f.released and ioasid in s.core
+    assert s.cgroups.lookup("vmm").counter == 1
+    s.ioasid_release(f, exited=True)
+    assert f.released and ioasid not in s.core
+    assert s.cgroups.lookup("vmm").counter == (1 if profile_name == "v4" else 0)
+
+
+@pytest.mark.parametrize("profile_name", ["fixed", "v4"])
+def test_after_a_restart_a_held_file_of_an_exited_opener_is_released(profile_name) -> None:
+    """The opener exited while another descriptor held its file; a restart (the model saved
+    and loaded) ends every connection: ``ioasid_release_unheld`` releases that set as the
+    last close would have, and leaves alone the sets of live processes and released ones."""
+    procs = FakeProcesses()
+    s = System(profile(profile_name, set_quota_zero_takes_all=False), processes=procs)
+    s.mkdir("vmm")
+    s.write_max("vmm", "10")
+    for pid in (10, 11):
+        procs.add(pid)
+        s.write_procs("vmm", str(pid), writer_pid=pid, writer_uid=0)
+    held = s.ioasid_open(10, closes_at_exit=False)
+    live = s.ioasid_open(11, closes_at_exit=False)
+    gone = s.ioasid_ioctl(held, uapi.IOASID_REQUEST_ALLOC, alloc_arg())[0]
+    kept = s.ioasid_ioctl(live, uapi.IOASID_REQUEST_ALLOC, alloc_arg())[0]
+    s.exit(10)
+    assert gone in s.core
+    restarted = System(profile(profile_name, set_quota_zero_takes_all=False), processes=procs)
+    load(dump(s.core), restarted.core)
+    changes = Changes()
+    restarted.on_change = changes
+    assert restarted.ioasid_release_unheld() == 1
+    assert gone not in restarted.core and kept in restarted.core
+    assert changes.log[-1].kind == "set"
+    assert restarted.cgroups.lookup("vmm").counter == (2 if profile_name == "v4" else 1)
+    assert restarted.ioasid_release_unheld() == 0
 
 
 def test_requests_and_batches_report_the_ids_they_changed(system) -> None:

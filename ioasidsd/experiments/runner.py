@@ -1,0 +1,91 @@
+"""Running policies: replications and grid points as tasks, here or on a Dask cluster.
+
+``run_policies(policies, ...)`` runs every replication of every policy and returns one result
+object per policy (``results.summarise``), in the order given. A task is one replication of one
+policy (``engine.run_replication``); its outcome depends only on the policy and the
+replication's index, so the results are the same whatever ran the tasks, in whatever order.
+
+Where tasks run: with ``scheduler`` (an address such as ``tcp://10.0.0.5:8786``) on that
+existing Dask cluster; otherwise, when there is more than one task and more than one worker
+is allowed, on an embedded ``distributed.LocalCluster`` of ``workers`` processes (default: the
+number of cores) with one thread each; otherwise in this process. ``progress(done, total)`` is
+called as tasks (or, in this process, parts of a replication) finish.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from ioasidsd.experiments.engine import Engine, Replication
+from ioasidsd.experiments.policy import Policy
+from ioasidsd.experiments.results import summarise
+
+Progress = Callable[[float, float], None]
+
+
+def _task(policy: Policy, replication: int, keep_series: bool) -> Replication:
+    return Engine(policy, replication, keep_series=keep_series).run()
+
+
+def run_policies(policies: Sequence[Policy], *, workers: int | None = None,
+                 scheduler: str | None = None, keep_series: bool = False,
+                 progress: Progress | None = None,
+                 ) -> tuple[list[dict[str, Any]], list[Replication]]:
+    """Run ``policies``; their result objects, and the first replication of each (with its
+    ``series`` of each cgroup's ``current`` when ``keep_series``)."""
+    tasks = [(i, p, r) for i, p in enumerate(policies) for r in range(p.replications)]
+    started = time.perf_counter()
+    workers = workers or os.cpu_count() or 1
+    if scheduler is None and (len(tasks) == 1 or workers == 1):
+        done: list[tuple[int, Replication]] = []
+        for n, (i, policy, r) in enumerate(tasks):
+            def step(fraction: float, n: int = n) -> None:
+                if progress is not None:
+                    progress(n + fraction, len(tasks))
+            engine = Engine(policy, r, keep_series=keep_series and r == 0)
+            done.append((i, engine.run(step)))
+        outcomes = done
+    else:
+        outcomes = _run_dask(tasks, workers, scheduler, keep_series, progress)
+    wall = time.perf_counter() - started
+    results = []
+    firsts = []
+    for i, policy in enumerate(policies):
+        reps = [rep for j, rep in outcomes if j == i]
+        # each policy's share of the wall time, by its replications' own times
+        total = sum(rep.wall_s for _, rep in outcomes) or 1.0
+        share = wall * sum(rep.wall_s for rep in reps) / total
+        results.append(summarise(policy, reps, share))
+        firsts.append(min(reps, key=lambda rep: rep.index))
+    return results, firsts
+
+
+def _run_dask(tasks: list[tuple[int, Policy, int]], workers: int, scheduler: str | None,
+              keep_series: bool, progress: Progress | None) -> list[tuple[int, Replication]]:
+    from distributed import Client, LocalCluster, as_completed
+
+    cluster = None
+    if scheduler is None:
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                               dashboard_address=None)
+        client = Client(cluster)
+    else:
+        client = Client(scheduler)
+    try:
+        futures = {}
+        for i, policy, r in tasks:
+            future = client.submit(_task, policy, r, keep_series and r == 0, pure=False)
+            futures[future] = i
+        outcomes: list[tuple[int, Replication]] = []
+        for n, future in enumerate(as_completed(futures), start=1):
+            outcomes.append((futures[future], future.result()))
+            if progress is not None:
+                progress(n, len(tasks))
+        return outcomes
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
