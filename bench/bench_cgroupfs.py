@@ -25,6 +25,13 @@
    least 1.5); the kernel's ``pids.current`` alongside. With the daemon's store too when it can
    be imported.
 
+5. ``--scale PARENTS CHILDREN`` (alone: the other figures are skipped): ``PARENTS`` cgroups of
+   ``CHILDREN`` each (100 of 1,000 for the 100,000 cgroups of the target), on our mount and on
+   the kernel's ``pids`` hierarchy, one after the other: ``mkdir`` of all, ``ls`` of each
+   parent (``os.listdir``), open+read+close of each child's ``ioasids.current`` (``pids.current``),
+   ``rmdir`` of all; each step's seconds and ours over the kernel's (target: at most 15), and
+   the server's RSS before and with the cgroups (target: at most 2 KiB per cgroup).
+
 Our file system is served by a child process, as the daemon serves it; the loops run here.
 ``--against TREE`` also serves another version's file system (its source tree, put on
 ``PYTHONPATH``) and runs its echo+cat loop in the same rounds, for a before/after ratio that the
@@ -96,6 +103,7 @@ def served(mountpoint: Path, state_dir: str = "", tree: str | None = None, v2: b
         assert server.stdout is not None
         if server.stdout.readline() != b"ready\n":
             raise SystemExit("the file system server did not start")
+        SERVERS[mountpoint] = server.pid
         yield mountpoint
     finally:
         subprocess.run(["fusermount3", "-u", str(mountpoint)], check=False)
@@ -104,6 +112,81 @@ def served(mountpoint: Path, state_dir: str = "", tree: str | None = None, v2: b
         except subprocess.TimeoutExpired:
             server.kill()
             server.wait()
+
+
+SERVERS: dict[Path, int] = {}
+"""The pid of the process serving each of our mounts."""
+
+
+def rss_kib(pid: int) -> int:
+    """The resident set of ``pid``, KiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise SystemExit(f"no VmRSS for {pid}")
+
+
+def scale_steps(top: Path, controller: str, parents: int,
+                children: int) -> dict[str, float]:
+    """The four steps of ``--scale`` under ``top``; seconds of each."""
+    names = [top / f"p{i}" for i in range(parents)]
+    kids = [[os.fsencode(p / f"c{j}") for j in range(children)] for p in names]
+    current = [[k + os.fsencode(f"/{controller}.current") for k in row] for row in kids]
+    out: dict[str, float] = {}
+    start = time.perf_counter()
+    for parent, row in zip(names, kids, strict=True):
+        os.mkdir(parent)
+        for kid in row:
+            os.mkdir(kid)
+    out["mkdir"] = time.perf_counter() - start
+    start = time.perf_counter()
+    for parent in names:
+        os.listdir(parent)
+    out["ls"] = time.perf_counter() - start
+    start = time.perf_counter()
+    for row in current:
+        for path in row:
+            fd = os.open(path, os.O_RDONLY)
+            os.read(fd, 4096)
+            os.close(fd)
+    out["read"] = time.perf_counter() - start
+    start = time.perf_counter()
+    for parent, row in zip(names, kids, strict=True):
+        for kid in row:
+            os.rmdir(kid)
+        os.rmdir(parent)
+    out["rmdir"] = time.perf_counter() - start
+    return out
+
+
+def bench_scale(ours: Path, kernel: Path, parents: int, children: int) -> None:
+    """``--scale``: each step on ours and on the kernel's, and the server's RSS."""
+    pid = SERVERS[ours]
+    (ours / "scale").mkdir()
+    (kernel / "scale").mkdir()
+    empty = rss_kib(pid)
+    names = [ours / "scale" / f"p{i}" for i in range(parents)]
+    for parent in names:  # the RSS with the cgroups, then removed again
+        os.mkdir(parent)
+        for j in range(children):
+            os.mkdir(parent / f"c{j}")
+    full = rss_kib(pid)
+    for parent in names:
+        for j in range(children):
+            os.rmdir(parent / f"c{j}")
+        os.rmdir(parent)
+    mine = scale_steps(ours / "scale", "ioasids", parents, children)
+    theirs = scale_steps(kernel / "scale", "pids", parents, children)
+    count = parents * (children + 1)
+    for step in ("mkdir", "ls", "read", "rmdir"):
+        print(f"scale {parents}x{children}: {step}: ours {mine[step]:.2f} s, kernel "
+              f"{theirs[step]:.2f} s, ours / kernel {mine[step] / theirs[step]:.1f} "
+              f"(target <= 15)")
+    print(f"scale {parents}x{children}: server RSS {empty / 1024:.1f} MiB empty, "
+          f"{full / 1024:.1f} MiB with {count:,} cgroups: {(full - empty) / count * 1024:,.0f} "
+          f"bytes per cgroup (target <= 2048)")
+    (ours / "scale").rmdir()
+    (kernel / "scale").rmdir()
 
 
 @contextlib.contextmanager
@@ -350,6 +433,8 @@ def main() -> None:
     parser.add_argument("--against", metavar="TREE",
                         help="also serve another version's file system (its source tree, put "
                              "on PYTHONPATH) and run its echo+cat loop in the same rounds")
+    parser.add_argument("--scale", nargs=2, type=int, metavar=("PARENTS", "CHILDREN"),
+                        help="only the scale steps: PARENTS cgroups of CHILDREN each")
     parser.add_argument("--v2", action="store_true",
                         help="also measure our cgroup-v2 face, in the same rounds as the v1 face")
     args = parser.parse_args()
@@ -357,6 +442,13 @@ def main() -> None:
         raise SystemExit(f"needs root and a kernel cgroup-v1 pids hierarchy at {KERNEL_PIDS}")
 
     work = Path(tempfile.mkdtemp(prefix="ioasids-bench-"))
+    if args.scale:
+        try:
+            with kernel_cgroup() as kernel, served(work / "mnt") as ours:
+                bench_scale(ours, kernel, *args.scale)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        return
     try:
         with contextlib.ExitStack() as stack:
             kernel = stack.enter_context(kernel_cgroup())
