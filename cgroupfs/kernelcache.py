@@ -21,8 +21,9 @@ Contract:
   (whose files count every IOASID); a change that cannot be named (kind ``sync``) alters all.
   Their held files stop being held and their paths wait, per thread, for the release. A
   directory's own attributes (mode, owner, link count) change only with the kinds in
-  ``DIRECTORY_KINDS``; other changes leave a held directory held, so that a counter's change
-  does not make the next path walk ask for every directory's attributes again.
+  ``DIRECTORY_KINDS``, and only those of the cgroups named and of their parents (a link
+  count); other directories stay held, so that a change does not make the next path walk ask
+  for every directory's attributes again.
 * ``flush()`` runs on the same thread after the outermost release of the model's lock
   (``ModelLock.after_release``), before the call returns to its face: each waiting path is
   invalidated (``fuse_invalidate_path``: the kernel drops the inode's cached pages and
@@ -145,12 +146,12 @@ class KernelCache:
             if not held:
                 return
             directories = change.kind in DIRECTORY_KINDS
-            for cg in self._altered(change):
+            for cg, near in self._altered(change):
                 names = held.get(cg)
                 if names is None:
                     continue
                 base = cg.path.rstrip("/")
-                if directories or "" not in names:
+                if (directories and near) or "" not in names:
                     del held[cg]
                 else:
                     if len(names) == 1:
@@ -163,19 +164,20 @@ class KernelCache:
         if paths:
             self._pending.setdefault(threading.get_ident(), []).extend(paths)
 
-    def _altered(self, change: Change) -> Iterator[Cgroup]:
-        """The cgroups whose files ``change`` may have altered (see the module)."""
+    def _altered(self, change: Change) -> Iterator[tuple[Cgroup, bool]]:
+        """The cgroups whose files ``change`` may have altered (see the module), each with
+        whether it is named or the parent of one named (whose directory it may alter)."""
         if change.kind is ChangeKind.SYNC:
-            yield from list(self._held)
+            yield from ((cg, True) for cg in list(self._held))
             return
+        named = [*change.cgroups, *(p.cgroup for p in change.processes)]
+        near = {*named, *(cg.parent for cg in named if cg.parent is not None)}
         seen: set[Cgroup] = set()
-        starts = [*change.cgroups, *(p.cgroup for p in change.processes)]
-        starts.append(self.system.cgroups.root)
-        for start in starts:
+        for start in (*named, self.system.cgroups.root):
             node: Cgroup | None = start
             while node is not None and node not in seen:
                 seen.add(node)
-                yield node
+                yield node, node in near
                 node = node.parent
 
     def flush(self) -> None:
