@@ -76,7 +76,9 @@ class KernelCache:
 
     def __init__(self, system: System) -> None:
         self.system = system
-        self._held: dict[Cgroup, set[str]] = {}
+        self._held: dict[Cgroup, int] = {}  # the held names of each cgroup, as bits
+        self._bits: dict[str, int] = {"": 1}  # a name's bit ("": the directory)
+        self._names: list[str] = [""]  # the name of each bit
         self._pending: dict[int, list[str]] = {}
         self._lock = threading.Lock()  # _held, and which on_change is installed
         self._fuse: int | None = None
@@ -107,18 +109,22 @@ class KernelCache:
     def note(self, cg: Cgroup, name: str) -> None:
         """The kernel is about to be told of file ``name`` of ``cg`` (see the module)."""
         with self._lock:
-            names = self._held.get(cg)
-            if names is None:
-                self._held[cg] = {name}
+            bit = self._bits.get(name)
+            if bit is None:  # a name never seen: the names are those of the file tables
+                bit = self._bits[name] = 1 << len(self._names)
+                self._names.append(name)
+            held = self._held.get(cg)
+            if held is None:
+                self._held[cg] = bit
                 if self._base_on_change is None:
                     self._install()
             else:
-                names.add(name)
+                self._held[cg] = held | bit
 
     def held(self) -> int:
         """How many files are held."""
         with self._lock:
-            return sum(len(names) for names in self._held.values())
+            return sum(bits.bit_count() for bits in self._held.values())
 
     def _install(self) -> None:
         system = self.system
@@ -147,18 +153,19 @@ class KernelCache:
                 return
             directories = change.kind in DIRECTORY_KINDS
             for cg, near in self._altered(change):
-                names = held.get(cg)
-                if names is None:
+                bits = held.get(cg)
+                if bits is None:
                     continue
-                base = cg.path.rstrip("/")
-                if (directories and near) or "" not in names:
+                if (directories and near) or not bits & 1:
                     del held[cg]
                 else:
-                    if len(names) == 1:
+                    if bits == 1:
                         continue
-                    held[cg] = {""}
-                    names.discard("")
-                paths += [base + "/" + name if name else base or "/" for name in names]
+                    held[cg] = 1  # the directory stays held
+                    bits &= ~1
+                base = cg.path.rstrip("/")
+                paths += [base + "/" + name if name else base or "/"
+                          for i, name in enumerate(self._names) if bits >> i & 1]
             if not held:
                 self._uninstall()
         if paths:
