@@ -8,10 +8,17 @@ of the same processes. Lists are sorted; ``cgroup.procs`` has no duplicates
 (``pidlist_array_load`` in ``kernel/cgroup/cgroup-v1.c`` does the same).
 
 The model lock is held only to copy the members; the checks against ``/proc`` run without it.
+
+With membership kept by the kernel (``system.kernel``, a named cgroup-v1 hierarchy that mirrors
+this one), both lists are the kernel's own lists of the mirrored cgroup.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from errno import ENOENT
+
+from ioasidsd.model.errors import IoasidError
 from ioasidsd.model.hierarchy import Cgroup
 from ioasidsd.system import System
 
@@ -20,6 +27,9 @@ def procs(system: System, cg: Cgroup, *, threaded_subtree: bool = False) -> list
     """The process ids of ``cg`` (``cgroup.procs``), ascending, without duplicates; with
     ``threaded_subtree``, also those of its threaded descendants (a v2 threaded domain lists
     every process with a thread in its threaded subtree)."""
+    kernel = system.kernel
+    if kernel is not None:
+        return _kernel_list(kernel.procs, system, cg)
     if cg.parent is None:
         return _root_procs(system)
     with system.lock:
@@ -58,8 +68,21 @@ def populated(system: System, cg: Cgroup) -> bool:
 
 def tasks(system: System, cg: Cgroup) -> list[int]:
     """The thread ids of the processes of ``cg`` (``tasks``), ascending."""
+    kernel = system.kernel
+    if kernel is not None:
+        return _kernel_list(kernel.tasks, system, cg)
     thread_ids = system.processes.thread_ids
     return sorted(tid for pid in procs(system, cg) for tid in thread_ids(pid))
+
+
+def _kernel_list(read: Callable[[str], list[int]], system: System, cg: Cgroup) -> list[int]:
+    """The kernel's list of ``cg``; ``ENOENT`` if the cgroup is gone from it meanwhile."""
+    with system.lock:
+        path = cg.path
+    try:
+        return read(path)
+    except OSError as exc:
+        raise IoasidError(exc.errno or ENOENT, f"{path}: {exc.strerror or exc}") from None
 
 
 def _root_procs(system: System) -> list[int]:

@@ -1,8 +1,9 @@
 """Reads of the host: what real processes are, what is mounted where, which boot this is.
 
 Every read of these files in the package is here, written once: ``/proc/PID/stat``
-(``read_stat``), ``/proc/PID/status`` and ``/proc/PID/task`` (``ProcessSource``),
-``/proc/self/mountinfo`` (``mounts``, ``filesystem_of``) and
+(``read_stat``), ``/proc/PID/status``, ``/proc/PID/task``, ``/proc/PID/comm`` and
+``/proc/PID/cgroup`` (``ProcessSource``), ``/proc/self/mountinfo`` (``mounts``,
+``filesystem_of``) and
 ``/proc/sys/kernel/random/boot_id`` (``boot_id``); so is the clock of process start times
 (``process_clock``). Nothing else in the package reads those files.
 
@@ -10,7 +11,8 @@ Contract:
 
 - Every read of a process's files tolerates the process exiting meanwhile. A process that is
   gone, or exits while it is being read (a read after a successful open then fails with
-  ``ESRCH``), is ``None`` (``read_stat``, ``ProcessSource.parent`` and ``.stat``), ``False``
+  ``ESRCH``), is ``None`` (``read_stat``, ``ProcessSource.parent``, ``.stat`` and ``.cgroup``),
+  ``False``
   (``ProcessSource.alive``), an empty list (``ProcessSource.thread_ids``) or
   ``IoasidError(ESRCH)`` (``ProcessSource.facts``): never another exception.
 - ``mounts``, ``filesystem_of`` and ``boot_id`` read files of this process and of the machine,
@@ -165,6 +167,17 @@ class ProcessSource:
         """``/proc/PID/stat`` of ``pid`` (``read_stat``); ``None`` if it is gone."""
         return read_stat(pid)
 
+    def cgroup(self, pid: int, hierarchy: str) -> str | None:
+        """The path of the cgroup the kernel has process ``pid`` in, in the named cgroup-v1
+        hierarchy ``hierarchy`` (its line ``ID:name=HIERARCHY:PATH`` of ``/proc/PID/cgroup``);
+        ``None`` if the process is gone or that hierarchy is not mounted."""
+        try:
+            with open(f"/proc/{pid}/cgroup", "rb") as lines:
+                data = lines.read()
+        except OSError:
+            return None
+        return cgroup_in(data, hierarchy)
+
     def command(self, pid: int) -> str | None:
         """The command name of process ``pid`` (``/proc/PID/comm``, as ``ps -o comm`` shows
         it), ``None`` if it is gone."""
@@ -180,6 +193,18 @@ class ProcessSource:
             return [int(t) for t in os.listdir(f"/proc/{pid}/task")]
         except OSError:
             return []
+
+
+def cgroup_in(data: bytes, hierarchy: str) -> str | None:
+    """The path that ``data`` (the text of a ``/proc/PID/cgroup`` file) gives for the named
+    hierarchy ``hierarchy``, ``None`` if no line names it. Pure."""
+    wanted = f"name={hierarchy}".encode()
+    for line in data.split(b"\n"):
+        _, _, rest = line.partition(b":")
+        controllers, sep, path = rest.partition(b":")
+        if sep and wanted in controllers.split(b","):
+            return os.fsdecode(path)
+    return None
 
 
 def _running(pid: int) -> bool:

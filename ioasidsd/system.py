@@ -7,13 +7,21 @@ control API, experiments) call its methods for every change, so that each change
 place, under the lock, and then handed to ``on_change`` (the daemon's durable store) as one
 ``Change`` (``ioasidsd.model.changes``: the contract of the feed) before the face answers. Reads
 may use the model objects directly while holding ``system.lock``.
+
+Membership kept by the kernel: when the daemon keeps a named cgroup-v1 hierarchy that mirrors
+this one (``kernel``, a ``KernelMembership``), every change to the tree and every move is made
+there too, under the lock, and the kernel is the reference for where a process is: a process
+about to be charged is placed where the kernel has it (``place``), and ``sync_member`` brings
+the model's record of a process into line with the kernel. Without one, the model's own
+membership, fed by a process tracker, is the reference.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Mapping
-from errno import EINVAL, ENOENT, EPERM
-from typing import TYPE_CHECKING
+from errno import EINVAL, EIO, ENOENT, EPERM, ESRCH
+from typing import TYPE_CHECKING, Protocol
 
 from ioasidsd.host import ProcessSource
 from ioasidsd.model import ioasid_uapi as uapi
@@ -42,6 +50,33 @@ from ioasidsd.vtd_binder import VtdGuestBinder
 if TYPE_CHECKING:
     from ioasidsd.host import ProcessFacts
     from ioasidsd.vtd import VtdDriver
+
+
+class KernelMembership(Protocol):
+    """A named cgroup-v1 hierarchy that keeps the members of this one (paths are this
+    hierarchy's: ``/``, ``/a/b``). Every method raises ``OSError`` with the kernel's errno when
+    the kernel refuses."""
+
+    name: str
+
+    def cgroup_of(self, pid: int) -> str | None:
+        """Where the kernel has process ``pid``; ``None`` if it is gone."""
+        ...
+
+    def mkdir(self, path: str) -> None: ...
+    def rmdir(self, path: str) -> None: ...
+    def rename(self, old: str, new: str) -> None: ...
+
+    def attach(self, pid: int, path: str) -> None:
+        """Move process ``pid``, all its threads, into the cgroup at ``path``."""
+        ...
+
+    def procs(self, path: str) -> list[int]: ...
+    def tasks(self, path: str) -> list[int]: ...
+
+
+def _kernel_error(exc: OSError, what: str) -> IoasidError:
+    return IoasidError(exc.errno or EIO, f"{what}: {exc.strerror or exc}")
 
 
 class System:
@@ -88,6 +123,8 @@ class System:
         self.unplaced = "refuse"
         """What ``place`` does with a process whose cgroup cannot be established: ``refuse``
         (``EPERM``) or ``root``."""
+        self.kernel: KernelMembership | None = None
+        """The named hierarchy that keeps the members, when the daemon has one."""
         self._init_userapi()
 
     # ------------------------------------------------------------------ hierarchy
@@ -97,6 +134,12 @@ class System:
         with self.lock:
             parent = self.cgroups.lookup(parent_path)
             cg = self.cgroups.mkdir(parent, name, reserved_names=reserved_names)
+            if self.kernel is not None:
+                try:
+                    self.kernel.mkdir(cg.path)
+                except OSError as exc:
+                    self.cgroups.rmdir(cg)
+                    raise _kernel_error(exc, f"cannot make {cg.path} in the kernel") from None
             self.on_change(Change(ChangeKind.MKDIR, cgroups=(cg,)))
             return cg
 
@@ -105,8 +148,23 @@ class System:
         with self.lock:
             cg = self.cgroups.lookup(path)
             where = cg.path
-            self.cgroups.rmdir(cg)
-            self.on_change(Change(ChangeKind.RMDIR, cgroups=(cg,), path=where))
+            if self.kernel is not None and not cg.is_root:
+                try:  # the kernel refuses while a process it keeps there lives (EBUSY)
+                    self.kernel.rmdir(where)
+                except FileNotFoundError:
+                    pass
+                except OSError as exc:
+                    raise _kernel_error(exc, f"cannot remove {where}") from None
+                try:
+                    self.cgroups.rmdir(cg)
+                except BaseException:
+                    with contextlib.suppress(OSError):
+                        self.kernel.mkdir(where)
+                    raise
+            else:
+                self.cgroups.rmdir(cg)
+            pooled = tuple(self.controller.take_pooled())
+            self.on_change(Change(ChangeKind.RMDIR, cgroups=(cg,), path=where, ids=pooled))
 
     def rename(self, old: str, new: str, *, reserved_names: frozenset[str] = frozenset()) -> None:
         """Rename ``old`` to ``new`` (same parent only); see ``Hierarchy.rename``."""
@@ -116,6 +174,12 @@ class System:
             new_parent = self.cgroups.lookup(new_parent_path)
             old_path = cg.path
             self.cgroups.rename(cg, new_parent, new_name, reserved_names=reserved_names)
+            if self.kernel is not None and cg.path != old_path:
+                try:
+                    self.kernel.rename(old_path, cg.path)
+                except OSError as exc:
+                    self.cgroups.rename(cg, new_parent, old_path.rpartition("/")[2])
+                    raise _kernel_error(exc, f"cannot rename {old_path} in the kernel") from None
             self.on_change(Change(ChangeKind.RENAME, cgroups=(cg,), path=old_path))
 
     def write_max(self, path: str, data: bytes | str) -> None:
@@ -129,9 +193,12 @@ class System:
                 raise IoasidError(ENOENT, f"{cg.path}: the ioasids controller is not enabled")
             before = (cg.limit, cg.reserved, self.core.capacity_avail)
             self.controller.set_max(cg, limit)
-            if (cg.limit, cg.reserved, self.core.capacity_avail) != before:
-                # rewriting the same limit has nothing to store
-                self.on_change(Change(ChangeKind.LIMIT, cgroups=(cg,)))
+            pooled = tuple(self.controller.take_pooled())
+            if (cg.limit, cg.reserved, self.core.capacity_avail) != before or pooled:
+                # rewriting the same limit has nothing to store; a change of limit may change
+                # the reservations of the limits below, and make live IOASIDs pooled
+                below = tuple(c for c in cg.descendants() if c is not cg and c.limit is not None)
+                self.on_change(Change(ChangeKind.LIMIT, cgroups=(cg, *below), ids=pooled))
 
     def write_flag(self, path: str, name: str, data: bytes | str) -> None:
         """A write to ``notify_on_release`` or ``cgroup.clone_children``."""
@@ -209,7 +276,8 @@ class System:
             if proc is not None and proc.start_time == facts.start_time:
                 return proc
             leader = facts if facts.tgid == pid else self.processes.facts(facts.tgid)
-            return self.cgroups.track(leader.pid, leader.start_time, None, leader.threads)
+            where = None if self.kernel is None else self._kernel_cgroup(leader.pid)
+            return self.cgroups.track(leader.pid, leader.start_time, where, leader.threads)
 
     def write_procs(self, path: str, data: bytes | str, *, writer_pid: int, writer_uid: int,
                     writer_gid: int = 0, threadgroup: bool = True) -> Process:
@@ -223,7 +291,8 @@ class System:
 
         ``EINVAL`` for junk or a kernel thread that may not move, ``ESRCH`` for no such process,
         ``EACCES`` when ``writer_uid`` is not root and matches neither the target's uid nor its
-        saved uid.
+        saved uid. With membership kept by the kernel (v1 only), the kernel moves the process
+        first (all its threads, whichever file was written) and its refusal is the write's.
 
         On a v2 hierarchy the target's owner does not matter: ``EACCES`` unless ``writer_uid``
         and ``writer_gid`` may write the ``cgroup.procs`` of the common ancestor of the source
@@ -247,6 +316,11 @@ class System:
         tree.check_owner(writer_uid, (facts.uids[0], facts.uids[2]))
         with self.lock:
             dst = self.cgroups.lookup(path)
+            if self.kernel is not None:
+                try:
+                    self.kernel.attach(facts.tgid, dst.path)
+                except OSError as exc:
+                    raise _kernel_error(exc, f"cannot move process {pid}") from None
             proc = self.process(pid)
             src = proc.cgroup
             self.cgroups.attach(proc, dst)
@@ -324,10 +398,11 @@ class System:
         the process placed where it belongs first (``place``). ``ESRCH`` for no such process,
         ``EPERM`` when its cgroup cannot be established (see ``place``)."""
         facts = self.processes.facts(pid)
-        with self.lock:
-            known = self.cgroups.process(facts.tgid)
-            if known is not None and known.start_time == facts.start_time:
-                return known
+        if self.kernel is None:
+            with self.lock:
+                known = self.cgroups.process(facts.tgid)
+                if known is not None and known.start_time == facts.start_time:
+                    return known
         leader = facts if facts.tgid == pid else self.processes.facts(facts.tgid)
         return self.place(leader)
 
@@ -350,8 +425,17 @@ class System:
            and it is refused with ``EPERM`` (``unplaced = "refuse"``, the default) or put in
            the root (``unplaced = "root"``).
 
+        With membership kept by the kernel (``kernel``), none of this is guessed: the process
+        is placed, or its record moved, where the kernel has it at this moment
+        (``sync_member``), tracked or not.
+
         ``ESRCH`` if it is gone.
         """
+        if self.kernel is not None:
+            proc = self.sync_member(leader.pid)
+            if proc is None:
+                raise IoasidError(ESRCH, f"no process {leader.pid}")
+            return proc
         exact = self.settle() is not False  # False: the tracker may be missing forks
         root = self.cgroups.root
         with self.lock:
@@ -397,6 +481,56 @@ class System:
             proc = self.cgroups.track(leader.pid, leader.start_time, cgroup, leader.threads)
             self.on_change(Change(ChangeKind.PLACE, processes=(proc,)))
             return proc
+
+    def _kernel_cgroup(self, pid: int) -> Cgroup | None:
+        """The cgroup the kernel has ``pid`` in (the caller holds the lock); ``None`` if the
+        process is gone. ``EPERM`` for a kernel cgroup this hierarchy does not have (a directory
+        made in the named hierarchy behind the daemon's back): never charged to the root."""
+        assert self.kernel is not None
+        path = self.kernel.cgroup_of(pid)
+        if path is None:
+            return None
+        try:
+            return self.cgroups.lookup(path)
+        except IoasidError:
+            raise IoasidError(EPERM, f"process {pid} is in the kernel's {path}, which this "
+                                     f"hierarchy does not have") from None
+
+    def sync_member(self, pid: int) -> Process | None:
+        """Make the model's record of the process ``pid`` (a thread-group leader) agree with the
+        kernel's named hierarchy (``kernel`` must be set): an untracked process is tracked where
+        the kernel has it (a ``place`` change), a tracked one in another cgroup is moved there
+        (an ``attach`` change: its charges move as a write to ``cgroup.procs`` would move them),
+        a tracked one that is gone exits. Returns the process, ``None`` if it is gone.
+
+        The kernel is asked under the lock, so that no write to ``cgroup.procs`` comes between
+        the answer and the record. ``EPERM`` as ``_kernel_cgroup``.
+        """
+        try:
+            facts = self.processes.facts(pid)
+        except IoasidError:
+            facts = None
+        with self.lock:
+            known = self.cgroups.process(pid)
+            if known is not None and (facts is None or known.start_time != facts.start_time):
+                self.exit(pid)  # gone, or its pid now names a later process
+                known = None
+            if facts is None:
+                return None
+            cg = self._kernel_cgroup(pid)
+            if cg is None:
+                if known is not None:
+                    self.exit(pid)
+                return None
+            if known is None:
+                proc = self.cgroups.track(pid, facts.start_time, cg, facts.threads)
+                self.on_change(Change(ChangeKind.PLACE, processes=(proc,)))
+                return proc
+            if known.cgroup is not cg:
+                src = known.cgroup
+                self.cgroups.attach(known, cg)
+                self.on_change(Change(ChangeKind.ATTACH, cgroups=(src,), processes=(known,)))
+            return known
 
     def _origin(self, leader: ProcessFacts) -> tuple[Cgroup | None, str]:
         """The cgroup outside the root whose live members share ``leader``'s process group,
@@ -466,6 +600,10 @@ class System:
         whose limit refused (if one did), the errno and the request's arguments."""
         opener = file.opener
         task = opener if pid is None or pid == opener.pid else self.ioasid_process(pid)
+        if task is not opener and self.kernel is not None and opener.alive:
+            # the kernel's hierarchy tells no exits: whether the opener is gone (its mm
+            # defunct) is asked here, where it changes what another process's request does
+            self.sync_member(opener.pid)
         lock = self.lock
         hold(lock)  # not ``with``: this is every request (see ``ioasidsd.model.modellock``)
         try:

@@ -41,8 +41,9 @@ def main() -> None:
 @click.option("--log-level", type=click.Choice(LOG_LEVELS), default=None,
               help="Least severe level logged.  [default: info]")
 @click.option("--tracking", type=click.Choice(TRACKING_MODES), default=None,
-              help="Process tracking: the netlink connector, psutil polling, or auto (the "
-                   "connector when available).  [default: auto]")
+              help="Who keeps process membership: the kernel (a named cgroup-v1 hierarchy), "
+                   "the netlink connector, psutil polling, or auto (the first that works).  "
+                   "[default: auto]")
 @click.option("--reset-state", is_flag=True,
               help="Move the saved state aside (into STATE_DIR/saved-TIME, never deleted) and "
                    "start afresh: for a state made with other settings.")

@@ -40,6 +40,10 @@ def format_status(status: dict[str, Any]) -> str:
         ("knobs", knobs),
         ("capacity", f"{status['capacity']}, available {status['available']} "
                      f"({reserved} reserved or in use)"),
+        *([("over-reserved", ", ".join(f"{o['cgroup']} {o['amount']}"
+                                        for o in status["over_reserved"])
+                             + " (saved by an earlier version; returned when rewritten)")]
+          if status.get("over_reserved") else []),
         ("cgroups", str(status["cgroups"])),
         ("processes", str(status["processes"])),
         ("IOASIDs", f"{status['ioasids']} in {status['sets']} set"

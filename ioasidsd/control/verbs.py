@@ -64,9 +64,10 @@ Verb = Callable[[Service, dict[str, Any], Peer], Any]
 
 def status(service: Service, request: dict[str, Any], peer: Peer) -> dict[str, Any]:
     """``{"verb": "status"}``: the profile, knobs and quirks, capacity and available, the numbers
-    of cgroups, processes, sets and IOASIDs, the VT-d summary (``vtd_summary``) and the
-    daemon's own parts (``Service.service_status``). Shows no process: the same for every
-    caller."""
+    of cgroups, processes, sets and IOASIDs, the capacity limits hold beyond the reservation
+    rule (``over_reserved``: a state saved by an earlier version), the VT-d summary
+    (``vtd_summary``) and the daemon's own parts (``Service.service_status``). Shows no
+    process: the same for every caller."""
     system = service.system
     if system is None:
         raise IoasidError(errno.ENODEV, "the daemon is not serving a system")
@@ -83,6 +84,8 @@ def status(service: Service, request: dict[str, Any], peer: Peer) -> dict[str, A
             "processes": counts["processes"],
             "sets": len(core.sets),
             "ioasids": len(core),
+            "over_reserved": [{"cgroup": path, "amount": amount}
+                              for path, amount in system.controller.over_reserved],
         }
     result.update(service.service_status())
     if service.vtd is not None:

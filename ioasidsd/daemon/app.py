@@ -50,8 +50,11 @@ from ioasidsd.control.protocol import SOCKET_NAME as CONTROL_SOCKET_NAME
 from ioasidsd.control.server import ControlServer, Handler
 from ioasidsd.daemon.config import Config, ConfigError, load_config, reload_changes
 from ioasidsd.daemon.logs import forward_model_messages, get_logger, setup_logging
+from ioasidsd.daemon.membership import MOUNT_NAME as MEMBERSHIP_MOUNT
+from ioasidsd.daemon.membership import KernelHierarchy, hierarchy_name
 from ioasidsd.daemon.notify import sd_notify
 from ioasidsd.daemon.procs import (
+    KernelTracker,
     PollTracker,
     Tracker,
     adopt_children,
@@ -70,6 +73,7 @@ from ioasidsd.host import boot_id, filesystem_of, process_clock
 from ioasidsd.model.changes import Change, ChangeKind
 from ioasidsd.model.core import IoasidSetType
 from ioasidsd.model.errors import IoasidError
+from ioasidsd.model.hierarchy import Process
 from ioasidsd.model.snapshot import SnapshotError, load
 from ioasidsd.model.workqueue import OrderedWorkQueue, WorkMode
 from ioasidsd.store.refusals import RefusalLog
@@ -233,18 +237,37 @@ class Daemon:
 
         self.releases = ReleaseAgents(system, self.log)
         self.releases.start()
+        # the kernel keeps membership in a mirror of a v1 hierarchy only (no threaded cgroups,
+        # no v2 move rules there)
+        if config.hierarchy != "v1" and config.tracking == "kernel":
+            raise StartError("tracking = kernel keeps membership in a cgroup-v1 mirror: with "
+                             "hierarchy = v2, use tracking = auto, connector or poll")
+        hierarchy = KernelHierarchy(hierarchy_name(config.state_dir),
+                                    config.runtime_dir / MEMBERSHIP_MOUNT) \
+            if config.hierarchy == "v1" else None
         try:
             self.tracker = open_tracker(system, config.tracking, self.log,
-                                        interval=config.poll_interval)
+                                        interval=config.poll_interval, hierarchy=hierarchy)
         except OSError as exc:
-            raise StartError(f"tracking = connector, but the process events connector cannot "
-                             f"be used: {exc.strerror or exc}") from None
+            what = ("a named cgroup-v1 hierarchy cannot be mounted"
+                    if config.tracking == "kernel" else
+                    "the process events connector cannot be used")
+            raise StartError(f"tracking = {config.tracking}, but {what}: "
+                             f"{exc.strerror or exc}") from None
         if self.tracker.mode == "poll" and config.tracking == "auto":
             self.log.warning("process tracking falls back to polling", reason=self.tracker.detail)
+        elif self.tracker.mode == "connector" and config.tracking == "auto":
+            self.log.warning("membership is not kept by the kernel: process tracking falls back "
+                             "to the connector", reason=self.tracker.detail)
         system.unplaced = config.unplaced
         system.settle = self.tracker.settle
-        self.tracker.start()
-        self._catch_up()
+        if isinstance(self.tracker, KernelTracker):
+            # the state's guesses for the time no daemon ran first, then the kernel's word
+            self._catch_up(adopt=self.tracker.fresh)
+            self.tracker.start()
+        else:
+            self.tracker.start()
+            self._catch_up()
 
         self._mount()
         others = descriptor_budget() // 2  # what users other than root may hold, per socket
@@ -327,6 +350,10 @@ class Daemon:
                 raise StartError(f"the state in {store.path} cannot be loaded: {exc}") from None
             store.bind(system, rows)
             system.orphans = store.orphans
+            for path, amount in system.controller.over_reserved:
+                self.log.warning("a limit holds capacity beyond the reservation rule (a state "
+                                 "saved by an earlier version): returned when it is written "
+                                 "again or its cgroup removed", cgroup=path, amount=amount)
             self._boot_vtd(vtd_config, adopt=True)
             assert self.vtd is not None
             if self.vtd.host_set is not None:  # adopted (no change), or made for an old state
@@ -361,11 +388,12 @@ class Daemon:
                       host_set=None if driver.host_set is None else driver.host_set.id,
                       restored_bindings=driver.restored)
 
-    def _catch_up(self) -> None:
+    def _catch_up(self, *, adopt: bool = True) -> None:
         """Processes that died while no daemon ran are released as if they had exited, and so
         are the /dev/ioasid files of exited openers that a connection inherited by another
         process held until the restart ended it; the children tracked processes forked
-        meanwhile join their parents' cgroups."""
+        meanwhile join their parents' cgroups (``adopt``; not when the kernel kept membership
+        meanwhile)."""
         system, store = self.system, self.store
         assert system is not None and store is not None
         if self._saved_boot is not None and self._saved_boot != boot_id():
@@ -378,9 +406,11 @@ class Daemon:
             if pids:
                 self.log.info("the saved processes belong to an earlier boot")
         else:
-            released = release_gone(system)
+            gone: list[Process] = []
+            released = release_gone(system, gone)
             clock = self._clock_before
-            adopted = adopt_children(system, clock) if clock is not None else 0
+            adopted = adopt_children(system, clock, gone=gone) \
+                if clock is not None and adopt else 0
         released += system.ioasid_release_unheld()
         with system.lock:
             store.set_clock(process_clock())
@@ -453,7 +483,8 @@ class Daemon:
             applied, pending = reload_changes(self.config, new)
             if "log_format" in applied or "log_level" in applied:
                 setup_logging(new.log_format, new.log_level)
-            if "poll_interval" in applied and isinstance(self.tracker, PollTracker):
+            if "poll_interval" in applied and isinstance(self.tracker,
+                                                         PollTracker | KernelTracker):
                 self.tracker.interval = new.poll_interval
             if "unplaced" in applied and self.system is not None:
                 self.system.unplaced = new.unplaced
@@ -522,6 +553,7 @@ class Daemon:
             "started": datetime.fromtimestamp(self.started, UTC).isoformat(),
             "uptime": round(time.time() - self.started, 3),
             "tracking": {"mode": tracker.mode, "detail": tracker.detail,
+                         "membership": "kernel" if tracker.mode == "kernel" else "daemon",
                          "state": tracker.state, "reason": tracker.reason,
                          "restarts": getattr(tracker, "restarts", 0),
                          "orphans": len(system.orphans), "unplaced": system.unplaced},

@@ -12,8 +12,10 @@ knobs) and the VT-d units and devices::
     hierarchy = "v1"            # the hierarchy served: cgroup v1, or v2 (unified)
     log_format = "auto"         # console on a terminal, JSON otherwise; or console, logfmt, json
     log_level = "info"          # debug, info, warning, error
-    tracking = "auto"           # connector (netlink, root), poll (psutil), auto: connector or poll
-    poll_interval = 1.0         # seconds between scans in poll mode
+    tracking = "auto"           # kernel (a named cgroup-v1 hierarchy keeps membership; root),
+                                # connector (netlink, root), poll (psutil); auto: the first of
+                                # them that works
+    poll_interval = 1.0         # seconds between scans in poll and kernel mode
     unplaced = "refuse"         # a process whose cgroup cannot be established (its parent
                                 # exited unseen, no tracked process shares its session):
                                 # refuse its charge (EPERM), or charge it to the root
@@ -51,7 +53,7 @@ from ioasidsd.model.knobs import PROFILES, Knobs, profile
 
 LOG_FORMATS = ("auto", "console", "logfmt", "json")
 LOG_LEVELS = ("debug", "info", "warning", "error")
-TRACKING_MODES = ("auto", "connector", "poll")
+TRACKING_MODES = ("auto", "kernel", "connector", "poll")
 UNPLACED = ("refuse", "root")
 SYNCHRONOUS = ("normal", "full")
 HIERARCHIES = ("v1", "v2")

@@ -1,8 +1,12 @@
 """Process tracking: the forks and exits of real processes, fed into the ``System``.
 
-Two trackers with one interface (``start``, ``stop``, ``settle``, ``mode``, ``detail``,
+Three trackers with one interface (``start``, ``stop``, ``settle``, ``mode``, ``detail``,
 ``state``, ``reason``):
 
+* ``KernelTracker`` follows nothing: membership is kept by the kernel in a named cgroup-v1
+  hierarchy (``ioasidsd.daemon.membership``), which places every fork itself. It reconciles the
+  state with that hierarchy at start and scans it every ``interval`` seconds so that the
+  system's records (exits, ``notify_on_release``) follow.
 * ``ConnectorTracker`` listens to the kernel's process events connector (netlink
   ``NETLINK_CONNECTOR``, ``CN_IDX_PROC``; root only), with pyroute2's message definitions. A fork
   whose parent is tracked outside the root puts the child in the parent's cgroup at once (a child
@@ -24,8 +28,9 @@ and ``System.place`` decides where such a process is charged (by process group a
 refuses it. ``settle`` lets a placement wait until the tracker has caught up with every fork
 that happened before it was called.
 
-``open_tracker`` chooses: ``connector``, ``poll``, or ``auto`` (the connector when it can be
-opened, else polling, with the reason in ``detail``).
+``open_tracker`` chooses: ``kernel``, ``connector``, ``poll``, or ``auto`` (the kernel's
+hierarchy when it can be mounted, else the connector when it can be opened, else polling, with
+the reasons in ``detail``).
 
 ``release_gone`` and ``adopt_children`` are the rescan, also run once at start-up for the time the
 daemon was not running: processes that died are released as if they had exited, and children
@@ -46,7 +51,7 @@ import select
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, Protocol
 
 import psutil
@@ -64,8 +69,10 @@ from pyroute2.netlink.connector.cn_proc import (
     proc_event_control,
 )
 
+from ioasidsd.daemon.membership import KernelHierarchy
 from ioasidsd.host import CLOCK_TICKS, process_clock, read_stat
-from ioasidsd.model.hierarchy import Cgroup
+from ioasidsd.model.errors import IoasidError
+from ioasidsd.model.hierarchy import Cgroup, Process
 from ioasidsd.system import System
 
 Log = Any
@@ -86,9 +93,9 @@ class Tracker(Protocol):
 
 
 # ---------------------------------------------------------------------- rescans
-def release_gone(system: System) -> int:
+def release_gone(system: System, gone: list[Process] | None = None) -> int:
     """Release every tracked process that no longer runs (a dead pid, or a pid reused by a
-    later process); returns how many."""
+    later process); returns how many, and appends them to ``gone`` when given."""
     with system.lock:
         tracked = list(system.cgroups.processes.values())
     released = 0
@@ -99,10 +106,13 @@ def release_gone(system: System) -> int:
             if system.cgroups.processes.get(proc.pid) is proc:
                 system.exit(proc.pid)
                 released += 1
+                if gone is not None:
+                    gone.append(proc)
     return released
 
 
-def adopt_children(system: System, since: float, *, new_pids: set[int] | None = None) -> int:
+def adopt_children(system: System, since: float, *, new_pids: set[int] | None = None,
+                   gone: Sequence[Process] = ()) -> int:
     """Track, in their parent's cgroup, the untracked processes created after ``since`` whose
     parent is tracked outside the root (their fork was not seen); returns how many.
 
@@ -111,11 +121,15 @@ def adopt_children(system: System, since: float, *, new_pids: set[int] | None = 
 
     The candidates left untracked whose parent is init are noted as orphans
     (``System.note_orphans``): their parent may have been a tracked process's child that was
-    born and exited unseen.
+    born and exited unseen. So are those whose parent is a subreaper they may have been
+    re-parented to (``PR_SET_CHILD_SUBREAPER``, which ``/proc`` does not show): an untracked
+    parent that started before a process of ``gone`` (tracked outside the root, found dead by
+    this rescan: its exit was not seen) that itself started before the candidate.
     """
+    lost = sorted(p.start_time for p in gone if not p.cgroup.is_root)
     with system.lock:
-        if not any(p.cgroup is not system.cgroups.root
-                   for p in system.cgroups.processes.values()):
+        if not lost and not any(p.cgroup is not system.cgroups.root
+                                for p in system.cgroups.processes.values()):
             return 0
     found: list[tuple[float, int, int]] = []
     for pid in psutil.pids() if new_pids is None else new_pids:
@@ -132,13 +146,24 @@ def adopt_children(system: System, since: float, *, new_pids: set[int] | None = 
                 continue
             parent = system.cgroups.processes.get(ppid)
             if parent is None or parent.cgroup is system.cgroups.root:
-                if ppid == 1:
+                if ppid == 1 or _maybe_reparented(ppid, created, lost):
                     orphans[pid] = created
                 continue
             system.fork(ppid, pid, created)
             adopted += 1
     system.note_orphans(orphans)
     return adopted
+
+
+def _maybe_reparented(ppid: int, created: float, lost: list[float]) -> bool:
+    """Whether a process created at ``created`` with the untracked parent ``ppid`` may descend
+    from a process that started at one of ``lost`` (found dead, its exit unseen) and have been
+    re-parented to ``ppid``, an ancestor of that process: ``ppid`` started before it, and it
+    before the child."""
+    if not lost or lost[0] > created:
+        return False
+    stat = read_stat(ppid)
+    return stat is not None and any(stat.start_time <= t <= created for t in lost)
 
 
 RESTART_BACKOFF = (0.05, 5.0)
@@ -180,8 +205,9 @@ class _Supervised:
     def _resync(self, since: float) -> None:
         """Catch up with ``/proc``: release the gone, adopt the children born since ``since``,
         note the orphans. Exceptions propagate (the caller stays degraded)."""
-        released = release_gone(self.system)
-        adopted = adopt_children(self.system, since)
+        gone: list[Process] = []
+        released = release_gone(self.system, gone)
+        adopted = adopt_children(self.system, since, gone=gone)
         self.log.info("processes resynchronised", mode=self.mode, released=released,
                       adopted=adopted, orphans=len(self.system.orphans))
 
@@ -482,8 +508,9 @@ class PollTracker(_Supervised):
             now = process_clock()
             pids = set(psutil.pids())
             new = pids - self._known
-            release_gone(self.system)
-            adopt_children(self.system, self._last, new_pids=new)
+            gone: list[Process] = []
+            release_gone(self.system, gone)
+            adopt_children(self.system, self._last, new_pids=new, gone=gone)
             self._known = pids
             self._last = now
             self.scans += 1
@@ -510,21 +537,188 @@ class PollTracker(_Supervised):
                 self.handled.notify_all()
 
 
-def open_tracker(system: System, mode: str, log: Log, *, interval: float = 1.0,
-                 connector: Callable[..., ConnectorTracker] = ConnectorTracker) -> Tracker:
-    """The tracker for ``mode`` (``auto``, ``connector`` or ``poll``), opened but not started.
+# ---------------------------------------------------------------------- the kernel's hierarchy
+class KernelTracker(_Supervised):
+    """Membership kept by the kernel in a named cgroup-v1 hierarchy (``KernelHierarchy``).
 
-    ``connector`` raises ``OSError`` when the connector cannot be opened; ``auto`` then falls
-    back to polling and says why in ``detail``.
+    Nothing is followed: the kernel places every fork. ``open`` mounts the hierarchy and makes
+    its tree the daemon's (a cgroup of the state that the kernel lacks is made there; one the
+    state lacks is removed when empty, else adopted into the state with a warning), and hands
+    it to the system (``System.kernel``). ``start`` then reconciles the state with the kernel:
+    a hierarchy that kept nothing (new, or emptied since) is seeded with the processes the
+    state has outside the root; a kept one wins, every process it has outside the root being
+    recorded where it is (``System.sync_member``), every recorded process it no longer has
+    there being moved to the root or released if gone. A scan every ``interval`` seconds does
+    the same, so that the records (exits, ``notify_on_release``) follow within an interval,
+    while listings and charges ask the kernel at once.
+
+    A failed scan is logged and retried (``degraded`` until one succeeds); the kernel's
+    membership itself cannot be lost.
+    """
+
+    mode = "kernel"
+
+    def __init__(self, system: System, log: Log, hierarchy: KernelHierarchy, *,
+                 interval: float = 1.0) -> None:
+        super().__init__(system, log)
+        self.hierarchy = hierarchy
+        self.interval = interval
+        self.detail = hierarchy.detail
+        self.scans = 0
+        self.adopted: list[str] = []  # cgroups found in the kernel only, added to the state
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._scan_lock = threading.Lock()
+
+    @property
+    def fresh(self) -> bool:
+        """Whether the kernel kept nothing: membership was seeded from the state."""
+        return self.hierarchy.fresh
+
+    def open(self) -> None:
+        """Mount the hierarchy and mirror the tree; ``OSError`` when it cannot be mounted."""
+        hierarchy, system = self.hierarchy, self.system
+        hierarchy.mount()
+        try:
+            with system.lock:
+                ours = [cg.path for cg in system.cgroups.cgroups() if not cg.is_root]
+            theirs = set(hierarchy.paths())
+            for path in ours:
+                if path not in theirs:
+                    hierarchy.mkdir(path)
+            known = set(ours)
+            for path in reversed(sorted(theirs - known)):
+                try:
+                    hierarchy.rmdir(path)
+                except OSError:
+                    self.adopted.append(path)
+            for path in sorted(self.adopted):
+                system.mkdir(path)  # before System.kernel is set: the kernel has it already
+            if self.adopted:
+                self.log.warning("cgroups found only in the kernel's hierarchy, with processes, "
+                                 "were added to the state", cgroups=sorted(self.adopted))
+        except BaseException:
+            hierarchy.unmount()
+            raise
+        system.kernel = hierarchy
+
+    def start(self) -> None:
+        """Reconcile (see the class), then scan every ``interval`` seconds on a thread."""
+        if self.hierarchy.fresh:
+            self._seed()
+        self.scan()
+        self._thread = threading.Thread(target=self._run, name="proc-kernel", daemon=True)
+        self._thread.start()
+
+    def _seed(self) -> None:
+        """Move the processes the state has outside the root into the kernel's cgroups."""
+        with self.system.lock:
+            members = [(p.pid, p.start_time, p.cgroup.path)
+                       for p in self.system.cgroups.processes.values() if not p.cgroup.is_root]
+        seeded = 0
+        for pid, start, path in members:
+            if not self.system.processes.alive(pid, start):
+                continue
+            try:
+                self.hierarchy.attach(pid, path)
+                seeded += 1
+            except OSError as exc:
+                self.log.warning("a process of the state cannot be moved in the kernel",
+                                 pid=pid, cgroup=path, error=exc.strerror or str(exc))
+        self.log.info("the kernel's hierarchy was seeded from the state", processes=seeded,
+                      hierarchy=self.hierarchy.name)
+
+    def stop(self) -> None:
+        """Stop scanning, hand membership back to the model and unmount (the hierarchy stays in
+        the kernel while it has cgroups). Idempotent."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self.system.kernel is self.hierarchy:
+            self.system.kernel = None
+        self.hierarchy.unmount()
+
+    def scan(self) -> None:
+        """Bring the records into line with the kernel: its members outside the root are
+        recorded where it has them; recorded processes it has elsewhere are moved; gone ones
+        released. Members are added before the gone are released, so that a cgroup is not
+        found empty while the kernel still has a process in it."""
+        system, hierarchy = self.system, self.hierarchy
+        with self._scan_lock:
+            where: dict[int, str] = {}
+            for path in hierarchy.paths():
+                with contextlib.suppress(FileNotFoundError):  # removed meanwhile
+                    for pid in hierarchy.procs(path):
+                        where[pid] = path
+            with system.lock:
+                records = {pid: p.cgroup.path for pid, p in system.cgroups.processes.items()}
+            differ = [pid for pid, path in where.items() if records.get(pid) != path]
+            differ += [pid for pid, path in records.items() if path != "/" and pid not in where]
+            for pid in differ:
+                try:
+                    system.sync_member(pid)
+                except IoasidError as exc:
+                    self.log.warning("a process's cgroup cannot be recorded", pid=pid,
+                                     error=exc.strerror or str(exc))
+            release_gone(system)
+            self.scans += 1
+
+    def settle(self, timeout: float = 2.0) -> bool:
+        """Scan now; ``False`` if the scan failed."""
+        try:
+            self.scan()
+        except Exception:
+            self._degrade("a scan failed")
+            return False
+        return True
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.scan()
+            except Exception as exc:  # a daemon never dies of a scan: the next one retries
+                self._degrade(f"{type(exc).__name__}: {exc}")
+            else:
+                self._recovered()
+            with self.handled:
+                self.handled.notify_all()
+
+
+def open_tracker(system: System, mode: str, log: Log, *, interval: float = 1.0,
+                 connector: Callable[..., ConnectorTracker] = ConnectorTracker,
+                 hierarchy: KernelHierarchy | None = None) -> Tracker:
+    """The tracker for ``mode`` (``auto``, ``kernel``, ``connector`` or ``poll``), opened but
+    not started.
+
+    ``kernel`` mounts ``hierarchy`` (``KernelTracker.open``); ``connector`` raises ``OSError``
+    when the connector cannot be opened. ``auto`` tries them in that order (the kernel's
+    hierarchy only when ``hierarchy`` is given) and falls back to polling, saying in ``detail``
+    why each better one could not be used.
     """
     if mode == "poll":
         return PollTracker(system, log, interval=interval, reason="configured")
+    reasons = []
+    if mode in ("auto", "kernel") and hierarchy is not None:
+        kernel = KernelTracker(system, log, hierarchy, interval=interval)
+        try:
+            kernel.open()
+        except OSError as exc:
+            if mode == "kernel":
+                raise
+            reasons.append(f"no named cgroup-v1 hierarchy: {exc.strerror or exc}")
+        else:
+            return kernel
+    elif mode == "kernel":
+        raise OSError(errno.EINVAL, "no named hierarchy was given")
     tracker = connector(system, log)
     try:
         tracker.open()
     except OSError as exc:
         if mode == "connector":
             raise
-        reason = f"no process events connector: {exc.strerror or exc}"
-        return PollTracker(system, log, interval=interval, reason=reason)
+        reasons.append(f"no process events connector: {exc.strerror or exc}")
+        return PollTracker(system, log, interval=interval, reason="; ".join(reasons))
+    if reasons:
+        tracker.detail += f" ({'; '.join(reasons)})"
     return tracker

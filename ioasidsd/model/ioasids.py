@@ -8,8 +8,19 @@ never touches the controller's per-cgroup state (the ``Cgroup`` slots ``limit``,
 
 * ``ioasids.max`` (``set_max``): the limit of a cgroup, ``None`` for ``max``; the root has none.
   A limit is granted against the IOASID core's capacity as ``knobs.capacity_model`` says
-  (``reserve``: a numeric limit reserves itself from the pool and gives it back on shrink and
-  ``rmdir``; ``reserve-v4``: the series' algorithm with its leaks; ``overcommit``: nothing).
+  (``reserve``: see below; ``reserve-v4``: the series' algorithm, where every numeric limit
+  reserves from the pool, nested or not, with its leaks; ``overcommit``: nothing).
+* ``reserve``, reservations that cannot escape a subtree: a numeric limit with no numerically
+  limited ancestor (a *top* limit) holds its value from the pool (``Cgroup.reserved``). A numeric
+  limit below a numerically limited ancestor (the nearest one, ``max`` levels skipped) is carved
+  out of that ancestor's limit and holds nothing from the pool: the limits carved out of one
+  cgroup add up to at most its own (``ENOSPC`` otherwise, whatever the pool holds), and a limit
+  cannot go below what is carved out of it (``EBUSY``). A top limit that shrinks, turns to
+  ``max`` or whose cgroup is removed gives back only what no live IOASID needs: a live IOASID it
+  covered that no limit covers any more becomes *pooled* (``IoasidData.pooled``: it holds one
+  unit of its own, returned when it is reclaimed). ``over_reserved`` lists what the nested
+  limits of a state saved under the flat rule still hold from the pool; it goes back when those
+  limits are written again or their cgroups removed.
 * ``ioasids.current`` (``counter``) counts the IOASIDs charged to a cgroup and its descendants.
   A charge walks from the charged cgroup up to, not including, the root (``Cgroup.chain``);
   ``try_charge`` refuses with ``EAGAIN`` at the first level over its limit and leaves every
@@ -30,7 +41,7 @@ Every method runs under ``core.lock`` (the hierarchy's lock is the same).
 from __future__ import annotations
 
 import contextlib
-from errno import EAGAIN, EBUSY, EINVAL, EPERM
+from errno import EAGAIN, EBUSY, EINVAL, ENOSPC, EPERM
 from typing import TYPE_CHECKING, NamedTuple
 
 from ioasidsd.model.errors import IoasidError
@@ -78,6 +89,7 @@ class IoasidsController(Controller):
         store on every change, so an attribute: only the controller and a snapshot's load
         (``restore_warned_negative``) set it."""
         self._bound = False
+        self._pooled: list[IoasidData] = []
         # Knobs are fixed for the life of the controller; hot paths read these copies.
         self._limits_reserve = self.knobs.capacity_model != "overcommit"
         self._skip_defunct = self.knobs.uncharge_skips_defunct_mm
@@ -116,25 +128,33 @@ class IoasidsController(Controller):
         cg.events_local = 0
 
     def css_offline(self, cg: Cgroup) -> None:
-        """A cgroup being removed gives its reservation back to the pool (``reserve``); in
-        ``reserve-v4`` nothing is reserved by a cgroup, so its limit leaks. Charges
+        """A cgroup being removed gives its reservation back to the pool (``reserve``): a top
+        limit only what no live IOASID charged to it needs, the rest of them becoming pooled;
+        in ``reserve-v4`` nothing is reserved by a cgroup, so its limit leaks. Charges
         still recorded against it stay until their IOASIDs go. ``EINVAL``, refusing the
         ``rmdir``, if the pool cannot take the reservation back (a capacity installed since,
         with ``install_capacity_resets``)."""
-        if cg.reserved:
-            self.core.cancel_capacity_locked(cg.reserved)
-            cg.reserved = 0
+        if not cg.reserved:
+            return
+        keep: list[IoasidData] = []
+        if self.knobs.capacity_model == "reserve" and _limited_above(cg) is None:
+            keep = self._covered_ids(cg, ())[: cg.reserved]
+        self.core.cancel_capacity_locked(cg.reserved - len(keep))
+        cg.reserved = 0
+        self._pool(keep)
 
     # ------------------------------------------------------------------ limits
     def set_max(self, cg: Cgroup, limit: int | None) -> None:
         """Set ``ioasids.max`` (``None`` is the literal ``max``), granting it against capacity.
 
-        ``reserve`` (fixed): a number reserves itself from the pool (``ENOSPC`` when the pool
-        lacks the growth), the reservation is returned on shrink, ``max`` means no limit and
-        reserves nothing. ``reserve-v4``: the series' algorithm, leaks included (``max``
-        takes what is left and reads back a number).
+        ``reserve`` (fixed): see the module's documentation; ``ENOSPC`` when the pool (for a
+        top limit) or the nearest numerically limited ancestor (for a nested one) lacks the
+        growth, ``EBUSY`` below what limits under it carve out of it; ``max`` means no limit.
+        ``reserve-v4``: the series' algorithm, leaks included (``max`` takes what is left and
+        reads back a number): every numeric limit reserves from the pool, nested or not.
         ``overcommit``: nothing is reserved. ``EINVAL`` for the root or a negative limit, and in
-        ``v4`` for writing the current limit again.
+        ``v4`` for writing the current limit again. The live IOASIDs that became pooled are kept
+        for ``take_pooled``.
         """
         with self.lock:
             self.core.check_not_in_notifier()
@@ -151,13 +171,99 @@ class IoasidsController(Controller):
                     raise IoasidError(EINVAL, "the limit is already that value")
                 return
             if model == "reserve":
-                want = 0 if limit is None else limit
-                if want > cg.reserved:
-                    self.core.reserve_capacity_locked(want - cg.reserved)
-                elif want < cg.reserved:
-                    self.core.cancel_capacity_locked(cg.reserved - want)
-                cg.reserved = want
+                self._set_max_reserve(cg, limit)
+                return
             cg.limit = limit
+
+    def _set_max_reserve(self, cg: Cgroup, limit: int | None) -> None:
+        """``set_max`` in the ``reserve`` model: every check first, then the changes."""
+        above = _limited_above(cg)
+        below = _limited_below(cg)
+        carved = _carved(below)
+        if limit is not None and limit < carved:
+            raise IoasidError(EBUSY, f"{cg.path}: limits below it hold {carved} of it")
+        core = self.core
+        if above is not None:  # carved out of `above`: the pool is not touched
+            old_share = carved if cg.limit is None else cg.limit
+            new_share = carved if limit is None else limit
+            if new_share > old_share:
+                others = _carved([d for d in _limited_below(above) if cg not in d.chain])
+                room = (above.limit or 0) - others
+                if new_share > room:
+                    raise IoasidError(ENOSPC, f"{above.path}: {room} of its ioasids.max "
+                                              f"{above.limit} left to carve out")
+            if cg.reserved:  # held from the pool under the flat rule of an earlier state
+                core.cancel_capacity_locked(cg.reserved)
+                cg.reserved = 0
+            cg.limit = limit
+            return
+        if limit is not None:  # a top limit: it holds `limit`, the limits below re-home in it
+            rehomed = sum(d.reserved for d in below) if cg.limit is None else 0
+            keep = self._covered_ids(cg, ()) if limit < cg.reserved else []
+            keep = keep[: max(0, min(len(keep), cg.reserved) - limit)]
+            growth = limit + len(keep) - cg.reserved - rehomed
+            if growth > 0:
+                core.reserve_capacity_locked(growth)
+            elif growth < 0:
+                core.cancel_capacity_locked(-growth)
+            for d in below if cg.limit is None else ():
+                d.reserved = 0
+            cg.reserved, cg.limit = limit, limit
+            self._pool(keep)
+            return
+        # a top limit turned to `max`: the limits below become top limits, each holding its
+        # limit; the live IOASIDs they do not cover keep what they need of cg's reservation
+        keep = self._covered_ids(cg, below)
+        for d in below:
+            covered = self._covered_ids(d, ())
+            keep += covered[: max(0, len(covered) - (d.limit or 0))]
+        keep = keep[: max(0, cg.reserved - carved)]
+        growth = carved - sum(d.reserved for d in below) + len(keep) - cg.reserved
+        if growth > 0:
+            core.reserve_capacity_locked(growth)
+        elif growth < 0:
+            core.cancel_capacity_locked(-growth)
+        for d in below:
+            d.reserved = d.limit or 0
+        cg.reserved, cg.limit = 0, None
+        self._pool(keep)
+
+    def _covered_ids(self, cg: Cgroup, under: list[Cgroup] | tuple[Cgroup, ...],
+                     ) -> list[IoasidData]:
+        """The live IOASIDs charged in ``cg``'s subtree, not pooled and not charged under one
+        of ``under``, ascending by set and ID."""
+        found = []
+        for ioasid_set in self.core.sets:
+            for data in self.core.set_members(ioasid_set):
+                charged = data.cgroup
+                if charged is None or data.pooled or cg not in charged.chain:
+                    continue
+                if not any(d in charged.chain for d in under):
+                    found.append(data)
+        return found
+
+    def _pool(self, ids: list[IoasidData]) -> None:
+        """Make ``ids`` pooled: each holds the unit of capacity the caller kept for it."""
+        for data in ids:
+            data.pooled = True
+        self._pooled.extend(ids)
+
+    def take_pooled(self) -> list[int]:
+        """The IOASIDs that became pooled (``set_max``, ``css_offline``) since the last call,
+        for the caller to report as changed."""
+        ids = [data.id for data in self._pooled]
+        self._pooled.clear()
+        return ids
+
+    @property
+    def over_reserved(self) -> list[tuple[str, int]]:
+        """``reserve``: what nested limits hold from the pool, which the rule of the module's
+        documentation never does (a state saved under the flat rule), as ``(path, amount)`` by
+        path; empty when the rule holds."""
+        if self.knobs.capacity_model != "reserve":
+            return []
+        return [(cg.path, cg.reserved) for cg in self.hierarchy.cgroups()
+                if cg.reserved and _limited_above(cg) is not None]
 
     def _set_max_v4(self, cg: Cgroup, limit: int | None) -> None:
         core = self.core
@@ -368,6 +474,32 @@ class IoasidsController(Controller):
 
     def _charged_ids(self, ioasid_set: IoasidSet) -> list[IoasidData]:
         return [d for d in self.core.set_members(ioasid_set) if d.cgroup is not None]
+
+
+def _limited_above(cg: Cgroup) -> Cgroup | None:
+    """The nearest ancestor of ``cg`` below the root with a numeric limit, or ``None``."""
+    for node in cg.chain[1:]:
+        if node.limit is not None:
+            return node
+    return None
+
+
+def _carved(limited: list[Cgroup]) -> int:
+    """What the numeric limits of ``limited`` add up to."""
+    return sum(cg.limit or 0 for cg in limited)
+
+
+def _limited_below(cg: Cgroup) -> list[Cgroup]:
+    """The cgroups under ``cg`` with a numeric limit and none between them and ``cg``."""
+    found = []
+    todo = list(cg.children.values())
+    while todo:
+        node = todo.pop()
+        if node.limit is not None:
+            found.append(node)
+        else:
+            todo.extend(node.children.values())
+    return found
 
 
 __all__ = ["Charge", "IoasidsController"]

@@ -913,9 +913,10 @@ class Store:
                 ops.append((IOASID, ioasid, None))
                 return []
             ops.append((IOASID, ioasid, None, sid))
+            was_charged = self._charged_cgroups(sid)  # before a gone set's row takes them
             if sid not in core.sets_by_id:  # destroyed with its last IOASID
                 self._set_op(sid, ops)
-            return self._charged_cgroups(sid)
+            return was_charged
         ioasid_set = data.set
         sid = ioasid_set.id
         cg = data.cgroup

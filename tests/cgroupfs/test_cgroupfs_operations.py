@@ -108,6 +108,7 @@ def test_directory_operations_and_their_errnos(mounted: Path) -> None:
     assert errno_name(os.rename, mounted / "a", mounted / "b") == "EEXIST"
     assert errno_name(os.rename, mounted / "a", mounted / "x\ny") == "EINVAL"
     assert errno_name(os.rename, mounted / "a" / "tasks", mounted / "a" / "t") == "ENOTDIR"
+    (mounted / "a" / "ioasids.max").write_text("max")  # a nested limit is carved out of a's
     (mounted / "a" / "c" / "ioasids.max").write_text("3")
     os.rename(mounted / "a" / "c", mounted / "a" / "d")
     assert (mounted / "a" / "d" / "ioasids.max").read_text() == "3\n"

@@ -68,6 +68,7 @@ def test_bad_usage_is_one_line_and_status_2(served: Served, args) -> None:
 def test_create_set_get_and_delete(served: Served) -> None:
     served.ok("create", "-p", "/cs/x/y", "ioasids:/cs/z")
     assert (served.mount / "cs/x/y").is_dir() and (served.mount / "cs/z").is_dir()
+    served.ok("set", "-r", "ioasids.max=max", "/cs")  # fixed carves /cs/x's limit out of /cs's
     served.ok("set", "-r", "ioasids.max=7", "-R", "/cs/x")
     assert served.ok("get", "-n", "-v", "-r", "ioasids.max", "/cs/x", "cs/x/y") == "7\n7\n"
     served.ok("set", "--copy-from", "/cs/x", "/cs/z")
@@ -283,14 +284,16 @@ def test_the_daemon_logs_changes_and_one_user_cannot_flood_the_log(served: Serve
 
 def test_a_bad_value_for_several_cgroups_changes_none_of_them(served: Served) -> None:
     served.ok("create", "-p", "/bv/a", "/bv/b")
-    served.ok("set", "-r", "ioasids.max=4", "-R", "/bv")
+    # fixed carves the children's limits out of /bv's: 4 and 4 of its 8
+    served.ok("set", "-r", "ioasids.max=8", "/bv")
+    served.ok("set", "-r", "ioasids.max=4", "/bv/a", "/bv/b")
     for value in ("junk", "-1", "99999999999999999999"):
         line = one_line_error(served.ctl("set", "-r", "ioasids.max=1", "-r",
                                          f"ioasids.max={value}", "-R", "/bv"), 1)
         assert "(EINVAL: " in line or "(ERANGE: " in line
     one_line_error(served.ctl("set", "-r", "ioasids.max=1", "-r", "nosuch=1", "/bv"), 1)
     assert served.ok("get", "-n", "-v", "-r", "ioasids.max", "/bv", "/bv/a", "/bv/b") == \
-        "4\n4\n4\n"
+        "8\n4\n4\n"
     served.ok("delete", "-r", "/bv")
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from cgroupfs import fuse_unavailable
+from ioasidsd.daemon.membership import hierarchy_name, remove_hierarchy
 
 BIN = Path(sys.executable).parent
 TIMEOUT = 30.0
@@ -153,6 +154,21 @@ class Daemon:
         self.notify.close()
         if mounted(self.mount):
             subprocess.run(["umount", "-l", str(self.mount)], check=False)
+        membership = self.run / "membership"  # a killed daemon leaves it for its restart
+        if mounted(membership):
+            subprocess.run(["umount", "-l", str(membership)], check=False)
+        drop_membership(self.state)
+
+
+def drop_membership(state: Path) -> None:
+    """Remove the empty cgroups of the named hierarchy a root daemon on ``state`` kept its
+    members in (it outlives the daemon), so that the kernel drops it."""
+    name = hierarchy_name(state)
+    with open("/proc/self/cgroup", encoding="utf-8") as lines:
+        if f"name={name}:" not in lines.read():
+            return
+    with contextlib.suppress(OSError):
+        remove_hierarchy(name)
 
 
 FORKER = r"""

@@ -20,7 +20,7 @@ from ioasidsd.model.snapshot import dump, load
 from ioasidsd.store.state import Store
 from ioasidsd.system import System
 
-from .daemons import pids, wait_until
+from .daemons import drop_membership, pids, wait_until
 
 
 def config_for(tmp_path, **settings):
@@ -51,6 +51,7 @@ def started(tmp_path, needs_fuse):
     yield start
     for daemon in daemons:
         daemon.shutdown()
+    drop_membership(tmp_path / "s")
 
 
 def test_an_exit_releases_the_ioasids_through_the_faces_hooks(tmp_path, started, forkers):
@@ -137,12 +138,38 @@ def test_without_the_connector_auto_polls_and_says_so(tmp_path, started, monkeyp
         raise PermissionError(errno.EPERM, "Operation not permitted")
 
     monkeypatch.setattr(procs.ConnectorTracker, "open", refuse)
+    monkeypatch.setattr(procs.KernelTracker, "open", refuse)
     with structlog.testing.capture_logs() as logs:
         daemon = started(settings={"poll_interval": 0.1})
     tracking = daemon.status()["tracking"]
     assert tracking["mode"] == "poll" and "Operation not permitted" in tracking["detail"]
     fallback = [e for e in logs if e["event"] == "process tracking falls back to polling"]
     assert fallback and fallback[0]["log_level"] == "warning"
+
+
+def test_without_a_named_hierarchy_auto_uses_the_connector_and_says_so(tmp_path, started,
+                                                                      monkeypatch):
+    def refuse(self):
+        raise PermissionError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(procs.KernelTracker, "open", refuse)
+    with structlog.testing.capture_logs() as logs:
+        daemon = started()
+    tracking = daemon.status()["tracking"]
+    assert tracking["mode"] == "connector" and tracking["membership"] == "daemon"
+    assert "no named cgroup-v1 hierarchy: Operation not permitted" in tracking["detail"]
+    assert daemon.system.kernel is None
+    fallback = [e for e in logs if e["event"].startswith("membership is not kept by the kernel")]
+    assert fallback and fallback[0]["log_level"] == "warning"
+
+
+def test_kernel_only_is_refused_when_unavailable(tmp_path, started, monkeypatch):
+    def refuse(self):
+        raise PermissionError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(procs.KernelTracker, "open", refuse)
+    with pytest.raises(Exception, match="tracking = kernel, but a named cgroup-v1 hierarchy"):
+        started(settings={"tracking": "kernel"})
 
 
 def test_connector_only_is_refused_when_unavailable(tmp_path, started, monkeypatch):
@@ -231,3 +258,40 @@ def test_no_mount_point_is_made_inside_a_kernel_cgroup_hierarchy(tmp_path):
     import os
 
     assert not os.path.exists(target)
+
+
+def test_a_state_saved_under_the_flat_rule_loads_and_says_what_it_over_reserves(
+        tmp_path, started):
+    """A state where /tenant/sub's limit was also reserved from the pool (as before nested
+    limits were carved out of their ancestor's): it loads, the start-up log and ``status``
+    name the over-reservation, and rewriting the limit returns it to the pool."""
+    import json
+    import sqlite3
+
+    from ioasidsd.cli.render import format_status
+
+    daemon = started()
+    mnt = tmp_path / "mnt"
+    (mnt / "tenant").mkdir()
+    (mnt / "tenant" / "ioasids.max").write_text("100")
+    (mnt / "tenant" / "sub").mkdir()
+    (mnt / "tenant" / "sub" / "ioasids.max").write_text("50")
+    available = daemon.status()["available"]
+    assert daemon.status()["over_reserved"] == []
+    daemon.shutdown()
+    with sqlite3.connect(tmp_path / "s" / "state.sqlite") as db:  # what the flat rule saved
+        db.execute("UPDATE cgroups SET reserved = 50 WHERE name = 'sub'")
+        core = json.loads(db.execute("SELECT value FROM meta WHERE key = 'core'").fetchone()[0])
+        core["capacity_avail"] -= 50
+        db.execute("UPDATE meta SET value = ? WHERE key = 'core'", (json.dumps(core),))
+    with structlog.testing.capture_logs() as logs:
+        daemon = started()
+    status = daemon.status()
+    assert status["available"] == available - 50
+    assert status["over_reserved"] == [{"cgroup": "/tenant/sub", "amount": 50}]
+    assert "over-reserved  /tenant/sub 50 " in format_status(status)
+    warned = [e for e in logs if e["event"].startswith("a limit holds capacity beyond")]
+    assert warned and warned[0]["cgroup"] == "/tenant/sub" and warned[0]["amount"] == 50
+    (mnt / "tenant" / "sub" / "ioasids.max").write_text("40")
+    status = daemon.status()
+    assert status["over_reserved"] == [] and status["available"] == available

@@ -178,6 +178,7 @@ def test_a_process_gone_is_none_or_esrch_for_every_read(monkeypatch) -> None:
         assert source.parent(pid) is None
         assert not source.alive(pid, 0.0)
         assert source.thread_ids(pid) == []
+        assert source.cgroup(pid, "systemd") is None
         with pytest.raises(IoasidError) as info:
             source.facts(pid)
         assert info.value.errno == errno.ESRCH
@@ -216,6 +217,27 @@ def test_this_process_facts_and_threads() -> None:
     assert facts.tgid == os.getpid() and facts.ppid == os.getppid()
     assert facts.uids == os.getresuid()
     assert os.getpid() in host.ProcessSource().thread_ids(os.getpid())
+
+
+def test_the_cgroup_of_a_named_hierarchy_is_read_from_its_line() -> None:
+    data = (b"12:name=ioasids-1:/a/b c\n11:name=systemd:/user.slice\n8:pids,other:/x\n"
+            b"0::/unified\n")
+    assert host.cgroup_in(data, "ioasids-1") == "/a/b c"
+    assert host.cgroup_in(data, "systemd") == "/user.slice"
+    assert host.cgroup_in(data, "ioasids") is None  # a name is matched whole
+    assert host.cgroup_in(data, "pids") is None  # a controller is not a name
+    assert host.cgroup_in(b"", "systemd") is None
+
+
+def test_this_process_cgroup_agrees_with_proc() -> None:
+    with open("/proc/self/cgroup", "rb") as lines:
+        named = [line.split(b":") for line in lines.read().splitlines()
+                 if line.split(b":")[1].startswith(b"name=")]
+    if not named:
+        pytest.skip("no named cgroup-v1 hierarchy is mounted on this machine")
+    _, name, path = named[0]
+    got = host.ProcessSource().cgroup(os.getpid(), name.decode()[len("name="):])
+    assert got == path.decode()
 
 
 def test_boot_id_and_clock() -> None:

@@ -313,6 +313,18 @@ class FixedMachine(RuleBasedStateMachine):
             assert not self.tree.parent_gone(proc.cgroup)
 
 
+def limited_below(cg: Cgroup) -> list[Cgroup]:
+    """The cgroups under ``cg`` with a numeric limit and none between."""
+    found, todo = [], list(cg.children.values())
+    while todo:
+        node = todo.pop()
+        if node.limit is not None:
+            found.append(node)
+        else:
+            todo.extend(node.children.values())
+    return found
+
+
 class FixedInvariants(FixedMachine):
     """The ``fixed`` profile's own invariants on top of the shared ones."""
 
@@ -336,7 +348,12 @@ class FixedInvariants(FixedMachine):
         assert core.capacity == core.capacity_avail + sets + cgroups + pooled + self.external
         for cg in self.tree.cgroups():
             if not cg.is_root:
-                assert cg.reserved == (cg.limit or 0)
+                # a top limit holds itself from the pool; a nested one is carved out of its
+                # nearest limited ancestor and holds nothing; the carve-outs fit
+                nested = any(n.limit is not None for n in cg.chain[1:])
+                assert cg.reserved == (0 if nested else cg.limit or 0)
+                if cg.limit is not None:
+                    assert sum(d.limit for d in limited_below(cg)) <= cg.limit
 
     @invariant()
     def state_follows_references(self) -> None:

@@ -44,8 +44,8 @@ def test_64_root_has_no_controller_state(world: World) -> None:
     assert root.limit is None
     with refused(EINVAL, world):
         world.ctl.set_max(root, 5)
+    world.cgroup("a", 5)  # first: in fixed, the nested limit is carved out of it
     leaf = world.cgroup("a/b", 5)
-    world.cgroup("a", 5)
     assert list(leaf.walk()) == [leaf, leaf.parent]
     for cg in (root, leaf):
         proc = world.spawn(cg)
@@ -159,7 +159,8 @@ def test_72_max_takes_what_is_left(prof: str) -> None:
 @pytest.mark.spec(73)
 @profiles()
 def test_73_allocation_charges_every_non_root_level(world: World) -> None:
-    a, b, c = world.cgroup("a", 10), world.cgroup("a/b", 10), world.cgroup("a/b/c", 10)
+    # in fixed, nested limits are carved out of a's: b's 10 and its sibling's 10 fit in 20
+    a, b, c = world.cgroup("a", 20), world.cgroup("a/b", 10), world.cgroup("a/b/c", 10)
     sibling = world.cgroup("a/d", 10)
     proc = world.spawn(c)
     s = world.mm_set(proc)
@@ -175,7 +176,9 @@ def test_73_allocation_charges_every_non_root_level(world: World) -> None:
 def test_74_ancestor_limit_refuses_and_restores(world: World) -> None:
     """The kernel's ``ioasid_alloc`` returns ``INVALID_IOASID``; the model raises the charge's
     ``EAGAIN``."""
-    a, b, c = world.cgroup("a", 1), world.cgroup("a/b", 10), world.cgroup("a/b/c", 10)
+    # below a's 1, fixed allows only nested limits carved out of it: b and c are max there
+    below = None if world.knobs.capacity_model == "reserve" else 10
+    a, b, c = world.cgroup("a", 1), world.cgroup("a/b", below), world.cgroup("a/b/c", below)
     proc = world.spawn(c)
     s = world.mm_set(proc)
     world.core.alloc(s, 1, 100, task=proc)
