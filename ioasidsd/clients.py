@@ -23,6 +23,7 @@ import contextlib
 import contextvars
 import errno
 import os
+import select
 import socket
 import struct
 import threading
@@ -129,6 +130,13 @@ PAUSE = 0.1
 """Seconds an ``Acceptor`` stops accepting after a failure it cannot answer."""
 
 
+_EPOLLIN = select.EPOLLIN
+
+
+def _close(sock: socket.socket) -> None:
+    sock.close()
+
+
 class Acceptor:
     """Accepts connections on the non-blocking ``listener`` without ever spinning.
 
@@ -145,6 +153,9 @@ class Acceptor:
         self.log = log
         self.paused = 0.0
         self.starved = 0  # connections answered from the reserve descriptor
+        self._loop: Any = None  # the event loop serving the listener (``serve_on``)
+        self._admit: Callable[[socket.socket], None] = _close
+        self._what = ""
         self._reserve: int | None = None
         self._take_reserve()
 
@@ -154,10 +165,45 @@ class Acceptor:
                 self._reserve = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
 
     def close(self) -> None:
-        """Give the reserve descriptor back. Idempotent."""
+        """Stop serving (``serve_on``) and give the reserve descriptor back. Idempotent."""
+        self.stop_serving()
         if self._reserve is not None:
             os.close(self._reserve)
             self._reserve = None
+
+    def serve_on(self, loop: Any, admit: Callable[[socket.socket], None], what: str) -> None:
+        """Watch the listener on ``loop`` (an ``ioasidsd.eventloop.EventLoop``; call on its
+        thread, or before it starts): when connections wait, accept each and hand it to
+        ``admit``. A failure, of accepting or of ``admit`` (which must close what it cannot
+        keep), is logged as ``what``'s and pauses accepting: the listener is not watched until
+        the pause ends, so a failing listener never spins the loop."""
+        self._loop, self._admit, self._what = loop, admit, what
+        loop.register(self.listener.fileno(), _EPOLLIN, self._on_ready)
+
+    def stop_serving(self) -> None:
+        """Stop watching the listener (on the loop's thread). Idempotent."""
+        loop, self._loop = self._loop, None
+        if loop is not None:
+            loop.unregister(self.listener.fileno())
+
+    def _on_ready(self, fd: int, events: int) -> None:
+        try:
+            while (sock := self.accept()) is not None:
+                self._admit(sock)
+        except Exception:
+            self.paused = time.monotonic() + PAUSE
+            with contextlib.suppress(Exception):
+                self.log.exception(f"{self._what}: accepting failed; pausing")
+        if self.paused > time.monotonic() and self._loop is not None:
+            self._loop.unregister(fd)
+            self._loop.call_at(self.paused, self._listen_again)
+
+    def _listen_again(self) -> None:
+        """The pause after a failed accept is over: watch the listener again, if still
+        serving."""
+        self.paused = 0.0
+        if self._loop is not None:
+            self._loop.register(self.listener.fileno(), _EPOLLIN, self._on_ready)
 
     def accept(self) -> socket.socket | None:
         """The next waiting connection, or ``None``: none is waiting, or accepting is paused

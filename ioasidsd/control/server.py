@@ -20,14 +20,12 @@ import errno
 import json
 import select
 import socket
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from ioasidsd.clients import (
     CLIENT_LOG_LIMIT,
-    PAUSE,
     Acceptor,
     ConnectionCap,
     Peer,
@@ -104,7 +102,8 @@ class ControlServer:
         if self._loop is None:
             self._loop = EventLoop(self.log, name="control")
         loop = self._loop
-        loop.call(lambda: loop.register(listener.fileno(), _IN, self._on_listener))
+        acceptor = self._acceptor
+        loop.call(lambda: acceptor.serve_on(loop, self._admit, "control"))
         if self._own_loop:
             loop.start()
 
@@ -127,8 +126,8 @@ class ControlServer:
 
     def _shut(self) -> None:
         """On the loop's thread: stop listening and close every connection."""
-        assert self._loop is not None and self._listener is not None
-        self._loop.unregister(self._listener.fileno())
+        assert self._acceptor is not None
+        self._acceptor.stop_serving()
         for conn in list(self._conns.values()):
             self._close(conn)
 
@@ -145,29 +144,6 @@ class ControlServer:
         except Exception:  # a bug must not end the server: drop this connection
             self.log.exception("control connection failed", pid=conn.peer.pid)
             self._close(conn)
-
-    def _on_listener(self, fd: int, events: int) -> None:
-        """Accept and admit every waiting connection. A failure pauses accepting (and is
-        logged if it can be): the listener is not watched until the pause ends."""
-        acceptor, loop = self._acceptor, self._loop
-        assert acceptor is not None and loop is not None
-        try:
-            while (sock := acceptor.accept()) is not None:
-                self._admit(sock)
-        except Exception:
-            acceptor.paused = time.monotonic() + PAUSE
-            with contextlib.suppress(Exception):
-                self.log.exception("control: accepting failed; pausing")
-        if acceptor.paused > time.monotonic():
-            loop.unregister(fd)
-            loop.call_at(acceptor.paused, self._listen_again)
-
-    def _listen_again(self) -> None:
-        """The pause after a failed accept is over: watch the listener again."""
-        assert self._acceptor is not None and self._loop is not None
-        self._acceptor.paused = 0.0
-        if self._listener is not None:
-            self._loop.register(self._listener.fileno(), _IN, self._on_listener)
 
     def _admit(self, sock: socket.socket) -> None:
         try:

@@ -475,49 +475,34 @@ class ConnectorTracker(_Supervised):
 
 
 # ---------------------------------------------------------------------- polling
-class PollTracker(_Supervised):
-    """Forks and exits found by scanning the process table with psutil."""
+class _Scanning(_Supervised):
+    """A tracker that scans every ``interval`` seconds on a thread of its own (``scan`` is the
+    subclass's): a failed scan is logged and retried, ``degraded`` until one succeeds."""
 
-    mode = "poll"
-
-    def __init__(self, system: System, log: Log, *, interval: float = 1.0,
-                 reason: str = "") -> None:
+    def __init__(self, system: System, log: Log, interval: float) -> None:
         super().__init__(system, log)
         self.interval = interval
-        self.detail = f"psutil polling every {interval:g} s" + (f" ({reason})" if reason else "")
         self.scans = 0
-        self._known = set(psutil.pids())
-        self._last = process_clock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._scan_lock = threading.Lock()
 
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="proc-poll", daemon=True)
+    def scan(self) -> None:
+        raise NotImplementedError
+
+    def _start_scanning(self, name: str) -> None:
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
-    def stop(self) -> None:
+    def _stop_scanning(self) -> None:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
             self._thread = None
 
-    def scan(self) -> None:
-        """One scan: release the gone, adopt the children that appeared, note the orphans."""
-        with self._scan_lock:
-            now = process_clock()
-            pids = set(psutil.pids())
-            new = pids - self._known
-            gone: list[Process] = []
-            release_gone(self.system, gone)
-            adopt_children(self.system, self._last, new_pids=new, gone=gone)
-            self._known = pids
-            self._last = now
-            self.scans += 1
-
     def settle(self, timeout: float = 2.0) -> bool:
-        """Scan now, so that the processes that appeared since the last scan are adopted or
-        noted as orphans; ``False`` if the scan failed."""
+        """Scan now, so that what changed since the last scan is followed (processes adopted,
+        or noted as orphans); ``False`` if the scan failed."""
         try:
             self.scan()
         except Exception:
@@ -537,8 +522,41 @@ class PollTracker(_Supervised):
                 self.handled.notify_all()
 
 
+class PollTracker(_Scanning):
+    """Forks and exits found by scanning the process table with psutil."""
+
+    mode = "poll"
+
+    def __init__(self, system: System, log: Log, *, interval: float = 1.0,
+                 reason: str = "") -> None:
+        super().__init__(system, log, interval)
+        self.detail = f"psutil polling every {interval:g} s" + (f" ({reason})" if reason else "")
+        self._known = set(psutil.pids())
+        self._last = process_clock()
+
+    def start(self) -> None:
+        self._start_scanning("proc-poll")
+
+    def stop(self) -> None:
+        self._stop_scanning()
+
+    def scan(self) -> None:
+        """One scan: release the gone, adopt the children that appeared, note the orphans."""
+        with self._scan_lock:
+            now = process_clock()
+            pids = set(psutil.pids())
+            new = pids - self._known
+            gone: list[Process] = []
+            release_gone(self.system, gone)
+            adopt_children(self.system, self._last, new_pids=new, gone=gone)
+            self._known = pids
+            self._last = now
+            self.scans += 1
+
+
+
 # ---------------------------------------------------------------------- the kernel's hierarchy
-class KernelTracker(_Supervised):
+class KernelTracker(_Scanning):
     """Membership kept by the kernel in a named cgroup-v1 hierarchy (``KernelHierarchy``).
 
     Nothing is followed: the kernel places every fork. ``open`` mounts the hierarchy and makes
@@ -560,15 +578,10 @@ class KernelTracker(_Supervised):
 
     def __init__(self, system: System, log: Log, hierarchy: KernelHierarchy, *,
                  interval: float = 1.0) -> None:
-        super().__init__(system, log)
+        super().__init__(system, log, interval)
         self.hierarchy = hierarchy
-        self.interval = interval
         self.detail = hierarchy.detail
-        self.scans = 0
         self.adopted: list[str] = []  # cgroups found in the kernel only, added to the state
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._scan_lock = threading.Lock()
 
     @property
     def fresh(self) -> bool:
@@ -607,8 +620,7 @@ class KernelTracker(_Supervised):
         if self.hierarchy.fresh:
             self._seed()
         self.scan()
-        self._thread = threading.Thread(target=self._run, name="proc-kernel", daemon=True)
-        self._thread.start()
+        self._start_scanning("proc-kernel")
 
     def _seed(self) -> None:
         """Move the processes the state has outside the root into the kernel's cgroups."""
@@ -631,10 +643,7 @@ class KernelTracker(_Supervised):
     def stop(self) -> None:
         """Stop scanning, hand membership back to the model and unmount (the hierarchy stays in
         the kernel while it has cgroups). Idempotent."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
+        self._stop_scanning()
         if self.system.kernel is self.hierarchy:
             self.system.kernel = None
         self.hierarchy.unmount()
@@ -664,25 +673,6 @@ class KernelTracker(_Supervised):
             release_gone(system)
             self.scans += 1
 
-    def settle(self, timeout: float = 2.0) -> bool:
-        """Scan now; ``False`` if the scan failed."""
-        try:
-            self.scan()
-        except Exception:
-            self._degrade("a scan failed")
-            return False
-        return True
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            try:
-                self.scan()
-            except Exception as exc:  # a daemon never dies of a scan: the next one retries
-                self._degrade(f"{type(exc).__name__}: {exc}")
-            else:
-                self._recovered()
-            with self.handled:
-                self.handled.notify_all()
 
 
 def open_tracker(system: System, mode: str, log: Log, *, interval: float = 1.0,

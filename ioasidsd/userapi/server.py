@@ -25,7 +25,6 @@ import os
 import select
 import socket
 import struct
-import time
 from errno import EAGAIN, EIO, EMSGSIZE
 from typing import TYPE_CHECKING
 
@@ -34,7 +33,6 @@ import structlog
 from ioasidsd.clients import (
     CLIENT_LOG_LIMIT,
     CLIENT_UID,
-    PAUSE,
     Acceptor,
     ConnectionCap,
     client_context,
@@ -125,7 +123,8 @@ class UserApiServer:
         if self._loop is None:
             self._loop = EventLoop(log, name="ioasid-server")
         loop = self._loop
-        loop.call(lambda: loop.register(listener.fileno(), _IN, self._on_listener))
+        acceptor = self._acceptor
+        loop.call(lambda: acceptor.serve_on(loop, self._admit, "userapi"))
         if self._own_loop:
             loop.start()
         log.info("userapi listening", socket=self.path)
@@ -149,8 +148,8 @@ class UserApiServer:
 
     def _shut(self) -> None:
         """On the loop's thread: stop listening, close the connections without releasing."""
-        assert self._loop is not None and self._listener is not None
-        self._loop.unregister(self._listener.fileno())
+        assert self._acceptor is not None
+        self._acceptor.stop_serving()
         for conn in list(self._conns.values()):
             self._close(conn, release=False)
 
@@ -227,31 +226,12 @@ class UserApiServer:
             return protocol.error_reply(EIO, "internal error")
         return protocol.REPLY.pack(ret, len(result)) + result
 
-    def _on_listener(self, fd: int, events: int) -> None:
-        """Accept and open every waiting connection. A failure pauses accepting (and is logged
-        if it can be): the listener is not watched until the pause ends."""
-        acceptor, loop = self._acceptor, self._loop
-        assert acceptor is not None and loop is not None
+    def _admit(self, sock: socket.socket) -> None:
+        """A connection accepted: open its file (or refuse it), closing what cannot be kept."""
         try:
-            while (sock := acceptor.accept()) is not None:
-                try:
-                    self._open(sock)
-                except OSError:
-                    sock.close()
-        except Exception:
-            acceptor.paused = time.monotonic() + PAUSE
-            with contextlib.suppress(Exception):
-                log.exception("userapi: accepting failed; pausing")
-        if acceptor.paused > time.monotonic():
-            loop.unregister(fd)
-            loop.call_at(acceptor.paused, self._listen_again)
-
-    def _listen_again(self) -> None:
-        """The pause after a failed accept is over: watch the listener again."""
-        assert self._acceptor is not None and self._loop is not None
-        self._acceptor.paused = 0.0
-        if self._listener is not None:
-            self._loop.register(self._listener.fileno(), _IN, self._on_listener)
+            self._open(sock)
+        except OSError:
+            sock.close()
 
     def _refuse(self, sock: socket.socket, code: int, message: str) -> None:
         sock.sendall(protocol.error_reply(code, message))
