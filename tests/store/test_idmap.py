@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ioasidsd.store.idmap import IdMap
@@ -16,6 +16,7 @@ writes = st.lists(st.one_of(
 ), max_size=12)
 
 
+@settings(deadline=None)  # a chunk of 65,536 IDs is made per write: slow on a busy machine
 @given(writes=writes, probes=st.lists(ids, max_size=30))
 def test_an_idmap_answers_as_a_dict(writes, probes):
     model: dict[int, int] = {}
