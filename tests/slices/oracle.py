@@ -52,13 +52,13 @@ def tasks_max_reads(name: str, unit_path: list[Path], cwd: Path) -> list[tuple[s
 
 
 def refused_names(names: list[str], directory: Path) -> set[str]:
-    """Of ``names`` (written as slice-like unit files in ``directory``), those that systemd
-    refuses to load."""
-    for name in names:
-        (directory / name).write_text("[Unit]\n")
-    log = verify([f"./{name}" for name in names], directory)
+    """Of ``names`` (each written as a unit file in ``directory`` with an empty ``[Unit]``
+    section), those whose name systemd refuses. One run each: a name that is refused can stop
+    a run before the names after it are looked at."""
     refused = set()
     for name in names:
+        (directory / name).write_text("[Unit]\n")
+        log = verify([f"./{name}"], directory)
         if (f"Unit {name} failed to load" in log or f"unit file {directory}/{name}:" in log
                 or f"filename ./{name}:" in log):
             refused.add(name)
