@@ -73,6 +73,8 @@ class ParsedFile:
     diagnostics: list[Diagnostic] = field(default_factory=list)
     failure: Diagnostic | None = None
     """Set when the file cannot be used at all (a bad section header)."""
+    sections: list[tuple[int, str]] = field(default_factory=list)
+    """Each section header: its line and the section's name."""
 
 
 class UnitReadError(Exception):
@@ -134,6 +136,7 @@ def _parse_line(parsed: ParsedFile, line: str, number: int, section: str | None)
             parsed.failure = Diagnostic(parsed.path, number, f"invalid section header {line!r}")
             parsed.diagnostics.append(parsed.failure)
             return None
+        parsed.sections.append((number, name))
         return name
     if section is None:
         warn("assignment outside of any section, ignored")

@@ -18,7 +18,10 @@ The contract, as systemd loads a unit from its search path:
   not read either. The drop-ins that remain are applied after the unit file in the lexical
   order of their file names, whichever directory each came from.
 - ``load_unit`` returns a ``Unit``: its assignments in the order that makes the last one
-  win, the files they came from, and the diagnostics of each file. A file that cannot be
+  win, the files they came from, and the diagnostics of each file, among them each section
+  that the unit's type does not have (``[Unit]``, ``[Install]`` and the type's own, such as
+  ``[Slice]``; a section whose name starts with ``X-`` is ignored silently, as systemd
+  ignores it; the assignments of an unknown section are kept). A file that cannot be
   read, or that systemd would refuse (a bad section header), makes the unit failed
   (``Unit.failure``), with the file's path and, for bad content, its line.
 """
@@ -145,6 +148,16 @@ def _find_dropins(name: str, search: SearchPath) -> list[Path]:
     return [path for _, path in sorted(chosen.items()) if path is not None]
 
 
+def _unknown_sections(name: str, parsed: ParsedFile) -> list[Diagnostic]:
+    known = {"Unit", "Install", name.rpartition(".")[2].capitalize()}
+    found: list[Diagnostic] = []
+    for number, section in parsed.sections:
+        if section not in known and not section.startswith("X-"):
+            found.append(Diagnostic(parsed.path, number,
+                                    f"unknown section {section!r}, ignored"))
+    return found
+
+
 def load_unit(name: str, search: SearchPath) -> Unit:
     """Load unit ``name`` from ``search``. Raises ``InvalidUnitName`` for a bad name; every
     problem with the files is in the returned ``Unit`` (``failure``, ``diagnostics``)."""
@@ -166,6 +179,7 @@ def load_unit(name: str, search: SearchPath) -> Unit:
             unit.failure = str(err)
             return unit
         unit.diagnostics.extend(parsed.diagnostics)
+        unit.diagnostics.extend(_unknown_sections(name, parsed))
         if parsed.failure:
             unit.failure = str(parsed.failure)
             return unit

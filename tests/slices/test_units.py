@@ -14,7 +14,7 @@ import pytest
 
 from ioasidsd.slices.names import InvalidUnitName
 from ioasidsd.slices.units import SearchPath, dropin_dir_names, load_unit
-from tests.slices.oracle import needs_analyze, tasks_max_reads
+from tests.slices.oracle import needs_analyze, tasks_max_reads, verify
 
 
 def put(root: Path, relative: str, value: str | None) -> Path:
@@ -144,3 +144,22 @@ def test_dropin_dir_names() -> None:
         dropin_dir_names("a/b.slice")
     with pytest.raises(InvalidUnitName):
         load_unit("../etc.slice", SearchPath())
+
+
+def test_unknown_sections(tmp_path: Path) -> None:
+    path = tmp_path / "a.slice"
+    path.write_text("[Unit]\nDescription=a\n[Slice]\n[Service]\nX=1\n[X-Ours]\nY=2\n"
+                    "[Install]\n")
+    unit = load_unit("a.slice", SearchPath((), (tmp_path,)))
+    assert [str(d) for d in unit.diagnostics] == [f"{path}:4: unknown section 'Service', ignored"]
+    assert unit.loaded
+
+
+@needs_analyze
+def test_systemd_warns_of_the_same_sections(tmp_path: Path) -> None:
+    (tmp_path / "a.slice").write_text("[Unit]\n[Slice]\n[Service]\n[Bogus]\n[X-Ours]\n[Install]\n")
+    log = verify(["./a.slice"], tmp_path)
+    warned = [line.split(": ", 1)[0] for line in log.splitlines() if "Unknown section" in line]
+    unit = load_unit("a.slice", SearchPath((), (tmp_path,)))
+    assert warned == [f"{d.path}:{d.line}" for d in unit.diagnostics]
+    assert len(warned) == 2
