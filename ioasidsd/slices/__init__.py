@@ -38,9 +38,16 @@ from ioasidsd.slices.syntax import (
     read_unit_file,
     split_words,
 )
-from ioasidsd.slices.units import SearchPath, Unit, dropin_dir_names, load_unit
+from ioasidsd.slices.units import (
+    DEFAULT_SEARCH_PATH,
+    SearchPath,
+    Unit,
+    dropin_dir_names,
+    load_unit,
+)
 
 __all__ = [
+    "DEFAULT_SEARCH_PATH",
     "INFINITY",
     "PROPERTY_KEYS",
     "PROPERTY_SECTION",

@@ -41,7 +41,7 @@ from ioasidsd.slices.syntax import (
     read_unit_file,
 )
 
-__all__ = ["SearchPath", "Unit", "dropin_dir_names", "load_unit"]
+__all__ = ["DEFAULT_SEARCH_PATH", "SearchPath", "Unit", "dropin_dir_names", "load_unit"]
 
 _NULL_DEVICE = "/dev/null"
 
@@ -58,6 +58,14 @@ class SearchPath:
     def directories(self) -> tuple[Path, ...]:
         """Every directory, highest precedence first."""
         return self.control_path + self.path
+
+
+DEFAULT_SEARCH_PATH = SearchPath(
+    control_path=(Path("/etc/systemd/system.control"), Path("/run/systemd/system.control")),
+    path=(Path("/etc/systemd/system"), Path("/run/systemd/system"),
+          Path("/usr/lib/systemd/system")),
+)
+"""systemd's system search path, and the daemon's default for ``[units]``."""
 
 
 @dataclass
@@ -120,8 +128,8 @@ def dropin_dir_names(name: str) -> list[str]:
 
 
 def _is_mask(path: Path) -> bool:
-    """True for an empty file or a symbolic link to /dev/null (a follow-up ``stat`` error
-    leaves it to the read to report)."""
+    """True for an empty file or a symbolic link to /dev/null. A path that cannot be
+    examined is not a mask: reading it will report why."""
     try:
         if path.is_symlink() and os.path.realpath(path) == _NULL_DEVICE:
             return True

@@ -8,13 +8,14 @@ in the order it reads them, must be ours.
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from ioasidsd.slices.names import InvalidUnitName
-from ioasidsd.slices.units import SearchPath, dropin_dir_names, load_unit
-from tests.slices.oracle import needs_analyze, tasks_max_reads, verify
+from ioasidsd.slices.units import DEFAULT_SEARCH_PATH, SearchPath, dropin_dir_names, load_unit
+from tests.slices.oracle import ANALYZE, needs_analyze, tasks_max_reads, verify
 
 
 def put(root: Path, relative: str, value: str | None) -> Path:
@@ -163,3 +164,14 @@ def test_systemd_warns_of_the_same_sections(tmp_path: Path) -> None:
     unit = load_unit("a.slice", SearchPath((), (tmp_path,)))
     assert warned == [f"{d.path}:{d.line}" for d in unit.diagnostics]
     assert len(warned) == 2
+
+
+@needs_analyze
+def test_default_search_path_is_systemds() -> None:
+    """``systemd-analyze unit-paths`` lists the system search path; ours is its persistent
+    and runtime part, in its order."""
+    assert ANALYZE is not None
+    listed = subprocess.run([ANALYZE, "unit-paths"], capture_output=True, text=True,
+                            timeout=60, check=True, env={"PATH": "/usr/bin:/bin"}).stdout.split()
+    ours = [str(d) for d in DEFAULT_SEARCH_PATH.directories]
+    assert [d for d in listed if d in ours] == ours
