@@ -16,6 +16,22 @@
    measured in the same rounds as the v1 face, with the ratio v2/v1 per round. Target: at least
    0.9.
 
+4. Against a C file system (``bench/reference/onefile_fuse.c``: libfuse3's high-level API, one
+   file, default options plus ``direct_io``, as LXCFS serves its files), built by this script
+   with ``cc`` and served by a child process, in alternating rounds: echo+cat pairs on
+   ``ioasids.max`` writing the value it has (``same``) and alternating two values so that every
+   pair changes it (``changing``), against the same loops on its file (target: at least 1.0);
+   open+read+close of an unchanged ``ioasids.current`` against the same on its file (target: at
+   least 1.5); the kernel's ``pids.current`` alongside. With the daemon's store too when it can
+   be imported.
+
+5. ``--scale PARENTS CHILDREN`` (alone: the other figures are skipped): ``PARENTS`` cgroups of
+   ``CHILDREN`` each (100 of 1,000 for the 100,000 cgroups of the target), on our mount and on
+   the kernel's ``pids`` hierarchy, one after the other: ``mkdir`` of all, ``ls`` of each
+   parent (``os.listdir``), open+read+close of each child's ``ioasids.current`` (``pids.current``),
+   ``rmdir`` of all; each step's seconds and ours over the kernel's (target: at most 15), and
+   the server's RSS before and with the cgroups (target: at most 2 KiB per cgroup).
+
 Our file system is served by a child process, as the daemon serves it; the loops run here.
 ``--against TREE`` also serves another version's file system (its source tree, put on
 ``PYTHONPATH``) and runs its echo+cat loop in the same rounds, for a before/after ratio that the
@@ -87,6 +103,7 @@ def served(mountpoint: Path, state_dir: str = "", tree: str | None = None, v2: b
         assert server.stdout is not None
         if server.stdout.readline() != b"ready\n":
             raise SystemExit("the file system server did not start")
+        SERVERS[mountpoint] = server.pid
         yield mountpoint
     finally:
         subprocess.run(["fusermount3", "-u", str(mountpoint)], check=False)
@@ -95,6 +112,86 @@ def served(mountpoint: Path, state_dir: str = "", tree: str | None = None, v2: b
         except subprocess.TimeoutExpired:
             server.kill()
             server.wait()
+
+
+SERVERS: dict[Path, int] = {}
+"""The pid of the process serving each of our mounts."""
+
+
+def rss_kib(pid: int) -> int:
+    """The resident set of ``pid``, KiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise SystemExit(f"no VmRSS for {pid}")
+
+
+def scale_steps(top: Path, controller: str, parents: int,
+                children: int) -> dict[str, float]:
+    """The four steps of ``--scale`` under ``top``; seconds of each."""
+    names = [top / f"p{i}" for i in range(parents)]
+    kids = [[os.fsencode(p / f"c{j}") for j in range(children)] for p in names]
+    current = [[k + os.fsencode(f"/{controller}.current") for k in row] for row in kids]
+    out: dict[str, float] = {}
+    start = time.perf_counter()
+    for parent, row in zip(names, kids, strict=True):
+        os.mkdir(parent)
+        for kid in row:
+            os.mkdir(kid)
+    out["mkdir"] = time.perf_counter() - start
+    start = time.perf_counter()
+    for parent in names:
+        os.listdir(parent)
+    out["ls"] = time.perf_counter() - start
+    start = time.perf_counter()
+    for row in current:
+        for path in row:
+            fd = os.open(path, os.O_RDONLY)
+            os.read(fd, 4096)
+            os.close(fd)
+    out["read"] = time.perf_counter() - start
+    start = time.perf_counter()
+    for parent, row in zip(names, kids, strict=True):
+        for kid in row:
+            os.rmdir(kid)
+        os.rmdir(parent)
+    out["rmdir"] = time.perf_counter() - start
+    return out
+
+
+def bench_scale(ours: Path, kernel: Path, parents: int, children: int) -> None:
+    """``--scale``: each step on ours and on the kernel's, and the server's RSS."""
+    pid = SERVERS[ours]
+    (ours / "scale").mkdir()
+    (kernel / "scale").mkdir()
+    empty = rss_kib(pid)
+    names = [ours / "scale" / f"p{i}" for i in range(parents)]
+    for parent in names:  # the RSS with the cgroups, then removed again
+        os.mkdir(parent)
+        for j in range(children):
+            os.mkdir(parent / f"c{j}")
+    full = rss_kib(pid)
+    for parent in names:  # and once every ioasids.current was read (the kernel holds them)
+        for j in range(children):
+            (parent / f"c{j}" / "ioasids.current").read_bytes()
+    read = rss_kib(pid)
+    for parent in names:
+        for j in range(children):
+            os.rmdir(parent / f"c{j}")
+        os.rmdir(parent)
+    mine = scale_steps(ours / "scale", "ioasids", parents, children)
+    theirs = scale_steps(kernel / "scale", "pids", parents, children)
+    count = parents * (children + 1)
+    for step in ("mkdir", "ls", "read", "rmdir"):
+        print(f"scale {parents}x{children}: {step}: ours {mine[step]:.2f} s, kernel "
+              f"{theirs[step]:.2f} s, ours / kernel {mine[step] / theirs[step]:.1f} "
+              f"(target <= 15)")
+    print(f"scale {parents}x{children}: server RSS {empty / 1024:.1f} MiB empty, "
+          f"{full / 1024:.1f} MiB with {count:,} cgroups: {(full - empty) / count * 1024:,.0f} "
+          f"bytes per cgroup; {read / 1024:.1f} MiB once each current was read: "
+          f"{(read - empty) / count * 1024:,.0f} bytes per cgroup (target <= 2048)")
+    (ours / "scale").rmdir()
+    (kernel / "scale").rmdir()
 
 
 @contextlib.contextmanager
@@ -110,22 +207,80 @@ def kernel_cgroup():
         top.rmdir()
 
 
-def pairs_for(path: Path, seconds: float) -> float:
-    """echo+cat pairs per second on ``path`` for about ``seconds``."""
+REFERENCE_SOURCE = Path(__file__).parent / "reference" / "onefile_fuse.c"
+
+
+def build_reference(work: Path) -> Path:
+    """Compile the C reference file system into ``work``; its executable."""
+    binary = work / "onefile_fuse"
+    flags = subprocess.run(["pkg-config", "--cflags", "--libs", "fuse3"], capture_output=True,
+                           text=True, check=False)
+    if flags.returncode != 0:
+        raise SystemExit("pkg-config fuse3 failed: the C reference needs libfuse3-dev "
+                         "(scripts/bootstrap installs it)")
+    subprocess.run(["cc", "-O2", "-o", str(binary), str(REFERENCE_SOURCE),
+                    *flags.stdout.split()], check=True)
+    return binary
+
+
+@contextlib.contextmanager
+def reference_served(binary: Path, mountpoint: Path):
+    """The C reference mounted on ``mountpoint`` until the block ends; the path of its file."""
+    mountpoint.mkdir(parents=True, exist_ok=True)
+    server = subprocess.Popen([str(binary), str(mountpoint), "-f"],
+                              stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while not os.path.ismount(mountpoint):
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit("the C reference file system did not mount")
+            time.sleep(0.01)
+        yield mountpoint / "value"
+    finally:
+        subprocess.run(["fusermount3", "-u", str(mountpoint)], check=False)
+        try:
+            server.wait(30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+
+
+def reads_for(path: Path, seconds: float) -> float:
+    """open+read+close per second of ``path`` for about ``seconds`` (one read of a page, as a
+    monitor polling a counter does)."""
+    target = os.fsencode(path)
+    rflags = os.O_RDONLY
+    done, start = 0, time.perf_counter()
+    deadline = start + seconds
+    while True:
+        for _ in range(20):
+            fd = os.open(target, rflags)
+            os.read(fd, 4096)
+            os.close(fd)
+        done += 20
+        now = time.perf_counter()
+        if now >= deadline:
+            return done / (now - start)
+
+
+def pairs_for(path: Path, seconds: float, values: tuple[bytes, ...] = (b"5\n",)) -> float:
+    """echo+cat pairs per second on ``path`` for about ``seconds``, writing ``values`` in
+    turn."""
     target = os.fsencode(path)
     wflags, rflags = os.O_WRONLY | os.O_TRUNC, os.O_RDONLY
     done, start = 0, time.perf_counter()
     deadline = start + seconds
+    turn = len(values)
     while True:
-        for _ in range(100):
+        for i in range(20):
             fd = os.open(target, wflags)
-            os.write(fd, b"5\n")
+            os.write(fd, values[i % turn])
             os.close(fd)
             fd = os.open(target, rflags)
             while os.read(fd, 4096):
                 pass
             os.close(fd)
-        done += 100
+        done += 20
         now = time.perf_counter()
         if now >= deadline:
             return done / (now - start)
@@ -180,6 +335,71 @@ def bench_pairs(ours: Path, kernel: Path, rounds: int, seconds: float,
     return figures
 
 
+CHANGING = (b"5\n", b"6\n")
+
+
+def bench_reference(ours: Path, reference: Path, kernel: Path, rounds: int,
+                    seconds: float) -> dict[str, list[float]]:
+    """Per round, in alternating order (neither side always first): echo+cat pairs/s on our
+    ``ioasids.max`` and on the reference's file, writing the same value and changing values;
+    open+read+close/s of our unchanged ``ioasids.current``, of the reference's file and of the
+    kernel's ``pids.current``. Each figure's list of rounds, and ``*_ratio`` lists, ours over
+    the reference's."""
+    (ours / "ref").mkdir()
+    ours_max, ours_current = ours / "ref" / "ioasids.max", ours / "ref" / "ioasids.current"
+    (ours / "ref" / "ioasids.max").write_text("max")
+    for path in (ours_max, reference):
+        pairs_for(path, 0.2)
+    reads_for(ours_current, 0.2)
+    reads_for(reference, 0.2)
+    out: dict[str, list[float]] = {}
+    loops = {
+        "same": lambda path, t: pairs_for(path, t),
+        "changing": lambda path, t: pairs_for(path, t, CHANGING),
+        "reads": lambda path, t: reads_for(path, t),
+    }
+    for r in range(rounds):
+        for name, loop in loops.items():
+            mine_path = ours_current if name == "reads" else ours_max
+            mine, theirs = interleaved(loop, mine_path, reference, seconds, first=r % 2)
+            out.setdefault(f"{name}_ours", []).append(mine)
+            out.setdefault(f"{name}_ref", []).append(theirs)
+            out.setdefault(f"{name}_ratio", []).append(mine / theirs)
+        out.setdefault("reads_kernel", []).append(reads_for(kernel / "pids.current", seconds))
+    (ours / "ref").rmdir()
+    return out
+
+
+SLICES = 10
+
+
+def interleaved(loop, mine: Path, theirs: Path, seconds: float, first: int) -> tuple[float, float]:
+    """``loop(path, t)`` (a rate over ``t`` seconds) on both paths in ``SLICES`` alternating
+    slices of ``seconds / SLICES`` each, so that both sides see the same moments of a loaded
+    machine; the mean rate of each. ``first``: 0 when ours starts."""
+    t = seconds / SLICES
+    rates: tuple[list[float], list[float]] = ([], [])
+    for i in range(SLICES):
+        for side in ((0, 1) if (i + first) % 2 == 0 else (1, 0)):
+            rates[side].append(loop(mine if side == 0 else theirs, t))
+    return statistics.fmean(rates[0]), statistics.fmean(rates[1])
+
+
+def print_reference(figures: dict[str, list[float]], label: str) -> None:
+    med = {key: statistics.median(values) for key, values in figures.items()}
+    rounds = len(figures["same_ratio"])
+    for name, what, target in (("same", "echo+cat pairs/s, same value", 1.0),
+                               ("changing", "echo+cat pairs/s, changing value", 1.0),
+                               ("reads", "open+read+close/s of an unchanged current", 1.5)):
+        each = ", ".join(f"{x:.2f}" for x in figures[f"{name}_ratio"])
+        print(f"{label}: {what}: ours {med[f'{name}_ours']:,.0f}, C reference "
+              f"{med[f'{name}_ref']:,.0f}, ours / reference {med[f'{name}_ratio']:.3f} "
+              f"(median of {rounds} rounds: {each}; target >= {target})")
+    print(f"{label}: open+read+close/s of the kernel's pids.current: "
+          f"{med['reads_kernel']:,.0f}; ours / kernel "
+          f"{med['reads_ours'] / med['reads_kernel']:.3f}")
+
+
 def mkdirs_side_by_side(v1: Path, v2: Path, count: int, rounds: int) -> dict[str, float]:
     """``mkdir_rmdir`` on both faces in alternating rounds (neither always first): the median
     seconds of each, and the median per-round rate ratios v2/v1 (``mkdir``, ``rmdir``)."""
@@ -218,6 +438,8 @@ def main() -> None:
     parser.add_argument("--against", metavar="TREE",
                         help="also serve another version's file system (its source tree, put "
                              "on PYTHONPATH) and run its echo+cat loop in the same rounds")
+    parser.add_argument("--scale", nargs=2, type=int, metavar=("PARENTS", "CHILDREN"),
+                        help="only the scale steps: PARENTS cgroups of CHILDREN each")
     parser.add_argument("--v2", action="store_true",
                         help="also measure our cgroup-v2 face, in the same rounds as the v1 face")
     args = parser.parse_args()
@@ -225,6 +447,13 @@ def main() -> None:
         raise SystemExit(f"needs root and a kernel cgroup-v1 pids hierarchy at {KERNEL_PIDS}")
 
     work = Path(tempfile.mkdtemp(prefix="ioasids-bench-"))
+    if args.scale:
+        try:
+            with kernel_cgroup() as kernel, served(work / "mnt") as ours:
+                bench_scale(ours, kernel, *args.scale)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        return
     try:
         with contextlib.ExitStack() as stack:
             kernel = stack.enter_context(kernel_cgroup())
@@ -234,6 +463,10 @@ def main() -> None:
                 other = stack.enter_context(served(work / "other", tree=args.against))
             if args.v2:
                 v2 = stack.enter_context(served(work / "v2", v2=True))
+            binary = build_reference(work)
+            reference = stack.enter_context(reference_served(binary, work / "reference"))
+            print_reference(bench_reference(ours, reference, kernel, args.rounds, args.seconds),
+                            "no store")
             pairs = bench_pairs(ours, kernel, args.rounds, args.seconds, other, v2)
             print(f"echo+cat pairs/s: ours {pairs['ours']:,.0f}, kernel {pairs['kernel']:,.0f}, "
                   f"ratio {pairs['ratio']:.3f} = 1/{1 / pairs['ratio']:.1f} "
@@ -262,7 +495,10 @@ def main() -> None:
         if have_store():
             state = work / "state"
             state.mkdir()
-            with kernel_cgroup() as kernel, served(work / "mnt", str(state)) as ours:
+            with kernel_cgroup() as kernel, served(work / "mnt", str(state)) as ours, \
+                    reference_served(build_reference(work), work / "reference") as reference:
+                print_reference(bench_reference(ours, reference, kernel, args.rounds,
+                                                args.seconds), "daemon store")
                 pairs = bench_pairs(ours, kernel, args.rounds, args.seconds)
                 print(f"echo+cat pairs/s with the daemon's store: ours {pairs['ours']:,.0f}, "
                       f"kernel {pairs['kernel']:,.0f}, ratio {pairs['ratio']:.3f} = "

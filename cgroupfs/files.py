@@ -75,13 +75,18 @@ class CgroupFile:
     """One file of a cgroup directory.
 
     ``render`` produces its text; ``store`` applies a write (``None``: read-only);
-    ``max_write`` is the longest write accepted (``E2BIG`` beyond).
+    ``max_write`` is the longest write accepted (``E2BIG`` beyond). ``cached``: its text changes
+    only by a change the model reports (``System.on_change``) naming its cgroup, one of that
+    cgroup's descendants, or none (the root's files), so the kernel may keep it in its page
+    cache (``cgroupfs.kernelcache``); ``False`` for the process lists and what depends on them
+    (exits may be found only when they are read) and for what a sibling's change alters.
     """
 
     name: str
     render: Render
     store: Store | None = None
     max_write: int = PAGE_SIZE
+    cached: bool = True
 
     @property
     def mode(self) -> int:
@@ -295,8 +300,8 @@ def _table(*files: CgroupFile) -> Mapping[str, CgroupFile]:
 
 
 _CORE = (
-    CgroupFile("cgroup.procs", _procs, _move),
-    CgroupFile("tasks", _tasks, _move),
+    CgroupFile("cgroup.procs", _procs, _move, cached=False),
+    CgroupFile("tasks", _tasks, _move, cached=False),
     CgroupFile("cgroup.clone_children", _clone_children, _set_flag("cgroup.clone_children")),
     CgroupFile("notify_on_release", _notify_on_release, _set_flag("notify_on_release")),
 )
@@ -333,8 +338,8 @@ CHILD_NAMES = frozenset(CHILD_FILES)
 _CORE_V2 = (
     CgroupFile("cgroup.controllers", _controllers),
     CgroupFile("cgroup.subtree_control", _subtree_control, _set_subtree_control),
-    CgroupFile("cgroup.procs", _procs_v2, _move_v2),
-    CgroupFile("cgroup.threads", _tasks, _move_thread),
+    CgroupFile("cgroup.procs", _procs_v2, _move_v2, cached=False),
+    CgroupFile("cgroup.threads", _tasks, _move_thread, cached=False),
     CgroupFile("cgroup.max.depth", _max_depth, _set_hierarchy_limit("cgroup.max.depth")),
     CgroupFile("cgroup.max.descendants", _max_descendants,
                _set_hierarchy_limit("cgroup.max.descendants")),
@@ -354,8 +359,8 @@ _ROOT_CONTROLLER = (
 
 CHILD_CORE_V2 = _table(
     *_CORE_V2,
-    CgroupFile("cgroup.type", _type, _set_type),
-    CgroupFile("cgroup.events", _cgroup_events),
+    CgroupFile("cgroup.type", _type, _set_type, cached=False),
+    CgroupFile("cgroup.events", _cgroup_events, cached=False),
 )
 """A non-root cgroup's files on v2 where the controller is not enabled."""
 
@@ -372,3 +377,10 @@ CHILD_NAMES_V2 = frozenset(CHILD_FILES_V2)
 ROOT_NAMES_V2 = frozenset(ROOT_FILES_V2) | CHILD_NAMES_V2
 """Names a child of the v2 root cannot take: the root's files (in either profile) and those a
 child may have."""
+
+_TABLES = (CHILD_FILES, ROOT_FILES, ROOT_FILES_V4, CHILD_CORE_V2, CHILD_FILES_V2, ROOT_FILES_V2,
+           ROOT_FILES_V2_V4)
+UNCACHED_NAMES = frozenset(f.name for table in _TABLES for f in table.values() if not f.cached)
+"""The names of the files the kernel may not cache (``CgroupFile.cached``), in any directory: a
+name is cached everywhere or nowhere, so an ``open`` can decide by the name alone."""
+assert not UNCACHED_NAMES & {f.name for table in _TABLES for f in table.values() if f.cached}

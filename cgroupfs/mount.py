@@ -36,6 +36,8 @@ from errno import EBUSY, EINVAL, ENODEV, ENOENT, ENOTCONN, ENOTDIR, ETIMEDOUT
 import mfusepy
 import structlog
 
+from cgroupfs import fastopen
+from cgroupfs.kernelcache import ATTR_TIMEOUT, current_fuse
 from cgroupfs.operations import CgroupOperations
 from ioasidsd.host import mounts
 from ioasidsd.model.hierarchy import Cgroup
@@ -63,7 +65,8 @@ class CgroupMount:
         self._options = options
         self._error: BaseException | None = None
         self._settled = threading.Event()  # the kernel connected, or the thread ended
-        self.operations = CgroupOperations(system, on_init=self._settled.set)
+        self.operations = CgroupOperations(system, on_init=self._initialised)
+        self._fast: fastopen.Serving | None = None
         self._ended = threading.Event()
         self._lock = threading.Lock()
         self._thread = threading.Thread(
@@ -113,9 +116,21 @@ class CgroupMount:
         if self._notifier is not threading.current_thread():
             self._notifier.join()
 
+    def _initialised(self) -> None:
+        """libfuse is initialised (on its thread, in ``init``): the mount is live."""
+        if self._fast is not None:
+            self._fast.register(current_fuse())
+        self._settled.set()
+
+    @property
+    def fast_open(self) -> bool:
+        """Whether files are opened by the C ``open`` (``cgroupfs.fastopen``)."""
+        return self._fast is not None
+
     def _serve(self) -> None:
         try:
-            mfusepy.FUSE(self.operations, self.mountpoint, **self._options)
+            with fastopen.serving(self.operations) as self._fast:
+                mfusepy.FUSE(self.operations, self.mountpoint, raw_fi=True, **self._options)
         except BaseException as exc:  # reported by mount() or kept for wait()
             self._error = exc
         finally:
@@ -175,8 +190,10 @@ class CgroupMount:
 def mount(system: System, mountpoint: str, *, allow_other: bool = True,
           fsname: str = "ioasids") -> CgroupMount:
     """Mount the hierarchy of ``system`` on ``mountpoint`` (created if missing) and serve it on
-    a background thread (multi-threaded libfuse3 loop, mfusepy), with ``default_permissions``,
-    ``allow_other`` (when ``/etc/fuse.conf`` or root allows it) and ``direct_io``.
+    a background thread (multi-threaded libfuse3 loop, mfusepy), with ``default_permissions``
+    and ``allow_other`` (when ``/etc/fuse.conf`` or root allows it); the kernel caches
+    attributes and the contents of the files that follow the model, and is told when they
+    change (``cgroupfs.kernelcache``).
 
     Returns once the mount is live (``mountpoint/cgroup.procs`` exists). Raises ``OSError`` with
     a clear message on failure: ``ENODEV`` without ``/dev/fuse``, ``EBUSY`` for a mount point
@@ -204,7 +221,9 @@ def mount(system: System, mountpoint: str, *, allow_other: bool = True,
     options: dict[str, object] = {
         "foreground": True,
         "default_permissions": True,
-        "direct_io": True,
+        "attr_timeout": ATTR_TIMEOUT,
+        # read-only opens send no FLUSH on close: nothing is kept per open file
+        "no_rofd_flush": True,
         "fsname": fsname,
         "subtype": "ioasids",
         # Left unset, libfuse 3.14's fuse_main_real hands UINT_MAX to

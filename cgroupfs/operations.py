@@ -32,9 +32,15 @@ reaches a file system, such as ``ENOTDIR`` for ``rmdir`` of a file, are not repe
   (``opener_handle``), which the kernel hands back with every write through that open file, so
   a descriptor passed to (or inherited by) another process keeps its opener's rights. Nothing
   is kept per open file, so no ``release`` is served; nor is ``flush``: libfuse answers them.
-  An ``echo``/``cat`` pair costs five Python calls (two opens, write, two reads). libfuse sets
-  ``direct_io`` from the mount configuration after ``open`` returns.
-- Sizes are 0, as kernfs reports them; reads are served with ``direct_io`` (set at mount).
+- Reads of a file whose text follows the model (``CgroupFile.cached``) are served from the
+  kernel's page cache: ``open`` for reading sets ``keep_cache``, and every change the model
+  reports invalidates the files the kernel holds that it may alter, before the change returns
+  (``cgroupfs.kernelcache``). An unchanged file costs one round trip, the ``open``; a changed
+  one, the ``open`` and a read. Opens for writing, and opens of the process lists, are
+  ``direct_io``: each read renders afresh, and a write never leaves a page locked while its
+  own change is being notified.
+- Sizes: a cached file reports the length of its text (the kernel's page cache needs it; kernfs
+  reports 0); directories and the process lists report 0.
 """
 
 from __future__ import annotations
@@ -49,6 +55,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from errno import EACCES, EISDIR, ENODEV, ENOENT, ENOTDIR, EPERM
+from os import O_ACCMODE, O_RDONLY
 from stat import S_IFDIR, S_IFREG
 from typing import Any
 
@@ -56,6 +63,7 @@ import mfusepy
 
 from cgroupfs import files, pidlists
 from cgroupfs.files import CgroupFile, Writer
+from cgroupfs.kernelcache import KernelCache, current_fuse
 from ioasidsd.clients import client_context
 from ioasidsd.model.errors import IoasidError
 from ioasidsd.model.hierarchy import Cgroup
@@ -73,6 +81,7 @@ is read-only, and its handle must tell open files apart for ``poll``)."""
 EVENTS_OPEN_MAX = 4096
 """Open ``cgroup.events`` files whose last read is remembered (the oldest are forgotten: no
 ``release`` is served, so an open file is never known to be closed)."""
+FUSE_CAP_ATOMIC_O_TRUNC = 1 << 3
 POLL_DEFAULT = select.POLLIN | select.POLLOUT | select.POLLRDNORM | select.POLLWRNORM
 POLL_CHANGED = select.POLLERR | select.POLLPRI
 
@@ -114,6 +123,7 @@ class CgroupOperations(mfusepy.Operations):
         self._seen: OrderedDict[int, int] = OrderedDict()
         self._pollers: dict[Cgroup, list[int]] = {}
         self._serial = itertools.count(1)
+        self.cache = KernelCache(system)
 
     # ------------------------------------------------------------------ resolution
     def _resolve(self, path: str | None) -> tuple[Cgroup, CgroupFile | None]:
@@ -159,34 +169,46 @@ class CgroupOperations(mfusepy.Operations):
             # owner (cgroup_kn_set_ugid)
             owner = cg.attrs.get("", {})
             attrs = {**{k: owner[k] for k in ("uid", "gid") if k in owner}, **attrs}
+        size = 0
         if file is None:
             default = ROOT_DIR_MODE if cg.parent is None else DIR_MODE
             kind, nlink = S_IFDIR, 2 + len(cg.children)
         else:
             default, kind, nlink = file.mode, S_IFREG, 1
+            if file.cached:
+                size = len(files.read(self.system, cg, file))
         started = self.started_ns
         return {
             "st_mode": kind | attrs.get("mode", default),
             "st_nlink": nlink,
             "st_uid": attrs.get("uid", 0),
             "st_gid": attrs.get("gid", 0),
-            "st_size": 0,
+            "st_size": size,
             "st_atime": attrs.get("atime", started),
             "st_mtime": attrs.get("mtime", started),
             "st_ctime": started,
         }
 
     # ------------------------------------------------------------------ life cycle
-    def init(self, path: str) -> None:
+    def init_with_config(self, conn: Any, config: Any) -> None:
+        """libfuse is initialised: ``O_TRUNC`` comes with the ``open`` (``atomic_o_trunc``;
+        truncating a cgroup file changes nothing, so no truncation round trip is needed)."""
+        if conn is not None and conn.capable & FUSE_CAP_ATOMIC_O_TRUNC:
+            conn.want |= FUSE_CAP_ATOMIC_O_TRUNC
+        self.cache.attach(current_fuse())
         if self._on_init is not None:
             self._on_init()
+
+    def destroy(self, path: str) -> None:
+        self.cache.detach()
 
     def statfs(self, path: str) -> dict[str, int]:
         return {"f_bsize": 4096, "f_frsize": 4096, "f_namemax": 255}
 
     # ------------------------------------------------------------------ reading the tree
-    def getattr(self, path: str, fh: int | None = None) -> dict[str, Any]:
+    def getattr(self, path: str, fh: Any = None) -> dict[str, Any]:
         cg, file = self._resolve(path)
+        self.cache.note(cg, "" if file is None else file.name)  # before reading what is told
         return self._stat(cg, file)
 
     def readdir(self, path: str, fh: int) -> list[str | tuple[str, int, int]]:
@@ -199,11 +221,16 @@ class CgroupOperations(mfusepy.Operations):
         return entries
 
     # ------------------------------------------------------------------ files
-    def read(self, path: str | None, size: int, offset: int, fh: int) -> bytes:
+    def read(self, path: str | None, size: int, offset: int, fi: Any) -> bytes:
         """A read at offset 0 renders the file afresh and keeps the rendering for a second;
         reads further on continue it, so the pieces fit (seq_file keeps its buffer per open
-        file; with nothing kept per open file, renderings are kept per cgroup file)."""
+        file; with nothing kept per open file, renderings are kept per cgroup file). A cached
+        file is held (``KernelCache.note``) before it is rendered. ``fi`` is libfuse's
+        ``fuse_file_info`` (the mount passes it raw)."""
+        fh = fi.fh
         cg, file = self._resolve_file(path)
+        if file.cached:
+            self.cache.note(cg, file.name)
         key = (cg, file.name)
         if offset:
             with self._renderings_lock:
@@ -230,14 +257,31 @@ class CgroupOperations(mfusepy.Operations):
                     break
                 renderings.popitem(last=False)
 
-    def open(self, path: str, flags: int) -> int:
-        """Every open of a file: the handle records the opener (``opener_handle``). Never
-        fails: the kernel has already checked the mode (``default_permissions``) and found the
-        file; whether its cgroup still exists is the business of each read and write."""
+    def open(self, path: str, fi: Any) -> int:
+        """Every open of a file: the handle (``fi.fh``) records the opener
+        (``opener_handle``); a cached file opened read-only keeps the kernel's page cache
+        (``keep_cache``), any other open is ``direct_io`` (see the module). Never fails: the
+        kernel has already checked the mode (``default_permissions``) and found the file;
+        whether its cgroup still exists is the business of each read and write."""
         if path.endswith("/" + EVENTS_FILE):
-            return self._open_events(path)
+            fi.fh = self._open_events(path)
+            fi.direct_io = 1
+            return 0
         uid, gid, _pid = mfusepy.fuse_get_context()
-        return opener_handle(uid, gid)
+        fi.fh = opener_handle(uid, gid)
+        cached = False
+        if fi.flags & O_ACCMODE == O_RDONLY:
+            try:
+                _cg, file = self._resolve(path)
+            except IoasidError:
+                pass
+            else:
+                cached = file is not None and file.cached
+        if cached:
+            fi.keep_cache = 1
+        else:
+            fi.direct_io = 1
+        return 0
 
     # ------------------------------------------------------------------ cgroup.events
     def _open_events(self, path: str) -> int:
@@ -269,12 +313,13 @@ class CgroupOperations(mfusepy.Operations):
             _libfuse.fuse_notify_poll(ph)
             _libfuse.fuse_pollhandle_destroy(ph)
 
-    def poll(self, path: str | None, fh: int, ph: int | None, reventsp: Any) -> int:
+    def poll(self, path: str | None, fi: Any, ph: int | None, reventsp: Any) -> int:
         """As kernfs: every file is readable and writable; an open ``cgroup.events`` whose
         content changed since it was opened or last read also has ``POLLPRI`` and
         ``POLLERR``. A poller of an unchanged ``cgroup.events`` is woken at its next change
         (``events_changed``); others are never woken (nothing else notifies)."""
         mask = POLL_DEFAULT
+        fh = fi.fh
         try:
             cg, file = self._resolve_file(path)
         except IoasidError:  # removed: kernfs answers this way for a file gone
@@ -295,16 +340,16 @@ class CgroupOperations(mfusepy.Operations):
         reventsp[0] = mask
         return 0
 
-    def write(self, path: str | None, data: bytes, offset: int, fh: int) -> int:
-        """One write(2), judged by the credentials of the file's opener (from ``fh``, see
+    def write(self, path: str | None, data: bytes, offset: int, fi: Any) -> int:
+        """One write(2), judged by the credentials of the file's opener (from ``fi.fh``, see
         ``open``); a ``0`` written to ``cgroup.procs`` still names the writing process."""
-        uid, gid = opener_of(fh)
+        uid, gid = opener_of(fi.fh)
         writer = Writer(mfusepy.fuse_get_context()[2], uid, gid)
         with _caused_by(uid), self.system.lock:
             cg, file = self._resolve_file(path)
             return files.write(self.system, cg, file, data, writer)
 
-    def truncate(self, path: str, length: int, fh: int | None = None) -> int:
+    def truncate(self, path: str, length: int, fh: Any = None) -> int:
         _cg, file = self._resolve(path)
         if file is None:
             raise IoasidError(EISDIR, f"{path} is a directory")

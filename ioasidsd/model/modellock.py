@@ -20,6 +20,11 @@ Contract:
 * Between the outermost release and the hook taking the lock again, another thread may take
   the lock; its own outermost release then runs what is due, in the same order. With one thread
   (experiments, tests) the hook always runs before the call returns to its caller.
+* ``after_release(hook, when)`` adds a second hook, for work that must not run under the lock
+  but must be done before the call returns (a face telling the kernel that a file it caches
+  changed): after the outermost release, and after ``on_return``, ``hook()`` runs on the
+  releasing thread, **without** the lock, whenever ``when`` is non-empty. While ``when`` is
+  empty it costs one attribute test.
 
 Every model call goes through this lock, so taking it is the C lock's own ``__enter__``, and
 letting go costs one attribute test more than the C lock while ``when`` is empty. The
@@ -52,7 +57,7 @@ class ModelLock(_thread.RLock):  # type: ignore[misc]  # the C RLock type, subcl
     """A re-entrant lock that runs ``on_return`` when its outermost holder lets go, if ``when``
     is non-empty at that moment (see the module)."""
 
-    __slots__ = ("_on_return", "_when")
+    __slots__ = ("_after", "_after_when", "_on_return", "_when")
 
     if TYPE_CHECKING:
         def _is_owned(self) -> bool:
@@ -63,6 +68,14 @@ class ModelLock(_thread.RLock):  # type: ignore[misc]  # the C RLock type, subcl
                  when: Sized | None = None) -> None:
         self._on_return = on_return
         self._when: Sized = () if on_return is None else _ALWAYS if when is None else when
+        self._after: Callable[[], object] | None = None
+        self._after_when: Sized = ()
+
+    def after_release(self, hook: Callable[[], object] | None, when: Sized = _ALWAYS) -> None:
+        """Run ``hook()`` without the lock after every outermost release at which ``when`` is
+        non-empty (see the module); ``None`` removes the hook. One such hook at a time."""
+        self._after = hook
+        self._after_when = () if hook is None else when
 
     def held(self) -> bool:
         """Whether the calling thread holds the lock."""
@@ -76,6 +89,8 @@ class ModelLock(_thread.RLock):  # type: ignore[misc]  # the C RLock type, subcl
         _c_release(self)
         if self._when and not self._is_owned():
             self._run_hook()
+        if self._after_when and not self._is_owned():
+            self._after()  # type: ignore[misc]  # set whenever ``_after_when`` can be non-empty
 
     def __exit__(
         self,
@@ -86,6 +101,8 @@ class ModelLock(_thread.RLock):  # type: ignore[misc]  # the C RLock type, subcl
         _c_release(self)
         if self._when and not self._is_owned():
             self._run_hook()
+        if self._after_when and not self._is_owned():
+            self._after()  # type: ignore[misc]  # set whenever ``_after_when`` can be non-empty
 
     def finish(self) -> None:
         """After ``let_go``: run the hook if that was the outermost hold (what ``__exit__``

@@ -206,6 +206,27 @@ DIFFERENCES: dict[str, tuple[str, str]] = {
         "cgroup.clone_children cgroup.procs cgroup.sane_behavior notify_on_release "
         "release_agent tasks {c}.capacity {c}.current",
     ),
+    # a file the kernel keeps in its page cache reports its text's length (kernfs: 0)
+    "stat-max": ("mode 100644 nlink 1 size 0 uid 0 gid 0",
+                 "mode 100644 nlink 1 size 2 uid 0 gid 0"),
+    "stat-current": ("mode 100444 nlink 1 size 0 uid 0 gid 0",
+                     "mode 100444 nlink 1 size 2 uid 0 gid 0"),
+    "stat-peak": ("mode 100444 nlink 1 size 0 uid 0 gid 0",
+                  "mode 100444 nlink 1 size 2 uid 0 gid 0"),
+    "stat-events": ("mode 100444 nlink 1 size 0 uid 0 gid 0",
+                    "mode 100444 nlink 1 size 6 uid 0 gid 0"),
+    "stat-notify": ("mode 100644 nlink 1 size 0 uid 0 gid 0",
+                    "mode 100644 nlink 1 size 2 uid 0 gid 0"),
+    "stat-clone": ("mode 100644 nlink 1 size 0 uid 0 gid 0",
+                   "mode 100644 nlink 1 size 2 uid 0 gid 0"),
+    "chmod-stat": ("mode 100600 nlink 1 size 0 uid 0 gid 0",
+                   "mode 100600 nlink 1 size 2 uid 0 gid 0"),
+    "user-mkdir-stat": ("mode 100644 nlink 1 size 0 uid 65534 gid 65534",
+                        "mode 100644 nlink 1 size 2 uid 65534 gid 65534"),
+    "root-stat-release-agent": ("mode 100644 nlink 1 size 0 uid 0 gid 0",
+                                "mode 100644 nlink 1 size 1 uid 0 gid 0"),
+    "root-stat-sane": ("mode 100444 nlink 1 size 0 uid 0 gid 0",
+                       "mode 100444 nlink 1 size 2 uid 0 gid 0"),
 }
 
 

@@ -196,6 +196,12 @@ DIFFERENCES: dict[str, tuple[str, str]] = {
         "cgroup.controllers cgroup.max.depth cgroup.max.descendants cgroup.procs cgroup.stat "
         "cgroup.subtree_control cgroup.threads",
     ),
+    # a file the kernel keeps in its page cache reports its text's length (kernfs: 0)
+    "stat-controllers": ("mode 100444 size 0 uid 0 gid 0", "mode 100444 size 8 uid 0 gid 0"),
+    "stat-stat": ("mode 100444 size 0 uid 0 gid 0", "mode 100444 size 86 uid 0 gid 0"),
+    "stat-depth": ("mode 100644 size 0 uid 0 gid 0", "mode 100644 size 4 uid 0 gid 0"),
+    "user-mkdir-stat-max": ("mode 100644 size 0 uid 65534 gid 65534",
+                            "mode 100644 size 2 uid 65534 gid 65534"),
 }
 
 

@@ -137,3 +137,30 @@ def test_acquire_without_blocking_while_another_thread_holds_it() -> None:
         thread.join(TIMEOUT)
     assert lock.acquire(timeout=TIMEOUT)
     lock.release()
+
+
+def test_the_after_release_hook_runs_without_the_lock_when_work_is_due() -> None:
+    """``after_release``: after the outermost release, on the releasing thread, without the
+    lock, only while ``when`` is non-empty; nested releases do not run it."""
+    due: list[str] = []
+    ran: list[bool] = []
+    lock = ModelLock(lambda: ran.append(lock.held()), when=due)
+
+    def after() -> None:
+        ran.append(lock.held())
+        due.clear()
+
+    lock.after_release(after, due)
+    with lock:
+        pass
+    assert ran == []  # nothing due
+    with lock:
+        with lock:
+            due.append("x")
+        assert ran == []  # not at a nested release
+    assert ran == [True, False]  # on_return with the lock, then the after hook without it
+    lock.after_release(None)
+    due.append("y")
+    with lock:
+        pass
+    assert ran == [True, False, True]  # removed: only on_return ran

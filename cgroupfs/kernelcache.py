@@ -1,0 +1,205 @@
+"""What the kernel may hold of the mount (file contents in its page cache, attributes), and
+telling it the moment that changes.
+
+The mount lets the kernel cache: attributes (sizes, modes, owners) for ``ATTR_TIMEOUT``, and the
+contents of the files whose text follows the model (``CgroupFile.cached``: limits, counters,
+events, flags; not the process lists), which are opened with ``keep_cache`` so that a read of an
+unchanged file never reaches the server. Correctness rests on one rule: whatever the kernel was
+told about a file is *held* until the file is invalidated, and every ``Change`` of the model
+invalidates the held files it may have changed, before the call that made it returns.
+
+Contract:
+
+* ``note(cg, name)`` records that the kernel is about to be told something of the file ``name``
+  of ``cg`` (``""``: the directory itself): its content (a read) or its attributes (a getattr,
+  whose size is the content's length). It is called **before** the value is rendered, so a
+  change made after the rendering always finds the file held.
+* ``changed(change)`` runs under the model's lock for every ``Change`` while anything is held
+  (the mount installs it on ``System.on_change`` only then: when nothing is held, a change costs
+  nothing more). The cgroups a change may have altered are those it names (``cgroups``, the
+  cgroups of its ``processes``) with their ancestors, whose counters follow theirs, and the root
+  (whose files count every IOASID); a change that cannot be named (kind ``sync``) alters all.
+  Their held files stop being held and their paths wait, per thread, for the release. A
+  directory's own attributes (mode, owner, link count) change only with the kinds in
+  ``DIRECTORY_KINDS``, and only those of the cgroups named and of their parents (a link
+  count); other directories stay held, so that a change does not make the next path walk ask
+  for every directory's attributes again.
+* ``flush()`` runs on the same thread after the outermost release of the model's lock
+  (``ModelLock.after_release``), before the call returns to its face: each waiting path is
+  invalidated (``fuse_invalidate_path``: the kernel drops the inode's cached pages and
+  attributes). It runs outside the lock because dropping a page waits for a read of that page in
+  flight, whose handler may need the lock.
+* A file is invalidated only if it was held: a file nobody read since its last invalidation
+  costs nothing.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import threading
+from collections.abc import Callable, Iterator
+
+from ioasidsd.model.changes import Change, ChangeKind
+from ioasidsd.model.hierarchy import Cgroup
+from ioasidsd.system import System
+
+ATTR_TIMEOUT = 3600.0
+"""Seconds the kernel may keep attributes: every change to them is notified, so this only bounds
+what a missed notification could cost."""
+
+_libfuse = ctypes.CDLL(ctypes.util.find_library("fuse3") or "libfuse3.so.3")
+_libfuse.fuse_invalidate_path.argtypes = (ctypes.c_void_p, ctypes.c_char_p)
+_libfuse.fuse_invalidate_path.restype = ctypes.c_int
+
+
+DIRECTORY_KINDS = frozenset({ChangeKind.MKDIR, ChangeKind.RMDIR, ChangeKind.RENAME,
+                             ChangeKind.ATTRS, ChangeKind.CONTROL, ChangeKind.SYNC})
+"""The kinds of change that may alter a directory's attributes."""
+
+
+class _Context(ctypes.Structure):
+    _fields_ = [("fuse", ctypes.c_void_p)]  # the first field of struct fuse_context
+
+
+_libfuse.fuse_get_context.restype = ctypes.POINTER(_Context)
+
+
+def current_fuse() -> int | None:
+    """The ``struct fuse *`` serving the calling libfuse thread (in a callback), or ``None``."""
+    context = _libfuse.fuse_get_context()
+    return context.contents.fuse if context else None
+
+
+class KernelCache:
+    """The files of ``system``'s mount the kernel may hold, and their invalidation."""
+
+    def __init__(self, system: System) -> None:
+        self.system = system
+        self._held: dict[Cgroup, int] = {}  # the held names of each cgroup, as bits
+        self._bits: dict[str, int] = {"": 1}  # a name's bit ("": the directory)
+        self._names: list[str] = [""]  # the name of each bit
+        self._pending: dict[int, list[str]] = {}
+        self._lock = threading.Lock()  # _held, and which on_change is installed
+        self._fuse: int | None = None
+        self._fuse_lock = threading.Lock()  # the fuse pointer's lifetime
+        self._base_on_change: Callable[[Change], None] | None = None
+        self.invalidations = 0
+        """Paths invalidated so far (for tests and benchmarks)."""
+
+    # ------------------------------------------------------------------ life cycle
+    def attach(self, fuse: int | None) -> None:
+        """The mount is served by ``fuse`` (from ``init``): start invalidating."""
+        with self._fuse_lock:
+            self._fuse = fuse
+        self.system.lock.after_release(self.flush, self._pending)
+
+    def detach(self) -> None:
+        """The mount ends (``destroy``): forget what is held and stop invalidating."""
+        with self._fuse_lock:
+            self._fuse = None
+        with self.system.lock:
+            self.system.lock.after_release(None)
+            with self._lock:
+                self._held.clear()
+                self._uninstall()
+        self._pending.clear()
+
+    # ------------------------------------------------------------------ what is held
+    def note(self, cg: Cgroup, name: str) -> None:
+        """The kernel is about to be told of file ``name`` of ``cg`` (see the module)."""
+        with self._lock:
+            bit = self._bits.get(name)
+            if bit is None:  # a name never seen: the names are those of the file tables
+                bit = self._bits[name] = 1 << len(self._names)
+                self._names.append(name)
+            held = self._held.get(cg)
+            if held is None:
+                self._held[cg] = bit
+                if self._base_on_change is None:
+                    self._install()
+            else:
+                self._held[cg] = held | bit
+
+    def held(self) -> int:
+        """How many files are held."""
+        with self._lock:
+            return sum(bits.bit_count() for bits in self._held.values())
+
+    def _install(self) -> None:
+        system = self.system
+        base = system.on_change
+        self._base_on_change = base
+        changed = self.changed
+
+        def on_change(change: Change) -> None:
+            base(change)
+            changed(change)
+
+        system.on_change = on_change
+
+    def _uninstall(self) -> None:
+        if self._base_on_change is not None:
+            self.system.on_change = self._base_on_change
+            self._base_on_change = None
+
+    # ------------------------------------------------------------------ invalidation
+    def changed(self, change: Change) -> None:
+        """A change was made (under the model's lock): its held files wait for ``flush``."""
+        paths: list[str] = []
+        with self._lock:
+            held = self._held
+            if not held:
+                return
+            directories = change.kind in DIRECTORY_KINDS
+            for cg, near in self._altered(change):
+                bits = held.get(cg)
+                if bits is None:
+                    continue
+                if (directories and near) or not bits & 1:
+                    del held[cg]
+                else:
+                    if bits == 1:
+                        continue
+                    held[cg] = 1  # the directory stays held
+                    bits &= ~1
+                base = cg.path.rstrip("/")
+                paths += [base + "/" + name if name else base or "/"
+                          for i, name in enumerate(self._names) if bits >> i & 1]
+            if not held:
+                self._uninstall()
+        if paths:
+            self._pending.setdefault(threading.get_ident(), []).extend(paths)
+
+    def _altered(self, change: Change) -> Iterator[tuple[Cgroup, bool]]:
+        """The cgroups whose files ``change`` may have altered (see the module), each with
+        whether it is named or the parent of one named (whose directory it may alter)."""
+        if change.kind is ChangeKind.SYNC:
+            yield from ((cg, True) for cg in list(self._held))
+            return
+        named = [*change.cgroups, *(p.cgroup for p in change.processes)]
+        near = {*named, *(cg.parent for cg in named if cg.parent is not None)}
+        seen: set[Cgroup] = set()
+        for start in (*named, self.system.cgroups.root):
+            node: Cgroup | None = start
+            while node is not None and node not in seen:
+                seen.add(node)
+                yield node, node in near
+                node = node.parent
+
+    def flush(self) -> None:
+        """Invalidate the paths this thread's changes left waiting (without the model's lock;
+        see the module)."""
+        paths = self._pending.pop(threading.get_ident(), None)
+        if not paths:
+            return
+        with self._fuse_lock:
+            fuse = self._fuse
+            if fuse is None:
+                return
+            for path in paths:
+                _libfuse.fuse_invalidate_path(fuse, path.encode("utf-8", "surrogateescape"))
+            self.invalidations += len(paths)
+
+
+__all__ = ["ATTR_TIMEOUT", "KernelCache", "current_fuse"]

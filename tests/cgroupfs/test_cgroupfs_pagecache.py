@@ -1,0 +1,281 @@
+"""The kernel's page cache over the mount: an unchanged file is read without reaching the
+server, and after any change (an allocation, a limit write, an exit, a move) every reader, in
+any process, through a new or an already open file, reads the new value; only files read since
+their last invalidation are invalidated, and with none held a change costs nothing more."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from conftest import Changes
+
+from cgroupfs import files
+from cgroupfs.mount import CgroupMount
+from ioasidsd.model import ioasid_uapi as uapi
+from ioasidsd.model.ioasid_device import IoasidFile
+from ioasidsd.system import System
+
+
+@pytest.fixture
+def handle(needs_fuse: None, system: System, mountdir: Path) -> Iterator[CgroupMount]:
+    from cgroupfs import mount
+
+    with mount(system, str(mountdir)) as mounted:
+        yield mounted
+
+
+def cat(path: Path) -> str:
+    """The file as another process reads it."""
+    return subprocess.run(["cat", str(path)], capture_output=True, text=True,
+                          check=True).stdout
+
+
+def pread0(fd: int) -> str:
+    """The file read again from the start through a file kept open."""
+    return os.pread(fd, 4096, 0).decode()
+
+
+def alloc(system: System, file: IoasidFile) -> int:
+    arg = uapi.ALLOC_REQUEST.pack(16, 0, 1, 1000)
+    return system.ioasid_ioctl(file, uapi.IOASID_REQUEST_ALLOC, arg)[0]
+
+
+class Readers:
+    """One file read three ways: by ``cat``, by a new open in this process, and through a
+    file opened once and kept open (``pread`` at 0)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.fd = os.open(path, os.O_RDONLY)
+
+    def all(self) -> set[str]:
+        return {cat(self.path), self.path.read_text(), pread0(self.fd)}
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+@pytest.fixture
+def readers() -> Iterator[Callable[[Path], Readers]]:
+    made: list[Readers] = []
+
+    def make(path: Path) -> Readers:
+        made.append(Readers(path))
+        return made[-1]
+
+    yield make
+    for r in made:
+        r.close()
+
+
+@pytest.fixture
+def renders(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The names of the files the server rendered, in order (reads and sizes)."""
+    seen: list[str] = []
+    real = files.read
+
+    def counting(system: System, cg, file) -> bytes:  # type: ignore[no-untyped-def]
+        seen.append(file.name)
+        return real(system, cg, file)
+
+    monkeypatch.setattr(files, "read", counting)
+    return seen
+
+
+def test_an_unchanged_file_is_read_from_the_page_cache(handle: CgroupMount, system: System,
+                                                       renders: list[str]) -> None:
+    mnt = Path(handle.mountpoint)
+    (mnt / "a").mkdir()
+    (mnt / "a" / "ioasids.max").write_text("7")
+    assert (mnt / "a" / "ioasids.max").read_text() == "7\n"
+    # after a read from the server the kernel asks for the access time again, once
+    assert cat(mnt / "a" / "ioasids.max") == "7\n"
+    before = len(renders)
+    for _ in range(20):
+        assert (mnt / "a" / "ioasids.max").read_text() == "7\n"
+        assert cat(mnt / "a" / "ioasids.max") == "7\n"
+    assert len(renders) == before  # 40 reads, none reached the server
+    assert os.stat(mnt / "a" / "ioasids.max").st_size == 2
+
+
+def test_the_process_lists_are_never_cached(handle: CgroupMount, system: System, spawn,
+                                            renders: list[str]) -> None:
+    mnt = Path(handle.mountpoint)
+    (mnt / "a").mkdir()
+    (mnt / "a" / "cgroup.procs").write_text(str(spawn().pid))
+    for _ in range(3):
+        assert len((mnt / "a" / "cgroup.procs").read_text().split()) == 1
+    assert renders.count("cgroup.procs") == 3  # each read rendered afresh
+
+
+def test_a_limit_write_is_seen_by_every_reader(handle: CgroupMount, system: System,
+                                               readers) -> None:
+    mnt = Path(handle.mountpoint)
+    (mnt / "a").mkdir()
+    limit = readers(mnt / "a" / "ioasids.max")
+    assert limit.all() == {"0\n"}
+    # through the mount, by another process
+    subprocess.run(["sh", "-c", f"echo 12345 > {mnt}/a/ioasids.max"], check=True)
+    assert limit.all() == {"12345\n"}
+    # through another face
+    system.write_max("a", "max")
+    assert limit.all() == {"max\n"}
+    assert os.stat(mnt / "a" / "ioasids.max").st_size == 4
+    system.write_max("a", "3")
+    assert limit.all() == {"3\n"}
+
+
+def test_allocation_exit_and_move_are_seen_by_every_reader(handle: CgroupMount, system: System,
+                                                           spawn, readers) -> None:
+    mnt = Path(handle.mountpoint)
+    for name in ("a", "a/b", "c"):
+        (mnt / name).mkdir()
+        (mnt / name / "ioasids.max").write_text("max")
+    child = spawn()
+    (mnt / "a" / "b" / "cgroup.procs").write_text(str(child.pid))
+    b = readers(mnt / "a" / "b" / "ioasids.current")
+    a = readers(mnt / "a" / "ioasids.current")
+    c = readers(mnt / "c" / "ioasids.current")
+    peak = readers(mnt / "a" / "b" / "ioasids.peak")
+    in_use = readers(mnt / "ioasids.current")
+    assert b.all() == a.all() == c.all() == peak.all() == in_use.all() == {"0\n"}
+
+    file = system.ioasid_open(child.pid)
+    for _ in range(10):
+        alloc(system, file)  # an allocation
+    assert b.all() == a.all() == peak.all() == in_use.all() == {"10\n"}  # ancestors and root
+
+    system.write_procs("c", str(child.pid), writer_pid=child.pid, writer_uid=0)  # a move
+    assert b.all() == a.all() == {"0\n"}
+    assert c.all() == {"10\n"}
+    assert peak.all() == {"10\n"}
+
+    system.ioasid_release(file, exited=True)  # an exit
+    assert c.all() == in_use.all() == {"0\n"}
+
+
+def test_a_refused_charge_is_seen_in_the_events(handle: CgroupMount, system: System, spawn,
+                                                readers) -> None:
+    mnt = Path(handle.mountpoint)
+    (mnt / "a").mkdir()
+    (mnt / "a" / "ioasids.max").write_text("1")
+    child = spawn()
+    (mnt / "a" / "cgroup.procs").write_text(str(child.pid))
+    events = readers(mnt / "a" / "ioasids.events")
+    (before,) = events.all()
+    file = system.ioasid_open(child.pid)
+    alloc(system, file)
+    with pytest.raises(OSError):
+        alloc(system, file)  # refused by the limit: the events counter moves
+    (after,) = events.all()
+    assert after != before and after.split()[-1] == "1"
+
+
+def test_only_files_read_since_their_last_invalidation_are_invalidated(
+        handle: CgroupMount, system: System, changes: Changes) -> None:
+    mnt = Path(handle.mountpoint)
+    cache = handle.operations.cache
+    (mnt / "a").mkdir()
+    (mnt / "b").mkdir()
+    base = cache.invalidations
+    system.write_max("b", "5")  # nothing of b was read
+    (mnt / "a" / "ioasids.max").read_text()
+    assert cache.held() >= 1
+    done = cache.invalidations
+    system.write_max("b", "6")  # b's files are not held: what of the root is, is
+    root_held = cache.invalidations - done
+    system.write_max("a", "5")
+    assert cache.invalidations > done + root_held  # a's limit was held
+    after = cache.invalidations
+    system.write_max("a", "6")  # not read since: nothing to tell the kernel
+    assert cache.invalidations == after
+    assert base <= done
+
+
+def test_with_nothing_held_a_change_costs_nothing_more(handle: CgroupMount, system: System,
+                                                       changes: Changes) -> None:
+    mnt = Path(handle.mountpoint)
+    (mnt / "a").mkdir()
+    (mnt / "a" / "ioasids.max").read_text()
+    assert system.on_change is not changes  # something is held: changes are followed
+    system.write_max("a", "5")  # a's and the root's files; their directories stay held
+    assert handle.operations.cache.held() >= 1
+    system.set_attrs("a", {"": {"mode": 0o750}})  # a directory's attributes: all along a
+    assert handle.operations.cache.held() == 0
+    assert system.on_change is changes  # the feed goes to its consumer alone again
+    before = len(changes.seen)
+    system.write_max("a", "6")
+    assert len(changes.seen) == before + 1  # the store still sees every change
+
+
+def test_readers_and_writers_together_neither_block_nor_see_stale_values(
+        handle: CgroupMount, system: System) -> None:
+    """Writers through the mount and through another face while readers keep reading the same
+    files: every operation finishes (an invalidation waits for reads in flight, which never wait
+    for it), and once the writers are done every reader reads the last value."""
+    mnt = Path(handle.mountpoint)
+    for name in ("a", "c"):
+        (mnt / name).mkdir()
+    paths = [mnt / "a" / "ioasids.max", mnt / "c" / "ioasids.max", mnt / "ioasids.capacity"]
+    script = (
+        "import sys\n"
+        "for i in range(150):\n"
+        "    for p in sys.argv[1:]:\n"
+        "        open(p).read()\n"
+    )
+    readers_ = [subprocess.Popen([sys.executable, "-c", script, *map(str, paths)])
+                for _ in range(3)]
+    writer = subprocess.Popen(["sh", "-c", f"for i in $(seq 1 150); do echo $i > {paths[0]}; "
+                               "done"])
+    for i in range(150):
+        system.write_max("c", str(i))
+        paths[1].read_text()
+    assert writer.wait(60) == 0
+    assert all(r.wait(60) == 0 for r in readers_)
+    assert cat(paths[0]) == paths[0].read_text() == "150\n"
+    assert cat(paths[1]) == "149\n"
+
+
+def test_opens_cost_no_python_call_with_the_c_open(handle: CgroupMount, system: System,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from cgroupfs import fastopen
+
+    if not fastopen.LIBRARY.exists():
+        pytest.skip("cgroupfs/_fastopen.so not built (scripts/bootstrap needs cc and "
+                    "libfuse3-dev)")
+    assert handle.fast_open
+    opened: list[str] = []
+    real = handle.operations.open
+    monkeypatch.setattr(handle.operations, "open",
+                        lambda path, fi: opened.append(path) or real(path, fi))
+    mnt = Path(handle.mountpoint)
+    (mnt / "a").mkdir()
+    for _ in range(5):
+        assert (mnt / "a" / "ioasids.current").read_text() == "0\n"
+        assert cat(mnt / "a" / "ioasids.max") == "0\n"
+    (mnt / "a" / "ioasids.max").write_text("9")
+    assert cat(mnt / "a" / "ioasids.max") == "9\n"
+    assert opened == []
+
+
+def test_directory_attributes_another_face_changes_are_seen(handle: CgroupMount,
+                                                            system: System) -> None:
+    """Attributes are cached for long: a change of mode or link count made by another face
+    (the control API, the daemon) reaches ``stat`` at once."""
+    mnt = Path(handle.mountpoint)
+    (mnt / "a").mkdir()
+    assert os.stat(mnt / "a").st_nlink == 2
+    assert os.stat(mnt / "a" / "ioasids.max").st_mode & 0o777 == 0o644
+    system.mkdir("a/b")
+    assert os.stat(mnt / "a").st_nlink == 3
+    system.set_attrs("a", {"": {"mode": 0o700}, "ioasids.max": {"mode": 0o600}})
+    assert os.stat(mnt / "a").st_mode & 0o777 == 0o700
+    assert os.stat(mnt / "a" / "ioasids.max").st_mode & 0o777 == 0o600
+    stat_out = subprocess.run(["stat", "-c", "%a", str(mnt / "a")], capture_output=True,
+                              text=True, check=True).stdout
+    assert stat_out == "700\n"
