@@ -1,7 +1,8 @@
 """The floors of the package, checked by import-linter's layers contract (``pyproject.toml``,
 ``[tool.importlinter]``): each package imports only from the floors below it, and the faces
-(cgroupfs, the user API, the control API) never import each other; inside ``ioasidsd.vtd`` the
-simulated hardware never imports the driver. See docs/architecture.md."""
+(cgroupfs, the user API, the control API, the experiments, slices) never import each other;
+inside ``ioasidsd.vtd`` the simulated hardware never imports the driver. See
+docs/architecture.md."""
 
 from __future__ import annotations
 
@@ -51,3 +52,18 @@ def test_an_import_against_the_floors_breaks_the_contract(tmp_path: Path) -> Non
     done = lint(tmp_path)
     assert done.returncode != 0
     assert "ioasidsd.vtd.hardware.unit -> ioasidsd.vtd.driver.iommu" in done.stdout
+
+
+def test_slices_are_a_floor_beside_the_faces(tmp_path: Path) -> None:
+    """Slices may not import a face, and no face may import slices."""
+    for package in ("ioasidsd", "cgroupfs"):
+        shutil.copytree(ROOT / package, tmp_path / package,
+                        ignore=shutil.ignore_patterns("__pycache__"))
+    names = tmp_path / "ioasidsd" / "slices" / "names.py"
+    names.write_text(names.read_text() + "\nimport ioasidsd.control.verbs  # slices on a face\n")
+    verbs = tmp_path / "ioasidsd" / "control" / "verbs.py"
+    verbs.write_text(verbs.read_text() + "\nimport ioasidsd.slices.units  # a face on slices\n")
+    done = lint(tmp_path)
+    assert done.returncode != 0
+    assert "ioasidsd.slices.names -> ioasidsd.control.verbs" in done.stdout
+    assert "ioasidsd.control.verbs -> ioasidsd.slices.units" in done.stdout
