@@ -166,6 +166,9 @@ class CgroupMount:
         otherwise ``fusermount3 -u -z`` detaches it and the thread ends with the last holder.
         """
         self._stop_notifier()
+        # no invalidation may race the unmount: libfuse frees its path cache before it calls
+        # ``destroy``, and an invalidation walking it then crashed the process
+        self.operations.cache.detach()
         with self._lock:
             if not self._ended.is_set():
                 _unmount(self.mountpoint)
