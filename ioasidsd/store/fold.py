@@ -2,7 +2,7 @@
 
 A record is what one change left behind, as *state*: the new content of every row the change
 touched (or the row's removal), computed from the model when the change was made. It is a list
-of operations (tuples), serialised with ``marshal``:
+of operations (tuples), written down by ``ioasidsd.store.codec``:
 
 ==========================================  ==============================================
 ``(META, key, value)``                      a row of ``meta`` (``value`` as JSON data)
@@ -15,8 +15,8 @@ of operations (tuples), serialised with ``marshal``:
 ``(IOASID, id, None, set)``                 the IOASID row is gone (it was in ``set``)
 ``(SET_IOASIDS, set, groups)``              every IOASID row of a set at once: the set holds
                                             exactly these IDs; ``groups`` pairs the fields
-                                            shared by some of them with their IDs (native
-                                            ``array('I')`` bytes)
+                                            shared by some of them with their IDs
+                                            (``ids_bytes``: little-endian u32s)
 ``(REFUSAL, seq, fields or None)``          an entry of the refusal log: its cgroup and
                                             the entry as JSON text (``store.refusals``)
 ``(EVERYTHING,)``                           every table is replaced by what follows
@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import sys
 import threading
 import time
 from array import array
@@ -71,10 +72,23 @@ _INSERT_IOASID = "INSERT OR REPLACE INTO ioasids VALUES (?,?,?,?,?,?,?,?,?)"
 _ALL_TABLES = ("meta", "cgroups", "processes", "sets", "ioasids", "refusals")
 
 
+_SWAP = sys.byteorder != "little"  # IDs are little-endian in a record, whatever the machine
+
+
+def ids_bytes(ids: array) -> bytes:
+    """A ``SET_IOASIDS`` group's IDs (an ``array('I')``) as a record holds them."""
+    if _SWAP:
+        ids = array("I", ids)
+        ids.byteswap()
+    return ids.tobytes()
+
+
 def ids_array(data: bytes) -> array:
-    """The IDs of a ``SET_IOASIDS`` group."""
+    """The IDs of a ``SET_IOASIDS`` group (the inverse of ``ids_bytes``)."""
     ids = array("I")
     ids.frombytes(data)
+    if _SWAP:
+        ids.byteswap()
     return ids
 
 

@@ -53,7 +53,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import marshal
 import sqlite3
 import threading
 import time
@@ -77,7 +76,7 @@ from ioasidsd.model.snapshot import (
     removed_cgroups,
     token_record,
 )
-from ioasidsd.store import journal
+from ioasidsd.store import codec, journal
 from ioasidsd.store.fold import (
     CGROUP,
     CORE,
@@ -91,6 +90,7 @@ from ioasidsd.store.fold import (
     Folder,
     FoldPlan,
     Op,
+    ids_bytes,
 )
 from ioasidsd.store.idmap import IdMap
 from ioasidsd.store.refusals import DEFAULT_RING, RefusalLog, entry
@@ -133,7 +133,6 @@ CREATE TABLE IF NOT EXISTS refusals (seq INTEGER PRIMARY KEY, cgroup TEXT NOT NU
 _CGROUP_COLUMNS = ("id", "parent", "name", "limit", "reserved", "counter", "peak", "events",
                    "events_local", "notify_on_release", "clone_children", "removed")
 _SYNCHRONOUS = {"normal": "NORMAL", "full": "FULL"}
-_MARSHAL_VERSION = 2  # the journal's codec (journal.CODEC_MARSHAL_2): the fastest to write
 _SET_AND_CGROUP = itemgetter("set", "cgroup")  # of an IOASID record
 _IOASID_KEY = attrgetter("state", "refs", "spid", "cgroup", "pooled", "private")
 
@@ -170,14 +169,11 @@ class StoreError(Exception):
     """The state directory's database or journal cannot be used (the message says why)."""
 
 
-def _decode(payload: bytes, where: str) -> list[Op]:
+def _decode(kind: int, payload: bytes, where: str) -> Iterable[Op]:
     try:
-        ops = marshal.loads(payload)
-    except (EOFError, ValueError, TypeError) as exc:
-        raise StoreError(f"{where}: a journal record cannot be read ({exc})") from None
-    if not isinstance(ops, list):
-        raise StoreError(f"{where}: a journal record is not a list of operations")
-    return ops
+        return codec.decode(kind, payload)
+    except codec.RecordError as exc:
+        raise StoreError(f"{where}: {exc}") from None
 
 
 class Store:
@@ -362,7 +358,7 @@ class Store:
         plan = FoldPlan()
         for segment in segments:
             for payload in segment.payloads:
-                plan.add(_decode(payload, str(segment.path)))
+                plan.add(_decode(segment.codec, payload, str(segment.path)))
             if segment.torn and report:
                 self._warn(f"{segment.path}: ignoring {segment.torn} (a write the daemon died "
                            f"in; it was not acknowledged)")
@@ -555,7 +551,7 @@ class Store:
         """The folder's work: records into the database, in one transaction."""
         plan = FoldPlan()
         for payload in payloads:
-            plan.add(marshal.loads(payload))
+            plan.add(codec.decode(codec.WRITTEN, payload))
         with self._db_lock, self._transaction():
             plan.write(self.db)
 
@@ -563,7 +559,11 @@ class Store:
         """Make one record durable: appended to the journal, or (before ``bind``) written to
         the database at once."""
         if self._folder is not None:
-            self._folder.append(kind, marshal.dumps(ops, _MARSHAL_VERSION))
+            try:
+                payload = codec.encode(ops)
+            except codec.RecordError as exc:
+                raise StoreError(str(exc)) from None
+            self._folder.append(kind, payload)
             return
         plan = FoldPlan()
         plan.add(ops)
@@ -899,7 +899,7 @@ class Store:
                 if row is not None:
                     charged.add(row)
                 groups.append(((sid, int(state), refs, spid, row, pooled, in_index,
-                                private), group.tobytes()))
+                                private), ids_bytes(group)))
         return tuple(groups), charged
 
     def _ioasid_ops(self, ioasid: int, ops: list[Op]) -> list[Cgroup]:

@@ -11,6 +11,7 @@ import signal
 import sqlite3
 import struct
 import traceback
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ from ioasidsd.model import IoasidSetType, profile
 from ioasidsd.model import ioasid_uapi as uapi
 from ioasidsd.model.changes import Change, ChangeKind
 from ioasidsd.model.snapshot import dump, load
-from ioasidsd.store import journal
+from ioasidsd.store import codec, journal
 from ioasidsd.store.fold import CGROUP
 from ioasidsd.store.state import Store, StoreError
 from ioasidsd.system import System
@@ -65,10 +66,11 @@ def stored(state_dir: Path, knobs=None) -> dict[str, Any]:
 
 def records(state_dir: Path) -> list[list[tuple]]:
     """The records of the journal's files, read from disk."""
-    import marshal
-
-    return [marshal.loads(payload) for number, path in journal.segments(state_dir)
-            for payload in journal.read_segment(number, path).payloads]
+    found = []
+    for number, path in journal.segments(state_dir):
+        segment = journal.read_segment(number, path)
+        found.extend(list(codec.decode(segment.codec, payload)) for payload in segment.payloads)
+    return found
 
 
 def raw_cgroups(state_dir: Path) -> dict[str, int | None]:
@@ -239,6 +241,83 @@ def test_a_journal_that_is_not_ours_is_refused(tmp_path):
     (tmp_path / "state.journal.7").write_bytes(b"IOASIDSJ" + struct.pack("<II", 99, 1))
     with pytest.raises(StoreError, match=r"journal format 99 .*reads format 1"):
         Store.open(tmp_path).load()
+    (tmp_path / "state.journal.7").write_bytes(b"IOASIDSJ" + struct.pack("<II", 1, 3))
+    with pytest.raises(StoreError, match=r"journal format 1 \(codec 3\).*codecs 1, 2"):
+        Store.open(tmp_path).load()
+
+
+# ---------------------------------------------------------------------------------- codecs
+OLD_JOURNAL = Path(__file__).parent / "data" / "marshal-journal"
+
+
+def test_records_are_written_in_messagepack_whatever_python_reads_them(tmp_path):
+    """A new segment says MessagePack in its header, and its records are MessagePack arrays
+    of operations that a reader without Python's ``marshal`` decodes (checked with a decoder
+    that knows nothing of this project)."""
+    import msgpack
+
+    def scenario(report):
+        _, system = bound(tmp_path, fold_interval=NEVER)
+        system.mkdir("/a")
+        system.write_max("/a", "3")
+        system.write_release_agent(b"/opt/\xff caf\xc3\xa9\n")
+        report(dump(system.core))
+
+    final, = crashed(scenario)
+    (number, path), = journal.segments(tmp_path)
+    segment = journal.read_segment(number, path)
+    assert path.read_bytes()[8:16] == struct.pack("<II", 1, codec.CODEC_MSGPACK)
+    assert segment.codec == codec.CODEC_MSGPACK
+    plain = [msgpack.unpackb(p, unicode_errors="surrogatepass") for p in segment.payloads]
+    assert all(isinstance(ops, list) and all(isinstance(op, list) for op in ops)
+               for ops in plain)
+    limits = {op[2][1]: op[2][2] for ops in plain for op in ops
+              if op[0] == CGROUP and op[2] is not None}
+    assert limits["a"] == 3
+    assert json_ready(stored(tmp_path)) == json_ready(final)
+
+
+def test_a_journal_in_the_older_marshal_codec_is_replayed(tmp_path):
+    """A state directory left by a daemon killed while its journal (written by a version whose
+    codec was ``marshal``: ``data/make_marshal_journal.py``) held unfolded records: it loads
+    as the model was when it died, and binding folds it and goes on in MessagePack."""
+    import shutil
+
+    shutil.copytree(OLD_JOURNAL, tmp_path, dirs_exist_ok=True)
+    expected = json.loads((tmp_path / "expected.json").read_text())
+    (number, path), = journal.segments(tmp_path)
+    assert journal.read_segment(number, path).codec == codec.CODEC_MARSHAL_2
+    assert raw_cgroups(tmp_path) == {}  # all of it is in the journal
+    assert json_ready(stored(tmp_path)) == expected
+    store = Store.open(tmp_path)
+    system = System(processes=Processes(), on_change=store.apply)
+    store.bind(system, load(store.load(), system.core))
+    assert raw_cgroups(tmp_path) == {"tenant": 300, "a": 200}  # folded at bind
+    system.write_max("/tenant/a", "250")
+    assert [journal.read_segment(*s).codec for s in journal.segments(tmp_path)] == [
+        codec.CODEC_MSGPACK]
+    store.close()
+    expected["cgroups"][2]["limit"] = 250
+    assert [c["name"] for c in expected["cgroups"]] == ["", "tenant", "a"]
+    assert json_ready(stored(tmp_path)) == expected
+
+
+def test_a_marshal_record_this_python_cannot_read_is_refused_with_the_way_out(tmp_path):
+    """A record in the older codec that this Python's ``marshal`` cannot decode (as one
+    written by a Python whose ``marshal`` differs would be) is refused, naming the file and
+    saying how to fold it; nothing is changed."""
+    import shutil
+
+    shutil.copytree(OLD_JOURNAL, tmp_path, dirs_exist_ok=True)
+    (_, path), = journal.segments(tmp_path)
+    payload = b"\xfe not marshal"
+    path.write_bytes(path.read_bytes()[:16] + struct.pack("<II", len(payload),
+                                                          zlib.crc32(payload)) + payload)
+    before = path.read_bytes()
+    with pytest.raises(StoreError, match=r"state\.journal\.1: .*marshal.*cannot be read.*"
+                                         r"start that version and stop it cleanly"):
+        Store.open(tmp_path).load()
+    assert path.read_bytes() == before
 
 
 # ---------------------------------------------------------------------------------- folding
