@@ -200,6 +200,17 @@ class System:
                 below = tuple(c for c in cg.descendants() if c is not cg and c.limit is not None)
                 self.on_change(Change(ChangeKind.LIMIT, cgroups=(cg, *below), ids=pooled))
 
+    def set_root_max(self, limit: int | None) -> None:
+        """Set the limit on IOASIDs charged to the root cgroup itself (``None``: ``max``, the
+        kernel's behaviour; ``IoasidsController.set_root_max``). ``EINVAL`` for a negative
+        limit."""
+        with self.lock:
+            root = self.cgroups.root
+            before = (root.limit, root.counter, root.peak)
+            self.controller.set_root_max(limit)
+            if (root.limit, root.counter, root.peak) != before:
+                self.on_change(Change(ChangeKind.LIMIT, cgroups=(root,)))
+
     def write_flag(self, path: str, name: str, data: bytes | str) -> None:
         """A write to ``notify_on_release`` or ``cgroup.clone_children``."""
         value = parse_flag(data)

@@ -153,9 +153,11 @@ class IoasidDevice:
             return None
         cgroups: tuple[Cgroup, ...] = ()
         if len(leaves) == 1:  # one caller, charged in its own cgroup: every ioctl but a few
-            cgroups = leaves.pop().chain
+            leaf = leaves.pop()
+            cgroups = leaf.chain or _counted_root(leaf)
         elif leaves:
-            cgroups = tuple(dict.fromkeys([cg for leaf in leaves for cg in leaf.chain]))
+            cgroups = tuple(dict.fromkeys([cg for leaf in leaves
+                                           for cg in leaf.chain or _counted_root(leaf)]))
             leaves.clear()
         taken = (cgroups, tuple(ids), tuple([s.id for s in sets]) if sets else ())
         ids.clear()
@@ -539,3 +541,10 @@ _HANDLERS: dict[int, _Handler] = {
 }
 
 _OWNER_ONLY = frozenset(_HANDLERS) - {uapi.IOASID_GET_API_VERSION, uapi.IOASID_GET_INFO}
+
+
+def _counted_root(root: Cgroup) -> tuple[Cgroup, ...]:
+    """What a charge in the root cgroup (whose walk is empty) changed: the root itself while
+    it has a limit (``IoasidsController.set_root_max``: it counts its own charges), else
+    nothing."""
+    return () if root.limit is None else (root,)

@@ -737,11 +737,12 @@ class Store:
         self._last_cgroup.pop(row, None)
 
     def _charged_cgroups(self, sid: int) -> list[Cgroup]:
-        """The cgroups the IOASIDs of ``sid`` may be charged to, but the root: a charge never
-        changes the root's row (its walk stops below it)."""
+        """The cgroups the IOASIDs of ``sid`` may be charged to, but the root without a limit:
+        a charge then never changes the root's row (its walk stops below it); with a limit
+        (``set_root_max``) the root counts its own charges."""
         cgroups = self._cgroups
         return [cg for cg in map(cgroups.get, self._charged.get(sid, ()))
-                if cg is not None and cg.parent is not None]
+                if cg is not None and (cg.parent is not None or cg.limit is not None)]
 
     # ------------------------------------------------------------------ processes
     def _process_ops(self, proc: Process, ops: list[Op]) -> list[Cgroup]:
@@ -935,7 +936,7 @@ class Store:
             charged = self._charged[sid] = set()
         charged.add(row)
         # a live IOASID's charge moves only with its owner (a process report: the set whole)
-        return [cg] if cg.parent is not None else []
+        return [cg] if cg.parent is not None or cg.limit is not None else []
 
 
 def _drop_unused_removed(cgroups: list[dict[str, Any]], ioasids: list[dict[str, Any]],

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from system.ops import FakeProcesses, apply_op, op_strategy
 
 from ioasidsd.cli.render import format_status
-from ioasidsd.model import IoasidSetType, profile
+from ioasidsd.model import IoasidError, IoasidSetType, profile
 from ioasidsd.model import ioasid_uapi as uapi
 from ioasidsd.model.changes import Change, ChangeKind
 from ioasidsd.model.snapshot import dump, load
@@ -571,3 +571,30 @@ def test_the_daemon_keeps_its_journal_over_kill9_and_empties_it_at_sigterm(daemo
     assert d.stop() == 0
     assert journal.segments(d.state) == []
     assert raw_cgroups(d.state) == {"a": 6, "b": 0}
+
+
+def test_the_roots_limit_and_its_own_charges_are_durable(tmp_path):
+    """With a limit on the root (``[limits] root_max``) the root's row counts the IOASIDs of
+    its own processes: every change to it is in the journal, and a restart finds the limit and
+    the count the model had."""
+    def scenario(report):
+        _, system = bound(tmp_path, fold_interval=NEVER)
+        system.set_root_max(5)
+        system.processes.live[10] = 1.0
+        file = system.ioasid_open(10)
+        batch = uapi.ALLOC_BATCH.pack(uapi.ALLOC_BATCH.size, 0, 1, 100_000, 4)
+        _, out = system.ioasid_ioctl(file, uapi.IOASID_REQUEST_ALLOC_BATCH, batch)
+        system.ioasid_ioctl(file, uapi.IOASID_REQUEST_FREE, out[:4])
+        system.ioasid_ioctl(file, uapi.IOASID_REQUEST_ALLOC, uapi.ALLOC_REQUEST.pack(16, 0, 7, 9))
+        with pytest.raises(IoasidError):
+            system.ioasid_ioctl(file, uapi.IOASID_REQUEST_ALLOC_BATCH,
+                                uapi.ALLOC_BATCH.pack(uapi.ALLOC_BATCH.size, 0, 1, 100_000, 2))
+        root = system.cgroups.root
+        assert (root.limit, root.counter, root.peak) == (5, 4, 5)  # as any cgroup's peak
+        report(dump(system.core))
+
+    final, = crashed(scenario)
+    back = stored(tmp_path)
+    assert back == final
+    root = next(c for c in back["cgroups"] if c["parent"] is None)
+    assert (root["limit"], root["counter"], root["peak"]) == (5, 4, 5)
