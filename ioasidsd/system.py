@@ -639,6 +639,12 @@ class System:
             if self._due:
                 lock.finish()
 
+    def ioasid_free_batch_ok(self, file: IoasidFile, arg: bytes) -> bool:
+        """Whether ``IOASID_REQUEST_FREE_BATCH`` with ``arg`` would free every ID it names now
+        (``IoasidDevice.check_free_batch_locked``); changes nothing."""
+        with self.lock:
+            return self.ioasid_device.check_free_batch_locked(file, arg)
+
     def ioasid_release(self, file: IoasidFile, *, exited: bool = False) -> None:
         """The last close of ``file``. ``exited``: its opener is exiting, so the process exits
         first (as ``exit``), and the file is released with its mm gone, as the kernel closes

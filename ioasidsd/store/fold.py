@@ -17,6 +17,9 @@ of operations (tuples), written down by ``ioasidsd.store.codec``:
                                             exactly these IDs; ``groups`` pairs the fields
                                             shared by some of them with their IDs
                                             (``ids_bytes``: little-endian u32s)
+``(IOASIDS, set, fields or None, ids)``     many IOASID rows of one set at once (a slice of
+                                            a batch): each of ``ids`` (``ids_bytes``) has
+                                            ``fields``, or is gone (``None``)
 ``(REFUSAL, seq, fields or None)``          an entry of the refusal log: its cgroup and
                                             the entry as JSON text (``store.refusals``)
 ``(EVERYTHING,)``                           every table is replaced by what follows
@@ -52,7 +55,7 @@ from typing import Any
 
 from ioasidsd.store import journal
 
-META, CGROUP, PROCESS, SET, IOASID, SET_IOASIDS, EVERYTHING, CORE, REFUSAL = range(9)
+META, CGROUP, PROCESS, SET, IOASID, SET_IOASIDS, EVERYTHING, CORE, REFUSAL, IOASIDS = range(10)
 
 CORE_KEYS = ("capacity", "capacity_avail", "capacity_installed", "release_agent",
              "sane_behavior", "warned_negative", "hierarchy")
@@ -153,6 +156,16 @@ class FoldPlan:
                     self.counted.add(fields[0])
                 elif len(op) > 3:
                     self.counted.add(op[3])
+            elif code == IOASIDS:
+                step = steps[-1] if steps else None
+                if step.__class__ is not _IdRows:
+                    step = _IdRows()
+                    steps.append(step)
+                set_id, fields = op[1], op[2]
+                step.rows.update(dict.fromkeys(ids_array(op[3]), fields))
+                if fields is not None:
+                    step.sets.add(set_id)
+                self.counted.add(set_id)
             elif code == CORE:
                 tables[CORE][None] = op[1]
             elif code in tables:

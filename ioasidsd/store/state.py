@@ -82,6 +82,7 @@ from ioasidsd.store.fold import (
     CORE,
     EVERYTHING,
     IOASID,
+    IOASIDS,
     META,
     PROCESS,
     REFUSAL,
@@ -140,6 +141,7 @@ Warn = Callable[[str], None]
 
 
 _BULK_IDS = 64  # from this many IOASIDs in one change, whole sets may be cheaper to write
+_GROUP_IDS = 256  # from this many of one set, alike, one IOASIDS operation (a batch's slice)
 
 
 def _orphan_rows(orphans: Mapping[int, float]) -> list[list[float]]:
@@ -652,6 +654,11 @@ class Store:
         if set_ids:
             for sid in sorted(set_ids):
                 cgroups.extend(self._set_ioasids_ops(sid, ops))
+        if len(ids) >= _GROUP_IDS:
+            grouped = self._group_ops(ids, ops)
+            if grouped is not None:
+                cgroups.extend(grouped)
+                ids = ()
         if len(ids) == 1:
             (only,) = ids
             cgroups.extend(self._ioasid_ops(int(only), ops))
@@ -842,6 +849,46 @@ class Store:
             else:
                 rest.extend(members)
         return rest
+
+    def _group_ops(self, ids: tuple[int, ...], ops: list[Op]) -> list[Cgroup] | None:
+        """Many IOASIDs of one set (a slice of a batch) as one ``IOASIDS`` operation, when they
+        are all live in its index with the same fields and no private data, or all gone and
+        last written in that set; returns the cgroups they were or are charged to, or ``None``
+        (nothing written) when they are not such a group."""
+        core = self._core
+        get = core.ioasid_index.get
+        first = get(ids[0]) if ids[0] >= 0 else None
+        if first is not None:
+            ioasid_set = first.set
+            key = _IOASID_KEY(first)
+            if key[5] is not None or not ioasid_set.xa.issuperset(ids) or \
+                    not all(map(key.__eq__, map(_IOASID_KEY, map(get, ids)))):
+                return None
+            sid = ioasid_set.id
+            state, refs, spid, cg, pooled, _private = key
+            row = None if cg is None else self._row(cg)
+            group = array("I", ids)
+            ops.append((IOASIDS, sid, (sid, int(state), refs, spid, row, pooled, True, None),
+                        ids_bytes(group)))
+            self._set_of.set_many(group, sid)
+            if sid not in self._last_set:
+                self._set_op(sid, ops)
+            if cg is None:
+                return []
+            charged = self._charged.get(sid)
+            if charged is None:
+                charged = self._charged[sid] = set()
+            charged.add(row)  # type: ignore[arg-type]  # not None with cg
+            return [cg] if cg.parent is not None or cg.limit is not None else []
+        sid = self._set_of.get(ids[0]) if ids[0] >= 0 else None
+        if sid is None or min(ids) < 0 or core.ioasid_index.any_used(ids) or \
+                not self._set_of.all_map_to(ids, sid):
+            return None
+        ops.append((IOASIDS, sid, None, ids_bytes(array("I", ids))))
+        was_charged = self._charged_cgroups(sid)
+        if sid not in core.sets_by_id:  # destroyed with its last IOASID
+            self._set_op(sid, ops)
+        return was_charged
 
     def _set_ioasids_ops(self, sid: int, ops: list[Op]) -> list[Cgroup]:
         """A set with every IOASID it holds; returns the cgroups they were or are charged

@@ -598,3 +598,80 @@ def test_the_roots_limit_and_its_own_charges_are_durable(tmp_path):
     assert back == final
     root = next(c for c in back["cgroups"] if c["parent"] is None)
     assert (root["limit"], root["counter"], root["peak"]) == (5, 4, 5)
+
+
+def test_a_batchs_slices_are_one_operation_each_and_fold_to_their_rows(tmp_path):
+    """A batch served in slices (``ioasidsd.userapi.batches``) in a set much larger than a
+    slice: each slice's record holds its IDs as one ``IOASIDS`` operation, not a row each nor
+    the whole set; what is rebuilt after any slice (and after a fold) is the model."""
+    from ioasidsd.store.fold import IOASID, IOASIDS, SET_IOASIDS
+    from ioasidsd.userapi.batches import SLICE, sliced
+
+    store, system = bound(tmp_path, fold_interval=NEVER)
+    system.processes.live[10] = 1.0
+    file = system.ioasid_open(10)
+    big = uapi.ALLOC_BATCH.pack(uapi.ALLOC_BATCH.size, 0, 1, 100_000, 8 * SLICE)
+    system.ioasid_ioctl(file, uapi.IOASID_REQUEST_ALLOC_BATCH, big)
+    assert store.fold()
+
+    def run(batch) -> tuple[int, bytes]:
+        steps = 0
+        while True:
+            try:
+                next(batch)
+            except StopIteration as done:
+                return done.value
+            steps += 1
+            kinds = [op[0] for op in records(tmp_path)[-1]]
+            if kinds.count(IOASIDS):
+                assert kinds.count(IOASIDS) == 1
+                assert IOASID not in kinds and SET_IOASIDS not in kinds
+            if steps % 2:
+                assert stored(tmp_path) == dump(system.core)
+
+    arg = uapi.ALLOC_BATCH.pack(uapi.ALLOC_BATCH.size, 0, 1, 100_000, 3 * SLICE + 7)
+    count, out = run(sliced(system, file, uapi.IOASID_REQUEST_ALLOC_BATCH, arg, pid=10, uid=0))
+    assert count == 3 * SLICE + 7 and len(system.core) == 11 * SLICE + 7
+    assert sum(op[0] == IOASIDS for record in records(tmp_path) for op in record) == 3
+    assert stored(tmp_path) == dump(system.core)
+    free = uapi.FREE_BATCH.pack(uapi.FREE_BATCH.size + len(out), 0, count) + out
+    assert run(sliced(system, file, uapi.IOASID_REQUEST_FREE_BATCH, free, pid=10,
+                      uid=0)) == (count, b"")
+    gone = [op for record in records(tmp_path) for op in record
+            if op[0] == IOASIDS and op[2] is None]
+    assert len(gone) == 3  # the last slice, of 7 IDs, is 7 rows
+    assert stored(tmp_path) == dump(system.core)
+    assert store.fold()
+    assert store.db.execute("SELECT count(*) FROM ioasids").fetchone() == (8 * SLICE,)
+    assert store.db.execute("SELECT nr_ioasids FROM sets").fetchall() == [(8 * SLICE,)]
+    store.close()
+    assert stored(tmp_path) == dump(system.core)
+
+
+def test_a_daemon_killed_in_the_middle_of_a_sliced_batch_comes_back_consistent(tmp_path):
+    """``kill -9`` between two slices of a batch: the slices made are durable, and the state
+    rebuilt is the model as it was then (counters, capacity and rows agree)."""
+    from ioasidsd.userapi.batches import SLICE, sliced
+
+    def scenario(report):
+        _, system = bound(tmp_path, fold_interval=NEVER)
+        system.mkdir("/a")
+        system.write_max("/a", str(100 * SLICE))
+        system.processes.live[10] = 1.0
+        system.write_procs("/a", "10", writer_pid=1, writer_uid=0)
+        file = system.ioasid_open(10)
+        system.ioasid_ioctl(file, uapi.IOASID_REQUEST_ALLOC_BATCH,
+                            uapi.ALLOC_BATCH.pack(uapi.ALLOC_BATCH.size, 0, 1, 1 << 19,
+                                                  8 * SLICE))
+        arg = uapi.ALLOC_BATCH.pack(uapi.ALLOC_BATCH.size, 0, 1, 1 << 19, 6 * SLICE)
+        batch = sliced(system, file, uapi.IOASID_REQUEST_ALLOC_BATCH, arg, pid=10, uid=0)
+        for _ in range(3):
+            next(batch)
+        running.append(batch)  # not closed (which would free its slices): killed while open
+        report(dump(system.core))
+
+    running: list[object] = []
+    final, = crashed(scenario)
+    assert stored(tmp_path) == final
+    a = next(c for c in final["cgroups"] if c["name"] == "a")
+    assert a["counter"] == 11 * SLICE and len(final["ioasids"]) == 11 * SLICE
