@@ -183,6 +183,8 @@ class UserApiServer:
             if conn.batch is not None:  # a batch is being served: its requests wait
                 if events & _GONE:
                     self._close(conn)
+                elif events & _OUT:
+                    self._flush(conn)  # the replies made before it
                 return
             if events & _OUT:
                 self._flush(conn)
@@ -223,6 +225,9 @@ class UserApiServer:
             self._close(conn)
 
     def _send(self, conn: _Connection, data: bytes) -> None:
+        if conn.pending:  # earlier replies wait to be sent: after them
+            conn.pending += data
+            return
         try:
             sent = conn.sock.send(data)
         except BlockingIOError:
@@ -244,8 +249,13 @@ class UserApiServer:
                     batch = sliced(self.system, conn.file, cmd, arg, pid=sender, uid=uid)
                 if batch is not None:
                     conn.batch = batch
+                    if replies:  # those before it go now
+                        data = b"".join(replies)
+                        replies.clear()
+                        self._send(conn, data)
                     assert self._loop is not None
-                    self._loop.modify(conn.sock.fileno(), 0)  # only a hang-up comes now
+                    if not conn.pending:
+                        self._loop.modify(conn.sock.fileno(), 0)  # only a hang-up comes now
                     self._loop.call_at(time.monotonic(), lambda: self._slice(conn))
                     return
                 replies.append(self._request(conn.file, cmd, arg, sender, uid))
@@ -282,7 +292,7 @@ class UserApiServer:
         conn.batch = None
         try:
             assert self._loop is not None
-            self._loop.modify(conn.sock.fileno(), _IN)
+            self._loop.modify(conn.sock.fileno(), _OUT if conn.pending else _IN)
             self._serve(conn)
         except OSError:
             self._close(conn)
@@ -368,7 +378,7 @@ class UserApiServer:
         del conn.pending[:sent]
         if not conn.pending:
             assert self._loop is not None
-            self._loop.modify(conn.sock.fileno(), _IN)
+            self._loop.modify(conn.sock.fileno(), 0 if conn.batch is not None else _IN)
 
     def _close(self, conn: _Connection, *, release: bool = True) -> None:
         """The connection ended: release its file (as the process's exit when the peer is

@@ -82,6 +82,24 @@ def test_requests_behind_a_batch_on_its_connection_keep_their_order(served_fixed
     conn.close()
 
 
+def test_a_client_that_reads_late_gets_every_reply_in_order(served_fixed: Served) -> None:
+    """Two full batches and a small request sent at once, the replies read only after all were
+    sent: the first batch's reply (256 KiB) does not fit in the socket and waits while the
+    second batch is served; all three come, whole and in order."""
+    conn = RawConn(served_fixed)
+    assert conn.reply() == (0, b"")
+    full = uapi.IOASID_BATCH_MAX
+    batch = frame(uapi.IOASID_REQUEST_ALLOC_BATCH, uapi.ALLOC_BATCH.pack(20, 0, 1, 1 << 19, full))
+    conn.send(batch + batch
+              + frame(uapi.IOASID_REQUEST_ALLOC, uapi.ALLOC_REQUEST.pack(16, 0, 1, 1 << 19)))
+    ret, out = conn.reply()
+    assert ret == full and struct.unpack(f"={full}I", out) == tuple(range(1, full + 1))
+    ret, out = conn.reply()
+    assert ret == full and struct.unpack(f"={full}I", out) == tuple(range(full + 1, 2 * full + 1))
+    assert conn.reply() == (2 * full + 1, b"")
+    conn.close()
+
+
 def test_a_batch_refused_in_a_later_slice_changes_nothing(served_fixed: Served) -> None:
     """A limit of 5,000 and a batch of 6,000: the first slices are made, the sixth is refused,
     and those before it are freed again: the reply is the refusal, and the model is as it was
