@@ -154,7 +154,9 @@ class IoasidDevice:
         cgroups: tuple[Cgroup, ...] = ()
         if len(leaves) == 1:  # one caller, charged in its own cgroup: every ioctl but a few
             leaf = leaves.pop()
-            cgroups = leaf.chain or _counted_root(leaf)
+            cgroups = leaf.chain
+            if not cgroups and leaf.limit is not None:  # the root, counting its own charges
+                cgroups = (leaf,)
         elif leaves:
             cgroups = tuple(dict.fromkeys([cg for leaf in leaves
                                            for cg in leaf.chain or _counted_root(leaf)]))
