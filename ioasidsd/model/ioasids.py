@@ -374,6 +374,26 @@ class IoasidsController(Controller):
             raise IoasidError(EPERM, "the calling process does not own the set")
         return self.try_charge(task.cgroup, 1)
 
+    def charge_alloc_many(self, ioasid_set: IoasidSet, task: Process | None,
+                          n: int) -> Charge | None:
+        """``n`` ``charge_alloc`` calls at once, when all ``n`` would succeed: the one
+        ``Charge`` of ``n`` along the walk (peaks raised to the final counters, as ``n`` single
+        charges raise them). ``None``, with nothing changed and nothing counted, when any of
+        them would be refused (no task, an exited task or one that does not own the set, a
+        level whose limit ``n`` more would pass): the caller then charges one by one, so that
+        a refusal is reported, counted and undone exactly as ``charge_alloc`` does it."""
+        if task is None or not task.alive:
+            return None
+        token = ioasid_set.token
+        if token is not task and token != task.mm:
+            return None
+        chain = task.cgroup.chain
+        for node in chain:
+            limit = node.limit
+            if limit is not None and node.counter + n > limit:
+                return None
+        return self.try_charge(task.cgroup, n)
+
     def uncharge_reclaim(self, data: IoasidData, task: Process | None) -> None:
         """``ioasid_cg_uncharge`` at the final release of an MM-set IOASID.
 
