@@ -436,8 +436,7 @@ class IoasidsController(Controller):
         token = ioasid_set.token
         if token is not task and token != task.mm:
             return None
-        chain = task.cgroup.chain
-        for node in chain:
+        for node in _counting(task.cgroup):
             limit = node.limit
             if limit is not None and node.counter + n > limit:
                 return None
@@ -457,7 +456,7 @@ class IoasidsController(Controller):
             if task is None:
                 return True
             n = len(datas)
-            chain = task.cgroup.chain
+            chain = _counting(task.cgroup)
             for node in chain:
                 if node.counter < n:
                     return False
@@ -471,7 +470,7 @@ class IoasidsController(Controller):
                 counts[cg] = counts.get(cg, 0) + 1
         below: dict[Cgroup, int] = {}  # what each level loses, over every charged cgroup
         for cg, n in counts.items():
-            for node in cg.chain:
+            for node in _counting(cg):
                 below[node] = below.get(node, 0) + n
         for node, n in below.items():
             if node.counter < n:
@@ -584,6 +583,15 @@ class IoasidsController(Controller):
 
     def _charged_ids(self, ioasid_set: IoasidSet) -> list[IoasidData]:
         return [d for d in self.core.set_members(ioasid_set) if d.cgroup is not None]
+
+
+def _counting(cg: Cgroup) -> tuple[Cgroup, ...]:
+    """The levels a charge to ``cg`` counts at: its walk, or for the root with a limit
+    (``set_root_max``) the root itself."""
+    chain = cg.chain
+    if not chain and cg.limit is not None:
+        return (cg,)
+    return chain
 
 
 def _limited_above(cg: Cgroup) -> Cgroup | None:

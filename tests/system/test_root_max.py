@@ -161,3 +161,22 @@ def test_the_root_limit_and_count_survive_a_snapshot(system) -> None:
     load(snap, again.core)
     assert again.cgroups.root.limit == 6 and again.cgroups.root.counter == 3
     assert dump(again.core) == snap
+
+
+def test_whole_batches_count_at_the_root_both_ways(system) -> None:
+    """A batch that fits is charged at once (the model's bulk path) and counted at the root; a
+    batch that would pass the limit is refused whole; a batch release uncounts them all."""
+    s, procs, _ = system
+    procs.add(10)
+    s.set_root_max(5)
+    f = s.ioasid_open(10)
+    count, out = batch(s, f, 3)
+    root = s.cgroups.root
+    assert count == 3 and root.counter == 3 and root.peak == 3
+    with pytest.raises(IoasidError) as info:
+        batch(s, f, 3)
+    assert info.value.errno == EAGAIN and root.counter == 3 and len(s.core) == 3
+    free = uapi.FREE_BATCH.pack(12 + len(out), 0, count) + out
+    assert s.ioasid_ioctl(f, uapi.IOASID_REQUEST_FREE_BATCH, free)[0] == 3
+    assert root.counter == 0 and len(s.core) == 0
+    assert batch(s, f, 5)[0] == 5 and root.counter == 5
