@@ -59,7 +59,7 @@ def sliced(system: System, file: IoasidFile, cmd: int, arg: bytes, *, pid: int,
         argsz, flags, lo, hi, count = uapi.ALLOC_BATCH.unpack_from(arg)
         if flags or argsz < uapi.ALLOC_BATCH.size or not size < count <= uapi.IOASID_BATCH_MAX:
             return None
-        return _alloc(system, file, lo, hi, count, pid=pid, uid=uid, size=size)
+        return _alloc_in_slices(system, file, lo, hi, count, pid=pid, uid=uid, size=size)
     if cmd == uapi.IOASID_REQUEST_FREE_BATCH:
         if len(arg) < uapi.FREE_BATCH.size:
             return None
@@ -69,7 +69,7 @@ def sliced(system: System, file: IoasidFile, cmd: int, arg: bytes, *, pid: int,
         if flags or not size < count <= uapi.IOASID_BATCH_MAX or argsz < start + 4 * count \
                 or len(ids) < 4 * count or len(set(_ids(ids))) < count:
             return None
-        return _free(system, file, cmd, arg, ids, pid=pid, uid=uid, size=size)
+        return _free_in_slices(system, file, cmd, arg, ids, pid=pid, uid=uid, size=size)
     return None
 
 
@@ -84,8 +84,8 @@ def _free_request(ids: bytes | memoryview) -> bytes:
     return uapi.FREE_BATCH.pack(uapi.FREE_BATCH.size + 4 * count, 0, count) + ids
 
 
-def _alloc(system: System, file: IoasidFile, lo: int, hi: int, count: int, *, pid: int,
-           uid: int | None, size: int) -> Batch:
+def _alloc_in_slices(system: System, file: IoasidFile, lo: int, hi: int, count: int, *,
+                     pid: int, uid: int | None, size: int) -> Batch:
     ioctl = system.ioasid_ioctl
     made = bytearray()
     done = False
@@ -121,8 +121,8 @@ def _undo(system: System, file: IoasidFile, made: bytearray, *, pid: int, uid: i
                                         uapi.FREE_ARG.pack(ioasid), pid=pid, uid=uid)
 
 
-def _free(system: System, file: IoasidFile, cmd: int, arg: bytes, ids: bytes, *, pid: int,
-          uid: int | None, size: int) -> Batch:
+def _free_in_slices(system: System, file: IoasidFile, cmd: int, arg: bytes, ids: bytes, *,
+                    pid: int, uid: int | None, size: int) -> Batch:
     view = memoryview(ids)
     count = len(ids) // 4
     step = 4 * size
