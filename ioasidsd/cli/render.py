@@ -44,7 +44,7 @@ def format_status(status: dict[str, Any]) -> str:
                                         for o in status["over_reserved"])
                              + " (saved by an earlier version; returned when rewritten)")]
           if status.get("over_reserved") else []),
-        ("root limit", _root_line(status.get("root"))),
+        ("root max", _root_line(status.get("root"))),
         ("cgroups", str(status["cgroups"])),
         ("processes", str(status["processes"])),
         ("IOASIDs", f"{status['ioasids']} in {status['sets']} set"

@@ -317,11 +317,11 @@ def test_root_max_holds_a_process_in_the_root_cgroup(tmp_path, started):
         assert info.value.errno == errno.EAGAIN
         status = daemon.status()
         assert status["root"] == {"max": 3, "current": 3} and status["ioasids"] == 3
-        assert "root limit  3, 3 held by processes in the root cgroup" in format_status(status)
+        assert "root max   3, 3 held by processes in the root cgroup" in format_status(status)
         dev.free(first[0])
         dev.alloc()
     assert daemon.status()["root"] == {"max": 3, "current": 0}  # freed at close
     daemon.shutdown()
     default = started()
     assert default.status()["root"] == {"max": None, "current": None}
-    assert "root limit  max (" in format_status(default.status())
+    assert "root max   max (" in format_status(default.status())
