@@ -104,7 +104,8 @@ class Cgroup:
     does not interpret them). The fields of a cgroup-v2 hierarchy
     (``ioasidsd.model.unified``), left at their defaults on v1: ``subtree_control`` (the names
     of the controllers enabled for the children), ``threaded`` (``cgroup.type`` was set to
-    ``threaded``), ``max_depth`` and ``max_descendants`` (``None`` for ``max``).
+    ``threaded``), ``max_depth`` and ``max_descendants`` (``None`` for ``max``), ``freeze``
+    (``cgroup.freeze`` of this cgroup: its own request, not what its ancestors ask).
 
     The ``ioasids`` controller's state (its css), which only the controller initialises and
     changes: ``counter`` is ``ioasids.current``, ``limit`` is ``ioasids.max`` (``None`` for
@@ -124,6 +125,7 @@ class Cgroup:
         "counter",
         "events",
         "events_local",
+        "freeze",
         "limit",
         "max_depth",
         "max_descendants",
@@ -158,6 +160,7 @@ class Cgroup:
         self.threaded = False
         self.max_depth: int | None = None
         self.max_descendants: int | None = None
+        self.freeze = False
         # This cgroup and its ancestors below the root (a controller's charge walk). The tree
         # only ever renames within a parent, so the walk of a cgroup never changes.
         self.chain: tuple[Cgroup, ...] = () if parent is None else (self, *parent.chain)

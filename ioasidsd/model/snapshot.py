@@ -107,12 +107,16 @@ def is_removed(cg: Cgroup) -> bool:
 
 def control_record(cg: Cgroup) -> Record | None:
     """The cgroup-v2 fields of ``cg`` (``None`` when all are at their defaults, as on v1):
-    ``subtree_control`` (sorted names), ``threaded``, ``max_depth``, ``max_descendants``."""
+    ``subtree_control`` (sorted names), ``threaded``, ``max_depth``, ``max_descendants`` and
+    ``freeze`` (only when set: records from before ``cgroup.freeze`` lack it)."""
     if not (cg.subtree_control or cg.threaded or cg.max_depth is not None
-            or cg.max_descendants is not None):
+            or cg.max_descendants is not None or cg.freeze):
         return None
-    return {"subtree_control": sorted(cg.subtree_control), "threaded": cg.threaded,
-            "max_depth": cg.max_depth, "max_descendants": cg.max_descendants}
+    record: Record = {"subtree_control": sorted(cg.subtree_control), "threaded": cg.threaded,
+                      "max_depth": cg.max_depth, "max_descendants": cg.max_descendants}
+    if cg.freeze:
+        record["freeze"] = True
+    return record
 
 
 def cgroup_record(cg: Cgroup, cgroup_id: CgroupIds) -> Record:
@@ -396,6 +400,10 @@ def _load_control(value: Any, cg: Cgroup, what: str) -> None:
         if limit is not None and limit < 0:
             raise SnapshotError(f"{what}: {name!r} is negative")
         setattr(cg, name, limit)
+    freeze = value.get("freeze", False)
+    if not isinstance(freeze, bool):
+        raise SnapshotError(f"{what}: 'freeze' must be a boolean")
+    cg.freeze = freeze
 
 
 def _attrs(value: Any, what: str) -> dict[str, dict[str, int]]:
