@@ -18,7 +18,8 @@ errnos live in the model (``ioasidsd.model.formats``), changes in ``System``.
 On a cgroup-v2 hierarchy (``System(hierarchy="v2")``) a cgroup holds the v2 core files
 (``cgroup.controllers``, ``cgroup.subtree_control``, ``cgroup.procs``, ``cgroup.threads``,
 ``cgroup.max.depth``, ``cgroup.max.descendants``, ``cgroup.stat``; a non-root cgroup also
-``cgroup.type``, ``cgroup.events``, ``cgroup.freeze`` and the write-only ``cgroup.kill``) and
+``cgroup.type``, ``cgroup.events``, ``cgroup.freeze``, the write-only ``cgroup.kill`` and
+``cgroup.stat.local``) and
 the controller's five files exactly where the controller is enabled (its parent's
 ``cgroup.subtree_control`` names it); the root's controller files are those of v1.
 
@@ -28,6 +29,7 @@ checks that the cgroup still exists, and calls ``read`` and ``write``.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from errno import E2BIG, EINVAL, EOPNOTSUPP, EPERM
@@ -239,6 +241,13 @@ def _freeze(system: System, cg: Cgroup) -> str:
     return render_flag(cg.freeze)
 
 
+def _stat_local(system: System, cg: Cgroup) -> str:
+    now = time.monotonic_ns()  # the clock System.write_freeze gives the model
+    with system.lock:
+        frozen = _unified(system).frozen_ns(cg, now)
+    return render_keyed([("frozen_usec", frozen // 1000)])
+
+
 def _max_depth(system: System, cg: Cgroup) -> str:
     return render_hierarchy_limit(cg.max_depth)
 
@@ -384,6 +393,7 @@ CHILD_CORE_V2 = _table(
     CgroupFile("cgroup.events", _cgroup_events, cached=False),
     CgroupFile("cgroup.freeze", _freeze, _set_freeze),
     CgroupFile("cgroup.kill", None, _kill, cached=False),
+    CgroupFile("cgroup.stat.local", _stat_local, cached=False),
 )
 """A non-root cgroup's files on v2 where the controller is not enabled."""
 

@@ -146,7 +146,12 @@ class System:
         parent_path, _, name = path.strip("/").rpartition("/")
         with self.lock:
             parent = self.cgroups.lookup(parent_path)
-            cg = self.cgroups.mkdir(parent, name, reserved_names=reserved_names)
+            tree = self.cgroups
+            if isinstance(tree, UnifiedHierarchy):
+                cg = tree.mkdir(parent, name, reserved_names=reserved_names,
+                                now=time.monotonic_ns())
+            else:
+                cg = tree.mkdir(parent, name, reserved_names=reserved_names)
             if self.kernel is not None:
                 try:
                     self.kernel.mkdir(cg.path)
@@ -282,7 +287,8 @@ class System:
 
     def write_freeze(self, path: str, data: bytes | str) -> None:
         """A write to ``cgroup.freeze`` (v2): ``0`` or ``1`` (``EINVAL``, ``ERANGE``: see
-        ``formats.parse_freeze``; ``EINVAL`` for the root). The processes of every cgroup
+        ``formats.parse_freeze``; ``EINVAL`` for the root), at the time of
+        ``time.monotonic_ns`` (the clock of ``frozen_usec``). The processes of every cgroup
         whose ``frozen`` turned (``UnifiedHierarchy.set_freeze``) get ``SIGSTOP`` or
         ``SIGCONT`` (the daemon's own process never); a freeze returns once they have stopped,
         or after ``FREEZE_WAIT`` seconds."""
@@ -290,10 +296,10 @@ class System:
         freeze = parse_freeze(data)
         with self.lock:
             cg = tree.lookup(path)
-            turned = tree.set_freeze(cg, freeze)
+            turned = tree.set_freeze(cg, freeze, time.monotonic_ns())
             if turned is None:
                 return
-            self.on_change(Change(ChangeKind.CONTROL, cgroups=(cg,)))
+            self.on_change(Change(ChangeKind.CONTROL, cgroups=(cg, *turned)))
             members = [(proc.pid, proc.start_time) for node in turned for proc in node.procs]
             sent = self._signal(members, SIGSTOP if freeze else SIGCONT)
         if freeze:

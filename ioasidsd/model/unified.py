@@ -36,6 +36,9 @@ What differs from a v1 hierarchy, and lives here:
   (``cgroup.freeze``); a cgroup is frozen (``frozen`` in ``cgroup.events``) when it or an
   ancestor asks, so a new child of a frozen cgroup is born frozen while its own ``cgroup.freeze``
   reads ``0``, and thawing a cgroup thaws only the descendants no other ancestor keeps frozen.
+  ``frozen_usec`` (``cgroup.stat.local``) adds up the time each cgroup spent frozen, from the
+  request (or its birth, frozen) to the thaw, on a clock of nanoseconds the caller passes
+  (``now``); a period whose start lies after ``now`` (a clock that went back) counts 0.
   The model decides which cgroups turn; stopping and continuing the real processes is the
   caller's (``ioasidsd.system``), done before the write returns, which is when the kernel's
   ``frozen`` would turn once every task has stopped.
@@ -133,6 +136,13 @@ class UnifiedHierarchy(Hierarchy):
         return False
 
     @staticmethod
+    def frozen_ns(cg: Cgroup, now: int) -> int:
+        """The nanoseconds ``cg`` has spent frozen until ``now`` (``cgroup.stat.local``:
+        ``frozen_usec``, in microseconds), the period it is frozen in included."""
+        since = cg.frozen_since
+        return cg.frozen_ns + (max(0, now - since) if since is not None else 0)
+
+    @staticmethod
     def nr_descendants(cg: Cgroup) -> int:
         """The cgroups below ``cg`` (``cgroup.stat``: ``nr_descendants``)."""
         return sum(1 for _ in cg.descendants()) - 1
@@ -195,12 +205,14 @@ class UnifiedHierarchy(Hierarchy):
 
     # ------------------------------------------------------------------ the tree
     def mkdir(
-        self, parent: Cgroup, name: str, *, reserved_names: frozenset[str] = frozenset()
+        self, parent: Cgroup, name: str, *, reserved_names: frozenset[str] = frozenset(),
+        now: int = 0,
     ) -> Cgroup:
         """Create a child cgroup: the checks of ``Hierarchy.mkdir``, then ``EAGAIN`` when an
         ancestor's ``max_descendants`` or ``max_depth`` would be exceeded. Each controller's
         state is allocated (``css_alloc``); it is online, and the new cgroup's walk starts at
-        it, only where the parent enables the controller."""
+        it, only where the parent enables the controller. Under a frozen parent it is born
+        frozen, at ``now``."""
         with self.lock:
             self._enter()
             self._check_new_child(parent, name, reserved_names)
@@ -225,6 +237,8 @@ class UnifiedHierarchy(Hierarchy):
                     controller.css_free(cg)
                 raise
             cg.chain = self._walk(cg)
+            if self.frozen(parent):
+                cg.frozen_since = now
             parent.children[name] = cg
             for controller in self.controllers:
                 if self.enabled(cg, controller.name):
@@ -345,12 +359,13 @@ class UnifiedHierarchy(Hierarchy):
             cg.max_descendants = value
             return True
 
-    def set_freeze(self, cg: Cgroup, freeze: bool) -> tuple[Cgroup, ...] | None:
-        """A write to ``cgroup.freeze`` of ``cg``: record its own request. Returns ``None``
-        when it asked for that already (nothing changed), else the cgroups of its subtree whose
-        ``frozen`` turned (none when an ancestor keeps the subtree frozen), each told to the
-        ``watchers``; their processes are to be stopped (``freeze``) or continued. ``EINVAL``
-        for the root, which has no ``cgroup.freeze``."""
+    def set_freeze(self, cg: Cgroup, freeze: bool, now: int = 0) -> tuple[Cgroup, ...] | None:
+        """A write to ``cgroup.freeze`` of ``cg`` at ``now``: record its own request. Returns
+        ``None`` when it asked for that already (nothing changed), else the cgroups of its
+        subtree whose ``frozen`` turned (none when an ancestor keeps the subtree frozen), each
+        told to the ``watchers``, its frozen period begun or ended at ``now``; their processes
+        are to be stopped (``freeze``) or continued. ``EINVAL`` for the root, which has no
+        ``cgroup.freeze``."""
         with self.lock:
             self._enter()
             if cg.parent is None:
@@ -363,6 +378,11 @@ class UnifiedHierarchy(Hierarchy):
             cg.freeze = freeze
             turned = tuple(self._unfrozen_below(cg))
             for node in turned:
+                if freeze:
+                    node.frozen_since = now
+                else:
+                    node.frozen_ns = self.frozen_ns(node, now)
+                    node.frozen_since = None
                 for watcher in self.watchers:
                     watcher(node)
             return turned

@@ -2,9 +2,10 @@
 a child of the kernel's cgroup-v2 hierarchy and on a child of our v2 mount, step by step (the
 errnos of bad writes, the files' modes and contents, ``frozen`` in ``cgroup.events`` as requests
 come and go, inheritance by new children, what a frozen, thawed, moved or killed real process
-does, delegation of both files, threaded cgroups), and the change notification of
-``frozen``. Also which files a child cgroup has beyond its controller's, the pressure files
-among them, which we do not serve. Documented differences (``docs/cgroupfs.md``) are in
+does, delegation of both files, threaded cgroups, the time a cgroup spent frozen in
+``cgroup.stat.local``), and the change notification of ``frozen``. Also which files a child
+cgroup has beyond its controller's, the pressure files among them, which we do not serve.
+Documented differences (``docs/cgroupfs.md``) are in
 ``DIFFERENCES``.
 
 Each side has its own processes: ``{ticker}`` writes a byte to a pipe every 20 ms (whether it
@@ -20,6 +21,7 @@ import os
 import select
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -46,18 +48,26 @@ SCRIPT: list[tuple[str, str, tuple[str, ...]]] = [
     ("read-kill", "read", ("cgroup.kill",)),
     ("read-freeze", "read", ("cgroup.freeze",)),
     ("events", "read", ("cgroup.events",)),
+    ("stat-local", "read", ("cgroup.stat.local",)),
+    ("stat-stat-local", "stat", ("cgroup.stat.local",)),
+    ("stat-local-write", "write", ("cgroup.stat.local", "1")),
     *[(f"kill-{value!r}", "write", ("cgroup.kill", value)) for value in BAD_WRITES],
     *[(f"freeze-{value!r}", "write", ("cgroup.freeze", value)) for value in BAD_WRITES],
     ("freeze-read-after-writes", "read", ("cgroup.freeze",)),
     ("events-after-writes", "wait_events", ("cgroup.events", "frozen 1")),
+    ("top-frozen-time", "frozen_time", (".",)),
     # ------------------------------------------------------------ inheritance
     ("mkdir-born-frozen", "mkdir", ("a",)),
     ("a-freeze-read", "read", ("a/cgroup.freeze",)),
     ("a-born-frozen", "read", ("a/cgroup.events",)),
+    ("a-frozen-time-born", "frozen_time", ("a",)),
     ("thaw-top", "write", ("cgroup.freeze", "0")),
     ("a-thawed", "wait_events", ("a/cgroup.events", "frozen 0")),
     ("mkdir-a-b", "mkdir", ("a/b",)),
+    ("a-frozen-time-thawed", "frozen_time", ("a",)),
+    ("top-frozen-time-thawed", "frozen_time", (".",)),
     ("mkdir-c", "mkdir", ("c",)),
+    ("c-frozen-time", "frozen_time", ("c",)),
     # ------------------------------------------------------------ a real process
     ("ticker-in", "write", ("a/b/cgroup.procs", "{ticker}")),
     ("ticker-runs", "progress", ()),
@@ -79,6 +89,8 @@ SCRIPT: list[tuple[str, str, tuple[str, ...]]] = [
     ("a-thawed-b-not", "wait_events", ("a/cgroup.events", "frozen 0")),
     ("b-kept-frozen", "read", ("a/b/cgroup.events",)),
     ("ticker-kept-still", "progress", ()),
+    ("a-time-thawed-b-kept", "frozen_time", ("a",)),
+    ("b-time-kept", "frozen_time", ("a/b",)),
     ("thaw-b", "write", ("a/b/cgroup.freeze", "0")),
     ("b-thawed", "wait_events", ("a/b/cgroup.events", "frozen 0")),
     ("ticker-runs-again", "progress", ()),
@@ -114,6 +126,7 @@ SCRIPT: list[tuple[str, str, tuple[str, ...]]] = [
     ("rmdir-frozen", "rmdir", ("d/x",)),
     ("root-kill", "exists", ("/cgroup.kill",)),
     ("root-freeze", "exists", ("/cgroup.freeze",)),
+    ("root-stat-local", "exists", ("/cgroup.stat.local",)),
 ]
 
 PRESSURE = "cgroup.pressure cpu.pressure io.pressure memory.pressure"
@@ -126,8 +139,8 @@ DIFFERENCES: dict[str, tuple[str, str]] = {
         "cgroup.subtree_control cgroup.threads cgroup.type cpu.pressure cpu.stat "
         "cpu.stat.local io.pressure memory.pressure",
         "cgroup.controllers cgroup.events cgroup.freeze cgroup.kill cgroup.max.depth "
-        "cgroup.max.descendants cgroup.procs cgroup.stat cgroup.subtree_control cgroup.threads "
-        "cgroup.type",
+        "cgroup.max.descendants cgroup.procs cgroup.stat cgroup.stat.local "
+        "cgroup.subtree_control cgroup.threads cgroup.type",
     ),
     # a file the kernel keeps in its page cache reports its text's length (kernfs: 0)
     "stat-freeze": ("mode 100644 size 0 uid 0 gid 0", "mode 100644 size 2 uid 0 gid 0"),
@@ -232,6 +245,17 @@ class Side:
                 break
         ready, _, _ = select.select([self.ticks], [], [], STILL_FOR)
         return "runs" if ready else "still"
+
+    def op_frozen_time(self, rel: str) -> str:
+        """Whether ``frozen_usec`` of ``rel`` is ``zero``, ``grows`` (read twice, 50 ms apart:
+        a frozen cgroup's time goes on) or ``stays`` (above zero: a thawed cgroup's)."""
+        path = self.path(rel) / "cgroup.stat.local"
+        first = int(path.read_text().split()[1])
+        time.sleep(0.05)  # time has to pass for frozen time to grow
+        second = int(path.read_text().split()[1])
+        if second > first:
+            return "grows"
+        return "zero" if second == 0 else "stays" if second == first else "shrinks"
 
     def op_exit_status(self, name: str) -> str:
         return str(self.procs[name].wait(10))

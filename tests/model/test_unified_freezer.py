@@ -195,3 +195,20 @@ def test_the_request_survives_a_snapshot() -> None:
     assert isinstance(tree, UnifiedHierarchy)
     a, b = tree.lookup("/a"), tree.lookup("/a/b")
     assert (a.freeze, b.freeze, tree.frozen(b)) == (True, False, True)
+
+
+def test_frozen_time_adds_up_the_periods_from_request_or_birth_to_thaw() -> None:
+    _system, tree, _ = world()
+    a = tree.mkdir(tree.root, "a", now=0)
+    assert tree.frozen_ns(a, 100) == 0
+    tree.set_freeze(a, True, now=1_000)
+    assert tree.frozen_ns(a, 1_500) == 500  # the open period counts
+    b = tree.mkdir(a, "b", now=2_000)  # born frozen
+    tree.set_freeze(b, True, now=2_500)  # asked too: its period goes on from its birth
+    tree.set_freeze(a, False, now=3_000)
+    assert (tree.frozen_ns(a, 9_000), tree.frozen_ns(b, 4_000)) == (2_000, 2_000)
+    tree.set_freeze(b, False, now=5_000)
+    assert tree.frozen_ns(b, 9_000) == 3_000
+    tree.set_freeze(a, True, now=10_000)
+    assert tree.frozen_ns(a, 9_000) == 2_000  # a clock that went back counts nothing
+    assert tree.frozen_ns(b, 10_250) == 3_250

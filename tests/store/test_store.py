@@ -429,3 +429,5 @@ def test_a_v2_freeze_request_survives_a_restart(make_system, tmp_path):
     again.close()
     a, b = copy.cgroups.lookup("/a"), copy.cgroups.lookup("/a/b")
     assert (a.freeze, b.freeze) == (False, True)
+    assert (a.frozen_ns, a.frozen_since) == (system.cgroups.lookup("/a").frozen_ns, None)
+    assert b.frozen_since == system.cgroups.lookup("/a/b").frozen_since is not None
