@@ -458,10 +458,10 @@ class IoasidsController(Controller):
             n = len(datas)
             chain = _counting(task.cgroup)
             for node in chain:
-                if node.counter < n:
+                if node.counter < n and node.parent is not None:
                     return False
             for node in chain:
-                node.counter -= n
+                _take(node, n)
             return True
         counts: dict[Cgroup, int] = {}
         for data in datas:
@@ -473,10 +473,10 @@ class IoasidsController(Controller):
             for node in _counting(cg):
                 below[node] = below.get(node, 0) + n
         for node, n in below.items():
-            if node.counter < n:
+            if node.counter < n and node.parent is not None:
                 return False
         for node, n in below.items():
-            node.counter -= n
+            _take(node, n)
         for data in datas:
             data.cgroup = None
         return True
@@ -583,6 +583,13 @@ class IoasidsController(Controller):
 
     def _charged_ids(self, ioasid_set: IoasidSet) -> list[IoasidData]:
         return [d for d in self.core.set_members(ioasid_set) if d.cgroup is not None]
+
+
+def _take(node: Cgroup, n: int) -> None:
+    """Uncharge ``n`` at one level that has them; the root (counting under its limit) never
+    goes below zero, as ``uncharge`` keeps it: what was charged before the limit is not
+    counted."""
+    node.counter = node.counter - n if node.parent is not None else max(node.counter - n, 0)
 
 
 def _counting(cg: Cgroup) -> tuple[Cgroup, ...]:

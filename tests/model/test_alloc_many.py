@@ -28,6 +28,8 @@ setups = st.fixed_dictionaries({
     "lo": st.integers(0, 40),
     "span": st.integers(-2, 90),
     "count": st.integers(0, 50),
+    "root_max": st.none() | st.integers(0, 60),  # a limit on the root's own processes...
+    "in_root": st.booleans(),                    # ...counted when the process is there
 })
 
 
@@ -36,7 +38,8 @@ def case(profile: str, capacity_model: str, capacity: int, parent_limit: int | N
     """A setup of ``setups`` for an explicit example: IDs asked for in ``[1, 81]``."""
     return {"profile": profile, "capacity_model": capacity_model, "capacity": capacity,
             "parent_limit": parent_limit, "child_limit": child_limit, "quota": quota,
-            "held": held, "lo": 1, "span": 80, "count": count}
+            "held": held, "lo": 1, "span": 80, "count": count, "root_max": None,
+            "in_root": False}
 
 
 def build(setup: dict) -> tuple[World, object, object]:
@@ -51,7 +54,8 @@ def build(setup: dict) -> tuple[World, object, object]:
     for cg, limit in ((parent, setup["parent_limit"]), (child, setup["child_limit"])):
         with contextlib.suppress(IoasidError):
             world.controller.set_max(cg, limit)
-    task = world.proc("/p/c")
+    world.controller.set_root_max(setup["root_max"])
+    task = world.proc("/" if setup["in_root"] else "/p/c")
     try:
         ioasid_set = core.set_alloc(task, setup["quota"], IoasidSetType.MM)
     except IoasidError:  # a quota above what is left: the process's set takes no quota
@@ -94,6 +98,8 @@ def one_by_one(world: World, ioasid_set, task, lo: int, hi: int, count: int) -> 
 @example(case("fixed", "overcommit", 12, None, None, 0, [], 13))
 @example(case("v4", "reserve-v4", 12, None, None, 0, [5], 11))
 @example(case("v4", "reserve-v4", 12, None, None, 0, [5], 12))
+@example({**case("fixed", "reserve", 80, None, None, 0, [3], 9), "root_max": 10, "in_root": True})
+@example({**case("fixed", "reserve", 80, None, None, 0, [3], 10), "root_max": 10, "in_root": True})
 def test_bulk_allocation_is_the_one_by_one_allocation(setup: dict) -> None:
     lo = setup["lo"]
     hi = lo + setup["span"]
@@ -124,10 +130,11 @@ frees = st.fixed_dictionaries({
     "freed": st.lists(st.integers(0, 29), min_size=1, unique=True),
     "referenced": st.lists(st.integers(0, 29), max_size=3),
     "spid": st.lists(st.integers(0, 29), max_size=2),
-    "moved": st.booleans(),
+    "moved": st.sampled_from([None, "/d", "/"]),
     "migration": st.sampled_from(["move", "stay"]),
     "uncharge_target": st.sampled_from(["charged", "current"]),
     "exited": st.booleans(),
+    "root_max": st.none() | st.integers(0, 60),
 })
 
 
@@ -144,6 +151,7 @@ def build_frees(setup: dict) -> tuple[World, object, object, list[int]]:
         world.cgroups.mkdir(world.cgroups.root, name)
     for name in ("/c", "/d"):
         world.controller.set_max(world.cgroups.lookup(name), setup["limit"])
+    world.controller.set_root_max(setup["root_max"])  # counts when a process moves to the root
     task = world.proc("/c")
     ioasid_set = core.set_alloc(task, 1000, IoasidSetType.MM)
     ids = [core.alloc(ioasid_set, 1, 1000, task=task) for _ in range(setup["allocated"])]
@@ -154,8 +162,8 @@ def build_frees(setup: dict) -> tuple[World, object, object, list[int]]:
         if i < len(ids):
             with contextlib.suppress(IoasidError):
                 core.attach_spid(ids[i], 5000 + i)
-    if setup["moved"]:
-        world.cgroups.attach(task, world.cgroups.lookup("/d"))
+    if setup["moved"] is not None:
+        world.cgroups.attach(task, world.cgroups.lookup(setup["moved"]))
     if setup["exited"]:
         task.alive = False
     return world, ioasid_set, task, [ids[i] for i in setup["freed"] if i < len(ids)]
