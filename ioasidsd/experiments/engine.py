@@ -39,6 +39,8 @@ from __future__ import annotations
 import hashlib
 import heapq
 import math
+import os
+import socket
 import time
 from array import array
 from dataclasses import dataclass, field
@@ -283,7 +285,10 @@ class Replication:
     """The raw outcome of one replication: counts per workload, and per cgroup (by path) the
     integral of ``current`` over the statistics window, its peak and the refusals at it;
     the same for the IOASIDs in use; ``events`` handled; ``series`` (``time`` and a list of
-    ``current`` per cgroup) when kept; ``wall_s`` its wall-clock time."""
+    ``current`` per cgroup) when kept; ``wall_s`` its wall-clock time, ``cpu_s`` the CPU time
+    of the thread that ran it (not the other threads of its process: a Dask worker's own), and ``worker`` which process that was
+    (``host:pid``). The last three depend on where and when it ran: no result uses them but
+    ``wall_s`` and ``events_per_s``, and benchmarks."""
 
     index: int
     seed: int
@@ -297,6 +302,8 @@ class Replication:
     events: int
     wall_s: float
     series: dict[str, list[float]] | None = None
+    cpu_s: float = 0.0
+    worker: str = ""
 
 
 class _Tenant:
@@ -488,6 +495,7 @@ class Engine:
         now and then with the share of simulated time done."""
         policy = self.policy
         started = time.perf_counter()
+        cpu_started = time.thread_time()
         for run in self.workloads:
             if run.spec.arrival.process == "trace":
                 schedule_trace(self, run)
@@ -522,7 +530,8 @@ class Engine:
             cgroup_peak=dict(zip(recorder.paths, recorder.peak, strict=True)),
             refusals=dict(recorder.refusals), in_use_area=recorder.in_use_area,
             in_use_peak=recorder.in_use_peak, events=self.events,
-            wall_s=time.perf_counter() - started, series=self.series)
+            wall_s=time.perf_counter() - started, series=self.series,
+            cpu_s=time.thread_time() - cpu_started, worker=f"{socket.gethostname()}:{os.getpid()}")
 
 
 def run_replication(policy: Policy, replication: int = 0, *, keep_series: bool = False,
