@@ -191,6 +191,8 @@ class ChildCpu:
 
         self.interval = interval
         self.seen: dict[int, float] = {}
+        self.own = 0.0
+        """This thread's own CPU seconds (spent in this process: not the run's)."""
         self.done = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
 
@@ -198,6 +200,7 @@ class ChildCpu:
         import psutil
 
         me = psutil.Process()
+        started = time.thread_time()
         while not self.done.wait(self.interval):
             for child in me.children(recursive=True):
                 try:
@@ -205,6 +208,7 @@ class ChildCpu:
                 except psutil.Error:
                     continue
                 self.seen[child.pid] = t.user + t.system
+            self.own = time.thread_time() - started
 
     def __enter__(self) -> ChildCpu:
         self.thread.start()
@@ -239,7 +243,7 @@ def sweep(events: int) -> dict[str, Any]:
     start, cpu = time.perf_counter(), time.process_time()
     with ChildCpu() as children:
         two, two_reps = run_policies(grid, workers=2)
-    t2, c2_self = time.perf_counter() - start, time.process_time() - cpu
+    t2, c2_self = time.perf_counter() - start, time.process_time() - cpu - children.own
     c2 = c2_self + children.total
     busy: dict[str, float] = {}
     for rep in two_reps:  # the first replication of each point: here, the only one

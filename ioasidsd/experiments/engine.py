@@ -286,9 +286,9 @@ class Replication:
     integral of ``current`` over the statistics window, its peak and the refusals at it;
     the same for the IOASIDs in use; ``events`` handled; ``series`` (``time`` and a list of
     ``current`` per cgroup) when kept; ``wall_s`` its wall-clock time, ``cpu_s`` the CPU time
-    of the thread that ran it (not the other threads of its process: a Dask worker's own), and ``worker`` which process that was
-    (``host:pid``). The last three depend on where and when it ran: no result uses them but
-    ``wall_s`` and ``events_per_s``, and benchmarks."""
+    of the thread that ran it (not that of its process's other threads: a Dask worker's own),
+    and ``worker`` which process that was (``host:pid``). The last three depend on where and
+    when it ran: no result uses them but ``wall_s`` and ``events_per_s``, and benchmarks."""
 
     index: int
     seed: int

@@ -102,10 +102,12 @@ LOCAL_CLUSTER_CONFIG = {
     "distributed.worker.multiprocessing-method": "forkserver",
     # what every process of the cluster does by the clock, whatever it runs, costs CPU the
     # tasks need on a machine with as many cores as workers: the event loops' tick watch
-    # (every 20 ms by default), the workers' sampling profiler (every 10 ms), the resource
-    # monitor (every 500 ms), work stealing (tasks here are of one size, and queued evenly)
+    # (every 20 ms by default), the workers' sampling profiler (every 10 ms), the memory
+    # monitor (every 100 ms: a task holds a few megabytes), the resource monitor (every
+    # 500 ms), work stealing (tasks here are of one size, and queued evenly)
     "distributed.admin.tick.interval": "1s",
     "distributed.worker.profile.enabled": False,
+    "distributed.worker.memory.monitor-interval": "2s",
     "distributed.admin.system-monitor.interval": "5s",
     "distributed.scheduler.work-stealing": False,
 }
