@@ -908,6 +908,7 @@ def record(env: Env, out: str, duration: float | None) -> None:
     """
     if os.geteuid() != 0:
         fail("trace record: only root may record a trace (it shows every process's requests)")
+    import contextlib
     import csv
     import signal
     import time
@@ -921,24 +922,22 @@ def record(env: Env, out: str, duration: float | None) -> None:
             name = "" if exc.error in ("ENOTCONN", "EPROTO") else f" ({exc.error})"
             fail(f"trace record: {exc}{name}")
 
+    signals = {signal.SIGINT, signal.SIGTERM}
+    signal.pthread_sigmask(signal.SIG_BLOCK, signals)  # taken by sigtimedwait below
+    token = call("start")["token"]
+    started = time.monotonic()
     try:
         f = open(out, "w", newline="", encoding="utf-8")  # noqa: SIM115 (closed below)
     except OSError as exc:
+        with contextlib.suppress(ControlError):
+            env.client.call("trace", action="stop", token=token)
         fail(oserror(f"trace record: {out}", exc))
-    signals = {signal.SIGINT, signal.SIGTERM}
-    signal.pthread_sigmask(signal.SIG_BLOCK, signals)  # taken by sigtimedwait below
     written = 0
     with f:
         writer = csv.writer(f, lineterminator="\n")
         writer.writerow(("time", "op", "pid", "cgroup", "count"))
         f.flush()
-        try:
-            token = call("start")["token"]
-        except SystemExit:
-            os.unlink(out)
-            raise
-        started = time.monotonic()
-        click.echo(f"recording to {out}", nl=True)
+        click.echo(f"recording to {out}")
         sys.stdout.flush()
         ended = None
         while ended is None:

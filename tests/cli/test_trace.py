@@ -131,3 +131,12 @@ def test_a_user_other_than_root_is_refused_in_one_line(served: Served, open_tmp:
                       env=env)
     assert "only root may record a trace" in one_line_error(done, 1)
     assert not out.exists()
+
+
+def test_without_a_daemon_trace_record_fails_in_one_line(tmp_path: Path) -> None:
+    out = tmp_path / "none.csv"
+    done = subprocess.run([IOASIDCTL, "--runtime-dir", str(tmp_path), "trace", "record",
+                           "--out", str(out)], capture_output=True, text=True, check=False,
+                          timeout=TIMEOUT)
+    assert "no ioasidsd is listening" in one_line_error(done, 1)
+    assert not out.exists()
