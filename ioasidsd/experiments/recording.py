@@ -52,6 +52,9 @@ MAX_ROWS = 1 << 20
 LEASE_S = 60.0
 """A recording whose rows nobody takes for this long ends (its client is gone)."""
 _ALLOCS = {"REQUEST_ALLOC", "REQUEST_ALLOC_BATCH"}
+_IOASID_KINDS = {ChangeKind.SET, ChangeKind.IOASID, ChangeKind.VTD_CLEANUP}
+"""The kinds whose records name IOASIDs allocated or freed (a bound IOASID freed by its process
+is released later, by the VT-d driver's cleanup)."""
 
 Row = list[Any]
 """``[time, op, pid, cgroup, count]``: one trace row."""
@@ -133,7 +136,7 @@ class TraceRecorder:
                 pid = self.pids.get(proc)
                 if pid is not None and proc.alive:
                     self.rows.append([now, "move", pid, proc.cgroup.path, ""])
-        elif kind is ChangeKind.SET or kind is ChangeKind.IOASID:
+        elif kind in _IOASID_KINDS:
             self._ioasids(change, now)
         if len(self.rows) > MAX_ROWS:
             self.ended = f"more than {MAX_ROWS} rows were not read"

@@ -226,3 +226,36 @@ def test_the_trace_verb_is_root_only_and_checks_its_arguments() -> None:
     stop = verbs.trace(service, {"action": "stop", "token": token}, root)
     assert stop == {"schema": verbs.SCHEMA, "rows": [], "ended": None}
     assert "trace" in verbs.VERBS
+
+
+def test_a_bound_ioasid_freed_is_recorded_when_the_vtd_cleanup_releases_it() -> None:
+    from ioasidsd.experiments import parse_policy
+    from ioasidsd.experiments.engine import build_system, devid
+
+    policy = parse_policy({
+        "name": "bound", "cgroup": [{"path": "/a", "max": 4}],
+        "workload": [{"name": "w", "cgroup": "/a", "arrival": {"process": "fixed",
+                                                               "interval": 1.0},
+                      "lifetime": {"dist": "fixed", "value": 1.0},
+                      "bind": {"device": "0000:03:00.0"}}],
+        "run": {"duration": 1.0}}, "test")
+    clock = [0.0]
+    built = build_system(policy)
+    system = built.system
+    recordings = Recordings(system, lambda: clock[0])
+    system.on_change = lambda change: recordings.active and recordings.active.note(change)
+    with system.lock:
+        token = recordings.start()
+    pid = built.processes.spawn(0.0)
+    system.fork(1, pid, 0.0, into=built.cgroups["/a"])
+    f = system.ioasid_open(pid)
+    hpasid, _ = system.ioasid_ioctl(f, uapi.IOASID_REQUEST_ALLOC, ONE)
+    system.ioasid_ioctl(f, uapi.IOASID_BIND_GPASID, uapi.BIND_GPASID.pack(
+        32, 0, hpasid, 0, devid("0000:03:00.0"), 0, 0))
+    clock[0] = 2.0
+    system.ioasid_ioctl(f, uapi.IOASID_REQUEST_FREE, uapi.FREE_ARG.pack(hpasid))
+    assert hpasid not in system.core  # the cleanup ran before the free returned
+    with system.lock:
+        rows, _ = recordings.stop(token)
+    assert rows == [[0.0, "spawn", pid, "/a", ""], [0.0, "alloc", pid, "", 1],
+                    [2.0, "free", pid, "", 1]]
