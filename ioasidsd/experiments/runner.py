@@ -14,6 +14,7 @@ called as tasks (or, in this process, parts of a replication) finish.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -91,9 +92,24 @@ def _run_dask(tasks: list[tuple[int, Policy, int]], workers: int, scheduler: str
                 progress(n, len(tasks))
         return outcomes
     finally:
+        if cluster is not None:
+            with contextlib.suppress(Exception):
+                client.run(_quiet_shutdown)
         client.close()
         if cluster is not None:
             cluster.close()
+
+
+def _quiet_shutdown() -> None:
+    """In an embedded cluster's worker, before the cluster closes: a heartbeat caught by the
+    scheduler's close is logged by Dask as an error with its traceback, on the command's
+    stderr; the run is over, so the workers' own log is silenced (a task's failure has
+    reached the client as its exception already)."""
+    import logging
+
+    for name in ("distributed.worker", "distributed.core", "distributed.comm",
+                 "distributed.nanny"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
 LOCAL_CLUSTER_CONFIG = {
