@@ -884,5 +884,85 @@ def free(env: Env, ids: tuple[int, ...]) -> None:
         raise SystemExit(1)
 
 
+# ---------------------------------------------------------------------- trace
+@main.group()
+def trace() -> None:
+    """Record the daemon's live /dev/ioasid traffic as a trace that experiment policies
+    replay (arrival = { process = "trace", file = ... })."""
+
+
+@trace.command()
+@click.option("--out", "-o", required=True, type=click.Path(dir_okay=False),
+              help="The trace file to write (CSV: time,op,pid,cgroup,count).")
+@click.option("--duration", type=click.FloatRange(0, min_open=True), default=None,
+              metavar="SECONDS", help="Stop after this long.  [default: until interrupted]")
+@click.pass_obj
+def record(env: Env, out: str, duration: float | None) -> None:
+    """Record the daemon's live traffic into OUT until --duration has passed or the command is
+    interrupted (SIGINT or SIGTERM; what was recorded until then is kept). Root only.
+
+    Recorded: every process that asks for IOASIDs (a spawn in its cgroup when it first asks,
+    its allocation requests, granted or refused, with their counts, its frees, moves and exit),
+    times in seconds from the start. What processes hold when the recording starts is
+    recorded at time 0. The file is written as the recording goes, every half second.
+    """
+    if os.geteuid() != 0:
+        fail("trace record: only root may record a trace (it shows every process's requests)")
+    import contextlib
+    import csv
+    import signal
+    import time
+
+    from ioasidsd.control.client import ControlError
+
+    def call(action: str, **args: Any) -> Any:
+        try:
+            return env.client.call("trace", action=action, **args)
+        except ControlError as exc:
+            name = "" if exc.error in ("ENOTCONN", "EPROTO") else f" ({exc.error})"
+            fail(f"trace record: {exc}{name}")
+
+    signals = {signal.SIGINT, signal.SIGTERM}
+    signal.pthread_sigmask(signal.SIG_BLOCK, signals)  # taken by sigtimedwait below
+    token = call("start")["token"]
+    started = time.monotonic()
+    try:
+        f = open(out, "w", newline="", encoding="utf-8")  # noqa: SIM115 (closed below)
+    except OSError as exc:
+        with contextlib.suppress(ControlError):
+            env.client.call("trace", action="stop", token=token)
+        fail(oserror(f"trace record: {out}", exc))
+    written = 0
+    with f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(("time", "op", "pid", "cgroup", "count"))
+        f.flush()
+        click.echo(f"recording to {out}")
+        sys.stdout.flush()
+        ended = None
+        while ended is None:
+            wait = 0.5
+            if duration is not None:
+                wait = min(wait, started + duration - time.monotonic())
+            if wait > 0 and signal.sigtimedwait(signals, wait) is not None:
+                break
+            if duration is not None and time.monotonic() >= started + duration:
+                break
+            reply = call("read", token=token)
+            writer.writerows(reply["rows"])
+            written += len(reply["rows"])
+            f.flush()
+            ended = reply["ended"]
+        if ended is None:
+            reply = call("stop", token=token)
+            writer.writerows(reply["rows"])
+            written += len(reply["rows"])
+            ended = reply["ended"]
+    if ended is not None:
+        fail(f"trace record: the daemon ended the recording: {ended} ({written} rows kept "
+             f"in {out})")
+    click.echo(f"recorded {written} rows in {time.monotonic() - started:.1f} s to {out}")
+
+
 main.add_command(wrap)
 main.add_command(experiment)

@@ -28,7 +28,8 @@ from ioasidsd.system import System
 from ioasidsd.vtd import VtdDriver
 
 __all__ = ["EVENTS_MAX", "SCHEMA", "TOP_COLUMNS", "TRACE_EVENTS_MAX", "VERBS", "Service",
-           "Verb", "events", "ids", "status", "top", "tree", "vtd", "vtd_summary", "which"]
+           "TraceRecordings", "Verb", "events", "ids", "status", "top", "trace", "tree", "vtd",
+           "vtd_summary", "which"]
 
 SCHEMA = 1
 """The ``schema`` of the replies of ``tree``, ``top``, ``ids``, ``events`` and ``which``: their
@@ -39,6 +40,24 @@ EVENTS_MAX = 65536
 
 TRACE_EVENTS_MAX = 4096
 """The most VT-d trace events one ``vtd`` request may ask for."""
+
+
+class TraceRecordings(Protocol):
+    """The daemon's trace recording (``ioasidsd.experiments.recording.Recordings``): rows
+    ``[time, op, pid, cgroup, count]`` of the trace format. Called under ``system.lock``."""
+
+    def start(self) -> str:
+        """Start recording; the token that reads and stops it (``EBUSY``: one runs)."""
+        ...
+
+    def take(self, token: str) -> tuple[list[list[Any]], str | None]:
+        """The rows since the last take, and why the recording ended by itself, if it did
+        (``ESRCH``: no such recording)."""
+        ...
+
+    def stop(self, token: str) -> tuple[list[list[Any]], str | None]:
+        """End the recording: its last rows, as ``take``."""
+        ...
 
 
 class Service(Protocol):
@@ -52,6 +71,9 @@ class Service(Protocol):
 
     @property
     def refusals(self) -> RefusalLog | None: ...
+
+    @property
+    def recordings(self) -> TraceRecordings | None: ...
 
     def service_status(self) -> dict[str, Any]:
         """The parts of ``status`` only the daemon knows: its pid and uptime, process tracking,
@@ -384,6 +406,42 @@ def events(service: Service, request: dict[str, Any], peer: Peer) -> dict[str, A
             "last_seq": last, "events": found[-limit:]}
 
 
+# ---------------------------------------------------------------------- trace
+TRACE_ACTIONS = ("start", "read", "stop")
+
+
+def trace(service: Service, request: dict[str, Any], peer: Peer) -> dict[str, Any]:
+    """``{"verb": "trace", "action": A, "token": T}``: record the daemon's live traffic as a
+    trace (the trace format of the experiments: rows ``[time, op, pid, cgroup, count]``,
+    ``ioasidsd.experiments.recording`` says what is recorded). ``start`` begins a recording
+    and answers its ``token``; ``read`` answers the ``rows`` recorded since the last read;
+    ``stop`` ends the recording and answers its last ``rows``. ``read`` and ``stop`` also
+    answer ``ended``: why the recording ended by itself (its rows unread too long, or too
+    many of them), ``null`` while it runs. One recording at a time; while none runs the
+    daemon does nothing for it.
+
+    Root only: a trace shows every process's requests (``EPERM`` for anyone else). ``EINVAL``
+    for a bad argument, ``EBUSY`` when another recording runs, ``ESRCH`` for a token that is
+    not the running recording's, ``ENODEV`` before the state is open."""
+    if peer.uid != 0:
+        raise IoasidError(errno.EPERM, "only root may record a trace")
+    action = request.get("action")
+    if action not in TRACE_ACTIONS:
+        raise IoasidError(errno.EINVAL, f"action must be one of {', '.join(TRACE_ACTIONS)}")
+    token = request.get("token", "")
+    if action != "start" and not isinstance(token, str):
+        raise IoasidError(errno.EINVAL, "token must be the string start answered")
+    system = _system(service)
+    recordings = service.recordings
+    if recordings is None:
+        raise IoasidError(errno.ENODEV, "the daemon cannot record yet")
+    with system.lock:
+        if action == "start":
+            return {"schema": SCHEMA, "token": recordings.start()}
+        rows, ended = (recordings.take if action == "read" else recordings.stop)(token)
+    return {"schema": SCHEMA, "rows": rows, "ended": ended}
+
+
 VERBS: dict[str, Verb] = {"status": status, "vtd": vtd, "tree": tree, "top": top,
-                          "which": which, "ids": ids, "events": events}
+                          "which": which, "ids": ids, "events": events, "trace": trace}
 """Every verb the daemon serves, by name."""

@@ -41,7 +41,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ioasidsd import __version__
 from ioasidsd.clients import ConnectionCap, Peer
@@ -81,6 +81,9 @@ from ioasidsd.store.state import Store, StoreError
 from ioasidsd.system import System
 from ioasidsd.userapi.server import UserApiServer
 from ioasidsd.vtd import VtdConfig, VtdDriver, build_driver, parse_config
+
+if TYPE_CHECKING:
+    from ioasidsd.experiments.recording import Recordings
 
 Mounter = Callable[..., Any]
 
@@ -163,6 +166,7 @@ class Daemon:
         self.sockets: EventLoop | None = None
         self.userapi: UserApiServer | None = None
         self.vtd: VtdDriver | None = None
+        self._recordings: Recordings | None = None
         self.mount: Any = None
         self.started = time.time()
         self.exit_code = 0
@@ -421,10 +425,24 @@ class Daemon:
     def _on_change(self, change: Change) -> None:
         assert self.store is not None
         self.store.apply(change)
+        recordings = self._recordings
+        if recordings is not None and recordings.active is not None:
+            recordings.active.note(change)
         if self.releases is not None:
             self.releases.wake()
         if change.refusal is not None or change.kind in _LOGGED:
             log_change(self.log, change)
+
+    @property
+    def recordings(self) -> Recordings | None:
+        """The trace recording (``ioasidsd.control.verbs.Service``), once the system exists;
+        made at the first ``trace`` request (until then, and while no recording runs, the
+        change feed costs two attribute tests)."""
+        if self._recordings is None and self.system is not None:
+            from ioasidsd.experiments.recording import Recordings
+
+            self._recordings = Recordings(self.system, time.monotonic)
+        return self._recordings
 
     @property
     def refusals(self) -> RefusalLog | None:

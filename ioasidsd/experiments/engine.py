@@ -39,6 +39,8 @@ from __future__ import annotations
 import hashlib
 import heapq
 import math
+import os
+import socket
 import time
 from array import array
 from dataclasses import dataclass, field
@@ -68,6 +70,8 @@ SERIES_POINTS = 400
 """How many samples of each cgroup's ``current`` a replication that keeps its series takes."""
 ID_RANGE = (1, PCI_PASID_MAX - 1)
 """The range a tenant asks its IOASIDs in (a PASID-capable device's, without RID_PASID 0)."""
+ALLOC_ONE = uapi.ALLOC_REQUEST.pack(16, 0, *ID_RANGE)
+"""The argument of a tenant's ``REQUEST_ALLOC`` (the same for every tenant: packed once)."""
 
 
 def replication_seed(seed: int, replication: int) -> int:
@@ -173,7 +177,13 @@ class Recorder:
         self.in_use_since = 0.0
         self.in_use_area = 0.0
         self.in_use_peak = 0
-        self.dirty: set[Cgroup] = set()
+        # what a change naming a cgroup makes to re-read: the indices of it and of its
+        # ancestors the run follows, by the cgroup's ``id`` (an int key: no Python ``__hash__``
+        # on the hot path); a cgroup the run does not follow has none
+        self.reread: dict[int, tuple[int, ...]] = {
+            id(cg): tuple(self.index_of[node] for node in cg.chain if node in self.index_of)
+            for cg in self.nodes}
+        self.dirty: list[Cgroup] = []
 
     def on_change(self, change: Change) -> None:
         refusal = change.refusal
@@ -183,7 +193,7 @@ class Recorder:
             if self.now >= self.warmup:
                 self.refusals[level] = self.refusals.get(level, 0) + 1
         if change.cgroups:
-            self.dirty.update(change.cgroups)
+            self.dirty.extend(change.cgroups)
 
     def refused_open(self, exc: IoasidError) -> str:
         """An ``open`` of ``/dev/ioasid`` was refused (``v4``: no capacity left for a set):
@@ -209,14 +219,24 @@ class Recorder:
         """Re-read what the changes since the last call named, at simulated time ``now``."""
         dirty = self.dirty
         if dirty:
-            index_of = self.index_of
-            seen: set[int] = set()
+            # ``_integrate`` inlined: this runs after nearly every event
+            reread, value, nodes, since = self.reread, self.value, self.nodes, self.since
+            warmup = self.warmup
             for cg in dirty:
-                for node in cg.chain:
-                    i = index_of.get(node)
-                    if i is not None and i not in seen:
-                        seen.add(i)
-                        self._integrate(i, now, node.counter)
+                for i in reread.get(id(cg), ()):
+                    counter = nodes[i].counter
+                    old = value[i]
+                    if counter == old:  # an unchanged value adds nothing to integrate
+                        continue
+                    start = since[i]
+                    if start < warmup:
+                        start = warmup
+                    if now > start:
+                        self.area[i] += old * (now - start)
+                    value[i] = counter
+                    since[i] = now
+                    if now >= warmup and counter > self.peak[i]:
+                        self.peak[i] = counter
             dirty.clear()
         in_use = len(self.ids)
         if in_use != self.in_use or now <= self.warmup:
@@ -265,7 +285,10 @@ class Replication:
     """The raw outcome of one replication: counts per workload, and per cgroup (by path) the
     integral of ``current`` over the statistics window, its peak and the refusals at it;
     the same for the IOASIDs in use; ``events`` handled; ``series`` (``time`` and a list of
-    ``current`` per cgroup) when kept; ``wall_s`` its wall-clock time."""
+    ``current`` per cgroup) when kept; ``wall_s`` its wall-clock time, ``cpu_s`` the CPU time
+    of the thread that ran it (not that of its process's other threads: a Dask worker's own),
+    and ``worker`` which process that was (``host:pid``). The last three depend on where and
+    when it ran: no result uses them but ``wall_s`` and ``events_per_s``, and benchmarks."""
 
     index: int
     seed: int
@@ -279,6 +302,8 @@ class Replication:
     events: int
     wall_s: float
     series: dict[str, list[float]] | None = None
+    cpu_s: float = 0.0
+    worker: str = ""
 
 
 class _Tenant:
@@ -348,7 +373,8 @@ class Engine:
     # ------------------------------------------------------------------ tenants
     def arrive(self, run: WorkloadRun) -> None:
         now = self.now
-        self.schedule(now + run.gap(), self.arrive, run)
+        self.sequence += 1
+        heapq.heappush(self.heap, (now + run.gap(), self.sequence, self.arrive, run))
         stats = run.stats if now >= self.policy.warmup else None
         if stats is not None:
             stats.offered += 1
@@ -374,9 +400,7 @@ class Engine:
         assert file is not None
         try:
             if count == 1:
-                result, _ = self.system.ioasid_ioctl(
-                    file, uapi.IOASID_REQUEST_ALLOC,
-                    uapi.ALLOC_REQUEST.pack(16, 0, *ID_RANGE))
+                result, _ = self.system.ioasid_ioctl(file, uapi.IOASID_REQUEST_ALLOC, ALLOC_ONE)
                 ids: tuple[int, ...] = (result,)
             else:
                 _, out = self.system.ioasid_ioctl(
@@ -390,7 +414,9 @@ class Engine:
         if stats is not None:
             stats.admitted += 1
         if run.lifetime is not None:
-            self.schedule(self.now + run.lifetime(), self.depart, tenant)
+            self.sequence += 1
+            heapq.heappush(self.heap, (self.now + run.lifetime(), self.sequence, self.depart,
+                                       tenant))
         if run.devid:
             self.bind(tenant, file, ids)
         if run.migrate_after is not None:
@@ -469,6 +495,7 @@ class Engine:
         now and then with the share of simulated time done."""
         policy = self.policy
         started = time.perf_counter()
+        cpu_started = time.thread_time()
         for run in self.workloads:
             if run.spec.arrival.process == "trace":
                 schedule_trace(self, run)
@@ -503,7 +530,8 @@ class Engine:
             cgroup_peak=dict(zip(recorder.paths, recorder.peak, strict=True)),
             refusals=dict(recorder.refusals), in_use_area=recorder.in_use_area,
             in_use_peak=recorder.in_use_peak, events=self.events,
-            wall_s=time.perf_counter() - started, series=self.series)
+            wall_s=time.perf_counter() - started, series=self.series,
+            cpu_s=time.thread_time() - cpu_started, worker=f"{socket.gethostname()}:{os.getpid()}")
 
 
 def run_replication(policy: Policy, replication: int = 0, *, keep_series: bool = False,

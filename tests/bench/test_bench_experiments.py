@@ -21,4 +21,7 @@ def test_bench_experiments_reports_every_figure() -> None:
     assert t["engine_events_per_s"] > 0 and t["model_pairs_per_s"] > 0
     assert t["simpy_loop_events_per_s"] > 0 and t["heap_loop_events_per_s"] > 0
     assert s["points"] == 8 and s["same_results"] is True
+    assert t["ratio_cpu"] > 0 and t["system_calls_events_per_cpu_s"] > 0
+    assert s["workers_used"] == 2 and len(s["worker_busy_cpu_s"]) == 2
+    assert s["cpu_speedup"] > 0 and s["two_workers_cpu_s"] > s["two_workers_client_cpu_s"]
     assert m["live"] == 200 and m["engine_mb"] > 0 and m["model_mb"] > 0
