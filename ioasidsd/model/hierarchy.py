@@ -68,18 +68,18 @@ class Process:
     Equality and hashing use ``(pid, start_time)`` so that a token survives a daemon restart.
     """
 
-    __slots__ = ("alive", "cgroup", "pid", "start_time", "threads")
+    __slots__ = ("_hash", "alive", "cgroup", "key", "pid", "start_time", "threads")
 
     def __init__(self, pid: int, start_time: float, cgroup: Cgroup, threads: int = 1) -> None:
         self.pid = pid
         self.start_time = start_time
+        self.key: tuple[int, float] = (pid, start_time)
+        """``(pid, start_time)``: what the process is, made once (a process's set and its
+        files are looked up by it on every request)."""
+        self._hash = hash(self.key)
         self.cgroup = cgroup
         self.threads = threads
         self.alive = True
-
-    @property
-    def key(self) -> tuple[int, float]:
-        return (self.pid, self.start_time)
 
     @property
     def mm(self) -> Process:
@@ -89,7 +89,7 @@ class Process:
         return isinstance(other, Process) and self.key == other.key
 
     def __hash__(self) -> int:
-        return hash(self.key)
+        return self._hash
 
     def __repr__(self) -> str:
         return f"Process(pid={self.pid}, cgroup={self.cgroup.path!r}, alive={self.alive})"
