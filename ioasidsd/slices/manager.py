@@ -75,6 +75,10 @@ LIMIT_FILE = "ioasids.max"
 LIMIT_FILE_MODE = 0o644
 """The mode of an ``ioasids.max`` whose mode nobody changed (``cgroupfs.files`` serves it so,
 owned by root): what a caller other than root is judged by."""
+REAP_RETRIES = 50
+REAP_RETRY_DELAY = 0.1
+"""A scope the kernel still holds busy after its last exit is tried again this many times,
+this many seconds apart."""
 _REFUSAL_PASSES = 4
 """How many times the limits the model refused are tried again, alternating the order."""
 
@@ -332,17 +336,29 @@ class SliceManager:
             raise IoasidError(errno.EINVAL, f"{failed[0].name}: {failed[0].failure}")
         return self.states.get(name) or self._read(name)
 
+    def _enable_below(self, path: str) -> None:
+        """On a cgroup-v2 hierarchy, enable the controller for the children of the cgroup at
+        ``path`` (its ``cgroup.subtree_control``), as systemd enables the controllers a unit
+        below needs, so that a scope made there has its ``ioasids.max``."""
+        system = self.system
+        with system.lock:
+            if system.cgroups.version != 2:
+                return
+            cg = system.cgroups.lookup(path)
+            if "ioasids" in cg.subtree_control:
+                return
+            system.write_subtree_control(cg.path, "+ioasids")
+
     def _write_limit(self, path: str, limit: int | None) -> None:
         """Write ``limit`` to the cgroup at ``path`` unless it holds it already (on a
         cgroup-v2 hierarchy, enabling the controller in its parent first)."""
         system = self.system
         with system.lock:
             cg = system.cgroups.lookup(path)
+            if cg.parent is not None:
+                self._enable_below(cg.parent.path)
             if cg.limit == limit:
                 return
-            if system.cgroups.version == 2 and cg.parent is not None and \
-                    "ioasids" not in cg.parent.subtree_control:
-                system.write_subtree_control(cg.parent.path, "+ioasids")
             system.write_max(path, _limit_text(limit))
 
     # ------------------------------------------------------------------ list, status
@@ -575,6 +591,7 @@ class SliceManager:
                     unit = f"run-u{self._scope_counter}.scope"
                     if unit not in taken:
                         break
+        self._enable_below(slice_path)
         prefix = "" if slice_path == "/" else slice_path
         return {"unit": unit, "slice": slice_name, "slice_cgroup": slice_path,
                 "cgroup": f"{prefix}/{escape_cgroup_component(unit)}",
@@ -634,29 +651,39 @@ class SliceManager:
             self._reaper = None
 
     def _reap_loop(self) -> None:
+        retries: dict[str, int] = {}
         while True:
             with self._wake:
-                while not self._pending and not self._stopping:
-                    self._wake.wait()
-                if not self._pending:  # stopping, with nothing left to look at
-                    return
-                paths, self._pending = self._pending, set()
+                if not self._pending and not self._stopping:
+                    self._wake.wait(REAP_RETRY_DELAY if retries else None)
+                if not self._pending and self._stopping:
+                    return  # stopping, with nothing left to look at
+                paths, self._pending = self._pending | set(retries), set()
             for path in sorted(paths):
-                self._remove_scope(path)
+                if self._remove_scope(path):
+                    retries[path] = retries.get(path, 0) + 1
+                    if retries[path] < REAP_RETRIES:
+                        continue
+                    self.log.error("an empty scope cannot be removed: the kernel keeps it busy",
+                                   cgroup=path)
+                retries.pop(path, None)
 
-    def _remove_scope(self, path: str) -> None:
-        """Remove the scope at ``path`` if it is still empty; never raises."""
+    def _remove_scope(self, path: str) -> bool:
+        """Remove the scope at ``path`` if it is still empty. True when it should be tried
+        again: the model has it empty but the kernel (which keeps membership) still has it
+        busy, as it may for a moment after an exit. Never raises."""
         try:
             with self.system.lock:
                 cg = self.system.cgroups.lookup(path)
                 if cg.procs or cg.children:
-                    return
+                    return False
                 self.system.rmdir(path)
             self.log.info("scope removed", unit=cg.name, cgroup=path)
-        except IoasidError:
-            pass  # gone already, or a process came in meanwhile
+        except IoasidError as exc:  # gone already, or a process came in meanwhile
+            return exc.errno == errno.EBUSY
         except Exception as exc:  # the reaper must outlive any surprise
             self.log.error("a scope cannot be removed", cgroup=path, error=str(exc))
+        return False
 
     def _sweep(self) -> None:
         """Remove the empty scopes (at start: those an earlier run left)."""

@@ -228,3 +228,27 @@ def test_an_unprivileged_user_does_what_the_delegation_allows(open_tmp, tenant):
         assert done.returncode == 5, done.stderr
     finally:
         d.cleanup()
+
+
+def test_slices_on_the_unified_hierarchy(daemons):
+    """On the cgroup-v2 face a slice tree has systemd's unified layout: the same paths, the
+    controller enabled on the way down, and run's scope a leaf that holds the processes."""
+    d = daemons("--hierarchy", "v2")
+    tenant_tree(d.units)
+    d.start()
+    assert limit(d, "/tenant.slice") == "300"
+    assert limit(d, "/tenant.slice/tenant-a.slice/tenant-a-vm1.slice") == "10"
+    assert "ioasids" in (d.mount / "tenant.slice" / "cgroup.subtree_control").read_text()
+    ok(d, "set-property", "tenant-b.slice", "IOASIDsMax=2")
+    script = ('"$0" --runtime-dir "$1" alloc -n 2 || exit 9; '
+              '"$0" --runtime-dir "$1" alloc -n 3 && exit 8; exit 3')
+    done = d.ctl("run", "--slice=tenant-b.slice", "-q", "--", "sh", "-c", script, IOASIDCTL,
+                 str(d.run))
+    assert done.returncode == 3, done.stderr
+    refusals = [e for e in d.events() if e["event"].startswith("refused")]
+    assert [e["event"] for e in refusals] == \
+        ["refused REQUEST_ALLOC: /tenant.slice/tenant-b.slice: ioasids.max 2 reached"]
+    wait_until(lambda: not [p for p in (d.mount / "tenant.slice" / "tenant-b.slice").iterdir()
+                            if p.name.endswith(".scope")], "the scope to go")
+    assert slices(d)["tenant-b.slice"]["active"] == "active"
+    assert d.stop() == 0
