@@ -93,7 +93,7 @@ class Env:
             return self.client.call(verb, **args)
         except ControlError as exc:
             name = "" if exc.error in ("ENOTCONN", "EPROTO") else f" ({exc.error})"
-            fail(f"{verb}: {exc}{name}")
+            fail(f"{verb.replace('_', '-')}: {exc}{name}")  # set_property: set-property
 
     @property
     def mount(self) -> Path:

@@ -402,8 +402,9 @@ class SliceManager:
 
     def slices(self) -> list[dict[str, Any]]:
         """Every slice the last load saw (and those realised since), by name."""
+        states = dict(self.states)  # a load or set-property may replace entries meanwhile
         with self.system.lock:
-            return [self._row(state) for _, state in sorted(self.states.items())]
+            return [self._row(state) for _, state in sorted(states.items())]
 
     def status(self, name: str) -> dict[str, Any]:
         """One slice in full: ``list``'s fields, the unit file and drop-ins, where the
@@ -603,7 +604,8 @@ class SliceManager:
             return {cg.name for cg in self._scopes()}
 
     def _scopes(self) -> list[Cgroup]:
-        """The transient scopes: ``.scope`` cgroups directly in a slice (under the lock)."""
+        """The transient scopes: ``.scope`` cgroups directly in a slice, the root slice's
+        cgroup (the root) included (under the lock)."""
         found: list[Cgroup] = []
         stack = [self.system.cgroups.root]
         while stack:
@@ -626,7 +628,8 @@ class SliceManager:
         else:
             return
         scopes = [cg.path for cg in left if cg.name.endswith(".scope") and
-                  cg.parent is not None and _slice_of(cg.parent) is not None and
+                  cg.parent is not None and (cg.parent.parent is None or
+                                             _slice_of(cg.parent) is not None) and
                   not cg.procs and not cg.children]
         if scopes:
             with self._wake:

@@ -273,12 +273,14 @@ def test_run_names_scopes_and_realises_slices_named_by_use(units):
     assert info.value.errno == errno.EACCES
 
 
-def test_empty_scopes_are_removed(units):
+@pytest.mark.parametrize("slice_name, where", [("w.slice", "/w.slice/"), ("-.slice", "/")])
+def test_empty_scopes_are_removed(units, slice_name, where):
     m, system, _ = manager(units)
     system.on_change = m.note_change
     m.start()
     try:
-        scope = m.prepare_scope("w.slice", None, [], uid=0)["cgroup"]
+        scope = m.prepare_scope(slice_name, None, [], uid=0)["cgroup"]
+        assert scope.startswith(where) and scope.count("/") == where.count("/")
         system.mkdir(scope)
         system.processes.live[4242] = 1.0
         system.write_procs(scope, "4242", writer_pid=1, writer_uid=0)
@@ -288,4 +290,22 @@ def test_empty_scopes_are_removed(units):
         m.stop()
     with pytest.raises(IoasidError):
         limit(system, scope)
-    assert limit(system, "/w.slice") is None
+    if slice_name != "-.slice":
+        assert limit(system, "/w.slice") is None  # the slice stays
+
+
+def test_the_start_sweeps_the_empty_scopes_an_earlier_run_left(units):
+    m, system, _ = manager(units)
+    system.mkdir("/w.slice")
+    system.mkdir("/w.slice/run-u7.scope")
+    system.mkdir("/w.slice/not-a-scope")
+    system.mkdir("/plain")
+    system.mkdir("/plain/x.scope")  # not in a slice: not a transient scope
+    m.load()
+    assert limit(system, "/w.slice/run-u7.scope") == 0
+    m.load(sweep=True)
+    with pytest.raises(IoasidError):
+        limit(system, "/w.slice/run-u7.scope")
+    for kept in ("/w.slice/not-a-scope", "/plain/x.scope"):
+        assert limit(system, kept) == 0
+    assert limit(system, "/w.slice") is None  # realised: it was in the hierarchy
