@@ -20,6 +20,7 @@ from ioasidsd.slices import (
     parse_ioasids_max,
 )
 from ioasidsd.system import System
+from tests.slices.oracle import needs_analyze, verify
 
 CAPACITY = 1000
 
@@ -309,3 +310,17 @@ def test_the_start_sweeps_the_empty_scopes_an_earlier_run_left(units):
     for kept in ("/w.slice/not-a-scope", "/plain/x.scope"):
         assert limit(system, kept) == 0
     assert limit(system, "/w.slice") is None  # realised: it was in the hierarchy
+
+
+@needs_analyze
+def test_systemd_reads_set_propertys_dropin_without_a_word(units, tmp_path):
+    """The drop-in set-property writes, in a control directory systemd reads, is one systemd
+    loads without a warning (the X- spelling), and one whose IOASIDsMax= spelling it names."""
+    m, _, _ = manager(units)
+    m.set_property("t.slice", ["IOASIDsMax=25"], runtime=False, uid=0, gid=0)
+    write(units["etc"] / "t.slice", "[Unit]\nDescription=t\n")
+    log = verify(["t.slice"], tmp_path, [units["control"], units["etc"]])
+    assert DROPIN_NAME not in log, log
+    dropin = units["control"] / "t.slice.d" / DROPIN_NAME
+    dropin.write_text(dropin.read_text().replace("X-IOASIDsMax", "IOASIDsMax"))
+    assert f"{dropin}:3" in verify(["t.slice"], tmp_path, [units["control"], units["etc"]])
