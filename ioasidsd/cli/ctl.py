@@ -2,7 +2,8 @@
 
 It finds the daemon by ``--runtime-dir``, else ``$IOASIDS_RUNTIME_DIR``, else ``/run/ioasidsd``,
 and talks to it through the control API (``RUNTIME_DIR/control.sock``) for what only the daemon
-knows (``status``, ``vtd``, ``tree``, ``top``, ``which``, ``ids``, ``events``). Verbs that read or
+knows (``status``, ``vtd``, ``tree``, ``top``, ``which``, ``ids``, ``events``, ``slice``,
+``set-property``, ``daemon-reload``, and the scope ``run`` starts in). Verbs that read or
 change cgroup files (``get``, ``set``, ``create``, ``delete``, ``exec``, ``classify``,
 ``snapshot``, ``restore``) work on the mounted hierarchy (``--mount``, else
 ``$IOASIDS_MOUNT``, else the mount the daemon reports), so that a user may do exactly what the
@@ -10,7 +11,8 @@ same user could do with ``echo``, ``mkdir`` and ``rmdir`` there.
 
 Paths are cgroup paths from the hierarchy's root (``/vms/gold``, ``vms/gold`` or
 ``ioasids:/vms/gold``). Exit status: 0 done; 1 refused or the daemon unreachable (one line on
-stderr naming the errno and its cause); 2 bad usage; ``exec`` exits with its command's status.
+stderr naming the errno and its cause); 2 bad usage; ``exec`` and ``run`` exit with their
+command's status.
 No traceback reaches a user. Modules beyond click are imported by the verbs that need them,
 so that a verb starts about as fast as click itself.
 """
@@ -91,7 +93,7 @@ class Env:
             return self.client.call(verb, **args)
         except ControlError as exc:
             name = "" if exc.error in ("ENOTCONN", "EPROTO") else f" ({exc.error})"
-            fail(f"{verb}: {exc}{name}")
+            fail(f"{verb.replace('_', '-')}: {exc}{name}")  # set_property: set-property
 
     @property
     def mount(self) -> Path:
@@ -792,6 +794,129 @@ def restore(env: Env, force: bool, file: str) -> None:
                 fail(oserror(f"restore: create {path}", exc))
         else:
             _write(env, path, path, name, value)
+
+
+# ---------------------------------------------------------------------- slices
+@main.group(name="slice")
+def slice_() -> None:
+    """Slices: unit files in systemd's syntax whose names give their cgroups
+    (tenant-a.slice is /tenant.slice/tenant-a.slice) and whose IOASIDsMax= their limits."""
+
+
+@slice_.command(name="list")
+@click.option("--json", "as_json", is_flag=True, help="Print the slices as JSON.")
+@click.pass_obj
+def slice_list(env: Env, as_json: bool) -> None:
+    """Every slice the daemon knows: unit, load and active state, IOASIDs in use, the
+    cgroup's limit, the configured IOASIDsMax= and the cgroup; then why each failed one
+    failed."""
+    result = env.call("slice_list")
+    if as_json:
+        _print_json(result)
+    else:
+        from ioasidsd.cli.render import format_slices
+
+        click.echo(format_slices(result))
+
+
+@slice_.command(name="status")
+@click.argument("unit")
+@click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
+@click.pass_obj
+def slice_status(env: Env, unit: str, as_json: bool) -> None:
+    """One slice: its unit file and drop-ins, its state (and why it failed), its cgroup,
+    the configured and effective limit, IOASIDs in use and its processes."""
+    result = env.call("slice_status", unit=unit)
+    if as_json:
+        _print_json(result)
+    else:
+        from ioasidsd.cli.render import format_slice_status
+
+        click.echo(format_slice_status(result))
+
+
+@main.command(name="set-property")
+@click.option("--runtime", is_flag=True,
+              help="Only until the machine reboots: the drop-in goes to the runtime control "
+                   "directory.")
+@click.argument("unit")
+@click.argument("assignments", nargs=-1, required=True, metavar="PROPERTY=VALUE...")
+@click.pass_obj
+def set_property(env: Env, runtime: bool, unit: str, assignments: tuple[str, ...]) -> None:
+    """Set IOASIDsMax= of a slice now and keep it, as systemctl set-property does: VALUE is
+    a number, N% of the capacity, infinity, or empty to reset it to the default. The drop-in
+    50-IOASIDsMax.conf goes to the persistent control directory, or with --runtime to the
+    runtime one."""
+    for item in assignments:
+        if "=" not in item:
+            raise click.BadParameter(f"{item!r} is not PROPERTY=VALUE",
+                                     param_hint="PROPERTY=VALUE")
+    env.call("set_property", unit=unit, properties=list(assignments), runtime=runtime)
+
+
+@main.command(name="daemon-reload")
+@click.pass_obj
+def daemon_reload(env: Env) -> None:
+    """Read the daemon's configuration file and every unit file again and apply them (as
+    SIGHUP does); returns once done. Slices that failed are named on stderr."""
+    result = env.call("daemon_reload")
+    if result.get("failed"):
+        click.echo(f"ioasidctl: daemon-reload: {result['failed']} slice"
+                   f"{'s' if result['failed'] > 1 else ''} failed (ioasidctl slice list "
+                   f"shows why)", err=True)
+
+
+@main.command(name="run", context_settings={"ignore_unknown_options": True,
+                                            "allow_interspersed_args": False})
+@click.option("--slice", "slice_name", default=None, metavar="NAME.slice",
+              help="The slice to run in.  [default: system.slice]")
+@click.option("--scope", is_flag=True, help="Accepted for systemd-run's sake: always a scope.")
+@click.option("--unit", "-u", default=None, metavar="NAME",
+              help="The scope's name.  [default: run-u<N>.scope]")
+@click.option("--property", "-p", "properties", multiple=True, metavar="IOASIDsMax=VALUE",
+              help="The scope's limit (repeatable; the last one wins).")
+@click.option("--quiet", "-q", is_flag=True, help="Do not name the scope on stderr.")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+@click.pass_obj
+def run(env: Env, slice_name: str | None, scope: bool, unit: str | None,
+        properties: tuple[str, ...], quiet: bool, command: tuple[str, ...]) -> None:
+    """Run COMMAND in a new transient scope inside a slice, as systemd-run --scope does: its
+    IOASIDs are charged to the scope and the slices above it. The scope is removed when its
+    last process exits. Exits with COMMAND's status (127: not found, 126: not executable)."""
+    result = env.call("run", slice=slice_name, unit=unit, properties=list(properties))
+    cgroup = result["cgroup"]
+    if not env.mount.is_dir():
+        fail(f"{env.mount}: the hierarchy is not mounted there (is ioasidsd running?)")
+    try:
+        os.mkdir(env.dir(cgroup))
+    except FileExistsError:
+        fail(f"run: {result['unit']}: a scope of that name exists (EEXIST)")
+    except OSError as exc:
+        fail(oserror(f"run: cannot create the scope {cgroup}", exc))
+    try:
+        wanted = result["ioasids_max"]
+        if _read(env, cgroup, f"{CONTROLLER}.max").strip() != wanted:
+            _write(env, cgroup, cgroup, f"{CONTROLLER}.max", wanted)
+        _join(env, cgroup, cgroup, 0)
+    except (SystemExit, OSError) as exc:
+        import contextlib
+
+        with contextlib.suppress(OSError):  # the scope, empty, goes as it came
+            os.rmdir(env.dir(cgroup))
+        if isinstance(exc, OSError):
+            fail(oserror(f"run: {cgroup}", exc))
+        raise
+    if not quiet:
+        click.echo(f"Running scope as unit: {result['unit']}", err=True)
+    sys.stdout.flush()
+    try:
+        os.execvp(command[0], command)
+    except FileNotFoundError:
+        click.echo(f"ioasidctl: run: {command[0]}: command not found", err=True)
+        raise SystemExit(127) from None
+    except OSError as exc:
+        click.echo(f"ioasidctl: {oserror(f'run: {command[0]}', exc)}", err=True)
+        raise SystemExit(126) from None
 
 
 # ---------------------------------------------------------------------- /dev/ioasid

@@ -50,6 +50,9 @@ def format_status(status: dict[str, Any]) -> str:
         ("IOASIDs", f"{status['ioasids']} in {status['sets']} set"
                     f"{'' if status['sets'] == 1 else 's'}"),
         ("tracking", _tracking_line(tracking)),
+        *([("slices", f"{status['units']['slices']}" + (
+            f", failed: {', '.join(status['units']['failed'])} (ioasidctl slice list)"
+            if status["units"]["failed"] else ""))] if "units" in status else []),
         ("mount", status["mount"]),
         *([("user API", f"{status['userapi']['socket']}, "
                         f"{status['userapi']['connections']} open")]
@@ -300,3 +303,66 @@ def format_event(item: dict[str, Any]) -> str:
     return (f"{when} pid {item['pid']} ({item['command'] or '?'}) uid {uid} in "
             f"{item['cgroup']}{level}: {item['errno']} {ioctl}"
             f"{' ' + args if args else ''}: {item['message']}")
+
+
+def _cell(value: Any) -> str:
+    return "-" if value is None else str(value)
+
+
+def format_slices(result: dict[str, Any]) -> str:
+    """``slice list``: one row per slice, as ``systemctl list-units --type=slice`` lays them
+    out (UNIT, LOAD, ACTIVE), with IOASIDs current, the cgroup's limit and the configured
+    ``IOASIDsMax=``; then, for each failed slice, why."""
+    rows = [("UNIT", "LOAD", "ACTIVE", "IOASIDS", "MAX", "CONFIGURED", "CGROUP")]
+    for row in result["slices"]:
+        limit = "max" if row["max"] is None and row["current"] is not None and \
+            row["cgroup"] != "/" else _cell(row["max"])
+        rows.append((row["unit"], row["load"], row["active"], _cell(row["current"]), limit,
+                     _cell(row["configured"]), _cell(row["cgroup"])))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(r, widths, strict=False))
+             + "  " + r[-1] for r in rows]
+    failed = [row for row in result["slices"] if row["error"]]
+    if failed:
+        lines.append("")
+        lines.extend(f"{row['unit']}: {row['error']}" for row in failed)
+    return "\n".join(lines)
+
+
+def format_slice_status(result: dict[str, Any]) -> str:
+    """``slice status``: the unit as ``systemctl status`` shows one: where it was loaded
+    from, its state, cgroup, limits, IOASIDs and processes."""
+    loaded = result["load"]
+    where = [result["fragment"]] if result.get("fragment") else []
+    if result.get("dropins"):
+        where.append("drop-ins: " + ", ".join(result["dropins"]))
+    if where:
+        loaded += f" ({'; '.join(where)})"
+    configured = _cell(result["configured"])
+    if result["configured"] is not None:
+        configured += f" (from {result['source'] or '[units] default_ioasids_max'})"
+    effective = "max" if result["effective"] is None else str(result["effective"])
+    lines = [
+        ("Loaded", loaded),
+        ("Active", result["active"]),
+        ("CGroup", _cell(result["cgroup"])),
+        ("IOASIDsMax", configured),
+        ("Limit", f"{'max' if result['max'] is None else result['max']}, effective "
+                  f"{effective}" if result["current"] is not None else "-"),
+        ("IOASIDs", f"{result['current']}" + (f" (peak {result['peak']}, events "
+                                               f"{result['events']})"
+                                               if result.get("peak") is not None else "")
+         if result["current"] is not None else "-"),
+    ]
+    if result["error"]:
+        lines.append(("Error", result["error"]))
+    width = max(len(name) for name, _ in lines)
+    out = [f"{result['unit']}"]
+    out.extend(f"  {name.rjust(width)}: {value}" for name, value in lines)
+    for text in result.get("diagnostics", []):
+        out.append(f"  {'Warning'.rjust(width)}: {text}")
+    if result["processes"]:
+        out.append(f"  {'Processes'.rjust(width)}:")
+        out.extend(f"    {proc['pid']} {proc['cgroup']} {proc.get('command') or ''}".rstrip()
+                   for proc in result["processes"])
+    return "\n".join(out)

@@ -28,7 +28,8 @@ from ioasidsd.system import System
 from ioasidsd.vtd import VtdDriver
 
 __all__ = ["EVENTS_MAX", "SCHEMA", "TOP_COLUMNS", "TRACE_EVENTS_MAX", "VERBS", "Service",
-           "TraceRecordings", "Verb", "events", "ids", "status", "top", "trace", "tree", "vtd",
+           "Slices", "TraceRecordings", "Verb", "daemon_reload", "events", "ids", "run",
+           "set_property", "slice_list", "slice_status", "status", "top", "trace", "tree", "vtd",
            "vtd_summary", "which"]
 
 SCHEMA = 1
@@ -60,8 +61,30 @@ class TraceRecordings(Protocol):
         ...
 
 
+class Slices(Protocol):
+    """The daemon's slices (``ioasidsd.slices.SliceManager``), as the slice verbs use them;
+    each method raises ``IoasidError`` for a refusal."""
+
+    def slices(self) -> list[dict[str, Any]]: ...
+    def status(self, name: str) -> dict[str, Any]: ...
+
+    def set_property(self, name: str, assignments: list[str], *, runtime: bool, uid: int,
+                     gid: int) -> dict[str, Any]: ...
+
+    def prepare_scope(self, slice_name: str | None, unit: str | None, properties: list[str],
+                      *, uid: int) -> dict[str, Any]: ...
+
+
 class Service(Protocol):
     """What the verbs read of the running daemon."""
+
+    @property
+    def slices(self) -> Slices | None: ...
+
+    def reload(self) -> dict[str, Any]:
+        """Read the configuration and the units again (``daemon-reload``, SIGHUP): the counts
+        of the units loaded (``slices``, ``failed``)."""
+        ...
 
     @property
     def system(self) -> System | None: ...
@@ -442,6 +465,107 @@ def trace(service: Service, request: dict[str, Any], peer: Peer) -> dict[str, An
     return {"schema": SCHEMA, "rows": rows, "ended": ended}
 
 
+
+# ---------------------------------------------------------------------- slices
+def _slices(service: Service) -> Slices:
+    slices = service.slices
+    if slices is None:
+        raise IoasidError(errno.ENODEV, "the daemon has not loaded its units yet")
+    return slices
+
+
+def _text(request: dict[str, Any], name: str, *, required: bool = False) -> str | None:
+    """A string argument: ``EINVAL`` unless a string without NUL (or absent, if allowed)."""
+    value = request.get(name)
+    if value is None and not required:
+        return None
+    if not isinstance(value, str) or not value or "\0" in value or len(value) > 4096:
+        raise IoasidError(errno.EINVAL, f"{name} must be a non-empty string")
+    return value
+
+
+def _texts(request: dict[str, Any], name: str) -> list[str]:
+    value = request.get(name, [])
+    if not isinstance(value, list) or len(value) > 64 or any(
+            not isinstance(v, str) or "\0" in v or len(v) > 4096 for v in value):
+        raise IoasidError(errno.EINVAL, f"{name} must be a list of strings")
+    return value
+
+
+def slice_list(service: Service, request: dict[str, Any], peer: Peer) -> dict[str, Any]:
+    """``{"verb": "slice_list"}``: every slice the daemon knows (with a unit file or
+    drop-ins, or a cgroup), by name: ``unit``, ``cgroup``, ``load`` (``loaded``,
+    ``not-found``, ``masked``, ``bad-setting``, ``error``), ``active`` (``active``,
+    ``inactive``, ``failed``), ``configured`` (``IOASIDsMax=`` as configured: ``25%``,
+    ``100``, ``infinity``; ``null`` when it cannot be read), ``max`` (the cgroup's limit,
+    ``null``: none), ``current``, ``procs`` (processes in it and below) and ``error`` (why it
+    failed, naming file and line). The same for every caller: it shows no process.
+    ``ENODEV`` before the units are loaded."""
+    return {"schema": SCHEMA, "slices": _slices(service).slices()}
+
+
+def slice_status(service: Service, request: dict[str, Any], peer: Peer) -> dict[str, Any]:
+    """``{"verb": "slice_status", "unit": NAME}``: ``slice_list``'s fields of slice NAME and
+    ``fragment`` (its unit file), ``dropins``, ``source`` (``FILE:LINE`` of the configured
+    limit, ``null`` for the default), ``effective`` (the lowest limit along its cgroup and
+    ancestors), ``peak``, ``events``, ``diagnostics`` and ``processes`` (``pid``,
+    ``cgroup``, ``command``: in it and below it; shown to every caller, as ``tree`` shows
+    them). ``EINVAL`` for a name that is not a slice's (unless a file of that name is
+    there: then it is shown failed)."""
+    name = _text(request, "unit", required=True)
+    assert name is not None
+    result = _slices(service).status(name)
+    system = service.system
+    for proc in result["processes"]:
+        proc["command"] = None if system is None else system.processes.command(proc["pid"])
+    return {"schema": SCHEMA, **result}
+
+
+def set_property(service: Service, request: dict[str, Any], peer: Peer) -> dict[str, Any]:
+    """``{"verb": "set_property", "unit": NAME, "properties": ["IOASIDsMax=V"...],
+    "runtime": false}``: as ``systemctl set-property``: the value is applied now and kept in
+    a drop-in of the persistent control directory (with ``runtime``, the runtime one). A
+    caller other than root may change a slice's limit only where it may write that cgroup's
+    ``ioasids.max`` on the mount (``EACCES``). ``EINVAL`` for a name that is not a slice's,
+    an unknown property or a bad value; the model's errno (``ENOSPC``, ``EBUSY``) for a
+    limit it refuses, and then nothing changed. Returns ``dropin`` and ``status``
+    (``slice_status``'s fields)."""
+    name = _text(request, "unit", required=True)
+    assert name is not None
+    runtime = request.get("runtime", False)
+    if not isinstance(runtime, bool):
+        raise IoasidError(errno.EINVAL, "runtime must be true or false")
+    result = _slices(service).set_property(name, _texts(request, "properties"),
+                                           runtime=runtime, uid=peer.uid, gid=peer.gid)
+    return {"schema": SCHEMA, **result}
+
+
+def run(service: Service, request: dict[str, Any], peer: Peer) -> dict[str, Any]:
+    """``{"verb": "run", "slice": NAME, "unit": NAME, "properties": [...]}``: prepares a
+    transient scope for ``ioasidctl run``: the slice (default ``system.slice``) realised
+    (only root makes a slice that has no cgroup yet: ``EACCES``), the scope's ``unit`` name
+    (``run-u<N>.scope`` unless given), its ``cgroup`` and ``slice_cgroup`` paths and
+    ``ioasids_max``, the limit to write into it. The caller makes the scope's cgroup on the
+    mount and moves itself in, as the user it is; the daemon removes the scope when its last
+    process has left. ``EINVAL`` for bad names or properties, ``EEXIST`` for a scope name in
+    use."""
+    result = _slices(service).prepare_scope(_text(request, "slice"), _text(request, "unit"),
+                                            _texts(request, "properties"), uid=peer.uid)
+    return {"schema": SCHEMA, **result}
+
+
+def daemon_reload(service: Service, request: dict[str, Any], peer: Peer) -> dict[str, Any]:
+    """``{"verb": "daemon_reload"}``: read the configuration file and every unit again and
+    realise the slices, as SIGHUP does, and answer once done: ``slices`` and ``failed``,
+    the numbers of slices loaded and failed. Root only (``EPERM``)."""
+    if peer.uid != 0:
+        raise IoasidError(errno.EPERM, "only root may reload the daemon")
+    return {"schema": SCHEMA, **service.reload()}
+
+
 VERBS: dict[str, Verb] = {"status": status, "vtd": vtd, "tree": tree, "top": top,
-                          "which": which, "ids": ids, "events": events, "trace": trace}
+                          "which": which, "ids": ids, "events": events, "trace": trace,
+                          "slice_list": slice_list, "slice_status": slice_status,
+                          "set_property": set_property, "run": run,
+                          "daemon_reload": daemon_reload}
 """Every verb the daemon serves, by name."""

@@ -15,7 +15,9 @@ Start-up, in order (any failure is one logged line and exit status 1):
    cannot hold) is refused unless it holds nothing;
 3. let the faces attach to the system (exit hooks), start the release-agent runner and process
    tracking, then release the processes that died while no daemon ran (in another boot: all of
-   them) and adopt the children tracked processes forked meanwhile;
+   them) and adopt the children tracked processes forked meanwhile; load the units
+   (``[units]``): every slice with a unit file or drop-ins is realised with its limit
+   (``ioasidsd.slices.manager``), and the empty transient scopes of an earlier run removed;
 4. replace a stale mount left by a killed daemon, mount the hierarchy (``cgroupfs.mount``);
 5. serve ``/dev/ioasid`` on ``RUNTIME_DIR/ioasid.sock`` (``ioasidsd.userapi.server``, its
    bind extension on the VT-d driver) and the control API (``status``, ``vtd``: a caller other
@@ -23,9 +25,10 @@ Start-up, in order (any failure is one logged line and exit status 1):
    the service manager ``READY=1`` with a ``STATUS=`` line.
 
 SIGTERM and SIGINT stop serving, unmount, save the state and exit 0 (``STOPPING=1``). SIGHUP
-reloads the configuration file: log format and level and the poll interval change at once, other
-changes are logged as waiting for a restart. An unmount from outside (``fusermount -u``) ends the
-daemon with status 1.
+(and the ``daemon_reload`` verb) reloads the configuration file and the units: log format and
+level, the poll interval and the ``[units]`` settings change at once, other changes are logged
+as waiting for a restart; every slice is loaded and realised again. An unmount from outside
+(``fusermount -u``) ends the daemon with status 1.
 """
 
 from __future__ import annotations
@@ -76,6 +79,7 @@ from ioasidsd.model.errors import IoasidError
 from ioasidsd.model.hierarchy import Process
 from ioasidsd.model.snapshot import SnapshotError, load
 from ioasidsd.model.workqueue import OrderedWorkQueue, WorkMode
+from ioasidsd.slices import SearchPath, SliceManager, parse_default_ioasids_max
 from ioasidsd.store.refusals import RefusalLog
 from ioasidsd.store.state import Store, StoreError
 from ioasidsd.system import System
@@ -167,6 +171,7 @@ class Daemon:
         self.userapi: UserApiServer | None = None
         self.vtd: VtdDriver | None = None
         self._recordings: Recordings | None = None
+        self.slices: SliceManager | None = None
         self.mount: Any = None
         self.started = time.time()
         self.exit_code = 0
@@ -174,6 +179,7 @@ class Daemon:
         self._wakeup = threading.Event()
         self._stopping = False
         self._reload = False
+        self._reloading = threading.Lock()
         self._stop_reason = ""
         self._clock_before: float | None = None
         self._saved_boot: str | None = None
@@ -273,6 +279,11 @@ class Daemon:
         else:
             self.tracker.start()
             self._catch_up()
+        self.slices = SliceManager(system, units_search_path(config),
+                                   parse_default_ioasids_max(config.default_ioasids_max),
+                                   self.log)
+        self._load_units(sweep=True)
+        self.slices.start()
 
         self._mount()
         others = descriptor_budget() // 2  # what users other than root may hold, per socket
@@ -422,12 +433,22 @@ class Daemon:
         if released or adopted:
             self.log.info("processes caught up", released=released, adopted=adopted)
 
+    def _load_units(self, *, sweep: bool = False) -> dict[str, Any]:
+        """Load the units and realise the slices; one log line with the counts."""
+        assert self.slices is not None
+        counts = self.slices.load(sweep=sweep)
+        self.log.info("units loaded", **counts,
+                      path=[str(p) for p in self.slices.search.directories])
+        return counts
+
     def _on_change(self, change: Change) -> None:
         assert self.store is not None
         self.store.apply(change)
         recordings = self._recordings
         if recordings is not None and recordings.active is not None:
             recordings.active.note(change)
+        if self.slices is not None:
+            self.slices.note_change(change)
         if self.releases is not None:
             self.releases.wake()
         if change.refusal is not None or change.kind in _LOGGED:
@@ -491,8 +512,13 @@ class Daemon:
                 self._reload = False
                 self.reload()
 
-    def reload(self) -> None:
-        """SIGHUP: read the configuration file again (command-line flags still win)."""
+    def reload(self) -> dict[str, Any]:
+        """SIGHUP and ``daemon-reload``: read the configuration file again (command-line flags
+        still win), then the units. Returns the counts of the units loaded."""
+        with self._reloading:
+            return self._reload_now()
+
+    def _reload_now(self) -> dict[str, Any]:
         self._notify("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
         try:
             new = load_config(self.config.config_file, self.flags)
@@ -514,11 +540,18 @@ class Daemon:
                     if server is not None:
                         server.cap.per_uid = new.max_connections_per_uid
             self.config = dataclasses.replace(self.config, **applied)
+            if self.slices is not None:
+                self.slices.configure(units_search_path(self.config), parse_default_ioasids_max(
+                    self.config.default_ioasids_max))
             self.log.info("configuration reloaded", applied=sorted(applied),
                           file=str(new.config_file) if new.config_file else None)
             if pending:
                 self.log.warning("settings changed that need a restart", settings=pending)
+        counts: dict[str, Any] = {}
+        if self.slices is not None:
+            counts = self._load_units()
         self._notify("READY=1", f"STATUS={self.status_line()}")
+        return counts
 
     def shutdown(self) -> None:
         """Stop everything that was started, in reverse order; never raises."""
@@ -536,6 +569,8 @@ class Daemon:
         if self.tracker is not None:
             tracker = self.tracker
             steps.append(("process tracking", tracker.stop))
+        if self.slices is not None:
+            steps.append(("scope reaper", self.slices.stop))
         if self.releases is not None:
             steps.append(("release agents", self.releases.stop))
         if self.store is not None:
@@ -595,6 +630,11 @@ class Daemon:
         if self.releases is not None:
             status["release_agents"] = {"started": self.releases.started,
                                         "failed": self.releases.failed}
+        if self.slices is not None:
+            slices = self.slices.slices()
+            status["units"] = {"slices": len(slices),
+                               "failed": [row["unit"] for row in slices
+                                          if row["active"] == "failed"]}
         return status
 
     def status_line(self) -> str:
@@ -606,6 +646,11 @@ class Daemon:
             used = core.capacity - core.capacity_avail
             return (f"serving {self.config.mount}: {len(core)} IOASIDs, {used}/{core.capacity} "
                     f"capacity reserved or used, profile {system.knobs.profile}")
+
+
+def units_search_path(config: Config) -> SearchPath:
+    """The unit search path of ``[units]``: the control directories, then the others."""
+    return SearchPath(tuple(config.units_control_path), tuple(config.units_path))
 
 
 DESCRIPTORS_WANTED = 65536

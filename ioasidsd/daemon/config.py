@@ -32,6 +32,12 @@ knobs) and the VT-d units and devices::
                                 # (their children's cgroups are not counted): an integer, or
                                 # "max" (no limit, as in the kernel, whose root has none);
                                 # applied again at a reload (SIGHUP)
+    [units]                     # slices: where unit files are read (highest first), where
+                                # set-property writes its drop-ins (persistent, then --runtime),
+                                # and the limit of a slice that sets no IOASIDsMax=
+    path = ["/etc/systemd/system", "/run/systemd/system", "/usr/lib/systemd/system"]
+    control_path = ["/etc/systemd/system.control", "/run/systemd/system.control"]
+    default_ioasids_max = "infinity"    # a number, "N%" of the capacity, or "infinity"
 
     [knobs]                     # any knob of ioasidsd.model.knobs, over the profile's values
     uncharge_target = "current"
@@ -56,6 +62,7 @@ from typing import Any
 
 from ioasidsd.model.core import IOASID_MAX_VALUE
 from ioasidsd.model.knobs import PROFILES, Knobs, profile
+from ioasidsd.slices import DEFAULT_SEARCH_PATH, InvalidIOASIDsMax, parse_default_ioasids_max
 
 LOG_FORMATS = ("auto", "console", "logfmt", "json")
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -90,6 +97,9 @@ class Config:
     events_ring: int = 256
     root_max: int | None = None
     synchronous: str = "normal"
+    units_path: tuple[Path, ...] = DEFAULT_SEARCH_PATH.path
+    units_control_path: tuple[Path, ...] = DEFAULT_SEARCH_PATH.control_path
+    default_ioasids_max: str = "infinity"
     vtd: dict[str, Any] = field(default_factory=dict)
     config_file: Path | None = None
 
@@ -103,6 +113,8 @@ class Config:
         for key, value in out.items():
             if isinstance(value, Path):
                 out[key] = str(value)
+            elif isinstance(value, tuple):
+                out[key] = [str(item) for item in value]
         return out
 
 
@@ -112,10 +124,16 @@ _EVENTS = {"ring": "events_ring"}
 """Settings of the ``[events]`` table, by key: the setting (and flag) each one is."""
 _LIMITS = {"root_max": "root_max"}
 """Settings of the ``[limits]`` table, by key: the setting (and flag) each one is."""
-_TABLES = {"events": _EVENTS, "limits": _LIMITS}
+_UNITS = {"path": "units_path", "control_path": "units_control_path",
+          "default_ioasids_max": "default_ioasids_max"}
+"""Settings of the ``[units]`` table, by key: the setting each one is."""
+_TABLES = {"events": _EVENTS, "limits": _LIMITS, "units": _UNITS}
+"""The tables whose keys are settings of their own (``[service]`` aside: its keys are the
+settings' names)."""
 _FIELDS = {f.name: f for f in dataclasses.fields(Config)
            if f.name != "config_file" and f.name not in _SERVICE
-           and f.name not in _EVENTS.values() and f.name not in _LIMITS.values()}
+           and f.name not in _EVENTS.values() and f.name not in _LIMITS.values()
+           and f.name not in _UNITS.values()}
 _PATHS = ("mount", "state_dir", "runtime_dir")
 _CHOICES = {"profile": PROFILES, "log_format": LOG_FORMATS, "log_level": LOG_LEVELS,
             "tracking": TRACKING_MODES, "synchronous": SYNCHRONOUS, "unplaced": UNPLACED,
@@ -164,6 +182,21 @@ def _check(name: str, value: Any, where: str) -> Any:
             raise ConfigError(f"{where}: poll_interval = {value!r}: expected seconds in "
                               f"[0.01, 3600]")
         return float(value)
+    if name in ("units_path", "units_control_path"):
+        key = "path" if name == "units_path" else "control_path"
+        if isinstance(value, str | Path) or not isinstance(value, list | tuple) or any(
+                not isinstance(item, str | Path) or not str(item) for item in value):
+            raise ConfigError(f"{where}: {key} = {value!r}: expected a list of directories")
+        paths = tuple(Path(item) for item in value)
+        if name == "units_control_path" and len(paths) != 2:
+            raise ConfigError(f"{where}: control_path = {value!r}: expected two directories, "
+                              f"the persistent one and the runtime one (--runtime)")
+        return paths
+    if name == "default_ioasids_max":
+        try:
+            return str(parse_default_ioasids_max(value))
+        except InvalidIOASIDsMax as exc:
+            raise ConfigError(f"{where}: {exc}") from None
     if name in ("knobs", "vtd"):
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: [{name}] must be a table")
@@ -212,7 +245,9 @@ def read_file(path: Path) -> dict[str, Any]:
                 raise ConfigError(f"{path}: [{name}] must be a table")
             for key, setting in value.items():
                 if key not in table:
-                    raise ConfigError(f"{path}: unknown setting [{name}] {key!r}")
+                    close = difflib.get_close_matches(key, table, n=1)
+                    hint = f" (did you mean {close[0]!r}?)" if close else ""
+                    raise ConfigError(f"{path}: unknown setting [{name}] {key!r}{hint}")
                 settings[table[key]] = _check(table[key], setting, f"{path}: [{name}]")
             continue
         if name not in _FIELDS:
@@ -233,7 +268,7 @@ def load_config(path: str | Path | None = None, flags: dict[str, Any] | None = N
         if value is None:
             continue
         if name not in _FIELDS and name not in _SERVICE and name not in _EVENTS.values() \
-                and name not in _LIMITS.values():
+                and name not in _LIMITS.values() and name not in _UNITS.values():
             raise _unknown(name, "command line")
         settings[name] = _check(name, value, "command line")
     config = Config(**settings, config_file=path)
@@ -258,7 +293,8 @@ def load_config(path: str | Path | None = None, flags: dict[str, Any] | None = N
 
 # Settings a reload (SIGHUP) applies at once; the others need a restart.
 RELOADABLE = ("log_format", "log_level", "poll_interval", "unplaced",
-              "max_connections_per_uid", "root_max")
+              "max_connections_per_uid", "root_max", "units_path", "units_control_path",
+              "default_ioasids_max")
 
 
 def reload_changes(running: Config, new: Config) -> tuple[dict[str, Any], list[str]]:
@@ -266,7 +302,7 @@ def reload_changes(running: Config, new: Config) -> tuple[dict[str, Any], list[s
     value), and the names of the other settings that differ (they wait for a restart)."""
     applied: dict[str, Any] = {}
     pending: list[str] = []
-    for name in (*_FIELDS, *_SERVICE, *_EVENTS.values(), *_LIMITS.values()):
+    for name in (*_FIELDS, *_SERVICE, *_EVENTS.values(), *_LIMITS.values(), *_UNITS.values()):
         old_value, new_value = getattr(running, name), getattr(new, name)
         if old_value == new_value:
             continue

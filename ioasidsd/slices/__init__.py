@@ -1,9 +1,9 @@
 """Slices as systemd defines them: unit files, drop-ins, names and the ``IOASIDsMax=`` limit.
 
-This package reads and interprets; it changes nothing. ``syntax`` parses one file,
-``units`` finds and loads a unit along a search path, ``names`` checks names and maps a
-slice to its cgroup path, ``limits`` parses the ``IOASIDsMax=`` property and the daemon's
-default. Realising slices in the hierarchy goes through ``System``, from the daemon.
+``syntax`` parses one file, ``units`` finds and loads a unit along a search path, ``names``
+checks names and maps a slice to its cgroup path, ``limits`` parses the ``IOASIDsMax=``
+property and the daemon's default. ``manager`` realises slices in the hierarchy, through
+``System`` only, and answers the slice verbs.
 """
 
 from ioasidsd.slices.limits import (
@@ -16,6 +16,13 @@ from ioasidsd.slices.limits import (
     configured_ioasids_max,
     parse_default_ioasids_max,
     parse_ioasids_max,
+)
+from ioasidsd.slices.manager import (
+    DEFAULT_SCOPE_SLICE,
+    DROPIN_NAME,
+    LIMIT_FILE_MODE,
+    SliceManager,
+    SliceState,
 )
 from ioasidsd.slices.names import (
     ROOT_SLICE,
@@ -47,8 +54,11 @@ from ioasidsd.slices.units import (
 )
 
 __all__ = [
+    "DEFAULT_SCOPE_SLICE",
     "DEFAULT_SEARCH_PATH",
+    "DROPIN_NAME",
     "INFINITY",
+    "LIMIT_FILE_MODE",
     "PROPERTY_KEYS",
     "PROPERTY_SECTION",
     "ROOT_SLICE",
@@ -62,6 +72,8 @@ __all__ = [
     "InvalidUnitName",
     "ParsedFile",
     "SearchPath",
+    "SliceManager",
+    "SliceState",
     "Unit",
     "UnitReadError",
     "check_slice_name",

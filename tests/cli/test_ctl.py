@@ -30,7 +30,8 @@ def test_bare_ioasidctl_prints_its_usage_without_an_error() -> None:
     assert done.returncode == 0 and done.stderr == ""
     assert done.stdout.startswith("Usage: ioasidctl")
     for verb in ("tree", "top", "get", "set", "create", "delete", "exec", "classify", "which",
-                 "ids", "events", "snapshot", "restore", "status", "vtd", "alloc", "free"):
+                 "ids", "events", "snapshot", "restore", "status", "vtd", "alloc", "free",
+                 "slice", "set-property", "run", "daemon-reload"):
         assert f"  {verb} " in done.stdout
 
 
@@ -38,7 +39,8 @@ NO_DAEMON_VERBS = [
     ("status",), ("vtd",), ("tree",), ("top",), ("ids",), ("events",), ("which", "1"),
     ("get", "/a"), ("set", "-r", "ioasids.max=1", "/a"), ("create", "/a"), ("delete", "/a"),
     ("classify", "-g", "/a", "1"), ("exec", "-g", "/a", "--", "true"), ("snapshot",),
-    ("alloc",), ("free", "1"),
+    ("alloc",), ("free", "1"), ("slice", "list"), ("slice", "status", "a.slice"),
+    ("set-property", "a.slice", "IOASIDsMax=1"), ("run", "--", "true"), ("daemon-reload",),
 ]
 
 
@@ -57,7 +59,8 @@ def test_without_a_daemon_every_verb_fails_in_one_line(tmp_path, args) -> None:
                                                     "--copy-from", "/b", "/a"),
     ("top", "--depth", "-1"), ("top", "--order", "cpu"), ("which", "abc"), ("which",),
     ("exec", "-g", "/a"), ("classify", "/a", "1"), ("tree", "/a/../b"), ("bogus",),
-    ("events", "--bogus"), ("ids", "--pid", "x"),
+    ("events", "--bogus"), ("ids", "--pid", "x"), ("slice", "status"), ("slice", "bogus"),
+    ("set-property", "a.slice", "IOASIDsMax"), ("set-property", "a.slice"), ("run",),
 ])
 def test_bad_usage_is_one_line_and_status_2(served: Served, args) -> None:
     before = served.ok("snapshot")

@@ -146,4 +146,5 @@ def test_a_bad_argument_is_an_errno_and_changes_nothing(world, verb, request_, c
 
 
 def test_every_new_verb_is_served() -> None:
-    assert {"tree", "top", "which", "ids", "events"} <= set(verbs.VERBS)
+    assert {"tree", "top", "which", "ids", "events", "slice_list", "slice_status",
+            "set_property", "run", "daemon_reload"} <= set(verbs.VERBS)

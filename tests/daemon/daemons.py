@@ -53,14 +53,27 @@ def mounted(path: Path) -> bool:
         return any(line.split()[4] == str(path) for line in info)
 
 
+def units_table(base: Path) -> str:
+    """A ``[units]`` table whose directories are under ``base`` (``units``, ``units.control``,
+    ``units.runtime``), so that a test daemon reads no unit of the machine's."""
+    return (f'[units]\npath = ["{base / "units"}"]\n'
+            f'control_path = ["{base / "units.control"}", "{base / "units.runtime"}"]\n')
+
+
 class Daemon:
-    """One ``ioasidsd run`` on the directories of ``base``."""
+    """One ``ioasidsd run`` on the directories of ``base``. Its units are read from
+    ``base/units`` (``units_table``): a configuration file given with ``--config`` gets that
+    table appended when it has none; without one, a file holding just that table is used."""
 
     def __init__(self, base: Path, *args: str, name: str = "d") -> None:
         self.base = base
         self.mount = base / "mnt"
         self.state = base / "state"
         self.run = base / "run"
+        self.units = base / "units"
+        self.units_control = base / "units.control"
+        self.units_runtime = base / "units.runtime"
+        args = self._with_units(base, name, args)
         self.args = ["--mount", str(self.mount), "--state-dir", str(self.state),
                      "--runtime-dir", str(self.run), "--log-format", "json", *args]
         self.notify_path = base / f"notify-{name}"
@@ -71,6 +84,18 @@ class Daemon:
         self.notify.bind(str(self.notify_path))
         self.messages: list[dict[str, str]] = []
         self.proc: subprocess.Popen[bytes] | None = None
+
+    @staticmethod
+    def _with_units(base: Path, name: str, args: tuple[str, ...]) -> tuple[str, ...]:
+        if "--config" in args:
+            path = Path(args[args.index("--config") + 1])
+            text = path.read_text() if path.exists() else ""
+            if "[units]" not in text:
+                path.write_text(f"{text}\n{units_table(base)}")
+            return args
+        path = base / f"units-{name}.toml"
+        path.write_text(units_table(base))
+        return ("--config", str(path), *args)
 
     def start(self, *, ready: bool = True) -> Daemon:
         env = dict(os.environ, NOTIFY_SOCKET=str(self.notify_path))

@@ -25,7 +25,9 @@ from .daemons import drop_membership, pids, wait_until
 
 def config_for(tmp_path, **settings):
     return load_config(None, {"mount": str(tmp_path / "mnt"), "state_dir": str(tmp_path / "s"),
-                              "runtime_dir": str(tmp_path / "r"), **settings})
+                              "runtime_dir": str(tmp_path / "r"), "units_path": [],
+                              "units_control_path": [str(tmp_path / "uc"),
+                                                     str(tmp_path / "ur")], **settings})
 
 
 def close_dev_ioasid(system):

@@ -62,6 +62,14 @@ pss = 15
     ("mount = \n", "not valid TOML"),
     ("[[vtd.unit]]\nname = \"dmar0\"\nwings = 2\n", "vtd.unit[0]: unknown key(s) wings"),
     ("[[vtd.device]]\nbdf = \"0000:03:00.0\"\nunit = \"dmar9\"\n", "no unit named 'dmar9'"),
+    ("units = 1\n", "[units] must be a table"),
+    ('[units]\npaths = ["/x"]\n', "unknown setting [units] 'paths' (did you mean 'path'?)"),
+    ('[units]\npath = "/etc/systemd/system"\n', "path = '/etc/systemd/system': expected a list"),
+    ('[units]\npath = ["/a", 3]\n', "expected a list of directories"),
+    ('[units]\ncontrol_path = ["/etc/x"]\n', "expected two directories"),
+    ('[units]\ndefault_ioasids_max = "lots"\n', "default_ioasids_max = 'lots'"),
+    ('[units]\ndefault_ioasids_max = -1\n', "default_ioasids_max = -1: negative"),
+    ('[units]\ndefault_ioasids_max = "101%"\n', "default_ioasids_max = '101%'"),
 ])
 def test_bad_files_name_the_file_and_setting(tmp_path, text, message):
     path = write(tmp_path, text)
@@ -69,6 +77,27 @@ def test_bad_files_name_the_file_and_setting(tmp_path, text, message):
         load_config(path)
     assert str(path) in str(info.value)
     assert message in str(info.value)
+
+
+def test_units_table(tmp_path):
+    path = write(tmp_path, '[units]\npath = ["/u1", "/u2"]\ncontrol_path = ["/c", "/r"]\n'
+                           'default_ioasids_max = 4096\n')
+    config = load_config(path)
+    assert config.units_path == (Path("/u1"), Path("/u2"))
+    assert config.units_control_path == (Path("/c"), Path("/r"))
+    assert config.default_ioasids_max == "4096"
+    assert config.as_dict()["units_path"] == ["/u1", "/u2"]
+    assert load_config(write(tmp_path, '[units]\ndefault_ioasids_max = "12.5%"\n')
+                       ).default_ioasids_max == "12.5%"
+    defaults = load_config()
+    assert defaults.units_path == tuple(Path(p) for p in (
+        "/etc/systemd/system", "/run/systemd/system", "/usr/lib/systemd/system"))
+    assert defaults.units_control_path == (Path("/etc/systemd/system.control"),
+                                           Path("/run/systemd/system.control"))
+    assert defaults.default_ioasids_max == "infinity"
+    applied, pending = reload_changes(defaults, config)
+    assert sorted(applied) == ["default_ioasids_max", "units_control_path", "units_path"]
+    assert not pending
 
 
 def test_missing_file(tmp_path):

@@ -9,7 +9,7 @@ import signal
 import stat
 import subprocess
 
-from .daemons import BIN, mounted, pids, read, wait_until
+from .daemons import BIN, mounted, pids, read, units_table, wait_until
 
 
 def test_serve_stop_and_come_back(daemons, tmp_path):
@@ -179,7 +179,8 @@ def test_sighup_reloads_the_configuration(daemons, tmp_path):
     config.write_text('log_level = "warning"\npoll_interval = 1.0\n')
     d = daemons("--config", str(config)).start()
     assert not any(e["event"] == "ready" for e in d.events())  # info is below warning
-    config.write_text('log_level = "info"\npoll_interval = 2.0\nprofile = "v4"\n')
+    config.write_text('log_level = "info"\npoll_interval = 2.0\nprofile = "v4"\n'
+                      + units_table(tmp_path))
     d.signal(signal.SIGHUP)
     d.wait_for("RELOADING")
     d.wait_for("READY")

@@ -1,0 +1,326 @@
+"""``SliceManager``: slices realised in a ``System`` from unit files in temporary directories,
+their failures, set-property's drop-ins, the names ``run`` is given and the scope reaper."""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+import pytest
+from system.ops import FakeProcesses
+
+from ioasidsd.model import profile
+from ioasidsd.model.errors import IoasidError
+from ioasidsd.slices import (
+    DROPIN_NAME,
+    LIMIT_FILE_MODE,
+    SearchPath,
+    SliceManager,
+    parse_ioasids_max,
+)
+from ioasidsd.system import System
+from tests.slices.oracle import needs_analyze, verify
+
+CAPACITY = 1000
+
+
+class Log:
+    """Records the manager's log lines."""
+
+    def __init__(self) -> None:
+        self.lines: list[tuple[str, str, dict]] = []
+
+    def _add(self, level: str, message: str, **fields) -> None:
+        self.lines.append((level, message, fields))
+
+    def info(self, message: str, **fields) -> None:
+        self._add("info", message, **fields)
+
+    def warning(self, message: str, **fields) -> None:
+        self._add("warning", message, **fields)
+
+    def error(self, message: str, **fields) -> None:
+        self._add("error", message, **fields)
+
+    def errors(self) -> list[tuple[str, dict]]:
+        return [(m, f) for level, m, f in self.lines if level == "error"]
+
+
+@pytest.fixture
+def units(tmp_path):
+    """The directories of a search path: two control directories, two unit directories."""
+    dirs = {name: tmp_path / name for name in ("control", "runtime", "etc", "lib")}
+    for d in dirs.values():
+        d.mkdir()
+    return dirs
+
+
+def manager(units, default: str = "infinity", system: System | None = None):
+    if system is None:
+        system = System(profile("fixed"), processes=FakeProcesses())
+        system.core.install_capacity(CAPACITY)
+    search = SearchPath((units["control"], units["runtime"]), (units["etc"], units["lib"]))
+    log = Log()
+    return SliceManager(system, search, parse_ioasids_max(default), log), system, log
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def limit(system: System, path: str):
+    with system.lock:
+        return system.cgroups.lookup(path).limit
+
+
+def test_a_tenant_tree_comes_up_with_its_limits(units):
+    write(units["etc"] / "tenant.slice", "[Slice]\nIOASIDsMax=500\n")
+    write(units["etc"] / "tenant-a.slice", "[Unit]\nDescription=a\n[Slice]\nIOASIDsMax=10%\n")
+    write(units["lib"] / "tenant-b.slice.d" / "limit.conf", "[Slice]\nX-IOASIDsMax=200\n")
+    write(units["etc"] / "tenant-a-vm1.slice", "[Slice]\nIOASIDsMax=30\n")
+    m, system, log = manager(units)
+    counts = m.load()
+    assert counts == {"slices": 4, "failed": 0}
+    assert limit(system, "/tenant.slice") == 500
+    assert limit(system, "/tenant.slice/tenant-a.slice") == 100
+    assert limit(system, "/tenant.slice/tenant-b.slice") == 200
+    assert limit(system, "/tenant.slice/tenant-a.slice/tenant-a-vm1.slice") == 30
+    assert not log.errors()
+    rows = {row["unit"]: row for row in m.slices()}
+    assert rows["tenant-a.slice"]["configured"] == "10%"
+    assert rows["tenant-a.slice"]["max"] == 100
+    assert rows["tenant-b.slice"]["load"] == "loaded"
+    assert all(row["active"] == "active" for row in rows.values())
+
+
+def test_the_order_of_the_files_does_not_matter_when_limits_shrink(units):
+    parent = write(units["etc"] / "t.slice", "[Slice]\nIOASIDsMax=500\n")
+    child = write(units["etc"] / "t-a.slice", "[Slice]\nIOASIDsMax=400\n")
+    m, system, _log = manager(units)
+    m.load()
+    parent.write_text("[Slice]\nIOASIDsMax=100\n")  # below the child's 400: EBUSY first
+    child.write_text("[Slice]\nIOASIDsMax=50\n")
+    assert m.load()["failed"] == 0
+    assert limit(system, "/t.slice") == 100
+    assert limit(system, "/t.slice/t-a.slice") == 50
+
+
+def test_an_ancestor_without_a_file_gets_the_default(units):
+    write(units["etc"] / "a-b-c.slice", "[Slice]\nIOASIDsMax=7\n")
+    m, system, _ = manager(units, default="50%")
+    m.load()
+    assert limit(system, "/a.slice") == 500  # not the new cgroup's limit 0 of "fixed"
+    assert limit(system, "/a.slice/a-b.slice") == 500
+    assert limit(system, "/a.slice/a-b.slice/a-b-c.slice") == 7
+
+
+def test_default_and_prefix_dropins(units):
+    write(units["etc"] / "machine.slice", "[Unit]\nDescription=VMs\n")
+    write(units["etc"] / "machine-.slice.d" / "10.conf", "[Slice]\nIOASIDsMax=33\n")
+    write(units["etc"] / "machine-vm1.slice", "")  # empty: masked
+    write(units["etc"] / "machine-vm2.slice", "[Slice]\n")
+    m, system, _ = manager(units, default="50")
+    m.load()
+    assert limit(system, "/machine.slice") == 50
+    assert limit(system, "/machine.slice/machine-vm2.slice") == 33
+    with pytest.raises(IoasidError):
+        limit(system, "/machine.slice/machine-vm1.slice")
+    assert {row["unit"]: row["load"] for row in m.slices()}["machine-vm1.slice"] == "masked"
+
+
+@pytest.mark.parametrize("name, text, load, line", [
+    ("bad--name.slice", "[Slice]\nIOASIDsMax=5\n", "error", None),
+    ("junk.slice", "[Slice]\nIOASIDsMax=5\nIOASIDsMax=lots\n", "bad-setting", 3),
+    ("toobig.slice", "[Slice]\n\nIOASIDsMax=5000\n", "loaded", 3),
+    ("header.slice", "[Slice]\nIOASIDsMax=5\n[Slice\n", "error", 3),
+])
+def test_bad_input_fails_the_unit_and_keeps_the_previous_limit(units, name, text, load, line):
+    path = write(units["etc"] / name, "[Slice]\nIOASIDsMax=5\n")
+    write(units["etc"] / "good.slice", "[Slice]\nIOASIDsMax=9\n")
+    m, system, log = manager(units)
+    m.load()
+    valid = name != "bad--name.slice"
+    if valid:
+        assert limit(system, f"/{name}") == 5
+    path.write_text(text)
+    log.lines.clear()
+    counts = m.load()
+    assert counts["failed"] == 1
+    if valid:
+        assert limit(system, f"/{name}") == 5  # the previous limit is kept
+    assert limit(system, "/good.slice") == 9
+    (message, fields), = log.errors()
+    assert fields["unit"] == name and fields["file"] == str(path) and fields["line"] == line
+    assert str(path) in message
+    row = m.status(name)
+    assert row["active"] == "failed" and row["load"] == load
+    assert str(path) in row["error"]
+    if line is not None:
+        assert f"{path}:{line}" in row["error"]
+
+
+def test_a_refused_limit_says_why(units):
+    write(units["etc"] / "big.slice", "[Slice]\nIOASIDsMax=2000\n")
+    m, _system, _log = manager(units)
+    m.load()
+    row = m.status("big.slice")
+    assert row["active"] == "failed"
+    assert "ENOSPC" in row["error"] and "big.slice:2" in row["error"]
+
+
+def test_an_unreadable_file_fails_the_unit(units):
+    if os.geteuid() == 0:
+        path = write(units["etc"] / "secret.slice", "[Slice]\nIOASIDsMax=5\n")
+        os.chmod(path, 0)
+        # root reads any file: a directory in its place cannot be read as one
+        path.unlink()
+        path.mkdir()
+    else:
+        path = write(units["etc"] / "secret.slice", "[Slice]\nIOASIDsMax=5\n")
+        os.chmod(path, 0)
+    m, _system, log = manager(units)
+    assert m.load()["failed"] == 1
+    row = m.status("secret.slice")
+    assert row["active"] == "failed" and row["load"] == "error"
+    assert str(path) in log.errors()[0][0]
+
+
+def test_set_property_writes_a_dropin_and_survives_a_reload(units):
+    m, system, _ = manager(units)
+    m.load()
+    result = m.set_property("t-a.slice", ["IOASIDsMax=25"], runtime=False, uid=0, gid=0)
+    dropin = units["control"] / "t-a.slice.d" / DROPIN_NAME
+    assert result["dropin"] == str(dropin)
+    assert "X-IOASIDsMax=25" in dropin.read_text()
+    assert limit(system, "/t.slice/t-a.slice") == 25
+    assert limit(system, "/t.slice") is None  # realised with the default
+    m.load()
+    assert limit(system, "/t.slice/t-a.slice") == 25
+    m.set_property("t-a.slice", ["IOASIDsMax=5"], runtime=True, uid=0, gid=0)
+    assert (units["runtime"] / "t-a.slice.d" / DROPIN_NAME).is_file()
+    assert limit(system, "/t.slice/t-a.slice") == 5  # applied now
+    m.set_property("t-a.slice", ["IOASIDsMax="], runtime=False, uid=0, gid=0)
+    # the persistent drop-in, reset, hides the runtime one of the same name, as in systemd
+    assert limit(system, "/t.slice/t-a.slice") is None
+
+
+def test_set_property_refusals_change_nothing(units):
+    m, system, _ = manager(units)
+    m.set_property("t.slice", ["IOASIDsMax=30"], runtime=False, uid=0, gid=0)
+    dropin = units["control"] / "t.slice.d" / DROPIN_NAME
+    before = dropin.read_text()
+    for args, code in ((["IOASIDsMax=5000"], errno.ENOSPC), (["IOASIDsMax=x"], errno.EINVAL),
+                       (["TasksMax=5"], errno.EINVAL), ([], errno.EINVAL)):
+        with pytest.raises(IoasidError) as info:
+            m.set_property("t.slice", args, runtime=False, uid=0, gid=0)
+        assert info.value.errno == code
+        assert dropin.read_text() == before
+        assert limit(system, "/t.slice") == 30
+    with pytest.raises(IoasidError) as info:
+        m.set_property("t.service", ["IOASIDsMax=1"], runtime=False, uid=0, gid=0)
+    assert info.value.errno == errno.EINVAL
+    with pytest.raises(IoasidError) as info:
+        m.set_property("fresh.slice", ["IOASIDsMax=1"], runtime=True, uid=5000, gid=5000)
+    assert info.value.errno == errno.EACCES
+    assert not (units["runtime"] / "fresh.slice.d").exists()
+
+
+def test_set_property_as_a_user_follows_the_limit_files_mode(units):
+    m, system, _ = manager(units)
+    m.set_property("t.slice", ["IOASIDsMax=30"], runtime=False, uid=0, gid=0)
+    with pytest.raises(IoasidError) as info:
+        m.set_property("t.slice", ["IOASIDsMax=3"], runtime=False, uid=5000, gid=5000)
+    assert info.value.errno == errno.EACCES
+    system.set_attrs("/t.slice", {"ioasids.max": {"uid": 5000}})  # chown: delegated
+    m.set_property("t.slice", ["IOASIDsMax=3"], runtime=False, uid=5000, gid=5000)
+    assert limit(system, "/t.slice") == 3
+    system.set_attrs("/t.slice", {"ioasids.max": {"mode": 0o444}})
+    assert not m.may_write_limit("/t.slice", 5000, 5000)
+
+
+def test_the_limit_files_mode_is_the_mounts():
+    from cgroupfs import files
+
+    system = System(profile("fixed"), processes=FakeProcesses())
+    cg = system.mkdir("/x")
+    with system.lock:
+        assert files.files_of(system, cg)["ioasids.max"].mode == LIMIT_FILE_MODE
+
+
+def test_run_names_scopes_and_realises_slices_named_by_use(units):
+    write(units["etc"] / "x-.slice.d" / "1.conf", "[Slice]\nIOASIDsMax=40\n")
+    m, system, _ = manager(units)
+    m.load()
+    first = m.prepare_scope("x-y.slice", None, [], uid=0)
+    assert first["unit"].startswith("run-u") and first["unit"].endswith(".scope")
+    assert first["cgroup"] == f"/x.slice/x-y.slice/{first['unit']}"
+    assert first["ioasids_max"] == "max"
+    assert limit(system, "/x.slice/x-y.slice") == 40
+    second = m.prepare_scope(None, "job", ["IOASIDsMax=5%"], uid=0)
+    assert second["cgroup"] == "/system.slice/job.scope" and second["ioasids_max"] == "50"
+    system.mkdir(second["cgroup"])
+    with pytest.raises(IoasidError) as info:
+        m.prepare_scope("other.slice", "job.scope", [], uid=0)
+    assert info.value.errno == errno.EEXIST
+    for args in (("bad--.slice", None), ("a.slice", "j.service"), ("a.scope", None)):
+        with pytest.raises(IoasidError) as info:
+            m.prepare_scope(*args, [], uid=0)
+        assert info.value.errno == errno.EINVAL
+    with pytest.raises(IoasidError) as info:
+        m.prepare_scope("new.slice", None, [], uid=5000)
+    assert info.value.errno == errno.EACCES
+
+
+@pytest.mark.parametrize("slice_name, where", [("w.slice", "/w.slice/"), ("-.slice", "/")])
+def test_empty_scopes_are_removed(units, slice_name, where):
+    m, system, _ = manager(units)
+    system.on_change = m.note_change
+    m.start()
+    try:
+        scope = m.prepare_scope(slice_name, None, [], uid=0)["cgroup"]
+        assert scope.startswith(where) and scope.count("/") == where.count("/")
+        system.mkdir(scope)
+        system.processes.live[4242] = 1.0
+        system.write_procs(scope, "4242", writer_pid=1, writer_uid=0)
+        system.exit(4242)
+        m.stop()  # the reaper drains what it was told before it stops
+    finally:
+        m.stop()
+    with pytest.raises(IoasidError):
+        limit(system, scope)
+    if slice_name != "-.slice":
+        assert limit(system, "/w.slice") is None  # the slice stays
+
+
+def test_the_start_sweeps_the_empty_scopes_an_earlier_run_left(units):
+    m, system, _ = manager(units)
+    system.mkdir("/w.slice")
+    system.mkdir("/w.slice/run-u7.scope")
+    system.mkdir("/w.slice/not-a-scope")
+    system.mkdir("/plain")
+    system.mkdir("/plain/x.scope")  # not in a slice: not a transient scope
+    m.load()
+    assert limit(system, "/w.slice/run-u7.scope") == 0
+    m.load(sweep=True)
+    with pytest.raises(IoasidError):
+        limit(system, "/w.slice/run-u7.scope")
+    for kept in ("/w.slice/not-a-scope", "/plain/x.scope"):
+        assert limit(system, kept) == 0
+    assert limit(system, "/w.slice") is None  # realised: it was in the hierarchy
+
+
+@needs_analyze
+def test_systemd_reads_set_propertys_dropin_without_a_word(units, tmp_path):
+    """The drop-in set-property writes, in a control directory systemd reads, is one systemd
+    loads without a warning (the X- spelling), and one whose IOASIDsMax= spelling it names."""
+    m, _, _ = manager(units)
+    m.set_property("t.slice", ["IOASIDsMax=25"], runtime=False, uid=0, gid=0)
+    write(units["etc"] / "t.slice", "[Unit]\nDescription=t\n")
+    log = verify(["t.slice"], tmp_path, [units["control"], units["etc"]])
+    assert DROPIN_NAME not in log, log
+    dropin = units["control"] / "t.slice.d" / DROPIN_NAME
+    dropin.write_text(dropin.read_text().replace("X-IOASIDsMax", "IOASIDsMax"))
+    assert f"{dropin}:3" in verify(["t.slice"], tmp_path, [units["control"], units["etc"]])
