@@ -57,8 +57,8 @@ def model_child(ids: int, clients: int) -> None:
     """In a child process: print the RSS before and after the model alone holds ``ids``
     IOASIDs in ``clients`` processes' MM sets (see the module)."""
     from ioasidsd.host import ProcessFacts, ProcessSource
-    from ioasidsd.model import profile
     from ioasidsd.model import ioasid_uapi as uapi
+    from ioasidsd.model import profile
     from ioasidsd.system import System
     from ioasidsd.userapi.client import MAX_ID
 
@@ -95,11 +95,12 @@ def measure_daemon(ids: int, clients: int, settle: float) -> tuple[int, int]:
     notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     notify.bind(str(base / "notify"))
     env = dict(os.environ, NOTIFY_SOCKET=str(base / "notify"))
-    daemon = subprocess.Popen(
-        [str(BIN / "ioasidsd"), "run", "--mount", str(base / "mnt"), "--state-dir", str(base / "state"),
-         "--runtime-dir", str(base / "run"), "--log-format", "json", "--log-level", "warning"],
-        env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-        stderr=open(base / "log", "wb"))
+    with open(base / "log", "wb") as log:
+        daemon = subprocess.Popen(
+            [str(BIN / "ioasidsd"), "run", "--mount", str(base / "mnt"),
+             "--state-dir", str(base / "state"), "--runtime-dir", str(base / "run"),
+             "--log-format", "json", "--log-level", "warning"],
+            env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log)
     procs: list[subprocess.Popen[str]] = []
     try:
         notify.settimeout(1)
@@ -110,7 +111,8 @@ def measure_daemon(ids: int, clients: int, settle: float) -> tuple[int, int]:
                     break
             except TimeoutError:
                 if daemon.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"the daemon did not start: {(base / 'log').read_text()}")
+                    log_text = (base / "log").read_text()
+                    raise RuntimeError(f"the daemon did not start: {log_text}") from None
         rss = psutil.Process(daemon.pid)
         time.sleep(settle)  # let the start's own work (the first fold) finish
         empty = rss.memory_info().rss
