@@ -175,3 +175,25 @@ def test_an_unmount_from_outside_stops_invalidations_before_libfuse_tears_down(
     system.write_max("/a", "7")  # and changes after the end reach nothing
     assert not cache.attached and cache.held() == 0
     handle.unmount()
+
+
+def test_without_the_c_library_the_kernel_caches_no_contents(mountdir: Path,
+                                                             monkeypatch: pytest.MonkeyPatch
+                                                             ) -> None:
+    """Without ``_fastopen.so`` nothing can stop invalidations before libfuse tears the
+    session down, so none are sent: every open is ``direct_io`` and a change made by another
+    face is read at once anyway."""
+    from cgroupfs import fastopen
+
+    monkeypatch.setattr(fastopen, "library", lambda: None)
+    system = System()
+    with mount(system, str(mountdir)) as handle:
+        assert not handle.fast_open
+        system.mkdir("/a")
+        system.write_max("/a", "3")
+        path = mountdir / "a" / "ioasids.max"
+        assert path.read_text() == "3\n"
+        system.write_max("/a", "12")
+        assert path.read_text() == "12\n"
+        assert not handle.operations.cache.attached
+        assert handle.operations.cache.held() == 0 and handle.operations.cache.invalidations == 0
