@@ -408,7 +408,8 @@ def main() -> None:
                     assert comparison is not None
                     batch = measure_batch(ctx, versions[side, kind], False, args.seconds)
                     for what, rate in batch.items():
-                        comparison.add(side, f"{kind} batch IDs/s ({what})", rate)
+                        if "CPU" not in what:  # by CPU time: the in-process figures below
+                            comparison.add(side, f"{kind} batch IDs/s ({what})", rate)
                 for side, kind in pairs:
                     assert comparison is not None
                     where = os.path.join(tmp, side, f"{kind}-requests-{r}")
