@@ -11,10 +11,14 @@
    when ``ioasidsd.store.state`` can be imported, with the daemon's SQLite store as
    ``on_change`` (every mkdir committed before it returns).
 
-3. ``--v2``: the same two figures on our cgroup-v2 face (``System(hierarchy="v2")`` with
-   ``+ioasids`` in the root's ``cgroup.subtree_control``), served by a second child process and
-   measured in the same rounds as the v1 face, with the ratio v2/v1 per round. Target: at least
-   0.9.
+3. ``--v2``: the v1 face's figures on our cgroup-v2 face too (``System(hierarchy="v2")`` with
+   ``+ioasids`` in the root's ``cgroup.subtree_control``), served by a second child process,
+   side by side with the v1 face: echo+cat pairs writing the same value and changing values,
+   open+read+close of an unchanged ``ioasids.current``, each in interleaved slices per round
+   (``interleaved``), and ``mkdir``/``rmdir`` of ``--mkdirs`` cgroups in alternating order.
+   Each as the rate ratio v2/v1 and as the CPU time each face's server spent per operation
+   (``/proc/PID/stat``, every thread), v1's over v2's: on a loaded machine the rates swing with
+   the load, the CPU an operation costs much less. Target: at least 0.9.
 
 4. Against a C file system (``bench/reference/onefile_fuse.c``: libfuse3's high-level API, one
    file, default options plus ``direct_io``, as LXCFS serves its files), built by this script
@@ -287,38 +291,27 @@ def pairs_for(path: Path, seconds: float, values: tuple[bytes, ...] = (b"5\n",))
 
 
 def bench_pairs(ours: Path, kernel: Path, rounds: int, seconds: float,
-                other: Path | None = None, v2: Path | None = None) -> dict[str, float]:
+                other: Path | None = None) -> dict[str, float]:
     """Medians of echo+cat rates in alternating rounds: ``ours``, ``kernel`` and their ratio
-    per round; with ``other`` (another version's mount) also ``other`` and ``vs_other``; with
-    ``v2`` (our v2 face) also ``v2`` and ``v2_vs_v1`` (v2 over ``ours``, per round)."""
+    per round; with ``other`` (another version's mount) also ``other`` and ``vs_other``."""
     (ours / "bench").mkdir()
     ours_max, kernel_max = ours / "bench" / "ioasids.max", kernel / "pids.max"
-    other_max = v2_max = None
+    other_max = None
     if other is not None:
         (other / "bench").mkdir()
         other_max = other / "bench" / "ioasids.max"
         pairs_for(other_max, 0.2)
-    if v2 is not None:
-        (v2 / "bench").mkdir()
-        v2_max = v2 / "bench" / "ioasids.max"
-        pairs_for(v2_max, 0.2)
     pairs_for(ours_max, 0.2)  # warm up both
     pairs_for(kernel_max, 0.2)
-    mine, theirs, others, v2s = [], [], [], []
+    mine, theirs, others = [], [], []
     for r in range(rounds):
         theirs.append(pairs_for(kernel_max, seconds))
         if other_max is not None and r % 2:  # neither version always runs first
             others.append(pairs_for(other_max, seconds))
-        if v2_max is not None and r % 2:  # neither face always runs first
-            v2s.append(pairs_for(v2_max, seconds))
         mine.append(pairs_for(ours_max, seconds))
         if other_max is not None and not r % 2:
             others.append(pairs_for(other_max, seconds))
-        if v2_max is not None and not r % 2:
-            v2s.append(pairs_for(v2_max, seconds))
     (ours / "bench").rmdir()
-    if v2 is not None:
-        (v2 / "bench").rmdir()
     ratios = [m / k for m, k in zip(mine, theirs, strict=True)]
     figures = {"ours": statistics.median(mine), "kernel": statistics.median(theirs),
                "ratio": statistics.median(ratios)}
@@ -329,9 +322,6 @@ def bench_pairs(ours: Path, kernel: Path, rounds: int, seconds: float,
                                                                           strict=True))
         figures["vs_other"] = statistics.median(m / o for m, o in zip(mine, others,
                                                                        strict=True))
-    if v2 is not None:
-        figures["v2"] = statistics.median(v2s)
-        figures["v2_vs_v1"] = statistics.median(w / m for w, m in zip(v2s, mine, strict=True))
     return figures
 
 
@@ -400,21 +390,109 @@ def print_reference(figures: dict[str, list[float]], label: str) -> None:
           f"{med['reads_ours'] / med['reads_kernel']:.3f}")
 
 
-def mkdirs_side_by_side(v1: Path, v2: Path, count: int, rounds: int) -> dict[str, float]:
-    """``mkdir_rmdir`` on both faces in alternating rounds (neither always first): the median
-    seconds of each, and the median per-round rate ratios v2/v1 (``mkdir``, ``rmdir``)."""
-    seconds: dict[str, list[float]] = {"v1_mkdir": [], "v1_rmdir": [], "v2_mkdir": [],
-                                       "v2_rmdir": []}
+def cpu_seconds(pid: int) -> float:
+    """CPU time process ``pid`` has used, all its threads (``utime + stime``)."""
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        fields = f.read().rsplit(b")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class Metered:
+    """A loop (``loop(path, t)``: a rate over ``t`` seconds) that also adds up, per path, the
+    operations it made and the CPU time the path's server spent meanwhile."""
+
+    def __init__(self, loop, servers: dict[Path, int]) -> None:
+        self.loop, self.servers = loop, servers
+        self.ops: dict[Path, float] = {}
+        self.cpu: dict[Path, float] = {}
+
+    def __call__(self, path: Path, t: float) -> float:
+        pid = self.servers[path]
+        before, start = cpu_seconds(pid), time.perf_counter()
+        rate = self.loop(path, t)
+        self.ops[path] = self.ops.get(path, 0.0) + rate * (time.perf_counter() - start)
+        self.cpu[path] = self.cpu.get(path, 0.0) + cpu_seconds(pid) - before
+        return rate
+
+    def cpu_per_op(self, path: Path) -> float:
+        return self.cpu[path] / self.ops[path]
+
+
+def mkdir_rmdir_metered(parent: Path, count: int, pid: int) -> dict[str, tuple[float, float]]:
+    """``mkdir`` of ``count`` directories under ``parent``, then their ``rmdir``: for each,
+    the rate and the CPU seconds per operation of the server ``pid``."""
+    names = [os.fsencode(parent / f"c{i}") for i in range(count)]
+    out = {}
+    for step, call in (("mkdir", os.mkdir), ("rmdir", os.rmdir)):
+        before, start = cpu_seconds(pid), time.perf_counter()
+        for name in names:
+            call(name)
+        elapsed = time.perf_counter() - start
+        out[step] = (count / elapsed, (cpu_seconds(pid) - before) / count)
+    return out
+
+
+def bench_faces(v1: Path, v2: Path, rounds: int, seconds: float,
+                mkdirs: int) -> dict[str, list[float]]:
+    """The v1 face against the v2 face, per round: for ``same``, ``changing`` (echo+cat pairs
+    on ``ioasids.max``) and ``reads`` (open+read+close of ``ioasids.current``), interleaved
+    (``interleaved``, alternating which face starts), and for ``mkdir`` and ``rmdir`` of
+    ``mkdirs`` cgroups (faces in alternating order): ``<name>_v1``, ``<name>_v2`` (rates),
+    ``<name>_rate`` (v2 over v1), ``<name>_cpu_v1``, ``<name>_cpu_v2`` (the server's CPU
+    seconds per operation) and ``<name>_cpu`` (v1's over v2's)."""
+    servers = {}
+    for face in (v1, v2):
+        (face / "bench").mkdir()
+        (face / "m").mkdir()
+        for name in ("ioasids.max", "ioasids.current"):
+            servers[face / "bench" / name] = SERVERS[face]
+        pairs_for(face / "bench" / "ioasids.max", 0.2)
+        reads_for(face / "bench" / "ioasids.current", 0.2)
+    out: dict[str, list[float]] = {}
+
+    def note(name: str, rates: tuple[float, float], cpu: tuple[float, float]) -> None:
+        for key, value in ((f"{name}_v1", rates[0]), (f"{name}_v2", rates[1]),
+                           (f"{name}_rate", rates[1] / rates[0]),
+                           (f"{name}_cpu_v1", cpu[0]), (f"{name}_cpu_v2", cpu[1]),
+                           (f"{name}_cpu", cpu[0] / cpu[1])):
+            out.setdefault(key, []).append(value)
+
+    loops = {
+        "same": (lambda path, t: pairs_for(path, t), "ioasids.max"),
+        "changing": (lambda path, t: pairs_for(path, t, CHANGING), "ioasids.max"),
+        "reads": (lambda path, t: reads_for(path, t), "ioasids.current"),
+    }
     for r in range(rounds):
-        for face, parent in ((("v1", v1), ("v2", v2)) if r % 2 else (("v2", v2), ("v1", v1))):
-            made, removed = mkdir_rmdir(parent, count)
-            seconds[f"{face}_mkdir"].append(made)
-            seconds[f"{face}_rmdir"].append(removed)
-    figures = {key: statistics.median(values) for key, values in seconds.items()}
-    for op in ("mkdir", "rmdir"):
-        figures[op] = statistics.median(
-            a / b for a, b in zip(seconds[f"v1_{op}"], seconds[f"v2_{op}"], strict=True))
-    return figures
+        for name, (loop, file) in loops.items():
+            meter = Metered(loop, servers)
+            paths = (v1 / "bench" / file, v2 / "bench" / file)
+            rates = interleaved(meter, *paths, seconds, first=r % 2)
+            note(name, rates, (meter.cpu_per_op(paths[0]), meter.cpu_per_op(paths[1])))
+        steps = {face: mkdir_rmdir_metered(face / "m", mkdirs, SERVERS[face])
+                 for face in ((v1, v2) if r % 2 == 0 else (v2, v1))}
+        for step in ("mkdir", "rmdir"):
+            note(step, (steps[v1][step][0], steps[v2][step][0]),
+                 (steps[v1][step][1], steps[v2][step][1]))
+    for face in (v1, v2):
+        (face / "bench").rmdir()
+        (face / "m").rmdir()
+    return out
+
+
+def print_faces(figures: dict[str, list[float]]) -> None:
+    med = {key: statistics.median(values) for key, values in figures.items()}
+    rounds = len(figures["same_rate"])
+    for name, what in (("same", "echo+cat pairs/s, same value"),
+                       ("changing", "echo+cat pairs/s, changing value"),
+                       ("reads", "open+read+close/s of an unchanged ioasids.current"),
+                       ("mkdir", "mkdir/s"), ("rmdir", "rmdir/s")):
+        each = ", ".join(f"{x:.2f}" for x in figures[f"{name}_rate"])
+        each_cpu = ", ".join(f"{x:.2f}" for x in figures[f"{name}_cpu"])
+        print(f"v2 face: {what}: v1 {med[f'{name}_v1']:,.0f}, v2 {med[f'{name}_v2']:,.0f}, "
+              f"v2 / v1 {med[f'{name}_rate']:.3f} ({each}); server CPU per operation: v1 "
+              f"{med[f'{name}_cpu_v1'] * 1e6:.1f} us, v2 {med[f'{name}_cpu_v2'] * 1e6:.1f} us, "
+              f"v1 / v2 {med[f'{name}_cpu']:.3f} ({each_cpu}) (medians of {rounds} rounds; "
+              f"target >= 0.9)")
 
 
 def mkdir_rmdir(parent: Path, count: int) -> tuple[float, float]:
@@ -467,7 +545,7 @@ def main() -> None:
             reference = stack.enter_context(reference_served(binary, work / "reference"))
             print_reference(bench_reference(ours, reference, kernel, args.rounds, args.seconds),
                             "no store")
-            pairs = bench_pairs(ours, kernel, args.rounds, args.seconds, other, v2)
+            pairs = bench_pairs(ours, kernel, args.rounds, args.seconds, other)
             print(f"echo+cat pairs/s: ours {pairs['ours']:,.0f}, kernel {pairs['kernel']:,.0f}, "
                   f"ratio {pairs['ratio']:.3f} = 1/{1 / pairs['ratio']:.1f} "
                   f"(median of {args.rounds} rounds of {args.seconds:g} s; target >= 1/15)")
@@ -475,9 +553,6 @@ def main() -> None:
                 print(f"echo+cat pairs/s of {args.against}: {pairs['other']:,.0f}, ratio "
                       f"{pairs['other_ratio']:.3f} = 1/{1 / pairs['other_ratio']:.1f}; "
                       f"this tree / {args.against}, same rounds: {pairs['vs_other']:.3f}")
-            if v2 is not None:
-                print(f"echo+cat pairs/s on the v2 face: {pairs['v2']:,.0f}; v2 / v1, same "
-                      f"rounds: {pairs['v2_vs_v1']:.3f} (target >= 0.9)")
             (ours / "m").mkdir()
             ours_mk, ours_rm = mkdir_rmdir(ours / "m", args.mkdirs)
             kernel_mk, kernel_rm = mkdir_rmdir(kernel, args.mkdirs)
@@ -485,13 +560,8 @@ def main() -> None:
                   f"{kernel_mk:.2f} s (ratio {ours_mk / kernel_mk:.1f}); rmdir: ours "
                   f"{ours_rm:.2f} s, kernel {kernel_rm:.2f} s (target: mkdir < 10 s)")
             if v2 is not None:
-                (v2 / "m").mkdir()
-                faces = mkdirs_side_by_side(ours / "m", v2 / "m", args.mkdirs, args.rounds)
-                print(f"mkdir x{args.mkdirs} on the v2 face: {faces['v2_mkdir']:.2f} s, v1 "
-                      f"{faces['v1_mkdir']:.2f} s, rate v2/v1 {faces['mkdir']:.3f}; rmdir: v2 "
-                      f"{faces['v2_rmdir']:.2f} s, v1 {faces['v1_rmdir']:.2f} s, rate v2/v1 "
-                      f"{faces['rmdir']:.3f} (medians of {args.rounds} alternating rounds; "
-                      f"target >= 0.9)")
+                (ours / "m").rmdir()
+                print_faces(bench_faces(ours, v2, args.rounds, args.seconds, args.mkdirs))
         if have_store():
             state = work / "state"
             state.mkdir()

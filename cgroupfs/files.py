@@ -18,9 +18,10 @@ errnos live in the model (``ioasidsd.model.formats``), changes in ``System``.
 On a cgroup-v2 hierarchy (``System(hierarchy="v2")``) a cgroup holds the v2 core files
 (``cgroup.controllers``, ``cgroup.subtree_control``, ``cgroup.procs``, ``cgroup.threads``,
 ``cgroup.max.depth``, ``cgroup.max.descendants``, ``cgroup.stat``; a non-root cgroup also
-``cgroup.type`` and ``cgroup.events``) and the controller's five files exactly where the
-controller is enabled (its parent's ``cgroup.subtree_control`` names it); the root's controller
-files are those of v1.
+``cgroup.type``, ``cgroup.events``, ``cgroup.freeze``, the write-only ``cgroup.kill`` and
+``cgroup.stat.local``) and
+the controller's five files exactly where the controller is enabled (its parent's
+``cgroup.subtree_control`` names it); the root's controller files are those of v1.
 
 Pure: nothing here knows FUSE; the file system face (``cgroupfs.operations``) resolves paths,
 checks that the cgroup still exists, and calls ``read`` and ``write``.
@@ -28,6 +29,7 @@ checks that the cgroup still exists, and calls ``read`` and ``write``.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from errno import E2BIG, EINVAL, EOPNOTSUPP, EPERM
@@ -74,7 +76,8 @@ Store = Callable[[System, Cgroup, bytes, Writer], None]
 class CgroupFile:
     """One file of a cgroup directory.
 
-    ``render`` produces its text; ``store`` applies a write (``None``: read-only);
+    ``render`` produces its text (``None``: write-only, a read is ``EINVAL``, as kernfs
+    answers a file without a show method); ``store`` applies a write (``None``: read-only);
     ``max_write`` is the longest write accepted (``E2BIG`` beyond). ``cached``: its text changes
     only by a change the model reports (``System.on_change``) naming its cgroup, one of that
     cgroup's descendants, or none (the root's files), so the kernel may keep it in its page
@@ -83,19 +86,24 @@ class CgroupFile:
     """
 
     name: str
-    render: Render
+    render: Render | None
     store: Store | None = None
     max_write: int = PAGE_SIZE
     cached: bool = True
 
     @property
     def mode(self) -> int:
-        """The permission bits a new cgroup's file has: 0644, or 0444 when read-only."""
+        """The permission bits a new cgroup's file has: 0644, 0444 when read-only, 0200 when
+        write-only."""
+        if self.render is None:
+            return 0o200
         return 0o644 if self.store is not None else 0o444
 
 
 def read(system: System, cg: Cgroup, file: CgroupFile) -> bytes:
-    """The current content of ``file`` in ``cg``."""
+    """The current content of ``file`` in ``cg``; ``EINVAL`` for a write-only file."""
+    if file.render is None:
+        raise IoasidError(EINVAL, f"{file.name} is write-only")
     return file.render(system, cg).encode("utf-8", "surrogateescape")
 
 
@@ -223,7 +231,21 @@ def _type(system: System, cg: Cgroup) -> str:
 
 
 def _cgroup_events(system: System, cg: Cgroup) -> str:
-    return render_keyed([("populated", int(pidlists.populated(system, cg))), ("frozen", 0)])
+    with system.lock:
+        frozen = _unified(system).frozen(cg)
+    return render_keyed([("populated", int(pidlists.populated(system, cg))),
+                         ("frozen", int(frozen))])
+
+
+def _freeze(system: System, cg: Cgroup) -> str:
+    return render_flag(cg.freeze)
+
+
+def _stat_local(system: System, cg: Cgroup) -> str:
+    now = time.monotonic_ns()  # the clock System.write_freeze gives the model
+    with system.lock:
+        frozen = _unified(system).frozen_ns(cg, now)
+    return render_keyed([("frozen_usec", frozen // 1000)])
 
 
 def _max_depth(system: System, cg: Cgroup) -> str:
@@ -267,6 +289,14 @@ def _set_subtree_control(system: System, cg: Cgroup, data: bytes, writer: Writer
 
 def _set_type(system: System, cg: Cgroup, data: bytes, writer: Writer) -> None:
     system.write_cgroup_type(cg.path, data)
+
+
+def _set_freeze(system: System, cg: Cgroup, data: bytes, writer: Writer) -> None:
+    system.write_freeze(cg.path, data)
+
+
+def _kill(system: System, cg: Cgroup, data: bytes, writer: Writer) -> None:
+    system.write_kill(cg.path, data)
 
 
 def _set_hierarchy_limit(name: str) -> Store:
@@ -361,6 +391,9 @@ CHILD_CORE_V2 = _table(
     *_CORE_V2,
     CgroupFile("cgroup.type", _type, _set_type, cached=False),
     CgroupFile("cgroup.events", _cgroup_events, cached=False),
+    CgroupFile("cgroup.freeze", _freeze, _set_freeze),
+    CgroupFile("cgroup.kill", None, _kill, cached=False),
+    CgroupFile("cgroup.stat.local", _stat_local, cached=False),
 )
 """A non-root cgroup's files on v2 where the controller is not enabled."""
 

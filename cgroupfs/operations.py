@@ -171,8 +171,9 @@ class CgroupOperations(mfusepy.Operations):
         if file is not None and "uid" not in attrs and self.system.cgroups.version == 2:
             # a controller's file made when a v2 parent enabled it belongs to the directory's
             # owner (cgroup_kn_set_ugid)
-            owner = cg.attrs.get("", {})
-            attrs = {**{k: owner[k] for k in ("uid", "gid") if k in owner}, **attrs}
+            owner = cg.attrs.get("")
+            if owner and ("uid" in owner or "gid" in owner):
+                attrs = {**{k: owner[k] for k in ("uid", "gid") if k in owner}, **attrs}
         size = 0
         if file is None:
             default = ROOT_DIR_MODE if cg.parent is None else DIR_MODE

@@ -1,4 +1,5 @@
-"""Reads of the host: what real processes are, what is mounted where, which boot this is.
+"""Reads of the host: what real processes are, what is mounted where, which boot this is; and
+the one thing done to the host, signals to a process (``ProcessSource.signal``).
 
 Every read of these files in the package is here, written once: ``/proc/PID/stat``
 (``read_stat``), ``/proc/PID/status``, ``/proc/PID/task``, ``/proc/PID/comm`` and
@@ -15,6 +16,8 @@ Contract:
   ``False``
   (``ProcessSource.alive``), an empty list (``ProcessSource.thread_ids``) or
   ``IoasidError(ESRCH)`` (``ProcessSource.facts``): never another exception.
+- ``ProcessSource.signal`` reaches the process it names or none: a pid another process has
+  taken since is left alone.
 - ``mounts``, ``filesystem_of`` and ``boot_id`` read files of this process and of the machine,
   which do not go away: they raise ``OSError`` when the file cannot be read.
   ``parse_mountinfo`` is pure and never raises on a line it cannot parse: it skips it.
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal as signals
 import time
 from dataclasses import dataclass
 from errno import ESRCH
@@ -186,6 +190,34 @@ class ProcessSource:
                 return f.read().rstrip(b"\n").decode(errors="replace")
         except OSError:
             return None
+
+    def signal(self, pid: int, start_time: float, signum: int) -> bool:
+        """Send ``signum`` to the process ``pid`` that started at ``start_time`` (through a
+        pidfd, opened before the start time is checked, so a pid taken by another process since
+        is never signalled). Returns whether it was sent: ``False`` when that process is gone
+        or a zombie, or may not be signalled by this process."""
+        try:
+            pidfd = os.pidfd_open(pid)
+        except OSError:
+            return False
+        try:
+            stat = read_stat(pid)
+            if stat is None or stat.start_time != start_time or not stat.running:
+                return False
+            signals.pidfd_send_signal(pidfd, signum)
+            return True
+        except OSError:
+            return False
+        finally:
+            os.close(pidfd)
+
+    def stopped(self, pid: int, start_time: float) -> bool:
+        """Whether the process ``pid`` that started at ``start_time`` is stopped (state ``T``
+        or ``t``) or gone: what a ``SIGSTOP`` sent to it waits for."""
+        stat = read_stat(pid)
+        if stat is None or stat.start_time != start_time or not stat.running:
+            return True
+        return stat.state in (b"T", b"t")
 
     def thread_ids(self, pid: int) -> list[int]:
         """The thread ids of process ``pid`` (empty if it is gone)."""

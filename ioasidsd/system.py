@@ -19,8 +19,11 @@ membership, fed by a process tracker, is the reference.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Mapping
+import os
+import time
+from collections.abc import Callable, Iterable, Mapping
 from errno import EINVAL, EIO, ENOENT, EPERM, ESRCH
+from signal import SIGCONT, SIGKILL, SIGSTOP
 from typing import TYPE_CHECKING, Protocol
 
 from ioasidsd.host import ProcessSource
@@ -31,7 +34,9 @@ from ioasidsd.model.errors import IoasidError
 from ioasidsd.model.formats import (
     parse_cgroup_type,
     parse_flag,
+    parse_freeze,
     parse_hierarchy_limit,
+    parse_kill,
     parse_limit,
     parse_pid,
     parse_release_agent,
@@ -73,6 +78,14 @@ class KernelMembership(Protocol):
 
     def procs(self, path: str) -> list[int]: ...
     def tasks(self, path: str) -> list[int]: ...
+
+
+FREEZE_WAIT = 2.0
+"""Seconds a write to ``cgroup.freeze`` waits at most for the processes it stops to stop."""
+KILL_ROUNDS = 8
+"""Times at most a write to ``cgroup.kill`` looks for processes to kill: it looks again after
+the process tracker caught up, for children forked before their parent died (the kernel kills
+a fork racing with ``cgroup.kill`` in ``cgroup_post_fork``)."""
 
 
 def _kernel_error(exc: OSError, what: str) -> IoasidError:
@@ -133,7 +146,12 @@ class System:
         parent_path, _, name = path.strip("/").rpartition("/")
         with self.lock:
             parent = self.cgroups.lookup(parent_path)
-            cg = self.cgroups.mkdir(parent, name, reserved_names=reserved_names)
+            tree = self.cgroups
+            if isinstance(tree, UnifiedHierarchy):
+                cg = tree.mkdir(parent, name, reserved_names=reserved_names,
+                                now=time.monotonic_ns())
+            else:
+                cg = tree.mkdir(parent, name, reserved_names=reserved_names)
             if self.kernel is not None:
                 try:
                     self.kernel.mkdir(cg.path)
@@ -199,6 +217,17 @@ class System:
                 # the reservations of the limits below, and make live IOASIDs pooled
                 below = tuple(c for c in cg.descendants() if c is not cg and c.limit is not None)
                 self.on_change(Change(ChangeKind.LIMIT, cgroups=(cg, *below), ids=pooled))
+
+    def set_root_max(self, limit: int | None) -> None:
+        """Set the limit on IOASIDs charged to the root cgroup itself (``None``: ``max``, the
+        kernel's behaviour; ``IoasidsController.set_root_max``). ``EINVAL`` for a negative
+        limit."""
+        with self.lock:
+            root = self.cgroups.root
+            before = (root.limit, root.counter, root.peak)
+            self.controller.set_root_max(limit)
+            if (root.limit, root.counter, root.peak) != before:
+                self.on_change(Change(ChangeKind.LIMIT, cgroups=(root,)))
 
     def write_flag(self, path: str, name: str, data: bytes | str) -> None:
         """A write to ``notify_on_release`` or ``cgroup.clone_children``."""
@@ -267,6 +296,80 @@ class System:
             if changed:
                 self.on_change(Change(ChangeKind.CONTROL, cgroups=(cg,)))
 
+    def write_freeze(self, path: str, data: bytes | str) -> None:
+        """A write to ``cgroup.freeze`` (v2): ``0`` or ``1`` (``EINVAL``, ``ERANGE``: see
+        ``formats.parse_freeze``; ``EINVAL`` for the root), at the time of
+        ``time.monotonic_ns`` (the clock of ``frozen_usec``). The processes of every cgroup
+        whose ``frozen`` turned (``UnifiedHierarchy.set_freeze``) get ``SIGSTOP`` or
+        ``SIGCONT`` (the daemon's own process never); a freeze returns once they have stopped,
+        or after ``FREEZE_WAIT`` seconds."""
+        tree = self._unified()
+        freeze = parse_freeze(data)
+        with self.lock:
+            cg = tree.lookup(path)
+            turned = tree.set_freeze(cg, freeze, time.monotonic_ns())
+            if turned is None:
+                return
+            self.on_change(Change(ChangeKind.CONTROL, cgroups=(cg, *turned)))
+            members = [(proc.pid, proc.start_time) for node in turned for proc in node.procs]
+            sent = self._signal(members, SIGSTOP if freeze else SIGCONT)
+        if freeze:
+            self._await_stopped(sent)
+
+    def write_kill(self, path: str, data: bytes | str) -> None:
+        """A write to ``cgroup.kill`` (v2): only ``1`` (``EINVAL``, ``ERANGE``: see
+        ``formats.parse_kill``). ``SIGKILL`` to every process of the cgroup and its
+        descendants (``EOPNOTSUPP`` in a threaded cgroup, ``EINVAL`` for the root), the
+        daemon's own process excepted; after the process tracker caught up, again to those it
+        found meanwhile (up to ``KILL_ROUNDS`` times). Returns once the signals are sent: the
+        processes leave the cgroup as they exit, as in the kernel. The model changes only by
+        those exits."""
+        tree = self._unified()
+        parse_kill(data)
+        killed: set[tuple[int, float]] = set()
+        for _ in range(KILL_ROUNDS):
+            with self.lock:
+                cg = tree.lookup(path)
+                members = [(proc.pid, proc.start_time) for proc in tree.kill_targets(cg)]
+            fresh = [member for member in members if member not in killed]
+            if not fresh:
+                return
+            self._signal(fresh, SIGKILL)
+            killed.update(fresh)
+            self.settle()
+
+    def _signal(self, members: Iterable[tuple[int, float]], signum: int) -> list[tuple[int, float]]:
+        """Send ``signum`` to each process (pid and start time) but this one; those it
+        reached."""
+        me = os.getpid()
+        signal = self.processes.signal
+        return [(pid, start) for pid, start in members
+                if pid != me and signal(pid, start, signum)]
+
+    def _await_stopped(self, members: list[tuple[int, float]]) -> None:
+        """Wait until each process has stopped or is gone, ``FREEZE_WAIT`` seconds at most (a
+        signal is delivered when its target next runs: microseconds on an idle machine)."""
+        stopped = self.processes.stopped
+        deadline = time.monotonic() + FREEZE_WAIT
+        pause = 0.0005
+        while True:
+            members = [(pid, start) for pid, start in members if not stopped(pid, start)]
+            if not members or time.monotonic() >= deadline:
+                return
+            time.sleep(pause)
+            pause = min(pause * 2, 0.05)
+
+    def _follow_freezer(self, proc: Process, was_frozen: bool) -> None:
+        """``proc`` moved (or was born) where ``frozen`` is not ``was_frozen``: stop or
+        continue it, as the kernel freezes a task entering a frozen cgroup and thaws one
+        leaving it."""
+        tree = self.cgroups
+        if not isinstance(tree, UnifiedHierarchy):
+            return
+        now = tree.frozen(proc.cgroup)
+        if now != was_frozen:
+            self._signal([(proc.pid, proc.start_time)], SIGSTOP if now else SIGCONT)
+
     # ------------------------------------------------------------------ processes
     def process(self, pid: int) -> Process:
         """The model's process for a real ``pid`` (tracked in the root if new). ``ESRCH``."""
@@ -312,6 +415,7 @@ class System:
                 tree.check_move(src, dst, writer_uid, writer_gid)
                 tree.attach(proc, dst, threadgroup=threadgroup)
                 self.on_change(Change(ChangeKind.ATTACH, cgroups=(src,), processes=(proc,)))
+                self._follow_freezer(proc, tree.frozen(src))
                 return proc
         tree.check_owner(writer_uid, (facts.uids[0], facts.uids[2]))
         with self.lock:
@@ -343,6 +447,7 @@ class System:
                 return
             if child is not None:
                 self.on_change(Change(ChangeKind.FORK, processes=(child,)))
+                self._follow_freezer(child, False)
 
     def exit(self, pid: int) -> None:
         """A real process exited (from the process tracker): release what it held."""
@@ -627,6 +732,12 @@ class System:
             let_go(lock)
             if self._due:
                 lock.finish()
+
+    def ioasid_free_batch_ok(self, file: IoasidFile, arg: bytes) -> bool:
+        """Whether ``IOASID_REQUEST_FREE_BATCH`` with ``arg`` would free every ID it names now
+        (``IoasidDevice.check_free_batch_locked``); changes nothing."""
+        with self.lock:
+            return self.ioasid_device.check_free_batch_locked(file, arg)
 
     def ioasid_release(self, file: IoasidFile, *, exited: bool = False) -> None:
         """The last close of ``file``. ``exited``: its opener is exiting, so the process exits

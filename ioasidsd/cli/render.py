@@ -44,6 +44,7 @@ def format_status(status: dict[str, Any]) -> str:
                                         for o in status["over_reserved"])
                              + " (saved by an earlier version; returned when rewritten)")]
           if status.get("over_reserved") else []),
+        ("root max", _root_line(status.get("root"))),
         ("cgroups", str(status["cgroups"])),
         ("processes", str(status["processes"])),
         ("IOASIDs", f"{status['ioasids']} in {status['sets']} set"
@@ -59,6 +60,12 @@ def format_status(status: dict[str, Any]) -> str:
     ]
     width = max(len(name) for name, _ in lines)
     return "\n".join(f"{name:<{width}}  {value}" for name, value in lines)
+
+
+def _root_line(root: dict[str, Any] | None) -> str:
+    if root is None or root.get("max") is None:
+        return "max (processes in the root cgroup may take any free IOASID)"
+    return f"{root['max']}, {root['current']} held by processes in the root cgroup"
 
 
 def _tracking_line(tracking: dict[str, Any]) -> str:

@@ -65,7 +65,9 @@ Verb = Callable[[Service, dict[str, Any], Peer], Any]
 def status(service: Service, request: dict[str, Any], peer: Peer) -> dict[str, Any]:
     """``{"verb": "status"}``: the profile, knobs and quirks, capacity and available, the numbers
     of cgroups, processes, sets and IOASIDs, the capacity limits hold beyond the reservation
-    rule (``over_reserved``: a state saved by an earlier version), the VT-d summary
+    rule (``over_reserved``: a state saved by an earlier version), the root cgroup's own limit
+    (``root``: ``max``, ``None`` for no limit, and ``current``, what its own processes hold,
+    counted only under a limit), the VT-d summary
     (``vtd_summary``) and the daemon's own parts (``Service.service_status``). Shows no
     process: the same for every caller."""
     system = service.system
@@ -74,6 +76,7 @@ def status(service: Service, request: dict[str, Any], peer: Peer) -> dict[str, A
     with system.lock:
         core = system.core
         counts = system.cgroups.stats()
+        root = system.cgroups.root
         result: dict[str, Any] = {
             "profile": system.knobs.profile,
             "knobs": system.knobs.as_dict(),
@@ -86,6 +89,8 @@ def status(service: Service, request: dict[str, Any], peer: Peer) -> dict[str, A
             "ioasids": len(core),
             "over_reserved": [{"cgroup": path, "amount": amount}
                               for path, amount in system.controller.over_reserved],
+            "root": {"max": root.limit, "current": root.counter if root.limit is not None
+                     else None},
         }
     result.update(service.service_status())
     if service.vtd is not None:

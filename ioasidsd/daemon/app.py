@@ -260,6 +260,7 @@ class Daemon:
             self.log.warning("membership is not kept by the kernel: process tracking falls back "
                              "to the connector", reason=self.tracker.detail)
         system.unplaced = config.unplaced
+        system.set_root_max(config.root_max)  # the configuration's, over the saved one
         system.settle = self.tracker.settle
         if isinstance(self.tracker, KernelTracker):
             # the state's guesses for the time no daemon ran first, then the kernel's word
@@ -488,6 +489,8 @@ class Daemon:
                 self.tracker.interval = new.poll_interval
             if "unplaced" in applied and self.system is not None:
                 self.system.unplaced = new.unplaced
+            if "root_max" in applied and self.system is not None:
+                self.system.set_root_max(new.root_max)
             if "max_connections_per_uid" in applied:
                 for server in (self.userapi, self.control):
                     if server is not None:

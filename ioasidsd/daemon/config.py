@@ -27,6 +27,12 @@ knobs) and the VT-d units and devices::
     [events]                    # the refusal log (ioasidctl events)
     ring = 256                  # refusals kept per cgroup, the oldest pushed out first
 
+    [limits]
+    root_max = "max"            # IOASIDs the processes of the root cgroup itself may hold
+                                # (their children's cgroups are not counted): an integer, or
+                                # "max" (no limit, as in the kernel, whose root has none);
+                                # applied again at a reload (SIGHUP)
+
     [knobs]                     # any knob of ioasidsd.model.knobs, over the profile's values
     uncharge_target = "current"
 
@@ -82,6 +88,7 @@ class Config:
     unplaced: str = "refuse"
     max_connections_per_uid: int = 64
     events_ring: int = 256
+    root_max: int | None = None
     synchronous: str = "normal"
     vtd: dict[str, Any] = field(default_factory=dict)
     config_file: Path | None = None
@@ -103,9 +110,12 @@ _SERVICE = ("max_connections_per_uid",)
 """Settings of the ``[service]`` table (also flags; not top-level keys of the file)."""
 _EVENTS = {"ring": "events_ring"}
 """Settings of the ``[events]`` table, by key: the setting (and flag) each one is."""
+_LIMITS = {"root_max": "root_max"}
+"""Settings of the ``[limits]`` table, by key: the setting (and flag) each one is."""
+_TABLES = {"events": _EVENTS, "limits": _LIMITS}
 _FIELDS = {f.name: f for f in dataclasses.fields(Config)
            if f.name != "config_file" and f.name not in _SERVICE
-           and f.name not in _EVENTS.values()}
+           and f.name not in _EVENTS.values() and f.name not in _LIMITS.values()}
 _PATHS = ("mount", "state_dir", "runtime_dir")
 _CHOICES = {"profile": PROFILES, "log_format": LOG_FORMATS, "log_level": LOG_LEVELS,
             "tracking": TRACKING_MODES, "synchronous": SYNCHRONOUS, "unplaced": UNPLACED,
@@ -139,6 +149,14 @@ def _check(name: str, value: Any, where: str) -> Any:
     if name == "events_ring":
         if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65536:
             raise ConfigError(f"{where}: ring = {value!r}: expected an integer in [1, 65536]")
+        return value
+    if name == "root_max":
+        if value == "max" or value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int) or \
+                not 0 <= value <= MAX_CAPACITY:
+            raise ConfigError(f"{where}: root_max = {value!r}: expected \"max\" or an integer "
+                              f"in [0, {MAX_CAPACITY}]")
         return value
     if name == "poll_interval":
         if isinstance(value, bool) or not isinstance(value, int | float) or \
@@ -188,13 +206,14 @@ def read_file(path: Path) -> dict[str, Any]:
                     raise ConfigError(f"{path}: unknown setting [service] {key!r}{hint}")
                 settings[key] = _check(key, setting, f"{path}: [service]")
             continue
-        if name == "events":
+        if name in _TABLES:
+            table = _TABLES[name]
             if not isinstance(value, dict):
-                raise ConfigError(f"{path}: [events] must be a table")
+                raise ConfigError(f"{path}: [{name}] must be a table")
             for key, setting in value.items():
-                if key not in _EVENTS:
-                    raise ConfigError(f"{path}: unknown setting [events] {key!r}")
-                settings[_EVENTS[key]] = _check(_EVENTS[key], setting, f"{path}: [events]")
+                if key not in table:
+                    raise ConfigError(f"{path}: unknown setting [{name}] {key!r}")
+                settings[table[key]] = _check(table[key], setting, f"{path}: [{name}]")
             continue
         if name not in _FIELDS:
             raise _unknown(name, str(path))
@@ -213,7 +232,8 @@ def load_config(path: str | Path | None = None, flags: dict[str, Any] | None = N
     for name, value in (flags or {}).items():
         if value is None:
             continue
-        if name not in _FIELDS and name not in _SERVICE and name not in _EVENTS.values():
+        if name not in _FIELDS and name not in _SERVICE and name not in _EVENTS.values() \
+                and name not in _LIMITS.values():
             raise _unknown(name, "command line")
         settings[name] = _check(name, value, "command line")
     config = Config(**settings, config_file=path)
@@ -238,7 +258,7 @@ def load_config(path: str | Path | None = None, flags: dict[str, Any] | None = N
 
 # Settings a reload (SIGHUP) applies at once; the others need a restart.
 RELOADABLE = ("log_format", "log_level", "poll_interval", "unplaced",
-              "max_connections_per_uid")
+              "max_connections_per_uid", "root_max")
 
 
 def reload_changes(running: Config, new: Config) -> tuple[dict[str, Any], list[str]]:
@@ -246,7 +266,7 @@ def reload_changes(running: Config, new: Config) -> tuple[dict[str, Any], list[s
     value), and the names of the other settings that differ (they wait for a restart)."""
     applied: dict[str, Any] = {}
     pending: list[str] = []
-    for name in (*_FIELDS, *_SERVICE, *_EVENTS.values()):
+    for name in (*_FIELDS, *_SERVICE, *_EVENTS.values(), *_LIMITS.values()):
         old_value, new_value = getattr(running, name), getattr(new, name)
         if old_value == new_value:
             continue

@@ -3,10 +3,13 @@
 Three trackers with one interface (``start``, ``stop``, ``settle``, ``mode``, ``detail``,
 ``state``, ``reason``):
 
-* ``KernelTracker`` follows nothing: membership is kept by the kernel in a named cgroup-v1
+* ``KernelTracker`` follows no fork: membership is kept by the kernel in a named cgroup-v1
   hierarchy (``ioasidsd.daemon.membership``), which places every fork itself. It reconciles the
   state with that hierarchy at start and scans it every ``interval`` seconds so that the
-  system's records (exits, ``notify_on_release``) follow.
+  system's records (exits, ``notify_on_release``) follow. Where the process events connector
+  can be opened it also listens to it for exits only (a ``ConnectorTracker`` with
+  ``exits_only``), so that an exit is recorded when it happens; its lost events, and every
+  failure of it, fall back to the scan.
 * ``ConnectorTracker`` listens to the kernel's process events connector (netlink
   ``NETLINK_CONNECTOR``, ``CN_IDX_PROC``; root only), with pyroute2's message definitions. A fork
   whose parent is tracked outside the root puts the child in the parent's cgroup at once (a child
@@ -241,9 +244,13 @@ class ConnectorTracker(_Supervised):
 
     mode = "connector"
 
-    def __init__(self, system: System, log: Log, *, rcvbuf: int = RCVBUF) -> None:
+    def __init__(self, system: System, log: Log, *, rcvbuf: int = RCVBUF,
+                 exits_only: bool = False,
+                 rescan: Callable[[], None] | None = None) -> None:
         super().__init__(system, log)
         self.detail = "netlink process events connector"
+        self._exits_only = exits_only  # forks are placed by someone else (the kernel)
+        self._rescan = rescan  # what catches up after lost events, instead of _resync
         self.overflows = 0
         self.events = 0
         self.passes = 0  # reads of the socket until it was empty
@@ -426,6 +433,12 @@ class ConnectorTracker(_Supervised):
                 self._served = begun
                 self.handled.notify_all()
 
+    def _resync(self, since: float) -> None:
+        if self._rescan is not None:
+            self._rescan()
+        else:
+            super()._resync(since)
+
     def _overflow(self) -> None:
         self.overflows += 1
         self.log.warning("process events were lost (socket overflow); rescanning",
@@ -437,6 +450,8 @@ class ConnectorTracker(_Supervised):
         what = msg["what"]
         try:
             if what == PROC_EVENT_FORK:
+                if self._exits_only:
+                    return
                 self.events += 1
                 child = msg["child_pid"]
                 if child != msg["child_tgid"]:
@@ -582,6 +597,7 @@ class KernelTracker(_Scanning):
         self.hierarchy = hierarchy
         self.detail = hierarchy.detail
         self.adopted: list[str] = []  # cgroups found in the kernel only, added to the state
+        self.exits: ConnectorTracker | None = None  # exits as they happen, where it can
 
     @property
     def fresh(self) -> bool:
@@ -620,7 +636,22 @@ class KernelTracker(_Scanning):
         if self.hierarchy.fresh:
             self._seed()
         self.scan()
+        self._listen_for_exits()
         self._start_scanning("proc-kernel")
+
+    def _listen_for_exits(self) -> None:
+        """Follow exits through the process events connector when it can be opened (else the
+        scan alone learns of them, and ``detail`` says why)."""
+        exits = ConnectorTracker(self.system, self.log, exits_only=True, rescan=self.scan)
+        try:
+            exits.start()
+        except OSError as exc:
+            self.detail = (f"{self.hierarchy.detail}; exits found by a scan every "
+                           f"{self.interval:g} s (no process events connector: "
+                           f"{exc.strerror or exc})")
+            return
+        self.exits = exits
+        self.detail = f"{self.hierarchy.detail}; exits from the process events connector"
 
     def _seed(self) -> None:
         """Move the processes the state has outside the root into the kernel's cgroups."""
@@ -643,6 +674,9 @@ class KernelTracker(_Scanning):
     def stop(self) -> None:
         """Stop scanning, hand membership back to the model and unmount (the hierarchy stays in
         the kernel while it has cgroups). Idempotent."""
+        if self.exits is not None:
+            self.exits.stop()
+            self.exits = None
         self._stop_scanning()
         if self.system.kernel is self.hierarchy:
             self.system.kernel = None

@@ -222,6 +222,24 @@ def parse_cgroup_type(data: bytes | str) -> str:
     return text
 
 
+def parse_freeze(data: bytes | str) -> bool:
+    """Parse a write to ``cgroup.freeze``: ``kstrtoint`` of the stripped text in automatic
+    base; ``EINVAL`` for junk, ``ERANGE`` for a number other than ``0`` (thaw) or ``1``
+    (freeze)."""
+    value = kstrtoll(_c_string(data).strip(_WHITESPACE))
+    if value not in (0, 1):
+        raise IoasidError(ERANGE, f"{value}: cgroup.freeze takes 0 or 1")
+    return value == 1
+
+
+def parse_kill(data: bytes | str) -> None:
+    """Parse a write to ``cgroup.kill``: ``kstrtoint`` of the stripped text in automatic base;
+    ``EINVAL`` for junk, ``ERANGE`` for a number other than ``1``."""
+    value = kstrtoll(_c_string(data).strip(_WHITESPACE))
+    if value != 1:
+        raise IoasidError(ERANGE, f"{value}: cgroup.kill takes only 1")
+
+
 def render_names(names: tuple[str, ...]) -> str:
     """``cgroup.controllers`` and ``cgroup.subtree_control``: names separated by a space and a
     newline; nothing at all (not even a newline) when there is none."""

@@ -104,7 +104,11 @@ class Cgroup:
     does not interpret them). The fields of a cgroup-v2 hierarchy
     (``ioasidsd.model.unified``), left at their defaults on v1: ``subtree_control`` (the names
     of the controllers enabled for the children), ``threaded`` (``cgroup.type`` was set to
-    ``threaded``), ``max_depth`` and ``max_descendants`` (``None`` for ``max``).
+    ``threaded``), ``max_depth`` and ``max_descendants`` (``None`` for ``max``), ``freeze``
+    (``cgroup.freeze`` of this cgroup: its own request, not what its ancestors ask),
+    ``frozen_ns`` (the nanoseconds of the periods it was frozen that have ended) and
+    ``frozen_since`` (when the period it is frozen now began, on the caller's clock; ``None``
+    when it is not frozen).
 
     The ``ioasids`` controller's state (its css), which only the controller initialises and
     changes: ``counter`` is ``ioasids.current``, ``limit`` is ``ioasids.max`` (``None`` for
@@ -124,6 +128,9 @@ class Cgroup:
         "counter",
         "events",
         "events_local",
+        "freeze",
+        "frozen_ns",
+        "frozen_since",
         "limit",
         "max_depth",
         "max_descendants",
@@ -158,6 +165,9 @@ class Cgroup:
         self.threaded = False
         self.max_depth: int | None = None
         self.max_descendants: int | None = None
+        self.freeze = False
+        self.frozen_ns = 0
+        self.frozen_since: int | None = None
         # This cgroup and its ancestors below the root (a controller's charge walk). The tree
         # only ever renames within a parent, so the walk of a cgroup never changes.
         self.chain: tuple[Cgroup, ...] = () if parent is None else (self, *parent.chain)

@@ -153,9 +153,13 @@ class IoasidDevice:
             return None
         cgroups: tuple[Cgroup, ...] = ()
         if len(leaves) == 1:  # one caller, charged in its own cgroup: every ioctl but a few
-            cgroups = leaves.pop().chain
+            leaf = leaves.pop()
+            cgroups = leaf.chain
+            if not cgroups and leaf.limit is not None:  # the root, counting its own charges
+                cgroups = (leaf,)
         elif leaves:
-            cgroups = tuple(dict.fromkeys([cg for leaf in leaves for cg in leaf.chain]))
+            cgroups = tuple(dict.fromkeys([cg for leaf in leaves
+                                           for cg in leaf.chain or _counted_root(leaf)]))
             leaves.clear()
         taken = (cgroups, tuple(ids), tuple([s.id for s in sets]) if sets else ())
         ids.clear()
@@ -456,20 +460,8 @@ class IoasidDevice:
         """``IOASID_REQUEST_FREE_BATCH``: free ``count`` IDs; the result is ``count``.
         ``distinct``: every ID is checked first (``ENOENT``, ``EACCES``, ``EINVAL`` for one
         given twice) and nothing is freed unless all can be. ``v4``: each as FREE would."""
-        argsz, flags, count = _copy_in(uapi.FREE_BATCH, arg)
-        if argsz < uapi.FREE_BATCH.size or flags:
-            raise IoasidError(EINVAL, "FREE_BATCH: argsz below 12 or flags set")
-        if not 0 < count <= uapi.IOASID_BATCH_MAX:
-            raise IoasidError(EINVAL, f"FREE_BATCH: count {count} not in 1..65536")
-        end = uapi.FREE_BATCH.size + 4 * count
-        if argsz < end:
-            raise IoasidError(EINVAL, f"FREE_BATCH: argsz {argsz} does not cover {count} IDs")
-        if len(arg) < end:
-            raise IoasidError(EFAULT, f"FREE_BATCH: {count} IDs announced, fewer sent")
-        ids = array("I")
-        ids.frombytes(arg[uapi.FREE_BATCH.size:end])
-        if max(ids) >= ID_LIMIT:
-            raise IoasidError(EINVAL, "FREE_BATCH: an ID is negative as an int")
+        ids = _free_batch_ids(arg)
+        count = len(ids)
         core = self.core
         ioasid_set = user.ioasid_set
         if self.knobs.user_errors == "distinct":
@@ -493,6 +485,26 @@ class IoasidDevice:
             for ioasid in ids:
                 self._free_one(user, ioasid, task)
         return count, b""
+
+    def check_free_batch_locked(self, file: IoasidFile, arg: bytes) -> bool:
+        """Whether ``IOASID_REQUEST_FREE_BATCH`` with ``arg`` through ``file`` would free every
+        ID it names, as far as this moment tells: its argument is well formed and, where a
+        batch frees all or nothing (the ``distinct`` errors), every ID can be freed. Changes
+        nothing; for a caller holding ``core.lock`` (a face serving a batch in parts checks
+        the whole first)."""
+        user = file.user
+        if user is None:
+            return False
+        try:
+            ids = _free_batch_ids(arg)
+            if self.knobs.user_errors == "distinct":
+                if len(set(ids)) != len(ids):
+                    return False
+                for ioasid in ids:
+                    self._check_free(user, ioasid)
+        except IoasidError:
+            return False
+        return True
 
     def _binder(self) -> GuestBinder:
         if self.binder is None:
@@ -545,3 +557,30 @@ _HANDLERS: dict[int, _Handler] = {
 }
 
 _OWNER_ONLY = frozenset(_HANDLERS) - {uapi.IOASID_GET_API_VERSION, uapi.IOASID_GET_INFO}
+
+
+def _counted_root(root: Cgroup) -> tuple[Cgroup, ...]:
+    """What a charge in the root cgroup (whose walk is empty) changed: the root itself while
+    it has a limit (``IoasidsController.set_root_max``: it counts its own charges), else
+    nothing."""
+    return () if root.limit is None else (root,)
+
+
+def _free_batch_ids(arg: bytes) -> array[int]:
+    """The IDs of a ``IOASID_REQUEST_FREE_BATCH`` argument; ``EINVAL`` for a bad header, count
+    or ID, ``EFAULT`` for fewer IDs than announced."""
+    argsz, flags, count = _copy_in(uapi.FREE_BATCH, arg)
+    if argsz < uapi.FREE_BATCH.size or flags:
+        raise IoasidError(EINVAL, "FREE_BATCH: argsz below 12 or flags set")
+    if not 0 < count <= uapi.IOASID_BATCH_MAX:
+        raise IoasidError(EINVAL, f"FREE_BATCH: count {count} not in 1..65536")
+    end = uapi.FREE_BATCH.size + 4 * count
+    if argsz < end:
+        raise IoasidError(EINVAL, f"FREE_BATCH: argsz {argsz} does not cover {count} IDs")
+    if len(arg) < end:
+        raise IoasidError(EFAULT, f"FREE_BATCH: {count} IDs announced, fewer sent")
+    ids = array("I")
+    ids.frombytes(arg[uapi.FREE_BATCH.size:end])
+    if max(ids) >= ID_LIMIT:
+        raise IoasidError(EINVAL, "FREE_BATCH: an ID is negative as an int")
+    return ids

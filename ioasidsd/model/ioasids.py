@@ -28,6 +28,12 @@ never touches the controller's per-cgroup state (the ``Cgroup`` slots ``limit``,
   exactly when the allocation that charged is refused afterwards; its ``EAGAIN`` names the
   refusing cgroup's path in ``IoasidError.level``. ``peak`` is the highest ``counter`` seen;
   ``events``/``events_local`` count refusals (``knobs.events``).
+* The root's limit (``set_root_max``, the daemon's ``[limits] root_max``; ``None``, the
+  default, is ``max`` as in the kernel, where the root has no limit): a limit on the IOASIDs
+  charged to the root cgroup itself, that is allocated by its own processes (a charge from
+  below never walks into the root). While it is set the root's ``counter`` and ``peak`` count
+  those IOASIDs and a charge over it is refused with ``EAGAIN`` at level ``/``; the root's limit
+  reserves nothing (its charges take from the pool as unlimited ones do).
 * A counter that goes below zero is logged once (``warned_negative``) and kept.
 * Migration: ``can_attach`` moves a migrating process's charges to the destination as
   ``knobs.migration`` says (it never refuses: ``current`` may exceed ``max`` afterwards);
@@ -144,6 +150,42 @@ class IoasidsController(Controller):
         self._pool(keep)
 
     # ------------------------------------------------------------------ limits
+    def set_root_max(self, limit: int | None) -> None:
+        """Set the root's limit on the IOASIDs charged to the root cgroup itself (``None``:
+        ``max``, no limit). The root's ``counter`` is recounted from the IOASIDs charged to it
+        (zero without a limit: nothing counts there then); a limit below it is accepted, as
+        ``ioasids.max`` below ``current`` is, and refuses new charges. ``EINVAL`` for a negative
+        limit."""
+        with self.lock:
+            if limit is not None and limit < 0:
+                raise IoasidError(EINVAL, f"negative limit {limit}")
+            root = self.hierarchy.root
+            root.limit = limit
+            if limit is None:
+                root.counter = 0
+                return
+            if self._uncharge_current:  # charges are not recorded per IOASID: as counted
+                return
+            root.counter = sum(1 for data in self.core.ioasids() if data.cgroup is root)
+            root.peak = max(root.peak, root.counter)
+
+    def _charge_root(self, root: Cgroup, n: int, limit: int) -> Charge:
+        """``try_charge`` on the root while it has a limit (``set_root_max``)."""
+        counter = root.counter + n
+        if counter > limit:
+            if self.knobs.events == "hierarchical":
+                root.events_local += 1
+                root.events += 1
+            exc = IoasidError(EAGAIN, f"/: the root's limit {limit} reached")
+            exc.level = root.path
+            raise exc
+        root.counter = counter
+        raised: tuple[tuple[Cgroup, int], ...] = ()
+        if counter > root.peak:
+            raised = ((root, root.peak),)
+            root.peak = counter
+        return _new_charge(Charge, (root, n, False, raised))
+
     def set_max(self, cg: Cgroup, limit: int | None) -> None:
         """Set ``ioasids.max`` (``None`` is the literal ``max``), granting it against capacity.
 
@@ -293,6 +335,8 @@ class IoasidsController(Controller):
         """
         covered = False
         chain = cg.chain
+        if not chain and cg.limit is not None:  # the root, with a limit
+            return self._charge_root(cg, n, cg.limit)
         raised: list[tuple[Cgroup, int]] | None = None
         for node in chain:
             counter = node.counter + n
@@ -346,6 +390,9 @@ class IoasidsController(Controller):
 
     def charge(self, cg: Cgroup, n: int) -> None:
         """Charge ``n`` along the walk with no limit check (migration)."""
+        if cg.limit is not None and cg.parent is None:  # the root, with a limit
+            cg.counter += n
+            cg.peak = max(cg.peak, cg.counter)
         for node in cg.chain:
             node.counter += n
             if node.counter > node.peak:
@@ -353,6 +400,8 @@ class IoasidsController(Controller):
 
     def uncharge(self, cg: Cgroup, n: int) -> None:
         """Uncharge ``n`` along the walk. Going below zero is logged once (and still done)."""
+        if cg.limit is not None and cg.parent is None:  # the root, with a limit
+            cg.counter = max(cg.counter - n, 0)  # charged before the limit was set: not counted
         for node in cg.chain:
             node.counter -= n
             if node.counter < 0 and not self.warned_negative:
@@ -387,8 +436,7 @@ class IoasidsController(Controller):
         token = ioasid_set.token
         if token is not task and token != task.mm:
             return None
-        chain = task.cgroup.chain
-        for node in chain:
+        for node in _counting(task.cgroup):
             limit = node.limit
             if limit is not None and node.counter + n > limit:
                 return None
@@ -408,7 +456,7 @@ class IoasidsController(Controller):
             if task is None:
                 return True
             n = len(datas)
-            chain = task.cgroup.chain
+            chain = _counting(task.cgroup)
             for node in chain:
                 if node.counter < n:
                     return False
@@ -422,7 +470,7 @@ class IoasidsController(Controller):
                 counts[cg] = counts.get(cg, 0) + 1
         below: dict[Cgroup, int] = {}  # what each level loses, over every charged cgroup
         for cg, n in counts.items():
-            for node in cg.chain:
+            for node in _counting(cg):
                 below[node] = below.get(node, 0) + n
         for node, n in below.items():
             if node.counter < n:
@@ -452,6 +500,8 @@ class IoasidsController(Controller):
         cg = data.cgroup
         if cg is not None:
             data.cgroup = None
+            if cg.limit is not None and cg.parent is None:
+                self.uncharge(cg, 1)
             for node in cg.chain:
                 node.counter -= 1
                 if node.counter < 0:
@@ -533,6 +583,15 @@ class IoasidsController(Controller):
 
     def _charged_ids(self, ioasid_set: IoasidSet) -> list[IoasidData]:
         return [d for d in self.core.set_members(ioasid_set) if d.cgroup is not None]
+
+
+def _counting(cg: Cgroup) -> tuple[Cgroup, ...]:
+    """The levels a charge to ``cg`` counts at: its walk, or for the root with a limit
+    (``set_root_max``) the root itself."""
+    chain = cg.chain
+    if not chain and cg.limit is not None:
+        return (cg,)
+    return chain
 
 
 def _limited_above(cg: Cgroup) -> Cgroup | None:

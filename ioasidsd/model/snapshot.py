@@ -107,12 +107,22 @@ def is_removed(cg: Cgroup) -> bool:
 
 def control_record(cg: Cgroup) -> Record | None:
     """The cgroup-v2 fields of ``cg`` (``None`` when all are at their defaults, as on v1):
-    ``subtree_control`` (sorted names), ``threaded``, ``max_depth``, ``max_descendants``."""
+    ``subtree_control`` (sorted names), ``threaded``, ``max_depth``, ``max_descendants``, and
+    the freezer's ``freeze``, ``frozen_ns`` and ``frozen_since`` (only when not at their
+    defaults: records from before ``cgroup.freeze`` lack them)."""
     if not (cg.subtree_control or cg.threaded or cg.max_depth is not None
-            or cg.max_descendants is not None):
+            or cg.max_descendants is not None or cg.freeze or cg.frozen_ns
+            or cg.frozen_since is not None):
         return None
-    return {"subtree_control": sorted(cg.subtree_control), "threaded": cg.threaded,
-            "max_depth": cg.max_depth, "max_descendants": cg.max_descendants}
+    record: Record = {"subtree_control": sorted(cg.subtree_control), "threaded": cg.threaded,
+                      "max_depth": cg.max_depth, "max_descendants": cg.max_descendants}
+    if cg.freeze:
+        record["freeze"] = True
+    if cg.frozen_ns:
+        record["frozen_ns"] = cg.frozen_ns
+    if cg.frozen_since is not None:
+        record["frozen_since"] = cg.frozen_since
+    return record
 
 
 def cgroup_record(cg: Cgroup, cgroup_id: CgroupIds) -> Record:
@@ -396,6 +406,16 @@ def _load_control(value: Any, cg: Cgroup, what: str) -> None:
         if limit is not None and limit < 0:
             raise SnapshotError(f"{what}: {name!r} is negative")
         setattr(cg, name, limit)
+    freeze = value.get("freeze", False)
+    if not isinstance(freeze, bool):
+        raise SnapshotError(f"{what}: 'freeze' must be a boolean")
+    cg.freeze = freeze
+    frozen_ns, since = value.get("frozen_ns", 0), value.get("frozen_since")
+    if not isinstance(frozen_ns, int) or isinstance(frozen_ns, bool) or frozen_ns < 0:
+        raise SnapshotError(f"{what}: 'frozen_ns' must be a count of nanoseconds")
+    if since is not None and (not isinstance(since, int) or isinstance(since, bool)):
+        raise SnapshotError(f"{what}: 'frozen_since' must be a time in nanoseconds")
+    cg.frozen_ns, cg.frozen_since = frozen_ns, since
 
 
 def _attrs(value: Any, what: str) -> dict[str, dict[str, int]]:

@@ -30,7 +30,20 @@ What differs from a v1 hierarchy, and lives here:
 * No ``rename`` (``EPERM``: cgroup2 has no rename operation), no release agent.
 * ``populated`` (``cgroup.events``): whether a cgroup or a descendant has a process, kept as a
   count per cgroup; each callable of ``watchers`` is called (under the lock: it must only take
-  note) with every cgroup whose ``populated`` turned, as the kernel notifies ``cgroup.events``.
+  note) with every cgroup whose ``populated`` or ``frozen`` turned, as the kernel notifies
+  ``cgroup.events``.
+* The freezer (``kernel/cgroup/freezer.c``): ``set_freeze`` records a cgroup's own request
+  (``cgroup.freeze``); a cgroup is frozen (``frozen`` in ``cgroup.events``) when it or an
+  ancestor asks, so a new child of a frozen cgroup is born frozen while its own ``cgroup.freeze``
+  reads ``0``, and thawing a cgroup thaws only the descendants no other ancestor keeps frozen.
+  ``frozen_usec`` (``cgroup.stat.local``) adds up the time each cgroup spent frozen, from the
+  request (or its birth, frozen) to the thaw, on a clock of nanoseconds the caller passes
+  (``now``); a period whose start lies after ``now`` (a clock that went back) counts 0.
+  The model decides which cgroups turn; stopping and continuing the real processes is the
+  caller's (``ioasidsd.system``), done before the write returns, which is when the kernel's
+  ``frozen`` would turn once every task has stopped.
+* ``kill_targets`` (``cgroup.kill``): every process of a subtree; ``EOPNOTSUPP`` in a threaded
+  cgroup (killing is per process, as ``cgroup.procs`` is).
 
 The charge walk kept in ``Cgroup.chain`` is that of the first bound controller: the model
 binds one (``ioasids``); a second controller would need walks of its own.
@@ -112,6 +125,24 @@ class UnifiedHierarchy(Hierarchy):
                 watcher(node)
 
     @staticmethod
+    def frozen(cg: Cgroup) -> bool:
+        """Whether ``cg`` is frozen (``cgroup.events``: ``frozen``): it or an ancestor asks to
+        be (``cgroup.freeze``)."""
+        node: Cgroup | None = cg
+        while node is not None:
+            if node.freeze:
+                return True
+            node = node.parent
+        return False
+
+    @staticmethod
+    def frozen_ns(cg: Cgroup, now: int) -> int:
+        """The nanoseconds ``cg`` has spent frozen until ``now`` (``cgroup.stat.local``:
+        ``frozen_usec``, in microseconds), the period it is frozen in included."""
+        since = cg.frozen_since
+        return cg.frozen_ns + (max(0, now - since) if since is not None else 0)
+
+    @staticmethod
     def nr_descendants(cg: Cgroup) -> int:
         """The cgroups below ``cg`` (``cgroup.stat``: ``nr_descendants``)."""
         return sum(1 for _ in cg.descendants()) - 1
@@ -174,12 +205,14 @@ class UnifiedHierarchy(Hierarchy):
 
     # ------------------------------------------------------------------ the tree
     def mkdir(
-        self, parent: Cgroup, name: str, *, reserved_names: frozenset[str] = frozenset()
+        self, parent: Cgroup, name: str, *, reserved_names: frozenset[str] = frozenset(),
+        now: int = 0,
     ) -> Cgroup:
         """Create a child cgroup: the checks of ``Hierarchy.mkdir``, then ``EAGAIN`` when an
         ancestor's ``max_descendants`` or ``max_depth`` would be exceeded. Each controller's
         state is allocated (``css_alloc``); it is online, and the new cgroup's walk starts at
-        it, only where the parent enables the controller."""
+        it, only where the parent enables the controller. Under a frozen parent it is born
+        frozen, at ``now``."""
         with self.lock:
             self._enter()
             self._check_new_child(parent, name, reserved_names)
@@ -204,6 +237,8 @@ class UnifiedHierarchy(Hierarchy):
                     controller.css_free(cg)
                 raise
             cg.chain = self._walk(cg)
+            if self.frozen(parent):
+                cg.frozen_since = now
             parent.children[name] = cg
             for controller in self.controllers:
                 if self.enabled(cg, controller.name):
@@ -323,6 +358,55 @@ class UnifiedHierarchy(Hierarchy):
                 return False
             cg.max_descendants = value
             return True
+
+    def set_freeze(self, cg: Cgroup, freeze: bool, now: int = 0) -> tuple[Cgroup, ...] | None:
+        """A write to ``cgroup.freeze`` of ``cg`` at ``now``: record its own request. Returns
+        ``None`` when it asked for that already (nothing changed), else the cgroups of its
+        subtree whose ``frozen`` turned (none when an ancestor keeps the subtree frozen), each
+        told to the ``watchers``, its frozen period begun or ended at ``now``; their processes
+        are to be stopped (``freeze``) or continued. ``EINVAL`` for the root, which has no
+        ``cgroup.freeze``."""
+        with self.lock:
+            self._enter()
+            if cg.parent is None:
+                raise IoasidError(EINVAL, "the root cannot be frozen")
+            if cg.freeze == freeze:
+                return None
+            if self.frozen(cg.parent):
+                cg.freeze = freeze
+                return ()
+            cg.freeze = freeze
+            turned = tuple(self._unfrozen_below(cg))
+            for node in turned:
+                if freeze:
+                    node.frozen_since = now
+                else:
+                    node.frozen_ns = self.frozen_ns(node, now)
+                    node.frozen_since = None
+                for watcher in self.watchers:
+                    watcher(node)
+            return turned
+
+    @staticmethod
+    def _unfrozen_below(top: Cgroup) -> Iterable[Cgroup]:
+        """``top`` and its descendants, but for the subtrees below it that ask to be frozen
+        themselves (their state does not turn with ``top``'s)."""
+        stack = [top]
+        while stack:
+            node = stack.pop()
+            yield node
+            stack.extend(child for child in node.children.values() if not child.freeze)
+
+    def kill_targets(self, cg: Cgroup) -> list[Process]:
+        """The processes a write to ``cgroup.kill`` of ``cg`` kills: those of ``cg`` and of
+        every cgroup below it. ``EOPNOTSUPP`` when ``cg`` is threaded; ``EINVAL`` for the root,
+        which has no ``cgroup.kill``."""
+        with self.lock:
+            if cg.parent is None:
+                raise IoasidError(EINVAL, "the root cannot be killed")
+            if cg.threaded:
+                raise IoasidError(EOPNOTSUPP, f"{cg.path} is threaded: kill its domain")
+            return [proc for node in cg.descendants() for proc in node.procs]
 
     def _apply_control(self, top: Cgroup) -> None:
         """Bring every cgroup below ``top`` (``top`` too) to the controllers its parents now

@@ -2,7 +2,7 @@
 
 A record is what one change left behind, as *state*: the new content of every row the change
 touched (or the row's removal), computed from the model when the change was made. It is a list
-of operations (tuples), serialised with ``marshal``:
+of operations (tuples), written down by ``ioasidsd.store.codec``:
 
 ==========================================  ==============================================
 ``(META, key, value)``                      a row of ``meta`` (``value`` as JSON data)
@@ -15,8 +15,11 @@ of operations (tuples), serialised with ``marshal``:
 ``(IOASID, id, None, set)``                 the IOASID row is gone (it was in ``set``)
 ``(SET_IOASIDS, set, groups)``              every IOASID row of a set at once: the set holds
                                             exactly these IDs; ``groups`` pairs the fields
-                                            shared by some of them with their IDs (native
-                                            ``array('I')`` bytes)
+                                            shared by some of them with their IDs
+                                            (``ids_bytes``: little-endian u32s)
+``(IOASIDS, set, fields or None, ids)``     many IOASID rows of one set at once (a slice of
+                                            a batch): each of ``ids`` (``ids_bytes``) has
+                                            ``fields``, or is gone (``None``)
 ``(REFUSAL, seq, fields or None)``          an entry of the refusal log: its cgroup and
                                             the entry as JSON text (``store.refusals``)
 ``(EVERYTHING,)``                           every table is replaced by what follows
@@ -41,6 +44,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import sys
 import threading
 import time
 from array import array
@@ -51,7 +55,7 @@ from typing import Any
 
 from ioasidsd.store import journal
 
-META, CGROUP, PROCESS, SET, IOASID, SET_IOASIDS, EVERYTHING, CORE, REFUSAL = range(9)
+META, CGROUP, PROCESS, SET, IOASID, SET_IOASIDS, EVERYTHING, CORE, REFUSAL, IOASIDS = range(10)
 
 CORE_KEYS = ("capacity", "capacity_avail", "capacity_installed", "release_agent",
              "sane_behavior", "warned_negative", "hierarchy")
@@ -71,10 +75,23 @@ _INSERT_IOASID = "INSERT OR REPLACE INTO ioasids VALUES (?,?,?,?,?,?,?,?,?)"
 _ALL_TABLES = ("meta", "cgroups", "processes", "sets", "ioasids", "refusals")
 
 
+_SWAP = sys.byteorder != "little"  # IDs are little-endian in a record, whatever the machine
+
+
+def ids_bytes(ids: array) -> bytes:
+    """A ``SET_IOASIDS`` group's IDs (an ``array('I')``) as a record holds them."""
+    if _SWAP:
+        ids = array("I", ids)
+        ids.byteswap()
+    return ids.tobytes()
+
+
 def ids_array(data: bytes) -> array:
-    """The IDs of a ``SET_IOASIDS`` group."""
+    """The IDs of a ``SET_IOASIDS`` group (the inverse of ``ids_bytes``)."""
     ids = array("I")
     ids.frombytes(data)
+    if _SWAP:
+        ids.byteswap()
     return ids
 
 
@@ -139,6 +156,16 @@ class FoldPlan:
                     self.counted.add(fields[0])
                 elif len(op) > 3:
                     self.counted.add(op[3])
+            elif code == IOASIDS:
+                step = steps[-1] if steps else None
+                if step.__class__ is not _IdRows:
+                    step = _IdRows()
+                    steps.append(step)
+                set_id, fields = op[1], op[2]
+                step.rows.update(dict.fromkeys(ids_array(op[3]), fields))
+                if fields is not None:
+                    step.sets.add(set_id)
+                self.counted.add(set_id)
             elif code == CORE:
                 tables[CORE][None] = op[1]
             elif code in tables:

@@ -12,7 +12,8 @@ in the database. A segment is::
 
     header   8 bytes  magic  b"IOASIDSJ"
              4 bytes  format version (little-endian u32), FORMAT_VERSION
-             4 bytes  payload codec (little-endian u32): 1 = Python marshal, version 2
+             4 bytes  payload codec (little-endian u32): ``ioasidsd.store.codec``, 2 =
+                      MessagePack (written), 1 = Python marshal version 2 (read only)
     record   4 bytes  payload length (little-endian u32), never 0
              4 bytes  CRC-32 of the payload (little-endian u32)
              payload
@@ -40,9 +41,10 @@ from dataclasses import dataclass
 from errno import EFBIG, EINVAL, EIO, ENOSYS, EOPNOTSUPP
 from pathlib import Path
 
+from ioasidsd.store import codec as codecs
+
 MAGIC = b"IOASIDSJ"
 FORMAT_VERSION = 1
-CODEC_MARSHAL_2 = 1
 PREFIX = "state.journal."
 SEGMENT_BYTES = 4 << 20
 """The size a segment is given at creation (a larger record gets a segment of its own size)."""
@@ -68,6 +70,7 @@ class Segment:
     payloads: list[bytes]
     torn: str | None
     end: int  # the offset just past the last whole record
+    codec: int = codecs.WRITTEN  # how its records are written (``ioasidsd.store.codec``)
 
 
 def segments(directory: Path) -> list[tuple[int, Path]]:
@@ -97,9 +100,10 @@ def read_segment(number: int, path: Path) -> Segment:
     magic, version, codec = _HEADER.unpack_from(data)
     if magic != MAGIC:
         raise JournalError(f"{path}: not an ioasidsd journal")
-    if version != FORMAT_VERSION or codec != CODEC_MARSHAL_2:
+    if version != FORMAT_VERSION or codec not in codecs.NAMES:
+        known = ", ".join(str(number) for number in sorted(codecs.NAMES))
         raise JournalError(f"{path}: journal format {version} (codec {codec}), this ioasidsd "
-                           f"reads format {FORMAT_VERSION} (codec {CODEC_MARSHAL_2})")
+                           f"reads format {FORMAT_VERSION} (codecs {known})")
     payloads = []
     offset = _HEADER.size
     end = len(data)
@@ -124,7 +128,7 @@ def read_segment(number: int, path: Path) -> Segment:
             break
         payloads.append(payload)
         offset = start + length
-    return Segment(number, path, payloads, torn, offset)
+    return Segment(number, path, payloads, torn, offset, codec)
 
 
 def remove(path: Path) -> None:
@@ -165,7 +169,7 @@ class SegmentWriter:
         self._end = size
         self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
-            header = _HEADER.pack(MAGIC, FORMAT_VERSION, CODEC_MARSHAL_2)
+            header = _HEADER.pack(MAGIC, FORMAT_VERSION, codecs.WRITTEN)
             try:
                 os.posix_fallocate(self._fd, 0, max(size, _PAGE))
             except OSError as exc:

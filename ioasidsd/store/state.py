@@ -53,7 +53,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import marshal
 import sqlite3
 import threading
 import time
@@ -77,12 +76,13 @@ from ioasidsd.model.snapshot import (
     removed_cgroups,
     token_record,
 )
-from ioasidsd.store import journal
+from ioasidsd.store import codec, journal
 from ioasidsd.store.fold import (
     CGROUP,
     CORE,
     EVERYTHING,
     IOASID,
+    IOASIDS,
     META,
     PROCESS,
     REFUSAL,
@@ -91,6 +91,7 @@ from ioasidsd.store.fold import (
     Folder,
     FoldPlan,
     Op,
+    ids_bytes,
 )
 from ioasidsd.store.idmap import IdMap
 from ioasidsd.store.refusals import DEFAULT_RING, RefusalLog, entry
@@ -133,7 +134,6 @@ CREATE TABLE IF NOT EXISTS refusals (seq INTEGER PRIMARY KEY, cgroup TEXT NOT NU
 _CGROUP_COLUMNS = ("id", "parent", "name", "limit", "reserved", "counter", "peak", "events",
                    "events_local", "notify_on_release", "clone_children", "removed")
 _SYNCHRONOUS = {"normal": "NORMAL", "full": "FULL"}
-_MARSHAL_VERSION = 2  # the journal's codec (journal.CODEC_MARSHAL_2): the fastest to write
 _SET_AND_CGROUP = itemgetter("set", "cgroup")  # of an IOASID record
 _IOASID_KEY = attrgetter("state", "refs", "spid", "cgroup", "pooled", "private")
 
@@ -141,6 +141,7 @@ Warn = Callable[[str], None]
 
 
 _BULK_IDS = 64  # from this many IOASIDs in one change, whole sets may be cheaper to write
+_GROUP_IDS = 256  # from this many of one set, alike, one IOASIDS operation (a batch's slice)
 
 
 def _orphan_rows(orphans: Mapping[int, float]) -> list[list[float]]:
@@ -170,14 +171,11 @@ class StoreError(Exception):
     """The state directory's database or journal cannot be used (the message says why)."""
 
 
-def _decode(payload: bytes, where: str) -> list[Op]:
+def _decode(kind: int, payload: bytes, where: str) -> Iterable[Op]:
     try:
-        ops = marshal.loads(payload)
-    except (EOFError, ValueError, TypeError) as exc:
-        raise StoreError(f"{where}: a journal record cannot be read ({exc})") from None
-    if not isinstance(ops, list):
-        raise StoreError(f"{where}: a journal record is not a list of operations")
-    return ops
+        return codec.decode(kind, payload)
+    except codec.RecordError as exc:
+        raise StoreError(f"{where}: {exc}") from None
 
 
 class Store:
@@ -362,7 +360,7 @@ class Store:
         plan = FoldPlan()
         for segment in segments:
             for payload in segment.payloads:
-                plan.add(_decode(payload, str(segment.path)))
+                plan.add(_decode(segment.codec, payload, str(segment.path)))
             if segment.torn and report:
                 self._warn(f"{segment.path}: ignoring {segment.torn} (a write the daemon died "
                            f"in; it was not acknowledged)")
@@ -555,7 +553,7 @@ class Store:
         """The folder's work: records into the database, in one transaction."""
         plan = FoldPlan()
         for payload in payloads:
-            plan.add(marshal.loads(payload))
+            plan.add(codec.decode(codec.WRITTEN, payload))
         with self._db_lock, self._transaction():
             plan.write(self.db)
 
@@ -563,7 +561,11 @@ class Store:
         """Make one record durable: appended to the journal, or (before ``bind``) written to
         the database at once."""
         if self._folder is not None:
-            self._folder.append(kind, marshal.dumps(ops, _MARSHAL_VERSION))
+            try:
+                payload = codec.encode(ops)
+            except codec.RecordError as exc:
+                raise StoreError(str(exc)) from None
+            self._folder.append(kind, payload)
             return
         plan = FoldPlan()
         plan.add(ops)
@@ -652,6 +654,11 @@ class Store:
         if set_ids:
             for sid in sorted(set_ids):
                 cgroups.extend(self._set_ioasids_ops(sid, ops))
+        if len(ids) >= _GROUP_IDS:
+            grouped = self._group_ops(ids, ops)
+            if grouped is not None:
+                cgroups.extend(grouped)
+                ids = ()
         if len(ids) == 1:
             (only,) = ids
             cgroups.extend(self._ioasid_ops(int(only), ops))
@@ -737,11 +744,12 @@ class Store:
         self._last_cgroup.pop(row, None)
 
     def _charged_cgroups(self, sid: int) -> list[Cgroup]:
-        """The cgroups the IOASIDs of ``sid`` may be charged to, but the root: a charge never
-        changes the root's row (its walk stops below it)."""
+        """The cgroups the IOASIDs of ``sid`` may be charged to, but the root without a limit:
+        a charge then never changes the root's row (its walk stops below it); with a limit
+        (``set_root_max``) the root counts its own charges."""
         cgroups = self._cgroups
         return [cg for cg in map(cgroups.get, self._charged.get(sid, ()))
-                if cg is not None and cg.parent is not None]
+                if cg is not None and (cg.parent is not None or cg.limit is not None)]
 
     # ------------------------------------------------------------------ processes
     def _process_ops(self, proc: Process, ops: list[Op]) -> list[Cgroup]:
@@ -842,6 +850,46 @@ class Store:
                 rest.extend(members)
         return rest
 
+    def _group_ops(self, ids: tuple[int, ...], ops: list[Op]) -> list[Cgroup] | None:
+        """Many IOASIDs of one set (a slice of a batch) as one ``IOASIDS`` operation, when they
+        are all live in its index with the same fields and no private data, or all gone and
+        last written in that set; returns the cgroups they were or are charged to, or ``None``
+        (nothing written) when they are not such a group."""
+        core = self._core
+        get = core.ioasid_index.get
+        first = get(ids[0]) if ids[0] >= 0 else None
+        if first is not None:
+            ioasid_set = first.set
+            key = _IOASID_KEY(first)
+            if key[5] is not None or not ioasid_set.xa.issuperset(ids) or \
+                    not all(map(key.__eq__, map(_IOASID_KEY, map(get, ids)))):
+                return None
+            sid = ioasid_set.id
+            state, refs, spid, cg, pooled, _private = key
+            row = None if cg is None else self._row(cg)
+            group = array("I", ids)
+            ops.append((IOASIDS, sid, (sid, int(state), refs, spid, row, pooled, True, None),
+                        ids_bytes(group)))
+            self._set_of.set_many(group, sid)
+            if sid not in self._last_set:
+                self._set_op(sid, ops)
+            if cg is None:
+                return []
+            charged = self._charged.get(sid)
+            if charged is None:
+                charged = self._charged[sid] = set()
+            charged.add(row)  # type: ignore[arg-type]  # not None with cg
+            return [cg] if cg.parent is not None or cg.limit is not None else []
+        sid = self._set_of.get(ids[0]) if ids[0] >= 0 else None
+        if sid is None or min(ids) < 0 or core.ioasid_index.any_used(ids) or \
+                not self._set_of.all_map_to(ids, sid):
+            return None
+        ops.append((IOASIDS, sid, None, ids_bytes(array("I", ids))))
+        was_charged = self._charged_cgroups(sid)
+        if sid not in core.sets_by_id:  # destroyed with its last IOASID
+            self._set_op(sid, ops)
+        return was_charged
+
     def _set_ioasids_ops(self, sid: int, ops: list[Op]) -> list[Cgroup]:
         """A set with every IOASID it holds; returns the cgroups they were or are charged
         to."""
@@ -899,7 +947,7 @@ class Store:
                 if row is not None:
                     charged.add(row)
                 groups.append(((sid, int(state), refs, spid, row, pooled, in_index,
-                                private), group.tobytes()))
+                                private), ids_bytes(group)))
         return tuple(groups), charged
 
     def _ioasid_ops(self, ioasid: int, ops: list[Op]) -> list[Cgroup]:
@@ -935,7 +983,7 @@ class Store:
             charged = self._charged[sid] = set()
         charged.add(row)
         # a live IOASID's charge moves only with its owner (a process report: the set whole)
-        return [cg] if cg.parent is not None else []
+        return [cg] if cg.parent is not None or cg.limit is not None else []
 
 
 def _drop_unused_removed(cgroups: list[dict[str, Any]], ioasids: list[dict[str, Any]],

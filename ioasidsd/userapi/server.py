@@ -10,8 +10,12 @@ outlives the opener) is ``release()``, after the opener's exit when the opener i
 The sockets are non-blocking, served by one thread: the ``EventLoop`` (``ioasidsd.eventloop``)
 the daemon shares with the control API, or one of the server's own when it is given none.
 Requests are served in the order they arrive, every change under ``system.lock`` through
-``System`` methods. (One thread per connection was measured too: as fast for one client, but
-four clients' threads fighting for the GIL got half the throughput; see ``docs/benchmarks.md``.)
+``System`` methods. A batch of more than ``batches.SLICE`` IDs is served in slices
+(``ioasidsd.userapi.batches``): after each slice the loop serves every other connection that is
+ready before the next slice runs, so a small request waits for at most one slice, not for the
+whole batch; the batch's connection is not read meanwhile (its requests stay in order). (One
+thread per connection was measured too: as fast for one client, but four clients' threads
+fighting for the GIL got half the throughput; see ``docs/benchmarks.md``.)
 Replies a client does not read are kept for it and its further requests wait, so a stalled
 client stalls only itself. Bad input is answered with an error and never ends the server.
 Stopping the server closes the connections without releasing their files: the IOASIDs stay in
@@ -25,6 +29,7 @@ import os
 import select
 import socket
 import struct
+import time
 from errno import EAGAIN, EIO, EMSGSIZE
 from typing import TYPE_CHECKING
 
@@ -44,6 +49,7 @@ from ioasidsd.host import read_stat
 from ioasidsd.model import ioasid_uapi as uapi
 from ioasidsd.model.errors import IoasidError
 from ioasidsd.userapi import protocol
+from ioasidsd.userapi.batches import Batch, sliced
 
 if TYPE_CHECKING:
     from ioasidsd.model.ioasid_device import IoasidFile
@@ -59,6 +65,7 @@ _IN = select.EPOLLIN
 _OUT = select.EPOLLOUT
 _GONE = select.EPOLLHUP | select.EPOLLERR
 DEFAULT_CAP = 64
+_BATCHES = frozenset((uapi.IOASID_REQUEST_ALLOC_BATCH, uapi.IOASID_REQUEST_FREE_BATCH))
 
 
 def process_exiting(pid: int) -> bool:
@@ -72,9 +79,12 @@ def process_exiting(pid: int) -> bool:
 
 
 class _Connection:
-    """One open file: its socket, the peer, the requests read so far, the replies unsent."""
+    """One open file: its socket, the peer, the requests read so far, the replies unsent, and
+    a batch being served in slices (with the requests that came after it and the replies
+    made before it)."""
 
-    __slots__ = ("file", "pending", "pid", "reader", "sock", "uid")
+    __slots__ = ("batch", "file", "pending", "pid", "reader", "replies", "sock", "uid",
+                 "waiting")
 
     def __init__(self, sock: socket.socket, file: IoasidFile, pid: int, uid: int) -> None:
         self.sock = sock
@@ -83,6 +93,9 @@ class _Connection:
         self.uid = uid
         self.reader = protocol.RequestReader()
         self.pending = bytearray()
+        self.batch: Batch | None = None
+        self.waiting: list[tuple[int, bytes | None, int, int]] = []
+        self.replies: list[bytes] = []
 
 
 class UserApiServer:
@@ -167,6 +180,12 @@ class UserApiServer:
         if conn is None:
             return
         try:
+            if conn.batch is not None:  # a batch is being served: its requests wait
+                if events & _GONE:
+                    self._close(conn)
+                elif events & _OUT:
+                    self._flush(conn)  # the replies made before it
+                return
             if events & _OUT:
                 self._flush(conn)
             if conn.pending:  # its replies wait: so do its requests
@@ -188,26 +207,96 @@ class UserApiServer:
             requests = conn.reader.feed(self._view[:n])
             if not requests:
                 return
-            request = self._request
-            token = CLIENT_UID.set(conn.uid)  # what these requests log is theirs
-            try:
-                if len(requests) == 1:
-                    cmd, arg = requests[0]
-                    data = request(conn.file, cmd, arg, sender, sender_uid)
-                else:
-                    data = b"".join([request(conn.file, cmd, arg, sender, sender_uid)
-                                     for cmd, arg in requests])
-            finally:
-                CLIENT_UID.reset(token)
-            try:
-                sent = conn.sock.send(data)
-            except BlockingIOError:
-                sent = 0
-            if sent < len(data):
-                self._keep(conn, data, sent)
+            if len(requests) == 1 and requests[0][0] not in _BATCHES:  # the hot path
+                cmd, arg = requests[0]
+                token = CLIENT_UID.set(conn.uid)  # what these requests log is theirs
+                try:
+                    data = self._request(conn.file, cmd, arg, sender, sender_uid)
+                finally:
+                    CLIENT_UID.reset(token)
+                self._send(conn, data)
+                return
+            conn.waiting = [(cmd, arg, sender, sender_uid) for cmd, arg in requests]
+            self._serve(conn)
         except OSError:  # ECONNRESET, EPIPE: the peer went away, as a closed file
             self._close(conn)
         except Exception:  # a bug must not end the daemon: drop this connection
+            log.exception("userapi connection failed", pid=conn.pid)
+            self._close(conn)
+
+    def _send(self, conn: _Connection, data: bytes) -> None:
+        if conn.pending:  # earlier replies wait to be sent: after them
+            conn.pending += data
+            return
+        try:
+            sent = conn.sock.send(data)
+        except BlockingIOError:
+            sent = 0
+        if sent < len(data):
+            self._keep(conn, data, sent)
+
+    def _serve(self, conn: _Connection) -> None:
+        """Serve the connection's waiting requests in order, until one is a batch to be
+        served in slices: that one is started (its first slice waits for the loop's next
+        round) and the rest wait for it. Sends the replies made."""
+        waiting, replies = conn.waiting, conn.replies
+        token = CLIENT_UID.set(conn.uid)
+        try:
+            while waiting:
+                cmd, arg, sender, uid = waiting.pop(0)
+                batch = None
+                if cmd in _BATCHES and arg is not None:
+                    batch = sliced(self.system, conn.file, cmd, arg, pid=sender, uid=uid)
+                if batch is not None:
+                    conn.batch = batch
+                    if replies:  # those before it go now
+                        data = b"".join(replies)
+                        replies.clear()
+                        self._send(conn, data)
+                    assert self._loop is not None
+                    if not conn.pending:
+                        self._loop.modify(conn.sock.fileno(), 0)  # only a hang-up comes now
+                    self._loop.call_at(time.monotonic(), lambda: self._slice(conn))
+                    return
+                replies.append(self._request(conn.file, cmd, arg, sender, uid))
+        finally:
+            CLIENT_UID.reset(token)
+        data = b"".join(replies)
+        replies.clear()
+        self._send(conn, data)
+
+    def _slice(self, conn: _Connection) -> None:
+        """The loop's turn for a batch served in slices: make the next slice; when it was
+        the last (or one was refused), reply and serve what waited behind it."""
+        batch = conn.batch
+        if batch is None or self._conns.get(conn.sock.fileno()) is not conn:
+            return  # closed meanwhile (which closed the batch)
+        token = CLIENT_UID.set(conn.uid)
+        try:
+            try:
+                next(batch)
+            except StopIteration as done:
+                ret, result = done.value
+                conn.replies.append(protocol.REPLY.pack(ret, len(result)) + result)
+            except IoasidError as exc:
+                conn.replies.append(protocol.error_reply(exc.errno or EIO, str(exc)))
+            except Exception:
+                log.exception("userapi request failed", pid=conn.pid)
+                conn.replies.append(protocol.error_reply(EIO, "internal error"))
+            else:
+                assert self._loop is not None
+                self._loop.call_at(time.monotonic(), lambda: self._slice(conn))
+                return
+        finally:
+            CLIENT_UID.reset(token)
+        conn.batch = None
+        try:
+            assert self._loop is not None
+            self._loop.modify(conn.sock.fileno(), _OUT if conn.pending else _IN)
+            self._serve(conn)
+        except OSError:
+            self._close(conn)
+        except Exception:
             log.exception("userapi connection failed", pid=conn.pid)
             self._close(conn)
 
@@ -289,7 +378,7 @@ class UserApiServer:
         del conn.pending[:sent]
         if not conn.pending:
             assert self._loop is not None
-            self._loop.modify(conn.sock.fileno(), _IN)
+            self._loop.modify(conn.sock.fileno(), 0 if conn.batch is not None else _IN)
 
     def _close(self, conn: _Connection, *, release: bool = True) -> None:
         """The connection ended: release its file (as the process's exit when the peer is
@@ -300,6 +389,13 @@ class UserApiServer:
         if self._loop is not None:
             self._loop.unregister(fd)
         exited = False
+        if conn.batch is not None:  # unanswered: what it allocated is freed
+            batch, conn.batch = conn.batch, None
+            try:
+                with client_context(conn.uid):
+                    batch.close()
+            except Exception:
+                log.exception("userapi batch not undone", pid=conn.pid)
         if release:
             exited = process_exiting(conn.pid)
             try:

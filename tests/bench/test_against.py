@@ -76,6 +76,19 @@ def test_userapi_against(other_tree: Path) -> None:
     assert "ratio ioasid/echo round trips, 1 client" in out  # the usual figures are still there
 
 
+def test_fairness_against(other_tree: Path) -> None:
+    out = run_bench("bench_fairness.py", "--seconds", "0.05", "--rounds", "1",
+                    "--against", str(other_tree))
+    assert f"old: ioasidsd imported from {other_tree / 'ioasidsd' / '__init__.py'}\n" in out
+    rows = dict(re.findall(r"^\| (ioasid [^|]+) \| [\d,.]+ \| [\d,.]+ \| ([\d.]+) \| [\d.]+ \|$",
+                           out, re.MULTILINE))
+    assert set(rows) == {f"ioasid small request {label}, {name} ms"
+                         for label in ("alone", "with batches")
+                         for name in ("p50", "p99", "max")} | {"ioasid batch client IDs/s"}
+    assert all(float(ratio) >= 0 for ratio in rows.values())  # 0.000: a ratio below 0.0005
+    assert re.search(r"^round 0 new with batches +p50 ms ", out, re.MULTILINE)
+
+
 def test_against_refuses_a_tree_without_the_project(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, str(BENCH / "bench_model.py"), "--against",
                            str(tmp_path)], capture_output=True, text=True, timeout=30,

@@ -187,8 +187,9 @@ DIFFERENCES: dict[str, tuple[str, str]] = {
         "cgroup.controllers cgroup.events cgroup.freeze cgroup.kill cgroup.max.depth "
         "cgroup.max.descendants cgroup.pressure cgroup.procs cgroup.stat cgroup.stat.local "
         "cgroup.subtree_control cgroup.threads cgroup.type",
-        "cgroup.controllers cgroup.events cgroup.max.depth cgroup.max.descendants "
-        "cgroup.procs cgroup.stat cgroup.subtree_control cgroup.threads cgroup.type",
+        "cgroup.controllers cgroup.events cgroup.freeze cgroup.kill cgroup.max.depth "
+        "cgroup.max.descendants cgroup.procs cgroup.stat cgroup.stat.local "
+        "cgroup.subtree_control cgroup.threads cgroup.type",
     ),
     "root-core-files": (
         "cgroup.controllers cgroup.max.depth cgroup.max.descendants cgroup.pressure "

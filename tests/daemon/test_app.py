@@ -295,3 +295,33 @@ def test_a_state_saved_under_the_flat_rule_loads_and_says_what_it_over_reserves(
     (mnt / "tenant" / "sub" / "ioasids.max").write_text("40")
     status = daemon.status()
     assert status["over_reserved"] == [] and status["available"] == available
+
+
+def test_root_max_holds_a_process_in_the_root_cgroup(tmp_path, started):
+    """``[limits] root_max``: a process in the root cgroup (this one) gets that many IOASIDs
+    over the socket and no more, all or nothing for a batch; a process in a child cgroup is not
+    counted; ``status`` shows the limit and what the root's processes hold."""
+    from ioasidsd.cli.render import format_status
+    from ioasidsd.userapi.client import IoasidClient
+
+    daemon = started(settings={"root_max": 3})
+    assert daemon.status()["root"] == {"max": 3, "current": 0}
+    with IoasidClient.open(str(tmp_path / "r")) as dev:
+        first = dev.alloc_batch(2)
+        dev.alloc()
+        with pytest.raises(OSError) as info:
+            dev.alloc_batch(2)
+        assert info.value.errno == errno.EAGAIN
+        with pytest.raises(OSError) as info:
+            dev.alloc()
+        assert info.value.errno == errno.EAGAIN
+        status = daemon.status()
+        assert status["root"] == {"max": 3, "current": 3} and status["ioasids"] == 3
+        assert "root max   3, 3 held by processes in the root cgroup" in format_status(status)
+        dev.free(first[0])
+        dev.alloc()
+    assert daemon.status()["root"] == {"max": 3, "current": 0}  # freed at close
+    daemon.shutdown()
+    default = started()
+    assert default.status()["root"] == {"max": None, "current": None}
+    assert "root max   max (" in format_status(default.status())

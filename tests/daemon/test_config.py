@@ -97,3 +97,21 @@ def test_reload_splits_live_and_restart_settings():
 def test_the_shipped_example_is_valid_and_all_defaults():
     example = Path(__file__).parents[2] / "systemd" / "ioasidsd.toml"
     assert load_config(example) == Config(config_file=example)
+
+
+def test_limits_root_max(tmp_path):
+    assert load_config().root_max is None  # max, the kernel's behaviour
+    assert load_config(write(tmp_path, "[limits]\nroot_max = 100\n")).root_max == 100
+    assert load_config(write(tmp_path, '[limits]\nroot_max = "max"\n')).root_max is None
+    assert load_config(write(tmp_path, "[limits]\nroot_max = 0\n")).root_max == 0
+    for text, message in (("[limits]\nroot_max = -1\n", "[limits]: root_max = -1: expected"),
+                          ('[limits]\nroot_max = "lots"\n', "root_max = 'lots'"),
+                          ("[limits]\nroot_max = true\n", "root_max = True"),
+                          ("[limits]\nroot_mux = 3\n", "unknown setting [limits] 'root_mux'"),
+                          ("limits = 3\n", "[limits] must be a table"),
+                          ("root_max = 3\n", "unknown setting 'root_max'")):
+        with pytest.raises(ConfigError) as info:
+            load_config(write(tmp_path, text))
+        assert message in str(info.value), (text, str(info.value))
+    applied, pending = reload_changes(Config(), Config(root_max=10))
+    assert applied == {"root_max": 10} and pending == []

@@ -272,3 +272,23 @@ def test_kill9_during_a_fork_storm_loses_no_member(daemons, tmp_path):
         storm.wait()
         waiter.close()
         wait_until(lambda: not pids(d.mount / "tenant" / "cgroup.procs"), "the storm gone")
+
+
+def test_an_exit_is_recorded_from_the_connector_without_waiting_for_a_scan(daemons, forkers,
+                                                                           tmp_path):
+    """Kernel mode with a scan once an hour: a process's exit is still recorded at once, from
+    the process events connector (exits only: the kernel keeps membership)."""
+    config = tmp_path / "hourly.toml"
+    config.write_text("poll_interval = 3600\n")
+    d = kernel_mode(daemons("--config", str(config)))
+    detail = d.status()["tracking"]["detail"]
+    if "no process events connector" in detail:
+        pytest.skip(f"the process events connector cannot be opened here: {detail}")
+    assert "exits from the process events connector" in detail
+    (d.mount / "a").mkdir()
+    proc = forkers()
+    (d.mount / "a" / "cgroup.procs").write_text(str(proc.pid))
+    wait_until(lambda: d.status()["processes"] == 1, "the moved process recorded")
+    proc.exit()
+    wait_until(lambda: d.status()["processes"] == 0, "its exit recorded before any scan")
+    assert d.status()["tracking"]["mode"] == "kernel"

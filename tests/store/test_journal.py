@@ -11,6 +11,7 @@ import signal
 import sqlite3
 import struct
 import traceback
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,11 +23,11 @@ from hypothesis import strategies as st
 from system.ops import FakeProcesses, apply_op, op_strategy
 
 from ioasidsd.cli.render import format_status
-from ioasidsd.model import IoasidSetType, profile
+from ioasidsd.model import IoasidError, IoasidSetType, profile
 from ioasidsd.model import ioasid_uapi as uapi
 from ioasidsd.model.changes import Change, ChangeKind
 from ioasidsd.model.snapshot import dump, load
-from ioasidsd.store import journal
+from ioasidsd.store import codec, journal
 from ioasidsd.store.fold import CGROUP
 from ioasidsd.store.state import Store, StoreError
 from ioasidsd.system import System
@@ -65,10 +66,11 @@ def stored(state_dir: Path, knobs=None) -> dict[str, Any]:
 
 def records(state_dir: Path) -> list[list[tuple]]:
     """The records of the journal's files, read from disk."""
-    import marshal
-
-    return [marshal.loads(payload) for number, path in journal.segments(state_dir)
-            for payload in journal.read_segment(number, path).payloads]
+    found = []
+    for number, path in journal.segments(state_dir):
+        segment = journal.read_segment(number, path)
+        found.extend(list(codec.decode(segment.codec, payload)) for payload in segment.payloads)
+    return found
 
 
 def raw_cgroups(state_dir: Path) -> dict[str, int | None]:
@@ -239,6 +241,83 @@ def test_a_journal_that_is_not_ours_is_refused(tmp_path):
     (tmp_path / "state.journal.7").write_bytes(b"IOASIDSJ" + struct.pack("<II", 99, 1))
     with pytest.raises(StoreError, match=r"journal format 99 .*reads format 1"):
         Store.open(tmp_path).load()
+    (tmp_path / "state.journal.7").write_bytes(b"IOASIDSJ" + struct.pack("<II", 1, 3))
+    with pytest.raises(StoreError, match=r"journal format 1 \(codec 3\).*codecs 1, 2"):
+        Store.open(tmp_path).load()
+
+
+# ---------------------------------------------------------------------------------- codecs
+OLD_JOURNAL = Path(__file__).parent / "data" / "marshal-journal"
+
+
+def test_records_are_written_in_messagepack_whatever_python_reads_them(tmp_path):
+    """A new segment says MessagePack in its header, and its records are MessagePack arrays
+    of operations that a reader without Python's ``marshal`` decodes (checked with a decoder
+    that knows nothing of this project)."""
+    import msgpack
+
+    def scenario(report):
+        _, system = bound(tmp_path, fold_interval=NEVER)
+        system.mkdir("/a")
+        system.write_max("/a", "3")
+        system.write_release_agent(b"/opt/\xff caf\xc3\xa9\n")
+        report(dump(system.core))
+
+    final, = crashed(scenario)
+    (number, path), = journal.segments(tmp_path)
+    segment = journal.read_segment(number, path)
+    assert path.read_bytes()[8:16] == struct.pack("<II", 1, codec.CODEC_MSGPACK)
+    assert segment.codec == codec.CODEC_MSGPACK
+    plain = [msgpack.unpackb(p, unicode_errors="surrogatepass") for p in segment.payloads]
+    assert all(isinstance(ops, list) and all(isinstance(op, list) for op in ops)
+               for ops in plain)
+    limits = {op[2][1]: op[2][2] for ops in plain for op in ops
+              if op[0] == CGROUP and op[2] is not None}
+    assert limits["a"] == 3
+    assert json_ready(stored(tmp_path)) == json_ready(final)
+
+
+def test_a_journal_in_the_older_marshal_codec_is_replayed(tmp_path):
+    """A state directory left by a daemon killed while its journal (written by a version whose
+    codec was ``marshal``: ``data/make_marshal_journal.py``) held unfolded records: it loads
+    as the model was when it died, and binding folds it and goes on in MessagePack."""
+    import shutil
+
+    shutil.copytree(OLD_JOURNAL, tmp_path, dirs_exist_ok=True)
+    expected = json.loads((tmp_path / "expected.json").read_text())
+    (number, path), = journal.segments(tmp_path)
+    assert journal.read_segment(number, path).codec == codec.CODEC_MARSHAL_2
+    assert raw_cgroups(tmp_path) == {}  # all of it is in the journal
+    assert json_ready(stored(tmp_path)) == expected
+    store = Store.open(tmp_path)
+    system = System(processes=Processes(), on_change=store.apply)
+    store.bind(system, load(store.load(), system.core))
+    assert raw_cgroups(tmp_path) == {"tenant": 300, "a": 200}  # folded at bind
+    system.write_max("/tenant/a", "250")
+    assert [journal.read_segment(*s).codec for s in journal.segments(tmp_path)] == [
+        codec.CODEC_MSGPACK]
+    store.close()
+    expected["cgroups"][2]["limit"] = 250
+    assert [c["name"] for c in expected["cgroups"]] == ["", "tenant", "a"]
+    assert json_ready(stored(tmp_path)) == expected
+
+
+def test_a_marshal_record_this_python_cannot_read_is_refused_with_the_way_out(tmp_path):
+    """A record in the older codec that this Python's ``marshal`` cannot decode (as one
+    written by a Python whose ``marshal`` differs would be) is refused, naming the file and
+    saying how to fold it; nothing is changed."""
+    import shutil
+
+    shutil.copytree(OLD_JOURNAL, tmp_path, dirs_exist_ok=True)
+    (_, path), = journal.segments(tmp_path)
+    payload = b"\xfe not marshal"
+    path.write_bytes(path.read_bytes()[:16] + struct.pack("<II", len(payload),
+                                                          zlib.crc32(payload)) + payload)
+    before = path.read_bytes()
+    with pytest.raises(StoreError, match=r"state\.journal\.1: .*marshal.*cannot be read.*"
+                                         r"start that version and stop it cleanly"):
+        Store.open(tmp_path).load()
+    assert path.read_bytes() == before
 
 
 # ---------------------------------------------------------------------------------- folding
@@ -492,3 +571,107 @@ def test_the_daemon_keeps_its_journal_over_kill9_and_empties_it_at_sigterm(daemo
     assert d.stop() == 0
     assert journal.segments(d.state) == []
     assert raw_cgroups(d.state) == {"a": 6, "b": 0}
+
+
+def test_the_roots_limit_and_its_own_charges_are_durable(tmp_path):
+    """With a limit on the root (``[limits] root_max``) the root's row counts the IOASIDs of
+    its own processes: every change to it is in the journal, and a restart finds the limit and
+    the count the model had."""
+    def scenario(report):
+        _, system = bound(tmp_path, fold_interval=NEVER)
+        system.set_root_max(5)
+        system.processes.live[10] = 1.0
+        file = system.ioasid_open(10)
+        batch = uapi.ALLOC_BATCH.pack(uapi.ALLOC_BATCH.size, 0, 1, 100_000, 4)
+        _, out = system.ioasid_ioctl(file, uapi.IOASID_REQUEST_ALLOC_BATCH, batch)
+        system.ioasid_ioctl(file, uapi.IOASID_REQUEST_FREE, out[:4])
+        system.ioasid_ioctl(file, uapi.IOASID_REQUEST_ALLOC, uapi.ALLOC_REQUEST.pack(16, 0, 7, 9))
+        with pytest.raises(IoasidError):
+            system.ioasid_ioctl(file, uapi.IOASID_REQUEST_ALLOC_BATCH,
+                                uapi.ALLOC_BATCH.pack(uapi.ALLOC_BATCH.size, 0, 1, 100_000, 2))
+        root = system.cgroups.root
+        assert (root.limit, root.counter, root.peak) == (5, 4, 5)  # as any cgroup's peak
+        report(dump(system.core))
+
+    final, = crashed(scenario)
+    back = stored(tmp_path)
+    assert back == final
+    root = next(c for c in back["cgroups"] if c["parent"] is None)
+    assert (root["limit"], root["counter"], root["peak"]) == (5, 4, 5)
+
+
+def test_a_batchs_slices_are_one_operation_each_and_fold_to_their_rows(tmp_path):
+    """A batch served in slices (``ioasidsd.userapi.batches``) in a set much larger than a
+    slice: each slice's record holds its IDs as one ``IOASIDS`` operation, not a row each nor
+    the whole set; what is rebuilt after any slice (and after a fold) is the model."""
+    from ioasidsd.store.fold import IOASID, IOASIDS, SET_IOASIDS
+    from ioasidsd.userapi.batches import SLICE, sliced
+
+    store, system = bound(tmp_path, fold_interval=NEVER)
+    system.processes.live[10] = 1.0
+    file = system.ioasid_open(10)
+    big = uapi.ALLOC_BATCH.pack(uapi.ALLOC_BATCH.size, 0, 1, 100_000, 8 * SLICE)
+    system.ioasid_ioctl(file, uapi.IOASID_REQUEST_ALLOC_BATCH, big)
+    assert store.fold()
+
+    def run(batch) -> tuple[int, bytes]:
+        steps = 0
+        while True:
+            try:
+                next(batch)
+            except StopIteration as done:
+                return done.value
+            steps += 1
+            kinds = [op[0] for op in records(tmp_path)[-1]]
+            if kinds.count(IOASIDS):
+                assert kinds.count(IOASIDS) == 1
+                assert IOASID not in kinds and SET_IOASIDS not in kinds
+            if steps % 2:
+                assert stored(tmp_path) == dump(system.core)
+
+    arg = uapi.ALLOC_BATCH.pack(uapi.ALLOC_BATCH.size, 0, 1, 100_000, 3 * SLICE + 7)
+    count, out = run(sliced(system, file, uapi.IOASID_REQUEST_ALLOC_BATCH, arg, pid=10, uid=0))
+    assert count == 3 * SLICE + 7 and len(system.core) == 11 * SLICE + 7
+    assert sum(op[0] == IOASIDS for record in records(tmp_path) for op in record) == 3
+    assert stored(tmp_path) == dump(system.core)
+    free = uapi.FREE_BATCH.pack(uapi.FREE_BATCH.size + len(out), 0, count) + out
+    assert run(sliced(system, file, uapi.IOASID_REQUEST_FREE_BATCH, free, pid=10,
+                      uid=0)) == (count, b"")
+    gone = [op for record in records(tmp_path) for op in record
+            if op[0] == IOASIDS and op[2] is None]
+    assert len(gone) == 3  # the last slice, of 7 IDs, is 7 rows
+    assert stored(tmp_path) == dump(system.core)
+    assert store.fold()
+    assert store.db.execute("SELECT count(*) FROM ioasids").fetchone() == (8 * SLICE,)
+    assert store.db.execute("SELECT nr_ioasids FROM sets").fetchall() == [(8 * SLICE,)]
+    store.close()
+    assert stored(tmp_path) == dump(system.core)
+
+
+def test_a_daemon_killed_in_the_middle_of_a_sliced_batch_comes_back_consistent(tmp_path):
+    """``kill -9`` between two slices of a batch: the slices made are durable, and the state
+    rebuilt is the model as it was then (counters, capacity and rows agree)."""
+    from ioasidsd.userapi.batches import SLICE, sliced
+
+    def scenario(report):
+        _, system = bound(tmp_path, fold_interval=NEVER)
+        system.mkdir("/a")
+        system.write_max("/a", str(100 * SLICE))
+        system.processes.live[10] = 1.0
+        system.write_procs("/a", "10", writer_pid=1, writer_uid=0)
+        file = system.ioasid_open(10)
+        system.ioasid_ioctl(file, uapi.IOASID_REQUEST_ALLOC_BATCH,
+                            uapi.ALLOC_BATCH.pack(uapi.ALLOC_BATCH.size, 0, 1, 1 << 19,
+                                                  8 * SLICE))
+        arg = uapi.ALLOC_BATCH.pack(uapi.ALLOC_BATCH.size, 0, 1, 1 << 19, 6 * SLICE)
+        batch = sliced(system, file, uapi.IOASID_REQUEST_ALLOC_BATCH, arg, pid=10, uid=0)
+        for _ in range(3):
+            next(batch)
+        running.append(batch)  # not closed (which would free its slices): killed while open
+        report(dump(system.core))
+
+    running: list[object] = []
+    final, = crashed(scenario)
+    assert stored(tmp_path) == final
+    a = next(c for c in final["cgroups"] if c["name"] == "a")
+    assert a["counter"] == 11 * SLICE and len(final["ioasids"]) == 11 * SLICE

@@ -409,3 +409,25 @@ def test_a_schema_1_database_is_upgraded_in_place(tmp_path):
     row = reopened.db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
     assert json.loads(row[0]) == 2
     reopened.close()
+
+
+def test_a_v2_freeze_request_survives_a_restart(make_system, tmp_path):
+    def make_v2(**kwargs):
+        return make_system(hierarchy="v2", **kwargs)
+
+    store, system = bound(make_v2, tmp_path)
+    system.mkdir("/a")
+    system.mkdir("/a/b")
+    system.write_freeze("/a", "1")
+    assert stored_dump(make_v2, tmp_path) == dump(system.core)
+    system.write_freeze("/a/b", "1")
+    system.write_freeze("/a", "0")
+    store.close()
+    copy = make_v2()
+    again = Store.open(tmp_path)
+    load(again.load(), copy.core)
+    again.close()
+    a, b = copy.cgroups.lookup("/a"), copy.cgroups.lookup("/a/b")
+    assert (a.freeze, b.freeze) == (False, True)
+    assert (a.frozen_ns, a.frozen_since) == (system.cgroups.lookup("/a").frozen_ns, None)
+    assert b.frozen_since == system.cgroups.lookup("/a/b").frozen_since is not None
