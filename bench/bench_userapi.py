@@ -1,7 +1,11 @@
 """Benchmark of the /dev/ioasid socket against a trivial echo server on the same kind of socket.
 
-Run: ``.venv/bin/python bench/bench_userapi.py [--seconds S] [--rounds R] [--store]
+Run: ``.venv/bin/python bench/bench_userapi.py [--seconds S] [--rounds R] [--store] [--busy]
 [--against TREE]``.
+
+Each rate is also given per CPU-second: the work done over the CPU time the clients and the
+server process spent on it together, which the machine's other load disturbs far less than
+the wall clock. ``--busy`` keeps one core busy with a process of its own during the run.
 
 Both servers run in this process on unix stream sockets with one thread per connection; the
 clients are separate processes (spawned before either server starts) with the same minimal
@@ -132,6 +136,7 @@ def round_trip_client(path: str, echo: bool, seconds: float, ready, go, results)
     go.wait()
     n = 0
     free_frame = FREE_HEADER + b"\0\0\0\0"
+    cpu0 = time.process_time()
     t0 = time.perf_counter()
     deadline = t0 + seconds
     while True:
@@ -149,7 +154,7 @@ def round_trip_client(path: str, echo: bool, seconds: float, ready, go, results)
         n += 2
         if n % 64 == 0 and time.perf_counter() >= deadline:
             break
-    results.put((n, time.perf_counter() - t0))
+    results.put((n, time.perf_counter() - t0, time.process_time() - cpu0))
     sock.close()
 
 
@@ -160,6 +165,7 @@ def batch_client(path: str, echo: bool, seconds: float, ready, go, results) -> N
     ids = b"\0" * (4 * BATCH)
     t_alloc = t_free = 0.0
     cycles = 0
+    cpu0 = time.process_time()
     t0 = time.perf_counter()
     deadline = t0 + seconds
     while time.perf_counter() < deadline or cycles == 0:
@@ -184,12 +190,15 @@ def batch_client(path: str, echo: bool, seconds: float, ready, go, results) -> N
         t_alloc += b - a
         t_free += c - b
         cycles += 1
-    results.put((cycles * BATCH, t_alloc, t_free))
+    results.put((cycles * BATCH, t_alloc, t_free, time.process_time() - cpu0))
     sock.close()
 
 
 # ---------------------------------------------------------------------------------- driver
-def run_clients(ctx, target, path: str, echo: bool, clients: int, seconds: float) -> list:
+def run_clients(ctx, target, path: str, echo: bool, clients: int,
+                seconds: float) -> tuple[list, float]:
+    """Run ``clients`` clients together; their results, and the CPU time this process (the
+    servers) spent meanwhile."""
     ready, results, go = ctx.Queue(), ctx.Queue(), ctx.Event()
     procs = [ctx.Process(target=target, args=(path, echo, seconds, ready, go, results))
              for _ in range(clients)]
@@ -197,11 +206,19 @@ def run_clients(ctx, target, path: str, echo: bool, clients: int, seconds: float
         p.start()
     for _ in procs:
         ready.get(timeout=60)
+    cpu0 = time.process_time()  # this process: the servers' threads (the main one waits)
     go.set()
     out = [results.get(timeout=seconds * 10 + 60) for _ in procs]
+    server_cpu = time.process_time() - cpu0
     for p in procs:
         p.join()
-    return out
+    return out, server_cpu
+
+
+def spin() -> None:
+    """Keep one core busy (``--busy``)."""
+    while True:
+        pass
 
 
 def make_system(kind: str, tmp: str) -> tuple[System, Store | None]:
@@ -265,17 +282,22 @@ def stop_server(system: System, server: UserApiServer, store: Store | None) -> N
 
 
 def measure_round_trips(ctx: BaseContext, path: str, echo: bool, clients: int,
-                        seconds: float) -> float:
-    """Round trips per second of ``clients`` clients together on the server at ``path``."""
-    res = run_clients(ctx, round_trip_client, path, echo, clients, seconds)
-    return sum(n / t for n, t in res)
+                        seconds: float) -> tuple[float, float]:
+    """Round trips per second of ``clients`` clients together on the server at ``path``, and
+    per CPU-second (the clients' and the server's CPU time together: what a busy machine's
+    other work takes is not counted)."""
+    res, server_cpu = run_clients(ctx, round_trip_client, path, echo, clients, seconds)
+    return (sum(n / t for n, t, _ in res),
+            sum(n for n, _, _ in res) / (server_cpu + sum(c for _, _, c in res)))
 
 
 def measure_batch(ctx: BaseContext, path: str, echo: bool, seconds: float) -> dict[str, float]:
-    """One client's batch IDs/s on the server at ``path``: alloc+free, alloc, free."""
-    (ids, t_alloc, t_free), = run_clients(ctx, batch_client, path, echo, 1, seconds)
+    """One client's batch IDs/s on the server at ``path``: alloc+free, alloc, free; and
+    alloc+free per CPU-second (the client's and the server's)."""
+    ((ids, t_alloc, t_free, cpu),), server_cpu = run_clients(ctx, batch_client, path, echo, 1,
+                                                             seconds)
     return {"alloc+free": ids / (t_alloc + t_free), "alloc": ids / t_alloc,
-            "free": ids / t_free}
+            "free": ids / t_free, "alloc+free per CPU-second": ids / (cpu + server_cpu)}
 
 
 # ---------------------------------------------------------------------------------- --against
@@ -328,6 +350,8 @@ def main() -> None:
     parser.add_argument("--against", metavar="TREE",
                         help="also measure the server of another version (a checkout of this "
                              "project) beside this one's, and report new/old ratios")
+    parser.add_argument("--busy", action="store_true",
+                        help="keep one core busy with another process during the run")
     parser.add_argument(against.WORKER_FLAG, action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
@@ -336,6 +360,9 @@ def main() -> None:
                        "requests": request_pairs, "batches": batch_ids})
         return
     ctx = mp.get_context("spawn")
+    busy = ctx.Process(target=spin, daemon=True) if args.busy else None
+    if busy is not None:
+        busy.start()
     kinds = ("ioasid", "ioasid+store") if args.store else ("ioasid",)
     comparison = against.Comparison(against.check_tree(args.against)) if args.against else None
     workers: dict[str, against.Worker] = {}
@@ -364,13 +391,16 @@ def main() -> None:
                          if (side, kind) in versions]
                 for clients in (1, 4):
                     for name, path, is_echo in servers:
-                        rates.setdefault(f"{name} x{clients} round trips/s", []).append(
-                            measure_round_trips(ctx, path, is_echo, clients, args.seconds))
+                        wall, cpu = measure_round_trips(ctx, path, is_echo, clients,
+                                                        args.seconds)
+                        rates.setdefault(f"{name} x{clients} round trips/s", []).append(wall)
+                        rates.setdefault(f"{name} x{clients} round trips per CPU-second",
+                                         []).append(cpu)
                     for side, kind in pairs:
                         assert comparison is not None
                         comparison.add(side, f"{kind} x{clients} round trips/s",
                                        measure_round_trips(ctx, versions[side, kind], False,
-                                                           clients, args.seconds))
+                                                           clients, args.seconds)[0])
                 for name, path, is_echo in servers:
                     for what, rate in measure_batch(ctx, path, is_echo, args.seconds).items():
                         rates.setdefault(f"{name} batch IDs/s ({what})", []).append(rate)
@@ -378,7 +408,8 @@ def main() -> None:
                     assert comparison is not None
                     batch = measure_batch(ctx, versions[side, kind], False, args.seconds)
                     for what, rate in batch.items():
-                        comparison.add(side, f"{kind} batch IDs/s ({what})", rate)
+                        if "CPU" not in what:  # by CPU time: the in-process figures below
+                            comparison.add(side, f"{kind} batch IDs/s ({what})", rate)
                 for side, kind in pairs:
                     assert comparison is not None
                     where = os.path.join(tmp, side, f"{kind}-requests-{r}")
@@ -415,7 +446,13 @@ def main() -> None:
         single = ratio(f"{name} x1 round trips/s", "echo x1 round trips/s")
         four = ratio(f"{name} x4 round trips/s", "echo x4 round trips/s")
         print(f"ratio {name}/echo round trips, 1 client: {single:.2f}; 4 clients: {four:.2f}")
-        for kind in ("alloc+free", "alloc", "free"):
+        single_cpu = ratio(f"{name} x1 round trips per CPU-second",
+                           "echo x1 round trips per CPU-second")
+        four_cpu = ratio(f"{name} x4 round trips per CPU-second",
+                         "echo x4 round trips per CPU-second")
+        print(f"ratio {name}/echo round trips per CPU-second, 1 client: {single_cpu:.2f}; "
+              f"4 clients: {four_cpu:.2f}")
+        for kind in ("alloc+free", "alloc", "free", "alloc+free per CPU-second"):
             r = ratio(f"{name} batch IDs/s ({kind})", f"echo batch IDs/s ({kind})")
             print(f"ratio {name}/echo, batch {kind}: {r:.4f}")
         batch = med[f"{name} batch IDs/s (alloc+free)"]
@@ -423,11 +460,15 @@ def main() -> None:
               f"{'met' if single >= 0.5 else 'MISSED'}; batch {batch:,.0f} IDs/s >= 200,000: "
               f"{'met' if batch >= 200_000 else 'MISSED'}")
     if args.store:
-        for key in ("x1 round trips/s", "x4 round trips/s", "batch IDs/s (alloc+free)"):
+        for key in ("x1 round trips/s", "x4 round trips/s", "batch IDs/s (alloc+free)",
+                    "x1 round trips per CPU-second", "x4 round trips per CPU-second",
+                    "batch IDs/s (alloc+free per CPU-second)"):
             print(f"ratio ioasid+store/ioasid, {key}: "
                   f"{ratio(f'ioasid+store {key}', f'ioasid {key}'):.2f}")
     if comparison is not None:
         comparison.print()
+    if busy is not None:
+        busy.kill()
 
 if __name__ == "__main__":
     main()

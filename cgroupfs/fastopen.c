@@ -1,7 +1,18 @@
 /*
- * The `open` of the cgroup file system in C, so that an open costs no Python call.
+ * The mount's C parts: its `open`, so that an open costs no Python call, and its loop, so that
+ * the file system hears that the loop ended before libfuse tears the session down.
  *
- * Contract (cgroupfs/fastopen.py loads this and installs fastopen_open as the mount's `open`):
+ * Contract of fastopen_main (cgroupfs/fastopen.py calls it where mfusepy calls fuse_main_real,
+ * with the same arguments and the same result, 0 or 1):
+ * - It mounts, serves with libfuse's multi-threaded loop (or the single-threaded one for -s)
+ *   in the foreground until the session ends (an unmount from outside, a signal, fuse_exit),
+ *   then calls loop_ended(), then unmounts and destroys the session. A file system that sends
+ *   notifications (fuse_invalidate_path) from threads of its own stops in loop_ended(): once
+ *   it returns, libfuse frees its node table, closes the device and frees the struct fuse, and
+ *   a notification after that reads freed memory or writes into a reused descriptor.
+ * - loop_ended() runs on the calling thread with no libfuse worker left; it may block.
+ *
+ * Contract of the open (cgroupfs/fastopen.py installs fastopen_open as the mount's `open`):
  * - fi->fh is the opener's credentials, uid | gid << 32, as cgroupfs.operations.opener_handle
  *   packs them (from fuse_get_context(), the opener's fsuid and fsgid).
  * - A file whose name is in the "python" list is opened by the Python handler registered for
@@ -12,13 +23,16 @@
  * - It never fails, as the Python handler: the kernel has found the file and checked its mode.
  * Lists are names separated by NUL bytes, ending with an empty name; they are copied.
  */
-#define FUSE_USE_VERSION 31
+#define FUSE_USE_VERSION 312	/* the loop's configuration (libfuse 3.12) */
 
 #include <errno.h>
 #include <fcntl.h>
 #include <fuse.h>
+#include <fuse_lowlevel.h>
 #include <pthread.h>
+#include <limits.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #define LIST_MAX 1024
@@ -118,4 +132,57 @@ int fastopen_open(const char *path, struct fuse_file_info *fi)
 	else
 		fi->direct_io = 1;
 	return 0;
+}
+
+typedef void (*loop_ended_handler)(void);
+
+int fastopen_main(int argc, char *argv[], const struct fuse_operations *op, size_t op_size,
+		  void *user_data, loop_ended_handler loop_ended)
+{
+	struct fuse_args args = FUSE_ARGS_INIT(argc, argv);
+	struct fuse_cmdline_opts opts;
+	struct fuse_loop_config *config;
+	struct fuse_session *se;
+	struct fuse *fuse;
+	int res = 1;
+
+	memset(&opts, 0, sizeof(opts));
+	if (fuse_parse_cmdline(&args, &opts) != 0)
+		return 1;
+	if (opts.mountpoint == NULL || !opts.foreground || opts.show_help || opts.show_version)
+		goto out_args;	/* mfusepy always names a mount point and asks for -f */
+	fuse = fuse_new(&args, op, op_size, user_data);
+	if (fuse == NULL)
+		goto out_args;
+	if (fuse_mount(fuse, opts.mountpoint) != 0)
+		goto out_fuse;
+	se = fuse_get_session(fuse);
+	if (fuse_set_signal_handlers(se) != 0)
+		goto out_unmount;
+	if (opts.singlethread) {
+		res = fuse_loop(fuse);
+	} else {
+		config = fuse_loop_cfg_create();
+		if (config == NULL) {
+			res = 1;
+		} else {
+			fuse_loop_cfg_set_clone_fd(config, opts.clone_fd);
+			if (opts.max_idle_threads != UINT_MAX)	/* set only when asked for */
+				fuse_loop_cfg_set_idle_threads(config, opts.max_idle_threads);
+			fuse_loop_cfg_set_max_threads(config, opts.max_threads);
+			res = fuse_loop_mt(fuse, config);
+			fuse_loop_cfg_destroy(config);
+		}
+	}
+	loop_ended();
+	fuse_remove_signal_handlers(se);
+	res = res != 0;
+out_unmount:
+	fuse_unmount(fuse);
+out_fuse:
+	fuse_destroy(fuse);
+out_args:
+	free(opts.mountpoint);
+	fuse_opt_free_args(&args);
+	return res;
 }

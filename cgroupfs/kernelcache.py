@@ -31,6 +31,10 @@ Contract:
   flight, whose handler may need the lock.
 * A file is invalidated only if it was held: a file nobody read since its last invalidation
   costs nothing.
+* Nothing is held, and nothing invalidated, before ``attach`` (libfuse's ``init``) nor after
+  ``detach``, which the mount calls when libfuse's loop ends, before libfuse tears the session
+  down (a notification after that would read freed memory): ``detach`` waits for an
+  invalidation in flight, and no other starts after it.
 """
 
 from __future__ import annotations
@@ -95,7 +99,8 @@ class KernelCache:
         self.system.lock.after_release(self.flush, self._pending)
 
     def detach(self) -> None:
-        """The mount ends (``destroy``): forget what is held and stop invalidating."""
+        """The mount ends (its loop ended, or it is being unmounted): forget what is held and
+        stop invalidating, once an invalidation in flight is done. Idempotent."""
         with self._fuse_lock:
             self._fuse = None
         with self.system.lock:
@@ -106,8 +111,15 @@ class KernelCache:
         self._pending.clear()
 
     # ------------------------------------------------------------------ what is held
+    @property
+    def attached(self) -> bool:
+        """Whether the mount is served and its files are invalidated (see ``attach``)."""
+        return self._fuse is not None
+
     def note(self, cg: Cgroup, name: str) -> None:
         """The kernel is about to be told of file ``name`` of ``cg`` (see the module)."""
+        if self._fuse is None:  # not serving: nothing will be invalidated
+            return
         with self._lock:
             bit = self._bits.get(name)
             if bit is None:  # a name never seen: the names are those of the file tables

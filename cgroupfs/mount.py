@@ -59,13 +59,15 @@ _libc.umount2.argtypes = (ctypes.c_char_p, ctypes.c_int)
 class CgroupMount:
     """A mounted hierarchy, served by a background thread until it is unmounted."""
 
-    def __init__(self, system: System, mountpoint: str, options: dict[str, object]) -> None:
+    def __init__(self, system: System, mountpoint: str, options: dict[str, object], *,
+                 kernel_cache: bool = True) -> None:
         self.mountpoint = mountpoint
         self.system = system
         self._options = options
         self._error: BaseException | None = None
         self._settled = threading.Event()  # the kernel connected, or the thread ended
-        self.operations = CgroupOperations(system, on_init=self._initialised)
+        self.operations = CgroupOperations(system, on_init=self._initialised,
+                                           kernel_cache=kernel_cache)
         self._fast: fastopen.Serving | None = None
         self._ended = threading.Event()
         self._lock = threading.Lock()
@@ -129,7 +131,9 @@ class CgroupMount:
 
     def _serve(self) -> None:
         try:
-            with fastopen.serving(self.operations) as self._fast:
+            # the kernel cache stops invalidating when libfuse's loop ends, before libfuse
+            # tears the session down: whoever unmounted (us, fusermount, umount)
+            with fastopen.serving(self.operations, self.operations.cache.detach) as self._fast:
                 mfusepy.FUSE(self.operations, self.mountpoint, raw_fi=True, **self._options)
         except BaseException as exc:  # reported by mount() or kept for wait()
             self._error = exc
@@ -166,8 +170,8 @@ class CgroupMount:
         otherwise ``fusermount3 -u -z`` detaches it and the thread ends with the last holder.
         """
         self._stop_notifier()
-        # no invalidation may race the unmount: libfuse frees its path cache before it calls
-        # ``destroy``, and an invalidation walking it then crashed the process
+        # nothing left to invalidate once the mount goes: stop now rather than when the loop
+        # ends (which is where an unmount from outside stops it)
         self.operations.cache.detach()
         with self._lock:
             if not self._ended.is_set():
@@ -196,7 +200,9 @@ def mount(system: System, mountpoint: str, *, allow_other: bool = True,
     a background thread (multi-threaded libfuse3 loop, mfusepy), with ``default_permissions``
     and ``allow_other`` (when ``/etc/fuse.conf`` or root allows it); the kernel caches
     attributes and the contents of the files that follow the model, and is told when they
-    change (``cgroupfs.kernelcache``).
+    change (``cgroupfs.kernelcache``). That needs the mount's C loop (``cgroupfs.fastopen``),
+    which stops the notifications before libfuse tears the session down: without the shared
+    object, the kernel keeps attributes for a second (libfuse's default) and no contents.
 
     Returns once the mount is live (``mountpoint/cgroup.procs`` exists). Raises ``OSError`` with
     a clear message on failure: ``ENODEV`` without ``/dev/fuse``, ``EBUSY`` for a mount point
@@ -221,10 +227,11 @@ def mount(system: System, mountpoint: str, *, allow_other: bool = True,
         log.warning("allow_other dropped: not root and no user_allow_other in /etc/fuse.conf",
                     mountpoint=mountpoint)
         allow_other = False
+    kernel_cache = fastopen.library() is not None
     options: dict[str, object] = {
         "foreground": True,
         "default_permissions": True,
-        "attr_timeout": ATTR_TIMEOUT,
+        "attr_timeout": ATTR_TIMEOUT if kernel_cache else 1.0,
         # read-only opens send no FLUSH on close: nothing is kept per open file
         "no_rofd_flush": True,
         "fsname": fsname,
@@ -236,7 +243,7 @@ def mount(system: System, mountpoint: str, *, allow_other: bool = True,
     }
     if allow_other:
         options["allow_other"] = True
-    handle = CgroupMount(system, mountpoint, options)
+    handle = CgroupMount(system, mountpoint, options, kernel_cache=kernel_cache)
     handle._start()
     return handle
 

@@ -107,12 +107,16 @@ def _caused_by(uid: int) -> contextlib.AbstractContextManager[None]:
 
 
 class CgroupOperations(mfusepy.Operations):
-    """The file system over ``system``; ``on_init`` is called once the kernel connected."""
+    """The file system over ``system``; ``on_init`` is called once the kernel connected. With
+    ``kernel_cache`` false, every open is ``direct_io`` and nothing is invalidated (for a
+    mount whose loop cannot stop notifications in time: ``cgroupfs.mount``)."""
 
     use_ns = True
 
-    def __init__(self, system: System, *, on_init: Callable[[], None] | None = None) -> None:
+    def __init__(self, system: System, *, on_init: Callable[[], None] | None = None,
+                 kernel_cache: bool = True) -> None:
         self.system = system
+        self.kernel_cache = kernel_cache
         self._on_init = on_init
         self.started_ns = time.time_ns()
         self._renderings: OrderedDict[tuple[Cgroup, str], tuple[float, bytes]] = OrderedDict()
@@ -196,7 +200,8 @@ class CgroupOperations(mfusepy.Operations):
         truncating a cgroup file changes nothing, so no truncation round trip is needed)."""
         if conn is not None and conn.capable & FUSE_CAP_ATOMIC_O_TRUNC:
             conn.want |= FUSE_CAP_ATOMIC_O_TRUNC
-        self.cache.attach(current_fuse())
+        if self.kernel_cache:
+            self.cache.attach(current_fuse())
         if self._on_init is not None:
             self._on_init()
 
@@ -271,7 +276,7 @@ class CgroupOperations(mfusepy.Operations):
         uid, gid, _pid = mfusepy.fuse_get_context()
         fi.fh = opener_handle(uid, gid)
         cached = False
-        if fi.flags & O_ACCMODE == O_RDONLY:
+        if self.kernel_cache and fi.flags & O_ACCMODE == O_RDONLY:
             try:
                 _cg, file = self._resolve(path)
             except IoasidError:

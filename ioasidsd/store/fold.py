@@ -432,7 +432,9 @@ class Folder:
                 batch, self._pending = self._pending, []
                 kinds, self._kinds = self._kinds, []
                 self._pending_bytes = 0
-                keep = self._rotate()
+                keep, written = self._rotate()
+            if written is not None:  # no append reaches it any more
+                written.close()
             failure = self._try_fold(batch)
             if failure is None:
                 self._remove_before(keep)
@@ -488,18 +490,18 @@ class Folder:
         with self._lock:
             del self._segments[:removed]  # only this thread removes, and from the front
 
-    def _rotate(self) -> int:
+    def _rotate(self) -> tuple[int, journal.SegmentWriter | None]:
         """Start a new segment for the records to come; returns the number below which every
         segment holds only records taken now (the new one, or the current one when a new one
-        cannot be made)."""
+        cannot be made), and the segment written until now, for the caller to close once it
+        has released the lock (closing cuts the file to its records: up to tens of
+        milliseconds on a busy machine, which every change waiting for the lock would pay)."""
         try:
             writer = self._new_segment()
         except OSError:
-            return self._writer.number if self._writer is not None else self._next
-        if self._writer is not None:
-            self._writer.close()
-        self._writer = writer
-        return writer.number
+            return (self._writer.number if self._writer is not None else self._next), None
+        old, self._writer = self._writer, writer
+        return writer.number, old
 
     def _try_fold(self, batch: list[bytes]) -> str | None:
         try:

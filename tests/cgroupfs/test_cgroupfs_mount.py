@@ -128,3 +128,72 @@ def test_a_libfuse_failure_is_a_clear_oserror(mountdir: Path, monkeypatch) -> No
     assert failed.value.errno == errno.EINVAL
     assert str(mountdir) in str(failed.value) and "libfuse could not mount" in str(failed.value)
     assert not is_mounted(mountdir)
+
+
+def test_an_unmount_from_outside_stops_invalidations_before_libfuse_tears_down(
+        mountdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """After its loop ends, libfuse frees its node table, closes ``/dev/fuse`` and only then
+    calls ``destroy``: an invalidation sent from another thread in between reads freed memory
+    (a crash) or writes into a reused descriptor. The mount stops invalidating when the loop
+    ends: by ``destroy``, whoever unmounted, nothing is held and nothing can be sent."""
+    from cgroupfs import fastopen
+
+    if not fastopen.LIBRARY.exists():
+        pytest.skip("cgroupfs/_fastopen.so not built (scripts/bootstrap needs cc and "
+                    "libfuse3-dev); without it the mount keeps no kernel cache")
+    system = System()
+    handle = mount(system, str(mountdir))
+    system.mkdir("/a")
+    (mountdir / "a" / "ioasids.max").read_text()  # held by the kernel from now on
+    cache = handle.operations.cache
+    assert cache.attached and cache.held() >= 1
+    at_destroy: list[tuple[bool, int]] = []
+    real = handle.operations.destroy
+
+    def destroy(path: str) -> None:
+        at_destroy.append((cache.attached, cache.held()))
+        real(path)
+
+    monkeypatch.setattr(handle.operations, "destroy", destroy)
+    stop = threading.Event()
+
+    def change() -> None:  # another face's changes, invalidating as the loop ends
+        limit = 0
+        while not stop.is_set():
+            limit = limit % 50 + 1
+            system.write_max("/a", str(limit))
+
+    changer = threading.Thread(target=change)
+    changer.start()
+    try:
+        subprocess.run(["umount", str(mountdir)], check=True, timeout=30)
+        handle.wait()
+    finally:
+        stop.set()
+        changer.join()
+    assert at_destroy == [(False, 0)]
+    system.write_max("/a", "7")  # and changes after the end reach nothing
+    assert not cache.attached and cache.held() == 0
+    handle.unmount()
+
+
+def test_without_the_c_library_the_kernel_caches_no_contents(mountdir: Path,
+                                                             monkeypatch: pytest.MonkeyPatch
+                                                             ) -> None:
+    """Without ``_fastopen.so`` nothing can stop invalidations before libfuse tears the
+    session down, so none are sent: every open is ``direct_io`` and a change made by another
+    face is read at once anyway."""
+    from cgroupfs import fastopen
+
+    monkeypatch.setattr(fastopen, "library", lambda: None)
+    system = System()
+    with mount(system, str(mountdir)) as handle:
+        assert not handle.fast_open
+        system.mkdir("/a")
+        system.write_max("/a", "3")
+        path = mountdir / "a" / "ioasids.max"
+        assert path.read_text() == "3\n"
+        system.write_max("/a", "12")
+        assert path.read_text() == "12\n"
+        assert not handle.operations.cache.attached
+        assert handle.operations.cache.held() == 0 and handle.operations.cache.invalidations == 0

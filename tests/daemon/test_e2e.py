@@ -8,8 +8,10 @@ import select
 import signal
 import stat
 import subprocess
+import sys
+import time
 
-from .daemons import BIN, mounted, pids, read, units_table, wait_until
+from .daemons import BIN, TIMEOUT, mounted, pids, read, units_table, wait_until
 
 
 def test_serve_stop_and_come_back(daemons, tmp_path):
@@ -200,6 +202,75 @@ def test_an_unmount_from_outside_stops_the_daemon(daemons):
     subprocess.run(["fusermount3", "-u", str(d.mount)], check=True)
     assert d.wait() == 1
     assert any(e["event"].startswith("the hierarchy was unmounted") for e in d.events())
+
+
+CHURN = r"""
+import sys
+from ioasidsd.userapi.client import IoasidClient
+client = IoasidClient.open(sys.argv[1])
+pairs = 0
+try:
+    while True:
+        client.free(client.alloc())
+        pairs += 1
+        if pairs == 200:
+            print("churning", flush=True)
+except OSError:  # the daemon went away
+    pass
+"""
+
+
+ROUNDS = 3
+
+
+def _unmount_from_outside(path, how):
+    """``umount`` or ``fusermount3 -u`` (never lazy), retried while a reader holds a file."""
+    deadline = time.monotonic() + TIMEOUT
+    while subprocess.run([*how, str(path)], capture_output=True).returncode != 0:
+        assert time.monotonic() < deadline, f"{how[0]} {path} kept failing"
+
+
+def test_unmounts_from_outside_racing_invalidations_neither_crash_nor_lose_state(daemons):
+    """An unmount from outside ends libfuse's loop while another thread of the daemon (the
+    socket's) is invalidating files the kernel holds: libfuse must not be sent a notification
+    once its loop has ended (it tears the session down: a crash, or a write into a reused
+    descriptor). Each round: many files looked up (a large node table for libfuse to free), a
+    reader keeping the root's counters held, a client allocating and freeing (each change
+    invalidates them), then the unmount; the daemon exits as after any outside unmount, and
+    the next start finds what the last one wrote. (The window is a few microseconds: the
+    ordering itself is checked in ``tests/cgroupfs``.)"""
+    d = daemons()
+    hows = (["umount"], ["fusermount3", "-u"])
+    for round_ in range(ROUNDS):
+        d.start()
+        mnt = d.mount
+        if round_ == 0:
+            for i in range(100):
+                (mnt / f"g{i}").mkdir()
+        else:
+            assert read(mnt / "g0" / "ioasids.max") == f"{100 + round_ - 1}\n"
+            assert len([p for p in mnt.iterdir() if p.is_dir()]) == 100
+        (mnt / "g0" / "ioasids.max").write_text(f"{100 + round_}\n")
+        held = " ".join(str(mnt / f"g{i}" / "ioasids.current") for i in range(100))
+        reader = subprocess.Popen(
+            ["sh", "-c", f"cat {held} >/dev/null; "
+                         f"while cat {mnt}/ioasids.current {mnt}/ioasids.max >/dev/null; do :; "
+                         "done"], stderr=subprocess.DEVNULL)
+        churn = subprocess.Popen([sys.executable, "-c", CHURN, str(d.run)],
+                                 stdout=subprocess.PIPE, text=True)
+        try:
+            assert churn.stdout is not None and churn.stdout.readline() == "churning\n"
+            _unmount_from_outside(mnt, hows[round_ % 2])
+            code = d.wait()
+            assert code == 1, f"the daemon ended with {code} (a negative code is a signal)"
+            assert any(e["event"].startswith("the hierarchy was unmounted") for e in d.events())
+        finally:
+            for proc in (churn, reader):
+                proc.kill()
+                proc.wait()
+    d.start()
+    assert read(d.mount / "g0" / "ioasids.max") == f"{100 + ROUNDS - 1}\n"
+    assert d.stop() == 0
 
 
 def test_ctl_without_a_daemon_is_one_line_and_exit_1(tmp_path):
