@@ -753,28 +753,32 @@ class IoasidCore:
         else:
             self._notify(IoasidNotify.FREE, data, IOASID_NOTIFY_FLAG_ALL | IOASID_NOTIFY_FLAG_SET)
 
-    def free_many_locked(self, ioasid_set: IoasidSet, ids: Iterable[int], *,
-                         task: Any = None) -> bool:
+    def free_many_locked(self, ioasid_set: IoasidSet | None, ids: Iterable[int], *,
+                         task: Any = None) -> set[Any] | None:
         """``free_locked`` of each of ``ids`` (distinct IDs of ``ioasid_set``), made at once
         when that is sure to be the same as one by one: each ID live in the set, holding no
         reference but its allocation's and no SPID, no custom allocator active, and no
-        uncharge that would warn. ``False``, with nothing changed, otherwise: the caller then
-        frees them one by one, which refuses, warns and notifies exactly as it always does.
-        For a caller holding ``core.lock``."""
+        uncharge that would warn. Returns the cgroups the IDs were charged to
+        (``IoasidData.cgroup``, ``None`` among them for an ID charged nowhere). ``None``, with
+        nothing changed, otherwise: the caller then frees them one by one, which refuses,
+        warns and notifies exactly as it always does. For a caller holding ``core.lock``."""
+        if ioasid_set is None:
+            return None
         if self._sets.get(ioasid_set.id) is not ioasid_set or self._active is not None:
-            return False
+            return None
         get = self._ids.get
         datas: list[IoasidData] = []
         for ioasid in ids:
             data = get(ioasid) if 0 <= ioasid < INVALID_IOASID else None
             if (data is None or data.set is not ioasid_set or data.refs != 1
                     or data.state is _FREE_PENDING or data.spid != INVALID_IOASID):
-                return False
+                return None
             datas.append(data)
+        charged = {data.cgroup for data in datas}
         controller = self.controller
         if (ioasid_set.type is _MM and controller is not None
                 and not controller.uncharge_reclaim_many(datas, task)):
-            return False
+            return None
         remove = self._ids.remove
         pooled = 0
         for data in datas:
@@ -786,13 +790,10 @@ class IoasidCore:
         ioasid_set.nr_ioasids -= len(datas)
         self.capacity_avail += pooled
         ioasid_set.xa.difference_update(ids)
-        if (
-            ioasid_set.nr_ioasids == 0
-            and (self._auto_destroy or ioasid_set.free_requested)
-            and self._sets.get(ioasid_set.id) is ioasid_set
-        ):
+        # registered, as checked first (nothing here destroys a set): gone with its last ID
+        if ioasid_set.nr_ioasids == 0 and (self._auto_destroy or ioasid_set.free_requested):
             self._destroy_set(ioasid_set)
-        return True
+        return charged
 
     def free_all_in_set(self, ioasid_set: IoasidSet, *, task: Any = None) -> None:
         """Free every ID of the set's index, ascending (``ioasid_free_all_in_set``).

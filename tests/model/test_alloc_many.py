@@ -177,7 +177,7 @@ def test_bulk_free_is_the_one_by_one_free(setup: dict) -> None:
     before = dump(bulk_world.core)
     messages = list(bulk_world.core.messages)
     with bulk_world.core.lock:
-        done = bulk_world.core.free_many_locked(bulk_set, bulk_ids, task=bulk_task)
+        done = bulk_world.core.free_many_locked(bulk_set, bulk_ids, task=bulk_task) is not None
     with loop_world.core.lock:
         for ioasid in loop_ids:
             loop_world.core.free_locked(loop_set, ioasid, task=loop_task)
