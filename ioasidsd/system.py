@@ -19,7 +19,7 @@ membership, fed by a process tracker, is the reference.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from errno import EINVAL, EIO, ENOENT, EPERM, ESRCH
 from typing import TYPE_CHECKING, Protocol
 
@@ -42,7 +42,9 @@ from ioasidsd.model.ioasid_device import IoasidDevice, IoasidFile
 from ioasidsd.model.ioasids import IoasidsController
 from ioasidsd.model.knobs import Knobs
 from ioasidsd.model.modellock import ModelLock, hold, let_go
+from ioasidsd.model.snapshot import dump as snapshot_dump
 from ioasidsd.model.snapshot import is_removed
+from ioasidsd.model.snapshot import load as snapshot_load
 from ioasidsd.model.unified import UnifiedHierarchy
 from ioasidsd.model.workqueue import OrderedWorkQueue
 from ioasidsd.vtd_binder import VtdGuestBinder
@@ -73,6 +75,10 @@ class KernelMembership(Protocol):
 
     def procs(self, path: str) -> list[int]: ...
     def tasks(self, path: str) -> list[int]: ...
+
+
+def _no_file(path: str, name: str) -> None:
+    raise IoasidError(ENOENT, f"{path} has no {name}")
 
 
 def _kernel_error(exc: OSError, what: str) -> IoasidError:
@@ -266,6 +272,51 @@ class System:
                 raise IoasidError(EINVAL, f"{name} is not a hierarchy limit")
             if changed:
                 self.on_change(Change(ChangeKind.CONTROL, cgroups=(cg,)))
+
+    # ------------------------------------------------------------------ rehearsal
+    def rehearse(self, steps: Sequence[tuple[str, str | None, str]]) -> None:
+        """Whether every one of ``steps`` would be granted now, in order, tried on a copy of the
+        model: this one is not changed and nothing is reported. ``(path, None, "")`` makes the
+        cgroup at ``path``; ``(path, name, data)`` writes ``data`` to its control file ``name``
+        as the mount would (``ioasids.max``, ``notify_on_release``, ``cgroup.clone_children``,
+        the root's ``release_agent``; on v2 also ``cgroup.subtree_control``,
+        ``cgroup.max.depth``, ``cgroup.max.descendants``).
+
+        Returns when all would be granted; raises the first refusal's ``IoasidError``, its
+        message led by the step (``create PATH: `` or ``PATH NAME: ``); ``EINVAL`` for a file
+        no step may write. File permissions are the face's to check, not this. The copy costs a
+        snapshot of the whole model, taken under the lock.
+        """
+        shadow = System(self.knobs, hierarchy="v2" if isinstance(self.cgroups, UnifiedHierarchy)
+                        else "v1")
+        with self.lock:
+            record = snapshot_dump(self.core)
+        snapshot_load(record, shadow.core)
+        writes: dict[str, Callable[[str, str], None]] = {
+            "ioasids.max": shadow.write_max,
+            "notify_on_release": lambda p, d: shadow.write_flag(p, "notify_on_release", d),
+            "cgroup.clone_children": lambda p, d: shadow.write_flag(p, "cgroup.clone_children",
+                                                                    d),
+            "release_agent": lambda p, d: shadow.write_release_agent(d) if p.strip("/") == ""
+            else _no_file(p, "release_agent"),
+            "cgroup.subtree_control": shadow.write_subtree_control,
+            "cgroup.max.depth": lambda p, d: shadow.write_hierarchy_limit(p, "cgroup.max.depth",
+                                                                          d),
+            "cgroup.max.descendants": lambda p, d: shadow.write_hierarchy_limit(
+                p, "cgroup.max.descendants", d),
+        }
+        for path, name, data in steps:
+            try:
+                if name is None:
+                    shadow.mkdir(path)
+                elif name in writes:
+                    writes[name](path, data)
+                else:
+                    raise IoasidError(EINVAL, f"{name} is not a file a step may write")
+            except IoasidError as exc:
+                shown = path if path.isprintable() else repr(path)
+                what = f"create {shown}" if name is None else f"{shown} {name}"
+                raise IoasidError(exc.errno or EIO, f"{what}: {exc.strerror}") from None
 
     # ------------------------------------------------------------------ processes
     def process(self, pid: int) -> Process:

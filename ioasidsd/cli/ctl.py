@@ -459,7 +459,7 @@ def get(env: Env, names: tuple[str, ...], no_header: bool, values_only: bool, as
         click.echo("\n".join(out))
 
 
-def _capacity_cause(env: Env) -> str | None:
+def capacity_cause(env: Env) -> str | None:
     """``capacity N, reserved R`` from the root's ``ioasids.capacity``, if readable."""
     try:
         fields = dict(line.split() for line in _read(env, "/", "ioasids.capacity").splitlines())
@@ -482,7 +482,7 @@ def _write(env: Env, shown: str, path: str, name: str, value: str) -> None:
     except OSError as exc:
         cause = None
         if exc.errno == errno.ENOSPC and name == f"{CONTROLLER}.max":
-            cause = _capacity_cause(env)
+            cause = capacity_cause(env)
         elif exc.errno == errno.EINVAL and name == f"{CONTROLLER}.max":
             cause = f"{value!r} is not a number or max"
         elif exc.errno == errno.ERANGE:
@@ -745,16 +745,10 @@ def snapshot(env: Env, output: str | None) -> None:
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.pass_obj
 def restore(env: Env, force: bool, file: str) -> None:
-    """Create the cgroups a snapshot holds that are missing and write their values. Where an
-    existing cgroup has other values, nothing is changed (exit status 1) unless --force."""
-    from ioasidsd.cli.snapshot import (
-        SUBTREE_CONTROL,
-        SnapshotFileError,
-        load,
-        plan,
-        read_tree,
-        subtree_control_write,
-    )
+    """Create the cgroups a snapshot holds that are missing and write their values. All or
+    nothing: where an existing cgroup has other values (unless --force), or where the daemon
+    would refuse a step, nothing is changed (exit status 1)."""
+    from ioasidsd.cli.snapshot import SnapshotFileError, load, plan, read_tree
 
     try:
         with open(file, "rb") as f:
@@ -765,33 +759,19 @@ def restore(env: Env, force: bool, file: str) -> None:
         fail(f"restore: {file}: {exc}")
     if not env.mount.is_dir():
         fail(f"{env.mount}: the hierarchy is not mounted there (is ioasidsd running?)")
+    new_max = str(env.call("status")["knobs"].get("new_cgroup_max", "max"))
     try:
-        steps, conflicts = plan(wanted, read_tree(env.mount))
+        steps, conflicts = plan(wanted, read_tree(env.mount), new_max)
     except SnapshotFileError as exc:
         fail(f"restore: {exc}")
     if conflicts and not force:
         fail(f"restore: {len(conflicts)} existing value{'s' if len(conflicts) > 1 else ''} "
              f"differ ({conflicts[0]}{', ...' if len(conflicts) > 1 else ''}); nothing "
              f"changed (--force overwrites them)")
-    for path, name, value in steps:
-        if name is not None:
-            try:  # a cgroup just made may have the value already (v4 refuses rewriting it)
-                have = _read(env, path, name).removesuffix("\n")
-            except OSError:
-                have = None
-            if have == value:
-                continue
-            if name == SUBTREE_CONTROL:
-                value = subtree_control_write(have or "", value)
-        if name is None:
-            try:
-                os.mkdir(env.dir(path))
-            except FileExistsError:
-                pass
-            except OSError as exc:
-                fail(oserror(f"restore: create {path}", exc))
-        else:
-            _write(env, path, path, name, value)
+    from ioasidsd.cli.restore import apply, rehearse
+
+    rehearse(env, steps)
+    apply(env, steps)
 
 
 # ---------------------------------------------------------------------- /dev/ioasid

@@ -28,7 +28,8 @@ from ioasidsd.system import System
 from ioasidsd.vtd import VtdDriver
 
 __all__ = ["EVENTS_MAX", "SCHEMA", "TOP_COLUMNS", "TRACE_EVENTS_MAX", "VERBS", "Service",
-           "Verb", "events", "ids", "status", "top", "tree", "vtd", "vtd_summary", "which"]
+           "Verb", "events", "ids", "rehearse", "status", "top", "tree", "vtd", "vtd_summary",
+           "which"]
 
 SCHEMA = 1
 """The ``schema`` of the replies of ``tree``, ``top``, ``ids``, ``events`` and ``which``: their
@@ -379,6 +380,26 @@ def events(service: Service, request: dict[str, Any], peer: Peer) -> dict[str, A
             "last_seq": last, "events": found[-limit:]}
 
 
+def rehearse(service: Service, request: dict[str, Any], peer: Peer) -> dict[str, Any]:
+    """``{"verb": "rehearse", "steps": [[PATH, NAME, DATA], ...]}``: whether every step would
+    be granted now, in order (``System.rehearse``: tried on a copy of the model, nothing
+    changed); a step with ``NAME`` ``null`` makes the cgroup ``PATH``, any other writes
+    ``DATA`` to that control file. ``{"schema": 1}`` when all would be; the first refusal's
+    errno otherwise, its message naming the step. It neither changes nor shows anything, so
+    it is the same for every caller (file permissions are checked by the caller, on the
+    mount). ``EINVAL`` for a malformed list."""
+    steps = request.get("steps")
+    if not isinstance(steps, list) or any(
+            not isinstance(step, list) or len(step) != 3 or not isinstance(step[0], str)
+            or not isinstance(step[1], str | None) or not isinstance(step[2], str)
+            for step in steps):
+        raise IoasidError(errno.EINVAL, "steps must be a list of [path, name or null, data]")
+    checked = [(_path({"path": path}), name, data) for path, name, data in steps]
+    _system(service).rehearse(checked)
+    return {"schema": SCHEMA}
+
+
 VERBS: dict[str, Verb] = {"status": status, "vtd": vtd, "tree": tree, "top": top,
-                          "which": which, "ids": ids, "events": events}
+                          "which": which, "ids": ids, "events": events,
+                          "rehearse": rehearse}
 """Every verb the daemon serves, by name."""

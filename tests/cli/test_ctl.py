@@ -227,6 +227,38 @@ def test_snapshot_and_restore_round_trip(served: Served, tmp_path) -> None:
     served.ok("delete", "-r", "/snap")
 
 
+def test_a_restore_the_daemon_would_refuse_part_way_changes_nothing(served: Served,
+                                                                     tmp_path) -> None:
+    """The third step of this snapshot is refused (a child's limit larger than what its
+    parent's limit leaves, ENOSPC): the cgroups and the limit before it are not made either."""
+    before = served.ok("snapshot")
+    bad = tmp_path / "refused.toml"
+    bad.write_text('schema = 1\n["/rr"]\n"ioasids.max" = "5"\n'
+                   '["/rr/a"]\n"ioasids.max" = "4"\n["/rr/b"]\n"ioasids.max" = "2"\n')
+    line = one_line_error(served.ctl("restore", str(bad)), 1)
+    assert "ENOSPC" in line and "/rr/b ioasids.max" in line and "nothing changed" in line
+    assert not (served.mount / "rr").exists()
+    assert served.ok("snapshot") == before
+    # a path the daemon refuses to make (a newline in a name) is refused whole as well
+    bad.write_text('schema = 1\n["/rq"]\n"ioasids.max" = "1"\n["/rq/a\\nb"]\n')
+    line = one_line_error(served.ctl("restore", str(bad)), 1)
+    assert "EINVAL" in line and "nothing changed" in line
+    assert served.ok("snapshot") == before
+
+
+def test_a_restore_refused_while_it_is_applied_is_undone(served: Served, tmp_path) -> None:
+    """When a step is refused after the rehearsal passed (here: the snapshot is too long to be
+    rehearsed in one request), the steps already made are undone."""
+    before = served.ok("snapshot")
+    big = tmp_path / "big.toml"
+    tables = "".join(f'["/ru/c{i:04}"]\n"ioasids.max" = "1"\n' for i in range(1500))
+    big.write_text(f'schema = 1\n["/ru"]\n"ioasids.max" = "1499"\n{tables}')
+    line = one_line_error(served.ctl("restore", str(big)), 1)
+    assert "ENOSPC" in line and "/ru/c1499 ioasids.max" in line and "nothing changed" in line
+    assert not (served.mount / "ru").exists()
+    assert served.ok("snapshot") == before
+
+
 def test_a_user_may_do_what_the_file_system_lets_it_and_sees_its_own(served: Served,
                                                                      tenant) -> None:
     served.ok("create", "/ten")

@@ -4,7 +4,7 @@ the errors of bad arguments."""
 
 from __future__ import annotations
 
-from errno import EINVAL, ENOENT, ESRCH
+from errno import EINVAL, ENOENT, ENOSPC, ESRCH
 from typing import Any
 
 import pytest
@@ -136,6 +136,10 @@ def test_events_shows_root_every_refusal_and_a_user_its_own(world) -> None:
     (verbs.events, {"path": "/nope"}, ENOENT),
     (verbs.events, {"after": -1}, EINVAL),
     (verbs.events, {"limit": 0}, EINVAL),
+    (verbs.rehearse, {"steps": "/a"}, EINVAL),
+    (verbs.rehearse, {"steps": [["/a", "ioasids.max"]]}, EINVAL),
+    (verbs.rehearse, {"steps": [["/a/../c", None, ""]]}, EINVAL),
+    (verbs.rehearse, {"steps": [["/a/b", "ioasids.max", "3"]]}, ENOSPC),
 ])
 def test_a_bad_argument_is_an_errno_and_changes_nothing(world, verb, request_, code) -> None:
     before = verbs.top(world, {}, ROOT)
@@ -146,4 +150,4 @@ def test_a_bad_argument_is_an_errno_and_changes_nothing(world, verb, request_, c
 
 
 def test_every_new_verb_is_served() -> None:
-    assert {"tree", "top", "which", "ids", "events"} <= set(verbs.VERBS)
+    assert {"tree", "top", "which", "ids", "events", "rehearse"} <= set(verbs.VERBS)
