@@ -403,6 +403,62 @@ class System:
                 self.cgroups.exit(proc)
                 self.on_change(Change(ChangeKind.EXIT, processes=(proc,)))
 
+    # ------------------------------------------------------------------ member lists
+    def member_pids(self, cg: Cgroup, *, threaded_subtree: bool = False) -> list[int]:
+        """The process ids ``cgroup.procs`` of ``cg`` lists, ascending, without duplicates.
+
+        A non-root cgroup lists its member processes that still run: the model may still hold
+        a process whose exit the tracker has not reported yet, so each is checked against the
+        machine (pid and start time, through ``processes``). The root lists every process of
+        the machine that is in no child cgroup, as in a kernel cgroup-v1 hierarchy. With
+        ``threaded_subtree``, the processes of ``cg``'s threaded descendants too (a v2
+        threaded domain lists every process with a thread in its threaded subtree). With
+        membership kept by the kernel, the kernel's list of the mirrored cgroup (``ENOENT``
+        if it is gone from there meanwhile). The lock is held only to copy the members; the
+        checks against the machine run without it."""
+        kernel = self.kernel
+        if kernel is not None:
+            return self._kernel_list(kernel.procs, cg)
+        if cg.parent is None:
+            return self._root_pids()
+        with self.lock:
+            members = [(proc.pid, proc.start_time) for proc in cg.procs]
+            if threaded_subtree:
+                members += [(proc.pid, proc.start_time) for node in cg.descendants()
+                            if node.threaded for proc in node.procs]
+        alive = self.processes.alive
+        return sorted({pid for pid, start in members if alive(pid, start)})
+
+    def member_tids(self, cg: Cgroup) -> list[int]:
+        """The thread ids ``tasks`` of ``cg`` lists, ascending: those of ``member_pids``
+        (with membership kept by the kernel, the kernel's own list)."""
+        kernel = self.kernel
+        if kernel is not None:
+            return self._kernel_list(kernel.tasks, cg)
+        thread_ids = self.processes.thread_ids
+        return sorted(tid for pid in self.member_pids(cg) for tid in thread_ids(pid))
+
+    def _kernel_list(self, read: Callable[[str], list[int]], cg: Cgroup) -> list[int]:
+        with self.lock:
+            path = cg.path
+        try:
+            return read(path)
+        except OSError as exc:
+            raise IoasidError(exc.errno or ENOENT, f"{path}: {exc.strerror or exc}") from None
+
+    def _root_pids(self) -> list[int]:
+        """Every process of the machine except those that live in a child cgroup."""
+        with self.lock:
+            root = self.cgroups.root
+            elsewhere = {proc.pid: proc.start_time for proc in self.cgroups.processes.values()
+                         if proc.cgroup is not root}
+        pids = self.processes.all_pids()
+        if not elsewhere:
+            return sorted(pids)
+        alive = self.processes.alive
+        # A tracked pid whose process has gone may have been reused by a process of the root.
+        return sorted(pid for pid in pids if pid not in elsewhere or not alive(pid, elsewhere[pid]))
+
     # ------------------------------------------------------------------ file attributes
     def set_attrs(self, path: str, changes: Mapping[str, Mapping[str, int]]) -> None:
         """Record file attributes of the cgroup at ``path`` (``chmod``, ``chown``, ``touch``

@@ -185,8 +185,10 @@ def tree(service: Service, request: dict[str, Any], peer: Peer) -> dict[str, Any
     """``{"verb": "tree", "path": P, "all": false}``: ``P`` (default ``/``) and the cgroups
     below it, parents first, by name; each with ``path``, ``current``, ``max`` (``null``:
     no limit), ``peak``, ``events``, ``over`` (``current > max``, which moving a process in can
-    cause) and ``procs``, its member processes (``pid``, ``command``). Without ``all``, a
-    cgroup with no process in it or below it is left out (``P`` itself never is). Processes
+    cause) and ``procs``, its member processes (``pid``, ``command``) as its ``cgroup.procs``
+    lists them (``System.member_pids``: the root lists every process in no child cgroup).
+    Without ``all``, a cgroup with no process in it or below it is left out (``P`` itself
+    never is). Processes
     are shown to every caller, as ``ps`` shows them. ``EINVAL`` for a bad path, ``ENOENT``
     for a missing cgroup."""
     path = _path(request)
@@ -194,8 +196,8 @@ def tree(service: Service, request: dict[str, Any], peer: Peer) -> dict[str, Any
     system = _system(service)
     with system.lock:
         top_cg = _lookup(system, path)
-        found = [(cg, _row(system, cg), sorted(p.pid for p in cg.procs))
-                 for cg in top_cg.descendants()]
+        rows = [(cg, _row(system, cg)) for cg in top_cg.descendants()]
+    found = [(cg, row, _members(system, cg)) for cg, row in rows]
     if not show_all:
         busy: set[str] = set()
         for cg, _, pids in found:
@@ -208,6 +210,14 @@ def tree(service: Service, request: dict[str, Any], peer: Peer) -> dict[str, Any
         row["procs"] = [{"pid": pid, "command": source.command(pid)} for pid in pids]
         cgroups.append(row)
     return {"schema": SCHEMA, "cgroups": cgroups}
+
+
+def _members(system: System, cg: Cgroup) -> list[int]:
+    """``cg``'s ``cgroup.procs``; none if it went meanwhile."""
+    try:
+        return system.member_pids(cg)
+    except IoasidError:
+        return []
 
 
 TOP_COLUMNS = ("path", "procs", "current", "max", "peak", "events")

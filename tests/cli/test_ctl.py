@@ -126,6 +126,10 @@ def test_tree_top_which_ids_with_a_process_holding_ioasids(served: Served) -> No
         tree = served.ok("tree", "/vm")
         assert tree.splitlines()[:3] == ["/vm (2/max)", "  a (2/3)", f"    {proc.pid} ioasidctl"]
         assert "empty" not in tree and "empty" in served.ok("tree", "--all", "/vm")
+        # the root lists what its cgroup.procs lists: processes the daemon never tracked too
+        whole = json.loads(served.ok("tree", "--json"))["cgroups"][0]
+        assert whole["path"] == "/" and os.getpid() in [p["pid"] for p in whole["procs"]]
+        assert os.getpid() in map(int, (served.mount / "cgroup.procs").read_text().split())
         shape = json.loads(served.ok("tree", "--json", "/vm"))
         assert shape["schema"] == 1
         assert set(shape["cgroups"][1]) == {"path", "current", "max", "peak", "events", "over",

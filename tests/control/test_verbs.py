@@ -77,6 +77,23 @@ def test_tree_hides_cgroups_without_processes_and_marks_those_over_their_limit(w
     assert [c["path"] for c in every["cgroups"]] == ["/a", "/a/b", "/a/empty"]
 
 
+def test_tree_lists_the_processes_cgroup_procs_lists(world, monkeypatch) -> None:
+    """Not only the tracked ones: the root lists every process in no child cgroup; a tracked
+    member that has exited (its exit not reported yet) is not listed."""
+    source = world.system.processes
+    monkeypatch.setattr(source, "all_pids", lambda: sorted(source.live))
+    source.add(30)  # never tracked: in the root
+    shown = {c["path"]: [p["pid"] for p in c["procs"]]
+             for c in verbs.tree(world, {"all": True}, ROOT)["cgroups"]}
+    assert shown["/"] == [30] and shown["/a/b"] == [10] and shown["/c"] == [20]
+    for cg in world.system.cgroups.cgroups():
+        assert shown[cg.path] == world.system.member_pids(cg)
+    del source.live[10]  # exited; the tracker has not said so yet
+    shown = {c["path"]: [p["pid"] for p in c["procs"]]
+             for c in verbs.tree(world, {}, ROOT)["cgroups"]}
+    assert "/a/b" not in shown and shown["/c"] == [20]
+
+
 def test_top_counts_processes_below_and_stops_at_the_depth(world) -> None:
     shown = verbs.top(world, {"depth": 1}, ROOT)
     assert shown["columns"] == {"path": ["/", "/a", "/c"], "procs": [2, 1, 1],
