@@ -24,8 +24,6 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
-from ioasidsd.cli.experiments import experiment
-from ioasidsd.cli.wrap import wrap
 
 if TYPE_CHECKING:  # pathlib and the clients are imported by the verbs that use them
     from collections.abc import Iterator
@@ -41,7 +39,27 @@ MAX_ID = (1 << 31) - 1  # ioasidsd.userapi.client.MAX_ID, kept here to import it
 
 class _OneLineErrors(click.Group):
     """Usage errors as one line on stderr (exit status 2), not click's usage block; bare
-    ``ioasidctl`` prints the usage (exit status 0)."""
+    ``ioasidctl`` prints the usage (exit status 0). ``lazy_commands`` maps a command's name to
+    ``module:attribute``, imported only when that command runs or is listed (``wrap`` and
+    ``experiment`` and what they import cost a verb's start-up otherwise)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.lazy_commands: dict[str, str] = {}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self.lazy_commands})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        where = self.lazy_commands.get(cmd_name)
+        if where is None:
+            return super().get_command(ctx, cmd_name)
+        import importlib
+
+        module, _, name = where.partition(":")
+        command = getattr(importlib.import_module(module), name)
+        assert isinstance(command, click.Command)
+        return command
 
     def main(self, *args: Any, **kwargs: Any) -> Any:
         kwargs["standalone_mode"] = False
@@ -864,5 +882,5 @@ def free(env: Env, ids: tuple[int, ...]) -> None:
         raise SystemExit(1)
 
 
-main.add_command(wrap)
-main.add_command(experiment)
+main.lazy_commands.update({"wrap": "ioasidsd.cli.wrap:wrap",
+                           "experiment": "ioasidsd.cli.experiments:experiment"})
