@@ -24,7 +24,6 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
-
 if TYPE_CHECKING:  # pathlib and the clients are imported by the verbs that use them
     from collections.abc import Iterator
     from pathlib import Path
