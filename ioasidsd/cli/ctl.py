@@ -776,7 +776,13 @@ def restore(env: Env, force: bool, file: str) -> None:
         fail(f"restore: {file}: {exc}")
     if not env.mount.is_dir():
         fail(f"{env.mount}: the hierarchy is not mounted there (is ioasidsd running?)")
-    new_max = str(env.call("status")["knobs"].get("new_cgroup_max", "max"))
+    from ioasidsd.control.client import ControlError
+
+    try:  # what a new cgroup's ioasids.max reads, so that restore writes only what differs
+        new_max = str(env.client.call("status")["knobs"].get("new_cgroup_max", "max"))
+    except ControlError as exc:
+        fail(f"restore: cannot ask the daemon what a new cgroup holds: {exc} (--runtime-dir "
+             f"names it); nothing changed")
     try:
         steps, conflicts = plan(wanted, read_tree(env.mount), new_max)
     except SnapshotFileError as exc:

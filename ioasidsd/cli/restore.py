@@ -5,9 +5,10 @@ write) applied through the mount, so that a user may restore exactly what the sa
 make with ``mkdir`` and ``echo``. Before the first step, ``rehearse`` refuses the whole list
 when one step would be refused: a file or directory the user may not write (checked on the
 mount), or a value the daemon would refuse (the ``rehearse`` control verb tries every step, in
-order, on a copy of the model). If a step is still refused while applying (the hierarchy
-changed in between, or the list was too long to rehearse in one request), ``apply`` undoes the
-steps it made, newest first, before it reports the refusal.
+order, on a copy of the model; root only, as the copy holds the daemon up). If a step is still
+refused while applying (the hierarchy changed in between, the list was too long to rehearse in
+one request, or the caller is not root), ``apply`` undoes the steps it made, newest first,
+before it reports the refusal.
 """
 
 from __future__ import annotations
@@ -41,7 +42,8 @@ def rehearse(env: Env, steps: list[Step]) -> None:
     """Refuse (exit status 1, nothing changed) a restore one of whose ``steps`` would be
     refused: a step on an existing cgroup the caller may not write (``EACCES``), or one the
     daemon would refuse. The daemon is not asked when the steps do not fit in one control
-    request, or when it does not know the verb (then ``apply`` undoes a refused restore)."""
+    request; it does not answer a caller other than root, nor a version without the verb
+    (then ``apply`` undoes a refused restore)."""
     from ioasidsd.control.client import ControlError
     from ioasidsd.control.protocol import MAX_REQUEST
 
@@ -58,8 +60,8 @@ def rehearse(env: Env, steps: list[Step]) -> None:
     try:
         env.client.call("rehearse", steps=wire)
     except ControlError as exc:
-        if exc.error == "EINVAL" and "unknown verb" in str(exc):
-            return  # a daemon older than the verb: apply undoes a refused restore
+        if exc.error == "EPERM" or (exc.error == "EINVAL" and "unknown verb" in str(exc)):
+            return  # not root, or a daemon older than the verb: apply undoes a refusal
         fail(f"restore: {exc} ({exc.error}); nothing changed")
 
 

@@ -395,9 +395,14 @@ def rehearse(service: Service, request: dict[str, Any], peer: Peer) -> dict[str,
     be granted now, in order (``System.rehearse``: tried on a copy of the model, nothing
     changed); a step with ``NAME`` ``null`` makes the cgroup ``PATH``, any other writes
     ``DATA`` to that control file. ``{"schema": 1}`` when all would be; the first refusal's
-    errno otherwise, its message naming the step. It neither changes nor shows anything, so
-    it is the same for every caller (file permissions are checked by the caller, on the
-    mount). ``EINVAL`` for a malformed list."""
+    errno otherwise, its message naming the step. It neither changes nor shows anything (file
+    permissions are checked by the caller, on the mount), but it copies the whole model, which
+    holds the model's lock and the daemon's socket thread for a time that grows with the
+    hierarchy: ``EPERM`` for a caller other than root, so that no user can stall the others
+    with it. ``EINVAL`` for a malformed list."""
+    if peer.uid != 0:
+        raise IoasidError(errno.EPERM, "only root may rehearse: a rehearsal copies the whole "
+                                       "model")
     steps = request.get("steps")
     if not isinstance(steps, list) or any(
             not isinstance(step, list) or len(step) != 3 or not isinstance(step[0], str)

@@ -290,6 +290,25 @@ def test_a_user_may_do_what_the_file_system_lets_it_and_sees_its_own(served: Ser
     served.ok("delete", "/ten", "/other")
 
 
+def test_a_users_refused_restore_is_undone(served: Served, tenant, open_tmp) -> None:
+    """A user other than root gets no rehearsal (it would copy the whole model): its restore
+    is applied through the mount as the file system lets it, and a refused step has the steps
+    before it undone."""
+    served.ok("create", "/deleg")
+    served.ok("set", "-r", "ioasids.max=2", "/deleg")
+    os.chown(served.mount / "deleg", tenant.uid, tenant.gid)
+    before = served.ok("snapshot")
+    wanted = open_tmp / "deleg.toml"
+    wanted.write_text('schema = 1\n["/deleg/a"]\n"ioasids.max" = "2"\n'
+                      '["/deleg/b"]\n"ioasids.max" = "1"\n')
+    wanted.chmod(0o644)
+    env = {"PATH": "/usr/bin:/bin", "HOME": "/", "LC_ALL": "C.UTF-8"}
+    line = one_line_error(served.ctl("restore", str(wanted), user=tenant, env=env), 1)
+    assert "ENOSPC" in line and "/deleg/b ioasids.max" in line and "nothing changed" in line
+    assert served.ok("snapshot") == before
+    served.ok("delete", "/deleg")
+
+
 def test_the_daemon_logs_changes_and_one_user_cannot_flood_the_log(served: Served,
                                                                    tenant) -> None:
     """A user's changes through the mount are logged at most ``burst`` lines per window of

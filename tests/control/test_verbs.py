@@ -4,7 +4,7 @@ the errors of bad arguments."""
 
 from __future__ import annotations
 
-from errno import EINVAL, ENOENT, ENOSPC, ESRCH
+from errno import EINVAL, ENOENT, ENOSPC, EPERM, ESRCH
 from typing import Any
 
 import pytest
@@ -163,6 +163,18 @@ def test_a_bad_argument_is_an_errno_and_changes_nothing(world, verb, request_, c
     with pytest.raises(IoasidError) as info:
         verb(world, request_, ROOT)
     assert info.value.errno == code
+    assert verbs.top(world, {}, ROOT) == before
+
+
+def test_rehearse_is_roots_alone_and_changes_nothing(world) -> None:
+    """A rehearsal copies the whole model: a user other than root may not make the daemon do
+    that (``EPERM``); root's is answered and changes nothing."""
+    steps = {"steps": [["/new", None, ""], ["/new", "ioasids.max", "1"]]}
+    with pytest.raises(IoasidError) as info:
+        verbs.rehearse(world, steps, TENANT)
+    assert info.value.errno == EPERM
+    before = verbs.top(world, {}, ROOT)
+    assert verbs.rehearse(world, steps, ROOT) == {"schema": 1}
     assert verbs.top(world, {}, ROOT) == before
 
 
