@@ -273,8 +273,8 @@ class SocketServer:
     the server's own, closes the listener and removes the socket file; idempotent.
 
     A subclass gives ``_new_loop()``, ``_admit(sock)`` (a connection accepted: keep or close
-    it), ``_refuse(sock, errno, message)`` (see ``Acceptor``), and extends ``_shut()`` to close
-    its connections. ``what`` names the face in the log.
+    it), ``_refuse(sock, errno, message)`` (see ``Acceptor``) and ``close_connections()``.
+    ``what`` names the face in the log.
     """
 
     def __init__(self, path: str | os.PathLike[str], mode: int, log: Any, *, what: str,
@@ -326,10 +326,15 @@ class SocketServer:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)
 
+    def close_connections(self) -> None:
+        """On the loop's thread, when the server stops: close every open connection."""
+        raise NotImplementedError
+
     def _shut(self) -> None:
-        """On the loop's thread: stop listening (a subclass then closes its connections)."""
+        """On the loop's thread: stop listening, then close the connections."""
         assert self._acceptor is not None
         self._acceptor.stop_serving()
+        self.close_connections()
 
 
 # ---------------------------------------------------------------------- logging

@@ -94,9 +94,9 @@ class ControlServer(SocketServer):
     def _new_loop(self) -> EventLoop:
         return EventLoop(self.log, name="control")
 
-    def _shut(self) -> None:
-        """On the loop's thread: stop listening and close every connection."""
-        super()._shut()
+    def close_connections(self) -> None:
+        """On the loop's thread, when the server stops: close every connection (replies not
+        sent are dropped)."""
         for conn in list(self._conns.values()):
             self._close(conn)
 

@@ -124,9 +124,9 @@ class UserApiServer(SocketServer):
         adopted or released after a restart). Idempotent."""
         super().stop()
 
-    def _shut(self) -> None:
-        """On the loop's thread: stop listening, close the connections without releasing."""
-        super()._shut()
+    def close_connections(self) -> None:
+        """On the loop's thread, when the server stops: close the connections without
+        releasing their files."""
         for conn in list(self._conns.values()):
             self._close(conn, release=False)
 
