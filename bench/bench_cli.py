@@ -7,21 +7,30 @@ fast a verb starts.
    against a control server in this process serving a ``System`` of 100 cgroups and one of
    10,000 (a square of parents and children, a process in each child). The rounds alternate
    the two sizes; the figure is the median over rounds of (CPU time of an iteration at
-   10,000) / (CPU time of an iteration at 100), client's and server's together: CPU time,
-   because elapsed time on a busy machine counts the other work that interrupts a long
-   iteration more often than a short one. Target: at most 100 (the cost grows with the
-   hierarchy, not with round trips); the requests the server answered are counted, one per
-   iteration.
+   10,000) / (CPU time of an iteration at 100), client's and server's together. Target: at
+   most 100 (the cost grows with the hierarchy, not with round trips); the requests the
+   server answered are counted, one per iteration.
+   Elapsed time is reported beside it, with the involuntary context switches of an
+   iteration (client and server): on a machine whose cores are busy with other work, an
+   iteration that needs ~15 ms of CPU is preempted again and again and waits for the other
+   runnable tasks (other sessions' autogroups get their share whatever our nice value), while
+   one of ~0.3 ms runs to its end when it wakes up; so the elapsed ratio is the CPU ratio
+   times that waiting, and moves with the machine's load. As root, the benchmark then runs
+   the same rounds again under ``SCHED_FIFO`` (``--fifo``, the bench and its client ahead of
+   every ordinary task, for about a second of CPU): there no iteration is preempted, and the
+   elapsed ratio comes down to the CPU ratio.
 2. start-up: ``ioasidctl status`` as a new process, answered by the same kind of server,
    against ``python -c 'import click'`` with the same interpreter, in alternating rounds; the
-   figure is the median over rounds of their ratio. Both run as installed programs do, with
-   their bytecode written at a first start (``PYTHONDONTWRITEBYTECODE`` is dropped). Target:
-   at most 1.5 (``ioasidctl`` imports lazily what a verb needs).
+   figure is the median over rounds of their ratio of elapsed times (spawn to exit), with the
+   ratio of the CPU times the processes used beside it (steadier on a busy machine). Both
+   run as installed programs do, with their bytecode written at a first start
+   (``PYTHONDONTWRITEBYTECODE`` is dropped). Target: at most 1.5 (``ioasidctl`` imports
+   lazily what a verb needs).
 
 The figures are ratios measured side by side in one run, so that a shared, noisy machine
 affects both sides alike.
 
-    bench_cli.py [--rounds 7] [--iterations 20] [--starts 10]
+    bench_cli.py [--rounds 7] [--iterations 20] [--starts 10] [--no-fifo]
 """
 
 from __future__ import annotations
@@ -29,13 +38,14 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import resource
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import structlog
 
@@ -106,19 +116,31 @@ class Served:
 
 
 CLIENT = """
-import sys, time
+import resource, sys, time
 from ioasidsd.cli.render import format_top
 from ioasidsd.control.client import ControlClient
 client = ControlClient(sys.argv[1])
 for line in sys.stdin:
     n = int(line)
+    switches = resource.getrusage(resource.RUSAGE_SELF).ru_nivcsw
     cpu = time.process_time()
     for _ in range(n):
         format_top(client.call("top", depth=1 << 16), order="path", header=False)
-    print((time.process_time() - cpu) / n, flush=True)
+    cpu = time.process_time() - cpu
+    switches = resource.getrusage(resource.RUSAGE_SELF).ru_nivcsw - switches
+    print(cpu / n, switches / n, flush=True)
 """
 """The client side of ``top``: a process of its own, as ``ioasidctl top`` is, which runs the
-iterations it is told on stdin and answers the CPU time each took."""
+iterations it is told on stdin and answers the CPU time each took and the times it was
+preempted."""
+
+
+class Iteration(NamedTuple):
+    """What one ``top`` iteration cost, client and server together."""
+
+    cpu: float
+    elapsed: float
+    preempted: float
 
 
 class Client:
@@ -129,20 +151,23 @@ class Client:
         self.proc = subprocess.Popen([sys.executable, "-c", CLIENT, str(served.path)],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
 
-    def cpu(self, n: int) -> float:
-        """The CPU time one of ``n`` iterations takes: the client's and the server's (this
-        process, whose other threads wait meanwhile). CPU time, not elapsed time: on a
-        shared machine a long iteration is interrupted by other work more often than a short
-        one, which elapsed time would count against it."""
+    def run(self, n: int) -> Iteration:
+        """What one of ``n`` iterations costs: CPU time, the client's and the server's (this
+        process, whose other threads wait meanwhile); elapsed time; involuntary context
+        switches (preemptions) of both."""
         assert self.proc.stdin is not None and self.proc.stdout is not None
         before = self.served.requests
+        switches = resource.getrusage(resource.RUSAGE_SELF).ru_nivcsw
         server = time.process_time()
+        start = time.perf_counter()
         self.proc.stdin.write(f"{n}\n")
         self.proc.stdin.flush()
-        client = float(self.proc.stdout.readline())
+        client, client_switches = map(float, self.proc.stdout.readline().split())
+        elapsed = (time.perf_counter() - start) / n
         server = (time.process_time() - server) / n
+        switches = (resource.getrusage(resource.RUSAGE_SELF).ru_nivcsw - switches) / n
         assert self.served.requests - before == n, "one control request per iteration"
-        return client + server
+        return Iteration(client + server, elapsed, client_switches + switches)
 
     def close(self) -> None:
         assert self.proc.stdin is not None
@@ -150,14 +175,86 @@ class Client:
         self.proc.wait()
 
 
-def time_command(argv: list[str], env: dict[str, str]) -> float:
+def time_command(argv: list[str], env: dict[str, str]) -> tuple[float, float]:
+    """Elapsed time from spawn to exit, and the CPU time the process used."""
     start = time.perf_counter()
-    done = subprocess.run(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                          check=False)
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    assert proc.stderr is not None
+    errors = proc.stderr.read()
+    _, status, usage = os.wait4(proc.pid, 0)
     elapsed = time.perf_counter() - start
-    if done.returncode != 0:
-        raise SystemExit(f"{argv[0]} failed: {done.stderr.decode().strip()}")
-    return elapsed
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise SystemExit(f"{argv[0]} failed: {errors.decode().strip()}")
+    return elapsed, usage.ru_utime + usage.ru_stime
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def bench_top(rounds: int, iterations: int, tmp: Path) -> None:
+    small = Served(build(100), tmp / "small")
+    large = Served(build(10_000), tmp / "large")
+    try:
+        clients = Client(small), Client(large)
+        for client in clients:  # warm up
+            client.run(1)
+        smalls, larges = [], []
+        for _ in range(rounds):
+            smalls.append(clients[0].run(iterations * 10))
+            larges.append(clients[1].run(max(2, iterations // 4)))
+        for client in clients:
+            client.close()
+    finally:
+        small.stop()
+        large.stop()
+    policy = "SCHED_FIFO" if os.sched_getscheduler(0) == os.SCHED_FIFO else "ordinary"
+    print(f"top, one iteration (one control request + rendering, client and server; "
+          f"{policy} scheduling, load average {os.getloadavg()[0]:.1f}):")
+    print("                     CPU       elapsed    preempted")
+    for name, runs in (("100 cgroups", smalls), ("10,000 cgroups", larges)):
+        print(f"  {name:15} {median([r.cpu for r in runs]) * 1e3:8.2f} ms "
+              f"{median([r.elapsed for r in runs]) * 1e3:8.2f} ms "
+              f"{median([r.preempted for r in runs]):8.1f}")
+    for what, label in (("cpu", "10,000 / 100:"), ("elapsed", "elapsed:")):
+        ratios = [getattr(big, what) / getattr(little, what)
+                  for big, little in zip(larges, smalls, strict=True)]
+        target = "CPU time; target <= 100" if what == "cpu" else "elapsed time"
+        print(f"  {label:22} {median(ratios):7.1f}  ({target}; median of {rounds} rounds: "
+              f"{', '.join(f'{r:.1f}' for r in ratios)})")
+
+
+def bench_startup(rounds: int, starts: int, tmp: Path) -> None:
+    served = Served(build(100), tmp / "status")
+    try:
+        # as installed: bytecode is written at the first start (the warm-up) and read at
+        # every other, on both sides (click's was written when it was installed)
+        env = dict(os.environ, IOASIDS_RUNTIME_DIR=str(served.path.parent))
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
+        ctl = [str(BIN / "ioasidctl"), "status"]
+        click = [sys.executable, "-c", "import click"]
+        time_command(ctl, env)
+        time_command(click, env)
+        ctl_runs: list[list[tuple[float, float]]] = []
+        click_runs: list[list[tuple[float, float]]] = []
+        for _ in range(rounds):
+            ctl_runs.append([time_command(ctl, env) for _ in range(starts)])
+            click_runs.append([time_command(click, env) for _ in range(starts)])
+    finally:
+        served.stop()
+    print("start-up, a new process to its exit:")
+    print("                              elapsed        CPU")
+    for name, runs in (("ioasidctl status:", ctl_runs), ("python -c 'import click':",
+                                                         click_runs)):
+        print(f"  {name:25} {median([t for r in runs for t, _ in r]) * 1e3:7.1f} ms "
+              f"{median([c for r in runs for _, c in r]) * 1e3:7.1f} ms")
+    for index, what in ((0, "elapsed"), (1, "CPU")):
+        ratios = [median([run[index] for run in mine]) / median([run[index] for run in theirs])
+                  for mine, theirs in zip(ctl_runs, click_runs, strict=True)]
+        target = "; target <= 1.5" if what == "elapsed" else ""
+        print(f"  {'ratio, ' + what + ':':25} {median(ratios):7.2f}  (median of {rounds} "
+              f"rounds: {', '.join(f'{r:.2f}' for r in ratios)}{target})")
 
 
 def main() -> None:
@@ -167,57 +264,23 @@ def main() -> None:
                         help="N: top iterations per round, N/4 (at least 2) at 10,000 "
                              "cgroups, 10N at 100")
     parser.add_argument("--starts", type=int, default=10, help="process starts per round")
+    parser.add_argument("--fifo", action="store_true",
+                        help="only the top rounds, under SCHED_FIFO (needs root)")
+    parser.add_argument("--no-fifo", action="store_true",
+                        help="skip the SCHED_FIFO rounds that follow as root")
     args = parser.parse_args()
 
+    if args.fifo:  # before any thread or process starts: they inherit the policy
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(10))
     with tempfile.TemporaryDirectory(prefix="bench-cli-") as tmp:
-        small = Served(build(100), Path(tmp) / "small")
-        large = Served(build(10_000), Path(tmp) / "large")
-        try:
-            clients = Client(small), Client(large)
-            for client in clients:  # warm up
-                client.cpu(1)
-            ratios, small_times, large_times = [], [], []
-            for _ in range(args.rounds):
-                t_small = clients[0].cpu(args.iterations * 10)
-                t_large = clients[1].cpu(max(2, args.iterations // 4))
-                small_times.append(t_small)
-                large_times.append(t_large)
-                ratios.append(t_large / t_small)
-            for client in clients:
-                client.close()
-            print("top, CPU time of one iteration (one control request + rendering, client and "
-                  "server):")
-            print(f"  100 cgroups:    {statistics.median(small_times) * 1e3:8.2f} ms")
-            print(f"  10,000 cgroups: {statistics.median(large_times) * 1e3:8.2f} ms")
-            print(f"  10,000 / 100:   {statistics.median(ratios):8.1f}  (median of "
-                  f"{args.rounds} rounds: {', '.join(f'{r:.1f}' for r in ratios)}; "
-                  f"target <= 100)")
-
-            # as installed: bytecode is written at the first start (the warm-up) and read at
-            # every other, on both sides (click's was written when it was installed)
-            env = dict(os.environ, IOASIDS_RUNTIME_DIR=str(small.path.parent))
-            env.pop("PYTHONDONTWRITEBYTECODE", None)
-            ctl = [str(BIN / "ioasidctl"), "status"]
-            click = [sys.executable, "-c", "import click"]
-            time_command(ctl, env)
-            time_command(click, env)
-            ratios, ctl_times, click_times = [], [], []
-            for _ in range(args.rounds):
-                t_ctl = statistics.median(time_command(ctl, env) for _ in range(args.starts))
-                t_click = statistics.median(time_command(click, env)
-                                            for _ in range(args.starts))
-                ctl_times.append(t_ctl)
-                click_times.append(t_click)
-                ratios.append(t_ctl / t_click)
-            print("start-up, a new process to its exit:")
-            print(f"  ioasidctl status:          {statistics.median(ctl_times) * 1e3:7.1f} ms")
-            print(f"  python -c 'import click':  {statistics.median(click_times) * 1e3:7.1f} ms")
-            print(f"  ratio:                     {statistics.median(ratios):7.2f}  (median of "
-                  f"{args.rounds} rounds: {', '.join(f'{r:.2f}' for r in ratios)}; "
-                  f"target <= 1.5)")
-        finally:
-            small.stop()
-            large.stop()
+        bench_top(args.rounds, args.iterations, Path(tmp))
+        if args.fifo:
+            return
+        bench_startup(args.rounds, args.starts, Path(tmp))
+    if os.geteuid() == 0 and not args.no_fifo:
+        sys.stdout.flush()
+        subprocess.run([sys.executable, __file__, "--fifo", "--rounds", str(args.rounds),
+                        "--iterations", str(args.iterations)], check=True)
 
 
 if __name__ == "__main__":

@@ -35,7 +35,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def build(out: Path) -> Path:
     exe = out / "preload_bench"
-    subprocess.run(["gcc", "-O2", f"-I{ROOT / 'preload' / 'include'}", "-o", str(exe),
+    subprocess.run(["gcc", "-O2", f"-I{ROOT / 'preload' / 'include'}",
+                    f"-I{ROOT / 'tests' / 'userapi'}", "-o", str(exe),
                     str(ROOT / "bench" / "preload_bench.c")], check=True)
     return exe
 

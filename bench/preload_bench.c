@@ -2,7 +2,8 @@
  * The C side of bench/bench_preload.py. Prints one line: "<operations> <seconds>".
  *
  *   preload_bench raw SOCKET SECONDS   ALLOC+FREE pairs over the raw socket, framed by hand as
- *                                      tests/userapi/c_client.c does (write, then read)
+ *                                      tests/userapi/c_client.c does (its ioasid_sock.h: one
+ *                                      write, then read)
  *   preload_bench ioctl SECONDS        the same pairs as ioctl()s on open("/dev/ioasid"),
  *                                      to be run under the preload library
  *   preload_bench files DIR SECONDS    open(), read() and close() of DIR/0..DIR/15 in turn,
@@ -21,8 +22,7 @@
 
 #include <linux/ioasid.h>
 
-struct sock_req { __u32 cmd, len; };
-struct sock_rep { __s32 ret; __u32 len; };
+#include "ioasid_sock.h"
 
 static double now(void)
 {
@@ -32,37 +32,6 @@ static double now(void)
 	return ts.tv_sec + ts.tv_nsec / 1e9;
 }
 
-static void io_full(int fd, void *buf, size_t n, int writing)
-{
-	char *p = buf;
-
-	while (n) {
-		ssize_t r = writing ? write(fd, p, n) : read(fd, p, n);
-
-		if (r <= 0) {
-			perror(writing ? "write" : "read");
-			exit(2);
-		}
-		p += r;
-		n -= r;
-	}
-}
-
-static int raw_ioctl(int fd, __u32 cmd, void *arg, __u32 len)
-{
-	struct { struct sock_req h; char arg[16]; } req = { { cmd, len } };
-	struct sock_rep rep;
-	char data[512];
-
-	memcpy(req.arg, arg, len);
-	io_full(fd, &req, sizeof(req.h) + len, 1);
-	io_full(fd, &rep, sizeof(rep), 0);
-	if (rep.len > sizeof(data))
-		exit(3);
-	io_full(fd, data, rep.len, 0);
-	return rep.ret;
-}
-
 int main(int argc, char **argv)
 {
 	struct ioasid_alloc_request alloc = { sizeof(alloc), 0, { 1, (1u << 31) - 1 } };
@@ -70,22 +39,19 @@ int main(int argc, char **argv)
 	double t0, seconds, deadline;
 
 	if (argc >= 4 && !strcmp(argv[1], "raw")) {
-		struct sockaddr_un sa = { .sun_family = AF_UNIX };
-		struct sock_rep greeting;
-		int fd = socket(AF_UNIX, SOCK_STREAM, 0);
+		int opened;
+		int fd = ioasid_sock_connect(argv[2], &opened);
 
-		snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", argv[2]);
-		if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)))
+		if (fd < 0 || opened < 0)
 			return 2;
-		io_full(fd, &greeting, sizeof(greeting), 0);
 		seconds = atof(argv[3]);
 		t0 = now();
 		deadline = t0 + seconds;
 		do {
 			for (int k = 0; k < 64; k++, n++) {
-				int id = raw_ioctl(fd, IOASID_REQUEST_ALLOC, &alloc, sizeof(alloc));
+				int id = ioasid_sock_ioctl(fd, IOASID_REQUEST_ALLOC, &alloc, sizeof(alloc));
 
-				if (id < 0 || raw_ioctl(fd, IOASID_REQUEST_FREE, &id, sizeof(id)))
+				if (id < 0 || ioasid_sock_ioctl(fd, IOASID_REQUEST_FREE, &id, sizeof(id)))
 					return 4;
 			}
 		} while (now() < deadline);

@@ -8,6 +8,8 @@ The contract every socket face keeps (the control API, ``/dev/ioasid``):
   ``total`` for all of them together, so that whatever other users do, root always gets in and
   the daemon keeps descriptors for its own work. A connection over the cap is answered with
   ``EAGAIN`` and a message, then closed: never left hanging.
+- ``SocketServer``: a face's server started and stopped (its listener, ``Acceptor`` and event
+  loop) the same way for every face.
 - ``Acceptor``: ``accept(2)`` that never spins. Out of descriptors (``EMFILE``, ``ENFILE``), a
   descriptor kept in reserve is given up to take the waiting connection, answer it with the
   face's refusal and close it, then taken back; any other failure pauses accepting briefly.
@@ -260,6 +262,79 @@ class Acceptor:
         (a lazy import, a log file), and that must not end the thread that accepts."""
         with contextlib.suppress(Exception):
             getattr(self.log, level)(event, **fields)
+
+
+class SocketServer:
+    """Starting and stopping a socket face's server, which both faces share: ``start`` listens
+    at ``path`` (``listen_unix``: permissions ``mode``, ``passcred``) and serves the listener
+    with an ``Acceptor`` on ``loop``, an ``ioasidsd.eventloop.EventLoop`` started by its owner,
+    or without one on a loop of the server's own (``_new_loop``), started here; ``OSError`` if
+    the socket cannot be made. ``stop`` runs ``_shut`` on the loop's thread, stops a loop of
+    the server's own, closes the listener and removes the socket file; idempotent.
+
+    A subclass gives ``_new_loop()``, ``_admit(sock)`` (a connection accepted: keep or close
+    it), ``_refuse(sock, errno, message)`` (see ``Acceptor``) and ``close_connections()``.
+    ``what`` names the face in the log.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], mode: int, log: Any, *, what: str,
+                 loop: Any = None, passcred: bool = False) -> None:
+        self.path = path
+        self.mode = mode
+        self.log = log
+        self._what = what
+        self._passcred = passcred
+        self._loop = loop
+        self._own_loop = loop is None
+        self._listener: socket.socket | None = None
+        self._acceptor: Acceptor | None = None
+
+    def _new_loop(self) -> Any:
+        """An event loop of the server's own, when it was given none."""
+        raise NotImplementedError
+
+    def _admit(self, sock: socket.socket) -> None:
+        raise NotImplementedError
+
+    def _refuse(self, sock: socket.socket, code: int, message: str) -> None:
+        raise NotImplementedError
+
+    def start(self) -> None:
+        listener = listen_unix(os.fspath(self.path), self.mode, passcred=self._passcred)
+        self._listener = listener
+        self._acceptor = Acceptor(listener, self._refuse, self.log)
+        if self._loop is None:
+            self._loop = self._new_loop()
+        loop = self._loop
+        acceptor = self._acceptor
+        loop.call(lambda: acceptor.serve_on(loop, self._admit, self._what))
+        if self._own_loop:
+            loop.start()
+
+    def stop(self) -> None:
+        loop, listener = self._loop, self._listener
+        if loop is None or listener is None:
+            return
+        loop.call(self._shut)
+        if self._own_loop:
+            loop.stop()
+            self._loop = None
+        if self._acceptor is not None:
+            self._acceptor.close()
+        listener.close()
+        self._listener = None
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+
+    def close_connections(self) -> None:
+        """On the loop's thread, when the server stops: close every open connection."""
+        raise NotImplementedError
+
+    def _shut(self) -> None:
+        """On the loop's thread: stop listening, then close the connections."""
+        assert self._acceptor is not None
+        self._acceptor.stop_serving()
+        self.close_connections()
 
 
 # ---------------------------------------------------------------------- logging

@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from errno import EINVAL, EIO, ENOENT, EPERM, ESRCH
 from signal import SIGCONT, SIGKILL, SIGSTOP
 from typing import TYPE_CHECKING, Protocol
@@ -47,7 +47,9 @@ from ioasidsd.model.ioasid_device import IoasidDevice, IoasidFile
 from ioasidsd.model.ioasids import IoasidsController
 from ioasidsd.model.knobs import Knobs
 from ioasidsd.model.modellock import ModelLock, hold, let_go
+from ioasidsd.model.snapshot import dump as snapshot_dump
 from ioasidsd.model.snapshot import is_removed
+from ioasidsd.model.snapshot import load as snapshot_load
 from ioasidsd.model.unified import UnifiedHierarchy
 from ioasidsd.model.workqueue import OrderedWorkQueue
 from ioasidsd.vtd_binder import VtdGuestBinder
@@ -86,6 +88,8 @@ KILL_ROUNDS = 8
 """Times at most a write to ``cgroup.kill`` looks for processes to kill: it looks again after
 the process tracker caught up, for children forked before their parent died (the kernel kills
 a fork racing with ``cgroup.kill`` in ``cgroup_post_fork``)."""
+def _no_file(path: str, name: str) -> None:
+    raise IoasidError(ENOENT, f"{path} has no {name}")
 
 
 def _kernel_error(exc: OSError, what: str) -> IoasidError:
@@ -369,6 +373,50 @@ class System:
         now = tree.frozen(proc.cgroup)
         if now != was_frozen:
             self._signal([(proc.pid, proc.start_time)], SIGSTOP if now else SIGCONT)
+    # ------------------------------------------------------------------ rehearsal
+    def rehearse(self, steps: Sequence[tuple[str, str | None, str]]) -> None:
+        """Whether every one of ``steps`` would be granted now, in order, tried on a copy of the
+        model: this one is not changed and nothing is reported. ``(path, None, "")`` makes the
+        cgroup at ``path``; ``(path, name, data)`` writes ``data`` to its control file ``name``
+        as the mount would (``ioasids.max``, ``notify_on_release``, ``cgroup.clone_children``,
+        the root's ``release_agent``; on v2 also ``cgroup.subtree_control``,
+        ``cgroup.max.depth``, ``cgroup.max.descendants``).
+
+        Returns when all would be granted; raises the first refusal's ``IoasidError``, its
+        message led by the step (``create PATH: `` or ``PATH NAME: ``); ``EINVAL`` for a file
+        no step may write. File permissions are the face's to check, not this. The copy costs a
+        snapshot of the whole model, taken under the lock.
+        """
+        shadow = System(self.knobs, hierarchy="v2" if isinstance(self.cgroups, UnifiedHierarchy)
+                        else "v1")
+        with self.lock:
+            record = snapshot_dump(self.core)
+        snapshot_load(record, shadow.core)
+        writes: dict[str, Callable[[str, str], None]] = {
+            "ioasids.max": shadow.write_max,
+            "notify_on_release": lambda p, d: shadow.write_flag(p, "notify_on_release", d),
+            "cgroup.clone_children": lambda p, d: shadow.write_flag(p, "cgroup.clone_children",
+                                                                    d),
+            "release_agent": lambda p, d: shadow.write_release_agent(d) if p.strip("/") == ""
+            else _no_file(p, "release_agent"),
+            "cgroup.subtree_control": shadow.write_subtree_control,
+            "cgroup.max.depth": lambda p, d: shadow.write_hierarchy_limit(p, "cgroup.max.depth",
+                                                                          d),
+            "cgroup.max.descendants": lambda p, d: shadow.write_hierarchy_limit(
+                p, "cgroup.max.descendants", d),
+        }
+        for path, name, data in steps:
+            try:
+                if name is None:
+                    shadow.mkdir(path)
+                elif name in writes:
+                    writes[name](path, data)
+                else:
+                    raise IoasidError(EINVAL, f"{name} is not a file a step may write")
+            except IoasidError as exc:
+                shown = path if path.isprintable() else repr(path)
+                what = f"create {shown}" if name is None else f"{shown} {name}"
+                raise IoasidError(exc.errno or EIO, f"{what}: {exc.strerror}") from None
 
     # ------------------------------------------------------------------ processes
     def process(self, pid: int) -> Process:
@@ -456,6 +504,62 @@ class System:
             if proc is not None:
                 self.cgroups.exit(proc)
                 self.on_change(Change(ChangeKind.EXIT, processes=(proc,)))
+
+    # ------------------------------------------------------------------ member lists
+    def member_pids(self, cg: Cgroup, *, threaded_subtree: bool = False) -> list[int]:
+        """The process ids ``cgroup.procs`` of ``cg`` lists, ascending, without duplicates.
+
+        A non-root cgroup lists its member processes that still run: the model may still hold
+        a process whose exit the tracker has not reported yet, so each is checked against the
+        machine (pid and start time, through ``processes``). The root lists every process of
+        the machine that is in no child cgroup, as in a kernel cgroup-v1 hierarchy. With
+        ``threaded_subtree``, the processes of ``cg``'s threaded descendants too (a v2
+        threaded domain lists every process with a thread in its threaded subtree). With
+        membership kept by the kernel, the kernel's list of the mirrored cgroup (``ENOENT``
+        if it is gone from there meanwhile). The lock is held only to copy the members; the
+        checks against the machine run without it."""
+        kernel = self.kernel
+        if kernel is not None:
+            return self._kernel_list(kernel.procs, cg)
+        if cg.parent is None:
+            return self._root_pids()
+        with self.lock:
+            members = [(proc.pid, proc.start_time) for proc in cg.procs]
+            if threaded_subtree:
+                members += [(proc.pid, proc.start_time) for node in cg.descendants()
+                            if node.threaded for proc in node.procs]
+        alive = self.processes.alive
+        return sorted({pid for pid, start in members if alive(pid, start)})
+
+    def member_tids(self, cg: Cgroup) -> list[int]:
+        """The thread ids ``tasks`` of ``cg`` lists, ascending: those of ``member_pids``
+        (with membership kept by the kernel, the kernel's own list)."""
+        kernel = self.kernel
+        if kernel is not None:
+            return self._kernel_list(kernel.tasks, cg)
+        thread_ids = self.processes.thread_ids
+        return sorted(tid for pid in self.member_pids(cg) for tid in thread_ids(pid))
+
+    def _kernel_list(self, read: Callable[[str], list[int]], cg: Cgroup) -> list[int]:
+        with self.lock:
+            path = cg.path
+        try:
+            return read(path)
+        except OSError as exc:
+            raise IoasidError(exc.errno or ENOENT, f"{path}: {exc.strerror or exc}") from None
+
+    def _root_pids(self) -> list[int]:
+        """Every process of the machine except those that live in a child cgroup."""
+        with self.lock:
+            root = self.cgroups.root
+            elsewhere = {proc.pid: proc.start_time for proc in self.cgroups.processes.values()
+                         if proc.cgroup is not root}
+        pids = self.processes.all_pids()
+        if not elsewhere:
+            return sorted(pids)
+        alive = self.processes.alive
+        # A tracked pid whose process has gone may have been reused by a process of the root.
+        return sorted(pid for pid in pids if pid not in elsewhere or not alive(pid, elsewhere[pid]))
 
     # ------------------------------------------------------------------ file attributes
     def set_attrs(self, path: str, changes: Mapping[str, Mapping[str, int]]) -> None:

@@ -26,9 +26,6 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
-from ioasidsd.cli.experiments import experiment
-from ioasidsd.cli.wrap import wrap
-
 if TYPE_CHECKING:  # pathlib and the clients are imported by the verbs that use them
     from collections.abc import Iterator
     from pathlib import Path
@@ -43,7 +40,27 @@ MAX_ID = (1 << 31) - 1  # ioasidsd.userapi.client.MAX_ID, kept here to import it
 
 class _OneLineErrors(click.Group):
     """Usage errors as one line on stderr (exit status 2), not click's usage block; bare
-    ``ioasidctl`` prints the usage (exit status 0)."""
+    ``ioasidctl`` prints the usage (exit status 0). ``lazy_commands`` maps a command's name to
+    ``module:attribute``, imported only when that command runs or is listed (``wrap`` and
+    ``experiment`` and what they import cost a verb's start-up otherwise)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.lazy_commands: dict[str, str] = {}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self.lazy_commands})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        where = self.lazy_commands.get(cmd_name)
+        if where is None:
+            return super().get_command(ctx, cmd_name)
+        import importlib
+
+        module, _, name = where.partition(":")
+        command = getattr(importlib.import_module(module), name)
+        assert isinstance(command, click.Command)
+        return command
 
     def main(self, *args: Any, **kwargs: Any) -> Any:
         kwargs["standalone_mode"] = False
@@ -461,7 +478,7 @@ def get(env: Env, names: tuple[str, ...], no_header: bool, values_only: bool, as
         click.echo("\n".join(out))
 
 
-def _capacity_cause(env: Env) -> str | None:
+def capacity_cause(env: Env) -> str | None:
     """``capacity N, reserved R`` from the root's ``ioasids.capacity``, if readable."""
     try:
         fields = dict(line.split() for line in _read(env, "/", "ioasids.capacity").splitlines())
@@ -484,7 +501,7 @@ def _write(env: Env, shown: str, path: str, name: str, value: str) -> None:
     except OSError as exc:
         cause = None
         if exc.errno == errno.ENOSPC and name == f"{CONTROLLER}.max":
-            cause = _capacity_cause(env)
+            cause = capacity_cause(env)
         elif exc.errno == errno.EINVAL and name == f"{CONTROLLER}.max":
             cause = f"{value!r} is not a number or max"
         elif exc.errno == errno.ERANGE:
@@ -747,16 +764,10 @@ def snapshot(env: Env, output: str | None) -> None:
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.pass_obj
 def restore(env: Env, force: bool, file: str) -> None:
-    """Create the cgroups a snapshot holds that are missing and write their values. Where an
-    existing cgroup has other values, nothing is changed (exit status 1) unless --force."""
-    from ioasidsd.cli.snapshot import (
-        SUBTREE_CONTROL,
-        SnapshotFileError,
-        load,
-        plan,
-        read_tree,
-        subtree_control_write,
-    )
+    """Create the cgroups a snapshot holds that are missing and write their values. All or
+    nothing: where an existing cgroup has other values (unless --force), or where the daemon
+    would refuse a step, nothing is changed (exit status 1)."""
+    from ioasidsd.cli.snapshot import SnapshotFileError, load, plan, read_tree
 
     try:
         with open(file, "rb") as f:
@@ -767,33 +778,25 @@ def restore(env: Env, force: bool, file: str) -> None:
         fail(f"restore: {file}: {exc}")
     if not env.mount.is_dir():
         fail(f"{env.mount}: the hierarchy is not mounted there (is ioasidsd running?)")
+    from ioasidsd.control.client import ControlError
+
+    try:  # what a new cgroup's ioasids.max reads, so that restore writes only what differs
+        new_max = str(env.client.call("status")["knobs"].get("new_cgroup_max", "max"))
+    except ControlError as exc:
+        fail(f"restore: cannot ask the daemon what a new cgroup holds: {exc} (--runtime-dir "
+             f"names it); nothing changed")
     try:
-        steps, conflicts = plan(wanted, read_tree(env.mount))
+        steps, conflicts = plan(wanted, read_tree(env.mount), new_max)
     except SnapshotFileError as exc:
         fail(f"restore: {exc}")
     if conflicts and not force:
         fail(f"restore: {len(conflicts)} existing value{'s' if len(conflicts) > 1 else ''} "
              f"differ ({conflicts[0]}{', ...' if len(conflicts) > 1 else ''}); nothing "
              f"changed (--force overwrites them)")
-    for path, name, value in steps:
-        if name is not None:
-            try:  # a cgroup just made may have the value already (v4 refuses rewriting it)
-                have = _read(env, path, name).removesuffix("\n")
-            except OSError:
-                have = None
-            if have == value:
-                continue
-            if name == SUBTREE_CONTROL:
-                value = subtree_control_write(have or "", value)
-        if name is None:
-            try:
-                os.mkdir(env.dir(path))
-            except FileExistsError:
-                pass
-            except OSError as exc:
-                fail(oserror(f"restore: create {path}", exc))
-        else:
-            _write(env, path, path, name, value)
+    from ioasidsd.cli.restore import apply, rehearse
+
+    rehearse(env, steps)
+    apply(env, steps)
 
 
 # ---------------------------------------------------------------------- slices
@@ -1089,5 +1092,5 @@ def record(env: Env, out: str, duration: float | None) -> None:
     click.echo(f"recorded {written} rows in {time.monotonic() - started:.1f} s to {out}")
 
 
-main.add_command(wrap)
-main.add_command(experiment)
+main.lazy_commands.update({"wrap": "ioasidsd.cli.wrap:wrap",
+                           "experiment": "ioasidsd.cli.experiments:experiment"})

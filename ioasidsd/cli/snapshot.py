@@ -31,10 +31,10 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
-__all__ = ["SCHEMA", "SETTINGS", "SUBTREE_CONTROL", "SnapshotFileError", "dump", "load", "plan",
-           "read_tree", "subtree_control_write"]
+__all__ = ["SCHEMA", "SETTINGS", "SUBTREE_CONTROL", "SnapshotFileError", "Step", "dump", "load",
+           "plan", "read_tree", "subtree_control_write"]
 
 SCHEMA = 1
 SUBTREE_CONTROL = "cgroup.subtree_control"
@@ -128,41 +128,62 @@ def load(data: bytes) -> Tree:
     return tree
 
 
-Step = tuple[str, str | None, str]
-"""A change ``restore`` makes: ``(path, None, "")`` creates the cgroup, ``(path, name,
-value)`` writes a control file."""
+class Step(NamedTuple):
+    """A change ``restore`` makes and the change that undoes it: ``name`` ``None`` creates the
+    cgroup at ``path`` (undone by removing it); any other writes ``data`` to that control file
+    (undone by writing ``undo``)."""
+
+    path: str
+    name: str | None
+    data: str = ""
+    undo: str = ""
 
 
-def plan(wanted: Tree, have: Tree) -> tuple[list[Step], list[str]]:
+def _fresh(parent: dict[str, str], new_max: str) -> dict[str, str]:
+    """The settings a cgroup has when made below one with ``parent``'s settings: the v1 flags
+    inherited, ``ioasids.max`` ``new_max``, no tree limits, no controllers enabled below it."""
+    return {"cgroup.clone_children": parent.get("cgroup.clone_children", "0"),
+            "notify_on_release": parent.get("notify_on_release", "0"),
+            "ioasids.max": new_max, SUBTREE_CONTROL: "", "cgroup.max.depth": "max",
+            "cgroup.max.descendants": "max"}
+
+
+def plan(wanted: Tree, have: Tree, new_max: str = "max") -> tuple[list[Step], list[str]]:
     """What ``restore`` does to turn ``have`` into ``wanted``: the steps (missing cgroups
-    created parents first, then every value that differs written), and the conflicts: the
-    values of existing cgroups that differ (``PATH NAME: have -> wanted``), which ``restore``
-    changes only when forced; the root's values of a new hierarchy (``FRESH_ROOT``) are not
-    conflicts. Values of cgroups ``restore`` creates are written when they
-    differ from what a new cgroup gets (its parent's flags are inherited, so all are
-    written)."""
+    created parents first, then every value that differs from what the cgroup has, or will
+    have once made, written; a ``cgroup.subtree_control`` as the ``+name -name`` write that
+    makes it), and the conflicts: the values of existing cgroups that differ
+    (``PATH NAME: have -> wanted``), which ``restore`` changes only when forced; the root's
+    values of a new hierarchy (``FRESH_ROOT``) are not conflicts. ``new_max`` is the
+    ``ioasids.max`` a new cgroup gets (the daemon's ``new_cgroup_max`` knob). ``have`` is not
+    changed."""
     steps: list[Step] = []
     conflicts: list[str] = []
+    final = {path: dict(values) for path, values in have.items()}
     order = sorted(wanted, key=lambda p: [part for part in p.split("/") if part])
     for path in order:
         values = wanted[path]
         exists = path in have
         if not exists:
             parts = [p for p in path.split("/") if p]
-            for i in range(1, len(parts)):
-                parent = "/" + "/".join(parts[:i])
-                if parent not in have and parent not in wanted:
-                    steps.append((parent, None, ""))
-                    have[parent] = {}
-            steps.append((path, None, ""))
+            for i in range(1, len(parts) + 1):
+                step = "/" + "/".join(parts[:i])
+                if step not in final:
+                    steps.append(Step(step, None))
+                    final[step] = _fresh(final.get(step.rpartition("/")[0] or "/", {}), new_max)
         # ioasids.max before the rest: a refused limit stops before anything else changes (a
         # v2 parent's subtree_control, which gives a child its ioasids.max, comes first anyway)
         for name in sorted(values, key=lambda n: n != "ioasids.max"):
             value = values[name]
-            current = have.get(path, {}).get(name)
+            current = final[path].get(name)
             if current == value:
                 continue
             if exists and not (path == "/" and FRESH_ROOT.get(name) == current):
                 conflicts.append(f"{path} {name}: {current} -> {value}")
-            steps.append((path, name, value))
+            if name == SUBTREE_CONTROL:
+                steps.append(Step(path, name, subtree_control_write(current or "", value),
+                                  subtree_control_write(value, current or "")))
+            else:
+                steps.append(Step(path, name, value, current or ""))
+            final[path][name] = value
     return steps, conflicts

@@ -26,11 +26,10 @@ from typing import Any
 
 from ioasidsd.clients import (
     CLIENT_LOG_LIMIT,
-    Acceptor,
     ConnectionCap,
     Peer,
+    SocketServer,
     client_context,
-    listen_unix,
     peer_of,
 )
 from ioasidsd.control.protocol import MAX_REQUEST
@@ -67,25 +66,24 @@ class _Connection:
         self.closing = False  # close once the outbox is sent
 
 
-class ControlServer:
+class ControlServer(SocketServer):
     """Serves ``handlers`` on the socket at ``path`` (mode 0666: verbs check ``peer``) on
     ``loop``, the ``EventLoop`` the daemon shares with the user API (started by its owner), or
     without one on a loop and thread of the server's own: every connection is a non-blocking
     socket on that loop, requests are answered in the order they arrive, and a client that does
     not read its replies stalls only itself (its further requests wait). At most ``cap``
-    connections (default: 64 for each uid but root's).
+    connections (default: 64 for each uid but root's). ``start`` binds (replacing a socket left
+    by a killed daemon) and serves, ``OSError`` if the socket cannot be created; ``stop`` stops
+    accepting, closes the open connections (replies not sent are dropped), closes and removes
+    the socket (``ioasidsd.clients.SocketServer``).
     """
 
     def __init__(self, path: str | Path, handlers: dict[str, Handler], log: Any, *,
                  cap: ConnectionCap | None = None, loop: EventLoop | None = None) -> None:
-        self.path = Path(path)
+        super().__init__(Path(path), 0o666, log, what="control", loop=loop)
+        self.path: Path
         self.handlers = handlers
-        self.log = log
         self.cap = cap or ConnectionCap(DEFAULT_CAP)
-        self._loop = loop
-        self._own_loop = loop is None
-        self._listener: socket.socket | None = None
-        self._acceptor: Acceptor | None = None
         self._conns: dict[int, _Connection] = {}
 
     @property
@@ -93,41 +91,12 @@ class ControlServer:
         """Connections open now."""
         return len(self._conns)
 
-    def start(self) -> None:
-        """Bind (replacing a socket left by a killed daemon) and serve. ``OSError`` if the
-        socket cannot be created."""
-        listener = listen_unix(str(self.path), 0o666)
-        self._listener = listener
-        self._acceptor = Acceptor(listener, self._refuse, self.log)
-        if self._loop is None:
-            self._loop = EventLoop(self.log, name="control")
-        loop = self._loop
-        acceptor = self._acceptor
-        loop.call(lambda: acceptor.serve_on(loop, self._admit, "control"))
-        if self._own_loop:
-            loop.start()
+    def _new_loop(self) -> EventLoop:
+        return EventLoop(self.log, name="control")
 
-    def stop(self) -> None:
-        """Stop accepting, close the open connections (replies not sent are dropped), close
-        and remove the socket. Idempotent."""
-        loop, listener = self._loop, self._listener
-        if loop is None or listener is None:
-            return
-        loop.call(self._shut)
-        if self._own_loop:
-            loop.stop()
-            self._loop = None
-        assert self._acceptor is not None
-        self._acceptor.close()
-        listener.close()
-        self._listener = None
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
-
-    def _shut(self) -> None:
-        """On the loop's thread: stop listening and close every connection."""
-        assert self._acceptor is not None
-        self._acceptor.stop_serving()
+    def close_connections(self) -> None:
+        """On the loop's thread, when the server stops: close every connection (replies not
+        sent are dropped)."""
         for conn in list(self._conns.values()):
             self._close(conn)
 

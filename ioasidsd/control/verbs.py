@@ -28,9 +28,9 @@ from ioasidsd.system import System
 from ioasidsd.vtd import VtdDriver
 
 __all__ = ["EVENTS_MAX", "SCHEMA", "TOP_COLUMNS", "TRACE_EVENTS_MAX", "VERBS", "Service",
-           "Slices", "TraceRecordings", "Verb", "daemon_reload", "events", "ids", "run",
-           "set_property", "slice_list", "slice_status", "status", "top", "trace", "tree", "vtd",
-           "vtd_summary", "which"]
+           "Slices", "TraceRecordings", "Verb", "daemon_reload", "events", "ids", "rehearse",
+           "run", "set_property", "slice_list", "slice_status", "status", "top", "trace", "tree",
+           "vtd", "vtd_summary", "which"]
 
 SCHEMA = 1
 """The ``schema`` of the replies of ``tree``, ``top``, ``ids``, ``events`` and ``which``: their
@@ -234,8 +234,10 @@ def tree(service: Service, request: dict[str, Any], peer: Peer) -> dict[str, Any
     """``{"verb": "tree", "path": P, "all": false}``: ``P`` (default ``/``) and the cgroups
     below it, parents first, by name; each with ``path``, ``current``, ``max`` (``null``:
     no limit), ``peak``, ``events``, ``over`` (``current > max``, which moving a process in can
-    cause) and ``procs``, its member processes (``pid``, ``command``). Without ``all``, a
-    cgroup with no process in it or below it is left out (``P`` itself never is). Processes
+    cause) and ``procs``, its member processes (``pid``, ``command``) as its ``cgroup.procs``
+    lists them (``System.member_pids``: the root lists every process in no child cgroup).
+    Without ``all``, a cgroup with no process in it or below it is left out (``P`` itself
+    never is). Processes
     are shown to every caller, as ``ps`` shows them. ``EINVAL`` for a bad path, ``ENOENT``
     for a missing cgroup."""
     path = _path(request)
@@ -243,8 +245,8 @@ def tree(service: Service, request: dict[str, Any], peer: Peer) -> dict[str, Any
     system = _system(service)
     with system.lock:
         top_cg = _lookup(system, path)
-        found = [(cg, _row(system, cg), sorted(p.pid for p in cg.procs))
-                 for cg in top_cg.descendants()]
+        rows = [(cg, _row(system, cg)) for cg in top_cg.descendants()]
+    found = [(cg, row, _members(system, cg)) for cg, row in rows]
     if not show_all:
         busy: set[str] = set()
         for cg, _, pids in found:
@@ -257,6 +259,14 @@ def tree(service: Service, request: dict[str, Any], peer: Peer) -> dict[str, Any
         row["procs"] = [{"pid": pid, "command": source.command(pid)} for pid in pids]
         cgroups.append(row)
     return {"schema": SCHEMA, "cgroups": cgroups}
+
+
+def _members(system: System, cg: Cgroup) -> list[int]:
+    """``cg``'s ``cgroup.procs``; none if it went meanwhile."""
+    try:
+        return system.member_pids(cg)
+    except IoasidError:
+        return []
 
 
 TOP_COLUMNS = ("path", "procs", "current", "max", "peak", "events")
@@ -563,9 +573,33 @@ def daemon_reload(service: Service, request: dict[str, Any], peer: Peer) -> dict
     return {"schema": SCHEMA, **service.reload()}
 
 
+def rehearse(service: Service, request: dict[str, Any], peer: Peer) -> dict[str, Any]:
+    """``{"verb": "rehearse", "steps": [[PATH, NAME, DATA], ...]}``: whether every step would
+    be granted now, in order (``System.rehearse``: tried on a copy of the model, nothing
+    changed); a step with ``NAME`` ``null`` makes the cgroup ``PATH``, any other writes
+    ``DATA`` to that control file. ``{"schema": 1}`` when all would be; the first refusal's
+    errno otherwise, its message naming the step. It neither changes nor shows anything (file
+    permissions are checked by the caller, on the mount), but it copies the whole model, which
+    holds the model's lock and the daemon's socket thread for a time that grows with the
+    hierarchy: ``EPERM`` for a caller other than root, so that no user can stall the others
+    with it. ``EINVAL`` for a malformed list."""
+    if peer.uid != 0:
+        raise IoasidError(errno.EPERM, "only root may rehearse: a rehearsal copies the whole "
+                                       "model")
+    steps = request.get("steps")
+    if not isinstance(steps, list) or any(
+            not isinstance(step, list) or len(step) != 3 or not isinstance(step[0], str)
+            or not isinstance(step[1], str | None) or not isinstance(step[2], str)
+            for step in steps):
+        raise IoasidError(errno.EINVAL, "steps must be a list of [path, name or null, data]")
+    checked = [(_path({"path": path}), name, data) for path, name, data in steps]
+    _system(service).rehearse(checked)
+    return {"schema": SCHEMA}
+
+
 VERBS: dict[str, Verb] = {"status": status, "vtd": vtd, "tree": tree, "top": top,
                           "which": which, "ids": ids, "events": events, "trace": trace,
                           "slice_list": slice_list, "slice_status": slice_status,
                           "set_property": set_property, "run": run,
-                          "daemon_reload": daemon_reload}
+                          "daemon_reload": daemon_reload, "rehearse": rehearse}
 """Every verb the daemon serves, by name."""

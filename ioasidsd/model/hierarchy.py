@@ -329,14 +329,15 @@ class Hierarchy:
         files); ``EINVAL`` for an empty name, ``.``, ``..`` or one with ``/``, NUL or a newline
         (``cgroup_mkdir`` refuses ``\\n``); ``ENAMETOOLONG`` over 255 bytes; ``ENODEV`` if
         ``parent`` was removed; whatever a controller's ``css_alloc`` raises. ``notify_on_release``
-        and ``cgroup.clone_children`` are inherited from the parent.
+        and ``cgroup.clone_children`` are inherited from the parent. A hierarchy with other rules
+        changes the hooks below (the unified one: ``EAGAIN`` over a tree limit, controllers
+        online only where the parent enables them).
         """
         with self.lock:
             self._enter()
             self._check_new_child(parent, name, reserved_names)
-            cg = Cgroup(name, parent)
-            cg.notify_on_release = parent.notify_on_release
-            cg.clone_children = parent.clone_children
+            self._check_room(parent)
+            cg = self._new_cgroup(parent, name)
             allocated: list[Controller] = []
             try:
                 for controller in self.controllers:
@@ -348,8 +349,26 @@ class Hierarchy:
                 raise
             parent.children[name] = cg
             for controller in self.controllers:
-                controller.css_online(cg)
+                if self._comes_online(cg, controller):
+                    controller.css_online(cg)
             return cg
+
+    # The hooks of ``mkdir`` a hierarchy with other rules (``unified.UnifiedHierarchy``)
+    # overrides; ``mkdir`` itself is the same for every hierarchy.
+    def _check_room(self, parent: Cgroup) -> None:
+        """Refuse a new child of ``parent`` that a limit on the tree forbids (v1: none)."""
+
+    def _new_cgroup(self, parent: Cgroup, name: str) -> Cgroup:
+        """The new child, not yet in the tree: v1 inherits ``notify_on_release`` and
+        ``cgroup.clone_children`` from the parent."""
+        cg = Cgroup(name, parent)
+        cg.notify_on_release = parent.notify_on_release
+        cg.clone_children = parent.clone_children
+        return cg
+
+    def _comes_online(self, cg: Cgroup, controller: Controller) -> bool:
+        """Whether a new cgroup's ``controller`` state is brought online (v1: always)."""
+        return True
 
     def _check_new_child(self, parent: Cgroup, name: str, reserved_names: frozenset[str]) -> None:
         """The checks of ``mkdir`` before anything is made (see ``mkdir``)."""

@@ -208,42 +208,42 @@ class UnifiedHierarchy(Hierarchy):
         self, parent: Cgroup, name: str, *, reserved_names: frozenset[str] = frozenset(),
         now: int = 0,
     ) -> Cgroup:
-        """Create a child cgroup: the checks of ``Hierarchy.mkdir``, then ``EAGAIN`` when an
-        ancestor's ``max_descendants`` or ``max_depth`` would be exceeded. Each controller's
-        state is allocated (``css_alloc``); it is online, and the new cgroup's walk starts at
-        it, only where the parent enables the controller. Under a frozen parent it is born
-        frozen, at ``now``."""
+        """``Hierarchy.mkdir`` with the v2 rules (the hooks below: ``EAGAIN`` when an
+        ancestor's ``max_descendants`` or ``max_depth`` would be exceeded; each controller
+        online, and the new cgroup's walk starting at it, only where the parent enables it).
+        Under a frozen parent the new cgroup is born frozen, at ``now``."""
         with self.lock:
-            self._enter()
-            self._check_new_child(parent, name, reserved_names)
-            level = 0
-            node: Cgroup | None = parent
-            while node is not None:
-                if node.max_descendants is not None and \
-                        self.nr_descendants(node) >= node.max_descendants:
-                    raise IoasidError(EAGAIN, f"{node.path}: cgroup.max.descendants reached")
-                if node.max_depth is not None and level >= node.max_depth:
-                    raise IoasidError(EAGAIN, f"{node.path}: cgroup.max.depth reached")
-                level += 1
-                node = node.parent
-            cg = Cgroup(name, parent)
-            allocated: list[Controller] = []
-            try:
-                for controller in self.controllers:
-                    controller.css_alloc(cg)
-                    allocated.append(controller)
-            except BaseException:
-                for controller in reversed(allocated):
-                    controller.css_free(cg)
-                raise
-            cg.chain = self._walk(cg)
+            cg = super().mkdir(parent, name, reserved_names=reserved_names)
             if self.frozen(parent):
                 cg.frozen_since = now
-            parent.children[name] = cg
-            for controller in self.controllers:
-                if self.enabled(cg, controller.name):
-                    controller.css_online(cg)
             return cg
+
+    # ``Hierarchy.mkdir`` with the v2 rules: the tree limits, the charge walk, and the
+    # controllers online only where the parent enables them.
+    def _check_room(self, parent: Cgroup) -> None:
+        """``EAGAIN`` when an ancestor's ``max_descendants`` or ``max_depth`` would be
+        exceeded by a new child of ``parent``."""
+        level = 0
+        node: Cgroup | None = parent
+        while node is not None:
+            if node.max_descendants is not None and \
+                    self.nr_descendants(node) >= node.max_descendants:
+                raise IoasidError(EAGAIN, f"{node.path}: cgroup.max.descendants reached")
+            if node.max_depth is not None and level >= node.max_depth:
+                raise IoasidError(EAGAIN, f"{node.path}: cgroup.max.depth reached")
+            level += 1
+            node = node.parent
+
+    def _new_cgroup(self, parent: Cgroup, name: str) -> Cgroup:
+        """The new child with its charge walk (no v1 flags to inherit)."""
+        cg = Cgroup(name, parent)
+        cg.chain = self._walk(cg)
+        return cg
+
+    def _comes_online(self, cg: Cgroup, controller: Controller) -> bool:
+        """A controller's state is online, and the new cgroup's walk starts at it, only where
+        the parent enables the controller."""
+        return self.enabled(cg, controller.name)
 
     def _walk(self, cg: Cgroup) -> tuple[Cgroup, ...]:
         """The charge walk of ``cg`` from its parent's (computed already)."""

@@ -38,10 +38,9 @@ import structlog
 from ioasidsd.clients import (
     CLIENT_LOG_LIMIT,
     CLIENT_UID,
-    Acceptor,
     ConnectionCap,
+    SocketServer,
     client_context,
-    listen_unix,
     peer_of,
 )
 from ioasidsd.eventloop import EventLoop
@@ -98,7 +97,7 @@ class _Connection:
         self.replies: list[bytes] = []
 
 
-class UserApiServer:
+class UserApiServer(SocketServer):
     """Serves ``system``'s ``/dev/ioasid`` on ``runtime_dir/ioasid.sock`` (mode 0666).
 
     ``start()`` binds (replacing a stale socket file) and serves on ``loop`` (started by its
@@ -112,14 +111,11 @@ class UserApiServer:
 
     def __init__(self, system: System, runtime_dir: str, *, mode: int = 0o666,
                  cap: ConnectionCap | None = None, loop: EventLoop | None = None) -> None:
+        super().__init__(os.path.join(runtime_dir, protocol.SOCKET_NAME), mode, log,
+                         what="userapi", loop=loop, passcred=True)
+        self.path: str
         self.system = system
-        self.path = os.path.join(runtime_dir, protocol.SOCKET_NAME)
-        self.mode = mode
         self.cap = cap or ConnectionCap(DEFAULT_CAP)
-        self._loop = loop
-        self._own_loop = loop is None
-        self._acceptor: Acceptor | None = None
-        self._listener: socket.socket | None = None
         self._conns: dict[int, _Connection] = {}
         self._buf = bytearray(RECV_SIZE)  # reused: a fresh 256 KiB bytes per recv page-faults
         self._view = memoryview(self._buf)
@@ -128,41 +124,22 @@ class UserApiServer:
     def connections(self) -> int:
         return len(self._conns)
 
+    def _new_loop(self) -> EventLoop:
+        return EventLoop(log, name="ioasid-server")
+
     def start(self) -> None:
         """Listen on the socket. Raises ``OSError`` if it cannot be bound."""
-        listener = listen_unix(self.path, self.mode, passcred=True)
-        self._listener = listener
-        self._acceptor = Acceptor(listener, self._refuse, log)
-        if self._loop is None:
-            self._loop = EventLoop(log, name="ioasid-server")
-        loop = self._loop
-        acceptor = self._acceptor
-        loop.call(lambda: acceptor.serve_on(loop, self._admit, "userapi"))
-        if self._own_loop:
-            loop.start()
+        super().start()
         log.info("userapi listening", socket=self.path)
 
     def stop(self) -> None:
         """Stop serving and close every connection (their files stay open in the model, to be
         adopted or released after a restart). Idempotent."""
-        loop, listener = self._loop, self._listener
-        if loop is None or listener is None:
-            return
-        loop.call(self._shut)
-        if self._own_loop:
-            loop.stop()
-            self._loop = None
-        listener.close()
-        self._listener = None
-        if self._acceptor is not None:
-            self._acceptor.close()
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.path)
+        super().stop()
 
-    def _shut(self) -> None:
-        """On the loop's thread: stop listening, close the connections without releasing."""
-        assert self._acceptor is not None
-        self._acceptor.stop_serving()
+    def close_connections(self) -> None:
+        """On the loop's thread, when the server stops: close the connections without
+        releasing their files."""
         for conn in list(self._conns.values()):
             self._close(conn, release=False)
 

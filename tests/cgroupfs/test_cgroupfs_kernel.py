@@ -11,17 +11,15 @@ steps the test checks both documented results instead of their equality.
 
 from __future__ import annotations
 
-import errno
 import os
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from kernel_script import NOBODY, ScriptTree, mismatches, run_script, undocumented
 
 from ioasidsd.system import System
-
-NOBODY = 65534
 
 SCRIPT: list[tuple[str, str, tuple[str, ...]]] = [
     # label, operation, arguments
@@ -230,18 +228,14 @@ DIFFERENCES: dict[str, tuple[str, str]] = {
 }
 
 
-class Tree:
-    """Runs the script's operations on one hierarchy."""
+class Tree(ScriptTree):
+    """Runs the script's operations on one cgroup-v1 hierarchy."""
 
     def __init__(self, root: Path, top: Path, controller: str, pids: dict[str, int],
                  spawn: Callable[..., subprocess.Popen[bytes]],
                  as_user: Callable[..., str]) -> None:
-        self.root, self.top, self.controller, self.pids = root, top, controller, pids
-        self.spawn, self.as_user = spawn, as_user
-
-    def path(self, rel: str) -> Path:
-        rel = rel.replace("{c}", self.controller)
-        return self.root / rel[1:] if rel.startswith("/") else self.top / rel
+        super().__init__(root, top, controller, pids, as_user)
+        self.spawn = spawn
 
     def value(self, text: str) -> str:
         return text.format(**{name: pid for name, pid in self.pids.items()}, c="{c}")
@@ -249,26 +243,7 @@ class Tree:
     def normal(self, text: str) -> str:
         return text.replace(self.controller + ".", "{c}.")
 
-    def run(self, op: str, args: tuple[str, ...]) -> str:
-        try:
-            return getattr(self, "op_" + op)(*args)
-        except OSError as exc:
-            return errno.errorcode[exc.errno]
-
     # ---------------------------------------------------------------- operations
-    def op_read(self, rel: str) -> str:
-        return self.normal(self.path(rel).read_text())
-
-    def op_write(self, rel: str, data: str) -> str:
-        try:
-            fd = os.open(self.path(rel), os.O_WRONLY)
-        except OSError as exc:
-            return "open " + errno.errorcode[exc.errno]
-        try:
-            return f"ok {os.write(fd, self.value(data).encode())}"
-        finally:
-            os.close(fd)
-
     def op_truncate(self, rel: str) -> str:
         os.truncate(self.path(rel), 0)
         return "ok"
@@ -288,18 +263,6 @@ class Tree:
 
     def op_mode(self, rel: str) -> str:
         return f"mode {os.stat(self.path(rel)).st_mode:o}"
-
-    def op_mkdir(self, rel: str) -> str:
-        os.mkdir(self.path(rel))
-        return "ok"
-
-    def op_rmdir(self, rel: str) -> str:
-        os.rmdir(self.path(rel))
-        return "ok"
-
-    def op_rename(self, old: str, new: str) -> str:
-        os.rename(self.path(old), self.path(new))
-        return "ok"
 
     def op_unlink(self, rel: str) -> str:
         os.unlink(self.path(rel))
@@ -321,14 +284,6 @@ class Tree:
         os.link(self.path(target), self.path(rel))
         return "ok"
 
-    def op_chmod(self, rel: str, mode: str) -> str:
-        os.chmod(self.path(rel), int(mode, 8))
-        return "ok"
-
-    def op_chown(self, rel: str, uid: str) -> str:
-        os.chown(self.path(rel), int(uid), int(uid))
-        return "ok"
-
     def op_root_has(self, *pids: str) -> str:
         listed = set(self.path("/cgroup.procs").read_text().split())
         return " ".join("in" if self.value(p) in listed else "out" for p in pids)
@@ -342,12 +297,6 @@ class Tree:
         listed = str(child.pid) in self.path("cgroup.procs").read_text().split()
         self.path("/cgroup.procs").write_text(str(child.pid))
         return f"status {status} listed {listed}"
-
-    def op_write_as_nobody(self, rel: str, data: str) -> str:
-        return self.as_user(NOBODY, "write", self.path(rel), self.value(data))
-
-    def op_mkdir_as_nobody(self, rel: str) -> str:
-        return self.as_user(NOBODY, "mkdir", self.path(rel))
 
     def op_write_removed(self, rel: str, data: str) -> str:
         """Write through a file opened before its cgroup was removed."""
@@ -379,29 +328,21 @@ def pids(spawn) -> dict[str, int]:
             "zombie": zombie.pid}
 
 
-def run_script(tree: Tree) -> dict[str, str]:
+def run(tree: Tree) -> dict[str, str]:
     tree.path("sub2").mkdir()  # a sibling for rename-onto-existing
-    return {label: tree.run(op, args) for label, op, args in SCRIPT}
+    return run_script(tree, SCRIPT)
 
 
 def test_the_script_gives_the_kernel_results_apart_from_documented_differences(
         kernel_ref: Path, mounted: Path, system: System, pids: dict[str, int], spawn,
         as_user) -> None:
-    kernel = run_script(Tree(kernel_ref.parent, kernel_ref, "pids", pids, spawn, as_user))
+    kernel = run(Tree(kernel_ref.parent, kernel_ref, "pids", pids, spawn, as_user))
     (mounted / "ref").mkdir()
-    ours = run_script(Tree(mounted, mounted / "ref", "ioasids", pids, spawn, as_user))
-    wrong = []
-    for label, _op, _args in SCRIPT:
-        expected = DIFFERENCES.get(label, (kernel[label], kernel[label]))
-        if (kernel[label], ours[label]) != expected:
-            wrong.append(f"{label}: kernel {kernel[label]!r}, ours {ours[label]!r}, "
-                         f"expected {expected!r}")
+    ours = run(Tree(mounted, mounted / "ref", "ioasids", pids, spawn, as_user))
+    wrong = mismatches(SCRIPT, kernel, ours, DIFFERENCES)
     assert not wrong, "\n".join(wrong)
 
 
 def test_every_difference_is_documented() -> None:
-    doc = (Path(__file__).parents[2] / "docs" / "cgroupfs.md").read_text()
-    labels = {label for label, _op, _args in SCRIPT}
-    assert set(DIFFERENCES) <= labels
-    missing = [label for label in DIFFERENCES if f"`{label}`" not in doc]
+    missing = undocumented(SCRIPT, DIFFERENCES)
     assert not missing, f"docs/cgroupfs.md does not mention {missing}"

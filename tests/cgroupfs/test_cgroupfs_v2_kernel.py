@@ -17,16 +17,16 @@ import contextlib
 import errno
 import os
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from kernel_script import NOBODY, ScriptTree, mismatches, run_script, undocumented
 
 from ioasidsd.system import System
 
 KERNEL_V2 = Path("/sys/fs/cgroup/unified")
 KERNEL_CONTROLLER = "hugetlb"
-NOBODY = 65534
 
 SCRIPT: list[tuple[str, str, tuple[str, ...]]] = [
     ("core-files", "ls_core", (".",)),
@@ -206,47 +206,13 @@ DIFFERENCES: dict[str, tuple[str, str]] = {
 }
 
 
-class Tree:
-    """Runs the script's operations on one hierarchy."""
-
-    def __init__(self, root: Path, top: Path, controller: str, pids: dict[str, int],
-                 as_user: Callable[..., str]) -> None:
-        self.root, self.top, self.controller, self.pids = root, top, controller, pids
-        self.as_user = as_user
-
-    def path(self, rel: str) -> Path:
-        rel = rel.replace("{c}", self.controller)
-        return self.root / rel[1:] if rel.startswith("/") else self.top / rel
-
-    def value(self, text: str) -> str:
-        return text.format(**self.pids, c=self.controller)
-
-    def normal(self, text: str) -> str:
-        return text.replace(self.controller, "{c}")
-
-    def run(self, op: str, args: tuple[str, ...]) -> str:
-        try:
-            return getattr(self, "op_" + op)(*args)
-        except OSError as exc:
-            return errno.errorcode[exc.errno]
-
-    def op_read(self, rel: str) -> str:
-        return self.normal(self.path(rel).read_text())
+class Tree(ScriptTree):
+    """Runs the script's operations on one cgroup-v2 hierarchy."""
 
     def op_read_stat(self, rel: str) -> str:
         lines = self.path(rel).read_text().splitlines()
         return self.normal("\n".join(line for line in lines
                                      if "perf_event" not in line and "nr_dying" not in line))
-
-    def op_write(self, rel: str, data: str) -> str:
-        try:
-            fd = os.open(self.path(rel), os.O_WRONLY)
-        except OSError as exc:
-            return "open " + errno.errorcode[exc.errno]
-        try:
-            return f"ok {os.write(fd, self.value(data).encode())}"
-        finally:
-            os.close(fd)
 
     def op_ls_core(self, rel: str) -> str:
         return " ".join(sorted(n for n in os.listdir(self.path(rel)) if n.startswith("cgroup.")))
@@ -263,32 +229,6 @@ class Tree:
         names = sorted(n for n in os.listdir(self.path(rel))
                        if n.startswith(self.controller + ".") and n.endswith(".max"))
         return self.op_stat(f"{rel}/{names[0]}") if names else "none"
-
-    def op_mkdir(self, rel: str) -> str:
-        os.mkdir(self.path(rel))
-        return "ok"
-
-    def op_rmdir(self, rel: str) -> str:
-        os.rmdir(self.path(rel))
-        return "ok"
-
-    def op_rename(self, old: str, new: str) -> str:
-        os.rename(self.path(old), self.path(new))
-        return "ok"
-
-    def op_chown(self, rel: str, uid: str) -> str:
-        os.chown(self.path(rel), int(uid), int(uid))
-        return "ok"
-
-    def op_chmod(self, rel: str, mode: str) -> str:
-        os.chmod(self.path(rel), int(mode, 8))
-        return "ok"
-
-    def op_write_as_nobody(self, rel: str, data: str) -> str:
-        return self.as_user(NOBODY, "write", self.path(rel), self.value(data))
-
-    def op_mkdir_as_nobody(self, rel: str) -> str:
-        return self.as_user(NOBODY, "mkdir", self.path(rel))
 
     def op_rmdir_as_nobody(self, rel: str) -> str:
         return self.as_user(NOBODY, "rmdir", self.path(rel))
@@ -351,31 +291,23 @@ def pids(spawn) -> dict[str, int]:
     return {"sleeper": spawn().pid, "dead": dead.pid}
 
 
-def run_script(tree: Tree) -> dict[str, str]:
+def run(tree: Tree) -> dict[str, str]:
     (tree.root / "cgroup.subtree_control").write_text(f"+{tree.controller}")
-    return {label: tree.run(op, args) for label, op, args in SCRIPT}
+    return run_script(tree, SCRIPT)
 
 
 def test_the_v2_script_gives_the_kernel_results_apart_from_documented_differences(
         kernel_v2: Path, mounted_v2, pids: dict[str, int], as_user) -> None:
-    kernel = run_script(Tree(KERNEL_V2, kernel_v2, KERNEL_CONTROLLER, pids, as_user))
+    kernel = run(Tree(KERNEL_V2, kernel_v2, KERNEL_CONTROLLER, pids, as_user))
     _system, mnt = mounted_v2
     (mnt / "ref").mkdir()
-    ours = run_script(Tree(mnt, mnt / "ref", "ioasids", pids, as_user))
-    wrong = []
-    for label, _op, _args in SCRIPT:
-        expected = DIFFERENCES.get(label, (kernel[label], kernel[label]))
-        if (kernel[label], ours[label]) != expected:
-            wrong.append(f"{label}: kernel {kernel[label]!r}, ours {ours[label]!r}, "
-                         f"expected {expected!r}")
+    ours = run(Tree(mnt, mnt / "ref", "ioasids", pids, as_user))
+    wrong = mismatches(SCRIPT, kernel, ours, DIFFERENCES)
     assert not wrong, "\n".join(wrong)
 
 
 def test_every_v2_difference_is_documented() -> None:
-    doc = (Path(__file__).parents[2] / "docs" / "cgroupfs.md").read_text()
-    labels = {label for label, _op, _args in SCRIPT}
-    assert set(DIFFERENCES) <= labels
-    missing = [label for label in DIFFERENCES if f"`{label}`" not in doc]
+    missing = undocumented(SCRIPT, DIFFERENCES)
     assert not missing, f"docs/cgroupfs.md does not mention {missing}"
 
 

@@ -129,6 +129,10 @@ def test_tree_top_which_ids_with_a_process_holding_ioasids(served: Served) -> No
         tree = served.ok("tree", "/vm")
         assert tree.splitlines()[:3] == ["/vm (2/max)", "  a (2/3)", f"    {proc.pid} ioasidctl"]
         assert "empty" not in tree and "empty" in served.ok("tree", "--all", "/vm")
+        # the root lists what its cgroup.procs lists: processes the daemon never tracked too
+        whole = json.loads(served.ok("tree", "--json"))["cgroups"][0]
+        assert whole["path"] == "/" and os.getpid() in [p["pid"] for p in whole["procs"]]
+        assert os.getpid() in map(int, (served.mount / "cgroup.procs").read_text().split())
         shape = json.loads(served.ok("tree", "--json", "/vm"))
         assert shape["schema"] == 1
         assert set(shape["cgroups"][1]) == {"path", "current", "max", "peak", "events", "over",
@@ -230,6 +234,38 @@ def test_snapshot_and_restore_round_trip(served: Served, tmp_path) -> None:
     served.ok("delete", "-r", "/snap")
 
 
+def test_a_restore_the_daemon_would_refuse_part_way_changes_nothing(served: Served,
+                                                                     tmp_path) -> None:
+    """The third step of this snapshot is refused (a child's limit larger than what its
+    parent's limit leaves, ENOSPC): the cgroups and the limit before it are not made either."""
+    before = served.ok("snapshot")
+    bad = tmp_path / "refused.toml"
+    bad.write_text('schema = 1\n["/rr"]\n"ioasids.max" = "5"\n'
+                   '["/rr/a"]\n"ioasids.max" = "4"\n["/rr/b"]\n"ioasids.max" = "2"\n')
+    line = one_line_error(served.ctl("restore", str(bad)), 1)
+    assert "ENOSPC" in line and "/rr/b ioasids.max" in line and "nothing changed" in line
+    assert not (served.mount / "rr").exists()
+    assert served.ok("snapshot") == before
+    # a path the daemon refuses to make (a newline in a name) is refused whole as well
+    bad.write_text('schema = 1\n["/rq"]\n"ioasids.max" = "1"\n["/rq/a\\nb"]\n')
+    line = one_line_error(served.ctl("restore", str(bad)), 1)
+    assert "EINVAL" in line and "nothing changed" in line
+    assert served.ok("snapshot") == before
+
+
+def test_a_restore_refused_while_it_is_applied_is_undone(served: Served, tmp_path) -> None:
+    """When a step is refused after the rehearsal passed (here: the snapshot is too long to be
+    rehearsed in one request), the steps already made are undone."""
+    before = served.ok("snapshot")
+    big = tmp_path / "big.toml"
+    tables = "".join(f'["/ru/c{i:04}"]\n"ioasids.max" = "1"\n' for i in range(1500))
+    big.write_text(f'schema = 1\n["/ru"]\n"ioasids.max" = "1499"\n{tables}')
+    line = one_line_error(served.ctl("restore", str(big)), 1)
+    assert "ENOSPC" in line and "/ru/c1499 ioasids.max" in line and "nothing changed" in line
+    assert not (served.mount / "ru").exists()
+    assert served.ok("snapshot") == before
+
+
 def test_a_user_may_do_what_the_file_system_lets_it_and_sees_its_own(served: Served,
                                                                      tenant) -> None:
     served.ok("create", "/ten")
@@ -255,6 +291,25 @@ def test_a_user_may_do_what_the_file_system_lets_it_and_sees_its_own(served: Ser
     assert {0, tenant.uid} <= {e["uid"] for e in every["events"]}
     assert served.ctl("tree", user=tenant, env=env).returncode == 0
     served.ok("delete", "/ten", "/other")
+
+
+def test_a_users_refused_restore_is_undone(served: Served, tenant, open_tmp) -> None:
+    """A user other than root gets no rehearsal (it would copy the whole model): its restore
+    is applied through the mount as the file system lets it, and a refused step has the steps
+    before it undone."""
+    served.ok("create", "/deleg")
+    served.ok("set", "-r", "ioasids.max=2", "/deleg")
+    os.chown(served.mount / "deleg", tenant.uid, tenant.gid)
+    before = served.ok("snapshot")
+    wanted = open_tmp / "deleg.toml"
+    wanted.write_text('schema = 1\n["/deleg/a"]\n"ioasids.max" = "2"\n'
+                      '["/deleg/b"]\n"ioasids.max" = "1"\n')
+    wanted.chmod(0o644)
+    env = {"PATH": "/usr/bin:/bin", "HOME": "/", "LC_ALL": "C.UTF-8"}
+    line = one_line_error(served.ctl("restore", str(wanted), user=tenant, env=env), 1)
+    assert "ENOSPC" in line and "/deleg/b ioasids.max" in line and "nothing changed" in line
+    assert served.ok("snapshot") == before
+    served.ok("delete", "/deleg")
 
 
 def test_the_daemon_logs_changes_and_one_user_cannot_flood_the_log(served: Served,

@@ -4,7 +4,7 @@ the errors of bad arguments."""
 
 from __future__ import annotations
 
-from errno import EINVAL, ENOENT, ESRCH
+from errno import EINVAL, ENOENT, ENOSPC, EPERM, ESRCH
 from typing import Any
 
 import pytest
@@ -77,6 +77,23 @@ def test_tree_hides_cgroups_without_processes_and_marks_those_over_their_limit(w
     assert [c["path"] for c in every["cgroups"]] == ["/a", "/a/b", "/a/empty"]
 
 
+def test_tree_lists_the_processes_cgroup_procs_lists(world, monkeypatch) -> None:
+    """Not only the tracked ones: the root lists every process in no child cgroup; a tracked
+    member that has exited (its exit not reported yet) is not listed."""
+    source = world.system.processes
+    monkeypatch.setattr(source, "all_pids", lambda: sorted(source.live))
+    source.add(30)  # never tracked: in the root
+    shown = {c["path"]: [p["pid"] for p in c["procs"]]
+             for c in verbs.tree(world, {"all": True}, ROOT)["cgroups"]}
+    assert shown["/"] == [30] and shown["/a/b"] == [10] and shown["/c"] == [20]
+    for cg in world.system.cgroups.cgroups():
+        assert shown[cg.path] == world.system.member_pids(cg)
+    del source.live[10]  # exited; the tracker has not said so yet
+    shown = {c["path"]: [p["pid"] for p in c["procs"]]
+             for c in verbs.tree(world, {}, ROOT)["cgroups"]}
+    assert "/a/b" not in shown and shown["/c"] == [20]
+
+
 def test_top_counts_processes_below_and_stops_at_the_depth(world) -> None:
     shown = verbs.top(world, {"depth": 1}, ROOT)
     assert shown["columns"] == {"path": ["/", "/a", "/c"], "procs": [2, 1, 1],
@@ -136,6 +153,10 @@ def test_events_shows_root_every_refusal_and_a_user_its_own(world) -> None:
     (verbs.events, {"path": "/nope"}, ENOENT),
     (verbs.events, {"after": -1}, EINVAL),
     (verbs.events, {"limit": 0}, EINVAL),
+    (verbs.rehearse, {"steps": "/a"}, EINVAL),
+    (verbs.rehearse, {"steps": [["/a", "ioasids.max"]]}, EINVAL),
+    (verbs.rehearse, {"steps": [["/a/../c", None, ""]]}, EINVAL),
+    (verbs.rehearse, {"steps": [["/a/b", "ioasids.max", "3"]]}, ENOSPC),
 ])
 def test_a_bad_argument_is_an_errno_and_changes_nothing(world, verb, request_, code) -> None:
     before = verbs.top(world, {}, ROOT)
@@ -145,6 +166,18 @@ def test_a_bad_argument_is_an_errno_and_changes_nothing(world, verb, request_, c
     assert verbs.top(world, {}, ROOT) == before
 
 
+def test_rehearse_is_roots_alone_and_changes_nothing(world) -> None:
+    """A rehearsal copies the whole model: a user other than root may not make the daemon do
+    that (``EPERM``); root's is answered and changes nothing."""
+    steps = {"steps": [["/new", None, ""], ["/new", "ioasids.max", "1"]]}
+    with pytest.raises(IoasidError) as info:
+        verbs.rehearse(world, steps, TENANT)
+    assert info.value.errno == EPERM
+    before = verbs.top(world, {}, ROOT)
+    assert verbs.rehearse(world, steps, ROOT) == {"schema": 1}
+    assert verbs.top(world, {}, ROOT) == before
+
+
 def test_every_new_verb_is_served() -> None:
     assert {"tree", "top", "which", "ids", "events", "slice_list", "slice_status",
-            "set_property", "run", "daemon_reload"} <= set(verbs.VERBS)
+            "set_property", "run", "daemon_reload", "rehearse"} <= set(verbs.VERBS)

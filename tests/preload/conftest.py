@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import pytest
-from daemon.daemons import BIN, Daemon, fuse_missing
+from daemon.daemons import BIN, Daemon
 
 from ioasidsd.cli.wrap import library_path
 
@@ -53,21 +53,10 @@ def client(library, tmp_path_factory) -> Path:
 
 
 @pytest.fixture
-def daemons(tmp_path, library) -> Iterator:
-    """A factory of real daemons on ``tmp_path`` (all share its directories)."""
-    reason = fuse_missing()
-    if reason:
-        pytest.skip(reason)
-    made: list[Daemon] = []
-
-    def make(*args: str) -> Daemon:
-        d = Daemon(tmp_path, *args, name=f"d{len(made)}")
-        made.append(d)
-        return d
-
-    yield make
-    for d in reversed(made):
-        d.cleanup()
+def daemons(daemons, library) -> Callable[..., Daemon]:
+    """The suite's factory of real daemons (``tests/conftest.py``), once the library is
+    built."""
+    return daemons
 
 
 @pytest.fixture

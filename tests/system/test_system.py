@@ -284,3 +284,27 @@ def test_an_orphan_is_placed_by_its_group_or_refused(lineage) -> None:
     assert info.value.errno == EPERM and "cannot be placed" in info.value.strerror
     s.unplaced = "root"
     assert s.ioasid_open(33).opener.cgroup is s.cgroups.root
+
+
+def test_rehearse_tries_every_step_on_a_copy_and_changes_nothing(system) -> None:
+    from errno import EINVAL, ENOSPC
+
+    s, _procs, changes = system
+    s.mkdir("/a")
+    s.write_max("/a", "5")
+    before, logged = dump(s.core), len(changes.log)
+    s.rehearse([("/a/b", None, ""), ("/a/b", "ioasids.max", "5"),
+                ("/a/b", "notify_on_release", "1"), ("/", "release_agent", "/bin/true")])
+    with pytest.raises(IoasidError) as refused:  # the second child finds /a's 5 taken
+        s.rehearse([("/a/b", None, ""), ("/a/b", "ioasids.max", "5"),
+                    ("/a/c", None, ""), ("/a/c", "ioasids.max", "1")])
+    assert refused.value.errno == ENOSPC and refused.value.strerror.startswith(
+        "/a/c ioasids.max: ")
+    for bad in ([("/a", "tasks", "1")], [("/a", "release_agent", "x")],
+                [("/a/x\ny", None, "")]):
+        with pytest.raises(IoasidError):
+            s.rehearse(bad)
+    with pytest.raises(IoasidError) as refused:
+        s.rehearse([("/a", "cgroup.subtree_control", "+ioasids")])  # not a v2 hierarchy
+    assert refused.value.errno == EINVAL
+    assert dump(s.core) == before and len(changes.log) == logged

@@ -2,29 +2,27 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 
-from .helpers import Served
+from .helpers import Served, serving
 
 
 @pytest.fixture(params=["fixed", "v4"])
-def served(request: pytest.FixtureRequest, tmp_path) -> Served:
-    s = Served(request.param, str(tmp_path))
-    yield s
-    s.close()
+def served(request: pytest.FixtureRequest, tmp_path) -> Iterator[Served]:
+    with serving(request.param, str(tmp_path)) as s:
+        yield s
 
 
 @pytest.fixture
-def served_fixed(tmp_path) -> Served:
-    s = Served("fixed", str(tmp_path))
-    yield s
-    s.close()
+def served_fixed(tmp_path) -> Iterator[Served]:
+    with serving("fixed", str(tmp_path)) as s:
+        yield s
 
 
 @pytest.fixture(params=["fixed", "v4"])
-def served_two(request: pytest.FixtureRequest, tmp_path) -> Served:
+def served_two(request: pytest.FixtureRequest, tmp_path) -> Iterator[Served]:
     """Served where two processes can open: in v4 with the quota-0 grab switched off."""
-    knobs = {"set_quota_zero_takes_all": False} if request.param == "v4" else {}
-    s = Served(request.param, str(tmp_path), **knobs)
-    yield s
-    s.close()
+    with serving(request.param, str(tmp_path), two=True) as s:
+        yield s

@@ -3,10 +3,12 @@ profile, real client processes (``agent.py``) and a served System."""
 
 from __future__ import annotations
 
+import contextlib
 import select
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 from errno import ESRCH
 from pathlib import Path
 from typing import Any
@@ -191,3 +193,15 @@ class Served:
         self.server.stop()
 
 
+
+
+@contextlib.contextmanager
+def serving(profile_name: str, runtime: str, *, two: bool = False) -> Iterator[Served]:
+    """A ``Served`` in ``profile_name`` on ``runtime``, closed at the end; ``two``: where two
+    processes can open (in v4 with the quota-0 grab switched off)."""
+    knobs = {"set_quota_zero_takes_all": False} if two and profile_name == "v4" else {}
+    served = Served(profile_name, runtime, **knobs)
+    try:
+        yield served
+    finally:
+        served.close()

@@ -11,7 +11,7 @@ from errno import EACCES, EEXIST
 from pathlib import Path
 
 import pytest
-from daemon.daemons import BIN, Daemon, fuse_missing, pids, wait_until
+from daemon.daemons import BIN, Daemon, pids, wait_until
 
 from .helpers import Agent
 
@@ -36,20 +36,9 @@ echo "events $(cat test1/ioasids.events)"
 
 
 @pytest.fixture
-def daemon(tmp_path):
-    reason = fuse_missing()
-    if reason:
-        pytest.skip(reason)
-    made: list[Daemon] = []
-
-    def make(*args: str) -> Daemon:
-        d = Daemon(tmp_path, *args, name=f"d{len(made)}")
-        made.append(d)
-        return d
-
-    yield make
-    for d in reversed(made):
-        d.cleanup()
+def daemon(daemons):
+    """The suite's factory of real daemons (``tests/conftest.py``)."""
+    return daemons
 
 
 def environment(d: Daemon) -> dict[str, str]:

@@ -325,3 +325,16 @@ def test_a_client_gone_with_replies_unread_is_released(served_fixed: Served) -> 
     sock.sock.close()  # without reading: the server's pending replies have no reader
     assert served_fixed.changes.wait_for(lambda: len(system.core) == 0)
     assert served_fixed.server.connections == 0
+
+
+def test_a_refusal_through_the_socket_names_the_real_process_and_its_uid(
+        served_fixed: Served) -> None:
+    served_fixed.cgroup("lim", 1)
+    a = served_fixed.agent("lim")
+    a.ok("open")
+    a.ok("alloc 1 10")
+    assert a.err("alloc 1 10") == EAGAIN
+    refusal = served_fixed.changes.log[-1].refusal  # reported before the reply was sent
+    assert refusal is not None
+    assert (refusal.pid, refusal.uid, refusal.cgroup, refusal.level, refusal.errno) == (
+        a.pid, os.getuid(), "/lim", "/lim", EAGAIN)

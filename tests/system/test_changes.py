@@ -1,22 +1,21 @@
 """The change feed: every change ``System`` reports is one immutable ``Change`` of a
-``ChangeKind``; a refused ioctl carries a ``Refusal`` saying who asked what and who refused."""
+``ChangeKind``; a refused ioctl carries a ``Refusal`` saying who asked what and who refused
+(through the socket: ``tests/userapi/test_server.py``)."""
 
 from __future__ import annotations
 
 import ast
 import dataclasses
-import os
 from errno import EAGAIN, EINVAL, EPERM
 from pathlib import Path
 
 import pytest
+from userapi.helpers import Changes, FakeProcesses
 
 from ioasidsd.model import IoasidError, profile
 from ioasidsd.model import ioasid_uapi as uapi
 from ioasidsd.model.changes import Change, ChangeKind, Refusal
 from ioasidsd.system import System
-
-from .helpers import Changes, FakeProcesses, Served
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -158,19 +157,6 @@ def test_a_refusal_no_limit_made_names_no_level_and_is_reported_even_if_nothing_
         s.ioasid_ioctl(f, 0x1234, b"\0\0")
     assert changes.log[-1].refusal.command == "0x1234"
     assert dict(changes.log[-1].refusal.request) == {"bytes": 2}
-
-
-def test_a_refusal_through_the_socket_names_the_real_process_and_its_uid(
-        served_fixed: Served) -> None:
-    served_fixed.cgroup("lim", 1)
-    a = served_fixed.agent("lim")
-    a.ok("open")
-    a.ok("alloc 1 10")
-    assert a.err("alloc 1 10") == EAGAIN
-    refusal = served_fixed.changes.log[-1].refusal  # reported before the reply was sent
-    assert refusal is not None
-    assert (refusal.pid, refusal.uid, refusal.cgroup, refusal.level, refusal.errno) == (
-        a.pid, os.getuid(), "/lim", "/lim", EAGAIN)
 
 
 def test_a_change_is_immutable() -> None:
