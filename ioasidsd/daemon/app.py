@@ -52,7 +52,7 @@ from ioasidsd.daemon.config import Config, ConfigError, load_config, reload_chan
 from ioasidsd.daemon.logs import forward_model_messages, get_logger, setup_logging
 from ioasidsd.daemon.membership import MOUNT_NAME as MEMBERSHIP_MOUNT
 from ioasidsd.daemon.membership import KernelHierarchy, hierarchy_name
-from ioasidsd.daemon.notify import sd_notify
+from ioasidsd.daemon.notify import Heartbeat, sd_notify, watchdog_interval
 from ioasidsd.daemon.procs import (
     KernelTracker,
     PollTracker,
@@ -173,6 +173,8 @@ class Daemon:
         self._stop_reason = ""
         self._clock_before: float | None = None
         self._saved_boot: str | None = None
+        self.heartbeat: Heartbeat | None = None
+        self._probe_pending = False
 
     # ------------------------------------------------------------------ life cycle
     def run(self) -> int:
@@ -284,7 +286,9 @@ class Daemon:
                                                        total=others), loop=self.sockets)
         self.control.start()
         self.sockets.start()
-        self._notify("READY=1", f"STATUS={self.status_line()}")
+        line = self.status_line()
+        self._notify("READY=1", f"STATUS={line}")
+        self._start_heartbeat(line)
         self.log.info("ready", mount=str(config.mount), pid=os.getpid(),
                       tracking=self.tracker.mode, profile=system.knobs.profile)
 
@@ -422,6 +426,9 @@ class Daemon:
         self.store.apply(change)
         if self.releases is not None:
             self.releases.wake()
+        heartbeat = self.heartbeat
+        if heartbeat is not None and heartbeat.changed():
+            self._wakeup.set()
         if change.refusal is not None or change.kind in _LOGGED:
             log_change(self.log, change)
 
@@ -461,9 +468,10 @@ class Daemon:
             self.request_stop("unmounted", exit_code=1)
 
     def serve(self) -> None:
-        """The main loop: wait for signals."""
+        """The main loop: wait for signals, and send the heartbeat's lines when due."""
         while True:
-            self._wakeup.wait()
+            heartbeat = self.heartbeat
+            self._wakeup.wait(None if heartbeat is None else heartbeat.due())
             self._wakeup.clear()
             if self._stopping:
                 self.log.info("stopping", reason=self._stop_reason)
@@ -471,6 +479,54 @@ class Daemon:
             if self._reload:
                 self._reload = False
                 self.reload()
+            if heartbeat is not None:
+                heartbeat.tick()
+
+    # ------------------------------------------------------------------ the service manager
+    def _start_heartbeat(self, status: str) -> None:
+        """With a service manager to tell (``$NOTIFY_SOCKET``): ``WATCHDOG=1`` at half the
+        interval of ``$WATCHDOG_USEC`` while the model lock and the socket thread answer, and
+        the ``STATUS=`` line again when it changes, at most once a second."""
+        if not os.environ.get("NOTIFY_SOCKET"):
+            return
+        interval = watchdog_interval()
+        checks = () if interval is None else (
+            functools.partial(self._model_answers, min(5.0, interval / 4)),
+            self._sockets_answer)
+        self.heartbeat = Heartbeat(interval=interval, status=self.status_line, checks=checks,
+                                   send=sd_notify, warn=self.log.warning)
+        self.heartbeat.sent_status(status)
+        if interval is not None:
+            self.log.info("watchdog enabled", interval=interval)
+
+    def _model_answers(self, timeout: float) -> str | None:
+        """Whether the model lock can be taken within ``timeout`` seconds (a liveness check
+        of ``Heartbeat``)."""
+        system = self.system
+        if system is None:
+            return None
+        if not system.lock.acquire(timeout=timeout):
+            return f"the model lock was not free for {timeout:g} s"
+        system.lock.release()
+        return None
+
+    def _sockets_answer(self) -> str | None:
+        """Whether the socket thread ran what it was handed at the last check (a liveness
+        check of ``Heartbeat``); hands it the next probe."""
+        sockets = self.sockets
+        if sockets is None:
+            return None
+        if self._probe_pending:
+            return "the socket thread did not answer since the last check"
+
+        def answered() -> None:
+            self._probe_pending = False
+
+        self._probe_pending = True
+        if not sockets.post(answered):
+            self._probe_pending = False
+            return "the socket thread has stopped"
+        return None
 
     def reload(self) -> None:
         """SIGHUP: read the configuration file again (command-line flags still win)."""
@@ -497,7 +553,10 @@ class Daemon:
                           file=str(new.config_file) if new.config_file else None)
             if pending:
                 self.log.warning("settings changed that need a restart", settings=pending)
-        self._notify("READY=1", f"STATUS={self.status_line()}")
+        line = self.status_line()
+        self._notify("READY=1", f"STATUS={line}")
+        if self.heartbeat is not None:
+            self.heartbeat.sent_status(line)
 
     def shutdown(self) -> None:
         """Stop everything that was started, in reverse order; never raises."""
@@ -577,14 +636,15 @@ class Daemon:
         return status
 
     def status_line(self) -> str:
-        """One line for ``STATUS=``."""
+        """One line for ``STATUS=``: ``serving MOUNT: N of M IOASIDs in use, K cgroups``
+        (live IOASIDs, the capacity, the cgroups with the root)."""
         system = self.system
         assert system is not None
         with system.lock:
             core = system.core
-            used = core.capacity - core.capacity_avail
-            return (f"serving {self.config.mount}: {len(core)} IOASIDs, {used}/{core.capacity} "
-                    f"capacity reserved or used, profile {system.knobs.profile}")
+            cgroups = sum(1 for _ in system.cgroups.cgroups())
+            return (f"serving {self.config.mount}: {len(core)} of {core.capacity} IOASIDs in "
+                    f"use, {cgroups} cgroups")
 
 
 DESCRIPTORS_WANTED = 65536

@@ -72,8 +72,10 @@ class Daemon:
         self.messages: list[dict[str, str]] = []
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, *, ready: bool = True) -> Daemon:
-        env = dict(os.environ, NOTIFY_SOCKET=str(self.notify_path))
+    def start(self, *, ready: bool = True, env: dict[str, str] | None = None) -> Daemon:
+        """Start it (waiting for ``READY=1`` unless ``ready`` is false); ``env``: more
+        environment variables (``WATCHDOG_USEC``...)."""
+        env = dict(os.environ, NOTIFY_SOCKET=str(self.notify_path), **(env or {}))
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen([str(BIN / "ioasidsd"), "run", *self.args], env=env,
                                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
