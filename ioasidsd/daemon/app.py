@@ -51,7 +51,12 @@ from ioasidsd.control.server import ControlServer, Handler
 from ioasidsd.daemon.config import Config, ConfigError, load_config, reload_changes
 from ioasidsd.daemon.logs import forward_model_messages, get_logger, setup_logging
 from ioasidsd.daemon.membership import MOUNT_NAME as MEMBERSHIP_MOUNT
-from ioasidsd.daemon.membership import KernelHierarchy, hierarchy_name
+from ioasidsd.daemon.membership import (
+    FollowedHierarchy,
+    KernelHierarchy,
+    followed_hierarchy,
+    hierarchy_name,
+)
 from ioasidsd.daemon.notify import Heartbeat, sd_notify, watchdog_interval
 from ioasidsd.daemon.procs import (
     KernelTracker,
@@ -244,9 +249,12 @@ class Daemon:
         if config.hierarchy != "v1" and config.tracking == "kernel":
             raise StartError("tracking = kernel keeps membership in a cgroup-v1 mirror: with "
                              "hierarchy = v2, use tracking = auto, connector or poll")
-        hierarchy = KernelHierarchy(hierarchy_name(config.state_dir),
-                                    config.runtime_dir / MEMBERSHIP_MOUNT) \
+        hierarchy: KernelHierarchy | FollowedHierarchy | None = \
+            KernelHierarchy(hierarchy_name(config.state_dir),
+                            config.runtime_dir / MEMBERSHIP_MOUNT) \
             if config.hierarchy == "v1" else None
+        if config.follow != "none":
+            hierarchy = self._followed()
         try:
             self.tracker = open_tracker(system, config.tracking, self.log,
                                         interval=config.poll_interval, hierarchy=hierarchy)
@@ -256,6 +264,9 @@ class Daemon:
                     "the process events connector cannot be used")
             raise StartError(f"tracking = {config.tracking}, but {what}: "
                              f"{exc.strerror or exc}") from None
+        if hierarchy is not None and hierarchy.follows:
+            self.log.info("membership follows the host's hierarchy", follow=config.follow,
+                          hierarchy=str(hierarchy.mountpoint))
         if self.tracker.mode == "poll" and config.tracking == "auto":
             self.log.warning("process tracking falls back to polling", reason=self.tracker.detail)
         elif self.tracker.mode == "connector" and config.tracking == "auto":
@@ -291,6 +302,22 @@ class Daemon:
         self._start_heartbeat(line)
         self.log.info("ready", mount=str(config.mount), pid=os.getpid(),
                       tracking=self.tracker.mode, profile=system.knobs.profile)
+
+    def _followed(self) -> FollowedHierarchy:
+        """The host's hierarchy ``[units] follow`` names; ``StartError`` when it cannot be
+        followed (not mounted, another tracking mode, a cgroup-v2 hierarchy served)."""
+        config = self.config
+        if config.tracking not in ("auto", "kernel"):
+            raise StartError(f"follow = {config.follow} takes membership from the host's "
+                             f"hierarchy: tracking must be auto or kernel, not "
+                             f"{config.tracking}")
+        if config.hierarchy != "v1":
+            raise StartError(f"follow = {config.follow} mirrors the host's membership in a "
+                             f"cgroup-v1 hierarchy: hierarchy must be v1")
+        try:
+            return followed_hierarchy(config.follow, log=self.log)
+        except OSError as exc:
+            raise StartError(f"follow = {config.follow}, but {exc.strerror or exc}") from None
 
     def _open_state(self) -> None:
         config = self.config

@@ -27,6 +27,10 @@ knobs) and the VT-d units and devices::
     [events]                    # the refusal log (ioasidctl events)
     ring = 256                  # refusals kept per cgroup, the oldest pushed out first
 
+    [units]                     # systemd's units and hierarchy
+    follow = "none"             # membership from the host's hierarchy: "systemd" (name=systemd
+                                # where mounted, else the unified one), "unified", or "none"
+
     [knobs]                     # any knob of ioasidsd.model.knobs, over the profile's values
     uncharge_target = "current"
 
@@ -57,6 +61,7 @@ TRACKING_MODES = ("auto", "kernel", "connector", "poll")
 UNPLACED = ("refuse", "root")
 SYNCHRONOUS = ("normal", "full")
 HIERARCHIES = ("v1", "v2")
+FOLLOW_MODES = ("none", "systemd", "unified")
 MAX_CAPACITY = IOASID_MAX_VALUE + 1
 
 
@@ -82,6 +87,7 @@ class Config:
     unplaced: str = "refuse"
     max_connections_per_uid: int = 64
     events_ring: int = 256
+    follow: str = "none"
     synchronous: str = "normal"
     vtd: dict[str, Any] = field(default_factory=dict)
     config_file: Path | None = None
@@ -103,13 +109,16 @@ _SERVICE = ("max_connections_per_uid",)
 """Settings of the ``[service]`` table (also flags; not top-level keys of the file)."""
 _EVENTS = {"ring": "events_ring"}
 """Settings of the ``[events]`` table, by key: the setting (and flag) each one is."""
+_UNITS = {"follow": "follow"}
+"""Settings of the ``[units]`` table, by key: the setting each one is."""
+_TABLES = {"events": _EVENTS, "units": _UNITS}
 _FIELDS = {f.name: f for f in dataclasses.fields(Config)
            if f.name != "config_file" and f.name not in _SERVICE
-           and f.name not in _EVENTS.values()}
+           and f.name not in _EVENTS.values() and f.name not in _UNITS.values()}
 _PATHS = ("mount", "state_dir", "runtime_dir")
 _CHOICES = {"profile": PROFILES, "log_format": LOG_FORMATS, "log_level": LOG_LEVELS,
             "tracking": TRACKING_MODES, "synchronous": SYNCHRONOUS, "unplaced": UNPLACED,
-            "hierarchy": HIERARCHIES}
+            "hierarchy": HIERARCHIES, "follow": FOLLOW_MODES}
 
 
 def _check(name: str, value: Any, where: str) -> Any:
@@ -188,13 +197,14 @@ def read_file(path: Path) -> dict[str, Any]:
                     raise ConfigError(f"{path}: unknown setting [service] {key!r}{hint}")
                 settings[key] = _check(key, setting, f"{path}: [service]")
             continue
-        if name == "events":
+        if name in _TABLES:
+            table = _TABLES[name]
             if not isinstance(value, dict):
-                raise ConfigError(f"{path}: [events] must be a table")
+                raise ConfigError(f"{path}: [{name}] must be a table")
             for key, setting in value.items():
-                if key not in _EVENTS:
-                    raise ConfigError(f"{path}: unknown setting [events] {key!r}")
-                settings[_EVENTS[key]] = _check(_EVENTS[key], setting, f"{path}: [events]")
+                if key not in table:
+                    raise ConfigError(f"{path}: unknown setting [{name}] {key!r}")
+                settings[table[key]] = _check(table[key], setting, f"{path}: [{name}]")
             continue
         if name not in _FIELDS:
             raise _unknown(name, str(path))
@@ -213,7 +223,8 @@ def load_config(path: str | Path | None = None, flags: dict[str, Any] | None = N
     for name, value in (flags or {}).items():
         if value is None:
             continue
-        if name not in _FIELDS and name not in _SERVICE and name not in _EVENTS.values():
+        if name not in _FIELDS and name not in _SERVICE and name not in _EVENTS.values() \
+                and name not in _UNITS.values():
             raise _unknown(name, "command line")
         settings[name] = _check(name, value, "command line")
     config = Config(**settings, config_file=path)
@@ -246,7 +257,7 @@ def reload_changes(running: Config, new: Config) -> tuple[dict[str, Any], list[s
     value), and the names of the other settings that differ (they wait for a restart)."""
     applied: dict[str, Any] = {}
     pending: list[str] = []
-    for name in (*_FIELDS, *_SERVICE, *_EVENTS.values()):
+    for name in (*_FIELDS, *_SERVICE, *_EVENTS.values(), *_UNITS.values()):
         old_value, new_value = getattr(running, name), getattr(new, name)
         if old_value == new_value:
             continue
