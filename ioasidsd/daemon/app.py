@@ -74,7 +74,7 @@ from ioasidsd.daemon.runtime import (
     DirectoryLock,
 )
 from ioasidsd.eventloop import EventLoop
-from ioasidsd.host import boot_id, filesystem_of, process_clock
+from ioasidsd.host import UNIFIED, boot_id, filesystem_of, process_clock
 from ioasidsd.model.changes import Change, ChangeKind
 from ioasidsd.model.core import IoasidSetType
 from ioasidsd.model.errors import IoasidError
@@ -264,6 +264,9 @@ class Daemon:
                     "the process events connector cannot be used")
             raise StartError(f"tracking = {config.tracking}, but {what}: "
                              f"{exc.strerror or exc}") from None
+        if config.follow != "none" and not isinstance(self.tracker, KernelTracker):
+            raise StartError(f"follow = {config.follow}, but the host's hierarchy cannot be "
+                             f"followed: {self.tracker.detail}")
         if hierarchy is not None and hierarchy.follows:
             self.log.info("membership follows the host's hierarchy", follow=config.follow,
                           hierarchy=str(hierarchy.mountpoint))
@@ -642,7 +645,8 @@ class Daemon:
                          "membership": "kernel" if tracker.mode == "kernel" else "daemon",
                          "state": tracker.state, "reason": tracker.reason,
                          "restarts": getattr(tracker, "restarts", 0),
-                         "orphans": len(system.orphans), "unplaced": system.unplaced},
+                         "orphans": len(system.orphans), "unplaced": system.unplaced,
+                         "follow": self.config.follow, "followed": self._followed_status()},
             "mount": str(self.config.mount),
             "hierarchy": self.config.hierarchy,
             "state": {"path": str(self.store.path), "synchronous": self.config.synchronous,
@@ -661,6 +665,15 @@ class Daemon:
             status["release_agents"] = {"started": self.releases.started,
                                         "failed": self.releases.failed}
         return status
+
+    def _followed_status(self) -> dict[str, str] | None:
+        """The host's hierarchy membership follows (where ``classify`` moves processes)."""
+        tracker = self.tracker
+        if not isinstance(tracker, KernelTracker) or not tracker.hierarchy.follows:
+            return None
+        followed = tracker.hierarchy
+        return {"mount": str(followed.mountpoint),
+                "hierarchy": "cgroup2" if followed.name == UNIFIED else f"name={followed.name}"}
 
     def status_line(self) -> str:
         """One line for ``STATUS=``: ``serving MOUNT: N of M IOASIDs in use, K cgroups``

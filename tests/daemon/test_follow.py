@@ -161,6 +161,28 @@ def test_a_process_placed_in_systemds_hierarchy_is_charged_there(daemons, tmp_pa
     assert d.stop() == 0
 
 
+def test_classify_moves_in_the_followed_hierarchy(daemons, tmp_path, systemd_scratch,
+                                                  holders):
+    """``ioasidctl classify`` (cgclassify) cannot write the daemon's cgroup.procs when it
+    follows: it moves the process in the host's hierarchy, making the cgroup there."""
+    scratch = systemd_scratch
+    d = daemons("--config", str(follow_config(tmp_path, "systemd", poll_interval="0.2")))
+    d.start()
+    status = d.status()["tracking"]
+    assert status["follow"] == "systemd"
+    assert status["followed"] == {"mount": str(scratch.mountpoint), "hierarchy": "name=systemd"}
+    holder = holders(d, scratch.make("vm1.scope"), 1)
+    target = scratch.path(scratch.top) + "/gold.scope"
+    (d.mount / target.lstrip("/")).mkdir()  # ours first: the host has no such cgroup yet
+    assert not (scratch.top / "gold.scope").exists()
+    done = d.ctl("classify", "-g", target, str(holder.pid))
+    assert done.returncode == 0, done.stderr
+    assert pids(scratch.top / "gold.scope" / "cgroup.procs") == [holder.pid]
+    assert pids(d.mount / target.lstrip("/") / "cgroup.procs") == [holder.pid]
+    wait_until(lambda: current(d.mount / target.lstrip("/")) == "1", "the charge moved")
+    assert d.stop() == 0
+
+
 def test_a_process_placed_in_the_unified_hierarchy_is_charged_there(daemons, tmp_path,
                                                                    unified_scratch, holders):
     scratch = unified_scratch
