@@ -523,11 +523,22 @@ class Daemon:
         checks = () if interval is None else (
             functools.partial(self._model_answers, min(5.0, interval / 4)),
             self._sockets_answer)
-        self.heartbeat = Heartbeat(interval=interval, status=self.status_line, checks=checks,
+        self.heartbeat = Heartbeat(interval=interval, status=self._status_if_free, checks=checks,
                                    send=sd_notify, warn=self.log.warning)
         self.heartbeat.sent_status(status)
         if interval is not None:
             self.log.info("watchdog enabled", interval=interval)
+
+    def _status_if_free(self) -> str | None:
+        """``status_line()`` if the model lock is free within a second, else ``None``: the main
+        loop never waits long for a lock a wedged thread may keep."""
+        system = self.system
+        if system is None or not system.lock.acquire(timeout=1.0):
+            return None
+        try:
+            return self.status_line()
+        finally:
+            system.lock.release()
 
     def _model_answers(self, timeout: float) -> str | None:
         """Whether the model lock can be taken within ``timeout`` seconds (a liveness check

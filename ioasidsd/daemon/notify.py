@@ -73,12 +73,13 @@ class Heartbeat:
     interval, ``None`` for no watchdog) if every one of ``checks`` passes, else nothing, with
     one warning through ``warn(message, **fields)`` until they pass again; and, after
     ``changed()``, the line ``status()`` gives if it differs from the last one sent, at most
-    once per ``status_interval`` seconds. ``send(*lines)`` is ``sd_notify``; its ``OSError``
+    once per ``status_interval`` seconds (``status()`` may answer ``None``, "not now": the
+    line stays pending). ``send(*lines)`` is ``sd_notify``; its ``OSError``
     and ``ValueError`` are reported through ``warn`` and never raised. ``clock`` is
     ``time.monotonic``.
     """
 
-    def __init__(self, *, interval: float | None, status: Callable[[], str],
+    def __init__(self, *, interval: float | None, status: Callable[[], str | None],
                  checks: Sequence[Check] = (), status_interval: float = 1.0,
                  send: Callable[..., Any] = sd_notify,
                  warn: Callable[..., Any] = lambda message, **fields: None,
@@ -138,8 +139,11 @@ class Heartbeat:
                 self.failing = why
                 self.warn("WATCHDOG=1 withheld: the daemon does not answer", reason=why)
         if self.dirty and now >= self.status_sent_at + self.status_interval:
-            self.dirty = False
             line = self.status()
+            if line is None:  # not now: try again after another interval
+                self.status_sent_at = now
+                return
+            self.dirty = False
             if line != self.last_status:
                 self._send(f"STATUS={line}")
                 self.sent_status(line)

@@ -169,3 +169,17 @@ def test_post_runs_on_the_loop_without_waiting():
         assert where == ["test-loop"]
     finally:
         loop.stop()
+
+
+def test_a_status_that_cannot_be_read_now_stays_pending(manager):
+    clock = Clock()
+    answers: list[str | None] = [None, "1 of 8 IOASIDs in use, 1 cgroups"]
+    beat = Heartbeat(interval=None, status=lambda: answers.pop(0), send=manager.send,
+                     clock=clock)
+    beat.changed()
+    beat.tick()  # the model is busy: nothing sent, still pending
+    assert manager.received() == [] and beat.dirty
+    assert beat.due() == 1.0
+    clock.now += 1.0
+    beat.tick()
+    assert manager.received() == ["STATUS=1 of 8 IOASIDs in use, 1 cgroups"]
