@@ -301,8 +301,9 @@ class Daemon:
         self.control.start()
         self.sockets.start()
         line = self.status_line()
-        self._notify("READY=1", f"STATUS={line}")
+        # the heartbeat first: a change made as soon as READY=1 is read is in its next line
         self._start_heartbeat(line)
+        self._notify("READY=1", f"STATUS={line}")
         self.log.info("ready", mount=str(config.mount), pid=os.getpid(),
                       tracking=self.tracker.mode, profile=system.knobs.profile)
 
