@@ -29,7 +29,8 @@ from __future__ import annotations
 
 import collections
 import enum
-from collections.abc import Callable, Iterator, Mapping
+from array import array
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from errno import EACCES, EAGAIN, EBUSY, EDEADLK, EDQUOT, EEXIST, EINVAL, ENOENT, ENOSPC, EPERM
 from types import MappingProxyType
@@ -576,6 +577,64 @@ class IoasidCore:
             self._notify(IoasidNotify.ALLOC, data, IOASID_NOTIFY_FLAG_SET)
         return ioasid
 
+    def alloc_many_locked(self, ioasid_set: IoasidSet | None, lo: int, hi: int, count: int, *,
+                          task: Any = None) -> array[int] | None:
+        """``count`` IDs of ``ioasid_set`` in ``[lo, hi]``, each the lowest free, with no
+        private data: what ``count`` ``alloc_locked`` calls would return, in order, made at a
+        fraction of their cost. For a caller holding ``core.lock``.
+
+        ``None``, with nothing changed, when the calls could not all be made this way: one of
+        them would be refused (a stale or freeing set, a bad range, the set's quota, a limit,
+        the capacity, no free ID left in the range), the set has notifier blocks to call, or a
+        custom allocator is active. The caller then makes the calls one by one, which refuse,
+        warn and count exactly as they always do.
+        """
+        if (ioasid_set is None or self._sets.get(ioasid_set.id) is not ioasid_set
+                or ioasid_set.free_requested
+                or ioasid_set.nh or self._active is not None
+                or lo < 0 or hi < lo or lo > IOASID_MAX_VALUE or count <= 0):
+            return None
+        quota = ioasid_set.quota
+        if (quota or self._quota_zero_takes_all) and quota < ioasid_set.nr_ioasids + count:
+            return None
+        charge = None
+        charged = None
+        covered = ioasid_set.reserved > 0
+        controller = self.controller
+        if ioasid_set.type is _MM and controller is not None:
+            charge = controller.charge_alloc_many(ioasid_set, task, count)
+            if charge is None:
+                return None
+            charged = charge.cgroup
+            covered = covered or charge.covered
+        pooled = not covered and self._pool_per_id
+        if pooled and self.capacity_avail < count:
+            if charge is not None:
+                controller.cancel_charge(charge)  # type: ignore[union-attr]
+            return None
+        ids: array[int] = array("I")
+        take = self._ids.alloc
+        add = ids.append
+        for _ in range(count):
+            data = IoasidData(-1, ioasid_set, None)
+            ioasid = take(lo, hi, data)
+            if ioasid < 0:  # the range ran out: give back what was taken
+                for taken in ids:
+                    self._ids.remove(taken)
+                if charge is not None:
+                    controller.cancel_charge(charge)  # type: ignore[union-attr]
+                return None
+            data.id = ioasid
+            data.cgroup = charged
+            if pooled:
+                data.pooled = True
+            add(ioasid)
+        if pooled:
+            self.capacity_avail -= count
+        ioasid_set.xa.update(ids)
+        ioasid_set.nr_ioasids += count
+        return ids
+
     def _custom_alloc(self, lo: int, hi: int, data: IoasidData) -> int:
         group = self._active
         assert group is not None
@@ -693,6 +752,47 @@ class IoasidCore:
             self._reclaim(data, task)
         else:
             self._notify(IoasidNotify.FREE, data, IOASID_NOTIFY_FLAG_ALL | IOASID_NOTIFY_FLAG_SET)
+
+    def free_many_locked(self, ioasid_set: IoasidSet, ids: Iterable[int], *,
+                         task: Any = None) -> bool:
+        """``free_locked`` of each of ``ids`` (distinct IDs of ``ioasid_set``), made at once
+        when that is sure to be the same as one by one: each ID live in the set, holding no
+        reference but its allocation's and no SPID, no custom allocator active, and no
+        uncharge that would warn. ``False``, with nothing changed, otherwise: the caller then
+        frees them one by one, which refuses, warns and notifies exactly as it always does.
+        For a caller holding ``core.lock``."""
+        if self._sets.get(ioasid_set.id) is not ioasid_set or self._active is not None:
+            return False
+        get = self._ids.get
+        datas: list[IoasidData] = []
+        for ioasid in ids:
+            data = get(ioasid) if 0 <= ioasid < INVALID_IOASID else None
+            if (data is None or data.set is not ioasid_set or data.refs != 1
+                    or data.state is _FREE_PENDING or data.spid != INVALID_IOASID):
+                return False
+            datas.append(data)
+        controller = self.controller
+        if (ioasid_set.type is _MM and controller is not None
+                and not controller.uncharge_reclaim_many(datas, task)):
+            return False
+        remove = self._ids.remove
+        pooled = 0
+        for data in datas:
+            data.state = _FREE_PENDING
+            data.refs = 0
+            remove(data.id)
+            if data.pooled:
+                pooled += 1
+        ioasid_set.nr_ioasids -= len(datas)
+        self.capacity_avail += pooled
+        ioasid_set.xa.difference_update(ids)
+        if (
+            ioasid_set.nr_ioasids == 0
+            and (self._auto_destroy or ioasid_set.free_requested)
+            and self._sets.get(ioasid_set.id) is ioasid_set
+        ):
+            self._destroy_set(ioasid_set)
+        return True
 
     def free_all_in_set(self, ioasid_set: IoasidSet, *, task: Any = None) -> None:
         """Free every ID of the set's index, ascending (``ioasid_free_all_in_set``).

@@ -436,7 +436,11 @@ class IoasidDevice:
         core = self.core
         ioasid_set = user.ioasid_set
         self._touched.leaves.add(task.cgroup)
-        ids = array("I")
+        ids = core.alloc_many_locked(ioasid_set, lo, hi, count, task=task)
+        if ids is not None:  # the usual case: all of them at once
+            self._touched.ids.extend(ids)
+            return count, ids.tobytes()
+        ids = array("I")  # one refuses (or notifiers are called): one by one, as ALLOC would
         alloc = core.alloc_locked
         try:
             for _ in range(count):
@@ -480,6 +484,8 @@ class IoasidDevice:
                 if charged is not None:
                     leaves.add(charged)
             leaves.add(task.cgroup)
+            if core.free_many_locked(ioasid_set, ids, task=task):  # the usual case: at once
+                return count, b""
             free = core.free_locked
             for ioasid in ids:
                 free(ioasid_set, ioasid, task=task)

@@ -374,6 +374,65 @@ class IoasidsController(Controller):
             raise IoasidError(EPERM, "the calling process does not own the set")
         return self.try_charge(task.cgroup, 1)
 
+    def charge_alloc_many(self, ioasid_set: IoasidSet, task: Process | None,
+                          n: int) -> Charge | None:
+        """``n`` ``charge_alloc`` calls at once, when all ``n`` would succeed: the one
+        ``Charge`` of ``n`` along the walk (peaks raised to the final counters, as ``n`` single
+        charges raise them). ``None``, with nothing changed and nothing counted, when any of
+        them would be refused (no task, an exited task or one that does not own the set, a
+        level whose limit ``n`` more would pass): the caller then charges one by one, so that
+        a refusal is reported, counted and undone exactly as ``charge_alloc`` does it."""
+        if task is None or not task.alive:
+            return None
+        token = ioasid_set.token
+        if token is not task and token != task.mm:
+            return None
+        chain = task.cgroup.chain
+        for node in chain:
+            limit = node.limit
+            if limit is not None and node.counter + n > limit:
+                return None
+        return self.try_charge(task.cgroup, n)
+
+    def uncharge_reclaim_many(self, datas: list[IoasidData], task: Process | None) -> bool:
+        """``uncharge_reclaim`` for each of ``datas`` (MM-set IOASIDs reclaimed together), made
+        at once when that is sure to be the same: ``False``, with nothing changed, when one of
+        them would warn (an owner that has exited under ``uncharge_skips_defunct_mm``, a counter
+        that would go below zero); the caller then reclaims them one by one."""
+        if self._skip_defunct:
+            for data in datas:
+                owner = data.set.token
+                if isinstance(owner, Process) and not owner.alive:
+                    return False
+        if self._uncharge_current:
+            if task is None:
+                return True
+            n = len(datas)
+            chain = task.cgroup.chain
+            for node in chain:
+                if node.counter < n:
+                    return False
+            for node in chain:
+                node.counter -= n
+            return True
+        counts: dict[Cgroup, int] = {}
+        for data in datas:
+            cg = data.cgroup
+            if cg is not None:
+                counts[cg] = counts.get(cg, 0) + 1
+        below: dict[Cgroup, int] = {}  # what each level loses, over every charged cgroup
+        for cg, n in counts.items():
+            for node in cg.chain:
+                below[node] = below.get(node, 0) + n
+        for node, n in below.items():
+            if node.counter < n:
+                return False
+        for node, n in below.items():
+            node.counter -= n
+        for data in datas:
+            data.cgroup = None
+        return True
+
     def uncharge_reclaim(self, data: IoasidData, task: Process | None) -> None:
         """``ioasid_cg_uncharge`` at the final release of an MM-set IOASID.
 
