@@ -14,6 +14,9 @@ Contract:
 * ``call(fn)`` runs ``fn()`` on the loop's thread and returns what it returns (or raises what
   it raises) to the calling thread, which waits; called on the loop's thread, or while the
   loop is not running, it runs ``fn`` at once.
+* ``post(fn)`` runs ``fn()`` on the loop's thread soon, without waiting for it (the daemon's
+  watchdog asks the loop to answer so); ``False`` when the loop is not running, and then
+  ``fn`` is not run.
 * ``call_at(deadline, fn)``: ``fn()`` runs on the loop's thread once ``time.monotonic()`` has
   reached ``deadline`` (a face pausing its listener after a failed accept).
 * A handler or timer that raises is logged with its traceback and the loop goes on: a bug in
@@ -102,6 +105,23 @@ class EventLoop:
         if not ok:
             raise value
         return value
+
+    def post(self, fn: Callable[[], object]) -> bool:
+        """Have ``fn()`` run on the loop's thread after what it is doing now, without waiting
+        (see the module); ``False``, ``fn`` not run, when the loop is not serving."""
+        def run() -> None:
+            try:
+                fn()
+            except Exception:
+                with contextlib.suppress(Exception):
+                    self.log.exception("posted call failed")
+
+        with self._calls_lock:
+            if not self._serving:
+                return False
+            self._calls.append(run)
+        self._wake()
+        return True
 
     def call_at(self, deadline: float, fn: Callable[[], object]) -> None:
         """Run ``fn()`` on the loop's thread once ``time.monotonic()`` reaches ``deadline``.

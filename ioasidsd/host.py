@@ -4,7 +4,7 @@ the one thing done to the host, signals to a process (``ProcessSource.signal``).
 Every read of these files in the package is here, written once: ``/proc/PID/stat``
 (``read_stat``), ``/proc/PID/status``, ``/proc/PID/task``, ``/proc/PID/comm`` and
 ``/proc/PID/cgroup`` (``ProcessSource``), ``/proc/self/mountinfo`` (``mounts``,
-``filesystem_of``) and
+``filesystem_of``, ``cgroup_mount``) and
 ``/proc/sys/kernel/random/boot_id`` (``boot_id``); so is the clock of process start times
 (``process_clock``). Nothing else in the package reads those files.
 
@@ -173,8 +173,9 @@ class ProcessSource:
 
     def cgroup(self, pid: int, hierarchy: str) -> str | None:
         """The path of the cgroup the kernel has process ``pid`` in, in the named cgroup-v1
-        hierarchy ``hierarchy`` (its line ``ID:name=HIERARCHY:PATH`` of ``/proc/PID/cgroup``);
-        ``None`` if the process is gone or that hierarchy is not mounted."""
+        hierarchy ``hierarchy`` (its line ``ID:name=HIERARCHY:PATH`` of ``/proc/PID/cgroup``),
+        or, for ``UNIFIED``, in the cgroup-v2 hierarchy (its line ``0::PATH``); ``None`` if the
+        process is gone or that hierarchy is not mounted."""
         try:
             with open(f"/proc/{pid}/cgroup", "rb") as lines:
                 data = lines.read()
@@ -227,14 +228,25 @@ class ProcessSource:
             return []
 
 
+UNIFIED = ""
+"""The hierarchy name that stands for the cgroup-v2 (unified) hierarchy in ``cgroup_in``,
+``ProcessSource.cgroup`` and ``cgroup_mount``: its ``/proc/PID/cgroup`` line is ``0::PATH``."""
+
+
 def cgroup_in(data: bytes, hierarchy: str) -> str | None:
     """The path that ``data`` (the text of a ``/proc/PID/cgroup`` file) gives for the named
-    hierarchy ``hierarchy``, ``None`` if no line names it. Pure."""
+    hierarchy ``hierarchy`` (``UNIFIED``: the line ``0::PATH``), ``None`` if no line names it.
+    Pure."""
     wanted = f"name={hierarchy}".encode()
     for line in data.split(b"\n"):
-        _, _, rest = line.partition(b":")
+        number, _, rest = line.partition(b":")
         controllers, sep, path = rest.partition(b":")
-        if sep and wanted in controllers.split(b","):
+        if not sep:
+            continue
+        if hierarchy == UNIFIED:
+            if number == b"0" and controllers == b"":
+                return os.fsdecode(path)
+        elif wanted in controllers.split(b","):
             return os.fsdecode(path)
     return None
 
@@ -310,6 +322,20 @@ def mounts() -> list[Mount]:
     read."""
     with open("/proc/self/mountinfo", "rb") as info:
         return parse_mountinfo(info.read())
+
+
+def cgroup_mount(hierarchy: str) -> Mount | None:
+    """Where the named cgroup-v1 hierarchy ``hierarchy`` (``name=HIERARCHY``), or for
+    ``UNIFIED`` the cgroup-v2 hierarchy, is mounted: the first such mount of its root
+    directory (``Mount.root`` ``/``), else the first mount of it; ``None`` if it is not
+    mounted. ``OSError`` if ``mountinfo`` cannot be read."""
+    if hierarchy == UNIFIED:
+        found = [m for m in mounts() if m.fstype == "cgroup2"]
+    else:
+        wanted = f"name={hierarchy}"
+        found = [m for m in mounts() if m.fstype == "cgroup"
+                 and wanted in m.super_options.split(",")]
+    return next((m for m in found if m.root == "/"), found[0] if found else None)
 
 
 def filesystem_of(path: str) -> str:

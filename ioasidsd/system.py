@@ -14,6 +14,11 @@ there too, under the lock, and the kernel is the reference for where a process i
 about to be charged is placed where the kernel has it (``place``), and ``sync_member`` brings
 the model's record of a process into line with the kernel. Without one, the model's own
 membership, fed by a process tracker, is the reference.
+
+Following the host's hierarchy (a ``KernelMembership`` that ``follows``, such as systemd's):
+the same, but membership is the host's. A process found in a cgroup of the host that this
+hierarchy lacks has that cgroup made here first (``realise_followed``), and moves through this
+hierarchy are refused by the followed one (``EPERM``).
 """
 
 from __future__ import annotations
@@ -65,6 +70,9 @@ class KernelMembership(Protocol):
     the kernel refuses."""
 
     name: str
+    follows: bool
+    """Membership is someone else's (the host's hierarchy, followed): a cgroup it has and this
+    hierarchy lacks is made here when a process is found in it, not refused."""
 
     def cgroup_of(self, pid: int) -> str | None:
         """Where the kernel has process ``pid``; ``None`` if it is gone."""
@@ -142,6 +150,12 @@ class System:
         (``EPERM``) or ``root``."""
         self.kernel: KernelMembership | None = None
         """The named hierarchy that keeps the members, when the daemon has one."""
+        self.realise_followed: Callable[[str], Cgroup] = self._make_followed
+        """Called under the lock with the path of a cgroup of a followed hierarchy that this
+        one lacks, when a process is found in it: makes it (and its missing ancestors) and
+        returns it; ``IoasidError`` if it cannot. By default ``mkdir`` each missing level
+        (the new cgroups get the knobs' ``new_cgroup_max``); whoever realises slices with
+        their limits replaces it."""
         self._init_userapi()
 
     # ------------------------------------------------------------------ hierarchy
@@ -693,8 +707,10 @@ class System:
 
     def _kernel_cgroup(self, pid: int) -> Cgroup | None:
         """The cgroup the kernel has ``pid`` in (the caller holds the lock); ``None`` if the
-        process is gone. ``EPERM`` for a kernel cgroup this hierarchy does not have (a directory
-        made in the named hierarchy behind the daemon's back): never charged to the root."""
+        process is gone. A cgroup of a followed hierarchy that this one lacks is made
+        (``realise_followed``). ``EPERM`` for a kernel cgroup this hierarchy does not have and
+        does not make (a directory made in the named hierarchy behind the daemon's back, or
+        one that cannot be made here): never charged to the root."""
         assert self.kernel is not None
         path = self.kernel.cgroup_of(pid)
         if path is None:
@@ -702,8 +718,23 @@ class System:
         try:
             return self.cgroups.lookup(path)
         except IoasidError:
-            raise IoasidError(EPERM, f"process {pid} is in the kernel's {path}, which this "
-                                     f"hierarchy does not have") from None
+            if not self.kernel.follows:
+                raise IoasidError(EPERM, f"process {pid} is in the kernel's {path}, which "
+                                         f"this hierarchy does not have") from None
+        try:
+            return self.realise_followed(path)
+        except IoasidError as exc:
+            raise IoasidError(EPERM, f"process {pid} is in the host's {path}, which cannot "
+                                     f"be made here: {exc.strerror}") from None
+
+    def _make_followed(self, path: str) -> Cgroup:
+        """``realise_followed``'s default: ``mkdir`` every missing level of ``path``."""
+        with self.lock:
+            cg = self.cgroups.root
+            for name in path.strip("/").split("/"):
+                child = cg.children.get(name)
+                cg = child if child is not None else self.mkdir(f"{cg.path.rstrip('/')}/{name}")
+            return cg
 
     def sync_member(self, pid: int) -> Process | None:
         """Make the model's record of the process ``pid`` (a thread-group leader) agree with the

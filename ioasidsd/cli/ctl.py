@@ -677,18 +677,56 @@ def delete(env: Env, recursive: bool, paths: tuple[tuple[str, str], ...]) -> Non
 
 
 def _join(env: Env, shown: str, path: str, pid: int) -> None:
-    """Write ``pid`` (0: this process) into the cgroup's ``cgroup.procs``."""
+    """Write ``pid`` (0: this process) into the cgroup's ``cgroup.procs``. When the daemon
+    refuses because its membership follows the host's hierarchy (systemd's), the process is
+    moved there instead, into the cgroup of the same path (made if missing), as cgclassify
+    does on a hierarchy mounted together with another."""
     try:
         with open(env.dir(path) / "cgroup.procs", "w") as f:
             f.write(str(pid))
     except FileNotFoundError:
         fail(f"{shown}: no such cgroup (ENOENT)")
     except OSError as exc:
+        followed = _followed(env) if exc.errno == errno.EPERM else None
+        if followed is not None:
+            _join_host(followed, shown, path, pid)
+            return
         what = "this process" if pid == 0 else f"process {pid}"
         cause = {errno.ESRCH: "no such process",
                  errno.EACCES: "it belongs to another user",
                  errno.EPERM: "the daemon refuses moves here"}.get(exc.errno or 0)
         fail(oserror(f"moving {what} to {shown}", exc, cause))
+
+
+def _followed(env: Env) -> Path | None:
+    """The mount of the host's hierarchy the daemon's membership follows; ``None`` if it
+    follows none (or cannot be asked)."""
+    from pathlib import Path
+
+    from ioasidsd.control.client import ControlError
+
+    try:
+        followed = env.client.call("status").get("tracking", {}).get("followed")
+    except ControlError:
+        return None
+    return Path(followed["mount"]) if followed else None
+
+
+def _join_host(mount: Path, shown: str, path: str, pid: int) -> None:
+    """Move ``pid`` (0: this process) into the cgroup at ``path`` of the host's hierarchy
+    mounted on ``mount``, made (with its parents) if missing."""
+    where = mount / path.strip("/")
+    what = "this process" if pid == 0 else f"process {pid}"
+    try:
+        where.mkdir(parents=True, exist_ok=True)
+        with open(where / "cgroup.procs", "w") as f:
+            f.write(str(pid))
+    except OSError as exc:
+        cause = {errno.ESRCH: "no such process",
+                 errno.EACCES: "only root may move processes in the host's hierarchy"}.get(
+            exc.errno or 0)
+        fail(oserror(f"moving {what} to {shown} (membership follows {mount}: {where})", exc,
+                     cause))
 
 
 @main.command(name="exec", context_settings={"ignore_unknown_options": True})

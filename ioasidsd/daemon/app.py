@@ -54,8 +54,13 @@ from ioasidsd.control.server import ControlServer, Handler
 from ioasidsd.daemon.config import Config, ConfigError, load_config, reload_changes
 from ioasidsd.daemon.logs import forward_model_messages, get_logger, setup_logging
 from ioasidsd.daemon.membership import MOUNT_NAME as MEMBERSHIP_MOUNT
-from ioasidsd.daemon.membership import KernelHierarchy, hierarchy_name
-from ioasidsd.daemon.notify import sd_notify
+from ioasidsd.daemon.membership import (
+    FollowedHierarchy,
+    KernelHierarchy,
+    followed_hierarchy,
+    hierarchy_name,
+)
+from ioasidsd.daemon.notify import Heartbeat, sd_notify, watchdog_interval
 from ioasidsd.daemon.procs import (
     KernelTracker,
     PollTracker,
@@ -72,7 +77,7 @@ from ioasidsd.daemon.runtime import (
     DirectoryLock,
 )
 from ioasidsd.eventloop import EventLoop
-from ioasidsd.host import boot_id, filesystem_of, process_clock
+from ioasidsd.host import UNIFIED, boot_id, filesystem_of, process_clock
 from ioasidsd.model.changes import Change, ChangeKind
 from ioasidsd.model.core import IoasidSetType
 from ioasidsd.model.errors import IoasidError
@@ -183,6 +188,8 @@ class Daemon:
         self._stop_reason = ""
         self._clock_before: float | None = None
         self._saved_boot: str | None = None
+        self.heartbeat: Heartbeat | None = None
+        self._probe_pending = False
 
     # ------------------------------------------------------------------ life cycle
     def run(self) -> int:
@@ -252,9 +259,12 @@ class Daemon:
         if config.hierarchy != "v1" and config.tracking == "kernel":
             raise StartError("tracking = kernel keeps membership in a cgroup-v1 mirror: with "
                              "hierarchy = v2, use tracking = auto, connector or poll")
-        hierarchy = KernelHierarchy(hierarchy_name(config.state_dir),
-                                    config.runtime_dir / MEMBERSHIP_MOUNT) \
+        hierarchy: KernelHierarchy | FollowedHierarchy | None = \
+            KernelHierarchy(hierarchy_name(config.state_dir),
+                            config.runtime_dir / MEMBERSHIP_MOUNT) \
             if config.hierarchy == "v1" else None
+        if config.follow != "none":
+            hierarchy = self._followed()
         try:
             self.tracker = open_tracker(system, config.tracking, self.log,
                                         interval=config.poll_interval, hierarchy=hierarchy)
@@ -264,6 +274,12 @@ class Daemon:
                     "the process events connector cannot be used")
             raise StartError(f"tracking = {config.tracking}, but {what}: "
                              f"{exc.strerror or exc}") from None
+        if config.follow != "none" and not isinstance(self.tracker, KernelTracker):
+            raise StartError(f"follow = {config.follow}, but the host's hierarchy cannot be "
+                             f"followed: {self.tracker.detail}")
+        if hierarchy is not None and hierarchy.follows:
+            self.log.info("membership follows the host's hierarchy", follow=config.follow,
+                          hierarchy=str(hierarchy.mountpoint))
         if self.tracker.mode == "poll" and config.tracking == "auto":
             self.log.warning("process tracking falls back to polling", reason=self.tracker.detail)
         elif self.tracker.mode == "connector" and config.tracking == "auto":
@@ -300,9 +316,28 @@ class Daemon:
                                                        total=others), loop=self.sockets)
         self.control.start()
         self.sockets.start()
-        self._notify("READY=1", f"STATUS={self.status_line()}")
+        line = self.status_line()
+        # the heartbeat first: a change made as soon as READY=1 is read is in its next line
+        self._start_heartbeat(line)
+        self._notify("READY=1", f"STATUS={line}")
         self.log.info("ready", mount=str(config.mount), pid=os.getpid(),
                       tracking=self.tracker.mode, profile=system.knobs.profile)
+
+    def _followed(self) -> FollowedHierarchy:
+        """The host's hierarchy ``[units] follow`` names; ``StartError`` when it cannot be
+        followed (not mounted, another tracking mode, a cgroup-v2 hierarchy served)."""
+        config = self.config
+        if config.tracking not in ("auto", "kernel"):
+            raise StartError(f"follow = {config.follow} takes membership from the host's "
+                             f"hierarchy: tracking must be auto or kernel, not "
+                             f"{config.tracking}")
+        if config.hierarchy != "v1":
+            raise StartError(f"follow = {config.follow} mirrors the host's membership in a "
+                             f"cgroup-v1 hierarchy: hierarchy must be v1")
+        try:
+            return followed_hierarchy(config.follow, log=self.log)
+        except OSError as exc:
+            raise StartError(f"follow = {config.follow}, but {exc.strerror or exc}") from None
 
     def _open_state(self) -> None:
         config = self.config
@@ -451,6 +486,9 @@ class Daemon:
             self.slices.note_change(change)
         if self.releases is not None:
             self.releases.wake()
+        heartbeat = self.heartbeat
+        if heartbeat is not None and heartbeat.changed():
+            self._wakeup.set()
         if change.refusal is not None or change.kind in _LOGGED:
             log_change(self.log, change)
 
@@ -501,9 +539,10 @@ class Daemon:
             self.request_stop("unmounted", exit_code=1)
 
     def serve(self) -> None:
-        """The main loop: wait for signals."""
+        """The main loop: wait for signals, and send the heartbeat's lines when due."""
         while True:
-            self._wakeup.wait()
+            heartbeat = self.heartbeat
+            self._wakeup.wait(None if heartbeat is None else heartbeat.due())
             self._wakeup.clear()
             if self._stopping:
                 self.log.info("stopping", reason=self._stop_reason)
@@ -511,6 +550,65 @@ class Daemon:
             if self._reload:
                 self._reload = False
                 self.reload()
+            if heartbeat is not None:
+                heartbeat.tick()
+
+    # ------------------------------------------------------------------ the service manager
+    def _start_heartbeat(self, status: str) -> None:
+        """With a service manager to tell (``$NOTIFY_SOCKET``): ``WATCHDOG=1`` at half the
+        interval of ``$WATCHDOG_USEC`` while the model lock and the socket thread answer, and
+        the ``STATUS=`` line again when it changes, at most once a second."""
+        if not os.environ.get("NOTIFY_SOCKET"):
+            return
+        interval = watchdog_interval()
+        checks = () if interval is None else (
+            functools.partial(self._model_answers, min(5.0, interval / 4)),
+            self._sockets_answer)
+        self.heartbeat = Heartbeat(interval=interval, status=self._status_if_free, checks=checks,
+                                   send=sd_notify, warn=self.log.warning)
+        self.heartbeat.sent_status(status)
+        if interval is not None:
+            self.log.info("watchdog enabled", interval=interval)
+
+    def _status_if_free(self) -> str | None:
+        """``status_line()`` if the model lock is free within a second, else ``None``: the main
+        loop never waits long for a lock a wedged thread may keep."""
+        system = self.system
+        if system is None or not system.lock.acquire(timeout=1.0):
+            return None
+        try:
+            return self.status_line()
+        finally:
+            system.lock.release()
+
+    def _model_answers(self, timeout: float) -> str | None:
+        """Whether the model lock can be taken within ``timeout`` seconds (a liveness check
+        of ``Heartbeat``)."""
+        system = self.system
+        if system is None:
+            return None
+        if not system.lock.acquire(timeout=timeout):
+            return f"the model lock was not free for {timeout:g} s"
+        system.lock.release()
+        return None
+
+    def _sockets_answer(self) -> str | None:
+        """Whether the socket thread ran what it was handed at the last check (a liveness
+        check of ``Heartbeat``); hands it the next probe."""
+        sockets = self.sockets
+        if sockets is None:
+            return None
+        if self._probe_pending:
+            return "the socket thread did not answer since the last check"
+
+        def answered() -> None:
+            self._probe_pending = False
+
+        self._probe_pending = True
+        if not sockets.post(answered):
+            self._probe_pending = False
+            return "the socket thread has stopped"
+        return None
 
     def reload(self) -> dict[str, Any]:
         """SIGHUP and ``daemon-reload``: read the configuration file again (command-line flags
@@ -550,7 +648,10 @@ class Daemon:
         counts: dict[str, Any] = {}
         if self.slices is not None:
             counts = self._load_units()
-        self._notify("READY=1", f"STATUS={self.status_line()}")
+        line = self.status_line()
+        self._notify("READY=1", f"STATUS={line}")
+        if self.heartbeat is not None:
+            self.heartbeat.sent_status(line)
         return counts
 
     def shutdown(self) -> None:
@@ -612,7 +713,8 @@ class Daemon:
                          "membership": "kernel" if tracker.mode == "kernel" else "daemon",
                          "state": tracker.state, "reason": tracker.reason,
                          "restarts": getattr(tracker, "restarts", 0),
-                         "orphans": len(system.orphans), "unplaced": system.unplaced},
+                         "orphans": len(system.orphans), "unplaced": system.unplaced,
+                         "follow": self.config.follow, "followed": self._followed_status()},
             "mount": str(self.config.mount),
             "hierarchy": self.config.hierarchy,
             "state": {"path": str(self.store.path), "synchronous": self.config.synchronous,
@@ -637,15 +739,25 @@ class Daemon:
                                           if row["active"] == "failed"]}
         return status
 
+    def _followed_status(self) -> dict[str, str] | None:
+        """The host's hierarchy membership follows (where ``classify`` moves processes)."""
+        tracker = self.tracker
+        if not isinstance(tracker, KernelTracker) or not tracker.hierarchy.follows:
+            return None
+        followed = tracker.hierarchy
+        return {"mount": str(followed.mountpoint),
+                "hierarchy": "cgroup2" if followed.name == UNIFIED else f"name={followed.name}"}
+
     def status_line(self) -> str:
-        """One line for ``STATUS=``."""
+        """One line for ``STATUS=``: ``serving MOUNT: N of M IOASIDs in use, K cgroups``
+        (live IOASIDs, the capacity, the cgroups with the root)."""
         system = self.system
         assert system is not None
         with system.lock:
             core = system.core
-            used = core.capacity - core.capacity_avail
-            return (f"serving {self.config.mount}: {len(core)} IOASIDs, {used}/{core.capacity} "
-                    f"capacity reserved or used, profile {system.knobs.profile}")
+            cgroups = sum(1 for _ in system.cgroups.cgroups())
+            return (f"serving {self.config.mount}: {len(core)} of {core.capacity} IOASIDs in "
+                    f"use, {cgroups} cgroups")
 
 
 def units_search_path(config: Config) -> SearchPath:

@@ -38,6 +38,8 @@ knobs) and the VT-d units and devices::
     path = ["/etc/systemd/system", "/run/systemd/system", "/usr/lib/systemd/system"]
     control_path = ["/etc/systemd/system.control", "/run/systemd/system.control"]
     default_ioasids_max = "infinity"    # a number, "N%" of the capacity, or "infinity"
+    follow = "none"             # membership from the host's hierarchy: "systemd" (name=systemd
+                                # where mounted, else the unified one), "unified", or "none"
 
     [knobs]                     # any knob of ioasidsd.model.knobs, over the profile's values
     uncharge_target = "current"
@@ -70,6 +72,7 @@ TRACKING_MODES = ("auto", "kernel", "connector", "poll")
 UNPLACED = ("refuse", "root")
 SYNCHRONOUS = ("normal", "full")
 HIERARCHIES = ("v1", "v2")
+FOLLOW_MODES = ("none", "systemd", "unified")
 MAX_CAPACITY = IOASID_MAX_VALUE + 1
 
 
@@ -96,6 +99,7 @@ class Config:
     max_connections_per_uid: int = 64
     events_ring: int = 256
     root_max: int | None = None
+    follow: str = "none"
     synchronous: str = "normal"
     units_path: tuple[Path, ...] = DEFAULT_SEARCH_PATH.path
     units_control_path: tuple[Path, ...] = DEFAULT_SEARCH_PATH.control_path
@@ -125,7 +129,7 @@ _EVENTS = {"ring": "events_ring"}
 _LIMITS = {"root_max": "root_max"}
 """Settings of the ``[limits]`` table, by key: the setting (and flag) each one is."""
 _UNITS = {"path": "units_path", "control_path": "units_control_path",
-          "default_ioasids_max": "default_ioasids_max"}
+          "default_ioasids_max": "default_ioasids_max", "follow": "follow"}
 """Settings of the ``[units]`` table, by key: the setting each one is."""
 _TABLES = {"events": _EVENTS, "limits": _LIMITS, "units": _UNITS}
 """The tables whose keys are settings of their own (``[service]`` aside: its keys are the
@@ -137,7 +141,7 @@ _FIELDS = {f.name: f for f in dataclasses.fields(Config)
 _PATHS = ("mount", "state_dir", "runtime_dir")
 _CHOICES = {"profile": PROFILES, "log_format": LOG_FORMATS, "log_level": LOG_LEVELS,
             "tracking": TRACKING_MODES, "synchronous": SYNCHRONOUS, "unplaced": UNPLACED,
-            "hierarchy": HIERARCHIES}
+            "hierarchy": HIERARCHIES, "follow": FOLLOW_MODES}
 
 
 def _check(name: str, value: Any, where: str) -> Any:

@@ -17,6 +17,15 @@ in (``cgroup_of``, from ``/proc/PID/cgroup``). Paths are those of the daemon's h
 (``EBUSY`` for an ``rmdir`` of a cgroup with processes, ``ESRCH`` for a process that is gone,
 ``EINVAL`` for a kernel thread that may not move).
 
+``FollowedHierarchy`` is the same role played by a hierarchy someone else manages: the host's
+``name=systemd`` cgroup-v1 hierarchy or its cgroup-v2 (unified) one (``follow = "systemd"`` or
+``"unified"`` in the ``[units]`` table). The daemon changes nothing there: processes are where
+systemd (or anyone) put them, a cgroup of the host that holds a process is made in the daemon's
+hierarchy when it is first seen (``follows``: see ``System``), a write to the daemon's
+``cgroup.procs`` is refused (``EPERM``, saying where membership comes from), and a cgroup of
+the daemon's may be removed only while the host's cgroup of that path holds no process
+(``EBUSY``).
+
 Its name is ``ioasids`` for the default state directory, and ``ioasids-`` with a digest of the
 state directory's path otherwise (``hierarchy_name``), so that each state keeps its own
 hierarchy across restarts and two daemons never share one. It is mounted on
@@ -33,8 +42,9 @@ import os
 import subprocess
 import tempfile
 from pathlib import Path
+from typing import Any
 
-from ioasidsd.host import ProcessSource, mounts
+from ioasidsd.host import UNIFIED, ProcessSource, cgroup_mount, mounts
 
 DEFAULT_STATE_DIR = Path("/var/lib/ioasidsd")
 MOUNT_NAME = "membership"
@@ -60,6 +70,9 @@ def _run(*argv: str) -> None:
 
 class KernelHierarchy:
     """The named hierarchy ``name``, mounted (by ``mount``) on ``mountpoint``."""
+
+    follows = False
+    """Membership is the daemon's to make: every move and every cgroup is made here too."""
 
     def __init__(self, name: str, mountpoint: Path,
                  processes: ProcessSource | None = None) -> None:
@@ -176,3 +189,129 @@ def remove_hierarchy(name: str) -> list[str]:
         finally:
             hierarchy.unmount()
         return sorted(left)
+
+
+class FollowedHierarchy:
+    """The host's hierarchy ``name`` (``systemd`` for ``name=systemd``, ``UNIFIED`` for
+    cgroup v2) mounted on ``mountpoint``, whose root is the directory ``root`` of that
+    hierarchy (``/`` but in a container), followed rather than kept (see the module).
+
+    The tree methods change nothing in the host: ``mkdir`` and ``rename`` do nothing, ``rmdir``
+    raises ``EBUSY`` while the host's cgroup of that path holds a process, ``attach`` raises
+    ``EPERM`` and logs it (through ``log``, at info level, when given). ``procs`` and ``tasks``
+    of a path the host does not have are empty.
+    """
+
+    follows = True
+    """Membership is the host's: cgroups it has are made here as processes are found in
+    them, and moves through the daemon are refused."""
+    fresh = False
+
+    def __init__(self, name: str, mountpoint: Path, root: str = "/",
+                 processes: ProcessSource | None = None, log: Any = None) -> None:
+        self.name = name
+        self.log = log
+        self.mountpoint = Path(mountpoint)
+        self.root = root
+        self.processes = processes or ProcessSource()
+        what = "cgroup-v2 (unified)" if name == UNIFIED else f"cgroup-v1 name={name}"
+        self.detail = f"follows the host's {what} hierarchy on {self.mountpoint}"
+
+    def __repr__(self) -> str:
+        return f"FollowedHierarchy(name={self.name!r}, mountpoint={str(self.mountpoint)!r})"
+
+    def mount(self) -> None:
+        """Check that the hierarchy is still mounted there; ``OSError`` if not."""
+        if not (self.mountpoint / "cgroup.procs").exists():
+            raise OSError(errno.ENOENT, f"{self.mountpoint} is not a cgroup hierarchy")
+
+    def unmount(self) -> None:
+        """Nothing: the mount is the host's."""
+
+    # ------------------------------------------------------------------ the tree
+    def _dir(self, path: str) -> Path:
+        inside = path.strip("/")
+        return self.mountpoint / inside if inside else self.mountpoint
+
+    def paths(self) -> list[str]:
+        """Every cgroup of the host below its root, parents before children."""
+        found: list[str] = []
+        for top, dirs, _ in os.walk(self.mountpoint):
+            dirs.sort()
+            rel = os.path.relpath(top, self.mountpoint)
+            if rel != ".":
+                found.append("/" + rel)
+        return found
+
+    def mkdir(self, path: str) -> None:
+        """Nothing: a cgroup of the daemon's alone is normal (a slice systemd has not made)."""
+
+    def rename(self, old: str, new: str) -> None:
+        """Nothing: processes the host has in ``old`` will be found there again."""
+
+    def rmdir(self, path: str) -> None:
+        """``EBUSY`` while the host's cgroup at ``path`` holds a process."""
+        if self.procs(path):
+            raise OSError(errno.EBUSY, f"the host's {self._dir(path)} holds processes")
+
+    def attach(self, pid: int, path: str) -> None:
+        """Refused: ``EPERM``, saying where membership comes from."""
+        if self.log is not None:
+            self.log.info("a move through cgroup.procs refused: membership follows the host's "
+                          "hierarchy", pid=pid, cgroup=path, hierarchy=str(self.mountpoint))
+        raise OSError(errno.EPERM, f"membership follows {self.detail}: move processes there "
+                                   f"(e.g. {self._dir(path)}/cgroup.procs), not here")
+
+    # ------------------------------------------------------------------ processes
+    def _ids(self, path: str, file: str) -> list[int]:
+        try:
+            with open(self._dir(path) / file, "rb") as ids:
+                return sorted({int(line) for line in ids.read().split()})
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            if exc.errno == errno.EOPNOTSUPP:  # a threaded cgroup-v2 cgroup lists no processes
+                return []
+            raise
+
+    def procs(self, path: str) -> list[int]:
+        """The processes the host has in the cgroup at ``path``, ascending (none for a path
+        it does not have, or for a threaded cgroup of cgroup v2, whose processes its threaded
+        domain lists)."""
+        return self._ids(path, "cgroup.procs")
+
+    def tasks(self, path: str) -> list[int]:
+        """Their threads, ascending."""
+        return self._ids(path, "cgroup.threads" if self.name == UNIFIED else "tasks")
+
+    def cgroup_of(self, pid: int) -> str | None:
+        """Where the host has process ``pid``, as a path of this mount; ``None`` if it is
+        gone, or if it is outside the mounted subtree."""
+        path = self.processes.cgroup(pid, self.name)
+        if path is None:
+            return None
+        root = self.root.rstrip("/")
+        if not root:
+            return path
+        if path == root:
+            return "/"
+        if path.startswith(root + "/"):
+            return path[len(root):]
+        return None
+
+
+def followed_hierarchy(mode: str, processes: ProcessSource | None = None,
+                       log: Any = None) -> FollowedHierarchy:
+    """The host's hierarchy ``[units] follow = mode`` names: for ``systemd`` the cgroup-v1
+    ``name=systemd`` hierarchy where it is mounted, else the unified one; for ``unified`` the
+    unified one. ``OSError`` when it is not mounted, ``ValueError`` for another mode."""
+    if mode not in ("systemd", "unified"):
+        raise ValueError(f"follow = {mode!r}: expected systemd or unified")
+    mount = cgroup_mount("systemd") if mode == "systemd" else None
+    name = "systemd"
+    if mount is None:
+        mount, name = cgroup_mount(UNIFIED), UNIFIED
+    if mount is None:
+        raise OSError(errno.ENOENT, "no name=systemd nor cgroup-v2 hierarchy is mounted"
+                      if mode == "systemd" else "no cgroup-v2 hierarchy is mounted")
+    return FollowedHierarchy(name, Path(mount.mount_point), mount.root, processes, log)

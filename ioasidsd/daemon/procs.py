@@ -10,6 +10,9 @@ Three trackers with one interface (``start``, ``stop``, ``settle``, ``mode``, ``
   can be opened it also listens to it for exits only (a ``ConnectorTracker`` with
   ``exits_only``), so that an exit is recorded when it happens; its lost events, and every
   failure of it, fall back to the scan.
+  system's records (exits, ``notify_on_release``) follow. Pointed at the host's hierarchy
+  (``FollowedHierarchy``: systemd's, or the unified one), it changes nothing there and takes
+  the host's membership as it finds it.
 * ``ConnectorTracker`` listens to the kernel's process events connector (netlink
   ``NETLINK_CONNECTOR``, ``CN_IDX_PROC``; root only), with pyroute2's message definitions. A fork
   whose parent is tracked outside the root puts the child in the parent's cgroup at once (a child
@@ -72,7 +75,7 @@ from pyroute2.netlink.connector.cn_proc import (
     proc_event_control,
 )
 
-from ioasidsd.daemon.membership import KernelHierarchy
+from ioasidsd.daemon.membership import FollowedHierarchy, KernelHierarchy
 from ioasidsd.host import CLOCK_TICKS, process_clock, read_stat
 from ioasidsd.model.errors import IoasidError
 from ioasidsd.model.hierarchy import Cgroup, Process
@@ -591,7 +594,8 @@ class KernelTracker(_Scanning):
 
     mode = "kernel"
 
-    def __init__(self, system: System, log: Log, hierarchy: KernelHierarchy, *,
+    def __init__(self, system: System, log: Log,
+                 hierarchy: KernelHierarchy | FollowedHierarchy, *,
                  interval: float = 1.0) -> None:
         super().__init__(system, log, interval)
         self.hierarchy = hierarchy
@@ -605,9 +609,14 @@ class KernelTracker(_Scanning):
         return self.hierarchy.fresh
 
     def open(self) -> None:
-        """Mount the hierarchy and mirror the tree; ``OSError`` when it cannot be mounted."""
+        """Mount the hierarchy and mirror the tree; ``OSError`` when it cannot be mounted.
+        A followed hierarchy is only checked: its tree is the host's, and the cgroups of it
+        that hold processes are made in the system's as the scans find them."""
         hierarchy, system = self.hierarchy, self.system
         hierarchy.mount()
+        if hierarchy.follows:
+            system.kernel = hierarchy
+            return
         try:
             with system.lock:
                 ours = [cg.path for cg in system.cgroups.cgroups() if not cg.is_root]
@@ -711,7 +720,7 @@ class KernelTracker(_Scanning):
 
 def open_tracker(system: System, mode: str, log: Log, *, interval: float = 1.0,
                  connector: Callable[..., ConnectorTracker] = ConnectorTracker,
-                 hierarchy: KernelHierarchy | None = None) -> Tracker:
+                 hierarchy: KernelHierarchy | FollowedHierarchy | None = None) -> Tracker:
     """The tracker for ``mode`` (``auto``, ``kernel``, ``connector`` or ``poll``), opened but
     not started.
 

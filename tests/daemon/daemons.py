@@ -92,15 +92,23 @@ class Daemon:
             text = path.read_text() if path.exists() else ""
             if "[units]" not in text:
                 path.write_text(f"{text}\n{units_table(base)}")
+            elif "\npath = " not in text.partition("[units]")[2].partition("\n[")[0]:
+                # a [units] table of the test's own (follow...): the directories go into it
+                path.write_text(text.replace("[units]\n", units_table(base), 1))
             return args
         path = base / f"units-{name}.toml"
         path.write_text(units_table(base))
         return ("--config", str(path), *args)
 
-    def start(self, *, ready: bool = True) -> Daemon:
-        env = dict(os.environ, NOTIFY_SOCKET=str(self.notify_path))
+    def start(self, *, ready: bool = True, env: dict[str, str] | None = None,
+              prefix: tuple[str, ...] = ()) -> Daemon:
+        """Start it (waiting for ``READY=1`` unless ``ready`` is false); ``env``: more
+        environment variables (``WATCHDOG_USEC``...); ``prefix``: a command it runs under
+        (``strace``...), which must exec it as its child and end with it."""
+        env = dict(os.environ, NOTIFY_SOCKET=str(self.notify_path), **(env or {}))
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen([str(BIN / "ioasidsd"), "run", *self.args], env=env,
+            self.proc = subprocess.Popen([*prefix, str(BIN / "ioasidsd"), "run", *self.args],
+                                         env=env,
                                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                          stderr=log)
         if ready:
@@ -138,6 +146,11 @@ class Daemon:
     def signal(self, signum: int) -> None:
         assert self.proc is not None
         self.proc.send_signal(signum)
+
+    def signal_daemon(self, signum: int) -> None:
+        """Signal the daemon itself (its pid file's pid), not a ``prefix`` command it runs
+        under."""
+        os.kill(int((self.run / "ioasidsd.pid").read_text().split()[0]), signum)
 
     def stop(self) -> int:
         """SIGTERM and the exit status."""

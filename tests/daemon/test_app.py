@@ -327,3 +327,58 @@ def test_root_max_holds_a_process_in_the_root_cgroup(tmp_path, started):
     default = started()
     assert default.status()["root"] == {"max": None, "current": None}
     assert "root max   max (" in format_status(default.status())
+
+
+def test_a_wedged_daemon_withholds_the_watchdog(tmp_path, started, monkeypatch):
+    """The daemon's own liveness checks: while its socket thread is stuck, or another thread
+    keeps the model lock, no WATCHDOG=1 goes out; once they answer again, it does."""
+    import socket
+
+    manager = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    manager.bind(str(tmp_path / "notify"))
+    monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "notify"))
+    monkeypatch.setenv("WATCHDOG_USEC", "2000000")
+    monkeypatch.delenv("WATCHDOG_PID", raising=False)
+    daemon = started()
+    assert manager.recv(4096).startswith(b"READY=1\n")
+    beat = daemon.heartbeat
+    assert beat is not None and beat.interval == 2.0
+    manager.setblocking(False)
+
+    def tick() -> bytes | None:
+        beat.next_ping = 0.0  # due now
+        beat.tick()
+        try:
+            return manager.recv(4096)
+        except BlockingIOError:
+            return None
+
+    assert tick() == b"WATCHDOG=1"
+    stuck = threading.Event()
+    assert daemon.sockets.post(stuck.wait)  # the socket thread stops answering
+    try:
+        tick()  # hands it a probe it cannot run
+        assert tick() is None
+        assert beat.failing is not None and "socket thread" in beat.failing
+    finally:
+        stuck.set()
+    wait_until(lambda: tick() == b"WATCHDOG=1", "the pings resumed")
+
+    taken, leave = threading.Event(), threading.Event()
+
+    def hold_the_model() -> None:
+        with daemon.system.lock:
+            taken.set()
+            leave.wait()
+
+    holder = threading.Thread(target=hold_the_model)
+    holder.start()
+    taken.wait()
+    try:
+        assert tick() is None
+        assert "model lock" in beat.failing
+    finally:
+        leave.set()
+        holder.join()
+    assert tick() == b"WATCHDOG=1"
+    manager.close()

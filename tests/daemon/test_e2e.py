@@ -55,6 +55,7 @@ def test_ready_carries_a_status_line(daemons):
     message = d.wait_for("READY")
     assert message["READY"] == "1"
     assert message["STATUS"].startswith(f"serving {d.mount}")
+    assert message["STATUS"].endswith(" IOASIDs in use, 1 cgroups")
     assert d.stop() == 0
 
 

@@ -269,3 +269,27 @@ def test_no_other_module_names_the_files_host_reads() -> None:
              if "/proc" in text or "mountinfo" in text or "boot_id" in text]
     assert named == []
     assert any("/proc/" in text for _, text in literals(here))  # the scan sees literals
+
+
+def test_the_cgroup_of_the_unified_hierarchy_is_read_from_its_line() -> None:
+    data = (b"12:name=ioasids-1:/a/b c\n11:name=systemd:/user.slice\n8:pids,other:/x\n"
+            b"0::/unified/x\n")
+    assert host.cgroup_in(data, host.UNIFIED) == "/unified/x"
+    assert host.cgroup_in(b"11:name=systemd:/user.slice\n", host.UNIFIED) is None
+    assert host.cgroup_in(b"1::/not-v2\n", host.UNIFIED) is None  # only hierarchy 0 is v2
+
+
+def test_the_mounts_of_the_hosts_hierarchies_are_found() -> None:
+    found = False
+    for hierarchy, fstype in (("systemd", "cgroup"), (host.UNIFIED, "cgroup2")):
+        mount = host.cgroup_mount(hierarchy)
+        if mount is None:
+            continue
+        found = True
+        assert mount.fstype == fstype
+        assert os.path.exists(os.path.join(mount.mount_point, "cgroup.procs"))
+        where = host.ProcessSource().cgroup(os.getpid(), hierarchy)
+        assert where is not None and where.startswith("/")
+    if not found:
+        pytest.skip("neither name=systemd nor cgroup v2 is mounted here")
+    assert host.cgroup_mount("no-such-hierarchy-here") is None
