@@ -68,6 +68,24 @@ def _run(*argv: str) -> None:
         raise OSError(errno.EPERM if "permission" in message.lower() else errno.EIO, message)
 
 
+def _cgroup_dir(mountpoint: Path, path: str) -> Path:
+    """The directory of the cgroup at ``path`` in the hierarchy mounted at ``mountpoint``."""
+    inside = path.strip("/")
+    return mountpoint / inside if inside else mountpoint
+
+
+def _cgroup_paths(mountpoint: Path) -> list[str]:
+    """Every cgroup of the hierarchy mounted at ``mountpoint`` below its root, parents before
+    children, siblings by name."""
+    found: list[str] = []
+    for top, dirs, _ in os.walk(mountpoint):
+        dirs.sort()
+        rel = os.path.relpath(top, mountpoint)
+        if rel != ".":
+            found.append("/" + rel)
+    return found
+
+
 class KernelHierarchy:
     """The named hierarchy ``name``, mounted (by ``mount``) on ``mountpoint``."""
 
@@ -125,18 +143,11 @@ class KernelHierarchy:
 
     # ------------------------------------------------------------------ the tree
     def _dir(self, path: str) -> Path:
-        inside = path.strip("/")
-        return self.mountpoint / inside if inside else self.mountpoint
+        return _cgroup_dir(self.mountpoint, path)
 
     def paths(self) -> list[str]:
         """Every cgroup below the root, parents before children."""
-        found: list[str] = []
-        for top, dirs, _ in os.walk(self.mountpoint):
-            dirs.sort()
-            rel = os.path.relpath(top, self.mountpoint)
-            if rel != ".":
-                found.append("/" + rel)
-        return found
+        return _cgroup_paths(self.mountpoint)
 
     def mkdir(self, path: str) -> None:
         os.mkdir(self._dir(path), 0o755)
@@ -230,18 +241,11 @@ class FollowedHierarchy:
 
     # ------------------------------------------------------------------ the tree
     def _dir(self, path: str) -> Path:
-        inside = path.strip("/")
-        return self.mountpoint / inside if inside else self.mountpoint
+        return _cgroup_dir(self.mountpoint, path)
 
     def paths(self) -> list[str]:
         """Every cgroup of the host below its root, parents before children."""
-        found: list[str] = []
-        for top, dirs, _ in os.walk(self.mountpoint):
-            dirs.sort()
-            rel = os.path.relpath(top, self.mountpoint)
-            if rel != ".":
-                found.append("/" + rel)
-        return found
+        return _cgroup_paths(self.mountpoint)
 
     def mkdir(self, path: str) -> None:
         """Nothing: a cgroup of the daemon's alone is normal (a slice systemd has not made)."""
