@@ -26,6 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from kernel_script import NOBODY, ScriptTree
 from test_cgroupfs_v2_kernel import (  # noqa: F401 (fixtures)
     KERNEL_V2,
     Inotify,
@@ -33,7 +34,6 @@ from test_cgroupfs_v2_kernel import (  # noqa: F401 (fixtures)
     mounted_v2,
 )
 
-NOBODY = 65534
 TICKER = "import os, time\nwhile True:\n    os.write(1, b'x')\n    time.sleep(0.02)\n"
 STILL_FOR = 1.0
 """Seconds without a byte from the ticker that say it is stopped."""
@@ -147,49 +147,34 @@ DIFFERENCES: dict[str, tuple[str, str]] = {
 }
 
 
-class Side:
+class Side(ScriptTree):
     """Runs the script's operations under ``top``, a child of a v2 hierarchy's root ``root``,
-    with processes of its own."""
+    with processes of its own: ``ScriptTree``'s operations, with results naming those
+    processes as the script does (``{ticker}``...) rather than the controller."""
 
     def __init__(self, root: Path, top: Path, controller: str,
                  procs: dict[str, subprocess.Popen[bytes]], as_user: Callable[..., str]) -> None:
-        self.root, self.top, self.controller, self.procs = root, top, controller, procs
-        self.as_user = as_user
+        super().__init__(root, top, controller,
+                         {name: proc.pid for name, proc in procs.items()}, as_user)
+        self.procs = procs
         ticks = procs["ticker"].stdout
         assert ticks is not None
         self.ticks = ticks.fileno()
         os.set_blocking(self.ticks, False)
 
-    def path(self, rel: str) -> Path:
-        return self.root / rel[1:] if rel.startswith("/") else self.top / rel
-
     def value(self, text: str) -> str:
-        return text.format(**{name: proc.pid for name, proc in self.procs.items()})
+        return text.format(**self.pids)
 
     def normal(self, text: str) -> str:
-        for name, proc in self.procs.items():
-            text = text.replace(str(proc.pid), "{" + name + "}")
+        for name, pid in self.pids.items():
+            text = text.replace(str(pid), "{" + name + "}")
         return text
 
-    def run(self, op: str, args: tuple[str, ...]) -> str:
-        try:
-            return getattr(self, "op_" + op)(*args)
-        except OSError as exc:
-            return errno.errorcode[exc.errno]
-
-    def op_read(self, rel: str) -> str:
-        return self.normal(self.path(rel).read_text())
-
     def op_write(self, rel: str, data: str) -> str:
-        try:
-            fd = os.open(self.path(rel), os.O_WRONLY)
-        except OSError as exc:
-            return "open " + errno.errorcode[exc.errno]
-        try:
-            written = os.write(fd, self.value(data).encode())
-        finally:
-            os.close(fd)
-        return "ok" if "{" in data else f"ok {written}"  # a pid's length is not the file's
+        result = super().op_write(rel, data)
+        if result.startswith("ok ") and "{" in data:
+            return "ok"  # a pid's length is not the file's
+        return result
 
     def op_ls_beyond_controller(self, rel: str) -> str:
         return " ".join(sorted(n for n in os.listdir(self.path(rel))
@@ -202,21 +187,6 @@ class Side:
 
     def op_exists(self, rel: str) -> str:
         return "yes" if self.path(rel).exists() else "no"
-
-    def op_mkdir(self, rel: str) -> str:
-        os.mkdir(self.path(rel))
-        return "ok"
-
-    def op_rmdir(self, rel: str) -> str:
-        os.rmdir(self.path(rel))
-        return "ok"
-
-    def op_chown(self, rel: str, uid: str) -> str:
-        os.chown(self.path(rel), int(uid), int(uid))
-        return "ok"
-
-    def op_write_as_nobody(self, rel: str, data: str) -> str:
-        return self.as_user(NOBODY, "write", self.path(rel), self.value(data))
 
     def op_wait_events(self, rel: str, expected: str) -> str:
         """What ``rel`` (a ``cgroup.events``) says once it says ``expected``, or after 10 s."""
