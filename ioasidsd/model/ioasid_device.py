@@ -468,23 +468,21 @@ class IoasidDevice:
             if len(set(ids)) != count:
                 raise IoasidError(EINVAL, "FREE_BATCH: an ID is given twice")
             touched = self._touched
+            touched.ids.extend(ids)
             leaves = touched.leaves
+            leaves.add(task.cgroup)
             # the usual case: all at once; its own checks decline (nothing changed) whatever
             # the checks below would refuse
             charged = core.free_many_locked(ioasid_set, ids, task=task)
             if charged is not None:
-                touched.ids.extend(ids)
                 charged.discard(None)
                 leaves.update(charged)
-                leaves.add(task.cgroup)
                 return count, b""
-            touched.ids.extend(ids)
             check = self._check_free
             for ioasid in ids:
                 charged_to = check(user, ioasid).cgroup
                 if charged_to is not None:
                     leaves.add(charged_to)
-            leaves.add(task.cgroup)
             free = core.free_locked
             for ioasid in ids:
                 free(ioasid_set, ioasid, task=task)
