@@ -729,6 +729,20 @@ def _join_host(mount: Path, shown: str, path: str, pid: int) -> None:
                      cause))
 
 
+def _become(command: tuple[str, ...] | list[str], verb: str) -> NoReturn:
+    """Replace this process with ``command``, as a shell runs one: exit 127 when it is not
+    found, 126 when it cannot be run, each with one line naming ``verb``."""
+    sys.stdout.flush()
+    try:
+        os.execvp(command[0], command)
+    except FileNotFoundError:
+        click.echo(f"ioasidctl: {verb}: {command[0]}: command not found", err=True)
+        raise SystemExit(127) from None
+    except OSError as exc:
+        click.echo(f"ioasidctl: {oserror(f'{verb}: {command[0]}', exc)}", err=True)
+        raise SystemExit(126) from None
+
+
 @main.command(name="exec", context_settings={"ignore_unknown_options": True})
 @click.option("-g", "group", required=True, callback=_paths, metavar="PATH",
               shell_complete=_complete_path, help="The cgroup to run in.")
@@ -741,15 +755,7 @@ def exec_(env: Env, group: str, command: tuple[str, ...]) -> None:
     if not env.dir(group).is_dir():
         _require(env, group, group)
     _join(env, group, group, 0)
-    sys.stdout.flush()
-    try:
-        os.execvp(command[0], command)
-    except FileNotFoundError:
-        click.echo(f"ioasidctl: exec: {command[0]}: command not found", err=True)
-        raise SystemExit(127) from None
-    except OSError as exc:
-        click.echo(f"ioasidctl: {oserror(f'exec: {command[0]}', exc)}", err=True)
-        raise SystemExit(126) from None
+    _become(command, "exec")
 
 
 @main.command()
@@ -949,15 +955,7 @@ def run(env: Env, slice_name: str | None, scope: bool, unit: str | None,
         raise
     if not quiet:
         click.echo(f"Running scope as unit: {result['unit']}", err=True)
-    sys.stdout.flush()
-    try:
-        os.execvp(command[0], command)
-    except FileNotFoundError:
-        click.echo(f"ioasidctl: run: {command[0]}: command not found", err=True)
-        raise SystemExit(127) from None
-    except OSError as exc:
-        click.echo(f"ioasidctl: {oserror(f'run: {command[0]}', exc)}", err=True)
-        raise SystemExit(126) from None
+    _become(command, "run")
 
 
 # ---------------------------------------------------------------------- /dev/ioasid
