@@ -95,6 +95,25 @@ def ids_array(data: bytes) -> array:
     return ids
 
 
+def id_runs(ids: Iterable[int]) -> list[tuple[int, int]]:
+    """``ids`` (distinct) as runs of consecutive IDs, ``(first, last)``, ascending: the rows
+    a slice of a batch freed are removed with one statement a run, not one a row."""
+    runs: list[tuple[int, int]] = []
+    ordered = sorted(ids)
+    if not ordered:
+        return runs
+    if ordered[-1] - ordered[0] + 1 == len(ordered):  # one run (a slice of a batch)
+        return [(ordered[0], ordered[-1])]
+    first = last = ordered[0]
+    for i in ordered[1:]:
+        if i != last + 1:
+            runs.append((first, last))
+            first = i
+        last = i
+    runs.append((first, last))
+    return runs
+
+
 class _IdRows:
     """A run of single IOASID operations: the last state of each ID, and the sets of the rows
     it holds (to find them when a set is then given whole)."""
@@ -203,9 +222,10 @@ class FoldPlan:
                 db.execute(f"DELETE FROM {table}")
         for step in self.steps:
             if isinstance(step, _IdRows):
-                gone_ids = [(i,) for i, fields in step.rows.items() if fields is None]
+                gone_ids = [i for i, fields in step.rows.items() if fields is None]
                 if gone_ids:
-                    db.executemany("DELETE FROM ioasids WHERE id=?", gone_ids)
+                    db.executemany("DELETE FROM ioasids WHERE id BETWEEN ? AND ?",
+                                   id_runs(gone_ids))
                 id_rows = [(i, *fields) for i, fields in step.rows.items() if fields is not None]
                 if id_rows:
                     db.executemany(_INSERT_IOASID, id_rows)

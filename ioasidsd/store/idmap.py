@@ -21,6 +21,24 @@ _EMPTY = array("i", [_NONE]) * _SIZE
 _VALUE = struct.Struct("=i")
 
 
+def _run(ids: Iterable[int]) -> tuple[int, int] | None:
+    """``(first, last)`` when ``ids`` (an ``array``, tuple or list) is exactly ``first,
+    first + 1, ..., last`` in that order, at least two of them (compared in C); else
+    ``None``."""
+    if not isinstance(ids, array | tuple | list) or len(ids) < 2:
+        return None
+    lo = ids[0]
+    hi = lo + len(ids) - 1
+    if lo < 0 or ids[-1] != hi:
+        return None
+    expected = range(lo, hi + 1)
+    if isinstance(ids, array):
+        same = ids.typecode in "bBhHiIlLqQ" and ids == array(ids.typecode, expected)
+    else:
+        same = ids == type(ids)(expected)
+    return (lo, hi) if same else None
+
+
 class IdMap:
     """IDs (``0 <= id < 2^32``) to values (``0 <= value < 2^31``); unset IDs map to ``None``.
     Entries are only ever overwritten, never cleared: a value may be stale, and its reader
@@ -39,8 +57,20 @@ class IdMap:
 
     def all_map_to(self, ids: Iterable[int], value: int) -> bool:
         """Whether every one of ``ids`` maps to ``value`` (a whole batch in one call, at a
-        fraction of the cost of ``get`` for each)."""
+        fraction of the cost of ``get`` for each; a run of consecutive IDs is compared a
+        chunk at a time)."""
         chunks = self._chunks
+        run = _run(ids)
+        if run is not None:
+            lo, hi = run
+            while lo <= hi:
+                chunk = chunks.get(lo >> _BITS)
+                end = min(hi, lo | _MASK)
+                if chunk is None or chunk[lo & _MASK : (end & _MASK) + 1] != \
+                        array("i", [value]) * (end - lo + 1):
+                    return False
+                lo = end + 1
+            return True
         last = -1
         chunk: array | None = None
         for i in ids:
@@ -66,17 +96,21 @@ class IdMap:
         chunk[i & _MASK] = value
 
     def set_many(self, ids: Iterable[int], value: int) -> None:
-        """``set`` for each of ``ids``; a ``set`` of consecutive IDs (what allocations of the
-        lowest free ID give) is written a chunk at a time."""
-        if isinstance(ids, set | frozenset) and ids:
+        """``set`` for each of ``ids``; consecutive IDs (what allocations of the lowest free
+        ID give), as a ``set`` or in ascending order, are written a chunk at a time."""
+        run = _run(ids)
+        if run is None and isinstance(ids, set | frozenset) and ids:
             lo, hi = min(ids), max(ids)
-            if hi - lo + 1 == len(ids):
-                while lo <= hi:
-                    block = self._chunk(lo)
-                    end = min(hi, lo | _MASK)
-                    block[lo & _MASK : (end & _MASK) + 1] = array("i", [value]) * (end - lo + 1)
-                    lo = end + 1
-                return
+            if hi - lo + 1 == len(ids) and lo >= 0:
+                run = lo, hi
+        if run is not None:
+            lo, hi = run
+            while lo <= hi:
+                block = self._chunk(lo)
+                end = min(hi, lo | _MASK)
+                block[lo & _MASK : (end & _MASK) + 1] = array("i", [value]) * (end - lo + 1)
+                lo = end + 1
+            return
         chunks = self._chunks
         for i in ids:
             chunk = chunks.get(i >> _BITS)
