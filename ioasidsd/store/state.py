@@ -140,6 +140,7 @@ _IOASID_KEY = attrgetter("state", "refs", "spid", "cgroup", "pooled", "private")
 Warn = Callable[[str], None]
 
 
+_encode = codec.encode
 _BULK_IDS = 64  # from this many IOASIDs in one change, whole sets may be cheaper to write
 _GROUP_IDS = 256  # from this many of one set, alike, one IOASIDS operation (a batch's slice)
 
@@ -622,8 +623,15 @@ class Store:
             return
         self._error = None
         if ops:
+            folder = self._folder
             try:
-                self._record(kind, ops)
+                if folder is not None:  # ``_record``, inline: this is every change
+                    folder.append(kind, _encode(ops))
+                else:
+                    self._record(kind, ops)
+            except codec.RecordError as exc:
+                self._warn(f"state not saved ({kind}): {exc}; retrying with a full write")
+                self._error = f"{kind}: {exc}"
             except (sqlite3.Error, StoreError) as exc:  # not journaling: written at once
                 self._warn(f"state not saved ({kind}): {exc}; retrying with a full write")
                 self._error = f"{kind}: {exc}"
@@ -634,6 +642,16 @@ class Store:
             raise StoreError("no system is bound to the store")
         # unpacked at once: a named tuple's fields cost a descriptor call each, on every change
         kind, changed, processes, ids, sets, _path, orphans, refusal = change
+        if len(ids) == 1 and not processes and not sets and refusal is None and \
+                kind is not ChangeKind.RMDIR:  # one IOASID: every ALLOC and FREE, the hot path
+            ops: list[Op] = []
+            touched = self._ioasid_ops(int(ids[0]), ops)
+            if changed:
+                touched = [*changed, *touched]
+            if touched:
+                self._cgroup_ops(touched, ops)
+            self._core_op(ops)
+            return ops
         if kind is ChangeKind.ORPHANS:
             rows = _orphan_rows(orphans)
             self._loaded_meta["orphans"] = rows
@@ -641,7 +659,7 @@ class Store:
         cgroups = list(changed)
         set_ids = set(sets)
 
-        ops: list[Op] = []
+        ops = []
         for proc in processes:
             cgroups.extend(self._process_ops(proc, ops))
             owned = self._core.find_mm_set_locked(proc)
