@@ -42,6 +42,7 @@ seconds, and removes the journal segments whose records are all in the database.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import sys
@@ -290,7 +291,9 @@ class Folder:
     ``append`` (under the caller's lock: one writer) writes a record to the newest segment and
     keeps it in memory. The thread wakes when records wait, lets more arrive for ``interval``
     seconds, takes them, starts a new segment, calls ``fold`` with their payloads (which writes
-    them into the database in one transaction, or raises) and removes the older segments. A
+    them into the database in one transaction, or raises) and removes the older segments. It
+    makes each next segment ahead, off the lock, as the journal's spare: a segment the writer
+    or a rotation needs is then only named under the lock (``journal.SegmentWriter``). A
     failed fold is logged once (``warn``), kept in ``error`` and retried, later and later
     (up to ``RETRY_MAX`` seconds) or at once when ``fold_now`` asks; its records stay in the
     journal and in memory. ``stop`` folds what is left and removes the journal if that worked.
@@ -312,6 +315,7 @@ class Folder:
         self._segments: list[int] = sorted(folded)  # every segment file, oldest first
         self._removal_failed = False
         self._writer: journal.SegmentWriter | None = None
+        self._spare: journal.SegmentWriter | None = None  # the next segment, made ahead
         self._pending: list[bytes] = []  # payloads (bytes: no work for the garbage collector)
         self._kinds: list[str] = []  # the kind of change of each, for error messages
         self._pending_bytes = 0
@@ -338,11 +342,47 @@ class Folder:
         self._thread.start()
 
     def _new_segment(self, size: int = journal.SEGMENT_BYTES) -> journal.SegmentWriter:
-        writer = journal.SegmentWriter(self.directory, self._next, sync=self._sync,
-                                       size=max(size, journal.SEGMENT_BYTES))
+        """The next segment, of at least ``size`` bytes (under the lock): the spare when there
+        is one that large (named now: a link), else one made now. ``OSError`` if neither can
+        be had."""
+        spare = self._spare
+        writer = None
+        if spare is not None and size <= spare.size:
+            self._spare = None
+            try:
+                spare.take_number(self._next)
+            except OSError:
+                spare.close()
+                with contextlib.suppress(OSError):
+                    journal.remove(spare.path)
+            else:
+                writer = spare
+        if writer is None:
+            writer = journal.SegmentWriter(self.directory, self._next, sync=self._sync,
+                                           size=max(size, journal.SEGMENT_BYTES))
         self._segments.append(self._next)
         self._next += 1
         return writer
+
+    def _make_spare(self) -> None:
+        """Make the spare segment if there is none (on the folder's thread, without the lock:
+        reserving and mapping a segment's blocks takes milliseconds, which no change should
+        wait for). A spare that cannot be made is no error: the next segment is then made
+        when it is needed, as before."""
+        with self._lock:
+            if self._spare is not None or self._stopping:
+                return
+        try:
+            spare = journal.SegmentWriter(self.directory, None, sync=self._sync)
+        except OSError:
+            return
+        with self._lock:
+            if self._spare is None and not self._stopping:
+                self._spare = spare
+                return
+        spare.close()  # stopping meanwhile
+        with contextlib.suppress(OSError):
+            journal.remove(spare.path)
 
     @property
     def error(self) -> str | None:
@@ -373,9 +413,9 @@ class Folder:
                 self._cond.notify_all()
             pending.append(payload)
             self._kinds.append(kind)
-            self._pending_bytes += len(payload)
             self._appended += 1
-            if self._pending_bytes >= FOLD_BYTES:
+            size = self._pending_bytes = self._pending_bytes + len(payload)
+            if size >= FOLD_BYTES:
                 self._cond.notify_all()
 
     def _append_again(self, kind: str, payload: bytes, exc: Exception) -> None:
@@ -435,6 +475,7 @@ class Folder:
 
     def _run(self) -> None:
         while True:
+            self._make_spare()
             with self._lock:
                 while not self._pending and not self._stopping:
                     self._cond.wait()
@@ -511,11 +552,12 @@ class Folder:
             del self._segments[:removed]  # only this thread removes, and from the front
 
     def _rotate(self) -> tuple[int, journal.SegmentWriter | None]:
-        """Start a new segment for the records to come; returns the number below which every
-        segment holds only records taken now (the new one, or the current one when a new one
-        cannot be made), and the segment written until now, for the caller to close once it
-        has released the lock (closing cuts the file to its records: up to tens of
-        milliseconds on a busy machine, which every change waiting for the lock would pay)."""
+        """Start a new segment for the records to come (the spare, made ahead: only named
+        here); returns the number below which every segment holds only records taken now
+        (the new one, or the current one when a new one cannot be made), and the segment
+        written until now, for the caller to close once it has released the lock (closing
+        cuts the file to its records: up to tens of milliseconds on a busy machine, which
+        every change waiting for the lock would pay)."""
         try:
             writer = self._new_segment()
         except OSError:
@@ -544,6 +586,11 @@ class Folder:
             if self._writer is not None:
                 self._writer.close()
                 self._writer = None
+            spare, self._spare = self._spare, None
+            if spare is not None:
+                spare.close()
+                with contextlib.suppress(OSError):
+                    journal.remove(spare.path)
             folded = not self._pending
             if not folded:
                 self._warn(f"{len(self._pending)} changes are not folded into {self._what}; "

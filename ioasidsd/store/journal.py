@@ -8,7 +8,10 @@ flushed to the disk, surviving a power loss). What a record means is the store's
 The journal is a series of segment files in the state directory, ``state.journal.N`` with
 ``N = 1, 2, ...``, read in that order. The writer appends to the newest; the folder starts a new
 segment when it takes the records it is about to fold, and removes the older ones once they are
-in the database. A segment is::
+in the database. The next segment is made ahead of need, as the spare ``state.next-journal``
+(the same layout, no records), and given its number when it is taken: making a segment
+(reserving its blocks, mapping it) takes milliseconds, naming one only a link. Replay never
+reads the spare. A segment is::
 
     header   8 bytes  magic  b"IOASIDSJ"
              4 bytes  format version (little-endian u32), FORMAT_VERSION
@@ -48,9 +51,14 @@ FORMAT_VERSION = 1
 PREFIX = "state.journal."
 SEGMENT_BYTES = 4 << 20
 """The size a segment is given at creation (a larger record gets a segment of its own size)."""
+SPARE_NAME = "state.next-journal"
+"""The file of the spare segment: made ahead of need, empty, not read back (``SegmentWriter``,
+``take_number``)."""
 
 _HEADER = struct.Struct("<8sII")
 _FRAME = struct.Struct("<II")
+_FRAME_PACK = _FRAME.pack
+_CRC32 = zlib.crc32
 _PAGE = mmap.PAGESIZE
 _NAME = re.compile(re.escape(PREFIX) + r"([0-9]{1,18})")
 
@@ -159,11 +167,14 @@ class SegmentWriter:
     the new file's directory entry.
     """
 
-    def __init__(self, directory: Path, number: int, *, sync: bool,
+    def __init__(self, directory: Path, number: int | None, *, sync: bool,
                  size: int = SEGMENT_BYTES) -> None:
+        self.directory = directory
         self.number = number
-        self.path = directory / f"{PREFIX}{number}"
+        self.path = directory / (SPARE_NAME if number is None else f"{PREFIX}{number}")
         self.sync = sync
+        if number is None:  # one left by a daemon that died: it holds no records
+            remove(self.path)
         self._map: mmap.mmap | None = None
         self._pos = 0
         self._end = size
@@ -185,15 +196,38 @@ class SegmentWriter:
                 if sync:
                     self._map.flush()
             if sync:
-                dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-                try:
-                    os.fsync(dir_fd)
-                finally:
-                    os.close(dir_fd)
+                self._sync_directory()
         except OSError:
             self.close()
             remove(self.path)
             raise
+
+    def _sync_directory(self) -> None:
+        dir_fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+    @property
+    def size(self) -> int:
+        """The bytes the file was made with (a segment written with ``write(2)`` grows)."""
+        return self._end
+
+    def take_number(self, number: int) -> None:
+        """Make the spare (created with ``number=None``, nothing appended yet) segment
+        ``number``: its file is named ``state.journal.N`` from now on, a hard link made and
+        the spare's name removed, so that a file of that name is never replaced (``OSError``,
+        ``EEXIST``), and a daemon that dies in between leaves a segment holding no records
+        under both names. With ``sync`` the directory is flushed before this returns.
+        ``OSError`` when that cannot be done: the spare is then as it was."""
+        target = self.directory / f"{PREFIX}{number}"
+        os.link(self.path, target)
+        with contextlib.suppress(OSError):  # a spare's name left behind is replaced later
+            os.unlink(self.path)
+        self.number, self.path = number, target
+        if self.sync:
+            self._sync_directory()
 
     @property
     def mapped(self) -> bool:
@@ -206,22 +240,22 @@ class SegmentWriter:
         whole: the file is cut back to where it was when that is possible, and the caller
         should go on in a new segment."""
         try:
-            data = _FRAME.pack(len(payload), zlib.crc32(payload)) + payload
+            data = _FRAME_PACK(len(payload), _CRC32(payload)) + payload
         except struct.error:
             raise OSError(EFBIG, f"a journal record of {len(payload)} bytes") from None
         mapping = self._map
-        if mapping is not None:
-            start = self._pos
-            end = start + len(data)
-            if end > self._end:
-                raise SegmentFull(_HEADER.size + len(data))
-            mapping[start:end] = data
-            if self.sync:
-                page = start - start % _PAGE
-                mapping.flush(page, end - page)
-            self._pos = end
+        if mapping is None:
+            self._write(data)
             return
-        self._write(data)
+        start = self._pos
+        end = start + len(data)
+        if end > self._end:
+            raise SegmentFull(_HEADER.size + len(data))
+        mapping[start:end] = data
+        if self.sync:
+            page = start - start % _PAGE
+            mapping.flush(page, end - page)
+        self._pos = end
 
     def _write(self, data: bytes) -> None:
         try:

@@ -4,6 +4,7 @@ the database, a clean close leaves none, and failures are reported and retried."
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -345,6 +346,87 @@ def test_a_clean_close_folds_everything_and_leaves_no_journal(tmp_path, synchron
     assert journal.segments(tmp_path) == []
     assert raw_cgroups(tmp_path) == {"a": 9}
     assert stored(tmp_path) == dump(system.core)
+
+
+def spare_made(state_dir: Path, other_than: int | None = None) -> int:
+    """Wait for the folder's spare segment (another than the file ``other_than``, an inode
+    number) and return its inode number."""
+    spare = state_dir / journal.SPARE_NAME
+
+    def made() -> bool:
+        with contextlib.suppress(FileNotFoundError):
+            return spare.stat().st_ino != other_than
+        return False
+
+    wait_until(made, "the spare segment")
+    return spare.stat().st_ino
+
+
+@pytest.mark.parametrize("synchronous", ["normal", "full"])
+def test_the_next_segment_is_made_ahead_and_only_named_under_the_lock(tmp_path, monkeypatch,
+                                                                     synchronous):
+    """The folder makes the next segment before it is needed, without holding the lock every
+    change takes; a rotation only names it (a link). Records then go into it, and a clean
+    close leaves neither journal nor spare."""
+    store, system = bound(tmp_path, fold_interval=NEVER, synchronous=synchronous)
+    folder = store._folder
+    spare = spare_made(tmp_path)
+    made = []
+    real_init = journal.SegmentWriter.__init__
+
+    def watched(self, directory, number, **kwargs):
+        made.append((number, folder._lock.locked()))
+        real_init(self, directory, number, **kwargs)
+
+    monkeypatch.setattr(journal.SegmentWriter, "__init__", watched)
+    for round_ in range(3):
+        system.mkdir(f"/r{round_}")
+        assert store.fold()
+        (_, newest), = journal.segments(tmp_path)  # the folded one is gone
+        assert newest.stat().st_ino == spare  # the rotation took the spare
+        spare = spare_made(tmp_path, other_than=spare)
+    assert made and all(number is None and not locked for number, locked in made)
+    system.mkdir("/last")
+    assert [op[2][1] for record in records(tmp_path) for op in record
+            if op[0] == CGROUP and op[2] is not None and op[2][1] == "last"] == ["last"]
+    store.close()
+    assert journal.segments(tmp_path) == [] and not (tmp_path / journal.SPARE_NAME).exists()
+    assert stored(tmp_path) == dump(system.core)
+
+
+@pytest.mark.parametrize("left", ["spare", "linked", "partial"])
+def test_a_daemon_killed_around_its_spare_segment_loses_nothing(tmp_path, left):
+    """``kill -9`` with the spare made (``spare``), in the middle of naming it (``linked``:
+    the segment's name made, the spare's not removed yet) or of making it (``partial``: its
+    blocks reserved, nothing written): every change acknowledged comes back, and the
+    restarted daemon replaces the spare and leaves none at a clean stop."""
+    def scenario(report):
+        store, system = bound(tmp_path, fold_interval=NEVER)
+        system.mkdir("/a")
+        spare_made(tmp_path)
+        assert store.fold()
+        system.mkdir("/b")
+        system.write_max("/b", "4")
+        spare_made(tmp_path)
+        spare = tmp_path / journal.SPARE_NAME
+        if left == "linked":
+            os.link(spare, tmp_path / f"{journal.PREFIX}{store._folder._next}")
+        elif left == "partial":
+            spare.unlink()
+            spare.write_bytes(bytes(journal.SEGMENT_BYTES))
+        report(dump(system.core))
+
+    final, = crashed(scenario)
+    assert stored(tmp_path) == final
+    store = Store.open(tmp_path)  # a restarted daemon: load, rebuild, bind (folds the journal)
+    again = System(processes=Processes(), on_change=store.apply)
+    store.bind(again, load(store.load(), again.core))
+    spare_made(tmp_path)
+    again.mkdir("/c")
+    store.close()
+    assert journal.segments(tmp_path) == [] and not (tmp_path / journal.SPARE_NAME).exists()
+    assert raw_cgroups(tmp_path) == {"a": 0, "b": 4, "c": 0}
+    assert stored(tmp_path) == dump(again.core)
 
 
 def test_a_failed_fold_is_reported_and_retried_by_itself(tmp_path):
