@@ -59,6 +59,9 @@ log = structlog.get_logger("ioasidsd.userapi")
 UCRED = struct.Struct("=iII")
 """``struct ucred``: pid, uid, gid."""
 _CMSG_SPACE = socket.CMSG_SPACE(UCRED.size)
+_UNPACK_UCRED = UCRED.unpack_from
+_SOL_SOCKET = socket.SOL_SOCKET
+_SCM_CREDENTIALS = socket.SCM_CREDENTIALS
 RECV_SIZE = 1 << 18
 _IN = select.EPOLLIN
 _OUT = select.EPOLLOUT
@@ -118,6 +121,7 @@ class UserApiServer(SocketServer):
         self.cap = cap or ConnectionCap(DEFAULT_CAP)
         self._conns: dict[int, _Connection] = {}
         self._buf = bytearray(RECV_SIZE)  # reused: a fresh 256 KiB bytes per recv page-faults
+        self._bufs = [self._buf]
         self._view = memoryview(self._buf)
 
     @property
@@ -171,7 +175,7 @@ class UserApiServer(SocketServer):
                 return
             # the hot path, inline
             try:
-                n, ancdata, _flags, _addr = conn.sock.recvmsg_into([self._buf], _CMSG_SPACE)
+                n, ancdata, _flags, _addr = conn.sock.recvmsg_into(self._bufs, _CMSG_SPACE)
             except BlockingIOError:
                 return
             if not n:
@@ -179,8 +183,8 @@ class UserApiServer(SocketServer):
                 return
             sender, sender_uid = conn.pid, conn.uid
             for level, kind, cdata in ancdata:
-                if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
-                    sender, sender_uid = UCRED.unpack_from(cdata)[:2]
+                if level == _SOL_SOCKET and kind == _SCM_CREDENTIALS:
+                    sender, sender_uid = _UNPACK_UCRED(cdata)[:2]
             requests = conn.reader.feed(self._view[:n])
             if not requests:
                 return
@@ -191,7 +195,12 @@ class UserApiServer(SocketServer):
                     data = self._request(conn.file, cmd, arg, sender, sender_uid)
                 finally:
                     CLIENT_UID.reset(token)
-                self._send(conn, data)
+                try:  # ``_send`` inline: no reply waits (``pending`` is empty here)
+                    sent = conn.sock.send(data)
+                except BlockingIOError:
+                    sent = 0
+                if sent < len(data):
+                    self._keep(conn, data, sent)
                 return
             conn.waiting = [(cmd, arg, sender, sender_uid) for cmd, arg in requests]
             self._serve(conn)
