@@ -37,6 +37,8 @@ class IdLookup(Protocol):
 
     def any_used(self, values: Iterable[int]) -> bool: ...
 
+    def get_range(self, first: int, last: int) -> list[Any]: ...
+
 
 class _Chunk:
     __slots__ = ("count", "hint", "items", "used")
@@ -170,6 +172,20 @@ class IdSpace:
             while i >= 0:
                 yield base | i
                 i = chunk.used.find(1, i + 1)
+
+    def get_range(self, first: int, last: int) -> list[Any]:
+        """``get`` of each value from ``first`` to ``last`` (``0 <= first``), in order: a
+        slice of consecutive values (a batch's) read a chunk at a time."""
+        out: list[Any] = []
+        while first <= last:
+            end = min(last, first | CHUNK_MASK)
+            chunk = self._chunks.get(first >> CHUNK_BITS)
+            if chunk is None:
+                out.extend([None] * (end - first + 1))
+            else:
+                out.extend(chunk.items[first & CHUNK_MASK : (end & CHUNK_MASK) + 1])
+            first = end + 1
+        return out
 
     def values(self) -> Iterator[Any]:
         """The stored objects, by ascending value."""

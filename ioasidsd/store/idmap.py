@@ -21,7 +21,7 @@ _EMPTY = array("i", [_NONE]) * _SIZE
 _VALUE = struct.Struct("=i")
 
 
-def _run(ids: Iterable[int]) -> tuple[int, int] | None:
+def ascending_run(ids: Iterable[int]) -> tuple[int, int] | None:
     """``(first, last)`` when ``ids`` (an ``array``, tuple or list) is exactly ``first,
     first + 1, ..., last`` in that order, at least two of them (compared in C); else
     ``None``."""
@@ -60,7 +60,7 @@ class IdMap:
         fraction of the cost of ``get`` for each; a run of consecutive IDs is compared a
         chunk at a time)."""
         chunks = self._chunks
-        run = _run(ids)
+        run = ascending_run(ids)
         if run is not None:
             lo, hi = run
             while lo <= hi:
@@ -98,7 +98,7 @@ class IdMap:
     def set_many(self, ids: Iterable[int], value: int) -> None:
         """``set`` for each of ``ids``; consecutive IDs (what allocations of the lowest free
         ID give), as a ``set`` or in ascending order, are written a chunk at a time."""
-        run = _run(ids)
+        run = ascending_run(ids)
         if run is None and isinstance(ids, set | frozenset) and ids:
             lo, hi = min(ids), max(ids)
             if hi - lo + 1 == len(ids) and lo >= 0:

@@ -93,7 +93,7 @@ from ioasidsd.store.fold import (
     Op,
     ids_bytes,
 )
-from ioasidsd.store.idmap import IdMap
+from ioasidsd.store.idmap import IdMap, ascending_run
 from ioasidsd.store.refusals import DEFAULT_RING, RefusalLog, entry
 from ioasidsd.system import System
 
@@ -874,13 +874,17 @@ class Store:
         last written in that set; returns the cgroups they were or are charged to, or ``None``
         (nothing written) when they are not such a group."""
         core = self._core
-        get = core.ioasid_index.get
+        index = core.ioasid_index
+        get = index.get
         first = get(ids[0]) if ids[0] >= 0 else None
         if first is not None:
             ioasid_set = first.set
             key = _IOASID_KEY(first)
-            if key[5] is not None or not ioasid_set.xa.issuperset(ids) or \
-                    not all(map(key.__eq__, map(_IOASID_KEY, map(get, ids)))):
+            if key[5] is not None or not ioasid_set.xa.issuperset(ids):
+                return None
+            run = ascending_run(ids)  # a slice of a batch: its IOASIDs read a chunk at a time
+            found = map(get, ids) if run is None else index.get_range(*run)
+            if not all(map(key.__eq__, map(_IOASID_KEY, found))):
                 return None
             sid = ioasid_set.id
             state, refs, spid, cg, pooled, _private = key

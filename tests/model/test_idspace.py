@@ -161,3 +161,14 @@ def test_any_used_answers_as_in_for_each(used, probes) -> None:
         assert space.insert(value, value)
     assert space.any_used(probes) == any(p in space for p in probes)
     assert space.any_used(sorted(used)) == bool(used)
+
+
+def test_get_range_is_get_of_each_value_across_chunks() -> None:
+    space = IdSpace()
+    for value in (3, CHUNK_SIZE - 1, CHUNK_SIZE, CHUNK_SIZE + 5, 3 * CHUNK_SIZE + 1):
+        assert space.insert(value, f"v{value}")
+    space.remove(CHUNK_SIZE + 5)
+    for first, last in ((0, 10), (CHUNK_SIZE - 2, CHUNK_SIZE + 6), (5, 4 * CHUNK_SIZE),
+                        (2 * CHUNK_SIZE, 2 * CHUNK_SIZE + 3), (3, 3)):
+        assert space.get_range(first, last) == [space.get(v) for v in range(first, last + 1)]
+    assert space.get_range(7, 6) == []
