@@ -1,13 +1,15 @@
-"""``ioasidsd.store.fold``: the runs a fold removes rows by."""
+"""``ioasidsd.store.fold``: the runs a fold removes and makes rows by."""
 
 from __future__ import annotations
 
+from array import array
 from itertools import pairwise
 
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ioasidsd.store.fold import id_runs
+from ioasidsd.store.fold import IOASID, IOASIDS, FoldPlan, id_runs, ids_bytes
+from ioasidsd.store.state import Store
 
 
 @given(st.sets(st.integers(-3, 300) | st.integers(65_530, 65_545)))
@@ -17,3 +19,39 @@ def test_id_runs_cover_exactly_the_ids_in_ascending_disjoint_runs(ids):
     assert covered == sorted(ids)
     for (_, last), (first, _) in pairwise(runs):
         assert first > last + 1  # maximal: two runs never touch
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 200), st.integers(0, 40),
+                          st.sampled_from([None, (7, 1, 1, 5, None, 1, True, None),
+                                           (7, 1, 2, 5, 3, 0, False, '{"a": 1}')])),
+                max_size=12))
+def test_a_fold_writes_runs_of_rows_as_the_rows_one_by_one(tmp_path_factory, slices):
+    """Slices of consecutive IDs made or removed alike (``IOASIDS``) and single rows
+    (``IOASID``) fold to the rows their last states say, whether a run is written in one
+    statement or row by row."""
+    store = Store.open(tmp_path_factory.mktemp("state"))
+    try:
+        expected: dict[int, tuple] = {}
+        plan = FoldPlan()
+        for first, length, fields in slices:
+            ids = array("I", range(first, first + length))
+            if length == 1:
+                plan.add([(IOASID, first, fields, 7) if fields is None else
+                          (IOASID, first, fields)])
+            else:
+                plan.add([(IOASIDS, 7, fields, ids_bytes(ids))])
+            for i in ids:
+                if fields is None:
+                    expected.pop(i, None)
+                else:
+                    expected[i] = (i, *fields)
+        db = store.db
+        db.execute("BEGIN")
+        plan.write(db)
+        db.execute("COMMIT")
+        rows = {row[0]: row for row in db.execute("SELECT * FROM ioasids")}
+        assert rows == {i: tuple(None if v is None else int(v) if isinstance(v, bool) else v
+                                 for v in row) for i, row in expected.items()}
+    finally:
+        store.close()
