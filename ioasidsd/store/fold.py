@@ -248,16 +248,16 @@ class FoldPlan:
                     if fields is None:
                         gone_ids.append(i)
                     else:
-                        ids = alike.get(fields)
-                        if ids is None:
+                        same = alike.get(fields)
+                        if same is None:
                             alike[fields] = [i]
                         else:
-                            ids.append(i)
+                            same.append(i)
                 if gone_ids:
                     db.executemany("DELETE FROM ioasids WHERE id BETWEEN ? AND ?",
                                    id_runs(gone_ids))
-                for fields, ids in alike.items():
-                    _insert_ioasids(db, ids, fields)
+                for fields, same in alike.items():
+                    _insert_ioasids(db, same, fields)
             else:
                 db.execute("DELETE FROM ioasids WHERE set_id=?", (step.set_id,))
                 for fields, ids in step.groups:  # the shared fields repeat for every ID
@@ -585,12 +585,15 @@ class Folder:
         written until now, for the caller to close once it has released the lock (closing
         cuts the file to its records: up to tens of milliseconds on a busy machine, which
         every change waiting for the lock would pay)."""
+        current = self._writer
         try:
             writer = self._new_segment()
         except OSError:
-            return (self._writer.number if self._writer is not None else self._next), None
-        old, self._writer = self._writer, writer
-        return writer.number, old
+            return (self._next if current is None or current.number is None
+                    else current.number), None
+        self._writer = writer
+        assert writer.number is not None  # named by _new_segment
+        return writer.number, current
 
     def _try_fold(self, batch: list[bytes]) -> str | None:
         try:

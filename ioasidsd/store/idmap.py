@@ -64,9 +64,9 @@ class IdMap:
         if run is not None:
             lo, hi = run
             while lo <= hi:
-                chunk = chunks.get(lo >> _BITS)
+                block = chunks.get(lo >> _BITS)
                 end = min(hi, lo | _MASK)
-                if chunk is None or chunk[lo & _MASK : (end & _MASK) + 1] != \
+                if block is None or block[lo & _MASK : (end & _MASK) + 1] != \
                         array("i", [value]) * (end - lo + 1):
                     return False
                 lo = end + 1
