@@ -832,6 +832,36 @@ class IoasidCore:
                 ioasid_set.xa.discard(ioasid)  # hidden from iteration and SPID checks
                 self._unindex_spid(data)
 
+    def release_set_locked(self, ioasid_set: IoasidSet, *, task: Any = None) -> bool:
+        """``free_all_in_set_locked`` and then, if the set is still registered,
+        ``set_free_locked`` (with or without ``when_empty``: the same here), made at once when
+        that is sure to free every ID of the set and destroy it: the set registered, its count
+        that of its index (no FREE_PENDING ID hidden from it), each ID live in it with no
+        reference but its allocation's. The IDs are reclaimed ascending, each as ``free_locked``
+        reclaims an ID's last reference (its uncharge, which warns as it always does, its SPID,
+        a custom allocator's free), then the set goes. ``False``, with nothing changed,
+        otherwise: the caller then makes the two calls. For a caller holding ``core.lock`` (and
+        not a notifier callback): the release of a process's ``/dev/ioasid`` set, at every
+        exit."""
+        xa = ioasid_set.xa
+        if self._sets.get(ioasid_set.id) is not ioasid_set or ioasid_set.nr_ioasids != len(xa):
+            return False
+        get = self._ids.get
+        datas = []
+        for ioasid in (sorted(xa) if len(xa) > 1 else xa):
+            data = get(ioasid)
+            if (data is None or data.set is not ioasid_set or data.refs != 1
+                    or data.state is _FREE_PENDING):
+                return False
+            datas.append(data)
+        for data in datas:  # what ``free_locked`` does with an ID's last reference
+            data.state = _FREE_PENDING
+            data.refs = 0
+            self._reclaim(data, task)
+        if self._sets.get(ioasid_set.id) is ioasid_set:  # not gone with its last ID
+            self._destroy_set(ioasid_set)
+        return True
+
     def _reclaim(self, data: IoasidData, task: Any) -> None:
         """``ioasid_do_free_locked``: the last reference is gone."""
         ioasid = data.id

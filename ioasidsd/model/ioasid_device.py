@@ -291,6 +291,8 @@ class IoasidDevice:
         # where ``free_all_in_set`` made it (a refusal leaves the same touched record)
         if core.notifier_depth:
             core.check_not_in_notifier()
+        if core.release_set_locked(ioasid_set, task=task):
+            return  # every ID reclaimed and the set gone at once: the common case
         core.free_all_in_set_locked(ioasid_set, task=task)
         if not core.set_valid(ioasid_set):
             return  # auto-destroyed (v4) when its last IOASID went
