@@ -44,9 +44,11 @@ steps = st.lists(st.tuples(st.sampled_from(WEIGHTED), st.integers(0, 5), st.inte
 
 
 def record(change: Change) -> tuple[Any, ...]:
-    """A change with its objects by name, comparable across two systems."""
+    """A change with its objects by name, comparable across two systems. Its cgroups as a
+    set: when a change names several charge walks, their order is that of a set of cgroups,
+    which differs between two systems (by the objects' addresses) and means nothing."""
     refusal = change.refusal
-    return (change.kind, tuple(cg.path for cg in change.cgroups),
+    return (change.kind, sorted(cg.path for cg in change.cgroups),
             tuple(p.key for p in change.processes), change.ids, change.sets, change.path,
             dict(change.orphans),
             None if refusal is None else (refusal.pid, refusal.command, refusal.cgroup,
