@@ -161,7 +161,9 @@ class IoasidDevice:
             cgroups = tuple(dict.fromkeys([cg for leaf in leaves
                                            for cg in leaf.chain or _counted_root(leaf)]))
             leaves.clear()
-        taken = (cgroups, tuple(ids), tuple([s.id for s in sets]) if sets else ())
+        taken = (cgroups, tuple(ids),
+                 () if not sets else (sets[0].id,) if len(sets) == 1  # open, release: one set
+                 else tuple([s.id for s in sets]))
         ids.clear()
         if sets:
             sets.clear()
