@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 from ioasidsd.experiments import PolicyError, load_policy
-from ioasidsd.experiments.policy import check_limits
 from ioasidsd.experiments.distributions import parse_distribution
+from ioasidsd.experiments.policy import check_limits
 from ioasidsd.model.core import PCI_PASID_MAX
 
 from .helpers import IOASIDCTL, one_pool, write_policy
