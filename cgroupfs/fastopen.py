@@ -2,16 +2,18 @@
 Python call (what the Python handler ``CgroupOperations.open`` does, decided by the file's
 name); its ``getattr`` and ``read``, answered from a table of what the kernel cache published
 (``Table``: attributes and texts the Python handlers rendered, forgotten when a change may
-alter them), handing the rest to the Python handlers; and its loop, which tells the mount that libfuse's loop ended before libfuse tears the
-session down (``loop_ended``: the kernel cache stops invalidating there, since a notification
-sent after that point reads freed memory or writes into a closed descriptor's reused number).
+alter them), handing the rest to the Python handlers; and its loop, which tells the mount
+that libfuse's loop ended before libfuse tears the session down (``loop_ended``: the kernel
+cache stops invalidating there, since a notification sent after that point reads freed memory
+or writes into a closed descriptor's reused number).
 
 The shared object ``cgroupfs/_fastopen.so`` is built by ``scripts/bootstrap`` (``cc`` and
 libfuse3's headers). Without it the mount serves ``open`` from Python and lets the kernel cache
 nothing it would have to be told about (``cgroupfs.mount``). mfusepy builds libfuse's
 operations table and starts the loop in one call; ``serving`` wraps that call
 (``mfusepy.fuse_main_real``) on the calling thread only, running ``fastopen_main`` instead with
-the C ``open`` in the table; the names the C ``open`` hands to Python (``cgroup.events``, whose
+the C ``open``, ``getattr`` and ``read`` in the table (mfusepy's ``getattr`` and ``read``
+become their fallbacks); the names the C ``open`` hands to Python (``cgroup.events``, whose
 handles tell open files apart) go to a callback of this module calling the operations'
 ``open``, which the mount registers for its ``struct fuse`` once libfuse is initialised
 (``register``) and forgets when it ends.
