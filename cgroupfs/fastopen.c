@@ -33,6 +33,13 @@
  * - A read is answered from the table only for an entry with text and a handle that is not
  *   cgroup.events' (whose reads Python must see); any offset reads the published text.
  * - All functions are thread-safe; the table's mutex is held only to copy an entry.
+ *
+ * Python's thread states: a ctypes callback on a thread Python does not know creates a thread
+ * state and deletes it again when it returns, which costs more than a small handler. The C
+ * handlers give each libfuse worker a thread state of its own, once, kept until the worker
+ * ends (keep_python_thread; a thread-specific key's destructor gives it back, unless Python is
+ * finalizing). Python's C API is found in the process that loaded this object (weak symbols:
+ * without them, nothing is kept).
  */
 #define FUSE_USE_VERSION 312	/* the loop's configuration (libfuse 3.12) */
 
@@ -86,6 +93,70 @@ static struct {
 } mounts[MOUNTS_MAX];
 static pthread_mutex_t mounts_lock = PTHREAD_MUTEX_INITIALIZER;
 static char python_names[LIST_MAX];
+
+/* Python's C API, from the interpreter that loaded this object (weak: absent elsewhere). */
+extern int PyGILState_Ensure(void) __attribute__((weak));
+extern void PyGILState_Release(int state) __attribute__((weak));
+extern void *PyEval_SaveThread(void) __attribute__((weak));
+extern void PyEval_RestoreThread(void *tstate) __attribute__((weak));
+extern int Py_IsInitialized(void) __attribute__((weak));
+extern int _Py_IsFinalizing(void) __attribute__((weak));
+extern void PyThreadState_Clear(void *tstate) __attribute__((weak));
+extern void PyThreadState_DeleteCurrent(void) __attribute__((weak));
+
+static pthread_key_t python_thread_key;
+static pthread_once_t python_thread_once = PTHREAD_ONCE_INIT;
+static __thread int python_thread_kept;
+
+struct kept_thread {
+	void *tstate;
+	int state;
+};
+
+static void give_back_python_thread(void *data)
+{
+	struct kept_thread *kept = data;
+
+	/* Python's own key may already be cleared (destructors run in no set order): the
+	 * thread state is deleted directly, not through PyGILState_Release */
+	if (Py_IsInitialized() && !(_Py_IsFinalizing && _Py_IsFinalizing())) {
+		PyEval_RestoreThread(kept->tstate);
+		PyThreadState_Clear(kept->tstate);
+		PyThreadState_DeleteCurrent();	/* and lets the GIL go */
+	}
+	free(kept);
+}
+
+static void make_python_thread_key(void)
+{
+	if (pthread_key_create(&python_thread_key, give_back_python_thread) != 0)
+		python_thread_kept = -1;
+}
+
+/* Give the calling libfuse worker a Python thread state for its lifetime (see the top). */
+static void keep_python_thread(void)
+{
+	struct kept_thread *kept;
+
+	if (python_thread_kept)
+		return;
+	python_thread_kept = 1;
+	if (!PyGILState_Ensure || !PyGILState_Release || !PyEval_SaveThread ||
+	    !PyEval_RestoreThread || !PyThreadState_Clear || !PyThreadState_DeleteCurrent ||
+	    !Py_IsInitialized || !Py_IsInitialized())
+		return;
+	pthread_once(&python_thread_once, make_python_thread_key);
+	kept = malloc(sizeof(*kept));
+	if (kept == NULL)
+		return;
+	kept->state = PyGILState_Ensure();
+	kept->tstate = PyEval_SaveThread();
+	if (pthread_setspecific(python_thread_key, kept) != 0) {
+		PyEval_RestoreThread(kept->tstate);
+		PyGILState_Release(kept->state);
+		free(kept);
+	}
+}
 static char direct_names[LIST_MAX];
 
 static int listed(const char *list, const char *name)
@@ -370,6 +441,7 @@ int fastopen_getattr(const char *path, struct stat *st, struct fuse_file_info *f
 {
 	struct handlers h = handlers_of(fuse_get_context()->fuse);
 
+	keep_python_thread();
 	if (h.table && path) {
 		size_t n = strlen(path);
 		struct entry *e;
@@ -400,6 +472,7 @@ int fastopen_read(const char *path, char *buf, size_t size, off_t offset,
 {
 	struct handlers h = handlers_of(fuse_get_context()->fuse);
 
+	keep_python_thread();
 	if (h.table && path && !(fi->fh & EVENTS_HANDLE) && offset >= 0) {
 		size_t n = strlen(path), len = 0;
 		struct entry *e;
@@ -430,6 +503,7 @@ int fastopen_open(const char *path, struct fuse_file_info *fi)
 	const char *name = slash ? slash + 1 : path;
 	struct fuse_context *ctx = fuse_get_context();
 
+	keep_python_thread();
 	if (listed(python_names, name)) {
 		open_handler handler = python_open_of(ctx->fuse);
 

@@ -386,3 +386,27 @@ def test_a_value_rendered_before_a_change_is_never_published(
     assert len(published) == before + 1
     _kernel_forgets(handle, "/a/ioasids.max")
     assert (mnt / "a" / "ioasids.max").read_text() == "7\n"
+
+
+def test_a_worker_keeps_its_python_thread_state(handle: CgroupMount, published,  # type: ignore[no-untyped-def]
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """libfuse's workers are threads Python does not know: each keeps one thread state across
+    the Python calls it makes (made once by the C handlers), instead of one made and deleted
+    per call. A context variable a call leaves set is what the next call on that thread sees."""
+    import contextvars
+    import threading
+
+    mark: contextvars.ContextVar[int | None] = contextvars.ContextVar("mark", default=None)
+    seen: list[tuple[int, int | None]] = []
+    real = handle.operations.getattr
+
+    def getattr_(path: str, fh: object = None) -> dict[str, int]:
+        seen.append((threading.get_native_id(), mark.get()))
+        mark.set(threading.get_native_id())
+        return real(path, fh)
+
+    monkeypatch.setattr(handle.operations, "getattr", getattr_)
+    for _ in range(50):  # a missing name is never cached: each lookup reaches Python
+        assert not (Path(handle.mountpoint) / "missing").exists()
+    assert len(seen) >= 50
+    assert any(left == thread for thread, left in seen)
