@@ -18,7 +18,9 @@ membership, fed by a process tracker, is the reference.
 Following the host's hierarchy (a ``KernelMembership`` that ``follows``, such as systemd's):
 the same, but membership is the host's. A process found in a cgroup of the host that this
 hierarchy lacks has that cgroup made here first (``realise_followed``), and moves through this
-hierarchy are refused by the followed one (``EPERM``).
+hierarchy are refused by the followed one (``EPERM``). The cgroups made so are marked
+(``FOLLOWED_MARK``): once one holds no process and no cgroup, and the host has removed its own,
+it is removed here too (``followed_leftovers`` finds them for the daemon's scan).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Container, Iterable, Mapping, Sequence
 from errno import EINVAL, EIO, ENOENT, EPERM, ESRCH
 from signal import SIGCONT, SIGKILL, SIGSTOP
 from typing import TYPE_CHECKING, Protocol
@@ -88,6 +90,18 @@ class KernelMembership(Protocol):
 
     def procs(self, path: str) -> list[int]: ...
     def tasks(self, path: str) -> list[int]: ...
+
+
+FOLLOWED_MARK = "followed"
+"""The attribute of a cgroup's directory (``Cgroup.attrs[""]``) that says the cgroup was made
+because the followed hierarchy had a process in it (value 1), rather than by a ``mkdir``: it
+goes when the host's cgroup goes. Durable with the other attributes."""
+
+
+def made_by_following(cg: Cgroup) -> bool:
+    """Whether ``cg`` was made because the followed hierarchy had a process in it
+    (``FOLLOWED_MARK``)."""
+    return bool(cg.attrs.get("", {}).get(FOLLOWED_MARK))
 
 
 FREEZE_WAIT = 2.0
@@ -721,11 +735,41 @@ class System:
             if not self.kernel.follows:
                 raise IoasidError(EPERM, f"process {pid} is in the kernel's {path}, which "
                                          f"this hierarchy does not have") from None
+        names = path.strip("/").split("/")
+        depth, cg = 0, self.cgroups.root  # the levels there were before: not marked
+        while depth < len(names) and names[depth] in cg.children:
+            cg = cg.children[names[depth]]
+            depth += 1
         try:
             return self.realise_followed(path)
         except IoasidError as exc:
             raise IoasidError(EPERM, f"process {pid} is in the host's {path}, which cannot "
                                      f"be made here: {exc.strerror}") from None
+        finally:  # every level made now, even if a deeper one could not be
+            for name in names[depth:]:
+                made = cg.children.get(name)
+                if made is None:
+                    break
+                cg = made
+                self.set_attrs(cg.path, {"": {FOLLOWED_MARK: 1}})
+
+    def followed_leftovers(self, present: Container[str]) -> list[str]:
+        """The paths of the cgroups made by following (``FOLLOWED_MARK``) that hold no
+        process, whose path is not in ``present`` (the host's cgroups) and whose every child
+        is such a cgroup too; children before their parents, so that removing them in that
+        order succeeds. Changes nothing."""
+        with self.lock:
+            order = list(self.cgroups.cgroups())  # parents before children
+            kept: set[int] = set()  # ids of cgroups that stay, and so do their parents
+            found: list[str] = []
+            for cg in reversed(order):
+                if cg.is_root or id(cg) in kept or cg.procs or cg.path in present or \
+                        not made_by_following(cg):
+                    if cg.parent is not None:
+                        kept.add(id(cg.parent))
+                    continue
+                found.append(cg.path)
+        return found
 
     def _make_followed(self, path: str) -> Cgroup:
         """``realise_followed``'s default: ``mkdir`` every missing level of ``path``."""

@@ -288,6 +288,13 @@ class Daemon:
         system.unplaced = config.unplaced
         system.set_root_max(config.root_max)  # the configuration's, over the saved one
         system.settle = self.tracker.settle
+        # before the first scan: the cgroups following makes get their units' limits
+        self.slices = SliceManager(system, units_search_path(config),
+                                   parse_default_ioasids_max(config.default_ioasids_max),
+                                   self.log)
+        system.realise_followed = self.slices.realise_followed
+        if isinstance(hierarchy, FollowedHierarchy):
+            self.slices.scope_removed = hierarchy.remove_empty  # run's scopes made there
         if isinstance(self.tracker, KernelTracker):
             # the state's guesses for the time no daemon ran first, then the kernel's word
             self._catch_up(adopt=self.tracker.fresh)
@@ -295,9 +302,6 @@ class Daemon:
         else:
             self.tracker.start()
             self._catch_up()
-        self.slices = SliceManager(system, units_search_path(config),
-                                   parse_default_ioasids_max(config.default_ioasids_max),
-                                   self.log)
         self._load_units(sweep=True)
         self.slices.start()
 

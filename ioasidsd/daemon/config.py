@@ -143,6 +143,13 @@ _CHOICES = {"profile": PROFILES, "log_format": LOG_FORMATS, "log_level": LOG_LEV
             "tracking": TRACKING_MODES, "synchronous": SYNCHRONOUS, "unplaced": UNPLACED,
             "hierarchy": HIERARCHIES, "follow": FOLLOW_MODES}
 
+_INTEGERS = {  # setting: (its key in the file, lowest, highest, whether "max" is taken)
+    "capacity": ("capacity", 1, MAX_CAPACITY, False),
+    "max_connections_per_uid": ("max_connections_per_uid", 1, 65536, False),
+    "events_ring": ("ring", 1, 65536, False),
+    "root_max": ("root_max", 0, MAX_CAPACITY, True),
+}
+"""Integer settings (``None``, and ``"max"`` where taken, for no value or no limit)."""
 
 def _check(name: str, value: Any, where: str) -> Any:
     """``value`` of setting ``name`` converted to its type, or ``ConfigError``."""
@@ -155,30 +162,13 @@ def _check(name: str, value: Any, where: str) -> Any:
             raise ConfigError(f"{where}: {name} = {value!r}: expected one of "
                               f"{', '.join(_CHOICES[name])}")
         return value
-    if name == "capacity":
-        if value is None:
+    if name in _INTEGERS:
+        key, low, high, takes_max = _INTEGERS[name]
+        if value is None or (takes_max and value == "max"):
             return None
-        if isinstance(value, bool) or not isinstance(value, int) or \
-                not 1 <= value <= MAX_CAPACITY:
-            raise ConfigError(f"{where}: capacity = {value!r}: expected an integer in "
-                              f"[1, {MAX_CAPACITY}]")
-        return value
-    if name == "max_connections_per_uid":
-        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65536:
-            raise ConfigError(f"{where}: max_connections_per_uid = {value!r}: expected an "
-                              f"integer in [1, 65536]")
-        return value
-    if name == "events_ring":
-        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65536:
-            raise ConfigError(f"{where}: ring = {value!r}: expected an integer in [1, 65536]")
-        return value
-    if name == "root_max":
-        if value == "max" or value is None:
-            return None
-        if isinstance(value, bool) or not isinstance(value, int) or \
-                not 0 <= value <= MAX_CAPACITY:
-            raise ConfigError(f"{where}: root_max = {value!r}: expected \"max\" or an integer "
-                              f"in [0, {MAX_CAPACITY}]")
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            what = '"max" or an integer' if takes_max else "an integer"
+            raise ConfigError(f"{where}: {key} = {value!r}: expected {what} in [{low}, {high}]")
         return value
     if name == "poll_interval":
         if isinstance(value, bool) or not isinstance(value, int | float) or \

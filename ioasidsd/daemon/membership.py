@@ -247,6 +247,21 @@ class FollowedHierarchy:
         """Every cgroup of the host below its root, parents before children."""
         return _cgroup_paths(self.mountpoint)
 
+    def remove_empty(self, path: str) -> None:
+        """Remove the host's cgroup at ``path`` if it holds no process and no cgroup (a scope
+        that ``ioasidctl run`` made there and whose command has ended); nothing if it is gone
+        or holds a cgroup. ``OSError`` ``EBUSY`` while it holds a process (or one still
+        exiting): try again later."""
+        try:
+            os.rmdir(self._dir(path))
+        except OSError as exc:
+            if exc.errno not in (errno.ENOENT, errno.ENOTEMPTY):
+                raise
+
+    def has(self, path: str) -> bool:
+        """Whether the host has a cgroup at ``path``."""
+        return self._dir(path).is_dir()
+
     def mkdir(self, path: str) -> None:
         """Nothing: a cgroup of the daemon's alone is normal (a slice systemd has not made)."""
 

@@ -699,7 +699,8 @@ class KernelTracker(_Scanning):
         system, hierarchy = self.system, self.hierarchy
         with self._scan_lock:
             where: dict[int, str] = {}
-            for path in hierarchy.paths():
+            present = hierarchy.paths()
+            for path in present:
                 with contextlib.suppress(FileNotFoundError):  # removed meanwhile
                     for pid in hierarchy.procs(path):
                         where[pid] = path
@@ -714,7 +715,22 @@ class KernelTracker(_Scanning):
                     self.log.warning("a process's cgroup cannot be recorded", pid=pid,
                                      error=exc.strerror or str(exc))
             release_gone(system)
+            if isinstance(hierarchy, FollowedHierarchy):
+                self._drop_leftovers(hierarchy, set(present))
             self.scans += 1
+
+    def _drop_leftovers(self, hierarchy: FollowedHierarchy, present: set[str]) -> None:
+        """Remove the cgroups made by following that are empty and whose host cgroups were
+        removed (``System.followed_leftovers``), as the host removed its own: a scope whose
+        VM exited. One the host has again by now, or that a process entered meanwhile, stays."""
+        for path in self.system.followed_leftovers(present):
+            if hierarchy.has(path):
+                continue
+            try:
+                self.system.rmdir(path)
+            except IoasidError:
+                continue  # a process (or a cgroup) came in meanwhile, or it went already
+            self.log.info("a followed cgroup removed: the host removed its own", cgroup=path)
 
 
 

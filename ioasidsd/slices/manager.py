@@ -16,8 +16,16 @@ through ``System`` methods. The contract:
   file and, where there is one, the line; its cgroup keeps the limit it had; ``slice list``
   and ``slice status`` show it failed with that message. A failed unit's cgroup is not made
   for it (it is made when a slice below it needs it). ``load`` never raises for bad input.
+- A cgroup that membership following the host's hierarchy makes (``realise_followed``, the
+  ``System``'s hook: a process was found in a host cgroup this hierarchy lacks) gets the limit
+  its unit would: a slice's cgroup its ``IOASIDsMax=`` and drop-ins (a slice named by use) or
+  the default, any other unit's cgroup (``NAME.scope``, ``NAME.service``...) the default; a
+  directory that names no unit keeps the knobs' ``new_cgroup_max``, as after a ``mkdir``. A
+  limit that cannot be set is logged (the slice failed, as above), and the cgroup is made all
+  the same: a process is in it.
 - A transient scope is a ``NAME.scope`` cgroup directly in a slice's cgroup (``run`` makes
-  them). When its last process exits or moves out, it is removed (``note_change``, called
+  them; one that following made goes with the host's instead, see ``System``). When its last
+  process exits or moves out, it is removed (``note_change``, called
   with every change, wakes the reaper thread started by ``start``); at the daemon's start
   (``load(sweep=True)``) the empty ones left by an earlier run are removed.
 - ``set_property`` writes ``50-IOASIDsMax.conf`` in the slice's drop-in directory of the
@@ -37,6 +45,7 @@ import contextlib
 import errno
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,7 +71,7 @@ from ioasidsd.slices.names import (
     slice_to_cgroup_path,
 )
 from ioasidsd.slices.units import SearchPath, Unit, load_unit
-from ioasidsd.system import System
+from ioasidsd.system import System, made_by_following
 
 __all__ = ["DEFAULT_SCOPE_SLICE", "DROPIN_NAME", "LIMIT_FILE", "LIMIT_FILE_MODE",
            "SliceManager", "SliceState"]
@@ -142,6 +151,11 @@ class SliceManager:
         self._wake = threading.Condition()
         self._reaper: threading.Thread | None = None
         self._stopping = False
+        self.scope_removed: Callable[[str], None] = lambda path: None
+        """Called under the system lock with the path of an empty scope before the reaper
+        removes it; ``OSError`` ``EBUSY`` to have it tried again later. The daemon that
+        follows the host's hierarchy removes the host's scope of that path there (``run``
+        made it)."""
 
     # ------------------------------------------------------------------ configuration
     def configure(self, search: SearchPath, default: IOASIDsMax) -> None:
@@ -335,6 +349,45 @@ class SliceManager:
         if failed:
             raise IoasidError(errno.EINVAL, f"{failed[0].name}: {failed[0].failure}")
         return self.states.get(name) or self._read(name)
+
+    def realise_followed(self, path: str) -> Cgroup:
+        """``System.realise_followed``: make each missing level of ``path`` with the limit its
+        unit gives it (see the module's documentation) and return the cgroup at ``path``.
+        Called under the system lock: reads unit files, takes no lock of the manager's (a
+        load holds that one while it waits for the system lock). ``IoasidError`` with the
+        model's errno when a level cannot be made."""
+        system = self.system
+        with system.lock:
+            cg = system.cgroups.root
+            for name in path.strip("/").split("/"):
+                child = cg.children.get(name)
+                if child is None:
+                    child = system.mkdir(f"{cg.path.rstrip('/')}/{name}")
+                    self._limit_followed(child)
+                cg = child
+            return cg
+
+    def _limit_followed(self, cg: Cgroup) -> None:
+        """Write the limit of the unit whose cgroup ``cg`` is, just made by following (under
+        the system lock); log what cannot be set."""
+        name = _slice_of(cg)
+        if name is not None:
+            state = self._read(name)
+            self.states[name] = state
+            if state.failure is not None:
+                self._fail(state)
+            else:
+                self._realise([state])  # its cgroup exists: this writes its limit
+            return
+        if _unit_of(cg) is None:
+            return
+        limit = self.default.resolve(self.system.core.capacity)
+        try:
+            self._write_limit(cg.path, limit)
+        except IoasidError as refusal:
+            self.log.error(f"{cg.path}: [units] default_ioasids_max = {self.default}: the "
+                           f"limit {_limit_text(limit)} is refused: {refusal.strerror}; "
+                           f"its limit is unchanged", cgroup=cg.path)
 
     def _enable_below(self, path: str) -> None:
         """On a cgroup-v2 hierarchy, enable the controller for the children of the cgroup at
@@ -630,7 +683,7 @@ class SliceManager:
         scopes = [cg.path for cg in left if cg.name.endswith(".scope") and
                   cg.parent is not None and (cg.parent.parent is None or
                                              _slice_of(cg.parent) is not None) and
-                  not cg.procs and not cg.children]
+                  not cg.procs and not cg.children and not made_by_following(cg)]
         if scopes:
             with self._wake:
                 self._pending.update(scopes)
@@ -680,6 +733,12 @@ class SliceManager:
                 cg = self.system.cgroups.lookup(path)
                 if cg.procs or cg.children:
                     return False
+                try:
+                    self.scope_removed(path)
+                except OSError as exc:
+                    if exc.errno == errno.EBUSY:
+                        return True
+                    raise
                 self.system.rmdir(path)
             self.log.info("scope removed", unit=cg.name, cgroup=path)
         except IoasidError as exc:  # gone already, or a process came in meanwhile
@@ -691,21 +750,34 @@ class SliceManager:
     def _sweep(self) -> None:
         """Remove the empty scopes (at start: those an earlier run left)."""
         with self.system.lock:
-            empty = [cg.path for cg in self._scopes() if not cg.procs and not cg.children]
+            empty = [cg.path for cg in self._scopes()
+                     if not cg.procs and not cg.children and not made_by_following(cg)]
         for path in empty:
             self._remove_scope(path)
 
 
-def _slice_of(cg: Cgroup) -> str | None:
-    """The slice whose cgroup ``cg`` is, or None."""
+def _unit_of(cg: Cgroup) -> str | None:
+    """The name of the unit whose cgroup ``cg`` would be (its directory's name, unescaped),
+    or None when that is no valid unit name."""
     name = cg.name
     if name.startswith("_") and escape_cgroup_component(name[1:]) == name:
         name = name[1:]
     try:
+        return check_unit_name(name)
+    except InvalidUnitName:
+        return None
+
+
+def _slice_of(cg: Cgroup) -> str | None:
+    """The slice whose cgroup ``cg`` is, or None."""
+    name = _unit_of(cg)
+    if name is None or name == ROOT_SLICE:
+        return None
+    try:
         check_slice_name(name)
     except InvalidUnitName:
         return None
-    if name == ROOT_SLICE or slice_to_cgroup_path(name) != cg.path:
+    if slice_to_cgroup_path(name) != cg.path:
         return None
     return name
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import signal
 import subprocess
@@ -30,7 +31,8 @@ class HostScratch:
     def __init__(self, hierarchy: str, mountpoint: Path) -> None:
         self.hierarchy = hierarchy
         self.mountpoint = mountpoint
-        self.top = mountpoint / f"ioasids-test-{uuid.uuid4().hex[:12]}.slice"
+        # a slice directly below the root: no '-' in its name (systemd nests x-y.slice in x.slice)
+        self.top = mountpoint / f"ioasidstest{uuid.uuid4().hex[:12]}.slice"
         self.top.mkdir()
         home = ProcessSource().cgroup(os.getpid(), hierarchy) or "/"
         self.home = mountpoint / home.lstrip("/")
@@ -103,11 +105,13 @@ def holders():
         holder.wait()
 
 
-def follow_config(tmp_path: Path, mode: str, **extra: str) -> Path:
+def follow_config(tmp_path: Path, mode: str, default_max: str = "infinity",
+                  **extra: str) -> Path:
     config = tmp_path / f"follow-{mode}.toml"
     lines = [f'{key} = {value}' for key, value in extra.items()]
     # cgroups the daemon makes for the host's get no limit, so that the holders may allocate
-    lines += ["[units]", f'follow = "{mode}"', "[knobs]", 'new_cgroup_max = "max"']
+    lines += ["[units]", f'follow = "{mode}"', f'default_ioasids_max = "{default_max}"',
+              "[knobs]", 'new_cgroup_max = "max"']
     config.write_text("\n".join(lines) + "\n")
     return config
 
@@ -158,6 +162,61 @@ def test_a_process_placed_in_systemds_hierarchy_is_charged_there(daemons, tmp_pa
     with pytest.raises(OSError) as busy:
         moved.rmdir()
     assert busy.value.errno == errno.EBUSY
+    assert d.stop() == 0
+
+
+def test_followed_cgroups_get_their_units_limits_and_go_with_the_hosts(daemons, tmp_path,
+                                                                         systemd_scratch,
+                                                                         holders):
+    """The slice the host has gets its unit file's limit, the scope in it the default, before
+    the process in it is charged; when the process has exited and the host has removed its
+    scope, the daemon removes its own; the slice, which the host still has, stays."""
+    scratch = systemd_scratch
+    d = daemons("--config", str(follow_config(tmp_path, "systemd", default_max="3",
+                                              poll_interval="0.2")))
+    d.units.mkdir(parents=True, exist_ok=True)
+    (d.units / scratch.top.name).write_text("[Slice]\nIOASIDsMax=5\n")
+    d.start()
+    vm1 = scratch.make("vm1.scope")
+    holder = holders(d, vm1, 2)
+    top = d.mount / scratch.path(scratch.top).lstrip("/")
+    ours = d.mount / scratch.path(vm1).lstrip("/")
+    assert read(top / "ioasids.max").strip() == "5"
+    assert read(ours / "ioasids.max").strip() == "3"
+    assert current(ours) == "2"
+    listed = json.loads(d.ctl("slice", "list", "--json").stdout)["slices"]
+    slices = {row["unit"]: row for row in listed}
+    assert slices[scratch.top.name]["configured"] == "5"
+
+    holder.send_signal(signal.SIGTERM)
+    holder.wait()
+    wait_until(lambda: current(ours) == "0", "the exit released the scope's IOASIDs")
+    assert ours.exists()  # the host still has it
+    vm1.rmdir()
+    wait_until(lambda: not ours.exists(), "the scope the host removed went here too")
+    assert top.exists()
+    assert any(e["event"].startswith("a followed cgroup removed")
+               and e["cgroup"] == scratch.path(vm1) for e in d.events())
+    assert d.stop() == 0
+
+
+def test_run_in_a_followed_hierarchy_leaves_no_scope_behind(daemons, tmp_path,
+                                                            systemd_scratch):
+    """``ioasidctl run`` puts CMD in the host's scope of that path (the daemon's refuses the
+    move); CMD is charged there, and once it exits the scope is gone from both hierarchies."""
+    scratch = systemd_scratch
+    d = daemons("--config", str(follow_config(tmp_path, "systemd", poll_interval="0.2")))
+    d.start()
+    done = d.ctl("run", f"--slice={scratch.top.name}", "--unit=job", "--", "sh", "-c",
+                 '"$0" --runtime-dir "$1" alloc -n 2 && cat /proc/self/cgroup',
+                 str(BIN / "ioasidctl"), str(d.run))
+    assert done.returncode == 0, done.stderr
+    scope = scratch.path(scratch.top) + "/job.scope"
+    assert f":name=systemd:{scope}" in done.stdout
+    refusals = [e for e in d.events() if e["event"].startswith("a move through cgroup.procs")]
+    assert refusals
+    wait_until(lambda: not (d.mount / scope.lstrip("/")).exists(), "our scope removed")
+    wait_until(lambda: not (scratch.top / "job.scope").exists(), "the host's scope removed")
     assert d.stop() == 0
 
 

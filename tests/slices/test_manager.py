@@ -324,3 +324,135 @@ def test_systemd_reads_set_propertys_dropin_without_a_word(units, tmp_path):
     dropin = units["control"] / "t.slice.d" / DROPIN_NAME
     dropin.write_text(dropin.read_text().replace("X-IOASIDsMax", "IOASIDsMax"))
     assert f"{dropin}:3" in verify(["t.slice"], tmp_path, [units["control"], units["etc"]])
+
+
+class Followed:
+    """A followed ``KernelMembership`` whose host has the cgroups ``host`` maps to their
+    processes."""
+
+    name = "fake"
+    follows = True
+
+    def __init__(self) -> None:
+        self.host: dict[str, set[int]] = {}
+
+    def cgroup_of(self, pid: int) -> str | None:
+        return next((path for path, pids in self.host.items() if pid in pids), None)
+
+    def mkdir(self, path: str) -> None: ...
+    def rename(self, old: str, new: str) -> None: ...
+
+    def rmdir(self, path: str) -> None:
+        if self.host.get(path):
+            raise OSError(errno.EBUSY, "the host's cgroup holds processes")
+
+    def attach(self, pid: int, path: str) -> None:
+        raise PermissionError(errno.EPERM, "membership follows the host")
+
+    def procs(self, path: str) -> list[int]:
+        return sorted(self.host.get(path, ()))
+
+    def tasks(self, path: str) -> list[int]:
+        return self.procs(path)
+
+
+def following(units, default: str):
+    """A manager whose system follows a ``Followed`` host, with the manager's hook."""
+    mgr, system, log = manager(units, default)
+    system.kernel = host = Followed()
+    system.realise_followed = mgr.realise_followed
+    return mgr, system, log, host
+
+
+def test_cgroups_made_by_following_get_their_units_limits(units):
+    """A process the host has in a scope of a slice: the slice's cgroup gets its unit's
+    limit (a truncated-prefix drop-in too), the scope the default, and a directory that names
+    no unit the knobs' limit for a new cgroup, as a mkdir would."""
+    write(units["etc"] / "machine.slice", "[Slice]\nIOASIDsMax=400\n")
+    write(units["lib"] / "machine-.slice.d" / "10-vms.conf", "[Slice]\nIOASIDsMax=25%\n")
+    mgr, system, log, host = following(units, "30")
+    processes = system.processes
+    assert isinstance(processes, FakeProcesses)
+    processes.live.update({101: 1.0, 102: 1.0})
+    host.host = {"/machine.slice/machine-qemu.slice/vm1.scope": {101},
+                 "/machine.slice/machine-qemu.slice/vm1.scope/payload": {102}}
+    for pid in (101, 102):
+        assert system.sync_member(pid) is not None
+    assert limit(system, "/machine.slice") == 400
+    assert limit(system, "/machine.slice/machine-qemu.slice") == CAPACITY // 4
+    assert limit(system, "/machine.slice/machine-qemu.slice/vm1.scope") == 30
+    made = system.knobs.new_cgroup_max
+    assert limit(system, "/machine.slice/machine-qemu.slice/vm1.scope/payload") == \
+        (None if made == "max" else int(made))
+    status = mgr.status("machine-qemu.slice")
+    assert status["configured"] == "25%" and status["procs"] == 2
+    assert not log.errors()
+
+
+def test_a_followed_slice_whose_unit_is_bad_is_made_and_shown_failed(units):
+    write(units["etc"] / "tenant.slice", "[Slice]\nIOASIDsMax=lots\n")
+    mgr, system, log, host = following(units, "infinity")
+    processes = system.processes
+    assert isinstance(processes, FakeProcesses)
+    processes.live[7] = 1.0
+    host.host = {"/tenant.slice/job.scope": {7}}
+    proc = system.sync_member(7)
+    assert proc is not None and proc.cgroup.path == "/tenant.slice/job.scope"
+    made = system.knobs.new_cgroup_max
+    assert limit(system, "/tenant.slice") == (None if made == "max" else int(made))  # unchanged
+    [(message, fields)] = log.errors()
+    assert "lots" in message and fields["unit"] == "tenant.slice" and fields["line"] == 2
+    assert mgr.status("tenant.slice")["active"] == "failed"
+
+
+def test_cgroups_made_by_following_go_when_the_hosts_go(units):
+    """Only what following made, once empty and gone from the host; children first, and a
+    cgroup someone made here keeps its parents."""
+    _, system, log, host = following(units, "infinity")
+    processes = system.processes
+    assert isinstance(processes, FakeProcesses)
+    processes.live.update({1: 1.0, 2: 1.0})
+    host.host = {"/machine.slice/vm1.scope": {1}, "/machine.slice/vm2.scope": {2}}
+    for pid in (1, 2):
+        system.sync_member(pid)
+    system.mkdir("/admin")  # made by a mkdir: never a leftover
+    assert system.followed_leftovers(set()) == []  # every one holds a process
+
+    processes.live.pop(1)
+    system.sync_member(1)  # vm1 exited
+    assert system.followed_leftovers(set(host.host)) == []  # the host still has vm1.scope
+    del host.host["/machine.slice/vm1.scope"]
+    assert system.followed_leftovers(set(host.host)) == ["/machine.slice/vm1.scope"]
+
+    processes.live.pop(2)
+    system.sync_member(2)
+    assert system.followed_leftovers(set()) == ["/machine.slice/vm2.scope",
+                                                "/machine.slice/vm1.scope", "/machine.slice"]
+    system.mkdir("/machine.slice/mine")
+    assert system.followed_leftovers(set()) == ["/machine.slice/vm2.scope",
+                                                "/machine.slice/vm1.scope"]
+    assert not log.errors()
+
+
+def test_the_reaper_leaves_scopes_made_by_following_to_the_host(units):
+    """An empty scope following made goes when the host's goes (the scan), not when its last
+    process leaves, nor at the start's sweep."""
+    mgr, system, log, host = following(units, "infinity")
+    system.on_change = mgr.note_change
+    processes = system.processes
+    assert isinstance(processes, FakeProcesses)
+    processes.live[5] = 1.0
+    host.host = {"/w.slice/vm.scope": {5}}
+    system.sync_member(5)
+    mgr.start()
+    try:
+        processes.live.pop(5)
+        host.host["/w.slice/vm.scope"] = set()  # the host has the scope still, empty
+        system.sync_member(5)  # its exit
+        mgr.stop()  # the reaper drains what it was told before it stops
+    finally:
+        mgr.stop()
+    mgr.load(sweep=True)
+    assert limit(system, "/w.slice/vm.scope") is None  # still there
+    assert system.followed_leftovers({"/w.slice", "/w.slice/vm.scope"}) == []
+    assert not log.errors()
