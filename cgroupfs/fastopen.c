@@ -1,6 +1,7 @@
 /*
- * The mount's C parts: its `open`, so that an open costs no Python call, and its loop, so that
- * the file system hears that the loop ended before libfuse tears the session down.
+ * The mount's C parts: its `open`, so that an open costs no Python call; its `getattr` and
+ * `read`, answered from what the server published; and its loop, so that the file system
+ * hears that the loop ended before libfuse tears the session down.
  *
  * Contract of fastopen_main (cgroupfs/fastopen.py calls it where mfusepy calls fuse_main_real,
  * with the same arguments and the same result, 0 or 1):
