@@ -237,6 +237,7 @@ def sweep(events: int) -> dict[str, Any]:
 
     base = fixed_policy(events)
     grid = [base.with_settings({"run.seed": seed}) for seed in range(8)]
+    load_before = os.getloadavg()[0]
     start, cpu = time.perf_counter(), time.process_time()
     one, one_reps = run_policies(grid, workers=1)
     t1, c1 = time.perf_counter() - start, time.process_time() - cpu
@@ -246,8 +247,10 @@ def sweep(events: int) -> dict[str, Any]:
     t2, c2_self = time.perf_counter() - start, time.process_time() - cpu - children.own
     c2 = c2_self + children.total
     busy: dict[str, float] = {}
+    busy_wall: dict[str, float] = {}
     for rep in two_reps:  # the first replication of each point: here, the only one
         busy[rep.worker] = busy.get(rep.worker, 0.0) + rep.cpu_s
+        busy_wall[rep.worker] = busy_wall.get(rep.worker, 0.0) + rep.wall_s
     critical = max(max(busy.values()), c2 / 2)
     same = all({k: v for k, v in a.items() if k not in ("wall_s", "events_per_s")}
                == {k: v for k, v in b.items() if k not in ("wall_s", "events_per_s")}
@@ -257,7 +260,17 @@ def sweep(events: int) -> dict[str, Any]:
             "tasks_cpu_s": sum(rep.cpu_s for rep in one_reps),
             "two_workers_cpu_s": c2, "two_workers_client_cpu_s": c2_self,
             "worker_busy_cpu_s": sorted(busy.values()), "workers_used": len(busy),
-            "cpu_speedup": c1 / critical, "same_results": same}
+            "cpu_speedup": c1 / critical, "same_results": same,
+            # where the elapsed time went: the share of a core each run's tasks got (their CPU
+            # time over their elapsed time), each worker's tasks' elapsed time, and what the
+            # two-worker run spent outside the busier worker's tasks (the cluster's start and
+            # close, placing tasks, gathering results, a worker waiting for the other)
+            "one_worker_task_share": (sum(rep.cpu_s for rep in one_reps)
+                                      / sum(rep.wall_s for rep in one_reps)),
+            "worker_task_wall_s": [busy_wall[w] for w in sorted(busy, key=busy.get)],
+            "worker_task_share": [busy[w] / busy_wall[w] for w in sorted(busy, key=busy.get)],
+            "outside_tasks_s": t2 - max(busy_wall.values()),
+            "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)]}
 
 
 def rss_child(kind: str, live: int) -> int:
@@ -362,6 +375,12 @@ def main() -> int:
                   f"{s['tasks_cpu_s']:.1f} s); 2 workers {s['two_workers_cpu_s']:.1f} s in all "
                   f"(client and scheduler {s['two_workers_client_cpu_s']:.1f} s), tasks per "
                   f"worker {busy} s; speed-up {s['cpu_speedup']:.2f}")
+            walls = ", ".join(f"{w:.1f}" for w in s["worker_task_wall_s"])
+            shares = ", ".join(f"{x:.2f}" for x in s["worker_task_share"])
+            print(f"  elapsed: 1 worker's tasks got {s['one_worker_task_share']:.2f} of a core; "
+                  f"2 workers' tasks took {walls} s at {shares} of a core each; outside the "
+                  f"busier worker's tasks {s['outside_tasks_s']:.1f} s; load average "
+                  f"{s['load_average'][0]:.2f} before, {s['load_average'][1]:.2f} after")
         m = figures["memory"]
         print(f"memory for {m['live']:,} live tenants: engine {m['engine_mb']:.1f} MB, model "
               f"alone {m['model_mb']:.1f} MB, ratio {m['ratio']:.2f} (target <= "

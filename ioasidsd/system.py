@@ -522,7 +522,7 @@ class System:
                 self.note_orphans({pid: start_time})
                 return
             if child is not None:
-                self.on_change(Change(ChangeKind.FORK, processes=(child,)))
+                self.on_change(exact_change(ChangeKind.FORK, (), (child,), (), ()))
                 self._follow_freezer(child, False)
 
     def exit(self, pid: int) -> None:
@@ -531,7 +531,7 @@ class System:
             proc = self.cgroups.process(pid)
             if proc is not None:
                 self.cgroups.exit(proc)
-                self.on_change(Change(ChangeKind.EXIT, processes=(proc,)))
+                self.on_change(exact_change(ChangeKind.EXIT, (), (proc,), (), ()))
 
     # ------------------------------------------------------------------ member lists
     def member_pids(self, cg: Cgroup, *, threaded_subtree: bool = False) -> list[int]:

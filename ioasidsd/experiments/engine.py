@@ -183,7 +183,10 @@ class Recorder:
         self.reread: dict[int, tuple[int, ...]] = {
             id(cg): tuple(self.index_of[node] for node in cg.chain if node in self.index_of)
             for cg in self.nodes}
-        self.dirty: list[Cgroup] = []
+        # the same for a change's whole ``cgroups`` (nearly always one cgroup's ``chain``, the
+        # same tuple every time): each index once, by the tuple (see ``_reread_all``)
+        self.reread_all: dict[tuple[Cgroup, ...], tuple[int, ...]] = {}
+        self.dirty: list[tuple[Cgroup, ...]] = []
 
     def on_change(self, change: Change) -> None:
         refusal = change.refusal
@@ -193,7 +196,7 @@ class Recorder:
             if self.now >= self.warmup:
                 self.refusals[level] = self.refusals.get(level, 0) + 1
         if change.cgroups:
-            self.dirty.extend(change.cgroups)
+            self.dirty.append(change.cgroups)
 
     def refused_open(self, exc: IoasidError) -> str:
         """An ``open`` of ``/dev/ioasid`` was refused (``v4``: no capacity left for a set):
@@ -203,6 +206,19 @@ class Recorder:
         if self.now >= self.warmup:
             self.refusals[level] = self.refusals.get(level, 0) + 1
         return level
+
+    def _reread_all(self, cgroups: tuple[Cgroup, ...]) -> tuple[int, ...]:
+        """The indices to re-read for a change naming ``cgroups``, each once, in order (an
+        index read twice finds its value unchanged the second time: the same result). Kept
+        for the next change naming the same cgroups, up to a bound on how many are kept."""
+        seen: dict[int, None] = {}
+        for cg in cgroups:
+            for i in self.reread.get(id(cg), ()):
+                seen[i] = None
+        indices = tuple(seen)
+        if len(self.reread_all) < 4096:
+            self.reread_all[cgroups] = indices
+        return indices
 
     def _integrate(self, i: int, now: float, value: int) -> None:
         start = self.since[i]
@@ -220,10 +236,13 @@ class Recorder:
         dirty = self.dirty
         if dirty:
             # ``_integrate`` inlined: this runs after nearly every event
-            reread, value, nodes, since = self.reread, self.value, self.nodes, self.since
+            reread_all, value, nodes, since = self.reread_all, self.value, self.nodes, self.since
             warmup = self.warmup
-            for cg in dirty:
-                for i in reread.get(id(cg), ()):
+            for cgroups in dirty:
+                indices = reread_all.get(cgroups)
+                if indices is None:
+                    indices = self._reread_all(cgroups)
+                for i in indices:
                     counter = nodes[i].counter
                     old = value[i]
                     if counter == old:  # an unchanged value adds nothing to integrate

@@ -379,41 +379,47 @@ class IoasidCore:
         """
         with self.lock:
             self.check_not_in_notifier()
-            if not isinstance(set_type, int) or set_type >= IoasidSetType.NR:
-                raise IoasidError(EINVAL, f"invalid set type {set_type}")
-            if quota < 0:
-                raise IoasidError(EINVAL, f"invalid quota {quota}")
-            takes_all = self.knobs.set_quota_zero_takes_all
-            if quota == 0 and takes_all:
-                quota = self.capacity_avail
-            if quota > self.capacity_avail:
-                self.warn(f"set quota {quota} exceeds available {self.capacity_avail}")
-                raise IoasidError(ENOSPC, f"quota {quota}, {self.capacity_avail} available")
-            if set_type == IoasidSetType.MM:
-                if token is None:
-                    raise IoasidError(EINVAL, "an MM set needs a token")
-                if self.find_mm_set_locked(token) is not None:
-                    raise IoasidError(EEXIST, "an MM set for this mm exists")
-            elif set_type == IoasidSetType.NULL:
-                if token is not None:
-                    raise IoasidError(EINVAL, "a NULL set takes no token")
-            else:
-                raise IoasidError(EINVAL, f"invalid set type {set_type}")
-            bound = self.capacity_avail if takes_all else IOASID_MAX_VALUE
-            set_id = self._set_ids.alloc(0, bound, True)
-            if set_id < 0:
-                raise IoasidError(ENOSPC, "no free set index")
-            ioasid_set = IoasidSet(set_id, token, quota, IoasidSetType(set_type))
-            self._sets[set_id] = ioasid_set
-            self._index_mm_set(ioasid_set)
-            self.capacity_avail -= quota
-            if ioasid_set.type == IoasidSetType.MM:
-                for rec in self._nb_pending:
-                    if not rec.active and rec.token == token:
-                        ioasid_set.nh.register(rec.nb)
-                        rec.set = ioasid_set
-                        rec.active = True
-            return ioasid_set
+            return self.set_alloc_locked(token, quota, set_type)
+
+    def set_alloc_locked(self, token: Any, quota: int, set_type: int) -> IoasidSet:
+        """``set_alloc`` for a caller that holds ``lock`` (and is not a notifier callback)."""
+        if not isinstance(set_type, int) or set_type >= IoasidSetType.NR:
+            raise IoasidError(EINVAL, f"invalid set type {set_type}")
+        if quota < 0:
+            raise IoasidError(EINVAL, f"invalid quota {quota}")
+        takes_all = self.knobs.set_quota_zero_takes_all
+        if quota == 0 and takes_all:
+            quota = self.capacity_avail
+        if quota > self.capacity_avail:
+            self.warn(f"set quota {quota} exceeds available {self.capacity_avail}")
+            raise IoasidError(ENOSPC, f"quota {quota}, {self.capacity_avail} available")
+        if set_type == IoasidSetType.MM:
+            if token is None:
+                raise IoasidError(EINVAL, "an MM set needs a token")
+            if self.find_mm_set_locked(token) is not None:
+                raise IoasidError(EEXIST, "an MM set for this mm exists")
+        elif set_type == IoasidSetType.NULL:
+            if token is not None:
+                raise IoasidError(EINVAL, "a NULL set takes no token")
+        else:
+            raise IoasidError(EINVAL, f"invalid set type {set_type}")
+        bound = self.capacity_avail if takes_all else IOASID_MAX_VALUE
+        set_id = self._set_ids.alloc(0, bound, True)
+        if set_id < 0:
+            raise IoasidError(ENOSPC, "no free set index")
+        ioasid_set = IoasidSet(set_id, token, quota,
+                               set_type if type(set_type) is IoasidSetType
+                               else IoasidSetType(set_type))
+        self._sets[set_id] = ioasid_set
+        self._index_mm_set(ioasid_set)
+        self.capacity_avail -= quota
+        if ioasid_set.type == IoasidSetType.MM:
+            for rec in self._nb_pending:
+                if not rec.active and rec.token == token:
+                    ioasid_set.nh.register(rec.nb)
+                    rec.set = ioasid_set
+                    rec.active = True
+        return ioasid_set
 
     def set_free(self, ioasid_set: IoasidSet, *, when_empty: bool = False) -> bool:
         """Destroy an empty set (``ioasid_set_free``); returns whether it is gone now.
@@ -424,15 +430,19 @@ class IoasidCore:
         """
         with self.lock:
             self.check_not_in_notifier()
-            if not self.set_valid(ioasid_set):
-                raise IoasidError(EINVAL, "stale or unknown set")
-            if ioasid_set.nr_ioasids:
-                if when_empty:
-                    ioasid_set.free_requested = True
-                    return False
-                raise IoasidError(EBUSY, f"set {ioasid_set.id} holds {ioasid_set.nr_ioasids}")
-            self._destroy_set(ioasid_set)
-            return True
+            return self.set_free_locked(ioasid_set, when_empty=when_empty)
+
+    def set_free_locked(self, ioasid_set: IoasidSet, *, when_empty: bool = False) -> bool:
+        """``set_free`` for a caller that holds ``lock`` (and is not a notifier callback)."""
+        if not self.set_valid(ioasid_set):
+            raise IoasidError(EINVAL, "stale or unknown set")
+        if ioasid_set.nr_ioasids:
+            if when_empty:
+                ioasid_set.free_requested = True
+                return False
+            raise IoasidError(EBUSY, f"set {ioasid_set.id} holds {ioasid_set.nr_ioasids}")
+        self._destroy_set(ioasid_set)
+        return True
 
     def _destroy_set(self, ioasid_set: IoasidSet) -> None:
         if ioasid_set.xa:
@@ -803,19 +813,54 @@ class IoasidCore:
         """
         with self.lock:
             self.check_not_in_notifier()
-            if not self.set_valid(ioasid_set) or not ioasid_set.xa or not ioasid_set.nr_ioasids:
-                return
-            hide = self.knobs.free_all_hides_pending
-            for ioasid in sorted(ioasid_set.xa):
-                data = self._ids.get(ioasid)
-                if data is None or data.set is not ioasid_set:
-                    continue
-                if not self.set_valid(ioasid_set):
-                    break  # the set went with its last IOASID (auto lifetime)
-                self.free_locked(ioasid_set, ioasid, task=task)
-                if hide and ioasid in ioasid_set.xa:
-                    ioasid_set.xa.discard(ioasid)  # hidden from iteration and SPID checks
-                    self._unindex_spid(data)
+            self.free_all_in_set_locked(ioasid_set, task=task)
+
+    def free_all_in_set_locked(self, ioasid_set: IoasidSet, *, task: Any = None) -> None:
+        """``free_all_in_set`` for a caller that holds ``lock`` (and is not a notifier
+        callback)."""
+        if not self.set_valid(ioasid_set) or not ioasid_set.xa or not ioasid_set.nr_ioasids:
+            return
+        hide = self.knobs.free_all_hides_pending
+        for ioasid in sorted(ioasid_set.xa):
+            data = self._ids.get(ioasid)
+            if data is None or data.set is not ioasid_set:
+                continue
+            if not self.set_valid(ioasid_set):
+                break  # the set went with its last IOASID (auto lifetime)
+            self.free_locked(ioasid_set, ioasid, task=task)
+            if hide and ioasid in ioasid_set.xa:
+                ioasid_set.xa.discard(ioasid)  # hidden from iteration and SPID checks
+                self._unindex_spid(data)
+
+    def release_set_locked(self, ioasid_set: IoasidSet, *, task: Any = None) -> bool:
+        """``free_all_in_set_locked`` and then, if the set is still registered,
+        ``set_free_locked`` (with or without ``when_empty``: the same here), made at once when
+        that is sure to free every ID of the set and destroy it: the set registered, its count
+        that of its index (no FREE_PENDING ID hidden from it), each ID live in it with no
+        reference but its allocation's. The IDs are reclaimed ascending, each as ``free_locked``
+        reclaims an ID's last reference (its uncharge, which warns as it always does, its SPID,
+        a custom allocator's free), then the set goes. ``False``, with nothing changed,
+        otherwise: the caller then makes the two calls. For a caller holding ``core.lock`` (and
+        not a notifier callback): the release of a process's ``/dev/ioasid`` set, at every
+        exit."""
+        xa = ioasid_set.xa
+        if self._sets.get(ioasid_set.id) is not ioasid_set or ioasid_set.nr_ioasids != len(xa):
+            return False
+        get = self._ids.get
+        datas = []
+        for ioasid in (sorted(xa) if len(xa) > 1 else xa):
+            data = get(ioasid)
+            if (data is None or data.set is not ioasid_set or data.refs != 1
+                    or data.state is _FREE_PENDING):
+                return False
+            datas.append(data)
+        for data in datas:  # what ``free_locked`` does with an ID's last reference
+            data.state = _FREE_PENDING
+            data.refs = 0
+            self._reclaim(data, task)
+        if self._sets.get(ioasid_set.id) is ioasid_set:  # not gone with its last ID
+            self._destroy_set(ioasid_set)
+        return True
 
     def _reclaim(self, data: IoasidData, task: Any) -> None:
         """``ioasid_do_free_locked``: the last reference is gone."""

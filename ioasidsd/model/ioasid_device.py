@@ -161,7 +161,9 @@ class IoasidDevice:
             cgroups = tuple(dict.fromkeys([cg for leaf in leaves
                                            for cg in leaf.chain or _counted_root(leaf)]))
             leaves.clear()
-        taken = (cgroups, tuple(ids), tuple([s.id for s in sets]) if sets else ())
+        taken = (cgroups, tuple(ids),
+                 () if not sets else (sets[0].id,) if len(sets) == 1  # open, release: one set
+                 else tuple([s.id for s in sets]))
         ids.clear()
         if sets:
             sets.clear()
@@ -175,10 +177,11 @@ class IoasidDevice:
     def _touch_charged(self, ids: Iterable[int], task: Process | None) -> None:
         """Record the cgroups charged for ``ids`` and ``task``'s (before the change)."""
         leaves = self._touched.leaves
-        core = self.core
+        live = self.core.ioasid_index.get  # ``None`` for an ID that is not live
         for ioasid in ids:
-            if ioasid in core:
-                cg = core.data(ioasid).cgroup
+            data = live(ioasid)
+            if data is not None:
+                cg = data.cgroup
                 if cg is not None:
                     leaves.add(cg)
         if task is not None:
@@ -203,13 +206,14 @@ class IoasidDevice:
                 raise IoasidError(EINVAL, "the opener has no mm")
             if task in self.users:
                 raise IoasidError(EBUSY, f"process {task.pid} has /dev/ioasid open already")
-            ioasid_set = self.core.find_mm_set(task.mm)
+            # the core's ``_locked`` forms: the lock is held and the notifier check made above
+            ioasid_set = self.core.find_mm_set_locked(task.mm)
             if ioasid_set is not None and self.core.set_valid(ioasid_set):
                 if self.knobs.user_reopen_eexist:
                     raise IoasidError(EEXIST, f"an IOASID set of process {task.pid} exists")
                 ioasid_set.free_requested = False  # adopt: cancel the deferred free
             else:
-                ioasid_set = self.core.set_alloc(task.mm, 0, IoasidSetType.MM)
+                ioasid_set = self.core.set_alloc_locked(task.mm, 0, IoasidSetType.MM)
             user = IoasidUser(task, ioasid_set)
             self.users[task] = user
             file = IoasidFile(user, task, closes_at_exit=closes_at_exit)
@@ -223,13 +227,16 @@ class IoasidDevice:
         ``task`` is the closing process (default: the opener). Releasing twice does nothing."""
         with self.lock:
             self.core.check_not_in_notifier()
-            user = file.user
-            if user is None:
-                return
-            file.user = None
-            if self._files.get(file.opener) is file:
-                del self._files[file.opener]
-            self._put(user, task if task is not None else file.opener)
+            self._release_locked(file, task if task is not None else file.opener)
+
+    def _release_locked(self, file: IoasidFile, task: Process) -> None:
+        user = file.user
+        if user is None:
+            return
+        file.user = None
+        if self._files.get(file.opener) is file:
+            del self._files[file.opener]
+        self._put(user, task)
 
     def process_exit(self, proc: Process) -> None:
         """A process exited: its file is closed when its descriptor was the only one
@@ -239,10 +246,12 @@ class IoasidDevice:
         with self.lock:
             file = self._files.get(proc)
             if file is not None and file.closes_at_exit:
-                self.release(file, proc)
+                if self.core.notifier_depth:
+                    self.core.check_not_in_notifier()  # EDEADLK, as ``release`` refuses
+                self._release_locked(file, proc)
             if proc in self.users:
                 return  # another holder (``user_get_from_task``) keeps it
-            ioasid_set = self.core.find_mm_set(proc.mm)
+            ioasid_set = self.core.find_mm_set_locked(proc.mm)
             if ioasid_set is not None and self.core.set_valid(ioasid_set):
                 self._free_set(ioasid_set, proc)
 
@@ -280,14 +289,20 @@ class IoasidDevice:
         core = self.core
         self._touch_charged(ioasid_set.xa, task)
         self._touch_set(ioasid_set)
-        core.free_all_in_set(ioasid_set, task=task)
+        # the core's ``_locked`` forms: the lock is held; the notifier check is made once, here,
+        # where ``free_all_in_set`` made it (a refusal leaves the same touched record)
+        if core.notifier_depth:
+            core.check_not_in_notifier()
+        if core.release_set_locked(ioasid_set, task=task):
+            return  # every ID reclaimed and the set gone at once: the common case
+        core.free_all_in_set_locked(ioasid_set, task=task)
         if not core.set_valid(ioasid_set):
             return  # auto-destroyed (v4) when its last IOASID went
         if self.knobs.set_lifetime == "explicit":
-            core.set_free(ioasid_set, when_empty=True)
+            core.set_free_locked(ioasid_set, when_empty=True)
         else:
             try:
-                core.set_free(ioasid_set)
+                core.set_free_locked(ioasid_set)
             except IoasidError as exc:  # the series ignores it: EBUSY while IDs are pending
                 core.warn(f"ioasid_user: set {ioasid_set.id} not freed: {exc}")
 
