@@ -1,6 +1,7 @@
 /*
- * The mount's C parts: its `open`, so that an open costs no Python call, and its loop, so that
- * the file system hears that the loop ended before libfuse tears the session down.
+ * The mount's C parts: its `open`, so that an open costs no Python call; its `getattr` and
+ * `read`, answered from what the server published; and its loop, so that the file system
+ * hears that the loop ended before libfuse tears the session down.
  *
  * Contract of fastopen_main (cgroupfs/fastopen.py calls it where mfusepy calls fuse_main_real,
  * with the same arguments and the same result, 0 or 1):
@@ -22,6 +23,24 @@
  *   is direct_io; any other file opened read-only keeps the kernel's page cache (keep_cache).
  * - It never fails, as the Python handler: the kernel has found the file and checked its mode.
  * Lists are names separated by NUL bytes, ending with an empty name; they are copied.
+ *
+ * Contract of the published table (one per mount, fastopen_table_new; cgroupfs/kernelcache.py
+ * keeps it): Python publishes the attributes of a path, and the text of a file, when it tells
+ * them to the kernel; fastopen_getattr and fastopen_read answer from the table with no Python
+ * call, and hand what the table lacks to the Python handlers (registered with the mount).
+ * - An entry is only ever published for a path the kernel cache holds, and forgotten
+ *   (fastopen_forget) under the model's lock when a change may alter it, before the change
+ *   returns: so the table never answers with a value older than the last change.
+ * - A read is answered from the table only for an entry with text and a handle that is not
+ *   cgroup.events' (whose reads Python must see); any offset reads the published text.
+ * - All functions are thread-safe; the table's mutex is held only to copy an entry.
+ *
+ * Python's thread states: a ctypes callback on a thread Python does not know creates a thread
+ * state and deletes it again when it returns, which costs more than a small handler. The C
+ * handlers give each libfuse worker a thread state of its own, once, kept until the worker
+ * ends (keep_python_thread; a thread-specific key's destructor gives it back, unless Python is
+ * finalizing). Python's C API is found in the process that loaded this object (weak symbols:
+ * without them, nothing is kept).
  */
 #define FUSE_USE_VERSION 312	/* the loop's configuration (libfuse 3.12) */
 
@@ -34,18 +53,111 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <time.h>
 
 #define LIST_MAX 1024
 #define MOUNTS_MAX 64
 
 typedef int (*open_handler)(const char *path, struct fuse_file_info *fi);
+typedef int (*getattr_handler)(const char *path, struct stat *st, struct fuse_file_info *fi);
+typedef int (*read_handler)(const char *path, char *buf, size_t size, off_t offset,
+			    struct fuse_file_info *fi);
+
+#define EVENTS_HANDLE (1ULL << 63)	/* cgroupfs.operations.EVENTS_HANDLE */
+#define TABLE_MIN 1024
+
+struct entry {
+	struct entry *next;
+	uint64_t hash;
+	uint32_t mode, nlink, uid, gid;
+	int64_t atime, mtime, ctime;	/* nanoseconds */
+	int64_t size;
+	int32_t text_len;		/* -1: attributes only */
+	uint32_t path_len;
+	char data[];			/* the path, then the text */
+};
+
+struct table {
+	pthread_mutex_t lock;
+	struct entry **buckets;
+	size_t nbuckets, count;
+	uint64_t served[2];		/* getattrs and reads answered from the table */
+};
 
 static struct {
 	void *fuse;
 	open_handler open;
+	struct table *table;
+	getattr_handler getattr;
+	read_handler read;
 } mounts[MOUNTS_MAX];
 static pthread_mutex_t mounts_lock = PTHREAD_MUTEX_INITIALIZER;
 static char python_names[LIST_MAX];
+
+/* Python's C API, from the interpreter that loaded this object (weak: absent elsewhere). */
+extern int PyGILState_Ensure(void) __attribute__((weak));
+extern void PyGILState_Release(int state) __attribute__((weak));
+extern void *PyEval_SaveThread(void) __attribute__((weak));
+extern void PyEval_RestoreThread(void *tstate) __attribute__((weak));
+extern int Py_IsInitialized(void) __attribute__((weak));
+extern int _Py_IsFinalizing(void) __attribute__((weak));
+extern void PyThreadState_Clear(void *tstate) __attribute__((weak));
+extern void PyThreadState_DeleteCurrent(void) __attribute__((weak));
+
+static pthread_key_t python_thread_key;
+static pthread_once_t python_thread_once = PTHREAD_ONCE_INIT;
+static __thread int python_thread_kept;
+
+struct kept_thread {
+	void *tstate;
+	int state;
+};
+
+static void give_back_python_thread(void *data)
+{
+	struct kept_thread *kept = data;
+
+	/* Python's own key may already be cleared (destructors run in no set order): the
+	 * thread state is deleted directly, not through PyGILState_Release */
+	if (Py_IsInitialized() && !(_Py_IsFinalizing && _Py_IsFinalizing())) {
+		PyEval_RestoreThread(kept->tstate);
+		PyThreadState_Clear(kept->tstate);
+		PyThreadState_DeleteCurrent();	/* and lets the GIL go */
+	}
+	free(kept);
+}
+
+static void make_python_thread_key(void)
+{
+	if (pthread_key_create(&python_thread_key, give_back_python_thread) != 0)
+		python_thread_kept = -1;
+}
+
+/* Give the calling libfuse worker a Python thread state for its lifetime (see the top). */
+static void keep_python_thread(void)
+{
+	struct kept_thread *kept;
+
+	if (python_thread_kept)
+		return;
+	python_thread_kept = 1;
+	if (!PyGILState_Ensure || !PyGILState_Release || !PyEval_SaveThread ||
+	    !PyEval_RestoreThread || !PyThreadState_Clear || !PyThreadState_DeleteCurrent ||
+	    !Py_IsInitialized || !Py_IsInitialized())
+		return;
+	pthread_once(&python_thread_once, make_python_thread_key);
+	kept = malloc(sizeof(*kept));
+	if (kept == NULL)
+		return;
+	kept->state = PyGILState_Ensure();
+	kept->tstate = PyEval_SaveThread();
+	if (pthread_setspecific(python_thread_key, kept) != 0) {
+		PyEval_RestoreThread(kept->tstate);
+		PyGILState_Release(kept->state);
+		free(kept);
+	}
+}
 static char direct_names[LIST_MAX];
 
 static int listed(const char *list, const char *name)
@@ -74,8 +186,12 @@ int fastopen_configure(const char *python, size_t python_len, const char *direct
 	return 0;
 }
 
-/* The Python open of the mount served by `fuse`: 0, or -1 when MOUNTS_MAX are registered. */
-int fastopen_register(void *fuse, open_handler handler)
+/*
+ * The Python handlers and the table of the mount served by `fuse`: 0, or -1 when MOUNTS_MAX
+ * are registered. `table` may be NULL (getattr and read then always go to Python).
+ */
+int fastopen_register(void *fuse, open_handler handler, getattr_handler getattr,
+		      read_handler read, struct table *table)
 {
 	int i, done = -1;
 
@@ -84,6 +200,9 @@ int fastopen_register(void *fuse, open_handler handler)
 		if (mounts[i].fuse == NULL || mounts[i].fuse == fuse) {
 			mounts[i].fuse = fuse;
 			mounts[i].open = handler;
+			mounts[i].getattr = getattr;
+			mounts[i].read = read;
+			mounts[i].table = table;
 			done = 0;
 		}
 	}
@@ -115,12 +234,277 @@ static open_handler python_open_of(void *fuse)
 	return found;
 }
 
+
+/* ------------------------------------------------------------------ the published table */
+static uint64_t hash_of(const char *path, size_t len)
+{
+	uint64_t h = 14695981039346656037ULL;	/* FNV-1a */
+
+	for (size_t i = 0; i < len; i++)
+		h = (h ^ (unsigned char)path[i]) * 1099511628211ULL;
+	return h;
+}
+
+struct table *fastopen_table_new(void)
+{
+	struct table *t = calloc(1, sizeof(*t));
+
+	if (t == NULL)
+		return NULL;
+	t->buckets = calloc(TABLE_MIN, sizeof(*t->buckets));
+	if (t->buckets == NULL) {
+		free(t);
+		return NULL;
+	}
+	t->nbuckets = TABLE_MIN;
+	pthread_mutex_init(&t->lock, NULL);
+	return t;
+}
+
+static struct entry **slot_of(struct table *t, const char *path, size_t len, uint64_t h)
+{
+	struct entry **e = &t->buckets[h & (t->nbuckets - 1)];
+
+	for (; *e; e = &(*e)->next)
+		if ((*e)->hash == h && (*e)->path_len == len && memcmp((*e)->data, path, len) == 0)
+			break;
+	return e;
+}
+
+static void grow(struct table *t)
+{
+	size_t n = t->nbuckets * 2;
+	struct entry **b = calloc(n, sizeof(*b));
+
+	if (b == NULL)
+		return;	/* longer chains, still correct */
+	for (size_t i = 0; i < t->nbuckets; i++) {
+		struct entry *e = t->buckets[i], *next;
+
+		for (; e; e = next) {
+			next = e->next;
+			e->next = b[e->hash & (n - 1)];
+			b[e->hash & (n - 1)] = e;
+		}
+	}
+	free(t->buckets);
+	t->buckets = b;
+	t->nbuckets = n;
+}
+
+/* Forget every entry (the mount ended). */
+void fastopen_table_clear(struct table *t)
+{
+	pthread_mutex_lock(&t->lock);
+	for (size_t i = 0; i < t->nbuckets; i++) {
+		struct entry *e = t->buckets[i], *next;
+
+		for (; e; e = next) {
+			next = e->next;
+			free(e);
+		}
+		t->buckets[i] = NULL;
+	}
+	t->count = 0;
+	pthread_mutex_unlock(&t->lock);
+}
+
+void fastopen_table_free(struct table *t)
+{
+	if (t == NULL)
+		return;
+	fastopen_table_clear(t);
+	pthread_mutex_destroy(&t->lock);
+	free(t->buckets);
+	free(t);
+}
+
+/*
+ * Publish `path`'s attributes (`stat`: mode, nlink, uid, gid, size, atime, mtime, ctime, in
+ * that order, times in nanoseconds) and, with text_len >= 0, its text; replaces what was
+ * published for it. 0, or -1 without memory (nothing published).
+ */
+int fastopen_publish(struct table *t, const char *path, size_t path_len, const int64_t *stat,
+		     const char *text, int32_t text_len)
+{
+	size_t text_size = text_len > 0 ? (size_t)text_len : 0;
+	struct entry *e = malloc(sizeof(*e) + path_len + text_size), **slot;
+	uint64_t h = hash_of(path, path_len);
+
+	if (e == NULL)
+		return -1;
+	e->hash = h;
+	e->mode = (uint32_t)stat[0];
+	e->nlink = (uint32_t)stat[1];
+	e->uid = (uint32_t)stat[2];
+	e->gid = (uint32_t)stat[3];
+	e->size = stat[4];
+	e->atime = stat[5];
+	e->mtime = stat[6];
+	e->ctime = stat[7];
+	e->text_len = text_len;
+	e->path_len = (uint32_t)path_len;
+	memcpy(e->data, path, path_len);
+	if (text_size)
+		memcpy(e->data + path_len, text, text_size);
+	pthread_mutex_lock(&t->lock);
+	slot = slot_of(t, path, path_len, h);
+	if (*slot) {
+		struct entry *old = *slot;
+
+		e->next = old->next;
+		*slot = e;
+		free(old);
+	} else {
+		e->next = NULL;
+		*slot = e;
+		if (++t->count > t->nbuckets)
+			grow(t);
+	}
+	pthread_mutex_unlock(&t->lock);
+	return 0;
+}
+
+/* Forget the entries of `paths` (NUL-terminated paths one after the other, `len` bytes). */
+void fastopen_forget(struct table *t, const char *paths, size_t len)
+{
+	const char *p = paths, *end = paths + len;
+
+	pthread_mutex_lock(&t->lock);
+	while (p < end) {
+		size_t n = strnlen(p, (size_t)(end - p));
+		struct entry **slot = slot_of(t, p, n, hash_of(p, n));
+
+		if (*slot) {
+			struct entry *gone = *slot;
+
+			*slot = gone->next;
+			free(gone);
+			t->count--;
+		}
+		p += n + 1;
+	}
+	pthread_mutex_unlock(&t->lock);
+}
+
+size_t fastopen_table_count(struct table *t)
+{
+	size_t n;
+
+	pthread_mutex_lock(&t->lock);
+	n = t->count;
+	pthread_mutex_unlock(&t->lock);
+	return n;
+}
+
+/* The getattrs (which 0) or reads (which 1) answered from the table so far. */
+uint64_t fastopen_table_served(struct table *t, int which)
+{
+	uint64_t n;
+
+	pthread_mutex_lock(&t->lock);
+	n = t->served[which != 0];
+	pthread_mutex_unlock(&t->lock);
+	return n;
+}
+
+struct handlers {
+	struct table *table;
+	getattr_handler getattr;
+	read_handler read;
+};
+
+static struct handlers handlers_of(void *fuse)
+{
+	struct handlers found = { NULL, NULL, NULL };
+	int i;
+
+	pthread_mutex_lock(&mounts_lock);
+	for (i = 0; i < MOUNTS_MAX; i++) {
+		if (mounts[i].fuse == fuse) {
+			found.table = mounts[i].table;
+			found.getattr = mounts[i].getattr;
+			found.read = mounts[i].read;
+			break;
+		}
+	}
+	pthread_mutex_unlock(&mounts_lock);
+	return found;
+}
+
+static void set_time(struct timespec *ts, int64_t ns)
+{
+	ts->tv_sec = ns / 1000000000;
+	ts->tv_nsec = ns % 1000000000;
+}
+
+int fastopen_getattr(const char *path, struct stat *st, struct fuse_file_info *fi)
+{
+	struct handlers h = handlers_of(fuse_get_context()->fuse);
+
+	keep_python_thread();
+	if (h.table && path) {
+		size_t n = strlen(path);
+		struct entry *e;
+
+		pthread_mutex_lock(&h.table->lock);
+		e = *slot_of(h.table, path, n, hash_of(path, n));
+		if (e) {
+			memset(st, 0, sizeof(*st));
+			st->st_mode = e->mode;
+			st->st_nlink = e->nlink;
+			st->st_uid = e->uid;
+			st->st_gid = e->gid;
+			st->st_size = e->size;
+			set_time(&st->st_atim, e->atime);
+			set_time(&st->st_mtim, e->mtime);
+			set_time(&st->st_ctim, e->ctime);
+			h.table->served[0]++;
+		}
+		pthread_mutex_unlock(&h.table->lock);
+		if (e)
+			return 0;
+	}
+	return h.getattr ? h.getattr(path, st, fi) : -ENODEV;
+}
+
+int fastopen_read(const char *path, char *buf, size_t size, off_t offset,
+		  struct fuse_file_info *fi)
+{
+	struct handlers h = handlers_of(fuse_get_context()->fuse);
+
+	keep_python_thread();
+	if (h.table && path && !(fi->fh & EVENTS_HANDLE) && offset >= 0) {
+		size_t n = strlen(path), len = 0;
+		struct entry *e;
+		int hit = 0;
+
+		pthread_mutex_lock(&h.table->lock);
+		e = *slot_of(h.table, path, n, hash_of(path, n));
+		if (e && e->text_len >= 0) {
+			if ((size_t)offset < (size_t)e->text_len) {
+				len = (size_t)e->text_len - (size_t)offset;
+				if (len > size)
+					len = size;
+				memcpy(buf, e->data + e->path_len + offset, len);
+			}
+			h.table->served[1]++;
+			hit = 1;
+		}
+		pthread_mutex_unlock(&h.table->lock);
+		if (hit)
+			return (int)len;
+	}
+	return h.read ? h.read(path, buf, size, offset, fi) : -ENODEV;
+}
+
 int fastopen_open(const char *path, struct fuse_file_info *fi)
 {
 	const char *slash = strrchr(path, '/');
 	const char *name = slash ? slash + 1 : path;
 	struct fuse_context *ctx = fuse_get_context();
 
+	keep_python_thread();
 	if (listed(python_names, name)) {
 		open_handler handler = python_open_of(ctx->fuse);
 

@@ -1,15 +1,19 @@
 """The mount's C parts (``cgroupfs/fastopen.c``): its ``open``, so that opening a file costs no
 Python call (what the Python handler ``CgroupOperations.open`` does, decided by the file's
-name), and its loop, which tells the mount that libfuse's loop ended before libfuse tears the
-session down (``loop_ended``: the kernel cache stops invalidating there, since a notification
-sent after that point reads freed memory or writes into a closed descriptor's reused number).
+name); its ``getattr`` and ``read``, answered from a table of what the kernel cache published
+(``Table``: attributes and texts the Python handlers rendered, forgotten when a change may
+alter them), handing the rest to the Python handlers; and its loop, which tells the mount
+that libfuse's loop ended before libfuse tears the session down (``loop_ended``: the kernel
+cache stops invalidating there, since a notification sent after that point reads freed memory
+or writes into a closed descriptor's reused number).
 
 The shared object ``cgroupfs/_fastopen.so`` is built by ``scripts/bootstrap`` (``cc`` and
 libfuse3's headers). Without it the mount serves ``open`` from Python and lets the kernel cache
 nothing it would have to be told about (``cgroupfs.mount``). mfusepy builds libfuse's
 operations table and starts the loop in one call; ``serving`` wraps that call
 (``mfusepy.fuse_main_real``) on the calling thread only, running ``fastopen_main`` instead with
-the C ``open`` in the table; the names the C ``open`` hands to Python (``cgroup.events``, whose
+the C ``open``, ``getattr`` and ``read`` in the table (mfusepy's ``getattr`` and ``read``
+become their fallbacks); the names the C ``open`` hands to Python (``cgroup.events``, whose
 handles tell open files apart) go to a callback of this module calling the operations'
 ``open``, which the mount registers for its ``struct fuse`` once libfuse is initialised
 (``register``) and forgets when it ends.
@@ -52,8 +56,20 @@ def library() -> ctypes.CDLL | None:
             lib.fastopen_configure.argtypes = (ctypes.c_char_p, ctypes.c_size_t,
                                                ctypes.c_char_p, ctypes.c_size_t)
             lib.fastopen_configure.restype = ctypes.c_int
-            lib.fastopen_register.argtypes = (ctypes.c_void_p, ctypes.c_void_p)
+            lib.fastopen_register.argtypes = (ctypes.c_void_p,) * 5
             lib.fastopen_register.restype = ctypes.c_int
+            lib.fastopen_table_new.restype = ctypes.c_void_p
+            lib.fastopen_table_free.argtypes = (ctypes.c_void_p,)
+            lib.fastopen_table_clear.argtypes = (ctypes.c_void_p,)
+            lib.fastopen_publish.argtypes = (ctypes.c_void_p, ctypes.c_char_p, ctypes.c_size_t,
+                                             ctypes.POINTER(ctypes.c_int64), ctypes.c_char_p,
+                                             ctypes.c_int32)
+            lib.fastopen_publish.restype = ctypes.c_int
+            lib.fastopen_forget.argtypes = (ctypes.c_void_p, ctypes.c_char_p, ctypes.c_size_t)
+            lib.fastopen_table_count.argtypes = (ctypes.c_void_p,)
+            lib.fastopen_table_count.restype = ctypes.c_size_t
+            lib.fastopen_table_served.argtypes = (ctypes.c_void_p, ctypes.c_int)
+            lib.fastopen_table_served.restype = ctypes.c_uint64
             lib.fastopen_unregister.argtypes = (ctypes.c_void_p,)
             lib.fastopen_main.argtypes = (ctypes.c_int, ctypes.POINTER(ctypes.c_char_p),
                                           ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p,
@@ -82,6 +98,67 @@ _OPEN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_char_p, ctypes.POINTER(mfusepy.f
 """libfuse's ``open`` callback: ``int (*)(const char *path, struct fuse_file_info *fi)``."""
 
 
+_STAT = ctypes.c_int64 * 8
+_STAT_KEYS = ("st_mode", "st_nlink", "st_uid", "st_gid", "st_size", "st_atime", "st_mtime",
+              "st_ctime")
+
+
+class Table:
+    """What the C ``getattr`` and ``read`` of one mount answer without Python: per path, the
+    attributes (a ``getattr`` result with times in nanoseconds) and, for a file whose text the
+    kernel may cache, the text. ``cgroupfs.kernelcache.KernelCache`` publishes only what it
+    holds and forgets it when a change may alter it (see ``fastopen.c``). Thread-safe."""
+
+    def __init__(self, lib: ctypes.CDLL) -> None:
+        self._lib = lib
+        self._table: int | None = lib.fastopen_table_new()
+        if not self._table:
+            raise MemoryError("cgroupfs: no memory for the published table")
+
+    @property
+    def pointer(self) -> int | None:
+        """The C table (``None`` once freed)."""
+        return self._table
+
+    def publish(self, path: str, stat: dict[str, int], text: bytes | None) -> None:
+        """``path`` has the attributes ``stat`` and, unless ``None``, the content ``text``."""
+        raw = path.encode("utf-8", "surrogateescape")
+        values = _STAT(*(stat[key] for key in _STAT_KEYS))
+        if self._table:
+            self._lib.fastopen_publish(self._table, raw, len(raw), values, text,
+                                       -1 if text is None else len(text))
+
+    def forget(self, paths: Iterable[str]) -> None:
+        """Forget what was published for ``paths``."""
+        raw = b"".join(p.encode("utf-8", "surrogateescape") + b"\0" for p in paths)
+        if raw and self._table:
+            self._lib.fastopen_forget(self._table, raw, len(raw))
+
+    def clear(self) -> None:
+        """Forget everything."""
+        if self._table:
+            self._lib.fastopen_table_clear(self._table)
+
+    def __len__(self) -> int:
+        return int(self._lib.fastopen_table_count(self._table)) if self._table else 0
+
+    @property
+    def getattrs_served(self) -> int:
+        """``getattr`` requests answered from the table so far."""
+        return int(self._lib.fastopen_table_served(self._table, 0)) if self._table else 0
+
+    @property
+    def reads_served(self) -> int:
+        """``read`` requests answered from the table so far."""
+        return int(self._lib.fastopen_table_served(self._table, 1)) if self._table else 0
+
+    def free(self) -> None:
+        """Release the C table (once the mount's loop has ended: no handler uses it)."""
+        table, self._table = self._table, None
+        if table:
+            self._lib.fastopen_table_free(table)
+
+
 class Serving:
     """A mount served by the C parts (see ``serving``) over ``operations``; ``loop_ended`` is
     called on the serving thread once libfuse's loop has ended, before the session is torn
@@ -94,11 +171,18 @@ class Serving:
         self._loop_ended = loop_ended
         self._ended_callback = _LOOP_ENDED(self._ended)
         self._fuse: int | None = None
+        self.table = Table(lib)
+        self._python: tuple[int, int] = (0, 0)  # mfusepy's getattr and read
 
     def main(self, argc: int, argv: Any, ops_p: Any, size: int, data: Any) -> int:
         """What ``fuse_main_real`` does, by ``fastopen_main``, with the C ``open``."""
         ops = ops_p.contents
         ops.open = ctypes.cast(self._lib.fastopen_open, type(ops.open))
+        self._python = (ctypes.cast(ops.getattr, ctypes.c_void_p).value or 0,
+                        ctypes.cast(ops.read, ctypes.c_void_p).value or 0)
+        if all(self._python):
+            ops.getattr = ctypes.cast(self._lib.fastopen_getattr, type(ops.getattr))
+            ops.read = ctypes.cast(self._lib.fastopen_read, type(ops.read))
         return int(self._lib.fastopen_main(argc, argv, ops_p, size, data, self._ended_callback))
 
     def _ended(self) -> None:
@@ -118,18 +202,23 @@ class Serving:
 
     def register(self, fuse: int | None) -> None:
         """libfuse serves the mount as ``fuse`` (called from ``init``): the C ``open`` hands
-        the names it does not open itself to this mount's operations."""
+        the names it does not open itself to this mount's operations, the C ``getattr`` and
+        ``read`` what the table lacks."""
         if fuse is not None:
             self._fuse = fuse
             pointer = ctypes.cast(self._callback, ctypes.c_void_p)
-            if self._lib.fastopen_register(fuse, pointer) != 0:
+            getattr_, read = self._python
+            table = self.table.pointer if all(self._python) else None
+            if self._lib.fastopen_register(fuse, pointer, getattr_ or None, read or None,
+                                           table) != 0:
                 raise OSError("too many cgroupfs mounts in one process for the C open")
 
     def forget(self) -> None:
-        """The mount ended."""
+        """The mount ended (its loop returned)."""
         if self._fuse is not None:
             self._lib.fastopen_unregister(self._fuse)
             self._fuse = None
+        self.table.free()
 
 
 @contextlib.contextmanager
@@ -155,4 +244,4 @@ def serving(operations: Any, loop_ended: Callable[[], None]) -> Iterator[Serving
         served.forget()
 
 
-__all__ = ["LIBRARY", "Serving", "library", "serving"]
+__all__ = ["LIBRARY", "Serving", "Table", "library", "serving"]

@@ -31,6 +31,14 @@ Contract:
   flight, whose handler may need the lock.
 * A file is invalidated only if it was held: a file nobody read since its last invalidation
   costs nothing.
+* With a ``published`` table (the mount's C ``getattr`` and ``read``, ``cgroupfs.fastopen``),
+  what the kernel is told may also be published there, so that the next request for it is
+  answered in C: ``publish(cg, name, ticket, stat, text)`` with the ticket ``note`` returned
+  publishes only if no held file stopped being held since that ``note`` (a value rendered
+  before a change is never published after it). ``changed`` forgets what it stops holding
+  from the table at once, under the model's lock, before the change returns; a rename or a
+  ``sync`` forgets everything (the paths below a renamed cgroup changed). So whatever the
+  table answers is held, and no older than the last change.
 * Nothing is held, and nothing invalidated, before ``attach`` (libfuse's ``init``) nor after
   ``detach``, which the mount calls when libfuse's loop ends, before libfuse tears the session
   down (a notification after that would read freed memory): ``detach`` waits for an
@@ -42,7 +50,8 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import Protocol
 
 from ioasidsd.model.changes import Change, ChangeKind
 from ioasidsd.model.hierarchy import Cgroup
@@ -60,6 +69,19 @@ _libfuse.fuse_invalidate_path.restype = ctypes.c_int
 DIRECTORY_KINDS = frozenset({ChangeKind.MKDIR, ChangeKind.RMDIR, ChangeKind.RENAME,
                              ChangeKind.ATTRS, ChangeKind.CONTROL, ChangeKind.SYNC})
 """The kinds of change that may alter a directory's attributes."""
+
+_EVERY_PATH_KINDS = frozenset({ChangeKind.RENAME, ChangeKind.SYNC})
+"""Kinds after which nothing published is kept (a rename changes the paths of a subtree)."""
+
+
+class Published(Protocol):
+    """A table of published attributes and texts (``cgroupfs.fastopen.Table``)."""
+
+    def publish(self, path: str, stat: dict[str, int], text: bytes | None) -> None: ...
+
+    def forget(self, paths: Iterable[str]) -> None: ...
+
+    def clear(self) -> None: ...
 
 
 class _Context(ctypes.Structure):
@@ -88,6 +110,9 @@ class KernelCache:
         self._fuse: int | None = None
         self._fuse_lock = threading.Lock()  # the fuse pointer's lifetime
         self._base_on_change: Callable[[Change], None] | None = None
+        self._epoch = 0  # counts the changes that stopped holding something
+        self.published: Published | None = None
+        """Where what the kernel is told is also published (the mount's C handlers), if any."""
         self.invalidations = 0
         """Paths invalidated so far (for tests and benchmarks)."""
 
@@ -107,6 +132,9 @@ class KernelCache:
             self.system.lock.after_release(None)
             with self._lock:
                 self._held.clear()
+                self._epoch += 1
+                if self.published is not None:
+                    self.published.clear()
                 self._uninstall()
         self._pending.clear()
 
@@ -116,10 +144,11 @@ class KernelCache:
         """Whether the mount is served and its files are invalidated (see ``attach``)."""
         return self._fuse is not None
 
-    def note(self, cg: Cgroup, name: str) -> None:
-        """The kernel is about to be told of file ``name`` of ``cg`` (see the module)."""
+    def note(self, cg: Cgroup, name: str) -> int | None:
+        """The kernel is about to be told of file ``name`` of ``cg`` (see the module); the
+        ticket for ``publish``, ``None`` when not serving."""
         if self._fuse is None:  # not serving: nothing will be invalidated
-            return
+            return None
         with self._lock:
             bit = self._bits.get(name)
             if bit is None:  # a name never seen: the names are those of the file tables
@@ -132,6 +161,21 @@ class KernelCache:
                     self._install()
             else:
                 self._held[cg] = held | bit
+            return self._epoch
+
+    def publish(self, cg: Cgroup, name: str, ticket: int | None, stat: dict[str, int],
+                text: bytes | None) -> None:
+        """Publish the attributes ``stat`` and the text (``None``: attributes only) of file
+        ``name`` of ``cg`` (``""``: the directory), rendered after ``note`` gave ``ticket``,
+        unless a change may have altered them since (see the module)."""
+        published = self.published
+        if published is None or ticket is None:
+            return
+        base = cg.path.rstrip("/")
+        path = base + "/" + name if name else base or "/"
+        with self._lock:
+            if ticket == self._epoch and self._fuse is not None:
+                published.publish(path, stat, text)
 
     def held(self) -> int:
         """How many files are held."""
@@ -178,6 +222,15 @@ class KernelCache:
                 base = cg.path.rstrip("/")
                 paths += [base + "/" + name if name else base or "/"
                           for i, name in enumerate(self._names) if bits >> i & 1]
+            published = self.published
+            if change.kind in _EVERY_PATH_KINDS:
+                self._epoch += 1
+                if published is not None:
+                    published.clear()
+            elif paths:
+                self._epoch += 1
+                if published is not None:
+                    published.forget(paths)
             if not held:
                 self._uninstall()
         if paths:
@@ -205,6 +258,11 @@ class KernelCache:
         paths = self._pending.pop(threading.get_ident(), None)
         if not paths:
             return
+        self.invalidate(paths)
+
+    def invalidate(self, paths: list[str]) -> None:
+        """Tell the kernel to drop what it keeps of ``paths`` (pages and attributes), whether
+        held or not; nothing when not serving. Without the model's lock (see the module)."""
         with self._fuse_lock:
             fuse = self._fuse
             if fuse is None:
@@ -214,4 +272,4 @@ class KernelCache:
             self.invalidations += len(paths)
 
 
-__all__ = ["ATTR_TIMEOUT", "KernelCache", "current_fuse"]
+__all__ = ["ATTR_TIMEOUT", "KernelCache", "Published", "current_fuse"]

@@ -134,6 +134,8 @@ class CgroupMount:
             # the kernel cache stops invalidating when libfuse's loop ends, before libfuse
             # tears the session down: whoever unmounted (us, fusermount, umount)
             with fastopen.serving(self.operations, self.operations.cache.detach) as self._fast:
+                if self._fast is not None:  # getattr and read answered in C where published
+                    self.operations.cache.published = self._fast.table
                 mfusepy.FUSE(self.operations, self.mountpoint, raw_fi=True, **self._options)
         except BaseException as exc:  # reported by mount() or kept for wait()
             self._error = exc

@@ -165,7 +165,10 @@ class CgroupOperations(mfusepy.Operations):
                     return cg, file
         raise IoasidError(ENODEV, "the cgroup was removed")
 
-    def _stat(self, cg: Cgroup, file: CgroupFile | None) -> dict[str, Any]:
+    def _stat(self, cg: Cgroup, file: CgroupFile | None,
+              text: bytes | None = None) -> dict[str, Any]:
+        """The attributes of ``file`` of ``cg`` (``None``: the directory); a cached file's
+        size is the length of ``text``, rendered here when not given."""
         name = "" if file is None else file.name
         attrs = cg.attrs.get(name, {})
         if file is not None and "uid" not in attrs and self.system.cgroups.version == 2:
@@ -181,7 +184,7 @@ class CgroupOperations(mfusepy.Operations):
         else:
             default, kind, nlink = file.mode, S_IFREG, 1
             if file.cached:
-                size = len(files.read(self.system, cg, file))
+                size = len(files.read(self.system, cg, file) if text is None else text)
         started = self.started_ns
         return {
             "st_mode": kind | attrs.get("mode", default),
@@ -213,9 +216,15 @@ class CgroupOperations(mfusepy.Operations):
 
     # ------------------------------------------------------------------ reading the tree
     def getattr(self, path: str, fh: Any = None) -> dict[str, Any]:
+        """The attributes, also published for the C ``getattr`` (and, for a cached file, its
+        text for the C ``read``): the next request for them costs no Python call."""
         cg, file = self._resolve(path)
-        self.cache.note(cg, "" if file is None else file.name)  # before reading what is told
-        return self._stat(cg, file)
+        name = "" if file is None else file.name
+        ticket = self.cache.note(cg, name)  # before reading what is told
+        text = files.read(self.system, cg, file) if file is not None and file.cached else None
+        stat = self._stat(cg, file, text)
+        self.cache.publish(cg, name, ticket, stat, text)
+        return stat
 
     def readdir(self, path: str, fh: int) -> list[str | tuple[str, int, int]]:
         cg, file = self._resolve(path)
@@ -235,8 +244,7 @@ class CgroupOperations(mfusepy.Operations):
         ``fuse_file_info`` (the mount passes it raw)."""
         fh = fi.fh
         cg, file = self._resolve_file(path)
-        if file.cached:
-            self.cache.note(cg, file.name)
+        ticket = self.cache.note(cg, file.name) if file.cached else None
         key = (cg, file.name)
         if offset:
             with self._renderings_lock:
@@ -246,6 +254,8 @@ class CgroupOperations(mfusepy.Operations):
         text = files.read(self.system, cg, file)
         if not offset:
             self._keep(key, text)
+        if ticket is not None:  # the next reads are answered in C
+            self.cache.publish(cg, file.name, ticket, self._stat(cg, file, text), text)
         if fh & EVENTS_HANDLE:
             self._saw(fh, cg)
         return text[offset : offset + size]
@@ -353,7 +363,12 @@ class CgroupOperations(mfusepy.Operations):
         writer = Writer(mfusepy.fuse_get_context()[2], uid, gid)
         with _caused_by(uid), self.system.lock:
             cg, file = self._resolve_file(path)
-            return files.write(self.system, cg, file, data, writer)
+            written = files.write(self.system, cg, file, data, writer)
+            if file.cached:  # the new value, for the writer's next stat and read (in C)
+                ticket = self.cache.note(cg, file.name)
+                text = files.read(self.system, cg, file)
+                self.cache.publish(cg, file.name, ticket, self._stat(cg, file, text), text)
+            return written
 
     def truncate(self, path: str, length: int, fh: Any = None) -> int:
         _cg, file = self._resolve(path)

@@ -140,5 +140,8 @@ def _local_cluster(workers: int) -> Any:
 
     with dask.config.set(LOCAL_CLUSTER_CONFIG):
         get_mp_context().set_forkserver_preload(["distributed", "ioasidsd.experiments.engine"])
+        # no dashboard; the scheduler's own HTTP endpoint (health, metrics) on a free port of
+        # the loopback, not on 8787 of every interface (taken by a second run, with a warning)
         return LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                            dashboard_address=None)
+                            dashboard_address=None,
+                            scheduler_kwargs={"dashboard_address": "127.0.0.1:0"})

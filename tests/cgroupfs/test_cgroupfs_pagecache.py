@@ -98,17 +98,25 @@ def test_an_unchanged_file_is_read_from_the_page_cache(handle: CgroupMount, syst
         return real(path, size, offset, fi)
 
     monkeypatch.setattr(handle.operations, "read", read)
+    published = handle.operations.cache.published
+
+    def reached() -> list[str | None]:
+        """The reads that reached the server: Python's, and those the C ``read`` answered
+        from what the server published (the write published this file: the only one read)."""
+        in_c = published.reads_served if published is not None else 0
+        return served + ["/a/ioasids.max"] * in_c
+
     (mnt / "a").mkdir()
     (mnt / "a" / "ioasids.max").write_text("7")
     assert (mnt / "a" / "ioasids.max").read_text() == "7\n"
-    assert served == ["/a/ioasids.max"]
+    assert reached() == ["/a/ioasids.max"]
     assert cat(mnt / "a" / "ioasids.max") == "7\n"
     for _ in range(20):
         assert (mnt / "a" / "ioasids.max").read_text() == "7\n"
         assert cat(mnt / "a" / "ioasids.max") == "7\n"
     # 41 reads, one reached the server (a lookup may: the kernel keeps names for a second,
     # which a loaded machine can take for these reads; it renders the size, not the content)
-    assert served == ["/a/ioasids.max"]
+    assert reached() == ["/a/ioasids.max"]
     assert os.stat(mnt / "a" / "ioasids.max").st_size == 2
 
 
@@ -288,3 +296,117 @@ def test_directory_attributes_another_face_changes_are_seen(handle: CgroupMount,
     stat_out = subprocess.run(["stat", "-c", "%a", str(mnt / "a")], capture_output=True,
                               text=True, check=True).stdout
     assert stat_out == "700\n"
+
+
+@pytest.fixture
+def published(handle: CgroupMount):  # type: ignore[no-untyped-def]
+    """The table the C ``getattr`` and ``read`` answer from (skipped without the C parts)."""
+    table = handle.operations.cache.published
+    if table is None:
+        pytest.skip("cgroupfs/_fastopen.so not built (scripts/bootstrap needs cc and "
+                    "libfuse3-dev)")
+    return table
+
+
+def _kernel_forgets(handle: CgroupMount, path: str) -> None:
+    """Make the kernel drop what it holds of ``path`` (its page and attributes) without any
+    change in the model, so that its next stat and read reach the server."""
+    handle.operations.cache.invalidate([path])
+
+
+def test_what_the_server_told_is_answered_again_in_c(handle: CgroupMount, system: System,
+                                                     published,  # type: ignore[no-untyped-def]
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Once the server has rendered a file's attributes and text, the kernel's next getattr
+    and read of it (here after the kernel dropped them unasked) are answered by the C handlers
+    with the same values, with no Python call."""
+    mnt = Path(handle.mountpoint)
+    (mnt / "a").mkdir()
+    system.write_max("a", "12345")
+    first = os.stat(mnt / "a" / "ioasids.max")
+    assert (mnt / "a" / "ioasids.max").read_text() == "12345\n"
+    python: list[str] = []
+    for name in ("getattr", "read"):
+        real = getattr(handle.operations, name)
+        monkeypatch.setattr(handle.operations, name,
+                            lambda *a, _real=real, _name=name: python.append(_name) or _real(*a))
+    getattrs, reads = published.getattrs_served, published.reads_served
+    _kernel_forgets(handle, "/a/ioasids.max")
+    again = os.stat(mnt / "a" / "ioasids.max")
+    assert (again.st_size, again.st_mode, again.st_mtime_ns) == (6, first.st_mode,
+                                                                  first.st_mtime_ns)
+    assert cat(mnt / "a" / "ioasids.max") == "12345\n"
+    assert published.getattrs_served > getattrs and published.reads_served > reads
+    assert python == []
+
+
+def test_a_change_forgets_what_was_published_before_it_returns(
+        handle: CgroupMount, system: System, published,  # type: ignore[no-untyped-def]
+        readers) -> None:
+    """What the C handlers answer is never older than the last change: a change by another
+    face forgets the files it may alter (the next read renders afresh), a rename forgets
+    everything (every path below the renamed cgroup changed)."""
+    mnt = Path(handle.mountpoint)
+    for name in ("a", "a/b"):
+        (mnt / name).mkdir()
+    system.write_max("a", "max")
+    limit = readers(mnt / "a" / "b" / "ioasids.max")
+    assert limit.all() == {"0\n"}
+    held = len(published)
+    assert held >= 3  # a, a/b and the limit at least
+    system.write_max("a/b", "42")
+    assert len(published) < held
+    _kernel_forgets(handle, "/a/b/ioasids.max")  # even a kernel that kept the page asks again
+    assert limit.all() == {"42\n"}
+    system.rename("a", "z")
+    assert len(published) == 0
+    assert (mnt / "z" / "b" / "ioasids.max").read_text() == "42\n"
+    system.rmdir("z/b")
+    assert "b" not in os.listdir(mnt / "z")
+    with pytest.raises(FileNotFoundError):
+        (mnt / "z" / "b" / "ioasids.max").read_text()
+
+
+def test_a_value_rendered_before_a_change_is_never_published(
+        handle: CgroupMount, system: System, published) -> None:  # type: ignore[no-untyped-def]
+    """The race a ticket closes: a handler notes a file, renders it, and a change lands before
+    it publishes; the stale rendering is dropped, not published."""
+    mnt = Path(handle.mountpoint)
+    (mnt / "a").mkdir()
+    cache = handle.operations.cache
+    cg = system.cgroups.lookup("a")
+    stat = handle.operations.getattr("/a/ioasids.max")
+    ticket = cache.note(cg, "ioasids.max")
+    system.write_max("a", "7")  # lands between the rendering and the publication
+    before = len(published)
+    cache.publish(cg, "ioasids.max", ticket, {**stat, "st_size": 2}, b"0\n")
+    assert len(published) == before
+    fresh = cache.note(cg, "ioasids.max")  # no change since: published
+    cache.publish(cg, "ioasids.max", fresh, {**stat, "st_size": 2}, b"7\n")
+    assert len(published) == before + 1
+    _kernel_forgets(handle, "/a/ioasids.max")
+    assert (mnt / "a" / "ioasids.max").read_text() == "7\n"
+
+
+def test_a_worker_keeps_its_python_thread_state(handle: CgroupMount, published,  # type: ignore[no-untyped-def]
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """libfuse's workers are threads Python does not know: each keeps one thread state across
+    the Python calls it makes (made once by the C handlers), instead of one made and deleted
+    per call. A context variable a call leaves set is what the next call on that thread sees."""
+    import contextvars
+    import threading
+
+    mark: contextvars.ContextVar[int | None] = contextvars.ContextVar("mark", default=None)
+    seen: list[tuple[int, int | None]] = []
+    real = handle.operations.getattr
+
+    def getattr_(path: str, fh: object = None) -> dict[str, int]:
+        seen.append((threading.get_native_id(), mark.get()))
+        mark.set(threading.get_native_id())
+        return real(path, fh)
+
+    monkeypatch.setattr(handle.operations, "getattr", getattr_)
+    for _ in range(50):  # a missing name is never cached: each lookup reaches Python
+        assert not (Path(handle.mountpoint) / "missing").exists()
+    assert len(seen) >= 50
+    assert any(left == thread for thread, left in seen)

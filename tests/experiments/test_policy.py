@@ -12,6 +12,7 @@ import pytest
 
 from ioasidsd.experiments import PolicyError, load_policy
 from ioasidsd.experiments.distributions import parse_distribution
+from ioasidsd.experiments.policy import check_limits
 from ioasidsd.model.core import PCI_PASID_MAX
 
 from .helpers import IOASIDCTL, one_pool, write_policy
@@ -170,3 +171,16 @@ def test_distributions_sample_what_they_say() -> None:
     assert abs(draws.count(1) / 8000 - 0.75) < 0.03 and emp.mean == 2.0
     det = parse_distribution({"dist": "deterministic", "value": 3}, "x", count=True)
     assert det.sampler(rng)() == 3 and det.kind == "fixed"
+
+
+SHIPPED = sorted((Path(__file__).resolve().parents[2] / "policies").glob("*.toml"))
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda path: path.name)
+def test_every_shipped_policy_is_accepted(path):
+    """The worked examples load, and the model takes their limits, as a run would check."""
+    check_limits(load_policy(str(path)))
+
+
+def test_the_policies_are_there():
+    assert len(SHIPPED) >= 6
