@@ -456,8 +456,14 @@ def main() -> None:
             r = ratio(f"{name} batch IDs/s ({kind})", f"echo batch IDs/s ({kind})")
             print(f"ratio {name}/echo, batch {kind}: {r:.4f}")
         batch = med[f"{name} batch IDs/s (alloc+free)"]
-        print(f"targets, {name}: 1-client ratio {single:.2f} >= 0.5: "
-              f"{'met' if single >= 0.5 else 'MISSED'}; batch {batch:,.0f} IDs/s >= 200,000: "
+        # the targets: the model's socket at least half the echo server's rate, and the
+        # durable one (with the store) 0.6 on one client and 0.5 on four
+        one, many = (0.6, 0.5) if name == "ioasid+store" else (0.5, None)
+        print(f"targets, {name}: 1-client ratio {single:.2f} >= {one}: "
+              f"{'met' if single >= one else 'MISSED'}; "
+              + ("" if many is None else f"4-client ratio {four:.2f} >= {many}: "
+                                         f"{'met' if four >= many else 'MISSED'}; ")
+              + f"batch {batch:,.0f} IDs/s >= 200,000: "
               f"{'met' if batch >= 200_000 else 'MISSED'}")
     if args.store:
         for key in ("x1 round trips/s", "x4 round trips/s", "batch IDs/s (alloc+free)",
@@ -465,6 +471,9 @@ def main() -> None:
                     "batch IDs/s (alloc+free per CPU-second)"):
             print(f"ratio ioasid+store/ioasid, {key}: "
                   f"{ratio(f'ioasid+store {key}', f'ioasid {key}'):.2f}")
+        durable = ratio("ioasid+store batch IDs/s (alloc+free)", "ioasid batch IDs/s (alloc+free)")
+        print(f"target, batch alloc+free IDs/s with the store / without: {durable:.2f} >= 0.9: "
+              f"{'met' if durable >= 0.9 else 'MISSED'}")
     if comparison is not None:
         comparison.print()
     if busy is not None:
