@@ -155,13 +155,7 @@ def build_frees(setup: dict) -> tuple[World, object, object, list[int]]:
     task = world.proc("/c")
     ioasid_set = core.set_alloc(task, 1000, IoasidSetType.MM)
     ids = [core.alloc(ioasid_set, 1, 1000, task=task) for _ in range(setup["allocated"])]
-    for i in setup["referenced"]:
-        if i < len(ids):
-            core.get(ioasid_set, ids[i])
-    for i in setup["spid"]:
-        if i < len(ids):
-            with contextlib.suppress(IoasidError):
-                core.attach_spid(ids[i], 5000 + i)
+    world.hold_more(ioasid_set, ids, setup["referenced"], setup["spid"])
     if setup["moved"] is not None:
         world.cgroups.attach(task, world.cgroups.lookup(setup["moved"]))
     if setup["exited"]:

@@ -76,13 +76,7 @@ def build(setup: dict) -> tuple[World, object, object]:
     for _ in range(setup["allocated"]):
         with contextlib.suppress(IoasidError):
             ids.append(core.alloc(ioasid_set, 1, 1000, task=owner))
-    for i in setup["referenced"]:
-        if i < len(ids):
-            core.get(ioasid_set, ids[i])
-    for i in setup["spid"]:
-        if i < len(ids):
-            with contextlib.suppress(IoasidError):
-                core.attach_spid(ids[i], 5000 + i)
+    world.hold_more(ioasid_set, ids, setup["referenced"], setup["spid"])
     for i in setup["freed"]:
         if i < len(ids):
             with contextlib.suppress(IoasidError):

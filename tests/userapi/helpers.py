@@ -49,6 +49,19 @@ class World:
         self.controller.set_max(cg, limit)
         return cg
 
+    def hold_more(self, ioasid_set: object, ids: list[int], referenced: list[int],
+                  spid: list[int]) -> None:
+        """Take one more reference on ``ids[i]`` for each ``i`` of ``referenced``, and attach
+        SPID ``5000 + i`` to ``ids[i]`` for each ``i`` of ``spid`` (a refusal left as it is);
+        indices past the end of ``ids`` are skipped."""
+        for i in referenced:
+            if i < len(ids):
+                self.core.get(ioasid_set, ids[i])
+        for i in spid:
+            if i < len(ids):
+                with contextlib.suppress(IoasidError):
+                    self.core.attach_spid(ids[i], 5000 + i)
+
     def ioctl(self, file: IoasidFile, cmd: int, arg: bytes = b"", task: Process | None = None):
         return self.device.ioctl(file, cmd, arg, task or file.opener)
 
