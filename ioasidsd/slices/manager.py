@@ -529,14 +529,7 @@ class SliceManager:
         value: IOASIDsMax | None = None
         text = ""
         for assignment in assignments:
-            key, sep, text = assignment.partition("=")
-            if not sep or key not in PROPERTY_KEYS:
-                raise IoasidError(errno.EINVAL, f"{assignment!r}: unknown property (a slice "
-                                                f"takes IOASIDsMax=)")
-            try:
-                value = None if text == "" else parse_ioasids_max(text)
-            except InvalidIOASIDsMax as exc:
-                raise IoasidError(errno.EINVAL, str(exc)) from None
+            text, value = _property(assignment, "", "slice")
         cgroup = slice_to_cgroup_path(name)
         if name == ROOT_SLICE:
             raise IoasidError(errno.EINVAL, f"{name}: the root slice has no limit")
@@ -611,14 +604,8 @@ class SliceManager:
             raise IoasidError(errno.EINVAL, f"--slice: {exc}") from None
         limit = self.default
         for assignment in properties:
-            key, sep, text = assignment.partition("=")
-            if not sep or key not in PROPERTY_KEYS:
-                raise IoasidError(errno.EINVAL, f"-p {assignment!r}: unknown property (a "
-                                                f"scope takes IOASIDsMax=)")
-            try:
-                limit = self.default if text == "" else parse_ioasids_max(text)
-            except InvalidIOASIDsMax as exc:
-                raise IoasidError(errno.EINVAL, f"-p {exc}") from None
+            given = _property(assignment, "-p ", "scope")[1]
+            limit = self.default if given is None else given
         slice_path = slice_to_cgroup_path(slice_name)
         with self._lock:
             if not self._exists(slice_path):
@@ -780,6 +767,21 @@ def _slice_of(cg: Cgroup) -> str | None:
     if slice_to_cgroup_path(name) != cg.path:
         return None
     return name
+
+
+def _property(assignment: str, shown: str, kind: str) -> tuple[str, IOASIDsMax | None]:
+    """The text and value of the assignment ``IOASIDsMax=VALUE`` (or ``X-IOASIDsMax=``) given
+    to a unit of ``kind`` (``slice``, ``scope``); the value ``None`` for the empty assignment,
+    which means the default. ``EINVAL``, its message starting with ``shown`` (the option
+    that gave it), for another property or a junk value."""
+    key, sep, text = assignment.partition("=")
+    if not sep or key not in PROPERTY_KEYS:
+        raise IoasidError(errno.EINVAL, f"{shown}{assignment!r}: unknown property (a {kind} "
+                                        f"takes IOASIDsMax=)")
+    try:
+        return text, None if text == "" else parse_ioasids_max(text)
+    except InvalidIOASIDsMax as exc:
+        raise IoasidError(errno.EINVAL, f"{shown}{exc}") from None
 
 
 def _dropin_text(value: str) -> str:
