@@ -425,7 +425,9 @@ class Folder:
         """Write one record (``kind`` names the change in error messages). Never raises: when
         the journal cannot be written the record is still folded from memory, but is not
         durable until then; ``error`` says so and the next append starts a new segment."""
-        with self._lock:
+        lock = self._lock
+        lock.acquire()  # not ``with``: this is every change
+        try:
             try:
                 self._writer.append(payload)  # type: ignore[union-attr]
             except (journal.SegmentFull, OSError, AttributeError) as exc:  # Attr...: none open
@@ -435,7 +437,7 @@ class Folder:
                     self._note("the journal is written again")
                     self.append_error = None
             pending = self._pending
-            if not pending:
+            if not pending:  # the folder waits for the first record, not for the others
                 self._since = time.monotonic()
                 self._cond.notify_all()
             pending.append(payload)
@@ -444,6 +446,8 @@ class Folder:
             size = self._pending_bytes = self._pending_bytes + len(payload)
             if size >= FOLD_BYTES:
                 self._cond.notify_all()
+        finally:
+            lock.release()
 
     def _append_again(self, kind: str, payload: bytes, exc: Exception) -> None:
         """The current segment could not take a record (full, failed, or none is open): go

@@ -58,6 +58,9 @@ SPARE_NAME = "state.next-journal"
 _HEADER = struct.Struct("<8sII")
 _FRAME = struct.Struct("<II")
 _FRAME_PACK = _FRAME.pack
+_FRAME_PACK_INTO = _FRAME.pack_into
+_FRAME_SIZE = _FRAME.size
+_MAX_RECORD = 1 << 32  # a frame's length is a u32
 _CRC32 = zlib.crc32
 _PAGE = mmap.PAGESIZE
 _NAME = re.compile(re.escape(PREFIX) + r"([0-9]{1,18})")
@@ -239,19 +242,23 @@ class SegmentWriter:
         when it does not fit (nothing was written). ``OSError`` if it could not be written
         whole: the file is cut back to where it was when that is possible, and the caller
         should go on in a new segment."""
-        try:
-            data = _FRAME_PACK(len(payload), _CRC32(payload)) + payload
-        except struct.error:
-            raise OSError(EFBIG, f"a journal record of {len(payload)} bytes") from None
+        size = len(payload)
         mapping = self._map
         if mapping is None:
-            self._write(data)
+            try:
+                self._write(_FRAME_PACK(size, _CRC32(payload)) + payload)
+            except struct.error:
+                raise OSError(EFBIG, f"a journal record of {size} bytes") from None
             return
         start = self._pos
-        end = start + len(data)
+        body = start + _FRAME_SIZE
+        end = body + size
         if end > self._end:
-            raise SegmentFull(_HEADER.size + len(data))
-        mapping[start:end] = data
+            if size >= _MAX_RECORD:
+                raise OSError(EFBIG, f"a journal record of {size} bytes")
+            raise SegmentFull(_HEADER.size + _FRAME_SIZE + size)
+        mapping[body:end] = payload  # the payload first: a frame is valid only once whole
+        _FRAME_PACK_INTO(mapping, start, size, _CRC32(payload))
         if self.sync:
             page = start - start % _PAGE
             mapping.flush(page, end - page)

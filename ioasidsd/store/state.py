@@ -141,6 +141,7 @@ Warn = Callable[[str], None]
 
 
 _encode = codec.encode
+_SYNC, _RMDIR = ChangeKind.SYNC, ChangeKind.RMDIR  # a member read from the class costs more
 _BULK_IDS = 64  # from this many IOASIDs in one change, whole sets may be cheaper to write
 _GROUP_IDS = 256  # from this many of one set, alike, one IOASIDS operation (a batch's slice)
 
@@ -170,13 +171,6 @@ def _upgrade_from_1(db: sqlite3.Connection) -> None:
 
 class StoreError(Exception):
     """The state directory's database or journal cannot be used (the message says why)."""
-
-
-def _decode(kind: int, payload: bytes, where: str) -> Iterable[Op]:
-    try:
-        return codec.decode(kind, payload)
-    except codec.RecordError as exc:
-        raise StoreError(f"{where}: {exc}") from None
 
 
 class Store:
@@ -360,8 +354,11 @@ class Store:
         """Apply the records of ``segments`` to the database, in the caller's transaction."""
         plan = FoldPlan()
         for segment in segments:
-            for payload in segment.payloads:
-                plan.add(_decode(segment.codec, payload, str(segment.path)))
+            try:
+                for ops in codec.decode_all(segment.codec, segment.payloads):
+                    plan.add(ops)
+            except codec.RecordError as exc:
+                raise StoreError(f"{segment.path}: {exc}") from None
             if segment.torn and report:
                 self._warn(f"{segment.path}: ignoring {segment.torn} (a write the daemon died "
                            f"in; it was not acknowledged)")
@@ -553,8 +550,9 @@ class Store:
     def _fold_payloads(self, payloads: list[bytes]) -> None:
         """The folder's work: records into the database, in one transaction."""
         plan = FoldPlan()
-        for payload in payloads:
-            plan.add(codec.decode(codec.WRITTEN, payload))
+        add = plan.add
+        for ops in codec.decode_all(codec.WRITTEN, payloads):
+            add(ops)
         with self._db_lock, self._transaction():
             plan.write(self.db)
 
@@ -608,33 +606,52 @@ class Store:
         """Make one change durable (``System.on_change``); see the module's documentation for
         what each field of ``change`` names. Never raises: a change whose record cannot be made
         is logged, kept in ``error`` and repaired by a full rewrite at the next change."""
-        kind = change.kind  # a str (StrEnum): its value, without the enum's slow ``.value``
+        # unpacked at once: a named tuple's fields cost a descriptor call each, on every change
+        kind, changed, processes, ids, sets, _path, _orphans, refusal = change
+        folder = self._folder
+        if len(ids) == 1 and not processes and not sets and refusal is None and \
+                kind is not _RMDIR and kind is not _SYNC and self._error is None and \
+                folder is not None:  # one IOASID: every ALLOC and FREE, the hot path
+            try:
+                ops: list[Op] = []
+                touched = self._ioasid_ops(int(ids[0]), ops)
+                if changed:
+                    touched = [*changed, *touched]
+                if touched:
+                    self._cgroup_ops(touched, ops)
+                self._core_op(ops)
+                payload = _encode(ops)
+            except (SnapshotError, StoreError, codec.RecordError) as exc:
+                self._not_saved(kind, exc)
+                return
+            folder.append(kind, payload)
+            return
         try:
-            if self._error is not None or kind is ChangeKind.SYNC:
+            if self._error is not None or kind is _SYNC:
                 ops = self._everything()
-                if change.refusal is not None or change.path is not None:
+                if refusal is not None or change.path is not None:
                     self._refusal_ops(change, ops)
             else:
                 ops = self._change(change)
         except (SnapshotError, StoreError) as exc:
-            if self._error is None:
-                self._warn(f"state not saved ({kind}): {exc}; retrying with a full write")
-            self._error = f"{kind}: {exc}"
+            self._not_saved(kind, exc)
             return
         self._error = None
         if ops:
-            folder = self._folder
             try:
-                if folder is not None:  # ``_record``, inline: this is every change
+                if folder is not None:
                     folder.append(kind, _encode(ops))
                 else:
                     self._record(kind, ops)
-            except codec.RecordError as exc:
-                self._warn(f"state not saved ({kind}): {exc}; retrying with a full write")
-                self._error = f"{kind}: {exc}"
-            except (sqlite3.Error, StoreError) as exc:  # not journaling: written at once
-                self._warn(f"state not saved ({kind}): {exc}; retrying with a full write")
-                self._error = f"{kind}: {exc}"
+            except (codec.RecordError, sqlite3.Error, StoreError) as exc:  # not journaling:
+                self._not_saved(kind, exc)                                  # written at once
+
+    def _not_saved(self, kind: str, exc: Exception) -> None:
+        """A change whose record could not be made: logged (the first of a run), kept in
+        ``error``; the next change rewrites everything."""
+        if self._error is None:
+            self._warn(f"state not saved ({kind}): {exc}; retrying with a full write")
+        self._error = f"{kind}: {exc}"
 
     def _change(self, change: Change) -> list[Op]:
         """The operations that record one change."""
@@ -643,7 +660,7 @@ class Store:
         # unpacked at once: a named tuple's fields cost a descriptor call each, on every change
         kind, changed, processes, ids, sets, _path, orphans, refusal = change
         if len(ids) == 1 and not processes and not sets and refusal is None and \
-                kind is not ChangeKind.RMDIR:  # one IOASID: every ALLOC and FREE, the hot path
+                kind is not _RMDIR:  # one IOASID (``apply`` takes this path itself)
             ops: list[Op] = []
             touched = self._ioasid_ops(int(ids[0]), ops)
             if changed:
