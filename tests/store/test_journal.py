@@ -195,6 +195,7 @@ def test_recovery_replays_records_folded_already(tmp_path):
     ("write cut short", "cut short"),  # a file written with write(2): it ends early
     ("header cut short", "header cut short"),
     ("garbled", "bad checksum"),
+    ("frame not copied yet", "header cut short"),  # the payload is copied before its frame
 ])
 def test_a_torn_last_record_is_ignored(tmp_path, damage, reported):
     """The daemon died in the middle of writing its last record: that change was never
@@ -219,6 +220,8 @@ def test_a_torn_last_record_is_ignored(tmp_path, damage, reported):
         del data[end - 3 :]
     elif damage == "header cut short":
         del data[start + 5 :]
+    elif damage == "frame not copied yet":
+        data[start : start + 8] = bytes(8)
     else:
         data[end - 1] ^= 0xFF
     path.write_bytes(data)
@@ -276,6 +279,37 @@ def test_records_are_written_in_messagepack_whatever_python_reads_them(tmp_path)
               if op[0] == CGROUP and op[2] is not None}
     assert limits["a"] == 3
     assert json_ready(stored(tmp_path)) == json_ready(final)
+
+
+def test_records_read_together_are_those_read_one_by_one(tmp_path):
+    """The folder reads its records as one MessagePack stream: the same operations as each
+    record decoded alone; a record that cannot be read is refused as alone, after the ones
+    before it were given, whether it is garbled or two records in one."""
+    store, system = bound(tmp_path, fold_interval=NEVER)
+    system.mkdir("/a")
+    system.write_max("/a", "3")
+    system.mkdir("/caf\u00e9")  # text beyond ASCII
+    system.set_attrs("/a", {"": {"mode": 0o700, "uid": 1000}})
+    system.processes.live[10] = 1.0
+    f = system.ioasid_open(10)
+    count, ids = system.ioasid_ioctl(f, uapi.IOASID_REQUEST_ALLOC_BATCH,
+                                     uapi.ALLOC_BATCH.pack(20, 0, 1, 1000, 300))
+    for ioasid in struct.unpack(f"={count}i", ids)[:3]:
+        system.ioasid_ioctl(f, uapi.IOASID_REQUEST_FREE, struct.pack("=i", ioasid))
+    (number, path), = journal.segments(tmp_path)
+    payloads = journal.read_segment(number, path).payloads
+    one_by_one = [codec.decode(codec.WRITTEN, payload) for payload in payloads]
+    assert len(payloads) >= 8
+    assert list(codec.decode_all(codec.WRITTEN, payloads)) == one_by_one
+    garbled = b"\xc1"  # a byte MessagePack never uses
+    two_in_one = payloads[0] + payloads[1]
+    for bad in (garbled, two_in_one):
+        given_ = []
+        with pytest.raises(codec.RecordError):
+            for ops in codec.decode_all(codec.WRITTEN, [*payloads[:5], bad, *payloads[5:]]):
+                given_.append(ops)
+        assert given_ == one_by_one[:5]
+    store.close()
 
 
 def test_a_journal_in_the_older_marshal_codec_is_replayed(tmp_path):
