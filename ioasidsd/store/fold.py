@@ -55,6 +55,7 @@ from pathlib import Path
 from typing import Any
 
 from ioasidsd.store import journal
+from ioasidsd.store.idmap import ascending_run
 
 META, CGROUP, PROCESS, SET, IOASID, SET_IOASIDS, EVERYTHING, CORE, REFUSAL, IOASIDS = range(10)
 
@@ -145,6 +146,18 @@ class _IdRows:
         self.sets: set[int] = set()
 
 
+class _RunRows:
+    """A run of consecutive IOASIDs alike (a slice of a batch): ``first`` to ``last`` all have
+    ``fields``, or are gone (``None``); written with one statement, without a step per ID."""
+
+    __slots__ = ("fields", "first", "last")
+
+    def __init__(self, first: int, last: int, fields: Fields) -> None:
+        self.first = first
+        self.last = last
+        self.fields = fields
+
+
 class _SetRows:
     """The IOASIDs of one set, given whole."""
 
@@ -169,7 +182,8 @@ class FoldPlan:
     def __init__(self) -> None:
         self.everything = False
         self.tables: dict[int, dict[Any, Any]] = {code: {} for code in (*_TABLES, CORE)}
-        self.steps: list[_IdRows | _SetRows] = []
+        self.steps: list[_IdRows | _RunRows | _SetRows] = []
+        self._runs: dict[tuple[int, int], int] = {}  # the trailing _RunRows: range -> step
         self.counted: set[int] = set()  # sets whose nr_ioasids to recount
         self.records = 0
 
@@ -196,15 +210,20 @@ class FoldPlan:
                 elif len(op) > 3:
                     self.counted.add(op[3])
             elif code == IOASIDS:
+                set_id, fields = op[1], op[2]
+                ids = ids_array(op[3])
+                self.counted.add(set_id)
+                run = ascending_run(ids) if len(ids) >= _RUN_ROWS else None
+                if run is not None:
+                    self._add_run(run, fields)
+                    continue
                 step = steps[-1] if steps else None
                 if step.__class__ is not _IdRows:
                     step = _IdRows()
                     steps.append(step)
-                set_id, fields = op[1], op[2]
-                step.rows.update(dict.fromkeys(ids_array(op[3]), fields))
+                step.rows.update(dict.fromkeys(ids, fields))
                 if fields is not None:
                     step.sets.add(set_id)
-                self.counted.add(set_id)
             elif code == CORE:
                 tables[CORE][None] = op[1]
             elif code in tables:
@@ -219,9 +238,28 @@ class FoldPlan:
                 for rows in tables.values():
                     rows.clear()
                 steps.clear()
+                self._runs.clear()
                 self.counted.clear()
             else:
                 raise ValueError(f"unknown journal operation {code!r}")
+
+    def _add_run(self, run: tuple[int, int], fields: Fields) -> None:
+        """A run of IOASIDs given alike. The same run given again since the last step of
+        another kind (a batch's slice freed after it was allocated) takes the new fields in
+        its step, unless a step after it overlaps it: the last state of its rows wins, at the
+        cost of a step, not of a step per ID."""
+        steps = self.steps
+        if steps and steps[-1].__class__ is not _RunRows:
+            self._runs.clear()
+        at = self._runs.get(run)
+        if at is not None:
+            first, last = run
+            if not any(step.first <= last and first <= step.last  # type: ignore[union-attr]
+                       for step in steps[at + 1:]):
+                steps[at].fields = fields  # type: ignore[union-attr]
+                return
+        self._runs[run] = len(steps)
+        steps.append(_RunRows(run[0], run[1], fields))
 
     def _add_set_rows(self, set_id: int, groups: Any) -> None:
         steps = self.steps
@@ -241,7 +279,14 @@ class FoldPlan:
             for table in _ALL_TABLES:
                 db.execute(f"DELETE FROM {table}")
         for step in self.steps:
-            if isinstance(step, _IdRows):
+            if step.__class__ is _RunRows:
+                if step.fields is None:  # type: ignore[union-attr]
+                    db.execute("DELETE FROM ioasids WHERE id BETWEEN ? AND ?",
+                               (step.first, step.last))  # type: ignore[union-attr]
+                else:
+                    db.execute(_INSERT_IOASID_RUN, (step.first, step.last,  # type: ignore
+                                                    *step.fields))  # type: ignore[union-attr]
+            elif isinstance(step, _IdRows):
                 gone_ids: list[int] = []
                 alike: dict[tuple[Any, ...], list[int]] = {}  # fields -> the IDs that have them
                 for i, fields in step.rows.items():

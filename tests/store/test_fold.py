@@ -55,3 +55,65 @@ def test_a_fold_writes_runs_of_rows_as_the_rows_one_by_one(tmp_path_factory, sli
                                  for v in row) for i, row in expected.items()}
     finally:
         store.close()
+
+
+def fold_into(store: Store, plan: FoldPlan) -> dict[int, tuple]:
+    db = store.db
+    db.execute("BEGIN")
+    plan.write(db)
+    db.execute("COMMIT")
+    return {row[0]: row for row in db.execute("SELECT * FROM ioasids")}
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 120), st.integers(8, 40),
+                          st.sampled_from([None, (7, 1, 1, 5, None, 1, True, None),
+                                           (7, 2, 1, 5, 3, 0, False, None)])),
+                max_size=12),
+       st.sets(st.integers(0, 160), max_size=40))
+def test_runs_given_again_fold_to_their_last_state_over_rows_already_there(
+        tmp_path_factory, slices, before):
+    """Runs of IDs (a batch's slices) given again, with rows of an earlier fold in place:
+    each ID ends as the last run naming it says, or as it was when none did."""
+    store = Store.open(tmp_path_factory.mktemp("state"))
+    try:
+        old = (9, 0, 1, 5, None, 0, True, None)
+        first_plan = FoldPlan()
+        first_plan.add([(IOASID, i, old) for i in sorted(before)])
+        expected = {i: (i, *old) for i in before}
+        fold_into(store, first_plan)
+        plan = FoldPlan()
+        for first, length, fields in slices:
+            plan.add([(IOASIDS, 7, fields, ids_bytes(array("I", range(first, first + length))))])
+            for i in range(first, first + length):
+                if fields is None:
+                    expected.pop(i, None)
+                else:
+                    expected[i] = (i, *fields)
+        rows = fold_into(store, plan)
+        assert rows == {i: tuple(None if v is None else int(v) if isinstance(v, bool) else v
+                                 for v in row) for i, row in expected.items()}
+    finally:
+        store.close()
+
+
+def test_a_batch_made_and_freed_within_one_fold_costs_a_step_per_slice(tmp_path):
+    """A batch allocated and freed before the fold, in slices of consecutive IDs: each slice
+    freed takes the place of its allocation (one step a slice, never a step per ID), and its
+    rows end gone, those of an earlier fold included."""
+    store = Store.open(tmp_path)
+    try:
+        live = (7, 1, 1, 5, None, 1, True, None)
+        earlier = FoldPlan()
+        earlier.add([(IOASIDS, 7, live, ids_bytes(array("I", range(0, 1024))))])
+        fold_into(store, earlier)
+        plan = FoldPlan()
+        slices = [array("I", range(first, first + 1024)) for first in range(0, 65536, 1024)]
+        for ids in slices:
+            plan.add([(IOASIDS, 7, live, ids_bytes(ids))])
+        for ids in slices:
+            plan.add([(IOASIDS, 7, None, ids_bytes(ids))])
+        assert len(plan.steps) == len(slices)
+        assert fold_into(store, plan) == {}
+    finally:
+        store.close()
