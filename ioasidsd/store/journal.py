@@ -223,7 +223,9 @@ class SegmentWriter:
         the spare's name removed, so that a file of that name is never replaced (``OSError``,
         ``EEXIST``), and a daemon that dies in between leaves a segment holding no records
         under both names. With ``sync`` the directory is flushed before this returns.
-        ``OSError`` when that cannot be done: the spare is then as it was."""
+        ``OSError`` when that cannot be done: the spare is then as it was, or, when only the
+        flush failed, named already (``path`` says which); either way it holds no records,
+        and the caller removes it."""
         target = self.directory / f"{PREFIX}{number}"
         os.link(self.path, target)
         with contextlib.suppress(OSError):  # a spare's name left behind is replaced later

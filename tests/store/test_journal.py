@@ -428,6 +428,36 @@ def test_the_next_segment_is_made_ahead_and_only_named_under_the_lock(tmp_path, 
     assert stored(tmp_path) == dump(system.core)
 
 
+def test_a_spare_named_without_its_directory_flushed_is_replaced(tmp_path, monkeypatch):
+    """With ``synchronous = "full"`` a spare is taken only once its new name is flushed to
+    the disk: when that flush fails, the segment it became (no records) is removed and the
+    next one made in its place; nothing acknowledged is lost, and nothing is left behind."""
+    store, system = bound(tmp_path, fold_interval=NEVER, synchronous="full")
+    system.mkdir("/a")
+    spare = spare_made(tmp_path)
+    failed = []
+    real_sync = journal.SegmentWriter._sync_directory
+
+    def flaky(self):
+        if self.number is not None and not failed and self.path.stat().st_ino == spare:
+            failed.append(self.path.name)
+            raise OSError(errno.EIO, "flush failed")
+        real_sync(self)
+
+    monkeypatch.setattr(journal.SegmentWriter, "_sync_directory", flaky)
+    system.mkdir("/b")
+    assert store.fold()
+    assert failed  # the rotation took the spare, and its name's flush failed
+    (_, newest), = journal.segments(tmp_path)
+    assert newest.name == failed[0]  # made in its place (its inode may be the same, reused)
+    system.write_max("/b", "5")
+    assert records(tmp_path) != []
+    assert stored(tmp_path) == dump(system.core)
+    store.close()
+    assert journal.segments(tmp_path) == [] and not (tmp_path / journal.SPARE_NAME).exists()
+    assert raw_cgroups(tmp_path) == {"a": 0, "b": 5}
+
+
 @pytest.mark.parametrize("left", ["spare", "linked", "partial"])
 def test_a_daemon_killed_around_its_spare_segment_loses_nothing(tmp_path, left):
     """``kill -9`` with the spare made (``spare``), in the middle of naming it (``linked``:
