@@ -279,13 +279,12 @@ class FoldPlan:
             for table in _ALL_TABLES:
                 db.execute(f"DELETE FROM {table}")
         for step in self.steps:
-            if step.__class__ is _RunRows:
-                if step.fields is None:  # type: ignore[union-attr]
+            if isinstance(step, _RunRows):
+                if step.fields is None:
                     db.execute("DELETE FROM ioasids WHERE id BETWEEN ? AND ?",
-                               (step.first, step.last))  # type: ignore[union-attr]
+                               (step.first, step.last))
                 else:
-                    db.execute(_INSERT_IOASID_RUN, (step.first, step.last,  # type: ignore
-                                                    *step.fields))  # type: ignore[union-attr]
+                    db.execute(_INSERT_IOASID_RUN, (step.first, step.last, *step.fields))
             elif isinstance(step, _IdRows):
                 gone_ids: list[int] = []
                 alike: dict[tuple[Any, ...], list[int]] = {}  # fields -> the IDs that have them
