@@ -176,7 +176,10 @@ class FoldPlan:
     are keyed, so only their last state is kept. IOASID rows keep their order relative to sets
     given whole: a ``SET_IOASIDS`` replaces what the set had, so a ``SET_IOASIDS`` of the same
     set right before it is dropped, and earlier single rows of that set in the run right before
-    it become removals (the set's new content adds back those it still holds).
+    it become removals (the set's new content adds back those it still holds). A run of
+    consecutive IDs given alike (``IOASIDS``, a batch's slice) is one step; given again before
+    a step of another kind, it takes its earlier step's place unless a step in between
+    overlaps it.
     """
 
     def __init__(self) -> None:

@@ -24,8 +24,9 @@ reads the spare. A segment is::
     zeros    to the end of the file: the room not used yet
 
 A segment is created at its full size with its blocks reserved, and written through a shared
-memory mapping (see ``SegmentWriter``): a record is one copy into the page cache, no system
-call. Reading stops at the zeros, or at the first record that is cut short or whose checksum
+memory mapping (see ``SegmentWriter``): a record is copied into the page cache, its payload
+first and then its frame (until the frame is there the record reads as the unwritten end), no
+system call. Reading stops at the zeros, or at the first record that is cut short or whose checksum
 disagrees: a copy or ``write(2)`` the daemon died in the middle of. Nothing after it in that
 segment was acknowledged (a writer that failed goes on in a new segment), so the rest of that
 segment is ignored.
