@@ -518,7 +518,9 @@ class System:
         cgroup, or ``into``, the cgroup its parent was born in when the parent exited before
         its own fork was seen (then, if that cgroup is gone, the child is an orphan: see
         ``place``)."""
-        with self.lock:
+        lock = self.lock
+        hold(lock)  # not ``with``: a tenant's every call (see ``ioasidsd.model.modellock``)
+        try:
             if into is None:
                 child = self.cgroups.fork(parent_pid, pid, start_time)
             elif not is_removed(into):
@@ -530,14 +532,24 @@ class System:
                 self.on_change(exact_change(_FORK, (), (child,), (), ()))
                 if self._v2:
                     self._follow_freezer(child, False)
+        finally:
+            let_go(lock)
+            if self._due or lock.after_when:
+                lock.finish_all()
 
     def exit(self, pid: int) -> None:
         """A real process exited (from the process tracker): release what it held."""
-        with self.lock:
+        lock = self.lock
+        hold(lock)  # not ``with``: a tenant's every call (see ``ioasidsd.model.modellock``)
+        try:
             proc = self.cgroups.processes.get(pid)
             if proc is not None:
                 self.cgroups.exit_locked(proc)
                 self.on_change(exact_change(_EXIT, (), (proc,), (), ()))
+        finally:
+            let_go(lock)
+            if self._due or lock.after_when:
+                lock.finish_all()
 
     # ------------------------------------------------------------------ member lists
     def member_pids(self, cg: Cgroup, *, threaded_subtree: bool = False) -> list[int]:
@@ -885,7 +897,9 @@ class System:
             # a tracked process (every tenant of an experiment, most clients of the socket):
             # found, as ``ioasid_process`` finds it, and its file opened under one hold
             tgid, start_time = self.processes.identity(pid)
-            with self.lock:
+            lock = self.lock
+            hold(lock)  # not ``with``: a tenant's every call (see ``ioasidsd.model.modellock``)
+            try:
                 known = self.cgroups.processes.get(tgid)
                 if known is not None and known.start_time == start_time:
                     try:
@@ -893,6 +907,10 @@ class System:
                                                               closes_at_exit=closes_at_exit)
                     finally:
                         self._ioasid_changed(_SET, (known,))
+            finally:
+                let_go(lock)
+                if self._due or lock.after_when:
+                    lock.finish_all()
             proc = self._ioasid_place(pid, self.processes.facts(pid))
         else:
             proc = self.ioasid_process(pid)

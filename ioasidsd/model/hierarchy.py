@@ -513,7 +513,8 @@ class Hierarchy:
         cg.procs.discard(proc)
         for controller in self.controllers:
             controller.exit(proc)
-        self._check_release(cg)
+        if cg.notify_on_release:  # the first of ``_check_release``'s tests, without its call
+            self._check_release(cg)
 
     def attach(self, proc: Process, dst: Cgroup) -> None:
         """Move a process into ``dst`` (a write to ``cgroup.procs``) through the controllers'

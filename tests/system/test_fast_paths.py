@@ -175,3 +175,28 @@ def test_an_exit_records_the_cgroups_its_ids_stay_charged_to(setup: tuple[str, d
         assert fast.state() == general.state(), name
     exits = [c for c in fast.changes if c[0] == "ioasid" and c[2]]
     assert exits and set(exits[-1][1]) == charged
+
+
+def test_a_tenants_calls_run_the_after_release_hook_without_the_lock() -> None:
+    """``fork``, ``ioasid_open`` and ``exit`` hold the lock without ``with``; each still runs
+    the ``after_release`` hook once, after letting go, as ``with`` would; an empty ``when``
+    leaves it alone."""
+    procs = FakeProcesses()
+    system = System(profile("fixed"), processes=procs)
+    cg = system.mkdir("/a")
+    seen: list[bool] = []
+    due: list[int] = [1]
+    system.lock.after_release(lambda: seen.append(system.lock.held()), when=due)
+    procs.live[200] = 200.0
+    system.fork(1, 200, 200.0, into=cg)
+    assert seen == [False]
+    system.ioasid_open(200)
+    assert seen == [False, False]
+    system.exit(200)
+    assert seen == [False, False, False]
+    due.clear()
+    procs.live[201] = 201.0
+    system.fork(1, 201, 201.0, into=cg)
+    system.ioasid_open(201)
+    system.exit(201)
+    assert seen == [False, False, False]
