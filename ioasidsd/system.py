@@ -637,18 +637,17 @@ class System:
                         refusal: Refusal | None = None) -> None:
         """The one place where what the device touched becomes a ``Change``: reported when
         the device touched something or ``refusal`` is given."""
-        touched = self.ioasid_device.take_touched()
-        if touched is not None:
-            cgroups, ids, sets = touched
-            self.on_change(exact_change(kind, cgroups, processes, ids, sets, refusal))
-        elif refusal is not None:
-            self.on_change(exact_change(kind, (), processes, (), (), refusal))
+        change = self.ioasid_device.take_change(kind, processes, refusal)
+        if change is not None:
+            self.on_change(change)
 
     def _ioasid_exit_hook(self, proc: Process) -> None:
         device = self.ioasid_device
         if not device.release_at_exit_locked(proc):  # the hierarchy's hooks run under the lock
             device.process_exit(proc)
-        self._ioasid_changed(_IOASID, (proc,))
+        change = device.take_change(_IOASID, (proc,))  # ``_ioasid_changed`` inlined
+        if change is not None:
+            self.on_change(change)
 
     def ioasid_process(self, pid: int) -> Process:
         """The process ``pid`` for a charge: the model's process when it is tracked, otherwise
@@ -902,11 +901,13 @@ class System:
             try:
                 known = self.cgroups.processes.get(tgid)
                 if known is not None and known.start_time == start_time:
+                    device = self.ioasid_device
                     try:
-                        return self.ioasid_device.open_locked(known,
-                                                              closes_at_exit=closes_at_exit)
+                        return device.open_locked(known, closes_at_exit=closes_at_exit)
                     finally:
-                        self._ioasid_changed(_SET, (known,))
+                        change = device.take_change(_SET, (known,))  # ``_ioasid_changed``
+                        if change is not None:
+                            self.on_change(change)
             finally:
                 let_go(lock)
                 if self._due or lock.after_when:
@@ -950,7 +951,9 @@ class System:
             except BaseException:
                 self._ioasid_changed(ChangeKind.IOASID)
                 raise
-            self._ioasid_changed(_IOASID)
+            change = self.ioasid_device.take_change(_IOASID)  # ``_ioasid_changed`` inlined
+            if change is not None:
+                self.on_change(change)
             return result
         finally:
             let_go(lock)

@@ -42,6 +42,7 @@ from errno import EACCES, EBADF, EBUSY, EEXIST, EFAULT, EINVAL, ENODEV, ENOENT, 
 from typing import TYPE_CHECKING, Protocol
 
 from ioasidsd.model import ioasid_uapi as uapi
+from ioasidsd.model.changes import Change, ChangeKind, Refusal, exact_change
 from ioasidsd.model.core import IoasidSetType, IoasidState
 from ioasidsd.model.errors import IoasidError
 from ioasidsd.model.hierarchy import Process
@@ -51,6 +52,7 @@ if TYPE_CHECKING:
     from ioasidsd.model.hierarchy import Cgroup
 
 _MM = IoasidSetType.MM  # read once: an enum member is a class attribute lookup away
+_SYNC = ChangeKind.SYNC
 
 ID_LIMIT = 1 << uapi.IOASID_BITS
 """User-space IDs are below 2^31: an ID is the non-negative ``int`` result of the ioctl."""
@@ -149,10 +151,20 @@ class IoasidDevice:
     def take_touched(self) -> TouchedFields | None:
         """What the operations since the last call changed (``TouchedFields``), or ``None``
         if they changed nothing; the record starts empty again."""
+        change = self.take_change(_SYNC)
+        return None if change is None else (change.cgroups, change.ids, change.sets)
+
+    def take_change(self, kind: ChangeKind, processes: tuple[Process, ...] = (),
+                    refusal: Refusal | None = None) -> Change | None:
+        """What the operations since the last call changed (as ``take_touched``), as the
+        ``Change`` of ``kind`` that reports it with ``processes`` and ``refusal``, made in one
+        step; ``None`` when they changed nothing and there is no ``refusal``. The record
+        starts empty again."""
         touched = self._touched
         ids, sets, leaves = touched.ids, touched.sets, touched.leaves
         if not (ids or sets or leaves):
-            return None
+            return None if refusal is None else exact_change(kind, (), processes, (), (),
+                                                             refusal)
         cgroups: tuple[Cgroup, ...] = ()
         if len(leaves) == 1:  # one caller, charged in its own cgroup: every ioctl but a few
             leaf = leaves.pop()
@@ -163,9 +175,9 @@ class IoasidDevice:
             cgroups = tuple(dict.fromkeys([cg for leaf in leaves
                                            for cg in leaf.chain or _counted_root(leaf)]))
             leaves.clear()
-        taken = (cgroups, tuple(ids),
-                 () if not sets else (sets[0].id,) if len(sets) == 1  # open, release: one set
-                 else tuple([s.id for s in sets]))
+        taken = exact_change(kind, cgroups, processes, tuple(ids),
+                             () if not sets else (sets[0].id,) if len(sets) == 1  # one set
+                             else tuple([s.id for s in sets]), refusal)
         ids.clear()
         if sets:
             sets.clear()
