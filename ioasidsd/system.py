@@ -110,6 +110,10 @@ KILL_ROUNDS = 8
 """Times at most a write to ``cgroup.kill`` looks for processes to kill: it looks again after
 the process tracker caught up, for children forked before their parent died (the kernel kills
 a fork racing with ``cgroup.kill`` in ``cgroup_post_fork``)."""
+# the kinds of the hottest changes, read once (an enum member is a class attribute lookup away)
+_FORK, _EXIT, _IOASID, _SET = ChangeKind.FORK, ChangeKind.EXIT, ChangeKind.IOASID, ChangeKind.SET
+
+
 def _no_file(path: str, name: str) -> None:
     raise IoasidError(ENOENT, f"{path} has no {name}")
 
@@ -149,6 +153,7 @@ class System:
             tree = UnifiedHierarchy(self.core.lock, enter=self.core.check_not_in_notifier)
         self.controller = IoasidsController(self.core, tree)
         self.cgroups = self.controller.hierarchy
+        self._v2 = isinstance(self.cgroups, UnifiedHierarchy)
         self.knobs = self.core.knobs
         self.lock: ModelLock = self.core.lock
         self._due = self.core.wq.due  # what ioasid_ioctl tests before ``lock.finish()``
@@ -517,25 +522,38 @@ class System:
         cgroup, or ``into``, the cgroup its parent was born in when the parent exited before
         its own fork was seen (then, if that cgroup is gone, the child is an orphan: see
         ``place``)."""
-        with self.lock:
+        lock = self.lock
+        hold(lock)  # not ``with``: a tenant's every call (see ``ioasidsd.model.modellock``)
+        try:
             if into is None:
                 child = self.cgroups.fork(parent_pid, pid, start_time)
             elif not is_removed(into):
-                child = self.cgroups.track(pid, start_time, into)
+                child = self.cgroups.track_locked(pid, start_time, into)
             else:
                 self.note_orphans({pid: start_time})
                 return
             if child is not None:
-                self.on_change(exact_change(ChangeKind.FORK, (), (child,), (), ()))
-                self._follow_freezer(child, False)
+                self.on_change(exact_change(_FORK, (), (child,), (), ()))
+                if self._v2:
+                    self._follow_freezer(child, False)
+        finally:
+            let_go(lock)
+            if self._due or lock.after_when:
+                lock.finish_all()
 
     def exit(self, pid: int) -> None:
         """A real process exited (from the process tracker): release what it held."""
-        with self.lock:
-            proc = self.cgroups.process(pid)
+        lock = self.lock
+        hold(lock)  # not ``with``: a tenant's every call (see ``ioasidsd.model.modellock``)
+        try:
+            proc = self.cgroups.processes.get(pid)
             if proc is not None:
-                self.cgroups.exit(proc)
-                self.on_change(exact_change(ChangeKind.EXIT, (), (proc,), (), ()))
+                self.cgroups.exit_locked(proc)
+                self.on_change(exact_change(_EXIT, (), (proc,), (), ()))
+        finally:
+            let_go(lock)
+            if self._due or lock.after_when:
+                lock.finish_all()
 
     # ------------------------------------------------------------------ member lists
     def member_pids(self, cg: Cgroup, *, threaded_subtree: bool = False) -> list[int]:
@@ -623,16 +641,17 @@ class System:
                         refusal: Refusal | None = None) -> None:
         """The one place where what the device touched becomes a ``Change``: reported when
         the device touched something or ``refusal`` is given."""
-        touched = self.ioasid_device.take_touched()
-        if touched is not None:
-            cgroups, ids, sets = touched
-            self.on_change(exact_change(kind, cgroups, processes, ids, sets, refusal))
-        elif refusal is not None:
-            self.on_change(exact_change(kind, (), processes, (), (), refusal))
+        change = self.ioasid_device.take_change(kind, processes, refusal)
+        if change is not None:
+            self.on_change(change)
 
     def _ioasid_exit_hook(self, proc: Process) -> None:
-        self.ioasid_device.process_exit(proc)
-        self._ioasid_changed(ChangeKind.IOASID, (proc,))
+        device = self.ioasid_device
+        if not device.release_at_exit_locked(proc):  # the hierarchy's hooks run under the lock
+            device.process_exit(proc)
+        change = device.take_change(_IOASID, (proc,))  # ``_ioasid_changed`` inlined
+        if change is not None:
+            self.on_change(change)
 
     def ioasid_process(self, pid: int) -> Process:
         """The process ``pid`` for a charge: the model's process when it is tracked, otherwise
@@ -641,9 +660,14 @@ class System:
         facts = self.processes.facts(pid)
         if self.kernel is None:
             with self.lock:
-                known = self.cgroups.process(facts.tgid)
+                known = self.cgroups.processes.get(facts.tgid)
                 if known is not None and known.start_time == facts.start_time:
                     return known
+        return self._ioasid_place(pid, facts)
+
+    def _ioasid_place(self, pid: int, facts: ProcessFacts) -> Process:
+        """``ioasid_process`` for a process that is not tracked (or whose cgroup the kernel
+        keeps): ``place`` its thread-group leader."""
         leader = facts if facts.tgid == pid else self.processes.facts(facts.tgid)
         return self.place(leader)
 
@@ -879,10 +903,32 @@ class System:
 
         ``ESRCH`` for no such process, then the errors of ``IoasidDevice.open``.
         """
-        proc = self.ioasid_process(pid)
+        if self.kernel is None:
+            # a tracked process (every tenant of an experiment, most clients of the socket):
+            # found, as ``ioasid_process`` finds it, and its file opened under one hold
+            tgid, start_time = self.processes.identity(pid)
+            lock = self.lock
+            hold(lock)  # not ``with``: a tenant's every call (see ``ioasidsd.model.modellock``)
+            try:
+                known = self.cgroups.processes.get(tgid)
+                if known is not None and known.start_time == start_time:
+                    device = self.ioasid_device
+                    try:
+                        return device.open_locked(known, closes_at_exit=closes_at_exit)
+                    finally:
+                        change = device.take_change(_SET, (known,))  # ``_ioasid_changed``
+                        if change is not None:
+                            self.on_change(change)
+            finally:
+                let_go(lock)
+                if self._due or lock.after_when:
+                    lock.finish_all()
+            proc = self._ioasid_place(pid, self.processes.facts(pid))
+        else:
+            proc = self.ioasid_process(pid)
         with self.lock:
             try:
-                return self.ioasid_device.open(proc, closes_at_exit=closes_at_exit)
+                return self.ioasid_device.open_locked(proc, closes_at_exit=closes_at_exit)
             finally:
                 self._ioasid_changed(ChangeKind.SET, (proc,))
 
@@ -916,7 +962,9 @@ class System:
             except BaseException:
                 self._ioasid_changed(ChangeKind.IOASID)
                 raise
-            self._ioasid_changed(ChangeKind.IOASID)
+            change = self.ioasid_device.take_change(_IOASID)  # ``_ioasid_changed`` inlined
+            if change is not None:
+                self.on_change(change)
             return result
         finally:
             let_go(lock)

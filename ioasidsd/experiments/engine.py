@@ -368,6 +368,7 @@ class Engine:
     def __init__(self, policy: Policy, replication: int = 0, *, keep_series: bool = False,
                  ) -> None:
         self.policy = policy
+        self.warmup = policy.warmup
         self.index = replication
         self.seed = replication_seed(policy.seed, replication)
         self.built = build_system(policy)
@@ -394,7 +395,7 @@ class Engine:
         now = self.now
         self.sequence += 1
         heapq.heappush(self.heap, (now + run.gap(), self.sequence, self.arrive, run))
-        stats = run.stats if now >= self.policy.warmup else None
+        stats = run.stats if now >= self.warmup else None
         if stats is not None:
             stats.offered += 1
         count = run.count()
@@ -492,7 +493,9 @@ class Engine:
     def depart(self, tenant: _Tenant) -> None:
         if tenant.file is not None:
             tenant.file = None
-            self.depart_pid(tenant.pid)
+            pid = tenant.pid  # ``depart_pid`` inlined: every admitted tenant ends here
+            self.system.exit(pid)
+            self.processes.reap(pid)
 
     def depart_pid(self, pid: int) -> None:
         self.system.exit(pid)

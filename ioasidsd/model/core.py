@@ -76,6 +76,8 @@ class IoasidSetType(enum.IntEnum):
 
 
 _MM = IoasidSetType.MM
+_NULL = IoasidSetType.NULL
+_NR = IoasidSetType.NR
 _IDLE = IoasidState.IDLE
 _ACTIVE = IoasidState.ACTIVE
 _FREE_PENDING = IoasidState.FREE_PENDING
@@ -383,7 +385,7 @@ class IoasidCore:
 
     def set_alloc_locked(self, token: Any, quota: int, set_type: int) -> IoasidSet:
         """``set_alloc`` for a caller that holds ``lock`` (and is not a notifier callback)."""
-        if not isinstance(set_type, int) or set_type >= IoasidSetType.NR:
+        if not isinstance(set_type, int) or set_type >= _NR:
             raise IoasidError(EINVAL, f"invalid set type {set_type}")
         if quota < 0:
             raise IoasidError(EINVAL, f"invalid quota {quota}")
@@ -393,12 +395,12 @@ class IoasidCore:
         if quota > self.capacity_avail:
             self.warn(f"set quota {quota} exceeds available {self.capacity_avail}")
             raise IoasidError(ENOSPC, f"quota {quota}, {self.capacity_avail} available")
-        if set_type == IoasidSetType.MM:
+        if set_type == _MM:
             if token is None:
                 raise IoasidError(EINVAL, "an MM set needs a token")
             if self.find_mm_set_locked(token) is not None:
                 raise IoasidError(EEXIST, "an MM set for this mm exists")
-        elif set_type == IoasidSetType.NULL:
+        elif set_type == _NULL:
             if token is not None:
                 raise IoasidError(EINVAL, "a NULL set takes no token")
         else:
@@ -413,7 +415,7 @@ class IoasidCore:
         self._sets[set_id] = ioasid_set
         self._index_mm_set(ioasid_set)
         self.capacity_avail -= quota
-        if ioasid_set.type == IoasidSetType.MM:
+        if ioasid_set.type == _MM:
             for rec in self._nb_pending:
                 if not rec.active and rec.token == token:
                     ioasid_set.nh.register(rec.nb)
@@ -452,7 +454,7 @@ class IoasidCore:
                 rec.active = False
                 rec.set = None
         del self._sets[ioasid_set.id]
-        if ioasid_set.type == IoasidSetType.MM:
+        if ioasid_set.type == _MM:
             try:
                 same = self._mm_sets.get(ioasid_set.token)
             except TypeError:
@@ -476,7 +478,7 @@ class IoasidCore:
         return same[0] if same else None
 
     def _index_mm_set(self, ioasid_set: IoasidSet) -> None:
-        if ioasid_set.type == IoasidSetType.MM and ioasid_set.token is not None:
+        if ioasid_set.type == _MM and ioasid_set.token is not None:
             try:
                 self._mm_sets.setdefault(ioasid_set.token, []).append(ioasid_set)
             except TypeError:
@@ -832,7 +834,8 @@ class IoasidCore:
                 ioasid_set.xa.discard(ioasid)  # hidden from iteration and SPID checks
                 self._unindex_spid(data)
 
-    def release_set_locked(self, ioasid_set: IoasidSet, *, task: Any = None) -> bool:
+    def release_set_locked(self, ioasid_set: IoasidSet, *, task: Any = None,
+                           charged: set[Cgroup] | None = None) -> bool:
         """``free_all_in_set_locked`` and then, if the set is still registered,
         ``set_free_locked`` (with or without ``when_empty``: the same here), made at once when
         that is sure to free every ID of the set and destroy it: the set registered, its count
@@ -842,7 +845,8 @@ class IoasidCore:
         a custom allocator's free), then the set goes. ``False``, with nothing changed,
         otherwise: the caller then makes the two calls. For a caller holding ``core.lock`` (and
         not a notifier callback): the release of a process's ``/dev/ioasid`` set, at every
-        exit."""
+        exit. ``charged``: a set the cgroups charged for the set's IDs are added to, before
+        they are reclaimed, when the release is made (what its caller records as touched)."""
         xa = ioasid_set.xa
         if self._sets.get(ioasid_set.id) is not ioasid_set or ioasid_set.nr_ioasids != len(xa):
             return False
@@ -854,6 +858,11 @@ class IoasidCore:
                     or data.state is _FREE_PENDING):
                 return False
             datas.append(data)
+        if charged is not None:
+            for data in datas:
+                cg = data.cgroup
+                if cg is not None:
+                    charged.add(cg)
         for data in datas:  # what ``free_locked`` does with an ID's last reference
             data.state = _FREE_PENDING
             data.refs = 0

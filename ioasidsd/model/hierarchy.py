@@ -458,16 +458,21 @@ class Hierarchy:
         is an earlier process that exited unnoticed: it exits first. No controller hook runs:
         the hierarchy only learns where an existing process is."""
         with self.lock:
-            old = self.processes.get(pid)
-            if old is not None:
-                if old.start_time == start_time:
-                    return old
-                self.exit(old)
-            cg = cgroup or self.root
-            proc = Process(pid, start_time, cg, threads)
-            self.processes[pid] = proc
-            cg.procs.add(proc)
-            return proc
+            return self.track_locked(pid, start_time, cgroup, threads)
+
+    def track_locked(self, pid: int, start_time: float, cgroup: Cgroup | None = None,
+                     threads: int = 1) -> Process:
+        """``track`` for a caller that holds ``lock``."""
+        old = self.processes.get(pid)
+        if old is not None:
+            if old.start_time == start_time:
+                return old
+            self.exit_locked(old)
+        cg = cgroup or self.root
+        proc = Process(pid, start_time, cg, threads)
+        self.processes[pid] = proc
+        cg.procs.add(proc)
+        return proc
 
     def fork(self, parent_pid: int, pid: int, start_time: float) -> Process | None:
         """A process forked: the child starts in its parent's cgroup and the controllers'
@@ -493,17 +498,22 @@ class Hierarchy:
         run with ``proc.alive`` already false. Exiting twice does nothing.
         """
         with self.lock:
-            if not proc.alive:
-                return
-            proc.alive = False
-            for hook in self.exit_hooks:
-                hook(proc)
-            if self.processes.get(proc.pid) is proc:
-                del self.processes[proc.pid]
-            cg = proc.cgroup
-            cg.procs.discard(proc)
-            for controller in self.controllers:
-                controller.exit(proc)
+            self.exit_locked(proc)
+
+    def exit_locked(self, proc: Process) -> None:
+        """``exit`` for a caller that holds ``lock``."""
+        if not proc.alive:
+            return
+        proc.alive = False
+        for hook in self.exit_hooks:
+            hook(proc)
+        if self.processes.get(proc.pid) is proc:
+            del self.processes[proc.pid]
+        cg = proc.cgroup
+        cg.procs.discard(proc)
+        for controller in self.controllers:
+            controller.exit(proc)
+        if cg.notify_on_release:  # the first of ``_check_release``'s tests, without its call
             self._check_release(cg)
 
     def attach(self, proc: Process, dst: Cgroup) -> None:

@@ -42,6 +42,7 @@ from errno import EACCES, EBADF, EBUSY, EEXIST, EFAULT, EINVAL, ENODEV, ENOENT, 
 from typing import TYPE_CHECKING, Protocol
 
 from ioasidsd.model import ioasid_uapi as uapi
+from ioasidsd.model.changes import Change, ChangeKind, Refusal, exact_change
 from ioasidsd.model.core import IoasidSetType, IoasidState
 from ioasidsd.model.errors import IoasidError
 from ioasidsd.model.hierarchy import Process
@@ -49,6 +50,9 @@ from ioasidsd.model.hierarchy import Process
 if TYPE_CHECKING:
     from ioasidsd.model.core import IoasidCore, IoasidData, IoasidSet
     from ioasidsd.model.hierarchy import Cgroup
+
+_MM = IoasidSetType.MM  # read once: an enum member is a class attribute lookup away
+_SYNC = ChangeKind.SYNC
 
 ID_LIMIT = 1 << uapi.IOASID_BITS
 """User-space IDs are below 2^31: an ID is the non-negative ``int`` result of the ioctl."""
@@ -147,10 +151,20 @@ class IoasidDevice:
     def take_touched(self) -> TouchedFields | None:
         """What the operations since the last call changed (``TouchedFields``), or ``None``
         if they changed nothing; the record starts empty again."""
+        change = self.take_change(_SYNC)
+        return None if change is None else (change.cgroups, change.ids, change.sets)
+
+    def take_change(self, kind: ChangeKind, processes: tuple[Process, ...] = (),
+                    refusal: Refusal | None = None) -> Change | None:
+        """What the operations since the last call changed (as ``take_touched``), as the
+        ``Change`` of ``kind`` that reports it with ``processes`` and ``refusal``, made in one
+        step; ``None`` when they changed nothing and there is no ``refusal``. The record
+        starts empty again."""
         touched = self._touched
         ids, sets, leaves = touched.ids, touched.sets, touched.leaves
         if not (ids or sets or leaves):
-            return None
+            return None if refusal is None else exact_change(kind, (), processes, (), (),
+                                                             refusal)
         cgroups: tuple[Cgroup, ...] = ()
         if len(leaves) == 1:  # one caller, charged in its own cgroup: every ioctl but a few
             leaf = leaves.pop()
@@ -161,9 +175,9 @@ class IoasidDevice:
             cgroups = tuple(dict.fromkeys([cg for leaf in leaves
                                            for cg in leaf.chain or _counted_root(leaf)]))
             leaves.clear()
-        taken = (cgroups, tuple(ids),
-                 () if not sets else (sets[0].id,) if len(sets) == 1  # open, release: one set
-                 else tuple([s.id for s in sets]))
+        taken = exact_change(kind, cgroups, processes, tuple(ids),
+                             () if not sets else (sets[0].id,) if len(sets) == 1  # one set
+                             else tuple([s.id for s in sets]), refusal)
         ids.clear()
         if sets:
             sets.clear()
@@ -201,25 +215,31 @@ class IoasidDevice:
         errors of ``set_alloc`` (``ENOSPC`` when, in ``v4``, no capacity or set index is left).
         """
         with self.lock:
+            return self.open_locked(task, closes_at_exit=closes_at_exit)
+
+    def open_locked(self, task: Process, *, closes_at_exit: bool = True) -> IoasidFile:
+        """``open`` for a caller that holds ``core.lock`` (and is not a notifier callback:
+        ``EDEADLK`` otherwise, as ``open`` refuses)."""
+        if self.core.notifier_depth:
             self.core.check_not_in_notifier()
-            if task is None or not task.alive:
-                raise IoasidError(EINVAL, "the opener has no mm")
-            if task in self.users:
-                raise IoasidError(EBUSY, f"process {task.pid} has /dev/ioasid open already")
-            # the core's ``_locked`` forms: the lock is held and the notifier check made above
-            ioasid_set = self.core.find_mm_set_locked(task.mm)
-            if ioasid_set is not None and self.core.set_valid(ioasid_set):
-                if self.knobs.user_reopen_eexist:
-                    raise IoasidError(EEXIST, f"an IOASID set of process {task.pid} exists")
-                ioasid_set.free_requested = False  # adopt: cancel the deferred free
-            else:
-                ioasid_set = self.core.set_alloc_locked(task.mm, 0, IoasidSetType.MM)
-            user = IoasidUser(task, ioasid_set)
-            self.users[task] = user
-            file = IoasidFile(user, task, closes_at_exit=closes_at_exit)
-            self._files[task] = file
-            self._touch_set(ioasid_set)
-            return file
+        if task is None or not task.alive:
+            raise IoasidError(EINVAL, "the opener has no mm")
+        if task in self.users:
+            raise IoasidError(EBUSY, f"process {task.pid} has /dev/ioasid open already")
+        # the core's ``_locked`` forms: the lock is held and the notifier check made above
+        ioasid_set = self.core.find_mm_set_locked(task.mm)
+        if ioasid_set is not None and self.core.set_valid(ioasid_set):
+            if self.knobs.user_reopen_eexist:
+                raise IoasidError(EEXIST, f"an IOASID set of process {task.pid} exists")
+            ioasid_set.free_requested = False  # adopt: cancel the deferred free
+        else:
+            ioasid_set = self.core.set_alloc_locked(task.mm, 0, _MM)
+        user = IoasidUser(task, ioasid_set)
+        self.users[task] = user
+        file = IoasidFile(user, task, closes_at_exit=closes_at_exit)
+        self._files[task] = file
+        self._touch_set(ioasid_set)
+        return file
 
     def release(self, file: IoasidFile, task: Process | None = None) -> None:
         """``close()``: drop the file's reference on its user; the last reference frees every
@@ -254,6 +274,35 @@ class IoasidDevice:
             ioasid_set = self.core.find_mm_set_locked(proc.mm)
             if ioasid_set is not None and self.core.set_valid(ioasid_set):
                 self._free_set(ioasid_set, proc)
+
+    def release_at_exit_locked(self, proc: Process) -> bool:
+        """``process_exit(proc)`` made at once in the common case, for a caller holding
+        ``core.lock``: the process's own file, closed at its exit, is the only reference on
+        its user, and the core releases the set in one step (``IoasidCore.release_set_locked``);
+        what is touched is recorded as ``process_exit`` records it. ``False``, with nothing
+        changed, otherwise: the caller then calls ``process_exit``."""
+        file = self._files.get(proc)
+        if file is None or not file.closes_at_exit or file.opener is not proc:
+            return False
+        user = file.user
+        core = self.core
+        if (user is None or user.refs != 1 or user.token is not proc or core.notifier_depth
+                or self.users.get(proc) is not user):
+            return False
+        ioasid_set = user.ioasid_set
+        leaves = self._touched.leaves
+        if not core.release_set_locked(ioasid_set, task=proc, charged=leaves):
+            return False
+        leaves.add(proc.cgroup)
+        self._touch_set(ioasid_set)
+        file.user = None
+        del self._files[proc]
+        user.refs = 0
+        del self.users[proc]
+        other = core.find_mm_set_locked(proc)  # another set of the same mm (a restore's)
+        if other is not None and core.set_valid(other):
+            self._free_set(other, proc)
+        return True
 
     def release_unheld(self) -> int:
         """Release, as their last close would have, the MM sets whose process has exited and

@@ -31,7 +31,9 @@ letting go costs one attribute test more than the C lock while ``when`` is empty
 model's hottest calls (one IOASID allocated or freed) skip even ``with``: they take and let
 go with the C lock's own methods, ``hold`` and ``let_go`` (a ``with`` makes two bound methods
 and, here, a Python ``__exit__``: together 7% of an alloc+free pair), and then, when ``when``
-is non-empty, call ``finish`` as ``__exit__`` would have.
+is non-empty, call ``finish`` as ``__exit__`` would have. Calls that must also run the
+``after_release`` hook as ``__exit__`` does (``System``'s fork, open and exit, every tenant of
+an experiment) test ``after_when`` too and call ``finish_all``.
 """
 
 from __future__ import annotations
@@ -57,7 +59,7 @@ class ModelLock(_thread.RLock):  # type: ignore[misc]  # the C RLock type, subcl
     """A re-entrant lock that runs ``on_return`` when its outermost holder lets go, if ``when``
     is non-empty at that moment (see the module)."""
 
-    __slots__ = ("_after", "_after_when", "_on_return", "_when")
+    __slots__ = ("_after", "_on_return", "_when", "after_when")
 
     if TYPE_CHECKING:
         def _is_owned(self) -> bool:
@@ -69,13 +71,15 @@ class ModelLock(_thread.RLock):  # type: ignore[misc]  # the C RLock type, subcl
         self._on_return = on_return
         self._when: Sized = () if on_return is None else _ALWAYS if when is None else when
         self._after: Callable[[], object] | None = None
-        self._after_when: Sized = ()
+        self.after_when: Sized = ()
+        """The ``when`` of the ``after_release`` hook (empty without one): read it, set it
+        with ``after_release``."""
 
     def after_release(self, hook: Callable[[], object] | None, when: Sized = _ALWAYS) -> None:
         """Run ``hook()`` without the lock after every outermost release at which ``when`` is
         non-empty (see the module); ``None`` removes the hook. One such hook at a time."""
         self._after = hook
-        self._after_when = () if hook is None else when
+        self.after_when = () if hook is None else when
 
     def held(self) -> bool:
         """Whether the calling thread holds the lock."""
@@ -89,8 +93,8 @@ class ModelLock(_thread.RLock):  # type: ignore[misc]  # the C RLock type, subcl
         _c_release(self)
         if self._when and not self._is_owned():
             self._run_hook()
-        if self._after_when and not self._is_owned():
-            self._after()  # type: ignore[misc]  # set whenever ``_after_when`` can be non-empty
+        if self.after_when and not self._is_owned():
+            self._after()  # type: ignore[misc]  # set whenever ``after_when`` can be non-empty
 
     def __exit__(
         self,
@@ -101,14 +105,23 @@ class ModelLock(_thread.RLock):  # type: ignore[misc]  # the C RLock type, subcl
         _c_release(self)
         if self._when and not self._is_owned():
             self._run_hook()
-        if self._after_when and not self._is_owned():
-            self._after()  # type: ignore[misc]  # set whenever ``_after_when`` can be non-empty
+        if self.after_when and not self._is_owned():
+            self._after()  # type: ignore[misc]  # set whenever ``after_when`` can be non-empty
 
     def finish(self) -> None:
         """After ``let_go``: run the hook if that was the outermost hold (what ``__exit__``
         does after its release). Call it when ``when`` is non-empty; otherwise it is a test."""
         if self._when and not self._is_owned():
             self._run_hook()
+
+    def finish_all(self) -> None:
+        """After ``let_go``: what ``__exit__`` does after its release, both hooks (for a caller
+        that holds the lock without ``with`` and tests ``when`` and ``after_when`` itself:
+        call it when either is non-empty)."""
+        if self._when and not self._is_owned():
+            self._run_hook()
+        if self.after_when and not self._is_owned():
+            self._after()  # type: ignore[misc]  # set whenever ``after_when`` can be non-empty
 
     def _run_hook(self) -> None:
         """The outermost hold was just let go with work due: take the lock again, run the hook

@@ -458,24 +458,22 @@ class UnifiedHierarchy(Hierarchy):
                 controller.css_online(node)
 
     # ------------------------------------------------------------------ processes
-    def track(self, pid: int, start_time: float, cgroup: Cgroup | None = None,
-              threads: int = 1) -> Process:
-        """``Hierarchy.track``, counting the process for ``populated``."""
-        with self.lock:
-            old = self.processes.get(pid)
-            proc = super().track(pid, start_time, cgroup, threads)
-            if proc is not old:
-                self._count(proc.cgroup, 1)
-            return proc
+    def track_locked(self, pid: int, start_time: float, cgroup: Cgroup | None = None,
+                     threads: int = 1) -> Process:
+        """``Hierarchy.track_locked``, counting the process for ``populated``."""
+        old = self.processes.get(pid)
+        proc = super().track_locked(pid, start_time, cgroup, threads)
+        if proc is not old:
+            self._count(proc.cgroup, 1)
+        return proc
 
-    def exit(self, proc: Process) -> None:
-        """``Hierarchy.exit``, counting the process out of ``populated``."""
-        with self.lock:
-            if not proc.alive:
-                return
-            cg = proc.cgroup
-            super().exit(proc)
-            self._count(cg, -1)
+    def exit_locked(self, proc: Process) -> None:
+        """``Hierarchy.exit_locked``, counting the process out of ``populated``."""
+        if not proc.alive:
+            return
+        cg = proc.cgroup
+        super().exit_locked(proc)
+        self._count(cg, -1)
 
     def attach(self, proc: Process, dst: Cgroup, *, threadgroup: bool = True) -> None:
         """Move a process into ``dst`` under the v2 rules, then as ``Hierarchy.attach``.

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -65,6 +66,7 @@ class Tenants:
                              on_change=lambda change: self.changes.append(record(change)))
         if not fast:  # every fast path declines: the general path runs
             self.system.core.release_set_locked = lambda *_, **__: False  # type: ignore
+            self.system.ioasid_device.release_at_exit_locked = lambda *_: False  # type: ignore
         for path, limit in (("/a", "6"), ("/a/b", "4"), ("/c", "5")):
             self.system.mkdir(path)
             with contextlib.suppress(IoasidError):
@@ -152,3 +154,49 @@ def test_the_fast_paths_make_what_the_general_paths_make(setup: tuple[str, dict[
                 outcomes.append(exc.errno)
         assert outcomes[0] == outcomes[1], (name, i, n)
         assert fast.state() == general.state(), (name, i, n)
+
+
+@pytest.mark.parametrize("setup", PROFILES)
+def test_an_exit_records_the_cgroups_its_ids_stay_charged_to(setup: tuple[str, dict[str, Any]],
+                                                              ) -> None:
+    """A tenant moved after its allocation and then exiting: where the migration leaves the
+    charges (``stay``), its exit touches the cgroup it left as well as its own; the exit's
+    fast path records both, as the general path does."""
+    fast, general = Tenants(*setup, fast=True), Tenants(*setup, fast=False)
+    charged: set[str] = set()
+    for name, i, n in (("fork", 0, 1), ("open", 1, 1), ("alloc", 0, 1), ("move", 0, 2),
+                       ("exit", 0, 1)):
+        if name == "exit":  # what the exit must name: the walks of its IDs' cgroups and its own
+            core = fast.system.core
+            charged = {cg.path for data in core.ioasids() if data.cgroup is not None
+                       for cg in data.cgroup.chain} | {"/c"}
+        for tenants in (fast, general):
+            tenants.step(name, i, n)
+        assert fast.state() == general.state(), name
+    exits = [c for c in fast.changes if c[0] == "ioasid" and c[2]]
+    assert exits and set(exits[-1][1]) == charged
+
+
+def test_a_tenants_calls_run_the_after_release_hook_without_the_lock() -> None:
+    """``fork``, ``ioasid_open`` and ``exit`` hold the lock without ``with``; each still runs
+    the ``after_release`` hook once, after letting go, as ``with`` would; an empty ``when``
+    leaves it alone."""
+    procs = FakeProcesses()
+    system = System(profile("fixed"), processes=procs)
+    cg = system.mkdir("/a")
+    seen: list[bool] = []
+    due: list[int] = [1]
+    system.lock.after_release(lambda: seen.append(system.lock.held()), when=due)
+    procs.live[200] = 200.0
+    system.fork(1, 200, 200.0, into=cg)
+    assert seen == [False]
+    system.ioasid_open(200)
+    assert seen == [False, False]
+    system.exit(200)
+    assert seen == [False, False, False]
+    due.clear()
+    procs.live[201] = 201.0
+    system.fork(1, 201, 201.0, into=cg)
+    system.ioasid_open(201)
+    system.exit(201)
+    assert seen == [False, False, False]
