@@ -164,15 +164,17 @@ class KernelCache:
             return self._epoch
 
     def publish(self, cg: Cgroup, name: str, ticket: int | None, stat: dict[str, int],
-                text: bytes | None) -> None:
+                text: bytes | None, *, path: str | None = None) -> None:
         """Publish the attributes ``stat`` and the text (``None``: attributes only) of file
         ``name`` of ``cg`` (``""``: the directory), rendered after ``note`` gave ``ticket``,
-        unless a change may have altered them since (see the module)."""
+        unless a change may have altered them since (see the module). ``path``: the file's
+        path, when the caller has it (it must be ``cg``'s path and ``name``)."""
         published = self.published
         if published is None or ticket is None:
             return
-        base = cg.path.rstrip("/")
-        path = base + "/" + name if name else base or "/"
+        if path is None:
+            base = cg.path.rstrip("/")
+            path = base + "/" + name if name else base or "/"
         with self._lock:
             if ticket == self._epoch and self._fuse is not None:
                 published.publish(path, stat, text)
