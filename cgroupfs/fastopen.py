@@ -110,8 +110,6 @@ uint64_t fh, int32_t pid)``."""
 
 
 _STAT = ctypes.c_int64 * 8
-_STAT_KEYS = ("st_mode", "st_nlink", "st_uid", "st_gid", "st_size", "st_atime", "st_mtime",
-              "st_ctime")
 
 
 class Table:
@@ -136,7 +134,8 @@ class Table:
     def publish(self, path: str, stat: dict[str, int], text: bytes | None) -> None:
         """``path`` has the attributes ``stat`` and, unless ``None``, the content ``text``."""
         raw = path.encode("utf-8", "surrogateescape")
-        values = _STAT(*(stat[key] for key in _STAT_KEYS))
+        values = _STAT(stat["st_mode"], stat["st_nlink"], stat["st_uid"], stat["st_gid"],
+                       stat["st_size"], stat["st_atime"], stat["st_mtime"], stat["st_ctime"])
         with self._lock:
             if self._table:
                 self._lib.fastopen_publish(self._table, raw, len(raw), values, text,

@@ -543,3 +543,40 @@ def test_a_freed_table_ignores_late_callers(needs_fuse: None) -> None:
             t.join()
         table.publish("/a", stat, None)
         assert len(table) == 0 and table.writes_served == 0
+
+
+def test_a_file_noted_as_the_mount_detaches_is_not_held(handle: CgroupMount,
+                                                        system: System) -> None:
+    """A handler that notes a file while the mount detaches (the unmount stops
+    invalidating while libfuse's workers still serve) holds nothing afterwards: nothing is
+    kept, and no change after it queues invalidations nobody will send."""
+    import threading
+
+    cache = handle.operations.cache
+    (Path(handle.mountpoint) / "a").mkdir()
+    cg = system.cgroups.lookup("a")
+    real = cache._lock  # the note passed its first check; the detach lands now
+
+    class DetachFirst:
+        def __init__(self) -> None:
+            self.once = True
+
+        def __enter__(self) -> None:
+            if self.once and threading.current_thread() is threading.main_thread():
+                self.once = False
+                detaching = threading.Thread(target=cache.detach)
+                detaching.start()
+                detaching.join()
+            real.acquire()
+
+        def __exit__(self, *exc: object) -> None:
+            real.release()
+
+    cache._lock = DetachFirst()  # type: ignore[assignment]
+    try:
+        assert cache.note(cg, "ioasids.max") is None
+    finally:
+        cache._lock = real
+    assert not cache.attached and cache.held() == 0
+    system.write_max("a", "3")
+    assert cache.held() == 0
