@@ -170,6 +170,10 @@ class System:
         returns it; ``IoasidError`` if it cannot. By default ``mkdir`` each missing level
         (the new cgroups get the knobs' ``new_cgroup_max``); whoever realises slices with
         their limits replaces it."""
+        self._followed: set[Cgroup] | None = None
+        """The cgroups made by following (``FOLLOWED_MARK``), found by one walk of the tree
+        the first time they are asked for (after a restore has filled it), then kept as
+        following marks more; removed ones are dropped when next asked for."""
         self._init_userapi()
 
     # ------------------------------------------------------------------ hierarchy
@@ -752,24 +756,31 @@ class System:
                     break
                 cg = made
                 self.set_attrs(cg.path, {"": {FOLLOWED_MARK: 1}})
+                if self._followed is not None:
+                    self._followed.add(cg)
 
     def followed_leftovers(self, present: Container[str]) -> list[str]:
         """The paths of the cgroups made by following (``FOLLOWED_MARK``) that hold no
         process, whose path is not in ``present`` (the host's cgroups) and whose every child
         is such a cgroup too; children before their parents, so that removing them in that
-        order succeeds. Changes nothing."""
+        order succeeds. Changes nothing; costs what following made, not the whole tree."""
         with self.lock:
-            order = list(self.cgroups.cgroups())  # parents before children
-            kept: set[int] = set()  # ids of cgroups that stay, and so do their parents
-            found: list[str] = []
-            for cg in reversed(order):
-                if cg.is_root or id(cg) in kept or cg.procs or cg.path in present or \
-                        not made_by_following(cg):
-                    if cg.parent is not None:
-                        kept.add(id(cg.parent))
-                    continue
-                found.append(cg.path)
-        return found
+            if self._followed is None:
+                self._followed = {cg for cg in self.cgroups.cgroups() if made_by_following(cg)}
+            gone = {cg for cg in self._followed if self.cgroups.parent_gone(cg)}
+            self._followed -= gone
+            unwanted = {cg for cg in self._followed if not cg.procs and cg.path not in present}
+            leftover: dict[Cgroup, bool] = {}
+
+            def removable(cg: Cgroup) -> bool:
+                if cg not in leftover:
+                    leftover[cg] = cg in unwanted and all(
+                        removable(child) for child in cg.children.values())
+                return leftover[cg]
+
+            found = [cg for cg in unwanted if removable(cg)]
+            found.sort(key=lambda cg: (-cg.path.count("/"), cg.path))
+            return [cg.path for cg in found]
 
     def _make_followed(self, path: str) -> Cgroup:
         """``realise_followed``'s default: ``mkdir`` every missing level of ``path``."""

@@ -76,9 +76,12 @@ def open_tmp() -> Iterator[Path]:
     try:
         yield top
     finally:
-        for mnt in sorted(top.rglob("*"), key=lambda p: -len(p.parts)):
-            if mnt.is_mount():
-                subprocess.run(["umount", "-l", str(mnt)], capture_output=True, check=False)
+        # from the mount table: a dead FUSE mount's stat fails, and is_mount says False
+        with open("/proc/self/mountinfo", encoding="utf-8") as info:
+            points = [line.split()[4] for line in info]
+        for mnt in sorted((p for p in points if p.startswith(f"{top}/")),
+                          key=lambda p: -p.count("/")):
+            subprocess.run(["umount", "-l", mnt], capture_output=True, check=False)
         with contextlib.suppress(OSError):
             shutil.rmtree(top, ignore_errors=True)
 

@@ -231,7 +231,11 @@ class SliceManager:
                 elif state.failure is not None:
                     self._fail(state)
             self._realise(wanted)
-            self.states = states
+            with self.system.lock:  # what following made meanwhile (realise_followed)
+                for name, state in self.states.items():
+                    if name not in states and self._exists(slice_to_cgroup_path(name)):
+                        states[name] = state
+                self.states = states
             if sweep:
                 self._sweep()
             return {"slices": len(self.states),

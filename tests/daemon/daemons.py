@@ -107,8 +107,10 @@ class Daemon:
         (``strace``...), which must exec it as its child and end with it."""
         env = dict(os.environ, NOTIFY_SOCKET=str(self.notify_path), **(env or {}))
         with open(self.log_path, "ab") as log:
+            # a group of its own, so that cleanup also ends a daemon that a prefix command
+            # (strace, runuser) left behind when it was killed
             self.proc = subprocess.Popen([*prefix, str(BIN / "ioasidsd"), "run", *self.args],
-                                         env=env,
+                                         env=env, start_new_session=True,
                                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                          stderr=log)
         if ready:
@@ -186,8 +188,9 @@ class Daemon:
         return json.loads(done.stdout)
 
     def cleanup(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
+        if self.proc is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)  # the daemon under a prefix too
             self.proc.wait()
         self.notify.close()
         if mounted(self.mount):

@@ -4,6 +4,7 @@ their failures, set-property's drop-ins, the names ``run`` is given and the scop
 from __future__ import annotations
 
 import errno
+import json
 import os
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from system.ops import FakeProcesses
 
 from ioasidsd.model import profile
 from ioasidsd.model.errors import IoasidError
+from ioasidsd.model.snapshot import dump, load
 from ioasidsd.slices import (
     DROPIN_NAME,
     LIMIT_FILE_MODE,
@@ -426,11 +428,45 @@ def test_cgroups_made_by_following_go_when_the_hosts_go(units):
 
     processes.live.pop(2)
     system.sync_member(2)
-    assert system.followed_leftovers(set()) == ["/machine.slice/vm2.scope",
-                                                "/machine.slice/vm1.scope", "/machine.slice"]
+    assert system.followed_leftovers(set()) == ["/machine.slice/vm1.scope",
+                                                "/machine.slice/vm2.scope", "/machine.slice"]
     system.mkdir("/machine.slice/mine")
-    assert system.followed_leftovers(set()) == ["/machine.slice/vm2.scope",
-                                                "/machine.slice/vm1.scope"]
+    assert system.followed_leftovers(set()) == ["/machine.slice/vm1.scope",
+                                                "/machine.slice/vm2.scope"]
+    system.rmdir("/machine.slice/vm1.scope")  # removed: no longer found
+    assert system.followed_leftovers(set()) == ["/machine.slice/vm2.scope"]
+
+    restored = System(system.knobs)  # the marks are kept with the state, as a restart finds
+    load(json.loads(json.dumps(dump(system.core))), restored.core)
+    assert restored.followed_leftovers(set()) == ["/machine.slice/vm2.scope"]
+    restored.rmdir("/machine.slice/mine")
+    assert restored.followed_leftovers(set()) == ["/machine.slice/vm2.scope", "/machine.slice"]
+    assert not log.errors()
+
+
+def test_a_slice_followed_while_units_load_stays_listed(units):
+    """Following makes a slice that has no unit file while a load reads the units (between
+    the load's look at the tree and its new table): the slice is in the new table, not
+    dropped with the old one."""
+    write(units["etc"] / "early.slice", "[Slice]\nIOASIDsMax=5\n")
+    mgr, system, log, host = following(units, "infinity")
+    processes = system.processes
+    assert isinstance(processes, FakeProcesses)
+    processes.live[9] = 1.0
+    host.host = {"/late.slice/job.scope": {9}}
+    read = mgr._read
+    followed = []
+
+    def read_then_follow(name):
+        if not followed:  # once, in the load's window: the system lock is not held here
+            followed.append(system.sync_member(9))
+        return read(name)
+
+    mgr._read = read_then_follow
+    mgr.load()
+    assert followed and followed[0] is not None
+    assert limit(system, "/late.slice") is None  # no unit: the default, infinity
+    assert [row["unit"] for row in mgr.slices()] == ["early.slice", "late.slice"]
     assert not log.errors()
 
 
