@@ -2,7 +2,10 @@
 Python call (what the Python handler ``CgroupOperations.open`` does, decided by the file's
 name); its ``getattr`` and ``read``, answered from a table of what the kernel cache published
 (``Table``: attributes and texts the Python handlers rendered, forgotten when a change may
-alter them), handing the rest to the Python handlers; and its loop, which tells the mount
+alter them), handing the rest to the Python handlers; its ``write``, which answers a write of
+exactly the published text of a file a rewrite leaves unchanged (``Table.rewrites``) and hands
+every other write to ``CgroupOperations.write_from`` (a callback of this module, without
+mfusepy's wrapper); and its loop, which tells the mount
 that libfuse's loop ended before libfuse tears the session down (``loop_ended``: the kernel
 cache stops invalidating there, since a notification sent after that point reads freed memory
 or writes into a closed descriptor's reused number).

@@ -580,3 +580,23 @@ def test_a_file_noted_as_the_mount_detaches_is_not_held(handle: CgroupMount,
     assert not cache.attached and cache.held() == 0
     system.write_max("a", "3")
     assert cache.held() == 0
+
+
+def test_a_rewrite_after_another_faces_change_reaches_the_model(
+        handle: CgroupMount, system: System, published) -> None:  # type: ignore[no-untyped-def]
+    """The C write compares with what is published now: once another face changed the limit
+    (which forgets the published text), writing the old text again is a change, made by the
+    model, and read back by every reader."""
+    mnt = Path(handle.mountpoint)
+    (mnt / "a").mkdir()
+    limit = mnt / "a" / "ioasids.max"
+    _write(limit, b"5\n")
+    assert cat(limit) == "5\n"
+    served = published.writes_served
+    system.write_max("a", "6")
+    _write(limit, b"5\n")
+    assert published.writes_served == served
+    assert system.cgroups.lookup("a").limit == 5
+    assert cat(limit) == limit.read_text() == "5\n"
+    _write(limit, b"5\n")  # published again by that write: answered in C
+    assert published.writes_served == served + 1
