@@ -189,8 +189,10 @@ class Daemon:
 
     def cleanup(self) -> None:
         if self.proc is not None:
-            with contextlib.suppress(ProcessLookupError):
+            with contextlib.suppress(ProcessLookupError):  # a group of its own (start)
                 os.killpg(self.proc.pid, signal.SIGKILL)  # the daemon under a prefix too
+            if self.proc.poll() is None:  # started elsewhere, in the caller's group
+                self.proc.kill()
             self.proc.wait()
         self.notify.close()
         if mounted(self.mount):
