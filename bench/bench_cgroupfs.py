@@ -38,7 +38,8 @@
 
 Our file system is served by a child process, as the daemon serves it; the loops run here.
 ``--against TREE`` also serves another version's file system (its source tree, put on
-``PYTHONPATH``) and runs its echo+cat loop in the same rounds, for a before/after ratio that the
+``PYTHONPATH``) and runs its echo+cat loop in the same rounds, and the loops of 4 in the same
+slices (with the store too, each with a store of its own), for before/after ratios that the
 machine's load affects alike. Needs root, FUSE and ``/sys/fs/cgroup/pids``. Usage::
 
     bench_cgroupfs.py [--rounds 5] [--seconds 2] [--mkdirs 10000] [--against SOURCE_TREE] [--v2]
@@ -329,18 +330,21 @@ CHANGING = (b"5\n", b"6\n")
 
 
 def bench_reference(ours: Path, reference: Path, kernel: Path, rounds: int,
-                    seconds: float) -> dict[str, list[float]]:
-    """Per round, in alternating order (neither side always first): echo+cat pairs/s on our
+                    seconds: float, other: Path | None = None) -> dict[str, list[float]]:
+    """Per round, in alternating order (no side always first): echo+cat pairs/s on our
     ``ioasids.max`` and on the reference's file, writing the same value and changing values;
     open+read+close/s of our unchanged ``ioasids.current``, of the reference's file and of the
     kernel's ``pids.current``. Each figure's list of rounds, and ``*_ratio`` lists, ours over
-    the reference's."""
-    (ours / "ref").mkdir()
-    ours_max, ours_current = ours / "ref" / "ioasids.max", ours / "ref" / "ioasids.current"
-    (ours / "ref" / "ioasids.max").write_text("max")
-    for path in (ours_max, reference):
-        pairs_for(path, 0.2)
-    reads_for(ours_current, 0.2)
+    the reference's. With ``other`` (another version's mount) its loops run in the same
+    slices: ``*_other``, ``*_other_ratio`` (its rate over the reference's) and ``*_vs_other``
+    (ours over its)."""
+    mounts = [ours] if other is None else [ours, other]
+    for top in mounts:
+        (top / "ref").mkdir()
+        (top / "ref" / "ioasids.max").write_text("max")
+        pairs_for(top / "ref" / "ioasids.max", 0.2)
+        reads_for(top / "ref" / "ioasids.current", 0.2)
+    pairs_for(reference, 0.2)
     reads_for(reference, 0.2)
     out: dict[str, list[float]] = {}
     loops = {
@@ -350,14 +354,37 @@ def bench_reference(ours: Path, reference: Path, kernel: Path, rounds: int,
     }
     for r in range(rounds):
         for name, loop in loops.items():
-            mine_path = ours_current if name == "reads" else ours_max
-            mine, theirs = interleaved(loop, mine_path, reference, seconds, first=r % 2)
+            file = "ioasids.current" if name == "reads" else "ioasids.max"
+            paths = [ours / "ref" / file, reference]
+            if other is not None:
+                paths.append(other / "ref" / file)
+            rates = interleaved_all(loop, paths, seconds, first=r)
+            mine, theirs = rates[0], rates[1]
             out.setdefault(f"{name}_ours", []).append(mine)
             out.setdefault(f"{name}_ref", []).append(theirs)
             out.setdefault(f"{name}_ratio", []).append(mine / theirs)
+            if other is not None:
+                out.setdefault(f"{name}_other", []).append(rates[2])
+                out.setdefault(f"{name}_other_ratio", []).append(rates[2] / theirs)
+                out.setdefault(f"{name}_vs_other", []).append(mine / rates[2])
         out.setdefault("reads_kernel", []).append(reads_for(kernel / "pids.current", seconds))
-    (ours / "ref").rmdir()
+    for top in mounts:
+        (top / "ref").rmdir()
     return out
+
+
+def interleaved_all(loop, paths: list[Path], seconds: float, first: int) -> list[float]:
+    """``loop(path, t)`` on every path in ``SLICES`` rounds of slices of
+    ``seconds / SLICES`` each, the order rotating every slice (``first`` rotates the start),
+    so that every side sees the same moments of a loaded machine; the mean rate of each."""
+    t = seconds / SLICES
+    rates: list[list[float]] = [[] for _ in paths]
+    n = len(paths)
+    for i in range(SLICES):
+        for k in range(n):
+            side = (i + first + k) % n
+            rates[side].append(loop(paths[side], t))
+    return [statistics.fmean(r) for r in rates]
 
 
 SLICES = 10
@@ -388,6 +415,12 @@ def print_reference(figures: dict[str, list[float]], label: str) -> None:
     print(f"{label}: open+read+close/s of the kernel's pids.current: "
           f"{med['reads_kernel']:,.0f}; ours / kernel "
           f"{med['reads_ours'] / med['reads_kernel']:.3f}")
+    if "same_other" in figures:
+        for name in ("same", "changing", "reads"):
+            each = ", ".join(f"{x:.2f}" for x in figures[f"{name}_vs_other"])
+            print(f"{label}: {name}: the other tree {med[f'{name}_other']:,.0f}/s, its / C "
+                  f"reference {med[f'{name}_other_ratio']:.3f}; this tree / the other, same "
+                  f"slices: {med[f'{name}_vs_other']:.3f} ({each})")
 
 
 def cpu_seconds(pid: int) -> float:
@@ -543,8 +576,8 @@ def main() -> None:
                 v2 = stack.enter_context(served(work / "v2", v2=True))
             binary = build_reference(work)
             reference = stack.enter_context(reference_served(binary, work / "reference"))
-            print_reference(bench_reference(ours, reference, kernel, args.rounds, args.seconds),
-                            "no store")
+            print_reference(bench_reference(ours, reference, kernel, args.rounds, args.seconds,
+                                            other), "no store")
             pairs = bench_pairs(ours, kernel, args.rounds, args.seconds, other)
             print(f"echo+cat pairs/s: ours {pairs['ours']:,.0f}, kernel {pairs['kernel']:,.0f}, "
                   f"ratio {pairs['ratio']:.3f} = 1/{1 / pairs['ratio']:.1f} "
@@ -565,10 +598,19 @@ def main() -> None:
         if have_store():
             state = work / "state"
             state.mkdir()
-            with kernel_cgroup() as kernel, served(work / "mnt", str(state)) as ours, \
-                    reference_served(build_reference(work), work / "reference") as reference:
+            with contextlib.ExitStack() as stack:
+                kernel = stack.enter_context(kernel_cgroup())
+                ours = stack.enter_context(served(work / "mnt", str(state)))
+                other = None
+                if args.against:
+                    other_state = work / "other-state"
+                    other_state.mkdir()
+                    other = stack.enter_context(served(work / "other", str(other_state),
+                                                       tree=args.against))
+                reference = stack.enter_context(reference_served(build_reference(work),
+                                                                 work / "reference"))
                 print_reference(bench_reference(ours, reference, kernel, args.rounds,
-                                                args.seconds), "daemon store")
+                                                args.seconds, other), "daemon store")
                 pairs = bench_pairs(ours, kernel, args.rounds, args.seconds)
                 print(f"echo+cat pairs/s with the daemon's store: ours {pairs['ours']:,.0f}, "
                       f"kernel {pairs['kernel']:,.0f}, ratio {pairs['ratio']:.3f} = "

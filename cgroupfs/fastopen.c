@@ -7,7 +7,10 @@
  * with the same arguments and the same result, 0 or 1):
  * - It mounts, serves with libfuse's multi-threaded loop (or the single-threaded one for -s)
  *   in the foreground until the session ends (an unmount from outside, a signal, fuse_exit),
- *   then calls loop_ended(), then unmounts and destroys the session. A file system that sends
+ *   then calls loop_ended(), then unmounts, forgets the mount's registration
+ *   (fastopen_register) and destroys the session: a struct fuse is never registered once freed, so a
+ *   mount made later at the same address is never served another mount's handlers, nor loses
+ *   its own to the end of this one. A file system that sends
  *   notifications (fuse_invalidate_path) from threads of its own stops in loop_ended(): once
  *   it returns, libfuse frees its node table, closes the device and frees the struct fuse, and
  *   a notification after that reads freed memory or writes into a reused descriptor.
@@ -33,7 +36,12 @@
  *   returns: so the table never answers with a value older than the last change.
  * - A read is answered from the table only for an entry with text and a handle that is not
  *   cgroup.events' (whose reads Python must see); any offset reads the published text.
- * - All functions are thread-safe; the table's mutex is held only to copy an entry.
+ * - A write whose bytes are exactly the published text of a file whose name the table lists
+ *   as unchanged by a rewrite (fastopen_table_rewrites: a write of its current text leaves the
+ *   model as it is, with nothing to store and nothing to refuse) is answered in C, as written
+ *   in full, with no Python call; any other write goes to the Python write handler registered
+ *   with the mount, with the path, the bytes, the handle (the opener) and the writing thread.
+ * - All functions are thread-safe; the table's mutex is held only to copy or compare an entry.
  *
  * Python's thread states: a ctypes callback on a thread Python does not know creates a thread
  * state and deletes it again when it returns, which costs more than a small handler. The C
@@ -63,6 +71,8 @@ typedef int (*open_handler)(const char *path, struct fuse_file_info *fi);
 typedef int (*getattr_handler)(const char *path, struct stat *st, struct fuse_file_info *fi);
 typedef int (*read_handler)(const char *path, char *buf, size_t size, off_t offset,
 			    struct fuse_file_info *fi);
+typedef int (*write_handler)(const char *path, const char *buf, size_t size, uint64_t fh,
+			     int32_t pid);
 
 #define EVENTS_HANDLE (1ULL << 63)	/* cgroupfs.operations.EVENTS_HANDLE */
 #define TABLE_MIN 1024
@@ -82,7 +92,8 @@ struct table {
 	pthread_mutex_t lock;
 	struct entry **buckets;
 	size_t nbuckets, count;
-	uint64_t served[2];		/* getattrs and reads answered from the table */
+	uint64_t served[3];		/* getattrs, reads and writes answered from the table */
+	char rewrites[LIST_MAX];	/* names a write of their text leaves unchanged */
 };
 
 static struct {
@@ -91,6 +102,7 @@ static struct {
 	struct table *table;
 	getattr_handler getattr;
 	read_handler read;
+	write_handler write;
 } mounts[MOUNTS_MAX];
 static pthread_mutex_t mounts_lock = PTHREAD_MUTEX_INITIALIZER;
 static char python_names[LIST_MAX];
@@ -188,26 +200,46 @@ int fastopen_configure(const char *python, size_t python_len, const char *direct
 
 /*
  * The Python handlers and the table of the mount served by `fuse`: 0, or -1 when MOUNTS_MAX
- * are registered. `table` may be NULL (getattr and read then always go to Python).
+ * are registered. `table` may be NULL (getattr, read and write then always go to Python).
+ * Registering `fuse` again replaces what it had.
  */
 int fastopen_register(void *fuse, open_handler handler, getattr_handler getattr,
-		      read_handler read, struct table *table)
+		      read_handler read, write_handler write, struct table *table)
 {
-	int i, done = -1;
+	int i, slot = -1;
 
 	pthread_mutex_lock(&mounts_lock);
-	for (i = 0; i < MOUNTS_MAX && done < 0; i++) {
-		if (mounts[i].fuse == NULL || mounts[i].fuse == fuse) {
-			mounts[i].fuse = fuse;
-			mounts[i].open = handler;
-			mounts[i].getattr = getattr;
-			mounts[i].read = read;
-			mounts[i].table = table;
-			done = 0;
+	for (i = 0; i < MOUNTS_MAX; i++) {
+		if (mounts[i].fuse == fuse) {
+			slot = i;
+			break;
 		}
+		if (mounts[i].fuse == NULL && slot < 0)
+			slot = i;
+	}
+	if (slot >= 0) {
+		mounts[slot].fuse = fuse;
+		mounts[slot].open = handler;
+		mounts[slot].getattr = getattr;
+		mounts[slot].read = read;
+		mounts[slot].write = write;
+		mounts[slot].table = table;
 	}
 	pthread_mutex_unlock(&mounts_lock);
-	return done;
+	return slot >= 0 ? 0 : -1;
+}
+
+/* Whether `fuse` is registered (for tests: a mount's registration ends with its loop). */
+int fastopen_registered(void *fuse)
+{
+	int i, found = 0;
+
+	pthread_mutex_lock(&mounts_lock);
+	for (i = 0; i < MOUNTS_MAX; i++)
+		if (mounts[i].fuse == fuse)
+			found = 1;
+	pthread_mutex_unlock(&mounts_lock);
+	return found;
 }
 
 void fastopen_unregister(void *fuse)
@@ -397,26 +429,45 @@ size_t fastopen_table_count(struct table *t)
 	return n;
 }
 
-/* The getattrs (which 0) or reads (which 1) answered from the table so far. */
+/* The getattrs (which 0), reads (1) or writes (2) answered from the table so far. */
 uint64_t fastopen_table_served(struct table *t, int which)
 {
 	uint64_t n;
 
+	if (which < 0 || which > 2)
+		return 0;
 	pthread_mutex_lock(&t->lock);
-	n = t->served[which != 0];
+	n = t->served[which];
 	pthread_mutex_unlock(&t->lock);
 	return n;
+}
+
+/*
+ * The names of the files of this mount that a write of exactly their published text leaves
+ * unchanged (see the top), as fastopen_configure's lists; 0, or -1 for a list too long.
+ */
+int fastopen_table_rewrites(struct table *t, const char *names, size_t len)
+{
+	char copy[LIST_MAX];
+
+	if (copy_list(copy, names, len))
+		return -1;
+	pthread_mutex_lock(&t->lock);
+	memcpy(t->rewrites, copy, sizeof(copy));
+	pthread_mutex_unlock(&t->lock);
+	return 0;
 }
 
 struct handlers {
 	struct table *table;
 	getattr_handler getattr;
 	read_handler read;
+	write_handler write;
 };
 
 static struct handlers handlers_of(void *fuse)
 {
-	struct handlers found = { NULL, NULL, NULL };
+	struct handlers found = { NULL, NULL, NULL, NULL };
 	int i;
 
 	pthread_mutex_lock(&mounts_lock);
@@ -425,6 +476,7 @@ static struct handlers handlers_of(void *fuse)
 			found.table = mounts[i].table;
 			found.getattr = mounts[i].getattr;
 			found.read = mounts[i].read;
+			found.write = mounts[i].write;
 			break;
 		}
 	}
@@ -498,6 +550,36 @@ int fastopen_read(const char *path, char *buf, size_t size, off_t offset,
 	return h.read ? h.read(path, buf, size, offset, fi) : -ENODEV;
 }
 
+int fastopen_write(const char *path, const char *buf, size_t size, off_t offset,
+		   struct fuse_file_info *fi)
+{
+	struct fuse_context *ctx = fuse_get_context();
+	struct handlers h = handlers_of(ctx->fuse);
+
+	(void)offset;	/* each write is one value, whatever its offset */
+	keep_python_thread();
+	if (h.table && path && size && !(fi->fh & EVENTS_HANDLE)) {
+		const char *slash = strrchr(path, '/');
+		size_t n = strlen(path);
+		struct entry *e;
+		int same = 0;
+
+		pthread_mutex_lock(&h.table->lock);
+		if (listed(h.table->rewrites, slash ? slash + 1 : path)) {
+			e = *slot_of(h.table, path, n, hash_of(path, n));
+			if (e && e->text_len >= 0 && (size_t)e->text_len == size &&
+			    memcmp(e->data + e->path_len, buf, size) == 0) {
+				h.table->served[2]++;
+				same = 1;
+			}
+		}
+		pthread_mutex_unlock(&h.table->lock);
+		if (same)
+			return (int)size;
+	}
+	return h.write ? h.write(path, buf, size, fi->fh, ctx->pid) : -ENODEV;
+}
+
 int fastopen_open(const char *path, struct fuse_file_info *fi)
 {
 	const char *slash = strrchr(path, '/');
@@ -564,6 +646,7 @@ int fastopen_main(int argc, char *argv[], const struct fuse_operations *op, size
 out_unmount:
 	fuse_unmount(fuse);
 out_fuse:
+	fastopen_unregister(fuse);	/* before it is freed (see the top) */
 	fuse_destroy(fuse);
 out_args:
 	free(opts.mountpoint);

@@ -2,7 +2,10 @@
 Python call (what the Python handler ``CgroupOperations.open`` does, decided by the file's
 name); its ``getattr`` and ``read``, answered from a table of what the kernel cache published
 (``Table``: attributes and texts the Python handlers rendered, forgotten when a change may
-alter them), handing the rest to the Python handlers; and its loop, which tells the mount
+alter them), handing the rest to the Python handlers; its ``write``, which answers a write of
+exactly the published text of a file a rewrite leaves unchanged (``Table.rewrites``) and hands
+every other write to ``CgroupOperations.write_from`` (a callback of this module, without
+mfusepy's wrapper); and its loop, which tells the mount
 that libfuse's loop ended before libfuse tears the session down (``loop_ended``: the kernel
 cache stops invalidating there, since a notification sent after that point reads freed memory
 or writes into a closed descriptor's reused number).
@@ -56,8 +59,13 @@ def library() -> ctypes.CDLL | None:
             lib.fastopen_configure.argtypes = (ctypes.c_char_p, ctypes.c_size_t,
                                                ctypes.c_char_p, ctypes.c_size_t)
             lib.fastopen_configure.restype = ctypes.c_int
-            lib.fastopen_register.argtypes = (ctypes.c_void_p,) * 5
+            lib.fastopen_register.argtypes = (ctypes.c_void_p,) * 6
             lib.fastopen_register.restype = ctypes.c_int
+            lib.fastopen_registered.argtypes = (ctypes.c_void_p,)
+            lib.fastopen_registered.restype = ctypes.c_int
+            lib.fastopen_table_rewrites.argtypes = (ctypes.c_void_p, ctypes.c_char_p,
+                                                    ctypes.c_size_t)
+            lib.fastopen_table_rewrites.restype = ctypes.c_int
             lib.fastopen_table_new.restype = ctypes.c_void_p
             lib.fastopen_table_free.argtypes = (ctypes.c_void_p,)
             lib.fastopen_table_clear.argtypes = (ctypes.c_void_p,)
@@ -98,9 +106,13 @@ _OPEN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_char_p, ctypes.POINTER(mfusepy.f
 """libfuse's ``open`` callback: ``int (*)(const char *path, struct fuse_file_info *fi)``."""
 
 
+_WRITE = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p, ctypes.c_size_t,
+                          ctypes.c_uint64, ctypes.c_int32)
+"""The C ``write``'s Python handler: ``int (*)(const char *path, const char *buf, size_t size,
+uint64_t fh, int32_t pid)``."""
+
+
 _STAT = ctypes.c_int64 * 8
-_STAT_KEYS = ("st_mode", "st_nlink", "st_uid", "st_gid", "st_size", "st_atime", "st_mtime",
-              "st_ctime")
 
 
 class Table:
@@ -114,6 +126,8 @@ class Table:
         self._table: int | None = lib.fastopen_table_new()
         if not self._table:
             raise MemoryError("cgroupfs: no memory for the published table")
+        # held across every C call on the table, so that ``free`` never frees it under one
+        self._lock = threading.Lock()
 
     @property
     def pointer(self) -> int | None:
@@ -123,40 +137,66 @@ class Table:
     def publish(self, path: str, stat: dict[str, int], text: bytes | None) -> None:
         """``path`` has the attributes ``stat`` and, unless ``None``, the content ``text``."""
         raw = path.encode("utf-8", "surrogateescape")
-        values = _STAT(*(stat[key] for key in _STAT_KEYS))
-        if self._table:
-            self._lib.fastopen_publish(self._table, raw, len(raw), values, text,
-                                       -1 if text is None else len(text))
+        values = _STAT(stat["st_mode"], stat["st_nlink"], stat["st_uid"], stat["st_gid"],
+                       stat["st_size"], stat["st_atime"], stat["st_mtime"], stat["st_ctime"])
+        with self._lock:
+            if self._table:
+                self._lib.fastopen_publish(self._table, raw, len(raw), values, text,
+                                           -1 if text is None else len(text))
 
     def forget(self, paths: Iterable[str]) -> None:
         """Forget what was published for ``paths``."""
         raw = b"".join(p.encode("utf-8", "surrogateescape") + b"\0" for p in paths)
-        if raw and self._table:
-            self._lib.fastopen_forget(self._table, raw, len(raw))
+        with self._lock:
+            if raw and self._table:
+                self._lib.fastopen_forget(self._table, raw, len(raw))
 
     def clear(self) -> None:
         """Forget everything."""
-        if self._table:
-            self._lib.fastopen_table_clear(self._table)
+        with self._lock:
+            if self._table:
+                self._lib.fastopen_table_clear(self._table)
+
+    def rewrites(self, names: Iterable[str]) -> None:
+        """The files named ``names`` are left unchanged by a write of their current text
+        (``cgroupfs.files.unchanged_by_rewrite``): the C ``write`` answers such a write when
+        the bytes are exactly the published text (see ``fastopen.c``)."""
+        raw = _names(names)
+        with self._lock:
+            if self._table and self._lib.fastopen_table_rewrites(self._table, raw,
+                                                                 len(raw)) != 0:
+                raise ValueError("cgroupfs: too many names for the C write")
+
+    def _served(self, which: int) -> int:
+        with self._lock:
+            return int(self._lib.fastopen_table_served(self._table, which)) if self._table else 0
 
     def __len__(self) -> int:
-        return int(self._lib.fastopen_table_count(self._table)) if self._table else 0
+        with self._lock:
+            return int(self._lib.fastopen_table_count(self._table)) if self._table else 0
 
     @property
     def getattrs_served(self) -> int:
         """``getattr`` requests answered from the table so far."""
-        return int(self._lib.fastopen_table_served(self._table, 0)) if self._table else 0
+        return self._served(0)
 
     @property
     def reads_served(self) -> int:
         """``read`` requests answered from the table so far."""
-        return int(self._lib.fastopen_table_served(self._table, 1)) if self._table else 0
+        return self._served(1)
+
+    @property
+    def writes_served(self) -> int:
+        """``write`` requests answered from the table so far (writes of the current text)."""
+        return self._served(2)
 
     def free(self) -> None:
-        """Release the C table (once the mount's loop has ended: no handler uses it)."""
-        table, self._table = self._table, None
-        if table:
-            self._lib.fastopen_table_free(table)
+        """Release the C table (once the mount's loop has ended: no handler uses it); a
+        publication or forgetting from another thread meanwhile does nothing."""
+        with self._lock:
+            table, self._table = self._table, None
+            if table:
+                self._lib.fastopen_table_free(table)
 
 
 class Serving:
@@ -168,6 +208,7 @@ class Serving:
         self._lib = lib
         self._operations = operations
         self._callback = _OPEN(self._open)  # kept alive while the mount may call it
+        self._write_callback = _WRITE(self._write)
         self._loop_ended = loop_ended
         self._ended_callback = _LOOP_ENDED(self._ended)
         self._fuse: int | None = None
@@ -183,6 +224,7 @@ class Serving:
         if all(self._python):
             ops.getattr = ctypes.cast(self._lib.fastopen_getattr, type(ops.getattr))
             ops.read = ctypes.cast(self._lib.fastopen_read, type(ops.read))
+        ops.write = ctypes.cast(self._lib.fastopen_write, type(ops.write))
         return int(self._lib.fastopen_main(argc, argv, ops_p, size, data, self._ended_callback))
 
     def _ended(self) -> None:
@@ -200,6 +242,19 @@ class Serving:
         except OSError as exc:
             return -(exc.errno or EINVAL)
 
+    def _write(self, path: bytes | None, buf: int, size: int, fh: int, pid: int) -> int:
+        """The C ``write``'s Python handler: the operations' ``write_from`` with the decoded
+        path (``None`` once libfuse saw the file's directory go) and the bytes; ``-errno`` for
+        an ``OSError``, ``-EINVAL`` (logged) for any other exception, as mfusepy answers."""
+        try:
+            name = None if path is None else path.decode("utf-8", "surrogateescape")
+            return int(self._operations.write_from(name, ctypes.string_at(buf, size), fh, pid))
+        except OSError as exc:
+            return -(exc.errno or EINVAL)
+        except Exception:  # a C callback cannot raise: bad input never stops the mount
+            log.exception("cgroupfs write failed", path=path)
+            return -EINVAL
+
     def register(self, fuse: int | None) -> None:
         """libfuse serves the mount as ``fuse`` (called from ``init``): the C ``open`` hands
         the names it does not open itself to this mount's operations, the C ``getattr`` and
@@ -209,15 +264,19 @@ class Serving:
             pointer = ctypes.cast(self._callback, ctypes.c_void_p)
             getattr_, read = self._python
             table = self.table.pointer if all(self._python) else None
+            write = ctypes.cast(self._write_callback, ctypes.c_void_p)
             if self._lib.fastopen_register(fuse, pointer, getattr_ or None, read or None,
-                                           table) != 0:
+                                           write, table) != 0:
                 raise OSError("too many cgroupfs mounts in one process for the C open")
 
+    @property
+    def registered(self) -> bool:
+        """Whether the C handlers still serve this mount's ``struct fuse`` (from ``register``
+        until its loop ends: ``fastopen_main`` forgets it before libfuse frees it)."""
+        return self._fuse is not None and bool(self._lib.fastopen_registered(self._fuse))
+
     def forget(self) -> None:
-        """The mount ended (its loop returned)."""
-        if self._fuse is not None:
-            self._lib.fastopen_unregister(self._fuse)
-            self._fuse = None
+        """The mount ended (its loop returned, which forgot its registration)."""
         self.table.free()
 
 

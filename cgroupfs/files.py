@@ -124,6 +124,20 @@ def write(system: System, cg: Cgroup, file: CgroupFile, data: bytes, writer: Wri
     return len(data)
 
 
+def unchanged_by_rewrite(system: System) -> frozenset[str]:
+    """The names of the files a write of exactly their current text leaves as they are in
+    ``system``, with nothing to store and nothing to refuse, whoever writes: the flags (their
+    text parses back to the value they hold), and ``ioasids.max`` unless the semantics profile
+    refuses the current limit written again (``same_limit_einval``) or makes ``max`` read back
+    a number (``reserve-v4``). The mount answers such a write without changing the model
+    (``cgroupfs.fastopen``); every other write goes through ``write``."""
+    names = {"notify_on_release", "cgroup.clone_children"}
+    knobs = system.knobs
+    if knobs.capacity_model != "reserve-v4" and not knobs.same_limit_einval:
+        names.add("ioasids.max")
+    return frozenset(names)
+
+
 def files_of(system: System, cg: Cgroup) -> Mapping[str, CgroupFile]:
     """The files of ``cg``'s directory, by name."""
     tree = system.cgroups

@@ -150,6 +150,8 @@ class KernelCache:
         if self._fuse is None:  # not serving: nothing will be invalidated
             return None
         with self._lock:
+            if self._fuse is None:  # detached since: holding now would outlive the mount
+                return None
             bit = self._bits.get(name)
             if bit is None:  # a name never seen: the names are those of the file tables
                 bit = self._bits[name] = 1 << len(self._names)
@@ -164,15 +166,17 @@ class KernelCache:
             return self._epoch
 
     def publish(self, cg: Cgroup, name: str, ticket: int | None, stat: dict[str, int],
-                text: bytes | None) -> None:
+                text: bytes | None, *, path: str | None = None) -> None:
         """Publish the attributes ``stat`` and the text (``None``: attributes only) of file
         ``name`` of ``cg`` (``""``: the directory), rendered after ``note`` gave ``ticket``,
-        unless a change may have altered them since (see the module)."""
+        unless a change may have altered them since (see the module). ``path``: the file's
+        path, when the caller has it (it must be ``cg``'s path and ``name``)."""
         published = self.published
         if published is None or ticket is None:
             return
-        base = cg.path.rstrip("/")
-        path = base + "/" + name if name else base or "/"
+        if path is None:
+            base = cg.path.rstrip("/")
+            path = base + "/" + name if name else base or "/"
         with self._lock:
             if ticket == self._epoch and self._fuse is not None:
                 published.publish(path, stat, text)
@@ -220,8 +224,12 @@ class KernelCache:
                     held[cg] = 1  # the directory stays held
                     bits &= ~1
                 base = cg.path.rstrip("/")
-                paths += [base + "/" + name if name else base or "/"
-                          for i, name in enumerate(self._names) if bits >> i & 1]
+                names = self._names
+                while bits:
+                    low = bits & -bits
+                    name = names[low.bit_length() - 1]
+                    paths.append(base + "/" + name if name else base or "/")
+                    bits ^= low
             published = self.published
             if change.kind in _EVERY_PATH_KINDS:
                 self._epoch += 1

@@ -36,7 +36,7 @@ from errno import EBUSY, EINVAL, ENODEV, ENOENT, ENOTCONN, ENOTDIR, ETIMEDOUT
 import mfusepy
 import structlog
 
-from cgroupfs import fastopen
+from cgroupfs import fastopen, files
 from cgroupfs.kernelcache import ATTR_TIMEOUT, current_fuse
 from cgroupfs.operations import CgroupOperations
 from ioasidsd.host import mounts
@@ -129,12 +129,18 @@ class CgroupMount:
         """Whether files are opened by the C ``open`` (``cgroupfs.fastopen``)."""
         return self._fast is not None
 
+    @property
+    def serving(self) -> fastopen.Serving | None:
+        """The mount's C parts (``None`` without the shared object)."""
+        return self._fast
+
     def _serve(self) -> None:
         try:
             # the kernel cache stops invalidating when libfuse's loop ends, before libfuse
             # tears the session down: whoever unmounted (us, fusermount, umount)
             with fastopen.serving(self.operations, self.operations.cache.detach) as self._fast:
-                if self._fast is not None:  # getattr and read answered in C where published
+                if self._fast is not None:  # getattr, read (and a rewrite) answered in C
+                    self._fast.table.rewrites(files.unchanged_by_rewrite(self.system))
                     self.operations.cache.published = self._fast.table
                 mfusepy.FUSE(self.operations, self.mountpoint, raw_fi=True, **self._options)
         except BaseException as exc:  # reported by mount() or kept for wait()

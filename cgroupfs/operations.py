@@ -357,17 +357,26 @@ class CgroupOperations(mfusepy.Operations):
         return 0
 
     def write(self, path: str | None, data: bytes, offset: int, fi: Any) -> int:
-        """One write(2), judged by the credentials of the file's opener (from ``fi.fh``, see
-        ``open``); a ``0`` written to ``cgroup.procs`` still names the writing process."""
-        uid, gid = opener_of(fi.fh)
-        writer = Writer(mfusepy.fuse_get_context()[2], uid, gid)
+        """One write(2) as mfusepy hands it (``fi``: libfuse's ``fuse_file_info``): ``write_from``
+        with the calling thread of the request."""
+        return self.write_from(path, data, fi.fh, mfusepy.fuse_get_context()[2])
+
+    def write_from(self, path: str | None, data: bytes, fh: int, pid: int) -> int:
+        """One write(2) of ``data`` through a file opened with handle ``fh`` by thread ``pid``:
+        judged by the credentials of the file's opener (from ``fh``, see ``open``); a ``0``
+        written to ``cgroup.procs`` names ``pid``. The bytes consumed; the errnos of
+        ``files.write``, ``ENODEV`` when the cgroup was removed. The mount's C ``write`` calls
+        this directly (``cgroupfs.fastopen``)."""
+        uid, gid = opener_of(fh)
+        writer = Writer(pid, uid, gid)
         with _caused_by(uid), self.system.lock:
             cg, file = self._resolve_file(path)
             written = files.write(self.system, cg, file, data, writer)
             if file.cached:  # the new value, for the writer's next stat and read (in C)
                 ticket = self.cache.note(cg, file.name)
                 text = files.read(self.system, cg, file)
-                self.cache.publish(cg, file.name, ticket, self._stat(cg, file, text), text)
+                self.cache.publish(cg, file.name, ticket, self._stat(cg, file, text), text,
+                                   path=path)
             return written
 
     def truncate(self, path: str, length: int, fh: Any = None) -> int:

@@ -5,6 +5,7 @@ their last invalidation are invalidated, and with none held a change costs nothi
 
 from __future__ import annotations
 
+import errno
 import os
 import subprocess
 import sys
@@ -410,3 +411,192 @@ def test_a_worker_keeps_its_python_thread_state(handle: CgroupMount, published, 
         assert not (Path(handle.mountpoint) / "missing").exists()
     assert len(seen) >= 50
     assert any(left == thread for thread, left in seen)
+
+
+def _write(path: Path, data: bytes) -> None:
+    """``echo``'s write: open with ``O_TRUNC``, one write(2), close."""
+    fd = os.open(path, os.O_WRONLY | os.O_TRUNC)
+    try:
+        assert os.write(fd, data) == len(data)
+    finally:
+        os.close(fd)
+
+
+def test_a_write_of_the_current_text_is_answered_in_c(
+        handle: CgroupMount, system: System, changes: Changes,
+        published,  # type: ignore[no-untyped-def]
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A write of exactly the text a file has, to a file a rewrite leaves unchanged, costs no
+    Python call and changes nothing; a write of another value, or of the same value spelt
+    otherwise, reaches the model, is seen by every reader, and keeps its errnos."""
+    mnt = Path(handle.mountpoint)
+    (mnt / "a").mkdir()
+    limit = mnt / "a" / "ioasids.max"
+    _write(limit, b"5\n")
+    assert cat(limit) == "5\n"  # what the write published
+    calls: list[bytes] = []
+    real = handle.operations.write_from
+    monkeypatch.setattr(handle.operations, "write_from",
+                        lambda path, data, fh, pid: calls.append(data) or real(path, data, fh,
+                                                                               pid))
+    before, served = len(changes.seen), published.writes_served
+    for _ in range(3):
+        _write(limit, b"5\n")
+        assert cat(limit) == "5\n"
+    assert calls == [] and published.writes_served == served + 3
+    assert len(changes.seen) == before
+    _write(limit, b"5")  # the same value, other bytes: the model's parser judges it
+    assert calls == [b"5"] and len(changes.seen) == before
+    _write(limit, b"6\n")
+    assert cat(limit) == "6\n" and system.cgroups.lookup("a").limit == 6
+    assert len(changes.seen) == before + 1
+    with pytest.raises(OSError) as caught:
+        _write(limit, b"junk\n")
+    assert caught.value.errno == errno.EINVAL
+    assert calls == [b"5", b"6\n", b"junk\n"]
+    flag = mnt / "a" / "notify_on_release"
+    assert cat(flag) == "0\n"
+    _write(flag, b"0\n")
+    assert calls[-1] == b"junk\n"
+    _write(flag, b"1\n")
+    assert calls[-1] == b"1\n" and cat(flag) == "1\n"
+
+
+def test_a_rewrite_the_profile_refuses_still_reaches_the_model(
+        needs_fuse: None, mountdir: Path) -> None:
+    """In the ``v4`` profile writing the current limit again is ``EINVAL``: the C write does
+    not answer it."""
+    from cgroupfs import mount
+    from ioasidsd.model.knobs import profile
+
+    system = System(profile("v4"))
+    assert "ioasids.max" not in files.unchanged_by_rewrite(system)
+    with mount(system, str(mountdir)) as mounted:
+        limit = Path(mounted.mountpoint) / "a" / "ioasids.max"
+        limit.parent.mkdir()
+        _write(limit, b"5\n")
+        assert cat(limit) == "5\n"
+        with pytest.raises(OSError) as caught:
+            _write(limit, b"5\n")
+        assert caught.value.errno == errno.EINVAL
+
+
+def test_a_mount_is_unregistered_before_libfuse_frees_it(
+        needs_fuse: None, system: System, mountdir: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The C handlers forget a mount's ``struct fuse`` when its loop ends, before libfuse
+    frees it (by the time ``fastopen_main`` returns), whoever unmounts: a later mount at the
+    same address is never served another mount's handlers, and never loses its own when the
+    earlier mount's thread ends."""
+    from cgroupfs import fastopen, mount
+
+    at_return: list[bool] = []
+    real_forget = fastopen.Serving.forget
+
+    def forget(self: fastopen.Serving) -> None:  # right after fastopen_main returned
+        at_return.append(self.registered)
+        real_forget(self)
+
+    monkeypatch.setattr(fastopen.Serving, "forget", forget)
+    mounted = mount(system, str(mountdir))
+    serving = mounted.serving
+    if serving is None:
+        mounted.unmount()
+        pytest.skip("cgroupfs/_fastopen.so not built (scripts/bootstrap needs cc and "
+                    "libfuse3-dev)")
+    assert serving.registered
+    subprocess.run(["umount", str(mountdir)], check=True)  # from outside
+    mounted.wait()
+    assert at_return == [False]
+    assert not serving.registered
+
+
+def test_a_freed_table_ignores_late_callers(needs_fuse: None) -> None:
+    """Publishing, forgetting and counting race with freeing the table (a change on another
+    face while the mount ends): after ``free`` each does nothing, and none uses freed
+    memory."""
+    import threading
+
+    from cgroupfs import fastopen
+
+    lib = fastopen.library()
+    if lib is None:
+        pytest.skip("cgroupfs/_fastopen.so not built")
+    stat = dict.fromkeys(("st_mode", "st_nlink", "st_uid", "st_gid", "st_size", "st_atime",
+                          "st_mtime", "st_ctime"), 1)
+    for _ in range(20):
+        table = fastopen.Table(lib)
+        stop = threading.Event()
+
+        def churn(table: fastopen.Table = table, stop: threading.Event = stop) -> None:
+            while not stop.is_set():
+                table.publish("/a/ioasids.max", stat, b"5\n")
+                table.forget(["/a/ioasids.max", "/b"])
+                len(table)
+
+        threads = [threading.Thread(target=churn) for _ in range(3)]
+        for t in threads:
+            t.start()
+        table.free()
+        stop.set()
+        for t in threads:
+            t.join()
+        table.publish("/a", stat, None)
+        assert len(table) == 0 and table.writes_served == 0
+
+
+def test_a_file_noted_as_the_mount_detaches_is_not_held(handle: CgroupMount,
+                                                        system: System) -> None:
+    """A handler that notes a file while the mount detaches (the unmount stops
+    invalidating while libfuse's workers still serve) holds nothing afterwards: nothing is
+    kept, and no change after it queues invalidations nobody will send."""
+    import threading
+
+    cache = handle.operations.cache
+    (Path(handle.mountpoint) / "a").mkdir()
+    cg = system.cgroups.lookup("a")
+    real = cache._lock  # the note passed its first check; the detach lands now
+
+    class DetachFirst:
+        def __init__(self) -> None:
+            self.once = True
+
+        def __enter__(self) -> None:
+            if self.once and threading.current_thread() is threading.main_thread():
+                self.once = False
+                detaching = threading.Thread(target=cache.detach)
+                detaching.start()
+                detaching.join()
+            real.acquire()
+
+        def __exit__(self, *exc: object) -> None:
+            real.release()
+
+    cache._lock = DetachFirst()  # type: ignore[assignment]
+    try:
+        assert cache.note(cg, "ioasids.max") is None
+    finally:
+        cache._lock = real
+    assert not cache.attached and cache.held() == 0
+    system.write_max("a", "3")
+    assert cache.held() == 0
+
+
+def test_a_rewrite_after_another_faces_change_reaches_the_model(
+        handle: CgroupMount, system: System, published) -> None:  # type: ignore[no-untyped-def]
+    """The C write compares with what is published now: once another face changed the limit
+    (which forgets the published text), writing the old text again is a change, made by the
+    model, and read back by every reader."""
+    mnt = Path(handle.mountpoint)
+    (mnt / "a").mkdir()
+    limit = mnt / "a" / "ioasids.max"
+    _write(limit, b"5\n")
+    assert cat(limit) == "5\n"
+    served = published.writes_served
+    system.write_max("a", "6")
+    _write(limit, b"5\n")
+    assert published.writes_served == served
+    assert system.cgroups.lookup("a").limit == 5
+    assert cat(limit) == limit.read_text() == "5\n"
+    _write(limit, b"5\n")  # published again by that write: answered in C
+    assert published.writes_served == served + 1
