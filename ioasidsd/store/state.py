@@ -57,7 +57,7 @@ import sqlite3
 import threading
 import time
 from array import array
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from operator import attrgetter, itemgetter
 from pathlib import Path
 from typing import Any
@@ -613,14 +613,7 @@ class Store:
                 kind is not _RMDIR and kind is not _SYNC and self._error is None and \
                 folder is not None:  # one IOASID: every ALLOC and FREE, the hot path
             try:
-                ops: list[Op] = []
-                touched = self._ioasid_ops(int(ids[0]), ops)
-                if changed:
-                    touched = [*changed, *touched]
-                if touched:
-                    self._cgroup_ops(touched, ops)
-                self._core_op(ops)
-                payload = _encode(ops)
+                payload = _encode(self._one_ioasid_ops(int(ids[0]), changed))
             except (SnapshotError, StoreError, codec.RecordError) as exc:
                 self._not_saved(kind, exc)
                 return
@@ -646,6 +639,19 @@ class Store:
             except (codec.RecordError, sqlite3.Error, StoreError) as exc:  # not journaling:
                 self._not_saved(kind, exc)                                  # written at once
 
+    def _one_ioasid_ops(self, ioasid: int, changed: Sequence[Cgroup]) -> list[Op]:
+        """The operations that record a change of one IOASID and the cgroups ``changed``
+        (every ALLOC and FREE): the IOASID's row, the cgroups it and ``changed`` touched, the
+        core's values."""
+        ops: list[Op] = []
+        touched = self._ioasid_ops(ioasid, ops)
+        if changed:
+            touched = [*changed, *touched]
+        if touched:
+            self._cgroup_ops(touched, ops)
+        self._core_op(ops)
+        return ops
+
     def _not_saved(self, kind: str, exc: Exception) -> None:
         """A change whose record could not be made: logged (the first of a run), kept in
         ``error``; the next change rewrites everything."""
@@ -661,14 +667,7 @@ class Store:
         kind, changed, processes, ids, sets, _path, orphans, refusal = change
         if len(ids) == 1 and not processes and not sets and refusal is None and \
                 kind is not _RMDIR:  # one IOASID (``apply`` takes this path itself)
-            ops: list[Op] = []
-            touched = self._ioasid_ops(int(ids[0]), ops)
-            if changed:
-                touched = [*changed, *touched]
-            if touched:
-                self._cgroup_ops(touched, ops)
-            self._core_op(ops)
-            return ops
+            return self._one_ioasid_ops(int(ids[0]), changed)
         if kind is ChangeKind.ORPHANS:
             rows = _orphan_rows(orphans)
             self._loaded_meta["orphans"] = rows
@@ -676,7 +675,7 @@ class Store:
         cgroups = list(changed)
         set_ids = set(sets)
 
-        ops = []
+        ops: list[Op] = []
         for proc in processes:
             cgroups.extend(self._process_ops(proc, ops))
             owned = self._core.find_mm_set_locked(proc)
