@@ -41,6 +41,7 @@ import hashlib
 import os
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -182,11 +183,19 @@ class KernelHierarchy:
         return self.processes.cgroup(pid, self.name)
 
 
-def remove_hierarchy(name: str) -> list[str]:
+def remove_hierarchy(name: str, *, timeout: float = 5.0) -> list[str]:
     """Remove every cgroup of the named hierarchy ``name`` that holds no process, children
     first, so that the kernel drops the hierarchy once it holds none; returns the paths left
     (cgroups with processes). For tests and for an admin retiring a state. ``OSError`` if it
-    cannot be mounted."""
+    cannot be mounted.
+
+    The kernel drops a hierarchy when its last mount goes while its root has no child, some
+    tens of milliseconds later; but a child just removed is still on that list, so the unmount
+    that follows the removals keeps the hierarchy, for good. So when nothing was left, it is
+    mounted and unmounted once more and waited for, again until the kernel no longer lists it
+    (``timeout`` seconds at most). A mount must not come while the hierarchy is dying: the
+    kernel would wait for the end and make a new one of the same name. Every hierarchy left
+    behind costs each ``fork`` and each read of ``/proc/PID/cgroup`` on the machine."""
     with tempfile.TemporaryDirectory(prefix="ioasids-membership-") as where:
         hierarchy = KernelHierarchy(name, Path(where) / MOUNT_NAME)
         hierarchy.mount()
@@ -199,7 +208,22 @@ def remove_hierarchy(name: str) -> list[str]:
                     left.append(path)
         finally:
             hierarchy.unmount()
+        deadline = time.monotonic() + timeout
+        wait = 0.1  # a drop takes some tens of milliseconds; a removed child's end, longer
+        while not left and hierarchy_exists(name) and time.monotonic() < deadline:
+            hierarchy.mount()  # no child now: this mount's end drops it
+            hierarchy.unmount()
+            dropped_by = min(deadline, time.monotonic() + wait)
+            while hierarchy_exists(name) and time.monotonic() < dropped_by:
+                time.sleep(0.01)  # the kernel tells nothing when it is gone
+            wait *= 2
         return sorted(left)
+
+
+def hierarchy_exists(name: str) -> bool:
+    """Whether the kernel has the named cgroup-v1 hierarchy ``name`` (every process has a
+    line for it in ``/proc/PID/cgroup``)."""
+    return ProcessSource().cgroup(os.getpid(), name) is not None
 
 
 class FollowedHierarchy:

@@ -16,7 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from ioasidsd.daemon.membership import KernelHierarchy, hierarchy_name
+from ioasidsd.daemon.membership import (
+    KernelHierarchy,
+    hierarchy_exists,
+    hierarchy_name,
+    remove_hierarchy,
+)
 from ioasidsd.host import ProcessSource
 
 from .daemons import BIN, Daemon, pids, read, wait_until
@@ -126,6 +131,20 @@ def test_an_emptied_hierarchy_is_seeded_from_the_state(daemons, forkers):
     d.start()
     assert kernel_cgroup(d, proc.pid) == "/a"
     assert pids(d.mount / "a" / "cgroup.procs") == [proc.pid]
+
+
+def test_a_retired_hierarchy_is_gone_from_the_kernel(daemons):
+    """``remove_hierarchy`` after a daemon that made cgroups has stopped: the kernel no longer
+    has the hierarchy, though it keeps one whose last unmount comes right after the removal of
+    its last child (the child is freed later)."""
+    d = kernel_mode(daemons())
+    for path in ("a", "a/b", "c"):
+        (d.mount / path).mkdir()
+    assert d.stop() == 0
+    name = hierarchy_name(d.state)
+    assert hierarchy_exists(name)  # kept across the stop, with its cgroups
+    assert remove_hierarchy(name) == []
+    assert not hierarchy_exists(name)
 
 
 def test_a_kept_hierarchy_wins_over_the_state(daemons, forkers):
