@@ -147,12 +147,14 @@ class ProcessSource:
         return ProcessFacts(pid, stat.start_time, uids, tgid, threads, _movable(stat),
                             stat.ppid, stat.pgid, stat.sid)
 
-    def identity(self, pid: int) -> tuple[int, float]:
-        """``(tgid, start_time)`` of ``facts(pid)``: what finds the tracked process of
-        ``pid``; ``ESRCH`` as ``facts``. A source that knows them without building the whole
-        ``ProcessFacts`` (the experiments' simulated processes) answers cheaper."""
+    def identity(self, pid: int) -> tuple[int, float, ProcessFacts | None]:
+        """``(tgid, start_time, facts)`` of ``facts(pid)``: what finds the tracked process of
+        ``pid``, and the whole ``ProcessFacts`` when they had to be read for it (here: always),
+        so that placing a process that is not tracked reads ``/proc`` once. A source that
+        knows the two without building the whole (the experiments' simulated processes)
+        answers cheaper, with ``None``. ``ESRCH`` as ``facts``."""
         facts = self.facts(pid)
-        return facts.tgid, facts.start_time
+        return facts.tgid, facts.start_time, facts
 
     def alive(self, pid: int, start_time: float) -> bool:
         """Whether the process ``pid`` that started at ``start_time`` still runs (a zombie, which

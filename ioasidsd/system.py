@@ -458,7 +458,10 @@ class System:
     # ------------------------------------------------------------------ processes
     def process(self, pid: int) -> Process:
         """The model's process for a real ``pid`` (tracked in the root if new). ``ESRCH``."""
-        facts = self.processes.facts(pid)
+        return self._process(pid, self.processes.facts(pid))
+
+    def _process(self, pid: int, facts: ProcessFacts) -> Process:
+        """``process`` of ``pid`` whose ``facts`` the caller has just read."""
         with self.lock:
             proc = self.cgroups.process(facts.tgid)
             if proc is not None and proc.start_time == facts.start_time:
@@ -732,9 +735,9 @@ class System:
             for child in reversed(chain):
                 self.fork(parent_pid, child.pid, child.start_time)
                 parent_pid = child.pid
-            return self.process(leader.pid)
+            return self._process(leader.pid, leader)
         if ancestor is not None or (exact and not orphaned):
-            return self.process(leader.pid)
+            return self._process(leader.pid, leader)
         # the chain reaches init, and the forks that made it may not all have been seen
         cgroup, why = self._origin(leader)
         if not exact and not orphaned:
@@ -906,7 +909,7 @@ class System:
         if self.kernel is None:
             # a tracked process (every tenant of an experiment, most clients of the socket):
             # found, as ``ioasid_process`` finds it, and its file opened under one hold
-            tgid, start_time = self.processes.identity(pid)
+            tgid, start_time, facts = self.processes.identity(pid)
             lock = self.lock
             hold(lock)  # not ``with``: a tenant's every call (see ``ioasidsd.model.modellock``)
             try:
@@ -923,7 +926,7 @@ class System:
                 let_go(lock)
                 if self._due or lock.after_when:
                     lock.finish_all()
-            proc = self._ioasid_place(pid, self.processes.facts(pid))
+            proc = self._ioasid_place(pid, facts or self.processes.facts(pid))
         else:
             proc = self.ioasid_process(pid)
         with self.lock:

@@ -41,11 +41,11 @@ class SimulatedProcesses(ProcessSource):
             raise IoasidError(ESRCH, f"no simulated process {pid}")
         return ProcessFacts(pid, start, (0, 0, 0), pid, 1, True, 1, pid, pid)
 
-    def identity(self, pid: int) -> tuple[int, float]:
+    def identity(self, pid: int) -> tuple[int, float, ProcessFacts | None]:
         start = self.start_times.get(pid)
         if start is None:
             raise IoasidError(ESRCH, f"no simulated process {pid}")
-        return pid, start
+        return pid, start, None
 
     def alive(self, pid: int, start_time: float) -> bool:
         return self.start_times.get(pid) == start_time

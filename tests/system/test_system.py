@@ -37,6 +37,19 @@ def test_open_reports_the_set_and_process(system) -> None:
     assert s.cgroups.process(10) is f.opener  # tracked (in the root) from now on
 
 
+def test_the_first_open_of_an_untracked_process_reads_it_once(monkeypatch, system) -> None:
+    """The lookup of the opener and its placing share one reading of its facts
+    (``ProcessSource.identity`` hands them on, ``place`` keeps them); it is tracked after."""
+    s, procs, _changes = system
+    procs.add(10)
+    reads: list[int] = []
+    facts = procs.facts
+    monkeypatch.setattr(procs, "facts", lambda pid: reads.append(pid) or facts(pid))
+    first = s.ioasid_open(10)
+    assert reads == [10]
+    assert s.cgroups.process(10) is first.opener
+
+
 def test_open_of_unknown_pid_esrch(system) -> None:
     s, _procs, changes = system
     with pytest.raises(IoasidError) as info:
