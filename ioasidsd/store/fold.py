@@ -168,6 +168,11 @@ class _SetRows:
         self.groups = groups
 
 
+_MERGE_REACH = 64
+"""How many steps back ``FoldPlan`` looks for a run given again (a batch is cut into 64
+slices at most)."""
+
+
 class FoldPlan:
     """Records coalesced into the writes that give the database the state of the last one.
 
@@ -250,12 +255,14 @@ class FoldPlan:
         """A run of IOASIDs given alike. The same run given again since the last step of
         another kind (a batch's slice freed after it was allocated) takes the new fields in
         its step, unless a step after it overlaps it: the last state of its rows wins, at the
-        cost of a step, not of a step per ID."""
+        cost of a step, not of a step per ID. Only the last ``_MERGE_REACH`` steps are looked
+        at, so that a fold of many runs costs linear time: an older run given again is a new
+        step (applied after, so still the last state)."""
         steps = self.steps
         if steps and steps[-1].__class__ is not _RunRows:
             self._runs.clear()
         at = self._runs.get(run)
-        if at is not None:
+        if at is not None and len(steps) - at <= _MERGE_REACH:
             first, last = run
             if not any(step.first <= last and first <= step.last  # type: ignore[union-attr]
                        for step in steps[at + 1:]):

@@ -117,3 +117,25 @@ def test_a_batch_made_and_freed_within_one_fold_costs_a_step_per_slice(tmp_path)
         assert fold_into(store, plan) == {}
     finally:
         store.close()
+
+
+def test_runs_given_again_far_back_still_fold_to_their_last_state(tmp_path):
+    """300 slices allocated, all freed, then the first 100 allocated again with other fields:
+    runs given again more than ``_MERGE_REACH`` steps back are steps of their own (a fold of
+    many slices costs linear time), and every ID still ends as its last run says."""
+    store = Store.open(tmp_path)
+    try:
+        live = (7, 1, 1, 5, None, 1, True, None)
+        again = (7, 2, 1, 5, 3, 0, False, None)
+        slices = [array("I", range(first, first + 16)) for first in range(0, 4800, 16)]
+        plan = FoldPlan()
+        for fields, chosen in ((live, slices), (None, slices), (again, slices[:100])):
+            for ids in chosen:
+                plan.add([(IOASIDS, 7, fields, ids_bytes(ids))])
+        assert len(plan.steps) > len(slices)  # not all merged: only the reach is looked at
+        expected = {i: (i, *again) for ids in slices[:100] for i in ids}
+        assert fold_into(store, plan) == {i: tuple(int(v) if isinstance(v, bool) else v
+                                                   for v in row)
+                                          for i, row in expected.items()}
+    finally:
+        store.close()
