@@ -358,12 +358,19 @@ class Followed:
         return self.procs(path)
 
 
-def following(units, default: str):
-    """A manager whose system follows a ``Followed`` host, with the manager's hook."""
+def following(units, default: str, placed: dict[str, set[int]] | None = None):
+    """A manager whose system follows a ``Followed`` host, with the manager's hook;
+    ``placed``: where the host has which processes, each made to exist (started at 1.0).
+    Returns the manager, the system, the log, the host and the fake processes."""
     mgr, system, log = manager(units, default)
     system.kernel = host = Followed()
     system.realise_followed = mgr.realise_followed
-    return mgr, system, log, host
+    processes = system.processes
+    assert isinstance(processes, FakeProcesses)
+    for path, pids in (placed or {}).items():
+        host.host[path] = set(pids)
+        processes.live.update(dict.fromkeys(pids, 1.0))
+    return mgr, system, log, host, processes
 
 
 def test_cgroups_made_by_following_get_their_units_limits(units):
@@ -372,12 +379,9 @@ def test_cgroups_made_by_following_get_their_units_limits(units):
     no unit the knobs' limit for a new cgroup, as a mkdir would."""
     write(units["etc"] / "machine.slice", "[Slice]\nIOASIDsMax=400\n")
     write(units["lib"] / "machine-.slice.d" / "10-vms.conf", "[Slice]\nIOASIDsMax=25%\n")
-    mgr, system, log, host = following(units, "30")
-    processes = system.processes
-    assert isinstance(processes, FakeProcesses)
-    processes.live.update({101: 1.0, 102: 1.0})
-    host.host = {"/machine.slice/machine-qemu.slice/vm1.scope": {101},
-                 "/machine.slice/machine-qemu.slice/vm1.scope/payload": {102}}
+    mgr, system, log, _, _ = following(units, "30", {
+        "/machine.slice/machine-qemu.slice/vm1.scope": {101},
+        "/machine.slice/machine-qemu.slice/vm1.scope/payload": {102}})
     for pid in (101, 102):
         assert system.sync_member(pid) is not None
     assert limit(system, "/machine.slice") == 400
@@ -393,11 +397,7 @@ def test_cgroups_made_by_following_get_their_units_limits(units):
 
 def test_a_followed_slice_whose_unit_is_bad_is_made_and_shown_failed(units):
     write(units["etc"] / "tenant.slice", "[Slice]\nIOASIDsMax=lots\n")
-    mgr, system, log, host = following(units, "infinity")
-    processes = system.processes
-    assert isinstance(processes, FakeProcesses)
-    processes.live[7] = 1.0
-    host.host = {"/tenant.slice/job.scope": {7}}
+    mgr, system, log, _, _ = following(units, "infinity", {"/tenant.slice/job.scope": {7}})
     proc = system.sync_member(7)
     assert proc is not None and proc.cgroup.path == "/tenant.slice/job.scope"
     made = system.knobs.new_cgroup_max
@@ -410,11 +410,8 @@ def test_a_followed_slice_whose_unit_is_bad_is_made_and_shown_failed(units):
 def test_cgroups_made_by_following_go_when_the_hosts_go(units):
     """Only what following made, once empty and gone from the host; children first, and a
     cgroup someone made here keeps its parents."""
-    _, system, log, host = following(units, "infinity")
-    processes = system.processes
-    assert isinstance(processes, FakeProcesses)
-    processes.live.update({1: 1.0, 2: 1.0})
-    host.host = {"/machine.slice/vm1.scope": {1}, "/machine.slice/vm2.scope": {2}}
+    _, system, log, host, processes = following(units, "infinity", {
+        "/machine.slice/vm1.scope": {1}, "/machine.slice/vm2.scope": {2}})
     for pid in (1, 2):
         system.sync_member(pid)
     system.mkdir("/admin")  # made by a mkdir: never a leftover
@@ -449,11 +446,7 @@ def test_a_slice_followed_while_units_load_stays_listed(units):
     the load's look at the tree and its new table): the slice is in the new table, not
     dropped with the old one."""
     write(units["etc"] / "early.slice", "[Slice]\nIOASIDsMax=5\n")
-    mgr, system, log, host = following(units, "infinity")
-    processes = system.processes
-    assert isinstance(processes, FakeProcesses)
-    processes.live[9] = 1.0
-    host.host = {"/late.slice/job.scope": {9}}
+    mgr, system, log, _, _ = following(units, "infinity", {"/late.slice/job.scope": {9}})
     read = mgr._read
     followed = []
 
@@ -473,12 +466,8 @@ def test_a_slice_followed_while_units_load_stays_listed(units):
 def test_the_reaper_leaves_scopes_made_by_following_to_the_host(units):
     """An empty scope following made goes when the host's goes (the scan), not when its last
     process leaves, nor at the start's sweep."""
-    mgr, system, log, host = following(units, "infinity")
+    mgr, system, log, host, processes = following(units, "infinity", {"/w.slice/vm.scope": {5}})
     system.on_change = mgr.note_change
-    processes = system.processes
-    assert isinstance(processes, FakeProcesses)
-    processes.live[5] = 1.0
-    host.host = {"/w.slice/vm.scope": {5}}
     system.sync_member(5)
     mgr.start()
     try:
