@@ -212,10 +212,13 @@ def drop_membership(state: Path) -> None:
     if not hierarchy_exists(name):
         return
     try:
-        left = remove_hierarchy(name)
+        # a removed cgroup is freed once the last process that was in it is reaped: an orphan
+        # waits for init, which may be slow on a busy machine
+        left = remove_hierarchy(name, timeout=15)
     except OSError:
         return
-    assert left or not hierarchy_exists(name), f"the kernel kept the hierarchy name={name}"
+    assert left or not hierarchy_exists(name), \
+        f"the kernel kept the hierarchy name={name} (a process that was in it not reaped?)"
 
 
 FORKER = r"""
