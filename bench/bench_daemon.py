@@ -31,6 +31,7 @@ printed.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import signal
@@ -43,6 +44,8 @@ import time
 from pathlib import Path
 
 import against
+
+from ioasidsd.daemon.membership import retire_hierarchy
 
 BIN = Path(sys.executable).parent
 REFERENCE = ("import sqlite3, psutil, pyroute2, structlog, cgroupfs, ioasidsd.daemon.app, "
@@ -214,6 +217,10 @@ def main() -> None:
         for p in owners:
             p.kill()
             p.wait()
+        for state in base.iterdir():  # each daemon's hierarchy: the kernel keeps them
+            if state.is_dir():
+                with contextlib.suppress(OSError):
+                    retire_hierarchy(state)
         shutil.rmtree(base, ignore_errors=True)
 
 

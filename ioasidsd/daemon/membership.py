@@ -220,6 +220,18 @@ def remove_hierarchy(name: str, *, timeout: float = 5.0) -> list[str]:
         return sorted(left)
 
 
+def retire_hierarchy(state_dir: Path, *, timeout: float = 5.0) -> list[str] | None:
+    """``remove_hierarchy`` of the hierarchy that keeps the members of the state in
+    ``state_dir`` (``hierarchy_name``), when the kernel has it: the paths left (cgroups with
+    processes), or ``None`` when there was no such hierarchy. For a state no daemon runs on
+    (a daemon's next start on it makes the hierarchy again). ``OSError`` as
+    ``remove_hierarchy``."""
+    name = hierarchy_name(state_dir)
+    if not hierarchy_exists(name):
+        return None
+    return remove_hierarchy(name, timeout=timeout)
+
+
 def hierarchy_exists(name: str) -> bool:
     """Whether the kernel has the named cgroup-v1 hierarchy ``name`` (every process has a
     line for it in ``/proc/PID/cgroup``)."""

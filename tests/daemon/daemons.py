@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from cgroupfs import fuse_unavailable
-from ioasidsd.daemon.membership import hierarchy_exists, hierarchy_name, remove_hierarchy
+from ioasidsd.daemon.membership import hierarchy_exists, hierarchy_name, retire_hierarchy
 
 BIN = Path(sys.executable).parent
 TIMEOUT = 30.0
@@ -208,16 +208,14 @@ def drop_membership(state: Path) -> None:
     members in (it outlives the daemon), so that the kernel drops it. ``AssertionError`` if
     the kernel still has it with nothing left in it: every hierarchy left behind slows each
     ``fork`` and each read of ``/proc/PID/cgroup`` on the machine, every later test's too."""
-    name = hierarchy_name(state)
-    if not hierarchy_exists(name):
-        return
     try:
         # a removed cgroup is freed once the last process that was in it is reaped: an orphan
         # waits for init, which may be slow on a busy machine
-        left = remove_hierarchy(name, timeout=15)
+        left = retire_hierarchy(state, timeout=15)
     except OSError:
         return
-    assert left or not hierarchy_exists(name), \
+    name = hierarchy_name(state)
+    assert left is None or left or not hierarchy_exists(name), \
         f"the kernel kept the hierarchy name={name} (a process that was in it not reaped?)"
 
 

@@ -20,7 +20,7 @@ from ioasidsd.daemon.membership import (
     KernelHierarchy,
     hierarchy_exists,
     hierarchy_name,
-    remove_hierarchy,
+    retire_hierarchy,
 )
 from ioasidsd.host import ProcessSource
 
@@ -134,7 +134,7 @@ def test_an_emptied_hierarchy_is_seeded_from_the_state(daemons, forkers):
 
 
 def test_a_retired_hierarchy_is_gone_from_the_kernel(daemons):
-    """``remove_hierarchy`` after a daemon that made cgroups has stopped: the kernel no longer
+    """``retire_hierarchy`` after a daemon that made cgroups has stopped: the kernel no longer
     has the hierarchy, though it keeps one whose last unmount comes right after the removal of
     its last child (the child is freed later)."""
     d = kernel_mode(daemons())
@@ -143,8 +143,9 @@ def test_a_retired_hierarchy_is_gone_from_the_kernel(daemons):
     assert d.stop() == 0
     name = hierarchy_name(d.state)
     assert hierarchy_exists(name)  # kept across the stop, with its cgroups
-    assert remove_hierarchy(name) == []
+    assert retire_hierarchy(d.state) == []  # ``remove_hierarchy`` of the state's hierarchy
     assert not hierarchy_exists(name)
+    assert retire_hierarchy(d.state) is None  # none left to remove
 
 
 def test_a_kept_hierarchy_wins_over_the_state(daemons, forkers):
