@@ -190,12 +190,14 @@ def remove_hierarchy(name: str, *, timeout: float = 5.0) -> list[str]:
     cannot be mounted.
 
     The kernel drops a hierarchy when its last mount goes while its root has no child, some
-    tens of milliseconds later; but a child just removed is still on that list, so the unmount
-    that follows the removals keeps the hierarchy, for good. So when nothing was left, it is
-    mounted and unmounted once more and waited for, again until the kernel no longer lists it
-    (``timeout`` seconds at most). A mount must not come while the hierarchy is dying: the
-    kernel would wait for the end and make a new one of the same name. Every hierarchy left
-    behind costs each ``fork`` and each read of ``/proc/PID/cgroup`` on the machine."""
+    tens of milliseconds later; but a child just removed is still on that list until it is
+    freed (after the last process that was in it is reaped), so the unmount that follows the
+    removals may keep the hierarchy, for good. So when nothing was left, the drop is waited
+    for, and a hierarchy still there is mounted and unmounted once more and waited for again,
+    until the kernel no longer lists it (``timeout`` seconds at most). The waits come first and
+    grow: a mount that comes while the hierarchy is dying waits for its end and makes a new
+    one of the same name (which its unmount drops again). Every hierarchy left behind costs
+    each ``fork`` and each read of ``/proc/PID/cgroup`` on the machine."""
     with tempfile.TemporaryDirectory(prefix="ioasids-membership-") as where:
         hierarchy = KernelHierarchy(name, Path(where) / MOUNT_NAME)
         hierarchy.mount()
@@ -210,12 +212,14 @@ def remove_hierarchy(name: str, *, timeout: float = 5.0) -> list[str]:
             hierarchy.unmount()
         deadline = time.monotonic() + timeout
         wait = 0.1  # a drop takes some tens of milliseconds; a removed child's end, longer
-        while not left and hierarchy_exists(name) and time.monotonic() < deadline:
-            hierarchy.mount()  # no child now: this mount's end drops it
-            hierarchy.unmount()
+        while not left:
             dropped_by = min(deadline, time.monotonic() + wait)
             while hierarchy_exists(name) and time.monotonic() < dropped_by:
                 time.sleep(0.01)  # the kernel tells nothing when it is gone
+            if not hierarchy_exists(name) or time.monotonic() >= deadline:
+                break
+            hierarchy.mount()  # kept, not dying: no child now, so this mount's end drops it
+            hierarchy.unmount()
             wait *= 2
         return sorted(left)
 
