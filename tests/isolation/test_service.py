@@ -45,7 +45,10 @@ if kind == "control":                 # one process, many connections
             s.sendall(b'{"verb": "status"}\n')
         except OSError:
             pass                      # refused: the answer is waiting to be read
-        line = s.makefile("rb").readline()
+        try:
+            line = s.makefile("rb").readline()
+        except OSError as exc:        # a timeout too: counted
+            line = json.dumps({"ok": False, "error": type(exc).__name__}).encode()
         reply = json.loads(line) if line else {"ok": False, "error": "no answer"}
         key = "ok" if reply["ok"] else reply["error"]
         answers[key] = answers.get(key, 0) + 1
@@ -54,10 +57,14 @@ else:                                 # /dev/ioasid: one open file per process
     for _ in range(count):
         if os.fork() == 0:
             os.close(r)
-            sock = connect()             # kept open until this process ends
-            greeting = sock.recv(8)
-            ret = int.from_bytes(greeting[:4], "little", signed=True) if greeting else None
-            key = "ok" if ret == 0 else f"errno {-ret}" if ret is not None else "no answer"
+            try:
+                sock = connect()         # kept open until this process ends
+                greeting = sock.recv(8)
+            except OSError as exc:       # a timeout too: counted, so that the parent ends
+                key = f"{type(exc).__name__}"
+            else:
+                ret = int.from_bytes(greeting[:4], "little", signed=True) if greeting else None
+                key = "ok" if ret == 0 else f"errno {-ret}" if ret is not None else "no answer"
             os.write(w, (key + "\n").encode())
             sys.stdin.read()          # hold the connection until told to go
             os._exit(0)
