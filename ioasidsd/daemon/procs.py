@@ -202,11 +202,15 @@ class _Supervised:
         self.state, self.reason = "degraded", reason
 
     def _recovered(self) -> None:
+        """Say the tracker follows processes again; who waits on ``handled`` is woken (the
+        next event may be long in coming on a quiet machine)."""
         if self.state == "degraded":
             self.restarts += 1
             self.log.warning("process tracking resynchronised", mode=self.mode,
                              was=self.reason, restarts=self.restarts)
-        self.state, self.reason = "ok", None
+        with self.handled:
+            self.state, self.reason = "ok", None
+            self.handled.notify_all()
 
     def _resync(self, since: float) -> None:
         """Catch up with ``/proc``: release the gone, adopt the children born since ``since``,

@@ -233,6 +233,25 @@ def test_a_failed_tracker_is_restarted_and_says_degraded_meanwhile(forker):
         tracker.stop()
 
 
+@pytest.mark.parametrize("kind", [ConnectorTracker, PollTracker])
+def test_a_recovery_wakes_whoever_waits_on_the_tracker(kind):
+    """``handled`` is notified when a tracker follows processes again, with the new state in
+    place: a waiter for the recovery does not wait for the next process event, which a quiet
+    machine may not send for a long time."""
+    tracker = kind(System(), Recording())
+    tracker._degrade("OSError: the socket broke")
+    woken: list[tuple[str, int]] = []
+    notify_all = tracker.handled.notify_all
+
+    def noting() -> None:
+        woken.append((tracker.state, tracker.restarts))
+        notify_all()
+
+    tracker.handled.notify_all = noting  # type: ignore[method-assign]
+    tracker._recovered()
+    assert woken == [("ok", 1)]
+
+
 def test_settle_waits_for_the_events_before_it(forker):
     """After ``settle`` returns ``True``, a fork that happened before the call has been
     followed (no waiting for the tracker by other means)."""
