@@ -105,14 +105,17 @@ def dask_cluster(tmp_path: Path) -> Iterator[str]:
             client.wait_for_workers(2, timeout=60)
         yield address
     finally:
-        for proc in reversed(procs):
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        # the workers first, while their scheduler still answers their goodbye (a worker
+        # whose scheduler is gone retries it for seconds), then the scheduler
+        for group in (procs[1:], procs[:1]):
+            for proc in group:
+                proc.terminate()
+            for proc in group:
+                try:
+                    proc.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
 
 
 def test_scheduler_runs_tasks_elsewhere_with_the_same_results(tmp_path: Path,
