@@ -215,7 +215,7 @@ def drop_membership(state: Path) -> None:
     except OSError:
         return
     name = hierarchy_name(state)
-    assert left is None or left or not hierarchy_exists(name), \
+    assert left or not hierarchy_exists(name), \
         f"the kernel kept the hierarchy name={name} (a process that was in it not reaped?)"
 
 

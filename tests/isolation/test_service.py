@@ -48,9 +48,10 @@ if kind == "control":                 # one process, many connections
         try:
             line = s.makefile("rb").readline()
         except OSError as exc:        # a timeout too: counted
-            line = json.dumps({"ok": False, "error": type(exc).__name__}).encode()
-        reply = json.loads(line) if line else {"ok": False, "error": "no answer"}
-        key = "ok" if reply["ok"] else reply["error"]
+            key = type(exc).__name__
+        else:
+            reply = json.loads(line) if line else {"ok": False, "error": "no answer"}
+            key = "ok" if reply["ok"] else reply["error"]
         answers[key] = answers.get(key, 0) + 1
 else:                                 # /dev/ioasid: one open file per process
     r, w = os.pipe()
@@ -61,7 +62,7 @@ else:                                 # /dev/ioasid: one open file per process
                 sock = connect()         # kept open until this process ends
                 greeting = sock.recv(8)
             except OSError as exc:       # a timeout too: counted, so that the parent ends
-                key = f"{type(exc).__name__}"
+                key = type(exc).__name__
             else:
                 ret = int.from_bytes(greeting[:4], "little", signed=True) if greeting else None
                 key = "ok" if ret == 0 else f"errno {-ret}" if ret is not None else "no answer"
