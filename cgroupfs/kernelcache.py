@@ -39,6 +39,17 @@ Contract:
   from the table at once, under the model's lock, before the change returns; a rename or a
   ``sync`` forgets everything (the paths below a renamed cgroup changed). So whatever the
   table answers is held, and no older than the last change.
+* Directory entries (a name's lookup) are kept for ``ENTRY_TIMEOUT``: a name the kernel was
+  told of (``note``) is *known* until the tree loses it. The tree loses names only by changes
+  the ``System`` reports to ``on_names_change`` (``names_changed``: a cgroup removed or renamed,
+  files a cgroup no longer has after a ``cgroup.subtree_control`` or ``cgroup.type`` write);
+  each known name lost waits for ``flush`` as the paths do, which tells the kernel to drop the
+  entry (``fuse_lowlevel_notify_inval_entry`` on the directory's inode, whose number is the
+  libfuse node id: the mount does not pass ``use_ino``). A removal or rename the kernel itself
+  asked for (``kernel_moves``: the mount's own ``rmdir`` and ``rename``) is not notified: the
+  kernel updates that entry itself, and holds the directory's lock while it waits for the
+  answer, so a notification then would wait for ever. The rest of the feed does not reach
+  ``names_changed``: knowing names costs the charge path nothing.
 * Nothing is held, and nothing invalidated, before ``attach`` (libfuse's ``init``) nor after
   ``detach``, which the mount calls when libfuse's loop ends, before libfuse tears the session
   down (a notification after that would read freed memory): ``detach`` waits for an
@@ -47,12 +58,16 @@ Contract:
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
+import os
+import struct
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import Protocol
 
+from cgroupfs import files
 from ioasidsd.model.changes import Change, ChangeKind
 from ioasidsd.model.hierarchy import Cgroup
 from ioasidsd.system import System
@@ -61,9 +76,39 @@ ATTR_TIMEOUT = 3600.0
 """Seconds the kernel may keep attributes: every change to them is notified, so this only bounds
 what a missed notification could cost."""
 
+ENTRY_TIMEOUT = 3600.0
+"""Seconds the kernel may keep a directory entry: every name the tree loses is notified but
+those the kernel removed itself, so this only bounds what a missed notification could cost."""
+
 _libfuse = ctypes.CDLL(ctypes.util.find_library("fuse3") or "libfuse3.so.3")
 _libfuse.fuse_invalidate_path.argtypes = (ctypes.c_void_p, ctypes.c_char_p)
 _libfuse.fuse_invalidate_path.restype = ctypes.c_int
+_libfuse.fuse_get_session.argtypes = (ctypes.c_void_p,)
+_libfuse.fuse_get_session.restype = ctypes.c_void_p
+_libfuse.fuse_lowlevel_notify_inval_entry.argtypes = (ctypes.c_void_p, ctypes.c_uint64,
+                                                      ctypes.c_char_p, ctypes.c_size_t)
+_libfuse.fuse_lowlevel_notify_inval_entry.restype = ctypes.c_int
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+_libc.statx.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_uint,
+                        ctypes.c_void_p)
+_libc.statx.restype = ctypes.c_int
+_AT_FDCWD = -100
+_AT_SYMLINK_NOFOLLOW = 0x100
+_AT_STATX_DONT_SYNC = 0x4000  # what the kernel has: no request to this server
+_STATX_INO = 0x100
+_STX_INO_OFFSET = 32  # struct statx: mask, blksize, attributes, nlink, uid, gid, mode, pad
+
+
+def kernel_inode(path: str) -> int | None:
+    """The inode number the kernel gives ``path`` (on the mount: the libfuse node id), read
+    from what it has without asking the server for attributes; ``None`` if there is none."""
+    buf = ctypes.create_string_buffer(256)
+    if _libc.statx(_AT_FDCWD, os.fsencode(path), _AT_SYMLINK_NOFOLLOW | _AT_STATX_DONT_SYNC,
+                   _STATX_INO, buf) != 0:
+        return None
+    ino: int = struct.unpack_from("Q", buf, _STX_INO_OFFSET)[0]
+    return ino
 
 
 DIRECTORY_KINDS = frozenset({ChangeKind.MKDIR, ChangeKind.RMDIR, ChangeKind.RENAME,
@@ -105,7 +150,7 @@ class KernelCache:
         self._held: dict[Cgroup, int] = {}  # the held names of each cgroup, as bits
         self._bits: dict[str, int] = {"": 1}  # a name's bit ("": the directory)
         self._names: list[str] = [""]  # the name of each bit
-        self._pending: dict[int, list[str]] = {}
+        self._pending: dict[int, list[str | tuple[str, str]]] = {}  # paths, entries
         self._lock = threading.Lock()  # _held, and which on_change is installed
         self._fuse: int | None = None
         self._fuse_lock = threading.Lock()  # the fuse pointer's lifetime
@@ -115,12 +160,21 @@ class KernelCache:
         """Where what the kernel is told is also published (the mount's C handlers), if any."""
         self.invalidations = 0
         """Paths invalidated so far (for tests and benchmarks)."""
+        self.mountpoint: str | None = None
+        """Where the mount is (set by it before it is served): where a directory's inode is
+        found (``kernel_inode``) to drop an entry in it."""
+        self._known: dict[Cgroup, int] = {}  # the names of each cgroup the kernel was told of
+        self._local = threading.local()  # ``kernel_moves``
+        self.entry_invalidations = 0
+        """Directory entries the kernel was told to drop so far (for tests)."""
 
     # ------------------------------------------------------------------ life cycle
     def attach(self, fuse: int | None) -> None:
         """The mount is served by ``fuse`` (from ``init``): start invalidating."""
         with self._fuse_lock:
             self._fuse = fuse
+        with self.system.lock:
+            self.system.on_names_change = self.names_changed
         self.system.lock.after_release(self.flush, self._pending)
 
     def detach(self) -> None:
@@ -130,8 +184,11 @@ class KernelCache:
             self._fuse = None
         with self.system.lock:
             self.system.lock.after_release(None)
+            if self.system.on_names_change == self.names_changed:
+                self.system.on_names_change = None
             with self._lock:
                 self._held.clear()
+                self._known.clear()
                 self._epoch += 1
                 if self.published is not None:
                     self.published.clear()
@@ -163,6 +220,8 @@ class KernelCache:
                     self._install()
             else:
                 self._held[cg] = held | bit
+            known = self._known
+            known[cg] = known.get(cg, 0) | bit
             return self._epoch
 
     def publish(self, cg: Cgroup, name: str, ticket: int | None, stat: dict[str, int],
@@ -244,6 +303,51 @@ class KernelCache:
         if paths:
             self._pending.setdefault(threading.get_ident(), []).extend(paths)
 
+    @contextlib.contextmanager
+    def kernel_moves(self) -> Iterator[None]:
+        """The calling thread serves the kernel's own ``rmdir`` or ``rename``: the entry it
+        removes or moves is not notified (see the module)."""
+        self._local.moving = True
+        try:
+            yield
+        finally:
+            self._local.moving = False
+
+    def names_changed(self, change: Change) -> None:
+        """The tree lost names (``System.on_names_change``, under the model's lock): the known
+        ones wait for ``flush``, which drops their entries (see the module)."""
+        lost: list[tuple[str, str]] = []  # (directory, name)
+        kind = change.kind
+        with self._lock:
+            if self._fuse is None:
+                return
+            known = self._known
+            if kind is ChangeKind.RMDIR or kind is ChangeKind.RENAME:
+                cg = change.cgroups[0]
+                bits = known.pop(cg, 0) if kind is ChangeKind.RMDIR else known.get(cg, 0)
+                if bits & 1 and change.path and not getattr(self._local, "moving", False):
+                    directory, _, name = change.path.rpartition("/")
+                    lost.append((directory or "/", name))
+            else:
+                names = self._names
+                for cg in change.cgroups:
+                    bits = known.get(cg, 0) & ~1
+                    if not bits:
+                        continue
+                    has = files.files_of(self.system, cg)
+                    gone = 0
+                    while bits:
+                        low = bits & -bits
+                        bits ^= low
+                        name = names[low.bit_length() - 1]
+                        if name not in has:
+                            gone |= low
+                            lost.append((cg.path, name))
+                    if gone:
+                        known[cg] &= ~gone
+        if lost:
+            self._pending.setdefault(threading.get_ident(), []).extend(lost)
+
     def _altered(self, change: Change) -> Iterator[tuple[Cgroup, bool]]:
         """The cgroups whose files ``change`` may have altered (see the module), each with
         whether it is named or the parent of one named (whose directory it may alter)."""
@@ -263,10 +367,39 @@ class KernelCache:
     def flush(self) -> None:
         """Invalidate the paths this thread's changes left waiting (without the model's lock;
         see the module)."""
-        paths = self._pending.pop(threading.get_ident(), None)
-        if not paths:
+        waiting = self._pending.pop(threading.get_ident(), None)
+        if not waiting:
             return
-        self.invalidate(paths)
+        paths = [item for item in waiting if type(item) is str]
+        if paths:
+            self.invalidate(paths)
+        if len(paths) < len(waiting):
+            self.drop_entries([item for item in waiting if type(item) is tuple])
+
+    def drop_entries(self, entries: list[tuple[str, str]]) -> None:
+        """Tell the kernel to drop its entries ``(directory, name)`` (paths on the mount),
+        whether it has them or not; nothing when not serving. Without the model's lock: the
+        directories' inodes are found through the kernel (``kernel_inode``), which may ask
+        this server."""
+        mountpoint = self.mountpoint
+        if mountpoint is None or self._fuse is None:
+            return
+        inodes: dict[str, int | None] = {}
+        for directory, _ in entries:
+            if directory not in inodes:
+                inodes[directory] = kernel_inode(mountpoint.rstrip("/") + directory)
+        with self._fuse_lock:
+            fuse = self._fuse
+            if fuse is None:
+                return
+            session = _libfuse.fuse_get_session(fuse)
+            for directory, name in entries:
+                inode = inodes[directory]
+                if inode is None:
+                    continue  # the kernel has not the directory, nor so its entries
+                raw = name.encode("utf-8", "surrogateescape")
+                _libfuse.fuse_lowlevel_notify_inval_entry(session, inode, raw, len(raw))
+                self.entry_invalidations += 1
 
     def invalidate(self, paths: list[str]) -> None:
         """Tell the kernel to drop what it keeps of ``paths`` (pages and attributes), whether
@@ -280,4 +413,5 @@ class KernelCache:
             self.invalidations += len(paths)
 
 
-__all__ = ["ATTR_TIMEOUT", "KernelCache", "Published", "current_fuse"]
+__all__ = ["ATTR_TIMEOUT", "ENTRY_TIMEOUT", "KernelCache", "Published", "current_fuse",
+           "kernel_inode"]

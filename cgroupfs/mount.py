@@ -37,7 +37,7 @@ import mfusepy
 import structlog
 
 from cgroupfs import fastopen, files
-from cgroupfs.kernelcache import ATTR_TIMEOUT, current_fuse
+from cgroupfs.kernelcache import ATTR_TIMEOUT, ENTRY_TIMEOUT, current_fuse
 from cgroupfs.operations import CgroupOperations
 from ioasidsd.host import mounts
 from ioasidsd.model.hierarchy import Cgroup
@@ -68,6 +68,7 @@ class CgroupMount:
         self._settled = threading.Event()  # the kernel connected, or the thread ended
         self.operations = CgroupOperations(system, on_init=self._initialised,
                                            kernel_cache=kernel_cache)
+        self.operations.cache.mountpoint = mountpoint
         self._fast: fastopen.Serving | None = None
         self._ended = threading.Event()
         self._lock = threading.Lock()
@@ -240,6 +241,7 @@ def mount(system: System, mountpoint: str, *, allow_other: bool = True,
         "foreground": True,
         "default_permissions": True,
         "attr_timeout": ATTR_TIMEOUT if kernel_cache else 1.0,
+        "entry_timeout": ENTRY_TIMEOUT if kernel_cache else 1.0,
         # read-only opens send no FLUSH on close: nothing is kept per open file
         "no_rofd_flush": True,
         "fsname": fsname,

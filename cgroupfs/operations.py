@@ -444,7 +444,7 @@ class CgroupOperations(mfusepy.Operations):
         if file is not None:
             raise IoasidError(ENOTDIR, f"{path} is a file")
         pidlists.forget_exited(self.system, cg)
-        with _caused_by(mfusepy.fuse_get_context()[0]):
+        with _caused_by(mfusepy.fuse_get_context()[0]), self.cache.kernel_moves():
             self.system.rmdir(path)
         self.events_changed(cg)  # its pollers wake (and find it gone)
         with self._events_lock:
@@ -454,7 +454,8 @@ class CgroupOperations(mfusepy.Operations):
     def rename(self, old: str, new: str) -> int:
         if self.system.cgroups.version == 2:
             raise IoasidError(EPERM, "cgroup2 has no rename")
-        with _caused_by(mfusepy.fuse_get_context()[0]), self.system.lock:
+        with _caused_by(mfusepy.fuse_get_context()[0]), self.cache.kernel_moves(), \
+                self.system.lock:
             _cg, file = self._resolve(old)
             if file is not None:
                 raise IoasidError(ENOTDIR, "only cgroups can be renamed")

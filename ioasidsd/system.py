@@ -159,6 +159,12 @@ class System:
         self._due = self.core.wq.due  # what ioasid_ioctl tests before ``lock.finish()``
         self.processes = processes or ProcessSource()
         self.on_change: Callable[[Change], None] = on_change or (lambda change: None)
+        self.on_names_change: Callable[[Change], None] | None = None
+        """Called under the lock, after ``on_change``, with each change that may remove a name
+        from the tree: a cgroup removed (``RMDIR``) or renamed (``RENAME``), or files a cgroup
+        no longer has (``CONTROL`` from ``cgroup.subtree_control`` or ``cgroup.type``). For a
+        face whose kernel keeps directory entries (``cgroupfs.kernelcache``): it follows these
+        rare changes without following the rest of the feed."""
         self.settle: Callable[[], object] = lambda: None
         """Called before an untracked process is placed: the process tracker catches up;
         ``False`` when it could not (see ``place``)."""
@@ -202,6 +208,12 @@ class System:
             self.on_change(Change(ChangeKind.MKDIR, cgroups=(cg,)))
             return cg
 
+    def _names_changed(self, change: Change) -> None:
+        """Report ``change``, one that may remove a name (see ``on_names_change``)."""
+        self.on_change(change)
+        if self.on_names_change is not None:
+            self.on_names_change(change)
+
     def rmdir(self, path: str) -> None:
         """Remove the cgroup at ``path``; see ``Hierarchy.rmdir``."""
         with self.lock:
@@ -223,7 +235,7 @@ class System:
             else:
                 self.cgroups.rmdir(cg)
             pooled = tuple(self.controller.take_pooled())
-            self.on_change(Change(ChangeKind.RMDIR, cgroups=(cg,), path=where, ids=pooled))
+            self._names_changed(Change(ChangeKind.RMDIR, cgroups=(cg,), path=where, ids=pooled))
 
     def rename(self, old: str, new: str, *, reserved_names: frozenset[str] = frozenset()) -> None:
         """Rename ``old`` to ``new`` (same parent only); see ``Hierarchy.rename``."""
@@ -239,7 +251,7 @@ class System:
                 except OSError as exc:
                     self.cgroups.rename(cg, new_parent, old_path.rpartition("/")[2])
                     raise _kernel_error(exc, f"cannot rename {old_path} in the kernel") from None
-            self.on_change(Change(ChangeKind.RENAME, cgroups=(cg,), path=old_path))
+            self._names_changed(Change(ChangeKind.RENAME, cgroups=(cg,), path=old_path))
 
     def write_max(self, path: str, data: bytes | str) -> None:
         """A write to ``ioasids.max``: parse (``EINVAL``/``ERANGE``) and grant it; on a v2
@@ -309,7 +321,7 @@ class System:
         with self.lock:
             cg = tree.lookup(path)
             if tree.set_subtree_control(cg, enable, disable):
-                self.on_change(Change(ChangeKind.CONTROL, cgroups=tuple(cg.descendants())))
+                self._names_changed(Change(ChangeKind.CONTROL, cgroups=tuple(cg.descendants())))
 
     def write_cgroup_type(self, path: str, data: bytes | str) -> None:
         """A write to ``cgroup.type`` (v2): only ``threaded`` (``EINVAL``); see
@@ -319,7 +331,7 @@ class System:
         with self.lock:
             cg = tree.lookup(path)
             if tree.set_threaded(cg):
-                self.on_change(Change(ChangeKind.CONTROL, cgroups=tuple(cg.descendants())))
+                self._names_changed(Change(ChangeKind.CONTROL, cgroups=tuple(cg.descendants())))
 
     def write_hierarchy_limit(self, path: str, name: str, data: bytes | str) -> None:
         """A write to ``cgroup.max.depth`` or ``cgroup.max.descendants`` (v2): ``max`` or a

@@ -600,3 +600,90 @@ def test_a_rewrite_after_another_faces_change_reaches_the_model(
     assert cat(limit) == limit.read_text() == "5\n"
     _write(limit, b"5\n")  # published again by that write: answered in C
     assert published.writes_served == served + 1
+
+
+# ---------------------------------------------------------------------- directory entries
+def _knows(path: Path) -> bool:
+    """Whether the kernel holds an entry for ``path`` (asking the server nothing)."""
+    from cgroupfs.kernelcache import kernel_inode
+
+    return kernel_inode(str(path)) is not None
+
+
+def test_entries_are_kept_past_libfuses_second(handle: CgroupMount) -> None:
+    from cgroupfs.kernelcache import ENTRY_TIMEOUT
+
+    if not handle.operations.kernel_cache:
+        pytest.skip("cgroupfs/_fastopen.so not built: the mount keeps entries for 1 s")
+    assert handle._options["entry_timeout"] == ENTRY_TIMEOUT > 1.0
+
+
+def test_a_cgroup_another_face_removes_leaves_the_kernel_at_once(handle: CgroupMount,
+                                                                  system: System) -> None:
+    """The kernel keeps entries for long: one the tree loses by another face (the daemon,
+    a slice stopped) is dropped before that face's call returns, and can be made again."""
+    mnt = Path(handle.mountpoint)
+    (mnt / "a" / "b").mkdir(parents=True)
+    assert (mnt / "a" / "b" / "ioasids.max").read_text() == "0\n"
+    assert _knows(mnt / "a" / "b") and _knows(mnt / "a" / "b" / "ioasids.max")
+    cache = handle.operations.cache
+    before = cache.entry_invalidations
+    system.rmdir("/a/b")
+    assert cache.entry_invalidations == before + 1
+    assert not _knows(mnt / "a" / "b")
+    assert not (mnt / "a" / "b").exists()
+    system.mkdir("/a/b")
+    assert (mnt / "a" / "b" / "ioasids.max").read_text() == "0\n"
+
+
+def test_a_cgroup_another_face_renames_is_gone_from_its_old_name(handle: CgroupMount,
+                                                                 system: System) -> None:
+    mnt = Path(handle.mountpoint)
+    (mnt / "b").mkdir()
+    assert _knows(mnt / "b")
+    system.write_max("/b", "7")
+    system.rename("/b", "/c")
+    assert not _knows(mnt / "b")
+    assert (mnt / "c" / "ioasids.max").read_text() == "7\n"
+    assert sorted(p.name for p in mnt.iterdir() if p.is_dir()) == ["c"]
+
+
+def test_the_kernels_own_rmdir_and_rename_are_not_notified(handle: CgroupMount) -> None:
+    """The kernel updates the entry of its own rmdir or rename (a notification then would wait
+    for ever on the directory's lock, held by the request being served)."""
+    mnt = Path(handle.mountpoint)
+    (mnt / "a" / "b").mkdir(parents=True)
+    (mnt / "a" / "x").mkdir()
+    cache = handle.operations.cache
+    before = cache.entry_invalidations
+    (mnt / "a" / "b").rename(mnt / "a" / "c")
+    (mnt / "a" / "x").rmdir()
+    assert cache.entry_invalidations == before
+    assert not _knows(mnt / "a" / "b") and not _knows(mnt / "a" / "x")
+    assert (mnt / "a" / "c").is_dir()
+
+
+def test_files_a_subtree_control_write_takes_away_leave_the_kernel(
+        needs_fuse: None, mountdir: Path) -> None:
+    """v2: disabling the controller in a parent takes its files from the children; a write
+    through the mount itself drops the kernel's entries of those it knew."""
+    from cgroupfs import mount
+
+    system = System(hierarchy="v2")
+    with mount(system, str(mountdir)) as handle:
+        mnt = Path(handle.mountpoint)
+        (mnt / "cgroup.subtree_control").write_text("+ioasids")
+        (mnt / "t").mkdir()
+        (mnt / "u").mkdir()
+        assert (mnt / "t" / "ioasids.max").read_text() == "0\n"
+        assert _knows(mnt / "t" / "ioasids.max")
+        cache = handle.operations.cache
+        before = cache.entry_invalidations
+        (mnt / "cgroup.subtree_control").write_text("-ioasids")
+        assert not _knows(mnt / "t" / "ioasids.max")
+        assert cache.entry_invalidations == before + 1  # only the file the kernel knew
+        with pytest.raises(FileNotFoundError):
+            os.open(mnt / "t" / "ioasids.max", os.O_RDONLY)
+        assert (mnt / "t" / "cgroup.procs").exists()  # the core files stay
+        (mnt / "cgroup.subtree_control").write_text("+ioasids")
+        assert (mnt / "t" / "ioasids.max").read_text() == "0\n"
