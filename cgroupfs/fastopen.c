@@ -23,7 +23,10 @@
  *   its mount (fastopen_register, keyed by the mount's struct fuse: it needs a handle of its
  *   own, such as cgroup.events); -ENODEV if none is registered.
  * - A file whose name is in the "direct" list (the process lists), and every open for writing,
- *   is direct_io; any other file opened read-only keeps the kernel's page cache (keep_cache).
+ *   is direct_io; any other file opened read-only keeps the kernel's page cache (keep_cache),
+ *   and if the table has its text (at most a page) not pushed since it was published, the
+ *   open pushes it into the page cache first (push_text), so the read that follows costs no
+ *   request; a push that may have raced with a change is dropped again.
  * - It never fails, as the Python handler: the kernel has found the file and checked its mode.
  * Lists are names separated by NUL bytes, ending with an empty name; they are copied.
  *
@@ -51,6 +54,7 @@
  * without them, nothing is kept).
  */
 #define FUSE_USE_VERSION 312	/* the loop's configuration (libfuse 3.12) */
+#define _GNU_SOURCE		/* statx */
 
 #include <errno.h>
 #include <fcntl.h>
@@ -59,6 +63,7 @@
 #include <pthread.h>
 #include <limits.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -85,6 +90,8 @@ struct entry {
 	int64_t size;
 	int32_t text_len;		/* -1: attributes only */
 	uint32_t path_len;
+	uint64_t seq;			/* the table's publication count when published */
+	int pushed;			/* its text was pushed into the page cache (push_text) */
 	char data[];			/* the path, then the text */
 };
 
@@ -92,7 +99,9 @@ struct table {
 	pthread_mutex_t lock;
 	struct entry **buckets;
 	size_t nbuckets, count;
-	uint64_t served[3];		/* getattrs, reads and writes answered from the table */
+	uint64_t published;		/* publications so far (each entry's seq) */
+	uint64_t served[4];		/* getattrs, reads and writes answered from the table, texts
+					 * pushed into the page cache at open */
 	char rewrites[LIST_MAX];	/* names a write of their text leaves unchanged */
 };
 
@@ -376,10 +385,12 @@ int fastopen_publish(struct table *t, const char *path, size_t path_len, const i
 	e->ctime = stat[7];
 	e->text_len = text_len;
 	e->path_len = (uint32_t)path_len;
+	e->pushed = 0;
 	memcpy(e->data, path, path_len);
 	if (text_size)
 		memcpy(e->data + path_len, text, text_size);
 	pthread_mutex_lock(&t->lock);
+	e->seq = ++t->published;
 	slot = slot_of(t, path, path_len, h);
 	if (*slot) {
 		struct entry *old = *slot;
@@ -429,12 +440,13 @@ size_t fastopen_table_count(struct table *t)
 	return n;
 }
 
-/* The getattrs (which 0), reads (1) or writes (2) answered from the table so far. */
+/* The getattrs (which 0), reads (1) or writes (2) answered from the table so far, or the
+ * texts pushed into the page cache at open (3). */
 uint64_t fastopen_table_served(struct table *t, int which)
 {
 	uint64_t n;
 
-	if (which < 0 || which > 2)
+	if (which < 0 || which > 3)
 		return 0;
 	pthread_mutex_lock(&t->lock);
 	n = t->served[which];
@@ -580,6 +592,131 @@ int fastopen_write(const char *path, const char *buf, size_t size, off_t offset,
 	return h.write ? h.write(path, buf, size, fi->fh, ctx->pid) : -ENODEV;
 }
 
+/* ------------------------------------------------------------------ pushing texts at open */
+static struct {
+	void *fuse;
+	char path[PATH_MAX];
+	unsigned major, minor;	/* the mount's device (fastopen_set_device); 0, 0: not known */
+} roots[MOUNTS_MAX];	/* each served mount's mount point (fastopen_main) */
+static pthread_mutex_t roots_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static void set_root(void *fuse, const char *path, void *was)
+{
+	pthread_mutex_lock(&roots_lock);
+	for (int i = 0; i < MOUNTS_MAX; i++) {
+		if (roots[i].fuse == was) {
+			roots[i].fuse = fuse;
+			roots[i].major = roots[i].minor = 0;
+			if (path)
+				snprintf(roots[i].path, sizeof(roots[i].path), "%s", path);
+			break;
+		}
+	}
+	pthread_mutex_unlock(&roots_lock);
+}
+
+/*
+ * The device of the mount served by `fuse`, as its mount point showed it once the mount was
+ * live (cgroupfs.mount): a path under the mount point is only taken for one of this mount's
+ * files while it shows that device (not if something was mounted over it since). 0, or -1
+ * for a mount not served here.
+ */
+int fastopen_set_device(void *fuse, unsigned major, unsigned minor)
+{
+	int found = -1;
+
+	pthread_mutex_lock(&roots_lock);
+	for (int i = 0; i < MOUNTS_MAX && found < 0; i++) {
+		if (roots[i].fuse == fuse) {
+			roots[i].major = major;
+			roots[i].minor = minor;
+			found = 0;
+		}
+	}
+	pthread_mutex_unlock(&roots_lock);
+	return found;
+}
+
+/* The kernel's inode number of `path` on the mount served by `fuse` (libfuse's node id: no
+ * use_ino), from what the kernel has, without a request; 0 if none, or if the mount's device
+ * is not known or not the one the path shows. */
+static uint64_t kernel_inode(void *fuse, const char *path)
+{
+	char full[PATH_MAX];
+	unsigned major = 0, minor = 0;
+	struct statx stx;
+	int found = 0;
+
+	pthread_mutex_lock(&roots_lock);
+	for (int i = 0; i < MOUNTS_MAX && !found; i++) {
+		if (roots[i].fuse == fuse && (roots[i].major || roots[i].minor)) {
+			found = snprintf(full, sizeof(full), "%s%s", roots[i].path, path) <
+				(int)sizeof(full);
+			major = roots[i].major;
+			minor = roots[i].minor;
+		}
+	}
+	pthread_mutex_unlock(&roots_lock);
+	if (!found || statx(AT_FDCWD, full, AT_SYMLINK_NOFOLLOW | AT_STATX_DONT_SYNC, STATX_INO,
+			    &stx) != 0 || !(stx.stx_mask & STATX_INO) ||
+	    stx.stx_dev_major != major || stx.stx_dev_minor != minor)
+		return 0;
+	return stx.stx_ino;
+}
+
+/*
+ * An open for reading of a file whose text is published and not yet pushed: the text goes
+ * into the kernel's page cache now (fuse_lowlevel_notify_store), so the read that follows
+ * costs no request. The text is copied, pushed without the table's lock (pushing waits for a
+ * read of the page in flight, whose handler takes that lock), and checked again after: if a
+ * change forgot or replaced the entry meanwhile, the page pushed may be older than it, and the
+ * kernel is told to drop it (the change's own invalidation may have come before the push).
+ * A change that forgets the entry later invalidates the page after the push. Texts longer
+ * than a page are left to the read.
+ */
+static void push_text(void *fuse, struct table *t, const char *path)
+{
+	char text[4096];
+	size_t n = strlen(path);
+	uint64_t h = hash_of(path, n), seq = 0, ino;
+	struct fuse_session *se;
+	struct entry *e;
+	int32_t len = -1;
+	int same;
+
+	pthread_mutex_lock(&t->lock);
+	e = *slot_of(t, path, n, h);
+	if (e && !e->pushed && e->text_len > 0 && (size_t)e->text_len <= sizeof(text) &&
+	    e->size == e->text_len) {
+		len = e->text_len;
+		memcpy(text, e->data + e->path_len, (size_t)len);
+		seq = e->seq;
+		e->pushed = 1;
+	}
+	pthread_mutex_unlock(&t->lock);
+	if (len < 0)
+		return;
+	ino = kernel_inode(fuse, path);
+	se = fuse_get_session(fuse);
+	if (ino != 0) {
+		struct fuse_bufvec bufv = FUSE_BUFVEC_INIT((size_t)len);
+
+		bufv.buf[0].mem = text;
+		if (fuse_lowlevel_notify_store(se, ino, 0, &bufv, 0) != 0)
+			ino = 0;
+	}
+	pthread_mutex_lock(&t->lock);
+	e = *slot_of(t, path, n, h);
+	same = e && e->seq == seq;
+	if (same && ino == 0)
+		e->pushed = 0;	/* not pushed: the read will ask */
+	if (same && ino != 0)
+		t->served[3]++;
+	pthread_mutex_unlock(&t->lock);
+	if (!same && ino != 0)
+		fuse_lowlevel_notify_inval_inode(se, ino, 0, 0);
+}
+
 int fastopen_open(const char *path, struct fuse_file_info *fi)
 {
 	const char *slash = strrchr(path, '/');
@@ -593,10 +730,15 @@ int fastopen_open(const char *path, struct fuse_file_info *fi)
 		return handler ? handler(path, fi) : -ENODEV;
 	}
 	fi->fh = (uint64_t)ctx->uid | (uint64_t)ctx->gid << 32;
-	if ((fi->flags & O_ACCMODE) == O_RDONLY && !listed(direct_names, name))
+	if ((fi->flags & O_ACCMODE) == O_RDONLY && !listed(direct_names, name)) {
+		struct handlers h = handlers_of(ctx->fuse);
+
 		fi->keep_cache = 1;
-	else
+		if (h.table)
+			push_text(ctx->fuse, h.table, path);
+	} else {
 		fi->direct_io = 1;
+	}
 	return 0;
 }
 
@@ -622,6 +764,7 @@ int fastopen_main(int argc, char *argv[], const struct fuse_operations *op, size
 		goto out_args;
 	if (fuse_mount(fuse, opts.mountpoint) != 0)
 		goto out_fuse;
+	set_root(fuse, opts.mountpoint, NULL);
 	se = fuse_get_session(fuse);
 	if (fuse_set_signal_handlers(se) != 0)
 		goto out_unmount;
@@ -647,6 +790,7 @@ out_unmount:
 	fuse_unmount(fuse);
 out_fuse:
 	fastopen_unregister(fuse);	/* before it is freed (see the top) */
+	set_root(NULL, NULL, fuse);
 	fuse_destroy(fuse);
 out_args:
 	free(opts.mountpoint);

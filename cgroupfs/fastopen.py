@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import os
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from errno import EINVAL
@@ -79,6 +80,8 @@ def library() -> ctypes.CDLL | None:
             lib.fastopen_table_served.argtypes = (ctypes.c_void_p, ctypes.c_int)
             lib.fastopen_table_served.restype = ctypes.c_uint64
             lib.fastopen_unregister.argtypes = (ctypes.c_void_p,)
+            lib.fastopen_set_device.argtypes = (ctypes.c_void_p, ctypes.c_uint, ctypes.c_uint)
+            lib.fastopen_set_device.restype = ctypes.c_int
             lib.fastopen_main.argtypes = (ctypes.c_int, ctypes.POINTER(ctypes.c_char_p),
                                           ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p,
                                           _LOOP_ENDED)
@@ -186,6 +189,12 @@ class Table:
         return self._served(1)
 
     @property
+    def texts_pushed(self) -> int:
+        """Texts pushed into the kernel's page cache by an ``open`` so far (the read that
+        follows costs no request; see ``fastopen.c``)."""
+        return self._served(3)
+
+    @property
     def writes_served(self) -> int:
         """``write`` requests answered from the table so far (writes of the current text)."""
         return self._served(2)
@@ -268,6 +277,12 @@ class Serving:
             if self._lib.fastopen_register(fuse, pointer, getattr_ or None, read or None,
                                            write, table) != 0:
                 raise OSError("too many cgroupfs mounts in one process for the C open")
+
+    def set_device(self, device: int) -> None:
+        """The mount is live and its mount point shows ``device`` (``st_dev``): the C
+        ``open`` may find this mount's files by their paths under it (see ``fastopen.c``)."""
+        if self._fuse is not None:
+            self._lib.fastopen_set_device(self._fuse, os.major(device), os.minor(device))
 
     @property
     def registered(self) -> bool:

@@ -98,17 +98,21 @@ _AT_SYMLINK_NOFOLLOW = 0x100
 _AT_STATX_DONT_SYNC = 0x4000  # what the kernel has: no request to this server
 _STATX_INO = 0x100
 _STX_INO_OFFSET = 32  # struct statx: mask, blksize, attributes, nlink, uid, gid, mode, pad
+_STX_INO = struct.Struct("=Q96xII")  # stx_ino at 32; stx_dev_major, stx_dev_minor at 136
 
 
-def kernel_inode(path: str) -> int | None:
+def kernel_inode(path: str, device: int | None = None) -> int | None:
     """The inode number the kernel gives ``path`` (on the mount: the libfuse node id), read
-    from what it has without asking the server for attributes; ``None`` if there is none."""
+    from what it has without asking the server for attributes; ``None`` if there is none, or
+    if ``device`` is given and the path is on another device."""
     buf = ctypes.create_string_buffer(256)
     if _libc.statx(_AT_FDCWD, os.fsencode(path), _AT_SYMLINK_NOFOLLOW | _AT_STATX_DONT_SYNC,
                    _STATX_INO, buf) != 0:
         return None
-    ino: int = struct.unpack_from("Q", buf, _STX_INO_OFFSET)[0]
-    return ino
+    ino, major, minor = _STX_INO.unpack_from(buf, _STX_INO_OFFSET)
+    if device is not None and (major, minor) != (os.major(device), os.minor(device)):
+        return None
+    return int(ino)
 
 
 DIRECTORY_KINDS = frozenset({ChangeKind.MKDIR, ChangeKind.RMDIR, ChangeKind.RENAME,
@@ -163,6 +167,10 @@ class KernelCache:
         self.mountpoint: str | None = None
         """Where the mount is (set by it before it is served): where a directory's inode is
         found (``kernel_inode``) to drop an entry in it."""
+        self.device: int | None = None
+        """The mount's device, set by the mount once it is live: a path under ``mountpoint``
+        is taken for one of its directories only while it shows this device (not once
+        something is mounted over it); entries are not dropped before it is known."""
         self._known: dict[Cgroup, int] = {}  # the names of each cgroup the kernel was told of
         self._local = threading.local()  # ``kernel_moves``
         self.entry_invalidations = 0
@@ -381,13 +389,13 @@ class KernelCache:
         whether it has them or not; nothing when not serving. Without the model's lock: the
         directories' inodes are found through the kernel (``kernel_inode``), which may ask
         this server."""
-        mountpoint = self.mountpoint
-        if mountpoint is None or self._fuse is None:
+        mountpoint, device = self.mountpoint, self.device
+        if mountpoint is None or device is None or self._fuse is None:
             return
         inodes: dict[str, int | None] = {}
         for directory, _ in entries:
             if directory not in inodes:
-                inodes[directory] = kernel_inode(mountpoint.rstrip("/") + directory)
+                inodes[directory] = kernel_inode(mountpoint.rstrip("/") + directory, device)
         with self._fuse_lock:
             fuse = self._fuse
             if fuse is None:

@@ -164,6 +164,12 @@ class CgroupMount:
         if not os.path.exists(os.path.join(self.mountpoint, "cgroup.procs")):
             self.unmount()
             raise OSError(ENOENT, f"{self.mountpoint}: mounted, but cgroup.procs is missing")
+        # what the mount point shows now is this mount: paths under it are taken for its
+        # files only while it shows the same device (not once something is mounted over it)
+        device = os.stat(self.mountpoint).st_dev
+        self.operations.cache.device = device
+        if self._fast is not None:
+            self._fast.set_device(device)
         self._start_notifier()
 
     @property
