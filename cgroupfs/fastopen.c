@@ -42,8 +42,10 @@
  * - A write whose bytes are exactly the published text of a file whose name the table lists
  *   as unchanged by a rewrite (fastopen_table_rewrites: a write of its current text leaves the
  *   model as it is, with nothing to store and nothing to refuse) is answered in C, as written
- *   in full, with no Python call; any other write goes to the Python write handler registered
- *   with the mount, with the path, the bytes, the handle (the opener) and the writing thread.
+ *   in full, with no Python call (and the text may be pushed again at the next open: the
+ *   kernel drops the pages of a file written directly); any other write goes to the Python
+ *   write handler registered with the mount, with the path, the bytes, the handle (the
+ *   opener) and the writing thread.
  * - All functions are thread-safe; the table's mutex is held only to copy or compare an entry.
  *
  * Python's thread states: a ctypes callback on a thread Python does not know creates a thread
@@ -582,6 +584,7 @@ int fastopen_write(const char *path, const char *buf, size_t size, off_t offset,
 			if (e && e->text_len >= 0 && (size_t)e->text_len == size &&
 			    memcmp(e->data + e->path_len, buf, size) == 0) {
 				h.table->served[2]++;
+				e->pushed = 0;	/* the kernel drops a page written directly */
 				same = 1;
 			}
 		}

@@ -443,10 +443,14 @@ def test_a_write_of_the_current_text_is_answered_in_c(
                         lambda path, data, fh, pid: calls.append(data) or real(path, data, fh,
                                                                                pid))
     before, served = len(changes.seen), published.writes_served
+    pushed, reads = published.texts_pushed, published.reads_served
     for _ in range(3):
         _write(limit, b"5\n")
         assert cat(limit) == "5\n"
     assert calls == [] and published.writes_served == served + 3
+    # the kernel drops a page written directly: each open pushed the text again, and no
+    # read reached the server
+    assert published.texts_pushed == pushed + 3 and published.reads_served == reads
     assert len(changes.seen) == before
     _write(limit, b"5")  # the same value, other bytes: the model's parser judges it
     assert calls == [b"5"] and len(changes.seen) == before
