@@ -68,8 +68,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/openat2.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <time.h>
+#include <unistd.h>
 
 #define LIST_MAX 1024
 #define MOUNTS_MAX 64
@@ -640,15 +643,24 @@ int fastopen_set_device(void *fuse, unsigned major, unsigned minor)
 	return found;
 }
 
-/* The kernel's inode number of `path` on the mount served by `fuse` (libfuse's node id: no
- * use_ino), from what the kernel has, without a request; 0 if none, or if the mount's device
- * is not known or not the one the path shows. */
+/*
+ * The kernel's inode number of `path` on the mount served by `fuse` (libfuse's node id: no
+ * use_ino), from what the kernel has; 0 if none, if finding it would take a request to this
+ * server, or if the mount's device is not known or not the one the path shows. The path is
+ * resolved from the kernel's caches only (openat2's RESOLVE_CACHED): a handler that waited
+ * for a lookup or a getattr of its own mount would hold a worker while another must serve
+ * it, and enough such handlers at once would leave none.
+ */
 static uint64_t kernel_inode(void *fuse, const char *path)
 {
+	struct open_how how = {
+		.flags = O_PATH | O_NOFOLLOW | O_CLOEXEC,
+		.resolve = RESOLVE_CACHED | RESOLVE_NO_SYMLINKS,
+	};
 	char full[PATH_MAX];
 	unsigned major = 0, minor = 0;
 	struct statx stx;
-	int found = 0;
+	int found = 0, fd, res;
 
 	pthread_mutex_lock(&roots_lock);
 	for (int i = 0; i < MOUNTS_MAX && !found; i++) {
@@ -660,9 +672,15 @@ static uint64_t kernel_inode(void *fuse, const char *path)
 		}
 	}
 	pthread_mutex_unlock(&roots_lock);
-	if (!found || statx(AT_FDCWD, full, AT_SYMLINK_NOFOLLOW | AT_STATX_DONT_SYNC, STATX_INO,
-			    &stx) != 0 || !(stx.stx_mask & STATX_INO) ||
-	    stx.stx_dev_major != major || stx.stx_dev_minor != minor)
+	if (!found)
+		return 0;
+	fd = (int)syscall(SYS_openat2, AT_FDCWD, full, &how, sizeof(how));
+	if (fd < 0)
+		return 0;
+	res = statx(fd, "", AT_EMPTY_PATH | AT_STATX_DONT_SYNC, STATX_INO, &stx);
+	close(fd);
+	if (res != 0 || !(stx.stx_mask & STATX_INO) || stx.stx_dev_major != major ||
+	    stx.stx_dev_minor != minor)
 		return 0;
 	return stx.stx_ino;
 }

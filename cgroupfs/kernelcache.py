@@ -93,22 +93,41 @@ _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
 _libc.statx.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_uint,
                         ctypes.c_void_p)
 _libc.statx.restype = ctypes.c_int
+_libc.syscall.restype = ctypes.c_long
+_SYS_OPENAT2 = 437  # x86_64 and the generic table alike
 _AT_FDCWD = -100
-_AT_SYMLINK_NOFOLLOW = 0x100
+_AT_EMPTY_PATH = 0x1000
 _AT_STATX_DONT_SYNC = 0x4000  # what the kernel has: no request to this server
 _STATX_INO = 0x100
 _STX_INO_OFFSET = 32  # struct statx: mask, blksize, attributes, nlink, uid, gid, mode, pad
 _STX_INO = struct.Struct("=Q96xII")  # stx_ino at 32; stx_dev_major, stx_dev_minor at 136
+_OPEN_HOW = struct.Struct("=QQQ")  # struct open_how: flags, mode, resolve
+_O_PATH_FLAGS = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
+_RESOLVE_NO_SYMLINKS, _RESOLVE_CACHED = 0x04, 0x20
+_WALK = _OPEN_HOW.pack(_O_PATH_FLAGS, 0, _RESOLVE_NO_SYMLINKS)
+_CACHED_WALK = _OPEN_HOW.pack(_O_PATH_FLAGS, 0, _RESOLVE_NO_SYMLINKS | _RESOLVE_CACHED)
 
 
-def kernel_inode(path: str, device: int | None = None) -> int | None:
-    """The inode number the kernel gives ``path`` (on the mount: the libfuse node id), read
-    from what it has without asking the server for attributes; ``None`` if there is none, or
-    if ``device`` is given and the path is on another device."""
-    buf = ctypes.create_string_buffer(256)
-    if _libc.statx(_AT_FDCWD, os.fsencode(path), _AT_SYMLINK_NOFOLLOW | _AT_STATX_DONT_SYNC,
-                   _STATX_INO, buf) != 0:
+def kernel_inode(path: str, device: int | None = None, *,
+                 cached_only: bool = False) -> int | None:
+    """The inode number the kernel gives ``path`` (on the mount: the libfuse node id), without
+    asking the server for its attributes; ``None`` if there is none, or if ``device`` is given
+    and the path is on another device. The walk to it may ask the server for the names and
+    directories it lacks, unless ``cached_only``: then the path is resolved from the kernel's
+    caches only (``openat2``'s ``RESOLVE_CACHED``), and ``None`` if that cannot be done. A
+    handler of the mount must pass ``cached_only``: waiting for its own mount, it would hold a
+    worker that another must serve it with, and enough of them at once would leave none."""
+    how = _CACHED_WALK if cached_only else _WALK
+    fd = _libc.syscall(ctypes.c_long(_SYS_OPENAT2), ctypes.c_long(_AT_FDCWD),
+                       os.fsencode(path), how, ctypes.c_long(len(how)))
+    if fd < 0:
         return None
+    buf = ctypes.create_string_buffer(256)
+    try:
+        if _libc.statx(fd, b"", _AT_EMPTY_PATH | _AT_STATX_DONT_SYNC, _STATX_INO, buf) != 0:
+            return None
+    finally:
+        os.close(fd)
     ino, major, minor = _STX_INO.unpack_from(buf, _STX_INO_OFFSET)
     if device is not None and (major, minor) != (os.major(device), os.minor(device)):
         return None
@@ -388,14 +407,19 @@ class KernelCache:
         """Tell the kernel to drop its entries ``(directory, name)`` (paths on the mount),
         whether it has them or not; nothing when not serving. Without the model's lock: the
         directories' inodes are found through the kernel (``kernel_inode``), which may ask
-        this server."""
+        this server, but for a handler of the mount (a ``cgroup.subtree_control`` write
+        through it), which finds them from the kernel's caches only, and drops no entry in a
+        directory it cannot find so (one whose attributes a change invalidated: the kernel
+        asks for those before it uses an entry in it, and finds the name gone)."""
         mountpoint, device = self.mountpoint, self.device
         if mountpoint is None or device is None or self._fuse is None:
             return
+        cached_only = current_fuse() is not None
         inodes: dict[str, int | None] = {}
         for directory, _ in entries:
             if directory not in inodes:
-                inodes[directory] = kernel_inode(mountpoint.rstrip("/") + directory, device)
+                inodes[directory] = kernel_inode(mountpoint.rstrip("/") + directory, device,
+                                                 cached_only=cached_only)
         with self._fuse_lock:
             fuse = self._fuse
             if fuse is None:

@@ -672,28 +672,34 @@ def test_the_kernels_own_rmdir_and_rename_are_not_notified(handle: CgroupMount) 
 
 def test_files_a_subtree_control_write_takes_away_leave_the_kernel(
         needs_fuse: None, mountdir: Path) -> None:
-    """v2: disabling the controller in a parent takes its files from the children; a write
-    through the mount itself drops the kernel's entries of those it knew."""
+    """v2: disabling the controller in a parent takes its files from the children. Written by
+    another face, the kernel's entries of those it knew are dropped; written through the
+    mount, they are not (its handler finds no directory it would have to ask the mount for),
+    but the kernel asks for the file's attributes before it uses the entry, and finds it gone."""
     from cgroupfs import mount
 
     system = System(hierarchy="v2")
     with mount(system, str(mountdir)) as handle:
         mnt = Path(handle.mountpoint)
+        cache = handle.operations.cache
         (mnt / "cgroup.subtree_control").write_text("+ioasids")
         (mnt / "t").mkdir()
         (mnt / "u").mkdir()
         assert (mnt / "t" / "ioasids.max").read_text() == "0\n"
-        assert _knows(mnt / "t" / "ioasids.max")
-        cache = handle.operations.cache
-        before = cache.entry_invalidations
         (mnt / "cgroup.subtree_control").write_text("-ioasids")
+        with pytest.raises(FileNotFoundError):
+            os.open(mnt / "t" / "ioasids.max", os.O_RDONLY)
+        assert not (mnt / "t" / "ioasids.max").exists()
+        assert (mnt / "t" / "cgroup.procs").exists()  # the core files stay
+        (mnt / "cgroup.subtree_control").write_text("+ioasids")
+        assert (mnt / "t" / "ioasids.max").read_text() == "0\n"
+        assert _knows(mnt / "t" / "ioasids.max")
+        before = cache.entry_invalidations
+        system.write_subtree_control("/", "-ioasids")  # another face
         assert not _knows(mnt / "t" / "ioasids.max")
         assert cache.entry_invalidations == before + 1  # only the file the kernel knew
         with pytest.raises(FileNotFoundError):
             os.open(mnt / "t" / "ioasids.max", os.O_RDONLY)
-        assert (mnt / "t" / "cgroup.procs").exists()  # the core files stay
-        (mnt / "cgroup.subtree_control").write_text("+ioasids")
-        assert (mnt / "t" / "ioasids.max").read_text() == "0\n"
 
 
 def test_a_path_on_another_device_is_not_taken_for_the_mounts(tmp_path: Path) -> None:
@@ -709,3 +715,27 @@ def test_a_path_on_another_device_is_not_taken_for_the_mounts(tmp_path: Path) ->
     assert other != here.st_dev
     assert kernel_inode(str(tmp_path), other) is None
     assert kernel_inode(str(tmp_path / "missing"), here.st_dev) is None
+
+
+def test_inodes_are_found_from_the_kernels_caches_only(handle: CgroupMount, system: System,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Finding an inode (to drop an entry, or to push a text from the C ``open``) never sends
+    the mount a request: a handler waiting on its own mount holds a worker another would need
+    to answer it. A name the kernel never looked up is not found, and nothing is asked."""
+    from cgroupfs.kernelcache import kernel_inode
+
+    mnt = Path(handle.mountpoint)
+    asked: list[str] = []
+    real = handle.operations.getattr
+    monkeypatch.setattr(handle.operations, "getattr",
+                        lambda path, fh=None: asked.append(path) or real(path, fh))
+    system.mkdir("/x")  # another face: the kernel has no entry for it
+    device = handle.operations.cache.device
+    assert device is not None
+    assert kernel_inode(str(mnt / "x"), device, cached_only=True) is None
+    assert asked == []
+    ino = os.stat(mnt / "x").st_ino  # looked up now (and the root's attributes asked again)
+    assert "/x" in asked
+    seen = len(asked)
+    assert kernel_inode(str(mnt / "x"), device, cached_only=True) == ino
+    assert len(asked) == seen
