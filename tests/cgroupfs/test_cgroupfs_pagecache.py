@@ -739,3 +739,21 @@ def test_inodes_are_found_from_the_kernels_caches_only(handle: CgroupMount, syst
     seen = len(asked)
     assert kernel_inode(str(mnt / "x"), device, cached_only=True) == ino
     assert len(asked) == seen
+
+
+def test_files_a_threaded_cgroup_loses_leave_the_kernel(needs_fuse: None,
+                                                          mountdir: Path) -> None:
+    """v2: a cgroup made threaded has no controller files of a domain controller any more;
+    the kernel's entries of those it knew are dropped."""
+    from cgroupfs import mount
+
+    system = System(hierarchy="v2")
+    with mount(system, str(mountdir)) as handle:
+        mnt = Path(handle.mountpoint)
+        (mnt / "cgroup.subtree_control").write_text("+ioasids")
+        (mnt / "t").mkdir()
+        assert (mnt / "t" / "ioasids.current").read_text() == "0\n"
+        assert _knows(mnt / "t" / "ioasids.current")
+        system.write_cgroup_type("/t", "threaded")
+        assert not _knows(mnt / "t" / "ioasids.current")
+        assert (mnt / "t" / "cgroup.type").read_text() == "threaded\n"
