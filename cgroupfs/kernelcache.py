@@ -61,6 +61,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import errno
 import os
 import struct
 import threading
@@ -97,6 +98,7 @@ _libc.syscall.restype = ctypes.c_long
 _SYS_OPENAT2 = 437  # x86_64 and the generic table alike
 _AT_FDCWD = -100
 _AT_EMPTY_PATH = 0x1000
+_AT_SYMLINK_NOFOLLOW = 0x100
 _AT_STATX_DONT_SYNC = 0x4000  # what the kernel has: no request to this server
 _STATX_INO = 0x100
 _STX_INO_OFFSET = 32  # struct statx: mask, blksize, attributes, nlink, uid, gid, mode, pad
@@ -106,6 +108,23 @@ _O_PATH_FLAGS = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
 _RESOLVE_NO_SYMLINKS, _RESOLVE_CACHED = 0x04, 0x20
 _WALK = _OPEN_HOW.pack(_O_PATH_FLAGS, 0, _RESOLVE_NO_SYMLINKS)
 _CACHED_WALK = _OPEN_HOW.pack(_O_PATH_FLAGS, 0, _RESOLVE_NO_SYMLINKS | _RESOLVE_CACHED)
+
+
+def _cached_walks() -> bool:
+    """Whether this kernel resolves a path from its caches only (``openat2`` with
+    ``RESOLVE_CACHED``: Linux 5.12)."""
+    fd = _libc.syscall(ctypes.c_long(_SYS_OPENAT2), ctypes.c_long(_AT_FDCWD), b"/",
+                       _CACHED_WALK, ctypes.c_long(len(_CACHED_WALK)))
+    if fd < 0:
+        return ctypes.get_errno() not in (errno.ENOSYS, errno.EINVAL, errno.E2BIG)
+    os.close(fd)
+    return True
+
+
+CACHED_WALKS = _cached_walks()
+"""Whether this kernel resolves paths from its caches only (``openat2``'s ``RESOLVE_CACHED``,
+Linux 5.12). Without it a handler of the mount finds no inode: nothing is pushed at open (the
+read asks) and no entry is dropped from a handler."""
 
 
 def kernel_inode(path: str, device: int | None = None, *,
@@ -118,16 +137,24 @@ def kernel_inode(path: str, device: int | None = None, *,
     handler of the mount must pass ``cached_only``: waiting for its own mount, it would hold a
     worker that another must serve it with, and enough of them at once would leave none."""
     how = _CACHED_WALK if cached_only else _WALK
-    fd = _libc.syscall(ctypes.c_long(_SYS_OPENAT2), ctypes.c_long(_AT_FDCWD),
-                       os.fsencode(path), how, ctypes.c_long(len(how)))
-    if fd < 0:
-        return None
+    raw = os.fsencode(path)
+    fd = _libc.syscall(ctypes.c_long(_SYS_OPENAT2), ctypes.c_long(_AT_FDCWD), raw, how,
+                       ctypes.c_long(len(how)))
     buf = ctypes.create_string_buffer(256)
-    try:
-        if _libc.statx(fd, b"", _AT_EMPTY_PATH | _AT_STATX_DONT_SYNC, _STATX_INO, buf) != 0:
+    if fd < 0:
+        if cached_only or ctypes.get_errno() != errno.ENOSYS:
             return None
-    finally:
-        os.close(fd)
+        # no openat2 (before Linux 5.6): the same walk by statx
+        if _libc.statx(_AT_FDCWD, raw, _AT_SYMLINK_NOFOLLOW | _AT_STATX_DONT_SYNC,
+                       _STATX_INO, buf) != 0:
+            return None
+    else:
+        try:
+            if _libc.statx(fd, b"", _AT_EMPTY_PATH | _AT_STATX_DONT_SYNC, _STATX_INO,
+                           buf) != 0:
+                return None
+        finally:
+            os.close(fd)
     ino, major, minor = _STX_INO.unpack_from(buf, _STX_INO_OFFSET)
     if device is not None and (major, minor) != (os.major(device), os.minor(device)):
         return None
@@ -445,5 +472,5 @@ class KernelCache:
             self.invalidations += len(paths)
 
 
-__all__ = ["ATTR_TIMEOUT", "ENTRY_TIMEOUT", "KernelCache", "Published", "current_fuse",
-           "kernel_inode"]
+__all__ = ["ATTR_TIMEOUT", "CACHED_WALKS", "ENTRY_TIMEOUT", "KernelCache", "Published",
+           "current_fuse", "kernel_inode"]
