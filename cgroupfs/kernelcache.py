@@ -41,7 +41,7 @@ Contract:
   table answers is held, and no older than the last change.
 * Directory entries (a name's lookup) are kept for ``ENTRY_TIMEOUT``: a name the kernel was
   told of (``note``) is *known* until the tree loses it. The tree loses names only by changes
-  the ``System`` reports to ``on_names_change`` (``names_changed``: a cgroup removed or renamed,
+  the ``System`` reports to its ``names_watchers`` (``names_changed``: a cgroup removed or renamed,
   files a cgroup no longer has after a ``cgroup.subtree_control`` or ``cgroup.type`` write);
   each known name lost waits for ``flush`` as the paths do, which tells the kernel to drop the
   entry (``fuse_lowlevel_notify_inval_entry`` on the directory's inode, whose number is the
@@ -228,7 +228,8 @@ class KernelCache:
         with self._fuse_lock:
             self._fuse = fuse
         with self.system.lock:
-            self.system.on_names_change = self.names_changed
+            if self.names_changed not in self.system.names_watchers:
+                self.system.names_watchers.append(self.names_changed)
         self.system.lock.after_release(self.flush, self._pending)
 
     def detach(self) -> None:
@@ -238,8 +239,8 @@ class KernelCache:
             self._fuse = None
         with self.system.lock:
             self.system.lock.after_release(None)
-            if self.system.on_names_change == self.names_changed:
-                self.system.on_names_change = None
+            if self.names_changed in self.system.names_watchers:
+                self.system.names_watchers.remove(self.names_changed)
             with self._lock:
                 self._held.clear()
                 self._known.clear()
@@ -368,7 +369,7 @@ class KernelCache:
             self._local.moving = False
 
     def names_changed(self, change: Change) -> None:
-        """The tree lost names (``System.on_names_change``, under the model's lock): the known
+        """The tree lost names (a ``System.names_watchers``, under the model's lock): the known
         ones wait for ``flush``, which drops their entries (see the module)."""
         lost: list[tuple[str, str]] = []  # (directory, name)
         kind = change.kind

@@ -159,12 +159,12 @@ class System:
         self._due = self.core.wq.due  # what ioasid_ioctl tests before ``lock.finish()``
         self.processes = processes or ProcessSource()
         self.on_change: Callable[[Change], None] = on_change or (lambda change: None)
-        self.on_names_change: Callable[[Change], None] | None = None
-        """Called under the lock, after ``on_change``, with each change that may remove a name
-        from the tree: a cgroup removed (``RMDIR``) or renamed (``RENAME``), or files a cgroup
-        no longer has (``CONTROL`` from ``cgroup.subtree_control`` or ``cgroup.type``). For a
-        face whose kernel keeps directory entries (``cgroupfs.kernelcache``): it follows these
-        rare changes without following the rest of the feed."""
+        self.names_watchers: list[Callable[[Change], None]] = []
+        """Each is called under the lock, after ``on_change``, with each change that may remove
+        a name from the tree: a cgroup removed (``RMDIR``) or renamed (``RENAME``), or files a
+        cgroup no longer has (``CONTROL`` from ``cgroup.subtree_control`` or ``cgroup.type``).
+        For a face whose kernel keeps directory entries (``cgroupfs.kernelcache``, one a
+        mount): it follows these rare changes without following the rest of the feed."""
         self.settle: Callable[[], object] = lambda: None
         """Called before an untracked process is placed: the process tracker catches up;
         ``False`` when it could not (see ``place``)."""
@@ -209,10 +209,10 @@ class System:
             return cg
 
     def _names_changed(self, change: Change) -> None:
-        """Report ``change``, one that may remove a name (see ``on_names_change``)."""
+        """Report ``change``, one that may remove a name (see ``names_watchers``)."""
         self.on_change(change)
-        if self.on_names_change is not None:
-            self.on_names_change(change)
+        for watcher in self.names_watchers:
+            watcher(change)
 
     def rmdir(self, path: str) -> None:
         """Remove the cgroup at ``path``; see ``Hierarchy.rmdir``."""
