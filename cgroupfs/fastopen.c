@@ -644,23 +644,63 @@ int fastopen_set_device(void *fuse, unsigned major, unsigned minor)
 }
 
 /*
- * The kernel's inode number of `path` on the mount served by `fuse` (libfuse's node id: no
- * use_ino), from what the kernel has; 0 if none, if finding it would take a request to this
- * server, or if the mount's device is not known or not the one the path shows. The path is
- * resolved from the kernel's caches only (openat2's RESOLVE_CACHED): a handler that waited
- * for a lookup or a getattr of its own mount would hold a worker while another must serve
- * it, and enough such handlers at once would leave none.
+ * The inode number and device the kernel gives `path`, without asking a FUSE server for its
+ * attributes (statx's AT_STATX_DONT_SYNC): 0, or -1 if there is none. The walk to it may ask
+ * a server for the names and directories the kernel lacks, unless `cached_only`: then the
+ * path is resolved from the kernel's caches only (openat2's RESOLVE_CACHED, Linux 5.12), and
+ * -1 if it cannot be. A handler of a mount must pass `cached_only` for its own mount: waiting
+ * for it, it would hold a worker another must serve it with, and enough such handlers at
+ * once would leave none. Without openat2 (before Linux 5.6) the full walk is made by statx.
  */
-static uint64_t kernel_inode(void *fuse, const char *path)
+int fastopen_kernel_inode(const char *path, int cached_only, uint64_t *ino, unsigned *major,
+			  unsigned *minor)
 {
 	struct open_how how = {
 		.flags = O_PATH | O_NOFOLLOW | O_CLOEXEC,
-		.resolve = RESOLVE_CACHED | RESOLVE_NO_SYMLINKS,
+		.resolve = RESOLVE_NO_SYMLINKS | (cached_only ? RESOLVE_CACHED : 0),
 	};
-	char full[PATH_MAX];
-	unsigned major = 0, minor = 0;
 	struct statx stx;
-	int found = 0, fd, res;
+	int fd, res;
+
+	fd = (int)syscall(SYS_openat2, AT_FDCWD, path, &how, sizeof(how));
+	if (fd >= 0) {
+		res = statx(fd, "", AT_EMPTY_PATH | AT_STATX_DONT_SYNC, STATX_INO, &stx);
+		close(fd);
+	} else if (errno == ENOSYS && !cached_only) {
+		res = statx(AT_FDCWD, path, AT_SYMLINK_NOFOLLOW | AT_STATX_DONT_SYNC, STATX_INO,
+			    &stx);
+	} else {
+		return -1;
+	}
+	if (res != 0 || !(stx.stx_mask & STATX_INO))
+		return -1;
+	*ino = stx.stx_ino;
+	*major = stx.stx_dev_major;
+	*minor = stx.stx_dev_minor;
+	return 0;
+}
+
+/* Whether this kernel resolves a path from its caches only (RESOLVE_CACHED, Linux 5.12). */
+int fastopen_cached_walks(void)
+{
+	struct open_how how = { .flags = O_PATH | O_CLOEXEC, .resolve = RESOLVE_CACHED };
+	int fd = (int)syscall(SYS_openat2, AT_FDCWD, "/", &how, sizeof(how));
+
+	if (fd < 0)
+		return errno != ENOSYS && errno != EINVAL && errno != E2BIG;
+	close(fd);
+	return 1;
+}
+
+/* The inode number of `path` on the mount served by `fuse` (libfuse's node id: no use_ino),
+ * found from the kernel's caches only (fastopen_kernel_inode: this runs in a handler); 0 if
+ * it cannot be, or if the mount's device is not known or not the one the path shows. */
+static uint64_t kernel_inode(void *fuse, const char *path)
+{
+	char full[PATH_MAX];
+	unsigned major = 0, minor = 0, dev_major, dev_minor;
+	uint64_t ino;
+	int found = 0;
 
 	pthread_mutex_lock(&roots_lock);
 	for (int i = 0; i < MOUNTS_MAX && !found; i++) {
@@ -672,17 +712,10 @@ static uint64_t kernel_inode(void *fuse, const char *path)
 		}
 	}
 	pthread_mutex_unlock(&roots_lock);
-	if (!found)
+	if (!found || fastopen_kernel_inode(full, 1, &ino, &dev_major, &dev_minor) != 0 ||
+	    dev_major != major || dev_minor != minor)
 		return 0;
-	fd = (int)syscall(SYS_openat2, AT_FDCWD, full, &how, sizeof(how));
-	if (fd < 0)
-		return 0;
-	res = statx(fd, "", AT_EMPTY_PATH | AT_STATX_DONT_SYNC, STATX_INO, &stx);
-	close(fd);
-	if (res != 0 || !(stx.stx_mask & STATX_INO) || stx.stx_dev_major != major ||
-	    stx.stx_dev_minor != minor)
-		return 0;
-	return stx.stx_ino;
+	return ino;
 }
 
 /*

@@ -82,6 +82,11 @@ def library() -> ctypes.CDLL | None:
             lib.fastopen_unregister.argtypes = (ctypes.c_void_p,)
             lib.fastopen_set_device.argtypes = (ctypes.c_void_p, ctypes.c_uint, ctypes.c_uint)
             lib.fastopen_set_device.restype = ctypes.c_int
+            lib.fastopen_kernel_inode.argtypes = (
+                ctypes.c_char_p, ctypes.c_int, ctypes.POINTER(ctypes.c_uint64),
+                ctypes.POINTER(ctypes.c_uint), ctypes.POINTER(ctypes.c_uint))
+            lib.fastopen_kernel_inode.restype = ctypes.c_int
+            lib.fastopen_cached_walks.restype = ctypes.c_int
             lib.fastopen_main.argtypes = (ctypes.c_int, ctypes.POINTER(ctypes.c_char_p),
                                           ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p,
                                           _LOOP_ENDED)
@@ -90,6 +95,34 @@ def library() -> ctypes.CDLL | None:
             if lib.fastopen_configure(python, len(python), direct, len(direct)) == 0:
                 _library = lib
         return _library
+
+
+def kernel_inode(path: str, device: int | None = None, *,
+                 cached_only: bool = False) -> int | None:
+    """The inode number the kernel gives ``path`` (on a mount: libfuse's node id), without
+    asking the server for its attributes; ``None`` if there is none, if ``device`` is given and
+    the path shows another, or if the C parts are not built. ``cached_only``: resolved from the
+    kernel's caches only, ``None`` if it cannot be; a handler of a mount must pass it for its
+    own mount (see ``fastopen_kernel_inode`` in ``fastopen.c``)."""
+    lib = library()
+    if lib is None:
+        return None
+    ino, major, minor = ctypes.c_uint64(), ctypes.c_uint(), ctypes.c_uint()
+    if lib.fastopen_kernel_inode(os.fsencode(path), int(cached_only), ctypes.byref(ino),
+                                 ctypes.byref(major), ctypes.byref(minor)) != 0:
+        return None
+    if device is not None and (major.value, minor.value) != (os.major(device),
+                                                             os.minor(device)):
+        return None
+    return int(ino.value)
+
+
+def cached_walks() -> bool:
+    """Whether the C parts are built and this kernel resolves paths from its caches only
+    (``openat2``'s ``RESOLVE_CACHED``, Linux 5.12): without it, a handler finds no inode, so
+    the C ``open`` pushes nothing (the read asks) and a handler drops no entry."""
+    lib = library()
+    return lib is not None and bool(lib.fastopen_cached_walks())
 
 
 def _names(names: Iterable[str]) -> bytes:
@@ -318,4 +351,4 @@ def serving(operations: Any, loop_ended: Callable[[], None]) -> Iterator[Serving
         served.forget()
 
 
-__all__ = ["LIBRARY", "Serving", "Table", "library", "serving"]
+__all__ = ["LIBRARY", "Serving", "Table", "cached_walks", "kernel_inode", "library", "serving"]

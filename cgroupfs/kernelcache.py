@@ -39,17 +39,17 @@ Contract:
   from the table at once, under the model's lock, before the change returns; a rename or a
   ``sync`` forgets everything (the paths below a renamed cgroup changed). So whatever the
   table answers is held, and no older than the last change.
-* Directory entries (a name's lookup) are kept for ``ENTRY_TIMEOUT``: a name the kernel was
-  told of (``note``) is *known* until the tree loses it. The tree loses names only by changes
-  the ``System`` reports to its ``names_watchers`` (``names_changed``: a cgroup removed or renamed,
+* Directory entries (a name's lookup) are kept for ``ENTRY_TIMEOUT``: a name the kernel was told
+  of (``note``) is *known* until the tree loses it. The tree loses names only by changes the
+  ``System`` reports to its ``names_watchers`` (``names_changed``: a cgroup removed or renamed,
   files a cgroup no longer has after a ``cgroup.subtree_control`` or ``cgroup.type`` write);
   each known name lost waits for ``flush`` as the paths do, which tells the kernel to drop the
   entry (``fuse_lowlevel_notify_inval_entry`` on the directory's inode, whose number is the
-  libfuse node id: the mount does not pass ``use_ino``). A removal or rename the kernel itself
-  asked for (``kernel_moves``: the mount's own ``rmdir`` and ``rename``) is not notified: the
-  kernel updates that entry itself, and holds the directory's lock while it waits for the
-  answer, so a notification then would wait for ever. The rest of the feed does not reach
-  ``names_changed``: knowing names costs the charge path nothing.
+  libfuse node id: the mount does not pass ``use_ino``; found by ``find_inode``). A removal or
+  rename the kernel itself asked for (``kernel_moves``: the mount's own ``rmdir`` and
+  ``rename``) is not notified: the kernel updates that entry itself, and holds the directory's
+  lock while it waits for the answer, so a notification then would wait for ever. The rest of
+  the feed does not reach ``names_changed``: knowing names costs the charge path nothing.
 * Nothing is held, and nothing invalidated, before ``attach`` (libfuse's ``init``) nor after
   ``detach``, which the mount calls when libfuse's loop ends, before libfuse tears the session
   down (a notification after that would read freed memory): ``detach`` waits for an
@@ -61,9 +61,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
-import errno
-import os
-import struct
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import Protocol
@@ -90,75 +87,12 @@ _libfuse.fuse_lowlevel_notify_inval_entry.argtypes = (ctypes.c_void_p, ctypes.c_
                                                       ctypes.c_char_p, ctypes.c_size_t)
 _libfuse.fuse_lowlevel_notify_inval_entry.restype = ctypes.c_int
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-_libc.statx.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_uint,
-                        ctypes.c_void_p)
-_libc.statx.restype = ctypes.c_int
-_libc.syscall.restype = ctypes.c_long
-_SYS_OPENAT2 = 437  # x86_64 and the generic table alike
-_AT_FDCWD = -100
-_AT_EMPTY_PATH = 0x1000
-_AT_SYMLINK_NOFOLLOW = 0x100
-_AT_STATX_DONT_SYNC = 0x4000  # what the kernel has: no request to this server
-_STATX_INO = 0x100
-_STX_INO_OFFSET = 32  # struct statx: mask, blksize, attributes, nlink, uid, gid, mode, pad
-_STX_INO = struct.Struct("=Q96xII")  # stx_ino at 32; stx_dev_major, stx_dev_minor at 136
-_OPEN_HOW = struct.Struct("=QQQ")  # struct open_how: flags, mode, resolve
-_O_PATH_FLAGS = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
-_RESOLVE_NO_SYMLINKS, _RESOLVE_CACHED = 0x04, 0x20
-_WALK = _OPEN_HOW.pack(_O_PATH_FLAGS, 0, _RESOLVE_NO_SYMLINKS)
-_CACHED_WALK = _OPEN_HOW.pack(_O_PATH_FLAGS, 0, _RESOLVE_NO_SYMLINKS | _RESOLVE_CACHED)
+class InodeFinder(Protocol):
+    """``fastopen.kernel_inode``: the inode number the kernel gives ``path`` on ``device``,
+    resolved from its caches only when ``cached_only``; ``None`` if it has none."""
 
-
-def _cached_walks() -> bool:
-    """Whether this kernel resolves a path from its caches only (``openat2`` with
-    ``RESOLVE_CACHED``: Linux 5.12)."""
-    fd = _libc.syscall(ctypes.c_long(_SYS_OPENAT2), ctypes.c_long(_AT_FDCWD), b"/",
-                       _CACHED_WALK, ctypes.c_long(len(_CACHED_WALK)))
-    if fd < 0:
-        return ctypes.get_errno() not in (errno.ENOSYS, errno.EINVAL, errno.E2BIG)
-    os.close(fd)
-    return True
-
-
-CACHED_WALKS = _cached_walks()
-"""Whether this kernel resolves paths from its caches only (``openat2``'s ``RESOLVE_CACHED``,
-Linux 5.12). Without it a handler of the mount finds no inode: nothing is pushed at open (the
-read asks) and no entry is dropped from a handler."""
-
-
-def kernel_inode(path: str, device: int | None = None, *,
-                 cached_only: bool = False) -> int | None:
-    """The inode number the kernel gives ``path`` (on the mount: the libfuse node id), without
-    asking the server for its attributes; ``None`` if there is none, or if ``device`` is given
-    and the path is on another device. The walk to it may ask the server for the names and
-    directories it lacks, unless ``cached_only``: then the path is resolved from the kernel's
-    caches only (``openat2``'s ``RESOLVE_CACHED``), and ``None`` if that cannot be done. A
-    handler of the mount must pass ``cached_only``: waiting for its own mount, it would hold a
-    worker that another must serve it with, and enough of them at once would leave none."""
-    how = _CACHED_WALK if cached_only else _WALK
-    raw = os.fsencode(path)
-    fd = _libc.syscall(ctypes.c_long(_SYS_OPENAT2), ctypes.c_long(_AT_FDCWD), raw, how,
-                       ctypes.c_long(len(how)))
-    buf = ctypes.create_string_buffer(256)
-    if fd < 0:
-        if cached_only or ctypes.get_errno() != errno.ENOSYS:
-            return None
-        # no openat2 (before Linux 5.6): the same walk by statx
-        if _libc.statx(_AT_FDCWD, raw, _AT_SYMLINK_NOFOLLOW | _AT_STATX_DONT_SYNC,
-                       _STATX_INO, buf) != 0:
-            return None
-    else:
-        try:
-            if _libc.statx(fd, b"", _AT_EMPTY_PATH | _AT_STATX_DONT_SYNC, _STATX_INO,
-                           buf) != 0:
-                return None
-        finally:
-            os.close(fd)
-    ino, major, minor = _STX_INO.unpack_from(buf, _STX_INO_OFFSET)
-    if device is not None and (major, minor) != (os.major(device), os.minor(device)):
-        return None
-    return int(ino)
+    def __call__(self, path: str, device: int | None = None, *,
+                 cached_only: bool = False) -> int | None: ...
 
 
 DIRECTORY_KINDS = frozenset({ChangeKind.MKDIR, ChangeKind.RMDIR, ChangeKind.RENAME,
@@ -217,6 +151,9 @@ class KernelCache:
         """The mount's device, set by the mount once it is live: a path under ``mountpoint``
         is taken for one of its directories only while it shows this device (not once
         something is mounted over it); entries are not dropped before it is known."""
+        self.find_inode: InodeFinder | None = None
+        """How a directory's inode is found (``fastopen.kernel_inode``, set by the mount when
+        the C parts are built); entries are not dropped without it."""
         self._known: dict[Cgroup, int] = {}  # the names of each cgroup the kernel was told of
         self._local = threading.local()  # ``kernel_moves``
         self.entry_invalidations = 0
@@ -439,15 +376,15 @@ class KernelCache:
         through it), which finds them from the kernel's caches only, and drops no entry in a
         directory it cannot find so (one whose attributes a change invalidated: the kernel
         asks for those before it uses an entry in it, and finds the name gone)."""
-        mountpoint, device = self.mountpoint, self.device
-        if mountpoint is None or device is None or self._fuse is None:
+        mountpoint, device, find = self.mountpoint, self.device, self.find_inode
+        if mountpoint is None or device is None or find is None or self._fuse is None:
             return
         cached_only = current_fuse() is not None
         inodes: dict[str, int | None] = {}
         for directory, _ in entries:
             if directory not in inodes:
-                inodes[directory] = kernel_inode(mountpoint.rstrip("/") + directory, device,
-                                                 cached_only=cached_only)
+                inodes[directory] = find(mountpoint.rstrip("/") + directory, device,
+                                         cached_only=cached_only)
         with self._fuse_lock:
             fuse = self._fuse
             if fuse is None:
@@ -473,5 +410,5 @@ class KernelCache:
             self.invalidations += len(paths)
 
 
-__all__ = ["ATTR_TIMEOUT", "CACHED_WALKS", "ENTRY_TIMEOUT", "KernelCache", "Published",
-           "current_fuse", "kernel_inode"]
+__all__ = ["ATTR_TIMEOUT", "ENTRY_TIMEOUT", "InodeFinder", "KernelCache", "Published",
+           "current_fuse"]

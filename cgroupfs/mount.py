@@ -69,6 +69,8 @@ class CgroupMount:
         self.operations = CgroupOperations(system, on_init=self._initialised,
                                            kernel_cache=kernel_cache)
         self.operations.cache.mountpoint = mountpoint
+        if kernel_cache:
+            self.operations.cache.find_inode = fastopen.kernel_inode
         self._fast: fastopen.Serving | None = None
         self._ended = threading.Event()
         self._lock = threading.Lock()

@@ -112,9 +112,9 @@ def test_an_unchanged_file_is_read_from_the_page_cache(handle: CgroupMount, syst
     assert (mnt / "a" / "ioasids.max").read_text() == "7\n"
     # with the C parts, the open pushed the published text into the page cache: no read
     # reached the server; without them, the first read did
-    from cgroupfs.kernelcache import CACHED_WALKS
+    from cgroupfs.fastopen import cached_walks
 
-    pushes = published is not None and CACHED_WALKS
+    pushes = published is not None and cached_walks()
     first = [] if pushes else ["/a/ioasids.max"]
     assert reached() == first
     assert cat(mnt / "a" / "ioasids.max") == "7\n"
@@ -453,9 +453,9 @@ def test_a_write_of_the_current_text_is_answered_in_c(
     assert calls == [] and published.writes_served == served + 3
     # the kernel drops a page written directly: each open pushed the text again, and no
     # read reached the server (a kernel that cannot resolve from its caches only: no push)
-    from cgroupfs.kernelcache import CACHED_WALKS
+    from cgroupfs.fastopen import cached_walks
 
-    if CACHED_WALKS:
+    if cached_walks():
         assert published.texts_pushed == pushed + 3 and published.reads_served == reads
     assert len(changes.seen) == before
     _write(limit, b"5")  # the same value, other bytes: the model's parser judges it
@@ -618,7 +618,7 @@ def test_a_rewrite_after_another_faces_change_reaches_the_model(
 # ---------------------------------------------------------------------- directory entries
 def _knows(path: Path) -> bool:
     """Whether the kernel holds an entry for ``path`` (asking the server nothing)."""
-    from cgroupfs.kernelcache import kernel_inode
+    from cgroupfs.fastopen import kernel_inode
 
     return kernel_inode(str(path)) is not None
 
@@ -712,8 +712,11 @@ def test_a_path_on_another_device_is_not_taken_for_the_mounts(tmp_path: Path) ->
     """Entries are dropped, and texts pushed, by inode numbers found through paths under the
     mount point: a path that shows another device (something mounted over the mount point) is
     never taken for one of the mount's files."""
-    from cgroupfs.kernelcache import kernel_inode
+    from cgroupfs.fastopen import LIBRARY, kernel_inode
 
+    if not LIBRARY.exists():
+        pytest.skip("cgroupfs/_fastopen.so not built (scripts/bootstrap needs cc and "
+                    "libfuse3-dev)")
     here = os.stat(tmp_path)
     assert kernel_inode(str(tmp_path), here.st_dev) == here.st_ino
     assert kernel_inode(str(tmp_path)) == here.st_ino
@@ -728,9 +731,12 @@ def test_inodes_are_found_from_the_kernels_caches_only(handle: CgroupMount, syst
     """Finding an inode (to drop an entry, or to push a text from the C ``open``) never sends
     the mount a request: a handler waiting on its own mount holds a worker another would need
     to answer it. A name the kernel never looked up is not found, and nothing is asked."""
-    from cgroupfs.kernelcache import CACHED_WALKS, kernel_inode
+    from cgroupfs.fastopen import LIBRARY, cached_walks, kernel_inode
 
-    if not CACHED_WALKS:
+    if not LIBRARY.exists():
+        pytest.skip("cgroupfs/_fastopen.so not built (scripts/bootstrap needs cc and "
+                    "libfuse3-dev)")
+    if not cached_walks():
         pytest.skip("this kernel has no openat2 RESOLVE_CACHED (Linux 5.12)")
     mnt = Path(handle.mountpoint)
     asked: list[str] = []
@@ -765,17 +771,3 @@ def test_files_a_threaded_cgroup_loses_leave_the_kernel(needs_fuse: None,
         system.write_cgroup_type("/t", "threaded")
         assert not _knows(mnt / "t" / "ioasids.current")
         assert (mnt / "t" / "cgroup.type").read_text() == "threaded\n"
-
-
-def test_without_openat2_inodes_are_still_found_outside_the_mount(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A kernel before Linux 5.6 has no ``openat2`` (``ENOSYS``, made here with a system call
-    number no kernel has): the full walk is made by ``statx``; a walk from the caches only finds
-    nothing, so a handler pushes nothing and drops nothing."""
-    from cgroupfs import kernelcache
-
-    monkeypatch.setattr(kernelcache, "_SYS_OPENAT2", 99_999)
-    assert not kernelcache._cached_walks()
-    here = os.stat(tmp_path)
-    assert kernelcache.kernel_inode(str(tmp_path), here.st_dev) == here.st_ino
-    assert kernelcache.kernel_inode(str(tmp_path), cached_only=True) is None
