@@ -87,6 +87,7 @@ _libfuse.fuse_lowlevel_notify_inval_entry.argtypes = (ctypes.c_void_p, ctypes.c_
                                                       ctypes.c_char_p, ctypes.c_size_t)
 _libfuse.fuse_lowlevel_notify_inval_entry.restype = ctypes.c_int
 
+
 class InodeFinder(Protocol):
     """``fastopen.kernel_inode``: the inode number the kernel gives ``path`` on ``device``,
     resolved from its caches only when ``cached_only``; ``None`` if it has none."""
@@ -146,7 +147,7 @@ class KernelCache:
         """Paths invalidated so far (for tests and benchmarks)."""
         self.mountpoint: str | None = None
         """Where the mount is (set by it before it is served): where a directory's inode is
-        found (``kernel_inode``) to drop an entry in it."""
+        found (``find_inode``) to drop an entry in it."""
         self.device: int | None = None
         """The mount's device, set by the mount once it is live: a path under ``mountpoint``
         is taken for one of its directories only while it shows this device (not once
@@ -371,7 +372,7 @@ class KernelCache:
     def drop_entries(self, entries: list[tuple[str, str]]) -> None:
         """Tell the kernel to drop its entries ``(directory, name)`` (paths on the mount),
         whether it has them or not; nothing when not serving. Without the model's lock: the
-        directories' inodes are found through the kernel (``kernel_inode``), which may ask
+        directories' inodes are found through the kernel (``find_inode``), which may ask
         this server, but for a handler of the mount (a ``cgroup.subtree_control`` write
         through it), which finds them from the kernel's caches only, and drops no entry in a
         directory it cannot find so (one whose attributes a change invalidated: the kernel
