@@ -74,8 +74,19 @@ class IdSpace:
 
     def any_used(self, values: Iterable[int]) -> bool:
         """Whether any of ``values`` is used: ``in`` for a whole batch in one call, at a
-        fraction of the cost of asking for each value."""
+        fraction of the cost of asking for each value; a ``range`` of step 1 (a slice of a
+        batch) is looked at a chunk at a time, in C."""
         chunks = self._chunks
+        if isinstance(values, range) and values.step == 1:
+            first, last = max(values.start, 0), min(values.stop - 1, MAX_VALUE)
+            while first <= last:
+                end = min(last, first | CHUNK_MASK)
+                chunk = chunks.get(first >> CHUNK_BITS)
+                if chunk is not None and \
+                        chunk.used.find(1, first & CHUNK_MASK, (end & CHUNK_MASK) + 1) >= 0:
+                    return True
+                first = end + 1
+            return False
         last = -1
         used: bytearray | None = None
         for value in values:

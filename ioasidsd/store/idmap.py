@@ -10,6 +10,7 @@ about 100 bytes an entry, 100 MB for the 2^20 IOASIDs of a 20-bit PASID space; t
 from __future__ import annotations
 
 import struct
+import sys
 from array import array
 from collections.abc import Iterable, Iterator
 
@@ -19,12 +20,18 @@ _MASK = _SIZE - 1
 _NONE = -1
 _EMPTY = array("i", [_NONE]) * _SIZE
 _VALUE = struct.Struct("=i")
+_LOW_HALVES = memoryview(array("H", range(_SIZE)))  # what the low halves of a run hold
+_LOW, _HIGH = (0, 1) if sys.byteorder == "little" else (1, 0)  # a u32's halves, in memory
 
 
 def ascending_run(ids: Iterable[int]) -> tuple[int, int] | None:
-    """``(first, last)`` when ``ids`` (an ``array``, tuple or list) is exactly ``first,
-    first + 1, ..., last`` in that order, at least two of them (compared in C); else
-    ``None``."""
+    """``(first, last)`` when ``ids`` (a ``range``, ``array``, tuple or list) is exactly
+    ``first, first + 1, ..., last`` in that order, at least two of them, ``first >= 0``
+    (compared in C; a ``range`` of step 1 is one at once); else ``None``."""
+    if isinstance(ids, range):
+        if ids.step == 1 and len(ids) >= 2 and ids.start >= 0:
+            return ids.start, ids.stop - 1
+        return None
     if not isinstance(ids, array | tuple | list) or len(ids) < 2:
         return None
     lo = ids[0]
@@ -33,10 +40,23 @@ def ascending_run(ids: Iterable[int]) -> tuple[int, int] | None:
         return None
     expected = range(lo, hi + 1)
     if isinstance(ids, array):
-        same = ids.typecode in "bBhHiIlLqQ" and ids == array(ids.typecode, expected)
+        if ids.typecode == "I" and ids.itemsize == 4 and lo >> _BITS == hi >> _BITS:
+            same = _u32_run_in_one_chunk(ids, lo, hi)
+        else:
+            same = ids.typecode in "bBhHiIlLqQ" and ids == array(ids.typecode, expected)
     else:
         same = ids == type(ids)(expected)
     return (lo, hi) if same else None
+
+
+def _u32_run_in_one_chunk(ids: array, lo: int, hi: int) -> bool:
+    """Whether ``ids`` (32-bit, from ``lo`` to ``hi`` in one chunk of 65,536) is ``lo, lo +
+    1, ..., hi``: its low 16-bit halves are compared with a slice of 0..65535 and its high
+    halves with their one value, in C, instead of building the run's integers."""
+    halves = memoryview(ids).cast("B").cast("H")
+    high = memoryview(array("H", [lo >> _BITS]) * len(ids))
+    return halves[_LOW::2] == _LOW_HALVES[lo & _MASK : (hi & _MASK) + 1] and \
+        halves[_HIGH::2] == high
 
 
 class IdMap:

@@ -161,6 +161,10 @@ def test_any_used_answers_as_in_for_each(used, probes) -> None:
         assert space.insert(value, value)
     assert space.any_used(probes) == any(p in space for p in probes)
     assert space.any_used(sorted(used)) == bool(used)
+    for probe in probes:  # ranges (a batch's slice), looked at a chunk at a time
+        for span in (range(probe - 3, probe + 4), range(probe, probe + CHUNK_SIZE + 2),
+                     range(probe, probe)):
+            assert space.any_used(span) == any(u in span for u in used)
 
 
 def test_get_range_is_get_of_each_value_across_chunks() -> None:

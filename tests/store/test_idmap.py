@@ -15,15 +15,17 @@ writes = st.lists(st.one_of(
     st.tuples(st.just("run"), st.integers(60_000, 140_000), st.integers(0, 70_000),
               st.integers(0, 5)),
     st.tuples(st.just("many"), st.lists(ids, max_size=20), st.integers(0, 5)),
-    st.tuples(st.sampled_from(["array", "tuple", "list"]), st.integers(60_000, 140_000),
+    st.tuples(st.sampled_from(["array", "tuple", "list", "range"]), st.integers(60_000, 140_000),
               st.integers(0, 70_000), st.integers(0, 5)),
 ), max_size=12)
-runs = st.tuples(st.sampled_from(["array", "tuple", "list"]), st.integers(60_000, 140_000),
+runs = st.tuples(st.sampled_from(["array", "tuple", "list", "range"]), st.integers(60_000, 140_000),
                  st.integers(0, 70_000))
 
 
 def _ascending(kind: str, start: int, length: int):
     ids = range(start, start + length)
+    if kind == "range":
+        return ids
     return array("I", ids) if kind == "array" else tuple(ids) if kind == "tuple" else list(ids)
 
 
@@ -42,7 +44,7 @@ def test_an_idmap_answers_as_a_dict(writes, probes, probe_runs):
             run = set(range(start, start + length))
             idmap.set_many(run, value)
             model.update(dict.fromkeys(run, value))
-        elif write[0] in ("array", "tuple", "list"):  # ascending: the chunk-at-a-time path
+        elif write[0] in ("array", "tuple", "list", "range"):  # ascending: the chunk-at-a-time path
             kind, start, length, value = write
             idmap.set_many(_ascending(kind, start, length), value)
             model.update(dict.fromkeys(range(start, start + length), value))
