@@ -135,6 +135,22 @@ def _insert_ioasids(db: sqlite3.Connection, ids: Iterable[int],
         db.executemany(_INSERT_IOASID, zip(singles, *map(repeat, fields), strict=False))
 
 
+def _delete_runs(db: sqlite3.Connection, runs: list[tuple[int, int]]) -> None:
+    """Remove the IOASID rows of ``runs`` (``(first, last)``, in any order, overlapping or
+    not): runs that touch or overlap are merged first, one statement each."""
+    runs.sort()
+    merged: list[tuple[int, int]] = []
+    first, last = runs[0]
+    for lo, hi in runs[1:]:
+        if lo > last + 1:
+            merged.append((first, last))
+            first = lo
+        if hi > last:
+            last = hi
+    merged.append((first, last))
+    db.executemany("DELETE FROM ioasids WHERE id BETWEEN ? AND ?", merged)
+
+
 class _IdRows:
     """A run of single IOASID operations: the last state of each ID, and the sets of the rows
     it holds (to find them when a set is then given whole)."""
@@ -288,13 +304,17 @@ class FoldPlan:
         if self.everything:
             for table in _ALL_TABLES:
                 db.execute(f"DELETE FROM {table}")
-        for step in self.steps:
+        removed: list[tuple[int, int]] = []  # runs removed by consecutive steps: removals
+        for step in self.steps:               # commute, so adjacent runs are one statement
+            if isinstance(step, _RunRows) and step.fields is None:
+                removed.append((step.first, step.last))
+                continue
+            if removed:
+                _delete_runs(db, removed)
+                removed = []
             if isinstance(step, _RunRows):
-                if step.fields is None:
-                    db.execute("DELETE FROM ioasids WHERE id BETWEEN ? AND ?",
-                               (step.first, step.last))
-                else:
-                    db.execute(_INSERT_IOASID_RUN, (step.first, step.last, *step.fields))
+                alike_fields = step.fields or ()  # not None: removals were taken above
+                db.execute(_INSERT_IOASID_RUN, (step.first, step.last, *alike_fields))
             elif isinstance(step, _IdRows):
                 gone_ids: list[int] = []
                 alike: dict[tuple[Any, ...], list[int]] = {}  # fields -> the IDs that have them
@@ -316,6 +336,8 @@ class FoldPlan:
                 db.execute("DELETE FROM ioasids WHERE set_id=?", (step.set_id,))
                 for fields, ids in step.groups:  # the shared fields repeat for every ID
                     _insert_ioasids(db, ids_array(ids), fields)
+        if removed:
+            _delete_runs(db, removed)
         core = self.tables[CORE].get(None)
         if core is not None:
             if len(core) == len(CORE_KEYS) - 1:  # a record of schema 1: a v1 hierarchy

@@ -26,7 +26,9 @@ faces can report new kinds without touching the store:
 * ``processes``: those processes (tracked, moved or gone), the cgroups they are in, and every
   set they own with its IOASIDs;
 * ``ids``: those IOASIDs (allocated, changed or gone) with their sets, old and new charged
-  cgroups; report the new ID after an allocation;
+  cgroups; report the new ID after an allocation. Many IDs of one set alike (a batch's
+  slice) are one operation, whatever the set holds; other batches that make up a quarter of
+  their set are written with it;
 * ``sets``: those sets (by id) with all their IOASIDs (bulk frees, set frees);
 * a refused operation that still changed counters (a refusal event, ``v4``'s leaked charge)
   reports its calling process in ``processes`` (or the cgroups in ``cgroups``).
@@ -126,7 +128,8 @@ CREATE TABLE IF NOT EXISTS ioasids (
     refs INTEGER NOT NULL, spid INTEGER NOT NULL, cgroup INTEGER, pooled INTEGER NOT NULL,
     indexed INTEGER NOT NULL, private TEXT);
 CREATE INDEX IF NOT EXISTS ioasids_set ON ioasids (set_id);
-CREATE INDEX IF NOT EXISTS ioasids_cgroup ON ioasids (cgroup);
+-- no query reads IOASIDs by cgroup: the index older versions made only slowed every write
+DROP INDEX IF EXISTS ioasids_cgroup;
 CREATE TABLE IF NOT EXISTS refusals (seq INTEGER PRIMARY KEY, cgroup TEXT NOT NULL,
     record TEXT NOT NULL);
 """
@@ -683,16 +686,16 @@ class Store:
                 set_ids.add(owned.id)
             # by pid alone: a process tracked anew under a reused pid released the old one's sets
             set_ids.update(self._owned.get(proc.pid, ()))
+        if len(ids) >= _GROUP_IDS:  # a slice of a batch: one operation, whatever its set's size
+            grouped = self._group_ops(ids, set_ids, ops)
+            if grouped is not None:
+                cgroups.extend(grouped)
+                ids = ()
         if len(ids) >= _BULK_IDS:
             ids = tuple(self._bulk_to_sets(ids, set_ids))
         if set_ids:
             for sid in sorted(set_ids):
                 cgroups.extend(self._set_ioasids_ops(sid, ops))
-        if len(ids) >= _GROUP_IDS:
-            grouped = self._group_ops(ids, ops)
-            if grouped is not None:
-                cgroups.extend(grouped)
-                ids = ()
         if len(ids) == 1:
             (only,) = ids
             cgroups.extend(self._ioasid_ops(int(only), ops))
@@ -884,31 +887,37 @@ class Store:
                 rest.extend(members)
         return rest
 
-    def _group_ops(self, ids: tuple[int, ...], ops: list[Op]) -> list[Cgroup] | None:
+    def _group_ops(self, ids: tuple[int, ...], whole: set[int],
+                   ops: list[Op]) -> list[Cgroup] | None:
         """Many IOASIDs of one set (a slice of a batch) as one ``IOASIDS`` operation, when they
         are all live in its index with the same fields and no private data, or all gone and
-        last written in that set; returns the cgroups they were or are charged to, or ``None``
-        (nothing written) when they are not such a group."""
+        last written in that set, and the set is not in ``whole`` (written whole anyway);
+        returns the cgroups they were or are charged to, or ``None`` (nothing written) when
+        they are not such a group. IDs in ascending order with no gap (what a batch's slice
+        is) are read, checked and remembered a chunk at a time."""
+        try:
+            group = array("I", ids)
+        except OverflowError:  # not all IDs (0 <= id < 2^32)
+            return None
         core = self._core
         index = core.ioasid_index
-        get = index.get
-        first = get(ids[0]) if ids[0] >= 0 else None
+        run = ascending_run(group)
+        span: Sequence[int] = ids if run is None else range(run[0], run[1] + 1)
+        first = index.get(ids[0])
         if first is not None:
             ioasid_set = first.set
+            sid = ioasid_set.id
             key = _IOASID_KEY(first)
-            if key[5] is not None or not ioasid_set.xa.issuperset(ids):
+            if sid in whole or key[5] is not None or not ioasid_set.xa.issuperset(ids):
                 return None
-            run = ascending_run(ids)  # a slice of a batch: its IOASIDs read a chunk at a time
-            found = map(get, ids) if run is None else index.get_range(*run)
+            found = map(index.get, ids) if run is None else index.get_range(*run)
             if not all(map(key.__eq__, map(_IOASID_KEY, found))):
                 return None
-            sid = ioasid_set.id
             state, refs, spid, cg, pooled, _private = key
             row = None if cg is None else self._row(cg)
-            group = array("I", ids)
             ops.append((IOASIDS, sid, (sid, int(state), refs, spid, row, pooled, True, None),
                         ids_bytes(group)))
-            self._set_of.set_many(group, sid)
+            self._set_of.set_many(span, sid)
             if sid not in self._last_set:
                 self._set_op(sid, ops)
             if cg is None:
@@ -918,14 +927,14 @@ class Store:
                 charged = self._charged[sid] = set()
             charged.add(row)  # type: ignore[arg-type]  # not None with cg
             return [cg] if cg.parent is not None or cg.limit is not None else []
-        sid = self._set_of.get(ids[0]) if ids[0] >= 0 else None
-        if sid is None or min(ids) < 0 or core.ioasid_index.any_used(ids) or \
-                not self._set_of.all_map_to(ids, sid):
+        gone = self._set_of.get(ids[0])
+        if gone is None or gone in whole or index.any_used(span) or \
+                not self._set_of.all_map_to(span, gone):
             return None
-        ops.append((IOASIDS, sid, None, ids_bytes(array("I", ids))))
-        was_charged = self._charged_cgroups(sid)
-        if sid not in core.sets_by_id:  # destroyed with its last IOASID
-            self._set_op(sid, ops)
+        ops.append((IOASIDS, gone, None, ids_bytes(group)))
+        was_charged = self._charged_cgroups(gone)
+        if gone not in core.sets_by_id:  # destroyed with its last IOASID
+            self._set_op(gone, ops)
         return was_charged
 
     def _set_ioasids_ops(self, sid: int, ops: list[Op]) -> list[Cgroup]:

@@ -139,3 +139,30 @@ def test_runs_given_again_far_back_still_fold_to_their_last_state(tmp_path):
                                           for i, row in expected.items()}
     finally:
         store.close()
+
+
+def test_runs_removed_one_after_another_are_removed_by_one_statement(tmp_path):
+    """The slices of a batch freed (consecutive removals, given in any order, touching or
+    overlapping) are one ``DELETE`` of the range they cover, and remove every row of it and
+    no other."""
+    store = Store.open(tmp_path)
+    try:
+        live = (7, 1, 1, 5, None, 1, True, None)
+        earlier = FoldPlan()
+        earlier.add([(IOASIDS, 7, live, ids_bytes(array("I", range(0, 5000))))])
+        fold_into(store, earlier)
+        plan = FoldPlan()
+        firsts = [*range(1024, 4096, 1024), 0, 512]  # out of order, one overlapping
+        for first in firsts:
+            plan.add([(IOASIDS, 7, None, ids_bytes(array("I", range(first, first + 1024))))])
+        plan.add([(IOASIDS, 7, None, ids_bytes(array("I", range(4500, 4600))))])  # apart
+        statements: list[str] = []
+        store.db.set_trace_callback(statements.append)
+        rows = fold_into(store, plan)
+        store.db.set_trace_callback(None)
+        assert sorted(rows) == [*range(4096, 4500), *range(4600, 5000)]
+        deletes = [s for s in statements if s.startswith("DELETE FROM ioasids WHERE id")]
+        assert deletes == ["DELETE FROM ioasids WHERE id BETWEEN 0 AND 4095",
+                           "DELETE FROM ioasids WHERE id BETWEEN 4500 AND 4599"]
+    finally:
+        store.close()

@@ -647,31 +647,41 @@ def test_batches_are_one_record_each_and_fold_to_their_rows(tmp_path):
 
 
 def test_a_batch_costs_what_it_changed_not_the_size_of_its_set(tmp_path):
-    """A small batch in a large set is written as its own rows; a batch that makes up much of
-    its set (or empties it) as the set's ranges. Either way what is rebuilt is the model."""
-    from ioasidsd.store.fold import IOASID, SET_IOASIDS
+    """A batch of many IDs alike is one ``IOASIDS`` operation, whatever its set holds; a small
+    batch in a large set is written as its own rows; a smaller batch that makes up much of its
+    set (or empties it) as the set's ranges. Either way what is rebuilt is the model."""
+    from ioasidsd.store.fold import IOASID, IOASIDS, SET_IOASIDS
+
+    def kinds() -> list[int]:
+        return [op[0] for op in records(tmp_path)[-1]]
 
     store, system = bound(tmp_path, fold_interval=NEVER)
     system.processes.live[10] = 1.0
     file = system.ioasid_open(10)
     big = uapi.ALLOC_BATCH.pack(uapi.ALLOC_BATCH.size, 0, 1, 100_000, 4096)
-    system.ioasid_ioctl(file, uapi.IOASID_REQUEST_ALLOC_BATCH, big)
-    assert [op[0] for op in records(tmp_path)[-1]].count(SET_IOASIDS) == 1
+    system.ioasid_ioctl(file, uapi.IOASID_REQUEST_ALLOC_BATCH, big)  # the whole set, alike
+    assert kinds().count(IOASIDS) == 1 and SET_IOASIDS not in kinds() and IOASID not in kinds()
     small = uapi.ALLOC_BATCH.pack(uapi.ALLOC_BATCH.size, 0, 1, 100_000, 64)
     count, out = system.ioasid_ioctl(file, uapi.IOASID_REQUEST_ALLOC_BATCH, small)
-    kinds = [op[0] for op in records(tmp_path)[-1]]
-    assert SET_IOASIDS not in kinds and kinds.count(IOASID) == 64
+    assert SET_IOASIDS not in kinds() and kinds().count(IOASID) == 64
     free = uapi.FREE_BATCH.pack(uapi.FREE_BATCH.size + len(out), 0, count) + out
     system.ioasid_ioctl(file, uapi.IOASID_REQUEST_FREE_BATCH, free)
-    kinds = [op[0] for op in records(tmp_path)[-1]]
-    assert SET_IOASIDS not in kinds and kinds.count(IOASID) == 64
+    assert SET_IOASIDS not in kinds() and kinds().count(IOASID) == 64
     assert stored(tmp_path) == dump(system.core)
-    # the big batch freed: its set, now empty, written whole rather than 4096 rows
+    # the big batch freed: its rows gone as one operation, not 4096 rows nor the set
     ids = struct.pack(f"={4096}I", *range(1, 4097))
     free = uapi.FREE_BATCH.pack(uapi.FREE_BATCH.size + len(ids), 0, 4096) + ids
     assert system.ioasid_ioctl(file, uapi.IOASID_REQUEST_FREE_BATCH, free)[0] == 4096
-    kinds = [op[0] for op in records(tmp_path)[-1]]
-    assert kinds.count(SET_IOASIDS) == 1 and IOASID not in kinds
+    assert kinds().count(IOASIDS) == 1 and SET_IOASIDS not in kinds() and IOASID not in kinds()
+    assert stored(tmp_path) == dump(system.core)
+    # too few to be a batch's slice, and all of their set: written with the set
+    some = uapi.ALLOC_BATCH.pack(uapi.ALLOC_BATCH.size, 0, 1, 100_000, 100)
+    count, out = system.ioasid_ioctl(file, uapi.IOASID_REQUEST_ALLOC_BATCH, some)
+    assert kinds().count(SET_IOASIDS) == 1 and IOASID not in kinds()
+    assert stored(tmp_path) == dump(system.core)
+    free = uapi.FREE_BATCH.pack(uapi.FREE_BATCH.size + len(out), 0, count) + out
+    assert system.ioasid_ioctl(file, uapi.IOASID_REQUEST_FREE_BATCH, free)[0] == 100
+    assert kinds().count(SET_IOASIDS) == 1 and IOASID not in kinds()
     assert stored(tmp_path) == dump(system.core)
     store.close()
 

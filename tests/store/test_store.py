@@ -411,6 +411,26 @@ def test_a_schema_1_database_is_upgraded_in_place(tmp_path):
     reopened.close()
 
 
+def test_the_unused_index_of_older_databases_is_dropped_and_nothing_else(tmp_path):
+    """Older versions indexed IOASID rows by cgroup, which no query reads: opening their
+    database drops that index (it only slowed every write) and keeps the others."""
+    import sqlite3
+
+    store, system = bound(lambda **kw: System(**kw), tmp_path)
+    system.mkdir("/a")
+    store.close()
+    db = sqlite3.connect(tmp_path / "state.sqlite")
+    db.execute("CREATE INDEX ioasids_cgroup ON ioasids (cgroup)")
+    db.commit()
+    db.close()
+    reopened = Store.open(tmp_path)
+    indexes = {name for (name,) in reopened.db.execute(
+        "SELECT name FROM sqlite_master WHERE type='index' AND tbl_name='ioasids'")}
+    assert indexes == {"ioasids_set"}
+    assert [c["name"] for c in reopened.load()["cgroups"]] == ["", "a"]
+    reopened.close()
+
+
 def test_a_v2_freeze_request_survives_a_restart(make_system, tmp_path):
     def make_v2(**kwargs):
         return make_system(hierarchy="v2", **kwargs)
