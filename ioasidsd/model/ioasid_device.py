@@ -111,15 +111,18 @@ class Touched:
     """What the operations since the last ``IoasidDevice.take_touched()`` changed: ``ids``,
     IOASIDs changed (allocated, freed, referenced), batches included; ``sets``, sets changed as
     a whole (created, adopted, released); ``leaves``, the cgroups charged, uncharged or refused,
-    whose walks' counters or events changed. Kept by the device and emptied by each
-    ``take_touched``."""
+    whose walks' counters or events changed; ``alike``, when the first IDs of ``ids`` were
+    made by one batch allocation (all alike: ``alloc_many_locked``), how many (else 0): they
+    are all of ``ids`` until another change records its IDs after them. Kept by the device
+    and emptied by each ``take_touched``."""
 
-    __slots__ = ("ids", "leaves", "sets")
+    __slots__ = ("alike", "ids", "leaves", "sets")
 
     def __init__(self) -> None:
         self.ids: list[int] = []
         self.sets: list[IoasidSet] = []
         self.leaves: set[Cgroup] = set()
+        self.alike = 0
 
 
 TouchedFields = tuple[tuple["Cgroup", ...], tuple[int, ...], tuple[int, ...]]
@@ -175,9 +178,12 @@ class IoasidDevice:
             cgroups = tuple(dict.fromkeys([cg for leaf in leaves
                                            for cg in leaf.chain or _counted_root(leaf)]))
             leaves.clear()
+        alike = touched.alike
         taken = exact_change(kind, cgroups, processes, tuple(ids),
                              () if not sets else (sets[0].id,) if len(sets) == 1  # one set
-                             else tuple([s.id for s in sets]), refusal)
+                             else tuple([s.id for s in sets]), refusal,
+                             alike != 0 and alike == len(ids))
+        touched.alike = 0
         ids.clear()
         if sets:
             sets.clear()
@@ -505,8 +511,11 @@ class IoasidDevice:
         ioasid_set = user.ioasid_set
         self._touched.leaves.add(task.cgroup)
         ids = core.alloc_many_locked(ioasid_set, lo, hi, count, task=task)
-        if ids is not None:  # the usual case: all of them at once
-            self._touched.ids.extend(ids)
+        if ids is not None:  # the usual case: all of them at once, alike
+            touched = self._touched
+            if not touched.ids:
+                touched.alike = count
+            touched.ids.extend(ids)
             return count, ids.tobytes()
         ids = array("I")  # one refuses (or notifiers are called): one by one, as ALLOC would
         alloc = core.alloc_locked

@@ -610,7 +610,7 @@ class Store:
         what each field of ``change`` names. Never raises: a change whose record cannot be made
         is logged, kept in ``error`` and repaired by a full rewrite at the next change."""
         # unpacked at once: a named tuple's fields cost a descriptor call each, on every change
-        kind, changed, processes, ids, sets, _path, _orphans, refusal = change
+        kind, changed, processes, ids, sets, _path, _orphans, refusal, _alike = change
         folder = self._folder
         if len(ids) == 1 and not processes and not sets and refusal is None and \
                 kind is not _RMDIR and kind is not _SYNC and self._error is None and \
@@ -667,7 +667,7 @@ class Store:
         if self._system is None:
             raise StoreError("no system is bound to the store")
         # unpacked at once: a named tuple's fields cost a descriptor call each, on every change
-        kind, changed, processes, ids, sets, _path, orphans, refusal = change
+        kind, changed, processes, ids, sets, _path, orphans, refusal, alike = change
         if len(ids) == 1 and not processes and not sets and refusal is None and \
                 kind is not _RMDIR:  # one IOASID (``apply`` takes this path itself)
             return self._one_ioasid_ops(int(ids[0]), changed)
@@ -687,7 +687,7 @@ class Store:
             # by pid alone: a process tracked anew under a reused pid released the old one's sets
             set_ids.update(self._owned.get(proc.pid, ()))
         if len(ids) >= _GROUP_IDS:  # a slice of a batch: one operation, whatever its set's size
-            grouped = self._group_ops(ids, set_ids, ops)
+            grouped = self._group_ops(ids, set_ids, ops, alike=alike)
             if grouped is not None:
                 cgroups.extend(grouped)
                 ids = ()
@@ -887,14 +887,16 @@ class Store:
                 rest.extend(members)
         return rest
 
-    def _group_ops(self, ids: tuple[int, ...], whole: set[int],
-                   ops: list[Op]) -> list[Cgroup] | None:
+    def _group_ops(self, ids: tuple[int, ...], whole: set[int], ops: list[Op], *,
+                   alike: bool = False) -> list[Cgroup] | None:
         """Many IOASIDs of one set (a slice of a batch) as one ``IOASIDS`` operation, when they
         are all live in its index with the same fields and no private data, or all gone and
         last written in that set, and the set is not in ``whole`` (written whole anyway);
         returns the cgroups they were or are charged to, or ``None`` (nothing written) when
         they are not such a group. IDs in ascending order with no gap (what a batch's slice
-        is) are read, checked and remembered a chunk at a time."""
+        is) are read, checked and remembered a chunk at a time. ``alike``: the change says
+        they are what one batch allocation made (``Change.ids_alike``), so the first is read
+        for all."""
         try:
             group = array("I", ids)
         except OverflowError:  # not all IDs (0 <= id < 2^32)
@@ -908,11 +910,14 @@ class Store:
             ioasid_set = first.set
             sid = ioasid_set.id
             key = _IOASID_KEY(first)
-            if sid in whole or key[5] is not None or not ioasid_set.xa.issuperset(ids):
+            if sid in whole or key[5] is not None:
                 return None
-            found = map(index.get, ids) if run is None else index.get_range(*run)
-            if not all(map(key.__eq__, map(_IOASID_KEY, found))):
-                return None
+            if not alike:
+                if not ioasid_set.xa.issuperset(ids):
+                    return None
+                found = map(index.get, ids) if run is None else index.get_range(*run)
+                if not all(map(key.__eq__, map(_IOASID_KEY, found))):
+                    return None
             state, refs, spid, cg, pooled, _private = key
             row = None if cg is None else self._row(cg)
             ops.append((IOASIDS, sid, (sid, int(state), refs, spid, row, pooled, True, None),

@@ -490,6 +490,47 @@ def batch_free(w: World, f, ids: list[int], task=None, argsz: int | None = None)
     return w.ioctl(f, uapi.IOASID_REQUEST_FREE_BATCH, arg, task)[0]
 
 
+def test_what_one_batch_allocation_made_is_reported_alike_and_nothing_else(world: World) -> None:
+    """``Change.ids_alike`` holds for exactly the IDs one batch allocation made, each then in
+    its set's index with the first's fields and no private data; not for a single
+    allocation, a batch free, a batch recorded after other IDs, nor one made one by one (the
+    set has notifier blocks to call)."""
+    from operator import attrgetter
+
+    from ioasidsd.model.changes import ChangeKind
+
+    fields = attrgetter("set", "state", "refs", "spid", "cgroup", "pooled", "private")
+    world.cgroup("t", 10_000)
+    f = world.device.open(world.proc("/t"))
+
+    def taken():
+        return world.device.take_change(ChangeKind.IOASID)
+
+    taken()  # the open
+    ids = batch_alloc(world, f, 300)
+    change = taken()
+    assert change.ids_alike and list(change.ids) == ids
+    get = world.core.ioasid_index.get
+    first = fields(get(ids[0]))
+    assert first[-1] is None and set(ids) <= f.user.ioasid_set.xa
+    assert all(fields(get(i)) == first for i in ids)
+    world.alloc(f)
+    assert not taken().ids_alike
+    batch_free(world, f, ids[:10])
+    assert not taken().ids_alike
+    world.alloc(f)  # one window: another allocation's ID, then a batch
+    batch_alloc(world, f, 5)
+    change = taken()
+    assert len(change.ids) == 6 and not change.ids_alike
+    batch_alloc(world, f, 5)  # a batch, then another ID in the same window
+    world.alloc(f)
+    assert not taken().ids_alike
+    world.core.register_notifier(f.user.ioasid_set, recorder([]))
+    batch_alloc(world, f, 5)  # one by one: notifiers are called for each
+    change = taken()
+    assert len(change.ids) == 5 and not change.ids_alike
+
+
 def test_batch_alloc_and_free(world: World) -> None:
     world.cgroup("t", 100)
     f = world.device.open(world.proc("/t"))
