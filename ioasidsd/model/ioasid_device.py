@@ -183,6 +183,14 @@ class IoasidDevice:
             sets.clear()
         return taken
 
+    def forget_touched(self) -> None:
+        """Empty the record of what was touched without making a ``Change`` of it (what
+        ``take_change`` leaves, for a caller whose change nobody reads)."""
+        touched = self._touched
+        touched.ids.clear()
+        touched.sets.clear()
+        touched.leaves.clear()
+
     def _touch_ids(self, ids: list[int], task: Process | None) -> None:
         """Record ``ids`` (before the change, so charged cgroups are still known)."""
         self._touched.ids.extend(ids)
