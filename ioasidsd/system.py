@@ -114,6 +114,12 @@ a fork racing with ``cgroup.kill`` in ``cgroup_post_fork``)."""
 _FORK, _EXIT, _IOASID, _SET = ChangeKind.FORK, ChangeKind.EXIT, ChangeKind.IOASID, ChangeKind.SET
 
 
+def unheard(change: Change) -> None:
+    """``System.on_change`` while nobody listens (no ``on_change`` given, none set since): a
+    tenant's calls (fork, open, ioctl, exit) then make no ``Change`` at all, since none would
+    be read; the rarer calls make theirs and hand it here, where it is dropped."""
+
+
 def _no_file(path: str, name: str) -> None:
     raise IoasidError(ENOENT, f"{path} has no {name}")
 
@@ -126,7 +132,8 @@ class System:
     """The shared model and the changes faces make to it.
 
     ``on_change(change)`` is called with a ``Change`` under the lock after every change succeeds
-    and before the method returns (the daemon makes the change durable there). A method that
+    and before the method returns (the daemon makes the change durable there); without one it
+    is ``unheard``, and the calls a process makes through its life build no record. A method that
     raises has changed nothing (but for the events counters of a refused ioctl, whose ``Change``
     carries the ``Refusal``). ``wq`` is the core's work queue: by default ``step`` mode, where
     deferred work (the VT-d FREE cleanup) runs, and reports its own change, before the method
@@ -158,7 +165,7 @@ class System:
         self.lock: ModelLock = self.core.lock
         self._due = self.core.wq.due  # what ioasid_ioctl tests before ``lock.finish()``
         self.processes = processes or ProcessSource()
-        self.on_change: Callable[[Change], None] = on_change or (lambda change: None)
+        self.on_change: Callable[[Change], None] = on_change or unheard
         self.names_watchers: list[Callable[[Change], None]] = []
         """Each is called under the lock, after ``on_change``, with each change that may remove
         a name from the tree: a cgroup removed (``RMDIR``) or renamed (``RENAME``), or files a
@@ -548,7 +555,9 @@ class System:
                 self.note_orphans({pid: start_time})
                 return
             if child is not None:
-                self.on_change(exact_change(_FORK, (), (child,), (), ()))
+                feed = self.on_change
+                if feed is not unheard:
+                    feed(exact_change(_FORK, (), (child,), (), ()))
                 if self._v2:
                     self._follow_freezer(child, False)
         finally:
@@ -564,7 +573,9 @@ class System:
             proc = self.cgroups.processes.get(pid)
             if proc is not None:
                 self.cgroups.exit_locked(proc)
-                self.on_change(exact_change(_EXIT, (), (proc,), (), ()))
+                feed = self.on_change
+                if feed is not unheard:
+                    feed(exact_change(_EXIT, (), (proc,), (), ()))
         finally:
             let_go(lock)
             if self._due or lock.after_when:
@@ -664,9 +675,13 @@ class System:
         device = self.ioasid_device
         if not device.release_at_exit_locked(proc):  # the hierarchy's hooks run under the lock
             device.process_exit(proc)
+        feed = self.on_change
+        if feed is unheard:
+            device.forget_touched()
+            return
         change = device.take_change(_IOASID, (proc,))  # ``_ioasid_changed`` inlined
         if change is not None:
-            self.on_change(change)
+            feed(change)
 
     def ioasid_process(self, pid: int) -> Process:
         """The process ``pid`` for a charge: the model's process when it is tracked, otherwise
@@ -931,9 +946,13 @@ class System:
                     try:
                         return device.open_locked(known, closes_at_exit=closes_at_exit)
                     finally:
-                        change = device.take_change(_SET, (known,))  # ``_ioasid_changed``
-                        if change is not None:
-                            self.on_change(change)
+                        feed = self.on_change
+                        if feed is unheard:
+                            device.forget_touched()
+                        else:
+                            change = device.take_change(_SET, (known,))  # ``_ioasid_changed``
+                            if change is not None:
+                                feed(change)
             finally:
                 let_go(lock)
                 if self._due or lock.after_when:
@@ -977,9 +996,13 @@ class System:
             except BaseException:
                 self._ioasid_changed(ChangeKind.IOASID)
                 raise
+            feed = self.on_change
+            if feed is unheard:
+                self.ioasid_device.forget_touched()
+                return result
             change = self.ioasid_device.take_change(_IOASID)  # ``_ioasid_changed`` inlined
             if change is not None:
-                self.on_change(change)
+                feed(change)
             return result
         finally:
             let_go(lock)

@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_right
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from itertools import accumulate
+from math import log
 from random import Random
 from typing import Any
 
@@ -63,9 +64,7 @@ class Distribution:
             value = int(p[0]) if self.integer else p[0]
             return lambda: value
         if kind == "exponential":
-            rate = 1.0 / p[0]
-            expo = rng.expovariate
-            return lambda: expo(rate)
+            return exponential(rng, 1.0 / p[0])
         if kind == "uniform":
             low, high = p
             if self.integer:
@@ -84,6 +83,15 @@ class Distribution:
             values = tuple(int(v) for v in values)
         total, rand, last = cum[-1], rng.random, len(values) - 1
         return lambda: values[min(bisect_right(cum, rand() * total), last)]
+
+
+def exponential(rng: Random, rate: float) -> Callable[[], float]:
+    """A function of no arguments drawing from the exponential distribution of ``rate``:
+    ``rng.expovariate(rate)``, the same numbers from the same generator, computed as
+    ``Random.expovariate`` computes them but in one call (a tenant draws two: its arrival gap
+    and its lifetime)."""
+    rand = rng.random
+    return lambda: -log(1.0 - rand()) / rate
 
 
 def _number(table: Mapping[str, Any], key: str, where: str, *, positive: bool = False,
@@ -185,8 +193,7 @@ class Arrival:
     def gaps(self, rng: Random) -> Any:
         """A function of no arguments giving the time to the next arrival."""
         if self.process == "poisson":
-            expo, rate = rng.expovariate, self.rate
-            return lambda: expo(rate)
+            return exponential(rng, self.rate)
         interval = self.interval
         return lambda: interval
 

@@ -72,6 +72,8 @@ ID_RANGE = (1, PCI_PASID_MAX - 1)
 """The range a tenant asks its IOASIDs in (a PASID-capable device's, without RID_PASID 0)."""
 ALLOC_ONE = uapi.ALLOC_REQUEST.pack(16, 0, *ID_RANGE)
 """The argument of a tenant's ``REQUEST_ALLOC`` (the same for every tenant: packed once)."""
+_REQUEST_ALLOC = uapi.IOASID_REQUEST_ALLOC
+heappush = heapq.heappush
 
 
 def replication_seed(seed: int, replication: int) -> int:
@@ -147,16 +149,17 @@ def build_system(policy: Policy, on_change: Callable[[Change], None] | None = No
 class Recorder:
     """The metrics of one replication, from the ``Change`` records of its ``System``.
 
-    ``on_change`` is the ``System``'s hook: it notes the refusal a record carries (counted by
-    level once ``now`` has reached ``warmup``; kept as ``last_refusal`` for the engine to
-    attribute to the tenant) and the cgroups whose counters may have moved. ``settle(now)``
-    then re-reads those cgroups and their ancestors, and the IOASIDs in use, and integrates
-    each value over time from ``warmup`` on.
+    ``on_change`` is the ``System``'s hook: it keeps each record, as it comes, for the end of
+    the event (``changes``; a list's own ``append``, so that a record costs no Python call).
+    ``settle(now)``, after every event, counts the refusals the records carry (by level, once
+    ``now`` has reached ``warmup``), re-reads the cgroups they name and their ancestors, and
+    the IOASIDs in use, and integrates each value over time from ``warmup`` on.
+    ``refusal_level(now)`` gives, within an event, the level of the last refusal so far (for
+    the engine to attribute to the tenant), counting the records kept until then.
     """
 
     def __init__(self, built: Built, warmup: float) -> None:
         self.warmup = warmup
-        self.now = 0.0
         self.index_of: dict[Cgroup, int] = {}
         self.paths: list[str] = []
         self.nodes: list[Cgroup] = []
@@ -172,11 +175,17 @@ class Recorder:
         self.peak = [0] * n
         self.refusals: dict[str, int] = {}
         self.last_refusal: str | None = None
+        """The level of the last refusal counted (see ``refusal_level``)."""
         self.ids = built.system.core.ioasid_index
         self.in_use = 0
         self.in_use_since = 0.0
         self.in_use_area = 0.0
         self.in_use_peak = 0
+        self.changes: list[Change] = []
+        """The records reported since the last ``settle``, in order."""
+        self.on_change: Callable[[Change], None] = self.changes.append
+        self.counted = 0
+        """How many of ``changes`` had their refusals counted already (``_count_refusals``)."""
         # what a change naming a cgroup makes to re-read: the indices of it and of its
         # ancestors the run follows, by the cgroup's ``id`` (an int key: no Python ``__hash__``
         # on the hot path); a cgroup the run does not follow has none
@@ -186,25 +195,33 @@ class Recorder:
         # the same for a change's whole ``cgroups`` (nearly always one cgroup's ``chain``, the
         # same tuple every time): each index once, by the tuple (see ``_reread_all``)
         self.reread_all: dict[tuple[Cgroup, ...], tuple[int, ...]] = {}
-        self.dirty: list[tuple[Cgroup, ...]] = []
 
-    def on_change(self, change: Change) -> None:
-        refusal = change.refusal
-        if refusal is not None:
-            level = refusal.level or CAPACITY
-            self.last_refusal = level
-            if self.now >= self.warmup:
-                self.refusals[level] = self.refusals.get(level, 0) + 1
-        if change.cgroups:
-            self.dirty.append(change.cgroups)
+    def _count_refusals(self, now: float) -> None:
+        """Count the refusals of the records not counted yet, in order, at time ``now``."""
+        changes = self.changes
+        for i in range(self.counted, len(changes)):
+            refusal = changes[i].refusal
+            if refusal is not None:
+                self._count(refusal.level or CAPACITY, now)
+        self.counted = len(changes)
 
-    def refused_open(self, exc: IoasidError) -> str:
-        """An ``open`` of ``/dev/ioasid`` was refused (``v4``: no capacity left for a set):
-        the level to count, as a ``Refusal`` would have been counted."""
-        level = CAPACITY if exc.errno == ENOSPC else (exc.level or exc.name)
+    def _count(self, level: str, now: float) -> None:
         self.last_refusal = level
-        if self.now >= self.warmup:
+        if now >= self.warmup:
             self.refusals[level] = self.refusals.get(level, 0) + 1
+
+    def refusal_level(self, now: float) -> str:
+        """The level of the last refusal reported so far (``capacity`` when none was), at
+        time ``now`` within the current event: what a refused request is attributed to."""
+        self._count_refusals(now)
+        return self.last_refusal or CAPACITY
+
+    def refused_open(self, exc: IoasidError, now: float) -> str:
+        """An ``open`` of ``/dev/ioasid`` was refused (``v4``: no capacity left for a set) at
+        time ``now``: the level to count, as a ``Refusal`` would have been counted."""
+        self._count_refusals(now)  # the records before it first, in their order
+        level = CAPACITY if exc.errno == ENOSPC else (exc.level or exc.name)
+        self._count(level, now)
         return level
 
     def _reread_all(self, cgroups: tuple[Cgroup, ...]) -> tuple[int, ...]:
@@ -232,13 +249,20 @@ class Recorder:
             self.peak[i] = value
 
     def settle(self, now: float) -> None:
-        """Re-read what the changes since the last call named, at simulated time ``now``."""
-        dirty = self.dirty
-        if dirty:
+        """Count and re-read what the records since the last call name, at simulated time
+        ``now``; the records are then dropped."""
+        changes = self.changes
+        if changes:
             # ``_integrate`` inlined: this runs after nearly every event
             reread_all, value, nodes, since = self.reread_all, self.value, self.nodes, self.since
             warmup = self.warmup
-            for cgroups in dirty:
+            refused = False
+            for change in changes:
+                if change.refusal is not None:
+                    refused = True
+                cgroups = change.cgroups
+                if not cgroups:
+                    continue
                 indices = reread_all.get(cgroups)
                 if indices is None:
                     indices = self._reread_all(cgroups)
@@ -256,10 +280,15 @@ class Recorder:
                     since[i] = now
                     if now >= warmup and counter > self.peak[i]:
                         self.peak[i] = counter
-            dirty.clear()
-        in_use = len(self.ids)
+            if refused:
+                self._count_refusals(now)
+            changes.clear()
+            self.counted = 0
+        in_use = self.ids.count
         if in_use != self.in_use or now <= self.warmup:
-            start = max(self.in_use_since, self.warmup)
+            start = self.in_use_since
+            if start < self.warmup:
+                start = self.warmup
             if now > start:
                 self.in_use_area += self.in_use * (now - start)
             self.in_use = in_use
@@ -376,6 +405,10 @@ class Engine:
         self.built.system.on_change = self.recorder.on_change
         self.system = self.built.system
         self.processes = self.built.processes
+        # the calls every tenant makes, bound once
+        self.spawn, self.reap = self.processes.spawn, self.processes.reap
+        self.fork, self.exit = self.system.fork, self.system.exit
+        self.ioasid_open, self.ioasid_ioctl = self.system.ioasid_open, self.system.ioasid_ioctl
         self.heap: list[tuple[float, int, Callable[[Any], None], Any]] = []
         self.sequence = 0
         self.now = 0.0
@@ -388,24 +421,23 @@ class Engine:
     def schedule(self, when: float, action: Callable[[Any], None], arg: Any) -> None:
         """Run ``action(arg)`` at simulated time ``when``."""
         self.sequence += 1
-        heapq.heappush(self.heap, (when, self.sequence, action, arg))
+        heappush(self.heap, (when, self.sequence, action, arg))
 
     # ------------------------------------------------------------------ tenants
     def arrive(self, run: WorkloadRun) -> None:
         now = self.now
-        self.sequence += 1
-        heapq.heappush(self.heap, (now + run.gap(), self.sequence, self.arrive, run))
+        self.sequence = sequence = self.sequence + 1
+        heappush(self.heap, (now + run.gap(), sequence, self.arrive, run))
         stats = run.stats if now >= self.warmup else None
         if stats is not None:
             stats.offered += 1
         count = run.count()
-        system = self.system
-        pid = self.processes.spawn(now)
-        system.fork(1, pid, now, into=run.cgroup)
+        pid = self.spawn(now)
+        self.fork(1, pid, now, into=run.cgroup)
         try:
-            file = system.ioasid_open(pid)
+            file = self.ioasid_open(pid)
         except IoasidError as exc:
-            level = self.recorder.refused_open(exc)
+            level = self.recorder.refused_open(exc, now)
             self.depart_pid(pid)
             if stats is not None:
                 stats.refused += 1
@@ -420,13 +452,10 @@ class Engine:
         assert file is not None
         try:
             if count == 1:
-                result, _ = self.system.ioasid_ioctl(file, uapi.IOASID_REQUEST_ALLOC, ALLOC_ONE)
-                ids: tuple[int, ...] = (result,)
+                result, _ = self.ioasid_ioctl(file, _REQUEST_ALLOC, ALLOC_ONE)
             else:
-                _, out = self.system.ioasid_ioctl(
-                    file, uapi.IOASID_REQUEST_ALLOC_BATCH,
-                    uapi.ALLOC_BATCH.pack(20, 0, *ID_RANGE, count))
-                ids = tuple(array("I", out))
+                _, out = self.ioasid_ioctl(file, uapi.IOASID_REQUEST_ALLOC_BATCH,
+                                           uapi.ALLOC_BATCH.pack(20, 0, *ID_RANGE, count))
         except IoasidError:
             self.refused(tenant)
             return
@@ -434,11 +463,10 @@ class Engine:
         if stats is not None:
             stats.admitted += 1
         if run.lifetime is not None:
-            self.sequence += 1
-            heapq.heappush(self.heap, (self.now + run.lifetime(), self.sequence, self.depart,
-                                       tenant))
+            self.sequence = sequence = self.sequence + 1
+            heappush(self.heap, (self.now + run.lifetime(), sequence, self.depart, tenant))
         if run.devid:
-            self.bind(tenant, file, ids)
+            self.bind(tenant, file, (result,) if count == 1 else tuple(array("I", out)))
         if run.migrate_after is not None:
             self.schedule(self.now + run.migrate_after(), self.migrate, tenant)
 
@@ -450,7 +478,7 @@ class Engine:
             return
         stats = tenant.stats
         if stats is not None:
-            level = self.recorder.last_refusal or CAPACITY
+            level = self.recorder.refusal_level(self.now)
             stats.refused += 1
             stats.refused_by[level] = stats.refused_by.get(level, 0) + 1
         self.depart(tenant)
@@ -494,12 +522,12 @@ class Engine:
         if tenant.file is not None:
             tenant.file = None
             pid = tenant.pid  # ``depart_pid`` inlined: every admitted tenant ends here
-            self.system.exit(pid)
-            self.processes.reap(pid)
+            self.exit(pid)
+            self.reap(pid)
 
     def depart_pid(self, pid: int) -> None:
-        self.system.exit(pid)
-        self.processes.reap(pid)
+        self.exit(pid)
+        self.reap(pid)
 
     # ------------------------------------------------------------------ the loop
     def sample(self, _: object) -> None:
@@ -535,7 +563,7 @@ class Engine:
             when, _, action, arg = pop(heap)
             if when >= end:
                 break
-            self.now = recorder.now = when
+            self.now = when
             action(arg)
             recorder.settle(when)
             events += 1

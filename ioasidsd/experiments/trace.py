@@ -248,9 +248,9 @@ def _replay_alloc(engine: Engine, run: WorkloadRun, proc: _Replay, count: int, c
             ids = list(array("I", out))
     except IoasidError as exc:
         if proc.file is None:
-            level = engine.recorder.refused_open(exc)
+            level = engine.recorder.refused_open(exc, engine.now)
         else:
-            level = engine.recorder.last_refusal or "capacity"
+            level = engine.recorder.refusal_level(engine.now)
         if counting:
             stats.refused += 1
             stats.refused_by[level] = stats.refused_by.get(level, 0) + 1

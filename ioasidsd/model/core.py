@@ -405,17 +405,37 @@ class IoasidCore:
                 raise IoasidError(EINVAL, "a NULL set takes no token")
         else:
             raise IoasidError(EINVAL, f"invalid set type {set_type}")
+        return self._register_set(token, quota, set_type if type(set_type) is IoasidSetType
+                                  else IoasidSetType(set_type), takes_all)
+
+    def mm_set_alloc_locked(self, token: Any) -> IoasidSet:
+        """``set_alloc_locked(token, 0, MM)`` for a caller that has just found, under the same
+        hold of ``lock``, that ``token`` has no MM set (``find_mm_set_locked`` gave ``None``):
+        the same set and the same errors, without looking for one again. The open of
+        ``/dev/ioasid``, for every process."""
+        takes_all = self.knobs.set_quota_zero_takes_all
+        quota = self.capacity_avail if takes_all else 0
+        if quota > self.capacity_avail:
+            self.warn(f"set quota {quota} exceeds available {self.capacity_avail}")
+            raise IoasidError(ENOSPC, f"quota {quota}, {self.capacity_avail} available")
+        if token is None:
+            raise IoasidError(EINVAL, "an MM set needs a token")
+        return self._register_set(token, quota, _MM, takes_all)
+
+    def _register_set(self, token: Any, quota: int, set_type: IoasidSetType,
+                      takes_all: bool) -> IoasidSet:
+        """The end of ``set_alloc_locked``, once the arguments are checked: a set index
+        (``ENOSPC`` when none is free), the set, registered, its quota taken from the pool and
+        the pending notifier blocks of its token on its chain."""
         bound = self.capacity_avail if takes_all else IOASID_MAX_VALUE
         set_id = self._set_ids.alloc(0, bound, True)
         if set_id < 0:
             raise IoasidError(ENOSPC, "no free set index")
-        ioasid_set = IoasidSet(set_id, token, quota,
-                               set_type if type(set_type) is IoasidSetType
-                               else IoasidSetType(set_type))
+        ioasid_set = IoasidSet(set_id, token, quota, set_type)
         self._sets[set_id] = ioasid_set
         self._index_mm_set(ioasid_set)
         self.capacity_avail -= quota
-        if ioasid_set.type == _MM:
+        if set_type == _MM:
             for rec in self._nb_pending:
                 if not rec.active and rec.token == token:
                     ioasid_set.nh.register(rec.nb)
@@ -455,14 +475,16 @@ class IoasidCore:
                 rec.set = None
         del self._sets[ioasid_set.id]
         if ioasid_set.type == _MM:
-            try:
-                same = self._mm_sets.get(ioasid_set.token)
+            token = ioasid_set.token
+            try:  # taken out, and put back if other sets of the token remain: one lookup
+                same = self._mm_sets.pop(token, None)
             except TypeError:
                 same = self._mm_unhashable
-            if same is not None and ioasid_set in same:
-                same.remove(ioasid_set)
-                if not same and same is not self._mm_unhashable:
-                    del self._mm_sets[ioasid_set.token]
+            if same is not None:
+                if ioasid_set in same:
+                    same.remove(ioasid_set)
+                if same and same is not self._mm_unhashable:
+                    self._mm_sets[token] = same
         self._set_ids.remove(ioasid_set.id)
         if not self.knobs.set_quota_leak and ioasid_set.reserved:
             self.capacity_avail += ioasid_set.reserved

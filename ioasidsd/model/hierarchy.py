@@ -285,6 +285,9 @@ class Hierarchy:
         self._enter = enter or (lambda: None)
         self.root = Cgroup("", None)
         self.controllers: tuple[Controller, ...] = ()
+        self._exit_controllers: tuple[Controller, ...] = ()
+        """The controllers whose ``exit`` hook does something (overridden): every process's
+        exit calls only these, in binding order (the others' would do nothing)."""
         self.processes: dict[int, Process] = {}
         self.exit_hooks: list[Callable[[Process], None]] = []
         self.releases: deque[str] = deque()
@@ -301,6 +304,8 @@ class Hierarchy:
             controller.bound(self)
             controller.css_alloc(self.root)
             self.controllers = (*self.controllers, controller)
+            self._exit_controllers = tuple(c for c in self.controllers
+                                           if type(c).exit is not Controller.exit)
             controller.css_online(self.root)
 
     # ------------------------------------------------------------------ the tree
@@ -511,7 +516,7 @@ class Hierarchy:
             del self.processes[proc.pid]
         cg = proc.cgroup
         cg.procs.discard(proc)
-        for controller in self.controllers:
+        for controller in self._exit_controllers:
             controller.exit(proc)
         if cg.notify_on_release:  # the first of ``_check_release``'s tests, without its call
             self._check_release(cg)

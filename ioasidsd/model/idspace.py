@@ -23,7 +23,10 @@ MAX_VALUE = ID_LIMIT - 2
 class IdLookup(Protocol):
     """The reading half of an ``IdSpace``: what a holder of a live index may do with it
     without changing it. ``get`` gives the object stored at a value or ``None``; iteration and
-    ``values`` go in ascending value order; ``len`` counts the used values."""
+    ``values`` go in ascending value order; ``len`` counts the used values, and so does
+    ``count``, read without a call (for a reader that asks after every change)."""
+
+    count: int
 
     def __len__(self) -> int: ...
 

@@ -189,6 +189,14 @@ class IoasidDevice:
             sets.clear()
         return taken
 
+    def forget_touched(self) -> None:
+        """Empty the record of what was touched without making a ``Change`` of it (what
+        ``take_change`` leaves, for a caller whose change nobody reads)."""
+        touched = self._touched
+        touched.ids.clear()
+        touched.sets.clear()
+        touched.leaves.clear()
+
     def _touch_ids(self, ids: list[int], task: Process | None) -> None:
         """Record ``ids`` (before the change, so charged cgroups are still known)."""
         self._touched.ids.extend(ids)
@@ -233,18 +241,24 @@ class IoasidDevice:
         if task in self.users:
             raise IoasidError(EBUSY, f"process {task.pid} has /dev/ioasid open already")
         # the core's ``_locked`` forms: the lock is held and the notifier check made above
-        ioasid_set = self.core.find_mm_set_locked(task.mm)
-        if ioasid_set is not None and self.core.set_valid(ioasid_set):
+        core = self.core
+        mm = task.mm
+        ioasid_set = core.find_mm_set_locked(mm)
+        if ioasid_set is None:  # the usual case: a new set (no need to look for one again)
+            ioasid_set = core.mm_set_alloc_locked(mm)
+        elif core.set_valid(ioasid_set):
             if self.knobs.user_reopen_eexist:
                 raise IoasidError(EEXIST, f"an IOASID set of process {task.pid} exists")
             ioasid_set.free_requested = False  # adopt: cancel the deferred free
         else:
-            ioasid_set = self.core.set_alloc_locked(task.mm, 0, _MM)
+            ioasid_set = core.set_alloc_locked(mm, 0, _MM)
         user = IoasidUser(task, ioasid_set)
         self.users[task] = user
         file = IoasidFile(user, task, closes_at_exit=closes_at_exit)
         self._files[task] = file
-        self._touch_set(ioasid_set)
+        sets = self._touched.sets  # ``_touch_set`` inlined
+        if not sets or sets[-1] is not ioasid_set:
+            sets.append(ioasid_set)
         return file
 
     def release(self, file: IoasidFile, task: Process | None = None) -> None:
@@ -296,11 +310,14 @@ class IoasidDevice:
                 or self.users.get(proc) is not user):
             return False
         ioasid_set = user.ioasid_set
-        leaves = self._touched.leaves
+        touched = self._touched
+        leaves = touched.leaves
         if not core.release_set_locked(ioasid_set, task=proc, charged=leaves):
             return False
         leaves.add(proc.cgroup)
-        self._touch_set(ioasid_set)
+        sets = touched.sets  # ``_touch_set`` inlined
+        if not sets or sets[-1] is not ioasid_set:
+            sets.append(ioasid_set)
         file.user = None
         del self._files[proc]
         user.refs = 0

@@ -59,11 +59,12 @@ def record(change: Change) -> tuple[Any, ...]:
 class Tenants:
     """A system, its processes and the tenants' open files and extra references."""
 
-    def __init__(self, profile_name: str, knobs: dict[str, Any], fast: bool) -> None:
+    def __init__(self, profile_name: str, knobs: dict[str, Any], fast: bool,
+                 listening: bool = True) -> None:
         self.procs = FakeProcesses()
         self.changes: list[tuple[Any, ...]] = []
         self.system = System(profile(profile_name, **knobs), processes=self.procs,
-                             on_change=lambda change: self.changes.append(record(change)))
+                             on_change=self.listen if listening else None)
         if not fast:  # every fast path declines: the general path runs
             self.system.core.release_set_locked = lambda *_, **__: False  # type: ignore
             self.system.ioasid_device.release_at_exit_locked = lambda *_: False  # type: ignore
@@ -74,6 +75,9 @@ class Tenants:
         self.files: dict[int, Any] = {}
         self.users: list[Any] = []
         self.next_pid = 100
+
+    def listen(self, change: Change) -> None:
+        self.changes.append(record(change))
 
     def alive(self) -> list[int]:
         return sorted(self.procs.live)
@@ -154,6 +158,32 @@ def test_the_fast_paths_make_what_the_general_paths_make(setup: tuple[str, dict[
                 outcomes.append(exc.errno)
         assert outcomes[0] == outcomes[1], (name, i, n)
         assert fast.state() == general.state(), (name, i, n)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from(PROFILES), steps, steps)
+def test_a_system_nobody_listens_to_changes_the_model_alike(
+        setup: tuple[str, dict[str, Any]], unheard: list[tuple[str, int, int]],
+        heard: list[tuple[str, int, int]]) -> None:
+    """Without ``on_change`` a tenant's calls make no ``Change``: the model ends in the same
+    state, with the same errors and messages, as with a listener; and a listener set later
+    gets, from then on, the records one set from the start gets."""
+    quiet, listened = Tenants(*setup, fast=True, listening=False), Tenants(*setup, fast=True)
+    for part, script in (("unheard", unheard), ("heard", heard)):
+        if part == "heard":
+            quiet.system.on_change = quiet.listen
+            listened.changes.clear()
+        for name, i, n in script:
+            outcomes = []
+            for tenants in (quiet, listened):
+                try:
+                    tenants.step(name, i, n)
+                    outcomes.append(None)
+                except IoasidError as exc:
+                    outcomes.append(exc.errno)
+            assert outcomes[0] == outcomes[1], (part, name, i, n)
+            compared = slice(None) if part == "heard" else slice(2)  # the records once heard
+            assert quiet.state()[compared] == listened.state()[compared], (part, name, i, n)
 
 
 @pytest.mark.parametrize("setup", PROFILES)
