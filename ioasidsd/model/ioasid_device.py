@@ -196,6 +196,7 @@ class IoasidDevice:
         touched.ids.clear()
         touched.sets.clear()
         touched.leaves.clear()
+        touched.alike = 0
 
     def _touch_ids(self, ids: list[int], task: Process | None) -> None:
         """Record ``ids`` (before the change, so charged cgroups are still known)."""
