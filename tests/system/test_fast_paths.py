@@ -50,8 +50,8 @@ def record(change: Change) -> tuple[Any, ...]:
     which differs between two systems (by the objects' addresses) and means nothing."""
     refusal = change.refusal
     return (change.kind, sorted(cg.path for cg in change.cgroups),
-            tuple(p.key for p in change.processes), change.ids, change.sets, change.path,
-            dict(change.orphans),
+            tuple(p.key for p in change.processes), change.ids, change.ids_alike, change.sets,
+            change.path, dict(change.orphans),
             None if refusal is None else (refusal.pid, refusal.command, refusal.cgroup,
                                           refusal.level, refusal.errno))
 
@@ -184,6 +184,24 @@ def test_a_system_nobody_listens_to_changes_the_model_alike(
             assert outcomes[0] == outcomes[1], (part, name, i, n)
             compared = slice(None) if part == "heard" else slice(2)  # the records once heard
             assert quiet.state()[compared] == listened.state()[compared], (part, name, i, n)
+
+
+def test_a_batch_nobody_heard_is_not_taken_for_a_later_change() -> None:
+    """A batch allocation made while nobody listens leaves nothing behind: a later change of
+    as many IDs (their batch free) is not reported as one batch allocation's IDs."""
+    tenants = Tenants("fixed", {}, fast=True, listening=False)
+    for part in ("fork", "open", "batch"):
+        tenants.step(part, 1, 3)
+    system = tenants.system
+    (file,) = tenants.files.values()
+    ids = sorted(data.id for data in system.core.ioasids())
+    assert len(ids) == 3
+    system.on_change = tenants.listen
+    free = uapi.FREE_BATCH.pack(uapi.FREE_BATCH.size + 12, 0, 3) + b"".join(
+        i.to_bytes(4, "little") for i in ids)
+    assert system.ioasid_ioctl(file, uapi.IOASID_REQUEST_FREE_BATCH, free)[0] == 3
+    (freed,) = tenants.changes
+    assert freed[3] == tuple(ids) and freed[4] is False  # ids, ids_alike
 
 
 @pytest.mark.parametrize("setup", PROFILES)
