@@ -687,12 +687,11 @@ class Store:
             # by pid alone: a process tracked anew under a reused pid released the old one's sets
             set_ids.update(self._owned.get(proc.pid, ()))
         if len(ids) >= _GROUP_IDS:  # a slice of a batch: one operation, whatever its set's size
-            grouped = self._group_ops(ids, set_ids, ops, alike=alike)
-            if grouped is not None:
-                cgroups.extend(grouped)
-                ids = ()
+            ids = self._grouped(ids, set_ids, ops, cgroups, alike=alike)
         if len(ids) >= _BULK_IDS:
             ids = tuple(self._bulk_to_sets(ids, set_ids))
+            if len(ids) >= _GROUP_IDS:  # those no set takes whole may still be one set's
+                ids = self._grouped(ids, set_ids, ops, cgroups)
         if set_ids:
             for sid in sorted(set_ids):
                 cgroups.extend(self._set_ioasids_ops(sid, ops))
@@ -886,6 +885,16 @@ class Store:
             else:
                 rest.extend(members)
         return rest
+
+    def _grouped(self, ids: tuple[int, ...], whole: set[int], ops: list[Op],
+                 cgroups: list[Cgroup], *, alike: bool = False) -> tuple[int, ...]:
+        """``_group_ops``: ``()`` when ``ids`` were written as one operation (the cgroups they
+        touch added to ``cgroups``), else ``ids``, still to be written."""
+        grouped = self._group_ops(ids, whole, ops, alike=alike)
+        if grouped is None:
+            return ids
+        cgroups.extend(grouped)
+        return ()
 
     def _group_ops(self, ids: tuple[int, ...], whole: set[int], ops: list[Op], *,
                    alike: bool = False) -> list[Cgroup] | None:

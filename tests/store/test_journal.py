@@ -686,6 +686,27 @@ def test_a_batch_costs_what_it_changed_not_the_size_of_its_set(tmp_path):
     store.close()
 
 
+def test_ids_of_two_sets_in_one_change_are_each_written_as_they_cost_least(tmp_path):
+    """A change naming many IDs of two sets: those that make up a quarter of their set are
+    written with it, the other set's, alike, as one ``IOASIDS`` operation; never a row each."""
+    from ioasidsd.store.fold import IOASID, IOASIDS, SET_IOASIDS
+
+    store, system = bound(tmp_path, fold_interval=NEVER)
+    ids = []
+    for pid, count in ((10, 1000), (11, 4000)):
+        system.processes.live[pid] = 1.0
+        file = system.ioasid_open(pid)
+        batch = uapi.ALLOC_BATCH.pack(uapi.ALLOC_BATCH.size, 0, 1, 100_000, count)
+        _, out = system.ioasid_ioctl(file, uapi.IOASID_REQUEST_ALLOC_BATCH, batch)
+        ids.append(list(struct.unpack(f"={count}I", out)))
+    with system.lock:
+        system.on_change(Change(ChangeKind.IOASID, ids=ids[0][:300] + ids[1][:300]))
+    kinds = [op[0] for op in records(tmp_path)[-1]]
+    assert kinds.count(SET_IOASIDS) == 1 and kinds.count(IOASIDS) == 1 and IOASID not in kinds
+    assert stored(tmp_path) == dump(system.core)
+    store.close()
+
+
 def test_ids_hidden_from_their_sets_index_are_kept(tmp_path):
     """``v4``: freeing a set's IOASIDs hides the still-referenced ones from its index; the
     set reported whole still holds them."""
