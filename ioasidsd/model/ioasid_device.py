@@ -183,7 +183,8 @@ class IoasidDevice:
                              () if not sets else (sets[0].id,) if len(sets) == 1  # one set
                              else tuple([s.id for s in sets]), refusal,
                              alike != 0 and alike == len(ids))
-        touched.alike = 0
+        if alike:
+            touched.alike = 0
         ids.clear()
         if sets:
             sets.clear()
