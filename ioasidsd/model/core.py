@@ -390,11 +390,7 @@ class IoasidCore:
         if quota < 0:
             raise IoasidError(EINVAL, f"invalid quota {quota}")
         takes_all = self.knobs.set_quota_zero_takes_all
-        if quota == 0 and takes_all:
-            quota = self.capacity_avail
-        if quota > self.capacity_avail:
-            self.warn(f"set quota {quota} exceeds available {self.capacity_avail}")
-            raise IoasidError(ENOSPC, f"quota {quota}, {self.capacity_avail} available")
+        quota = self._set_quota(quota, takes_all)
         if set_type == _MM:
             if token is None:
                 raise IoasidError(EINVAL, "an MM set needs a token")
@@ -414,13 +410,20 @@ class IoasidCore:
         the same set and the same errors, without looking for one again. The open of
         ``/dev/ioasid``, for every process."""
         takes_all = self.knobs.set_quota_zero_takes_all
-        quota = self.capacity_avail if takes_all else 0
-        if quota > self.capacity_avail:
-            self.warn(f"set quota {quota} exceeds available {self.capacity_avail}")
-            raise IoasidError(ENOSPC, f"quota {quota}, {self.capacity_avail} available")
+        quota = self._set_quota(0, takes_all)
         if token is None:
             raise IoasidError(EINVAL, "an MM set needs a token")
         return self._register_set(token, quota, _MM, takes_all)
+
+    def _set_quota(self, quota: int, takes_all: bool) -> int:
+        """The quota a new set gets for ``quota`` (0 takes everything available when
+        ``takes_all``); ``ENOSPC``, with a warning, when it exceeds the available capacity."""
+        if quota == 0 and takes_all:
+            quota = self.capacity_avail
+        if quota > self.capacity_avail:
+            self.warn(f"set quota {quota} exceeds available {self.capacity_avail}")
+            raise IoasidError(ENOSPC, f"quota {quota}, {self.capacity_avail} available")
+        return quota
 
     def _register_set(self, token: Any, quota: int, set_type: IoasidSetType,
                       takes_all: bool) -> IoasidSet:
